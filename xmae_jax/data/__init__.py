@@ -1,0 +1,1 @@
+"""Data layer: raw recordings -> records -> ArrayRecord shards -> Grain batches."""
