@@ -1,0 +1,110 @@
+"""M2AE ("Biosignal Fingerprinting", arXiv 2605.09579): a multimodal masked autoencoder.
+
+What the paper states (docs/m2ae_paper_notes.md, front matter and a seminar summary): ECG and
+PPG encoders over patches of 10-s segments, a shared bottleneck whose mean-pooled output is the
+"fingerprint", dual decoders (ECG, PPG) that reconstruct either signal, also from the other
+modality alone with the encoder frozen, complementary masking, masked reconstruction jointly
+with a cross-modal contrastive (InfoNCE) loss with augmentation positives, and inference from
+either modality alone. The paper body (sizes, rates, ratios, weights) was not available, so
+everything else below is our choice.
+
+Assumptions (each is a config value; the README copies this list):
+  A1  Input: 100 Hz x 10 s (1000 samples), per-segment min-max to [-1, 1]: xMAE's data, so both
+      models share one prepared dataset and pipeline. (The paper's rate is unknown; 125 or 250 Hz
+      are likelier for its corpus.)
+  A2  Each modality encoder is xMAE's path design: UNet-Inception stem (32 channels), patch 40
+      (0.4 s, 25 tokens), learned positions, pre-LN transformer blocks; d_model 256, 8 heads,
+      depth 2 for both ECG and PPG (symmetric, as the paper names no primary modality).
+  A3  Masked patches are zeroed in the waveform before the stem (so nothing of them leaks into
+      visible tokens through the convolutions) and their tokens are dropped; the encoders see
+      the visible tokens only, at their true positions (MAE).
+  A4  Shared bottleneck: the present tokens of both modalities, each plus a learned modality
+      embedding, go through 2 shared pre-LN transformer blocks, then LayerNorm and a linear
+      projection to the 256-d latent ("compact latent representation"). The fingerprint is the
+      mean of the latent tokens over all present tokens; with one modality it is that
+      modality's tokens only, so it depends on nothing else.
+  A5  Dual decoders, one per target modality, each 2 light pre-LN blocks (MLP x2) at d_model
+      over [latent tokens (linear to d_model) + positions + source-modality embedding;
+      25 query tokens = a learned mask token + positions + target-modality embedding], then
+      xMAE's transposed-convolution head on the query tokens. Either decoder reads whatever
+      tokens are present, so PPG->ECG and ECG->PPG work from one modality.
+  A6  Complementary masking: the ECG mask is drawn (mode "scatter", ratio 0.5: 12 of 25 patches
+      masked) and the PPG mask is its complement (13 masked), so every time patch is visible in
+      exactly one modality. `masking.ratio_ecg` moves the split; the PPG ratio follows.
+  A7  Reconstruction: MSE on the masked samples of each signal, normalized by the masked count
+      (as xMAE), weights 1 and 1. Added: cross-modal reconstruction of the whole ECG from PPG
+      alone and of the whole PPG from ECG alone (weight 0.5 each), because the paper reports
+      both directions from a frozen encoder and complementary masks alone never show a decoder
+      an input without any token of its target.
+  A8  Contrastive: symmetric InfoNCE between the ECG-only and PPG-only fingerprints of the
+      batch (CLIP form), temperature learnable from 0.07 (scale clipped at 100), weight 0.01
+      (CAV-MAE's weight for the same MAE + contrastive combination).
+  A9  Augmentation positives: a second view of each signal (amplitude x U(0.8, 1.2), Gaussian
+      noise std 0.02, time shift up to +-6 samples with edge padding, made on the device from
+      the step key); InfoNCE between each modality's fingerprint and its view's, weight 0.01
+      (mean of the ECG and PPG terms).
+  A10 Positives are the time-aligned pair of one segment by default ("segment"): the pipeline's
+      batches mix thousands of subjects, so same-subject repeats are rare, and it needs no
+      subject ids. "subject" (notes §11) counts every same-subject pair as positive (SupCon
+      averaging) and needs batch["subject"].
+  A11 Optimization: xMAE's (AdamW 3e-4, betas 0.9/0.95, wd 0.01, 10% warm-up then cosine,
+      batch 512); dropout 0.1.
+"""
+import ml_collections as mlc
+
+from xmae_jax import config_lib
+
+
+def model_config(preset: str) -> mlc.ConfigDict:
+  tiny = preset == "tiny"
+  m = mlc.ConfigDict()
+  m.name = "m2ae"
+  m.seq_len = 1000                 # A1
+  m.patch_len = 40                 # A2
+  m.d_model = 32 if tiny else 256
+  m.num_heads = 4 if tiny else 8
+  m.depth_ecg = 1 if tiny else 2   # A2
+  m.depth_ppg = 1 if tiny else 2
+  m.depth_shared = 1 if tiny else 2                  # A4
+  m.depth_decoder = 1 if tiny else 2                 # A5
+  m.decoder_mlp_ratio = 2.0
+  m.stem_channels = 8 if tiny else 32
+  m.stem_widths = (8, 16, 16) if tiny else (32, 64, 128)
+  m.dropout = 0.1
+  m.latent_dim = 32 if tiny else 256                 # A4
+  return m
+
+
+def masking_config() -> mlc.ConfigDict:
+  k = mlc.ConfigDict()
+  k.mode = "scatter"               # A6; any mode of xmae_jax.models.masking
+  k.ratio_ecg = 0.5                # PPG gets the complement
+  k.curriculum = False
+  return k
+
+
+def loss_config() -> mlc.ConfigDict:
+  l = mlc.ConfigDict()
+  l.w_ecg = 1.0                    # A7 masked ECG
+  l.w_ppg = 1.0                    # A7 masked PPG
+  l.w_cross_ecg = 0.5              # A7 whole ECG from PPG alone
+  l.w_cross_ppg = 0.5              # A7 whole PPG from ECG alone
+  l.w_contrast = 0.01              # A8
+  l.w_augment = 0.01               # A9
+  l.positives = "segment"          # A10: "segment" | "subject"
+  l.temperature = 0.07
+  l.learn_temperature = True
+  l.view = mlc.ConfigDict()        # A9: the augmented second view
+  l.view.scale_range = (0.8, 1.2)
+  l.view.noise_std = 0.02
+  l.view.max_shift = 6
+  return l
+
+
+def get_config(arg=None):
+  preset, extra = config_lib.parse_arg(arg)
+  c = config_lib.base_config(preset)
+  c.model = model_config(preset)
+  c.masking = masking_config()
+  c.loss = loss_config()
+  return config_lib.apply_overrides(c, extra)
