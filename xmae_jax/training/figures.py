@@ -1,0 +1,56 @@
+"""PNG figures of ECG reconstructions: true vs reconstructed, the masked part shaded.
+
+Like the reference's `MaskedReconstruction` plotting callback (shared/docs/xmae_paper_notes.md
+§3.2): a few validation segments, each a panel with the PPG it was reconstructed from (faint,
+offset below), the true ECG and the reconstruction, and the masked patches shaded. Uses
+matplotlib's Agg backend (no display); written to a temp name and renamed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+  """[(start, stop), ...] of the True runs of a 1-D boolean array."""
+  m = np.concatenate([[False], mask.astype(bool), [False]])
+  edges = np.flatnonzero(m[1:] != m[:-1])
+  return list(zip(edges[0::2], edges[1::2]))
+
+
+def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, masked: np.ndarray,
+                         ppg: np.ndarray | None = None, *, sampling_rate: float = 100.0,
+                         title: str = "") -> Path:
+  """Writes one PNG with a panel per segment; `masked` is (n, L) True where the ECG was hidden."""
+  import matplotlib
+  matplotlib.use("Agg", force=True)
+  import matplotlib.pyplot as plt
+
+  ecg, reconstruction, masked = (np.asarray(a) for a in (ecg, reconstruction, masked))
+  n, length = ecg.shape
+  t = np.arange(length) / sampling_rate
+  fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
+  for i, ax in enumerate(axes[:, 0]):
+    for start, stop in _masked_runs(masked[i]):
+      ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
+                 label="masked" if start == _masked_runs(masked[i])[0][0] else None)
+    if ppg is not None:
+      ax.plot(t, np.asarray(ppg)[i] - 2.4, color="tab:green", lw=0.7, alpha=0.7, label="PPG (input)")
+    ax.plot(t, ecg[i], color="black", lw=0.8, label="ECG true")
+    ax.plot(t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85, label="ECG reconstructed")
+    ax.set_yticks([])
+    if i == 0:
+      ax.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
+  axes[-1, 0].set_xlabel("time (s)")
+  if title:
+    axes[0, 0].set_title(title, fontsize=9)
+  fig.tight_layout()
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.stem + ".tmp.png")
+  fig.savefig(tmp, dpi=90)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,141 @@
+"""Run logs: WORKDIR/metrics.jsonl, TensorBoard events under WORKDIR/tb, a console progress line.
+
+Only process 0 writes (the writer is a no-op elsewhere). metrics.jsonl holds one JSON object per
+logged step (`step`, `train_loss`, `lr`, `segments_per_s`, ... and `val_loss` on evaluation
+steps), flushed line by line so a preempted run loses nothing it logged. On resume the lines of
+steps after the restored checkpoint are dropped first, so the file reads as one run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+def read_metrics(workdir) -> list[dict]:
+  """The logged rows of a run, in order."""
+  path = Path(workdir) / METRICS_FILE
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_after(workdir, step: int) -> None:
+  """Drops rows logged after `step` (they belong to steps that a resume will run again)."""
+  path = Path(workdir) / METRICS_FILE
+  if not path.is_file():
+    return
+  kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+  tmp = path.with_suffix(".jsonl.tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+  os.replace(tmp, path)
+
+
+def _clean(value):
+  """JSON has no NaN/Inf: write them as strings so the file stays valid JSON."""
+  value = float(value)
+  return value if math.isfinite(value) else str(value)
+
+
+class MetricsWriter:
+  """JSONL + TensorBoard on process 0; silent elsewhere."""
+
+  def __init__(self, workdir, *, active: bool = True, tensorboard: bool = True):
+    self.active = active
+    self._file = None
+    self._tb = None
+    if not active:
+      return
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    self._file = open(Path(workdir) / METRICS_FILE, "a")
+    if tensorboard:
+      from tensorboardX import SummaryWriter   # imported lazily: only process 0 needs it
+      self._tb = SummaryWriter(str(Path(workdir) / TB_DIR), flush_secs=10)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: _clean(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    if self._tb is not None:
+      self._tb.add_text(tag, text, step)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+  """A console progress line with rate and ETA (process 0 only).
+
+  On a terminal the line is redrawn in place; in a log file each update is its own line.
+  The ETA uses the rate since the first reported step, so compilation does not distort it.
+  """
+
+  def __init__(self, total_steps: int, first_step: int = 0, *, active: bool = True, stream=None):
+    self.total = int(total_steps)
+    self.active = active
+    self.stream = stream or sys.stderr
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self._t0 = None
+    self._s0 = first_step
+
+  def update(self, step: int, **scalars) -> None:
+    if not self.active:
+      return
+    now = time.perf_counter()
+    if self._t0 is None:
+      self._t0, self._s0 = now, step
+    done = step - self._s0
+    rate = done / (now - self._t0) if done > 0 and now > self._t0 else 0.0
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    width = 24
+    filled = int(width * step / max(1, self.total))
+    bar = "#" * filled + "." * (width - filled)
+    parts = [f"[{bar}] {step}/{self.total}"]
+    parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()]
+    parts.append(f"{rate:.2f} steps/s" if rate else "compiling/warming up")
+    parts.append(f"ETA {_hms(eta)}" if math.isfinite(eta) else "ETA --")
+    line = "  ".join(parts)
+    if self._tty:
+      self.stream.write("\r" + line + "\x1b[K")
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()
+
+  def message(self, text: str) -> None:
+    """A line of its own (evaluation results, checkpoints), not overwritten by the bar."""
+    if not self.active:
+      return
+    self.stream.write(("\n" if self._tty else "") + text + "\n")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self.active and self._tty:
+      self.stream.write("\n")
+      self.stream.flush()
