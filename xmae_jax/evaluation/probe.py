@@ -1,0 +1,438 @@
+"""Frozen-embedding probes: the field's linear probe and the xMAE paper's own probe.
+
+Two protocols score the same embeddings:
+
+* `linear` (default; how peers such as PaPaGei and Pulse-PPG report frozen features): logistic
+  regression (classification, class-balanced) or ridge (regression) on standardized features;
+  the regularization strength is chosen by an inner subject-grouped cross-validation inside each
+  training part; outer subject-grouped folds (stratified for classification) give out-of-fold
+  predictions for every segment. Metrics on the pooled out-of-fold predictions: AUROC, AUPRC, F1
+  and balanced accuracy (threshold 0.5), or MAE, R^2 and Pearson r, each with a 95% CI from a
+  subject-level (cluster) bootstrap, because segments of one subject are not independent.
+* `xmae` (the xMAE group's protocol, ../shared/docs/xmae_paper_notes.md §9): a linear softmax
+  head on the raw embedding, cross-entropy, Adam lr 1e-3, no weight decay, up to 7 epochs,
+  batch 2048, early stopping on a 1/8 validation part of each training fold (patience 5, best
+  weights restored), 5 folds with seed 77, subject-level folds by default (`folds="segment"` for
+  their stratified segment-level folds). Metrics: AUROC, F1, accuracy as mean +- std over folds.
+  Regression tasks (not in the paper) use the same head with one output and MSE on the
+  standardized target, reporting MAE and R^2.
+
+No subject is ever in both the training and the test part of a fold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.stats
+from sklearn import metrics as skm
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold, StratifiedKFold, KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from xmae_jax.evaluation import tasks as tasks_lib
+
+PROTOCOLS = ("linear", "xmae")
+CLASSIFICATION_METRICS = ("auroc", "auprc", "f1", "balanced_accuracy")
+REGRESSION_METRICS = ("mae", "r2", "pearson_r")
+XMAE_CLASSIFICATION_METRICS = ("auroc", "f1", "accuracy")
+XMAE_REGRESSION_METRICS = ("mae", "r2")
+
+
+class ProbeError(ValueError):
+  """Inputs a probe cannot score (too few subjects, a single class, NaN features, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearProbeConfig:
+  outer_folds: int = 5
+  inner_folds: int = 3
+  seed: int = 0
+  n_bootstrap: int = 1000
+  c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)       # logistic C = 1/lambda
+  alpha_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge alpha
+  max_iter: int = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class XMAEProbeConfig:
+  folds: int = 5
+  seed: int = 77
+  lr: float = 1e-3
+  epochs: int = 7
+  batch_size: int = 2048
+  patience: int = 5
+  val_fraction: float = 1 / 8
+  group_folds: bool = True         # subject-level folds (False: stratified segment-level folds)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+  """AUROC, AUPRC (average precision), F1 and balanced accuracy at threshold 0.5.
+
+  Plain numpy (equal to sklearn's, see the tests) because the bootstrap calls it thousands
+  of times.
+  """
+  y = np.asarray(y) == 1
+  n_pos, n_neg = int(y.sum()), int((~y).sum())
+  if n_pos == 0 or n_neg == 0:
+    return {k: math.nan for k in CLASSIFICATION_METRICS}
+  ranks = scipy.stats.rankdata(prob)
+  auroc = (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+  order = np.argsort(-prob, kind="mergesort")
+  sorted_prob, sorted_y = prob[order], y[order]
+  last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_prob)), len(prob) - 1]
+  tps = np.cumsum(sorted_y)[last_of_tie]
+  fps = (last_of_tie + 1) - tps
+  recall = tps / n_pos
+  auprc = np.sum(np.diff(np.r_[0.0, recall]) * tps / (tps + fps))
+  pred = prob >= 0.5
+  tp, fp, fn = np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)
+  f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+  balanced = 0.5 * (tp / n_pos + np.sum(~pred & ~y) / n_neg)
+  return {"auroc": float(auroc), "auprc": float(auprc), "f1": float(f1),
+          "balanced_accuracy": float(balanced)}
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+  if len(y) < 2:
+    return {k: math.nan for k in REGRESSION_METRICS}
+  y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+  sst = np.sum((y - y.mean()) ** 2)
+  r2 = 1.0 - np.sum((y - pred) ** 2) / sst if sst > 0 else math.nan
+  r = np.corrcoef(y, pred)[0, 1] if np.std(pred) > 0 and np.std(y) > 0 else math.nan
+  return {"mae": float(np.mean(np.abs(y - pred))), "r2": float(r2), "pearson_r": float(r)}
+
+
+def _metrics_fn(kind: str):
+  return classification_metrics if kind == tasks_lib.CLASSIFICATION else regression_metrics
+
+
+def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *,
+                      n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
+  """95% percentile CIs from resampling subjects with replacement (all segments of a subject)."""
+  metric_fn = _metrics_fn(kind)
+  _, inverse = np.unique(groups, return_inverse=True)
+  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+  rng = np.random.default_rng(seed)
+  draws: dict[str, list[float]] = {}
+  for _ in range(n_bootstrap):
+    picked = rng.integers(0, len(rows_of), len(rows_of))
+    rows = np.concatenate([rows_of[g] for g in picked])
+    for name, value in metric_fn(y[rows], score[rows]).items():
+      draws.setdefault(name, []).append(value)
+  cis = {}
+  for name, values in draws.items():
+    v = np.asarray(values)
+    v = v[np.isfinite(v)]
+    cis[name] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (
+        math.nan, math.nan)
+  return cis
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int):
+  x = np.asarray(x)
+  if x.ndim != 2 or x.shape[0] != len(y) or len(groups) != len(y):
+    raise ProbeError(f"features {x.shape}, targets {len(y)} and subjects {len(groups)} do not line up")
+  if not np.all(np.isfinite(x)):
+    raise ProbeError(f"features contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
+  n_subjects = len(np.unique(groups))
+  if n_subjects < 2:
+    raise ProbeError(f"need at least 2 subjects for subject-grouped folds, got {n_subjects}")
+  if kind == tasks_lib.CLASSIFICATION:
+    classes = np.unique(y)
+    if len(classes) != 2 or not set(classes.tolist()) <= {0.0, 1.0}:
+      raise ProbeError(f"binary targets must take both values 0 and 1; got {classes.tolist()}")
+  return min(folds, n_subjects)
+
+
+def _outer_splits(y, groups, kind, n_folds, seed, grouped=True):
+  idx = np.zeros(len(y))
+  if kind == tasks_lib.CLASSIFICATION:
+    if grouped:
+      n_folds = min(n_folds, _max_stratified_group_folds(y, groups))
+      splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    else:
+      n_folds = min(n_folds, int(min(np.sum(y == 0), np.sum(y == 1))))
+      splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+  else:
+    splitter = (GroupKFold(n_folds, shuffle=True, random_state=seed) if grouped
+                else KFold(n_folds, shuffle=True, random_state=seed))
+  if n_folds < 2:
+    raise ProbeError("too few subjects per class for 2 folds")
+  return list(splitter.split(idx, y.astype(int) if kind == tasks_lib.CLASSIFICATION else y,
+                             groups if grouped else None))
+
+
+def _max_stratified_group_folds(y, groups) -> int:
+  """Folds possible so that each class can appear in several folds: subjects having each class."""
+  per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+  return max(2, min(per_class))
+
+
+# ----------------------------------------------------------------------------------------------
+# The field's linear probe
+
+
+def _estimator(kind: str, cfg: LinearProbeConfig):
+  if kind == tasks_lib.CLASSIFICATION:
+    model = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter)
+    return make_pipeline(StandardScaler(), model), {"logisticregression__C": list(cfg.c_grid)}
+  return make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(cfg.alpha_grid)}
+
+
+def _fit_fold(x, y, groups, kind, cfg: LinearProbeConfig):
+  estimator, grid = _estimator(kind, cfg)
+  n_inner = min(cfg.inner_folds, len(np.unique(groups)))
+  if kind == tasks_lib.CLASSIFICATION:
+    n_inner = min(n_inner, _max_stratified_group_folds(y, groups))
+    inner = StratifiedGroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
+    scoring = "roc_auc"
+  else:
+    inner = GroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
+    scoring = "neg_mean_squared_error"
+  if n_inner < 2:   # a fold with a single training subject per class: no inner CV possible
+    return estimator.fit(x, y), None
+  search = GridSearchCV(estimator, grid, cv=inner, scoring=scoring, refit=True, error_score=np.nan)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    warnings.simplefilter("ignore", UserWarning)   # inner folds that miss a class score NaN
+    search.fit(x, y.astype(int) if kind == tasks_lib.CLASSIFICATION else y, groups=groups)
+  return search.best_estimator_, next(iter(search.best_params_.values()))
+
+
+def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
+                 cfg: LinearProbeConfig = LinearProbeConfig()) -> dict[str, Any]:
+  """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs."""
+  x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
+  n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
+  splits = _outer_splits(y, groups, kind, n_folds, cfg.seed)
+  oof = np.full(len(y), np.nan)
+  folds = []
+  for train, test in splits:
+    model, chosen = _fit_fold(x[train], y[train], groups[train], kind, cfg)
+    if kind == tasks_lib.CLASSIFICATION:
+      oof[test] = model.predict_proba(x[test])[:, 1]
+    else:
+      oof[test] = model.predict(x[test])
+    folds.append({"n_test": int(len(test)), "n_test_subjects": int(len(np.unique(groups[test]))),
+                  "regularization": chosen,
+                  **_metrics_fn(kind)(y[test], oof[test])})
+  point = _metrics_fn(kind)(y, oof)
+  cis = subject_bootstrap(y, oof, groups, kind, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+  return {
+      "protocol": "linear", "kind": kind,
+      "metrics": {k: {"value": v, "ci95": list(cis[k])} for k, v in point.items()},
+      "folds": folds, "n_folds": len(splits),
+      "n_segments": int(len(y)), "n_subjects": int(len(np.unique(groups))),
+      **_class_counts(y, kind),
+      "config": dataclasses.asdict(cfg),
+  }
+
+
+def _class_counts(y, kind):
+  if kind != tasks_lib.CLASSIFICATION:
+    return {}
+  return {"n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0))}
+
+
+# ----------------------------------------------------------------------------------------------
+# The xMAE paper's probe (a linear head trained with Adam), in JAX/optax
+
+
+def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: int):
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  d = x_tr.shape[1]
+  key = jax.random.key(seed)
+  k_w, k_b = jax.random.split(key)
+  bound = 1.0 / math.sqrt(d)        # PyTorch nn.Linear's default initialization
+  params = {"w": jax.random.uniform(k_w, (d, n_out), jnp.float32, -bound, bound),
+            "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)}
+  opt = optax.adam(cfg.lr)
+  opt_state = opt.init(params)
+
+  def loss_fn(p, xb, yb, wb):
+    out = xb @ p["w"] + p["b"]
+    if n_out == 1:
+      per = (out[:, 0] - yb) ** 2
+    else:
+      per = optax.softmax_cross_entropy_with_integer_labels(out, yb.astype(jnp.int32))
+    return jnp.sum(per * wb) / jnp.maximum(jnp.sum(wb), 1.0)
+
+  @jax.jit
+  def step(p, s, xb, yb, wb):
+    loss, grads = jax.value_and_grad(loss_fn)(p, xb, yb, wb)
+    updates, s = opt.update(grads, s, p)
+    return optax.apply_updates(p, updates), s, loss
+
+  eval_loss = jax.jit(loss_fn)
+  rng = np.random.default_rng(seed)
+  best, best_loss, bad = params, math.inf, 0
+  bs = cfg.batch_size
+  for _ in range(cfg.epochs):
+    order = rng.permutation(len(x_tr))
+    for start in range(0, len(order), bs):
+      rows = order[start:start + bs]
+      # Pad to a fixed batch so the step compiles once; padded rows have weight 0.
+      pad = bs - len(rows)
+      xb = np.concatenate([x_tr[rows], np.zeros((pad, d), np.float32)])
+      yb = np.concatenate([y_tr[rows], np.zeros(pad, np.float32)])
+      wb = np.concatenate([np.ones(len(rows), np.float32), np.zeros(pad, np.float32)])
+      params, opt_state, _ = step(params, opt_state, xb, yb, wb)
+    val = float(eval_loss(params, x_va, y_va, np.ones(len(y_va), np.float32)))
+    if val < best_loss:
+      best, best_loss, bad = params, val, 0
+    else:
+      bad += 1
+      if bad >= cfg.patience:
+        break
+  return lambda xs: np.asarray(xs @ best["w"] + best["b"])
+
+
+def _validation_split(train, groups, cfg: XMAEProbeConfig, seed: int):
+  """Holds out ~1/8 of a training part (whole subjects when folds are subject-level)."""
+  rng = np.random.default_rng(seed)
+  if cfg.group_folds:
+    subjects = np.unique(groups[train])
+    n_val = max(1, int(round(len(subjects) * cfg.val_fraction)))
+    if len(subjects) - n_val < 1:
+      n_val = 0
+    val_subjects = set(rng.choice(subjects, n_val, replace=False).tolist()) if n_val else set()
+    is_val = np.array([g in val_subjects for g in groups[train]])
+  else:
+    is_val = np.zeros(len(train), bool)
+    is_val[rng.permutation(len(train))[:max(1, int(round(len(train) * cfg.val_fraction)))]] = True
+  if is_val.all() or not is_val.any():
+    is_val = np.zeros(len(train), bool)
+    is_val[rng.permutation(len(train))[:max(1, len(train) // 8)]] = True
+  return train[~is_val], train[is_val]
+
+
+def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
+               cfg: XMAEProbeConfig = XMAEProbeConfig()) -> dict[str, Any]:
+  """The xMAE paper's protocol; per-fold metrics and their mean and std."""
+  x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
+  n_folds = _check_inputs(x, y, groups, kind, cfg.folds)
+  splits = _outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
+  folds = []
+  for i, (train, test) in enumerate(splits):
+    fit_rows, val_rows = _validation_split(train, groups, cfg, cfg.seed + i)
+    if kind == tasks_lib.CLASSIFICATION:
+      predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
+                            y[val_rows].astype(np.float32), 2, cfg, cfg.seed + i)
+      logits = predict(x[test])
+      prob = _softmax(logits)[:, 1]
+      yt = y[test]
+      scores = {"auroc": float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan,
+                "f1": float(skm.f1_score(yt, logits.argmax(1), zero_division=0)),
+                "accuracy": float(skm.accuracy_score(yt, logits.argmax(1)))}
+    else:
+      mu, sd = y[fit_rows].mean(), y[fit_rows].std() or 1.0
+      norm = lambda v: ((v - mu) / sd).astype(np.float32)
+      predict = _train_head(x[fit_rows], norm(y[fit_rows]), x[val_rows], norm(y[val_rows]), 1,
+                            cfg, cfg.seed + i)
+      pred = predict(x[test])[:, 0] * sd + mu
+      scores = {"mae": float(np.mean(np.abs(pred - y[test]))),
+                "r2": float(skm.r2_score(y[test], pred)) if len(test) > 1 else math.nan}
+    folds.append({"n_test": int(len(test)), **scores})
+  names = XMAE_CLASSIFICATION_METRICS if kind == tasks_lib.CLASSIFICATION else XMAE_REGRESSION_METRICS
+  summary = {}
+  for name in names:
+    v = np.array([f[name] for f in folds])
+    v = v[np.isfinite(v)]
+    summary[name] = {"mean": float(v.mean()) if len(v) else math.nan,
+                     "std": float(v.std()) if len(v) else math.nan}
+  return {"protocol": "xmae", "kind": kind, "metrics": summary, "folds": folds,
+          "n_folds": len(splits), "n_segments": int(len(y)),
+          "n_subjects": int(len(np.unique(groups))), **_class_counts(y, kind),
+          "config": dataclasses.asdict(cfg)}
+
+
+def _softmax(z):
+  z = z - z.max(1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks on an embeddings file
+
+
+def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: str, *,
+             protocol: str = "linear", linear_cfg: LinearProbeConfig = LinearProbeConfig(),
+             xmae_cfg: XMAEProbeConfig = XMAEProbeConfig()) -> dict[str, Any]:
+  """One task on one set of embeddings: targets from `fields`, then the chosen protocol."""
+  if protocol not in PROTOCOLS:
+    raise ProbeError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
+  y, keep, task = tasks_lib.targets(task_spec, fields)
+  x, g, y = np.asarray(embeddings)[keep], np.asarray(subjects)[keep], y[keep]
+  fn = linear_probe if protocol == "linear" else xmae_probe
+  result = fn(x, y, g, task.kind, linear_cfg if protocol == "linear" else xmae_cfg)
+  return {"task": tasks_lib.canonical_name(task_spec), "description": task.description,
+          "unit": task.unit, **result}
+
+
+def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
+              linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig(),
+              skip_unavailable: bool = False) -> list[dict[str, Any]]:
+  results = []
+  for spec in task_specs:
+    if skip_unavailable and not tasks_lib.available(spec, fields):
+      continue
+    for protocol in protocols:
+      results.append(run_task(embeddings, subjects, fields, spec, protocol=protocol,
+                              linear_cfg=linear_cfg, xmae_cfg=xmae_cfg))
+  return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def format_metric(m: dict[str, Any]) -> str:
+  if "value" in m:
+    lo, hi = m["ci95"]
+    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+  return f"{m['mean']:.3f} ± {m['std']:.3f}"
+
+
+def markdown_table(results: Sequence[dict[str, Any]], *, encoder_column: bool = False) -> str:
+  """One row per (encoder,) task and protocol; metrics as `value [CI]` or `mean ± std`."""
+  lines = []
+  for kind in (tasks_lib.CLASSIFICATION, tasks_lib.REGRESSION):
+    rows = [r for r in results if r["kind"] == kind]
+    if not rows:
+      continue
+    metric_names = []
+    for r in rows:
+      for name in r["metrics"]:
+        if name not in metric_names:
+          metric_names.append(name)
+    head = (["encoder"] if encoder_column else []) + ["task", "protocol", "segments", "subjects"]
+    head += metric_names
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in rows:
+      cells = ([r.get("encoder", "")] if encoder_column else []) + [
+          r["task"], r["protocol"], str(r["n_segments"]), str(r["n_subjects"])]
+      cells += [format_metric(r["metrics"][n]) if n in r["metrics"] else "" for n in metric_names]
+      lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+  lines.append("Linear protocol: value [subject-bootstrap 95% CI] on pooled out-of-fold "
+               "predictions; xmae protocol: mean ± std over folds.")
+  return "\n".join(lines) + "\n"

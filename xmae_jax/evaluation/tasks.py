@@ -1,0 +1,180 @@
+"""Downstream tasks: how a probe target is derived from the labels and metadata records carry.
+
+A task is named by a spec string `NAME[:PARAM]`, e.g. `age`, `age_over:60`, `hypertension`,
+`hypertension:clinical`. Targets come from `fields`: a mapping from a field name (`age`, `sex`,
+`sbp`, `pvc`, ...; record.py lists the usual ones) to a per-segment array, NaN where unknown.
+A target of NaN excludes that segment from the task (e.g. the hypertension band between the
+two thresholds).
+
+Adding a task is a few lines: write a target function `(fields, param) -> float array` and put a
+`Task(...)` in REGISTRY.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+
+
+class TaskError(ValueError):
+  """An unknown task, a bad task parameter, or data that lack the fields a task needs."""
+
+
+Fields = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  kind: str                       # CLASSIFICATION (binary, targets 0/1) or REGRESSION
+  needs: tuple[str, ...]          # fields the target is computed from
+  target: Callable[[Fields, str | None], np.ndarray]
+  description: str
+  default_param: str | None = None
+  unit: str = ""
+
+
+def _field(fields: Fields, name: str) -> np.ndarray:
+  return np.asarray(fields[name], np.float64)
+
+
+def _copy(name: str):
+  return lambda fields, param: _field(fields, name)
+
+
+def _binary(name: str):
+  def target(fields, param):
+    y = _field(fields, name)
+    bad = np.isfinite(y) & (y != 0) & (y != 1)
+    if bad.any():
+      raise TaskError(f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}")
+    return y
+  return target
+
+
+def _age_over(fields, param):
+  threshold = _number(param, "age_over")
+  age = _field(fields, "age")
+  return np.where(np.isfinite(age), (age >= threshold).astype(np.float64), np.nan)
+
+
+def _hypertension(fields, param):
+  """xMAE group's rule (default): >=138/88 positive, <=122/72 negative, the band between excluded.
+
+  `clinical`: the clinical 140/90 cut-off, nothing excluded. `T_SBP/T_DBP` (e.g. `130/80`):
+  a custom cut-off, nothing excluded.
+  """
+  sbp, dbp = _field(fields, "sbp"), _field(fields, "dbp")
+  known = np.isfinite(sbp) & np.isfinite(dbp)
+  rule = param or "xmae"
+  if rule == "xmae":
+    pos = (sbp >= 138) | (dbp >= 88)
+    neg = (sbp <= 122) & (dbp <= 72)
+    y = np.where(pos, 1.0, np.where(neg, 0.0, np.nan))
+  else:
+    if rule == "clinical":
+      t_sbp, t_dbp = 140.0, 90.0
+    else:
+      try:
+        t_sbp, t_dbp = (float(v) for v in rule.split("/"))
+      except ValueError:
+        raise TaskError(f"hypertension rule {rule!r}: use xmae, clinical or SBP/DBP like 130/80") from None
+    y = ((sbp >= t_sbp) | (dbp >= t_dbp)).astype(np.float64)
+  return np.where(known, y, np.nan)
+
+
+def _sex(fields, param):
+  raw = np.asarray(fields["sex"])
+  if raw.dtype.kind in "USO":
+    lookup = {"m": 1.0, "male": 1.0, "1": 1.0, "1.0": 1.0, "f": 0.0, "female": 0.0, "0": 0.0, "0.0": 0.0}
+    return np.array([lookup.get(str(v).strip().lower(), np.nan) for v in raw])
+  return _binary("sex")(fields, param)
+
+
+def _number(param: str | None, task: str) -> float:
+  try:
+    return float(param)
+  except (TypeError, ValueError):
+    raise TaskError(f"task {task}: parameter {param!r} is not a number") from None
+
+
+REGISTRY: dict[str, Task] = {t.name: t for t in [
+    Task("age", REGRESSION, ("age",), _copy("age"), "age in years", unit="years"),
+    Task("age_over", CLASSIFICATION, ("age",), _age_over, "age >= PARAM years", default_param="50"),
+    Task("sex", CLASSIFICATION, ("sex",), _sex, "sex (1 male, 0 female)"),
+    Task("bmi", REGRESSION, ("bmi",), _copy("bmi"), "body-mass index", unit="kg/m2"),
+    Task("sbp", REGRESSION, ("sbp",), _copy("sbp"), "systolic blood pressure", unit="mmHg"),
+    Task("dbp", REGRESSION, ("dbp",), _copy("dbp"), "diastolic blood pressure", unit="mmHg"),
+    Task("hypertension", CLASSIFICATION, ("sbp", "dbp"), _hypertension,
+         "hypertension; PARAM = xmae (138/88 vs 122/72, band excluded), clinical (140/90) or S/D",
+         default_param="xmae"),
+    Task("hr", REGRESSION, ("hr",), _copy("hr"), "heart rate", unit="bpm"),
+    Task("pvc", CLASSIFICATION, ("pvc",), _binary("pvc"), "ectopic (PVC) beat in the segment"),
+    Task("ptt", REGRESSION, ("ptt_ms",), _copy("ptt_ms"), "pulse-transit time (R-peak to pulse)",
+         unit="ms"),
+]}
+
+# The tasks `xmae-probe --task all` runs (each needs its fields to be present).
+DEFAULT_TASKS = ("age", "age_over", "sex", "bmi", "sbp", "dbp", "hypertension", "hr", "pvc", "ptt")
+
+
+def parse(spec: str) -> tuple[Task, str | None]:
+  """`"age_over:60"` -> (the age_over task, "60"); the task's default parameter if none given."""
+  name, _, param = spec.partition(":")
+  if name not in REGISTRY:
+    raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}")
+  task = REGISTRY[name]
+  if param and task.default_param is None:
+    raise TaskError(f"task {name!r} takes no parameter (got {param!r})")
+  return task, (param or task.default_param)
+
+
+def canonical_name(spec: str) -> str:
+  task, param = parse(spec)
+  return task.name if param is None else f"{task.name}:{param}"
+
+
+def available(spec: str, fields: Fields) -> bool:
+  task, _ = parse(spec)
+  return all(n in fields and np.any(_known(fields[n])) for n in task.needs)
+
+
+def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
+  """(y, keep, task): y per segment (0/1 floats or values), keep = the segments the task uses."""
+  task, param = parse(spec)
+  missing = [n for n in task.needs if n not in fields]
+  if missing:
+    raise TaskError(f"task {task.name}: the data carry no {', '.join(missing)} "
+                    f"(fields present: {', '.join(sorted(fields)) or 'none'})")
+  y = np.asarray(task.target(fields, param), np.float64)
+  keep = np.isfinite(y)
+  if not keep.any():
+    raise TaskError(f"task {canonical_name(spec)}: no segment has a usable target")
+  if task.kind == CLASSIFICATION:
+    classes = np.unique(y[keep])
+    if len(classes) < 2:
+      raise TaskError(f"task {canonical_name(spec)}: only class {classes[0]:g} present in the data")
+  return y, keep, task
+
+
+def _known(a: np.ndarray) -> np.ndarray:
+  a = np.asarray(a)
+  if a.dtype.kind in "fc":
+    return np.isfinite(a)
+  if a.dtype.kind in "iub":
+    return np.ones(a.shape, bool)
+  return np.array([str(v) not in ("", "nan", "None") for v in a.ravel()]).reshape(a.shape)
+
+
+def fields_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Fields from an embeddings file's arrays: `meta.NAME` and `label.NAME` (labels win)."""
+  fields = {}
+  for prefix in ("meta.", "label."):
+    for key, value in arrays.items():
+      if key.startswith(prefix):
+        fields[key[len(prefix):]] = np.asarray(value)
+  return fields
