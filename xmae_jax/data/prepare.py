@@ -1,0 +1,372 @@
+"""`xmae-prepare` as a library: raw recordings -> a dataset directory (shards, index, manifest).
+
+    report = prepare_dataset("synthetic", None, "data/demo", workers=2, seed=77)
+
+Work is parallel over input units (files, or subjects for the simulator). Each unit's result
+(encoded records, drop counts, missing files) is cached atomically under DIR/.work/<params>/, so
+an interrupted run resumes where it stopped and a re-run with the same parameters only rewrites
+the shards. Bad input never stops the run: a unit that fails is skipped with its reason. The
+output is written split by split through `shards.write_split` (atomic per file) after the old
+manifest is removed, and the manifest is written last: a directory with a manifest is complete.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgpack
+import numpy as np
+
+from xmae_jax import __version__
+from xmae_jax.data import preprocess as pp
+from xmae_jax.data import record as record_lib
+from xmae_jax.data import shards
+from xmae_jax.data import sources as sources_lib
+
+WORK = ".work"
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+CACHE_VERSION = 1
+
+
+class PrepareError(ValueError):
+  """An unusable request (unknown source, empty input, output of another schema)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject split
+# ---------------------------------------------------------------------------------------------
+def split_subjects(subjects: Iterable[str], seed: int, test_frac: float = 0.05,
+                   val_frac: float = 0.05) -> dict[str, str]:
+  """subject -> 'train' | 'validation' | 'test', deterministic in the seed.
+
+  Same rule as the reference (sklearn train_test_split on the sorted unique subjects, test
+  first, then validation from the rest), so with its seed 77 and the same subjects the split is
+  the reference's. Fewer than 3 subjects all go to train; otherwise test and validation get at
+  least one subject each (ceil) and train keeps at least one.
+  """
+  for name, f in (("test_frac", test_frac), ("val_frac", val_frac)):
+    if not 0 <= f < 1:
+      raise PrepareError(f"{name} must be in [0, 1), got {f}")
+  subjects = sorted(set(str(s) for s in subjects))
+  if len(subjects) < 3:
+    return {s: "train" for s in subjects}
+  from sklearn.model_selection import train_test_split
+  rest, test = (train_test_split(subjects, test_size=test_frac, random_state=seed)
+                if test_frac > 0 else (subjects, []))
+  train, val = (train_test_split(rest, test_size=val_frac, random_state=seed)
+                if val_frac > 0 and len(rest) >= 2 else (rest, []))
+  out = {s: "train" for s in train}
+  out.update({s: "validation" for s in val})
+  out.update({s: "test" for s in test})
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One unit of work (module level: spawn-safe for multiprocessing)
+# ---------------------------------------------------------------------------------------------
+def process_unit(source: str, unit: str, options: dict[str, Any],
+                 config: pp.PreprocessConfig) -> dict[str, Any]:
+  """Reads and preprocesses one input unit; never raises for bad input.
+
+  Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]], stats: {key: n},
+  records: [encoded bytes], seconds}.
+  """
+  t0 = time.perf_counter()
+  reader = sources_lib.get(source)
+  stats: collections.Counter = collections.Counter()
+  records, missing = [], []
+  status, reason = "ok", ""
+  try:
+    for item in reader.read(unit, options):
+      if isinstance(item, sources_lib.Missing):
+        missing.append([item.path, item.reason])
+        continue
+      try:
+        segs, st = pp.segment_recording(item.signals, config, meta=item.meta, labels=item.labels,
+                                        events=item.events, series=item.series)
+      except pp.PreprocessError as e:
+        stats[f"recording_skipped/{_reason_key(str(e))}"] += 1
+        missing.append([item.name, str(e)])
+        continue
+      stats.update(st)
+      for seg in segs:
+        records.append(record_lib.encode(record_lib.Record(
+            subject_id=item.subject_id, segment_id=f"{item.name}:{seg.index:05d}", source=source,
+            ppg=seg.signals.get("ppg"), ecg=seg.signals.get("ecg"),
+            quality_ppg=seg.quality.get("ppg", math.nan),
+            quality_ecg=seg.quality.get("ecg", math.nan),
+            meta=_finite(seg.meta), labels=seg.labels)))
+  except sources_lib.SourceError as e:
+    status, reason = "skipped", str(e)
+    records = []
+  except Exception as e:  # a reader bug or a file no reader check anticipated: skip the unit
+    status = "skipped"
+    reason = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    records = []
+  stats["segments_kept"] += len(records)
+  return {"unit": unit, "status": status, "reason": reason, "missing": missing,
+          "stats": dict(stats), "records": records,
+          "seconds": time.perf_counter() - t0}
+
+
+def _reason_key(message: str) -> str:
+  return message.split(":")[0].strip().replace(" ", "_")
+
+
+def _finite(meta: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in meta.items()
+          if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _work_item(args) -> tuple[str, dict[str, Any]]:
+  """Pool entry point: process one unit, cache its result atomically, return a small summary."""
+  source, unit, options, config_dict, cache_path = args
+  config = pp.PreprocessConfig(**config_dict)
+  result = process_unit(source, unit, options, config)
+  _atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
+  return unit, {k: v for k, v in result.items() if k != "records"}
+
+
+def _init_worker():
+  import warnings
+  warnings.simplefilter("ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+# ---------------------------------------------------------------------------------------------
+def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | os.PathLike, *,
+                    workers: int = 1, seed: int = 0, test_frac: float = 0.05,
+                    val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
+                    source_options: dict[str, Any] | None = None,
+                    records_per_shard: int = 4096, progress: bool = True,
+                    log=print) -> dict[str, Any]:
+  """Prepares one dataset directory; returns the closing report (also written into it)."""
+  started = time.time()
+  config = config or pp.PreprocessConfig()
+  try:
+    reader = sources_lib.get(source)
+  except sources_lib.SourceError as e:
+    raise PrepareError(str(e)) from None
+  out = Path(output)
+  _check_output(out)
+  options = dict(source_options or {})
+  if getattr(reader, "USES_SEED", False):
+    options["seed"] = int(seed)
+  try:
+    units = reader.list_inputs(None if input is None else str(input), options)
+  except sources_lib.SourceError as e:
+    raise PrepareError(f"{e} (--input {input})") from None
+  if not units:
+    raise PrepareError(f"empty input: no {source} inputs found under {input}")
+  if workers < 1:
+    raise PrepareError(f"--workers must be >= 1, got {workers}")
+
+  key = _params_key(source, options, config)
+  work = out / WORK / key
+  work.mkdir(parents=True, exist_ok=True)
+  cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
+  todo = [u for u in units if not cache[u].is_file()]
+  _run_units(source, todo, options, config, cache, workers,
+             progress=progress, total=len(units))
+
+  results = [_read_cache(cache[u], u) for u in units]
+  report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
+                          val_frac=val_frac, config=config, options=options,
+                          records_per_shard=records_per_shard)
+  report["resumed_units"] = len(units) - len(todo)
+  report["seconds"] = round(time.time() - started, 3)
+  report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
+  _atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
+  _atomic_write(out / REPORT_MD, render_report(report).encode())
+  if log:
+    log(summary_line(report))
+  return report
+
+
+def _run_units(source, todo, options, config, cache, workers, *, progress, total):
+  from tqdm import tqdm
+  args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
+  bar = tqdm(total=total, initial=total - len(todo), file=sys.stderr, unit="input",
+             desc=f"xmae-prepare {source}", disable=not progress, dynamic_ncols=True)
+  try:
+    if workers == 1 or len(args) <= 1:
+      for a in args:
+        _work_item(a)
+        bar.update(1)
+    else:
+      ctx = multiprocessing.get_context("spawn")
+      with ctx.Pool(min(workers, len(args)), initializer=_init_worker) as pool:
+        for _ in pool.imap_unordered(_work_item, args, chunksize=1):
+          bar.update(1)
+  finally:
+    bar.close()
+
+
+def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_frac, config,
+                   options, records_per_shard) -> dict[str, Any]:
+  per_split: dict[str, list[bytes]] = {s: [] for s in shards.SPLITS}
+  subjects_all = []
+  decoded = []
+  for res in results:
+    maps = [record_lib.decode_map(b) for b in res["records"]]
+    subjects_all.extend(m["subject_id"] for m in maps)
+    decoded.append(maps)
+  assignment = split_subjects(subjects_all, seed, test_frac, val_frac)
+  for res, maps in zip(results, decoded):
+    for b, m in zip(res["records"], maps):
+      per_split[assignment[m["subject_id"]]].append(b)
+
+  # An old manifest would describe shards we are about to replace: remove it first, so that
+  # until the new one is written the directory is visibly incomplete.
+  (out / shards.MANIFEST).unlink(missing_ok=True)
+  entries = {s: shards.write_split(out, s, per_split[s], records_per_shard)
+             for s in shards.SPLITS}
+  keep = {n for e in entries.values() for n in e["shards"]}
+  for p in out.glob("*.array_record"):
+    if p.name not in keep:
+      p.unlink()
+  input_root = None if input is None else Path(input)
+  shards.write_manifest(
+      out, entries, sampling_rate=config.target_fs, segment_length=config.segment_length,
+      preprocessing=config.as_dict(), sources=[_relative(u, input_root) for u in units],
+      extra={"source": source, "source_options": options, "split": {
+          "seed": seed, "test_frac": test_frac, "val_frac": val_frac,
+          "method": "sklearn train_test_split on sorted subjects: test, then validation"}})
+  return build_report(source, input, results, entries)
+
+
+def build_report(source, input, results, entries) -> dict[str, Any]:
+  dropped: collections.Counter = collections.Counter()
+  notes: collections.Counter = collections.Counter()
+  skipped_recordings: collections.Counter = collections.Counter()
+  files_skipped, files_missing, per_file = [], [], []
+  kept = 0
+  for r in results:
+    st = r["stats"]
+    kept += st.get("segments_kept", 0)
+    for k, v in st.items():
+      if k.startswith("dropped/"):
+        dropped[k[8:]] += v
+      elif k.startswith("note/"):
+        notes[k[5:]] += v
+      elif k.startswith("recording_skipped/"):
+        skipped_recordings[k[18:]] += v
+    if r["status"] != "ok":
+      files_skipped.append({"file": r["unit"], "reason": r["reason"]})
+    files_missing.extend({"file": p, "reason": why, "input": r["unit"]} for p, why in r["missing"])
+    per_file.append({"file": r["unit"], "status": r["status"], "kept": st.get("segments_kept", 0),
+                     "dropped": sum(v for k, v in st.items() if k.startswith("dropped/"))})
+  return {
+      "source": source, "input": None if input is None else str(input),
+      "package_version": __version__,
+      "files_total": len(results),
+      "files_read": sum(r["status"] == "ok" for r in results),
+      "files_skipped": files_skipped,
+      "files_missing": files_missing,
+      "segments_kept": kept,
+      "segments_dropped": dict(sorted(dropped.items())),
+      "segments_dropped_total": sum(dropped.values()),
+      "recordings_skipped": dict(sorted(skipped_recordings.items())),
+      "quality_notes": dict(sorted(notes.items())),
+      "records_per_split": {s: e["records"] for s, e in entries.items()},
+      "subjects_per_split": {s: e["subjects"] for s, e in entries.items()},
+      "per_file": per_file,
+  }
+
+
+def summary_line(report: dict[str, Any]) -> str:
+  return (f"xmae-prepare: {report['files_read']}/{report['files_total']} inputs read, "
+          f"{len(report['files_skipped'])} skipped, {len(report['files_missing'])} missing; "
+          f"{report['segments_kept']} segments kept, {report['segments_dropped_total']} dropped "
+          f"{report['segments_dropped'] or ''}; records per split {report['records_per_split']}, "
+          f"subjects {report['subjects_per_split']}")
+
+
+def render_report(r: dict[str, Any]) -> str:
+  lines = [f"# xmae-prepare report: {r['source']}", "",
+           f"- input: `{r['input']}`", f"- package version: {r['package_version']}",
+           f"- inputs: {r['files_total']} total, {r['files_read']} read, "
+           f"{len(r['files_skipped'])} skipped, {len(r['files_missing'])} missing files",
+           f"- segments kept: {r['segments_kept']}; dropped: {r['segments_dropped_total']}",
+           f"- time: {r.get('seconds', 0)} s ({r.get('segments_per_s', 0)} segments/s), "
+           f"{r.get('resumed_units', 0)} inputs reused from the cache", "",
+           "| split | records | subjects |", "|---|---|---|"]
+  lines += [f"| {s} | {r['records_per_split'][s]} | {r['subjects_per_split'][s]} |"
+            for s in r["records_per_split"]]
+  for title, d in (("Segments dropped per reason", r["segments_dropped"]),
+                   ("Recordings skipped per reason", r["recordings_skipped"]),
+                   ("Quality could not be computed (stored as 0)", r["quality_notes"])):
+    if d:
+      lines += ["", f"## {title}", ""] + [f"- {k}: {v}" for k, v in d.items()]
+  if r["files_skipped"]:
+    lines += ["", "## Inputs skipped", ""] + [f"- `{f['file']}`: {f['reason']}"
+                                              for f in r["files_skipped"]]
+  if r["files_missing"]:
+    lines += ["", "## Files missing or unusable", ""] + [
+        f"- `{f['file']}` (in `{f['input']}`): {f['reason']}" for f in r["files_missing"]]
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def _check_output(out: Path) -> None:
+  if out.exists() and not out.is_dir():
+    raise PrepareError(f"output {out} exists and is not a directory")
+  if not out.is_dir():
+    return
+  manifest = out / shards.MANIFEST
+  if manifest.is_file():
+    try:
+      version = json.loads(manifest.read_text()).get("schema_version")
+    except (json.JSONDecodeError, AttributeError):
+      version = "unreadable"
+    if version != record_lib.SCHEMA_VERSION:
+      raise PrepareError(f"output {out} exists with another schema (manifest schema_version "
+                         f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})")
+    return
+  if (out / WORK).is_dir():
+    return                                         # an interrupted run of ours: resume it
+  if any(out.iterdir()):
+    raise PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
+                       f"directory (no {shards.MANIFEST}); choose another --output")
+
+
+def _params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig) -> str:
+  blob = json.dumps({"source": source, "options": options,
+                     "config": dataclasses.asdict(config), "cache": CACHE_VERSION,
+                     "schema": record_lib.SCHEMA_VERSION, "version": __version__},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path, unit: str) -> dict[str, Any]:
+  try:
+    return msgpack.unpackb(path.read_bytes(), raw=False)
+  except Exception as e:  # a cache file we wrote atomically should not be corrupt; redo it
+    raise PrepareError(f"cache file {path} for {unit} is corrupt ({e}); delete it and re-run")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def _relative(unit: str, root: Path | None) -> str:
+  if root is None:
+    return unit
+  try:
+    return str(Path(unit).relative_to(root if root.is_dir() else root.parent))
+  except ValueError:
+    return unit

@@ -1,0 +1,326 @@
+"""Preprocessing as xMAE's: clean, quality, resample to 100 Hz, 10-s windows, min-max to [-1, 1].
+
+One function per step, so that `xmae-prepare`, `load_encoder().embed` and evaluation share them:
+  check_window      reject NaN runs and flat lines (short NaN gaps are interpolated)
+  clean             NeuroKit2 ecg_clean ("neurokit") / ppg_clean ("elgendi") at the source rate
+  quality           template-match quality (15th percentile) at the source rate, before resampling
+  resample          to 100 Hz (nk.signal_resample, "interpolation" = scipy.ndimage.zoom, as the
+                    reference)
+  minmax            per-segment min-max to [-1, 1]
+  segment_recording the whole path for one continuous multi-modality recording -> segments
+  prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
+
+Every modality is windowed on the time axis at its own sampling rate, so multi-rate recordings
+(e.g. ECG at 250 Hz and PPG at 125 Hz) need no common rate before the 100-Hz resampling.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+MODALITIES = ("ppg", "ecg")
+TARGET_FS = 100
+SEGMENT_SECONDS = 10.0
+SEGMENT_LENGTH = 1000
+REQUIREMENTS = {"both": ("ppg", "ecg"), "any": (), "ppg": ("ppg",), "ecg": ("ecg",)}
+
+
+class PreprocessError(ValueError):
+  """Input that cannot be preprocessed (wrong shape, unknown sampling rate, too short)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+  """Every parameter of the preprocessing; stored verbatim in the dataset manifest."""
+  target_fs: int = TARGET_FS
+  segment_seconds: float = SEGMENT_SECONDS
+  stride_seconds: float | None = None        # None: = segment_seconds (non-overlapping)
+  ecg_clean_method: str = "neurokit"
+  ppg_clean_method: str = "elgendi"
+  quality_method: str = "templatematch"
+  quality_percentile: float = 15.0
+  resample_method: str = "interpolation"
+  max_nan_gap_seconds: float = 0.1           # shorter NaN gaps are linearly interpolated
+  max_flat_seconds: float = 2.0              # a longer run of identical samples is a flat line
+  min_fs: float = 20.0                       # below this a rate is treated as unknown/invalid
+  modalities: str = "both"                   # which modalities a kept segment must have
+  min_quality: float | None = None           # drop at prepare time (else the pipeline filters)
+
+  def __post_init__(self):
+    if self.modalities not in REQUIREMENTS:
+      raise PreprocessError(f"modalities must be one of {sorted(REQUIREMENTS)}, "
+                            f"got {self.modalities!r}")
+    if self.segment_seconds * self.target_fs != round(self.segment_seconds * self.target_fs):
+      raise PreprocessError("segment_seconds * target_fs must be a whole number of samples")
+    if self.stride_seconds is not None and self.stride_seconds <= 0:
+      raise PreprocessError(f"stride_seconds must be positive, got {self.stride_seconds}")
+
+  @property
+  def segment_length(self) -> int:
+    return int(round(self.segment_seconds * self.target_fs))
+
+  @property
+  def stride(self) -> float:
+    return self.segment_seconds if self.stride_seconds is None else self.stride_seconds
+
+  def as_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["segment_length"] = self.segment_length
+    d["normalization"] = "per-segment min-max to [-1, 1]"
+    d["quality"] = (f"{self.quality_percentile:g}th percentile of nk.<modality>_quality "
+                    f"{self.quality_method}, at the source rate, before resampling")
+    return d
+
+
+@dataclasses.dataclass
+class Segment:
+  """One prepared window: both modalities at target_fs (absent ones are None)."""
+  index: int
+  start_s: float
+  signals: dict[str, np.ndarray]
+  quality: dict[str, float]
+  meta: dict[str, Any]
+  labels: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Single steps
+# ---------------------------------------------------------------------------------------------
+def check_sampling_rate(fs: Any, what: str = "signal", min_fs: float = 20.0) -> float:
+  """A usable sampling rate as float, else PreprocessError('unknown sampling rate ...')."""
+  try:
+    fs = float(fs)
+  except (TypeError, ValueError):
+    raise PreprocessError(f"unknown sampling rate {fs!r} for {what}") from None
+  if not math.isfinite(fs) or fs < min_fs:
+    raise PreprocessError(f"unknown sampling rate {fs!r} for {what} (need >= {min_fs:g} Hz)")
+  return fs
+
+
+def as_signal(x: Any, what: str = "signal") -> np.ndarray:
+  """A 1-D float64 array, else PreprocessError('wrong shape ...')."""
+  try:
+    a = np.asarray(x, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise PreprocessError(f"wrong shape: {what} is not numeric") from None
+  if a.ndim == 2 and 1 in a.shape:
+    a = a.reshape(-1)
+  if a.ndim != 1:
+    raise PreprocessError(f"wrong shape: {what} has shape {a.shape}, expected 1-D")
+  return a
+
+
+def longest_run(mask: np.ndarray) -> int:
+  """Length of the longest run of True in a 1-D bool array."""
+  if not mask.any():
+    return 0
+  padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+  d = np.diff(padded)
+  return int((np.flatnonzero(d == -1) - np.flatnonzero(d == 1)).max())
+
+
+def check_window(x: np.ndarray, fs: float, config: PreprocessConfig) -> tuple[np.ndarray | None,
+                                                                               str | None]:
+  """(repaired window, None) or (None, reason): 'nan_run' or 'flat_line'."""
+  bad = ~np.isfinite(x)
+  if bad.any():
+    if bad.all() or longest_run(bad) > config.max_nan_gap_seconds * fs:
+      return None, "nan_run"
+    idx = np.arange(len(x))
+    x = x.copy()
+    x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
+  same = np.diff(x) == 0
+  # a run of k equal differences is k+1 identical samples
+  if np.ptp(x) == 0 or longest_run(same) + 1 > config.max_flat_seconds * fs:
+    return None, "flat_line"
+  return x, None
+
+
+def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> np.ndarray:
+  """NeuroKit2 cleaning at the source rate (ecg: 'neurokit', ppg: 'elgendi')."""
+  import neurokit2 as nk  # heavy import, kept local so readers stay light
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    if modality == "ecg":
+      return np.asarray(nk.ecg_clean(x, sampling_rate=fs, method=config.ecg_clean_method), float)
+    if modality == "ppg":
+      return np.asarray(nk.ppg_clean(x, sampling_rate=fs, method=config.ppg_clean_method), float)
+  raise PreprocessError(f"unknown modality {modality!r}")
+
+
+def quality(cleaned: np.ndarray, fs: float, modality: str,
+            config: PreprocessConfig) -> tuple[float, str | None]:
+  """(percentile of template-match quality, None), or (0.0, reason) when it cannot be computed.
+
+  Too few beats (NeuroKit raises, or every correlation is NaN) gives 0.0 so that the default
+  threshold rejects the segment while the record is still kept and counted.
+  """
+  import neurokit2 as nk
+  fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
+  try:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore")
+      q = np.asarray(fn(cleaned, sampling_rate=fs, method=config.quality_method), float)
+  except Exception:  # NeuroKit raises many types (ValueError, IndexError, ...) on too few beats
+    return 0.0, "too_few_beats"
+  if q.size == 0:
+    return 0.0, "too_few_beats"
+  if not np.all(np.isfinite(q)):
+    # the reference's np.percentile would give NaN, which fails every threshold
+    return 0.0, "undefined_correlation"
+  return float(np.clip(np.percentile(q, config.quality_percentile), -1.0, 1.0)), None
+
+
+def resample(x: np.ndarray, fs: float, target_fs: float, length: int | None = None,
+             method: str = "interpolation") -> np.ndarray:
+  """Resamples to target_fs (or exactly `length` samples) with nk.signal_resample."""
+  import neurokit2 as nk
+  n = int(round(len(x) * target_fs / fs)) if length is None else int(length)
+  if n == len(x):
+    return np.asarray(x, float)
+  return np.asarray(nk.signal_resample(x, desired_length=n, method=method), float)
+
+
+def minmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+  """Per-segment min-max to [-1, 1] along `axis` (a constant segment maps to 0)."""
+  x = np.asarray(x, np.float64)
+  lo = x.min(axis=axis, keepdims=True)
+  span = x.max(axis=axis, keepdims=True) - lo
+  return np.where(span > 0, 2.0 * (x - lo) / np.where(span > 0, span, 1.0) - 1.0, 0.0)
+
+
+def window_starts(duration_s: float, config: PreprocessConfig) -> np.ndarray:
+  """Start times (s) of every full window within a recording of `duration_s` seconds."""
+  n = int(math.floor((duration_s - config.segment_seconds) / config.stride + 1e-9)) + 1
+  return np.arange(max(n, 0)) * config.stride
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole path
+# ---------------------------------------------------------------------------------------------
+def segment_recording(
+    signals: Mapping[str, tuple[np.ndarray, float]],
+    config: PreprocessConfig,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    labels: Mapping[str, Any] | None = None,
+    events: Mapping[str, np.ndarray] | None = None,
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[list[Segment], collections.Counter]:
+  """One continuous recording -> prepared segments, and a Counter of drops and notes.
+
+  signals: modality -> (samples, fs), all starting at t = 0 (modalities may differ in rate).
+  events:  name -> (K, 2) [start_s, end_s] intervals; a window's label is 1 if one overlaps it.
+  series:  name -> (times_s, values); a window's meta value is their mean inside the window.
+  The Counter keys are 'dropped/<reason>' (per window) and 'note/<reason>' (kept windows).
+  """
+  stats: collections.Counter = collections.Counter()
+  present = {}
+  for m, (x, fs) in signals.items():
+    if m not in MODALITIES:
+      raise PreprocessError(f"unknown modality {m!r}")
+    fs = check_sampling_rate(fs, m, config.min_fs)
+    present[m] = (as_signal(x, m), fs)
+  if not present:
+    raise PreprocessError("missing channel: neither ECG nor PPG")
+  duration = min(len(x) / fs for x, fs in present.values())
+  starts = window_starts(duration, config)
+  if len(starts) == 0:
+    stats["dropped/too_short"] += 1
+    return [], stats
+  required = REQUIREMENTS[config.modalities]
+  out = []
+  for k, t0 in enumerate(starts):
+    seg, reason = _one_window(present, float(t0), config, required, stats)
+    if seg is None:
+      stats[f"dropped/{reason}"] += 1
+      continue
+    seg.index = k
+    t1 = t0 + config.segment_seconds
+    seg.meta.update(meta or {})
+    for name, (times, values) in (series or {}).items():
+      inside = (times >= t0) & (times < t1)
+      if inside.any():
+        seg.meta[name] = float(np.mean(values[inside]))
+    seg.labels.update(labels or {})
+    for name, iv in (events or {}).items():
+      iv = np.asarray(iv, float).reshape(-1, 2)
+      seg.labels[name] = int(bool(np.any((iv[:, 1] >= t0) & (iv[:, 0] < t1))))
+    out.append(seg)
+  return out, stats
+
+
+def _one_window(present, t0, config, required, stats) -> tuple[Segment | None, str | None]:
+  for m in required:
+    if m not in present:
+      return None, f"missing_{m}"
+  sig, qual, first_reason = {}, {}, None
+  for m, (x, fs) in present.items():
+    a = int(round(t0 * fs))
+    n = int(round(config.segment_seconds * fs))
+    w, reason = check_window(x[a:a + n], fs, config)
+    if w is None:
+      if m in required:
+        return None, f"{reason}_{m}"
+      first_reason = first_reason or f"{reason}_{m}"
+      continue
+    c = clean(w, fs, m, config)
+    q, why = quality(c, fs, m, config)
+    if why:
+      stats[f"note/quality_{why}_{m}"] += 1
+    if config.min_quality is not None and q < config.min_quality:
+      if m in required or config.modalities == "any":
+        return None, f"low_quality_{m}"
+      continue
+    r = resample(c, fs, config.target_fs, config.segment_length, config.resample_method)
+    if not np.all(np.isfinite(r)) or np.ptp(r) == 0:
+      return None, f"flat_line_{m}"
+    sig[m] = minmax(r).astype(np.float32)
+    qual[m] = q
+  if not sig:
+    return None, first_reason or "no_modality"
+  return Segment(index=-1, start_s=t0, signals=sig, quality=qual, meta={}, labels={}), None
+
+
+def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None = None,
+                          modality: str | None = None, clean_signal: bool = False,
+                          return_index: bool = False):
+  """Raw (N, L) or (L,) signals at any fs -> (N', segment_length) float32 model inputs.
+
+  Steps: optional NeuroKit cleaning (needs `modality`), resample to target_fs, windows of
+  segment_seconds (stride from config), per-window min-max to [-1, 1]. A row shorter than one
+  window raises PreprocessError. With return_index, also returns the source row of each window.
+  """
+  config = config or PreprocessConfig()
+  fs = check_sampling_rate(fs, "input", config.min_fs)
+  a = np.asarray(x, np.float64)
+  if a.ndim == 1:
+    a = a[None]
+  if a.ndim != 2 or a.shape[1] == 0:
+    raise PreprocessError(f"wrong shape: expected (N, L) or (L,), got {np.shape(x)}")
+  if not np.all(np.isfinite(a)):
+    raise PreprocessError("input contains NaN or inf")
+  if clean_signal:
+    if modality not in MODALITIES:
+      raise PreprocessError(f"clean_signal needs modality in {MODALITIES}, got {modality!r}")
+    a = np.stack([clean(row, fs, modality, config) for row in a])
+  n_out = int(round(a.shape[1] * config.target_fs / fs))
+  rs = np.stack([resample(row, fs, config.target_fs, n_out, config.resample_method)
+                 for row in a])
+  length = config.segment_length
+  if rs.shape[1] < length:
+    raise PreprocessError(f"input of {a.shape[1] / fs:.2f} s is shorter than one "
+                          f"{config.segment_seconds:g}-s window")
+  step = int(round(config.stride * config.target_fs))
+  starts = np.arange(0, rs.shape[1] - length + 1, step)
+  idx = starts[:, None] + np.arange(length)[None]
+  windows = rs[:, idx]                                    # (N, W, length)
+  out = minmax(windows.reshape(-1, length)).astype(np.float32)
+  if return_index:
+    return out, np.repeat(np.arange(a.shape[0]), len(starts))
+  return out
