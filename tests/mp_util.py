@@ -1,0 +1,198 @@
+"""Run N local Python processes joined with `jax.distributed` on CPU, for multi-process tests.
+
+Parent side (in a test):
+
+    from mp_util import run_processes
+    results = run_processes(SCRIPT, num_processes=2, devices_per_process=2,
+                            args=[str(tmp_path)], timeout=180)
+    results[0].result   # the object process 0 passed to `emit`
+
+`SCRIPT` is Python source (a string) or the path of a script. Every process gets the same
+command line plus its own environment: a free coordinator port (portpicker), its index, the
+process count, `JAX_PLATFORMS=cpu` and `XLA_FLAGS=--xla_force_host_platform_device_count=D`,
+and `PYTHONPATH` with the repository and `tests/` (so scripts can `import mp_util`). If any
+process fails or the timeout passes, all are killed and `MultiProcessError` says which one
+failed, with the tail of its output.
+
+Child side (in the script):
+
+    import mp_util
+    mp_util.initialize()          # absl flags marked parsed + jax.distributed.initialize(...)
+    ...
+    mp_util.emit({"rows": [...]}) # one JSON-able object back to the parent
+
+`initialize` must run before any other JAX call. Scripts that launch Grain worker processes
+must keep their work under `if __name__ == "__main__":` (workers re-import the main module).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+RESULT_PREFIX = "MP_UTIL_RESULT "
+_ENV_COORDINATOR = "MP_UTIL_COORDINATOR"
+_ENV_NUM = "MP_UTIL_NUM_PROCESSES"
+_ENV_INDEX = "MP_UTIL_PROCESS_INDEX"
+
+
+class MultiProcessError(RuntimeError):
+  """A child process failed, printed no result, or ran past the timeout."""
+
+
+@dataclasses.dataclass
+class ProcessResult:
+  index: int
+  returncode: int
+  stdout: str
+  stderr: str
+  result: Any   # what the process passed to `emit` (None if it emitted nothing)
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequence[str] = (),
+                  devices_per_process: int = 1, timeout: float = 180.0,
+                  env: dict[str, str] | None = None, require_result: bool = True
+                  ) -> list[ProcessResult]:
+  """Starts `num_processes` copies of `script`, waits for all, returns their results in order.
+
+  Args:
+    script: Python source, or the path of a .py file.
+    num_processes: how many processes (joined as one jax.distributed job).
+    args: command-line arguments given to every process.
+    devices_per_process: CPU devices per process (XLA host platform device count).
+    timeout: seconds for the whole group; then every process is killed.
+    env: extra environment variables (override the defaults).
+    require_result: raise if a process exits 0 without calling `emit`.
+  """
+  import portpicker  # pylint: disable=g-import-not-at-top
+  port = portpicker.pick_unused_port()
+  with tempfile.TemporaryDirectory(prefix="mp_util_") as tmp:
+    path = Path(script) if _is_path(script) else Path(tmp) / "script.py"
+    if not _is_path(script):
+      path.write_text(str(script))
+    procs = []
+    try:
+      for i in range(num_processes):
+        procs.append(subprocess.Popen(
+            [sys.executable, str(path), *map(str, args)],
+            env=_child_env(i, num_processes, port, devices_per_process, env),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
+            start_new_session=True))
+      outputs = _wait_all(procs, timeout)
+    finally:
+      for p in procs:
+        _kill(p)
+    results = []
+    for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
+      res = _parse_result(out)
+      if p.returncode != 0 or (require_result and res is None):
+        why = f"exit code {p.returncode}" if p.returncode != 0 else "no result emitted"
+        raise MultiProcessError(f"process {i}/{num_processes} failed ({why}):\n"
+                                f"--- stderr tail ---\n{err[-4000:]}\n"
+                                f"--- stdout tail ---\n{out[-2000:]}")
+      results.append(ProcessResult(i, p.returncode, out, err, res))
+    return results
+
+
+def _is_path(script) -> bool:
+  return isinstance(script, os.PathLike) or (
+      isinstance(script, str) and "\n" not in script and script.endswith(".py"))
+
+
+def _child_env(index: int, num: int, port: int, devices: int,
+               extra: dict[str, str] | None) -> dict[str, str]:
+  env = dict(os.environ)
+  path = [str(REPO), str(TESTS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  env.update({
+      "PYTHONPATH": os.pathsep.join(path),
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      _ENV_COORDINATOR: f"127.0.0.1:{port}",
+      _ENV_NUM: str(num),
+      _ENV_INDEX: str(index),
+  })
+  env.update(extra or {})
+  return env
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+  """Collects every process's output; kills the group at the deadline or on a failure."""
+  deadline = time.monotonic() + timeout
+  outputs: list[tuple[str, str] | None] = [None] * len(procs)
+  while any(o is None for o in outputs):
+    for i, p in enumerate(procs):
+      if outputs[i] is not None:
+        continue
+      try:
+        outputs[i] = p.communicate(timeout=0.2)
+      except subprocess.TimeoutExpired:
+        continue
+      if p.returncode != 0:   # one failed: the others would hang in a collective; stop them
+        for q in procs:
+          _kill(q)
+    if time.monotonic() > deadline:
+      for p in procs:
+        _kill(p)
+      tails = []
+      for i, p in enumerate(procs):
+        out, err = outputs[i] or p.communicate()
+        tails.append(f"--- process {i} stderr tail ---\n{err[-1500:]}")
+      raise MultiProcessError(f"{len(procs)} processes did not finish within {timeout:.0f} s\n"
+                              + "\n".join(tails))
+  return outputs  # type: ignore[return-value]
+
+
+def _kill(p: subprocess.Popen) -> None:
+  """Kills the process and its own children (Grain workers): it leads its own session."""
+  if p.poll() is None:
+    try:
+      os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+      pass
+    p.wait()
+
+
+def _parse_result(stdout: str) -> Any:
+  for line in reversed(stdout.splitlines()):
+    if line.startswith(RESULT_PREFIX):
+      return json.loads(line[len(RESULT_PREFIX):])
+  return None
+
+
+# ----------------------------------------------------------------------------- child side
+
+
+def process_index() -> int:
+  return int(os.environ[_ENV_INDEX])
+
+
+def num_processes() -> int:
+  return int(os.environ[_ENV_NUM])
+
+
+def initialize(timeout_s: int = 120) -> None:
+  """In a child: marks absl flags parsed (Grain reads them) and joins the jax.distributed job."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(os.environ[_ENV_COORDINATOR], num_processes(), process_index(),
+                             initialization_timeout=timeout_s)
+
+
+def emit(obj: Any) -> None:
+  """In a child: sends one JSON-able object back to the parent (the last call wins)."""
+  print(RESULT_PREFIX + json.dumps(obj), flush=True)
