@@ -246,7 +246,10 @@ def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_f
 
 
 def build_report(source, input, results, entries) -> dict[str, Any]:
+  root = None if input is None else Path(input)
   dropped: collections.Counter = collections.Counter()
+  cut: collections.Counter = collections.Counter()
+  cut_seconds: collections.Counter = collections.Counter()
   notes: collections.Counter = collections.Counter()
   skipped_recordings: collections.Counter = collections.Counter()
   files_skipped, files_missing, per_file = [], [], []
@@ -257,14 +260,20 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
     for k, v in st.items():
       if k.startswith("dropped/"):
         dropped[k[8:]] += v
+      elif k.startswith("cut/"):
+        cut[k[4:]] += v
+      elif k.startswith("cut_seconds/"):
+        cut_seconds[k[12:]] += v
       elif k.startswith("note/"):
         notes[k[5:]] += v
       elif k.startswith("recording_skipped/"):
         skipped_recordings[k[18:]] += v
+    unit = _relative(r["unit"], root)
     if r["status"] != "ok":
-      files_skipped.append({"file": r["unit"], "reason": r["reason"]})
-    files_missing.extend({"file": p, "reason": why, "input": r["unit"]} for p, why in r["missing"])
-    per_file.append({"file": r["unit"], "status": r["status"], "kept": st.get("segments_kept", 0),
+      files_skipped.append({"file": unit, "reason": r["reason"]})
+    files_missing.extend({"file": _relative(p, root), "reason": why, "input": unit}
+                         for p, why in r["missing"])
+    per_file.append({"file": unit, "status": r["status"], "kept": st.get("segments_kept", 0),
                      "dropped": sum(v for k, v in st.items() if k.startswith("dropped/"))})
   return {
       "source": source, "input": None if input is None else str(input),
@@ -276,6 +285,8 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
       "segments_kept": kept,
       "segments_dropped": dict(sorted(dropped.items())),
       "segments_dropped_total": sum(dropped.values()),
+      "stretches_cut": {k: {"runs": v, "seconds": round(cut_seconds[k], 3)}
+                        for k, v in sorted(cut.items())},
       "recordings_skipped": dict(sorted(skipped_recordings.items())),
       "quality_notes": dict(sorted(notes.items())),
       "records_per_split": {s: e["records"] for s, e in entries.items()},
@@ -308,6 +319,9 @@ def render_report(r: dict[str, Any]) -> str:
                    ("Quality could not be computed (stored as 0)", r["quality_notes"])):
     if d:
       lines += ["", f"## {title}", ""] + [f"- {k}: {v}" for k, v in d.items()]
+  if r["stretches_cut"]:
+    lines += ["", "## Cut out before windowing (NaN runs, flat lines)", ""] + [
+        f"- {k}: {v['runs']} runs, {v['seconds']} s" for k, v in r["stretches_cut"].items()]
   if r["files_skipped"]:
     lines += ["", "## Inputs skipped", ""] + [f"- `{f['file']}`: {f['reason']}"
                                               for f in r["files_skipped"]]
@@ -343,7 +357,12 @@ def _check_output(out: Path) -> None:
 
 
 def _params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig) -> str:
-  blob = json.dumps({"source": source, "options": options,
+  # the code that produces records is part of the key, so an edited reader never reuses a
+  # stale cache
+  code = hashlib.sha256()
+  for module in (pp, record_lib, sources_lib.get(source)):
+    code.update(Path(module.__file__).read_bytes())
+  blob = json.dumps({"source": source, "options": options, "code": code.hexdigest(),
                      "config": dataclasses.asdict(config), "cache": CACHE_VERSION,
                      "schema": record_lib.SCHEMA_VERSION, "version": __version__},
                     sort_keys=True, default=str)

@@ -251,6 +251,38 @@ def minmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
   return np.where(span > 0, 2.0 * (x - lo) / np.where(span > 0, span, 1.0) - 1.0, 0.0)
 
 
+def runs(mask: np.ndarray, min_length: float) -> np.ndarray:
+  """(K, 2) [start, end) sample indices of the runs of True longer than min_length."""
+  padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+  d = np.diff(padded)
+  iv = np.stack([np.flatnonzero(d == 1), np.flatnonzero(d == -1)], axis=1)
+  return iv[(iv[:, 1] - iv[:, 0]) > min_length]
+
+
+def bad_intervals(x: np.ndarray, fs: float, config: PreprocessConfig) -> dict[str, np.ndarray]:
+  """{'nan_run': (K, 2) seconds, 'flat_line': (K, 2) seconds} that no window may touch."""
+  nan = runs(~np.isfinite(x), config.max_nan_gap_seconds * fs)
+  # k equal consecutive differences are k + 1 identical samples
+  same = np.concatenate([np.diff(x) == 0, [False]])
+  flat = runs(same, config.max_flat_seconds * fs - 1)
+  flat[:, 1] += 1
+  return {"nan_run": nan / fs, "flat_line": flat / fs}
+
+
+def good_stretches(duration: float, bad: list[np.ndarray]) -> list[tuple[float, float]]:
+  """[0, duration) minus the union of the bad intervals, as (start, end) in seconds."""
+  iv = np.concatenate(bad) if bad else np.zeros((0, 2))
+  iv = iv[np.argsort(iv[:, 0])] if len(iv) else iv
+  out, t = [], 0.0
+  for a, b in iv:
+    if a > t:
+      out.append((t, min(a, duration)))
+    t = max(t, b)
+  if t < duration:
+    out.append((t, duration))
+  return [(a, b) for a, b in out if b > a]
+
+
 def window_starts(duration_s: float, config: PreprocessConfig) -> np.ndarray:
   """Start times (s) of every full window within a recording of `duration_s` seconds."""
   n = int(math.floor((duration_s - config.segment_seconds) / config.stride + 1e-9)) + 1
@@ -286,11 +318,23 @@ def segment_recording(
   if not present:
     raise PreprocessError("missing channel: neither ECG nor PPG")
   duration = min(len(x) / fs for x, fs in present.values())
-  starts = window_starts(duration, config)
-  if len(starts) == 0:
+  required = REQUIREMENTS[config.modalities]
+  # Long NaN runs and flat lines (MIMIC gaps, leads off) are cut out first; windows are laid
+  # from the start of each remaining stretch, so a gap costs only its own length.
+  bad = []
+  for m, (x, fs) in present.items():
+    if m in required or not required:
+      for reason, iv in bad_intervals(x, fs, config).items():
+        if len(iv):
+          stats[f"cut/{reason}_{m}"] += len(iv)
+          stats[f"cut_seconds/{reason}_{m}"] += float(np.sum(iv[:, 1] - iv[:, 0]))
+          bad.append(iv)
+  starts = []
+  for a, b in good_stretches(duration, bad):
+    starts.extend(a + window_starts(b - a, config))
+  if not starts:
     stats["dropped/too_short"] += 1
     return [], stats
-  required = REQUIREMENTS[config.modalities]
   out = []
   for k, t0 in enumerate(starts):
     seg, reason = _one_window(present, float(t0), config, required, stats)

@@ -1,7 +1,225 @@
-"""Placeholder while the reader is written."""
-DESCRIPTION = "wfdb"
-OPTIONS = ()
+"""WFDB records with an ECG lead and a PPG channel (PhysioNet, MIMIC waveform databases).
+
+Handles:
+  * single-segment records in any format wfdb reads, FLAC-compressed ones (format 516, needs
+    soundfile) included;
+  * multi-rate records: every channel is read at its own rate (smooth_frames=False) and the
+    preprocessing windows each at that rate, so nothing is resampled twice;
+  * multi-segment records (a master header listing segments): consecutive present segments with
+    the same channels are joined, gaps ('~') and layout headers split them;
+  * the MIMIC-III Waveform Database Matched Subset layout: patient folders pNNNNNN holding
+    master headers, a `_layout` header and segments of which some lack ECG or PPG and some may be
+    missing from a partial download: what is present is used, what is missing is reported.
+Channels are matched by name, case-insensitively, ECG by a preference list of leads.
+Subject: the patient folder (pNNNNNN) if there is one, else the record name.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from xmae_jax.data.sources import Missing, Recording, SourceError
+
+DESCRIPTION = "WFDB records (PhysioNet, MIMIC-III matched subset) with ECG and PPG channels"
+OPTIONS = ("wfdb_ecg_leads", "wfdb_ppg_names")
+DEFAULT_ECG_LEADS = "II,I,V,III,MLII,AVR,AVL,AVF,V1,V2,V3,V4,V5,V6,MCL1,ECG,EKG"
+DEFAULT_PPG_NAMES = "PLETH,PPG,BVP,PLET"
+PATIENT_DIR = re.compile(r"^p\d+$")
+# bits per sample of the uncompressed WFDB formats, to tell a truncated file from a broken one
+FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "212": 12, "310": 32 / 3,
+               "311": 32 / 3, "24": 24, "32": 32}
 
 
-def add_arguments(parser):
-  del parser
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("wfdb")
+  g.add_argument("--wfdb-ecg-leads", default=DEFAULT_ECG_LEADS,
+                 help="ECG leads in order of preference (comma-separated, case-insensitive)")
+  g.add_argument("--wfdb-ppg-names", default=DEFAULT_PPG_NAMES,
+                 help="PPG channel names (comma-separated, case-insensitive)")
+
+
+def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
+  """Record paths (without .hea): top-level records, not the segments of multi-segment ones."""
+  if not path:
+    raise SourceError("missing input", "--input is required for wfdb")
+  p = Path(path)
+  if p.suffix == ".hea":
+    p = p.with_suffix("")
+  if p.with_suffix(".hea").is_file():
+    return [str(p)]
+  if not p.is_dir():
+    raise SourceError("missing input", f"{path} is neither a directory nor a WFDB record")
+  headers = sorted(p.rglob("*.hea"))
+  if not headers:
+    raise SourceError("empty input", f"no WFDB headers (*.hea) under {path}")
+  parts: set[Path] = set()
+  masters = []
+  for h in headers:
+    first = _first_line(h)
+    name = first.split()[0] if first else ""
+    if "/" in name:                                  # "record/nsegments": a master header
+      masters.append(h)
+      for line in _body_lines(h):
+        seg = line.split()[0]
+        if seg != "~":
+          parts.add((h.parent / seg).with_suffix(".hea"))
+  units = [str(h.with_suffix("")) for h in headers
+           if h not in parts and not h.stem.endswith("_layout")]
+  return units
+
+
+def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
+  import wfdb
+  path = Path(unit)
+  try:
+    header = wfdb.rdheader(str(path))
+  except Exception as e:  # wfdb raises several types for malformed headers
+    raise SourceError("unreadable", f"{path}.hea: {type(e).__name__}: {e}") from None
+  subject = _subject(path)
+  if not hasattr(header, "seg_name"):
+    signals = _read_single(path, options)
+    if not signals:
+      raise SourceError("missing channel", f"{path}: no ECG or PPG channel "
+                        f"(signals: {', '.join(header.sig_name or [])})")
+    yield Recording(subject_id=subject, name=_name(path), signals=signals)
+    return
+  yield from _read_multi(path, header, subject, options)
+
+
+def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording | Missing]:
+  """Joins runs of consecutive segments that are present and have the same channels."""
+  run: list[dict] = []
+  run_names: list[str] = []
+
+  def flush():
+    if run:
+      joined = {m: (np.concatenate([r[m][0] for r in run]), run[0][m][1]) for m in run[0]}
+      rec = Recording(subject_id=subject, name=f"{_name(path)}/{run_names[0]}", signals=joined)
+      run.clear()
+      run_names.clear()
+      return rec
+    return None
+
+  for i, (seg, n) in enumerate(zip(header.seg_name, header.seg_len)):
+    if seg == "~" or n == 0 or seg.endswith("_layout"):
+      rec = flush() if seg == "~" else None           # a gap breaks continuity
+      if rec:
+        yield rec
+      continue
+    seg_path = path.parent / seg
+    if not seg_path.with_suffix(".hea").is_file():
+      rec = flush()
+      if rec:
+        yield rec
+      yield Missing(str(seg_path) + ".hea", "segment listed in the master header is not present")
+      continue
+    try:
+      signals = _read_single(seg_path, options)
+    except SourceError as e:
+      rec = flush()
+      if rec:
+        yield rec
+      yield Missing(str(seg_path), str(e))
+      continue
+    if not signals:
+      rec = flush()
+      if rec:
+        yield rec
+      yield Missing(str(seg_path), "missing channel: segment has neither ECG nor PPG")
+      continue
+    if run and {m: s[1] for m, s in signals.items()} != {m: s[1] for m, s in run[0].items()}:
+      rec = flush()
+      if rec:
+        yield rec
+    run.append(signals)
+    run_names.append(seg)
+  rec = flush()
+  if rec:
+    yield rec
+
+
+def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
+  """modality -> (physical samples, fs) of one single-segment record; {} if neither found."""
+  import wfdb
+  try:
+    header = wfdb.rdheader(str(path))
+  except Exception as e:
+    raise SourceError("unreadable", f"{path}.hea: {type(e).__name__}: {e}") from None
+  if header.fs is None or not np.isfinite(header.fs) or header.fs <= 0:
+    raise SourceError("unknown sampling rate", f"{path}.hea gives fs={header.fs}")
+  names = [str(s).strip().upper() for s in (header.sig_name or [])]
+  ecg_pref = [s.strip().upper() for s in options.get("wfdb_ecg_leads", DEFAULT_ECG_LEADS).split(",")]
+  ppg_pref = [s.strip().upper() for s in options.get("wfdb_ppg_names", DEFAULT_PPG_NAMES).split(",")]
+  ecg_candidates = [names.index(l) for l in ecg_pref if l in names]
+  ppg_candidates = [names.index(l) for l in ppg_pref if l in names]
+  wanted = sorted(set(ecg_candidates + ppg_candidates))
+  if not wanted:
+    return {}
+  try:
+    rec = wfdb.rdrecord(str(path), channels=wanted, smooth_frames=False)
+  except Exception as e:  # wfdb/soundfile raise many types on short or corrupt data files
+    raise SourceError(_truncated_or_unreadable(path, header),
+                      f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                      ) from None
+  spf = rec.samps_per_frame or [1] * len(wanted)
+  by_channel = {ch: (np.asarray(rec.e_p_signal[k], np.float64), float(rec.fs) * spf[k])
+                for k, ch in enumerate(wanted)}
+  out = {}
+  for modality, candidates in (("ecg", ecg_candidates), ("ppg", ppg_candidates)):
+    if candidates:
+      # the first preferred channel that carries data (MIMIC leads can be all NaN)
+      usable = [c for c in candidates if np.isfinite(by_channel[c][0]).mean() > 0.5]
+      out[modality] = by_channel[(usable or candidates)[0]]
+  return out
+
+
+def _truncated_or_unreadable(path: Path, header) -> str:
+  """'truncated' if an uncompressed data file is shorter than the header says."""
+  files: dict[str, float] = {}
+  for fname, fmt, spf in zip(header.file_name or [], header.fmt or [],
+                             header.samps_per_frame or []):
+    bits = FORMAT_BITS.get(str(fmt))
+    if bits is None:
+      return "unreadable"
+    files[fname] = files.get(fname, 0) + bits * (spf or 1)
+  for fname, bits_per_frame in files.items():
+    f = path.parent / fname
+    if not f.is_file():
+      return "unreadable"
+    if os.path.getsize(f) * 8 < bits_per_frame * (header.sig_len or 0) * 0.999:
+      return "truncated"
+  return "unreadable"
+
+
+def _subject(path: Path) -> str:
+  for part in reversed(path.parts[:-1]):
+    if PATIENT_DIR.match(part):
+      return part
+  return path.name
+
+
+def _name(path: Path) -> str:
+  return "/".join(path.parts[-2:])
+
+
+def _first_line(h: Path) -> str:
+  for line in _lines(h):
+    return line
+  return ""
+
+
+def _body_lines(h: Path) -> list[str]:
+  return _lines(h)[1:]
+
+
+def _lines(h: Path) -> list[str]:
+  try:
+    text = h.read_text(errors="replace")
+  except OSError:
+    return []
+  return [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
