@@ -59,8 +59,6 @@ def main(argv=None) -> dict:
   # only the chosen reader's own flags: they key the resume cache
   reader = sources_lib.get(args.source)
   options = {k: getattr(args, k) for k in reader.OPTIONS}
-  if hasattr(reader, "FORMAT"):
-    options["format"] = args.source
   return prepare_lib.prepare_dataset(
       args.source, args.input, args.output, workers=args.workers, seed=args.seed,
       test_frac=args.test_frac, val_frac=args.val_frac, config=config, source_options=options,

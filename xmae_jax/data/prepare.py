@@ -162,6 +162,8 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   options = dict(source_options or {})
   if getattr(reader, "USES_SEED", False):
     options["seed"] = int(seed)
+  if getattr(reader, "FORMAT", False):
+    options["format"] = source                     # one reader for csv and npz
   try:
     units = reader.list_inputs(None if input is None else str(input), options)
   except sources_lib.SourceError as e:

@@ -1,8 +1,140 @@
-"""Placeholder while the reader is written."""
-DESCRIPTION = "tabular"
-OPTIONS = ()
+"""Plain tables and arrays: CSV files (`--source csv`) and NumPy .npz files (`--source npz`).
+
+CSV: one column per signal, named by --ecg-column / --ppg-column (case-insensitive); the rate
+is --fs, or inferred from a --time-column in seconds. One subject per file (its stem) unless
+--subject-column names a column, whose consecutive rows of one value form one recording.
+NPZ: arrays named like the columns; 1-D = one recording, 2-D (N, L) = N recordings; the rate is
+--fs or a scalar array 'fs' in the file; --subject-column names an array of N subject ids.
+Either modality may be absent from a file (the preprocessing's --modalities decides).
+Files are loaded without pickle.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from xmae_jax.data.sources import Recording, SourceError
+
+DESCRIPTION = "CSV tables or NPZ arrays with named ECG and PPG columns"
+FORMAT = True            # --source csv|npz: options["format"] says which
+OPTIONS = ("fs", "ecg_column", "ppg_column", "subject_column", "time_column")
 
 
-def add_arguments(parser):
-  del parser
-FORMAT = True
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("csv / npz")
+  g.add_argument("--fs", type=float, default=None, help="sampling rate of the columns (Hz)")
+  g.add_argument("--ecg-column", default="ecg")
+  g.add_argument("--ppg-column", default="ppg")
+  g.add_argument("--subject-column", default=None,
+                 help="column/array of subject ids (default: one subject per file)")
+  g.add_argument("--time-column", default=None, help="CSV: time in seconds, to infer --fs")
+
+
+def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
+  fmt = options.get("format", "csv")
+  if not path:
+    raise SourceError("missing input", f"--input is required for {fmt}")
+  p = Path(path)
+  if p.is_file():
+    return [str(p)]
+  if not p.is_dir():
+    raise SourceError("missing input", f"{path} does not exist")
+  files = sorted(str(f) for f in p.rglob(f"*.{fmt}"))
+  if not files:
+    raise SourceError("empty input", f"no .{fmt} files under {path}")
+  return files
+
+
+def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
+  path = Path(unit)
+  if options.get("format", "csv") == "npz" or path.suffix == ".npz":
+    yield from _read_npz(path, options)
+  else:
+    yield from _read_csv(path, options)
+
+
+def _columns(names, options, path) -> dict[str, str]:
+  """modality -> actual column name (case-insensitive match); at least one must exist."""
+  lower = {str(n).lower(): n for n in names}
+  found = {m: lower[options.get(f"{m}_column", m).lower()]
+           for m in ("ecg", "ppg") if options.get(f"{m}_column", m).lower() in lower}
+  if not found:
+    raise SourceError("missing channel", f"{path}: neither column {options.get('ecg_column')!r} "
+                      f"nor {options.get('ppg_column')!r} (has: {', '.join(map(str, names))})")
+  return found
+
+
+def _fs(options, path, fallback=None) -> float:
+  fs = options.get("fs") or fallback
+  if fs is None:
+    raise SourceError("unknown sampling rate", f"{path}: give --fs (or a time column / 'fs')")
+  try:
+    fs = float(np.asarray(fs).ravel()[0])
+  except (TypeError, ValueError, IndexError):
+    raise SourceError("unknown sampling rate", f"{path}: fs={fs!r}") from None
+  if not np.isfinite(fs) or fs <= 0:
+    raise SourceError("unknown sampling rate", f"{path}: fs={fs}")
+  return fs
+
+
+def _read_csv(path: Path, options) -> Iterator[Recording]:
+  import pandas as pd
+  try:
+    df = pd.read_csv(path)
+  except Exception as e:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError, ...
+    raise SourceError("unreadable", f"{path}: {type(e).__name__}: {e}") from None
+  cols = _columns(df.columns, options, path)
+  inferred = None
+  tcol = options.get("time_column")
+  if tcol:
+    if tcol not in df.columns:
+      raise SourceError("unknown sampling rate", f"{path}: no time column {tcol!r}")
+    dt = np.diff(pd.to_numeric(df[tcol], errors="coerce").to_numpy(float))
+    dt = dt[np.isfinite(dt)]
+    inferred = 1.0 / np.median(dt) if len(dt) and np.median(dt) > 0 else None
+  fs = _fs(options, path, inferred)
+  values = {m: pd.to_numeric(df[c], errors="coerce").to_numpy(float) for m, c in cols.items()}
+  scol = options.get("subject_column")
+  if not scol:
+    yield Recording(subject_id=path.stem, name=path.stem,
+                    signals={m: (v, fs) for m, v in values.items()})
+    return
+  if scol not in df.columns:
+    raise SourceError("missing channel", f"{path}: no subject column {scol!r}")
+  subjects = df[scol].astype(str).to_numpy()
+  change = np.flatnonzero(subjects[1:] != subjects[:-1]) + 1
+  bounds = np.concatenate([[0], change, [len(subjects)]])
+  for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    yield Recording(subject_id=subjects[a], name=f"{path.stem}/{k:04d}",
+                    signals={m: (v[a:b], fs) for m, v in values.items()})
+
+
+def _read_npz(path: Path, options) -> Iterator[Recording]:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
+    raise SourceError("unreadable", f"{path}: {type(e).__name__}: {e}") from None
+  cols = _columns(list(arrays), options, path)
+  fs = _fs(options, path, arrays.get("fs"))
+  sig = {m: np.asarray(arrays[c]) for m, c in cols.items()}
+  shapes = {m: a.shape for m, a in sig.items()}
+  if any(a.ndim not in (1, 2) for a in sig.values()) or \
+      len({a.shape[0] if a.ndim == 2 else 1 for a in sig.values()}) != 1:
+    raise SourceError("wrong shape", f"{path}: expected 1-D or (N, L) arrays of equal N, "
+                      f"got {shapes}")
+  rows = {m: (a[None] if a.ndim == 1 else a) for m, a in sig.items()}
+  n = next(iter(rows.values())).shape[0]
+  scol = options.get("subject_column")
+  if scol:
+    if scol not in arrays or np.asarray(arrays[scol]).reshape(-1).shape[0] != n:
+      raise SourceError("wrong shape", f"{path}: subject array {scol!r} missing or not {n} long")
+    subjects = [str(s) for s in np.asarray(arrays[scol]).reshape(-1)]
+  else:
+    subjects = [path.stem] * n
+  for i in range(n):
+    yield Recording(subject_id=subjects[i], name=f"{path.stem}/{i:05d}",
+                    signals={m: (r[i].astype(float), fs) for m, r in rows.items()})
