@@ -14,11 +14,12 @@ into segments and embeds them with an exported encoder.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -94,3 +95,167 @@ def columns_from_dicts(dicts: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     except (TypeError, ValueError):
       columns[name] = np.array(["" if v is None else str(v) for v in values], dtype=str)
   return columns
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs -> segments
+
+
+@dataclasses.dataclass
+class Segments:
+  """Contract-shaped, normalized windows of one modality and what is known about each."""
+  windows: np.ndarray                         # (N, segment_length) float32
+  subject_ids: list[str]
+  segment_ids: list[str]
+  split: list[str]
+  meta: list[dict[str, Any]]
+  labels: list[dict[str, Any]]
+  notes: dict[str, int] = dataclasses.field(default_factory=dict)   # skipped/dropped counts
+
+  def __len__(self):
+    return len(self.subject_ids)
+
+
+def detect_source(path: str | os.PathLike) -> str:
+  """'dataset' (a prepared directory), 'wfdb', 'csv' or 'npz', from what `path` looks like."""
+  p = Path(path)
+  if p.is_dir():
+    if (p / "manifest.json").is_file():
+      return "dataset"
+    if any(p.rglob("*.hea")):
+      return "wfdb"
+    raise EmbeddingsError(f"input {p} is a directory with neither manifest.json nor WFDB headers")
+  suffix = p.suffix.lower()
+  if suffix in (".csv", ".npz"):
+    return suffix[1:]
+  if suffix in (".hea", ".dat", ".mat") or Path(str(p) + ".hea").is_file():
+    return "wfdb"
+  if not p.exists():
+    raise EmbeddingsError(f"input {p} does not exist")
+  raise EmbeddingsError(f"input {p}: cannot tell its format (use --source dataset|wfdb|csv|npz)")
+
+
+def dataset_segments(data_dir: str | os.PathLike, modality: str,
+                     splits: Sequence[str] | None = None, *,
+                     segment_length: int | None = None) -> Segments:
+  """Every record of the given splits (all by default) that has `modality`."""
+  from array_record.python import array_record_module as arm
+  from xmae_jax.data import record as record_lib
+  from xmae_jax.data import shards
+  manifest = shards.read_manifest(data_dir)
+  if segment_length is not None and manifest.get("segment_length") != segment_length:
+    raise EmbeddingsError(f"{data_dir}: segments of {manifest.get('segment_length')} samples, the "
+                          f"encoder expects {segment_length}")
+  chosen = [s for s in (splits or shards.SPLITS)
+            if manifest["splits"].get(s, {}).get("records", 0) > 0]
+  if not chosen:
+    raise EmbeddingsError(f"{data_dir}: no records in split(s) {', '.join(splits or shards.SPLITS)}")
+  out = Segments(np.zeros((0, 0), np.float32), [], [], [], [], [])
+  windows, skipped = [], 0
+  for split in chosen:
+    paths, _ = shards.split_paths(data_dir, split)
+    for path in paths:
+      reader = arm.ArrayRecordReader(path)
+      try:
+        raw = reader.read_all()
+      finally:
+        reader.close()
+      for data in raw:
+        rec = record_lib.decode(data)
+        x = rec.signal(modality)
+        if x is None:
+          skipped += 1
+          continue
+        windows.append(x)
+        out.subject_ids.append(rec.subject_id)
+        out.segment_ids.append(rec.segment_id)
+        out.split.append(split)
+        out.meta.append({**rec.meta, "quality_ppg": rec.quality_ppg, "quality_ecg": rec.quality_ecg})
+        out.labels.append(dict(rec.labels))
+  if not windows:
+    raise EmbeddingsError(f"{data_dir}: no record has a {modality} signal")
+  out.windows = np.stack(windows).astype(np.float32)
+  out.notes = {f"skipped/no_{modality}": skipped} if skipped else {}
+  return out
+
+
+def recording_segments(path: str | os.PathLike, source: str, modality: str, *, contract,
+                       options: Mapping[str, Any] | None = None) -> Segments:
+  """A WFDB record (or folder), CSV or NPZ file read by xmae-prepare's reader, then the same
+  cleaning, windowing and normalization as prepared data (windows need only `modality`)."""
+  from xmae_jax.data import preprocess
+  from xmae_jax.data import sources
+  reader = sources.get(source)
+  options = dict(options or {})
+  p = Path(path)
+  if p.is_file() and p.stat().st_size == 0:
+    raise EmbeddingsError(f"input {p} is empty")
+  config = preprocess.PreprocessConfig(
+      target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
+      ecg_clean_method=contract.ecg_clean_method, ppg_clean_method=contract.ppg_clean_method,
+      resample_method=contract.resample_method, modalities=modality)
+  out = Segments(np.zeros((0, 0), np.float32), [], [], [], [], [])
+  windows: list[np.ndarray] = []
+  notes: dict[str, int] = {}
+  try:
+    units = reader.list_inputs(str(path), options)
+  except sources.SourceError as e:
+    raise EmbeddingsError(f"input {path}: {e}") from None
+  for unit in units:
+    try:
+      items = list(reader.read(unit, options))
+    except sources.SourceError as e:
+      notes[f"unreadable/{e.reason}"] = notes.get(f"unreadable/{e.reason}", 0) + 1
+      continue
+    for item in items:
+      if isinstance(item, sources.Missing):
+        notes[f"missing/{item.reason}"] = notes.get(f"missing/{item.reason}", 0) + 1
+        continue
+      if modality not in item.signals:
+        notes[f"skipped/no_{modality}"] = notes.get(f"skipped/no_{modality}", 0) + 1
+        continue
+      try:
+        segs, stats = preprocess.segment_recording(
+            {modality: item.signals[modality]}, config, meta=item.meta, labels=item.labels,
+            events=item.events, series=item.series)
+      except preprocess.PreprocessError as e:
+        notes[f"unusable/{e}"] = notes.get(f"unusable/{e}", 0) + 1
+        continue
+      for k, v in stats.items():
+        notes[k] = notes.get(k, 0) + v
+      for seg in segs:
+        windows.append(seg.signals[modality])
+        out.subject_ids.append(item.subject_id)
+        out.segment_ids.append(f"{item.name}/{seg.index:05d}")
+        out.split.append("")
+        out.meta.append({**seg.meta, f"quality_{modality}": seg.quality.get(modality, math.nan),
+                         "start_s": seg.start_s})
+        out.labels.append(dict(seg.labels))
+  if not windows:
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(notes.items())) or "nothing readable"
+    raise EmbeddingsError(f"input {path}: no usable {contract.segment_seconds:g}-s {modality} "
+                          f"window ({detail})")
+  out.windows = np.stack(windows).astype(np.float32)
+  out.notes = notes
+  return out
+
+
+def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
+                source: str | None = None, splits: Sequence[str] | None = None,
+                options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Embeds every segment of `path` with `encoder` into the embeddings file `output`."""
+  source = source or detect_source(path)
+  if source == "dataset":
+    segs = dataset_segments(path, encoder.modality, splits,
+                            segment_length=encoder.contract.segment_length)
+  else:
+    segs = recording_segments(path, source, encoder.modality, contract=encoder.contract,
+                              options=options)
+  z = encoder.embed_prepared(segs.windows)
+  info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
+          "model_name": str(encoder.config.model.name), "modality": encoder.modality,
+          "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}
+  save_embeddings(output, z, segs.subject_ids, segs.segment_ids, meta=columns_from_dicts(segs.meta),
+                  labels=columns_from_dicts(segs.labels), split=segs.split, info=info)
+  return {"output": str(output), "segments": len(segs), "subjects": len(set(segs.subject_ids)),
+          "latent": int(z.shape[1]), "source": source, "notes": segs.notes}
