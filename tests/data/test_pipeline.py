@@ -249,6 +249,16 @@ def test_records_in_another_layout_use_the_general_decoder(tmp_path):
         recs[i].ecg[None].astype(np.float16).astype(np.float32))[0], atol=1e-6)
 
 
+def test_batch_read_equals_grain_array_record_source(dataset):
+  import grain
+  reader = pipeline.ShardReader(str(dataset), "train")
+  source = grain.sources.ArrayRecordDataSource(reader.paths)
+  positions = np.random.default_rng(0).permutation(N_TRAIN)[:40]
+  assert reader.read_raw(positions) == source.__getitems__(positions.tolist())
+  with pytest.raises(IndexError):
+    reader.read_raw(np.array([N_TRAIN]))
+
+
 # ----------------------------------------------------------------------------- errors
 
 
