@@ -18,6 +18,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -182,6 +183,9 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
              progress=progress, total=len(units))
 
   results = [_read_cache(cache[u], u) for u in units]
+  for stale in (out / WORK).iterdir():            # caches of other parameters or code versions
+    if stale.is_dir() and stale.name != key:
+      shutil.rmtree(stale, ignore_errors=True)
   report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
                           val_frac=val_frac, config=config, options=options,
                           records_per_shard=records_per_shard)
@@ -300,8 +304,9 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
 def summary_line(report: dict[str, Any]) -> str:
   return (f"xmae-prepare: {report['files_read']}/{report['files_total']} inputs read, "
           f"{len(report['files_skipped'])} skipped, {len(report['files_missing'])} missing; "
-          f"{report['segments_kept']} segments kept, {report['segments_dropped_total']} dropped "
-          f"{report['segments_dropped'] or ''}; records per split {report['records_per_split']}, "
+          f"{report['segments_kept']} segments kept, {report['segments_dropped_total']} dropped"
+          f"{' ' + str(report['segments_dropped']) if report['segments_dropped'] else ''}; "
+          f"records per split {report['records_per_split']}, "
           f"subjects {report['subjects_per_split']}")
 
 
