@@ -110,6 +110,7 @@ def subject_params(seed: int, index: int, pvc_subjects: float = 0.3,
       "pvc_polarity": float(r.choice([-1.0, 1.0])),
       "p_amp": float(r.uniform(0.8, 1.6)),
       "t_amp": float(r.uniform(0.5, 1.1)),
+      "qrs_variant": float(r.integers(0, len(QRS_VARIANTS))),
   }
 
 
@@ -129,23 +130,37 @@ def pulse_peak_offset(p: dict[str, float]) -> float:
   return float(tau[np.argmax(pulse_shape(tau, p))])
 
 
-@functools.lru_cache(maxsize=64)
-def _ecg_template(p_amp: float, t_amp: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """(time grid, one averaged ECGSYN beat at 60 bpm, zero at both ends)."""
+# QRS variants (Q and S depths of ECGSYN's P, Q, R, S, T Gaussians): ECGSYN integrates an ODE,
+# too slow to run per subject, so each process builds these few once and subjects scale P and T.
+QRS_VARIANTS = ((-5.0, -7.5), (-3.0, -10.0), (-7.0, -5.0), (-2.0, -4.0))
+
+
+@functools.lru_cache(maxsize=len(QRS_VARIANTS))
+def _ecg_template(variant: int) -> tuple[np.ndarray, np.ndarray]:
+  """(time grid, one averaged ECGSYN beat at 60 bpm, zero at both ends, R peak = 1)."""
   import neurokit2 as nk
   from scipy import signal as sps
-  ai = (1.2 * p_amp, -5, 30, -7.5, 0.75 * t_amp)
-  x = np.asarray(nk.ecg_simulate(duration=12, sampling_rate=int(TEMPLATE_FS), heart_rate=60,
+  q, s = QRS_VARIANTS[variant]
+  x = np.asarray(nk.ecg_simulate(duration=8, sampling_rate=int(TEMPLATE_FS), heart_rate=60,
                                  heart_rate_std=0.0001, noise=0, method="ecgsyn",
-                                 random_state=seed, ai=ai), float)
+                                 random_state=variant, ai=(1.2, q, 30, s, 0.75)), float)
   peaks, _ = sps.find_peaks(x, distance=int(0.5 * TEMPLATE_FS), height=0.5 * x.max())
   pre, post = int(ECG_PRE * TEMPLATE_FS), int(ECG_POST * TEMPLATE_FS)
   beats = [x[k - pre:k + post] for k in peaks if k - pre >= 0 and k + post <= len(x)]
   beat = np.median(np.stack(beats), axis=0)
   beat = beat - np.linspace(beat[0], beat[-1], len(beat))     # ends at 0 for overlap-add
-  beat = beat / (beat[pre] if beat[pre] > 0 else 1.0)          # R peak = 1
+  beat = beat / (beat[pre] if beat[pre] > 0 else 1.0)
   grid = (np.arange(len(beat)) - pre) / TEMPLATE_FS
   return grid, beat
+
+
+def subject_template(p: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+  """The subject's beat: a QRS variant with its own P- and T-wave amplitudes."""
+  grid, beat = _ecg_template(int(p["qrs_variant"]))
+  p_region = np.clip((-0.06 - grid) / 0.02, 0, 1)             # before the QRS
+  t_region = np.clip((grid - 0.10) / 0.03, 0, 1)              # after the QRS
+  scale = 1 + (p["p_amp"] - 1) * p_region + (p["t_amp"] - 1) * t_region
+  return grid, beat * scale
 
 
 def _pvc_beat(tau: np.ndarray, polarity: float) -> np.ndarray:
@@ -191,9 +206,8 @@ def _beats(p: dict[str, float], duration: float, r: np.random.Generator):
   return times, pvc, sbp, dbp, ptt
 
 
-def _render_ecg(n, fs, times, pvc, p, seed, index):
-  grid, beat = _ecg_template(round(p["p_amp"], 3), round(p["t_amp"], 3),
-                             int(_rng(seed, index, 3).integers(0, 2**31 - 1)))
+def _render_ecg(n, fs, times, pvc, p):
+  grid, beat = subject_template(p)
   ecg = np.zeros(n)
   rr_prev = np.diff(times, prepend=times[0] - 60.0 / p["hr"])
   for t, is_pvc, rr in zip(times, pvc, rr_prev):
@@ -244,7 +258,7 @@ def simulate_subject(seed: int, index: int, *, minutes: float = 2.0, fs: float =
   t = np.arange(n) / fs
   times, pvc, sbp, dbp, ptt = _beats(p, duration, r)
   resp_phase = float(r.uniform(0, 2 * np.pi))
-  ecg = _render_ecg(n, fs, times, pvc, p, seed, index)
+  ecg = _render_ecg(n, fs, times, pvc, p)
   ppg = _render_ppg(n, fs, times, pvc, ptt, p, resp_phase)
   resp = np.sin(2 * np.pi * p["resp_hz"] * t + resp_phase)
   # baseline wander (respiration + slow drift), sensor noise, powerline
