@@ -24,6 +24,8 @@ one would, and `mp_prefetch` workers produce the same batches as in-process read
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 import sys
 import threading
 from typing import Any, Mapping, Sequence
@@ -95,37 +97,36 @@ _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.flo
 _VERSION_PREFIX = msgpack.packb("v") + msgpack.packb(record_lib.SCHEMA_VERSION)
 
 
-def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str],
-                    length: int) -> dict[str, bytes] | None:
+def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
+                    has_ecg: np.ndarray) -> dict[str, bytes] | None:
   """Fast path: the float16 bytes of each modality of all records, joined; None if unsure.
 
   `record.encode` writes the waveforms last, ppg before ecg, each a msgpack bin of 2*length
-  bytes, so they are plain slices at the end of the record. Every slice is checked against
-  its key and bin header (and the record against the schema version), so a record laid out
-  differently sends the batch to the general `record.decode_map` path instead.
+  bytes, so they are slices at known distances from the end of the record (`has_ecg`, from
+  the index, says whether ecg follows ppg). Each slice's key and bin header, and the schema
+  version at the start of the record, are checked; a record laid out differently sends the
+  batch to the general `record.decode_map` path instead. The loops run inside `map` over
+  builtins: this is ~10x cheaper than unpacking every msgpack map.
   """
   nbytes = 2 * length
-  headers = {m: msgpack.packb(m) + msgpack.packb(bytes(nbytes))[:-nbytes]
-             for m in record_lib.MODALITIES}
-  block = len(headers["ecg"]) + nbytes
-  hdr = len(headers["ecg"])
-  parts: dict[str, list[bytes]] = {m: [] for m in modalities}
-  for r in raw:
-    if not (0x80 <= r[0] <= 0x8F and r[1:1 + len(_VERSION_PREFIX)] == _VERSION_PREFIX):
+  version = itertools.repeat(_VERSION_PREFIX)
+  if not all(map(bytes.startswith, raw, version, itertools.repeat(1))):
+    return None
+  ends = np.fromiter(map(len, raw), np.int64, len(raw))
+  out = {}
+  for m in modalities:
+    header = msgpack.packb(m) + msgpack.packb(bytes(nbytes))[:-nbytes]
+    block = len(header) + nbytes
+    back = block * (1 + has_ecg.astype(np.int64)) if m == "ppg" else np.full(len(raw), block)
+    starts = ends - back
+    if len(raw) and starts.min() <= len(_VERSION_PREFIX):
       return None
-    end = len(r)
-    found = {}
-    for m in ("ecg", "ppg"):   # from the end: ecg is last when present, ppg before it
-      start = end - block
-      if start > 0 and r[start:start + hdr] == headers[m]:
-        found[m] = start + hdr
-        end = start
-    for m in modalities:
-      if m not in found:
-        return None
-      parts[m].append(r[found[m]:found[m] + nbytes])
-  return {m: b"".join(p) for m, p in parts.items()}
-
+    starts = starts.tolist()
+    if not all(map(bytes.startswith, raw, itertools.repeat(header), starts)):
+      return None
+    data = [s + len(header) for s in starts]
+    out[m] = b"".join(map(operator.getitem, raw, map(slice, data, [d + nbytes for d in data])))
+  return out
 
 
 class ShardReader:
@@ -199,24 +200,28 @@ class ShardReader:
       raise IndexError(f"record positions outside [0, {len(self)})")
     shard = np.searchsorted(self._ends, positions, "right")
     order = np.argsort(shard, kind="stable")
-    cuts = np.flatnonzero(np.diff(shard[order])) + 1
+    sorted_shard = shard[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_shard)) + 1).tolist(), len(positions)]
+    local = (positions - self._starts[shard])[order].tolist()
+    order, sorted_shard = order.tolist(), sorted_shard.tolist()
     out: list[bytes] = [b""] * len(positions)
-    for rows in np.split(order, cuts):
-      k = int(shard[rows[0]])
+    for a, b in zip(bounds[:-1], bounds[1:]):   # plain lists: this loop runs per shard
+      k = sorted_shard[a]
       try:
-        records = self._reader(k).read((positions[rows] - self._starts[k]).tolist())
+        records = self._reader(k).read(local[a:b])
       except DatasetError:
         raise
       except Exception as e:  # Riegeli: "Corrupted Riegeli/records file: ..."
         raise DatasetError(f"reading shard {self.paths[k]} failed: {e}") from None
-      for i, rec in zip(rows.tolist(), records):
+      for i, rec in zip(order[a:b], records):
         out[i] = rec
     return out
 
   def read(self, positions: np.ndarray, modalities: Sequence[str]) -> dict[str, np.ndarray]:
     """Record positions -> {modality: float32 (n, L)}."""
     raw = self.read_raw(positions)
-    joined = _waveform_bytes(raw, modalities, self.segment_length)
+    joined = _waveform_bytes(raw, modalities, self.segment_length,
+                             self.index["has_ecg"][positions])
     if joined is None:   # a record not laid out as record.encode writes it: decode each map
       joined = self._decode_maps(raw, positions, modalities)
     return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(raw), -1)
