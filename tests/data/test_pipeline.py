@@ -151,6 +151,12 @@ def test_save_restore_resumes_exactly(dataset):
       np.testing.assert_array_equal(x[k], y[k])
 
 
+def test_start_batch_resumes_without_state(dataset):
+  expected = take(train_iter(dataset, seed=5), 9)[4:]
+  for x, y in zip(expected, take(train_iter(dataset, seed=5, start_batch=4), 5)):
+    np.testing.assert_array_equal(x["ecg"], y["ecg"])
+
+
 def test_grain_checkpoint_inside_orbax(dataset, tmp_path):
   import grain
   import orbax.checkpoint as ocp
@@ -301,3 +307,5 @@ def test_empty_filter_and_bad_arguments(dataset):
                                 process_index=0, process_count=1)
   with pytest.raises(ValueError, match="normalize"):
     train_iter(dataset, cfg=data_cfg(dataset, normalize="zscore"))
+  with pytest.raises(shards.DatasetError, match="segment_length is 1250"):
+    train_iter(dataset, cfg=data_cfg(dataset, segment_length=1250))

@@ -89,9 +89,10 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
     pipeline.close(it)
   return {"benchmark": "data", "segments_per_s": round(rows / elapsed, 1),
           "batches_per_s": round(steps / elapsed, 2), "workers": workers,
-          # Segments per CPU-second of this process (worker processes not counted): on a
-          # shared machine this moves less with other load than the wall-clock rate.
-          "segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 else None,
+          # Segments per CPU-second of this process, threads included (only without worker
+          # processes, whose CPU is not counted): on a shared machine it moves less with
+          # other load than the wall-clock rate.
+          "segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 and workers == 0 else None,
           "batch_size": batch_size, "steps": steps, "read_threads": read_threads,
           "records_used": pipeline.count_records(cfg), "cpu_count": os.cpu_count()}
 
