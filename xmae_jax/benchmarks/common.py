@@ -1,0 +1,149 @@
+"""Shared pieces of the benchmarks: matmul peak, timing, memory, JSON lines.
+
+Every benchmark prints one JSON line per measurement. Peak and MFU are measured in the same
+process run as the thing they describe, because numbers differ between machines of the same kind
+(and, on a shared machine, between minutes): only ratios taken within one run are comparable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+# FLOPs of one n x n x n matrix multiply (multiply + add).
+def matmul_flops(n: int) -> float:
+  return 2.0 * n ** 3
+
+
+def emit(record: dict, stream=None) -> None:
+  """Prints `record` as one JSON line (the output contract of every bench command)."""
+  stream = stream or sys.stdout
+  stream.write(json.dumps(record, sort_keys=False, default=_json_default) + "\n")
+  stream.flush()
+
+
+def _json_default(value):
+  if hasattr(value, "item"):
+    return value.item()
+  if isinstance(value, (set, tuple)):
+    return list(value)
+  return str(value)
+
+
+def median(values: Sequence[float]) -> float:
+  return float(statistics.median(values))
+
+
+def time_calls(fn: Callable[[], object], sync: Callable[[object], object], count: int) -> list[float]:
+  """Wall seconds of `count` calls of `fn`, each synchronized with `sync(result)`."""
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size of this process so far (Linux reports KiB)."""
+  return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def machine_info() -> dict:
+  """What a reader needs to judge a number: CPU, cores, load, library versions, flags."""
+  info = {
+      "host_cpu": _cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "cpu_flags": _cpu_vector_flags(),
+      "loadavg_1m": round(os.getloadavg()[0], 2),
+      "python": platform.python_version(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  try:
+    import jax
+    info["jax"] = jax.__version__
+    info["backend"] = jax.default_backend()
+    info["devices"] = jax.device_count()
+  except ImportError:  # pragma: no cover - jax is a core dependency
+    pass
+  return info
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def _cpu_vector_flags() -> str:
+  wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          have = set(line.split(":", 1)[1].split())
+          return " ".join(w for w in wanted if w in have)
+  except OSError:
+    pass
+  return ""
+
+
+def jax_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+  """Best achieved FLOP/s of an n^3 matmul compiled by XLA on the default device.
+
+  The best of `repeats` timed calls (after one warm-up) is the peak: on a shared machine the
+  slower calls measure the neighbours, not the hardware.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(key_a, (n, n), dtype=jnp.float32).astype(dtype)
+  b = jax.random.normal(key_b, (n, n), dtype=jnp.float32).astype(dtype)
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=x.dtype))
+  matmul(a, b).block_until_ready()
+  times = time_calls(lambda: matmul(a, b), lambda r: r.block_until_ready(), repeats)
+  return matmul_flops(n) / min(times)
+
+
+def torch_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+  """Best achieved FLOP/s of an n^3 matmul in PyTorch (CPU); needs the optional torch extra."""
+  torch = import_torch()
+  gen = torch.Generator().manual_seed(0)
+  torch_dtype = getattr(torch, dtype)
+  a = torch.randn(n, n, generator=gen).to(torch_dtype)
+  b = torch.randn(n, n, generator=gen).to(torch_dtype)
+  torch.matmul(a, b)
+  times = time_calls(lambda: torch.matmul(a, b), lambda r: r, repeats)
+  return matmul_flops(n) / min(times)
+
+
+class MissingExtraError(RuntimeError):
+  pass
+
+
+def import_torch():
+  """torch is an optional extra (`pip install xmae-jax[torch]`): fail with one clear line."""
+  try:
+    import torch
+  except ImportError as err:
+    raise MissingExtraError(
+        "this benchmark needs PyTorch (CPU build): pip install 'xmae-jax[torch]' "
+        f"(import failed: {err})") from err
+  return torch
+
+
+def exit_with(message: str) -> None:
+  """CLI error contract: one line on stderr, non-zero exit."""
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)

@@ -1,0 +1,231 @@
+"""`python -m xmae_jax.bench train`: speed of the real jitted train step.
+
+  python -m xmae_jax.bench train --config configs/xmae.py --batch-size 64 --steps 20
+  python -m xmae_jax.bench train --config configs/xmae.py:tiny --batch-size 8 --dtype bfloat16
+
+Builds the trainer's own step (`xmae_jax.training.train.make_train_step`: masking, loss,
+gradient, AdamW update, NaN guard; state donated, explicit shardings on the config's mesh),
+compiles it once (`lower().compile()`, so the timed calls cannot recompile), and times it on a
+device-resident synthetic batch. Prints one JSON line:
+
+  segments_per_s      batch / median step time
+  step_time_median_s  median wall time of one step after compilation (each step synchronized)
+  compile_s           lower + compile time
+  flops_per_step      the compiled step's `cost_analysis()["flops"]`
+  achieved_flops_per_s, matmul_peak_flops_per_s (an n^3 XLA matmul in the compute dtype, best
+                      of runs before and after the timing, same process) and their ratio `mfu`
+  memory              `memory_analysis()` of the compiled step and the process's peak RSS
+
+Benchmarks measure; they do not assert.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmae_jax.benchmarks import common
+
+
+class BenchConfigError(ValueError):
+  pass
+
+
+def load_config(spec: str):
+  """`configs/xmae.py[:preset,key=value]` -> the ConfigDict of its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise BenchConfigError(f"config file {path!r} not found")
+  module_spec = importlib.util.spec_from_file_location(f"_bench_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Quasi-periodic PPG/ECG-like float32 waveforms, min-max scaled to [-1, 1] per segment.
+
+  Speed does not depend on the values (no data-dependent control flow in the step), but
+  realistic ranges keep the loss finite, so the NaN guard takes the normal path.
+  """
+  rng = np.random.default_rng(seed)
+  t = np.arange(seq_len, dtype=np.float32) / 100.0
+  rate = rng.uniform(0.8, 2.0, size=(batch_size, 1)).astype(np.float32)
+  phase = rng.uniform(0, 2 * np.pi, size=(batch_size, 1)).astype(np.float32)
+  ppg = np.sin(2 * np.pi * rate * t + phase) + 0.05 * rng.standard_normal((batch_size, seq_len))
+  ecg = np.sin(2 * np.pi * rate * t + phase) ** 15 + 0.05 * rng.standard_normal(
+      (batch_size, seq_len))
+
+  def minmax(x):
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    return (2 * (x - lo) / np.maximum(hi - lo, 1e-6) - 1).astype(np.float32)
+
+  return {"ppg": minmax(ppg), "ecg": minmax(ecg)}
+
+
+@dataclasses.dataclass
+class StepBench:
+  """The trainer's compiled step, its state and a device-resident batch, ready to time."""
+  config: Any
+  mesh: Any
+  compiled: Any
+  state: Any
+  batch: dict
+  compile_s: float
+
+  def run(self, steps: int) -> list[float]:
+    """Wall seconds of `steps` synchronized steps (the state is donated and carried on)."""
+    import jax
+    times = []
+    with jax.set_mesh(self.mesh):
+      for _ in range(steps):
+        start = time.perf_counter()
+        self.state, out = self.compiled(self.state, self.batch)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+    return times
+
+  def flops(self) -> float:
+    cost = self.compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):   # older jax returned one dict per program
+      cost = cost[0]
+    return float(cost["flops"])
+
+  def memory(self) -> dict:
+    stats = self.compiled.memory_analysis()
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out = {f.removesuffix("_in_bytes"): int(getattr(stats, f)) for f in fields}
+    # Live at once: arguments + outputs not aliased to (donated) arguments + temporaries.
+    out["step_peak_estimate"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
+                                 + out["temp_size"])
+    return out
+
+
+def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int = 10_000,
+               data_seed: int = 0) -> StepBench:
+  """Compiles the trainer's train step for `config` at `batch_size` in `dtype`.
+
+  Uses the trainer's pieces unchanged (state layout, optimizer and schedule, sharding rules,
+  the step function), so what is timed is what `xmae-train` runs.
+  """
+  import jax
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec as P
+
+  from xmae_jax import models
+  from xmae_jax.training import optim
+  from xmae_jax.training import sharding
+  from xmae_jax.training import train as train_lib
+
+  config = config.copy_and_resolve_references()
+  with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+    config.train.batch_size = int(batch_size)
+    config.train.compute_dtype = dtype
+  mesh = sharding.make_mesh(config.mesh)
+  dp = sharding.data_parallel_size(mesh, config.mesh)
+  if batch_size % dp:
+    raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
+                           f"size {dp} (mesh {dict(mesh.shape)})")
+  tx, schedule = optim.make_optimizer(config.train, total_steps)
+  # The trainer's (module-private) state builders: one place defines the state layout.
+  graphdef = train_lib._split(nnx.eval_shape(
+      lambda: models.build(config, nnx.Rngs(int(config.seed)))))[0]
+  init = train_lib._init_fn(config, tx)
+  state_sh = sharding.tree_shardings(jax.eval_shape(init), mesh, config.mesh.param_rules)
+  batch_sh = sharding.batch_sharding(mesh, config.mesh)
+  host = synthetic_batch(batch_size, int(config.model.seq_len), data_seed)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=state_sh)()
+    batch = {k: jax.device_put(v, batch_sh) for k, v in host.items()}
+    step = jax.jit(train_lib.make_train_step(graphdef, tx, schedule, config, None),
+                   in_shardings=(state_sh, batch_sh),
+                   out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+  return StepBench(config, mesh, compiled, state, batch, compile_s)
+
+
+def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup: int = 2,
+            peak_size: int = 2048) -> dict:
+  """Builds, warms up and times the step; returns the JSON record."""
+  import jax
+  peak_before = common.jax_matmul_peak(dtype, n=peak_size)
+  bench = build_step(config, batch_size, dtype)
+  bench.run(warmup)
+  times = bench.run(steps)
+  peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
+  return summarize(bench, times, peak, dtype=dtype, warmup=warmup,
+                   device_kind=jax.devices()[0].device_kind)
+
+
+def summarize(bench: StepBench, times: list[float], peak: float, *, dtype: str, warmup: int,
+              device_kind: str) -> dict:
+  step_s = common.median(times)
+  flops = bench.flops()
+  achieved = flops / step_s
+  batch_size = int(bench.config.train.batch_size)
+  return {
+      "bench": "train",
+      "impl": "xmae_jax",
+      "model": bench.config.model.name,
+      "preset": bench.config.get("preset", ""),
+      "batch_size": batch_size,
+      "dtype": dtype,
+      "mesh": dict(bench.mesh.shape),
+      "device_kind": device_kind,
+      "segments_per_s": batch_size / step_s,
+      "step_time_median_s": step_s,
+      "step_time_min_s": min(times),
+      "step_time_max_s": max(times),
+      "steps_timed": len(times),
+      "warmup_steps": warmup,
+      "compile_s": bench.compile_s,
+      "flops_per_step": flops,
+      "flops_per_segment": flops / batch_size,
+      "achieved_flops_per_s": achieved,
+      "matmul_peak_flops_per_s": peak,
+      "mfu": achieved / peak,
+      "memory": bench.memory(),
+      "peak_rss_bytes": common.peak_rss_bytes(),
+      **common.machine_info(),
+  }
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.bench train", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/xmae.py",
+                 help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)")
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype (parameters stay float32)")
+  p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  args = p.parse_args(argv)
+  if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
+    p.error("--batch-size and --steps must be positive, --warmup non-negative")
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    config = load_config(args.config)
+    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)
+  except BenchConfigError as e:
+    common.exit_with(str(e))
+  common.emit(record)
+
+
+if __name__ == "__main__":
+  main()
