@@ -28,6 +28,7 @@ Train/eval: `model.train()` / `model.eval()` set `deterministic` (dropout) and
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -43,9 +44,37 @@ F32 = jnp.float32
 
 # ----------------------------------------------------------------------------------------------
 # Initializers matching torch's defaults.
+#
+# Building a model eagerly compiles every random op once per parameter shape, which costs minutes
+# on a busy CPU. So draws go through ONE jitted function over a few power-of-two sizes and are
+# cut to shape on the host; under tracing (jit, eval_shape) the same draw is sliced in-graph, so
+# both paths give the same values. Constants are numpy arrays (no compilation at all).
 # ----------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("size", "normal"))
+def _draw(key, scale, *, size: int, normal: bool):
+  if normal:
+    return scale * jax.random.normal(key, (size,), F32)
+  return jax.random.uniform(key, (size,), F32, -scale, scale)
+
+
+def _random(key, shape, scale, normal=False) -> Array:
+  n = math.prod(shape)
+  flat = _draw(key, scale, size=max(1024, 1 << (n - 1).bit_length()), normal=normal)
+  if isinstance(flat, jax.core.Tracer):
+    return flat[:n].reshape(shape)
+  return jnp.asarray(np.asarray(flat)[:n].reshape(shape))
+
+
+def constant(shape, value: float) -> Array:
+  return jnp.asarray(np.full(shape, value, np.float32))
+
+
 def _uniform(key, shape, bound):
-  return jax.random.uniform(key, shape, F32, -bound, bound)
+  return _random(key, shape, bound)
+
+
+def normal_init(key, shape, std):
+  return _random(key, shape, std, normal=True)
 
 
 def torch_default_init(key, shape, fan_in):
@@ -89,8 +118,8 @@ class LayerNorm(nnx.Module):
   """torch nn.LayerNorm over the last axis: eps 1e-5, exact (two-pass) variance in float32."""
 
   def __init__(self, num_features: int, *, epsilon: float = 1e-5, dtype=F32):
-    self.scale = nnx.Param(jnp.ones((num_features,), F32))
-    self.bias = nnx.Param(jnp.zeros((num_features,), F32))
+    self.scale = nnx.Param(constant((num_features,), 1.0))
+    self.bias = nnx.Param(constant((num_features,), 0.0))
     self.epsilon = epsilon
     self.dtype = dtype
 
@@ -112,10 +141,10 @@ class BatchNorm(nnx.Module):
 
   def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
                dtype=F32):
-    self.scale = nnx.Param(jnp.ones((num_features,), F32))
-    self.bias = nnx.Param(jnp.zeros((num_features,), F32))
-    self.mean = nnx.BatchStat(jnp.zeros((num_features,), F32))
-    self.var = nnx.BatchStat(jnp.ones((num_features,), F32))
+    self.scale = nnx.Param(constant((num_features,), 1.0))
+    self.bias = nnx.Param(constant((num_features,), 0.0))
+    self.mean = nnx.BatchStat(constant((num_features,), 0.0))
+    self.var = nnx.BatchStat(constant((num_features,), 1.0))
     self.momentum = momentum
     self.epsilon = epsilon
     self.dtype = dtype
@@ -371,9 +400,9 @@ class MultiheadAttention(nnx.Module):
     # torch: xavier_uniform_ on in_proj_weight (3D, D), zero biases, Linear default for out_proj.
     self.in_kernel = nnx.Param(xavier_uniform_init(ki, (d_model, 3 * d_model), d_model,
                                                    3 * d_model))
-    self.in_bias = nnx.Param(jnp.zeros((3 * d_model,), F32))
+    self.in_bias = nnx.Param(constant((3 * d_model,), 0.0))
     self.out_kernel = nnx.Param(torch_default_init(ko, (d_model, d_model), d_model))
-    self.out_bias = nnx.Param(jnp.zeros((d_model,), F32))
+    self.out_bias = nnx.Param(constant((d_model,), 0.0))
     self.num_heads = num_heads
     self.rate = dropout
     self.deterministic = False
@@ -511,7 +540,7 @@ class PathEncoder(nnx.Module):
     self.d_model = d_model
     self.stem = UNetInceptionStem(1, stem_channels, stem_widths, dtype=dtype, rngs=rngs)
     self.patch = PatchEmbed(stem_channels, d_model, patch_len, dtype=dtype, rngs=rngs)
-    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, self.num_patches, d_model)))
+    self.pos = nnx.Param(normal_init(rngs.params(), (1, self.num_patches, d_model), 0.02))
     self.blocks = nnx.List([
         TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, dtype=dtype,
                          rngs=rngs) for _ in range(depth)])

@@ -88,7 +88,7 @@ class XMAE(nnx.Module):
     else:
       self.bridge = self.bridge_unused = None
     needs_mask_token = build_unused or not self.use_cross_bridge or decode_ppg
-    self.mask_token = (nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, m.d_model)))
+    self.mask_token = (nnx.Param(layers.normal_init(rngs.params(), (1, 1, m.d_model), 0.02))
                        if needs_mask_token else None)
 
   # -------------------------------------------------------------------------------------------
