@@ -16,8 +16,17 @@ import sys
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib
 
+class UsageError(ValueError):
+  """A command line argparse rejects (missing or malformed flag)."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):                   # one line, not usage + error
+    raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="xmae-prepare", description=__doc__.split("\n")[0])
+  p = _Parser(prog="xmae-prepare", description=__doc__.split("\n")[0])
   p.add_argument("--source", required=True, help=f"one of {', '.join(sources_lib.READERS)}")
   p.add_argument("--input", default=None, help="file or directory (not needed for synthetic)")
   p.add_argument("--output", required=True, help="dataset directory to write")
@@ -69,7 +78,8 @@ def run(argv=None) -> None:
   from xmae_jax.data import prepare as prepare_lib
   try:
     main(argv)
-  except (prepare_lib.PrepareError, pp.PreprocessError, sources_lib.SourceError) as e:
+  except (prepare_lib.PrepareError, pp.PreprocessError, sources_lib.SourceError,
+          UsageError) as e:
     print(f"xmae-prepare: error: {e}", file=sys.stderr)
     sys.exit(2)
 

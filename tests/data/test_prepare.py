@@ -206,6 +206,9 @@ def test_cli_errors_are_one_clear_line(tmp_path):
   r = _cli("--source", "wfdb", "--input", str(tmp_path / "nope"), "--output",
            str(tmp_path / "o"), cwd=repo)
   assert r.returncode != 0 and "missing input" in r.stderr
+  r = _cli("--source", "synthetic", cwd=repo)
+  assert r.returncode != 0 and r.stderr.strip() == (
+      "xmae-prepare: error: the following arguments are required: --output")
   (tmp_path / "empty").mkdir()
   r = _cli("--source", "csv", "--input", str(tmp_path / "empty"), "--output",
            str(tmp_path / "o"), cwd=repo)
