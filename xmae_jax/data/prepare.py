@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import msgpack
-import numpy as np
 
 from xmae_jax import __version__
 from xmae_jax.data import preprocess as pp
@@ -35,7 +34,7 @@ from xmae_jax.data import sources as sources_lib
 
 WORK = ".work"
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class PrepareError(ValueError):
@@ -79,12 +78,12 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
   """Reads and preprocesses one input unit; never raises for bad input.
 
   Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]], stats: {key: n},
-  records: [encoded bytes], seconds}.
+  records: [encoded bytes], subjects: [subject of each record], seconds}.
   """
   t0 = time.perf_counter()
   reader = sources_lib.get(source)
   stats: collections.Counter = collections.Counter()
-  records, missing = [], []
+  records, subjects, missing = [], [], []
   status, reason = "ok", ""
   try:
     for item in reader.read(unit, options):
@@ -106,16 +105,17 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
             quality_ppg=seg.quality.get("ppg", math.nan),
             quality_ecg=seg.quality.get("ecg", math.nan),
             meta=_finite(seg.meta), labels=seg.labels)))
+        subjects.append(str(item.subject_id))
   except sources_lib.SourceError as e:
     status, reason = "skipped", str(e)
-    records = []
+    records, subjects = [], []
   except Exception as e:  # a reader bug or a file no reader check anticipated: skip the unit
     status = "skipped"
     reason = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    records = []
+    records, subjects = [], []
   stats["segments_kept"] += len(records)
   return {"unit": unit, "status": status, "reason": reason, "missing": missing,
-          "stats": dict(stats), "records": records,
+          "stats": dict(stats), "records": records, "subjects": subjects,
           "seconds": time.perf_counter() - t0}
 
 
@@ -221,16 +221,11 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
 def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_frac, config,
                    options, records_per_shard) -> dict[str, Any]:
   per_split: dict[str, list[bytes]] = {s: [] for s in shards.SPLITS}
-  subjects_all = []
-  decoded = []
+  assignment = split_subjects((s for r in results for s in r["subjects"]), seed, test_frac,
+                              val_frac)
   for res in results:
-    maps = [record_lib.decode_map(b) for b in res["records"]]
-    subjects_all.extend(m["subject_id"] for m in maps)
-    decoded.append(maps)
-  assignment = split_subjects(subjects_all, seed, test_frac, val_frac)
-  for res, maps in zip(results, decoded):
-    for b, m in zip(res["records"], maps):
-      per_split[assignment[m["subject_id"]]].append(b)
+    for b, subject in zip(res["records"], res["subjects"]):
+      per_split[assignment[subject]].append(b)
 
   # An old manifest would describe shards we are about to replace: remove it first, so that
   # until the new one is written the directory is visibly incomplete.
