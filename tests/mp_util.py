@@ -90,19 +90,21 @@ def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequen
             env=_child_env(i, num_processes, port, devices_per_process, env),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
             start_new_session=True))
-      outputs = _wait_all(procs, timeout)
+      outputs, first_failure = _wait_all(procs, timeout)
     finally:
       for p in procs:
         _kill(p)
     results = []
     for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
-      res = _parse_result(out)
-      if p.returncode != 0 or (require_result and res is None):
-        why = f"exit code {p.returncode}" if p.returncode != 0 else "no result emitted"
-        raise MultiProcessError(f"process {i}/{num_processes} failed ({why}):\n"
-                                f"--- stderr tail ---\n{err[-4000:]}\n"
-                                f"--- stdout tail ---\n{out[-2000:]}")
-      results.append(ProcessResult(i, p.returncode, out, err, res))
+      results.append(ProcessResult(i, p.returncode, out, err, _parse_result(out)))
+    # Report the process that failed by itself, not those stopped because of it.
+    for r in ([results[first_failure]] if first_failure is not None else []) + results:
+      if r.returncode != 0 or (require_result and r.result is None):
+        why = f"exit code {r.returncode}" if r.returncode != 0 else "no result emitted"
+        stopped = " (the others were stopped)" if first_failure is not None else ""
+        raise MultiProcessError(f"process {r.index}/{num_processes} failed ({why}){stopped}:\n"
+                                f"--- stderr tail ---\n{r.stderr[-4000:]}\n"
+                                f"--- stdout tail ---\n{r.stdout[-2000:]}")
     return results
 
 
@@ -127,10 +129,15 @@ def _child_env(index: int, num: int, port: int, devices: int,
   return env
 
 
-def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
-  """Collects every process's output; kills the group at the deadline or on a failure."""
+def _wait_all(procs: list[subprocess.Popen], timeout: float
+              ) -> tuple[list[tuple[str, str]], int | None]:
+  """Collects every process's (stdout, stderr) and the index of the first one that failed.
+
+  Kills the whole group at the deadline, or as soon as one process exits non-zero.
+  """
   deadline = time.monotonic() + timeout
   outputs: list[tuple[str, str] | None] = [None] * len(procs)
+  first_failure = None
   while any(o is None for o in outputs):
     for i, p in enumerate(procs):
       if outputs[i] is not None:
@@ -139,7 +146,8 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, 
         outputs[i] = p.communicate(timeout=0.2)
       except subprocess.TimeoutExpired:
         continue
-      if p.returncode != 0:   # one failed: the others would hang in a collective; stop them
+      if p.returncode != 0 and first_failure is None:
+        first_failure = i    # the others would hang in a collective: stop them
         for q in procs:
           _kill(q)
     if time.monotonic() > deadline:
@@ -151,7 +159,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, 
         tails.append(f"--- process {i} stderr tail ---\n{err[-1500:]}")
       raise MultiProcessError(f"{len(procs)} processes did not finish within {timeout:.0f} s\n"
                               + "\n".join(tails))
-  return outputs  # type: ignore[return-value]
+  return outputs, first_failure  # type: ignore[return-value]
 
 
 def _kill(p: subprocess.Popen) -> None:

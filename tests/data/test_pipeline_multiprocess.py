@@ -119,3 +119,18 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
   val = np.concatenate([np.concatenate([x, y]) for x, y in zip(r0["eval"], r1["eval"])])
   m = pipeline.count_records(cfg, "validation")
   assert len(val) == -(-m // GLOBAL_BATCH) * GLOBAL_BATCH and len(set(val[:m])) == m
+
+
+def test_mp_util_stops_the_group_when_one_process_fails():
+  import time
+  from mp_util import MultiProcessError
+  failing = ("import sys, time, mp_util\n"
+             "if mp_util.process_index() == 1:\n"
+             "  sys.exit('process 1 gives up')\n"
+             "time.sleep(60)\n")
+  start = time.monotonic()
+  with pytest.raises(MultiProcessError, match="process 1/2 failed(.|\n)*process 1 gives up"):
+    run_processes(failing, 2, timeout=50)
+  assert time.monotonic() - start < 30       # process 0 was killed, not waited for
+  with pytest.raises(MultiProcessError, match="did not finish within 1 s"):
+    run_processes("import time\ntime.sleep(60)\n", 1, timeout=1)
