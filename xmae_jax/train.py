@@ -1,0 +1,93 @@
+"""xmae-train: pretrain a model config on a prepared dataset directory.
+
+  xmae-train --config configs/xmae.py:demo --workdir runs/demo --config.data.dir data/synthetic
+  python -m xmae_jax.train --config configs/m2ae.py --workdir runs/m2ae --config.train.lr=1e-4
+
+Flags: `--config FILE[:PRESET[,key=value...]]` plus `--config.section.field=value` overrides,
+`--workdir` (created; a run there resumes from its latest checkpoint), and for multi-host runs
+`--coordinator_address HOST:PORT --num_processes N --process_id I`. Without them, a cluster's
+environment is used when present (Cloud TPU pod slices, SLURM with more than one task);
+otherwise the run is one process. Bad settings end with one line on stderr and exit status 1;
+a run stopped by SIGTERM saves a checkpoint and exits with status 143.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/xmae.py:demo (fields overridable with "
+    "--config.train.lr=...).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join("~", ".cache", "xmae_jax", "xla"),
+    "Persistent XLA compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence): "
+    "a rerun or resume skips recompiling the steps.")
+
+
+def cluster_environment() -> str | None:
+  """The multi-host environment JAX can auto-detect here, or None for a single process."""
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return "Cloud TPU pod"
+  if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
+    return "SLURM"
+  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return "Open MPI"
+  return None
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+  """Joins the processes of a multi-host run: from the flags, else from the cluster's
+  environment; a no-op for a single process. Called from main only, never at import time
+  (Grain worker processes re-import modules)."""
+  import jax
+  explicit = [coordinator_address, num_processes, process_id]
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+    jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id))
+  elif cluster_environment() is not None:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    sys.exit("xmae-train: error: --config and --workdir are required")
+  import jax
+  from xmae_jax.training import train as train_lib
+  if _CACHE.value and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
+  try:
+    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    sys.exit(f"xmae-train: error: {e}")
+  try:
+    summary = train_lib.train(_CONFIG.value, _WORKDIR.value)
+  except train_lib.TrainingError as e:
+    sys.exit(f"xmae-train: error: {e}")
+  if jax.process_index() == 0:
+    best = summary["best_val_loss"]
+    print(f"xmae-train: {summary['status']} at step {summary['step']}/{summary['total_steps']}"
+          + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None else "")
+          + f"; workdir {summary['workdir']}", flush=True)
+  if summary["status"] == "preempted":
+    sys.exit(143)
+
+
+def run():
+  """Console-script entry point (xmae-train)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
