@@ -1,7 +1,9 @@
 """Preprocessing as xMAE's: clean, quality, resample to 100 Hz, 10-s windows, min-max to [-1, 1].
 
 One function per step, so that `xmae-prepare`, `load_encoder().embed` and evaluation share them:
-  check_window      reject NaN runs and flat lines (short NaN gaps are interpolated)
+  bad_intervals     long NaN runs and flat lines of a recording; they are cut out and windows
+                    are laid from the start of each remaining stretch (good_stretches)
+  check_window      per window: interpolate short NaN gaps, reject what is still NaN or flat
   clean             NeuroKit2 ecg_clean ("neurokit") / ppg_clean ("elgendi") at the source rate
   quality           template-match quality (15th percentile) at the source rate, before resampling
   resample          to 100 Hz (nk.signal_resample, "interpolation" = scipy.ndimage.zoom, as the
