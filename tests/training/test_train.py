@@ -1,0 +1,284 @@
+"""End-to-end tests of the trainer on CPU (tiny preset, a few steps, a small synthetic dataset).
+
+One device, 8 fake devices and 2 processes x 2 fake devices train the same global batches and
+must give the same losses and parameters, with replicated and with FSDP parameters; a run
+stopped at step 3 and resumed equals the uninterrupted run; a NaN stops the run naming the step
+and keeps the last good checkpoint; SIGTERM leaves a checkpoint that restores; bad settings fail
+at start with one line. The heavy runs happen in subprocesses (each its own device count), all
+started at once by one module fixture; a shared persistent compilation cache keeps recompiles
+down.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mp_util
+from xmae_jax.training import checkpoint as ckpt_lib
+from xmae_jax.training import metrics as metrics_lib
+from xmae_jax.training import train as train_lib
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RUNNER = HERE / "train_runner.py"
+STEPS = 6
+BASE = {"train.num_steps": STEPS, "train.log_every": 1, "train.eval_every": 3,
+        "train.eval_batches": 1, "train.checkpoint_every": 3, "train.figure_every": 6}
+FSDP = {"mesh.axes": [["data", -1], ["fsdp", 2]], "mesh.param_rules": [[".*", "fsdp"]]}
+TIMEOUT = 420
+
+
+def _load_config(arg="tiny"):
+  sys.path.insert(0, str(HERE))
+  import train_runner  # pylint: disable=g-import-not-at-top
+  return train_runner.load_config(f"configs/xmae.py:{arg}")
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  from xmae_jax.data import prepare
+  out = tmp_path_factory.mktemp("synthetic")
+  prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
+                          source_options={"num_subjects": 8, "minutes_per_subject": 1.0},
+                          log=lambda *a, **k: None)
+  return out
+
+
+def _spec(path: Path, data_dir, jobs) -> Path:
+  path.write_text(json.dumps({"config": "configs/xmae.py:tiny",
+                              "overrides": {**BASE, "data.dir": str(data_dir)}, "jobs": jobs}))
+  return path
+
+
+def _start(spec: Path, devices: int, env: dict) -> subprocess.Popen:
+  full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.Popen([sys.executable, str(RUNNER), str(spec)], cwd=REPO, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> dict:
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    pytest.fail(f"training subprocess timed out; stderr tail:\n{err[-3000:]}")
+  lines = [l for l in out.splitlines() if l.startswith("TRAIN_RUNNER_RESULT ")]
+  assert proc.returncode == 0 and lines, f"runner failed ({proc.returncode}):\n{err[-4000:]}"
+  return json.loads(lines[-1][len("TRAIN_RUNNER_RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, dataset, cache_env):
+  """Every heavy run of this module, started concurrently: {"one": ..., "eight": ..., "mp": ...}."""
+  root = tmp_path_factory.mktemp("runs")
+  one = _spec(root / "one.json", dataset, [
+      {"name": "full", "workdir": str(root / "one_full")},
+      {"name": "interrupted", "workdir": str(root / "one_resume"), "stop_at_step": 3},
+      {"name": "resumed", "workdir": str(root / "one_resume")},
+      {"name": "nan", "workdir": str(root / "one_nan"), "save_params": False,
+       "overrides": {"train.lr": 1e30, "train.checkpoint_every": 1, "train.eval_every": 100}},
+  ])
+  eight = _spec(root / "eight.json", dataset, [
+      {"name": "rep", "workdir": str(root / "eight_rep")},
+      {"name": "fsdp", "workdir": str(root / "eight_fsdp"), "overrides": FSDP},
+      {"name": "bad_batch", "workdir": str(root / "eight_bad"), "overrides": {"train.batch_size": 12}},
+  ])
+  mp = _spec(root / "mp.json", dataset, [
+      {"name": "rep", "workdir": str(root / "mp_rep")},
+      {"name": "fsdp", "workdir": str(root / "mp_fsdp"), "overrides": FSDP},
+  ])
+  procs = {"one": _start(one, 1, cache_env), "eight": _start(eight, 8, cache_env)}
+  results = {"root": root}
+  mp_results = mp_util.run_processes(RUNNER, 2, args=[str(mp)], devices_per_process=2,
+                                     timeout=TIMEOUT, env=cache_env)
+  results["mp"] = mp_results[0].result
+  for name, proc in procs.items():
+    results[name] = _finish(proc, TIMEOUT)
+  return results
+
+
+def _losses(job) -> tuple[np.ndarray, np.ndarray]:
+  rows = job["metrics"]
+  train = np.array([r["train_loss"] for r in rows], np.float64)
+  val = np.array([r["val_loss"] for r in rows if "val_loss" in r], np.float64)
+  return train, val
+
+
+def _params(workdir) -> dict:
+  with np.load(Path(workdir) / "final_params.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+def test_losses_and_parameters_do_not_depend_on_the_topology(runs):
+  assert runs["one"]["devices"] == 1 and runs["eight"]["devices"] == 8
+  assert runs["mp"]["devices"] == 4 and runs["mp"]["processes"] == 2
+  ref_train, ref_val = _losses(runs["one"]["full"])
+  assert len(ref_train) == STEPS and len(ref_val) == 2 and np.all(np.isfinite(ref_train))
+  assert len(set(np.round(ref_train, 6))) > 1          # the loss moves: a real comparison
+  ref_params = _params(runs["root"] / "one_full")
+  for group, job, workdir in [("eight", "rep", "eight_rep"), ("eight", "fsdp", "eight_fsdp"),
+                              ("mp", "rep", "mp_rep"), ("mp", "fsdp", "mp_fsdp")]:
+    train, val = _losses(runs[group][job])
+    np.testing.assert_allclose(train, ref_train, rtol=2e-5, err_msg=f"{group}/{job} train loss")
+    np.testing.assert_allclose(val, ref_val, rtol=2e-5, err_msg=f"{group}/{job} val loss")
+    params = _params(runs["root"] / workdir)
+    assert params.keys() == ref_params.keys()
+    for k in ref_params:
+      np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-3, atol=1e-5,
+                                 err_msg=f"{group}/{job} parameter {k}")
+
+
+def test_resumed_run_equals_the_uninterrupted_run(runs):
+  interrupted = runs["one"]["interrupted"]["summary"]
+  assert interrupted["status"] == "stopped" and interrupted["step"] == 3
+  resumed = runs["one"]["resumed"]
+  assert resumed["summary"]["status"] == "completed" and resumed["summary"]["step"] == STEPS
+  full_train, full_val = _losses(runs["one"]["full"])
+  res_train, res_val = _losses(resumed)
+  assert [r["step"] for r in resumed["metrics"]] == list(range(1, STEPS + 1))
+  np.testing.assert_array_equal(res_train, full_train)
+  np.testing.assert_array_equal(res_val, full_val)
+  full, res = _params(runs["root"] / "one_full"), _params(runs["root"] / "one_resume")
+  for k in full:
+    np.testing.assert_array_equal(res[k], full[k], err_msg=k)
+
+
+def test_metrics_file_tensorboard_and_figures(runs):
+  rows = runs["one"]["full"]["metrics"]
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+  for r in rows:
+    assert {"step", "train_loss", "lr", "segments_per_s"} <= r.keys() and r["segments_per_s"] > 0
+  assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
+  assert rows[0]["lr"] < rows[1]["lr"] and rows[-1]["lr"] < rows[1]["lr"]   # warm-up, then decay
+  workdir = runs["root"] / "one_full"
+  assert list((workdir / "tb").glob("events.out.tfevents.*"))
+  assert (workdir / "figures" / "reconstruction_step0000006.png").stat().st_size > 1000
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "xmae"
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(runs):
+  job = runs["one"]["nan"]
+  assert job["error_type"] == "NonFiniteLossError", job
+  step = int(job["error"].split(" at step ")[1].split(":")[0])
+  assert f"last good checkpoint: step {step - 1}" in job["error"]
+  assert "\n" not in job["error"]
+  ckpt = ckpt_lib.Checkpointer(runs["root"] / "one_nan", read_only=True)
+  assert ckpt.latest_step() == step - 1
+  ckpt.close()
+  model, _ = ckpt_lib.load_model(runs["root"] / "one_nan")
+  from flax import nnx
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in ckpt_lib.flatten(nnx.state(model)).values()
+             if np.asarray(v).dtype.kind == "f")
+
+
+def test_batch_not_divisible_by_data_parallel_size_fails_at_start(runs):
+  job = runs["eight"]["bad_batch"]
+  assert job["error_type"] == "TrainingError"
+  assert "train.batch_size=12 is not divisible by the data-parallel size 8" in job["error"]
+  assert not (runs["root"] / "eight_bad" / "checkpoints").exists()
+
+
+def test_load_model_best_and_latest(runs):
+  workdir = runs["root"] / "one_full"
+  model, config = ckpt_lib.load_model(workdir, "best")
+  assert config.model.name == "xmae" and config.model.stem_widths == (8, 16, 16)
+  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
+  best_rows = [r for r in runs["one"]["full"]["metrics"] if "val_loss" in r]
+  assert ckpt.best_step() == min(best_rows, key=lambda r: r["val_loss"])["step"]
+  ckpt.close()
+  with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 4"):
+    ckpt_lib.load_model(workdir, 4)
+
+
+# --- bad settings, in this process (they fail before anything is compiled) -------------------
+
+def _tiny(data_dir, **overrides):
+  c = _load_config()
+  c.data.dir = str(data_dir)
+  for k, v in overrides.items():
+    *parents, leaf = k.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "missing_dir", "empty_dir", "other_model"])
+def test_bad_settings_fail_at_start_with_one_line(case, dataset, tmp_path):
+  workdir = tmp_path / "run"
+  if case == "unknown_model":
+    config, pattern = _tiny(dataset, **{"model.name": "nope"}), "unknown model 'nope'"
+  elif case == "missing_dir":
+    config, pattern = _tiny(tmp_path / "absent"), "does not exist"
+  elif case == "empty_dir":
+    (tmp_path / "empty").mkdir()
+    config, pattern = _tiny(tmp_path / "empty"), "manifest.json is missing"
+  else:
+    meta = workdir / "checkpoints" / "5" / "meta"
+    meta.mkdir(parents=True)
+    (meta / "metadata").write_text(json.dumps({"model_name": "m2ae", "config": {}, "step": 5}))
+    config, pattern = _tiny(dataset), "holds a checkpoint of model 'm2ae'"
+  with pytest.raises(train_lib.TrainingError, match=pattern) as e:
+    train_lib.train(config, workdir)
+  assert "\n" not in str(e.value)
+  if case != "other_model":
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_cli_prints_one_line_and_exits_1_on_a_bad_setting(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "xmae_jax.train", "--config", "configs/xmae.py:tiny",
+       "--workdir", str(tmp_path / "run"), f"--config.data.dir={tmp_path / 'absent'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("xmae-train: error: data directory") and "absent" in last
+
+
+def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "xmae_jax.train", "--config", "configs/xmae.py:tiny",
+       "--workdir", str(workdir), f"--config.data.dir={dataset}", "--config.train.num_steps=10000",
+       "--config.train.log_every=1", "--config.train.eval_every=10000",
+       "--config.train.checkpoint_every=10000"],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, **cache_env, "PYTHONPATH": str(REPO)}, start_new_session=True)
+  try:
+    deadline = time.monotonic() + TIMEOUT
+    while len(metrics_lib.read_metrics(workdir)) < 2:
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      assert time.monotonic() < deadline, "no training step logged in time"
+      time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 143, err[-3000:]
+  logged = metrics_lib.read_metrics(workdir)[-1]["step"]
+  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
+  saved = ckpt.latest_step()
+  meta = ckpt.read_meta(saved)
+  ckpt.close()
+  assert saved >= logged >= 2 and meta["step"] == saved
+  assert meta["data_iter_state"] is not None and meta["kind"] == "train"
+  model, config = ckpt_lib.load_model(workdir, "latest")
+  assert config.train.num_steps == 10000 and config.model.name == "xmae"

@@ -1,0 +1,95 @@
+"""Unit tests of the trainer's parts: mesh sizes, placement rules, schedule, logs, figures."""
+import json
+import math
+
+import jax
+import ml_collections as mlc
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from xmae_jax.training import checkpoint as ckpt_lib
+from xmae_jax.training import figures
+from xmae_jax.training import metrics as metrics_lib
+from xmae_jax.training import optim
+from xmae_jax.training import sharding
+
+
+def test_mesh_shape_fills_the_free_axis_and_rejects_misfits():
+  assert sharding.mesh_shape((("data", -1), ("fsdp", 2)), 8) == (("data", "fsdp"), (4, 2))
+  assert sharding.mesh_shape((("data", -1), ("fsdp", 1)), 1) == (("data", "fsdp"), (1, 1))
+  with pytest.raises(sharding.ShardingError, match="do not divide"):
+    sharding.mesh_shape((("data", -1), ("fsdp", 3)), 8)
+  with pytest.raises(sharding.ShardingError, match="at most one"):
+    sharding.mesh_shape((("data", -1), ("fsdp", -1)), 8)
+  with pytest.raises(sharding.ShardingError, match="need 4 devices"):
+    sharding.mesh_shape((("data", 2), ("fsdp", 2)), 1)
+
+
+class _FakeMesh:
+  axis_names = ("data", "fsdp")
+  shape = {"data": 2, "fsdp": 4}
+
+
+def test_fsdp_rule_shards_the_largest_divisible_dimension_and_rules_match_in_order():
+  rules = (("bias", "replicate"), ("kernel", "fsdp"))
+  mesh = _FakeMesh()
+  assert sharding.spec_for("enc/dense/kernel", (6, 12), rules, mesh) == P(None, "fsdp")
+  assert sharding.spec_for("enc/dense/kernel", (16, 6), rules, mesh) == P("fsdp", None)
+  assert sharding.spec_for("enc/dense/kernel", (3, 5), rules, mesh) == P()      # none divisible
+  assert sharding.spec_for("enc/dense/bias", (16,), rules, mesh) == P()         # first match
+  assert sharding.spec_for("enc/norm/scale", (16,), rules, mesh) == P()         # no match
+  with pytest.raises(sharding.ShardingError, match="unknown sharding rule"):
+    sharding.spec_for("x", (4,), (("x", "tensor"),), mesh)
+
+
+def test_schedule_warms_up_over_ten_percent_then_cosine_to_zero():
+  t = mlc.ConfigDict({"lr": 3e-4, "warmup_frac": 0.1, "b1": 0.9, "b2": 0.95,
+                      "weight_decay": 0.01, "grad_clip_norm": 0.0})
+  schedule = optim.lr_schedule(t, 1000)
+  assert float(schedule(0)) == 0.0
+  assert math.isclose(float(schedule(50)), 1.5e-4, rel_tol=1e-5)
+  assert math.isclose(float(schedule(100)), 3e-4, rel_tol=1e-5)
+  progress = (550 - 100) / 900
+  assert math.isclose(float(schedule(550)), 3e-4 * 0.5 * (1 + math.cos(math.pi * progress)),
+                      rel_tol=1e-4)
+  assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_metrics_rows_are_json_and_truncation_drops_later_steps(tmp_path):
+  w = metrics_lib.MetricsWriter(tmp_path, tensorboard=False)
+  for step in (1, 2, 3):
+    w.write(step, {"train_loss": 1.0 / step, "lr": 1e-3})
+  w.write(4, {"train_loss": float("nan")})
+  w.close()
+  rows = metrics_lib.read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[3]["train_loss"] == "nan"
+  metrics_lib.truncate_after(tmp_path, 2)
+  assert [r["step"] for r in metrics_lib.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_config_round_trips_through_json_with_tuples():
+  c = mlc.ConfigDict({"model": {"name": "xmae", "widths": (8, 16)},
+                      "mesh": {"axes": (("data", -1), ("fsdp", 1))}})
+  back = ckpt_lib.config_from_dict(json.loads(json.dumps(ckpt_lib.config_to_dict(c))))
+  assert back.model.widths == (8, 16) and back.mesh.axes == (("data", -1), ("fsdp", 1))
+
+
+def test_flatten_unflatten_keeps_prng_keys():
+  tree = {"a": {"w": np.arange(6.0).reshape(2, 3)}, "rng": jax.random.key(3)}
+  flat = ckpt_lib.flatten(tree)
+  assert set(flat) == {"a.w", "rng"} and flat["rng"].dtype == np.uint32
+  back = ckpt_lib.unflatten(tree, flat)
+  assert np.array_equal(jax.random.key_data(back["rng"]), jax.random.key_data(tree["rng"]))
+  with pytest.raises(ckpt_lib.CheckpointError, match="lacks"):
+    ckpt_lib.unflatten(tree, {"a.w": flat["a.w"]})
+
+
+def test_reconstruction_figure_is_written(tmp_path):
+  t = np.linspace(0, 10, 1000)
+  ecg = np.sin(2 * np.pi * t)[None].repeat(2, 0)
+  masked = np.zeros_like(ecg, bool)
+  masked[:, 200:1000] = True
+  path = figures.plot_reconstructions(tmp_path / "f.png", ecg, 0.9 * ecg, masked, ecg)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert figures._masked_runs(masked[0]) == [(200, 1000)]

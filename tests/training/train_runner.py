@@ -1,0 +1,82 @@
+"""Runs training jobs in a fresh process (with its own device count) for tests/training.
+
+    python tests/training/train_runner.py SPEC.json
+
+SPEC: {"config": "configs/xmae.py:tiny", "overrides": {"train.num_steps": 6, ...},
+       "jobs": [{"name": ..., "workdir": ..., "overrides": {...}, "stop_at_step": N|null}, ...]}
+Each job calls `xmae_jax.training.train.train` and reports its summary, the rows of its
+metrics.jsonl, and (file) WORKDIR/final_params.npz of process 0's parameters; a TrainingError
+is reported as {"error": message}. Under tests/mp_util (several processes) it joins the
+jax.distributed job first and emits through mp_util; otherwise it prints one JSON line.
+"""
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULT_PREFIX = "TRAIN_RUNNER_RESULT "
+
+
+def load_config(spec: str):
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("config_under_test", REPO / path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def apply(config, overrides):
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+
+
+def main(spec_path):
+  under_mp = "MP_UTIL_COORDINATOR" in os.environ
+  if under_mp:
+    sys.path.insert(0, str(REPO / "tests"))
+    import mp_util
+    mp_util.initialize()
+  else:
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()
+  import jax
+  import numpy as np
+  from xmae_jax.training import checkpoint as ckpt_lib
+  from xmae_jax.training import metrics as metrics_lib
+  from xmae_jax.training import train as train_lib
+
+  spec = json.loads(Path(spec_path).read_text())
+  results = {"devices": jax.device_count(), "processes": jax.process_count()}
+  for job in spec["jobs"]:
+    config = load_config(spec["config"])
+    apply(config, spec.get("overrides", {}))
+    apply(config, job.get("overrides", {}))
+    out = {}
+    try:
+      out["summary"] = train_lib.train(config, job["workdir"], stop_at_step=job.get("stop_at_step"))
+    except train_lib.TrainingError as e:
+      out["error"] = str(e)
+      out["error_type"] = type(e).__name__
+    out["metrics"] = metrics_lib.read_metrics(job["workdir"])
+    if "summary" in out and job.get("save_params", True):
+      model, _ = ckpt_lib.load_model(job["workdir"], "latest")   # every process (Orbax syncs)
+      from flax import nnx
+      flat = ckpt_lib.flatten(nnx.state(model, nnx.Param))
+      if jax.process_index() == 0:
+        np.savez(Path(job["workdir"]) / "final_params.npz",
+                 **{k: np.asarray(v) for k, v in flat.items()})
+    results[job["name"]] = out
+  if under_mp:
+    mp_util.emit(results)
+  else:
+    print(RESULT_PREFIX + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
