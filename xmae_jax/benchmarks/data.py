@@ -93,6 +93,9 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
           # processes, whose CPU is not counted): on a shared machine it moves less with
           # other load than the wall-clock rate.
           "segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 and workers == 0 else None,
+          # With workers: what the main process spends to receive the batches, the ceiling
+          # that worker scaling runs into.
+          "main_process_segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 else None,
           "batch_size": batch_size, "steps": steps, "read_threads": read_threads,
           "records_used": pipeline.count_records(cfg), "cpu_count": os.cpu_count()}
 
