@@ -34,6 +34,23 @@ def test_templatematch_equals_neurokit(subject, physionet_dir, modality):
     np.testing.assert_allclose(ours, ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("fs", [62.5, 100.0, 125.0, 249.89, 500.0])
+def test_cleaning_equals_neurokit(fs):
+  rng = np.random.default_rng(int(fs))
+  x = np.cumsum(rng.normal(size=int(10 * fs))) + rng.normal(size=int(10 * fs))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    np.testing.assert_allclose(pp.clean(x, fs, "ecg", CFG),
+                               nk.ecg_clean(x, sampling_rate=fs, method="neurokit"), atol=1e-12)
+    np.testing.assert_allclose(pp.clean(x, fs, "ppg", CFG),
+                               nk.ppg_clean(x, sampling_rate=fs, method="elgendi"), atol=1e-12)
+    if fs < 100:
+      return                                     # NeuroKit's biosppy FIR needs a higher rate
+    other = pp.PreprocessConfig(ecg_clean_method="biosppy")      # not re-implemented: NeuroKit
+    np.testing.assert_allclose(pp.clean(x, fs, "ecg", other),
+                               nk.ecg_clean(x, sampling_rate=fs, method="biosppy"), atol=1e-12)
+
+
 def test_check_window_repairs_short_gaps_and_rejects_runs_and_flats():
   fs = 100.0
   x = np.sin(np.arange(1000) / 30.0)
