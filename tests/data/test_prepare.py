@@ -228,6 +228,9 @@ def test_output_of_another_schema_is_refused(tmp_path):
   with pytest.raises(prep.PrepareError, match="not an xmae dataset"):
     cli.main(["--source", "synthetic", "--output", str(foreign), "--num-subjects", "1"])
   assert (foreign / "thesis.tex").read_text() == "keep me"
+  with pytest.raises(prep.PrepareError, match="val_frac"):
+    cli.main(["--source", "synthetic", "--output", str(tmp_path / "new"), "--val-frac", "2"])
+  assert not (tmp_path / "new").exists()                        # refused before any work
   with pytest.raises(SystemExit) as e:
     cli.run(["--source", "synthetic", "--output", str(other), "--num-subjects", "1"])
   assert e.value.code == 2

@@ -158,6 +158,9 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     reader = sources_lib.get(source)
   except sources_lib.SourceError as e:
     raise PrepareError(str(e)) from None
+  if workers < 1:
+    raise PrepareError(f"--workers must be >= 1, got {workers}")
+  split_subjects([], seed, test_frac, val_frac)   # rejects bad fractions before any work
   out = Path(output)
   _check_output(out)
   options = dict(source_options or {})
@@ -171,8 +174,6 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     raise PrepareError(f"{e} (--input {input})") from None
   if not units:
     raise PrepareError(f"empty input: no {source} inputs found under {input}")
-  if workers < 1:
-    raise PrepareError(f"--workers must be >= 1, got {workers}")
 
   key = _params_key(source, options, config)
   work = out / WORK / key
