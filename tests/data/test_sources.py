@@ -29,6 +29,17 @@ def test_wfdb_lists_top_level_records_only(physionet_dir):
                    "v102s"]
 
 
+def test_wfdb_skips_mimic_numerics_records(physionet_dir, tmp_path):
+  import shutil
+  shutil.copytree(physionet_dir / "p000878", tmp_path / "p000878")
+  (tmp_path / "p000878" / "p000878-2137-10-26-16-57n.hea").write_text(
+      "p000878-2137-10-26-16-57n 2 0.0166667 1757 16:57:00 26/10/2137\n"
+      "p000878-2137-10-26-16-57n.dat 16 1 16 0 0 0 0 HR\n"
+      "p000878-2137-10-26-16-57n.dat 16 1 16 0 0 0 0 SpO2\n")
+  units = wfdb_source.list_inputs(str(tmp_path), {})
+  assert [Path(u).name for u in units] == ["p000878-2137-10-26-16-57"]
+
+
 @pytest.mark.parametrize("name", ["a103l", "v102s"])
 def test_wfdb_single_rate_records(physionet_dir, name):
   import wfdb

@@ -9,7 +9,8 @@ Handles:
     the same channels are joined, gaps ('~') and layout headers split them;
   * the MIMIC-III Waveform Database Matched Subset layout: patient folders pNNNNNN holding
     master headers, a `_layout` header and segments of which some lack ECG or PPG and some may be
-    missing from a partial download: what is present is used, what is missing is reported.
+    missing from a partial download: what is present is used, what is missing is reported;
+    the numerics records beside them (`<record>n`, vital signs once a minute) are not listed.
 Channels are matched by name, case-insensitively, ECG by a preference list of leads.
 Subject: the patient folder (pNNNNNN) if there is one, else the record name.
 """
@@ -68,9 +69,16 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
         seg = line.split()[0]
         if seg != "~":
           parts.add((h.parent / seg).with_suffix(".hea"))
+  stems = {h.with_suffix("") for h in headers}
   units = [str(h.with_suffix("")) for h in headers
-           if h not in parts and not h.stem.endswith("_layout")]
+           if h not in parts and not h.stem.endswith("_layout")
+           and not _is_numerics(h.with_suffix(""), stems)]
   return units
+
+
+def _is_numerics(record: Path, stems: set[Path]) -> bool:
+  """MIMIC numerics records (1/min vital signs) are named like their waveform record + 'n'."""
+  return record.name.endswith("n") and record.with_name(record.name[:-1]) in stems
 
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
