@@ -2,10 +2,11 @@
 
 Per subject (all drawn from `seed` and the subject index, so the same seed gives the same data):
   * metadata: age, sex, BMI, systolic/diastolic blood pressure, resting heart rate;
-  * ECG: beats rendered from a NeuroKit2 ECGSYN template (McSharry's dynamical model, P-QRS-T
-    amplitudes varied per subject), QT stretched with the RR interval (Bazett), respiratory
-    sinus arrhythmia and Mayer waves in the RR series, optional premature ventricular
-    contractions (early, wide bizarre QRS without P wave, discordant T, compensatory pause);
+  * ECG: beats rendered from a NeuroKit2 ECGSYN template (McSharry's dynamical model; one of
+    four QRS shapes, P and T amplitudes per subject), QT stretched with the RR interval
+    (Bazett), respiratory sinus arrhythmia and Mayer waves in the RR series, optional premature
+    ventricular contractions (early, wide bizarre QRS without P wave, discordant T, compensatory
+    pause);
   * PPG: one pulse per R peak, starting after the pulse transit time (PTT). PTT is shorter with
     age and with blood pressure, beat by beat (BP varies with Mayer waves and respiration). The
     pulse is a forward wave plus a reflected wave that arrives earlier and larger with age and BP
