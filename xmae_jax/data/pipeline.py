@@ -124,7 +124,8 @@ def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int
     starts = starts.tolist()
     if not all(map(bytes.startswith, raw, itertools.repeat(header), starts)):
       return None
-    data = [s + len(header) for s in starts]
+    hdr = len(header)
+    data = [s + hdr for s in starts]
     out[m] = b"".join(map(operator.getitem, raw, map(slice, data, [d + nbytes for d in data])))
   return out
 
