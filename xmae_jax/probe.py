@@ -71,7 +71,7 @@ def probe_file(path: str | os.PathLike, specs: Sequence[str] | None, *, protocol
 
 def write_reports(results, output_json: str | None, output_md: str | None, **extra) -> str:
   table = probe_lib.markdown_table(results, **extra)
-  for path, text in ((output_json, json.dumps(results, indent=1, default=float)), (output_md, table)):
+  for path, text in ((output_json, json.dumps(probe_lib.json_ready(results), indent=1, default=float)), (output_md, table)):
     if path:
       p = Path(path)
       p.parent.mkdir(parents=True, exist_ok=True)

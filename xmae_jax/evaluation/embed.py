@@ -103,8 +103,8 @@ def columns_from_dicts(dicts: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class Segments:
-  """Contract-shaped, normalized windows of one modality and what is known about each."""
-  windows: np.ndarray                         # (N, segment_length) float32
+  """Contract-shaped, normalized windows and what is known about each (one row per window)."""
+  signals: dict[str, np.ndarray]              # modality -> (N, segment_length) float32
   subject_ids: list[str]
   segment_ids: list[str]
   split: list[str]
@@ -114,6 +114,10 @@ class Segments:
 
   def __len__(self):
     return len(self.subject_ids)
+
+
+def _empty_segments() -> Segments:
+  return Segments({}, [], [], [], [], [])
 
 
 def detect_source(path: str | os.PathLike) -> str:
@@ -135,13 +139,14 @@ def detect_source(path: str | os.PathLike) -> str:
   raise EmbeddingsError(f"input {p}: cannot tell its format (use --source dataset|wfdb|csv|npz)")
 
 
-def dataset_segments(data_dir: str | os.PathLike, modality: str,
+def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str],
                      splits: Sequence[str] | None = None, *,
                      segment_length: int | None = None) -> Segments:
-  """Every record of the given splits (all by default) that has `modality`."""
+  """Every record of the given splits (all by default) that has all of `modalities`."""
   from array_record.python import array_record_module as arm
   from xmae_jax.data import record as record_lib
   from xmae_jax.data import shards
+  modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
   manifest = shards.read_manifest(data_dir)
   if segment_length is not None and manifest.get("segment_length") != segment_length:
     raise EmbeddingsError(f"{data_dir}: segments of {manifest.get('segment_length')} samples, the "
@@ -150,8 +155,9 @@ def dataset_segments(data_dir: str | os.PathLike, modality: str,
             if manifest["splits"].get(s, {}).get("records", 0) > 0]
   if not chosen:
     raise EmbeddingsError(f"{data_dir}: no records in split(s) {', '.join(splits or shards.SPLITS)}")
-  out = Segments(np.zeros((0, 0), np.float32), [], [], [], [], [])
-  windows, skipped = [], 0
+  out = _empty_segments()
+  windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+  skipped = 0
   for split in chosen:
     paths, _ = shards.split_paths(data_dir, split)
     for path in paths:
@@ -162,41 +168,49 @@ def dataset_segments(data_dir: str | os.PathLike, modality: str,
         reader.close()
       for data in raw:
         rec = record_lib.decode(data)
-        x = rec.signal(modality)
-        if x is None:
+        if any(rec.signal(m) is None for m in modalities):
           skipped += 1
           continue
-        windows.append(x)
+        for m in modalities:
+          windows[m].append(rec.signal(m))
         out.subject_ids.append(rec.subject_id)
         out.segment_ids.append(rec.segment_id)
         out.split.append(split)
         out.meta.append({**rec.meta, "quality_ppg": rec.quality_ppg, "quality_ecg": rec.quality_ecg})
         out.labels.append(dict(rec.labels))
-  if not windows:
-    raise EmbeddingsError(f"{data_dir}: no record has a {modality} signal")
-  out.windows = np.stack(windows).astype(np.float32)
-  out.notes = {f"skipped/no_{modality}": skipped} if skipped else {}
+  if not out.subject_ids:
+    raise EmbeddingsError(f"{data_dir}: no record has {' and '.join(modalities)}")
+  out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
+  out.notes = {f"skipped/lacking_{'_'.join(modalities)}": skipped} if skipped else {}
   return out
 
 
-def recording_segments(path: str | os.PathLike, source: str, modality: str, *, contract,
-                       options: Mapping[str, Any] | None = None) -> Segments:
+def recording_segments(path: str | os.PathLike, source: str, modalities: str | Sequence[str], *,
+                       contract, options: Mapping[str, Any] | None = None) -> Segments:
   """A WFDB record (or folder), CSV or NPZ file read by xmae-prepare's reader, then the same
-  cleaning, windowing and normalization as prepared data (windows need only `modality`)."""
+  cleaning, windowing and normalization as prepared data; windows need all of `modalities`."""
   from xmae_jax.data import preprocess
   from xmae_jax.data import sources
+  modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
   reader = sources.get(source)
   options = dict(options or {})
+  if source in ("csv", "npz"):
+    options["format"] = source          # the tabular reader serves both
   p = Path(path)
   if p.is_file() and p.stat().st_size == 0:
     raise EmbeddingsError(f"input {p} is empty")
   config = preprocess.PreprocessConfig(
       target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
       ecg_clean_method=contract.ecg_clean_method, ppg_clean_method=contract.ppg_clean_method,
-      resample_method=contract.resample_method, modalities=modality)
-  out = Segments(np.zeros((0, 0), np.float32), [], [], [], [], [])
-  windows: list[np.ndarray] = []
+      resample_method=contract.resample_method,
+      modalities=modalities[0] if len(modalities) == 1 else "both")
+  out = _empty_segments()
+  windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
   notes: dict[str, int] = {}
+
+  def note(key):
+    notes[key] = notes.get(key, 0) + 1
+
   try:
     units = reader.list_inputs(str(path), options)
   except sources.SourceError as e:
@@ -205,39 +219,49 @@ def recording_segments(path: str | os.PathLike, source: str, modality: str, *, c
     try:
       items = list(reader.read(unit, options))
     except sources.SourceError as e:
-      notes[f"unreadable/{e.reason}"] = notes.get(f"unreadable/{e.reason}", 0) + 1
+      note(f"unreadable/{e.reason}")
       continue
     for item in items:
       if isinstance(item, sources.Missing):
-        notes[f"missing/{item.reason}"] = notes.get(f"missing/{item.reason}", 0) + 1
+        note(f"missing/{item.reason}")
         continue
-      if modality not in item.signals:
-        notes[f"skipped/no_{modality}"] = notes.get(f"skipped/no_{modality}", 0) + 1
+      if any(m not in item.signals for m in modalities):
+        note(f"skipped/lacking_{'_'.join(modalities)}")
         continue
       try:
         segs, stats = preprocess.segment_recording(
-            {modality: item.signals[modality]}, config, meta=item.meta, labels=item.labels,
+            {m: item.signals[m] for m in modalities}, config, meta=item.meta, labels=item.labels,
             events=item.events, series=item.series)
       except preprocess.PreprocessError as e:
-        notes[f"unusable/{e}"] = notes.get(f"unusable/{e}", 0) + 1
+        note(f"unusable/{e}")
         continue
       for k, v in stats.items():
         notes[k] = notes.get(k, 0) + v
       for seg in segs:
-        windows.append(seg.signals[modality])
+        for m in modalities:
+          windows[m].append(seg.signals[m])
         out.subject_ids.append(item.subject_id)
         out.segment_ids.append(f"{item.name}/{seg.index:05d}")
         out.split.append("")
-        out.meta.append({**seg.meta, f"quality_{modality}": seg.quality.get(modality, math.nan),
-                         "start_s": seg.start_s})
+        out.meta.append({**seg.meta, **{f"quality_{m}": seg.quality.get(m, math.nan)
+                                        for m in modalities}, "start_s": seg.start_s})
         out.labels.append(dict(seg.labels))
-  if not windows:
+  if not out.subject_ids:
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(notes.items())) or "nothing readable"
-    raise EmbeddingsError(f"input {path}: no usable {contract.segment_seconds:g}-s {modality} "
-                          f"window ({detail})")
-  out.windows = np.stack(windows).astype(np.float32)
+    raise EmbeddingsError(f"input {path}: no usable {contract.segment_seconds:g}-s "
+                          f"{'+'.join(modalities)} window ({detail})")
+  out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
   out.notes = notes
   return out
+
+
+def read_segments(path, modalities, *, contract, source: str | None = None, splits=None,
+                  options=None) -> Segments:
+  """Segments of any supported input (see detect_source)."""
+  source = source or detect_source(path)
+  if source == "dataset":
+    return dataset_segments(path, modalities, splits, segment_length=contract.segment_length)
+  return recording_segments(path, source, modalities, contract=contract, options=options)
 
 
 def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
@@ -245,13 +269,9 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
                 options: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Embeds every segment of `path` with `encoder` into the embeddings file `output`."""
   source = source or detect_source(path)
-  if source == "dataset":
-    segs = dataset_segments(path, encoder.modality, splits,
-                            segment_length=encoder.contract.segment_length)
-  else:
-    segs = recording_segments(path, source, encoder.modality, contract=encoder.contract,
-                              options=options)
-  z = encoder.embed_prepared(segs.windows)
+  segs = read_segments(path, encoder.modality, contract=encoder.contract, source=source,
+                       splits=splits, options=options)
+  z = encoder.embed_prepared(segs.signals[encoder.modality])
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": encoder.modality,
           "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}

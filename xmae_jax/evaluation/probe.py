@@ -214,8 +214,13 @@ def _fit_fold(x, y, groups, kind, cfg: LinearProbeConfig):
 
 
 def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-                 cfg: LinearProbeConfig = LinearProbeConfig()) -> dict[str, Any]:
-  """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs."""
+                 cfg: LinearProbeConfig = LinearProbeConfig(), *,
+                 keep_predictions: bool = False) -> dict[str, Any]:
+  """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs.
+
+  With keep_predictions, the result also holds `predictions` (out-of-fold scores), `targets`
+  and `groups` as arrays (for paired comparisons; `json_ready` drops them).
+  """
   x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
   n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
   splits = _outer_splits(y, groups, kind, n_folds, cfg.seed)
@@ -239,6 +244,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       "n_segments": int(len(y)), "n_subjects": int(len(np.unique(groups))),
       **_class_counts(y, kind),
       "config": dataclasses.asdict(cfg),
+      **({"predictions": oof, "targets": y, "groups": groups} if keep_predictions else {}),
   }
 
 
@@ -363,6 +369,40 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
           "config": dataclasses.asdict(cfg)}
 
 
+def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
+                      groups: np.ndarray, kind: str, *, n_bootstrap: int = 1000,
+                      seed: int = 0) -> dict[str, dict[str, Any]]:
+  """metric(a) - metric(b) on the same segments, with a paired subject-bootstrap 95% CI.
+
+  Both encoders' out-of-fold predictions are resampled with the same subjects, so the CI is of
+  the difference itself (much tighter than comparing two separate CIs).
+  """
+  metric_fn = _metrics_fn(kind)
+  a, b = metric_fn(y, score_a), metric_fn(y, score_b)
+  _, inverse = np.unique(groups, return_inverse=True)
+  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+  rng = np.random.default_rng(seed)
+  draws: dict[str, list[float]] = {k: [] for k in a}
+  for _ in range(n_bootstrap):
+    rows = np.concatenate([rows_of[g] for g in rng.integers(0, len(rows_of), len(rows_of))])
+    ma, mb = metric_fn(y[rows], score_a[rows]), metric_fn(y[rows], score_b[rows])
+    for k in a:
+      draws[k].append(ma[k] - mb[k])
+  out = {}
+  for k in a:
+    v = np.asarray(draws[k])
+    v = v[np.isfinite(v)]
+    lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (math.nan, math.nan))
+    out[k] = {"value": float(a[k] - b[k]), "ci95": [float(lo), float(hi)],
+              "share_above_0": float(np.mean(v > 0)) if len(v) else math.nan}
+  return out
+
+
+def json_ready(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Results without their arrays (predictions, targets, groups)."""
+  return [{k: v for k, v in r.items() if not isinstance(v, np.ndarray)} for r in results]
+
+
 def _softmax(z):
   z = z - z.max(1, keepdims=True)
   e = np.exp(z)
@@ -375,28 +415,33 @@ def _softmax(z):
 
 def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: str, *,
              protocol: str = "linear", linear_cfg: LinearProbeConfig = LinearProbeConfig(),
-             xmae_cfg: XMAEProbeConfig = XMAEProbeConfig()) -> dict[str, Any]:
+             xmae_cfg: XMAEProbeConfig = XMAEProbeConfig(),
+             keep_predictions: bool = False) -> dict[str, Any]:
   """One task on one set of embeddings: targets from `fields`, then the chosen protocol."""
   if protocol not in PROTOCOLS:
     raise ProbeError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
   y, keep, task = tasks_lib.targets(task_spec, fields)
   x, g, y = np.asarray(embeddings)[keep], np.asarray(subjects)[keep], y[keep]
-  fn = linear_probe if protocol == "linear" else xmae_probe
-  result = fn(x, y, g, task.kind, linear_cfg if protocol == "linear" else xmae_cfg)
+  if protocol == "linear":
+    result = linear_probe(x, y, g, task.kind, linear_cfg, keep_predictions=keep_predictions)
+  else:
+    result = xmae_probe(x, y, g, task.kind, xmae_cfg)
   return {"task": tasks_lib.canonical_name(task_spec), "description": task.description,
           "unit": task.unit, **result}
 
 
 def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
               linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig(),
-              skip_unavailable: bool = False) -> list[dict[str, Any]]:
+              skip_unavailable: bool = False, keep_predictions: bool = False
+              ) -> list[dict[str, Any]]:
   results = []
   for spec in task_specs:
     if skip_unavailable and not tasks_lib.available(spec, fields):
       continue
     for protocol in protocols:
       results.append(run_task(embeddings, subjects, fields, spec, protocol=protocol,
-                              linear_cfg=linear_cfg, xmae_cfg=xmae_cfg))
+                              linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
+                              keep_predictions=keep_predictions))
   return results
 
 
