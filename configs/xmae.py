@@ -44,6 +44,7 @@ def masking_config() -> mlc.ConfigDict:
   k.curriculum_start_below = 0.09  # start promoting once the EMA is below this
   k.curriculum_rel_improve = 0.10  # promote after a 10% EMA improvement since level entry
   k.curriculum_min_evals = 3       # at least this many evaluations per level
+  k.curriculum_patience = 1        # consecutive passing evaluations needed to promote
   return k
 
 

@@ -20,6 +20,8 @@ runs it in eval mode on fixed waveforms with given anchor masks, and writes one 
   train_out/...             (bridge variant) the same from one TRAIN-mode forward (dropout 0)
   train_sd/flat, /index     (bridge variant) BatchNorm running statistics after that forward
   meta/config_json, meta/commit
+Beside each .npz, `reference_shapes_<preset>_<variant>.json` lists the state dict's names and
+shapes (the paper/bridge one is committed: the model tests check our layout against it).
 
 Presets: "small" (d_model 16, 4 heads, stem 8 with widths 8/16/16, latent 16, depths 2/1/1,
 a few hundred kB; committed under tests/golden/fixtures/) and "paper" (the reference's
@@ -189,6 +191,11 @@ def make(ref, preset: str, variant: str, commit: str, out_dir: str) -> str:
   tmp = path + ".tmp.npz"
   np.savez_compressed(tmp, **arrays)
   os.replace(tmp, path)
+  shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+  shapes_path = os.path.join(out_dir, f"reference_shapes_{preset}_{variant}.json")
+  with open(shapes_path + ".tmp", "w") as f:
+    json.dump({"commit": commit, "config": meta, "shapes": shapes}, f, indent=0, sort_keys=True)
+  os.replace(shapes_path + ".tmp", shapes_path)
   return path
 
 

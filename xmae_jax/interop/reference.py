@@ -44,6 +44,15 @@ class _Entry:
   perm: tuple[int, ...] | None = None     # our axes -> torch axes (np.transpose order)
   split: tuple[int, ...] | None = None    # sizes along axis 0 when several tensors are fused
 
+  def ref_shapes(self) -> list[tuple[int, ...]]:
+    """The reference tensors' shapes (works on abstract models: no values are read)."""
+    shape = tuple(self.var.shape)
+    if self.perm is not None:
+      shape = tuple(shape[i] for i in self.perm)
+    if self.split is None:
+      return [shape]
+    return [(n,) + shape[1:] for n in self.split]
+
   def to_ref(self) -> list[np.ndarray]:
     a = np.asarray(self.var[...])
     if self.perm is not None:
@@ -230,7 +239,7 @@ def check_and_convert(model: XMAE, state: Mapping[str, np.ndarray], config
   for e in entries:
     if any(n not in state for n in e.names):
       continue
-    want = [a.shape for a in e.to_ref()]
+    want = e.ref_shapes()
     got = [tuple(state[n].shape) for n in e.names]
     bad = [f"{n} {g} (expected {w})" for n, g, w in zip(e.names, got, want) if g != tuple(w)]
     if bad:
@@ -261,6 +270,14 @@ def from_reference_state_dict(state_dict_or_path, config) -> XMAE:
     entry.var[...] = jnp.asarray(value, entry.var[...].dtype)
   model.eval()
   return model
+
+
+def reference_shapes(model: XMAE) -> dict[str, tuple[int, ...]]:
+  """Reference name -> shape of every tensor `model` corresponds to (abstract models work)."""
+  entries = layout(model)
+  out = {n: s for e in entries for n, s in zip(e.names, e.ref_shapes())}
+  out.update({name: () for name in _bn_counters(entries)})
+  return out
 
 
 def to_reference_state_dict(model: XMAE) -> dict[str, np.ndarray]:
