@@ -39,42 +39,57 @@ def shard_name(split: str, i: int, n: int) -> str:
 
 def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes | record_lib.Record],
                 records_per_shard: int = 4096) -> dict:
-  """Writes one split atomically (temp names, then renames); returns its manifest entry.
+  """Streams one split to disk atomically (temp names, then renames); returns its manifest entry.
 
-  Records may be `Record`s or already-encoded bytes. The index is built from the records.
+  Records may be `Record`s or already-encoded bytes; only the small index rows are kept in
+  memory, so a split can be far larger than RAM. Shards get their final `-of-N` names once N
+  is known.
   """
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  encoded = [r if isinstance(r, bytes) else record_lib.encode(r) for r in records]
-  maps = [record_lib.decode_map(b) for b in encoded]
-  subjects = sorted({m["subject_id"] for m in maps})
-  sub_idx = {s: i for i, s in enumerate(subjects)}
-  n = max(1, -(-len(encoded) // records_per_shard))
-  names, counts, tmp_paths = [], [], []
-  for i in range(n):
-    chunk = encoded[i * records_per_shard:(i + 1) * records_per_shard]
-    name = shard_name(split, i, n)
-    tmp = out / (name + ".tmp")
-    w = arm.ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-    for b in chunk:
-      w.write(b)
-    w.close()
-    names.append(name)
-    counts.append(len(chunk))
-    tmp_paths.append(tmp)
+  rows = {"quality_ppg": [], "quality_ecg": [], "has_ppg": [], "has_ecg": [], "subject": []}
+  sub_idx: dict[str, int] = {}
+  tmp_paths, counts, writer = [], [], None
+  for rec in records:
+    data = rec if isinstance(rec, bytes) else record_lib.encode(rec)
+    m = record_lib.decode_map(data)
+    if writer is None or counts[-1] == records_per_shard:
+      if writer is not None:
+        writer.close()
+      tmp_paths.append(out / f".{split}-{len(tmp_paths):05d}.array_record.tmp")
+      writer = arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS)
+      counts.append(0)
+    writer.write(data)
+    counts[-1] += 1
+    rows["quality_ppg"].append(m["quality_ppg"])
+    rows["quality_ecg"].append(m["quality_ecg"])
+    rows["has_ppg"].append("ppg" in m)
+    rows["has_ecg"].append("ecg" in m)
+    rows["subject"].append(sub_idx.setdefault(m["subject_id"], len(sub_idx)))
+  if writer is None:   # an empty split still gets one (empty) shard, so readers see a valid layout
+    tmp_paths.append(out / f".{split}-00000.array_record.tmp")
+    arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS).close()
+    counts.append(0)
+  else:
+    writer.close()
+  # Subject indices refer to the sorted subject list stored in the manifest.
+  subjects = sorted(sub_idx)
+  rank = {s: i for i, s in enumerate(subjects)}
+  remap = np.array([rank[s] for s in sub_idx], np.int32)
   index = {
-      "quality_ppg": np.array([m["quality_ppg"] for m in maps], np.float32),
-      "quality_ecg": np.array([m["quality_ecg"] for m in maps], np.float32),
-      "has_ppg": np.array(["ppg" in m for m in maps], bool),
-      "has_ecg": np.array(["ecg" in m for m in maps], bool),
-      "subject": np.array([sub_idx[m["subject_id"]] for m in maps], np.int32),
+      "quality_ppg": np.array(rows["quality_ppg"], np.float32),
+      "quality_ecg": np.array(rows["quality_ecg"], np.float32),
+      "has_ppg": np.array(rows["has_ppg"], bool),
+      "has_ecg": np.array(rows["has_ecg"], bool),
+      "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
   }
-  tmp_index = out / f"{split}-index.tmp.npz"
+  tmp_index = out / f".{split}-index.tmp.npz"
   np.savez(tmp_index, **index)
+  names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
   for tmp, name in zip(tmp_paths, names):
     os.replace(tmp, out / name)
   os.replace(tmp_index, out / f"{split}-index.npz")
-  return {"shards": names, "records_per_shard": counts, "records": len(encoded),
+  return {"shards": names, "records_per_shard": counts, "records": int(sum(counts)),
           "subjects": len(subjects), "subject_ids": subjects}
 
 
