@@ -15,22 +15,28 @@ Assumptions (each is a config value; the README copies this list):
   A2  Each modality encoder is xMAE's path design: UNet-Inception stem (32 channels), patch 40
       (0.4 s, 25 tokens), learned positions, pre-LN transformer blocks; d_model 256, 8 heads,
       depth 2 for both ECG and PPG (symmetric, as the paper names no primary modality).
-  A3  Masked patches are zeroed in the waveform before the stem (so nothing of them leaks into
-      visible tokens through the convolutions) and their tokens are dropped; the encoders see
-      the visible tokens only, at their true positions (MAE).
+  A3  MAE-style encoders: only the visible patches are encoded. As in xMAE's path, they are
+      concatenated into one shorter waveform for the stem (so no masked sample leaks into a
+      visible token through the convolutions), then get the positions of their true patch
+      indices (not xMAE's compact 0..Nk-1 quirk). With nothing masked this is the plain path.
   A4  Shared bottleneck: the present tokens of both modalities, each plus a learned modality
       embedding, go through 2 shared pre-LN transformer blocks, then LayerNorm and a linear
       projection to the 256-d latent ("compact latent representation"). The fingerprint is the
       mean of the latent tokens over all present tokens; with one modality it is that
       modality's tokens only, so it depends on nothing else.
   A5  Dual decoders, one per target modality, each 2 light pre-LN blocks (MLP x2) at d_model
-      over [latent tokens (linear to d_model) + positions + source-modality embedding;
-      25 query tokens = a learned mask token + positions + target-modality embedding], then
-      xMAE's transposed-convolution head on the query tokens. Either decoder reads whatever
-      tokens are present, so PPG->ECG and ECG->PPG work from one modality.
-  A6  Complementary masking: the ECG mask is drawn (mode "scatter", ratio 0.5: 12 of 25 patches
-      masked) and the PPG mask is its complement (13 masked), so every time patch is visible in
-      exactly one modality. `masking.ratio_ecg` moves the split; the PPG ratio follows.
+      over [latent tokens (linear to d_model) + decoder positions + source-modality embedding;
+      25 query tokens = a learned mask token + positions + target-modality embedding], then a
+      LayerNorm (MAE's decoder norm) and xMAE's transposed-convolution head on the query tokens.
+      Either decoder reads whatever tokens are present, so PPG->ECG and ECG->PPG work from one
+      modality.
+  A6  Complementary masking: the ECG mask is drawn per example (mode "block": one contiguous
+      masked run; ratio 0.5 -> 12 of 25 patches, 4.8 s) and the PPG mask is its complement
+      (13 masked), so every patch is visible in exactly one modality. A long run cannot be filled
+      in from the same signal's neighbouring beats, which is the point of complementary masks
+      (the missing span must come from the other modality), and it keeps the stem's input
+      nearly contiguous (A3). `masking.mode` may be any xMAE mode (scatter, mixed, anchor);
+      `masking.ratio_ecg` moves the split and the PPG ratio follows.
   A7  Reconstruction: MSE on the masked samples of each signal, normalized by the masked count
       (as xMAE), weights 1 and 1. Added: cross-modal reconstruction of the whole ECG from PPG
       alone and of the whole PPG from ECG alone (weight 0.5 each), because the paper reports
@@ -77,7 +83,7 @@ def model_config(preset: str) -> mlc.ConfigDict:
 
 def masking_config() -> mlc.ConfigDict:
   k = mlc.ConfigDict()
-  k.mode = "scatter"               # A6; any mode of xmae_jax.models.masking
+  k.mode = "block"                 # A6; any mode of xmae_jax.models.masking
   k.ratio_ecg = 0.5                # PPG gets the complement
   k.curriculum = False
   return k

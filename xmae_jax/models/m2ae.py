@@ -1,0 +1,324 @@
+"""M2AE ("Biosignal Fingerprinting"): modality encoders, a shared bottleneck, dual decoders.
+
+Design and every assumption: configs/m2ae.py (A1-A11). Data flow, B examples, N patches:
+
+  ECG (B, L) --ecg_encoder--> tokens ┐                      ┌─ ecg_decoder --> ECG (B, L)
+                                      ├─ shared bottleneck ─┤
+  PPG (B, L) --ppg_encoder--> tokens ┘  (+ modality embed,  └─ ppg_decoder --> PPG (B, L)
+                                         shared blocks, LN,
+                                         Linear -> latent)   mean over tokens = fingerprint
+
+* Encoders are xMAE's path encoders (`layers.PathEncoder`, no projection head): the visible
+  patches of a signal are encoded with their true positions; all N when nothing is masked.
+* The bottleneck takes the tokens that are present (ECG, PPG or both), so the fingerprint of
+  one modality is computed from that modality alone.
+* A decoder reads the latent tokens that are present (any modality, at their patch positions)
+  together with N query tokens of its own modality and writes the whole waveform.
+
+Training (`loss`): complementary masks (every patch visible in exactly one modality); masked
+MSE on both signals from the joint pass; whole-signal cross-modal reconstruction from each
+modality alone; symmetric InfoNCE between the ECG-only and PPG-only fingerprints; InfoNCE
+between each modality's fingerprint and an augmented view's. Terms whose weight is 0 are not
+computed.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xmae_jax.models import contrastive, layers, losses, masking
+from xmae_jax.models.xmae import compute_dtype
+
+Array = jax.Array
+MODALITIES = ("ecg", "ppg")       # index = modality id in the learned modality embeddings
+
+
+def _modality_id(name: str) -> int:
+  if name not in MODALITIES:
+    raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
+  return MODALITIES.index(name)
+
+
+def augment_view(key: Array, x: Array, *, scale_range: Sequence[float], noise_std: float,
+                 max_shift: int) -> Array:
+  """A second view of a (B, L) batch for augmentation positives (A9): per example an amplitude
+  factor U(scale_range), a time shift of up to +-max_shift samples (vacated edge = edge value,
+  as the pipeline's shift) and Gaussian noise of std noise_std."""
+  b, length = x.shape
+  k_scale, k_shift, k_noise = jax.random.split(key, 3)
+  lo, hi = scale_range
+  scale = jax.random.uniform(k_scale, (b, 1), x.dtype, lo, hi)
+  shift = jax.random.randint(k_shift, (b, 1), -max_shift, max_shift + 1)
+  src = jnp.clip(jnp.arange(length)[None, :] - shift, 0, length - 1)
+  shifted = jnp.take_along_axis(x, src, axis=1)
+  return shifted * scale + noise_std * jax.random.normal(k_noise, x.shape, x.dtype)
+
+
+class Bottleneck(nnx.Module):
+  """Shared bottleneck (A4): tokens + modality embedding -> shared pre-LN blocks -> LN ->
+  Linear(d_model -> latent). Input: a list of (tokens (B, n_i, D), modality name)."""
+
+  def __init__(self, *, d_model: int, num_heads: int, depth: int, latent_dim: int,
+               dropout: float, dtype, rngs: nnx.Rngs):
+    self.modality_embed = nnx.Param(
+        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
+    self.blocks = nnx.List([
+        layers.TransformerBlock(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
+        for _ in range(depth)])
+    self.norm = layers.LayerNorm(d_model, dtype=dtype)
+    self.proj = layers.Dense(d_model, latent_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, parts: Sequence[tuple[Array, str]], key: Array | None = None) -> Array:
+    """-> latent tokens (B, sum n_i, latent) float32, in the order of `parts`."""
+    embed = self.modality_embed[...]
+    x = jnp.concatenate(
+        [t + embed[_modality_id(name)].astype(t.dtype) for t, name in parts], axis=1)
+    for blk, k in zip(self.blocks, layers._split_keys(key, len(self.blocks))):
+      x = blk(x, k)
+    return self.proj(self.norm(x)).astype(jnp.float32)
+
+
+class Decoder(nnx.Module):
+  """One modality's decoder (A5): [latent tokens -> Linear(latent -> D) + decoder position of
+  their patch + source-modality embedding ; N queries = mask token + position + this decoder's
+  modality embedding] -> pre-LN blocks (MLP ratio from the config) -> the queries ->
+  transposed-convolution head (xMAE's WaveformDecoder) -> (B, L)."""
+
+  def __init__(self, modality: str, *, num_patches: int, patch_len: int, latent_dim: int,
+               d_model: int, num_heads: int, depth: int, mlp_ratio: float, dropout: float,
+               dtype, rngs: nnx.Rngs):
+    self.modality_id = _modality_id(modality)
+    self.num_patches = num_patches
+    self.embed = layers.Dense(latent_dim, d_model, dtype=dtype, rngs=rngs)
+    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_patches, d_model)))
+    self.modality_embed = nnx.Param(
+        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
+    self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d_model,)))
+    self.blocks = nnx.List([
+        layers.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                                dtype=dtype, rngs=rngs) for _ in range(depth)])
+    self.norm = layers.LayerNorm(d_model, dtype=dtype)
+    self.head = layers.WaveformDecoder(d_model, patch_len, 1, dtype=dtype, rngs=rngs)
+
+  def __call__(self, latent: Array, ids: Array, source: Array, key: Array | None = None
+               ) -> Array:
+    """latent (B, T, latent), ids (B, T) patch index of each token, source (T,) modality id of
+    each token -> the whole waveform (B, L) float32."""
+    b, t, _ = latent.shape
+    chex.assert_shape(ids, (b, t))
+    chex.assert_shape(source, (t,))
+    pos, mod = self.pos[...], self.modality_embed[...]
+    context = self.embed(latent)
+    context = context + (jnp.take(pos, ids, axis=0) + mod[source][None]).astype(context.dtype)
+    queries = self.mask_token[...] + pos + mod[self.modality_id]
+    queries = jnp.broadcast_to(queries.astype(context.dtype)[None], (b,) + queries.shape)
+    x = jnp.concatenate([context, queries], axis=1)
+    for blk, k in zip(self.blocks, layers._split_keys(key, len(self.blocks))):
+      x = blk(x, k)
+    return self.head(self.norm(x[:, t:]))[..., 0]
+
+
+class FingerprintEncoder(nnx.Module):
+  """The exportable single-modality encoder: `enc(x (B, L)) -> (B, latent)`, the modality's
+  path encoder, then the shared bottleneck, then the mean over tokens (shares M2AE's modules)."""
+
+  def __init__(self, path: layers.PathEncoder, bottleneck: Bottleneck, modality: str):
+    self.path = path
+    self.bottleneck = bottleneck
+    self.modality = modality
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.mean(self.bottleneck([(self.path.tokens(x), self.modality)]), axis=1)
+
+
+class M2AE(nnx.Module):
+  """M2AE built from a full config (sections model, masking, loss, train)."""
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    m, k, l = config.model, config.masking, config.loss
+    if k.mode not in masking.MODES:
+      raise ValueError(f"masking.mode {k.mode!r}: expected one of {', '.join(masking.MODES)}")
+    if l.positives not in contrastive.POSITIVES:
+      raise ValueError(f"loss.positives {l.positives!r}: expected one of "
+                       f"{', '.join(contrastive.POSITIVES)}")
+    dtype = compute_dtype(config)
+    self.seq_len, self.patch_len = int(m.seq_len), int(m.patch_len)
+    self.num_patches = self.seq_len // self.patch_len
+    self.latent_dim = int(m.latent_dim)
+    self.mask_mode, self.ratio_ecg = str(k.mode), float(k.ratio_ecg)
+    self.weights = {name: float(l[name]) for name in (
+        "w_ecg", "w_ppg", "w_cross_ecg", "w_cross_ppg", "w_contrast", "w_augment")}
+    self.positives = str(l.positives)
+    self.view = dict(scale_range=tuple(l.view.scale_range), noise_std=float(l.view.noise_std),
+                     max_shift=int(l.view.max_shift))
+
+    def path(depth):
+      return layers.PathEncoder(
+          seq_len=self.seq_len, patch_len=self.patch_len, d_model=m.d_model,
+          num_heads=m.num_heads, depth=depth, stem_channels=m.stem_channels,
+          stem_widths=tuple(m.stem_widths), dropout=m.dropout, latent_dim=self.latent_dim,
+          build_proj=False, dtype=dtype, rngs=rngs)
+
+    def decoder(modality):
+      return Decoder(modality, num_patches=self.num_patches, patch_len=self.patch_len,
+                     latent_dim=self.latent_dim, d_model=m.d_model, num_heads=m.num_heads,
+                     depth=m.depth_decoder, mlp_ratio=m.decoder_mlp_ratio, dropout=m.dropout,
+                     dtype=dtype, rngs=rngs)
+
+    self.ecg_encoder = path(m.depth_ecg)
+    self.ppg_encoder = path(m.depth_ppg)
+    self.bottleneck = Bottleneck(d_model=m.d_model, num_heads=m.num_heads,
+                                 depth=m.depth_shared, latent_dim=self.latent_dim,
+                                 dropout=m.dropout, dtype=dtype, rngs=rngs)
+    self.ecg_decoder = decoder("ecg")
+    self.ppg_decoder = decoder("ppg")
+    self.temperature = contrastive.Temperature(float(l.temperature), bool(l.learn_temperature))
+
+  # -------------------------------------------------------------------------------------------
+  def _path(self, modality: str) -> layers.PathEncoder:
+    return {"ecg": self.ecg_encoder, "ppg": self.ppg_encoder}[modality]
+
+  def _decoder(self, modality: str) -> Decoder:
+    return {"ecg": self.ecg_decoder, "ppg": self.ppg_decoder}[modality]
+
+  def complementary_masks(self, key: Array, batch: int, *, mask_ratio: float | None = None
+                          ) -> tuple[Array, Array]:
+    """(ecg_keep (B, Nk), ppg_keep (B, N - Nk)): the ECG mask is drawn per example (mode and
+    ratio from the config, `mask_ratio` overriding the ratio) and PPG keeps exactly the
+    patches ECG masks (A6)."""
+    ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
+    n = self.num_patches
+    ecg_keep = masking.sample_keep_ids(key, batch, n, ratio, self.mask_mode)
+    ppg_mask = 1 - masking.mask_from_keep(ecg_keep, n)
+    return ecg_keep, masking.keep_ids(ppg_mask, n - ecg_keep.shape[1])
+
+  def encode(self, inputs: dict[str, Array], keep: dict[str, Array] | None = None,
+             key: Array | None = None) -> tuple[Array, Array, Array]:
+    """Encodes the given modalities ({"ecg": (B, L), "ppg": (B, L)}, either or both; visible
+    patches `keep[m]` (B, Nk_m), default all) through the bottleneck.
+
+    Returns (latent tokens (B, T, latent), patch ids (B, T), source modality ids (T,)).
+    """
+    if not inputs:
+      raise ValueError("M2AE needs at least one modality: pass ppg=... and/or ecg=...")
+    keep = keep or {}
+    parts, ids, source = [], [], []
+    keys = layers._split_keys(key, len(MODALITIES) + 1)
+    for i, name in enumerate(MODALITIES):
+      if name not in inputs:
+        continue
+      x = inputs[name]
+      b = x.shape[0]
+      chex.assert_shape(x, (b, self.seq_len))
+      ids_keep = keep.get(name)
+      parts.append((self._path(name).tokens(x, ids_keep, positions="true", key=keys[i]), name))
+      n = self.num_patches if ids_keep is None else ids_keep.shape[1]
+      ids.append(jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+                 if ids_keep is None else ids_keep.astype(jnp.int32))
+      source.append(jnp.full((n,), _modality_id(name), jnp.int32))
+    latent = self.bottleneck(parts, keys[-1])
+    return latent, jnp.concatenate(ids, axis=1), jnp.concatenate(source)
+
+  @staticmethod
+  def _inputs(ppg: Array | None, ecg: Array | None) -> dict[str, Array]:
+    return {name: x for name, x in (("ecg", ecg), ("ppg", ppg)) if x is not None}
+
+  def fingerprint(self, ppg: Array | None = None, ecg: Array | None = None) -> Array:
+    """The biosignal fingerprint (B, latent): mean of the bottleneck's latent tokens over the
+    given modalities' tokens (both, or either alone). Call `model.eval()` first for inference."""
+    latent, _, _ = self.encode(self._inputs(ppg, ecg))
+    return jnp.mean(latent, axis=1)
+
+  embed = fingerprint
+
+  def reconstruct(self, ppg: Array | None = None, ecg: Array | None = None, *,
+                  target: str = "ecg") -> Array:
+    """The whole `target` waveform (B, L) decoded from the given modalities (e.g. PPG -> ECG
+    with ppg only), through the unchanged encoders."""
+    _modality_id(target)
+    latent, ids, source = self.encode(self._inputs(ppg, ecg))
+    return self._decoder(target)(latent, ids, source)
+
+  def encoder(self, modality: str = "ppg") -> FingerprintEncoder:
+    """The exportable `enc(x (B, L)) -> (B, latent)` of one modality (shares this model's
+    parameters)."""
+    _modality_id(modality)
+    return FingerprintEncoder(self._path(modality), self.bottleneck, modality)
+
+  # -------------------------------------------------------------------------------------------
+  def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
+           ) -> tuple[Array, dict[str, Array]]:
+    """The M2AE objective on a batch {"ppg", "ecg": (B, L)} (+ "subject" (B,) int for
+    subject-level positives). Returns (loss, metrics) with `loss` and every weighted part."""
+    w = self.weights
+    ppg, ecg = batch["ppg"], batch["ecg"]
+    b = ecg.shape[0]
+    chex.assert_shape([ppg, ecg], (b, self.seq_len))
+    k_mask, k_joint, k_dec, k_view, k_single, k_xdec = jax.random.split(key, 6)
+    metrics = {}
+    total = jnp.float32(0.0)
+
+    # 1. Joint pass with complementary masks: masked MSE of each signal.
+    if w["w_ecg"] > 0 or w["w_ppg"] > 0:
+      ecg_keep, ppg_keep = self.complementary_masks(k_mask, b, mask_ratio=mask_ratio)
+      latent, ids, source = self.encode({"ecg": ecg, "ppg": ppg},
+                                        {"ecg": ecg_keep, "ppg": ppg_keep}, k_joint)
+      for name, x, kept, k in (("ecg", ecg, ecg_keep, k_dec), ("ppg", ppg, ppg_keep, k_dec)):
+        weight = w[f"w_{name}"]
+        if weight > 0:
+          k = jax.random.fold_in(k, _modality_id(name))
+          rec = self._decoder(name)(latent, ids, source, k)
+          mse = losses.masked_mse(rec, x, masking.sample_mask(kept, self.num_patches,
+                                                              self.patch_len))
+          metrics[f"mse_{name}"] = mse
+          total = total + weight * mse
+
+    # 2. Single-modality passes (original, augmented view stacked on the batch axis).
+    need_views = w["w_augment"] > 0
+    need_single = need_views or w["w_contrast"] > 0 or w["w_cross_ecg"] > 0 or w["w_cross_ppg"] > 0
+    if not need_single:
+      metrics["loss"] = total
+      return total, metrics
+    latent_of, fp_of, fp_view_of = {}, {}, {}
+    for name, x in (("ecg", ecg), ("ppg", ppg)):
+      i = _modality_id(name)
+      xs = x
+      if need_views:
+        view = augment_view(jax.random.fold_in(k_view, i), x, **self.view)
+        xs = jnp.concatenate([x, view], axis=0)
+      latent_single, _, _ = self.encode({name: xs}, key=jax.random.fold_in(k_single, i))
+      latent_of[name] = latent_single[:b]
+      fp = jnp.mean(latent_single, axis=1)
+      fp_of[name], fp_view_of[name] = fp[:b], fp[b:]
+
+    # 3. Whole-signal cross-modal reconstruction from the other modality alone.
+    all_ids = jnp.broadcast_to(jnp.arange(self.num_patches, dtype=jnp.int32),
+                               (b, self.num_patches))
+    for target, source_name in (("ecg", "ppg"), ("ppg", "ecg")):
+      weight = w[f"w_cross_{target}"]
+      if weight > 0:
+        source = jnp.full((self.num_patches,), _modality_id(source_name), jnp.int32)
+        rec = self._decoder(target)(latent_of[source_name], all_ids, source,
+                                    jax.random.fold_in(k_xdec, _modality_id(target)))
+        mse = jnp.mean(jnp.square(rec - batch[target].astype(jnp.float32)))
+        metrics[f"cross_mse_{target}"] = mse
+        total = total + weight * mse
+
+    # 4. Contrastive terms.
+    scale = self.temperature()
+    nce = lambda a, c: contrastive.info_nce(  # noqa: E731
+        a, c, scale, subject=batch.get("subject"), positives=self.positives)
+    if w["w_contrast"] > 0:
+      metrics["nce_cross"] = nce(fp_of["ecg"], fp_of["ppg"])
+      total = total + w["w_contrast"] * metrics["nce_cross"]
+    if need_views:
+      metrics["nce_augment"] = 0.5 * (nce(fp_of["ecg"], fp_view_of["ecg"])
+                                      + nce(fp_of["ppg"], fp_view_of["ppg"]))
+      total = total + w["w_augment"] * metrics["nce_augment"]
+    metrics["temperature"] = 1.0 / scale
+    metrics["loss"] = total
+    return total, metrics
