@@ -4,9 +4,10 @@ One device, 8 fake devices and 2 processes x 2 fake devices train the same globa
 must give the same losses and parameters, with replicated and with FSDP parameters; a run
 stopped at step 3 and resumed equals the uninterrupted run; a NaN stops the run naming the step
 and keeps the last good checkpoint; SIGTERM leaves a checkpoint that restores; bad settings fail
-at start with one line. The heavy runs happen in subprocesses (each its own device count), all
+at start with one line. The runs happen in subprocesses (each its own device count), all
 started at once by one module fixture; a shared persistent compilation cache keeps recompiles
-down.
+down. xMAE (tiny) is trained on one device; the topology matrix uses the test-only `toy_mae`
+(toy_model.py: same contract, seconds instead of minutes to compile on this machine).
 """
 import json
 import os
@@ -28,9 +29,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RUNNER = HERE / "train_runner.py"
 STEPS = 6
+# Only host-side settings differ between the jobs of one device count, so they share one
+# compiled step (the persistent cache); the learning rate is baked into the step.
 BASE = {"train.num_steps": STEPS, "train.log_every": 1, "train.eval_every": 3,
-        "train.eval_batches": 1, "train.checkpoint_every": 3, "train.figure_every": 6}
+        "train.eval_batches": 1, "train.checkpoint_every": 3, "train.figure_every": 1000}
 FSDP = {"mesh.axes": [["data", -1], ["fsdp", 2]], "mesh.param_rules": [[".*", "fsdp"]]}
+TOY = {"model.name": "toy_mae"}
 TIMEOUT = 420
 
 
@@ -53,6 +57,37 @@ def dataset(tmp_path_factory):
   prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
                           source_options={"num_subjects": 8, "minutes_per_subject": 1.0},
                           log=lambda *a, **k: None)
+  return out
+
+
+@pytest.fixture(scope="module")
+def nan_dataset(dataset, tmp_path_factory):
+  """The dataset with the ECG of one record of global batch 1 (the 2nd step) set to NaN."""
+  import shutil
+  import msgpack
+  from array_record.python import array_record_module as arm
+  from xmae_jax.data import pipeline, shards
+  out = tmp_path_factory.mktemp("nan_data") / "d"
+  shutil.copytree(dataset, out)
+  config = _tiny(out)
+  ds = pipeline.make_train_dataset(config.data, global_batch_size=config.train.batch_size,
+                                   seed=int(config.seed), process_index=0, process_count=1,
+                                   with_index=True)
+  bad = int(ds[1]["index"][0])
+  paths, _ = shards.split_paths(out, "train")
+  raw = []
+  for path in paths:
+    reader = arm.ArrayRecordReader(path)
+    raw += reader.read_all()
+    reader.close()
+  d = msgpack.unpackb(raw[bad], raw=False)
+  d["ecg"] = np.full(len(d["ecg"]) // 2, np.nan, "<f2").tobytes()
+  raw[bad] = msgpack.packb(d, use_bin_type=True)
+  for path in paths:
+    os.remove(path)
+  manifest = shards.read_manifest(out)
+  manifest["splits"]["train"] = shards.write_split(out, "train", raw)
+  (out / shards.MANIFEST).write_text(json.dumps(manifest))
   return out
 
 
@@ -83,24 +118,27 @@ def _finish(proc: subprocess.Popen, timeout: float) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, dataset, cache_env):
+def runs(tmp_path_factory, dataset, nan_dataset, cache_env):
   """Every heavy run of this module, started concurrently: {"one": ..., "eight": ..., "mp": ...}."""
   root = tmp_path_factory.mktemp("runs")
   one = _spec(root / "one.json", dataset, [
-      {"name": "full", "workdir": str(root / "one_full")},
+      {"name": "full", "workdir": str(root / "one_full"), "overrides": {"train.figure_every": 6}},
       {"name": "interrupted", "workdir": str(root / "one_resume"), "stop_at_step": 3},
       {"name": "resumed", "workdir": str(root / "one_resume")},
       {"name": "nan", "workdir": str(root / "one_nan"), "save_params": False,
-       "overrides": {"train.lr": 1e30, "train.checkpoint_every": 1, "train.eval_every": 100}},
+       "overrides": {"data.dir": str(nan_dataset), "train.checkpoint_every": 1,
+                     "train.eval_every": 100}},
+      {"name": "toy", "workdir": str(root / "one_toy"), "overrides": TOY},
   ])
   eight = _spec(root / "eight.json", dataset, [
-      {"name": "rep", "workdir": str(root / "eight_rep")},
-      {"name": "fsdp", "workdir": str(root / "eight_fsdp"), "overrides": FSDP},
-      {"name": "bad_batch", "workdir": str(root / "eight_bad"), "overrides": {"train.batch_size": 12}},
+      {"name": "rep", "workdir": str(root / "eight_rep"), "overrides": TOY},
+      {"name": "fsdp", "workdir": str(root / "eight_fsdp"), "overrides": {**TOY, **FSDP}},
+      {"name": "bad_batch", "workdir": str(root / "eight_bad"),
+       "overrides": {**TOY, "train.batch_size": 12}},
   ])
   mp = _spec(root / "mp.json", dataset, [
-      {"name": "rep", "workdir": str(root / "mp_rep")},
-      {"name": "fsdp", "workdir": str(root / "mp_fsdp"), "overrides": FSDP},
+      {"name": "rep", "workdir": str(root / "mp_rep"), "overrides": TOY},
+      {"name": "fsdp", "workdir": str(root / "mp_fsdp"), "overrides": {**TOY, **FSDP}},
   ])
   procs = {"one": _start(one, 1, cache_env), "eight": _start(eight, 8, cache_env)}
   results = {"root": root}
@@ -127,10 +165,10 @@ def _params(workdir) -> dict:
 def test_losses_and_parameters_do_not_depend_on_the_topology(runs):
   assert runs["one"]["devices"] == 1 and runs["eight"]["devices"] == 8
   assert runs["mp"]["devices"] == 4 and runs["mp"]["processes"] == 2
-  ref_train, ref_val = _losses(runs["one"]["full"])
+  ref_train, ref_val = _losses(runs["one"]["toy"])
   assert len(ref_train) == STEPS and len(ref_val) == 2 and np.all(np.isfinite(ref_train))
   assert len(set(np.round(ref_train, 6))) > 1          # the loss moves: a real comparison
-  ref_params = _params(runs["root"] / "one_full")
+  ref_params = _params(runs["root"] / "one_toy")
   for group, job, workdir in [("eight", "rep", "eight_rep"), ("eight", "fsdp", "eight_fsdp"),
                               ("mp", "rep", "mp_rep"), ("mp", "fsdp", "mp_fsdp")]:
     train, val = _losses(runs[group][job])
@@ -175,6 +213,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(runs):
   job = runs["one"]["nan"]
   assert job["error_type"] == "NonFiniteLossError", job
   step = int(job["error"].split(" at step ")[1].split(":")[0])
+  assert step == 2      # the NaN record is in global batch 1, i.e. the second step
   assert f"last good checkpoint: step {step - 1}" in job["error"]
   assert "\n" not in job["error"]
   ckpt = ckpt_lib.Checkpointer(runs["root"] / "one_nan", read_only=True)
@@ -252,10 +291,11 @@ def test_cli_prints_one_line_and_exits_1_on_a_bad_setting(tmp_path):
   assert last.startswith("xmae-train: error: data directory") and "absent" in last
 
 
-def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env):
+def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env, monkeypatch):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "xmae_jax.train", "--config", "configs/xmae.py:tiny",
+  proc = subprocess.Popen(   # xmae-train's main, with the toy model registered
+      [sys.executable, str(RUNNER), "cli", "--config", "configs/xmae.py:tiny",
+       "--config.model.name=toy_mae",
        "--workdir", str(workdir), f"--config.data.dir={dataset}", "--config.train.num_steps=10000",
        "--config.train.log_every=1", "--config.train.eval_every=10000",
        "--config.train.checkpoint_every=10000"],
@@ -280,5 +320,8 @@ def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env):
   ckpt.close()
   assert saved >= logged >= 2 and meta["step"] == saved
   assert meta["data_iter_state"] is not None and meta["kind"] == "train"
+  from xmae_jax import models
+  monkeypatch.setitem(models.REGISTRY, "toy_mae", "toy_model:ToyMAE")
   model, config = ckpt_lib.load_model(workdir, "latest")
-  assert config.train.num_steps == 10000 and config.model.name == "xmae"
+  assert config.train.num_steps == 10000 and config.model.name == "toy_mae"
+  assert model.norm.use_running_average                  # eval mode

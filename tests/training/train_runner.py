@@ -2,12 +2,15 @@
 
     python tests/training/train_runner.py SPEC.json
 
+    python tests/training/train_runner.py cli --config ... --workdir ...   (xmae-train itself)
+
 SPEC: {"config": "configs/xmae.py:tiny", "overrides": {"train.num_steps": 6, ...},
        "jobs": [{"name": ..., "workdir": ..., "overrides": {...}, "stop_at_step": N|null}, ...]}
 Each job calls `xmae_jax.training.train.train` and reports its summary, the rows of its
 metrics.jsonl, and (file) WORKDIR/final_params.npz of process 0's parameters; a TrainingError
 is reported as {"error": message}. Under tests/mp_util (several processes) it joins the
 jax.distributed job first and emits through mp_util; otherwise it prints one JSON line.
+Both modes register the test-only `toy_mae` model (tests/training/toy_model.py).
 """
 import importlib.util
 import json
@@ -36,6 +39,12 @@ def apply(config, overrides):
     node[leaf] = tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
 
 
+def register_toy_model():
+  sys.path.insert(0, str(Path(__file__).resolve().parent))
+  from xmae_jax import models
+  models.REGISTRY.setdefault("toy_mae", "toy_model:ToyMAE")
+
+
 def main(spec_path):
   under_mp = "MP_UTIL_COORDINATOR" in os.environ
   if under_mp:
@@ -45,6 +54,7 @@ def main(spec_path):
   else:
     from absl import flags
     flags.FLAGS.mark_as_parsed()
+  register_toy_model()
   import jax
   import numpy as np
   from xmae_jax.training import checkpoint as ckpt_lib
@@ -79,4 +89,10 @@ def main(spec_path):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  if sys.argv[1] == "cli":
+    register_toy_model()
+    from xmae_jax import train as cli
+    sys.argv = [sys.argv[0]] + sys.argv[2:]
+    cli.run()
+  else:
+    main(sys.argv[1])

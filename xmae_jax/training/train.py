@@ -335,7 +335,9 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
 
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
   loop = LoopState()
-  curriculum = masking.LadderCurriculum.from_config(config.masking) if config.masking.get("curriculum") else None
+  masking_config = config.get("masking") or {}
+  curriculum = (masking.LadderCurriculum.from_config(masking_config)
+                if masking_config.get("curriculum") else None)
   with jax.set_mesh(mesh):
     # 4. fresh or resumed ---------------------------------------------------------------------
     model_target = ckpt_lib.abstract_of(_model_flat(abstract), _model_flat(state_sh))
