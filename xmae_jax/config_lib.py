@@ -38,6 +38,8 @@ def data_config(preset: str) -> mlc.ConfigDict:
   d.modalities = ("ppg", "ecg")     # records lacking one of these are dropped for paired models
   d.shuffle_seed = 0
   d.num_workers = 0                 # Grain worker processes per host (0 = in-process)
+  d.read_threads = 1                # ArrayRecord read threads per process
+  d.prefetch = 2                    # batches prefetched per process
   d.normalize = "minmax"            # per-segment min-max to [-1, 1], as the reference
   d.augment = mlc.ConfigDict()
   # The reference enables these but, through an inverted condition, applies them only to

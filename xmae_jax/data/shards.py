@@ -26,7 +26,9 @@ from xmae_jax.data import record as record_lib
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
-WRITER_OPTIONS = "group_size:1"   # random access (Grain ArrayRecordDataSource requires it)
+# group_size:1 for random access (Grain's ArrayRecordDataSource requires it). Uncompressed:
+# min-max-normalized float16 waveforms compress by only ~6% with zstd, which halves read speed.
+WRITER_OPTIONS = "group_size:1,uncompressed"
 
 
 class DatasetError(ValueError):
