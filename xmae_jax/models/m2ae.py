@@ -58,6 +58,16 @@ def augment_view(key: Array, x: Array, *, scale_range: Sequence[float], noise_st
   return shifted * scale + noise_std * jax.random.normal(k_noise, x.shape, x.dtype)
 
 
+def complementary_keep_ids(key: Array, batch: int, num_patches: int, ratio_ecg: float,
+                           mode: str) -> tuple[Array, Array]:
+  """Complementary masks (A6): (ecg_keep (B, Nk), ppg_keep (B, N - Nk)), both ascending. The
+  ECG mask is drawn per example (xMAE's masking modes) and PPG keeps exactly the patches ECG
+  masks, so every patch is visible in exactly one modality."""
+  ecg_keep = masking.sample_keep_ids(key, batch, num_patches, ratio_ecg, mode)
+  ppg_mask = 1 - masking.mask_from_keep(ecg_keep, num_patches)
+  return ecg_keep, masking.keep_ids(ppg_mask, num_patches - ecg_keep.shape[1])
+
+
 class Bottleneck(nnx.Module):
   """Shared bottleneck (A4): tokens + modality embedding -> shared pre-LN blocks -> LN ->
   Linear(d_model -> latent). Input: a list of (tokens (B, n_i, D), modality name)."""
@@ -187,14 +197,9 @@ class M2AE(nnx.Module):
 
   def complementary_masks(self, key: Array, batch: int, *, mask_ratio: float | None = None
                           ) -> tuple[Array, Array]:
-    """(ecg_keep (B, Nk), ppg_keep (B, N - Nk)): the ECG mask is drawn per example (mode and
-    ratio from the config, `mask_ratio` overriding the ratio) and PPG keeps exactly the
-    patches ECG masks (A6)."""
+    """`complementary_keep_ids` with the config's mode and ratio (`mask_ratio` overrides it)."""
     ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
-    n = self.num_patches
-    ecg_keep = masking.sample_keep_ids(key, batch, n, ratio, self.mask_mode)
-    ppg_mask = 1 - masking.mask_from_keep(ecg_keep, n)
-    return ecg_keep, masking.keep_ids(ppg_mask, n - ecg_keep.shape[1])
+    return complementary_keep_ids(key, batch, self.num_patches, ratio, self.mask_mode)
 
   def encode(self, inputs: dict[str, Array], keep: dict[str, Array] | None = None,
              key: Array | None = None) -> tuple[Array, Array, Array]:
