@@ -25,7 +25,9 @@ class ToyMAE(nnx.Module):
     self.mode = str(config.masking.mode)
     self.rate = float(m.dropout)
     d = int(m.d_model)
-    self.embed_ppg = nnx.Linear(self.patch_len, d, rngs=rngs)
+    # No bias: BatchNorm would cancel it, leaving a zero gradient that Adam turns into
+    # lr-sized steps of rounding noise (which differs between topologies).
+    self.embed_ppg = nnx.Linear(self.patch_len, d, use_bias=False, rngs=rngs)
     self.embed_ecg = nnx.Linear(self.patch_len, d, rngs=rngs)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.num_patches, d)))
     self.mask_token = nnx.Param(jnp.zeros((d,)))
