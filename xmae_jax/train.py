@@ -17,6 +17,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -63,6 +64,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit("xmae-train: error: --config and --workdir are required")
+  if not flags.FLAGS["verbosity"].present:
+    # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
+    logging.set_verbosity(logging.WARNING)
   import jax
   from xmae_jax.training import train as train_lib
   if _CACHE.value and not jax.config.jax_compilation_cache_dir:
