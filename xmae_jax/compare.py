@@ -34,7 +34,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--output-dir", required=True)
   parser.add_argument("--encoder", action="append", default=[], help="NAME=PATH (repeatable)")
   parser.add_argument("--random", action="append", default=[],
-                      help="NAME=CONFIG_FILE[:ARG]: a randomly initialized encoder (repeatable)")
+                      help="NAME=CONFIG_FILE[:ARG] or NAME=WORKDIR|PACKAGE (its config): a randomly "
+                           "initialized encoder (repeatable)")
   parser.add_argument("--random-seed", type=int, default=0)
   parser.add_argument("--step", default="auto", help="checkpoint of workdir encoders")
   parser.add_argument("--modality", choices=("ppg", "ecg"), default="ppg")

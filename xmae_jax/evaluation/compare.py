@@ -54,7 +54,18 @@ def parse_spec(text: str, *, random: bool = False, seed: int = 0, step: str = "a
 
 
 def load_config_file(spec: str):
-  """`configs/xmae.py:demo` -> that file's get_config("demo") (as ml_collections config_flags)."""
+  """`configs/xmae.py:demo` -> that file's get_config("demo") (as ml_collections config_flags).
+
+  A directory (a training workdir or an exported package) gives the config it holds, so
+  `--random random=runs/xmae` is the untrained twin of that run's architecture.
+  """
+  if Path(spec).is_dir():
+    from xmae_jax.training import checkpoint
+    for name in ("config.json",):
+      file = Path(spec) / name
+      if file.is_file():
+        return checkpoint.config_from_dict(json.loads(file.read_text()))
+    raise CompareError(f"{spec} holds no config.json (a workdir or package was expected)")
   path, _, arg = spec.partition(":")
   file = Path(path)
   if not file.is_file():
