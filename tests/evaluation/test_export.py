@@ -109,3 +109,28 @@ def test_export_cli_errors(tiny_workdir, tiny_package, tmp_path, capsys):
                       "--step", "best"]) == 1
   assert "validation loss" in capsys.readouterr().err
   assert not (tmp_path / "p").exists()
+
+
+def test_export_of_imported_reference_weights_matches_reference(tmp_path):
+  """Reference PyTorch weights (the golden fixture) -> importer -> workdir -> export -> embed
+  reproduces the reference's own ppg_embedding."""
+  import importlib.util
+  from pathlib import Path
+  from xmae_jax.interop import reference
+  from xmae_jax.training import checkpoint
+  golden_dir = Path(__file__).resolve().parents[1] / "golden"
+  spec = importlib.util.spec_from_file_location("_golden_maker", golden_dir / "make_reference_golden.py")
+  maker = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(maker)
+  spec = importlib.util.spec_from_file_location("_golden_test", golden_dir / "test_golden.py")
+  golden_test = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(golden_test)
+  z = np.load(golden_dir / "fixtures" / "xmae_small_bridge.npz")
+  config = golden_test.config_for(json.loads(str(z["meta/config_json"])))
+  model = reference.from_reference_state_dict(maker.unpack(z, "sd"), config)
+  checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
+  package = export_lib.export_workdir(tmp_path / "imported", tmp_path / "pkg")
+  info = json.loads((package / "package.json").read_text())
+  assert info["source"]["step"] == 0 and info["source"]["checkpoint_kind"] == "model"
+  z_ours = encoder_lib.load_encoder(package).embed(z["in/ppg"], fs=100)
+  np.testing.assert_allclose(z_ours, z["out/ppg_embedding"], atol=1e-5, rtol=1e-4)

@@ -63,7 +63,9 @@ class Contract:
   def from_config(cls, config) -> "Contract":
     data = config.get("data", {}) if hasattr(config, "get") else {}
     fs = float(data.get("sampling_rate", 100))
-    length = int(data.get("segment_length", config.model.get("seq_len", 1000)))
+    # The model's input length is what the encoder takes (data.segment_length describes the
+    # dataset and normally agrees).
+    length = int(config.model.get("seq_len", data.get("segment_length", 1000)))
     return cls(sampling_rate=fs, segment_length=length,
                normalization=str(data.get("normalize", "minmax")))
 
