@@ -277,3 +277,33 @@ def test_training_beats_predicting_the_batch_mean(trained):
   baseline = float(losses.masked_mse(mean_pred, batch["ecg"], mask))
   print(f"masked-ECG MSE {float(metrics['mse_ecg']):.4f}, batch-mean baseline {baseline:.4f}")
   assert float(metrics["mse_ecg"]) < 0.75 * baseline, (float(metrics["mse_ecg"]), baseline)
+
+
+# ------------------------------------------------------------- layers against torch directly
+@pytest.mark.parametrize("n_in,n_out", [(50, 100), (7, 13), (10, 25), (6, 6), (9, 4)])
+def test_upsample_linear_matches_torch_interpolate(n_in, n_out):
+  torch = pytest.importorskip("torch")
+  from xmae_jax.models import layers
+  x = np.random.default_rng(0).normal(size=(2, 3, n_in)).astype(np.float32)   # torch (B, C, L)
+  want = torch.nn.functional.interpolate(torch.from_numpy(x), size=n_out, mode="linear",
+                                         align_corners=False).numpy()
+  got = np.asarray(layers.upsample_linear(jnp.asarray(x.transpose(0, 2, 1)), n_out))
+  np.testing.assert_allclose(got.transpose(0, 2, 1), want, atol=2e-6)
+
+
+def test_batchnorm_matches_torch_in_train_and_eval():
+  torch = pytest.importorskip("torch")
+  from xmae_jax.models import layers
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 30)).astype(np.float32)
+  tbn = torch.nn.BatchNorm1d(5)
+  bn = layers.BatchNorm(5)
+  for _ in range(2):                                # two training updates, then eval
+    want = tbn.train()(torch.from_numpy(x)).detach().numpy()
+    got = np.asarray(bn(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(bn.mean[...], tbn.running_mean.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(bn.var[...], tbn.running_var.numpy(), rtol=1e-6)   # unbiased
+  bn.use_running_average = True
+  want = tbn.eval()(torch.from_numpy(x)).detach().numpy()
+  np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1),
+                             want, atol=1e-5)

@@ -296,7 +296,10 @@ def upsample_linear(x: Array, out_len: int) -> Array:
     even = 0.25 * prev + 0.75 * x
     odd = 0.75 * x + 0.25 * nxt
     return jnp.stack([even, odd], axis=2).reshape(x.shape[0], out_len, *x.shape[2:])
-  src = np.maximum((np.arange(out_len) + 0.5) * (in_len / out_len) - 0.5, 0.0)
+  # float32 index arithmetic, as torch's CPU kernel does for float inputs.
+  scale = np.float32(in_len) / np.float32(out_len)
+  src = np.maximum(scale * (np.arange(out_len, dtype=np.float32) + np.float32(0.5))
+                   - np.float32(0.5), np.float32(0.0))
   i0 = np.minimum(np.floor(src).astype(np.int32), in_len - 1)
   i1 = np.minimum(i0 + 1, in_len - 1)
   lam = jnp.asarray((src - i0).astype(np.float32)).astype(x.dtype)[None, :, None]
