@@ -39,13 +39,21 @@ def median(values: Sequence[float]) -> float:
   return float(statistics.median(values))
 
 
-def time_calls(fn: Callable[[], object], sync: Callable[[object], object], count: int) -> list[float]:
-  """Wall seconds of `count` calls of `fn`, each synchronized with `sync(result)`."""
+def time_calls(fn: Callable[[], object], sync: Callable[[object], object], count: int,
+               cpu_times: list[float] | None = None) -> list[float]:
+  """Wall seconds of `count` calls of `fn`, each synchronized with `sync(result)`.
+
+  `cpu_times`, when given, receives the process CPU seconds (all threads) of each call: on a
+  machine shared with other jobs, CPU time measures the work done and wall time what is left of
+  the machine.
+  """
   times = []
   for _ in range(count):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     sync(fn())
     times.append(time.perf_counter() - start)
+    if cpu_times is not None:
+      cpu_times.append(time.process_time() - cpu)
   return times
 
 

@@ -139,6 +139,7 @@ class ReferenceStep:
     self.ppg = torch.from_numpy(batch["ppg"])
     self.ecg = torch.from_numpy(batch["ecg"])
     self.num_params = sum(p.numel() for p in self.model.parameters())
+    self.cpu_times: list[float] = []
 
   def _anchor_ids(self, batch_size: int):
     """The reference trainer's anchor masking: per example one visible run of N - k patches at
@@ -170,7 +171,7 @@ class ReferenceStep:
     return float(loss.detach())
 
   def run(self, steps: int) -> list[float]:
-    return common.time_calls(self, lambda r: r, steps)
+    return common.time_calls(self, lambda r: r, steps, self.cpu_times)
 
 
 def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int, rounds: int,
@@ -189,15 +190,17 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
     ref.run(warmup)
     ref_warmup_s = time.perf_counter() - start
     ours.run(warmup)
+    ref.cpu_times.clear()
+    ours.cpu_times.clear()
     ref_times, our_times = [], []
     for _ in range(rounds):
       ref_times += ref.run(steps)
       our_times += ours.run(steps)
     peaks["torch"] = max(peaks["torch"], common.torch_matmul_peak("float32", n=peak_size))
     peaks["jax"] = max(peaks["jax"], common.jax_matmul_peak("float32", n=peak_size))
-  flops = ours.flops()
   our_record = train_bench.summarize(ours, our_times, peaks["jax"], dtype=dtype, warmup=warmup,
                                      device_kind=jax.devices()[0].device_kind)
+  flops = our_record["flops_per_step"]
   our_record["bench"] = "reference"
   our_record["matmul_peak_dtype"] = "float32"
   our_record["interleaved_rounds"] = rounds
@@ -216,6 +219,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
       "step_time_median_s": ref_step,
       "step_time_min_s": min(ref_times),
       "step_time_max_s": max(ref_times),
+      "cpu_time_median_s": common.median(ref.cpu_times),
       "steps_timed": len(ref_times),
       "warmup_steps": warmup,
       "warmup_s": ref_warmup_s,
@@ -233,6 +237,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
       "batch_size": batch_size,
       "dtype": dtype,
       "speedup": our_record["segments_per_s"] / ref_record["segments_per_s"],
+      "cpu_time_ratio": ref_record["cpu_time_median_s"] / our_record["cpu_time_median_s"],
       "segments_per_s": {"xmae_jax": our_record["segments_per_s"],
                          "reference_torch": ref_record["segments_per_s"]},
       "matmul_peak_flops_per_s": peaks,

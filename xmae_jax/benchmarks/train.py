@@ -80,17 +80,19 @@ class StepBench:
   batch: dict
   compile_s: float
 
+  cpu_times: list = dataclasses.field(default_factory=list)
+
   def run(self, steps: int) -> list[float]:
-    """Wall seconds of `steps` synchronized steps (the state is donated and carried on)."""
+    """Wall seconds of `steps` synchronized steps (the state is donated and carried on); the
+    process CPU seconds of each go to `cpu_times`."""
     import jax
-    times = []
+
+    def step():
+      self.state, out = self.compiled(self.state, self.batch)
+      return out
+
     with jax.set_mesh(self.mesh):
-      for _ in range(steps):
-        start = time.perf_counter()
-        self.state, out = self.compiled(self.state, self.batch)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-    return times
+      return common.time_calls(step, jax.block_until_ready, steps, self.cpu_times)
 
   def flops(self) -> float:
     cost = self.compiled.cost_analysis()
@@ -161,16 +163,20 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
   peak_before = common.jax_matmul_peak(dtype, n=peak_size)
   bench = build_step(config, batch_size, dtype)
   bench.run(warmup)
+  bench.cpu_times.clear()
   times = bench.run(steps)
   peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
   return summarize(bench, times, peak, dtype=dtype, warmup=warmup,
                    device_kind=jax.devices()[0].device_kind)
 
 
-def summarize(bench: StepBench, times: list[float], peak: float, *, dtype: str, warmup: int,
-              device_kind: str) -> dict:
+def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype: str,
+              warmup: int, device_kind: str) -> dict:
+  """The JSON record of a timed step; `peak` None (not measured) leaves `mfu` None."""
   step_s = common.median(times)
-  flops = bench.flops()
+  # cost_analysis() describes the per-device program; every device runs it.
+  devices = int(bench.mesh.size)
+  flops = bench.flops() * devices
   achieved = flops / step_s
   batch_size = int(bench.config.train.batch_size)
   return {
@@ -186,14 +192,16 @@ def summarize(bench: StepBench, times: list[float], peak: float, *, dtype: str, 
       "step_time_median_s": step_s,
       "step_time_min_s": min(times),
       "step_time_max_s": max(times),
+      "cpu_time_median_s": common.median(bench.cpu_times) if bench.cpu_times else None,
       "steps_timed": len(times),
       "warmup_steps": warmup,
       "compile_s": bench.compile_s,
       "flops_per_step": flops,
+      "flops_per_device_step": flops / devices,
       "flops_per_segment": flops / batch_size,
       "achieved_flops_per_s": achieved,
       "matmul_peak_flops_per_s": peak,
-      "mfu": achieved / peak,
+      "mfu": achieved / peak if peak else None,
       "memory": bench.memory(),
       "peak_rss_bytes": common.peak_rss_bytes(),
       **common.machine_info(),
