@@ -38,17 +38,23 @@ Assumptions (each is a config value; the README copies this list):
       nearly contiguous (A3). `masking.mode` may be any xMAE mode (scatter, mixed, anchor);
       `masking.ratio_ecg` moves the split and the PPG ratio follows.
   A7  Reconstruction: MSE on the masked samples of each signal, normalized by the masked count
-      (as xMAE), weights 1 and 1. Added: cross-modal reconstruction of the whole ECG from PPG
-      alone and of the whole PPG from ECG alone (weight 0.5 each), because the paper reports
-      both directions from a frozen encoder and complementary masks alone never show a decoder
-      an input without any token of its target.
-  A8  Contrastive: symmetric InfoNCE between the ECG-only and PPG-only fingerprints of the
-      batch (CLIP form), temperature learnable from 0.07 (scale clipped at 100), weight 0.01
-      (CAV-MAE's weight for the same MAE + contrastive combination).
+      (as xMAE), weights 1 and 1, decoded from the joint bottleneck (both modalities' visible
+      tokens). Added: cross-modal reconstruction of the whole ECG from the PPG tokens alone and
+      of the whole PPG from the ECG tokens alone (weight 0.5 each), because the paper reports
+      both directions from a frozen encoder and the joint pass never shows a decoder an input
+      without any token of its target.
+  A8  Contrastive: symmetric InfoNCE between the ECG-only and PPG-only fingerprints of the batch
+      (CLIP form), temperature learnable from 0.07 (scale clipped at 100), weight 0.01
+      (CAV-MAE's weight for the same MAE + contrastive combination). As in CAV-MAE, the
+      single-modality fingerprints in training come from the masked inputs: each encoder runs
+      once per step on its visible patches, and the bottleneck runs on both modalities' tokens
+      (A7) and on each modality's alone. Under complementary masks the ECG and PPG of a pair
+      then cover disjoint times of the segment, so they must match by what the segment shares
+      (rate, morphology), not by aligned samples. Inference fingerprints use the whole signal.
   A9  Augmentation positives: a second view of each signal (amplitude x U(0.8, 1.2), Gaussian
       noise std 0.02, time shift up to +-6 samples with edge padding, made on the device from
-      the step key); InfoNCE between each modality's fingerprint and its view's, weight 0.01
-      (mean of the ECG and PPG terms).
+      the step key), encoded with the same mask in the same encoder call; InfoNCE between each
+      modality's fingerprint and its view's, weight 0.01 (mean of the ECG and PPG terms).
   A10 Positives are the time-aligned pair of one segment by default ("segment"): the pipeline's
       batches mix thousands of subjects, so same-subject repeats are rare, and it needs no
       subject ids. "subject" (notes §11) counts every same-subject pair as positive (SupCon

@@ -15,11 +15,11 @@ Design and every assumption: configs/m2ae.py (A1-A11). Data flow, B examples, N 
 * A decoder reads the latent tokens that are present (any modality, at their patch positions)
   together with N query tokens of its own modality and writes the whole waveform.
 
-Training (`loss`): complementary masks (every patch visible in exactly one modality); masked
-MSE on both signals from the joint pass; whole-signal cross-modal reconstruction from each
-modality alone; symmetric InfoNCE between the ECG-only and PPG-only fingerprints; InfoNCE
-between each modality's fingerprint and an augmented view's. Terms whose weight is 0 are not
-computed.
+Training (`loss`): complementary masks (every patch visible in exactly one modality); each
+encoder runs once on its visible patches; the bottleneck runs on both modalities' tokens (masked
+MSE on both signals) and on each modality's alone (whole-signal cross-modal reconstruction from
+that modality; symmetric InfoNCE between the ECG-only and PPG-only fingerprints; InfoNCE between
+each modality's fingerprint and an augmented view's). Terms whose weight is 0 are not computed.
 """
 from __future__ import annotations
 
@@ -201,6 +201,25 @@ class M2AE(nnx.Module):
     ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
     return complementary_keep_ids(key, batch, self.num_patches, ratio, self.mask_mode)
 
+  def _tokens(self, name: str, x: Array, ids_keep: Array | None, key: Array | None
+              ) -> tuple[Array, Array, Array]:
+    """One modality's encoder on the patches `ids_keep` (B, Nk) of x (B, L) (all when None):
+    (tokens (B, n, D), patch ids (B, n), source modality ids (n,))."""
+    b = x.shape[0]
+    chex.assert_shape(x, (b, self.seq_len))
+    tokens = self._path(name).tokens(x, ids_keep, positions="true", key=key)
+    n = tokens.shape[1]
+    ids = (jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)) if ids_keep is None
+           else ids_keep.astype(jnp.int32))
+    return tokens, ids, jnp.full((n,), _modality_id(name), jnp.int32)
+
+  def _bottleneck(self, encoded: Sequence[tuple[str, tuple[Array, Array, Array]]],
+                  key: Array | None) -> tuple[Array, Array, Array]:
+    """Bottleneck over [(name, (tokens, ids, source)), ...] -> (latent, ids, source)."""
+    latent = self.bottleneck([(t, name) for name, (t, _, _) in encoded], key)
+    return (latent, jnp.concatenate([ids for _, (_, ids, _) in encoded], axis=1),
+            jnp.concatenate([src for _, (_, _, src) in encoded]))
+
   def encode(self, inputs: dict[str, Array], keep: dict[str, Array] | None = None,
              key: Array | None = None) -> tuple[Array, Array, Array]:
     """Encodes the given modalities ({"ecg": (B, L), "ppg": (B, L)}, either or both; visible
@@ -211,22 +230,10 @@ class M2AE(nnx.Module):
     if not inputs:
       raise ValueError("M2AE needs at least one modality: pass ppg=... and/or ecg=...")
     keep = keep or {}
-    parts, ids, source = [], [], []
     keys = layers._split_keys(key, len(MODALITIES) + 1)
-    for i, name in enumerate(MODALITIES):
-      if name not in inputs:
-        continue
-      x = inputs[name]
-      b = x.shape[0]
-      chex.assert_shape(x, (b, self.seq_len))
-      ids_keep = keep.get(name)
-      parts.append((self._path(name).tokens(x, ids_keep, positions="true", key=keys[i]), name))
-      n = self.num_patches if ids_keep is None else ids_keep.shape[1]
-      ids.append(jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-                 if ids_keep is None else ids_keep.astype(jnp.int32))
-      source.append(jnp.full((n,), _modality_id(name), jnp.int32))
-    latent = self.bottleneck(parts, keys[-1])
-    return latent, jnp.concatenate(ids, axis=1), jnp.concatenate(source)
+    encoded = [(name, self._tokens(name, inputs[name], keep.get(name), keys[i]))
+               for i, name in enumerate(MODALITIES) if name in inputs]
+    return self._bottleneck(encoded, keys[-1])
 
   @staticmethod
   def _inputs(ppg: Array | None, ecg: Array | None) -> dict[str, Array]:
@@ -258,71 +265,76 @@ class M2AE(nnx.Module):
   def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
            ) -> tuple[Array, dict[str, Array]]:
     """The M2AE objective on a batch {"ppg", "ecg": (B, L)} (+ "subject" (B,) int for
-    subject-level positives). Returns (loss, metrics) with `loss` and every weighted part."""
+    subject-level positives). Returns (loss, metrics) with `loss` and every weighted part.
+
+    Each encoder runs once, on its visible patches under the complementary masks (stacked with
+    the augmented view's same patches when w_augment > 0); the bottleneck then runs on both
+    modalities' tokens (joint: masked reconstruction) and on each modality's alone (ECG-only
+    and PPG-only fingerprints: contrastive terms and cross-modal reconstruction).
+    """
     w = self.weights
     ppg, ecg = batch["ppg"], batch["ecg"]
     b = ecg.shape[0]
     chex.assert_shape([ppg, ecg], (b, self.seq_len))
-    k_mask, k_joint, k_dec, k_view, k_single, k_xdec = jax.random.split(key, 6)
+    k_mask, k_view, k_enc, k_joint, k_single, k_dec = jax.random.split(key, 6)
+    use_views = w["w_augment"] > 0
+    keep = dict(zip(("ecg", "ppg"), self.complementary_masks(k_mask, b, mask_ratio=mask_ratio)))
     metrics = {}
     total = jnp.float32(0.0)
 
-    # 1. Joint pass with complementary masks: masked MSE of each signal.
-    if w["w_ecg"] > 0 or w["w_ppg"] > 0:
-      ecg_keep, ppg_keep = self.complementary_masks(k_mask, b, mask_ratio=mask_ratio)
-      latent, ids, source = self.encode({"ecg": ecg, "ppg": ppg},
-                                        {"ecg": ecg_keep, "ppg": ppg_keep}, k_joint)
-      for name, x, kept, k in (("ecg", ecg, ecg_keep, k_dec), ("ppg", ppg, ppg_keep, k_dec)):
-        weight = w[f"w_{name}"]
-        if weight > 0:
-          k = jax.random.fold_in(k, _modality_id(name))
-          rec = self._decoder(name)(latent, ids, source, k)
-          mse = losses.masked_mse(rec, x, masking.sample_mask(kept, self.num_patches,
-                                                              self.patch_len))
-          metrics[f"mse_{name}"] = mse
-          total = total + weight * mse
+    # Encoders: (B or 2B, Nk_m, D) per modality, the view's rows after the batch's.
+    encoded = {}
+    for name in MODALITIES:
+      i = _modality_id(name)
+      x, ids_keep = batch[name], keep[name]
+      if use_views:
+        view = augment_view(jax.random.fold_in(k_view, i), x, **self.view)
+        x, ids_keep = jnp.concatenate([x, view]), jnp.concatenate([ids_keep, ids_keep])
+      encoded[name] = self._tokens(name, x, ids_keep, jax.random.fold_in(k_enc, i))
+    batch_rows = lambda e: (e[0][:b], e[1][:b], e[2])  # noqa: E731  (drop the view rows)
 
-    # 2. Single-modality passes (original, augmented view stacked on the batch axis).
-    need_views = w["w_augment"] > 0
-    need_single = need_views or w["w_contrast"] > 0 or w["w_cross_ecg"] > 0 or w["w_cross_ppg"] > 0
-    if not need_single:
+    def decode(target, latent, ids, source, salt):
+      return self._decoder(target)(latent, ids, source, jax.random.fold_in(k_dec, salt))
+
+    # 1. Joint pass: masked MSE of each signal (its masked patches are the other's visible).
+    if w["w_ecg"] > 0 or w["w_ppg"] > 0:
+      joint = self._bottleneck([(n, batch_rows(encoded[n])) for n in MODALITIES], k_joint)
+      for i, name in enumerate(MODALITIES):
+        if w[f"w_{name}"] > 0:
+          mse = losses.masked_mse(decode(name, *joint, salt=i), batch[name],
+                                  masking.sample_mask(keep[name], self.num_patches,
+                                                      self.patch_len))
+          metrics[f"mse_{name}"] = mse
+          total = total + w[f"w_{name}"] * mse
+
+    # 2. Single-modality bottleneck passes: ECG-only and PPG-only fingerprints.
+    if not (use_views or w["w_contrast"] > 0 or w["w_cross_ecg"] > 0 or w["w_cross_ppg"] > 0):
       metrics["loss"] = total
       return total, metrics
-    latent_of, fp_of, fp_view_of = {}, {}, {}
-    for name, x in (("ecg", ecg), ("ppg", ppg)):
-      i = _modality_id(name)
-      xs = x
-      if need_views:
-        view = augment_view(jax.random.fold_in(k_view, i), x, **self.view)
-        xs = jnp.concatenate([x, view], axis=0)
-      latent_single, _, _ = self.encode({name: xs}, key=jax.random.fold_in(k_single, i))
-      latent_of[name] = latent_single[:b]
-      fp = jnp.mean(latent_single, axis=1)
-      fp_of[name], fp_view_of[name] = fp[:b], fp[b:]
+    single, fingerprint = {}, {}
+    for name in MODALITIES:
+      single[name] = self._bottleneck([(name, encoded[name])],
+                                      jax.random.fold_in(k_single, _modality_id(name)))
+      fingerprint[name] = jnp.mean(single[name][0], axis=1)          # (B or 2B, latent)
 
-    # 3. Whole-signal cross-modal reconstruction from the other modality alone.
-    all_ids = jnp.broadcast_to(jnp.arange(self.num_patches, dtype=jnp.int32),
-                               (b, self.num_patches))
-    for target, source_name in (("ecg", "ppg"), ("ppg", "ecg")):
-      weight = w[f"w_cross_{target}"]
-      if weight > 0:
-        source = jnp.full((self.num_patches,), _modality_id(source_name), jnp.int32)
-        rec = self._decoder(target)(latent_of[source_name], all_ids, source,
-                                    jax.random.fold_in(k_xdec, _modality_id(target)))
+    # 3. Cross-modal reconstruction: the whole signal from the other modality's tokens alone.
+    for i, (target, source) in enumerate((("ecg", "ppg"), ("ppg", "ecg"))):
+      if w[f"w_cross_{target}"] > 0:
+        rec = decode(target, *batch_rows(single[source]), salt=2 + i)
         mse = jnp.mean(jnp.square(rec - batch[target].astype(jnp.float32)))
         metrics[f"cross_mse_{target}"] = mse
-        total = total + weight * mse
+        total = total + w[f"w_cross_{target}"] * mse
 
     # 4. Contrastive terms.
     scale = self.temperature()
     nce = lambda a, c: contrastive.info_nce(  # noqa: E731
         a, c, scale, subject=batch.get("subject"), positives=self.positives)
     if w["w_contrast"] > 0:
-      metrics["nce_cross"] = nce(fp_of["ecg"], fp_of["ppg"])
+      metrics["nce_cross"] = nce(fingerprint["ecg"][:b], fingerprint["ppg"][:b])
       total = total + w["w_contrast"] * metrics["nce_cross"]
-    if need_views:
-      metrics["nce_augment"] = 0.5 * (nce(fp_of["ecg"], fp_view_of["ecg"])
-                                      + nce(fp_of["ppg"], fp_view_of["ppg"]))
+    if use_views:
+      metrics["nce_augment"] = 0.5 * sum(nce(fingerprint[n][:b], fingerprint[n][b:])
+                                         for n in MODALITIES)
       total = total + w["w_augment"] * metrics["nce_augment"]
     metrics["temperature"] = 1.0 / scale
     metrics["loss"] = total
