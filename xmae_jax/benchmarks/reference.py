@@ -192,6 +192,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
     ours.run(warmup)
     ref.cpu_times.clear()
     ours.cpu_times.clear()
+    ours.dispatch_times.clear()
     ref_times, our_times = [], []
     for _ in range(rounds):
       ref_times += ref.run(steps)

@@ -81,6 +81,7 @@ class StepBench:
   compile_s: float
 
   cpu_times: list = dataclasses.field(default_factory=list)
+  dispatch_times: list = dataclasses.field(default_factory=list)
 
   def run(self, steps: int) -> list[float]:
     """Wall seconds of `steps` synchronized steps (the state is donated and carried on); the
@@ -88,7 +89,11 @@ class StepBench:
     import jax
 
     def step():
+      start = time.perf_counter()
       self.state, out = self.compiled(self.state, self.batch)
+      # Host time until the call returns (the computation runs asynchronously): the per-step
+      # overhead an accelerator would see (argument flattening, NNX Variable (un)wrapping).
+      self.dispatch_times.append(time.perf_counter() - start)
       return out
 
     with jax.set_mesh(self.mesh):
@@ -164,6 +169,7 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
   bench = build_step(config, batch_size, dtype)
   bench.run(warmup)
   bench.cpu_times.clear()
+  bench.dispatch_times.clear()
   times = bench.run(steps)
   peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
   return summarize(bench, times, peak, dtype=dtype, warmup=warmup,
@@ -193,6 +199,8 @@ def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype
       "step_time_min_s": min(times),
       "step_time_max_s": max(times),
       "cpu_time_median_s": common.median(bench.cpu_times) if bench.cpu_times else None,
+      "dispatch_time_median_s": (common.median(bench.dispatch_times[-len(times):])
+                                 if bench.dispatch_times else None),
       "steps_timed": len(times),
       "warmup_steps": warmup,
       "compile_s": bench.compile_s,
