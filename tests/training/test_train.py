@@ -129,6 +129,8 @@ def runs(tmp_path_factory, dataset, nan_dataset, cache_env):
        "overrides": {"data.dir": str(nan_dataset), "train.checkpoint_every": 1,
                      "train.eval_every": 100}},
       {"name": "toy", "workdir": str(root / "one_toy"), "overrides": TOY},
+      {"name": "toy_half", "workdir": str(root / "one_toy_half"), "overrides": TOY,
+       "stop_at_step": 3, "save_params": False},
   ])
   eight = _spec(root / "eight.json", dataset, [
       {"name": "rep", "workdir": str(root / "eight_rep"), "overrides": TOY},
@@ -194,6 +196,27 @@ def test_resumed_run_equals_the_uninterrupted_run(runs):
   full, res = _params(runs["root"] / "one_full"), _params(runs["root"] / "one_resume")
   for k in full:
     np.testing.assert_array_equal(res[k], full[k], err_msg=k)
+
+
+def test_run_stopped_on_one_device_resumes_on_two_processes(runs, dataset, cache_env):
+  """The checkpoint of a 1-process run restores on 2 processes x 2 devices (the iterator state
+  comes from the checkpoint's meta, as Grain's own files are per process) and continues as the
+  uninterrupted run."""
+  root = runs["root"]
+  spec = _spec(root / "resume_mp.json", dataset,
+               [{"name": "resumed", "workdir": str(root / "one_toy_half"), "overrides": TOY}])
+  result = mp_util.run_processes(RUNNER, 2, args=[str(spec)], devices_per_process=2,
+                                 timeout=TIMEOUT, env=cache_env)[0].result
+  job = result["resumed"]
+  assert job["summary"]["status"] == "completed" and job["summary"]["step"] == STEPS
+  train, val = _losses(job)
+  ref_train, ref_val = _losses(runs["one"]["toy"])
+  assert [r["step"] for r in job["metrics"]] == list(range(1, STEPS + 1))
+  np.testing.assert_allclose(train, ref_train, rtol=2e-5)
+  np.testing.assert_allclose(val, ref_val, rtol=2e-5)
+  ref, got = _params(root / "one_toy"), _params(root / "one_toy_half")
+  for k in ref:
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, atol=1e-6, err_msg=k)
 
 
 def test_metrics_file_tensorboard_and_figures(runs):
