@@ -131,7 +131,7 @@ class XMAE(nnx.Module):
         "ppg_embedding": self.ppg_path.encoder.pool(t_ppg),
         "ecg_mask": masking.sample_mask(ecg_keep, self.num_patches, self.patch_len),
     }
-    if ppg_keep is not None and self.ppg_path.decoder is not None and self.mask_token is not None:
+    if ppg_keep is not None and self.w_ppg > 0:   # PPG reconstruction only when it is trained
       out["ppg_reconstruction"] = self.ppg_path.decode_visible(
           t_ppg, ppg_keep, self.mask_token[...], k_ppg_dec)
       out["ppg_mask"] = masking.sample_mask(ppg_keep, self.num_patches, self.patch_len)
