@@ -106,3 +106,24 @@ def apply_overrides(c: mlc.ConfigDict, extra: dict[str, str]) -> mlc.ConfigDict:
     old = parent[leaf]
     parent[leaf] = type(old)(text) if not isinstance(old, bool) else text.lower() in ("1", "true", "yes")
   return c
+
+
+class ConfigFileError(ValueError):
+  pass
+
+
+def load_config_file(spec: str) -> mlc.ConfigDict:
+  """`configs/xmae.py[:preset,key=value]` -> that file's `get_config(arg)` (the one loader that
+  command-line tools and tests share; the trainer's absl flag uses config_flags instead)."""
+  import importlib.util
+  from pathlib import Path
+  path, _, arg = str(spec).partition(":")
+  file = Path(path)
+  if not file.is_file():
+    raise ConfigFileError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location(f"_xmae_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigFileError(f"config file {path} has no get_config(arg)")
+  return module.get_config(arg or None)

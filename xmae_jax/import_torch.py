@@ -15,25 +15,14 @@ and exit status 1.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
+
+from xmae_jax.config_lib import load_config_file
 
 
 class ImportTorchError(ValueError):
   pass
-
-
-def load_config(spec: str):
-  """`configs/xmae.py[:preset,key=value]` -> that file's get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  file = Path(path)
-  if not file.is_file():
-    raise ImportTorchError(f"config file {path} does not exist")
-  module_spec = importlib.util.spec_from_file_location(f"_import_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def import_checkpoint(checkpoint: str, config, output: str) -> Path:
@@ -42,7 +31,7 @@ def import_checkpoint(checkpoint: str, config, output: str) -> Path:
   from xmae_jax.interop import reference
   from xmae_jax.training import checkpoint as ckpt_lib
   if isinstance(config, str):
-    config = load_config(config)
+    config = load_config_file(config)
   model = reference.from_reference_state_dict(checkpoint, config)
   return ckpt_lib.write_model_checkpoint(output, model, config)
 
