@@ -20,7 +20,6 @@ import re
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 RULES = ("replicate", "fsdp")
@@ -136,12 +135,3 @@ def describe(shardings) -> dict[str, str]:
     if isinstance(s, NamedSharding) and any(a is not None for a in s.spec):
       out[path_str(path)] = str(s.spec)
   return out
-
-
-def global_batch(host_batch: dict[str, np.ndarray], sharding: NamedSharding,
-                 global_batch_size: int) -> dict[str, jax.Array]:
-  """Per-process numpy batch -> global jax.Arrays sharded on the batch axes."""
-  def one(x):
-    x = np.asarray(x)
-    return jax.make_array_from_process_local_data(sharding, x, (global_batch_size,) + x.shape[1:])
-  return {k: one(v) for k, v in host_batch.items()}

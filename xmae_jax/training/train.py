@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
