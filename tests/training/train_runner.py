@@ -12,7 +12,6 @@ is reported as {"error": message}. Under tests/mp_util (several processes) it jo
 jax.distributed job first and emits through mp_util; otherwise it prints one JSON line.
 Both modes register the test-only `toy_mae` model (tests/training/toy_model.py).
 """
-import importlib.util
 import json
 import os
 import sys
@@ -23,11 +22,9 @@ RESULT_PREFIX = "TRAIN_RUNNER_RESULT "
 
 
 def load_config(spec: str):
+  from xmae_jax import config_lib
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("config_under_test", REPO / path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_lib.load_config_file(f"{REPO / path}:{arg}" if arg else str(REPO / path))
 
 
 def apply(config, overrides):
