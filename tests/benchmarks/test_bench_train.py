@@ -51,5 +51,5 @@ def test_record_is_one_json_line(tiny_bench):
 
 
 def test_bad_config_path_is_one_clear_error(tmp_path):
-  with pytest.raises(train_bench.BenchConfigError, match="not found"):
+  with pytest.raises(train_bench.BenchConfigError, match="does not exist"):
     train_bench.load_config(str(tmp_path / "missing.py"))

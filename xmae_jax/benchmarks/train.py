@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xmae_jax import config_lib
 from xmae_jax.benchmarks import common
 
 
@@ -38,15 +37,11 @@ class BenchConfigError(ValueError):
 
 
 def load_config(spec: str):
-  """`configs/xmae.py[:preset,key=value]` -> the ConfigDict of its `get_config(arg)`."""
-  path, _, arg = spec.partition(":")
-  file = Path(path)
-  if not file.is_file():
-    raise BenchConfigError(f"config file {path!r} not found")
-  module_spec = importlib.util.spec_from_file_location(f"_bench_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  """`configs/xmae.py[:preset,key=value]` -> its ConfigDict (the project's one config loader)."""
+  try:
+    return config_lib.load_config_file(spec)
+  except config_lib.ConfigFileError as e:
+    raise BenchConfigError(str(e)) from None
 
 
 def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
