@@ -123,7 +123,8 @@ def test_fingerprint_and_reconstruction_from_either_modality():
     m = nnx.merge(graphdef, params, rest)
     return {
         "ppg": m.fingerprint(ppg=ppg), "ecg": m.fingerprint(ecg=ecg),
-        "both": m.fingerprint(ppg=ppg, ecg=ecg), "both_other": m.fingerprint(ppg=ppg, ecg=other_ecg),
+        "both": m.fingerprint(ppg=ppg, ecg=ecg),
+        "both_other": m.fingerprint(ppg=ppg, ecg=other_ecg),
         "enc_ppg": m.encoder("ppg")(ppg), "enc_ecg": m.encoder("ecg")(ecg),
         "ppg_to_ecg": m.reconstruct(ppg=ppg, target="ecg"),
         "ecg_to_ppg": m.reconstruct(ecg=ecg, target="ppg"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import chex
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from xmae_jax.models import contrastive, layers, losses, masking
