@@ -14,7 +14,6 @@ Choices:
   * `embed(ppg=...)` / `embed(ecg=...)` are the projected embeddings the loss aligns;
     with both given it is their mean.
 """
-import importlib.util
 from pathlib import Path
 
 import ml_collections as mlc
@@ -25,15 +24,12 @@ PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "depth
              "stem_channels", "stem_widths", "dropout", "latent_dim")
 
 
-def _xmae_config_module():
-  spec = importlib.util.spec_from_file_location("_xmae_config", Path(__file__).with_name("xmae.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _xmae_config(preset: str) -> mlc.ConfigDict:
+  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
 
 
 def model_config(preset: str) -> mlc.ConfigDict:
-  xmae_model = _xmae_config_module().model_config(preset)
+  xmae_model = _xmae_config(preset).model
   m = mlc.ConfigDict()
   m.name = "clip"
   for key in PATH_KEYS:

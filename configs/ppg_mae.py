@@ -16,7 +16,6 @@ Choices (the xMAE code has a `source="ppg"` switch but no released PPG-only obje
   * As in xMAE, the projection head is not reached by the loss, so `embed(ppg=...)` is a fixed
     random linear map of the mean-pooled tokens (the same kind of feature xMAE exports).
 """
-import importlib.util
 from pathlib import Path
 
 import ml_collections as mlc
@@ -29,15 +28,12 @@ PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "stem_
              "stem_widths", "dropout", "latent_dim", "visible_positions")
 
 
-def _xmae_config_module():
-  spec = importlib.util.spec_from_file_location("_xmae_config", Path(__file__).with_name("xmae.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _xmae_config(preset: str) -> mlc.ConfigDict:
+  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
 
 
 def model_config(preset: str) -> mlc.ConfigDict:
-  xmae_model = _xmae_config_module().model_config(preset)
+  xmae_model = _xmae_config(preset).model
   m = mlc.ConfigDict()
   m.name = "ppg_mae"
   for key in PATH_KEYS:

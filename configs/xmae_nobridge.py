@@ -14,22 +14,18 @@ MAEs trained side by side; the PPG one is the PPG-MAE baseline's objective (conf
 with xMAE's parameter layout. `masking.ratio_ppg=0.0,loss.w_ppg=0.0` restores the reference's
 behaviour (untrained PPG encoder) as a control.
 """
-import importlib.util
 from pathlib import Path
 
 from xmae_jax import config_lib
 
 
-def _xmae_config_module():
-  spec = importlib.util.spec_from_file_location("_xmae_config", Path(__file__).with_name("xmae.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _xmae_config(preset: str):
+  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
 
 
 def get_config(arg=None):
   preset, extra = config_lib.parse_arg(arg)
-  c = _xmae_config_module().get_config(preset)
+  c = _xmae_config(preset)
   c.model.use_cross_bridge = False
   c.masking.ratio_ppg = 0.8        # PPG masked as ECG is, so it has something to reconstruct
   c.loss.w_ppg = 1.0               # ... through the PPG path's own decoder

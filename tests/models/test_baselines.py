@@ -3,7 +3,6 @@
 Every model is built from its config file's tiny preset (shortened to 400 samples to keep the
 CPU time small) and trained a few dozen AdamW steps on one fixed batch of paired waveforms.
 """
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -13,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from xmae_jax import models
+from xmae_jax import config_lib, models
 from xmae_jax.models import contrastive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,10 +23,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 
 def load_config(name, arg="tiny,model.seq_len=400"):
-  spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config_file(f"{REPO / 'configs' / name}.py:{arg}")
 
 
 def paired_batch(batch=8, length=400, seed=0):

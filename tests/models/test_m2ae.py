@@ -1,5 +1,4 @@
 """M2AE: contrastive loss values, complementary masks, single-modality fingerprints, training."""
-import importlib.util
 import math
 from pathlib import Path
 
@@ -69,10 +68,8 @@ def test_temperature_is_clipped_and_optionally_fixed():
 
 # ----------------------------------------------------------------------------------- the model
 def _m2ae_config(arg="tiny,model.seq_len=400"):
-  spec = importlib.util.spec_from_file_location("config_m2ae", REPO / "configs" / "m2ae.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from xmae_jax import config_lib
+  return config_lib.load_config_file(f"{REPO / 'configs' / 'm2ae.py'}:{arg}")
 
 
 def _signals(batch=4, length=400, seed=0):
