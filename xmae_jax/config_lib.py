@@ -37,6 +37,7 @@ def data_config(preset: str) -> mlc.ConfigDict:
   d.min_quality_ecg = 0.9
   d.modalities = ("ppg", "ecg")     # records lacking one of these are dropped for paired models
   d.shuffle_seed = 0
+  d.with_subject = False            # batches carry `subject` (needed by loss.positives="subject")
   d.num_workers = 0                 # Grain worker processes per host (0 = in-process)
   d.read_threads = 1                # ArrayRecord read threads per process
   d.prefetch = 2                    # batches prefetched per process

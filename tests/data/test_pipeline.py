@@ -309,3 +309,13 @@ def test_empty_filter_and_bad_arguments(dataset):
     train_iter(dataset, cfg=data_cfg(dataset, normalize="zscore"))
   with pytest.raises(shards.DatasetError, match="segment_length is 1250"):
     train_iter(dataset, cfg=data_cfg(dataset, segment_length=1250))
+
+
+def test_subject_ids_when_asked(dataset):
+  """`data.with_subject` adds the per-split subject index of each row (contrastive positives)."""
+  recs = decoded(dataset)
+  subject_ids = shards.read_manifest(dataset)["splits"]["train"]["subject_ids"]
+  assert "subject" not in next(train_iter(dataset))
+  b = next(train_iter(dataset, cfg=data_cfg(dataset, with_subject=True)))
+  assert b["subject"].dtype == np.int32 and b["subject"].shape == (8,)
+  assert [subject_ids[s] for s in b["subject"]] == [recs[i].subject_id for i in b["index"]]

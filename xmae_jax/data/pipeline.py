@@ -279,6 +279,8 @@ class GlobalBatchDataset(grain.MapDataset):
     seed / augment: the augmentation seed and parameters (`augment.enabled=False` for eval).
     normalize: "minmax" or "none".
     with_index: also return `index` (int64 record positions), for tests and bookkeeping.
+    subjects: per-record subject index of the split (from the index file); when given, batches
+      carry `subject` (int32), which subject-level contrastive positives need.
   """
 
   _PERM_CACHE = 2   # epochs whose permutation is kept (a batch spans at most two, if B <= N)
@@ -286,7 +288,7 @@ class GlobalBatchDataset(grain.MapDataset):
   def __init__(self, reader: ShardReader, records: np.ndarray, *, global_batch_size: int,
                rows: np.ndarray, length: int, modalities: Sequence[str],
                shuffle_seed: int | None, seed: int, augment: augment_lib.AugmentParams,
-               normalize: str, with_index: bool = False):
+               normalize: str, with_index: bool = False, subjects: np.ndarray | None = None):
     super().__init__()
     self._reader = reader
     self._records = records
@@ -299,6 +301,7 @@ class GlobalBatchDataset(grain.MapDataset):
     self._augment = augment
     self._normalize = normalize
     self._with_index = with_index
+    self._subjects = subjects
     self._perms: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
     augment_lib.normalize({}, normalize)   # validates the method name now, not at batch 0
@@ -359,6 +362,8 @@ class GlobalBatchDataset(grain.MapDataset):
     batch = augment_lib.normalize(batch, self._normalize)
     if self._with_index:
       batch["index"] = recs
+    if self._subjects is not None:
+      batch["subject"] = self._subjects[recs].astype(np.int32)
     return batch
 
 
@@ -419,7 +424,9 @@ def _build(data_cfg, *, split, global_batch_size, process_index, process_count, 
                             length=length, modalities=mods, shuffle_seed=shuffle_seed,
                             seed=seed, augment=augment,
                             normalize=str(data_cfg.get("normalize", "minmax")),
-                            with_index=with_index)
+                            with_index=with_index,
+                            subjects=(np.asarray(reader.index["subject"])
+                                      if data_cfg.get("with_subject", False) else None))
 
 
 def _iterate(ds: grain.MapDataset, data_cfg, num_workers: int | None,

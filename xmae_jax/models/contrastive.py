@@ -33,7 +33,7 @@ def positives_mask(batch_size: int, subject=None, positives: str = "segment") ->
     if subject is None:
       raise MissingSubjectError(
           'loss.positives="subject" needs batch["subject"] (int (B,)); the data pipeline '
-          "must emit it, or use positives=\"segment\"")
+          "emits it with data.with_subject=True, or use positives=\"segment\"")
     chex.assert_shape(subject, (batch_size,))
     return (subject[:, None] == subject[None, :]).astype(jnp.float32)
   raise ValueError(f"unknown contrastive positives {positives!r}; choose one of {POSITIVES}")
