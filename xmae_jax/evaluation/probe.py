@@ -22,6 +22,7 @@ No subject is ever in both the training and the test part of a fold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from typing import Any, Sequence
@@ -258,19 +259,15 @@ def _class_counts(y, kind):
 # The xMAE paper's probe (a linear head trained with Adam), in JAX/optax
 
 
-def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: int):
+@functools.lru_cache(maxsize=16)
+def _head_functions(n_out: int, lr: float):
+  """(init, step, loss) for a linear head, jitted once per (outputs, lr) and reused by every
+  fold, task and encoder (compiling per fold dominated the protocol's run time)."""
   import jax
   import jax.numpy as jnp
   import optax
 
-  d = x_tr.shape[1]
-  key = jax.random.key(seed)
-  k_w, k_b = jax.random.split(key)
-  bound = 1.0 / math.sqrt(d)        # PyTorch nn.Linear's default initialization
-  params = {"w": jax.random.uniform(k_w, (d, n_out), jnp.float32, -bound, bound),
-            "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)}
-  opt = optax.adam(cfg.lr)
-  opt_state = opt.init(params)
+  opt = optax.adam(lr)
 
   def loss_fn(p, xb, yb, wb):
     out = xb @ p["w"] + p["b"]
@@ -286,7 +283,20 @@ def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: 
     updates, s = opt.update(grads, s, p)
     return optax.apply_updates(p, updates), s, loss
 
-  eval_loss = jax.jit(loss_fn)
+  return opt.init, step, jax.jit(loss_fn)
+
+
+def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: int):
+  import jax
+  import jax.numpy as jnp
+
+  d = x_tr.shape[1]
+  k_w, k_b = jax.random.split(jax.random.key(seed))
+  bound = 1.0 / math.sqrt(d)        # PyTorch nn.Linear's default initialization
+  params = {"w": jax.random.uniform(k_w, (d, n_out), jnp.float32, -bound, bound),
+            "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)}
+  init, step, eval_loss = _head_functions(n_out, float(cfg.lr))
+  opt_state = init(params)
   rng = np.random.default_rng(seed)
   best, best_loss, bad = params, math.inf, 0
   bs = cfg.batch_size
