@@ -16,13 +16,15 @@ $py -m xmae_jax.prepare --source synthetic --num-subjects 40 --minutes-per-subje
 
 echo "== 2/4 pretrain: xMAE paper model, demo preset (CPU)"
 $py -m xmae_jax.train --config configs/xmae.py:demo --workdir "$out/xmae" \
-  --config.data.dir "$out/data" --alsologtostderr=false --stderrthreshold=warning
+  --config.data.dir "$out/data"
 
 echo "== 3/4 export: the frozen PPG encoder package"
 $py -m xmae_jax.export --workdir "$out/xmae" --output "$out/encoder" --step best --overwrite
 
 echo "== 4/4 probe: pretrained vs randomly initialized PPG encoder (subject-grouped folds)"
+# `random` is the run's own starting point (same architecture, same initialization seed).
 $py -m xmae_jax.compare --data "$out/data" --output-dir "$out/compare" \
-  --encoder xmae="$out/encoder" --random random=configs/xmae.py:paper \
+  --encoder xmae="$out/encoder" --random random="$out/xmae" --random-seed 0 \
   --task hr --task ptt --task pvc --task age --baseline random
+cat "$out/compare/table.md"
 echo "Done: encoder in $out/encoder, probe table in $out/compare/"
