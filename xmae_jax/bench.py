@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m xmae_jax.bench {data,prepare,train,reference} [flags]`.
+"""Benchmarks: `python -m xmae_jax.bench {data,prepare,train,reference,scaling} [flags]`.
 
 Each prints one JSON line. Benchmarks are not tests: they measure, they do not assert.
 """
@@ -10,6 +10,7 @@ COMMANDS = {
     "prepare": "xmae_jax.benchmarks.prepare",
     "train": "xmae_jax.benchmarks.train",
     "reference": "xmae_jax.benchmarks.reference",
+    "scaling": "xmae_jax.benchmarks.scaling",
 }
 
 
