@@ -32,6 +32,8 @@ setup(
             "xmae-embed=xmae_jax.embed:run",
             "xmae-probe=xmae_jax.probe:run",
             "xmae-compare=xmae_jax.compare:run",
+            "xmae-timing=xmae_jax.timing:run",
+            "xmae-recon-report=xmae_jax.recon_report:run",
         ]
     },
 )
