@@ -13,7 +13,6 @@ names), `table.md` (a summary of the primary metric per task and encoder, then e
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax import config_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import probe as probe_lib
@@ -66,14 +66,10 @@ def load_config_file(spec: str):
       if file.is_file():
         return checkpoint.config_from_dict(json.loads(file.read_text()))
     raise CompareError(f"{spec} holds no config.json (a workdir or package was expected)")
-  path, _, arg = spec.partition(":")
-  file = Path(path)
-  if not file.is_file():
-    raise CompareError(f"config file {file} does not exist")
-  module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  try:
+    return config_lib.load_config_file(spec)
+  except config_lib.ConfigFileError as e:
+    raise CompareError(str(e)) from None
 
 
 def build_encoder(spec: EncoderSpec, modality: str = "ppg", batch_size: int = 256):
