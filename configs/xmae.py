@@ -56,9 +56,4 @@ def loss_config() -> mlc.ConfigDict:
 
 
 def get_config(arg=None):
-  preset, extra = config_lib.parse_arg(arg)
-  c = config_lib.base_config(preset)
-  c.model = model_config(preset)
-  c.masking = masking_config()
-  c.loss = loss_config()
-  return config_lib.apply_overrides(c, extra)
+  return config_lib.assemble(arg, model=model_config, masking=masking_config, loss=loss_config)

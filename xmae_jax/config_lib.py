@@ -98,6 +98,16 @@ def base_config(preset: str) -> mlc.ConfigDict:
   return c
 
 
+def assemble(arg, *, model, masking, loss, default_preset: str = "paper") -> mlc.ConfigDict:
+  """The body of every `get_config(arg)`: common sections + the file's model/masking/loss."""
+  preset, extra = parse_arg(arg, default_preset)
+  c = base_config(preset)
+  c.model = model(preset)
+  c.masking = masking()
+  c.loss = loss()
+  return apply_overrides(c, extra)
+
+
 def apply_overrides(c: mlc.ConfigDict, extra: dict[str, str]) -> mlc.ConfigDict:
   """Applies `key=value` pairs from the config argument (dotted keys allowed)."""
   for key, text in extra.items():

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax.training import figures
 from xmae_jax import config_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
@@ -216,14 +217,7 @@ def bar_chart(results: Sequence[dict], path, *, protocol: str = "linear", title:
             bbox_to_anchor=(0.5, 1.16))
   if title:
     ax.set_title(title, fontsize=9, pad=24)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return figures.save_figure(fig, path, dpi=100)
 
 
 def write_outputs(results, out_dir, *, title="Encoder comparison", notes="") -> dict[str, Path]:

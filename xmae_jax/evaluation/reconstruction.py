@@ -25,11 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from xmae_jax.training import figures
 
 WITHIN_MS = 50.0
 
@@ -203,14 +204,7 @@ def plot_examples(path, ecg, recon, masked, peaks, ppg=None, *, fs=100.0, title=
   axes[-1, 0].set_xlabel("time (s); shaded = masked ECG")
   if title:
     axes[0, 0].set_title(title, fontsize=9)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=90)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return figures.save_figure(fig, path, dpi=90)
 
 
 def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,

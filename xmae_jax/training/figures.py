@@ -46,11 +46,17 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   axes[-1, 0].set_xlabel("time (s)")
   if title:
     axes[0, 0].set_title(title, fontsize=9)
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path, dpi: int = 90) -> Path:
+  """Writes `fig` to `path` atomically (temp file, then rename) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=90)
+  fig.savefig(tmp, dpi=dpi)
   plt.close(fig)
   os.replace(tmp, path)
   return path
