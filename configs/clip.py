@@ -10,7 +10,8 @@ Choices:
   * Temperature: CLIP's, learnable, initialized at 0.07 and clipped at 1/tau <= 100.
   * Positives: the time-aligned ECG/PPG pair of one segment ("segment"); "subject" makes every
     ECG/PPG pair of the same subject a positive and needs batch["subject"] from the pipeline.
-  * No masking; the pipeline's augmentations (data.augment) are the only views.
+  * No masking; the two modalities are the views (the pipeline's data.augment, off by default,
+    can add training augmentations).
   * `embed(ppg=...)` / `embed(ecg=...)` are the projected embeddings the loss aligns;
     with both given it is their mean.
 """

@@ -25,6 +25,7 @@ def dataset(tmp_path_factory):
 def data_cfg(d, **kw):
   c = config_lib.data_config("paper")
   c.dir = str(d)
+  c.augment.enabled = True          # off by default (as the reference trains); exercised here
   for k, v in kw.items():
     setattr(c, k, v)
   return c
