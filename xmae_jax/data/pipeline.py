@@ -130,7 +130,25 @@ def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int
   return out
 
 
-class ShardReader:
+class _ShippedToWorkers:
+  """Pickling for objects Grain ships to worker processes: the lock is re-created there and
+  `_worker_state` drops what each worker rebuilds (open readers, caches) from the copy."""
+
+  def _worker_state(self, state: dict) -> None:
+    pass
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    del state["_lock"]
+    self._worker_state(state)
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+class ShardReader(_ShippedToWorkers):
   """Batch reads + vectorized decode over one split's shards; errors name the shard.
 
   Reads a batch with one `ArrayRecordReader.read(positions)` call per shard it touches, one
@@ -161,16 +179,9 @@ class ShardReader:
     for k in range(len(paths)):   # open (and so validate) every shard now, not mid-training
       self._reader(k)
 
-  def __getstate__(self):
-    state = self.__dict__.copy()
+  def _worker_state(self, state: dict) -> None:
     state["_readers"] = [None] * len(self.paths)
     state["index"] = None   # the filter ran in the parent; workers need only `_has_ecg`
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return int(self._ends[-1])
@@ -266,7 +277,7 @@ class ShardReader:
 # ----------------------------------------------------------------------------- the dataset
 
 
-class GlobalBatchDataset(grain.MapDataset):
+class GlobalBatchDataset(_ShippedToWorkers, grain.MapDataset):
   """Element i = this host's rows of global batch i, as a dict of numpy arrays.
 
   Args:
@@ -306,15 +317,8 @@ class GlobalBatchDataset(grain.MapDataset):
     self._lock = threading.Lock()
     augment_lib.normalize({}, normalize)   # validates the method name now, not at batch 0
 
-  def __getstate__(self):
-    state = self.__dict__.copy()
+  def _worker_state(self, state: dict) -> None:
     state["_perms"] = collections.OrderedDict()   # recomputed in the worker, never shipped
-    del state["_lock"]
-    return state
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return self._length
