@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   linear_cfg, xmae_cfg = probe_cli.probe_configs(args)
   try:
     specs = specs_from_args(args)
-    results = compare_lib.compare(
+    compare_lib.compare(
         specs, args.data, args.output_dir, args.task, modality=args.modality, splits=args.split,
         protocols=probe_cli.protocols(args), linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
         reuse_embeddings=args.reuse_embeddings, title=args.title, baseline=args.baseline)

@@ -49,7 +49,15 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   assert a["meta.age"][row] == 42.0 and a["label.pvc"][row] == 0
   # Embeddings equal embedding the stored waveforms directly.
   import xmae_jax
+  from array_record.python import array_record_module as arm
   enc = xmae_jax.load_encoder(tiny_package)
+  paths, _ = shards.split_paths(dataset, "train")
+  reader = arm.ArrayRecordReader(paths[0], "readahead_buffer_size:0")
+  first = record_lib.decode(reader.read([0])[0])
+  reader.close()
+  row = list(a["segment_ids"]).index(first.segment_id)
+  direct = enc.embed(first.ppg[None].astype(np.float32), fs=100)
+  np.testing.assert_allclose(direct[0], a["embeddings"][row], rtol=1e-4, atol=1e-5)
   test_only = tmp_path / "test.npz"
   assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset), "--output",
                      str(test_only), "--split", "test"]) == 0

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from xmae_jax import __version__

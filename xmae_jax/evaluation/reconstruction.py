@@ -26,7 +26,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +114,6 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
     pt, pr = detect_rpeaks(t, fs), detect_rpeaks(r, fs)
     peaks.append({"true": pt, "recon": pr})
     pt_m = pt[m[pt]] if len(pt) else pt
-    pr_m = pr[m[pr]] if len(pr) else pr
     # Match masked true beats against every recon peak (a beat at the mask's edge may be
     # reconstructed a sample outside it), extras counted inside the masked part only.
     pairs = match_beats(pt_m, pr, tol)

@@ -23,7 +23,6 @@ import dataclasses
 import os
 from typing import Any, Iterator, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
