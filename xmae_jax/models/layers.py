@@ -109,6 +109,46 @@ def _split_keys(key: Array | None, n: int) -> list[Array | None]:
 # ----------------------------------------------------------------------------------------------
 # Elementary layers.
 # ----------------------------------------------------------------------------------------------
+@jax.custom_vjp
+def linear(x: Array, kernel: Array) -> Array:
+  """`x @ kernel` for x (..., K) and a (K, N) kernel, with a faster weight gradient on CPU.
+
+  Autodiff writes the kernel's gradient as a dot that contracts the leading (row) dimension of
+  both operands. XLA:CPU runs that form with Eigen at about half the speed of a plain
+  (M, K) x (K, N) matmul, which it hands to YNNPACK (measured 43 vs 80 GFLOP/s on one core for
+  the (1600, 256) x (1600, 1024) weight gradient of an MLP layer); the transformer's weight
+  gradients took a quarter of the train step. The backward pass below materializes x^T once (a
+  cheap copy, kept from being folded back into the dot by an optimization barrier) so the
+  weight gradient is a plain matmul. Same products, summed in another order: results agree
+  within float32 rounding.
+  """
+  return jnp.matmul(x, kernel)
+
+
+def _linear_fwd(x, kernel):
+  return jnp.matmul(x, kernel), (x, kernel)
+
+
+def _materialized_t(a: Array) -> Array:
+  """a.T as its own copy: the barriers keep XLA from fusing the producer of `a` into the
+  (cache-unfriendly) transposing loop or folding the transpose back into the next dot."""
+  return jax.lax.optimization_barrier(jax.lax.optimization_barrier(a).T)
+
+
+def _linear_bwd(res, g):
+  x, kernel = res
+  dx = jnp.matmul(g, kernel.T)
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  if x2.shape[1] <= g2.shape[1]:     # transpose the narrower of the two activations
+    dkernel = jnp.matmul(_materialized_t(x2), g2)
+  else:
+    dkernel = _materialized_t(jnp.matmul(_materialized_t(g2), x2))
+  return dx, dkernel.astype(kernel.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
 class Dense(nnx.Module):
   """torch nn.Linear with a (in, out) kernel; computes in `dtype`."""
 
@@ -121,7 +161,7 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
-    y = jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = linear(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
@@ -371,7 +411,7 @@ class PatchEmbed(nnx.Module):
     p = self.patch_len
     d = self.kernel.shape[-1]
     xp = x.reshape(b, length // p, p * c).astype(self.dtype)
-    return xp @ self.kernel[...].reshape(p * c, d).astype(self.dtype) + self.bias[...].astype(
+    return linear(xp, self.kernel[...].reshape(p * c, d).astype(self.dtype)) + self.bias[...].astype(
         self.dtype)
 
 
@@ -394,7 +434,7 @@ class WaveformDecoder(nnx.Module):
   def __call__(self, tokens: Array) -> Array:
     b, n, d = tokens.shape
     _, p, c = self.kernel.shape
-    y = tokens.astype(self.dtype) @ self.kernel[...].reshape(d, p * c).astype(self.dtype)
+    y = linear(tokens.astype(self.dtype), self.kernel[...].reshape(d, p * c).astype(self.dtype))
     return y.astype(F32).reshape(b, n * p, c) + self.bias[...]
 
 
@@ -436,11 +476,11 @@ class MultiheadAttention(nnx.Module):
     bias = self.in_bias[...].astype(dt)
     d = w.shape[0]
     if kv_in is None:
-      qkv = q_in.astype(dt) @ w + bias
+      qkv = linear(q_in.astype(dt), w) + bias
       q, k, v = jnp.split(qkv, 3, axis=-1)
     else:
-      q = q_in.astype(dt) @ w[:, :d] + bias[:d]
-      k, v = jnp.split(kv_in.astype(dt) @ w[:, d:] + bias[d:], 2, axis=-1)
+      q = linear(q_in.astype(dt), w[:, :d]) + bias[:d]
+      k, v = jnp.split(linear(kv_in.astype(dt), w[:, d:]) + bias[d:], 2, axis=-1)
     q, k, v = self._heads(q), self._heads(k), self._heads(v)
     if self.deterministic or self.rate == 0.0:
       o = jax.nn.dot_product_attention(q, k, v)
@@ -454,7 +494,7 @@ class MultiheadAttention(nnx.Module):
       probs = jnp.where(keep, probs / (1.0 - self.rate), 0.0).astype(dt)
       o = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     o = o.reshape(*o.shape[:2], d)
-    return o @ self.out_kernel[...].astype(dt) + self.out_bias[...].astype(dt)
+    return linear(o, self.out_kernel[...].astype(dt)) + self.out_bias[...].astype(dt)
 
 
 class MLP(nnx.Module):
