@@ -25,17 +25,8 @@ PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "depth
              "stem_channels", "stem_widths", "dropout", "latent_dim")
 
 
-def _xmae_config(preset: str) -> mlc.ConfigDict:
-  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
-
-
 def model_config(preset: str) -> mlc.ConfigDict:
-  xmae_model = _xmae_config(preset).model
-  m = mlc.ConfigDict()
-  m.name = "clip"
-  for key in PATH_KEYS:
-    m[key] = xmae_model[key]
-  return m
+  return config_lib.model_like(Path(__file__).with_name("xmae.py"), preset, "clip", PATH_KEYS)
 
 
 def masking_config() -> mlc.ConfigDict:

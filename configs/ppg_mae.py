@@ -28,17 +28,8 @@ PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "stem_
              "stem_widths", "dropout", "latent_dim", "visible_positions")
 
 
-def _xmae_config(preset: str) -> mlc.ConfigDict:
-  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
-
-
 def model_config(preset: str) -> mlc.ConfigDict:
-  xmae_model = _xmae_config(preset).model
-  m = mlc.ConfigDict()
-  m.name = "ppg_mae"
-  for key in PATH_KEYS:
-    m[key] = xmae_model[key]
-  return m
+  return config_lib.model_like(Path(__file__).with_name("xmae.py"), preset, "ppg_mae", PATH_KEYS)
 
 
 def masking_config() -> mlc.ConfigDict:

@@ -127,6 +127,17 @@ class ConfigFileError(ValueError):
   pass
 
 
+def model_like(config_file, preset: str, name: str, keys) -> mlc.ConfigDict:
+  """A model section named `name` that copies `keys` from another config file's model (the
+  baselines take xMAE's path shapes this way, so they cannot drift from it)."""
+  base = load_config_file(f"{config_file}:{preset}").model
+  m = mlc.ConfigDict()
+  m.name = name
+  for key in keys:
+    m[key] = base[key]
+  return m
+
+
 def load_config_file(spec: str) -> mlc.ConfigDict:
   """`configs/xmae.py[:preset,key=value]` -> that file's `get_config(arg)` (the one loader that
   command-line tools and tests share; the trainer's absl flag uses config_flags instead)."""
