@@ -262,6 +262,9 @@ def parse_args(argv):
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  p.add_argument("--default-malloc", action="store_true",
+                 help="leave glibc malloc as it is (by default freed memory is kept for reuse, "
+                      "which saves re-faulting XLA's per-step temporary buffer)")
   args = p.parse_args(argv)
   if min(args.batch_size, args.steps, args.rounds) <= 0 or args.warmup < 0:
     p.error("--batch-size, --steps and --rounds must be positive, --warmup non-negative")
@@ -270,6 +273,8 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
+  # Before JAX starts its threads (see common.keep_freed_host_memory).
+  host_malloc_tuned = not args.default_malloc and common.keep_freed_host_memory()
   try:
     config = train_bench.load_config(args.config)
     records = compare(config, args.reference_repo, args.commit, args.batch_size, args.steps,
@@ -277,6 +282,7 @@ def main(argv=None):
   except (ReferenceRepoError, common.MissingExtraError, train_bench.BenchConfigError) as e:
     common.exit_with(str(e))
   for record in records:
+    record["host_malloc_tuned"] = host_malloc_tuned
     common.emit(record)
 
 

@@ -222,6 +222,9 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  p.add_argument("--default-malloc", action="store_true",
+                 help="leave glibc malloc as it is (by default freed memory is kept for reuse, "
+                      "which saves re-faulting XLA's per-step temporary buffer)")
   args = p.parse_args(argv)
   if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
     p.error("--batch-size and --steps must be positive, --warmup non-negative")
@@ -230,11 +233,14 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
+  # Before JAX starts its threads (see common.keep_freed_host_memory).
+  host_malloc_tuned = not args.default_malloc and common.keep_freed_host_memory()
   try:
     config = load_config(args.config)
     record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)
   except BenchConfigError as e:
     common.exit_with(str(e))
+  record["host_malloc_tuned"] = host_malloc_tuned
   common.emit(record)
 
 
