@@ -277,7 +277,7 @@ class Dropout(nnx.Module):
 def conv1d(x: Array, kernel: Array, *, stride: int = 1, padding: int = 0, dtype=F32) -> Array:
   """Channels-last 1-D convolution (torch Conv1d semantics, symmetric zero padding)."""
   if kernel.shape[0] == 1 and stride == 1 and padding == 0:
-    return jnp.matmul(x.astype(dtype), kernel[0].astype(dtype))      # 1x1 conv
+    return linear(x.astype(dtype), kernel[0].astype(dtype))      # 1x1 conv: a matmul
   return jax.lax.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype), window_strides=(stride,),
       padding=[(padding, padding)], dimension_numbers=("NWC", "WIO", "NWC"))
