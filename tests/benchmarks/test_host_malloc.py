@@ -1,4 +1,4 @@
-"""`common.keep_freed_host_memory`: a large block freed and allocated again is reused instead of
+"""`host_memory.keep_freed_host_memory`: a large block freed and allocated again is reused instead of
 being unmapped and page-faulted anew (what XLA:CPU's per-step temporary buffer went through).
 Each case runs in a fresh process, since the setting is process-wide."""
 import json
@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROGRAM = """
 import ctypes, ctypes.util, json, resource, sys, threading
-from xmae_jax.benchmarks import common
-tuned = common.keep_freed_host_memory() if sys.argv[1] == "tuned" else False
+from xmae_jax.training import host_memory
+tuned = host_memory.keep_freed_host_memory() if sys.argv[1] == "tuned" else False
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

@@ -30,7 +30,6 @@ import argparse
 import importlib.util
 import math
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 from xmae_jax.benchmarks import common
 from xmae_jax.benchmarks import train as train_bench
+from xmae_jax.training import host_memory
 
 REFERENCE_MODEL_FILE = "utils/model_arch/xmae.py"
 
@@ -273,8 +273,8 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
-  # Before JAX starts its threads (see common.keep_freed_host_memory).
-  host_malloc_tuned = not args.default_malloc and common.keep_freed_host_memory()
+  # Before JAX starts its threads (see training/host_memory.py).
+  host_malloc_tuned = not args.default_malloc and host_memory.keep_freed_host_memory()
   try:
     config = train_bench.load_config(args.config)
     records = compare(config, args.reference_repo, args.commit, args.batch_size, args.steps,

@@ -30,6 +30,7 @@ import numpy as np
 
 from xmae_jax import config_lib
 from xmae_jax.benchmarks import common
+from xmae_jax.training import host_memory
 
 
 class BenchConfigError(ValueError):
@@ -233,8 +234,8 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
-  # Before JAX starts its threads (see common.keep_freed_host_memory).
-  host_malloc_tuned = not args.default_malloc and common.keep_freed_host_memory()
+  # Before JAX starts its threads (see training/host_memory.py).
+  host_malloc_tuned = not args.default_malloc and host_memory.keep_freed_host_memory()
   try:
     config = load_config(args.config)
     record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)
