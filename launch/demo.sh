@@ -25,6 +25,5 @@ echo "== 4/4 probe: pretrained vs randomly initialized PPG encoder (subject-grou
 # `random` is the run's own starting point (same architecture, same initialization seed).
 $py -m xmae_jax.compare --data "$out/data" --output-dir "$out/compare" \
   --encoder xmae="$out/encoder" --random random="$out/xmae" --random-seed 0 \
-  --task hr --task ptt --task pvc --task age --baseline random
-cat "$out/compare/table.md"
+  --task hr --task ptt --task pvc --task age --baseline random   # prints the table
 echo "Done: encoder in $out/encoder, probe table in $out/compare/"
