@@ -19,13 +19,9 @@ from pathlib import Path
 from xmae_jax import config_lib
 
 
-def _xmae_config(preset: str):
-  return config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
-
-
 def get_config(arg=None):
   preset, extra = config_lib.parse_arg(arg)
-  c = _xmae_config(preset)
+  c = config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
   c.model.use_cross_bridge = False
   c.masking.ratio_ppg = 0.8        # PPG masked as ECG is, so it has something to reconstruct
   c.loss.w_ppg = 1.0               # ... through the PPG path's own decoder

@@ -7,6 +7,9 @@ default and a comment says where it comes from.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections as mlc
 
 PRESETS = ("paper", "demo", "tiny")
@@ -141,8 +144,6 @@ def model_like(config_file, preset: str, name: str, keys) -> mlc.ConfigDict:
 def load_config_file(spec: str) -> mlc.ConfigDict:
   """`configs/xmae.py[:preset,key=value]` -> that file's `get_config(arg)` (the one loader that
   command-line tools and tests share; the trainer's absl flag uses config_flags instead)."""
-  import importlib.util
-  from pathlib import Path
   path, _, arg = str(spec).partition(":")
   file = Path(path)
   if not file.is_file():

@@ -20,6 +20,20 @@ def matmul_flops(n: int) -> float:
   return 2.0 * n ** 3
 
 
+def add_host_memory_flag(parser) -> None:
+  """`--default-malloc`, shared by `bench train` and `bench reference`."""
+  parser.add_argument("--default-malloc", action="store_true",
+                      help="leave glibc malloc as it is (by default freed memory is kept for "
+                           "reuse, which saves re-faulting XLA's per-step temporary buffer)")
+
+
+def apply_host_memory_flag(args) -> bool:
+  """Keeps freed host memory unless `--default-malloc`; call before JAX starts its threads
+  (see training/host_memory.py). Returns whether the setting is in effect (for the record)."""
+  from xmae_jax.training import host_memory
+  return not args.default_malloc and host_memory.keep_freed_host_memory()
+
+
 def emit(record: dict, stream=None) -> None:
   """Prints `record` as one JSON line (the output contract of every bench command)."""
   stream = stream or sys.stdout

@@ -30,7 +30,6 @@ import numpy as np
 
 from xmae_jax import config_lib
 from xmae_jax.benchmarks import common
-from xmae_jax.training import host_memory
 
 
 class BenchConfigError(ValueError):
@@ -223,9 +222,7 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
-  p.add_argument("--default-malloc", action="store_true",
-                 help="leave glibc malloc as it is (by default freed memory is kept for reuse, "
-                      "which saves re-faulting XLA's per-step temporary buffer)")
+  common.add_host_memory_flag(p)
   args = p.parse_args(argv)
   if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
     p.error("--batch-size and --steps must be positive, --warmup non-negative")
@@ -234,8 +231,7 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
-  # Before JAX starts its threads (see training/host_memory.py).
-  host_malloc_tuned = not args.default_malloc and host_memory.keep_freed_host_memory()
+  host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
   try:
     config = load_config(args.config)
     record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)

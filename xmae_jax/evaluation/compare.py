@@ -21,12 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xmae_jax.training import figures
 from xmae_jax import config_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import probe as probe_lib
 from xmae_jax.evaluation import tasks as tasks_lib
+from xmae_jax.training import figures
 
 PRIMARY = {tasks_lib.CLASSIFICATION: "auroc", tasks_lib.REGRESSION: "r2"}
 
