@@ -8,7 +8,7 @@ import pytest
 
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.data import random_records, write_dataset
-from xmae_jax.data import augment, pipeline, record, shards
+from xmae_jax.data import augment, pipeline, preprocess, record, shards
 from xmae_jax.data import reader as reader_lib
 
 N_TRAIN = 90       # 3 shards of 32/32/26 records
@@ -71,7 +71,7 @@ def test_eval_pass_equals_decoded_records(dataset):
   for b in batches:
     for row, i in enumerate(b["index"]):
       for m in ("ppg", "ecg"):
-        want = augment.minmax(recs[i].signal(m)[None].astype(np.float32))[0]
+        want = preprocess.minmax(recs[i].signal(m)[None].astype(np.float32))[0]
         np.testing.assert_allclose(b[m][row], want, atol=1e-6)
   assert all(b["ppg"].dtype == np.float32 and b["ppg"].shape == (8, 1000) for b in batches)
 
@@ -233,7 +233,7 @@ def test_augment_draws_depend_on_position_not_batch_layout():
 
 def test_minmax_range_and_flat_rows():
   x = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]], np.float32)
-  np.testing.assert_array_equal(augment.minmax(x), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(preprocess.minmax(x), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -253,7 +253,7 @@ def test_records_in_another_layout_use_the_general_decoder(tmp_path):
                                        global_batch_size=10, split="train", process_index=0,
                                        process_count=1, with_index=True))
   for row, i in enumerate(b["index"]):
-    np.testing.assert_allclose(b["ecg"][row], augment.minmax(
+    np.testing.assert_allclose(b["ecg"][row], preprocess.minmax(
         recs[i].ecg[None].astype(np.float16).astype(np.float32))[0], atol=1e-6)
 
 
