@@ -111,7 +111,7 @@ class ShardReader(ShippedToWorkers):
   Reads a batch with one `ArrayRecordReader.read(positions)` call per shard it touches, one
   shard after the other. This is what `grain.sources.ArrayRecordDataSource.__getitems__`
   does, minus its per-key Python bisect and the thread pool it starts on every call, which
-  with realistic shard counts (a 512-batch touching ~300 shards) dominate the read cost.
+  with realistic shard counts (a 512-batch touching ~300 shards) are a large part of the read cost.
   The readers use the data source's options (no readahead, 32 KiB buffer: random access).
 
   Picklable: Grain worker processes receive a copy (without the index) and reopen the shards
