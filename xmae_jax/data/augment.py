@@ -50,7 +50,8 @@ class AugmentParams:
                        f"{self.scale_prob + self.shift_prob} > 1 (the two exclude each other)")
     lo, hi = self.scale_range
     if not 0.0 < lo <= hi:
-      raise errors.XmaeError(f"augment.scale_range={tuple(self.scale_range)} must be 0 < low <= high")
+      raise errors.XmaeError(f"augment.scale_range={tuple(self.scale_range)} must be "
+                             f"0 < low <= high")
     if self.max_shift < 0:
       raise errors.XmaeError(f"augment.max_shift={self.max_shift} must be >= 0")
 
@@ -129,5 +130,6 @@ def normalize(signals: dict[str, np.ndarray], method: str) -> dict[str, np.ndarr
   try:
     fn = NORMALIZERS[method]
   except KeyError:
-    raise errors.XmaeError(f"data.normalize={method!r}: choose one of {', '.join(NORMALIZERS)}") from None
+    raise errors.XmaeError(f"data.normalize={method!r}: choose one of "
+                           f"{', '.join(NORMALIZERS)}") from None
   return {m: fn(x) for m, x in signals.items()}
