@@ -8,7 +8,8 @@ import pytest
 
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.data import random_records, write_dataset
-from xmae_jax.data import augment, pipeline, record, shards
+from xmae_jax.data import augment, pipeline, preprocess, record, shards
+from xmae_jax.data import reader as reader_lib
 
 N_TRAIN = 90       # 3 shards of 32/32/26 records
 PPG_ONLY_EVERY = 9
@@ -58,7 +59,7 @@ def decoded(d, split="train"):
 def test_eval_pass_equals_decoded_records(dataset):
   """No augmentation in eval: every row is min-max(record waveform); one pass covers all."""
   recs = decoded(dataset)
-  keep = pipeline.select_records(index_of(dataset), ("ppg", "ecg"),
+  keep = reader_lib.select_records(index_of(dataset), ("ppg", "ecg"),
                                  {"ppg": 0.9, "ecg": 0.9})
   batches = list(pipeline.make_eval_iterator(data_cfg(dataset), global_batch_size=8,
                                              split="train", process_index=0, process_count=1,
@@ -70,7 +71,7 @@ def test_eval_pass_equals_decoded_records(dataset):
   for b in batches:
     for row, i in enumerate(b["index"]):
       for m in ("ppg", "ecg"):
-        want = augment.minmax(recs[i].signal(m)[None].astype(np.float32))[0]
+        want = preprocess.minmax(recs[i].signal(m)[None].astype(np.float32))[0]
         np.testing.assert_allclose(b[m][row], want, atol=1e-6)
   assert all(b["ppg"].dtype == np.float32 and b["ppg"].shape == (8, 1000) for b in batches)
 
@@ -101,7 +102,7 @@ def test_every_record_once_per_epoch_and_new_order_each_epoch(dataset):
   assert n == N_TRAIN - N_TRAIN // PPG_ONLY_EVERY
   idx = np.concatenate([b["index"] for b in take(train_iter(dataset, cfg=cfg), 2 * n // 8)])
   first, second = idx[:n], idx[n:]
-  assert sorted(first) == sorted(second) == sorted(pipeline.select_records(
+  assert sorted(first) == sorted(second) == sorted(reader_lib.select_records(
       index_of(dataset), ("ppg", "ecg"), {}))
   assert not np.array_equal(first, second)
 
@@ -181,7 +182,7 @@ def test_eval_fixed_number_of_batches_wraps(dataset):
   batches = list(it)       # 20 validation records, 18 paired
   assert len(batches) == 3
   idx = np.concatenate([b["index"] for b in batches])
-  keep = pipeline.select_records(index_of(dataset, "validation"), ("ppg", "ecg"), {})
+  keep = reader_lib.select_records(index_of(dataset, "validation"), ("ppg", "ecg"), {})
   np.testing.assert_array_equal(idx, np.resize(keep, 48))
 
 
@@ -232,7 +233,7 @@ def test_augment_draws_depend_on_position_not_batch_layout():
 
 def test_minmax_range_and_flat_rows():
   x = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]], np.float32)
-  np.testing.assert_array_equal(augment.minmax(x), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(preprocess.minmax(x), [[-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -252,13 +253,13 @@ def test_records_in_another_layout_use_the_general_decoder(tmp_path):
                                        global_batch_size=10, split="train", process_index=0,
                                        process_count=1, with_index=True))
   for row, i in enumerate(b["index"]):
-    np.testing.assert_allclose(b["ecg"][row], augment.minmax(
+    np.testing.assert_allclose(b["ecg"][row], preprocess.minmax(
         recs[i].ecg[None].astype(np.float16).astype(np.float32))[0], atol=1e-6)
 
 
 def test_batch_read_equals_grain_array_record_source(dataset):
   import grain
-  reader = pipeline.ShardReader(str(dataset), "train")
+  reader = reader_lib.ShardReader(str(dataset), "train")
   source = grain.sources.ArrayRecordDataSource(reader.paths)
   positions = np.random.default_rng(0).permutation(N_TRAIN)[:40]
   assert reader.read_raw(positions) == source.__getitems__(positions.tolist())

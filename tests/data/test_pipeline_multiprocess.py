@@ -14,6 +14,7 @@ from mp_util import run_processes
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.data import random_records, write_dataset
 from xmae_jax.data import pipeline
+from xmae_jax.data import reader as reader_lib
 
 GLOBAL_BATCH = 8
 STEPS = 12
@@ -66,6 +67,7 @@ def main():
   from jax.experimental import multihost_utils
   from xmae_jax import config_lib
   from xmae_jax.data import pipeline
+  from xmae_jax.training import sharding
   cfg = config_lib.data_config("paper")
   cfg.dir = sys.argv[1]
   cfg.min_quality_ppg = cfg.min_quality_ecg = 0.85
@@ -76,14 +78,14 @@ def main():
   for _ in range(steps):
     b = next(it)
     local.append(b["index"].tolist())
-    g = pipeline.to_global(b, mesh)
+    g = sharding.place_batch(b, mesh)
     assert g["ecg"].shape == (batch, 1000), g["ecg"].shape
     full = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in g.items()}
     digests.append(hashlib.sha256(full["ppg"].tobytes() + full["ecg"].tobytes()).hexdigest())
   evaluated = [b["index"].tolist() for b in pipeline.make_eval_iterator(
       cfg, global_batch_size=batch, split="validation", with_index=True)]
   mp_util.emit({"process": jax.process_index(), "devices": jax.device_count(),
-                "rows": pipeline.host_rows(mesh, batch).tolist(), "local": local,
+                "rows": sharding.host_rows(mesh, batch).tolist(), "local": local,
                 "digests": digests, "eval": evaluated})
 
 
@@ -112,8 +114,8 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
     seen += a + c
   # Within one epoch the two processes read disjoint records, and together all of them.
   epoch = seen[:n]
-  assert len(set(epoch)) == n and set(epoch) == set(pipeline.select_records(
-      pipeline.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
+  assert len(set(epoch)) == n and set(epoch) == set(reader_lib.select_records(
+      reader_lib.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
       {"ppg": 0.85, "ecg": 0.85}))
   # The eval pass: disjoint halves covering the validation split.
   val = np.concatenate([np.concatenate([x, y]) for x, y in zip(r0["eval"], r1["eval"])])

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xmae_jax.data import preprocess
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -44,16 +45,12 @@ def random_records(num_records: int, *, seed: int = 0, records_per_subject: int 
     has_ecg = not (ppg_only_every and j % ppg_only_every == ppg_only_every - 1)
     out.append(record_lib.Record(
         subject_id=f"subj{j // records_per_subject}", segment_id=f"seg{j}", source="random",
-        ppg=_minmax(ppg), ecg=_minmax(ecg) if has_ecg else None,
+        ppg=preprocess.minmax(ppg), ecg=preprocess.minmax(ecg) if has_ecg else None,
         quality_ppg=float(rng.uniform(*quality_range)),
         quality_ecg=float(rng.uniform(*quality_range)) if has_ecg else math.nan,
         meta={"age": float(rng.uniform(20, 80)), "sex": int(rng.integers(0, 2)),
               "sbp": float(rng.uniform(100, 160))}))
   return out
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-  return 2 * (x - x.min()) / (x.max() - x.min()) - 1
 
 
 def write_dataset(out_dir: str | os.PathLike, splits: dict[str, Sequence[record_lib.Record]],

@@ -30,6 +30,7 @@ import numpy as np
 
 from xmae_jax import config_lib
 from xmae_jax.benchmarks import common
+from xmae_jax.data import preprocess
 
 
 class BenchConfigError(ValueError):
@@ -58,11 +59,8 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, n
   ecg = np.sin(2 * np.pi * rate * t + phase) ** 15 + 0.05 * rng.standard_normal(
       (batch_size, seq_len))
 
-  def minmax(x):
-    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-    return (2 * (x - lo) / np.maximum(hi - lo, 1e-6) - 1).astype(np.float32)
-
-  return {"ppg": minmax(ppg), "ecg": minmax(ecg)}
+  return {"ppg": preprocess.minmax(ppg, axis=1).astype(np.float32),
+          "ecg": preprocess.minmax(ecg, axis=1).astype(np.float32)}
 
 
 @dataclasses.dataclass

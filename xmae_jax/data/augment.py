@@ -15,6 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from xmae_jax import errors
+from xmae_jax.data import preprocess
+
 # Independent random streams (one per draw kind), mixed into the seed before hashing.
 _STREAM_CHOICE, _STREAM_SCALE, _STREAM_SHIFT, _STREAM_FLIP = 1, 2, 3, 4
 _MASK64 = (1 << 64) - 1
@@ -41,15 +44,16 @@ class AugmentParams:
     for name in ("scale_prob", "shift_prob", "ecg_flip_prob"):
       p = getattr(self, name)
       if not 0.0 <= p <= 1.0:
-        raise ValueError(f"augment.{name}={p} is not a probability in [0, 1]")
+        raise errors.XmaeError(f"augment.{name}={p} is not a probability in [0, 1]")
     if self.scale_prob + self.shift_prob > 1.0 + 1e-9:
-      raise ValueError(f"augment.scale_prob + augment.shift_prob = "
+      raise errors.XmaeError(f"augment.scale_prob + augment.shift_prob = "
                        f"{self.scale_prob + self.shift_prob} > 1 (the two exclude each other)")
     lo, hi = self.scale_range
     if not 0.0 < lo <= hi:
-      raise ValueError(f"augment.scale_range={tuple(self.scale_range)} must be 0 < low <= high")
+      raise errors.XmaeError(f"augment.scale_range={tuple(self.scale_range)} must be "
+                             f"0 < low <= high")
     if self.max_shift < 0:
-      raise ValueError(f"augment.max_shift={self.max_shift} must be >= 0")
+      raise errors.XmaeError(f"augment.max_shift={self.max_shift} must be >= 0")
 
   @classmethod
   def from_config(cls, cfg: Mapping[str, Any] | None) -> "AugmentParams":
@@ -119,23 +123,13 @@ def shift(x: np.ndarray, amount: np.ndarray) -> np.ndarray:
   return windows[np.arange(n), pad - amount]
 
 
-def minmax(x: np.ndarray) -> np.ndarray:
-  """Per-row min-max to [-1, 1] (as the reference); a flat row becomes zeros."""
-  lo = x.min(axis=1, keepdims=True)
-  hi = x.max(axis=1, keepdims=True)
-  span = hi - lo
-  scale = np.divide(2.0, span, out=np.zeros_like(span), where=span > 0)
-  out = (x - lo) * scale
-  out -= np.where(span > 0, 1.0, 0.0).astype(x.dtype)
-  return out
-
-
-NORMALIZERS = {"minmax": minmax, "none": lambda x: x}
+NORMALIZERS = {"minmax": preprocess.minmax, "none": lambda x: x}
 
 
 def normalize(signals: dict[str, np.ndarray], method: str) -> dict[str, np.ndarray]:
   try:
     fn = NORMALIZERS[method]
   except KeyError:
-    raise ValueError(f"data.normalize={method!r}: choose one of {', '.join(NORMALIZERS)}") from None
+    raise errors.XmaeError(f"data.normalize={method!r}: choose one of "
+                           f"{', '.join(NORMALIZERS)}") from None
   return {m: fn(x) for m, x in signals.items()}

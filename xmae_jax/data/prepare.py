@@ -22,11 +22,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, Sequence
 
 import msgpack
 
 from xmae_jax import __version__
+from xmae_jax import errors
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -37,7 +38,7 @@ REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CACHE_VERSION = 2
 
 
-class PrepareError(ValueError):
+class PrepareError(errors.XmaeError):
   """An unusable request (unknown source, empty input, output of another schema)."""
 
 
@@ -73,32 +74,73 @@ def split_subjects(subjects: Iterable[str], seed: int, test_frac: float = 0.05,
 # ---------------------------------------------------------------------------------------------
 # One unit of work (module level: spawn-safe for multiprocessing)
 # ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RecordingSegments:
+  """What became of one recording of an input unit (see `segment_unit`).
+
+  outcome: "ok" (segments, possibly none), "missing" (the reader reported a file it could not
+  find or use: `item` is a `sources.Missing`), "lacking" (the recording lacks a required
+  modality) or "unusable" (preprocessing rejected it; `error` says why).
+  """
+  item: Any
+  outcome: str
+  segments: list = dataclasses.field(default_factory=list)
+  stats: dict = dataclasses.field(default_factory=dict)
+  error: str = ""
+
+
+def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.PreprocessConfig,
+                 *, modalities: Sequence[str] | None = None) -> Iterator[RecordingSegments]:
+  """One raw input unit -> each recording's preprocessed segments, lazily, in reading order.
+
+  The per-input path that `xmae-prepare` (`process_unit`) and `xmae-embed` (raw inputs) share:
+  the source's reader, then `preprocess.segment_recording`. With `modalities`, a recording
+  must have all of them and only those are used. Raises `sources.SourceError` (or whatever a
+  broken reader raises) when the unit cannot be read; the caller decides what to keep then.
+  """
+  reader = sources_lib.get(source)
+  for item in reader.read(unit, options):
+    if isinstance(item, sources_lib.Missing):
+      yield RecordingSegments(item, "missing")
+      continue
+    signals = item.signals
+    if modalities is not None:
+      if any(m not in signals for m in modalities):
+        yield RecordingSegments(item, "lacking")
+        continue
+      signals = {m: signals[m] for m in modalities}
+    try:
+      segs, stats = pp.segment_recording(signals, config, meta=item.meta, labels=item.labels,
+                                         events=item.events, series=item.series)
+    except pp.PreprocessError as e:
+      yield RecordingSegments(item, "unusable", error=str(e))
+      continue
+    yield RecordingSegments(item, "ok", segs, stats)
+
+
 def process_unit(source: str, unit: str, options: dict[str, Any],
                  config: pp.PreprocessConfig) -> dict[str, Any]:
-  """Reads and preprocesses one input unit; never raises for bad input.
+  """Reads and preprocesses one input unit (`segment_unit`); never raises for bad input.
 
   Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]], stats: {key: n},
   records: [encoded bytes], subjects: [subject of each record], seconds}.
   """
   t0 = time.perf_counter()
-  reader = sources_lib.get(source)
   stats: collections.Counter = collections.Counter()
   records, subjects, missing = [], [], []
   status, reason = "ok", ""
   try:
-    for item in reader.read(unit, options):
-      if isinstance(item, sources_lib.Missing):
+    for rec in segment_unit(source, unit, options, config):
+      item = rec.item
+      if rec.outcome == "missing":
         missing.append([item.path, item.reason])
         continue
-      try:
-        segs, st = pp.segment_recording(item.signals, config, meta=item.meta, labels=item.labels,
-                                        events=item.events, series=item.series)
-      except pp.PreprocessError as e:
-        stats[f"recording_skipped/{_reason_key(str(e))}"] += 1
-        missing.append([item.name, str(e)])
+      if rec.outcome == "unusable":
+        stats[f"recording_skipped/{_reason_key(rec.error)}"] += 1
+        missing.append([item.name, rec.error])
         continue
-      stats.update(st)
-      for seg in segs:
+      stats.update(rec.stats)
+      for seg in rec.segments:
         records.append(record_lib.encode(record_lib.Record(
             subject_id=item.subject_id, segment_id=f"{item.name}:{seg.index:05d}", source=source,
             ppg=seg.signals.get("ppg"), ecg=seg.signals.get("ecg"),
@@ -133,7 +175,7 @@ def _work_item(args) -> tuple[str, dict[str, Any]]:
   source, unit, options, config_dict, cache_path = args
   config = pp.PreprocessConfig(**config_dict)
   result = process_unit(source, unit, options, config)
-  _atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
+  errors.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
   return unit, {k: v for k, v in result.items() if k != "records"}
 
 
@@ -193,8 +235,8 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   report["resumed_units"] = len(units) - len(todo)
   report["seconds"] = round(time.time() - started, 3)
   report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
-  _atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True).encode())
-  _atomic_write(out / REPORT_MD, render_report(report).encode())
+  errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+  errors.atomic_write(out / REPORT_MD, render_report(report))
   if log:
     log(summary_line(report))
   return report
@@ -377,12 +419,6 @@ def _read_cache(path: Path, unit: str) -> dict[str, Any]:
     return msgpack.unpackb(path.read_bytes(), raw=False)
   except Exception as e:  # a cache file we wrote atomically should not be corrupt; redo it
     raise PrepareError(f"cache file {path} for {unit} is corrupt ({e}); delete it and re-run")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
 
 
 def _relative(unit: str, root: Path | None) -> str:

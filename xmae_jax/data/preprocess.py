@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-MODALITIES = ("ppg", "ecg")
+from xmae_jax.data.record import MODALITIES
+
 TARGET_FS = 100
 SEGMENT_SECONDS = 10.0
 SEGMENT_LENGTH = 1000
@@ -277,11 +278,21 @@ def resample(x: np.ndarray, fs: float, target_fs: float, length: int | None = No
 
 
 def minmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-  """Per-segment min-max to [-1, 1] along `axis` (a constant segment maps to 0)."""
-  x = np.asarray(x, np.float64)
+  """Per-segment min-max to [-1, 1] along `axis`, as the reference; a constant segment maps to 0.
+
+  The one min-max of the package: preparation, inference inputs and the pipeline's
+  `data.normalize="minmax"`. float32 input is computed in float32 (the pipeline's batches, with
+  no float64 copy), anything else in float64.
+  """
+  x = np.asarray(x)
+  if x.dtype != np.float32:
+    x = x.astype(np.float64)
   lo = x.min(axis=axis, keepdims=True)
   span = x.max(axis=axis, keepdims=True) - lo
-  return np.where(span > 0, 2.0 * (x - lo) / np.where(span > 0, span, 1.0) - 1.0, 0.0)
+  scale = np.divide(2.0, span, out=np.zeros_like(span), where=span > 0)
+  out = (x - lo) * scale
+  out -= (span > 0).astype(x.dtype)
+  return out
 
 
 def runs(mask: np.ndarray, min_length: float) -> np.ndarray:

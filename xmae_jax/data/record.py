@@ -12,6 +12,11 @@ On disk a record is a msgpack map:
   labels       map     optional str -> float|int|str: any task label (e.g. "pvc": 1)
 Waveforms are stored as float16 like the reference's preprocessing output; they are already
 min-max normalized to [-1, 1] per segment, so float16 loses nothing that matters.
+
+`encode` writes the version first and the waveforms last (ppg, then ecg): `reader.ShardReader`'s
+fast batch decode slices the waveform bytes at those places without unpacking the map, so a
+change to the layout here must be mirrored there (it falls back to `decode_map` otherwise).
+`MODALITIES` is the one list (and order) of modalities in the package.
 """
 from __future__ import annotations
 
@@ -22,11 +27,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from xmae_jax import errors
+
 SCHEMA_VERSION = 1
-MODALITIES = ("ppg", "ecg")
+MODALITIES = ("ppg", "ecg")   # the order in which encode writes the waveforms
 
 
-class RecordError(ValueError):
+class RecordError(errors.XmaeError):
   """A record that cannot be decoded or does not follow the schema."""
 
 

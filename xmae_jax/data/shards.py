@@ -22,16 +22,20 @@ import numpy as np
 from array_record.python import array_record_module as arm
 
 from xmae_jax import __version__
+from xmae_jax import errors
 from xmae_jax.data import record as record_lib
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 # group_size:1 for random access (Grain's ArrayRecordDataSource requires it). Uncompressed:
-# min-max-normalized float16 waveforms compress by only ~6% with zstd, which halves read speed.
+# min-max-normalized float16 waveforms barely compress, and decompression would slow every read.
 WRITER_OPTIONS = "group_size:1,uncompressed"
+# The index columns (see the module docstring), per modality of the record schema.
+INDEX_FIELDS = (*(f"{col}_{m}" for col in ("quality", "has") for m in record_lib.MODALITIES),
+                "subject")
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.XmaeError):
   """A dataset directory that is missing, empty, corrupt or of another schema."""
 
 
@@ -49,7 +53,7 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes 
   """
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  rows = {"quality_ppg": [], "quality_ecg": [], "has_ppg": [], "has_ecg": [], "subject": []}
+  rows: dict[str, list] = {k: [] for k in INDEX_FIELDS}
   sub_idx: dict[str, int] = {}
   tmp_paths, counts, writer = [], [], None
   for rec in records:
@@ -85,12 +89,12 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes 
       "has_ecg": np.array(rows["has_ecg"], bool),
       "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
   }
-  tmp_index = out / f".{split}-index.tmp.npz"
-  np.savez(tmp_index, **index)
+  # The shards' final names need N, known only now; the index goes last, after its shards.
   names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
   for tmp, name in zip(tmp_paths, names):
     os.replace(tmp, out / name)
-  os.replace(tmp_index, out / f"{split}-index.npz")
+  with errors.atomic_path(out / f"{split}-index.npz") as tmp_index:
+    np.savez(tmp_index, **index)
   return {"shards": names, "records_per_shard": counts, "records": int(sum(counts)),
           "subjects": len(subjects), "subject_ids": subjects}
 
@@ -108,10 +112,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
       "sources": sources,
       **(extra or {}),
   }
-  path = Path(out_dir) / MANIFEST
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-  os.replace(tmp, path)
+  errors.atomic_write(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
   return manifest
 
 
@@ -147,8 +148,14 @@ def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dic
   index_path = Path(data_dir) / f"{split}-index.npz"
   if not index_path.is_file():
     raise DatasetError(f"{index_path} is missing")
-  with np.load(index_path) as z:
-    index = {k: z[k] for k in z.files}
+  try:
+    with np.load(index_path, allow_pickle=False) as z:
+      index = {k: z[k] for k in INDEX_FIELDS}
+  except KeyError as e:
+    raise DatasetError(f"{index_path} lacks the column {e}: not written by xmae-prepare?") from None
+  except Exception as e:  # zipfile/numpy raise several types for a truncated or corrupt file
+    raise DatasetError(f"{index_path} is unreadable ({type(e).__name__}: {e}); prepare the "
+                       f"dataset again") from None
   if len(index["subject"]) != entry["records"]:
     raise DatasetError(f"{index_path} has {len(index['subject'])} rows, manifest says "
                        f"{entry['records']} records")

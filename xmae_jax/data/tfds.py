@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from xmae_jax.data import reader
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -90,32 +91,23 @@ def builder_class():
     def _split_generators(self, dl_manager):
       del dl_manager
       if self._manifest is None:
-        raise ValueError("preparing the TFDS dataset needs source_dir (an xmae-prepare output)")
+        raise shards.DatasetError("preparing the TFDS dataset needs source_dir (an xmae-prepare "
+                                  "output)")
       return {split: self._generate_examples(split)
               for split, entry in self._manifest["splits"].items() if entry.get("records", 0)}
 
     def _generate_examples(self, split):
-      from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
-      paths, _ = shards.split_paths(self._source_dir, split)
       zeros = np.zeros(self._length, np.float16)
-      n = 0
-      for path in paths:
-        reader = arm.ArrayRecordReader(path)
-        try:
-          for raw in reader.read_all():
-            rec = record_lib.decode(raw)
-            yield n, {
-                "ppg": zeros if rec.ppg is None else rec.ppg.astype(np.float16),
-                "ecg": zeros if rec.ecg is None else rec.ecg.astype(np.float16),
-                "has_ppg": rec.ppg is not None, "has_ecg": rec.ecg is not None,
-                "quality_ppg": _float(rec.quality_ppg), "quality_ecg": _float(rec.quality_ecg),
-                "subject_id": rec.subject_id, "segment_id": rec.segment_id,
-                "source": rec.source, "meta": json.dumps(rec.meta, sort_keys=True),
-                "labels": json.dumps(rec.labels, sort_keys=True),
-            }
-            n += 1
-        finally:
-          reader.close()
+      for n, (_, rec) in enumerate(reader.iter_records(str(self._source_dir), split)):
+        yield n, {
+            "ppg": zeros if rec.ppg is None else rec.ppg.astype(np.float16),
+            "ecg": zeros if rec.ecg is None else rec.ecg.astype(np.float16),
+            "has_ppg": rec.ppg is not None, "has_ecg": rec.ecg is not None,
+            "quality_ppg": _float(rec.quality_ppg), "quality_ecg": _float(rec.quality_ecg),
+            "subject_id": rec.subject_id, "segment_id": rec.segment_id,
+            "source": rec.source, "meta": json.dumps(rec.meta, sort_keys=True),
+            "labels": json.dumps(rec.labels, sort_keys=True),
+        }
 
   return XmaeEcgPpg
 

@@ -23,10 +23,17 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xmae_jax import errors
+from xmae_jax.data import prepare
+from xmae_jax.data import preprocess
+from xmae_jax.data import reader
+from xmae_jax.data import shards
+from xmae_jax.data import sources
+
 EMBEDDINGS_FORMAT = 1
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(errors.XmaeError):
   """An embeddings file or an input that cannot be embedded."""
 
 
@@ -34,7 +41,7 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
                     segment_ids: Iterable[str], *, meta: Mapping[str, np.ndarray] | None = None,
                     labels: Mapping[str, np.ndarray] | None = None,
                     split: Iterable[str] | None = None, info: Mapping[str, Any] | None = None) -> Path:
-  """Writes an embeddings file atomically (temp name, then rename)."""
+  """Writes an embeddings file atomically (`errors.atomic_path`)."""
   embeddings = np.asarray(embeddings, np.float32)
   n = len(embeddings)
   arrays: dict[str, np.ndarray] = {
@@ -53,10 +60,8 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
   path = Path(path)
   if path.suffix != ".npz":
     raise EmbeddingsError(f"output {path} must end in .npz")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  with errors.atomic_path(path) as tmp:
+    np.savez(tmp, **arrays)
   return path
 
 
@@ -143,9 +148,6 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
                      splits: Sequence[str] | None = None, *,
                      segment_length: int | None = None) -> Segments:
   """Every record of the given splits (all by default) that has all of `modalities`."""
-  from array_record.python import array_record_module as arm
-  from xmae_jax.data import record as record_lib
-  from xmae_jax.data import shards
   modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
   manifest = shards.read_manifest(data_dir)
   if segment_length is not None and manifest.get("segment_length") != segment_length:
@@ -159,25 +161,17 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
   skipped = 0
   for split in chosen:
-    paths, _ = shards.split_paths(data_dir, split)
-    for path in paths:
-      reader = arm.ArrayRecordReader(path)
-      try:
-        raw = reader.read_all()
-      finally:
-        reader.close()
-      for data in raw:
-        rec = record_lib.decode(data)
-        if any(rec.signal(m) is None for m in modalities):
-          skipped += 1
-          continue
-        for m in modalities:
-          windows[m].append(rec.signal(m))
-        out.subject_ids.append(rec.subject_id)
-        out.segment_ids.append(rec.segment_id)
-        out.split.append(split)
-        out.meta.append({**rec.meta, "quality_ppg": rec.quality_ppg, "quality_ecg": rec.quality_ecg})
-        out.labels.append(dict(rec.labels))
+    kept = 0
+    for _, rec in reader.iter_records(str(data_dir), split, modalities=modalities):
+      for m in modalities:
+        windows[m].append(rec.signal(m))
+      out.subject_ids.append(rec.subject_id)
+      out.segment_ids.append(rec.segment_id)
+      out.split.append(split)
+      out.meta.append({**rec.meta, "quality_ppg": rec.quality_ppg, "quality_ecg": rec.quality_ecg})
+      out.labels.append(dict(rec.labels))
+      kept += 1
+    skipped += manifest["splits"][split]["records"] - kept
   if not out.subject_ids:
     raise EmbeddingsError(f"{data_dir}: no record has {' and '.join(modalities)}")
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
@@ -189,10 +183,8 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
                        contract, options: Mapping[str, Any] | None = None) -> Segments:
   """A WFDB record (or folder), CSV or NPZ file read by xmae-prepare's reader, then the same
   cleaning, windowing and normalization as prepared data; windows need all of `modalities`."""
-  from xmae_jax.data import preprocess
-  from xmae_jax.data import sources
   modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
-  reader = sources.get(source)
+  source_reader = sources.get(source)
   options = dict(options or {})
   if source in ("csv", "npz"):
     options["format"] = source          # the tabular reader serves both
@@ -212,32 +204,30 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     notes[key] = notes.get(key, 0) + 1
 
   try:
-    units = reader.list_inputs(str(path), options)
+    units = source_reader.list_inputs(str(path), options)
   except sources.SourceError as e:
     raise EmbeddingsError(f"input {path}: {e}") from None
   for unit in units:
-    try:
-      items = list(reader.read(unit, options))
+    try:   # the whole unit first: a unit that fails half-way contributes nothing, as in prepare
+      recordings = list(prepare.segment_unit(source, unit, options, config,
+                                             modalities=modalities))
     except sources.SourceError as e:
       note(f"unreadable/{e.reason}")
       continue
-    for item in items:
-      if isinstance(item, sources.Missing):
+    for rec in recordings:
+      item = rec.item
+      if rec.outcome == "missing":
         note(f"missing/{item.reason}")
         continue
-      if any(m not in item.signals for m in modalities):
+      if rec.outcome == "lacking":
         note(f"skipped/lacking_{'_'.join(modalities)}")
         continue
-      try:
-        segs, stats = preprocess.segment_recording(
-            {m: item.signals[m] for m in modalities}, config, meta=item.meta, labels=item.labels,
-            events=item.events, series=item.series)
-      except preprocess.PreprocessError as e:
-        note(f"unusable/{e}")
+      if rec.outcome == "unusable":
+        note(f"unusable/{rec.error}")
         continue
-      for k, v in stats.items():
+      for k, v in rec.stats.items():
         notes[k] = notes.get(k, 0) + v
-      for seg in segs:
+      for seg in rec.segments:
         for m in modalities:
           windows[m].append(seg.signals[m])
         out.subject_ids.append(item.subject_id)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 RULES = ("replicate", "fsdp")
@@ -135,3 +137,42 @@ def describe(shardings) -> dict[str, str]:
     if isinstance(s, NamedSharding) and any(a is not None for a in s.spec):
       out[path_str(path)] = str(s.spec)
   return out
+
+
+# ----------------------------------------------------------------------------- batch placement
+# The one home of host batch -> device placement: the data pipeline produces host numpy rows
+# and never imports the device side.
+
+DEFAULT_BATCH_AXES = ("data", "fsdp")
+
+
+def _batch_axes_sharding(mesh: Mesh, batch_axes: Sequence[str] | None) -> NamedSharding:
+  """`batch_sharding` over the named axes the mesh has (absent ones are ignored)."""
+  axes = tuple(a for a in (DEFAULT_BATCH_AXES if batch_axes is None else batch_axes)
+               if a in mesh.axis_names)
+  return batch_sharding(mesh, types.SimpleNamespace(batch_axes=axes))
+
+
+def host_rows(mesh: Mesh, global_batch_size: int, batch_axes: Sequence[str] | None = None):
+  """The rows of a global batch this process's devices hold on `mesh` (sorted int64 array).
+
+  With the usual meshes these are the contiguous block [p*b, (p+1)*b) that the data iterators
+  use by default; pass this as their `rows=` when a mesh gives a process non-contiguous rows.
+  """
+  sharding = _batch_axes_sharding(mesh, batch_axes)
+  index_map = sharding.addressable_devices_indices_map((global_batch_size,))
+  rows = set()
+  for (sl,) in index_map.values():
+    rows.update(range(*sl.indices(global_batch_size)))
+  return np.array(sorted(rows), np.int64)
+
+
+def place_batch(batch, mesh: Mesh, batch_axes: Sequence[str] | None = None) -> dict[str, Any]:
+  """Host batch (this process's rows) -> dict of global `jax.Array`s split on the batch axes.
+
+  The global shape is inferred (local rows x processes for the usual meshes). Axes of
+  `batch_axes` (default data and fsdp) that the mesh lacks are ignored.
+  """
+  sharding = _batch_axes_sharding(mesh, batch_axes)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from xmae_jax import errors
+
 READERS = {
     "synthetic": "xmae_jax.data.sources.synthetic",
     "wfdb": "xmae_jax.data.sources.wfdb",
@@ -26,7 +28,7 @@ READERS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(errors.XmaeError):
   """Input that a reader cannot use; the message starts with the reason (e.g. 'unreadable')."""
 
   def __init__(self, reason: str, detail: str):
