@@ -34,7 +34,7 @@ PRESET_NAMES = ("paper", "demo", "tiny")
 
 # Per-preset values of the shared sections (every model trains on the same schedule per preset).
 COMMON_PRESETS = {
-    # ~3 min of the paper model on 2 CPU cores; its loss levels off by ~100 steps
+    # demo: the paper model for a short CPU run (README command 1); tiny: the tests' schedule
     "demo": {"train.batch_size": 64, "train.num_steps": 150, "train.log_every": 10,
              "train.eval_every": 50, "train.checkpoint_every": 50, "train.figure_every": 50},
     "tiny": {"train.batch_size": 8, "train.num_steps": 20, "train.log_every": 5,
