@@ -162,8 +162,8 @@ def assemble(arg, *, model, masking, loss,
 
 def apply_preset(config: mlc.ConfigDict, preset: str,
                  presets: Mapping[str, Mapping[str, Any]] | None) -> mlc.ConfigDict:
-  """`presets[preset]` (a config file's block) applied to `config`; "paper" has no block."""
-  unknown = sorted(set(presets or {}) - set(PRESET_NAMES) - {"paper"})
+  """`presets[preset]` (a config file's block of changes from the paper values) applied to `config`."""
+  unknown = sorted(set(presets or {}) - set(PRESET_NAMES))
   if unknown:
     raise ConfigError(f"PRESETS names unknown preset {unknown[0]!r}; choose from {', '.join(PRESET_NAMES)}")
   return apply_overrides(config, (presets or {}).get(preset, {}))
