@@ -45,4 +45,10 @@ def loss_config() -> mlc.ConfigDict:
 
 
 def get_config(arg=None):
-  return config_lib.assemble(arg, model=model_config, masking=masking_config, loss=loss_config)
+  return config_lib.assemble(arg, model=model_config, masking=masking_config(),
+                             loss=loss_config(), presets=PRESETS)
+
+
+# The model follows configs/xmae.py's preset (model_config copies it); the shared train
+# schedule per preset is config_lib.COMMON_PRESETS. Nothing else differs per preset.
+PRESETS = {}

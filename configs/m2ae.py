@@ -67,23 +67,22 @@ import ml_collections as mlc
 from xmae_jax import config_lib
 
 
-def model_config(preset: str) -> mlc.ConfigDict:
-  tiny = preset == "tiny"
+def model_config() -> mlc.ConfigDict:
   m = mlc.ConfigDict()
   m.name = "m2ae"
   m.seq_len = 1000                 # A1
   m.patch_len = 40                 # A2
-  m.d_model = 32 if tiny else 256
-  m.num_heads = 4 if tiny else 8
-  m.depth_ecg = 1 if tiny else 2   # A2
-  m.depth_ppg = 1 if tiny else 2
-  m.depth_shared = 1 if tiny else 2                  # A4
-  m.depth_decoder = 1 if tiny else 2                 # A5
+  m.d_model = 256                  # A2
+  m.num_heads = 8
+  m.depth_ecg = 2                  # A2
+  m.depth_ppg = 2
+  m.depth_shared = 2               # A4
+  m.depth_decoder = 2              # A5
   m.decoder_mlp_ratio = 2.0
-  m.stem_channels = 8 if tiny else 32
-  m.stem_widths = (8, 16, 16) if tiny else (32, 64, 128)
+  m.stem_channels = 32
+  m.stem_widths = (32, 64, 128)
   m.dropout = 0.1
-  m.latent_dim = 32 if tiny else 256                 # A4
+  m.latent_dim = 256               # A4
   return m
 
 
@@ -114,4 +113,14 @@ def loss_config() -> mlc.ConfigDict:
 
 
 def get_config(arg=None):
-  return config_lib.assemble(arg, model=model_config, masking=masking_config, loss=loss_config)
+  return config_lib.assemble(arg, model=model_config(), masking=masking_config(),
+                             loss=loss_config(), presets=PRESETS)
+
+
+# Per preset, what differs from the values above (the shared train schedule per preset is
+# config_lib.COMMON_PRESETS). demo keeps the full model.
+PRESETS = {
+    "tiny": {"model.d_model": 32, "model.num_heads": 4, "model.depth_ecg": 1, "model.depth_ppg": 1,
+             "model.depth_shared": 1, "model.depth_decoder": 1, "model.stem_channels": 8,
+             "model.stem_widths": (8, 16, 16), "model.latent_dim": 32},
+}

@@ -21,8 +21,12 @@ from xmae_jax import config_lib
 
 def get_config(arg=None):
   preset, extra = config_lib.parse_arg(arg)
-  c = config_lib.load_config_file(f"{Path(__file__).with_name('xmae.py')}:{preset}")
+  c = config_lib.load(f"{Path(__file__).with_name('xmae.py')}:{preset}")
   c.model.use_cross_bridge = False
   c.masking.ratio_ppg = 0.8        # PPG masked as ECG is, so it has something to reconstruct
   c.loss.w_ppg = 1.0               # ... through the PPG path's own decoder
-  return config_lib.apply_overrides(c, extra)
+  return config_lib.apply_overrides(config_lib.apply_preset(c, preset, PRESETS), extra)
+
+
+# The model and schedule follow configs/xmae.py's preset; nothing else differs per preset.
+PRESETS = {}

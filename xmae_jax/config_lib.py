@@ -1,37 +1,54 @@
-"""Shared pieces of the `configs/*.py` files: argument parsing and the common sections.
+"""The one place a config is built, loaded, overridden, checked and saved.
 
-Config files follow big_vision: `get_config(arg)` where `arg` is the text after the colon in
-`--config configs/xmae.py:tiny` (a preset name, optionally followed by `,key=value` pairs).
-Everything a user may change lives in the returned ConfigDict; the reference's value is the
-default and a comment says where it comes from.
+Config files follow big_vision: `configs/<model>.py` defines `get_config(arg)`, where `arg` is
+the text after the colon in `configs/xmae.py:tiny,train.lr=1e-4` (a preset name, optionally
+followed by `,key=value` pairs). A file states the paper values plainly, then one block of
+overrides per preset at its end (`PRESETS = {"demo": {...}, "tiny": {...}}`); the sections every
+model shares (`data`, `train`, `mesh`, `seed`) live here, with their own per-preset block
+(`COMMON_PRESETS`). Order of application: paper values, common preset, the file's preset, the
+`key=value` pairs of the argument, then the command line's `--config.a.b=v` values.
+
+Every tool loads through `load(spec)`: `spec` is `FILE[:PRESET[,key=value...]]` or a directory
+holding `config.json` (a training workdir or an exported package). A config read from a file is
+validated (`validate`) before anything runs, so a bad setting fails at once with one line; a
+saved config is taken as it ran. Problems raise `ConfigError` (an `XmaeError`) with one line
+naming the file, preset, key or value.
 """
 from __future__ import annotations
 
+import ast
+import fnmatch
 import importlib.util
+import json
+import math
+import re
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections as mlc
 
-PRESETS = ("paper", "demo", "tiny")
+from xmae_jax import errors
+
+CONFIG_FILE = "config.json"          # a workdir's (and an exported package's) saved config
+PRESET_NAMES = ("paper", "demo", "tiny")
+
+# Per-preset values of the shared sections (every model trains on the same schedule per preset).
+COMMON_PRESETS = {
+    # demo: the paper model for a short CPU run (README command 1); tiny: the tests' schedule
+    "demo": {"train.batch_size": 64, "train.num_steps": 150, "train.log_every": 10,
+             "train.eval_every": 50, "train.checkpoint_every": 50, "train.figure_every": 50},
+    "tiny": {"train.batch_size": 8, "train.num_steps": 20, "train.log_every": 5,
+             "train.eval_every": 10, "train.eval_batches": 2, "train.checkpoint_every": 10},
+}
 
 
-def parse_arg(arg: str | None, default_preset: str = "paper") -> tuple[str, dict[str, str]]:
-  """`"tiny,seed=3"` -> ("tiny", {"seed": "3"}). Unknown presets fail with one clear line."""
-  preset, extra = default_preset, {}
-  for i, part in enumerate(p for p in (arg or "").split(",") if p):
-    if "=" in part:
-      k, v = part.split("=", 1)
-      extra[k.strip()] = v.strip()
-    elif i == 0:
-      preset = part.strip()
-    else:
-      raise ValueError(f"config argument {part!r}: expected key=value")
-  if preset not in PRESETS:
-    raise ValueError(f"unknown config preset {preset!r}; choose one of {', '.join(PRESETS)}")
-  return preset, extra
+class ConfigError(errors.XmaeError):
+  """A config file, preset, key or value that cannot be used; one line."""
 
 
-def data_config(preset: str) -> mlc.ConfigDict:
+# --- The shared sections (paper values) -------------------------------------------------------
+
+def _data() -> mlc.ConfigDict:
   d = mlc.ConfigDict()
   d.dir = ""                        # a dataset directory written by xmae-prepare (manifest.json)
   d.sampling_rate = 100             # Hz; the reference trains at 100 Hz x 10 s
@@ -61,11 +78,10 @@ def data_config(preset: str) -> mlc.ConfigDict:
   return d
 
 
-def train_config(preset: str) -> mlc.ConfigDict:
+def _train() -> mlc.ConfigDict:
   t = mlc.ConfigDict()
-  t.batch_size = {"paper": 512, "demo": 64, "tiny": 8}[preset]   # global batch
-  # demo: ~3 min of the paper model on 2 CPU cores; its loss levels off by ~100 steps
-  t.num_steps = {"paper": 0, "demo": 150, "tiny": 20}[preset]    # 0: use num_epochs
+  t.batch_size = 512                 # global batch
+  t.num_steps = 0                    # 0: use num_epochs
   t.num_epochs = 37                  # reference max_epochs
   t.lr = 3e-4                        # AdamW, reference defaults
   t.b1, t.b2 = 0.9, 0.95
@@ -74,17 +90,17 @@ def train_config(preset: str) -> mlc.ConfigDict:
   t.grad_clip_norm = 0.0             # 0 = off (reference does not clip)
   t.grad_accum_steps = 1
   t.compute_dtype = "float32"        # or "bfloat16" (parameters stay float32)
-  t.log_every = {"paper": 20, "demo": 10, "tiny": 5}[preset]
-  t.eval_every = {"paper": 0, "demo": 50, "tiny": 10}[preset]   # 0: once per epoch
-  t.eval_batches = {"paper": 0, "demo": 0, "tiny": 2}[preset]   # 0: whole validation split
-  t.checkpoint_every = {"paper": 2000, "demo": 50, "tiny": 10}[preset]
+  t.log_every = 20
+  t.eval_every = 0                   # 0: once per epoch
+  t.eval_batches = 0                 # 0: whole validation split
+  t.checkpoint_every = 2000
   t.keep_checkpoints = 3
   t.early_stop_patience = 17         # evaluations without val improvement (reference: epochs)
-  t.figure_every = {"paper": 0, "demo": 50, "tiny": 0}[preset]  # 0 = every 3 evaluations
+  t.figure_every = 0                 # 0 = every 3 evaluations
   return t
 
 
-def mesh_config() -> mlc.ConfigDict:
+def _mesh() -> mlc.ConfigDict:
   m = mlc.ConfigDict()
   m.axes = (("data", -1), ("fsdp", 1))   # -1: all remaining devices
   m.batch_axes = ("data", "fsdp")        # the batch is split over both
@@ -94,46 +110,69 @@ def mesh_config() -> mlc.ConfigDict:
   return m
 
 
-def base_config(preset: str) -> mlc.ConfigDict:
+def base_config(preset: str = "paper") -> mlc.ConfigDict:
+  """The shared sections (`preset`, `seed`, `data`, `train`, `mesh`) of `preset`."""
+  _check_preset(preset)
   c = mlc.ConfigDict()
   c.preset = preset
   c.seed = 0
-  c.data = data_config(preset)
-  c.train = train_config(preset)
-  c.mesh = mesh_config()
-  return c
+  c.data = _data()
+  c.train = _train()
+  c.mesh = _mesh()
+  return apply_overrides(c, COMMON_PRESETS.get(preset, {}))
 
 
-def assemble(arg, *, model, masking, loss, default_preset: str = "paper") -> mlc.ConfigDict:
-  """The body of every `get_config(arg)`: common sections + the file's model/masking/loss."""
-  preset, extra = parse_arg(arg, default_preset)
+def data_config(preset: str = "paper") -> mlc.ConfigDict:
+  return base_config(preset).data
+
+
+# --- Building a config file's config ----------------------------------------------------------
+
+def _check_preset(preset: str) -> None:
+  if preset not in PRESET_NAMES:
+    raise ConfigError(f"unknown config preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+
+
+def parse_arg(arg: str | None, default_preset: str = "paper") -> tuple[str, dict[str, str]]:
+  """`"tiny,seed=3"` -> ("tiny", {"seed": "3"}). Unknown presets fail with one clear line."""
+  preset, extra = default_preset, {}
+  for i, part in enumerate(p for p in (arg or "").split(",") if p):
+    if "=" in part:
+      k, v = part.split("=", 1)
+      extra[k.strip()] = v.strip()
+    elif i == 0:
+      preset = part.strip()
+    else:
+      raise ConfigError(f"config argument {part!r}: expected key=value")
+  _check_preset(preset)
+  return preset, extra
+
+
+def assemble(arg, *, model, masking, loss,
+             presets: Mapping[str, Mapping[str, Any]] | None = None) -> mlc.ConfigDict:
+  """The body of every `get_config(arg)`: the shared sections plus the file's model, masking
+  and loss (each a ConfigDict of paper values, or a function of the preset for sections copied
+  from another file), then the file's `presets[preset]` and the argument's `key=value` pairs."""
+  preset, extra = parse_arg(arg)
   c = base_config(preset)
-  c.model = model(preset)
-  c.masking = masking()
-  c.loss = loss()
-  return apply_overrides(c, extra)
+  for name, section in (("model", model), ("masking", masking), ("loss", loss)):
+    c[name] = section(preset) if callable(section) else section
+  return apply_overrides(apply_preset(c, preset, presets), extra)
 
 
-def apply_overrides(c: mlc.ConfigDict, extra: dict[str, str]) -> mlc.ConfigDict:
-  """Applies `key=value` pairs from the config argument (dotted keys allowed)."""
-  for key, text in extra.items():
-    *path, leaf = key.split(".")
-    parent = c
-    for part in path:
-      parent = parent[part]
-    old = parent[leaf]
-    parent[leaf] = type(old)(text) if not isinstance(old, bool) else text.lower() in ("1", "true", "yes")
-  return c
+def apply_preset(config: mlc.ConfigDict, preset: str,
+                 presets: Mapping[str, Mapping[str, Any]] | None) -> mlc.ConfigDict:
+  """`presets[preset]` (a config file's block of changes from the paper values) applied to `config`."""
+  unknown = sorted(set(presets or {}) - set(PRESET_NAMES))
+  if unknown:
+    raise ConfigError(f"PRESETS names unknown preset {unknown[0]!r}; choose from {', '.join(PRESET_NAMES)}")
+  return apply_overrides(config, (presets or {}).get(preset, {}))
 
 
-class ConfigFileError(ValueError):
-  pass
-
-
-def model_like(config_file, preset: str, name: str, keys) -> mlc.ConfigDict:
-  """A model section named `name` that copies `keys` from another config file's model (the
-  baselines take xMAE's path shapes this way, so they cannot drift from it)."""
-  base = load_config_file(f"{config_file}:{preset}").model
+def model_like(config_file, preset: str, name: str, keys: Sequence[str]) -> mlc.ConfigDict:
+  """A model section named `name` that copies `keys` from another config file's model of the
+  same preset (the baselines take xMAE's path shapes this way, so they cannot drift from it)."""
+  base = load(f"{config_file}:{preset}").model
   m = mlc.ConfigDict()
   m.name = name
   for key in keys:
@@ -141,16 +180,244 @@ def model_like(config_file, preset: str, name: str, keys) -> mlc.ConfigDict:
   return m
 
 
-def load_config_file(spec: str) -> mlc.ConfigDict:
-  """`configs/xmae.py[:preset,key=value]` -> that file's `get_config(arg)` (the one loader that
-  command-line tools and tests share; the trainer's absl flag uses config_flags instead)."""
+# --- Overrides --------------------------------------------------------------------------------
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _tupled(x):
+  """JSON lists (at any depth) back to the tuples the config files use."""
+  if isinstance(x, dict):
+    return {k: _tupled(v) for k, v in x.items()}
+  return tuple(_tupled(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _parse_text(key: str, text: str, old):
+  """`text` as a value of `old`'s type (the type the config file gave the key)."""
+  try:
+    if isinstance(old, bool):
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError
+      return text.lower() in _TRUE
+    if isinstance(old, (int, float)):
+      return type(old)(text)
+    if isinstance(old, str):
+      return text
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if old is None:
+      return text
+    raise ConfigError(f"config key {key}: {text!r} is not a {type(old).__name__}") from None
+  if isinstance(old, tuple) and not isinstance(value, (list, tuple)):
+    raise ConfigError(f"config key {key}: {text!r} is not a tuple")
+  return _tupled(value)
+
+
+def _node(config: mlc.ConfigDict, key: str) -> tuple[mlc.ConfigDict, str]:
+  """(the ConfigDict holding dotted `key`, its last part); a typo is one line with ml_collections'
+  "did you mean" suggestion."""
+  *path, leaf = key.split(".")
+  node = config
+  for depth, part in enumerate(path + [leaf]):
+    if not isinstance(node, mlc.ConfigDict) or part not in node:
+      hint = ""
+      if isinstance(node, mlc.ConfigDict):
+        try:
+          node[part]
+        except KeyError as e:
+          m = re.search(r'Did you mean "([^"]+)"', str(e))
+          hint = f" (did you mean {'.'.join(path[:depth] + [m.group(1)])}?)" if m else ""
+      raise ConfigError(f"unknown config key {key}{hint}")
+    if depth < len(path):
+      node = node[part]
+  return node, leaf
+
+
+def apply_overrides(config: mlc.ConfigDict, overrides: Mapping[str, Any]) -> mlc.ConfigDict:
+  """Sets dotted keys (`{"train.lr": "1e-4"}`) in `config` and returns it. Text is read as the
+  type the key has (bools: true/false/1/0/yes/no; tuples: Python literals); other values
+  (presets, JSON) are assigned as they are, lists as tuples. Keys must exist already."""
+  for key, value in overrides.items():
+    node, leaf = _node(config, key)
+    old = node[leaf]
+    if isinstance(old, mlc.ConfigDict):
+      raise ConfigError(f"config key {key} is a section, not a value")
+    if isinstance(value, str) and not isinstance(old, str):
+      value = _parse_text(key, value, old)
+    elif isinstance(value, list):
+      value = _tupled(value)
+    try:
+      node[leaf] = value
+    except TypeError:
+      raise ConfigError(f"config key {key}: {value!r} is not a {type(old).__name__}") from None
+  return config
+
+
+def flag_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str], dict[str, str]]:
+  """Splits the command line's `--config.a.b=v`, `--config.a.b v`, `--config.a.b` (true) and
+  `--noconfig.a.b` (false) out of `argv`: (the other arguments, {"a.b": "v"})."""
+  rest, overrides = [], {}
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    arg = args[i]
+    m = re.fullmatch(rf"--(no)?{re.escape(name)}\.([^=]+)(?:=(.*))?", arg, re.S)
+    if m is None:
+      rest.append(arg)
+    elif m.group(1):
+      overrides[m.group(2)] = "false"
+    elif m.group(3) is not None:
+      overrides[m.group(2)] = m.group(3)
+    elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+      overrides[m.group(2)] = args[i + 1]
+      i += 1
+    else:
+      overrides[m.group(2)] = "true"
+    i += 1
+  return rest, overrides
+
+
+# --- Loading ----------------------------------------------------------------------------------
+
+def load(spec, overrides: Mapping[str, Any] | None = None) -> mlc.ConfigDict:
+  """The config of `spec`, then `overrides` (dotted keys, e.g. the command line's).
+
+  `spec` is `FILE[:PRESET[,key=value...]]` (that file's `get_config(arg)`, validated) or a
+  directory with `config.json` (a workdir or exported package; its config as it ran, so the
+  same architecture can be rebuilt). Every problem is a one-line `ConfigError`.
+  """
+  if Path(str(spec)).is_dir():
+    return apply_overrides(load_saved(spec), overrides or {})
   path, _, arg = str(spec).partition(":")
   file = Path(path)
   if not file.is_file():
-    raise ConfigFileError(f"config file {path} does not exist")
+    raise ConfigError(f"config file {path} does not exist")
   module_spec = importlib.util.spec_from_file_location(f"_xmae_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ConfigFileError(f"config file {path} has no get_config(arg)")
-  return module.get_config(arg or None)
+    raise ConfigError(f"config file {path} has no get_config(arg)")
+  config = apply_overrides(module.get_config(arg or None), overrides or {})
+  validate(config)
+  return config
+
+
+def load_saved(directory) -> mlc.ConfigDict:
+  """The config a workdir or exported package saved (DIR/config.json)."""
+  file = Path(directory) / CONFIG_FILE
+  if not file.is_file():
+    raise ConfigError(f"{directory} holds no {CONFIG_FILE} (a workdir or package was expected)")
+  try:
+    return config_from_dict(json.loads(file.read_text()))
+  except ValueError as e:
+    raise ConfigError(f"{file}: not a saved config ({e})") from None
+
+
+def config_to_dict(config) -> dict:
+  """A JSON-ready dict of `config` (tuples become lists; `config_from_dict` restores them)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def config_from_dict(d: dict) -> mlc.ConfigDict:
+  """The ConfigDict of a saved config (JSON lists back to the tuples the config files use)."""
+  return mlc.ConfigDict(_tupled(d))
+
+
+def write_config(workdir, config) -> Path:
+  """WORKDIR/config.json, written atomically; returns its path."""
+  return errors.atomic_write(Path(workdir) / CONFIG_FILE,
+                             json.dumps(config_to_dict(config), indent=1, sort_keys=True))
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+def _rule(test: Callable[[Any], bool], text: str):
+  return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v), text
+
+
+_POSITIVE = _rule(lambda v: v > 0, "must be > 0")
+_NON_NEGATIVE = _rule(lambda v: v >= 0, "must be >= 0")
+_AT_LEAST_ONE = _rule(lambda v: v >= 1, "must be >= 1")
+_FRACTION = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+_OPEN_FRACTION = _rule(lambda v: 0 < v < 1, "must be in (0, 1)")
+_PROBABILITY = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+# (glob over dotted keys, check): each applies where the key exists (sections differ per model).
+# Each is a value that would otherwise train silently wrong (a negative loss weight maximizes
+# that loss, lr 0 never moves, a negative interval never fires) or fail deep inside JAX.
+RULES = (
+    ("train.batch_size", _rule(lambda v: v > 0, "the global batch size must be > 0")),
+    ("train.lr", _POSITIVE),
+    ("train.warmup_frac", _FRACTION),
+    ("train.num_steps", _NON_NEGATIVE),
+    ("train.num_epochs", _NON_NEGATIVE),
+    ("train.*_every", _NON_NEGATIVE),
+    ("train.eval_batches", _NON_NEGATIVE),
+    ("train.keep_checkpoints", _AT_LEAST_ONE),
+    ("train.early_stop_patience", _NON_NEGATIVE),
+    ("train.grad_accum_steps", _AT_LEAST_ONE),
+    ("train.grad_clip_norm", _rule(lambda v: v >= 0, "must be >= 0 (0 = off)")),
+    ("train.weight_decay", _NON_NEGATIVE),
+    ("train.b1", _FRACTION),
+    ("train.b2", _FRACTION),
+    ("model.dropout*", _FRACTION),
+    ("model.seq_len", _POSITIVE),
+    ("model.patch_len", _POSITIVE),
+    ("model.d_model", _POSITIVE),
+    ("model.num_heads", _POSITIVE),
+    ("model.latent_dim", _POSITIVE),
+    ("model.stem_channels", _POSITIVE),
+    ("model.stem_widths.*", _POSITIVE),
+    ("model.depth_*", _NON_NEGATIVE),
+    ("masking.ratio_*", _FRACTION),
+    ("masking.curriculum_levels.*", _OPEN_FRACTION),
+    ("masking.curriculum_ema", _FRACTION),
+    ("masking.curriculum_rel_improve", _NON_NEGATIVE),
+    ("masking.curriculum_min_evals", _NON_NEGATIVE),
+    ("masking.curriculum_patience", _AT_LEAST_ONE),
+    ("loss.w_*", _NON_NEGATIVE),
+    ("loss.temperature", _POSITIVE),
+    ("loss.view.noise_std", _NON_NEGATIVE),
+    ("loss.view.max_shift", _NON_NEGATIVE),
+    ("data.sampling_rate", _POSITIVE),
+    ("data.segment_length", _POSITIVE),
+    ("data.num_workers", _NON_NEGATIVE),
+    ("data.read_threads", _AT_LEAST_ONE),
+    ("data.prefetch", _NON_NEGATIVE),
+    ("data.augment.*_prob", _PROBABILITY),
+    ("data.augment.max_shift", _NON_NEGATIVE),
+    ("data.augment.scale_range.*", _POSITIVE),
+)
+
+
+def _flat(x, prefix: str = "") -> dict[str, Any]:
+  if isinstance(x, (mlc.ConfigDict, dict)):
+    items = x.items()
+  elif isinstance(x, (tuple, list)) and all(isinstance(v, (int, float)) for v in x):
+    items = ((str(i), v) for i, v in enumerate(x))
+  else:
+    return {prefix: x}
+  out = {}
+  for k, v in items:
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def validate(config: mlc.ConfigDict) -> mlc.ConfigDict:
+  """Raises ConfigError (one line naming the key and value) at the first setting out of range;
+  returns `config`. Also: a masked-reconstruction loss with weight > 0 needs its modality
+  masked (`loss.w_ecg > 0` with `masking.ratio_ecg = 0` has nothing to reconstruct)."""
+  flat = _flat(config)
+  for pattern, (ok, text) in RULES:
+    for key in fnmatch.filter(flat, pattern):
+      if not ok(flat[key]):
+        raise ConfigError(f"config {key}={flat[key]!r}: {text}")
+  for modality in ("ecg", "ppg"):
+    ratio, weight = f"masking.ratio_{modality}", f"loss.w_{modality}"
+    if ratio in flat and flat.get(weight, 0) > 0 and flat[ratio] == 0:
+      raise ConfigError(f"config {ratio}=0 with {weight}={flat[weight]!r}: nothing of "
+                        f"{modality.upper()} is masked, so its reconstruction loss is empty")
+  scale = flat.get("data.augment.scale_range.0"), flat.get("data.augment.scale_range.1")
+  if None not in scale and scale[0] > scale[1]:
+    raise ConfigError(f"config data.augment.scale_range={scale}: low must be <= high")
+  return config

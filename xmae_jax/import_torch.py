@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xmae_jax.config_lib import load_config_file
+from xmae_jax import config_lib
 
 
 class ImportTorchError(ValueError):
@@ -31,7 +31,7 @@ def import_checkpoint(checkpoint: str, config, output: str) -> Path:
   from xmae_jax.interop import reference
   from xmae_jax.training import checkpoint as ckpt_lib
   if isinstance(config, str):
-    config = load_config_file(config)
+    config = config_lib.load(config)
   model = reference.from_reference_state_dict(checkpoint, config)
   return ckpt_lib.write_model_checkpoint(output, model, config)
 

@@ -18,11 +18,13 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/xmae.py:demo (fields overridable with "
-    "--config.train.lr=...).", lock_config=True)
+from xmae_jax import config_lib
+
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
+    "overridable with --config.train.lr=...).")
+_CONFIG_OVERRIDES: dict[str, str] = {}   # the --config.a.b=v values, taken out before absl parses
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs.")
@@ -69,6 +71,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
     sys.exit("xmae-train: error: --config and --workdir are required")
+  try:   # locked: a key the trainer does not know is an error, not a new field
+    config = config_lib.load(_CONFIG.value, _CONFIG_OVERRIDES).lock()
+  except config_lib.ConfigError as e:
+    sys.exit(f"xmae-train: error: {e}")
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
@@ -84,7 +90,7 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"xmae-train: error: {e}")
   try:
-    summary = train_lib.train(_CONFIG.value, _WORKDIR.value)
+    summary = train_lib.train(config, _WORKDIR.value)
   except train_lib.TrainingError as e:
     sys.exit(f"xmae-train: error: {e}")
   if jax.process_index() == 0:
@@ -96,9 +102,17 @@ def main(argv):
     sys.exit(143)
 
 
+def parse_flags(argv):
+  """absl's flag parsing, after config_lib takes the `--config.a.b=v` values out of argv."""
+  argv, overrides = config_lib.flag_overrides(argv)
+  _CONFIG_OVERRIDES.clear()
+  _CONFIG_OVERRIDES.update(overrides)
+  return app.parse_flags_with_usage(argv)
+
+
 def run():
   """Console-script entry point (xmae-train)."""
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

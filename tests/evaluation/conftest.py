@@ -1,5 +1,4 @@
 """Shared fixtures of the evaluation tests: one tiny xMAE, its workdir and its exported package."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,10 +7,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str, arg: str = "tiny"):
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from xmae_jax import config_lib
+  return config_lib.load(f"{REPO / 'configs' / name}.py:{arg}")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 
 def load_config(name, arg="tiny,model.seq_len=400"):
-  return config_lib.load_config_file(f"{REPO / 'configs' / name}.py:{arg}")
+  return config_lib.load(f"{REPO / 'configs' / name}.py:{arg}")
 
 
 def paired_batch(batch=8, length=400, seed=0):

@@ -69,7 +69,7 @@ def test_temperature_is_clipped_and_optionally_fixed():
 # ----------------------------------------------------------------------------------- the model
 def _m2ae_config(arg="tiny,model.seq_len=400"):
   from xmae_jax import config_lib
-  return config_lib.load_config_file(f"{REPO / 'configs' / 'm2ae.py'}:{arg}")
+  return config_lib.load(f"{REPO / 'configs' / 'm2ae.py'}:{arg}")
 
 
 def _signals(batch=4, length=400, seed=0):

@@ -1,5 +1,4 @@
 """Masks (xmae_jax.models.masking): counts, modes, ordering, randomness, curriculum."""
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -7,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from xmae_jax import config_lib
 from xmae_jax.models import masking
 
 N, P, B = 25, 40, 64
@@ -124,15 +124,12 @@ def test_ladder_does_not_promote_without_improvement():
 
 
 def test_ladder_state_round_trip_and_config():
-  spec = importlib.util.spec_from_file_location(
-      "_cfg_xmae_masking", Path(__file__).resolve().parents[2] / "configs" / "xmae.py")
-  cfg = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cfg)
-  a = masking.LadderCurriculum.from_config(cfg.get_config("tiny").masking)
+  tiny = config_lib.load(f"{Path(__file__).resolve().parents[2] / 'configs' / 'xmae.py'}:tiny")
+  a = masking.LadderCurriculum.from_config(tiny.masking)
   assert tuple(a.levels) == (0.8, 0.85, 0.9) and a.beta == 0.8 and a.min_evals == 3
   for x in (0.08, 0.05, 0.03):
     a.update(x)
-  b = masking.LadderCurriculum.from_config(cfg.get_config("tiny").masking)
+  b = masking.LadderCurriculum.from_config(tiny.masking)
   b.load_state_dict(a.state_dict())
   assert [a.update(x) for x in (0.02, 0.01, 0.01, 0.0)] == [b.update(x) for x in
                                                              (0.02, 0.01, 0.01, 0.0)]

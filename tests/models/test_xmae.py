@@ -1,5 +1,4 @@
 """xMAE model: parameter layout and counts, call contract, modes, dtypes, gradients, training."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
+from xmae_jax import config_lib
 from xmae_jax.interop import reference
 from xmae_jax.models import build, losses, masking
 from xmae_jax.models.xmae import XMAE
@@ -19,10 +19,7 @@ SHAPES = REPO / "tests" / "golden" / "fixtures" / "reference_shapes_paper_bridge
 
 
 def get_config(arg="tiny"):
-  spec = importlib.util.spec_from_file_location("_cfg_xmae_models", REPO / "configs" / "xmae.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(f"{REPO / 'configs' / 'xmae.py'}:{arg}")
 
 
 def n_params(module):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import mp_util
+from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import train as train_lib
@@ -272,13 +273,7 @@ def test_load_model_best_and_latest(runs):
 def _tiny(data_dir, **overrides):
   c = _load_config()
   c.data.dir = str(data_dir)
-  for k, v in overrides.items():
-    *parents, leaf = k.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return config_lib.apply_overrides(c, overrides)
 
 
 @pytest.mark.parametrize("case", ["unknown_model", "missing_dir", "empty_dir", "other_model"])

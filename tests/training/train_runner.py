@@ -22,18 +22,9 @@ RESULT_PREFIX = "TRAIN_RUNNER_RESULT "
 
 
 def load_config(spec: str):
+  """`config_lib.load` of a spec whose file is relative to the repository root."""
   from xmae_jax import config_lib
-  path, _, arg = spec.partition(":")
-  return config_lib.load_config_file(f"{REPO / path}:{arg}" if arg else str(REPO / path))
-
-
-def apply(config, overrides):
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+  return config_lib.load(REPO / spec)
 
 
 def register_toy_model():
@@ -54,6 +45,7 @@ def main(spec_path):
   register_toy_model()
   import jax
   import numpy as np
+  from xmae_jax import config_lib
   from xmae_jax.training import checkpoint as ckpt_lib
   from xmae_jax.training import metrics as metrics_lib
   from xmae_jax.training import train as train_lib
@@ -62,8 +54,8 @@ def main(spec_path):
   results = {"devices": jax.device_count(), "processes": jax.process_count()}
   for job in spec["jobs"]:
     config = load_config(spec["config"])
-    apply(config, spec.get("overrides", {}))
-    apply(config, job.get("overrides", {}))
+    config_lib.apply_overrides(config, spec.get("overrides", {}))
+    config_lib.apply_overrides(config, job.get("overrides", {}))
     out = {}
     try:
       out["summary"] = train_lib.train(config, job["workdir"], stop_at_step=job.get("stop_at_step"))

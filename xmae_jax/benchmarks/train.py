@@ -38,10 +38,11 @@ class BenchConfigError(ValueError):
 
 
 def load_config(spec: str):
-  """`configs/xmae.py[:preset,key=value]` -> its ConfigDict (the project's one config loader)."""
+  """`config_lib.load(spec)`, its errors as this benchmark's (benchmarks/reference.py and
+  scaling.py catch BenchConfigError)."""
   try:
-    return config_lib.load_config_file(spec)
-  except config_lib.ConfigFileError as e:
+    return config_lib.load(spec)
+  except config_lib.ConfigError as e:
     raise BenchConfigError(str(e)) from None
 
 

@@ -54,28 +54,12 @@ def parse_spec(text: str, *, random: bool = False, seed: int = 0, step: str = "a
   return EncoderSpec(name=name, path=value, step=step)
 
 
-def load_config_file(spec: str):
-  """`configs/xmae.py:demo` -> that file's get_config("demo") (as ml_collections config_flags).
-
-  A directory (a training workdir or an exported package) gives the config it holds, so
-  `--random random=runs/xmae` is the untrained twin of that run's architecture.
-  """
-  if Path(spec).is_dir():
-    from xmae_jax.training import checkpoint
-    for name in ("config.json",):
-      file = Path(spec) / name
-      if file.is_file():
-        return checkpoint.config_from_dict(json.loads(file.read_text()))
-    raise CompareError(f"{spec} holds no config.json (a workdir or package was expected)")
-  try:
-    return config_lib.load_config_file(spec)
-  except config_lib.ConfigFileError as e:
-    raise CompareError(str(e)) from None
-
-
 def build_encoder(spec: EncoderSpec, modality: str = "ppg", batch_size: int = 256):
   if spec.random_config:
-    config = load_config_file(spec.random_config)
+    try:   # a config file, or a workdir/package: the untrained twin of that architecture
+      config = config_lib.load(spec.random_config)
+    except config_lib.ConfigError as e:
+      raise CompareError(str(e)) from None
     enc = encoder_lib.random_encoder(config, modality, seed=spec.seed, batch_size=batch_size)
     enc.info = {"source": {"random_init": spec.random_config, "seed": spec.seed}}
     return enc

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from xmae_jax import __version__
+# The config JSON round trip lives in config_lib; these names stay reachable here for callers.
+from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 ITEMS = ("model", "opt", "data_iter", "meta")
 
@@ -85,33 +84,6 @@ def abstract_of(flat: dict[str, Any], shardings: dict[str, Any] | None = None) -
     sharding = (shardings or {}).get(k, getattr(v, "sharding", None))
     out[k] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
   return out
-
-
-# --- Config <-> JSON -----------------------------------------------------------------------------
-
-def _tuples(x):
-  if isinstance(x, list):
-    return tuple(_tuples(v) for v in x)
-  if isinstance(x, dict):
-    return {k: _tuples(v) for k, v in x.items()}
-  return x
-
-
-def config_to_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort())
-
-
-def config_from_dict(d: dict) -> mlc.ConfigDict:
-  """The ConfigDict of a saved config (JSON lists back to the tuples config_lib uses)."""
-  return mlc.ConfigDict(_tuples(d))
-
-
-def write_config(workdir, config) -> None:
-  path = Path(workdir) / CONFIG_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(config_to_dict(config), indent=1, sort_keys=True))
-  os.replace(tmp, path)
 
 
 # --- The manager ---------------------------------------------------------------------------------
