@@ -22,10 +22,12 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from xmae_jax import errors
+
 RULES = ("replicate", "fsdp")
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.XmaeError):
   """A mesh or a rule that does not fit the devices or the parameters."""
 
 
