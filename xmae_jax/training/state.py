@@ -1,7 +1,7 @@
 """The train state and the jitted steps: what `train()`, the benchmarks and the tests share.
 
 The train state is a plain pytree of arrays, `{"params", "batch_stats", "opt", "step"}`, with
-`params` and `batch_stats` the model's nested dicts of arrays (`nnx.State.to_pure_dict()`).
+`params` and `batch_stats` the model's nested dicts of arrays (`nnx.to_pure_dict`).
 It crosses `jax.jit` as is, so a step call flattens arrays only, no NNX Variable objects; the
 step merges the model from the graph definition inside the trace. Every model of the registry
 holds parameters and BatchNorm statistics only (dropout and masks take their randomness from
@@ -47,7 +47,7 @@ def split_model(model) -> tuple[nnx.GraphDef, dict, dict]:
   if left:
     raise StateError(f"{type(model).__name__} holds state other than parameters and batch "
                      f"statistics ({len(left)} entries, e.g. {left[0]}): the trainer cannot carry it")
-  return graphdef, params.to_pure_dict(), stats.to_pure_dict()
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
 def model_graphdef(config) -> nnx.GraphDef:
@@ -127,7 +127,7 @@ def make_train_step(graphdef, tx, schedule, config, mask_ratio: float | None):
     model = merge_model(graphdef, params, batch_stats, copy=True)
     model.train()
     loss, aux = model.loss(batch, key, mask_ratio=mask_ratio)
-    return loss, (aux, nnx.state(model, nnx.BatchStat).to_pure_dict())
+    return loss, (aux, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
