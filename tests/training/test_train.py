@@ -7,7 +7,7 @@ and keeps the last good checkpoint; SIGTERM leaves a checkpoint that restores; b
 at start with one line. The runs happen in subprocesses (each its own device count), all
 started at once by one module fixture; a shared persistent compilation cache keeps recompiles
 down. xMAE (tiny) is trained on one device; the topology matrix uses the test-only `toy_mae`
-(toy_model.py: same contract, seconds instead of minutes to compile on this machine).
+(toy_model.py: same contract, far quicker to compile).
 """
 import json
 import os

@@ -3,9 +3,8 @@
 The trainer's properties (topology independence, exact resume, sharding rules) do not depend on
 the architecture, only on the contract: `loss(batch, key, *, mask_ratio)` drawing per-example
 masks (here with the real `xmae_jax.models.masking`) and dropout from `key`, BatchNorm statistics
-updated in training mode. This model keeps those pieces and compiles in a second or two, where
-xMAE's convolutional stem takes minutes on a busy 2-core machine; xMAE itself is trained by
-the single-device tests. Tests register it as `models.REGISTRY["toy_mae"]`.
+updated in training mode. This model keeps those pieces and compiles far faster than xMAE's
+convolutional stem; xMAE itself is trained by the single-device tests. Tests register it as `models.REGISTRY["toy_mae"]`.
 """
 import jax
 import jax.numpy as jnp

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from xmae_jax import errors
+
 # FLOPs of one n x n x n matrix multiply (multiply + add).
 def matmul_flops(n: int) -> float:
   return 2.0 * n ** 3
@@ -150,8 +152,8 @@ def torch_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -
   return matmul_flops(n) / min(times)
 
 
-class MissingExtraError(RuntimeError):
-  pass
+class MissingExtraError(errors.XmaeError):
+  """An optional extra a benchmark needs is not installed."""
 
 
 def import_torch():

@@ -3,7 +3,7 @@
   python -m xmae_jax.bench train --config configs/xmae.py --batch-size 64 --steps 20
   python -m xmae_jax.bench train --config configs/xmae.py:tiny --batch-size 8 --dtype bfloat16
 
-Builds the trainer's own step (`xmae_jax.training.train.make_train_step`: masking, loss,
+Builds the trainer's own step (`xmae_jax.training.state.make_train_step`: masking, loss,
 gradient, AdamW update, NaN guard; state donated, explicit shardings on the config's mesh),
 compiles it once (`lower().compile()`, so the timed calls cannot recompile), and times it on a
 device-resident synthetic batch. Prints one JSON line:
@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import errors
 from xmae_jax.benchmarks import common
 from xmae_jax.data import preprocess
 
 
-class BenchConfigError(ValueError):
-  pass
+class BenchConfigError(errors.XmaeError):
+  """A benchmark config or size that cannot run."""
 
 
 def load_config(spec: str):
@@ -86,7 +87,7 @@ class StepBench:
       start = time.perf_counter()
       self.state, out = self.compiled(self.state, self.batch)
       # Host time until the call returns (the computation runs asynchronously): the per-step
-      # overhead an accelerator would see (argument flattening, NNX Variable (un)wrapping).
+      # overhead an accelerator would see (flattening the state pytree of arrays).
       self.dispatch_times.append(time.perf_counter() - start)
       return out
 
@@ -118,13 +119,10 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
   the step function), so what is timed is what `xmae-train` runs.
   """
   import jax
-  from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from xmae_jax import models
   from xmae_jax.training import optim
   from xmae_jax.training import sharding
-  from xmae_jax.training import train as train_lib
+  from xmae_jax.training import state as state_lib
 
   config = config.copy_and_resolve_references()
   with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
@@ -136,19 +134,17 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
     raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
                            f"size {dp} (mesh {dict(mesh.shape)})")
   tx, schedule = optim.make_optimizer(config.train, total_steps)
-  # The trainer's (module-private) state builders: one place defines the state layout.
-  graphdef = train_lib._split(nnx.eval_shape(
-      lambda: models.build(config, nnx.Rngs(int(config.seed)))))[0]
-  init = train_lib._init_fn(config, tx)
-  state_sh = sharding.tree_shardings(jax.eval_shape(init), mesh, config.mesh.param_rules)
+  # The trainer's state layout and step (`training.state`): what is timed is what it runs.
+  graphdef = state_lib.model_graphdef(config)
+  init = state_lib.init_fn(config, tx)
+  state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
   batch_sh = sharding.batch_sharding(mesh, config.mesh)
   host = synthetic_batch(batch_size, int(config.model.seq_len), data_seed)
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=state_sh)()
     batch = {k: jax.device_put(v, batch_sh) for k, v in host.items()}
-    step = jax.jit(train_lib.make_train_step(graphdef, tx, schedule, config, None),
-                   in_shardings=(state_sh, batch_sh),
-                   out_shardings=(state_sh, NamedSharding(mesh, P())), donate_argnums=0)
+    step = state_lib.jit_train_step(graphdef, tx, schedule, config, None, state_sh, batch_sh,
+                                    sharding.replicated(mesh))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

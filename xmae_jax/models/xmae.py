@@ -184,3 +184,14 @@ class XMAE(nnx.Module):
     if modality == "ecg" and self.ecg_path.encoder.proj is not None:
       return self.ecg_path.encoder
     raise ValueError(f"xMAE has no exportable {modality!r} encoder (use 'ppg')")
+
+  def reconstruct_ecg(self, ppg: jax.Array, ecg: jax.Array, key: jax.Array, *,
+                      mask_ratio: float | None = None) -> dict[str, jax.Array]:
+    """The ECG reconstructed from fully visible PPG and an ECG mask drawn from `key` with the
+    model's masking mode (`mask_ratio` overrides masking.ratio_ecg), for figures: so a caller
+    needs no knowledge of this model's masks. Returns `ecg_reconstruction` (B, L) and
+    `ecg_masked` (B, L) bool, True on masked samples."""
+    ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
+    ecg_keep = masking.sample_keep_ids(key, ecg.shape[0], self.num_patches, ratio, self.mask_mode)
+    out = self(ppg, ecg, ecg_keep)
+    return {"ecg_reconstruction": out["ecg_reconstruction"], "ecg_masked": out["ecg_mask"] > 0}

@@ -2,7 +2,7 @@
 
 Each step directory holds, saved together and atomically (Orbax writes to a temporary directory
 and renames it when every process has finished):
-  model/      every variable of the NNX model (parameters, BatchNorm statistics, RNG state),
+  model/      every variable of the NNX model (parameters and BatchNorm statistics),
               a flat {dotted path: array} map, so other tools read it without the model class
   opt/        the optax state, the same way (absent in checkpoints written by importers)
   data_iter/  the Grain iterator state, one JSON per process (absent when the stream has none)
@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from xmae_jax import __version__
+from xmae_jax import errors
 # The config JSON round trip lives in config_lib; these names stay reachable here for callers.
 from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config  # noqa: F401
 
@@ -36,7 +35,7 @@ FORMAT_VERSION = 1
 ITEMS = ("model", "opt", "data_iter", "meta")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.XmaeError):
   """A workdir or checkpoint that cannot be used as asked."""
 
 
@@ -47,34 +46,19 @@ def _key(path) -> str:
   return s[:-len(".value")] if s.endswith(".value") else s
 
 
-def _is_prng_key(x) -> bool:
-  return jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
-
-
 def flatten(tree) -> dict[str, Any]:
-  """{dotted path: array}; typed PRNG keys become their uint32 key data (Orbax stores arrays)."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if _is_prng_key(leaf):
-      leaf = (jax.random.key_data(leaf) if isinstance(leaf, jax.Array)
-              else jax.ShapeDtypeStruct(leaf.shape + (2,), jnp.uint32, sharding=getattr(leaf, "sharding", None)))
-    flat[_key(path)] = leaf
-  return flat
+  """{dotted path: leaf}: the names a checkpoint stores (NNX's trailing `.value` dropped, so an
+  `nnx.State` and its pure dict give the same names)."""
+  return {_key(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def unflatten(like, flat: dict[str, Any]):
-  """The tree `like` with its leaves taken from `flat` (PRNG keys re-wrapped)."""
+  """The tree `like` with its leaves taken from `flat`."""
   paths, treedef = jax.tree_util.tree_flatten_with_path(like)
   missing = [_key(p) for p, _ in paths if _key(p) not in flat]
   if missing:
     raise CheckpointError(f"checkpoint lacks {len(missing)} entries the model needs, e.g. {missing[:3]}")
-  leaves = []
-  for path, ref in paths:
-    v = flat[_key(path)]
-    if _is_prng_key(ref):
-      v = jax.random.wrap_key_data(v, impl=jax.random.key_impl(ref) if isinstance(ref, jax.Array) else None)
-    leaves.append(v)
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
 
 
 def abstract_of(flat: dict[str, Any], shardings: dict[str, Any] | None = None) -> dict[str, jax.ShapeDtypeStruct]:

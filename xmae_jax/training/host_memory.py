@@ -15,11 +15,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 def keep_freed_host_memory() -> bool:
   """Makes glibc malloc keep and reuse freed memory instead of returning it to the kernel.
 
-  XLA:CPU allocates one temporary buffer per execution of a compiled program (767 MB for the
-  paper train step at batch 64). glibc serves such a block with a fresh mmap and unmaps it when
-  the step ends, so every step page-faulted the whole buffer again: 187k minor faults and about
-  0.5 s of kernel time per step on this machine, a fifth of the step. With every thread on the
-  main arena, no mmap for large blocks and no trimming, the block is reused from the heap.
+  XLA:CPU allocates one large temporary buffer per execution of a compiled program. glibc
+  serves such a block with a fresh mmap and unmaps it when the step ends, so every step
+  page-faults the whole buffer again, in kernel time (measured in BENCHMARKS.md). With every
+  thread on the main arena, no mmap for large blocks and no trimming, the block is reused from
+  the heap.
   The process keeps its peak heap (it needs it every step anyway).
 
   Call it before JAX starts its CPU client (the threads bind to a malloc arena on their first

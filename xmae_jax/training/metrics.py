@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from xmae_jax import errors
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -32,9 +33,7 @@ def truncate_after(workdir, step: int) -> None:
   if not path.is_file():
     return
   kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
-  tmp = path.with_suffix(".jsonl.tmp")
-  tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-  os.replace(tmp, path)
+  errors.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _clean(value):

@@ -24,10 +24,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from xmae_jax import errors
+
 RULES = ("replicate", "fsdp")
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.XmaeError):
   """A mesh or a rule that does not fit the devices or the parameters."""
 
 

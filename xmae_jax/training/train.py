@@ -1,15 +1,14 @@
 """The one training loop: `train(config, workdir) -> summary`, for every model and topology.
 
-Read top to bottom:
+`train()` reads top to bottom:
   1. check the settings (each bad one fails here with one clear line);
   2. the mesh, the data streams (each process reads its rows of every global batch);
-  3. the model from the registry, split once into (graphdef, state); parameters and optimizer
-     state are created directly sharded by the rules in `config.mesh.param_rules`;
-  4. resume from the workdir's latest checkpoint when there is one;
-  5. a plain `jax.jit` train step (NNX merge inside, donated state, explicit shardings), one
-     compiled variant per mask ratio of the curriculum;
-  6. the loop: step, log, validate (early stopping, curriculum, best checkpoint), figures,
-     periodic and preemption checkpoints, the NaN/Inf guard.
+  3. the model and optimizer state (`training.state`): created directly sharded by the rules in
+     `config.mesh.param_rules`, or resumed from the workdir's latest checkpoint;
+  4. the loop: step, then what `due()` says the step needs (log, validate, figure, checkpoint,
+     stop). `Validation` owns what follows a validation (best step, early stopping, the
+     curriculum) and the loop state stored in checkpoint meta; `MetricWindow` owns the training
+     metrics between two log rows and the NaN/Inf check.
 
 Topology independence: global batch i holds the same records whatever the processes (the
 pipeline's contract) and the step's randomness is `fold_in(PRNGKey(config.seed), i)`, which the
@@ -19,35 +18,31 @@ depend on the number of processes or devices and a run may resume on another sli
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from xmae_jax import errors
 from xmae_jax import models
 from xmae_jax.data import pipeline
 from xmae_jax.data import shards
-from xmae_jax.models import masking
 from xmae_jax.training import checkpoint as ckpt_lib
+from xmae_jax.training import curriculum as curriculum_lib
 from xmae_jax.training import figures
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import optim
 from xmae_jax.training import sharding
+from xmae_jax.training import state as state_lib
 
-EVAL_KEY_SALT = 0x7FFFFFFF   # eval masks: fold_in(fold_in(seed, SALT), eval batch): fixed per run
 FIGURE_KEY_SALT = 0x7FFFFFFE
 FIGURE_EXAMPLES = 4
 
 
-class TrainingError(ValueError):
+class TrainingError(errors.XmaeError):
   """A setting or a state that stops training; the message is one line for the user."""
 
 
@@ -111,140 +106,7 @@ def check_settings(config, mesh) -> int:
   return records
 
 
-# ------------------------------------------------------------------------------------ the state
-
-def _split(model):
-  """(graphdef, params, everything else: BatchNorm statistics, RNG state)."""
-  return nnx.split(model, nnx.Param, ...)
-
-
-def _init_fn(config, tx) -> Callable[[], dict]:
-  def init():
-    graphdef, params, rest = _split(models.build(config, nnx.Rngs(int(config.seed))))
-    del graphdef
-    return {"params": params, "rest": rest, "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32)}
-  return init
-
-
-def _host_init(init, state_sh):
-  """The initial state built once on this host's CPU, then placed on the mesh by the rules.
-
-  The models are small (millions of parameters), so building them on one host device costs
-  little, gives the same initial values on every topology, and the eager per-shape compiles are
-  shared by every mesh (a `jit(init, out_shardings=...)` would compile anew per mesh; it is the
-  choice for models that do not fit one device).
-  """
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    state = init()
-  leaves, treedef = jax.tree.flatten(state)
-  impls = [jax.random.key_impl(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else None
-           for x in leaves]
-  host = [np.asarray(x if impl is None else jax.random.key_data(x)) for x, impl in zip(leaves, impls)]
-
-  def place(host_leaves):
-    return jax.tree.unflatten(treedef, [x if impl is None else jax.random.wrap_key_data(x, impl=impl)
-                                        for x, impl in zip(host_leaves, impls)])
-
-  # Numpy inputs hold the same values on every process; jit places them by the shardings.
-  return jax.jit(place, out_shardings=state_sh)(host)
-
-
-def _model_flat(state) -> dict:
-  return {**ckpt_lib.flatten(state["params"]), **ckpt_lib.flatten(state["rest"])}
-
-
-def _opt_flat(state) -> dict:
-  return ckpt_lib.flatten({"opt": state["opt"], "step": state["step"]})
-
-
-# ----------------------------------------------------------------------------------- the steps
-
-def _select_state(keep_new, new, old):
-  """`new` where `keep_new` (a scalar bool), else `old`, leaf by leaf.
-
-  A per-leaf select fuses into the fusions that compute the new leaves (the optimizer update),
-  where a `lax.cond` over the whole state made XLA:CPU copy the 78 MB state in and out of the
-  branch computations every step. Typed PRNG keys are selected through their raw data.
-  """
-  def select(n, o):
-    if jax.dtypes.issubdtype(n.dtype, jax.dtypes.prng_key):
-      data = jnp.where(keep_new, jax.random.key_data(n), jax.random.key_data(o))
-      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(n))
-    return jnp.where(keep_new, n, o)
-  return jax.tree.map(select, new, old)
-
-
-def make_train_step(graphdef, tx, schedule, config, mask_ratio: float):
-  """(state, batch) -> (state, metrics): one optimizer update over the global batch."""
-  base_key = jax.random.PRNGKey(int(config.seed))
-  accum = max(1, int(config.train.grad_accum_steps))
-
-  def loss_fn(params, rest, batch, key):
-    # copy=True: fresh Variables at this trace level (BatchNorm statistics are updated in place).
-    model = nnx.merge(graphdef, params, rest, copy=True)
-    model.train()
-    loss, aux = model.loss(batch, key, mask_ratio=mask_ratio)
-    return loss, (aux, nnx.state(model, nnx.Not(nnx.Param)))
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def step_fn(state, batch):
-    key = jax.random.fold_in(base_key, state["step"])
-    if accum == 1:
-      (loss, (aux, rest)), grads = grad_fn(state["params"], state["rest"], batch, key)
-    else:
-      # Micro-batch j holds rows j, j+accum, ... so every device keeps its own rows.
-      micro = jax.tree.map(
-          lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch)
-
-      def body(carry, xs):
-        grads_sum, loss_sum, aux_sum, rest = carry
-        j, mb = xs
-        (loss, (aux, rest)), grads = grad_fn(state["params"], rest, mb, jax.random.fold_in(key, j))
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)
-        return (add(grads_sum, grads), loss_sum + loss, add(aux_sum, aux), rest), None
-
-      zeros = jax.tree.map(jnp.zeros_like, state["params"])
-      aux_shape = jax.eval_shape(lambda: grad_fn(state["params"], state["rest"],
-                                                 jax.tree.map(lambda x: x[0], micro), key)[0][1][0])
-      aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-      (grads, loss, aux, rest), _ = jax.lax.scan(
-          body, (zeros, jnp.zeros((), jnp.float32), aux0, state["rest"]),
-          (jnp.arange(accum), micro))
-      grads = jax.tree.map(lambda g: g / accum, grads)
-      loss = loss / accum
-      aux = jax.tree.map(lambda a: a / accum, aux)
-    grad_norm = optax.global_norm(grads)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = {"params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step leaves the state as it was: the loop stops and nothing bad is saved.
-    new = _select_state(finite, new, state)
-    out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
-           "finite": finite}
-    out.update({k: v for k, v in aux.items() if k not in out and jnp.ndim(v) == 0})
-    return new, out
-
-  return step_fn
-
-
-def make_eval_step(graphdef, config, mask_ratio: float):
-  base_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), EVAL_KEY_SALT)
-
-  def eval_fn(state, batch, index):
-    model = nnx.merge(graphdef, state["params"], state["rest"])
-    model.eval()
-    loss, aux = model.loss(batch, jax.random.fold_in(base_key, index), mask_ratio=mask_ratio)
-    out = {"loss": loss}
-    out.update({k: v for k, v in aux.items() if k != "loss" and jnp.ndim(v) == 0})
-    return out
-
-  return eval_fn
-
-
-# ------------------------------------------------------------------------------ loop helpers
+# ------------------------------------------------------------------------------ preemption
 
 class Preemption:
   """SIGTERM -> save and stop. One process: a signal handler; several: JAX's preemption sync
@@ -277,31 +139,266 @@ class Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-@dataclasses.dataclass
-class LoopState:
-  """Host-side state that must survive a restart (stored in each checkpoint's meta)."""
-  best_val_loss: float | None = None
-  best_step: int | None = None
-  evals_since_best: int = 0
-  last_val_loss: float | None = None
-  curriculum: dict | None = None
+# ------------------------------------------------------------------------------ loop helpers
 
-  def to_dict(self):
-    return dataclasses.asdict(self)
+@dataclasses.dataclass(frozen=True)
+class Due:
+  """What a finished step needs."""
+  log: bool
+  eval: bool
+  figure: bool
+  checkpoint: bool   # periodic, last or requested stop (best and early stop add to it later)
+  stop: bool         # `stop_at_step` reached
+
+  @property
+  def sync(self) -> bool:
+    """The step's metrics are needed now (not one step later)."""
+    return self.log or self.eval or self.checkpoint
 
 
-def _fetch(x):
-  return jax.tree.map(lambda v: np.asarray(jax.device_get(v)), x)
+def due(plan: Plan, step: int, stop_at_step: int | None) -> Due:
+  last = step == plan.total_steps
+  stop = step == stop_at_step
+  return Due(log=step % plan.log_every == 0 or last, eval=step % plan.eval_every == 0 or last,
+             figure=step % plan.figure_every == 0,
+             checkpoint=step % plan.checkpoint_every == 0 or last or stop, stop=stop)
+
+
+class Validation:
+  """What follows a validation: the best step, early stopping and the curriculum's mask ratio.
+
+  Its `state_dict()` is the loop state stored in each checkpoint's meta (`loop`), so a resumed
+  run continues the same early-stopping count and curriculum level.
+  """
+
+  def __init__(self, patience: int, curriculum: curriculum_lib.LadderCurriculum | None = None):
+    self.patience = int(patience)
+    self.curriculum = curriculum
+    self.best_val_loss: float | None = None
+    self.best_step: int | None = None
+    self.evals_since_best = 0
+    self.last_val_loss: float | None = None
+
+  @classmethod
+  def from_config(cls, config) -> "Validation":
+    masking_config = config.get("masking") or {}
+    curriculum = (curriculum_lib.LadderCurriculum.from_config(masking_config)
+                  if masking_config.get("curriculum") else None)
+    return cls(config.train.early_stop_patience, curriculum)
+
+  @property
+  def mask_ratio(self) -> float | None:
+    """The curriculum's ratio, or None for the model's own (masking.ratio_ecg)."""
+    return self.curriculum.ratio if self.curriculum is not None else None
+
+  def record(self, step: int, val_loss: float) -> list[str]:
+    """Takes the validation loss of `step`; returns the messages for the log."""
+    messages = []
+    self.last_val_loss = val_loss
+    improved = self.best_val_loss is None or val_loss < self.best_val_loss
+    if improved:
+      self.best_val_loss, self.best_step, self.evals_since_best = val_loss, step, 0
+    else:
+      self.evals_since_best += 1
+    if self.curriculum is not None:
+      before = self.curriculum.ratio
+      self.curriculum.update(val_loss)
+      if self.curriculum.ratio != before:
+        messages.append(f"step {step}: mask ratio {before:g} -> {self.curriculum.ratio:g}")
+        self.evals_since_best = 0
+    messages.append(f"step {step}: val_loss {val_loss:.5f}" + (
+        " (best)" if improved else f" (best {self.best_val_loss:.5f} at step {self.best_step})"))
+    return messages
+
+  def should_stop(self) -> bool:
+    return self.evals_since_best > self.patience
+
+  def state_dict(self) -> dict:
+    return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best, "last_val_loss": self.last_val_loss,
+            # The curriculum's state once it has seen a validation (before, the fresh one).
+            "curriculum": (self.curriculum.state_dict()
+                           if self.curriculum is not None and self.last_val_loss is not None
+                           else None)}
+
+  def load_state_dict(self, loop: dict) -> None:
+    self.best_val_loss, self.best_step = loop["best_val_loss"], loop["best_step"]
+    self.evals_since_best, self.last_val_loss = loop["evals_since_best"], loop["last_val_loss"]
+    if self.curriculum is not None and loop.get("curriculum"):
+      self.curriculum.load_state_dict(loop["curriculum"])
 
 
 def _mean_rows(rows: list[dict]) -> dict[str, float]:
-  keys = rows[0].keys()
-  return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-def _can_plot(config) -> bool:
-  # Models called as model(ppg, ecg, ecg_keep) -> {"ecg_reconstruction"} (the README contract).
-  return config.model.name == "xmae"
+class MetricWindow:
+  """The training metrics since the last log row.
+
+  A step's metrics are fetched while the next step runs (no stall in the common case), unless
+  the step needs them at once (`push(..., sync=True)`). A non-finite step raises
+  `NonFiniteLossError` naming it and the last good checkpoint.
+  """
+
+  def __init__(self, batch_size: int, steps_per_epoch: int, workdir: Path):
+    self.batch_size, self.steps_per_epoch, self.workdir = batch_size, steps_per_epoch, workdir
+    self.pending = None
+    self.rows: list[dict] = []
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    self.started = time.perf_counter()
+
+  def push(self, step: int, out: dict, *, sync: bool, last_saved: int | None) -> None:
+    done = [self.pending] if self.pending is not None else []
+    self.pending = (step, out)
+    if sync:
+      done.append(self.pending)
+      self.pending = None
+    for s, o in done:
+      o = state_lib.fetch(o)
+      if not o.pop("finite"):
+        bad = next((k for k in ("loss", "grad_norm") if not np.isfinite(o[k])), "loss")
+        good = f"step {last_saved}" if last_saved is not None else "none (no checkpoint yet)"
+        raise NonFiniteLossError(
+            f"non-finite {bad} ({o[bad]}) at step {s}: training stopped; last good checkpoint: "
+            f"{good} in {self.workdir / ckpt_lib.CHECKPOINT_DIR}")
+      self.rows.append(o)
+
+  def row(self, step: int, mask_ratio: float | None) -> dict | None:
+    """The log row of the steps since the last one (None when there are none); starts anew."""
+    if not self.rows:
+      return None
+    elapsed = time.perf_counter() - self.started
+    mean = _mean_rows(self.rows)
+    row = {"train_loss": mean.pop("loss"), "lr": float(self.rows[-1]["lr"]),
+           "segments_per_s": len(self.rows) * self.batch_size / max(elapsed, 1e-9),
+           "epoch": step / self.steps_per_epoch}
+    row.update({f"train_{k}": v for k, v in mean.items() if k != "lr"})
+    if mask_ratio is not None:
+      row["mask_ratio"] = mask_ratio
+    self.rows = []
+    return row
+
+
+class Steps:
+  """The compiled train and eval steps on the mesh, one variant per mask ratio, and the
+  placement of host batches."""
+
+  def __init__(self, config, mesh, graphdef, tx, schedule, state_sh):
+    self.config, self.mesh, self.graphdef = config, mesh, graphdef
+    self.tx, self.schedule, self.state_sh = tx, schedule, state_sh
+    self.batch_axes = sharding.batch_axes(mesh, config.mesh)
+    self.batch_sh = sharding.batch_sharding(mesh, config.mesh)
+    self.metric_sh = sharding.replicated(mesh)
+    self._train, self._eval = {}, {}
+
+  def to_device(self, host_batch):
+    return sharding.place_batch(host_batch, self.mesh, self.batch_axes)
+
+  def train(self, ratio):
+    if ratio not in self._train:
+      self._train[ratio] = state_lib.jit_train_step(
+          self.graphdef, self.tx, self.schedule, self.config, ratio, self.state_sh,
+          self.batch_sh, self.metric_sh)
+    return self._train[ratio]
+
+  def evaluate(self, state, batches, ratio) -> dict[str, float]:
+    """Mean validation metrics over `batches` (a host iterator, closed here)."""
+    if ratio not in self._eval:
+      self._eval[ratio] = state_lib.jit_eval_step(self.graphdef, self.config, ratio,
+                                                  self.state_sh, self.batch_sh, self.metric_sh)
+    fn = self._eval[ratio]
+    rows = [state_lib.fetch(fn(state, self.to_device(b), jnp.uint32(i)))
+            for i, b in enumerate(batches)]
+    pipeline.close(batches)
+    return _mean_rows(rows)
+
+  def reconstructions(self, state, host_batch, ratio, n: int) -> dict[str, np.ndarray]:
+    """The first `n` rows of a batch and the model's ECG reconstruction (`reconstruct_ecg`),
+    replicated, so every process holds them (process 0 draws them)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), FIGURE_KEY_SALT)
+
+    def reconstruct(params, batch_stats, b):
+      model = state_lib.merge_model(self.graphdef, params, batch_stats)
+      model.eval()
+      got = model.reconstruct_ecg(b["ppg"], b["ecg"], key, mask_ratio=ratio)
+      return {"ppg": b["ppg"][:n], "ecg": b["ecg"][:n], "rec": got["ecg_reconstruction"][:n],
+              "masked": got["ecg_masked"][:n]}
+
+    return state_lib.fetch(jax.jit(reconstruct, out_shardings=self.metric_sh)(
+        state["params"], state["batch_stats"], self.to_device(host_batch)))
+
+
+def can_plot(config) -> bool:
+  """Whether the model draws its own reconstructions (`reconstruct_ecg`)."""
+  return hasattr(models.model_class(config.model.name), "reconstruct_ecg")
+
+
+def _first_batch(val_data):
+  batches = iter(val_data)
+  try:
+    return next(batches)
+  finally:
+    pipeline.close(batches)
+
+
+def _draw_figure(steps: Steps, config, workdir: Path, step: int, state, batch, ratio) -> None:
+  got = steps.reconstructions(state, batch, ratio, min(FIGURE_EXAMPLES, int(config.train.batch_size)))
+  if jax.process_index() == 0:
+    shown = float(config.masking.ratio_ecg) if ratio is None else ratio
+    figures.plot_reconstructions(
+        workdir / "figures" / f"reconstruction_step{step:07d}.png", got["ecg"], got["rec"],
+        got["masked"], got["ppg"], sampling_rate=float(config.data.sampling_rate),
+        title=f"{config.model.name} step {step}: ECG from PPG, mask ratio {shown:g}")
+
+
+def _save(ckpt, config, step: int, state, validation: Validation, train_it, val_loss=None):
+  meta = ckpt_lib.meta_dict(config, step, val_loss=val_loss, loop=validation.state_dict(),
+                            data_iter_state=train_it.get_state(),
+                            process_count=jax.process_count(), device_count=jax.device_count())
+  ckpt.save(step, model=state_lib.model_flat(state), opt=state_lib.opt_flat(state),
+            data_iter=train_it, meta=meta, val_loss=val_loss)
+
+
+def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
+            validation: Validation):
+  """The train state of checkpoint `latest` (and the data stream and loop state when it is a
+  training run's; an importer's weights-only checkpoint starts the optimizer and data anew)."""
+  meta = ckpt.read_meta(latest)
+  full = meta.get("kind") == "train" and ckpt.has_item(latest, "opt")
+  same_topology = ckpt.has_item(latest, "data_iter") and (
+      workdir / ckpt_lib.CHECKPOINT_DIR / str(latest) / "data_iter" /
+      f"process_{jax.process_index()}-of-{jax.process_count()}.json").is_file()
+  state = state_lib.restore_state(ckpt, latest, abstract, state_sh, tx, full=full,
+                                  data_iter=train_it if full and same_topology else None)
+  if full:
+    if not same_topology:
+      # Another process count: this pipeline's iterator state is the global batch index,
+      # the same on every process, so process 0's saved state fits every process.
+      train_it.set_state(meta["data_iter_state"])
+    validation.load_state_dict(meta["loop"])
+  return state
+
+
+def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int, workdir) -> None:
+  progress.message(
+      f"xmae-train: {config.model.name} ({state_lib.num_params(abstract):,} parameters), "
+      f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
+      f"mesh {dict(mesh.shape)} on {jax.process_count()} process(es), "
+      + (f"resumed at step {start}" if start else "from scratch") + f"; workdir {workdir}")
+  sharded = sharding.describe(state_sh["params"])
+  if sharded:
+    progress.message(f"FSDP-sharded parameters: {len(sharded)} of "
+                     f"{len(jax.tree.leaves(abstract['params']))}")
+
+
+def _user_errors(fn, *args):
+  """`fn(*args)`, its user errors (mesh, rules, checkpoints) re-raised as one-line TrainingErrors."""
+  try:
+    return fn(*args)
+  except (sharding.ShardingError, ckpt_lib.CheckpointError) as e:
+    raise TrainingError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------- training
@@ -316,238 +413,87 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
   chief = jax.process_index() == 0
   t = config.train
 
-  # 1-2. settings, mesh, data ------------------------------------------------------------------
-  try:
-    mesh = sharding.make_mesh(config.mesh)
-  except sharding.ShardingError as e:
-    raise TrainingError(str(e)) from None
+  # 1-2. settings, mesh, data
+  mesh = _user_errors(sharding.make_mesh, config.mesh)
   train_records = check_settings(config, mesh)
-  try:
-    latest = ckpt_lib.check_compatible(workdir, config)
-  except ckpt_lib.CheckpointError as e:
-    raise TrainingError(str(e)) from None
+  latest = _user_errors(ckpt_lib.check_compatible, workdir, config)
   plan = _plan(config, train_records)
-  batch_axes = sharding.batch_axes(mesh, config.mesh)
-  rows = pipeline.host_rows(mesh, t.batch_size, batch_axes)
+  rows = sharding.host_rows(mesh, t.batch_size, sharding.batch_axes(mesh, config.mesh))
   train_it = pipeline.make_train_iterator(config.data, global_batch_size=t.batch_size,
                                           seed=int(config.seed), rows=rows)
+  # Built once: shards opened and the selection resolved here, read again at each evaluation
+  # (not kept in memory: a real validation split can be gigabytes).
+  val_data = pipeline.make_eval_dataset(config.data, global_batch_size=t.batch_size,
+                                        num_batches=plan.eval_batches, rows=rows, num_workers=0,
+                                        cache=False)
 
-  def eval_batches():
-    return pipeline.make_eval_iterator(config.data, global_batch_size=t.batch_size,
-                                       num_batches=plan.eval_batches, rows=rows, num_workers=0)
-
-  # 3. model, optimizer, shardings --------------------------------------------------------------
+  # 3. model, optimizer, shardings; fresh or resumed
   tx, schedule = optim.make_optimizer(t, plan.total_steps)
-  graphdef = _split(nnx.eval_shape(lambda: models.build(config, nnx.Rngs(int(config.seed)))))[0]
-  init = _init_fn(config, tx)
+  init = state_lib.init_fn(config, tx)
   abstract = jax.eval_shape(init)
-  try:
-    state_sh = sharding.tree_shardings(abstract, mesh, config.mesh.param_rules)
-  except sharding.ShardingError as e:
-    raise TrainingError(str(e)) from None
-  batch_sh = sharding.batch_sharding(mesh, config.mesh)
-
+  state_sh = _user_errors(state_lib.state_shardings, abstract, mesh, config)
+  steps = Steps(config, mesh, state_lib.model_graphdef(config), tx, schedule, state_sh)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
-  loop = LoopState()
-  masking_config = config.get("masking") or {}
-  curriculum = (masking.LadderCurriculum.from_config(masking_config)
-                if masking_config.get("curriculum") else None)
+  validation = Validation.from_config(config)
   with jax.set_mesh(mesh):
-    # 4. fresh or resumed ---------------------------------------------------------------------
-    model_target = ckpt_lib.abstract_of(_model_flat(abstract), _model_flat(state_sh))
     if latest is None:
-      state = _host_init(init, state_sh)
-      start = 0
+      state = state_lib.host_init(init, state_sh)
     else:
-      meta = ckpt.read_meta(latest)
-      full = meta.get("kind") == "train" and ckpt.has_item(latest, "opt")
-      opt_target = ckpt_lib.abstract_of(_opt_flat(abstract), _opt_flat(state_sh)) if full else None
-      same_topology = ckpt.has_item(latest, "data_iter") and (
-          workdir / ckpt_lib.CHECKPOINT_DIR / str(latest) / "data_iter" /
-          f"process_{jax.process_index()}-of-{jax.process_count()}.json").is_file()
-      restored = ckpt.restore(latest, model=model_target, opt=opt_target,
-                              data_iter=train_it if full and same_topology else None)
-      if full:
-        opt_part = ckpt_lib.unflatten({"opt": abstract["opt"], "step": abstract["step"]}, restored["opt"])
-        if not same_topology:
-          # Another process count: this pipeline's iterator state is the global batch index,
-          # the same on every process, so process 0's saved state fits every process.
-          train_it.set_state(meta["data_iter_state"])
-        loop = LoopState(**meta["loop"])
-      else:   # weights only (imported): fresh optimizer and data order, from step 0
-        opt_part = jax.jit(lambda p: {"opt": tx.init(p), "step": jnp.zeros((), jnp.int32)},
-                           out_shardings={"opt": state_sh["opt"], "step": state_sh["step"]})(
-                               ckpt_lib.unflatten(abstract["params"], restored["model"]))
-      state = {"params": ckpt_lib.unflatten(abstract["params"], restored["model"]),
-               "rest": ckpt_lib.unflatten(abstract["rest"], restored["model"]), **opt_part}
-      start = int(jax.device_get(state["step"]))
-    if curriculum is not None and loop.curriculum:
-      curriculum.load_state_dict(loop.curriculum)
-
+      state = _resume(ckpt, workdir, latest, abstract, state_sh, tx, train_it, validation)
+    step = start = int(jax.device_get(state["step"]))
     if chief:
       ckpt_lib.write_config(workdir, config)
       metrics_lib.truncate_after(workdir, start)
     writer = metrics_lib.MetricsWriter(workdir, active=chief)
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
-    progress.message(
-        f"xmae-train: {config.model.name} ({num_params:,} parameters), {plan.total_steps} steps "
-        f"of {t.batch_size} ({plan.steps_per_epoch} per epoch), mesh {dict(mesh.shape)} on "
-        f"{jax.process_count()} process(es), " + (f"resumed at step {start}" if start else "from scratch")
-        + f"; workdir {workdir}")
-    sharded = sharding.describe(state_sh["params"])
-    if sharded:
-      progress.message(f"FSDP-sharded parameters: {len(sharded)} of "
-                       f"{len(jax.tree.leaves(abstract['params']))}")
+    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir)
 
-    # 5. compiled steps, one per mask ratio -----------------------------------------------------
-    metric_sh = NamedSharding(mesh, P())
-
-    @functools.lru_cache(maxsize=None)
-    def train_step(ratio):
-      return jax.jit(make_train_step(graphdef, tx, schedule, config, ratio),
-                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metric_sh),
-                     donate_argnums=0)
-
-    @functools.lru_cache(maxsize=None)
-    def eval_step(ratio):
-      return jax.jit(make_eval_step(graphdef, config, ratio),
-                     in_shardings=(state_sh, batch_sh, None), out_shardings=metric_sh)
-
-    def current_ratio():
-      return curriculum.ratio if curriculum is not None else None
-
-    def to_device(host_batch):
-      return pipeline.to_global(host_batch, mesh, batch_axes)
-
-    def evaluate(state) -> float:
-      fn = eval_step(current_ratio())
-      it = eval_batches()
-      rows_out = [_fetch(fn(state, to_device(b), jnp.uint32(i))) for i, b in enumerate(it)]
-      pipeline.close(it)
-      return _mean_rows(rows_out)
-
-    def save(step, state, val_loss=None):
-      meta = ckpt_lib.meta_dict(config, step, val_loss=val_loss, loop=loop.to_dict(),
-                                data_iter_state=train_it.get_state(),
-                                process_count=jax.process_count(), device_count=jax.device_count())
-      ckpt.save(step, model=_model_flat(state), opt=_opt_flat(state), data_iter=train_it,
-                meta=meta, val_loss=val_loss)
-
-    def plot(step, state):
-      if not _can_plot(config):
-        return
-      batch = next(iter(eval_batches()))
-      batch = to_device(batch)
-      ratio = current_ratio() if current_ratio() is not None else float(config.masking.ratio_ecg)
-      n_patches = int(config.model.seq_len) // int(config.model.patch_len)
-      key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), FIGURE_KEY_SALT)
-      n = min(FIGURE_EXAMPLES, int(t.batch_size))
-
-      def reconstruct(params, rest, b):
-        k = masking.sample_keep_ids(key, int(t.batch_size), n_patches, ratio, config.masking.mode)
-        model = nnx.merge(graphdef, params, rest)
-        model.eval()
-        rec = model(b["ppg"], b["ecg"], k)["ecg_reconstruction"]
-        masked = masking.sample_mask(k, n_patches, int(config.model.patch_len)) > 0
-        return {"ppg": b["ppg"][:n], "ecg": b["ecg"][:n], "rec": rec[:n], "masked": masked[:n]}
-
-      # Replicated outputs: every process holds the few plotted rows (process 0 draws them).
-      got = _fetch(jax.jit(reconstruct, out_shardings=metric_sh)(
-          state["params"], state["rest"], batch))
-      if chief:
-        figures.plot_reconstructions(
-            workdir / "figures" / f"reconstruction_step{step:07d}.png", got["ecg"], got["rec"],
-            got["masked"], got["ppg"],
-            sampling_rate=float(config.data.sampling_rate),
-            title=f"{config.model.name} step {step}: ECG from PPG, mask ratio {ratio:g}")
-
-    # 6. the loop -------------------------------------------------------------------------------
+    # 4. the loop
     preemption = Preemption()
-    status, pending, window = "completed", None, []
-    step = start
-    t_window = time.perf_counter()
+    window = MetricWindow(int(t.batch_size), plan.steps_per_epoch, workdir)
+    status = "completed"
     last_saved = latest if latest is not None and start > 0 else None
     try:
       while step < plan.total_steps:
         if preemption.reached(step):
           status = "preempted"
           break
-        state, out = train_step(current_ratio())(state, to_device(next(train_it)))
+        ratio = validation.mask_ratio
+        state, out = steps.train(ratio)(state, steps.to_device(next(train_it)))
         step += 1
-        # Fetch the previous step's metrics while this one runs (no stall in the common case).
-        done = [pending] if pending is not None else []
-        pending = (step, out)
-        is_log = step % plan.log_every == 0 or step == plan.total_steps
-        is_eval = step % plan.eval_every == 0 or step == plan.total_steps
-        if is_log or is_eval or step % plan.checkpoint_every == 0 or step == stop_at_step:
-          done.append(pending)
-          pending = None
-        for s, o in done:
-          o = _fetch(o)
-          if not o.pop("finite"):
-            bad = next((k for k in ("loss", "grad_norm") if not np.isfinite(o[k])), "loss")
-            good = f"step {last_saved}" if last_saved is not None else "none (no checkpoint yet)"
-            raise NonFiniteLossError(
-                f"non-finite {bad} ({o[bad]}) at step {s}: training stopped; last good checkpoint: "
-                f"{good} in {workdir / ckpt_lib.CHECKPOINT_DIR}")
-          window.append(o)
-        row = None
-        if is_log and window:
-          elapsed = time.perf_counter() - t_window
-          mean = _mean_rows(window)
-          row = {"train_loss": mean.pop("loss"), "lr": float(window[-1]["lr"]),
-                 "segments_per_s": len(window) * t.batch_size / max(elapsed, 1e-9),
-                 "epoch": step / plan.steps_per_epoch}
-          row.update({f"train_{k}": v for k, v in mean.items() if k != "lr"})
-          if curriculum is not None:
-            row["mask_ratio"] = curriculum.ratio
-          window = []
+        now = due(plan, step, stop_at_step)
+        window.push(step, out, sync=now.sync, last_saved=last_saved)
+        row = window.row(step, ratio) if now.log else None
         val_loss = None
-        if is_eval:
-          val = evaluate(state)
+        if now.eval:
+          val = steps.evaluate(state, iter(val_data), ratio)
           val_loss = val.pop("loss")
-          row = row or {}
-          row["val_loss"] = val_loss
-          row.update({f"val_{k}": v for k, v in val.items()})
-          loop.last_val_loss = val_loss
-          improved = loop.best_val_loss is None or val_loss < loop.best_val_loss
-          if improved:
-            loop.best_val_loss, loop.best_step, loop.evals_since_best = val_loss, step, 0
-          else:
-            loop.evals_since_best += 1
-          if curriculum is not None:
-            before = curriculum.ratio
-            curriculum.update(val_loss)
-            loop.curriculum = curriculum.state_dict()
-            if curriculum.ratio != before:
-              progress.message(f"step {step}: mask ratio {before:g} -> {curriculum.ratio:g}")
-              loop.evals_since_best = 0
-          progress.message(f"step {step}: val_loss {val_loss:.5f}"
-                           + (" (best)" if improved else f" (best {loop.best_val_loss:.5f} at step {loop.best_step})"))
+          row = {**(row or {}), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}}
+          for message in validation.record(step, val_loss):
+            progress.message(message)
         if row is not None:
           writer.write(step, row)
           progress.update(step, loss=row.get("train_loss", float("nan")), lr=row.get("lr", 0.0))
-        if step % plan.figure_every == 0:
-          plot(step, state)
-        stop_early = is_eval and loop.evals_since_best > int(t.early_stop_patience)
-        if (step % plan.checkpoint_every == 0 or (is_eval and loop.best_step == step)
-            or step == plan.total_steps or step == stop_at_step or stop_early):
-          save(step, state, val_loss)
+        if now.figure and can_plot(config):
+          batch = _first_batch(val_data)
+          _draw_figure(steps, config, workdir, step, state, batch, validation.mask_ratio)
+        stop_early = now.eval and validation.should_stop()
+        if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
+          _save(ckpt, config, step, state, validation, train_it, val_loss)
           last_saved = step
         if stop_early:
           status = "early_stopped"
           progress.message(f"step {step}: early stop, no val_loss improvement in "
-                           f"{loop.evals_since_best} evaluations")
+                           f"{validation.evals_since_best} evaluations")
           break
-        if step == stop_at_step:
+        if now.stop:
           status = "stopped"
           break
-        if is_log or is_eval:
-          t_window = time.perf_counter()
+        if now.log or now.eval:
+          window.restart_clock()
       if status == "preempted":
         if last_saved != step:
-          save(step, state, None)
+          _save(ckpt, config, step, state, validation, train_it)
           last_saved = step
         progress.message(f"step {step}: preempted (SIGTERM); checkpoint saved, rerun the same "
                          "command to resume")
@@ -558,6 +504,6 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
       ckpt.close()
       pipeline.close(train_it)
   return {"status": status, "step": step, "total_steps": plan.total_steps,
-          "best_val_loss": loop.best_val_loss, "best_step": loop.best_step,
-          "last_val_loss": loop.last_val_loss, "last_checkpoint": last_saved,
+          "best_val_loss": validation.best_val_loss, "best_step": validation.best_step,
+          "last_val_loss": validation.last_val_loss, "last_checkpoint": last_saved,
           "workdir": str(workdir)}
