@@ -39,7 +39,7 @@ def check_visible_positions(mode: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention blocks.
+# Attention and transformer blocks.
 # ----------------------------------------------------------------------------------------------
 class MultiheadAttention(nnx.Module):
   """torch nn.MultiheadAttention (batch_first, bias, dropout on the attention weights).
