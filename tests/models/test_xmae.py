@@ -280,11 +280,11 @@ def test_training_beats_predicting_the_batch_mean(trained):
 @pytest.mark.parametrize("n_in,n_out", [(50, 100), (7, 13), (10, 25), (6, 6), (9, 4)])
 def test_upsample_linear_matches_torch_interpolate(n_in, n_out):
   torch = pytest.importorskip("torch")
-  from xmae_jax.models import layers
+  from xmae_jax.models import stem
   x = np.random.default_rng(0).normal(size=(2, 3, n_in)).astype(np.float32)   # torch (B, C, L)
   want = torch.nn.functional.interpolate(torch.from_numpy(x), size=n_out, mode="linear",
                                          align_corners=False).numpy()
-  got = np.asarray(layers.upsample_linear(jnp.asarray(x.transpose(0, 2, 1)), n_out))
+  got = np.asarray(stem.upsample_linear(jnp.asarray(x.transpose(0, 2, 1)), n_out))
   np.testing.assert_allclose(got.transpose(0, 2, 1), want, atol=2e-6)
 
 

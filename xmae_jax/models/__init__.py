@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from xmae_jax.errors import XmaeError
+
 # name -> "module:Class"; each class is constructed as Class(config, rngs=rngs).
 REGISTRY = {
     "xmae": "xmae_jax.models.xmae:XMAE",
@@ -15,8 +17,8 @@ REGISTRY = {
 }
 
 
-class UnknownModelError(ValueError):
-  pass
+class UnknownModelError(XmaeError):
+  """`config.model.name` is not in REGISTRY (the trainer tells it apart to list the names)."""
 
 
 def model_class(name: str):

@@ -1,7 +1,7 @@
 """The xMAE paper's comparison points, under the same code and data as xMAE.
 
 * `PPGMAE` (configs/ppg_mae.py): a PPG-only masked autoencoder. Its PPG encoder is xMAE's PPG
-  path (layers.SinglePath: stem, patch embedding, positions, blocks, projection head) and its
+  path (path.SinglePath: stem, patch embedding, positions, blocks, projection head) and its
   pretext is xMAE's MAE decoding (`SinglePath.decode_visible`) applied to PPG.
 * `CLIP` (configs/clip.py): ECG<->PPG contrastive pretraining; one xMAE path encoder per
   modality on the whole signal, symmetric InfoNCE between their projected mean-pooled tokens.
@@ -17,18 +17,19 @@ import chex
 import jax
 from flax import nnx
 
-from xmae_jax.models import contrastive, layers, losses, masking
-from xmae_jax.models.xmae import compute_dtype
+from xmae_jax.errors import XmaeError
+from xmae_jax.models import contrastive, layers, losses, masking, path
 
 Array = jax.Array
 
 
 def _path_kwargs(config, depth: int) -> dict:
+  """PathEncoder/SinglePath arguments from `config.model`, with `depth` blocks."""
   m = config.model
   return dict(seq_len=int(m.seq_len), patch_len=int(m.patch_len), d_model=m.d_model,
               num_heads=m.num_heads, depth=depth, stem_channels=m.stem_channels,
               stem_widths=tuple(m.stem_widths), dropout=m.dropout,
-              latent_dim=int(m.latent_dim), dtype=compute_dtype(config))
+              latent_dim=int(m.latent_dim), dtype=layers.compute_dtype(config))
 
 
 class PPGMAE(nnx.Module):
@@ -36,14 +37,11 @@ class PPGMAE(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     m, k = config.model, config.masking
-    if k.mode not in masking.MODES:
-      raise ValueError(f"masking.mode {k.mode!r}: expected one of {', '.join(masking.MODES)}")
-    if m.visible_positions not in ("compact", "true"):
-      raise ValueError(f"model.visible_positions {m.visible_positions!r}: "
-                       "expected 'compact' (reference) or 'true'")
-    self.ppg_path = layers.SinglePath(build_decoder=True, build_mask_loc=False,
-                                      build_proj=True, rngs=rngs,
-                                      **_path_kwargs(config, m.depth_ppg))
+    masking.check_mode(k.mode)
+    path.check_visible_positions(m.visible_positions)
+    self.ppg_path = path.SinglePath(build_decoder=True, build_mask_loc=False,
+                                    build_proj=True, rngs=rngs,
+                                    **_path_kwargs(config, m.depth_ppg))
     self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, m.d_model)))
     self.mask_mode, self.ratio_ppg = str(k.mode), float(k.ratio_ppg)
     self.visible_positions = str(m.visible_positions)
@@ -55,12 +53,13 @@ class PPGMAE(nnx.Module):
     """ppg (B, L), ppg_keep (B, Nk) ascending visible patches -> {"ppg_reconstruction" (B, L),
     "ppg_mask" (B, L) 1 on masked samples}."""
     chex.assert_shape(ppg, (ppg.shape[0], self.seq_len))
-    k_enc, k_dec = layers._split_keys(key, 2)
-    path = self.ppg_path
-    tokens = path.encoder.tokens(ppg, ppg_keep, positions=self.visible_positions, key=k_enc)
-    return {"ppg_reconstruction": path.decode_visible(tokens, ppg_keep, self.mask_token[...],
-                                                      k_dec),
-            "ppg_mask": masking.sample_mask(ppg_keep, path.num_patches, path.encoder.patch_len)}
+    k_enc, k_dec = layers.split_keys(key, 2)
+    ppg_path = self.ppg_path
+    tokens = ppg_path.encoder.tokens(ppg, ppg_keep, positions=self.visible_positions, key=k_enc)
+    return {"ppg_reconstruction": ppg_path.decode_visible(tokens, ppg_keep,
+                                                          self.mask_token[...], k_dec),
+            "ppg_mask": masking.sample_mask(ppg_keep, ppg_path.num_patches,
+                                            ppg_path.encoder.patch_len)}
 
   def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
            ) -> tuple[Array, dict[str, Array]]:
@@ -80,9 +79,9 @@ class PPGMAE(nnx.Module):
       raise ValueError("PPG-MAE embeds PPG only: pass ppg=(B, L)")
     return self.ppg_path.encoder(ppg)
 
-  def encoder(self, modality: str = "ppg") -> layers.PathEncoder:
+  def encoder(self, modality: str = "ppg") -> path.PathEncoder:
     if modality != "ppg":
-      raise ValueError(f"PPG-MAE has no {modality!r} encoder (use 'ppg')")
+      raise XmaeError(f"PPG-MAE has no {modality!r} encoder (use 'ppg')")
     return self.ppg_path.encoder
 
 
@@ -91,11 +90,9 @@ class CLIP(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     m, l = config.model, config.loss
-    if l.positives not in contrastive.POSITIVES:
-      raise ValueError(f"loss.positives {l.positives!r}: expected one of "
-                       f"{', '.join(contrastive.POSITIVES)}")
-    self.ppg_encoder = layers.PathEncoder(rngs=rngs, **_path_kwargs(config, m.depth_ppg))
-    self.ecg_encoder = layers.PathEncoder(rngs=rngs, **_path_kwargs(config, m.depth_ecg))
+    contrastive.check_positives(l.positives)
+    self.ppg_encoder = path.PathEncoder(rngs=rngs, **_path_kwargs(config, m.depth_ppg))
+    self.ecg_encoder = path.PathEncoder(rngs=rngs, **_path_kwargs(config, m.depth_ecg))
     self.temperature = contrastive.Temperature(float(l.temperature), bool(l.learn_temperature))
     self.w_contrast = float(l.w_contrast)
     self.positives = str(l.positives)
@@ -122,9 +119,9 @@ class CLIP(nnx.Module):
       raise ValueError("CLIP.embed needs ppg=(B, L) and/or ecg=(B, L)")
     return sum(parts) / len(parts)
 
-  def encoder(self, modality: str = "ppg") -> layers.PathEncoder:
+  def encoder(self, modality: str = "ppg") -> path.PathEncoder:
     if modality == "ppg":
       return self.ppg_encoder
     if modality == "ecg":
       return self.ecg_encoder
-    raise ValueError(f"unknown modality {modality!r}; expected 'ppg' or 'ecg'")
+    raise XmaeError(f"unknown modality {modality!r}; expected 'ppg' or 'ecg'")

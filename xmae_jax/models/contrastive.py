@@ -18,25 +18,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xmae_jax.errors import XmaeError
+
 POSITIVES = ("segment", "subject")
 
 
-class MissingSubjectError(ValueError):
+class MissingSubjectError(XmaeError):
   """Subject-level positives were asked for but the batch has no "subject" ids."""
+
+
+def check_positives(positives: str) -> str:
+  """`positives` if it is one of POSITIVES; else the one error models and the loss raise."""
+  if positives not in POSITIVES:
+    raise XmaeError(f"loss.positives {positives!r}: expected one of {', '.join(POSITIVES)}")
+  return positives
 
 
 def positives_mask(batch_size: int, subject=None, positives: str = "segment") -> jax.Array:
   """(B, B) float mask, 1 where (i, j) is a positive pair."""
-  if positives == "segment":
+  if check_positives(positives) == "segment":
     return jnp.eye(batch_size, dtype=jnp.float32)
-  if positives == "subject":
-    if subject is None:
-      raise MissingSubjectError(
-          'loss.positives="subject" needs batch["subject"] (int (B,)); the data pipeline '
-          "emits it with data.with_subject=True, or use positives=\"segment\"")
-    chex.assert_shape(subject, (batch_size,))
-    return (subject[:, None] == subject[None, :]).astype(jnp.float32)
-  raise ValueError(f"unknown contrastive positives {positives!r}; choose one of {POSITIVES}")
+  if subject is None:                                 # "subject": positives share a subject id
+    raise MissingSubjectError(
+        'loss.positives="subject" needs batch["subject"] (int (B,)); the data pipeline '
+        "emits it with data.with_subject=True, or use positives=\"segment\"")
+  chex.assert_shape(subject, (batch_size,))
+  return (subject[:, None] == subject[None, :]).astype(jnp.float32)
 
 
 def _multi_positive_ce(logits: jax.Array, pos: jax.Array) -> jax.Array:
@@ -68,7 +75,7 @@ class Temperature(nnx.Module):
 
   def __init__(self, init: float = 0.07, learnable: bool = True, max_scale: float = 100.0):
     if not init > 0:
-      raise ValueError(f"contrastive temperature must be > 0, got {init}")
+      raise XmaeError(f"loss.temperature must be > 0, got {init}")
     self.learnable = learnable
     # A fixed temperature is a plain float (static), so no optimizer ever sees it.
     self.log_scale = (nnx.Param(jnp.asarray(math.log(1.0 / init), jnp.float32)) if learnable

@@ -8,7 +8,7 @@ Design and every assumption: configs/m2ae.py (A1-A11). Data flow, B examples, N 
                                          shared blocks, LN,
                                          Linear -> latent)   mean over tokens = fingerprint
 
-* Encoders are xMAE's path encoders (`layers.PathEncoder`, no projection head): the visible
+* Encoders are xMAE's path encoders (`path.PathEncoder`, no projection head): the visible
   patches of a signal are encoded with their true positions; all N when nothing is masked.
 * The bottleneck takes the tokens that are present (ECG, PPG or both), so the fingerprint of
   one modality is computed from that modality alone.
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from xmae_jax.models import contrastive, layers, losses, masking
-from xmae_jax.models.xmae import compute_dtype
+from xmae_jax.errors import XmaeError
+from xmae_jax.models import contrastive, layers, losses, masking, path
 
 Array = jax.Array
 MODALITIES = ("ecg", "ppg")       # index = modality id in the learned modality embeddings
@@ -39,7 +39,7 @@ MODALITIES = ("ecg", "ppg")       # index = modality id in the learned modality 
 
 def _modality_id(name: str) -> int:
   if name not in MODALITIES:
-    raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
+    raise XmaeError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
   return MODALITIES.index(name)
 
 
@@ -77,7 +77,7 @@ class Bottleneck(nnx.Module):
     self.modality_embed = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
     self.blocks = nnx.List([
-        layers.TransformerBlock(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
+        path.TransformerBlock(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
         for _ in range(depth)])
     self.norm = layers.LayerNorm(d_model, dtype=dtype)
     self.proj = layers.Dense(d_model, latent_dim, dtype=dtype, rngs=rngs)
@@ -87,7 +87,7 @@ class Bottleneck(nnx.Module):
     embed = self.modality_embed[...]
     x = jnp.concatenate(
         [t + embed[_modality_id(name)].astype(t.dtype) for t, name in parts], axis=1)
-    for blk, k in zip(self.blocks, layers._split_keys(key, len(self.blocks))):
+    for blk, k in zip(self.blocks, layers.split_keys(key, len(self.blocks))):
       x = blk(x, k)
     return self.proj(self.norm(x)).astype(jnp.float32)
 
@@ -109,8 +109,8 @@ class Decoder(nnx.Module):
         0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
     self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d_model,)))
     self.blocks = nnx.List([
-        layers.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
-                                dtype=dtype, rngs=rngs) for _ in range(depth)])
+        path.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
+                              dtype=dtype, rngs=rngs) for _ in range(depth)])
     self.norm = layers.LayerNorm(d_model, dtype=dtype)
     self.head = layers.WaveformDecoder(d_model, patch_len, 1, dtype=dtype, rngs=rngs)
 
@@ -127,7 +127,7 @@ class Decoder(nnx.Module):
     queries = self.mask_token[...] + pos + mod[self.modality_id]
     queries = jnp.broadcast_to(queries.astype(context.dtype)[None], (b,) + queries.shape)
     x = jnp.concatenate([context, queries], axis=1)
-    for blk, k in zip(self.blocks, layers._split_keys(key, len(self.blocks))):
+    for blk, k in zip(self.blocks, layers.split_keys(key, len(self.blocks))):
       x = blk(x, k)
     return self.head(self.norm(x[:, t:]))[..., 0]
 
@@ -136,8 +136,8 @@ class FingerprintEncoder(nnx.Module):
   """The exportable single-modality encoder: `enc(x (B, L)) -> (B, latent)`, the modality's
   path encoder, then the shared bottleneck, then the mean over tokens (shares M2AE's modules)."""
 
-  def __init__(self, path: layers.PathEncoder, bottleneck: Bottleneck, modality: str):
-    self.path = path
+  def __init__(self, encoder: path.PathEncoder, bottleneck: Bottleneck, modality: str):
+    self.path = encoder
     self.bottleneck = bottleneck
     self.modality = modality
 
@@ -150,12 +150,9 @@ class M2AE(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     m, k, l = config.model, config.masking, config.loss
-    if k.mode not in masking.MODES:
-      raise ValueError(f"masking.mode {k.mode!r}: expected one of {', '.join(masking.MODES)}")
-    if l.positives not in contrastive.POSITIVES:
-      raise ValueError(f"loss.positives {l.positives!r}: expected one of "
-                       f"{', '.join(contrastive.POSITIVES)}")
-    dtype = compute_dtype(config)
+    masking.check_mode(k.mode)
+    contrastive.check_positives(l.positives)
+    dtype = layers.compute_dtype(config)
     self.seq_len, self.patch_len = int(m.seq_len), int(m.patch_len)
     self.num_patches = self.seq_len // self.patch_len
     self.latent_dim = int(m.latent_dim)
@@ -166,8 +163,8 @@ class M2AE(nnx.Module):
     self.view = dict(scale_range=tuple(l.view.scale_range), noise_std=float(l.view.noise_std),
                      max_shift=int(l.view.max_shift))
 
-    def path(depth):
-      return layers.PathEncoder(
+    def path_encoder(depth):
+      return path.PathEncoder(
           seq_len=self.seq_len, patch_len=self.patch_len, d_model=m.d_model,
           num_heads=m.num_heads, depth=depth, stem_channels=m.stem_channels,
           stem_widths=tuple(m.stem_widths), dropout=m.dropout, latent_dim=self.latent_dim,
@@ -179,8 +176,8 @@ class M2AE(nnx.Module):
                      depth=m.depth_decoder, mlp_ratio=m.decoder_mlp_ratio, dropout=m.dropout,
                      dtype=dtype, rngs=rngs)
 
-    self.ecg_encoder = path(m.depth_ecg)
-    self.ppg_encoder = path(m.depth_ppg)
+    self.ecg_encoder = path_encoder(m.depth_ecg)
+    self.ppg_encoder = path_encoder(m.depth_ppg)
     self.bottleneck = Bottleneck(d_model=m.d_model, num_heads=m.num_heads,
                                  depth=m.depth_shared, latent_dim=self.latent_dim,
                                  dropout=m.dropout, dtype=dtype, rngs=rngs)
@@ -189,7 +186,7 @@ class M2AE(nnx.Module):
     self.temperature = contrastive.Temperature(float(l.temperature), bool(l.learn_temperature))
 
   # -------------------------------------------------------------------------------------------
-  def _path(self, modality: str) -> layers.PathEncoder:
+  def _path(self, modality: str) -> path.PathEncoder:
     return {"ecg": self.ecg_encoder, "ppg": self.ppg_encoder}[modality]
 
   def _decoder(self, modality: str) -> Decoder:
@@ -230,7 +227,7 @@ class M2AE(nnx.Module):
     if not inputs:
       raise ValueError("M2AE needs at least one modality: pass ppg=... and/or ecg=...")
     keep = keep or {}
-    keys = layers._split_keys(key, len(MODALITIES) + 1)
+    keys = layers.split_keys(key, len(MODALITIES) + 1)
     encoded = [(name, self._tokens(name, inputs[name], keep.get(name), keys[i]))
                for i, name in enumerate(MODALITIES) if name in inputs]
     return self._bottleneck(encoded, keys[-1])

@@ -22,11 +22,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from xmae_jax.errors import XmaeError
+
 MODES = ("anchor", "block", "scatter", "mixed")
 
 
-class MaskingError(ValueError):
-  pass
+class MaskingError(XmaeError):
+  """A mask setting (mode, ratio) that cannot be drawn."""
 
 
 def num_masked(ratio: float, num_patches: int) -> int:
@@ -40,9 +42,12 @@ def num_kept(ratio: float, num_patches: int) -> int:
   return num_patches - num_masked(ratio, num_patches)
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> str:
+  """`mode` if it is one of MODES; else the one error every model and sampler raises for it."""
   if mode not in MODES:
-    raise MaskingError(f"unknown mask mode {mode!r}; expected one of {', '.join(MODES)}")
+    raise MaskingError(
+        f"unknown mask mode {mode!r} (masking.mode); expected one of {', '.join(MODES)}")
+  return mode
 
 
 def _run_mask(key: jax.Array, num_patches: int, run: int, value_in_run: int) -> jax.Array:
@@ -62,7 +67,7 @@ def _scatter_mask(key: jax.Array, num_patches: int, k: int) -> jax.Array:
 def patch_mask(key: jax.Array, num_patches: int, ratio: float, mode: str = "anchor"
                ) -> jax.Array:
   """One example's patch mask (N,) int32, 1 = masked, with exactly num_masked(ratio, N) ones."""
-  _check_mode(mode)
+  check_mode(mode)
   k = num_masked(ratio, num_patches)
   if k == 0:
     return jnp.zeros((num_patches,), jnp.int32)
@@ -113,7 +118,7 @@ def sample_mask(ids_keep: jax.Array, num_patches: int, patch_len: int) -> jax.Ar
 def sample_keep_ids(key: jax.Array, batch: int, num_patches: int, ratio: float,
                     mode: str = "anchor") -> jax.Array:
   """(B, Nk) ascending kept indices, one independent mask per example from `key`."""
-  _check_mode(mode)
+  check_mode(mode)
   nk = num_kept(ratio, num_patches)
   masks = jax.vmap(lambda k: patch_mask(k, num_patches, ratio, mode))(
       jax.random.split(key, batch))

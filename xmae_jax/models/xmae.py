@@ -28,19 +28,9 @@ from __future__ import annotations
 
 import chex
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from xmae_jax.models import layers, losses, masking
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def compute_dtype(config) -> jnp.dtype:
-  name = config.train.get("compute_dtype", "float32") if "train" in config else "float32"
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"train.compute_dtype {name!r}: expected one of {', '.join(COMPUTE_DTYPES)}")
-  return COMPUTE_DTYPES[name]
+from xmae_jax.models import layers, losses, masking, path
 
 
 class XMAE(nnx.Module):
@@ -48,13 +38,9 @@ class XMAE(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     m = config.model
-    if m.visible_positions not in ("compact", "true"):
-      raise ValueError(f"model.visible_positions {m.visible_positions!r}: "
-                       "expected 'compact' (reference) or 'true'")
-    if config.masking.mode not in masking.MODES:
-      raise ValueError(f"masking.mode {config.masking.mode!r}: expected one of "
-                       f"{', '.join(masking.MODES)}")
-    dtype = compute_dtype(config)
+    path.check_visible_positions(m.visible_positions)
+    masking.check_mode(config.masking.mode)
+    dtype = layers.compute_dtype(config)
     build_unused = bool(m.build_unused)
     self.use_cross_bridge = bool(m.use_cross_bridge)
     self.visible_positions = str(m.visible_positions)
@@ -72,14 +58,14 @@ class XMAE(nnx.Module):
                   num_heads=m.num_heads, stem_channels=m.stem_channels,
                   stem_widths=tuple(m.stem_widths), dropout=m.dropout,
                   latent_dim=self.latent_dim, dtype=dtype)
-    self.ppg_path = layers.SinglePath(
+    self.ppg_path = path.SinglePath(
         depth=m.depth_ppg, build_decoder=build_unused or decode_ppg,
         build_mask_loc=build_unused, build_proj=True, rngs=rngs, **common)
-    self.ecg_path = layers.SinglePath(
+    self.ecg_path = path.SinglePath(
         depth=m.depth_ecg, build_decoder=True,
         build_mask_loc=build_unused or self.use_cross_bridge, build_proj=build_unused,
         rngs=rngs, **common)
-    cross = lambda: layers.CrossAttentionBlock(  # noqa: E731
+    cross = lambda: path.CrossAttentionBlock(  # noqa: E731
         m.d_model, m.num_heads, dropout=m.dropout, dtype=dtype, rngs=rngs)
     if self.use_cross_bridge:
       self.bridge = nnx.List([cross() for _ in range(m.depth_bridge)])          # ecg2ppg
@@ -111,14 +97,14 @@ class XMAE(nnx.Module):
     chex.assert_shape([ppg, ecg], (b, self.seq_len))
     chex.assert_rank(ecg_keep, 2)
     chex.assert_axis_dimension(ecg_keep, 0, b)
-    k_ppg, k_ecg, k_bridge, k_dec, k_ppg_dec = layers._split_keys(key, 5)
+    k_ppg, k_ecg, k_bridge, k_dec, k_ppg_dec = layers.split_keys(key, 5)
     pos_mode = self.visible_positions
 
     t_ppg = self.ppg_path.encoder.tokens(ppg, ppg_keep, positions=pos_mode, key=k_ppg)
     t_ecg = self.ecg_path.encoder.tokens(ecg, ecg_keep, positions=pos_mode, key=k_ecg)
     if self.use_cross_bridge:
       q = self.ecg_path.query_tokens(t_ecg, ecg_keep, positions=pos_mode)
-      for blk, k in zip(self.bridge, layers._split_keys(k_bridge, len(self.bridge))):
+      for blk, k in zip(self.bridge, layers.split_keys(k_bridge, len(self.bridge))):
         alpha = 1.0  # the reference's default bridge strength
         q = q + alpha * (blk(q, t_ppg, k) - q)
       ecg_rec = self.ecg_path.decode_tokens(q, k_dec)
@@ -176,7 +162,7 @@ class XMAE(nnx.Module):
       raise ValueError("xMAE embeds PPG only: pass ppg=(B, L)")
     return self.ppg_path.encoder(ppg)
 
-  def encoder(self, modality: str = "ppg") -> layers.PathEncoder:
+  def encoder(self, modality: str = "ppg") -> path.PathEncoder:
     """The exportable encoder, `enc(x (B, L)) -> (B, latent)`. xMAE's transferable one is
     "ppg"; "ecg" exists only with build_unused (its head never trains, as in the reference)."""
     if modality == "ppg":
