@@ -29,6 +29,7 @@ import numpy as np
 from xmae_jax import errors
 from xmae_jax import models
 from xmae_jax.data import pipeline
+from xmae_jax.models import layers
 from xmae_jax.data import shards
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import curriculum as curriculum_lib
@@ -93,8 +94,9 @@ def check_settings(config, mesh) -> int:
   if t.batch_size % (dp * accum):
     raise TrainingError(f"train.batch_size={t.batch_size} is not divisible by data-parallel size "
                         f"{dp} x train.grad_accum_steps={accum}")
-  if t.compute_dtype not in ("float32", "bfloat16"):
-    raise TrainingError(f"train.compute_dtype={t.compute_dtype!r}: choose float32 or bfloat16")
+  if t.compute_dtype not in layers.COMPUTE_DTYPES:
+    raise TrainingError(f"train.compute_dtype={t.compute_dtype!r}: choose one of "
+                        f"{', '.join(layers.COMPUTE_DTYPES)}")
   try:
     records = pipeline.count_records(config.data, "train")
     pipeline.count_records(config.data, "validation")
