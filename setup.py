@@ -25,15 +25,15 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "xmae-prepare=xmae_jax.prepare:run",
-            "xmae-train=xmae_jax.train:run",
-            "xmae-import-torch=xmae_jax.import_torch:run",
-            "xmae-export=xmae_jax.export:run",
-            "xmae-embed=xmae_jax.embed:run",
-            "xmae-probe=xmae_jax.probe:run",
-            "xmae-compare=xmae_jax.compare:run",
-            "xmae-timing=xmae_jax.timing:run",
-            "xmae-recon-report=xmae_jax.recon_report:run",
+            "xmae-prepare=xmae_jax.cli.xmae_prepare:main",
+            "xmae-train=xmae_jax.cli.xmae_train:main",
+            "xmae-import-torch=xmae_jax.cli.xmae_import_torch:main",
+            "xmae-export=xmae_jax.cli.xmae_export:main",
+            "xmae-embed=xmae_jax.cli.xmae_embed:main",
+            "xmae-probe=xmae_jax.cli.xmae_probe:main",
+            "xmae-compare=xmae_jax.cli.xmae_compare:main",
+            "xmae-timing=xmae_jax.cli.xmae_timing:main",
+            "xmae-recon-report=xmae_jax.cli.xmae_recon_report:main",
         ]
     },
 )

@@ -12,4 +12,4 @@ fi
 config="$1"; workdir="$2"; shift 2
 py="${PYTHON:-$root/.venv/bin/python}"
 cd "$root"
-exec "$py" -m xmae_jax.train --config "$config" --workdir "$workdir" "$@"
+exec "$py" -m xmae_jax.cli.xmae_train --config "$config" --workdir "$workdir" "$@"

@@ -23,7 +23,7 @@ trap cleanup INT TERM
 for ((i = 0; i < n; i++)); do
   log="$workdir/process_$i.log"
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$d" \
-    "$py" -m xmae_jax.train --config "$config" --workdir "$workdir" \
+    "$py" -m xmae_jax.cli.xmae_train --config "$config" --workdir "$workdir" \
       --coordinator_address "127.0.0.1:$port" --num_processes "$n" --process_id "$i" "$@" \
       > >(if [ "$i" = 0 ]; then tee "$log"; else cat > "$log"; fi) 2>&1 &
   pids+=("$!")

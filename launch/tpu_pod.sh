@@ -32,7 +32,7 @@ cd xmae-jax
 bash launch/setup_env.sh
 .venv/bin/python -m pip install -q -c constraints.txt "jax[tpu]==\$(.venv/bin/python -c 'import jax; print(jax.__version__)')" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
 $data_sync
-.venv/bin/python -m xmae_jax.train --config $config --workdir $workdir $extra
+.venv/bin/python -m xmae_jax.cli.xmae_train --config $config --workdir $workdir $extra
 REMOTE
 exec gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $project_flag --worker=all \
   --command="$remote"

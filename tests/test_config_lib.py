@@ -230,7 +230,7 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
      "config train.batch_size=0: the global batch size must be > 0"),
 ])
 def test_trainer_cli_config_errors_are_one_line(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.train", *args, "--workdir", str(tmp_path / "run")],
+  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", *args, "--workdir", str(tmp_path / "run")],
                         cwd=REPO, capture_output=True, text=True, timeout=120,
                         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
   assert proc.returncode == 1

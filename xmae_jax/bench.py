@@ -1,25 +1,6 @@
-"""Benchmarks: `python -m xmae_jax.bench {data,prepare,train,reference,scaling} [flags]`.
-
-Each prints one JSON line. Benchmarks are not tests: they measure, they do not assert.
-"""
-import importlib
-import sys
-
-COMMANDS = {
-    "data": "xmae_jax.benchmarks.data",
-    "prepare": "xmae_jax.benchmarks.prepare",
-    "train": "xmae_jax.benchmarks.train",
-    "reference": "xmae_jax.benchmarks.reference",
-    "scaling": "xmae_jax.benchmarks.scaling",
-}
-
-
-def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] not in COMMANDS:
-    sys.exit(f"usage: python -m xmae_jax.bench {{{','.join(COMMANDS)}}} [flags]")
-  importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
-
+"""`python -m xmae_jax.bench ...`: the older name of `python -m xmae_jax.benchmarks ...`
+(BENCHMARKS.md records its commands under this name)."""
+from xmae_jax.benchmarks.__main__ import main
 
 if __name__ == "__main__":
   main()

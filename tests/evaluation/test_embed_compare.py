@@ -36,7 +36,7 @@ def dataset(tmp_path_factory):
 
 
 def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
-  from xmae_jax import embed, probe
+  from xmae_jax.cli import xmae_embed as embed, xmae_probe as probe
   out = tmp_path / "emb.npz"
   assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset),
                      "--output", str(out)]) == 0
@@ -77,7 +77,7 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
 
 
 def test_embed_wfdb_record_and_csv(tiny_package, physionet_dir, tmp_path):
-  from xmae_jax import embed
+  from xmae_jax.cli import xmae_embed as embed
   out = tmp_path / "wfdb.npz"
   assert embed.main(["--encoder", str(tiny_package), "--input", str(physionet_dir / "a103l"),
                      "--output", str(out)]) == 0
@@ -96,7 +96,7 @@ def test_embed_wfdb_record_and_csv(tiny_package, physionet_dir, tmp_path):
 
 
 def test_embed_bad_inputs(tiny_package, tmp_path, capsys):
-  from xmae_jax import embed
+  from xmae_jax.cli import xmae_embed as embed
   empty = tmp_path / "empty.csv"
   empty.write_text("")
   assert embed.main(["--encoder", str(tiny_package), "--input", str(empty), "--output",
@@ -113,7 +113,7 @@ def test_embed_bad_inputs(tiny_package, tmp_path, capsys):
 
 
 def test_compare_same_splits_table_and_chart(tiny_package, tiny_workdir, dataset, tmp_path):
-  from xmae_jax import compare
+  from xmae_jax.cli import xmae_compare as compare
   out = tmp_path / "cmp"
   rc = compare.main(["--data", str(dataset), "--output-dir", str(out),
                      "--encoder", f"pkg={tiny_package}", "--encoder", f"workdir={tiny_workdir}",

@@ -8,6 +8,7 @@ import pytest
 from xmae_jax.data import preprocess
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
+from xmae_jax.evaluation import package as package_lib
 
 
 def _segments(n=6, length=1000, seed=0):
@@ -35,7 +36,7 @@ def test_package_contents(tiny_xmae, tiny_package):
   from safetensors.numpy import load_file
   model, config = tiny_xmae
   info = json.loads((tiny_package / "package.json").read_text())
-  assert info["format_version"] == encoder_lib.FORMAT_VERSION
+  assert info["format_version"] == package_lib.FORMAT_VERSION
   assert info["modality"] == "ppg" and info["source"]["step"] == 7
   assert info["contract"]["sampling_rate"] == 100 and info["contract"]["segment_length"] == 1000
   assert info["param_count"] == encoder_lib.count_parameters(model.encoder("ppg"))
@@ -85,22 +86,22 @@ def test_incompatible_or_broken_package(tiny_package, tmp_path):
   info["format_version"] = 99
   info["package_version"] = "9.0.0"
   (other / "package.json").write_text(json.dumps(info))
-  with pytest.raises(encoder_lib.EncoderError, match="format version 99.*9.0.0.*re-export"):
+  with pytest.raises(package_lib.PackageError, match="format version 99.*9.0.0.*re-export"):
     encoder_lib.load_encoder(other)
-  with pytest.raises(encoder_lib.EncoderError, match="does not exist"):
+  with pytest.raises(package_lib.PackageError, match="does not exist"):
     encoder_lib.load_encoder(tmp_path / "nowhere")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(encoder_lib.EncoderError, match="not an encoder package"):
+  with pytest.raises(package_lib.PackageError, match="not an encoder package"):
     encoder_lib.load_encoder(tmp_path / "empty")
   shutil.rmtree(other / "encoder")
-  info["format_version"] = encoder_lib.FORMAT_VERSION
+  info["format_version"] = package_lib.FORMAT_VERSION
   (other / "package.json").write_text(json.dumps(info))
-  with pytest.raises(encoder_lib.EncoderError, match="weights directory"):
+  with pytest.raises(package_lib.PackageError, match="weights directory"):
     encoder_lib.load_encoder(other)
 
 
 def test_export_cli_errors(tiny_workdir, tiny_package, tmp_path, capsys):
-  from xmae_jax import export
+  from xmae_jax.cli import xmae_export as export
   assert export.main(["--workdir", str(tiny_workdir), "--output", str(tiny_package)]) == 1
   assert "exists" in capsys.readouterr().err
   assert export.main(["--workdir", str(tmp_path / "none"), "--output", str(tmp_path / "p")]) == 1

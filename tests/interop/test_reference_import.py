@@ -110,13 +110,13 @@ def test_lean_model_ignores_the_reference_unused_modules(source):
 
 def test_import_torch_cli_writes_a_loadable_checkpoint(source, tmp_path):
   torch = pytest.importorskip("torch")
-  from xmae_jax import import_torch
+  from xmae_jax.cli import xmae_import_torch as import_torch
   from xmae_jax.training import checkpoint
   model, sd = source
   pth = tmp_path / "ref.pth"
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, pth)
   out = tmp_path / "imported"
-  import_torch.import_checkpoint(str(pth), str(REPO / "configs" / "xmae.py") + ":tiny", str(out))
+  reference.import_checkpoint(str(pth), str(REPO / "configs" / "xmae.py") + ":tiny", str(out))
   loaded, config = checkpoint.load_model(out)
   assert config.model.d_model == 32
   ppg, ecg = inputs()

@@ -300,7 +300,7 @@ def test_bad_settings_fail_at_start_with_one_line(case, dataset, tmp_path):
 
 def test_cli_prints_one_line_and_exits_1_on_a_bad_setting(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "xmae_jax.train", "--config", "configs/xmae.py:tiny",
+      [sys.executable, "-m", "xmae_jax.cli.xmae_train", "--config", "configs/xmae.py:tiny",
        "--workdir", str(tmp_path / "run"), f"--config.data.dir={tmp_path / 'absent'}"],
       cwd=REPO, capture_output=True, text=True, timeout=120,
       env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})

@@ -80,8 +80,8 @@ def main(spec_path):
 if __name__ == "__main__":
   if sys.argv[1] == "cli":
     register_toy_model()
-    from xmae_jax import train as cli
+    from xmae_jax.cli import xmae_train as cli
     sys.argv = [sys.argv[0]] + sys.argv[2:]
-    cli.run()
+    cli.main()
   else:
     main(sys.argv[1])

@@ -15,13 +15,13 @@ contract (sampling rate, segment length, normalization). `embed` accepts float (
 The forward pass is one `jax.jit` over fixed-size batches (the last one padded, so it compiles
 once), split over every local device along a 1-D mesh. Nothing here touches the network.
 
-`load_encoder(path)` reads an exported package (xmae_jax.evaluation.export) or, for convenience,
-a training workdir (its best checkpoint when one has a validation loss, else the latest).
+`load_encoder(path)` reads an exported package (format: xmae_jax.evaluation.package) or, for
+convenience, a training workdir (its best checkpoint when one has a validation loss, else the
+latest).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -30,18 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xmae_jax import __version__
-
-PACKAGE_FILE = "package.json"
-FORMAT_NAME = "xmae-jax-encoder"
-FORMAT_VERSION = 1
+from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import package as package_lib
 
 
-class EncoderError(ValueError):
-  """A package that cannot be loaded (missing, corrupt, written by an incompatible version)."""
+class EncoderError(XmaeError):
+  """A model or package without the encoder asked for (no such modality)."""
 
 
-class EncoderInputError(ValueError):
+class EncoderInputError(XmaeError):
   """Input that `embed` cannot use (wrong shape, NaN, too short, unknown sampling rate)."""
 
 
@@ -249,55 +246,20 @@ def resolve_step(workdir, step: str | int = "auto") -> int:
     ckpt.close()
 
 
-def read_package_info(path) -> dict:
-  """package.json of an exported package, checked for format and version."""
-  path = Path(path)
-  file = path / PACKAGE_FILE
-  if not path.exists():
-    raise EncoderError(f"encoder package {path} does not exist")
-  if not file.is_file():
-    raise EncoderError(f"{path} is not an encoder package (no {PACKAGE_FILE}; write one with xmae-export)")
-  try:
-    info = json.loads(file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise EncoderError(f"{file} is not valid JSON ({e})") from None
-  if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-    raise EncoderError(f"{file} is not an xmae-jax encoder package (format {info.get('format') if isinstance(info, dict) else '?'!r})")
-  if info.get("format_version") != FORMAT_VERSION:
-    raise EncoderError(
-        f"encoder package {path} has format version {info.get('format_version')!r} (written by "
-        f"xmae-jax {info.get('package_version', '?')}); this xmae-jax {__version__} reads format "
-        f"version {FORMAT_VERSION}: re-export it with this version")
-  return info
-
-
 def load_package(path, **kwargs) -> Encoder:
   """An exported package -> Encoder; weights from its Orbax checkpoint, no network."""
-  import orbax.checkpoint as ocp
   from flax import nnx
   from xmae_jax.training import checkpoint
   path = Path(path).absolute()
-  info = read_package_info(path)
-  try:
-    config = checkpoint.config_from_dict(json.loads((path / info["config_file"]).read_text()))
-  except (OSError, KeyError, json.JSONDecodeError) as e:
-    raise EncoderError(f"{path}: unreadable model config ({e})") from None
+  info = package_lib.read_package_info(path)
+  config = package_lib.read_config(path, info)
   modality = info["modality"]
-  module = abstract_encoder(config, modality)
-  graphdef, rng_state, weights = nnx.split(module, nnx.RngState, ...)
+  graphdef, weights = nnx.split(abstract_encoder(config, modality))
   flat_target = checkpoint.flatten(weights)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = checkpoint.abstract_of(flat_target, {k: device for k in flat_target})
-  weights_dir = path / info["weights"]["orbax"]
-  if not weights_dir.is_dir():
-    raise EncoderError(f"{path}: weights directory {weights_dir.name}/ is missing")
-  try:
-    with ocp.StandardCheckpointer() as ckptr:
-      restored = ckptr.restore(weights_dir, target)
-  except Exception as e:   # Orbax raises many types for missing or mis-shaped entries
-    raise EncoderError(f"{path}: cannot restore encoder weights ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:300]})") from None
-  module = nnx.merge(graphdef, concrete_rng_state(rng_state), checkpoint.unflatten(weights, restored))
+  restored = package_lib.restore_tensors(path, info, target)
+  module = nnx.merge(graphdef, checkpoint.unflatten(weights, restored))
   contract = Contract(**{k: v for k, v in info["contract"].items()
                          if k in {f.name for f in dataclasses.fields(Contract)}})
   return Encoder(module, config, modality, contract=contract, info=info, **kwargs)
@@ -311,21 +273,11 @@ def abstract_encoder(config, modality: str):
   return encoder_module(model, modality)
 
 
-def concrete_rng_state(rng_state):
-  """Abstract RNG variables -> real ones (keys from seed 0, counts 0); eval mode never uses them."""
-  def make(leaf):
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      return jax.random.split(jax.random.key(0), math.prod(leaf.shape) or 1)[:math.prod(leaf.shape)].reshape(leaf.shape) \
-          if leaf.shape else jax.random.key(0)
-    return jnp.zeros(leaf.shape, leaf.dtype)
-  return jax.tree.map(make, rng_state)
-
-
 def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
                  batch_size: int = 256) -> Encoder:
   """An exported package (xmae-export) or a training workdir -> a frozen `Encoder`."""
   path = Path(path)
-  if (path / PACKAGE_FILE).is_file() or not (path / "checkpoints").is_dir():
+  if package_lib.is_package(path) or not (path / "checkpoints").is_dir():
     enc = load_package(path, batch_size=batch_size)
     if modality is not None and modality != enc.modality:
       raise EncoderError(f"package {path} holds the {enc.modality} encoder, not {modality}")

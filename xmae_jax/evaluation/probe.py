@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -36,6 +37,8 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFo
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import tasks as tasks_lib
 
 PROTOCOLS = ("linear", "xmae")
@@ -45,7 +48,7 @@ XMAE_CLASSIFICATION_METRICS = ("auroc", "f1", "accuracy")
 XMAE_REGRESSION_METRICS = ("mae", "r2")
 
 
-class ProbeError(ValueError):
+class ProbeError(XmaeError):
   """Inputs a probe cannot score (too few subjects, a single class, NaN features, ...)."""
 
 
@@ -220,7 +223,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
   """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs.
 
   With keep_predictions, the result also holds `predictions` (out-of-fold scores), `targets`
-  and `groups` as arrays (for paired comparisons; `json_ready` drops them).
+  and `groups` as arrays (for paired comparisons; `report.json_ready` drops them).
   """
   x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
   n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
@@ -408,11 +411,6 @@ def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
   return out
 
 
-def json_ready(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Results without their arrays (predictions, targets, groups)."""
-  return [{k: v for k, v in r.items() if not isinstance(v, np.ndarray)} for r in results]
-
-
 def _softmax(z):
   z = z - z.max(1, keepdims=True)
   e = np.exp(z)
@@ -442,12 +440,9 @@ def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: st
 
 def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
               linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig(),
-              skip_unavailable: bool = False, keep_predictions: bool = False
-              ) -> list[dict[str, Any]]:
+              keep_predictions: bool = False) -> list[dict[str, Any]]:
   results = []
   for spec in task_specs:
-    if skip_unavailable and not tasks_lib.available(spec, fields):
-      continue
     for protocol in protocols:
       results.append(run_task(embeddings, subjects, fields, spec, protocol=protocol,
                               linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
@@ -455,39 +450,26 @@ def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protoc
   return results
 
 
-# ----------------------------------------------------------------------------------------------
-# Reports
+def resolve_tasks(specs: Sequence[str] | None, fields) -> list[str]:
+  """The task specs to run: `all` or none = every default task whose fields the data carry;
+  named tasks are checked for a known name and parameter, and run even without their fields
+  (so that the missing field is the error the user sees)."""
+  if not specs or list(specs) == ["all"]:
+    resolved = [t for t in tasks_lib.DEFAULT_TASKS if tasks_lib.available(t, fields)]
+    if not resolved:
+      raise ProbeError("none of the tasks has its fields in this data")
+    return resolved
+  for spec in specs:
+    tasks_lib.parse(spec)
+  return list(specs)
 
 
-def format_metric(m: dict[str, Any]) -> str:
-  if "value" in m:
-    lo, hi = m["ci95"]
-    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-  return f"{m['mean']:.3f} ± {m['std']:.3f}"
-
-
-def markdown_table(results: Sequence[dict[str, Any]], *, encoder_column: bool = False) -> str:
-  """One row per (encoder,) task and protocol; metrics as `value [CI]` or `mean ± std`."""
-  lines = []
-  for kind in (tasks_lib.CLASSIFICATION, tasks_lib.REGRESSION):
-    rows = [r for r in results if r["kind"] == kind]
-    if not rows:
-      continue
-    metric_names = []
-    for r in rows:
-      for name in r["metrics"]:
-        if name not in metric_names:
-          metric_names.append(name)
-    head = (["encoder"] if encoder_column else []) + ["task", "protocol", "segments", "subjects"]
-    head += metric_names
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for r in rows:
-      cells = ([r.get("encoder", "")] if encoder_column else []) + [
-          r["task"], r["protocol"], str(r["n_segments"]), str(r["n_subjects"])]
-      cells += [format_metric(r["metrics"][n]) if n in r["metrics"] else "" for n in metric_names]
-      lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-  lines.append("Linear protocol: value [subject-bootstrap 95% CI] on pooled out-of-fold "
-               "predictions; xmae protocol: mean ± std over folds.")
-  return "\n".join(lines) + "\n"
+def probe_file(path: str | os.PathLike, specs: Sequence[str] | None, *, protocols=("linear",),
+               linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig()
+               ) -> list[dict[str, Any]]:
+  """Every task of `specs` (see resolve_tasks) on an embeddings file written by xmae-embed."""
+  arrays = embed_lib.load_embeddings(path)
+  fields = tasks_lib.fields_from_arrays(arrays)
+  return run_tasks(arrays["embeddings"], arrays["subject_ids"], fields,
+                   resolve_tasks(specs, fields), protocols=protocols, linear_cfg=linear_cfg,
+                   xmae_cfg=xmae_cfg)

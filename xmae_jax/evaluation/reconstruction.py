@@ -23,19 +23,21 @@ Example figures show true vs reconstructed ECG, the masked part shaded, detected
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import report as report_lib
 from xmae_jax.training import figures
 
 WITHIN_MS = 50.0
 
 
-class ReconstructionError(ValueError):
+class ReconstructionError(XmaeError):
   """A model that does not reconstruct ECG, or data without paired ECG and PPG."""
 
 
@@ -177,35 +179,6 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
   return np.concatenate(recs), np.concatenate(masks)
 
 
-def plot_examples(path, ecg, recon, masked, peaks, ppg=None, *, fs=100.0, title="", n=4) -> Path:
-  """True vs reconstructed ECG of `n` segments, masked part shaded, R-peaks marked."""
-  import matplotlib
-  matplotlib.use("Agg", force=True)
-  import matplotlib.pyplot as plt
-  n = min(n, len(ecg))
-  t = np.arange(ecg.shape[1]) / fs
-  fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
-  for i, ax in enumerate(axes[:, 0]):
-    m = masked[i].astype(bool)
-    edges = np.flatnonzero(np.diff(np.r_[0, m.astype(int), 0]))
-    for a, b in zip(edges[0::2], edges[1::2]):
-      ax.axvspan(t[a], t[b - 1] + 1 / fs, color="0.88", lw=0)
-    if ppg is not None:
-      ax.plot(t, ppg[i] - 2.4, color="tab:green", lw=0.6, alpha=0.7, label="PPG (input)")
-    ax.plot(t, ecg[i], color="black", lw=0.8, label="ECG true")
-    ax.plot(t, recon[i], color="tab:red", lw=0.8, alpha=0.85, label="ECG reconstructed")
-    pt, pr = peaks[i]["true"], peaks[i]["recon"]
-    ax.plot(t[pt], ecg[i][pt] + 0.15, "v", color="black", ms=4, label="R true")
-    ax.plot(t[pr], recon[i][pr] + 0.15, "v", color="tab:red", ms=4, label="R recon")
-    ax.set_yticks([])
-    if i == 0:
-      ax.legend(loc="upper right", fontsize=6, ncol=5, frameon=False)
-  axes[-1, 0].set_xlabel("time (s); shaded = masked ECG")
-  if title:
-    axes[0, 0].set_title(title, fontsize=9)
-  return figures.save_figure(fig, path, dpi=90)
-
-
 def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,
              tolerance_ms: float = 150.0, control: bool = True, figure: str | None = None,
              title: str = "") -> dict[str, Any]:
@@ -224,8 +197,9 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
     order = np.argsort(-np.nan_to_num(masked_correlation(ecg, recon, masked), nan=-2))
     # Examples spread over the quality range: best, two middle, worst.
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).astype(int))]
-    plot_examples(figure, ecg[pick], recon[pick], masked[pick], [peaks[i] for i in pick],
-                  ppg[pick], fs=fs, title=title)
+    figures.plot_reconstructions(figure, ecg[pick], recon[pick], masked[pick], ppg[pick],
+                                 sampling_rate=fs, title=title, peaks=[peaks[i] for i in pick],
+                                 xlabel="time (s); shaded = masked ECG")
     out["figure"] = str(figure)
   return out
 
@@ -262,29 +236,38 @@ def paired_segments(path, *, contract, split: str | None = "test", min_quality: 
   return ppg[keep], ecg[keep], notes
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-  lines = ["# Cross-modal reconstruction report (masked ECG from PPG)", "",
-           f"Masks: each model's own masking config, seed {report['seed']}; R-peaks: NeuroKit2 "
-           f"`ecg_peaks` (method neurokit) at {report['fs']:g} Hz; beats matched one-to-one within "
-           f"{report['tolerance_ms']:g} ms; 'within 50 ms' counts unmatched true beats as misses.",
-           "",
-           "| model | data | condition | segments | median r [IQR] (masked samples) | true beats | "
-           "sensitivity | median abs R-peak error (ms) | share within 50 ms | extra peaks |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  for row in report["rows"]:
-    for cond, key in (("PPG paired", "reconstruction"), ("PPG shuffled (control)", "shuffled_ppg_control")):
-      s = row.get(key)
-      if not s:
-        continue
-      lines.append(
-          f"| {row['name']} | {row['data']} | {cond} | {s['segments']} | {s['median_r']:.3f} "
-          f"[{s['iqr_r'][0]:.3f}, {s['iqr_r'][1]:.3f}] | {s['true_beats']} | {s['sensitivity']:.3f} | "
-          f"{s['median_abs_error_ms']:.1f} | {s['share_within_50ms']:.3f} | {s['extra_peaks']} |")
-  lines.append("")
-  for row in report["rows"]:
-    if row.get("figure"):
-      lines.append(f"* {row['name']} on {row['data']}: `{row['figure']}`")
-  for row in report["rows"]:
-    if row.get("notes"):
-      lines.append(f"* {row['data']} windows: {json.dumps(row['notes'])}")
-  return "\n".join(lines) + "\n"
+def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple[str, str]],
+                 out_dir, *, split: str = "test", step: str = "auto", seed: int = 0,
+                 min_quality: float | None = None, tolerance_ms: float = 150.0) -> dict:
+  """models: (name, workdir); data_sources: (label, path). Writes OUT/reconstruction.{json,md}
+  and OUT/figures/NAME_LABEL.png; returns the report dict."""
+  from xmae_jax.training import checkpoint
+  if not data_sources:
+    raise ReconstructionError("give --data and/or --wfdb")
+  out = Path(out_dir)
+  rows = []
+  loaded = []
+  for name, workdir in models:
+    model, config = checkpoint.load_model(workdir, step=encoder_lib.resolve_step(workdir, step))
+    loaded.append((name, model, config))
+  if not loaded:
+    raise ReconstructionError("no --model given")
+  contract = encoder_lib.Contract.from_config(loaded[0][2])
+  for label, path in data_sources:
+    ppg, ecg, notes = paired_segments(path, contract=contract, split=split,
+                                      min_quality=min_quality)
+    for name, model, config in loaded:
+      fig = out / "figures" / f"{name}_{slug(label)}.png"
+      r = evaluate(model, config, ppg, ecg, fs=contract.sampling_rate, seed=seed,
+                   tolerance_ms=tolerance_ms, figure=str(fig),
+                   title=f"{name} on {label}: masked ECG reconstructed (shaded = masked)")
+      rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
+  report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
+            "split": split, "min_quality": min_quality, "rows": rows}
+  report_lib.write_reconstruction(report, out)
+  return report
+
+
+def slug(text: str) -> str:
+  """`text` with every character that is not a letter or digit replaced by `_` (file names)."""
+  return "".join(c if c.isalnum() else "_" for c in text).strip("_")

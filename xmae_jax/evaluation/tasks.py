@@ -16,11 +16,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from xmae_jax.errors import XmaeError
+
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 
 
-class TaskError(ValueError):
+class TaskError(XmaeError):
   """An unknown task, a bad task parameter, or data that lack the fields a task needs."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from xmae_jax.evaluation import compare as compare_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import report as report_lib
 from xmae_jax.evaluation import tasks as tasks_lib
 
 TIMING_TASKS = ("ptt", "hr")
@@ -48,6 +49,7 @@ def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *
                   linear_cfg=probe_lib.LinearProbeConfig(), reuse_embeddings: bool = False,
                   controls: bool = True) -> dict[str, Any]:
   """Embeds, probes PTT and HR, adds controls and paired differences; writes timing.{md,json,png}."""
+  compare_lib.check_baseline(specs, baseline)
   out = Path(out_dir)
   files = compare_lib.embed_all(specs, data_dir, out, modality="ppg", splits=splits,
                                 reuse=reuse_embeddings)
@@ -61,47 +63,8 @@ def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *
         control_rows.append({"encoder": name, "task": task, "metrics": r["metrics"]})
   diffs = (compare_lib.differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap,
                                       seed=linear_cfg.seed) if baseline else [])
-  report = {"results": probe_lib.json_ready(results), "controls": control_rows,
+  report = {"results": report_lib.json_ready(results), "controls": control_rows,
             "differences": diffs, "baseline": baseline, "tasks": list(tasks),
             "probe": dataclasses.asdict(linear_cfg)}
-  compare_lib._write_text(out / "timing.json", _json(report))
-  compare_lib._write_text(out / "timing.md", timing_markdown(report))
-  compare_lib.bar_chart(results, out / "timing.png", title="PTT and HR from frozen PPG embeddings")
+  report_lib.write_timing(report, results, out)
   return report
-
-
-def _json(obj) -> str:
-  import json
-  return json.dumps(obj, indent=1, default=float)
-
-
-def _cell(m: dict | None) -> str:
-  return probe_lib.format_metric(m) if m else ""
-
-
-def timing_markdown(report: dict[str, Any]) -> str:
-  results = [r for r in report["results"] if r["protocol"] == "linear"]
-  encoders = list(dict.fromkeys(r["encoder"] for r in results))
-  by = {(r["encoder"], r["task"]): r for r in results}
-  ctrl = {(c["encoder"], c["task"]): c for c in report["controls"]}
-  lines = ["# Timing: PTT and heart rate from frozen PPG embeddings", ""]
-  for task in report["tasks"]:
-    unit = tasks_lib.REGISTRY[tasks_lib.parse(task)[0].name].unit
-    lines += [f"## {task} ({unit})", "",
-              "| encoder | MAE | R² | Pearson r | shuffled-target R² (control) | segments | subjects |",
-              "|---|---|---|---|---|---|---|"]
-    for e in encoders:
-      r = by.get((e, task))
-      if r is None:
-        continue
-      c = ctrl.get((e, task))
-      lines.append(f"| {e} | {_cell(r['metrics'].get('mae'))} | {_cell(r['metrics'].get('r2'))} | "
-                   f"{_cell(r['metrics'].get('pearson_r'))} | "
-                   f"{_cell(c['metrics'].get('r2')) if c else ''} | {r['n_segments']} | {r['n_subjects']} |")
-    lines.append("")
-  if report["differences"]:
-    lines += [f"## Paired differences to {report['baseline']}", "",
-              compare_lib.differences_table(report["differences"], metrics=("r2", "mae"))]
-  lines.append("Linear probe (ridge on standardized embeddings, alpha by inner subject-grouped CV, "
-               "outer subject-grouped folds); value [subject-bootstrap 95% CI].")
-  return "\n".join(lines) + "\n"

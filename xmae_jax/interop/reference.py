@@ -15,23 +15,27 @@ names and torch's layouts; the model keeps its own (channels-last kernels, fused
                                           and ignored: it only matters for momentum=None)
 
 `from_reference_state_dict(state_dict_or_path, config)` builds the model for `config`, loads the
-arrays and returns it in eval mode; `to_reference_state_dict(model)` is the inverse (numpy).
+arrays and returns it in eval mode; `to_reference_state_dict(model)` is the inverse (numpy);
+`import_checkpoint` writes the imported model as a workdir (what xmae-import-torch does).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import config_lib
+from xmae_jax.errors import XmaeError
 from xmae_jax.models import layers
 from xmae_jax.models.xmae import XMAE
 
 
-class ReferenceStateDictError(ValueError):
+class ReferenceStateDictError(XmaeError):
   """The state dict does not fit the model (lists every missing/unexpected/mis-shaped key)."""
 
 
@@ -269,6 +273,17 @@ def from_reference_state_dict(state_dict_or_path, config) -> XMAE:
     entry.var[...] = jnp.asarray(value, entry.var[...].dtype)
   model.eval()
   return model
+
+
+def import_checkpoint(checkpoint, config, output) -> Path:
+  """Converts `checkpoint` (a .pt/.pth path or a state-dict mapping) for `config` (a ConfigDict
+  or a FILE[:ARG] spec) and writes it as step 0 of the workdir `output`, which
+  `checkpoint.load_model`, xmae-export and xmae-train read. Returns the step directory."""
+  from xmae_jax.training import checkpoint as ckpt_lib
+  if isinstance(config, str):
+    config = config_lib.load(config)
+  model = from_reference_state_dict(checkpoint, config)
+  return ckpt_lib.write_model_checkpoint(output, model, config)
 
 
 def reference_shapes(model: XMAE) -> dict[str, tuple[int, ...]]:

@@ -1,16 +1,20 @@
 """PNG figures of ECG reconstructions: true vs reconstructed, the masked part shaded.
 
 Like the reference's `MaskedReconstruction` plotting callback (shared/docs/xmae_paper_notes.md
-§3.2): a few validation segments, each a panel with the PPG it was reconstructed from (faint,
-offset below), the true ECG and the reconstruction, and the masked patches shaded. Uses
-matplotlib's Agg backend (no display); written to a temp name and renamed.
+§3.2): a few segments, each a panel with the PPG it was reconstructed from (faint, offset
+below), the true ECG and the reconstruction, and the masked patches shaded. The trainer draws
+validation segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
+draws held-out segments with their detected R-peaks marked. Uses matplotlib's Agg backend (no
+display); written to a temporary name and renamed (errors.atomic_path).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+
+from xmae_jax import errors
 
 
 def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -22,8 +26,13 @@ def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, masked: np.ndarray,
                          ppg: np.ndarray | None = None, *, sampling_rate: float = 100.0,
-                         title: str = "") -> Path:
-  """Writes one PNG with a panel per segment; `masked` is (n, L) True where the ECG was hidden."""
+                         title: str = "", peaks: Sequence[dict] | None = None,
+                         xlabel: str = "time (s)") -> Path:
+  """Writes one PNG with a panel per segment; `masked` is (n, L) True where the ECG was hidden.
+
+  `peaks` (optional, one dict per segment with `true` and `recon` sample indices) marks the
+  R-peaks detected in the true and in the reconstructed ECG.
+  """
   import matplotlib
   matplotlib.use("Agg", force=True)
   import matplotlib.pyplot as plt
@@ -33,17 +42,22 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   t = np.arange(length) / sampling_rate
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
   for i, ax in enumerate(axes[:, 0]):
-    for start, stop in _masked_runs(masked[i]):
+    for k, (start, stop) in enumerate(_masked_runs(masked[i])):
       ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
-                 label="masked" if start == _masked_runs(masked[i])[0][0] else None)
+                 label="masked" if k == 0 else None)
     if ppg is not None:
       ax.plot(t, np.asarray(ppg)[i] - 2.4, color="tab:green", lw=0.7, alpha=0.7, label="PPG (input)")
     ax.plot(t, ecg[i], color="black", lw=0.8, label="ECG true")
     ax.plot(t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85, label="ECG reconstructed")
+    if peaks is not None:
+      pt, pr = np.asarray(peaks[i]["true"], int), np.asarray(peaks[i]["recon"], int)
+      ax.plot(t[pt], ecg[i][pt] + 0.15, "v", color="black", ms=4, label="R true")
+      ax.plot(t[pr], reconstruction[i][pr] + 0.15, "v", color="tab:red", ms=4, label="R recon")
     ax.set_yticks([])
     if i == 0:
-      ax.legend(loc="upper right", fontsize=7, ncol=4, frameon=False)
-  axes[-1, 0].set_xlabel("time (s)")
+      ax.legend(loc="upper right", fontsize=6 if peaks is not None else 7,
+                ncol=6 if peaks is not None else 4, frameon=False)
+  axes[-1, 0].set_xlabel(xlabel)
   if title:
     axes[0, 0].set_title(title, fontsize=9)
   return save_figure(fig, path)
@@ -53,10 +67,9 @@ def save_figure(fig, path, dpi: int = 90) -> Path:
   """Writes `fig` to `path` atomically (temp file, then rename) and closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=dpi)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  try:
+    with errors.atomic_path(path) as tmp:
+      fig.savefig(tmp, dpi=dpi)
+  finally:
+    plt.close(fig)
+  return Path(path)

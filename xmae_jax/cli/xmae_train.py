@@ -1,7 +1,7 @@
 """xmae-train: pretrain a model config on a prepared dataset directory.
 
   xmae-train --config configs/xmae.py:demo --workdir runs/demo --config.data.dir data/synthetic
-  python -m xmae_jax.train --config configs/m2ae.py --workdir runs/m2ae --config.train.lr=1e-4
+  python -m xmae_jax.cli.xmae_train --config configs/m2ae.py --workdir runs/m2ae --config.train.lr=1e-4
 
 Flags: `--config FILE[:PRESET[,key=value...]]` plus `--config.section.field=value` overrides,
 `--workdir` (created; a run there resumes from its latest checkpoint), and for multi-host runs
@@ -13,13 +13,16 @@ a run stopped by SIGTERM saves a checkpoint and exits with status 143.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from xmae_jax import config_lib
+from xmae_jax.cli import common
+from xmae_jax.errors import XmaeError
+
+PROG = "xmae-train"
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
@@ -33,8 +36,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _KEEP_FREED = flags.DEFINE_bool(
     "keep_freed_host_memory", True,
     "Let glibc malloc reuse freed host memory instead of unmapping it (XLA:CPU's per-step "
-    "temporary buffer was page-faulted anew every step: ~17% of a CPU step). Costs resident "
-    "memory (the process keeps its peak heap).")
+    "temporary buffer was otherwise page-faulted anew every step; see BENCHMARKS.md). Costs "
+    "resident memory (the process keeps its peak heap).")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join("~", ".cache", "xmae_jax", "xla"),
     "Persistent XLA compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence): "
@@ -60,21 +63,22 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise ValueError("--coordinator_address, --num_processes and --process_id go together")
+      raise common.UsageError("--coordinator_address, --num_processes and --process_id go together")
     jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id))
   elif cluster_environment() is not None:
     jax.distributed.initialize()
 
 
-def main(argv):
+def _train(argv) -> int:
+  """absl's main: flags are parsed; returns the exit status."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
-    sys.exit("xmae-train: error: --config and --workdir are required")
+    return common.fail(PROG, "--config and --workdir are required")
   try:   # locked: a key the trainer does not know is an error, not a new field
     config = config_lib.load(_CONFIG.value, _CONFIG_OVERRIDES).lock()
-  except config_lib.ConfigError as e:
-    sys.exit(f"xmae-train: error: {e}")
+  except XmaeError as e:
+    return common.fail(PROG, e)
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
@@ -87,19 +91,15 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
   try:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  except ValueError as e:
-    sys.exit(f"xmae-train: error: {e}")
-  try:
     summary = train_lib.train(config, _WORKDIR.value)
-  except train_lib.TrainingError as e:
-    sys.exit(f"xmae-train: error: {e}")
+  except XmaeError as e:
+    return common.fail(PROG, e)
   if jax.process_index() == 0:
     best = summary["best_val_loss"]
-    print(f"xmae-train: {summary['status']} at step {summary['step']}/{summary['total_steps']}"
+    print(f"{PROG}: {summary['status']} at step {summary['step']}/{summary['total_steps']}"
           + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None else "")
           + f"; workdir {summary['workdir']}", flush=True)
-  if summary["status"] == "preempted":
-    sys.exit(143)
+  return 143 if summary["status"] == "preempted" else 0
 
 
 def parse_flags(argv):
@@ -110,10 +110,11 @@ def parse_flags(argv):
   return app.parse_flags_with_usage(argv)
 
 
-def run():
-  """Console-script entry point (xmae-train)."""
-  app.run(main, flags_parser=parse_flags)
+def main(argv=None) -> None:
+  """Console-script entry point (xmae-train): absl parses `argv` (default sys.argv) and exits
+  with _train's status."""
+  app.run(_train, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-  run()
+  main()

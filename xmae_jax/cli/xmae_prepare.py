@@ -5,7 +5,7 @@
   xmae-prepare --source pulsedb --input PulseDB_MIMIC/ --output data/pulsedb --workers 8
   xmae-prepare --source csv --input recordings/ --csv-fs 250 --output data/mine
 
-Also `python -m xmae_jax.prepare`. The library is xmae_jax.data.prepare.prepare_dataset.
+Also `python -m xmae_jax.cli.xmae_prepare`. The library is xmae_jax.data.prepare.prepare_dataset.
 """
 from __future__ import annotations
 
@@ -13,20 +13,16 @@ import argparse
 import os
 import sys
 
+from xmae_jax.cli import common
+from xmae_jax.data import prepare as prepare_lib
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib
 
-class UsageError(ValueError):
-  """A command line argparse rejects (missing or malformed flag)."""
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):                   # one line, not usage + error
-    raise UsageError(message)
+PROG = "xmae-prepare"
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="xmae-prepare", description=__doc__.split("\n")[0])
+  p = common.parser(PROG, __doc__)
   p.add_argument("--source", required=True, help=f"one of {', '.join(sources_lib.READERS)}")
   p.add_argument("--input", default=None, help="file or directory (not needed for synthetic)")
   p.add_argument("--output", required=True, help="dataset directory to write")
@@ -54,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv=None) -> dict:
-  """Parses argv and runs; raises PrepareError/PreprocessError for an unusable command line."""
-  from xmae_jax.data import prepare as prepare_lib
+def run(argv=None) -> dict:
+  """Parses argv and prepares the dataset; raises XmaeError for an unusable command line."""
   args = build_parser().parse_args(argv)
   if args.source not in sources_lib.READERS:
     raise prepare_lib.PrepareError(f"unknown source {args.source!r} "
@@ -74,15 +69,9 @@ def main(argv=None) -> dict:
       records_per_shard=args.records_per_shard, progress=not args.no_progress)
 
 
-def run(argv=None) -> None:
-  from xmae_jax.data import prepare as prepare_lib
-  try:
-    main(argv)
-  except (prepare_lib.PrepareError, pp.PreprocessError, sources_lib.SourceError,
-          UsageError) as e:
-    print(f"xmae-prepare: error: {e}", file=sys.stderr)
-    sys.exit(2)
+def main(argv=None) -> int:
+  return common.call(PROG, run, argv)
 
 
 if __name__ == "__main__":
-  run()
+  sys.exit(main())

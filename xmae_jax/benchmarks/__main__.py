@@ -1,0 +1,26 @@
+"""Benchmarks: `python -m xmae_jax.benchmarks {data,prepare,train,reference,scaling} [flags]`.
+
+Each prints one JSON line. Benchmarks are not tests: they measure, they do not assert.
+`python -m xmae_jax.bench ...` is the same command under its older name.
+"""
+import importlib
+import sys
+
+COMMANDS = {
+    "data": "xmae_jax.benchmarks.data",
+    "prepare": "xmae_jax.benchmarks.prepare",
+    "train": "xmae_jax.benchmarks.train",
+    "reference": "xmae_jax.benchmarks.reference",
+    "scaling": "xmae_jax.benchmarks.scaling",
+}
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] not in COMMANDS:
+    sys.exit(f"usage: python -m xmae_jax.benchmarks {{{','.join(COMMANDS)}}} [flags]")
+  importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+  main()

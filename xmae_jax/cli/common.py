@@ -1,0 +1,116 @@
+"""What the command-line tools share: argument parsing, shared flags, user-error handling.
+
+A user error (`errors.XmaeError`: a bad flag, a missing or malformed file, a setting a library
+refuses) ends a tool with one line `PROG: error: MESSAGE` on stderr and exit status 1; anything
+else is a bug and keeps its traceback. argparse's own complaints (a missing or malformed flag)
+are user errors too, so they are one line as well instead of usage text plus the error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import tasks as tasks_lib
+
+# The probe and comparison libraries are imported inside the functions that use them: they pull
+# in JAX and scikit-learn, which xmae-prepare (whose workers fork) and every --help do not need.
+
+
+class UsageError(XmaeError):
+  """A command line argparse rejects (missing or malformed flag)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with one-line errors: `error` raises UsageError instead of printing usage."""
+
+  def error(self, message):
+    raise UsageError(message)
+
+
+def parser(prog: str, doc: str, **kwargs) -> ArgumentParser:
+  """A parser for the tool `prog` described by the first line of its module docstring."""
+  return ArgumentParser(prog=prog, description=doc.strip().split("\n")[0], **kwargs)
+
+
+def fail(prog: str, error: BaseException | str) -> int:
+  """Prints the one-line user error and returns the exit status (1)."""
+  print(f"{prog}: error: {error}", file=sys.stderr)
+  return 1
+
+
+def call(prog: str, run: Callable[[Sequence[str] | None], Any],
+         argv: Sequence[str] | None) -> int:
+  """`run(argv)` with user errors reported as one line; returns the exit status."""
+  try:
+    run(argv)
+  except XmaeError as e:
+    return fail(prog, e)
+  return 0
+
+
+# ---- flags of the probe, shared by xmae-probe and xmae-compare ---------------------------------
+
+def add_probe_arguments(p: argparse.ArgumentParser) -> None:
+  """The task and protocol options."""
+  p.add_argument("--task", action="append", default=None,
+                 help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
+                      f"or 'all'; known: {', '.join(tasks_lib.REGISTRY)}")
+  p.add_argument("--protocol", choices=("linear", "xmae", "both"), default="linear")
+  add_fold_arguments(p)
+  p.add_argument("--inner-folds", type=int, default=3)
+  p.add_argument("--xmae-folds", choices=("subject", "segment"), default="subject",
+                 help="the xmae protocol's folds (its own seed is 77)")
+
+
+def add_fold_arguments(p: argparse.ArgumentParser) -> None:
+  """Outer folds, bootstrap and seed of the linear probe (xmae-probe, xmae-compare, xmae-timing)."""
+  p.add_argument("--folds", type=int, default=5, help="outer subject-grouped folds")
+  p.add_argument("--bootstrap", type=int, default=1000, help="subject bootstrap resamples")
+  p.add_argument("--seed", type=int, default=0, help="folds/bootstrap seed (linear protocol)")
+
+
+def linear_config(args):
+  """The LinearProbeConfig of the parsed fold flags."""
+  from xmae_jax.evaluation import probe as probe_lib
+  return probe_lib.LinearProbeConfig(outer_folds=args.folds,
+                                     inner_folds=getattr(args, "inner_folds", 3),
+                                     seed=args.seed, n_bootstrap=args.bootstrap)
+
+
+def xmae_config(args):
+  """The XMAEProbeConfig of the parsed --xmae-folds."""
+  from xmae_jax.evaluation import probe as probe_lib
+  return probe_lib.XMAEProbeConfig(group_folds=args.xmae_folds == "subject")
+
+
+def protocols(args) -> tuple[str, ...]:
+  return ("linear", "xmae") if args.protocol == "both" else (args.protocol,)
+
+
+# ---- encoders to compare, shared by xmae-compare and xmae-timing -------------------------------
+
+def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--data", required=True, help="a prepared dataset directory")
+  p.add_argument("--output-dir", required=True)
+  p.add_argument("--encoder", action="append", default=[], help="NAME=PATH (repeatable)")
+  p.add_argument("--random", action="append", default=[],
+                 help="NAME=CONFIG_FILE[:ARG] or NAME=WORKDIR|PACKAGE (its config): a randomly "
+                      "initialized encoder (repeatable)")
+  p.add_argument("--random-seed", type=int, default=0)
+  p.add_argument("--step", default="auto", help="checkpoint of workdir encoders")
+  p.add_argument("--modality", choices=("ppg", "ecg"), default="ppg")
+  p.add_argument("--split", action="append", default=None,
+                 help="dataset split(s) to embed and probe (default: all)")
+  p.add_argument("--reuse-embeddings", action="store_true",
+                 help="reuse OUT/embeddings/NAME.npz files that exist")
+  p.add_argument("--baseline", default=None,
+                 help="encoder NAME to report paired differences against (e.g. random)")
+
+
+def encoder_specs(args):
+  """The EncoderSpecs of the parsed --encoder and --random flags."""
+  from xmae_jax.evaluation import compare as compare_lib
+  return compare_lib.encoder_specs(args.encoder, args.random, step=args.step,
+                                   seed=args.random_seed)

@@ -1,0 +1,43 @@
+"""xmae-export: write a frozen encoder package from a training (or imported) workdir.
+
+  xmae-export --workdir DIR --output OUT [--modality ppg|ecg] [--step auto|best|latest|N]
+
+`--step auto` (default) takes the checkpoint with the lowest validation loss when one has it
+(a training run), else the latest (e.g. a checkpoint written by xmae-import-torch).
+The package format is described in xmae_jax/evaluation/package.py; load it with
+`xmae_jax.load_encoder(OUT)`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from xmae_jax.cli import common
+from xmae_jax.evaluation import export as export_lib
+from xmae_jax.evaluation import package as package_lib
+
+PROG = "xmae-export"
+
+
+def run(argv=None) -> None:
+  p = common.parser(PROG, __doc__)
+  p.add_argument("--workdir", required=True, help="a training or xmae-import-torch workdir")
+  p.add_argument("--output", required=True, help="the package directory to write")
+  p.add_argument("--modality", choices=("ppg", "ecg"), default="ppg")
+  p.add_argument("--step", default="auto", help="auto | best | latest | a step number")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+  args = p.parse_args(argv)
+  out = export_lib.export_workdir(args.workdir, args.output, modality=args.modality,
+                                  step=args.step, overwrite=args.overwrite)
+  info = package_lib.read_package_info(out)
+  print(json.dumps({"output": str(out), "model": info["model_name"], "modality": info["modality"],
+                    "step": info["source"].get("step"), "param_count": info["param_count"],
+                    "latent_dim": info["latent_dim"]}))
+
+
+def main(argv=None) -> int:
+  return common.call(PROG, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

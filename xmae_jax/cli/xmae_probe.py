@@ -1,0 +1,39 @@
+"""xmae-probe: score frozen embeddings on downstream tasks (JSON + Markdown table).
+
+  xmae-probe --embeddings FILE.npz --task hr --task pvc [--protocol linear|xmae|both]
+             [--output-json OUT.json] [--output-md OUT.md]
+
+`--task all` runs every registered task whose fields the file carries. Tasks take a parameter
+after a colon: `age_over:60`, `hypertension:clinical`. See xmae_jax/evaluation/probe.py for the
+two protocols.
+"""
+from __future__ import annotations
+
+import sys
+
+from xmae_jax.cli import common
+from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import report
+
+PROG = "xmae-probe"
+
+
+def run(argv=None) -> None:
+  p = common.parser(PROG, __doc__)
+  p.add_argument("--embeddings", required=True, help="an .npz written by xmae-embed")
+  common.add_probe_arguments(p)
+  p.add_argument("--output-json", default=None)
+  p.add_argument("--output-md", default=None)
+  args = p.parse_args(argv)
+  results = probe_lib.probe_file(args.embeddings, args.task, protocols=common.protocols(args),
+                                 linear_cfg=common.linear_config(args),
+                                 xmae_cfg=common.xmae_config(args))
+  print(report.write_probe_report(results, args.output_json, args.output_md))
+
+
+def main(argv=None) -> int:
+  return common.call(PROG, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

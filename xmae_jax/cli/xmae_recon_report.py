@@ -1,0 +1,56 @@
+"""xmae-recon-report: masked-ECG-from-PPG reconstruction on held-out paired data.
+
+  xmae-recon-report --model xmae=runs/xmae [--model nobridge=runs/nobridge] \
+      --data DATASET_DIR [--split test] [--wfdb ../shared/data/physionet] --output-dir OUT
+
+--model NAME=WORKDIR: a training or xmae-import-torch workdir of a model with the xMAE call
+contract (xMAE; its no-bridge variant reconstructs from visible ECG only: the control).
+--data: a prepared dataset; its --split (default test: subjects the model never trained on).
+--wfdb: WFDB records or folders (repeatable), windowed by the same preprocessing.
+Writes OUT/reconstruction.md, OUT/reconstruction.json and OUT/figures/*.png
+(xmae_jax.evaluation.reconstruction.build_report).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from xmae_jax.cli import common
+from xmae_jax.evaluation import compare as compare_lib
+from xmae_jax.evaluation import reconstruction as recon_lib
+
+PROG = "xmae-recon-report"
+
+
+def run(argv=None) -> None:
+  p = common.parser(PROG, __doc__)
+  p.add_argument("--model", action="append", default=[], help="NAME=WORKDIR (repeatable)")
+  p.add_argument("--data", action="append", default=[],
+                 help="a prepared dataset dir, or LABEL=DIR (repeatable)")
+  p.add_argument("--wfdb", action="append", default=[],
+                 help="WFDB record or folder, or LABEL=PATH (repeatable)")
+  p.add_argument("--split", default="test")
+  p.add_argument("--step", default="auto")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--min-quality", type=float, default=None,
+                 help="keep windows with both template-match qualities >= this")
+  p.add_argument("--tolerance-ms", type=float, default=150.0)
+  p.add_argument("--output-dir", required=True)
+  args = p.parse_args(argv)
+  models = [compare_lib.parse_named(m, "--model") for m in args.model]
+  data = [(compare_lib.parse_named(d, "--data") if "=" in d
+           else (f"{Path(d).name} ({args.split} split)", d)) for d in args.data]
+  data += [(compare_lib.parse_named(w, "--wfdb") if "=" in w else (Path(w).name, w))
+           for w in args.wfdb]
+  recon_lib.build_report(models, data, args.output_dir, split=args.split, step=args.step,
+                         seed=args.seed, min_quality=args.min_quality,
+                         tolerance_ms=args.tolerance_ms)
+  print((Path(args.output_dir) / "reconstruction.md").read_text())
+
+
+def main(argv=None) -> int:
+  return common.call(PROG, run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
