@@ -252,6 +252,20 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   if len(peaks) == 0:
     raise ValueError("templatematch requires at least one detected peak")
   rate = np.mean(nk.signal_rate(peaks, sampling_rate=fs, desired_length=n))
+  beats = _beat_correlations(x, peaks, rate, fs)
+  if beats is None:
+    # float rounding gave beats of unequal length: let NeuroKit handle this rare case
+    fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
+    return np.asarray(fn(x, peaks, sampling_rate=fs, method="templatematch"), float)
+  cycles, cc = beats
+  return np.asarray(nk.signal_interpolate(cycles, cc, x_new=np.arange(n), method="previous"),
+                    float)
+
+
+def _beat_correlations(x: np.ndarray, peaks: np.ndarray, rate: float,
+                       fs: float) -> tuple[np.ndarray, np.ndarray] | None:
+  """(peak of each whole beat but the last, its correlation with the template, in [-1, 1]);
+  None when float rounding gives beats of unequal length."""
   width = 60 / rate
   start, end = -0.5 * width, 0.5 * width
   pad = int((end - start) * fs)
@@ -259,9 +273,7 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   a = (onsets + start * fs).astype(np.int64)
   b = (onsets + end * fs).astype(np.int64)
   if np.any(b - a != b[0] - a[0]):
-    # float rounding gave beats of unequal length: let NeuroKit handle this rare case
-    fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
-    return np.asarray(fn(x, peaks, sampling_rate=fs, method="templatematch"), float)
+    return None
   padded = np.concatenate([np.full(pad, np.nan), x, np.full(pad, np.nan)])
   beats = padded[a[:, None] + np.arange(b[0] - a[0])[None]]
   valid = ~np.isnan(beats).any(axis=1)
@@ -270,8 +282,7 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   bc = beats[:-1] - beats[:-1].mean(axis=1, keepdims=True)
   tc = template - template.mean()
   cc = (bc @ tc) / np.sqrt((bc * bc).sum(axis=1) * (tc @ tc))
-  return np.asarray(nk.signal_interpolate(cycles[:-1], np.clip(cc, -1, 1), x_new=np.arange(n),
-                                          method="previous"), float)
+  return cycles[:-1], np.clip(cc, -1, 1)
 
 
 def quality_fast(cleaned: np.ndarray, fs: float, modality: str,
@@ -313,28 +324,13 @@ def _templatematch_fast(x: np.ndarray, fs: float, modality: str) -> np.ndarray:
   per_sample[:peaks[0]] = per_sample[peaks[0]]
   per_sample[peaks[-1] + 1:] = per_sample[peaks[-1]]
   rate = np.mean(60 / per_sample)
-  # from here as templatematch()
-  width = 60 / rate
-  start, end = -0.5 * width, 0.5 * width
-  pad = int((end - start) * fs)
-  onsets = (peaks + pad).astype(np.float64)
-  a = (onsets + start * fs).astype(np.int64)
-  b = (onsets + end * fs).astype(np.int64)
-  if np.any(b - a != b[0] - a[0]):
+  beats = _beat_correlations(x, peaks, rate, fs)
+  if beats is None or len(beats[0]) == 0:
     return quality_vector(x, fs, modality)
-  padded = np.concatenate([np.full(pad, np.nan), x, np.full(pad, np.nan)])
-  beats = padded[a[:, None] + np.arange(b[0] - a[0])[None]]
-  valid = ~np.isnan(beats).any(axis=1)
-  if valid.sum() < 2:
-    return quality_vector(x, fs, modality)
-  beats, cycles = beats[valid], peaks[valid]
-  template = beats.mean(axis=0)
-  bc = beats[:-1] - beats[:-1].mean(axis=1, keepdims=True)
-  tc = template - template.mean()
-  cc = np.clip((bc @ tc) / np.sqrt((bc * bc).sum(axis=1) * (tc @ tc)), -1, 1)
-  # nk.signal_interpolate(cycles[:-1], cc, np.arange(n), method="previous"): each sample takes
-  # the value of the last beat at or before it, the first beat's before the first
-  at = np.searchsorted(cycles[:-1], np.arange(n), side="right") - 1
+  cycles, cc = beats
+  # nk.signal_interpolate(cycles, cc, np.arange(n), method="previous"): each sample takes the
+  # value of the last beat at or before it, the first beat's before the first
+  at = np.searchsorted(cycles, np.arange(n), side="right") - 1
   return cc[np.maximum(at, 0)]
 
 
@@ -453,27 +449,24 @@ def segment_recording(
   The windows of a recording are cleaned together (one filter call per modality) and their
   quality computed by quality_fast; the result equals segment_recording_unbatched's.
   """
-  return _segment(signals, config, meta, labels, events, series, _RecordSteps)
+  return _segment(signals, config, _RecordSteps, meta=meta, labels=labels, events=events,
+                  series=series)
 
 
-def segment_recording_unbatched(
-    signals: Mapping[str, tuple[np.ndarray, float]],
-    config: PreprocessConfig,
-    *,
-    meta: Mapping[str, Any] | None = None,
-    labels: Mapping[str, Any] | None = None,
-    events: Mapping[str, np.ndarray] | None = None,
-    series: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-) -> tuple[list[Segment], collections.Counter]:
-  """segment_recording, one window at a time through clean(), quality() and resample().
+def segment_recording_unbatched(signals: Mapping[str, tuple[np.ndarray, float]],
+                                config: PreprocessConfig,
+                                **options) -> tuple[list[Segment], collections.Counter]:
+  """segment_recording (same arguments and result), one window at a time through clean(),
+  quality() and resample().
 
   The straightforward form (NeuroKit's own peak detection and rate), kept as the oracle that
   tests/data/test_preprocess_equality.py holds segment_recording to on real records.
   """
-  return _segment(signals, config, meta, labels, events, series, _WindowSteps)
+  return _segment(signals, config, _WindowSteps, **options)
 
 
-def _segment(signals, config, meta, labels, events, series, steps_class):
+def _segment(signals, config, steps_class, *, meta=None, labels=None, events=None,
+             series=None):
   stats: collections.Counter = collections.Counter()
   present = {}
   for m, (x, fs) in signals.items():
