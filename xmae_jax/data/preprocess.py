@@ -150,8 +150,8 @@ def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> 
   """NeuroKit2 cleaning at the source rate (ecg: 'neurokit', ppg: 'elgendi').
 
   The two default methods run as NeuroKit 0.2.13 computes them but with the Butterworth
-  design cached per rate (designing it was a fifth of the preprocessing time); tests check the
-  output equals NeuroKit's. Other methods, and signals with NaN, go through NeuroKit itself.
+  design cached per rate (designing the filter on every call was a large part of the
+  preprocessing time: BENCHMARKS.md); tests check the output equals NeuroKit's. Other methods, and signals with NaN, go through NeuroKit itself.
   """
   method = config.ecg_clean_method if modality == "ecg" else config.ppg_clean_method
   if np.all(np.isfinite(x)):
@@ -221,7 +221,8 @@ def quality_vector(cleaned: np.ndarray, fs: float, modality: str,
 
   'templatematch' runs NeuroKit's own peak detection and rate estimate, then a vectorized
   re-implementation of its template matching (NeuroKit builds a pandas frame per beat, which
-  made it 90% of the preprocessing time); tests check it equals NeuroKit's output.
+  made it most of the preprocessing time: BENCHMARKS.md); tests check it equals NeuroKit's
+  output.
   """
   import neurokit2 as nk
   if method != "templatematch":
