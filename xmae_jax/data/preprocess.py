@@ -306,14 +306,9 @@ def quality_fast(cleaned: np.ndarray, fs: float, modality: str,
 
 def _templatematch_fast(x: np.ndarray, fs: float, modality: str) -> np.ndarray:
   """quality_vector(x, fs, modality, 'templatematch'), by the shortcuts quality_fast names."""
-  import neurokit2 as nk
   x = np.asarray(x, float)
   n = len(x)
-  if modality == "ecg":
-    peaks = nk.ecg_findpeaks(x, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
-  else:
-    peaks = nk.ppg_findpeaks(x, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
-  peaks = np.asarray(peaks)
+  peaks = np.asarray(_ecg_peaks(x, fs) if modality == "ecg" else _ppg_peaks(x, fs))
   if n < fs * 4 or len(peaks) <= 3 or peaks.dtype.kind not in "iu":
     return quality_vector(x, fs, modality)
   # nk.signal_rate(peaks, fs, desired_length=n): the period at each peak (the first one set to
@@ -333,6 +328,82 @@ def _templatematch_fast(x: np.ndarray, fs: float, modality: str) -> np.ndarray:
   # value of the last beat at or before it, the first beat's before the first
   at = np.searchsorted(cycles, np.arange(n), side="right") - 1
   return cc[np.maximum(at, 0)]
+
+
+def _ecg_peaks(x: np.ndarray, fs: float) -> np.ndarray:
+  """nk.ecg_findpeaks(x, fs, method='neurokit')['ECG_R_Peaks'] (NeuroKit 0.2.13's algorithm):
+  QRS complexes where the smoothed absolute gradient exceeds 1.5 times its 0.75-s average; in
+  each long enough one, the most prominent local maximum, at least 0.3 s after the last peak."""
+  smooth, avg = int(np.rint(0.1 * fs)), int(np.rint(0.75 * fs))
+  if _PROMINENCE is None or not (1 <= smooth <= len(x) and 1 <= avg <= len(x)):
+    import neurokit2 as nk
+    return nk.ecg_findpeaks(x, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
+  from scipy import ndimage
+  smoothgrad = ndimage.uniform_filter1d(np.abs(np.gradient(x)), smooth, mode="nearest")
+  qrs = smoothgrad > 1.5 * ndimage.uniform_filter1d(smoothgrad, avg, mode="nearest")
+  beg = np.where(np.logical_and(np.logical_not(qrs[0:-1]), qrs[1:]))[0]
+  end = np.where(np.logical_and(qrs[0:-1], np.logical_not(qrs[1:])))[0]
+  if len(beg) == 0:
+    return np.array([])
+  end = end[end > beg[0]]
+  num = min(beg.size, end.size)
+  min_len = np.mean(end[:num] - beg[:num]) * 0.4
+  return _most_prominent_peaks(x, beg[:num], end[:num], min_len, int(np.rint(fs * 0.3)))
+
+
+def _ppg_peaks(x: np.ndarray, fs: float) -> np.ndarray:
+  """nk.ppg_findpeaks(x, fs, method='elgendi')['PPG_Peaks'] (NeuroKit 0.2.13's algorithm):
+  waves where the 0.111-s moving average of the squared positive signal exceeds its 0.667-s
+  average plus 2% of its mean; in each long enough one, the most prominent local maximum, at
+  least 0.3 s after the last peak."""
+  peak_k, beat_k = int(np.rint(0.111 * fs)), int(np.rint(0.667 * fs))
+  if _PROMINENCE is None or not (1 <= peak_k <= len(x) and 1 <= beat_k <= len(x)):
+    import neurokit2 as nk
+    return nk.ppg_findpeaks(x, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
+  from scipy import ndimage
+  positive = x.copy()
+  positive[positive < 0] = 0
+  sqrd = positive ** 2
+  ma_peak = ndimage.uniform_filter1d(sqrd, peak_k, mode="nearest")
+  waves = ma_peak > ndimage.uniform_filter1d(sqrd, beat_k, mode="nearest") + 0.02 * np.mean(sqrd)
+  beg = np.where(np.logical_and(np.logical_not(waves[0:-1]), waves[1:]))[0]
+  end = np.where(np.logical_and(waves[0:-1], np.logical_not(waves[1:])))[0]
+  end = end[end > beg[0]]                          # no wave at all raises, as NeuroKit's
+  num = min(beg.size, end.size)
+  return _most_prominent_peaks(x, beg[:num], end[:num], peak_k, int(np.rint(0.3 * fs)))
+
+
+def _most_prominent_peaks(x, begs, ends, min_len, min_delay) -> np.ndarray:
+  """In each [beg, end) at least min_len long, the local maximum of largest prominence (as
+  scipy.signal.find_peaks(x[beg:end], prominence=(None, None)) finds and measures them), kept
+  when more than min_delay samples after the last kept one."""
+  local_maxima, prominences = _PROMINENCE
+  x = np.ascontiguousarray(x, dtype=np.float64)     # filtfilt returns a reversed view
+  peaks = [0]
+  for beg, end in zip(begs, ends):
+    if end - beg < min_len:
+      continue
+    data = x[beg:end]
+    locmax = local_maxima(data)[0]
+    if locmax.size > 0:
+      peak = beg + locmax[np.argmax(prominences(data, locmax, -1)[0])]
+      if peak - peaks[-1] > min_delay:
+        peaks.append(peak)
+  return np.asarray(peaks[1:]).astype(int)
+
+
+def _find_peaks_internals():
+  """scipy.signal.find_peaks's two compiled steps (local maxima, prominences), called directly:
+  find_peaks validates its arguments on every call, which took longer than the search in the
+  ~30 short QRS/wave spans of a window. None (use NeuroKit's finders) if scipy moved them."""
+  try:
+    from scipy.signal._peak_finding_utils import _local_maxima_1d, _peak_prominences
+  except ImportError:
+    return None
+  return _local_maxima_1d, _peak_prominences
+
+
+_PROMINENCE = _find_peaks_internals()
 
 
 def _pchip(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
