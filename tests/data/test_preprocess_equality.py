@@ -78,3 +78,30 @@ def test_quality_fast_equals_quality_on_edge_cases():
       c = pp.clean(x, fs, m, CONFIGS["default"])
       assert pp.quality_fast(c, fs, m, CONFIGS["default"]) == pp.quality(c, fs, m,
                                                                          CONFIGS["default"])
+
+
+@pytest.mark.parametrize("modalities", ["both", "ppg", "any"])
+def test_record_steps_follow_the_per_window_decisions(modalities):
+  # windows whose required PPG fails its check after a passing ECG (the cuts of
+  # segment_recording normally remove such windows first): both step strategies must make the
+  # same decisions and ask for no step the other would not
+  import collections
+  import neurokit2 as nk
+  fs = 125.0
+  ecg = nk.ecg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=3)
+  ppg = nk.ppg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=3)
+  ppg[int(12 * fs):int(14 * fs)] = np.nan
+  present = {"ecg": (ecg, fs), "ppg": (ppg, fs)}
+  config = pp.PreprocessConfig(modalities=modalities)
+  required = pp.REQUIREMENTS[modalities]
+  starts = [0.0, 10.0, 20.0]
+  results = []
+  for steps_class in (pp._RecordSteps, pp._WindowSteps):
+    steps, stats = steps_class(present, starts, config, required), collections.Counter()
+    out = [pp._one_window(present, k, t0, config, required, stats, steps)
+           for k, t0 in enumerate(starts)]
+    results.append(([(None if s is None else (s.quality, {m: v.tolist() for m, v in
+                                                         s.signals.items()}), r)
+                     for s, r in out], stats))
+  assert results[0] == results[1]
+  assert results[0][0][1][1] in (None, "nan_run_ppg")

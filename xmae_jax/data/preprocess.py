@@ -646,37 +646,44 @@ class _WindowSteps:
 
 
 class _RecordSteps:
-  """Every window's checks first; then, per modality, the windows that passed every required
-  check are cleaned in one filter call (sosfiltfilt/filtfilt treat the rows of a matrix
-  independently, with the same arithmetic) and each gets quality_fast and its resampling."""
+  """Every window's checks first; then, per modality, the windows _one_window will ask about are
+  cleaned in one filter call (sosfiltfilt/filtfilt treat the rows of a matrix independently,
+  with the same arithmetic) and each gets quality_fast and its resampling."""
 
   def __init__(self, present, starts, config, required):
-    self.config = config
-    self.reasons, windows = {}, {}
+    self.present, self.config = present, config
+    self.reasons, self.windows, self.results = {}, {}, {}
     for m, (x, fs) in present.items():
       n = int(round(config.segment_seconds * fs))
       for k, t0 in enumerate(starts):
         a = int(round(t0 * fs))
-        windows[m, k], self.reasons[m, k] = check_window(x[a:a + n], fs, config)
-    blocked = {k for k in range(len(starts))
-               if any(m not in present or self.reasons[m, k] is not None for m in required)}
-    self.results = {}
-    for m, (x, fs) in present.items():
+        self.windows[m, k], self.reasons[m, k] = check_window(x[a:a + n], fs, config)
+    if any(m not in present for m in required):
+      return                                       # every window is dropped as missing_<m>
+    for i, (m, (x, fs)) in enumerate(present.items()):
+      # _one_window stops at the first required modality whose check fails
+      earlier = [e for e in list(present)[:i] if e in required]
       by_length: dict[int, list[int]] = collections.defaultdict(list)
       for k in range(len(starts)):
-        if k not in blocked and self.reasons[m, k] is None:
-          by_length[len(windows[m, k])].append(k)
+        if self.reasons[m, k] is None and all(self.reasons[e, k] is None for e in earlier):
+          by_length[len(self.windows[m, k])].append(k)
       for ks in by_length.values():
-        cleaned = _clean_rows(np.stack([windows[m, k] for k in ks]), fs, m, config)
+        cleaned = _clean_rows(np.stack([self.windows[m, k] for k in ks]), fs, m, config)
         for k, c in zip(ks, cleaned):
-          q = quality_fast(c, fs, m, config)
-          r = resample(c, fs, config.target_fs, config.segment_length, config.resample_method)
-          self.results[m, k] = (q, r)
+          self.results[m, k] = self._finish(m, c)
+
+  def _finish(self, m, cleaned):
+    fs, config = self.present[m][1], self.config
+    return (quality_fast(cleaned, fs, m, config),
+            resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method))
 
   def check(self, m, k):
     return self.reasons[m, k]
 
   def quality(self, m, k):
+    if (m, k) not in self.results:                 # not foreseen above: compute it alone
+      c = _clean_rows(self.windows[m, k][None], self.present[m][1], m, self.config)[0]
+      self.results[m, k] = self._finish(m, c)
     return self.results[m, k][0]
 
   def resampled(self, m, k):
