@@ -12,6 +12,11 @@ One function per step, so that `xmae-prepare`, `load_encoder().embed` and evalua
   segment_recording the whole path for one continuous multi-modality recording -> segments
   prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
 
+segment_recording cleans the windows of a recording together and computes quality with
+quality_fast (NeuroKit's algorithms without its per-call overhead); segment_recording_unbatched
+runs clean/quality/resample one window at a time and is the oracle it must equal, bit for bit in
+practice, which tests/data/test_preprocess_equality.py checks on real ICU records.
+
 Every modality is windowed on the time axis at its own sampling rate, so multi-rate recordings
 (e.g. ECG at 250 Hz and PPG at 125 Hz) need no common rate before the 100-Hz resampling.
 """
@@ -151,7 +156,8 @@ def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> 
 
   The two default methods run as NeuroKit 0.2.13 computes them but with the Butterworth
   design cached per rate (designing the filter on every call was a large part of the
-  preprocessing time: BENCHMARKS.md); tests check the output equals NeuroKit's. Other methods, and signals with NaN, go through NeuroKit itself.
+  preprocessing time: BENCHMARKS.md); tests check the output equals NeuroKit's. Other methods,
+  and signals with NaN, go through NeuroKit itself.
   """
   method = config.ecg_clean_method if modality == "ecg" else config.ppg_clean_method
   if np.all(np.isfinite(x)):
