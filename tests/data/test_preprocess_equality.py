@@ -105,3 +105,20 @@ def test_record_steps_follow_the_per_window_decisions(modalities):
                      for s, r in out], stats))
   assert results[0] == results[1]
   assert results[0][0][1][1] in (None, "nan_run_ppg")
+
+
+def test_peak_finders_equal_neurokits_with_and_without_scipys_internals(monkeypatch):
+  import neurokit2 as nk
+  fs = 250.0
+  config = CONFIGS["default"]
+  ecg = pp.clean(nk.ecg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ecg",
+                 config)
+  ppg = pp.clean(nk.ppg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ppg",
+                 config)
+  want_ecg = nk.ecg_findpeaks(ecg, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
+  want_ppg = nk.ppg_findpeaks(ppg, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
+  assert len(want_ecg) > 5 and len(want_ppg) > 5
+  for internals in (pp._PROMINENCE, None):
+    monkeypatch.setattr(pp, "_PROMINENCE", internals)
+    np.testing.assert_array_equal(pp._ecg_peaks(ecg, fs), want_ecg)
+    np.testing.assert_array_equal(pp._ppg_peaks(ppg, fs), want_ppg)
