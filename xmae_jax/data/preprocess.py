@@ -12,6 +12,11 @@ One function per step, so that `xmae-prepare`, `load_encoder().embed` and evalua
   segment_recording the whole path for one continuous multi-modality recording -> segments
   prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
 
+segment_recording cleans the windows of a recording together and computes quality with
+quality_fast (NeuroKit's algorithms without its per-call overhead); segment_recording_unbatched
+runs clean/quality/resample one window at a time and is the oracle it must equal, bit for bit in
+practice, which tests/data/test_preprocess_equality.py checks on real ICU records.
+
 Every modality is windowed on the time axis at its own sampling rate, so multi-rate recordings
 (e.g. ECG at 250 Hz and PPG at 125 Hz) need no common rate before the 100-Hz resampling.
 """
@@ -27,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xmae_jax.data.record import MODALITIES
+from xmae_jax.errors import XmaeError
 
 TARGET_FS = 100
 SEGMENT_SECONDS = 10.0
@@ -34,7 +40,7 @@ SEGMENT_LENGTH = 1000
 REQUIREMENTS = {"both": ("ppg", "ecg"), "any": (), "ppg": ("ppg",), "ecg": ("ecg",)}
 
 
-class PreprocessError(ValueError):
+class PreprocessError(XmaeError):
   """Input that cannot be preprocessed (wrong shape, unknown sampling rate, too short)."""
 
 
@@ -149,8 +155,9 @@ def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> 
   """NeuroKit2 cleaning at the source rate (ecg: 'neurokit', ppg: 'elgendi').
 
   The two default methods run as NeuroKit 0.2.13 computes them but with the Butterworth
-  design cached per rate (designing it was a fifth of the preprocessing time); tests check the
-  output equals NeuroKit's. Other methods, and signals with NaN, go through NeuroKit itself.
+  design cached per rate (designing the filter on every call was a large part of the
+  preprocessing time: BENCHMARKS.md); tests check the output equals NeuroKit's. Other methods,
+  and signals with NaN, go through NeuroKit itself.
   """
   method = config.ecg_clean_method if modality == "ecg" else config.ppg_clean_method
   if np.all(np.isfinite(x)):
@@ -194,10 +201,16 @@ def quality(cleaned: np.ndarray, fs: float, modality: str,
   Too few beats (NeuroKit raises, or every correlation is NaN) gives 0.0 so that the default
   threshold rejects the segment while the record is still kept and counted.
   """
+  return _summarize_quality(lambda: quality_vector(cleaned, fs, modality, config.quality_method),
+                            config)
+
+
+def _summarize_quality(vector, config: PreprocessConfig) -> tuple[float, str | None]:
+  """quality()'s reduction of a per-sample quality vector (computed by `vector()`)."""
   try:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
       warnings.simplefilter("ignore")
-      q = quality_vector(cleaned, fs, modality, config.quality_method)
+      q = vector()
   except Exception:  # NeuroKit raises many types (ValueError, IndexError, ...) on too few beats
     return 0.0, "too_few_beats"
   if q.size == 0:
@@ -214,7 +227,8 @@ def quality_vector(cleaned: np.ndarray, fs: float, modality: str,
 
   'templatematch' runs NeuroKit's own peak detection and rate estimate, then a vectorized
   re-implementation of its template matching (NeuroKit builds a pandas frame per beat, which
-  made it 90% of the preprocessing time); tests check it equals NeuroKit's output.
+  made it most of the preprocessing time: BENCHMARKS.md); tests check it equals NeuroKit's
+  output.
   """
   import neurokit2 as nk
   if method != "templatematch":
@@ -245,6 +259,20 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   if len(peaks) == 0:
     raise ValueError("templatematch requires at least one detected peak")
   rate = np.mean(nk.signal_rate(peaks, sampling_rate=fs, desired_length=n))
+  beats = _beat_correlations(x, peaks, rate, fs)
+  if beats is None:
+    # float rounding gave beats of unequal length: let NeuroKit handle this rare case
+    fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
+    return np.asarray(fn(x, peaks, sampling_rate=fs, method="templatematch"), float)
+  cycles, cc = beats
+  return np.asarray(nk.signal_interpolate(cycles, cc, x_new=np.arange(n), method="previous"),
+                    float)
+
+
+def _beat_correlations(x: np.ndarray, peaks: np.ndarray, rate: float,
+                       fs: float) -> tuple[np.ndarray, np.ndarray] | None:
+  """(peak of each whole beat but the last, its correlation with the template, in [-1, 1]);
+  None when float rounding gives beats of unequal length."""
   width = 60 / rate
   start, end = -0.5 * width, 0.5 * width
   pad = int((end - start) * fs)
@@ -252,9 +280,7 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   a = (onsets + start * fs).astype(np.int64)
   b = (onsets + end * fs).astype(np.int64)
   if np.any(b - a != b[0] - a[0]):
-    # float rounding gave beats of unequal length: let NeuroKit handle this rare case
-    fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
-    return np.asarray(fn(x, peaks, sampling_rate=fs, method="templatematch"), float)
+    return None
   padded = np.concatenate([np.full(pad, np.nan), x, np.full(pad, np.nan)])
   beats = padded[a[:, None] + np.arange(b[0] - a[0])[None]]
   valid = ~np.isnan(beats).any(axis=1)
@@ -263,8 +289,164 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   bc = beats[:-1] - beats[:-1].mean(axis=1, keepdims=True)
   tc = template - template.mean()
   cc = (bc @ tc) / np.sqrt((bc * bc).sum(axis=1) * (tc @ tc))
-  return np.asarray(nk.signal_interpolate(cycles[:-1], np.clip(cc, -1, 1), x_new=np.arange(n),
-                                          method="previous"), float)
+  return cycles[:-1], np.clip(cc, -1, 1)
+
+
+def quality_fast(cleaned: np.ndarray, fs: float, modality: str,
+                 config: PreprocessConfig) -> tuple[float, str | None]:
+  """quality() with the same result, computed without NeuroKit's per-call overhead.
+
+  NeuroKit's ecg_peaks/ppg_peaks wrap the peak finders in a pandas frame that is thrown away,
+  and signal_rate/signal_interpolate add checks and copies around one scipy call each; together
+  they were most of the quality time. Here the peak finders (ecg_findpeaks 'neurokit',
+  ppg_findpeaks 'elgendi', the ones ecg_peaks/ppg_peaks call) run directly, the rate is the same
+  PchipInterpolator evaluation, and the 'previous' interpolation of the beat correlations is an
+  index lookup. Anything unusual (another method, 3 peaks or fewer, beats of unequal length,
+  fewer than two whole beats) goes through quality() itself, so the result is always quality()'s;
+  tests/data/test_preprocess_equality.py checks it on real records.
+  """
+  if config.quality_method != "templatematch" or modality not in MODALITIES:
+    return quality(cleaned, fs, modality, config)
+  return _summarize_quality(lambda: _templatematch_fast(cleaned, fs, modality), config)
+
+
+def _templatematch_fast(x: np.ndarray, fs: float, modality: str) -> np.ndarray:
+  """quality_vector(x, fs, modality, 'templatematch'), by the shortcuts quality_fast names."""
+  x = np.asarray(x, float)
+  n = len(x)
+  peaks = np.asarray(_ecg_peaks(x, fs) if modality == "ecg" else _ppg_peaks(x, fs))
+  if n < fs * 4 or len(peaks) <= 3 or peaks.dtype.kind not in "iu":
+    return quality_vector(x, fs, modality)
+  # nk.signal_rate(peaks, fs, desired_length=n): the period at each peak (the first one set to
+  # the mean of the others), monotone cubic in between, held constant before the first and after
+  # the last peak
+  period = np.ediff1d(peaks, to_begin=0) / fs
+  period[0] = np.mean(period[1:])
+  per_sample = _pchip(peaks.astype(np.float64), period, n)
+  per_sample[:peaks[0]] = per_sample[peaks[0]]
+  per_sample[peaks[-1] + 1:] = per_sample[peaks[-1]]
+  rate = np.mean(60 / per_sample)
+  beats = _beat_correlations(x, peaks, rate, fs)
+  if beats is None or len(beats[0]) == 0:
+    return quality_vector(x, fs, modality)
+  cycles, cc = beats
+  # nk.signal_interpolate(cycles, cc, np.arange(n), method="previous"): each sample takes the
+  # value of the last beat at or before it, the first beat's before the first
+  at = np.searchsorted(cycles, np.arange(n), side="right") - 1
+  return cc[np.maximum(at, 0)]
+
+
+def _ecg_peaks(x: np.ndarray, fs: float) -> np.ndarray:
+  """nk.ecg_findpeaks(x, fs, method='neurokit')['ECG_R_Peaks'] (NeuroKit 0.2.13's algorithm):
+  QRS complexes where the smoothed absolute gradient exceeds 1.5 times its 0.75-s average; in
+  each long enough one, the most prominent local maximum, at least 0.3 s after the last peak."""
+  smooth, avg = int(np.rint(0.1 * fs)), int(np.rint(0.75 * fs))
+  if _PROMINENCE is None or not (1 <= smooth <= len(x) and 1 <= avg <= len(x)):
+    import neurokit2 as nk
+    return nk.ecg_findpeaks(x, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
+  from scipy import ndimage
+  smoothgrad = ndimage.uniform_filter1d(np.abs(np.gradient(x)), smooth, mode="nearest")
+  qrs = smoothgrad > 1.5 * ndimage.uniform_filter1d(smoothgrad, avg, mode="nearest")
+  beg = np.where(np.logical_and(np.logical_not(qrs[0:-1]), qrs[1:]))[0]
+  end = np.where(np.logical_and(qrs[0:-1], np.logical_not(qrs[1:])))[0]
+  if len(beg) == 0:
+    return np.array([])
+  end = end[end > beg[0]]
+  num = min(beg.size, end.size)
+  min_len = np.mean(end[:num] - beg[:num]) * 0.4
+  return _most_prominent_peaks(x, beg[:num], end[:num], min_len, int(np.rint(fs * 0.3)))
+
+
+def _ppg_peaks(x: np.ndarray, fs: float) -> np.ndarray:
+  """nk.ppg_findpeaks(x, fs, method='elgendi')['PPG_Peaks'] (NeuroKit 0.2.13's algorithm):
+  waves where the 0.111-s moving average of the squared positive signal exceeds its 0.667-s
+  average plus 2% of its mean; in each long enough one, the most prominent local maximum, at
+  least 0.3 s after the last peak."""
+  peak_k, beat_k = int(np.rint(0.111 * fs)), int(np.rint(0.667 * fs))
+  if _PROMINENCE is None or not (1 <= peak_k <= len(x) and 1 <= beat_k <= len(x)):
+    import neurokit2 as nk
+    return nk.ppg_findpeaks(x, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
+  from scipy import ndimage
+  positive = x.copy()
+  positive[positive < 0] = 0
+  sqrd = positive ** 2
+  ma_peak = ndimage.uniform_filter1d(sqrd, peak_k, mode="nearest")
+  waves = ma_peak > ndimage.uniform_filter1d(sqrd, beat_k, mode="nearest") + 0.02 * np.mean(sqrd)
+  beg = np.where(np.logical_and(np.logical_not(waves[0:-1]), waves[1:]))[0]
+  end = np.where(np.logical_and(waves[0:-1], np.logical_not(waves[1:])))[0]
+  end = end[end > beg[0]]                          # no wave at all raises, as NeuroKit's
+  num = min(beg.size, end.size)
+  return _most_prominent_peaks(x, beg[:num], end[:num], peak_k, int(np.rint(0.3 * fs)))
+
+
+def _most_prominent_peaks(x, begs, ends, min_len, min_delay) -> np.ndarray:
+  """In each [beg, end) at least min_len long, the local maximum of largest prominence (as
+  scipy.signal.find_peaks(x[beg:end], prominence=(None, None)) finds and measures them), kept
+  when more than min_delay samples after the last kept one."""
+  local_maxima, prominences = _PROMINENCE
+  x = np.ascontiguousarray(x, dtype=np.float64)     # filtfilt returns a reversed view
+  peaks = [0]
+  for beg, end in zip(begs, ends):
+    if end - beg < min_len:
+      continue
+    data = x[beg:end]
+    locmax = local_maxima(data)[0]
+    if locmax.size > 0:
+      peak = beg + locmax[np.argmax(prominences(data, locmax, -1)[0])]
+      if peak - peaks[-1] > min_delay:
+        peaks.append(peak)
+  return np.asarray(peaks[1:]).astype(int)
+
+
+def _find_peaks_internals():
+  """scipy.signal.find_peaks's two compiled steps (local maxima, prominences), called directly:
+  find_peaks validates its arguments on every call, which took longer than the search in the
+  ~30 short QRS/wave spans of a window. None (use NeuroKit's finders) if scipy moved them."""
+  try:
+    from scipy.signal._peak_finding_utils import _local_maxima_1d, _peak_prominences
+  except ImportError:
+    return None
+  return _local_maxima_1d, _peak_prominences
+
+
+_PROMINENCE = _find_peaks_internals()
+
+
+def _pchip(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+  """scipy's PchipInterpolator(x, y, extrapolate=True)(np.arange(n)) for 1-D y, len(x) > 2.
+
+  The same array expressions as scipy 1.x's PchipInterpolator._find_derivatives and
+  CubicHermiteSpline, in the same order, so the coefficients are the same numbers, and the same
+  compiled PPoly evaluation; what is skipped is their input validation, which took longer than
+  the arithmetic for the ~10-beat windows here.
+  """
+  from scipy import interpolate
+  hk = x[1:] - x[:-1]
+  mk = (y[1:] - y[:-1]) / hk
+  smk = np.sign(mk)
+  condition = (smk[1:] != smk[:-1]) | (mk[1:] == 0) | (mk[:-1] == 0)
+  w1 = 2 * hk[1:] + hk[:-1]
+  w2 = hk[1:] + 2 * hk[:-1]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    whmean = (w1 / mk[:-1] + w2 / mk[1:]) / (w1 + w2)
+  dk = np.zeros_like(y)
+  dk[1:-1][~condition] = 1.0 / whmean[~condition]
+  dk[0] = _pchip_edge(hk[0], hk[1], mk[0], mk[1])
+  dk[-1] = _pchip_edge(hk[-1], hk[-2], mk[-1], mk[-2])
+  slope = np.diff(y) / hk
+  t = (dk[:-1] + dk[1:] - 2 * slope) / hk
+  c = np.stack((t / hk, (slope - dk[:-1]) / hk - t, dk[:-1], y[:-1]))
+  return interpolate.PPoly.construct_fast(c, x, extrapolate=True)(np.arange(n, dtype=np.float64))
+
+
+def _pchip_edge(h0, h1, m0, m1):
+  """PchipInterpolator._edge_case for one end: the one-sided three-point derivative."""
+  d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+  if np.sign(d) != np.sign(m0):
+    return 0.0
+  if np.sign(m0) != np.sign(m1) and abs(d) > 3.0 * abs(m0):
+    return 3.0 * m0
+  return d
 
 
 def resample(x: np.ndarray, fs: float, target_fs: float, length: int | None = None,
@@ -351,7 +533,28 @@ def segment_recording(
   events:  name -> (K, 2) [start_s, end_s] intervals; a window's label is 1 if one overlaps it.
   series:  name -> (times_s, values); a window's meta value is their mean inside the window.
   The Counter keys are 'dropped/<reason>' (per window) and 'note/<reason>' (kept windows).
+
+  The windows of a recording are cleaned together (one filter call per modality) and their
+  quality computed by quality_fast; the result equals segment_recording_unbatched's.
   """
+  return _segment(signals, config, _RecordSteps, meta=meta, labels=labels, events=events,
+                  series=series)
+
+
+def segment_recording_unbatched(signals: Mapping[str, tuple[np.ndarray, float]],
+                                config: PreprocessConfig,
+                                **options) -> tuple[list[Segment], collections.Counter]:
+  """segment_recording (same arguments and result), one window at a time through clean(),
+  quality() and resample().
+
+  The straightforward form (NeuroKit's own peak detection and rate), kept as the oracle that
+  tests/data/test_preprocess_equality.py holds segment_recording to on real records.
+  """
+  return _segment(signals, config, _WindowSteps, **options)
+
+
+def _segment(signals, config, steps_class, *, meta=None, labels=None, events=None,
+             series=None):
   stats: collections.Counter = collections.Counter()
   present = {}
   for m, (x, fs) in signals.items():
@@ -379,9 +582,10 @@ def segment_recording(
   if not starts:
     stats["dropped/too_short"] += 1
     return [], stats
+  steps = steps_class(present, [float(t) for t in starts], config, required)
   out = []
   for k, t0 in enumerate(starts):
-    seg, reason = _one_window(present, float(t0), config, required, stats)
+    seg, reason = _one_window(present, k, float(t0), config, required, stats, steps)
     if seg is None:
       stats[f"dropped/{reason}"] += 1
       continue
@@ -400,29 +604,28 @@ def segment_recording(
   return out, stats
 
 
-def _one_window(present, t0, config, required, stats) -> tuple[Segment | None, str | None]:
+def _one_window(present, k, t0, config, required, stats,
+                steps) -> tuple[Segment | None, str | None]:
+  """The decisions for window k; `steps` computes its checks, quality and resampled signal."""
   for m in required:
     if m not in present:
       return None, f"missing_{m}"
   sig, qual, first_reason = {}, {}, None
-  for m, (x, fs) in present.items():
-    a = int(round(t0 * fs))
-    n = int(round(config.segment_seconds * fs))
-    w, reason = check_window(x[a:a + n], fs, config)
-    if w is None:
+  for m in present:
+    reason = steps.check(m, k)
+    if reason is not None:
       if m in required:
         return None, f"{reason}_{m}"
       first_reason = first_reason or f"{reason}_{m}"
       continue
-    c = clean(w, fs, m, config)
-    q, why = quality(c, fs, m, config)
+    q, why = steps.quality(m, k)
     if why:
       stats[f"note/quality_{why}_{m}"] += 1
     if config.min_quality is not None and q < config.min_quality:
       if m in required or config.modalities == "any":
         return None, f"low_quality_{m}"
       continue
-    r = resample(c, fs, config.target_fs, config.segment_length, config.resample_method)
+    r = steps.resampled(m, k)
     if not np.all(np.isfinite(r)) or np.ptp(r) == 0:
       return None, f"flat_line_{m}"
     sig[m] = minmax(r).astype(np.float32)
@@ -430,6 +633,86 @@ def _one_window(present, t0, config, required, stats) -> tuple[Segment | None, s
   if not sig:
     return None, first_reason or "no_modality"
   return Segment(index=-1, start_s=t0, signals=sig, quality=qual, meta={}, labels={}), None
+
+
+class _WindowSteps:
+  """Each step computed when _one_window asks for it, for that window alone."""
+
+  def __init__(self, present, starts, config, required):
+    self.present, self.starts, self.config = present, starts, config
+    self.windows, self.cleaned = {}, {}
+
+  def check(self, m, k):
+    x, fs = self.present[m]
+    a = int(round(self.starts[k] * fs))
+    n = int(round(self.config.segment_seconds * fs))
+    w, reason = check_window(x[a:a + n], fs, self.config)
+    self.windows[m, k] = w
+    return reason
+
+  def quality(self, m, k):
+    fs = self.present[m][1]
+    c = self.cleaned[m, k] = clean(self.windows[m, k], fs, m, self.config)
+    return quality(c, fs, m, self.config)
+
+  def resampled(self, m, k):
+    c = self.cleaned[m, k]
+    return resample(c, self.present[m][1], self.config.target_fs, self.config.segment_length,
+                    self.config.resample_method)
+
+
+class _RecordSteps:
+  """Every window's checks first; then, per modality, the windows _one_window will ask about are
+  cleaned in one filter call (sosfiltfilt/filtfilt treat the rows of a matrix independently,
+  with the same arithmetic) and each gets quality_fast and its resampling."""
+
+  def __init__(self, present, starts, config, required):
+    self.present, self.config = present, config
+    self.reasons, self.windows, self.results = {}, {}, {}
+    for m, (x, fs) in present.items():
+      n = int(round(config.segment_seconds * fs))
+      for k, t0 in enumerate(starts):
+        a = int(round(t0 * fs))
+        self.windows[m, k], self.reasons[m, k] = check_window(x[a:a + n], fs, config)
+    if any(m not in present for m in required):
+      return                                       # every window is dropped as missing_<m>
+    for i, (m, (x, fs)) in enumerate(present.items()):
+      # _one_window stops at the first required modality whose check fails
+      earlier = [e for e in list(present)[:i] if e in required]
+      by_length: dict[int, list[int]] = collections.defaultdict(list)
+      for k in range(len(starts)):
+        if self.reasons[m, k] is None and all(self.reasons[e, k] is None for e in earlier):
+          by_length[len(self.windows[m, k])].append(k)
+      for ks in by_length.values():
+        cleaned = _clean_rows(np.stack([self.windows[m, k] for k in ks]), fs, m, config)
+        for k, c in zip(ks, cleaned):
+          self.results[m, k] = self._finish(m, c)
+
+  def _finish(self, m, cleaned):
+    fs, config = self.present[m][1], self.config
+    return (quality_fast(cleaned, fs, m, config),
+            resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method))
+
+  def check(self, m, k):
+    return self.reasons[m, k]
+
+  def quality(self, m, k):
+    if (m, k) not in self.results:                 # not foreseen above: compute it alone
+      c = _clean_rows(self.windows[m, k][None], self.present[m][1], m, self.config)[0]
+      self.results[m, k] = self._finish(m, c)
+    return self.results[m, k][0]
+
+  def resampled(self, m, k):
+    return self.results[m, k][1]
+
+
+def _clean_rows(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> np.ndarray:
+  """clean() of every row of a (K, n) matrix of finite windows."""
+  method = config.ecg_clean_method if modality == "ecg" else config.ppg_clean_method
+  fast = _clean_default(x, float(fs), modality, method.lower())
+  if fast is not None:
+    return fast
+  return np.stack([clean(row, fs, modality, config) for row in x])
 
 
 def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None = None,
