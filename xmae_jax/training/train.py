@@ -215,7 +215,7 @@ def make_train_step(graphdef, tx, schedule, config, mask_ratio: float):
       grads = jax.tree.map(lambda g: g / accum, grads)
       loss = loss / accum
       aux = jax.tree.map(lambda a: a / accum, aux)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}
