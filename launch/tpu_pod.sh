@@ -3,11 +3,13 @@
 #   TPU_NAME=my-pod ZONE=us-east5-a PROJECT=my-project \
 #   REPO_URL=https://github.com/ORG/xmae-jax.git BUCKET=gs://my-bucket \
 #     bash launch/tpu_pod.sh configs/xmae.py runs/xmae-paper --config.data.dir=/data/pulsedb
-# Per worker: clone (or update) the repository, create the venv with jax[tpu] (same pinned
-# set), copy the prepared dataset from the bucket to local disk (unless DATA_LOCAL is set up
-# already), then run xmae-train. jax.distributed.initialize() needs no flags on a pod: the
-# trainer detects the TPU environment. Use a WORKDIR every worker can write (a gs:// path or a
-# shared filesystem) so every worker saves its part of each checkpoint in one place.
+# Per worker: clone (or update) the repository, create the venv with jax[tpu] at the jax version
+# of the tested set for the worker's Python (launch/setup_env.sh: constraints.txt on 3.11,
+# constraints-current.txt on 3.12/3.13; PYTHON=python3.12 picks the interpreter), copy the
+# prepared dataset from the bucket to local disk (unless DATA_LOCAL is set up already), then run
+# xmae-train. jax.distributed.initialize() needs no flags on a pod: the trainer detects the TPU
+# environment. Use a WORKDIR every worker can write (a gs:// path or a shared filesystem) so
+# every worker saves its part of each checkpoint in one place.
 # Preemption (maintenance events) delivers SIGTERM: the trainer saves and exits 143; rerunning
 # this script resumes from the latest checkpoint.
 set -euo pipefail
@@ -29,8 +31,7 @@ read -r -d '' remote <<REMOTE || true
 set -euo pipefail
 if [ -d xmae-jax/.git ]; then git -C xmae-jax fetch -q origin && git -C xmae-jax checkout -q $branch && git -C xmae-jax pull -q; else git clone -q -b $branch $REPO_URL xmae-jax; fi
 cd xmae-jax
-bash launch/setup_env.sh
-.venv/bin/python -m pip install -q -c constraints.txt "jax[tpu]==\$(.venv/bin/python -c 'import jax; print(jax.__version__)')" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
+PYTHON=${PYTHON:-python3} JAX_EXTRA=tpu bash launch/setup_env.sh
 $data_sync
 .venv/bin/python -m xmae_jax.cli.xmae_train --config $config --workdir $workdir $extra
 REMOTE

@@ -159,7 +159,7 @@ def make_train_step(graphdef, tx, schedule, config, mask_ratio: float | None):
       (loss, (aux, stats)), grads = grad_fn(state["params"], state["batch_stats"], batch, key)
     else:
       loss, aux, stats, grads = accumulate(state, batch, key)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "batch_stats": stats, "opt": opt, "step": state["step"] + 1}
