@@ -21,7 +21,11 @@ setup(
         "tfds": ["tensorflow-datasets==4.9.10"],
         # torch is only for the golden/parity tests and the side-by-side benchmark (CPU build).
         "torch": ["torch==2.13.0"],
-        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets==4.9.10", "torch==2.13.0"],
+        # Apache Beam for `xmae-prepare --runner beam` (2.77 is the newest release and fits the
+        # pinned set; it needs protobuf < 7).
+        "beam": ["apache-beam>=2.77,<3"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets==4.9.10", "torch==2.13.0",
+                 "apache-beam>=2.77,<3"],
     },
     entry_points={
         "console_scripts": [
