@@ -152,6 +152,27 @@ def test_gs_output_is_staged_locally_and_uploaded(tmp_path):
   assert calls[-1] == ["delete", "gs://b/ds/.work/" + beam_lib.RUN_MARKER]
 
 
+def test_beam_file_systems_storage_uploads_through_beam(tmp_path):
+  """BeamStorage (the gs:// path) run against Beam's own local file system."""
+  pytest.importorskip("apache_beam")
+  kw = dict(seed=5, source_options=SYNTHETIC, records_per_shard=4, log=None)
+  prep.prepare_dataset("synthetic", None, tmp_path / "local", progress=False, **kw)
+  out = tmp_path / "via-beam-fs"
+  beam_lib.prepare_dataset_beam("synthetic", None, str(out), storage=beam_lib.BeamStorage(),
+                                **kw)
+  _assert_same_dataset(tmp_path / "local", out)
+  _no_leftovers(out)
+  storage = beam_lib.BeamStorage()
+  (out / prep.WORK / "x").write_bytes(b"")        # object stores list files, not folders
+  assert storage.listdir(str(out)) == sorted(p.name for p in out.iterdir())
+  try:
+    import google.api_core  # noqa: F401  (apache-beam[gcp] installed: gs:// is available)
+  except ImportError:
+    with pytest.raises(prep.PrepareError, match=r"output gs://b/ds: .*gcp") as e:
+      beam_lib.check_output(storage, "gs://b/ds")
+    assert "\n" not in str(e.value)
+
+
 def test_remote_output_rules_match_the_local_ones(tmp_path):
   bucket = FakeBucket(tmp_path / "gcs")
   beam_lib.check_output(bucket, "gs://b/new")                   # absent: fine

@@ -74,6 +74,9 @@ class Storage:
   """
   remote = True
 
+  def check_available(self, path: str) -> None:
+    """Raises a one-line PrepareError when `path` cannot be written by this storage."""
+
   def join(self, base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
@@ -156,6 +159,12 @@ class BeamStorage(Storage):
     from apache_beam.io.filesystems import FileSystems
     return FileSystems
 
+  def check_available(self, path):
+    try:
+      self._fs().get_filesystem(path)
+    except ValueError as e:        # e.g. gs:// without apache-beam[gcp]
+      raise prep.PrepareError(f"output {path}: {str(e).splitlines()[0]}") from None
+
   def exists(self, path):
     return self._fs().exists(path)
 
@@ -176,7 +185,7 @@ class BeamStorage(Storage):
 
   def listdir(self, path):
     prefix = path.rstrip("/") + "/"
-    [match] = self._fs().match([prefix + "*"])
+    [match] = self._fs().match([prefix + "**"])     # '*' stops at '/': .work/ would hide
     return sorted({m.path[len(prefix):].split("/")[0] for m in match.metadata_list})
 
 
@@ -186,6 +195,7 @@ def storage_for(output: str) -> Storage:
 
 def check_output(storage: Storage, out: str) -> None:
   """The local runner's output rules (prepare.check_output), through `storage`."""
+  storage.check_available(out)
   if not storage.remote:
     prep.check_output(Path(out))
     return
@@ -364,6 +374,8 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
                                   config=config, seed=seed, test_frac=test_frac,
                                   val_frac=val_frac, started=started))
   report = json.loads(storage.read_bytes(storage.join(out, prep.REPORT_JSON)))
+  for key in ("records_per_split", "subjects_per_split"):     # split order, as the local runner
+    report[key] = {s: report[key][s] for s in shards.SPLITS}
   if log:
     log(prep.summary_line(report))
   return report
