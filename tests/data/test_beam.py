@@ -96,6 +96,26 @@ def test_beam_synthetic_matches_and_rerun_replaces_the_output(tmp_path):
   _no_leftovers(out)
 
 
+def test_beam_npz_with_broken_files_matches(tmp_path):
+  """Array inputs, one of them not a zip and one without a rate: skipped alike by both."""
+  pytest.importorskip("apache_beam")
+  import neurokit2 as nk
+  src = tmp_path / "in"
+  src.mkdir()
+  for i in range(3):
+    ecg = nk.ecg_simulate(duration=40, sampling_rate=125, heart_rate=60 + 5 * i, random_state=i)
+    ppg = nk.ppg_simulate(duration=40, sampling_rate=125, heart_rate=60 + 5 * i, random_state=i)
+    np.savez(src / f"s{i}.npz", ecg=ecg, ppg=ppg, fs=125.0)
+  np.savez(src / "nofs.npz", ecg=ecg, ppg=ppg)
+  (src / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+  kw = dict(seed=1, records_per_shard=2, log=None)
+  local = prep.prepare_dataset("npz", src, tmp_path / "local", progress=False, **kw)
+  assert {f["file"] for f in local["files_skipped"]} == {"nofs.npz", "broken.npz"}
+  prep.prepare_dataset("npz", src, tmp_path / "beam", runner="beam", **kw)
+  _assert_same_dataset(tmp_path / "local", tmp_path / "beam")
+  _no_leftovers(tmp_path / "beam")
+
+
 class FakeBucket(beam_lib.Storage):
   """gs://NAME/... kept under a local folder; logs each call, and refuses what GCS cannot do.
 

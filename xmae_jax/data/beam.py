@@ -1,7 +1,7 @@
 """`xmae-prepare --runner beam`: the same preparation as an Apache Beam pipeline.
 
     xmae-prepare --runner beam --source wfdb --input /mnt/raw --output gs://bucket/ds \\
-        --beam-options "--runner=DataflowRunner --project=P --region=R \\
+        --beam-options="--runner=DataflowRunner --project=P --region=R \\
                         --temp_location=gs://bucket/tmp --setup_file=./setup.py"
 
 The pipeline does what `xmae_jax.data.prepare.prepare_dataset` does on one machine, with the
