@@ -1,4 +1,5 @@
 """xmae-prepare --runner beam: the same dataset as the local runner, the gs:// seam, the errors."""
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -230,6 +231,14 @@ def test_missing_beam_and_unknown_runner_are_one_line(tmp_path, monkeypatch):
   assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert "unknown runner 'spark' (choose from local, beam)" in r.stderr
   assert not Path(out).exists()                                  # refused before any work
+  with pytest.raises(prep.PrepareError, match="records-per-shard"):
+    prep.prepare_dataset("synthetic", None, out, records_per_shard=0, log=None)
+  if importlib.util.find_spec("apache_beam") is not None:
+    r = _cli("--source", "synthetic", "--output", out, "--runner", "beam",
+             "--beam-options=--runner=NoSuchRunner")
+    assert r.returncode != 0 and "Unexpected pipeline runner: NoSuchRunner" in r.stderr
+    assert len([l for l in r.stderr.splitlines() if "xmae-prepare" in l]) == 1
+    assert not Path(out).exists()
   monkeypatch.setitem(sys.modules, "apache_beam", None)
   with pytest.raises(prep.PrepareError, match=r"pip install xmae-jax\[beam\]"):
     prep.prepare_dataset("synthetic", None, out, runner="beam", log=None)

@@ -343,18 +343,18 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   units, options = prep.list_units(source, input, seed=seed, test_frac=test_frac,
                                    val_frac=val_frac, source_options=source_options,
                                    check=lambda: check_output(storage, out))
+  try:
+    pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(beam_options or "")))
+  except ValueError as e:      # an unknown Beam runner, a malformed option
+    raise prep.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") \
+        from None
   # Mark the output as ours before anything else is written, and make it visibly incomplete
   # until the new manifest is written.
   storage.write_bytes(storage.join(storage.join(out, prep.WORK), RUN_MARKER), b"")
   storage.delete(storage.join(out, shards.MANIFEST))
-
   rps = records_per_shard
-  try:
-    pipeline_options = PipelineOptions(shlex.split(beam_options or ""))
-  except ValueError as e:
-    raise prep.PrepareError(f"--beam-options {beam_options!r}: {e}") from None
   side = beam.pvalue.AsSingleton
-  with beam.Pipeline(options=pipeline_options) as p:
+  with pipeline as p:
     results = (p | "Units" >> beam.Create(list(enumerate(units)))
                | "Spread" >> beam.Reshuffle()
                | "Process" >> beam.Map(_process, source, options, config))

@@ -8,6 +8,9 @@ an interrupted run resumes where it stopped and a re-run with the same parameter
 the shards. Bad input never stops the run: a unit that fails is skipped with its reason. The
 output is written split by split through `shards.write_split` (atomic per file) after the old
 manifest is removed, and the manifest is written last: a directory with a manifest is complete.
+
+`runner="beam"` runs the same per-unit function, split, manifest and report as an Apache Beam
+pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes the same files.
 """
 from __future__ import annotations
 
@@ -205,6 +208,8 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   """
   if runner not in RUNNERS:
     raise PrepareError(f"unknown runner {runner!r} (choose from {', '.join(RUNNERS)})")
+  if records_per_shard < 1:
+    raise PrepareError(f"--records-per-shard must be >= 1, got {records_per_shard}")
   if runner == "beam":
     from xmae_jax.data import beam   # imports Apache Beam only when asked for
     return beam.prepare_dataset_beam(
