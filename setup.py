@@ -17,6 +17,7 @@ CORE = [
 # index's default torch is the multi-GB CUDA build, and the torch tests skip without it.
 # `.[torch]` still installs it on any Python for whoever wants it.
 TORCH = "torch>=2.13"
+BEAM = "apache-beam>=2.77,<3"
 
 setup(
     name="xmae-jax",
@@ -28,7 +29,10 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "torch": [TORCH],
-        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10",
+        # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
+        # protobuf < 7).
+        "beam": [BEAM],
+        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
                  f'{TORCH}; python_version < "3.12"'],
     },
     entry_points={

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                  default=pp.PreprocessConfig.max_nan_gap_seconds)
   p.add_argument("--records-per-shard", type=int, default=4096)
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--runner", default="local",
+                 help="local (a process pool on this machine) or beam (an Apache Beam pipeline)")
+  p.add_argument("--beam-options", default=None,
+                 help='Beam pipeline options for --runner beam, e.g. "--runner=DataflowRunner '
+                      '--project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py"')
   seen = set()
   for name, module in sources_lib.READERS.items():
     if module not in seen:
@@ -66,7 +71,8 @@ def run(argv=None) -> dict:
   return prepare_lib.prepare_dataset(
       args.source, args.input, args.output, workers=args.workers, seed=args.seed,
       test_frac=args.test_frac, val_frac=args.val_frac, config=config, source_options=options,
-      records_per_shard=args.records_per_shard, progress=not args.no_progress)
+      records_per_shard=args.records_per_shard, progress=not args.no_progress,
+      runner=args.runner, beam_options=args.beam_options)
 
 
 def main(argv=None) -> int:

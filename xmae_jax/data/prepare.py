@@ -8,6 +8,9 @@ an interrupted run resumes where it stopped and a re-run with the same parameter
 the shards. Bad input never stops the run: a unit that fails is skipped with its reason. The
 output is written split by split through `shards.write_split` (atomic per file) after the old
 manifest is removed, and the manifest is written last: a directory with a manifest is complete.
+
+`runner="beam"` runs the same per-unit function, split, manifest and report as an Apache Beam
+pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes the same files.
 """
 from __future__ import annotations
 
@@ -187,35 +190,44 @@ def _init_worker():
 # ---------------------------------------------------------------------------------------------
 # The whole run
 # ---------------------------------------------------------------------------------------------
+RUNNERS = ("local", "beam")
+
+
 def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | os.PathLike, *,
                     workers: int = 1, seed: int = 0, test_frac: float = 0.05,
                     val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
                     source_options: dict[str, Any] | None = None,
                     records_per_shard: int = 4096, progress: bool = True,
+                    runner: str = "local", beam_options: str | None = None,
                     log=print) -> dict[str, Any]:
-  """Prepares one dataset directory; returns the closing report (also written into it)."""
+  """Prepares one dataset directory; returns the closing report (also written into it).
+
+  runner "local" runs a multiprocessing pool of `workers` on this machine; "beam" runs the same
+  per-input function as an Apache Beam pipeline (`xmae_jax.data.beam`, options from the
+  `beam_options` string), for inputs too large for one machine.
+  """
+  if runner not in RUNNERS:
+    raise PrepareError(f"unknown runner {runner!r} (choose from {', '.join(RUNNERS)})")
+  if records_per_shard < 1:
+    raise PrepareError(f"--records-per-shard must be >= 1, got {records_per_shard}")
+  if runner == "beam":
+    from xmae_jax.data import beam   # imports Apache Beam only when asked for
+    return beam.prepare_dataset_beam(
+        source, input, output, seed=seed, test_frac=test_frac, val_frac=val_frac,
+        config=config, source_options=source_options, records_per_shard=records_per_shard,
+        beam_options=beam_options, log=log)
+  if beam_options:
+    raise PrepareError("--beam-options applies only to --runner beam")
   started = time.time()
   config = config or pp.PreprocessConfig()
-  try:
-    reader = sources_lib.get(source)
-  except sources_lib.SourceError as e:
-    raise PrepareError(str(e)) from None
   if workers < 1:
     raise PrepareError(f"--workers must be >= 1, got {workers}")
-  split_subjects([], seed, test_frac, val_frac)   # rejects bad fractions before any work
+  if "://" in str(output):
+    raise PrepareError(f"output {output} is not a local path: use --runner beam for it")
   out = Path(output)
-  _check_output(out)
-  options = dict(source_options or {})
-  if getattr(reader, "USES_SEED", False):
-    options["seed"] = int(seed)
-  if getattr(reader, "FORMAT", False):
-    options["format"] = source                     # one reader for csv and npz
-  try:
-    units = reader.list_inputs(None if input is None else str(input), options)
-  except sources_lib.SourceError as e:
-    raise PrepareError(f"{e} (--input {input})") from None
-  if not units:
-    raise PrepareError(f"empty input: no {source} inputs found under {input}")
+  units, options = list_units(source, input, seed=seed, test_frac=test_frac,
+                              val_frac=val_frac, source_options=source_options,
+                              check=lambda: check_output(out))
 
   key = _params_key(source, options, config)
   work = out / WORK / key
@@ -233,12 +245,48 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
                           val_frac=val_frac, config=config, options=options,
                           records_per_shard=records_per_shard)
   report["resumed_units"] = len(units) - len(todo)
-  report["seconds"] = round(time.time() - started, 3)
-  report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
-  errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
-  errors.atomic_write(out / REPORT_MD, render_report(report))
+  write_report(out, report, started, runner="local")
   if log:
     log(summary_line(report))
+  return report
+
+
+def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: float,
+               source_options: dict[str, Any] | None, check) -> tuple[list[str], dict]:
+  """The checks every runner makes before any work, then the input units and reader options.
+
+  `check()` checks the output location (local or remote); it runs after the arguments and
+  before the (possibly long) listing of the input, so a bad request fails fast.
+  """
+  try:
+    reader = sources_lib.get(source)
+  except sources_lib.SourceError as e:
+    raise PrepareError(str(e)) from None
+  split_subjects([], seed, test_frac, val_frac)   # rejects bad fractions before any work
+  check()
+  options = dict(source_options or {})
+  if getattr(reader, "USES_SEED", False):
+    options["seed"] = int(seed)
+  if getattr(reader, "FORMAT", False):
+    options["format"] = source                     # one reader for csv and npz
+  try:
+    units = reader.list_inputs(None if input is None else str(input), options)
+  except sources_lib.SourceError as e:
+    raise PrepareError(f"{e} (--input {input})") from None
+  if not units:
+    raise PrepareError(f"empty input: no {source} inputs found under {input}")
+  return units, options
+
+
+def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: float, *,
+                 runner: str) -> dict[str, Any]:
+  """Adds the run's timing to `report` and writes report.json and report.md into `out_dir`."""
+  report["runner"] = runner
+  report["seconds"] = round(time.time() - started, 3)
+  report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
+  out = Path(out_dir)
+  errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+  errors.atomic_write(out / REPORT_MD, render_report(report))
   return report
 
 
@@ -279,14 +327,22 @@ def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_f
   for p in out.glob("*.array_record"):
     if p.name not in keep:
       p.unlink()
+  write_manifest(out, entries, source=source, input=input, units=units, options=options,
+                 config=config, seed=seed, test_frac=test_frac, val_frac=val_frac)
+  return build_report(source, input, results, entries)
+
+
+def write_manifest(out_dir, entries: dict[str, dict], *, source: str, input, units: list[str],
+                   options: dict[str, Any], config: pp.PreprocessConfig, seed: int,
+                   test_frac: float, val_frac: float) -> dict:
+  """The manifest of a prepared dataset (every runner writes the same one), written last."""
   input_root = None if input is None else Path(input)
-  shards.write_manifest(
-      out, entries, sampling_rate=config.target_fs, segment_length=config.segment_length,
+  return shards.write_manifest(
+      out_dir, entries, sampling_rate=config.target_fs, segment_length=config.segment_length,
       preprocessing=config.as_dict(), sources=[_relative(u, input_root) for u in units],
       extra={"source": source, "source_options": options, "split": {
           "seed": seed, "test_frac": test_frac, "val_frac": val_frac,
           "method": "sklearn train_test_split on sorted subjects: test, then validation"}})
-  return build_report(source, input, results, entries)
 
 
 def build_report(source, input, results, entries) -> dict[str, Any]:
@@ -379,26 +435,32 @@ def render_report(r: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-def _check_output(out: Path) -> None:
+def check_output(out: Path) -> None:
+  """Refuses an output that is a file, of another schema, or a foreign non-empty directory."""
   if out.exists() and not out.is_dir():
     raise PrepareError(f"output {out} exists and is not a directory")
   if not out.is_dir():
     return
   manifest = out / shards.MANIFEST
   if manifest.is_file():
-    try:
-      version = json.loads(manifest.read_text()).get("schema_version")
-    except (json.JSONDecodeError, AttributeError):
-      version = "unreadable"
-    if version != record_lib.SCHEMA_VERSION:
-      raise PrepareError(f"output {out} exists with another schema (manifest schema_version "
-                         f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})")
+    check_manifest_schema(manifest.read_bytes(), out)
     return
   if (out / WORK).is_dir():
     return                                         # an interrupted run of ours: resume it
   if any(out.iterdir()):
     raise PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
                        f"directory (no {shards.MANIFEST}); choose another --output")
+
+
+def check_manifest_schema(manifest: bytes, out) -> None:
+  """An existing output is overwritten only when it is a dataset of this schema."""
+  try:
+    version = json.loads(manifest).get("schema_version")
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    version = "unreadable"
+  if version != record_lib.SCHEMA_VERSION:
+    raise PrepareError(f"output {out} exists with another schema (manifest schema_version "
+                       f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})")
 
 
 def _params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig) -> str:

@@ -1,0 +1,381 @@
+"""`xmae-prepare --runner beam`: the same preparation as an Apache Beam pipeline.
+
+    xmae-prepare --runner beam --source wfdb --input /mnt/raw --output gs://bucket/ds \\
+        --beam-options="--runner=DataflowRunner --project=P --region=R \\
+                        --temp_location=gs://bucket/tmp --setup_file=./setup.py"
+
+The pipeline does what `xmae_jax.data.prepare.prepare_dataset` does on one machine, with the
+same functions, so both runners write the same dataset directory (the same shard files byte for
+byte, the same index rows, manifest and report counts):
+
+  units (files, or simulator subjects), spread over the workers
+    -> process_unit (read + preprocess; bad input becomes a reason, never an exception)
+    -> the subject split (split_subjects over every subject seen) and, per unit and split, the
+       position of its first record in the split: records are ordered by (unit, record) as in
+       the local runner, so a record's shard is position // records_per_shard
+    -> one write per (split, shard) group: sorted by position, written locally with
+       shards.write_split and moved (or uploaded) into place
+    -> one finalizing step: the split indexes (shard order), stale shards removed, the manifest
+       written last, then the report.
+
+The whole split must be known before any record can be placed (a subject's split depends on
+every subject), so the processed records are held by the runner between the two halves; on
+Dataflow that is its shuffle. Unlike the local runner there is no resume cache: Beam retries
+failed work itself, and a failed run is simply run again (the output is marked as ours from
+the start, so the re-run is allowed to overwrite it).
+
+Outputs go through `Storage`: a local or mounted path (files are moved into place by rename),
+or any URL Beam's FileSystems know (gs://, s3://), where every file is written on local disk
+first and then uploaded, as array_record's own Beam writer does; an object appears whole or not
+at all. Inputs must be paths that every worker can read (a shared or mounted file system).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from xmae_jax.data import prepare as prep
+from xmae_jax.data import preprocess as pp
+from xmae_jax.data import shards
+
+INSTALL_HINT = "pip install xmae-jax[beam]"
+RUN_MARKER = "beam-run"      # DIR/.work/beam-run while a run is under way
+
+
+def require_beam():
+  """The apache_beam module, or a one-line PrepareError that says how to install it."""
+  try:
+    import apache_beam
+  except ImportError:
+    raise prep.PrepareError(f"--runner beam needs Apache Beam, which is not installed: "
+                            f"{INSTALL_HINT}") from None
+  return apache_beam
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage: the seam between the pipeline and where the dataset goes
+# ---------------------------------------------------------------------------------------------
+class Storage:
+  """Where a dataset directory is written; every file arrives whole or not at all.
+
+  Writers build each file in a local `staging()` folder and hand it to `put`, which moves it
+  into place. Subclasses implement the five primitives; tests substitute a fake one.
+  """
+  remote = True
+
+  def check_available(self, path: str) -> None:
+    """Raises a one-line PrepareError when `path` cannot be written by this storage."""
+
+  def join(self, base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+  def exists(self, path: str) -> bool:
+    raise NotImplementedError
+
+  def read_bytes(self, path: str) -> bytes:
+    raise NotImplementedError
+
+  def put(self, local_path: str, path: str) -> None:
+    """Moves the finished local file `local_path` to `path` (replacing it)."""
+    raise NotImplementedError
+
+  def delete(self, path: str) -> None:
+    """Removes `path` if it exists."""
+    raise NotImplementedError
+
+  def listdir(self, path: str) -> list[str]:
+    """Names directly inside the folder `path` (a folder's name once); [] if there is none."""
+    raise NotImplementedError
+
+  @contextlib.contextmanager
+  def staging(self, out: str) -> Iterator[Path]:
+    """A private local folder for files on their way to `out`; removed afterwards."""
+    d = tempfile.mkdtemp(prefix="xmae-beam-")
+    try:
+      yield Path(d)
+    finally:
+      shutil.rmtree(d, ignore_errors=True)
+
+  def write_bytes(self, path: str, data: bytes) -> None:
+    with self.staging(path.rsplit("/", 1)[0]) as tmp:
+      (tmp / "blob").write_bytes(data)
+      self.put(str(tmp / "blob"), path)
+
+
+class LocalStorage(Storage):
+  """A local or mounted path: staging lies beside the output, so `put` is a rename."""
+  remote = False
+
+  def join(self, base, name):
+    return os.path.join(base, name)
+
+  def exists(self, path):
+    return os.path.exists(path)
+
+  def read_bytes(self, path):
+    return Path(path).read_bytes()
+
+  def put(self, local_path, path):
+    from xmae_jax import errors
+    with errors.atomic_path(path) as tmp:
+      shutil.move(local_path, tmp)
+
+  def delete(self, path):
+    Path(path).unlink(missing_ok=True)
+
+  def write_bytes(self, path, data):
+    from xmae_jax import errors
+    errors.atomic_write(path, data)
+
+  def listdir(self, path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+  @contextlib.contextmanager
+  def staging(self, out):
+    work = Path(out) / prep.WORK
+    work.mkdir(parents=True, exist_ok=True)
+    d = tempfile.mkdtemp(prefix="beam-", dir=work)
+    try:
+      yield Path(d)
+    finally:
+      shutil.rmtree(d, ignore_errors=True)
+
+
+class BeamStorage(Storage):
+  """A URL of one of Beam's file systems (gs:// with apache-beam[gcp], s3://, ...)."""
+
+  def _fs(self):
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems
+
+  def check_available(self, path):
+    try:
+      self._fs().get_filesystem(path)
+    except ValueError as e:        # e.g. gs:// without apache-beam[gcp]
+      raise prep.PrepareError(f"output {path}: {str(e).splitlines()[0]}") from None
+
+  def exists(self, path):
+    return self._fs().exists(path)
+
+  def read_bytes(self, path):
+    with self._fs().open(path) as f:
+      return f.read()
+
+  def put(self, local_path, path):
+    from apache_beam.io.filesystem import CompressionTypes
+    with open(local_path, "rb") as src, self._fs().create(
+        path, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
+      shutil.copyfileobj(src, dst, 16 << 20)
+    os.unlink(local_path)
+
+  def delete(self, path):
+    if self.exists(path):
+      self._fs().delete([path])
+
+  def listdir(self, path):
+    prefix = path.rstrip("/") + "/"
+    [match] = self._fs().match([prefix + "**"])     # '*' stops at '/': .work/ would hide
+    return sorted({m.path[len(prefix):].split("/")[0] for m in match.metadata_list})
+
+
+def storage_for(output: str) -> Storage:
+  return BeamStorage() if "://" in str(output) else LocalStorage()
+
+
+def check_output(storage: Storage, out: str) -> None:
+  """The local runner's output rules (prepare.check_output), through `storage`."""
+  storage.check_available(out)
+  if not storage.remote:
+    prep.check_output(Path(out))
+    return
+  manifest = storage.join(out, shards.MANIFEST)
+  if storage.exists(manifest):
+    prep.check_manifest_schema(storage.read_bytes(manifest), out)
+    return
+  names = storage.listdir(out)
+  if names and prep.WORK not in names:
+    raise prep.PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
+                            f"directory (no {shards.MANIFEST}); choose another --output")
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps (module level, so that every runner can pickle them by reference)
+# ---------------------------------------------------------------------------------------------
+def _process(indexed_unit, source, options, config):
+  i, unit = indexed_unit
+  return i, prep.process_unit(source, unit, options, config)
+
+
+def _summary(indexed_result) -> dict[str, Any]:
+  """A unit's result without its records: what the split, the offsets and the report need."""
+  i, result = indexed_result
+  summary = {k: v for k, v in result.items() if k not in ("records", "subjects")}
+  summary["index"] = i
+  summary["subject_counts"] = dict(collections.Counter(result["subjects"]))
+  return summary
+
+
+def _plan(summaries, *, seed, test_frac, val_frac, records_per_shard) -> dict[str, Any]:
+  """The subject split, each unit's first position per split, and the shards per split."""
+  summaries = sorted(summaries, key=lambda s: s["index"])
+  assignment = prep.split_subjects((s for u in summaries for s in u["subject_counts"]), seed,
+                                   test_frac, val_frac)
+  totals = dict.fromkeys(shards.SPLITS, 0)
+  offsets = {}
+  for u in summaries:
+    counts = collections.Counter()
+    for subject, n in u["subject_counts"].items():
+      counts[assignment[subject]] += n
+    offsets[u["index"]] = dict(totals)
+    for split, n in counts.items():
+      totals[split] += n
+  return {"assignment": assignment, "offsets": offsets, "totals": totals,
+          "num_shards": {s: max(1, math.ceil(n / records_per_shard)) for s, n in totals.items()}}
+
+
+def _place(indexed_result, plan, *, records_per_shard):
+  """Each record -> ((split, shard), (position in split, bytes))."""
+  i, result = indexed_result
+  seen = collections.Counter()
+  for data, subject in zip(result["records"], result["subjects"]):
+    split = plan["assignment"][subject]
+    pos = plan["offsets"][i][split] + seen[split]
+    seen[split] += 1
+    yield (split, pos // records_per_shard), (pos, data)
+
+
+def _shard_keys(plan):
+  """Every (split, shard) once, so that an empty split still gets its one empty shard."""
+  for split, n in plan["num_shards"].items():
+    for k in range(n):
+      yield (split, k), None
+
+
+def _write_shard(keyed, plan, *, out, storage, records_per_shard) -> dict[str, Any]:
+  (split, k), values = keyed
+  records = sorted(v for v in values if v is not None)
+  expected = min(records_per_shard, plan["totals"][split] - k * records_per_shard)
+  if len(records) != max(expected, 0):
+    raise RuntimeError(f"shard {k} of {split} got {len(records)} records, expected {expected}")
+  name = shards.shard_name(split, k, plan["num_shards"][split])
+  with storage.staging(out) as tmp:
+    entry = shards.write_split(tmp, split, (data for _, data in records),
+                               records_per_shard=max(1, len(records)))
+    with np.load(tmp / f"{split}-index.npz", allow_pickle=False) as z:
+      index = {f: z[f] for f in shards.INDEX_FIELDS}
+    storage.put(str(tmp / entry["shards"][0]), storage.join(out, name))
+  return {"split": split, "shard": k, "name": name, "records": len(records),
+          "subject_ids": entry["subject_ids"], "index": index}
+
+
+def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[str]]:
+  """One split's index from its shards' (in shard order); subjects renumbered split-wide."""
+  subjects = sorted({s for p in parts for s in p["subject_ids"]})
+  rank = {s: i for i, s in enumerate(subjects)}
+  index = {f: np.concatenate([p["index"][f] for p in parts]) for f in shards.INDEX_FIELDS}
+  index["subject"] = np.concatenate([
+      np.array([rank[s] for s in p["subject_ids"]], np.int32)[p["index"]["subject"]]
+      for p in parts]).astype(np.int32)
+  return index, subjects
+
+
+def _finalize(written, summaries, *, out, storage, source, input, units, options, config, seed,
+              test_frac, val_frac, started) -> None:
+  by_split = {s: sorted((w for w in written if w["split"] == s), key=lambda w: w["shard"])
+              for s in shards.SPLITS}
+  entries = {}
+  with storage.staging(out) as tmp:
+    for split, parts in by_split.items():
+      index, subjects = _merge_index(parts)
+      np.savez(tmp / f"{split}-index.npz", **index)
+      storage.put(str(tmp / f"{split}-index.npz"), storage.join(out, f"{split}-index.npz"))
+      entries[split] = {"shards": [p["name"] for p in parts],
+                        "records_per_shard": [p["records"] for p in parts],
+                        "records": int(sum(p["records"] for p in parts)),
+                        "subjects": len(subjects), "subject_ids": subjects}
+    keep = {p["name"] for parts in by_split.values() for p in parts}
+    for name in storage.listdir(out):
+      if name.endswith(".array_record") and name not in keep:
+        storage.delete(storage.join(out, name))
+    prep.write_manifest(tmp, entries, source=source, input=input, units=units, options=options,
+                        config=config, seed=seed, test_frac=test_frac, val_frac=val_frac)
+    storage.put(str(tmp / shards.MANIFEST), storage.join(out, shards.MANIFEST))
+    report = prep.build_report(source, input, sorted(summaries, key=lambda s: s["index"]),
+                               entries)
+    report["resumed_units"] = 0
+    prep.write_report(tmp, report, started, runner="beam")
+    for name in (prep.REPORT_JSON, prep.REPORT_MD):
+      storage.put(str(tmp / name), storage.join(out, name))
+  storage.delete(storage.join(storage.join(out, prep.WORK), RUN_MARKER))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac: float = 0.05,
+                         val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
+                         source_options: dict[str, Any] | None = None,
+                         records_per_shard: int = 4096, beam_options: str | None = None,
+                         storage: Storage | None = None, log=print) -> dict[str, Any]:
+  """`prepare.prepare_dataset` as a Beam pipeline; returns the report it wrote.
+
+  `beam_options` is a command-line string of Beam pipeline options (`--runner=...`, ...);
+  without one the pipeline runs in this process on Beam's DirectRunner. `storage` replaces
+  the file system chosen from `output` (tests use a fake one).
+  """
+  beam = require_beam()
+  from apache_beam.options.pipeline_options import PipelineOptions
+  started = time.time()
+  config = config or pp.PreprocessConfig()
+  out = str(output)
+  storage = storage or storage_for(out)
+  units, options = prep.list_units(source, input, seed=seed, test_frac=test_frac,
+                                   val_frac=val_frac, source_options=source_options,
+                                   check=lambda: check_output(storage, out))
+  try:
+    pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(beam_options or "")))
+  except ValueError as e:      # an unknown Beam runner, a malformed option
+    raise prep.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") \
+        from None
+  # Mark the output as ours before anything else is written, and make it visibly incomplete
+  # until the new manifest is written.
+  storage.write_bytes(storage.join(storage.join(out, prep.WORK), RUN_MARKER), b"")
+  storage.delete(storage.join(out, shards.MANIFEST))
+  rps = records_per_shard
+  side = beam.pvalue.AsSingleton
+  with pipeline as p:
+    results = (p | "Units" >> beam.Create(list(enumerate(units)))
+               | "Spread" >> beam.Reshuffle()
+               | "Process" >> beam.Map(_process, source, options, config))
+    summaries = (results | "Summarize" >> beam.Map(_summary)
+                 | "AllSummaries" >> beam.combiners.ToList())
+    plan = summaries | "Plan" >> beam.Map(_plan, seed=seed, test_frac=test_frac,
+                                          val_frac=val_frac, records_per_shard=rps)
+    placed = results | "Place" >> beam.FlatMap(_place, side(plan), records_per_shard=rps)
+    keys = plan | "ShardKeys" >> beam.FlatMap(_shard_keys)
+    written = ((placed, keys) | "Together" >> beam.Flatten()
+               | "ByShard" >> beam.GroupByKey()
+               | "WriteShard" >> beam.Map(_write_shard, side(plan), out=out, storage=storage,
+                                          records_per_shard=rps))
+    _ = (written | "AllShards" >> beam.combiners.ToList()
+         | "Finalize" >> beam.Map(_finalize, side(summaries), out=out, storage=storage,
+                                  source=source, input=input, units=units, options=options,
+                                  config=config, seed=seed, test_frac=test_frac,
+                                  val_frac=val_frac, started=started))
+  report = json.loads(storage.read_bytes(storage.join(out, prep.REPORT_JSON)))
+  for key in ("records_per_split", "subjects_per_split"):     # split order, as the local runner
+    report[key] = {s: report[key][s] for s in shards.SPLITS}
+  if log:
+    log(prep.summary_line(report))
+  return report
