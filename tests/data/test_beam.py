@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmae_jax import prepare as cli
+from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import beam as beam_lib
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import shards
@@ -215,8 +215,8 @@ def test_remote_output_rules_match_the_local_ones(tmp_path):
 
 
 def _cli(*args, prelude=""):
-  code = (f"import sys; {prelude}from xmae_jax import prepare; "
-          f"prepare.run({['--no-progress', *args]!r})")
+  code = (f"import sys; {prelude}from xmae_jax.cli import xmae_prepare; "
+          f"sys.exit(xmae_prepare.main({['--no-progress', *args]!r}))")
   return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300, cwd=REPO)
 
@@ -243,6 +243,6 @@ def test_missing_beam_and_unknown_runner_are_one_line(tmp_path, monkeypatch):
   with pytest.raises(prep.PrepareError, match=r"pip install xmae-jax\[beam\]"):
     prep.prepare_dataset("synthetic", None, out, runner="beam", log=None)
   with pytest.raises(prep.PrepareError, match="only to --runner beam"):
-    cli.main(["--source", "synthetic", "--output", out, "--beam-options=--runner=DirectRunner"])
+    cli.run(["--source", "synthetic", "--output", out, "--beam-options=--runner=DirectRunner"])
   with pytest.raises(prep.PrepareError, match="not a local path"):
     prep.prepare_dataset("synthetic", None, "gs://b/ds", log=None)
