@@ -135,11 +135,13 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
   says what the recording is.
   """
   notes = [f"non-numeric cells: {n} {m} value(s) were text and were read as missing"
-           for m, n in sorted(item.non_numeric.items())]
+           for m, n in sorted(item.non_numeric.items())
+           if m in item.signals and n < len(item.signals[m][0])]   # all text: said below
   required = pp.REQUIREMENTS[config.modalities]
   notes += [f"missing channel: no {m} signal (required by --modalities {config.modalities})"
             for m in required if m not in item.signals]
   if stats.get("dropped/too_short"):
+    found = []
     for m in (required or sorted(item.signals)):
       if m not in item.signals:
         continue
@@ -152,12 +154,13 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
         kind, what = "flat", f"is flat (every sample {finite[0]:g})"
       else:
         continue
+      found.append((kind, m))
+      notes.append(f"{kind}: {m} {what} ({x.size} samples)")
+    if found:        # the recording's one too_short drop, under the name of what it is
       stats["dropped/too_short"] -= 1
       if not stats["dropped/too_short"]:
         del stats["dropped/too_short"]
-      stats[f"dropped/{kind}_{m}"] += 1
-      notes.append(f"{kind}: {m} {what} ({x.size} samples)")
-      break
+      stats[f"dropped/{found[0][0]}_{found[0][1]}"] += 1
   return notes
 
 
@@ -288,6 +291,7 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     if stale.is_dir() and stale.name != key:
       shutil.rmtree(stale, ignore_errors=True)
   if not sum(r["stats"].get("segments_kept", 0) for r in results):
+    (out / WORK / REQUEST).unlink(missing_ok=True)   # a run that made nothing holds nothing back
     raise PrepareError(nothing_kept(build_report(source, input, results, {}), out))
   with writing(out):
     report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
@@ -471,6 +475,22 @@ def render_report(r: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def verify(data_dir: str | os.PathLike, *, log=print) -> list:
+  """`xmae-prepare --verify DIR`: logs one verdict line per part (`reader.verify_dataset`);
+  raises PrepareError naming the first problem (shard and record) when any part failed."""
+  from xmae_jax.data import reader
+  verdicts = reader.verify_dataset(data_dir)
+  for v in verdicts:
+    if log:
+      log(v.line())
+  failed = [v for v in verdicts if not v.ok]
+  if failed:
+    total = sum(v.problem_count for v in failed)
+    raise PrepareError(f"{data_dir} failed verification ({total} problem(s) in "
+                       f"{', '.join(v.part for v in failed)}); first: {failed[0].problems[0]}")
+  return verdicts
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
@@ -557,17 +577,19 @@ def check_request(out: Path, request: dict[str, Any], *, overwrite: bool = False
   if not isinstance(old, dict):
     return
   diffs = []
-  for k, new in request.items():
-    if k not in old or old[k] == new:
-      continue
+  order = ("source", "input", "source_options", "preprocessing", "split", "records_per_shard")
+  for k in sorted(request, key=lambda k: order.index(k) if k in order else len(order)):
+    new = request[k]
+    if k not in old or old[k] == new or (k != "input" and diffs and diffs[0].startswith("source ")):
+      continue                                     # another source: its options differ anyway
     if isinstance(old[k], dict) and isinstance(new, dict):
       diffs += [f"{k}.{sub} {old[k].get(sub)!r} -> {new.get(sub)!r}"
                 for sub in sorted(set(old[k]) | set(new)) if old[k].get(sub) != new.get(sub)]
     else:
       diffs.append(f"{k} {old[k]!r} -> {new!r}")
   if diffs:
-    what = "dataset" if manifest.is_file() else "unfinished run"
-    raise PrepareError(f"output {out} holds a {what} made from other inputs/settings "
+    what = "a dataset" if manifest.is_file() else "an unfinished run"
+    raise PrepareError(f"output {out} holds {what} made from other inputs/settings "
                        f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}): give "
                        f"--overwrite to replace it, or choose another --output")
 
