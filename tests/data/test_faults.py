@@ -396,3 +396,42 @@ def test_a_read_only_output_is_one_line(six, tmp_path, monkeypatch):
     _synthetic(tmp_path / "ds")
   assert str(e.value).startswith(f"cannot write {tmp_path / 'ds' / prep.WORK}")
   assert str(e.value).endswith(": Read-only file system")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MiB tmpfs (needs root and mount; skipped elsewhere, the monkeypatched tests stand)."""
+  import os
+  import subprocess
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                                          str(disk)], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_really_full_disk_keeps_the_dataset_and_a_rerun_completes(six, small_disk):
+  import os
+  ds = small_disk / "ds"
+  shutil.copytree(six, ds)
+  st = os.statvfs(small_disk)
+  fill = small_disk / "fill"
+  fill.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 100_000))   # leave ~100 kB
+  before = _snapshot(ds)
+  with pytest.raises(prep.PrepareError) as e:
+    _synthetic(ds, records_per_shard=2, overwrite=True)
+  msg = str(e.value)
+  assert "\n" not in msg and msg.startswith(f"cannot write {ds}/") and "No space left" in msg
+  after = _snapshot(ds)
+  after.pop(f"{prep.WORK}/{prep.REQUEST}"), before.pop(f"{prep.WORK}/{prep.REQUEST}")
+  assert after == before and not list(ds.rglob("*.tmp*"))
+  prep.verify(ds, log=None)                                     # the old dataset is whole
+  fill.unlink()
+  report = _synthetic(ds, records_per_shard=2, overwrite=True)
+  assert report["resumed_units"] == 6 and not list(ds.rglob("*.tmp*"))
+  assert len(shards.read_manifest(ds)["splits"]["train"]["shards"]) == 6
+  prep.verify(ds, log=None)

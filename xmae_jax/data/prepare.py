@@ -280,6 +280,7 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   with writing(work):
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(work)
+  with writing(out / WORK / REQUEST):
     errors.atomic_write(out / WORK / REQUEST, json.dumps(request, indent=1, sort_keys=True))
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
@@ -297,10 +298,12 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
                             val_frac=val_frac, config=config, options=options,
                             records_per_shard=records_per_shard, request=request)
-    report["resumed_units"] = len(units) - len(todo)
-    report["seconds"] = round(time.time() - started, 3)
-    report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
+  report["resumed_units"] = len(units) - len(todo)
+  report["seconds"] = round(time.time() - started, 3)
+  report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
+  with writing(out / REPORT_JSON):
     errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+  with writing(out / REPORT_MD):
     errors.atomic_write(out / REPORT_MD, render_report(report))
   if log:
     log(summary_line(report))
@@ -526,8 +529,10 @@ def writing(path):
   try:
     yield
   except OSError as e:
-    raise PrepareError(f"cannot write {e.filename or path}: "
-                       f"{e.strerror or type(e).__name__}") from None
+    name = e.filename
+    if not name or ".tmp" in Path(str(name)).name:   # a temporary beside `path`: name the target
+      name = path
+    raise PrepareError(f"cannot write {name}: {e.strerror or type(e).__name__}") from None
   except shards.ShardWriteError as e:
     raise PrepareError(str(e)) from None
 

@@ -74,23 +74,21 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes 
 class StagedSplit:
   """A split written under temporary names (`stage_split`): `commit` renames it into place,
   `discard` removes it. Staging every split before committing any keeps the previous dataset
-  whole when writing fails."""
+  whole when writing fails: committing only renames, which needs no space."""
   out: Path
   split: str
-  tmp_paths: list
-  index: dict
+  tmp_paths: list               # the shards', then the index's
   entry: dict
 
   def commit(self) -> dict:
-    """Renames the shards into place, then writes the index (after its shards); the entry."""
-    try:
-      for tmp, name in zip(self.tmp_paths, self.entry["shards"]):
+    """Renames the shards into place, then the index (after its shards); the manifest entry."""
+    names = [*self.entry["shards"], f"{self.split}-index.npz"]
+    for tmp, name in zip(self.tmp_paths, names):
+      try:
         os.replace(tmp, self.out / name)
-      with errors.atomic_path(self.out / f"{self.split}-index.npz") as tmp_index:
-        np.savez(tmp_index, **self.index)
-    except OSError as e:
-      raise ShardWriteError(f"cannot write {e.filename or self.out}: "
-                            f"{e.strerror or type(e).__name__}") from None
+      except OSError as e:
+        raise ShardWriteError(f"cannot write {self.out / name}: "
+                              f"{e.strerror or type(e).__name__}") from None
     return self.entry
 
   def discard(self) -> None:
@@ -106,6 +104,8 @@ def stage_split(out_dir: str | os.PathLike, split: str,
   A write that fails (full disk, read-only file system) removes what it wrote and raises
   `ShardWriteError` naming the file.
   """
+  # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
+  tmp_index = Path(out_dir) / f".{split}-index.tmp.npz"
   out = Path(out_dir)
   rows: dict[str, list] = {k: [] for k in (*INDEX_FIELDS, DIGEST)}
   sub_idx: dict[str, int] = {}
@@ -152,9 +152,16 @@ def stage_split(out_dir: str | os.PathLike, split: str,
       "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
       DIGEST: np.frombuffer(b"".join(rows[DIGEST]), np.uint8).reshape(-1, DIGEST_SIZE),
   }
+  try:
+    np.savez(tmp_index, **index)
+  except OSError as e:   # a full disk: np.savez's error names no file
+    for p in (*tmp_paths, tmp_index):
+      p.unlink(missing_ok=True)
+    raise ShardWriteError(f"cannot write {out / f'{split}-index.npz'}: "
+                          f"{e.strerror or type(e).__name__}") from None
   # The shards' final names need N, known only now.
   names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
-  return StagedSplit(out, split, tmp_paths, index, {
+  return StagedSplit(out, split, [*tmp_paths, tmp_index], {
       "shards": names, "records_per_shard": counts, "records": int(sum(counts)),
       "subjects": len(subjects), "subject_ids": subjects})
 
@@ -172,7 +179,11 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
       "sources": sources,
       **(extra or {}),
   }
-  errors.atomic_write(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+  path = Path(out_dir) / MANIFEST
+  try:
+    errors.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
+  except OSError as e:   # a write() error names no file
+    raise ShardWriteError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
   return manifest
 
 
