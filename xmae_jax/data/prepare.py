@@ -5,9 +5,14 @@
 Work is parallel over input units (files, or subjects for the simulator). Each unit's result
 (encoded records, drop counts, missing files) is cached atomically under DIR/.work/<params>/, so
 an interrupted run resumes where it stopped and a re-run with the same parameters only rewrites
-the shards. Bad input never stops the run: a unit that fails is skipped with its reason. The
-output is written split by split through `shards.write_split` (atomic per file) after the old
-manifest is removed, and the manifest is written last: a directory with a manifest is complete.
+the shards. A directory holding a dataset (or an unfinished run) of another request (inputs,
+reader options, preprocessing, split, shard size) is refused unless `overwrite`, so a mistyped
+--output cannot replace a dataset. Bad input never stops the run: a unit that fails is skipped
+with its reason; but a run that keeps no segment at all is an error listing the first reasons.
+Every split is staged under temporary names (`shards.stage_split`) before the old manifest is
+removed and the splits are renamed into place, so a full disk leaves the previous dataset
+whole; the manifest is written last: a directory with a manifest is complete. Write failures
+are one line naming the file.
 """
 from __future__ import annotations
 
@@ -443,7 +448,7 @@ def nothing_kept(report: dict[str, Any], out: Path, first: int = 3) -> str:
   more = f"; and {len(why) - first} more" if len(why) > first else ""
   text = "; ".join(why[:first]) + more
   return " ".join(f"nothing kept from {report['files_total']} input(s) ({len(report['files_skipped'])} "
-                  f"skipped), {out} left as it was: {text or 'no window found'}".split())
+                  f"skipped), no dataset written to {out}: {text or 'no window found'}".split())
 
 
 def render_report(r: dict[str, Any]) -> str:
@@ -523,8 +528,8 @@ def _check_output(out: Path, *, overwrite: bool = False) -> None:
 def writing(path):
   """Turns a failed write (full disk, read-only file system) into one line naming the file.
 
-  OSError carries the file only when it was raised opening it; ArrayRecord's writer raises a
-  RuntimeError whose message names it. Either way the user gets the file and the reason.
+  OSError carries the file only when it was raised opening it (and then maybe a temporary
+  name), so `path` stands in; `shards` reports its own writes as ShardWriteError.
   """
   try:
     yield
