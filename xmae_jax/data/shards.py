@@ -104,9 +104,9 @@ def stage_split(out_dir: str | os.PathLike, split: str,
   A write that fails (full disk, read-only file system) removes what it wrote and raises
   `ShardWriteError` naming the file.
   """
-  # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
-  tmp_index = Path(out_dir) / f".{split}-index.tmp.npz"
   out = Path(out_dir)
+  # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
+  tmp_index = out / f".{split}-index.tmp.npz"
   rows: dict[str, list] = {k: [] for k in (*INDEX_FIELDS, DIGEST)}
   sub_idx: dict[str, int] = {}
   tmp_paths, counts, writer = [], [], None
