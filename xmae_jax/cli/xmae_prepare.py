@@ -23,9 +23,13 @@ PROG = "xmae-prepare"
 
 def build_parser() -> argparse.ArgumentParser:
   p = common.parser(PROG, __doc__)
-  p.add_argument("--source", required=True, help=f"one of {', '.join(sources_lib.READERS)}")
+  p.add_argument("--source", help=f"one of {', '.join(sources_lib.READERS)}")
   p.add_argument("--input", default=None, help="file or directory (not needed for synthetic)")
-  p.add_argument("--output", required=True, help="dataset directory to write")
+  p.add_argument("--output", help="dataset directory to write")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a dataset in --output made from other inputs or settings")
+  p.add_argument("--verify", metavar="DIR", default=None,
+                 help="check every record, index and manifest of the dataset DIR; prepare nothing")
   p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)))
   p.add_argument("--seed", type=int, default=77, help="subject split (and simulator) seed")
   p.add_argument("--test-frac", type=float, default=0.05)
@@ -58,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> dict:
   """Parses argv and prepares the dataset; raises XmaeError for an unusable command line."""
   args = build_parser().parse_args(argv)
+  if args.verify is not None:
+    return {"verdicts": prepare_lib.verify(args.verify)}
+  missing = [f for f, v in (("--source", args.source), ("--output", args.output)) if v is None]
+  if missing:     # required unless --verify, in argparse's words
+    raise common.UsageError(f"the following arguments are required: {', '.join(missing)}")
   if args.source not in sources_lib.READERS:
     raise prepare_lib.PrepareError(f"unknown source {args.source!r} "
                                    f"(choose from {', '.join(sources_lib.READERS)})")
@@ -72,7 +81,7 @@ def run(argv=None) -> dict:
       args.source, args.input, args.output, workers=args.workers, seed=args.seed,
       test_frac=args.test_frac, val_frac=args.val_frac, config=config, source_options=options,
       records_per_shard=args.records_per_shard, progress=not args.no_progress,
-      runner=args.runner, beam_options=args.beam_options)
+      runner=args.runner, beam_options=args.beam_options, overwrite=args.overwrite)
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,14 @@
 Work is parallel over input units (files, or subjects for the simulator). Each unit's result
 (encoded records, drop counts, missing files) is cached atomically under DIR/.work/<params>/, so
 an interrupted run resumes where it stopped and a re-run with the same parameters only rewrites
-the shards. Bad input never stops the run: a unit that fails is skipped with its reason. The
-output is written split by split through `shards.write_split` (atomic per file) after the old
-manifest is removed, and the manifest is written last: a directory with a manifest is complete.
+the shards. A directory holding a dataset (or an unfinished run) of another request (inputs,
+reader options, preprocessing, split, shard size) is refused unless `overwrite`, so a mistyped
+--output cannot replace a dataset. Bad input never stops the run: a unit that fails is skipped
+with its reason; but a run that keeps no segment at all is an error listing the first reasons.
+Every split is staged under temporary names (`shards.stage_split`) before the old manifest is
+removed and the splits are renamed into place, so a full disk leaves the previous dataset
+whole; the manifest is written last: a directory with a manifest is complete. Write failures
+are one line naming the file.
 
 `runner="beam"` runs the same per-unit function, split, manifest and report as an Apache Beam
 pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes the same files.
@@ -15,6 +20,7 @@ pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes th
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import msgpack
+import numpy as np
 
 from xmae_jax import __version__
 from xmae_jax import errors
@@ -37,6 +44,7 @@ from xmae_jax.data import shards
 from xmae_jax.data import sources as sources_lib
 
 WORK = ".work"
+REQUEST = "request.json"       # in WORK: what an unfinished run was asked for (see check_request)
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 CACHE_VERSION = 2
 
@@ -84,12 +92,15 @@ class RecordingSegments:
   outcome: "ok" (segments, possibly none), "missing" (the reader reported a file it could not
   find or use: `item` is a `sources.Missing`), "lacking" (the recording lacks a required
   modality) or "unusable" (preprocessing rejected it; `error` says why).
+  notes: what the report should say about this recording beyond the counts (text cells read
+  as missing, a required signal absent, a recording that is all NaN, all text or flat).
   """
   item: Any
   outcome: str
   segments: list = dataclasses.field(default_factory=list)
   stats: dict = dataclasses.field(default_factory=dict)
   error: str = ""
+  notes: list = dataclasses.field(default_factory=list)
 
 
 def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.PreprocessConfig,
@@ -118,19 +129,60 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
     except pp.PreprocessError as e:
       yield RecordingSegments(item, "unusable", error=str(e))
       continue
-    yield RecordingSegments(item, "ok", segs, stats)
+    yield RecordingSegments(item, "ok", segs, stats, notes=explain_recording(item, config, stats))
+
+
+def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
+                      stats: collections.Counter) -> list[str]:
+  """Notes on what a recording is where the preprocessing's counts alone would hide it.
+
+  Text cells read as missing are otherwise silent gaps; a required signal that is absent
+  shows only as per-window `missing_<m>` drops that name no file; and a recording that is all
+  NaN, all text or flat is cut away entirely and counted as `too_short`. That last count is
+  renamed here (in `stats`, to `all_nan_<m>`, `all_text_<m>` or `flat_<m>`), so the report
+  says what the recording is.
+  """
+  notes = [f"non-numeric cells: {n} {m} value(s) were text and were read as missing"
+           for m, n in sorted(item.non_numeric.items())
+           if m in item.signals and n < len(item.signals[m][0])]   # all text: said below
+  required = pp.REQUIREMENTS[config.modalities]
+  notes += [f"missing channel: no {m} signal (required by --modalities {config.modalities})"
+            for m in required if m not in item.signals]
+  if stats.get("dropped/too_short"):
+    found = []
+    for m in (required or sorted(item.signals)):
+      if m not in item.signals:
+        continue
+      x = np.asarray(item.signals[m][0], np.float64).ravel()
+      finite = x[np.isfinite(x)]
+      if not finite.size:
+        kind, what = (("all_text", "holds only text") if item.non_numeric.get(m, 0) >= x.size
+                      else ("all_nan", "has no finite sample"))
+      elif finite.min() == finite.max():
+        kind, what = "flat", f"is flat (every sample {finite[0]:g})"
+      else:
+        continue
+      found.append((kind, m))
+      notes.append(f"{kind}: {m} {what} ({x.size} samples)")
+    if found:        # the recording's one too_short drop, under the name of what it is
+      stats["dropped/too_short"] -= 1
+      if not stats["dropped/too_short"]:
+        del stats["dropped/too_short"]
+      stats[f"dropped/{found[0][0]}_{found[0][1]}"] += 1
+  return notes
 
 
 def process_unit(source: str, unit: str, options: dict[str, Any],
                  config: pp.PreprocessConfig) -> dict[str, Any]:
   """Reads and preprocesses one input unit (`segment_unit`); never raises for bad input.
 
-  Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]], stats: {key: n},
-  records: [encoded bytes], subjects: [subject of each record], seconds}.
+  Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]],
+  warnings: [[recording, note]], stats: {key: n}, records: [encoded bytes],
+  subjects: [subject of each record], seconds}.
   """
   t0 = time.perf_counter()
   stats: collections.Counter = collections.Counter()
-  records, subjects, missing = [], [], []
+  records, subjects, missing, warnings = [], [], [], []
   status, reason = "ok", ""
   try:
     for rec in segment_unit(source, unit, options, config):
@@ -143,6 +195,7 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
         missing.append([item.name, rec.error])
         continue
       stats.update(rec.stats)
+      warnings.extend([item.name, note] for note in rec.notes)
       for seg in rec.segments:
         records.append(record_lib.encode(record_lib.Record(
             subject_id=item.subject_id, segment_id=f"{item.name}:{seg.index:05d}", source=source,
@@ -160,7 +213,7 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
     records, subjects = [], []
   stats["segments_kept"] += len(records)
   return {"unit": unit, "status": status, "reason": reason, "missing": missing,
-          "stats": dict(stats), "records": records, "subjects": subjects,
+          "warnings": warnings, "stats": dict(stats), "records": records, "subjects": subjects,
           "seconds": time.perf_counter() - t0}
 
 
@@ -178,7 +231,8 @@ def _work_item(args) -> tuple[str, dict[str, Any]]:
   source, unit, options, config_dict, cache_path = args
   config = pp.PreprocessConfig(**config_dict)
   result = process_unit(source, unit, options, config)
-  errors.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
+  with writing(cache_path):
+    errors.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
   return unit, {k: v for k, v in result.items() if k != "records"}
 
 
@@ -199,12 +253,16 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
                     source_options: dict[str, Any] | None = None,
                     records_per_shard: int = 4096, progress: bool = True,
                     runner: str = "local", beam_options: str | None = None,
-                    log=print) -> dict[str, Any]:
+                    overwrite: bool = False, log=print) -> dict[str, Any]:
   """Prepares one dataset directory; returns the closing report (also written into it).
 
   runner "local" runs a multiprocessing pool of `workers` on this machine; "beam" runs the same
   per-input function as an Apache Beam pipeline (`xmae_jax.data.beam`, options from the
   `beam_options` string), for inputs too large for one machine.
+
+  An output that holds a dataset (or an unfinished run) made from other inputs or settings is
+  refused unless `overwrite`; a re-run of the same request resumes it. Raises PrepareError
+  when no segment at all was kept (the output is left as it was, apart from the cache).
   """
   if runner not in RUNNERS:
     raise PrepareError(f"unknown runner {runner!r} (choose from {', '.join(RUNNERS)})")
@@ -215,7 +273,7 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     return beam.prepare_dataset_beam(
         source, input, output, seed=seed, test_frac=test_frac, val_frac=val_frac,
         config=config, source_options=source_options, records_per_shard=records_per_shard,
-        beam_options=beam_options, log=log)
+        beam_options=beam_options, overwrite=overwrite, log=log)
   if beam_options:
     raise PrepareError("--beam-options applies only to --runner beam")
   started = time.time()
@@ -227,11 +285,19 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   out = Path(output)
   units, options = list_units(source, input, seed=seed, test_frac=test_frac,
                               val_frac=val_frac, source_options=source_options,
-                              check=lambda: check_output(out))
+                              check=lambda: check_output(out, overwrite=overwrite))
+
+  request = dataset_request(source, input, options, config, seed=seed, test_frac=test_frac,
+                            val_frac=val_frac, records_per_shard=records_per_shard)
+  check_request(out, request, overwrite=overwrite)
 
   key = _params_key(source, options, config)
   work = out / WORK / key
-  work.mkdir(parents=True, exist_ok=True)
+  with writing(work):
+    work.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(work)
+  with writing(out / WORK / REQUEST):
+    errors.atomic_write(out / WORK / REQUEST, json.dumps(request, indent=1, sort_keys=True))
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
   _run_units(source, todo, options, config, cache, workers,
@@ -241,9 +307,13 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   for stale in (out / WORK).iterdir():            # caches of other parameters or code versions
     if stale.is_dir() and stale.name != key:
       shutil.rmtree(stale, ignore_errors=True)
-  report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
-                          val_frac=val_frac, config=config, options=options,
-                          records_per_shard=records_per_shard)
+  if not sum(r["stats"].get("segments_kept", 0) for r in results):
+    (out / WORK / REQUEST).unlink(missing_ok=True)   # a run that made nothing holds nothing back
+    raise PrepareError(nothing_kept(build_report(source, input, results, {}), out))
+  with writing(out):
+    report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
+                            val_frac=val_frac, config=config, options=options,
+                            records_per_shard=records_per_shard, request=request)
   report["resumed_units"] = len(units) - len(todo)
   write_report(out, report, started, runner="local")
   if log:
@@ -272,7 +342,7 @@ def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: flo
   try:
     units = reader.list_inputs(None if input is None else str(input), options)
   except sources_lib.SourceError as e:
-    raise PrepareError(f"{e} (--input {input})") from None
+    raise PrepareError(str(e) if e.reason == "bad option" else f"{e} (--input {input})") from None
   if not units:
     raise PrepareError(f"empty input: no {source} inputs found under {input}")
   return units, options
@@ -285,8 +355,10 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: fl
   report["seconds"] = round(time.time() - started, 3)
   report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
   out = Path(out_dir)
-  errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
-  errors.atomic_write(out / REPORT_MD, render_report(report))
+  with writing(out / REPORT_JSON):
+    errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+  with writing(out / REPORT_MD):
+    errors.atomic_write(out / REPORT_MD, render_report(report))
   return report
 
 
@@ -310,7 +382,7 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
 
 
 def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_frac, config,
-                   options, records_per_shard) -> dict[str, Any]:
+                   options, records_per_shard, request=None) -> dict[str, Any]:
   per_split: dict[str, list[bytes]] = {s: [] for s in shards.SPLITS}
   assignment = split_subjects((s for r in results for s in r["subjects"]), seed, test_frac,
                               val_frac)
@@ -318,23 +390,32 @@ def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_f
     for b, subject in zip(res["records"], res["subjects"]):
       per_split[assignment[subject]].append(b)
 
-  # An old manifest would describe shards we are about to replace: remove it first, so that
-  # until the new one is written the directory is visibly incomplete.
+  # Every split is written under temporary names first, so a full disk leaves the previous
+  # dataset whole. Then the old manifest goes (it would describe shards about to be replaced:
+  # until the new one is written the directory is visibly incomplete), then the renames.
+  remove_stale_temporaries(out)
+  staged = []
+  try:
+    for s in shards.SPLITS:
+      staged.append(shards.stage_split(out, s, per_split[s], records_per_shard))
+  except BaseException:
+    for st in staged:
+      st.discard()
+    raise
   (out / shards.MANIFEST).unlink(missing_ok=True)
-  entries = {s: shards.write_split(out, s, per_split[s], records_per_shard)
-             for s in shards.SPLITS}
+  entries = {s: st.commit() for s, st in zip(shards.SPLITS, staged)}
   keep = {n for e in entries.values() for n in e["shards"]}
   for p in out.glob("*.array_record"):
     if p.name not in keep:
       p.unlink()
   write_manifest(out, entries, source=source, input=input, units=units, options=options,
-                 config=config, seed=seed, test_frac=test_frac, val_frac=val_frac)
+                 config=config, seed=seed, test_frac=test_frac, val_frac=val_frac, request=request)
   return build_report(source, input, results, entries)
 
 
 def write_manifest(out_dir, entries: dict[str, dict], *, source: str, input, units: list[str],
                    options: dict[str, Any], config: pp.PreprocessConfig, seed: int,
-                   test_frac: float, val_frac: float) -> dict:
+                   test_frac: float, val_frac: float, request: dict | None = None) -> dict:
   """The manifest of a prepared dataset (every runner writes the same one), written last."""
   input_root = None if input is None else Path(input)
   return shards.write_manifest(
@@ -342,7 +423,8 @@ def write_manifest(out_dir, entries: dict[str, dict], *, source: str, input, uni
       preprocessing=config.as_dict(), sources=[_relative(u, input_root) for u in units],
       extra={"source": source, "source_options": options, "split": {
           "seed": seed, "test_frac": test_frac, "val_frac": val_frac,
-          "method": "sklearn train_test_split on sorted subjects: test, then validation"}})
+          "method": "sklearn train_test_split on sorted subjects: test, then validation"},
+          **({"request": request} if request is not None else {})})
 
 
 def build_report(source, input, results, entries) -> dict[str, Any]:
@@ -352,7 +434,7 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
   cut_seconds: collections.Counter = collections.Counter()
   notes: collections.Counter = collections.Counter()
   skipped_recordings: collections.Counter = collections.Counter()
-  files_skipped, files_missing, per_file = [], [], []
+  files_skipped, files_missing, per_file, warnings = [], [], [], []
   kept = 0
   for r in results:
     st = r["stats"]
@@ -373,6 +455,8 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
       files_skipped.append({"file": unit, "reason": r["reason"]})
     files_missing.extend({"file": _relative(p, root), "reason": why, "input": unit}
                          for p, why in r["missing"])
+    warnings.extend({"recording": name, "warning": note, "input": unit}
+                    for name, note in r.get("warnings", []))
     per_file.append({"file": unit, "status": r["status"], "kept": st.get("segments_kept", 0),
                      "dropped": sum(v for k, v in st.items() if k.startswith("dropped/"))})
   return {
@@ -389,6 +473,7 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
                         for k, v in sorted(cut.items())},
       "recordings_skipped": dict(sorted(skipped_recordings.items())),
       "quality_notes": dict(sorted(notes.items())),
+      "input_warnings": warnings,
       "records_per_split": {s: e["records"] for s, e in entries.items()},
       "subjects_per_split": {s: e["subjects"] for s, e in entries.items()},
       "per_file": per_file,
@@ -401,7 +486,24 @@ def summary_line(report: dict[str, Any]) -> str:
           f"{report['segments_kept']} segments kept, {report['segments_dropped_total']} dropped"
           f"{' ' + str(report['segments_dropped']) if report['segments_dropped'] else ''}; "
           f"records per split {report['records_per_split']}, "
-          f"subjects {report['subjects_per_split']}")
+          f"subjects {report['subjects_per_split']}"
+          + (f"; {len(report['input_warnings'])} input warnings (see report.md)"
+             if report.get("input_warnings") else ""))
+
+
+def nothing_kept(report: dict[str, Any], out: Path, first: int = 3) -> str:
+  """The one-line error of a run that kept no segment: why, for the first few inputs."""
+  why = [f"{f['file']}: {f['reason']}" for f in report["files_skipped"]]
+  why += [f"{f['file']}: {f['reason']}" for f in report["files_missing"]]
+  why += [f"{w['recording']}: {w['warning']}" for w in report["input_warnings"]
+          if not w["warning"].startswith("non-numeric")]
+  if report["segments_dropped"]:
+    why.append("segments dropped: " + ", ".join(f"{k} {v}" for k, v in
+                                                report["segments_dropped"].items()))
+  more = f"; and {len(why) - first} more" if len(why) > first else ""
+  text = "; ".join(why[:first]) + more
+  return " ".join(f"nothing kept from {report['files_total']} input(s) ({len(report['files_skipped'])} "
+                  f"skipped), no dataset written to {out}: {text or 'no window found'}".split())
 
 
 def render_report(r: dict[str, Any]) -> str:
@@ -429,21 +531,43 @@ def render_report(r: dict[str, Any]) -> str:
   if r["files_missing"]:
     lines += ["", "## Files missing or unusable", ""] + [
         f"- `{f['file']}` (in `{f['input']}`): {f['reason']}" for f in r["files_missing"]]
+  if r.get("input_warnings"):
+    lines += ["", "## Input warnings", ""] + [
+        f"- `{w['recording']}` (in `{w['input']}`): {w['warning']}"
+        for w in r["input_warnings"]]
   return "\n".join(lines) + "\n"
+
+
+def verify(data_dir: str | os.PathLike, *, log=print) -> list:
+  """`xmae-prepare --verify DIR`: logs one verdict line per part (`reader.verify_dataset`);
+  raises PrepareError naming the first problem (shard and record) when any part failed."""
+  from xmae_jax.data import reader
+  verdicts = reader.verify_dataset(data_dir)
+  for v in verdicts:
+    if log:
+      log(v.line())
+  failed = [v for v in verdicts if not v.ok]
+  if failed:
+    total = sum(v.problem_count for v in failed)
+    raise PrepareError(f"{data_dir} failed verification ({total} problem(s) in "
+                       f"{', '.join(v.part for v in failed)}); first: {failed[0].problems[0]}")
+  return verdicts
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-def check_output(out: Path) -> None:
-  """Refuses an output that is a file, of another schema, or a foreign non-empty directory."""
+def check_output(out: Path, *, overwrite: bool = False) -> None:
+  """Refuses an output that is a file, of another schema (unless `overwrite`), or a foreign
+  non-empty directory."""
   if out.exists() and not out.is_dir():
     raise PrepareError(f"output {out} exists and is not a directory")
   if not out.is_dir():
     return
   manifest = out / shards.MANIFEST
   if manifest.is_file():
-    check_manifest_schema(manifest.read_bytes(), out)
+    if not overwrite:
+      check_manifest_schema(manifest.read_bytes(), out)
     return
   if (out / WORK).is_dir():
     return                                         # an interrupted run of ours: resume it
@@ -461,6 +585,86 @@ def check_manifest_schema(manifest: bytes, out) -> None:
   if version != record_lib.SCHEMA_VERSION:
     raise PrepareError(f"output {out} exists with another schema (manifest schema_version "
                        f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})")
+
+
+@contextlib.contextmanager
+def writing(path):
+  """Turns a failed write (full disk, read-only file system) into one line naming the file.
+
+  OSError carries the file only when it was raised opening it (and then maybe a temporary
+  name), so `path` stands in; `shards` reports its own writes as ShardWriteError.
+  """
+  try:
+    yield
+  except OSError as e:
+    name = e.filename
+    if not name or ".tmp" in Path(str(name)).name:   # a temporary beside `path`: name the target
+      name = path
+    raise PrepareError(f"cannot write {name}: {e.strerror or type(e).__name__}") from None
+  except shards.ShardWriteError as e:
+    raise PrepareError(str(e)) from None
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+  """Deletes what an earlier run killed mid-write left (`errors.atomic_path` temporaries and
+  staged shards); a run that ends by an exception removes its own."""
+  for p in directory.glob(".*.tmp*"):
+    if p.is_file():
+      p.unlink(missing_ok=True)
+
+
+def dataset_request(source: str, input, options: dict[str, Any], config: pp.PreprocessConfig,
+                    *, seed: int, test_frac: float, val_frac: float,
+                    records_per_shard: int) -> dict[str, Any]:
+  """What a dataset is made from: a re-run asking for the same resumes, anything else is
+  another dataset (see `check_request`). Worker count and progress are not part of it."""
+  request = {"source": source, "input": None if input is None else os.path.abspath(input),
+             "source_options": options, "preprocessing": config.as_dict(),
+             "split": {"seed": seed, "test_frac": test_frac, "val_frac": val_frac},
+             "records_per_shard": records_per_shard}
+  return json.loads(json.dumps(request, sort_keys=True, default=str))   # as stored
+
+
+def check_request(out: Path, request: dict[str, Any], *, overwrite: bool = False) -> None:
+  """Refuses to replace a dataset (or an unfinished run) of `out` made from another request.
+
+  The dataset's request is in its manifest (or, for an unfinished run, in .work/request.json);
+  a manifest written before requests were recorded is compared on what it has (source, its
+  options, preprocessing, split).
+  """
+  if overwrite or not out.is_dir():
+    return
+  old = None
+  manifest, pending = out / shards.MANIFEST, out / WORK / REQUEST
+  try:
+    if manifest.is_file():
+      m = json.loads(manifest.read_text())
+      old = m.get("request") or {k: m[k] for k in ("source", "source_options", "preprocessing")
+                                 if k in m}
+      if "request" not in m and isinstance(m.get("split"), dict):
+        old["split"] = {k: m["split"].get(k) for k in ("seed", "test_frac", "val_frac")}
+    elif pending.is_file():
+      old = json.loads(pending.read_text())
+  except (OSError, ValueError, AttributeError):
+    old = None                                     # unreadable: the schema check said enough
+  if not isinstance(old, dict):
+    return
+  diffs = []
+  order = ("source", "input", "source_options", "preprocessing", "split", "records_per_shard")
+  for k in sorted(request, key=lambda k: order.index(k) if k in order else len(order)):
+    new = request[k]
+    if k not in old or old[k] == new or (k != "input" and diffs and diffs[0].startswith("source ")):
+      continue                                     # another source: its options differ anyway
+    if isinstance(old[k], dict) and isinstance(new, dict):
+      diffs += [f"{k}.{sub} {old[k].get(sub)!r} -> {new.get(sub)!r}"
+                for sub in sorted(set(old[k]) | set(new)) if old[k].get(sub) != new.get(sub)]
+    else:
+      diffs.append(f"{k} {old[k]!r} -> {new!r}")
+  if diffs:
+    what = "a dataset" if manifest.is_file() else "an unfinished run"
+    raise PrepareError(f"output {out} holds {what} made from other inputs/settings "
+                       f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}): give "
+                       f"--overwrite to replace it, or choose another --output")
 
 
 def _params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig) -> str:

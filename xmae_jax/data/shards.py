@@ -7,12 +7,17 @@ Layout written by `xmae-prepare` (and by tests that build small datasets):
       quality_ppg, quality_ecg  float32   (NaN where the modality is absent)
       has_ppg, has_ecg          bool
       subject                   int32     index into manifest["splits"][split]["subject_ids"]
+      digest                    uint8 (n, 16)  BLAKE2b-128 of each serialized record, checked
+                                          by `xmae-prepare --verify` (absent in datasets
+                                          prepared before it existed)
   DIR/report.json, DIR/report.md          the closing report of xmae-prepare
 The index lets the input pipeline apply the quality threshold, the modality requirement and
 per-subject sampling without decoding a single record.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -33,10 +38,21 @@ WRITER_OPTIONS = "group_size:1,uncompressed"
 # The index columns (see the module docstring), per modality of the record schema.
 INDEX_FIELDS = (*(f"{col}_{m}" for col in ("quality", "has") for m in record_lib.MODALITIES),
                 "subject")
+DIGEST = "digest"           # the optional index column of per-record digests
+DIGEST_SIZE = 16
 
 
 class DatasetError(errors.XmaeError):
   """A dataset directory that is missing, empty, corrupt or of another schema."""
+
+
+class ShardWriteError(errors.XmaeError):
+  """A shard that could not be written (full disk, read-only file system); names the file."""
+
+
+def record_digest(data: bytes) -> bytes:
+  """The digest of one serialized record stored in the index (BLAKE2b, 16 bytes)."""
+  return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
 
 
 def shard_name(split: str, i: int, n: int) -> str:
@@ -51,33 +67,79 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes 
   memory, so a split can be far larger than RAM. Shards get their final `-of-N` names once N
   is known.
   """
+  return stage_split(out_dir, split, records, records_per_shard).commit()
+
+
+@dataclasses.dataclass
+class StagedSplit:
+  """A split written under temporary names (`stage_split`): `commit` renames it into place,
+  `discard` removes it. Staging every split before committing any keeps the previous dataset
+  whole when writing fails: committing only renames, which needs no space."""
+  out: Path
+  split: str
+  tmp_paths: list               # the shards', then the index's
+  entry: dict
+
+  def commit(self) -> dict:
+    """Renames the shards into place, then the index (after its shards); the manifest entry."""
+    names = [*self.entry["shards"], f"{self.split}-index.npz"]
+    for tmp, name in zip(self.tmp_paths, names):
+      try:
+        os.replace(tmp, self.out / name)
+      except OSError as e:
+        raise ShardWriteError(f"cannot write {self.out / name}: "
+                              f"{e.strerror or type(e).__name__}") from None
+    return self.entry
+
+  def discard(self) -> None:
+    for p in self.tmp_paths:
+      Path(p).unlink(missing_ok=True)
+
+
+def stage_split(out_dir: str | os.PathLike, split: str,
+                records: Iterable[bytes | record_lib.Record],
+                records_per_shard: int = 4096) -> StagedSplit:
+  """`write_split` up to the renames: shards under temporary names, index rows in memory.
+
+  A write that fails (full disk, read-only file system) removes what it wrote and raises
+  `ShardWriteError` naming the file.
+  """
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  rows: dict[str, list] = {k: [] for k in INDEX_FIELDS}
+  # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
+  tmp_index = out / f".{split}-index.tmp.npz"
+  rows: dict[str, list] = {k: [] for k in (*INDEX_FIELDS, DIGEST)}
   sub_idx: dict[str, int] = {}
   tmp_paths, counts, writer = [], [], None
-  for rec in records:
-    data = rec if isinstance(rec, bytes) else record_lib.encode(rec)
-    m = record_lib.decode_map(data)
-    if writer is None or counts[-1] == records_per_shard:
-      if writer is not None:
-        writer.close()
-      tmp_paths.append(out / f".{split}-{len(tmp_paths):05d}.array_record.tmp")
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+      data = rec if isinstance(rec, bytes) else record_lib.encode(rec)
+      m = record_lib.decode_map(data)
+      if writer is None or counts[-1] == records_per_shard:
+        if writer is not None:
+          writer.close()
+        tmp_paths.append(out / f".{split}-{len(tmp_paths):05d}.array_record.tmp")
+        writer = arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS)
+        counts.append(0)
+      writer.write(data)
+      counts[-1] += 1
+      rows["quality_ppg"].append(m["quality_ppg"])
+      rows["quality_ecg"].append(m["quality_ecg"])
+      rows["has_ppg"].append("ppg" in m)
+      rows["has_ecg"].append("ecg" in m)
+      rows["subject"].append(sub_idx.setdefault(m["subject_id"], len(sub_idx)))
+      rows[DIGEST].append(record_digest(data))
+    if writer is None:   # an empty split still gets one (empty) shard: readers see a valid layout
+      tmp_paths.append(out / f".{split}-00000.array_record.tmp")
       writer = arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS)
       counts.append(0)
-    writer.write(data)
-    counts[-1] += 1
-    rows["quality_ppg"].append(m["quality_ppg"])
-    rows["quality_ecg"].append(m["quality_ecg"])
-    rows["has_ppg"].append("ppg" in m)
-    rows["has_ecg"].append("ecg" in m)
-    rows["subject"].append(sub_idx.setdefault(m["subject_id"], len(sub_idx)))
-  if writer is None:   # an empty split still gets one (empty) shard, so readers see a valid layout
-    tmp_paths.append(out / f".{split}-00000.array_record.tmp")
-    arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS).close()
-    counts.append(0)
-  else:
     writer.close()
+  except (OSError, RuntimeError) as e:   # ArrayRecord raises RuntimeError("write() failed: ...")
+    for p in tmp_paths:
+      p.unlink(missing_ok=True)
+    where = getattr(e, "filename", None) or (tmp_paths[-1] if tmp_paths else out)
+    why = getattr(e, "strerror", None) or str(e).split(";")[0]
+    raise ShardWriteError(f"cannot write {where}: {why}") from None
   # Subject indices refer to the sorted subject list stored in the manifest.
   subjects = sorted(sub_idx)
   rank = {s: i for i, s in enumerate(subjects)}
@@ -88,15 +150,20 @@ def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes 
       "has_ppg": np.array(rows["has_ppg"], bool),
       "has_ecg": np.array(rows["has_ecg"], bool),
       "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
+      DIGEST: np.frombuffer(b"".join(rows[DIGEST]), np.uint8).reshape(-1, DIGEST_SIZE),
   }
-  # The shards' final names need N, known only now; the index goes last, after its shards.
-  names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
-  for tmp, name in zip(tmp_paths, names):
-    os.replace(tmp, out / name)
-  with errors.atomic_path(out / f"{split}-index.npz") as tmp_index:
+  try:
     np.savez(tmp_index, **index)
-  return {"shards": names, "records_per_shard": counts, "records": int(sum(counts)),
-          "subjects": len(subjects), "subject_ids": subjects}
+  except OSError as e:   # a full disk: np.savez's error names no file
+    for p in (*tmp_paths, tmp_index):
+      p.unlink(missing_ok=True)
+    raise ShardWriteError(f"cannot write {out / f'{split}-index.npz'}: "
+                          f"{e.strerror or type(e).__name__}") from None
+  # The shards' final names need N, known only now.
+  names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
+  return StagedSplit(out, split, [*tmp_paths, tmp_index], {
+      "shards": names, "records_per_shard": counts, "records": int(sum(counts)),
+      "subjects": len(subjects), "subject_ids": subjects})
 
 
 def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampling_rate: int,
@@ -112,7 +179,11 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
       "sources": sources,
       **(extra or {}),
   }
-  errors.atomic_write(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+  path = Path(out_dir) / MANIFEST
+  try:
+    errors.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
+  except OSError as e:   # a write() error names no file
+    raise ShardWriteError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
   return manifest
 
 

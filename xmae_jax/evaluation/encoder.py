@@ -121,6 +121,8 @@ class Encoder:
     fs = self.contract.sampling_rate if fs is None else fs
     a = _as_batch(x)
     c = self.contract
+    if not len(a):      # no rows: no windows (and (0, latent) from embed), at any length or rate
+      return np.zeros((0, c.segment_length), np.float32), np.zeros(0, np.int64)
     if a.shape[1] == c.segment_length and _same_rate(fs, c.sampling_rate) and not clean:
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
     config = preprocess.PreprocessConfig(
@@ -181,6 +183,9 @@ def _same_rate(a: float, b: float) -> bool:
 
 
 def _as_batch(x: Any) -> np.ndarray:
+  if np.iscomplexobj(x):    # np.asarray(float) would keep the real part and only warn
+    raise EncoderInputError("wrong input: embed needs a real float array (N, L), got complex "
+                            "values")
   try:
     a = np.asarray(x, dtype=np.float64)
   except (TypeError, ValueError):

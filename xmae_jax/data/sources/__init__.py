@@ -44,6 +44,8 @@ class Recording:
   signals: modality ('ecg'/'ppg') -> (samples, fs); both start at t = 0.
   events:  name -> (K, 2) [start_s, end_s]; windows overlapping one get label name = 1, else 0.
   series:  name -> (times_s, values); windows get meta name = the mean of values inside them.
+  non_numeric: modality -> number of cells that held text and were read as missing (NaN), so
+           the report can say so instead of the values silently becoming gaps.
   """
   subject_id: str
   name: str
@@ -52,6 +54,7 @@ class Recording:
   labels: dict[str, Any] = dataclasses.field(default_factory=dict)
   events: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   series: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+  non_numeric: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ Files are loaded without pickle.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,7 +26,8 @@ OPTIONS = ("fs", "ecg_column", "ppg_column", "subject_column", "time_column")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("csv / npz")
-  g.add_argument("--fs", type=float, default=None, help="sampling rate of the columns (Hz)")
+  g.add_argument("--fs", type=positive_rate, default=None,
+                 help="sampling rate of the columns (Hz)")
   g.add_argument("--ecg-column", default="ecg")
   g.add_argument("--ppg-column", default="ppg")
   g.add_argument("--subject-column", default=None,
@@ -33,8 +35,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--time-column", default=None, help="CSV: time in seconds, to infer --fs")
 
 
+def positive_rate(text: str) -> float:
+  """argparse type of --fs: a positive, finite number of Hz (0 and -5 are rejected as flags)."""
+  try:
+    fs = float(text)
+  except ValueError:
+    fs = math.nan
+  if not math.isfinite(fs) or fs <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive number of Hz, got {text!r}")
+  return fs
+
+
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   fmt = options.get("format", "csv")
+  if options.get("fs") is not None:         # library callers bypass the flag's check
+    try:
+      positive_rate(str(options["fs"]))
+    except argparse.ArgumentTypeError as e:
+      raise SourceError("bad option", f"--fs {e}") from None
   if not path:
     raise SourceError("missing input", f"--input is required for {fmt}")
   p = Path(path)
@@ -68,7 +86,9 @@ def _columns(names, options, path) -> dict[str, str]:
 
 
 def _fs(options, path, fallback=None) -> float:
-  fs = options.get("fs") or fallback
+  fs = options.get("fs")
+  if fs is None:       # not `or`: an explicit 0 is a bad rate, not a missing one
+    fs = fallback
   if fs is None:
     raise SourceError("unknown sampling rate", f"{path}: give --fs (or a time column / 'fs')")
   try:
@@ -96,11 +116,18 @@ def _read_csv(path: Path, options) -> Iterator[Recording]:
     dt = dt[np.isfinite(dt)]
     inferred = 1.0 / np.median(dt) if len(dt) and np.median(dt) > 0 else None
   fs = _fs(options, path, inferred)
-  values = {m: pd.to_numeric(df[c], errors="coerce").to_numpy(float) for m, c in cols.items()}
+  values, non_numeric = {}, {}
+  for m, c in cols.items():
+    num = pd.to_numeric(df[c], errors="coerce")
+    values[m] = num.to_numpy(float)
+    text = num.isna() & df[c].notna()      # a cell that held something but not a number
+    if text.any():
+      non_numeric[m] = text.to_numpy()
   scol = options.get("subject_column")
   if not scol:
     yield Recording(subject_id=path.stem, name=path.stem,
-                    signals={m: (v, fs) for m, v in values.items()})
+                    signals={m: (v, fs) for m, v in values.items()},
+                    non_numeric={m: int(t.sum()) for m, t in non_numeric.items()})
     return
   if scol not in df.columns:
     raise SourceError("missing channel", f"{path}: no subject column {scol!r}")
@@ -109,7 +136,9 @@ def _read_csv(path: Path, options) -> Iterator[Recording]:
   bounds = np.concatenate([[0], change, [len(subjects)]])
   for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
     yield Recording(subject_id=subjects[a], name=f"{path.stem}/{k:04d}",
-                    signals={m: (v[a:b], fs) for m, v in values.items()})
+                    signals={m: (v[a:b], fs) for m, v in values.items()},
+                    non_numeric={m: int(t[a:b].sum()) for m, t in non_numeric.items()
+                                 if t[a:b].any()})
 
 
 def _read_npz(path: Path, options) -> Iterator[Recording]:

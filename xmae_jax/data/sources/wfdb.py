@@ -17,6 +17,7 @@ Subject: the patient folder (pNNNNNN) if there is one, else the record name.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from pathlib import Path
@@ -158,6 +159,7 @@ def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
     header = wfdb.rdheader(str(path))
   except Exception as e:
     raise SourceError("unreadable", f"{path}.hea: {type(e).__name__}: {e}") from None
+  header_fs(path)
   if header.fs is None or not np.isfinite(header.fs) or header.fs <= 0:
     raise SourceError("unknown sampling rate", f"{path}.hea gives fs={header.fs}")
   names = [str(s).strip().upper() for s in (header.sig_name or [])]
@@ -184,6 +186,28 @@ def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
       usable = [c for c in candidates if np.isfinite(by_channel[c][0]).mean() > 0.5]
       out[modality] = by_channel[(usable or candidates)[0]]
   return out
+
+
+def header_fs(path: Path) -> float | None:
+  """The sampling rate written in the record line of `path`.hea; None when the field is absent.
+
+  wfdb's parser silently falls back to its default of 250 Hz when the field does not match its
+  pattern ("-125", "-0.5", "abc250"), which would window a 125 Hz record at twice its length;
+  so the field is read from the text here and anything but a positive number skips the record.
+  An absent field is the WFDB standard's default (250 Hz) and is left to wfdb.
+  """
+  line = _first_line(Path(f"{path}.hea")).split()
+  if len(line) < 3:
+    return None
+  text = line[2].split("/")[0]
+  try:
+    fs = float(text)
+  except ValueError:
+    fs = math.nan
+  if not math.isfinite(fs) or fs <= 0:
+    raise SourceError("unknown sampling rate", f"{path}.hea: sampling rate field {line[2]!r} "
+                      f"is not a positive number")
+  return fs
 
 
 def _truncated_or_unreadable(path: Path, header) -> str:
