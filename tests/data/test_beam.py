@@ -12,6 +12,7 @@ import pytest
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import beam as beam_lib
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,8 @@ def _dataset(d: Path) -> dict:
 
 def _assert_same_dataset(a: Path, b: Path):
   da, db = _dataset(a), _dataset(b)
+  assert "request" in da["manifest"]                 # compared below, as is every index column
+  assert all(shards.DIGEST in da["index"][s] for s in shards.SPLITS)
   assert sorted(da["shards"]) == sorted(db["shards"])
   for name in da["shards"]:
     assert da["shards"][name] == db["shards"][name], name
@@ -89,12 +92,25 @@ def test_beam_synthetic_matches_and_rerun_replaces_the_output(tmp_path):
   out = tmp_path / "beam"
   prep.prepare_dataset("synthetic", None, out, runner="beam", beam_options=TWO_PROCESSES, **kw)
   _assert_same_dataset(tmp_path / "local", out)
-  # a re-run with bigger shards replaces the old shards (none of them is left behind)
-  prep.prepare_dataset("synthetic", None, out, runner="beam", **{**kw, "records_per_shard": 64})
+  # a re-run with bigger shards is another dataset: refused, and the output left as it was
+  before = _files(out)
+  with pytest.raises(prep.PrepareError, match=r"holds a dataset made from other inputs/settings "
+                                              r"\(records_per_shard 4 -> 64\): give --overwrite"):
+    prep.prepare_dataset("synthetic", None, out, runner="beam", **{**kw, "records_per_shard": 64})
+  assert _files(out) == before
+  # with overwrite it replaces the old shards (none of them is left behind)
+  prep.prepare_dataset("synthetic", None, out, runner="beam", overwrite=True,
+                       **{**kw, "records_per_shard": 64})
   prep.prepare_dataset("synthetic", None, tmp_path / "local64", progress=False,
                        **{**kw, "records_per_shard": 64})
   _assert_same_dataset(tmp_path / "local64", out)
   _no_leftovers(out)
+
+
+def _files(d: Path) -> dict[str, bytes]:
+  """Every file under `d` but the timing-bearing reports."""
+  return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+          if p.is_file() and p.name not in (prep.REPORT_JSON, prep.REPORT_MD)}
 
 
 def test_beam_npz_with_broken_files_matches(tmp_path):
@@ -246,3 +262,107 @@ def test_missing_beam_and_unknown_runner_are_one_line(tmp_path, monkeypatch):
     cli.run(["--source", "synthetic", "--output", out, "--beam-options=--runner=DirectRunner"])
   with pytest.raises(prep.PrepareError, match="not a local path"):
     prep.prepare_dataset("synthetic", None, "gs://b/ds", log=None)
+
+
+def _npz(path: Path, seed: int = 0):
+  import neurokit2 as nk
+  ecg = nk.ecg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=seed)
+  ppg = nk.ppg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=seed)
+  np.savez(path, ecg=ecg, ppg=ppg, fs=125.0)
+
+
+def test_beam_refuses_another_dataset_unless_overwrite(tmp_path, capsys):
+  """A dataset of other inputs (here one the local runner wrote) is kept; --overwrite replaces."""
+  pytest.importorskip("apache_beam")
+  ds = tmp_path / "ds"
+  prep.prepare_dataset("synthetic", None, ds, seed=5, source_options=SYNTHETIC,
+                       records_per_shard=4, progress=False, log=None)
+  before = _files(ds)
+  src = tmp_path / "in"
+  src.mkdir()
+  _npz(src / "rec.npz")
+  argv = ["--source", "npz", "--input", str(src), "--output", str(ds), "--runner", "beam",
+          "--no-progress"]
+  assert cli.main(argv) != 0
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and "other inputs/settings" in err
+  assert "source 'synthetic' -> 'npz'" in err and str(ds) in err
+  assert _files(ds) == before
+  report = cli.run([*argv, "--overwrite"])
+  assert report["runner"] == "beam" and report["segments_kept"] == 3
+  manifest = shards.read_manifest(ds)
+  assert manifest["source"] == "npz" and manifest["request"]["source"] == "npz"
+  assert {p.name for p in ds.glob("*.array_record")} == {
+      n for e in manifest["splits"].values() for n in e["shards"]}
+  _no_leftovers(ds)
+  # the same request again is no other dataset: it runs (the local runner accepts it too)
+  assert cli.run(argv)["segments_kept"] == 3
+  assert cli.run([*argv, "--runner", "local"])["segments_kept"] == 3
+
+
+def test_remote_request_rules_match_the_local_ones(tmp_path):
+  """check_request through the storage: an unfinished run's or a dataset's request."""
+  bucket = FakeBucket(tmp_path / "gcs")
+  request = prep.dataset_request("synthetic", None, {"num_subjects": 6},
+                                 pp.PreprocessConfig(), seed=1, test_frac=0.05, val_frac=0.05,
+                                 records_per_shard=4)
+  beam_lib.check_request(bucket, "gs://b/new", request)          # absent: fine
+  work = tmp_path / "gcs" / "b" / "ds" / prep.WORK
+  work.mkdir(parents=True)
+  (work / prep.REQUEST).write_text(json.dumps({**request, "records_per_shard": 8}))
+  with pytest.raises(prep.PrepareError, match=r"unfinished run made from other inputs/settings "
+                                              r"\(records_per_shard 8 -> 4\)"):
+    beam_lib.check_request(bucket, "gs://b/ds", request)
+  beam_lib.check_request(bucket, "gs://b/ds", request, overwrite=True)
+  beam_lib.check_request(bucket, "gs://b/ds", {**request, "records_per_shard": 8})
+  # a manifest is the dataset's word, before any request.json
+  (work.parent / shards.MANIFEST).write_text(json.dumps(
+      {"schema_version": 99, "request": {**request, "split": {**request["split"], "seed": 2}}}))
+  with pytest.raises(prep.PrepareError, match=r"holds a dataset .*split.seed 2 -> 1"):
+    beam_lib.check_request(bucket, "gs://b/ds", request)
+  with pytest.raises(prep.PrepareError, match="another schema"):
+    beam_lib.check_output(bucket, "gs://b/ds")
+  beam_lib.check_output(bucket, "gs://b/ds", overwrite=True)    # --overwrite: replaced
+
+
+def test_beam_nothing_kept_is_the_local_error_and_writes_nothing(tmp_path):
+  pytest.importorskip("apache_beam")
+  src = tmp_path / "in"
+  src.mkdir()
+  (src / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+  np.savez(src / "nofs.npz", ecg=np.zeros(4000), ppg=np.zeros(4000))
+  errors = {}
+  for runner in ("local", "beam"):
+    out = tmp_path / runner
+    with pytest.raises(prep.PrepareError) as e:
+      prep.prepare_dataset("npz", src, out, runner=runner, progress=False, log=None)
+    errors[runner] = str(e.value).replace(str(out), "OUT")
+  assert errors["beam"] == errors["local"] and "\n" not in errors["beam"]
+  assert errors["beam"].startswith("nothing kept from 2 input(s) (2 skipped), no dataset "
+                                   "written to OUT: ")
+  assert not (tmp_path / "beam").exists()                       # a new output is not created
+  # an existing dataset whose inputs became unusable is left whole, its manifest included
+  good = tmp_path / "good"
+  good.mkdir()
+  _npz(good / "rec.npz")
+  ds = tmp_path / "ds"
+  prep.prepare_dataset("npz", good, ds, runner="beam", log=None)
+  before = _files(ds)
+  (good / "rec.npz").write_bytes(b"PK\x03\x04 not really a zip")
+  with pytest.raises(prep.PrepareError, match=r"^nothing kept from 1 input\(s\)"):
+    prep.prepare_dataset("npz", good, ds, runner="beam", log=None)
+  assert _files(ds) == before
+  _no_leftovers(ds)
+
+
+def test_verify_passes_a_beam_written_dataset(tmp_path, capsys):
+  pytest.importorskip("apache_beam")
+  out = tmp_path / "beam"
+  prep.prepare_dataset("synthetic", None, out, runner="beam", seed=5, source_options=SYNTHETIC,
+                       records_per_shard=4, log=None)
+  capsys.readouterr()
+  result = cli.run(["--verify", str(out)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [l.split(":")[0] for l in lines] == ["manifest", *shards.SPLITS]
+  assert all(": ok" in l for l in lines) and "matches its digest" in lines[1]
+  assert all(v.ok and v.digests for v in result["verdicts"] if v.part != "manifest")

@@ -13,10 +13,17 @@ byte, the same index rows, manifest and report counts):
     -> the subject split (split_subjects over every subject seen) and, per unit and split, the
        position of its first record in the split: records are ordered by (unit, record) as in
        the local runner, so a record's shard is position // records_per_shard
+    -> once something is known to be kept: the old manifest removed (until the new one is
+       written the directory is visibly incomplete)
     -> one write per (split, shard) group: sorted by position, written locally with
        shards.write_split and moved (or uploaded) into place
-    -> one finalizing step: the split indexes (shard order), stale shards removed, the manifest
-       written last, then the report.
+    -> one finalizing step: the split indexes (shard order, digests included), stale shards
+       removed, the manifest (with the request) written last, then the report.
+
+The output is checked as the local runner checks it (`check_output`, `check_request`: a
+dataset or unfinished run of another request is refused unless `overwrite`), through the
+storage. A run that keeps no segment writes no shard, index or manifest: the finalizing step
+leaves the one-line reason in .work/ and the driver raises it as a PrepareError.
 
 The whole split must be known before any record can be placed (a subject's split depends on
 every subject), so the processed records are held by the runner between the two halves; on
@@ -51,6 +58,7 @@ from xmae_jax.data import shards
 
 INSTALL_HINT = "pip install xmae-jax[beam]"
 RUN_MARKER = "beam-run"      # DIR/.work/beam-run while a run is under way
+NOTHING_KEPT = "beam-nothing-kept"   # DIR/.work/...: the error of a run that kept nothing
 
 
 def require_beam():
@@ -98,6 +106,9 @@ class Storage:
     """Names directly inside the folder `path` (a folder's name once); [] if there is none."""
     raise NotImplementedError
 
+  def prune(self, path: str) -> None:
+    """Removes the folder `path` if it is empty (object stores have no empty folders)."""
+
   @contextlib.contextmanager
   def staging(self, out: str) -> Iterator[Path]:
     """A private local folder for files on their way to `out`; removed afterwards."""
@@ -140,6 +151,10 @@ class LocalStorage(Storage):
 
   def listdir(self, path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+  def prune(self, path):
+    with contextlib.suppress(OSError):      # absent or not empty: kept
+      os.rmdir(path)
 
   @contextlib.contextmanager
   def staging(self, out):
@@ -193,20 +208,37 @@ def storage_for(output: str) -> Storage:
   return BeamStorage() if "://" in str(output) else LocalStorage()
 
 
-def check_output(storage: Storage, out: str) -> None:
+def check_output(storage: Storage, out: str, *, overwrite: bool = False) -> None:
   """The local runner's output rules (prepare.check_output), through `storage`."""
   storage.check_available(out)
   if not storage.remote:
-    prep.check_output(Path(out))
+    prep.check_output(Path(out), overwrite=overwrite)
     return
   manifest = storage.join(out, shards.MANIFEST)
   if storage.exists(manifest):
-    prep.check_manifest_schema(storage.read_bytes(manifest), out)
+    if not overwrite:
+      prep.check_manifest_schema(storage.read_bytes(manifest), out)
     return
   names = storage.listdir(out)
   if names and prep.WORK not in names:
     raise prep.PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
                             f"directory (no {shards.MANIFEST}); choose another --output")
+
+
+def check_request(storage: Storage, out: str, request: dict[str, Any], *,
+                  overwrite: bool = False) -> None:
+  """prepare.check_request through `storage`: the same stored request, the same comparison."""
+  if overwrite:
+    return
+  manifest = storage.join(out, shards.MANIFEST)
+  pending = storage.join(storage.join(out, prep.WORK), prep.REQUEST)
+  try:
+    if storage.exists(manifest):
+      prep.compare_request(out, request, manifest=storage.read_bytes(manifest))
+    elif storage.exists(pending):
+      prep.compare_request(out, request, pending=storage.read_bytes(pending))
+  except OSError:
+    return                                         # unreadable: the schema check said enough
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +287,23 @@ def _place(indexed_result, plan, *, records_per_shard):
     yield (split, pos // records_per_shard), (pos, data)
 
 
+def _kept(plan) -> bool:
+  return any(plan["totals"].values())
+
+
+def _begin(plan, *, out, storage):
+  """Before the first shard is written: the old manifest goes, unless nothing is kept (then
+  nothing is written and the old dataset stays whole)."""
+  if _kept(plan):
+    storage.delete(storage.join(out, shards.MANIFEST))
+  return plan
+
+
 def _shard_keys(plan):
-  """Every (split, shard) once, so that an empty split still gets its one empty shard."""
+  """Every (split, shard) once, so that an empty split still gets its one empty shard; none
+  when nothing is kept."""
+  if not _kept(plan):
+    return
   for split, n in plan["num_shards"].items():
     for k in range(n):
       yield (split, k), None
@@ -273,7 +320,7 @@ def _write_shard(keyed, plan, *, out, storage, records_per_shard) -> dict[str, A
     entry = shards.write_split(tmp, split, (data for _, data in records),
                                records_per_shard=max(1, len(records)))
     with np.load(tmp / f"{split}-index.npz", allow_pickle=False) as z:
-      index = {f: z[f] for f in shards.INDEX_FIELDS}
+      index = {f: z[f] for f in shards.INDEX_COLUMNS}
     storage.put(str(tmp / entry["shards"][0]), storage.join(out, name))
   return {"split": split, "shard": k, "name": name, "records": len(records),
           "subject_ids": entry["subject_ids"], "index": index}
@@ -283,7 +330,7 @@ def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], li
   """One split's index from its shards' (in shard order); subjects renumbered split-wide."""
   subjects = sorted({s for p in parts for s in p["subject_ids"]})
   rank = {s: i for i, s in enumerate(subjects)}
-  index = {f: np.concatenate([p["index"][f] for p in parts]) for f in shards.INDEX_FIELDS}
+  index = {f: np.concatenate([p["index"][f] for p in parts]) for f in shards.INDEX_COLUMNS}
   index["subject"] = np.concatenate([
       np.array([rank[s] for s in p["subject_ids"]], np.int32)[p["index"]["subject"]]
       for p in parts]).astype(np.int32)
@@ -291,7 +338,13 @@ def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], li
 
 
 def _finalize(written, summaries, *, out, storage, source, input, units, options, config, seed,
-              test_frac, val_frac, started) -> None:
+              test_frac, val_frac, request, started) -> None:
+  summaries = sorted(summaries, key=lambda s: s["index"])
+  work = storage.join(out, prep.WORK)
+  if not any(s["stats"].get("segments_kept", 0) for s in summaries):
+    message = prep.nothing_kept(prep.build_report(source, input, summaries, {}), out)
+    storage.write_bytes(storage.join(work, NOTHING_KEPT), message.encode())
+    return
   by_split = {s: sorted((w for w in written if w["split"] == s), key=lambda w: w["shard"])
               for s in shards.SPLITS}
   entries = {}
@@ -309,15 +362,16 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
       if name.endswith(".array_record") and name not in keep:
         storage.delete(storage.join(out, name))
     prep.write_manifest(tmp, entries, source=source, input=input, units=units, options=options,
-                        config=config, seed=seed, test_frac=test_frac, val_frac=val_frac)
+                        config=config, seed=seed, test_frac=test_frac, val_frac=val_frac,
+                        request=request)
     storage.put(str(tmp / shards.MANIFEST), storage.join(out, shards.MANIFEST))
-    report = prep.build_report(source, input, sorted(summaries, key=lambda s: s["index"]),
-                               entries)
+    report = prep.build_report(source, input, summaries, entries)
     report["resumed_units"] = 0
     prep.write_report(tmp, report, started, runner="beam")
     for name in (prep.REPORT_JSON, prep.REPORT_MD):
       storage.put(str(tmp / name), storage.join(out, name))
-  storage.delete(storage.join(storage.join(out, prep.WORK), RUN_MARKER))
+  storage.delete(storage.join(work, prep.REQUEST))    # the manifest holds it now
+  storage.delete(storage.join(work, RUN_MARKER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,12 +381,15 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
                          val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
                          source_options: dict[str, Any] | None = None,
                          records_per_shard: int = 4096, beam_options: str | None = None,
-                         storage: Storage | None = None, log=print) -> dict[str, Any]:
+                         storage: Storage | None = None, overwrite: bool = False,
+                         log=print) -> dict[str, Any]:
   """`prepare.prepare_dataset` as a Beam pipeline; returns the report it wrote.
 
   `beam_options` is a command-line string of Beam pipeline options (`--runner=...`, ...);
   without one the pipeline runs in this process on Beam's DirectRunner. `storage` replaces
-  the file system chosen from `output` (tests use a fake one).
+  the file system chosen from `output` (tests use a fake one). An output holding a dataset
+  (or an unfinished run) of another request is refused unless `overwrite`; a run that keeps
+  no segment raises PrepareError and leaves the output as it was.
   """
   beam = require_beam()
   from apache_beam.options.pipeline_options import PipelineOptions
@@ -342,16 +399,25 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   storage = storage or storage_for(out)
   units, options = prep.list_units(source, input, seed=seed, test_frac=test_frac,
                                    val_frac=val_frac, source_options=source_options,
-                                   check=lambda: check_output(storage, out))
+                                   check=lambda: check_output(storage, out,
+                                                              overwrite=overwrite))
+  request = prep.dataset_request(source, input, options, config, seed=seed,
+                                 test_frac=test_frac, val_frac=val_frac,
+                                 records_per_shard=records_per_shard)
+  check_request(storage, out, request, overwrite=overwrite)
   try:
     pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(beam_options or "")))
   except ValueError as e:      # an unknown Beam runner, a malformed option
     raise prep.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") \
         from None
-  # Mark the output as ours before anything else is written, and make it visibly incomplete
-  # until the new manifest is written.
-  storage.write_bytes(storage.join(storage.join(out, prep.WORK), RUN_MARKER), b"")
-  storage.delete(storage.join(out, shards.MANIFEST))
+  # Mark the output as ours (and with what it is asked to become, as the local runner does)
+  # before anything else is written.
+  existed = storage.exists(out)
+  work = storage.join(out, prep.WORK)
+  storage.write_bytes(storage.join(work, RUN_MARKER), b"")
+  storage.write_bytes(storage.join(work, prep.REQUEST),
+                      json.dumps(request, indent=1, sort_keys=True).encode())
+  storage.delete(storage.join(work, NOTHING_KEPT))
   rps = records_per_shard
   side = beam.pvalue.AsSingleton
   with pipeline as p:
@@ -362,17 +428,27 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
                  | "AllSummaries" >> beam.combiners.ToList())
     plan = summaries | "Plan" >> beam.Map(_plan, seed=seed, test_frac=test_frac,
                                           val_frac=val_frac, records_per_shard=rps)
+    begun = plan | "Begin" >> beam.Map(_begin, out=out, storage=storage)
     placed = results | "Place" >> beam.FlatMap(_place, side(plan), records_per_shard=rps)
     keys = plan | "ShardKeys" >> beam.FlatMap(_shard_keys)
     written = ((placed, keys) | "Together" >> beam.Flatten()
                | "ByShard" >> beam.GroupByKey()
-               | "WriteShard" >> beam.Map(_write_shard, side(plan), out=out, storage=storage,
+               | "WriteShard" >> beam.Map(_write_shard, side(begun), out=out, storage=storage,
                                           records_per_shard=rps))
     _ = (written | "AllShards" >> beam.combiners.ToList()
          | "Finalize" >> beam.Map(_finalize, side(summaries), out=out, storage=storage,
                                   source=source, input=input, units=units, options=options,
                                   config=config, seed=seed, test_frac=test_frac,
-                                  val_frac=val_frac, started=started))
+                                  val_frac=val_frac, request=request, started=started))
+  nothing = storage.join(work, NOTHING_KEPT)
+  if storage.exists(nothing):       # a run that made nothing holds nothing back
+    message = storage.read_bytes(nothing).decode()
+    for name in (NOTHING_KEPT, prep.REQUEST, RUN_MARKER):
+      storage.delete(storage.join(work, name))
+    storage.prune(work)
+    if not existed:
+      storage.prune(out)
+    raise prep.PrepareError(message)
   report = json.loads(storage.read_bytes(storage.join(out, prep.REPORT_JSON)))
   for key in ("records_per_split", "subjects_per_split"):     # split order, as the local runner
     report[key] = {s: report[key][s] for s in shards.SPLITS}

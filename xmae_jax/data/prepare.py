@@ -629,23 +629,39 @@ def check_request(out: Path, request: dict[str, Any], *, overwrite: bool = False
   """Refuses to replace a dataset (or an unfinished run) of `out` made from another request.
 
   The dataset's request is in its manifest (or, for an unfinished run, in .work/request.json);
-  a manifest written before requests were recorded is compared on what it has (source, its
-  options, preprocessing, split).
+  `compare_request` decides, so that the Beam runner, reading through its storage, decides alike.
   """
   if overwrite or not out.is_dir():
     return
-  old = None
   manifest, pending = out / shards.MANIFEST, out / WORK / REQUEST
   try:
     if manifest.is_file():
-      m = json.loads(manifest.read_text())
+      compare_request(out, request, manifest=manifest.read_bytes())
+    elif pending.is_file():
+      compare_request(out, request, pending=pending.read_bytes())
+  except OSError:
+    return                                         # unreadable: the schema check said enough
+
+
+def compare_request(out, request: dict[str, Any], *, manifest: bytes | None = None,
+                    pending: bytes | None = None) -> None:
+  """Raises `check_request`'s refusal when the stored request differs from `request`.
+
+  `manifest` is the bytes of an existing dataset's manifest, else `pending` those of an
+  unfinished run's .work/request.json. A manifest written before requests were recorded is
+  compared on what it has (source, its options, preprocessing, split). Pure: no I/O.
+  """
+  old = None
+  try:
+    if manifest is not None:
+      m = json.loads(manifest)
       old = m.get("request") or {k: m[k] for k in ("source", "source_options", "preprocessing")
                                  if k in m}
       if "request" not in m and isinstance(m.get("split"), dict):
         old["split"] = {k: m["split"].get(k) for k in ("seed", "test_frac", "val_frac")}
-    elif pending.is_file():
-      old = json.loads(pending.read_text())
-  except (OSError, ValueError, AttributeError):
+    elif pending is not None:
+      old = json.loads(pending)
+  except (ValueError, AttributeError):
     old = None                                     # unreadable: the schema check said enough
   if not isinstance(old, dict):
     return
@@ -661,7 +677,7 @@ def check_request(out: Path, request: dict[str, Any], *, overwrite: bool = False
     else:
       diffs.append(f"{k} {old[k]!r} -> {new!r}")
   if diffs:
-    what = "a dataset" if manifest.is_file() else "an unfinished run"
+    what = "a dataset" if manifest is not None else "an unfinished run"
     raise PrepareError(f"output {out} holds {what} made from other inputs/settings "
                        f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}): give "
                        f"--overwrite to replace it, or choose another --output")

@@ -40,6 +40,7 @@ INDEX_FIELDS = (*(f"{col}_{m}" for col in ("quality", "has") for m in record_lib
                 "subject")
 DIGEST = "digest"           # the optional index column of per-record digests
 DIGEST_SIZE = 16
+INDEX_COLUMNS = (*INDEX_FIELDS, DIGEST)   # every column a split index is written with, in order
 
 
 class DatasetError(errors.XmaeError):
@@ -107,7 +108,7 @@ def stage_split(out_dir: str | os.PathLike, split: str,
   out = Path(out_dir)
   # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
   tmp_index = out / f".{split}-index.tmp.npz"
-  rows: dict[str, list] = {k: [] for k in (*INDEX_FIELDS, DIGEST)}
+  rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
   sub_idx: dict[str, int] = {}
   tmp_paths, counts, writer = [], [], None
   try:
