@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xmae_jax.benchmarks import common
-from xmae_jax.benchmarks import train as train_bench
+from xmae_jax.benchmarks import bench_common as common
+from xmae_jax.benchmarks import bench_train as train_bench
 
 REPO = Path(__file__).resolve().parents[2]
 

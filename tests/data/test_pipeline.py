@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xmae_jax import config_lib
-from xmae_jax.benchmarks.data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records, write_dataset
 from xmae_jax.data import augment, pipeline, preprocess, record, shards
 from xmae_jax.data import reader as reader_lib
 

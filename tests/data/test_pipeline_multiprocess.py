@@ -12,7 +12,7 @@ import pytest
 
 from mp_util import run_processes
 from xmae_jax import config_lib
-from xmae_jax.benchmarks.data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records, write_dataset
 from xmae_jax.data import pipeline
 from xmae_jax.data import reader as reader_lib
 

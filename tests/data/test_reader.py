@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xmae_jax import config_lib, errors
-from xmae_jax.benchmarks.data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records, write_dataset
 from xmae_jax.data import pipeline, reader, shards
 
 N_TRAIN = 40

@@ -7,11 +7,11 @@ import importlib
 import sys
 
 COMMANDS = {
-    "data": "xmae_jax.benchmarks.data",
-    "prepare": "xmae_jax.benchmarks.prepare",
-    "train": "xmae_jax.benchmarks.train",
-    "reference": "xmae_jax.benchmarks.reference",
-    "scaling": "xmae_jax.benchmarks.scaling",
+    "data": "xmae_jax.benchmarks.bench_data",
+    "prepare": "xmae_jax.benchmarks.bench_prepare",
+    "train": "xmae_jax.benchmarks.bench_train",
+    "reference": "xmae_jax.benchmarks.bench_reference",
+    "scaling": "xmae_jax.benchmarks.bench_scaling",
 }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from xmae_jax import config_lib
 from xmae_jax import errors
-from xmae_jax.benchmarks import common
+from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.data import preprocess
 
 

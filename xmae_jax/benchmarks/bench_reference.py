@@ -16,7 +16,7 @@ paper preset by default), batch size and precision:
     schedule stepped per update; bfloat16 = `torch.autocast("cpu", torch.bfloat16)` around
     forward and loss, as Lightning's "bf16-mixed". Lightning's own per-step bookkeeping (logging,
     hooks) is left out, which can only make the reference faster.
-  * ours: the trainer's compiled step (see `xmae_jax.benchmarks.train`).
+  * ours: the trainer's compiled step (see `xmae_jax.benchmarks.bench_train`).
 
 The two run INTERLEAVED: after warm-up, `--rounds` rounds of `--steps` steps each of the
 reference then ours, so load from other processes on a shared machine hits both alike; each
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xmae_jax.benchmarks import common
-from xmae_jax.benchmarks import train as train_bench
+from xmae_jax.benchmarks import bench_common as common
+from xmae_jax.benchmarks import bench_train as train_bench
 
 REFERENCE_MODEL_FILE = "utils/model_arch/xmae.py"
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmae_jax.benchmarks import common
+from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib

@@ -1,11 +1,11 @@
-"""Train-step scaling over fake CPU devices: `python -m xmae_jax.benchmarks.scaling`.
+"""Train-step scaling over fake CPU devices: `python -m xmae_jax.benchmarks.bench_scaling`.
 
-  python -m xmae_jax.benchmarks.scaling --config configs/xmae.py:tiny --devices 1,2,4,8 \
+  python -m xmae_jax.benchmarks.bench_scaling --config configs/xmae.py:tiny --devices 1,2,4,8 \
       --global-batch 32 --per-device-batch 8 --steps 4 [--markdown]
 
 Each point runs in its own subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N`
 (a process fixes its device count when JAX starts) and times the trainer's compiled step
-(`xmae_jax.benchmarks.train.build_step`) on the mesh the config describes:
+(`xmae_jax.benchmarks.bench_train.build_step`) on the mesh the config describes:
 
   strong  the global batch is fixed (`--global-batch`), split over N devices;
   weak    the batch per device is fixed (`--per-device-batch`), global = N x that;
@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 
-from xmae_jax.benchmarks import common
+from xmae_jax.benchmarks import bench_common as common
 
 PLACEMENTS = ("replicated", "fsdp")
 MODES = ("strong", "weak")
@@ -48,7 +48,7 @@ def mesh_for(config, placement: str):
 def run_point(config_spec: str, batch: int, placement: str, steps: int, warmup: int) -> dict:
   """One point, in this process (its device count is already fixed)."""
   import jax
-  from xmae_jax.benchmarks import train as train_bench
+  from xmae_jax.benchmarks import bench_train as train_bench
   config = mesh_for(train_bench.load_config(config_spec), placement)
   bench = train_bench.build_step(config, batch)
   bench.run(warmup)
@@ -68,7 +68,7 @@ def spawn_point(config_spec: str, devices: int, batch: int, placement: str, step
            if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, "-m", "xmae_jax.benchmarks.scaling", "--point", "--config", config_spec,
+  cmd = [sys.executable, "-m", "xmae_jax.benchmarks.bench_scaling", "--point", "--config", config_spec,
          "--batch", str(batch), "--placement", placement, "--steps", str(steps),
          "--warmup", str(warmup)]
   try:
@@ -121,7 +121,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks.scaling", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks.bench_scaling", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/xmae.py:tiny")
   p.add_argument("--devices", default="1,2,4,8", help="comma-separated fake device counts")
