@@ -16,10 +16,10 @@ import operator
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
-import msgpack
 import numpy as np
 from array_record.python import array_record_module as arm
 
+from xmae_jax.data import mapped
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -51,7 +51,7 @@ def select_records(index: Mapping[str, np.ndarray], modalities: Sequence[str],
 # float16 bit pattern -> float32 value: one `np.take` converts a batch faster than astype.
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 # The first bytes of every record.encode output: a fixmap whose first entry is "v": version.
-_VERSION_PREFIX = msgpack.packb("v") + msgpack.packb(record_lib.SCHEMA_VERSION)
+_VERSION_PREFIX = mapped.VERSION_PREFIX
 
 
 def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
@@ -72,7 +72,7 @@ def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int
   ends = np.fromiter(map(len, raw), np.int64, len(raw))
   out = {}
   for m in modalities:
-    header = msgpack.packb(m) + msgpack.packb(bytes(nbytes))[:-nbytes]
+    header = mapped.waveform_header(m, length)
     block = len(header) + nbytes
     back = block * (1 + has_ecg.astype(np.int64)) if m == "ppg" else np.full(len(raw), block)
     starts = ends - back
@@ -132,6 +132,8 @@ class ShardReader(ShippedToWorkers):
     self._has_ecg = self.index["has_ecg"].astype(bool)   # where ppg sits in a record
     self._lock = threading.Lock()
     self._readers: list[Any] = [None] * len(paths)
+    self._mapped = mapped.MappedShards(paths, self.counts, self._has_ecg, self.segment_length,
+                                       self.read_raw)
     for k in range(len(paths)):   # open (and so validate) every shard now, not mid-training
       self._reader(k)
 
@@ -189,13 +191,20 @@ class ShardReader(ShippedToWorkers):
     return out
 
   def read(self, positions: np.ndarray, modalities: Sequence[str]) -> dict[str, np.ndarray]:
-    """Record positions -> {modality: float32 (n, L)}."""
-    raw = self.read_raw(positions)
-    joined = _waveform_bytes(raw, modalities, self.segment_length,
-                             self._has_ecg[positions])
+    """Record positions -> {modality: float32 (n, L)}.
+
+    Straight from the mapped shards (`mapped.MappedShards`: each shard checked once against
+    array_record first) where every record of the batch allows it, else through array_record.
+    """
+    positions = np.asarray(positions, np.int64)
+    joined = self._mapped.waveforms(positions, modalities)
+    if joined is None:
+      raw = self.read_raw(positions)
+      joined = _waveform_bytes(raw, modalities, self.segment_length,
+                               self._has_ecg[positions])
     if joined is None:   # a record not laid out as record.encode writes it: decode each map
       joined = self._decode_maps(raw, positions, modalities)
-    return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(raw), -1)
+    return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(positions), -1)
             for m in modalities}
 
   def _decode_maps(self, raw: Sequence[bytes], positions: np.ndarray,

@@ -1,0 +1,245 @@
+"""Waveform bytes straight from memory-mapped ArrayRecord shards: the pipeline's fast batch read.
+
+Why not array_record for every batch: its reader decodes one Riegeli chunk per record (with
+`group_size:1` every record is a chunk), checks the chunk's hash and hands Python one `bytes`
+object per record; that per-record work, not the bytes, bounds the pipeline. Here a batch's
+waveforms are copied out of the shard files with one numpy fancy index per shard and modality.
+
+What makes that safe is that every shard is checked once, completely, before the first byte
+is taken from its mapping (`MappedShards._verify`): all its records are read through
+array_record (so Riegeli's chunk hashes are checked, and corruption is reported exactly as
+the array_record path reports it), the record positions computed from the layout below are
+compared byte for byte with what array_record returned, and each record's waveform keys and
+lengths are checked where `record.encode` puts them. A shard in any other layout (compressed,
+grouped, written by another writer) keeps the array_record path; so does a record whose
+waveforms sit elsewhere. The check costs one array_record pass over the shard, once per
+process, instead of one per epoch.
+
+The layout (Riegeli/records format, as written with `shards.WRITER_OPTIONS`): the file is 64 KiB
+blocks, each starting with a 24-byte block header; the bytes between block headers ("logical"
+bytes) are a sequence of chunks, each a 40-byte chunk header and its data; an uncompressed
+simple chunk of one record holds: compression byte 0, varint(len(varint(size))),
+varint(size), the record. Chunks follow each other without gaps in logical bytes (padding is
+only ever needed for chunks with more records than bytes), so record positions are a cumulative
+sum of record sizes from the first record chunk on.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+import threading
+from typing import Any, Callable, Sequence
+
+import msgpack
+import numpy as np
+
+from xmae_jax.data import record as record_lib
+
+BLOCK = 1 << 16          # Riegeli block size
+BLOCK_HEADER = 24        # bytes at the start of every block
+USABLE = BLOCK - BLOCK_HEADER
+CHUNK_HEADER = 40
+_SIMPLE_CHUNK = ord("r")
+_NO_RECORD_CHUNKS = (ord("s"), ord("p"), ord("m"))   # signature, padding, metadata
+# Every record.encode output is a fixmap (one byte) whose first entry is "v": version.
+VERSION_PREFIX = msgpack.packb("v") + msgpack.packb(record_lib.SCHEMA_VERSION)
+
+
+def waveform_header(modality: str, length: int) -> bytes:
+  """The msgpack bytes `record.encode` writes right before a waveform of `length` samples:
+  the key and the bin header of its 2*length bytes."""
+  nbytes = 2 * length
+  return msgpack.packb(modality) + msgpack.packb(bytes(nbytes))[:-nbytes]
+
+
+def waveform_offsets(record_ends: np.ndarray, has_ecg: np.ndarray, modality: str,
+                     length: int) -> np.ndarray:
+  """Where each record's `modality` waveform bytes start, counted back from the record's end.
+
+  `record.encode` writes the waveforms last, ppg before ecg: ecg ends the record, and ppg
+  ends it unless ecg follows (`has_ecg`, from the index).
+  """
+  nbytes = 2 * length
+  back = np.full(len(record_ends), nbytes, np.int64)
+  if modality == "ppg":
+    back += has_ecg.astype(np.int64) * (len(waveform_header("ecg", length)) + nbytes)
+  return record_ends - back
+
+
+def physical(logical: np.ndarray | int):
+  """File offset of the logical byte `logical` (block headers skipped)."""
+  return logical + BLOCK_HEADER * (logical // USABLE + 1)
+
+
+def _varint_len(x: np.ndarray) -> np.ndarray:
+  n = np.ones_like(x)
+  for bits in range(7, 64, 7):
+    n += x >= (1 << bits)
+  return n
+
+
+def _first_record_chunk(data: Any, size: int) -> int | None:
+  """Logical offset of the first record chunk's header (after signature/metadata chunks)."""
+  pos = 0   # physical chunk begin
+  while pos + CHUNK_HEADER < size:
+    first = pos + BLOCK_HEADER if pos % BLOCK == 0 else pos
+    logical = first - BLOCK_HEADER * (first // BLOCK + 1)
+    if first % BLOCK + CHUNK_HEADER > BLOCK:
+      return None   # a header split by a block header this early: not a layout we expect
+    data_size, = struct.unpack_from("<Q", data, first + 8)
+    chunk_type = data[first + 24]
+    num_records = int.from_bytes(data[first + 25:first + 32], "little")
+    if chunk_type == _SIMPLE_CHUNK:
+      return logical
+    if chunk_type not in _NO_RECORD_CHUNKS or num_records:
+      return None
+    end = physical(logical + CHUNK_HEADER + data_size - 1) + 1   # last byte of the chunk, +1
+    pos = end
+  return None
+
+
+class _Layout:
+  """One verified shard: its mapping and every record's logical end and fast-path flags."""
+
+  def __init__(self, file: mmap.mmap, ends: np.ndarray, fast: dict[str, np.ndarray],
+               nbytes: int):
+    self.file = file
+    self.bytes = np.frombuffer(file, np.uint8)
+    self.windows = np.lib.stride_tricks.sliding_window_view(self.bytes, nbytes)
+    self.ends = ends
+    self.fast = fast
+
+
+class MappedShards:
+  """The fast batch read over one split's shards (see the module docstring).
+
+  Args:
+    paths / counts: the split's shard files and their record counts (split-wide record
+      positions number the shards' records one after the other).
+    has_ecg: per split-wide record, whether ecg follows ppg in it (the index column).
+    segment_length: L, samples per waveform.
+    read_raw: split-wide positions -> their serialized records through array_record (with its
+      hash checks and error messages); used by the one checking pass per shard.
+
+  Thread-safe; pickled without its mappings (a worker process maps and checks the shards
+  again, on its first read).
+  """
+
+  def __init__(self, paths: Sequence[str], counts: np.ndarray, has_ecg: np.ndarray,
+               segment_length: int, read_raw: Callable[[np.ndarray], list[bytes]]):
+    self.paths = list(paths)
+    self._counts = np.asarray(counts, np.int64)
+    self._ends = np.cumsum(self._counts)
+    self._starts = self._ends - self._counts
+    self._has_ecg = np.asarray(has_ecg, bool)
+    self._nbytes = 2 * int(segment_length)
+    self._read_raw = read_raw
+    self._lock = threading.Lock()
+    self._layouts: list[_Layout | bool | None] = [None] * len(self.paths)
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    del state["_lock"]
+    state["_layouts"] = [None] * len(self._layouts)
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def _layout(self, k: int) -> _Layout | bool:
+    layout = self._layouts[k]
+    if layout is None:
+      with self._lock:
+        if self._layouts[k] is None:
+          self._layouts[k] = self._verify(k)
+        layout = self._layouts[k]
+    return layout
+
+  def _verify(self, k: int, chunk: int = 4096) -> _Layout | bool:
+    """Maps shard k and checks it against array_record; False keeps it on that path."""
+    count, start = int(self._counts[k]), int(self._starts[k])
+    if count == 0:
+      return False
+    with open(self.paths[k], "rb") as f:
+      file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    first = _first_record_chunk(file, len(file))
+    if first is None:
+      return False
+    data = np.frombuffer(file, np.uint8)
+    starts, ends = np.empty(count, np.int64), np.empty(count, np.int64)
+    chunk_start = first
+    for a in range(0, count, chunk):
+      raw = self._read_raw(np.arange(start + a, start + min(a + chunk, count)))  # hash-checked
+      sizes = np.fromiter(map(len, raw), np.int64, len(raw))
+      prefix = 1 + _varint_len(_varint_len(sizes)) + _varint_len(sizes)
+      chunk_ends = chunk_start + np.cumsum(CHUNK_HEADER + prefix + sizes)
+      record_starts = chunk_ends - sizes
+      if chunk_ends[-1] > len(file) or not _same_bytes(data, raw, record_starts.tolist()):
+        return False
+      starts[a:a + len(raw)], ends[a:a + len(raw)] = record_starts, chunk_ends
+      chunk_start = int(chunk_ends[-1])
+    has_ecg = self._has_ecg[start:start + count]
+    fast = {m: self._in_place(data, starts, ends, has_ecg, m) for m in record_lib.MODALITIES}
+    return _Layout(file, ends, fast, self._nbytes)
+
+  def _in_place(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                has_ecg: np.ndarray, modality: str) -> np.ndarray:
+    """Per record: whether it starts with the schema version and has its `modality` waveform
+    (key, bin header of 2L bytes) where `record.encode` puts it."""
+    length = self._nbytes // 2
+    header = np.frombuffer(waveform_header(modality, length), np.uint8)
+    begin = waveform_offsets(ends, has_ecg, modality, length) - len(header)
+    version = np.frombuffer(VERSION_PREFIX, np.uint8)
+    ok = begin > starts + len(version)
+    begin = np.where(ok, begin, starts)
+    for first, expected in ((begin, header), (starts + 1, version)):
+      ok &= np.all(data[physical(first[:, None] + np.arange(len(expected)))] == expected, axis=1)
+    return ok
+
+  def waveforms(self, positions: np.ndarray, modalities: Sequence[str]
+                ) -> dict[str, np.ndarray] | None:
+    """{modality: uint8 (n, 2L) little-endian float16 bytes}, or None where a record of the
+    batch is not on the fast path (the caller reads it through array_record then)."""
+    shard = np.searchsorted(self._ends, positions, "right")
+    local = positions - self._starts[shard]
+    n, nbytes = len(positions), self._nbytes
+    out = {m: np.empty((n, nbytes), np.uint8) for m in modalities}
+    if n == 0:
+      return out
+    order = np.argsort(shard, kind="stable")
+    sorted_shard = shard[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_shard)) + 1).tolist(), n]
+    has_ecg = self._has_ecg[positions]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+      layout = self._layout(int(sorted_shard[a]))
+      if layout is False:
+        return None
+      rows = order[a:b]
+      loc = local[rows]
+      for m in modalities:
+        if not layout.fast[m][loc].all():
+          return None
+        at = physical(waveform_offsets(layout.ends[loc], has_ecg[rows], m, nbytes // 2))
+        out[m][rows] = layout.windows[at]
+        split = at % BLOCK + nbytes > BLOCK   # a block header interrupts the waveform
+        if split.any():
+          at = at[split, None] + np.arange(nbytes)
+          at += BLOCK_HEADER * (at >= at[:, :1] - at[:, :1] % BLOCK + BLOCK)
+          out[m][rows[split]] = layout.bytes[at]
+    return out
+
+
+def _same_bytes(data: np.ndarray, raw: Sequence[bytes], starts: list[int]) -> bool:
+  """Whether each record of `raw` is the logical bytes at its start in the mapped file."""
+  for rec, start in zip(raw, starts):
+    begin = int(physical(start))
+    end = int(physical(start + len(rec) - 1)) + 1
+    if end - begin == len(rec):
+      if data[begin:end].tobytes() != rec:
+        return False
+    else:   # the record is interrupted by a block header
+      logical = np.arange(start, start + len(rec))
+      if data[physical(logical)].tobytes() != rec:
+        return False
+  return True
