@@ -1,15 +1,16 @@
-"""Input-pipeline benchmark: `python -m xmae_jax.bench data [--data-dir DIR] --batch-size B
---workers N [--steps S]`.
+"""Input-pipeline benchmark: `python -m xmae_jax.bench data [--data-dir DIR] [--batch-size B]
+[--workers 0,1,2] [--read-threads T,...] [--steps S]`.
 
 Measures the training stream exactly as the trainer builds it (`make_train_iterator`: quality
-filter, shuffle, augmentation, normalization, batching; no device transfer) and prints one JSON
-line. Without --data-dir it first writes a dataset of --make-synthetic random-waveform records
-into a temporary directory (waveforms are what matters for speed, not their physiology).
+filter, shuffle, augmentation, normalization, batching; no device transfer; glibc malloc set up
+as xmae-train sets it) and prints one JSON line per worker count and read-thread count, after
+one line with the machine's ceiling (`copy_rate`: a plain copy of a batch's bytes). Without
+--data-dir it first writes a dataset of --make-synthetic random-waveform records into a
+temporary directory (waveforms are what matters for speed, not their physiology).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import tempfile
@@ -18,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xmae_jax.benchmarks import common
 from xmae_jax.data import preprocess
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -71,9 +73,15 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
   cfg = config_lib.data_config("paper")
   cfg.dir = str(data_dir)
   cfg.num_workers = workers
+  if read_threads is not None:
+    cfg.read_threads = read_threads
+  start = time.perf_counter()
   it = pipeline.make_train_iterator(cfg, global_batch_size=batch_size, seed=seed,
-                                    process_index=0, process_count=1, read_threads=read_threads)
+                                    process_index=0, process_count=1)
   try:
+    next(it)
+    # The first batch also opens the shards and checks each one once (data/mapped.py).
+    first_batch_s = time.perf_counter() - start
     for _ in range(warmup):
       next(it)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -86,6 +94,7 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
     pipeline.close(it)
   return {"benchmark": "data", "segments_per_s": round(rows / elapsed, 1),
           "batches_per_s": round(steps / elapsed, 2), "workers": workers,
+          "read_threads": cfg.read_threads,
           # Segments per CPU-second of this process, threads included (only without worker
           # processes, whose CPU is not counted): on a shared machine it moves less with
           # other load than the wall-clock rate.
@@ -93,8 +102,38 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
           # With workers: what the main process spends to receive the batches, the ceiling
           # that worker scaling runs into.
           "main_process_segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 else None,
-          "batch_size": batch_size, "steps": steps, "read_threads": read_threads,
+          "first_batch_s": round(first_batch_s, 3),
+          "batch_size": batch_size, "steps": steps,
           "records_used": pipeline.count_records(cfg), "cpu_count": os.cpu_count()}
+
+
+def copy_rate(batch_size: int, repeats: int = 50) -> dict:
+  """The physical ceiling: segments/s of a plain numpy copy of a batch's output bytes.
+
+  A batch is ppg + ecg float32 (B, L); the pipeline writes at least that much (and reads the
+  float16 half of it), so no pipeline on this machine produces batches faster than this copy.
+  """
+  src = np.random.default_rng(0).standard_normal((2, batch_size, SEGMENT_LENGTH), np.float32)
+  dst = np.empty_like(src)
+  np.copyto(dst, src)
+  start, cpu_start = time.perf_counter(), time.process_time()
+  for _ in range(repeats):
+    np.copyto(dst, src)
+  elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  rows = repeats * batch_size
+  return {"benchmark": "data_copy", "segments_per_s": round(rows / elapsed, 1),
+          "segments_per_cpu_s": round(rows / cpu, 1) if cpu > 0 else None,
+          "bytes_per_batch": int(src.nbytes), "batch_size": batch_size}
+
+
+def _counts(text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+  if not values or min(values) < 0:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected integers >= 0")
+  return values
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -103,24 +142,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--make-synthetic", type=int, default=20000,
                  help="records of the random dataset written when --data-dir is not given")
   p.add_argument("--batch-size", type=int, default=512)
-  p.add_argument("--workers", type=int, default=0)
+  p.add_argument("--workers", type=_counts, default=[0, 1, 2],
+                 help="Grain worker processes; a comma-separated list measures each")
   p.add_argument("--steps", type=int, default=100)
-  p.add_argument("--read-threads", type=int, default=None,
-                 help="in-process read threads (default: the pipeline's)")
+  p.add_argument("--read-threads", type=_counts, default=None,
+                 help="in-process read threads; a comma-separated list measures each "
+                      "(default: the config's data.read_threads)")
+  common.add_host_memory_flag(p)
   return p.parse_args(argv)
 
 
 def main(argv: Sequence[str]) -> None:
   args = parse_args(argv)
+  common.apply_host_memory_flag(args)   # as xmae-train does
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():   # Grain's worker processes read absl flags
     flags.FLAGS.mark_as_parsed()
+  common.emit(copy_rate(args.batch_size))
   with tempfile.TemporaryDirectory(prefix="xmae_bench_data_") as tmp:
     data_dir = args.data_dir
     if not data_dir:
       data_dir = tmp
       write_dataset(data_dir, {"train": random_records(args.make_synthetic,
                                                        quality_range=(0.85, 1.0))})
-    result = measure(data_dir, batch_size=args.batch_size, workers=args.workers,
-                     steps=args.steps, read_threads=args.read_threads)
-  print(json.dumps(result), flush=True)
+    for workers in args.workers:
+      for threads in args.read_threads or [None]:
+        common.emit(measure(data_dir, batch_size=args.batch_size, workers=workers,
+                            steps=args.steps, read_threads=threads))

@@ -25,7 +25,9 @@ sum of record sizes from the first record chunk on.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import mmap
+import os
 import struct
 import threading
 from typing import Any, Callable, Sequence
@@ -98,16 +100,13 @@ def _first_record_chunk(data: Any, size: int) -> int | None:
   return None
 
 
-class _Layout:
-  """One verified shard: its mapping and every record's logical end and fast-path flags."""
+class _Mapping:
+  """One checked shard's file, mapped, with a window view that gathers waveforms in one index."""
 
-  def __init__(self, file: mmap.mmap, ends: np.ndarray, fast: dict[str, np.ndarray],
-               nbytes: int):
+  def __init__(self, file: mmap.mmap, nbytes: int):
     self.file = file
     self.bytes = np.frombuffer(file, np.uint8)
     self.windows = np.lib.stride_tricks.sliding_window_view(self.bytes, nbytes)
-    self.ends = ends
-    self.fast = fast
 
 
 class MappedShards:
@@ -121,8 +120,10 @@ class MappedShards:
     read_raw: split-wide positions -> their serialized records through array_record (with its
       hash checks and error messages); used by the one checking pass per shard.
 
-  Thread-safe; pickled without its mappings (a worker process maps and checks the shards
-  again, on its first read).
+  Per record it keeps where the record ends in its shard's logical bytes and, per modality,
+  whether the waveform is where `record.encode` puts it (both filled by the check).
+  Thread-safe; pickled without its mappings and checks (a worker process maps and checks the
+  shards again, on its first read).
   """
 
   def __init__(self, paths: Sequence[str], counts: np.ndarray, has_ecg: np.ndarray,
@@ -134,29 +135,52 @@ class MappedShards:
     self._has_ecg = np.asarray(has_ecg, bool)
     self._nbytes = 2 * int(segment_length)
     self._read_raw = read_raw
-    self._lock = threading.Lock()
-    self._layouts: list[_Layout | bool | None] = [None] * len(self.paths)
+    self._reset()
+
+  def _reset(self) -> None:
+    self._locks = [threading.Lock() for _ in self.paths]   # one check per shard
+    self._local = threading.local()   # per-thread scratch buffers
+    total = int(self._ends[-1]) if len(self._ends) else 0
+    self._mappings: list[_Mapping | bool | None] = [None] * len(self.paths)   # None: unchecked
+    self._record_ends = np.zeros(total, np.int64)
+    self._fast = {m: np.zeros(total, bool) for m in record_lib.MODALITIES}
 
   def __getstate__(self):
     state = self.__dict__.copy()
-    del state["_lock"]
-    state["_layouts"] = [None] * len(self._layouts)
+    for name in ("_locks", "_local", "_mappings", "_record_ends", "_fast"):
+      del state[name]
     return state
 
   def __setstate__(self, state):
     self.__dict__.update(state)
-    self._lock = threading.Lock()
+    self._reset()
 
-  def _layout(self, k: int) -> _Layout | bool:
-    layout = self._layouts[k]
-    if layout is None:
-      with self._lock:
-        if self._layouts[k] is None:
-          self._layouts[k] = self._verify(k)
-        layout = self._layouts[k]
-    return layout
+  def _scratch(self, n: int, modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    buffers = getattr(self._local, "buffers", None)
+    if buffers is None or len(next(iter(buffers.values()))) < n:
+      buffers = {m: np.empty((n, self._nbytes), np.uint8) for m in record_lib.MODALITIES}
+      self._local.buffers = buffers
+    return {m: buffers[m][:n] for m in modalities}
 
-  def _verify(self, k: int, chunk: int = 4096) -> _Layout | bool:
+  def _mapping(self, k: int) -> _Mapping | bool:
+    mapping = self._mappings[k]
+    if mapping is None:
+      with self._locks[k]:
+        if self._mappings[k] is None:
+          self._mappings[k] = self._verify(k)
+        mapping = self._mappings[k]
+    return mapping
+
+  def _mappings_of(self, shards: list[int]) -> dict[int, _Mapping | bool]:
+    """The shards' mappings; shards not checked yet are checked in parallel (array_record
+    reads release the GIL), which is what the first batch of a run waits for."""
+    unchecked = [k for k in shards if self._mappings[k] is None]
+    if len(unchecked) > 1:
+      with concurrent.futures.ThreadPoolExecutor(min(len(unchecked), os.cpu_count() or 1)) as ex:
+        list(ex.map(self._mapping, unchecked))
+    return {k: self._mapping(k) for k in shards}
+
+  def _verify(self, k: int, chunk: int = 4096) -> _Mapping | bool:
     """Maps shard k and checks it against array_record; False keeps it on that path."""
     count, start = int(self._counts[k]), int(self._starts[k])
     if count == 0:
@@ -180,8 +204,10 @@ class MappedShards:
       starts[a:a + len(raw)], ends[a:a + len(raw)] = record_starts, chunk_ends
       chunk_start = int(chunk_ends[-1])
     has_ecg = self._has_ecg[start:start + count]
-    fast = {m: self._in_place(data, starts, ends, has_ecg, m) for m in record_lib.MODALITIES}
-    return _Layout(file, ends, fast, self._nbytes)
+    for m in record_lib.MODALITIES:
+      self._fast[m][start:start + count] = self._in_place(data, starts, ends, has_ecg, m)
+    self._record_ends[start:start + count] = ends
+    return _Mapping(file, self._nbytes)
 
   def _in_place(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                 has_ecg: np.ndarray, modality: str) -> np.ndarray:
@@ -200,33 +226,35 @@ class MappedShards:
   def waveforms(self, positions: np.ndarray, modalities: Sequence[str]
                 ) -> dict[str, np.ndarray] | None:
     """{modality: uint8 (n, 2L) little-endian float16 bytes}, or None where a record of the
-    batch is not on the fast path (the caller reads it through array_record then)."""
-    shard = np.searchsorted(self._ends, positions, "right")
-    local = positions - self._starts[shard]
+    batch is not on the fast path (the caller reads it through array_record then).
+
+    The arrays are this thread's scratch buffers, valid until its next call: converting them
+    is the caller's next step, and reusing them saves faulting in fresh pages every batch.
+    """
     n, nbytes = len(positions), self._nbytes
-    out = {m: np.empty((n, nbytes), np.uint8) for m in modalities}
-    if n == 0:
-      return out
-    order = np.argsort(shard, kind="stable")
-    sorted_shard = shard[order]
-    bounds = [0, *(np.flatnonzero(np.diff(sorted_shard)) + 1).tolist(), n]
-    has_ecg = self._has_ecg[positions]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-      layout = self._layout(int(sorted_shard[a]))
-      if layout is False:
-        return None
-      rows = order[a:b]
-      loc = local[rows]
+    shard = np.searchsorted(self._ends, positions, "right")
+    touched = np.unique(shard).tolist()
+    mappings = self._mappings_of(touched)
+    if not all(mappings.values()) or not all(self._fast[m][positions].all() for m in modalities):
+      return None
+    ends, has_ecg = self._record_ends[positions], self._has_ecg[positions]
+    at = {m: physical(waveform_offsets(ends, has_ecg, m, nbytes // 2)) for m in modalities}
+    out = self._scratch(n, modalities)
+    if len(touched) == 1:
+      groups = [(touched[0], slice(None))]
+    else:
+      order = np.argsort(shard, kind="stable")
+      bounds = np.searchsorted(shard[order], touched + [len(self._ends)]).tolist()
+      groups = [(k, order[a:b]) for k, a, b in zip(touched, bounds[:-1], bounds[1:])]
+    for k, rows in groups:   # one gather per shard and modality
       for m in modalities:
-        if not layout.fast[m][loc].all():
-          return None
-        at = physical(waveform_offsets(layout.ends[loc], has_ecg[rows], m, nbytes // 2))
-        out[m][rows] = layout.windows[at]
-        split = at % BLOCK + nbytes > BLOCK   # a block header interrupts the waveform
-        if split.any():
-          at = at[split, None] + np.arange(nbytes)
-          at += BLOCK_HEADER * (at >= at[:, :1] - at[:, :1] % BLOCK + BLOCK)
-          out[m][rows[split]] = layout.bytes[at]
+        out[m][rows] = mappings[k].windows[at[m][rows]]
+    for m in modalities:   # rows a block header interrupts (a few percent): the two pieces
+      split = np.flatnonzero(at[m] % BLOCK + nbytes > BLOCK)
+      for row, k, start in zip(split.tolist(), shard[split].tolist(), at[m][split].tolist()):
+        cut, data = BLOCK - start % BLOCK, mappings[k].bytes
+        out[m][row, :cut] = data[start:start + cut]
+        out[m][row, cut:] = data[start + cut + BLOCK_HEADER:start + nbytes + BLOCK_HEADER]
     return out
 
 

@@ -241,8 +241,9 @@ def _iterate(ds: grain.MapDataset, data_cfg, num_workers: int | None,
     raise errors.XmaeError(f"num_workers={workers} must be >= 0")
   threads = int(data_cfg.get("read_threads", 1) if read_threads is None else read_threads)
   buffer = int(data_cfg.get("prefetch", 2) if prefetch is None else prefetch)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                               prefetch_buffer_size=buffer if threads else 0))
+  # Each read thread works on its own batch, so the buffer holds at least one per thread.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=max(buffer, threads) if threads else 0))
   if workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                            per_worker_buffer_size=buffer))
