@@ -136,6 +136,7 @@ class MappedShards:
     self._nbytes = 2 * int(segment_length)
     self._read_raw = read_raw
     self._reset()
+    _allow_open_files(3 * len(self.paths) + 256)
 
   def _reset(self) -> None:
     self._locks = [threading.Lock() for _ in self.paths]   # one check per shard
@@ -185,8 +186,12 @@ class MappedShards:
     count, start = int(self._counts[k]), int(self._starts[k])
     if count == 0:
       return False
-    with open(self.paths[k], "rb") as f:
-      file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+      with open(self.paths[k], "rb") as f:
+        # The mapping keeps a file descriptor of its own (next to array_record's reader).
+        file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError:   # e.g. out of file descriptors: this shard keeps the array_record path
+      return False
     first = _first_record_chunk(file, len(file))
     if first is None:
       return False
@@ -256,6 +261,19 @@ class MappedShards:
         out[m][row, :cut] = data[start:start + cut]
         out[m][row, cut:] = data[start + cut + BLOCK_HEADER:start + nbytes + BLOCK_HEADER]
     return out
+
+
+def _allow_open_files(count: int) -> None:
+  """Raises the soft limit on open files towards `count` (within the hard limit): every shard
+  holds two descriptors, its array_record reader's and its mapping's."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count:
+      new = count if hard == resource.RLIM_INFINITY else min(count, hard)
+      resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+  except (ImportError, ValueError, OSError):   # not POSIX, or not allowed: mapping may fall back
+    pass
 
 
 def _same_bytes(data: np.ndarray, raw: Sequence[bytes], starts: list[int]) -> bool:

@@ -12,8 +12,11 @@ be avoided) and for topology independence:
   per-process rows   -> process p takes rows [p*b, (p+1)*b) of every global batch (b = B / P),
                         or the rows its devices hold on the mesh (`rows=` from
                         `training.sharding.host_rows`)
-  batch read         -> one ArrayRecord `read(positions)` per shard for all rows of the batch
-  vectorized decode  -> float16 bytes of all records joined, one `np.frombuffer`
+  batch read         -> the rows' float16 waveform bytes, gathered from the memory-mapped
+                        shards with one numpy index per shard and modality (`mapped.py`;
+                        each shard is checked once against array_record, which also reads
+                        shards and records in any other layout)
+  vectorized decode  -> one `np.take` per modality: float16 bits -> float32
   augmentation       -> `augment.augment`, keyed by (seed, global stream position) (train only)
   normalization      -> per-segment min-max to [-1, 1]
 

@@ -1,7 +1,8 @@
 """The byte-level shard reader: record positions of one split -> float32 waveform batches.
 
-`ShardReader` reads a batch with one ArrayRecord call per shard and decodes all its waveforms
-with one `np.frombuffer`. That fast path depends on the byte layout `record.encode` writes
+`ShardReader` reads a batch's waveform bytes straight from the memory-mapped shards
+(`mapped.py`, each shard checked once against array_record), else with one ArrayRecord call
+per shard, and decodes all its waveforms with one `np.take`. That fast path depends on the byte layout `record.encode` writes
 (msgpack map, schema version first, the float16 waveforms last, ppg before ecg): a change there
 must be mirrored in `_waveform_bytes` here. A record laid out otherwise still reads, through
 `record.decode_map`, only slower.
@@ -108,7 +109,8 @@ class ShippedToWorkers:
 class ShardReader(ShippedToWorkers):
   """Batch reads + vectorized decode over one split's shards; errors name the shard.
 
-  Reads a batch with one `ArrayRecordReader.read(positions)` call per shard it touches, one
+  Reads a batch from the mapped shards (`mapped.MappedShards`) where it can; otherwise, and
+  for `read_raw`, with one `ArrayRecordReader.read(positions)` call per shard it touches, one
   shard after the other. This is what `grain.sources.ArrayRecordDataSource.__getitems__`
   does, minus its per-key Python bisect and the thread pool it starts on every call, which
   with realistic shard counts (a 512-batch touching ~300 shards) are a large part of the read cost.
