@@ -44,9 +44,8 @@ def test_mapped_read_equals_array_record_read(dataset):
   for m in MODS:
     np.testing.assert_array_equal(got[m], want[m])
   # The fast path did the work, and it met waveforms split by a block header.
-  assert reader._mapped.waveforms(positions, MODS) is not None  # pylint: disable=protected-access
-  ends = reader._mapped._record_ends[positions]  # pylint: disable=protected-access
-  at = mapped.physical(mapped.waveform_offsets(ends, np.ones(len(ends), bool), "ecg", 1000))
+  assert reader.mapped_shards.waveforms(positions, MODS) is not None
+  at = reader.mapped_shards.waveform_starts(positions, "ecg")
   assert np.any(at % mapped.BLOCK + 2000 > mapped.BLOCK)
   # ppg-only reads include the records without ecg (ppg ends those records).
   everything = np.arange(len(reader))
@@ -59,7 +58,8 @@ def test_worker_copy_maps_again(dataset):
   positions = paired(reader)[::3]
   first = reader.read(positions, MODS)
   copy = pickle.loads(pickle.dumps(reader))
-  assert all(m is None for m in copy._mapped._mappings)  # pylint: disable=protected-access
+  assert [copy.mapped_shards.checked(k) for k in range(3)] == [None] * 3
+  assert [reader.mapped_shards.checked(k) for k in range(3)] == [True] * 3
   again = copy.read(positions, MODS)
   for m in MODS:
     np.testing.assert_array_equal(first[m], again[m])
@@ -81,7 +81,8 @@ def test_other_layouts_keep_the_array_record_path(tmp_path, monkeypatch):
   for name in ("zstd", "reordered"):
     reader = reader_lib.ShardReader(str(tmp_path / name), "train")
     positions = np.arange(40)[::-1]
-    assert reader._mapped.waveforms(positions, MODS) is None, name  # pylint: disable=protected-access
+    assert reader.mapped_shards.waveforms(positions, MODS) is None, name
+    assert reader.mapped_shards.checked(0) is (name == "reordered"), name
     got = reader.read(positions, MODS)
     for m in MODS:
       np.testing.assert_array_equal(
@@ -96,7 +97,7 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   shutil.copytree(dataset, d)
   reader = reader_lib.ShardReader(str(d), "train")
   reader.read(np.arange(60, 61), MODS)   # maps and checks shard 1: where record 65 ends
-  offset = int(mapped.physical(reader._mapped._record_ends[65] - 100))  # pylint: disable=protected-access
+  offset = int(reader.mapped_shards.waveform_starts(np.array([65]), "ecg")[0]) + 1900
   del reader
   shard = d / "train-00001-of-00003.array_record"
   data = bytearray(shard.read_bytes())

@@ -1,10 +1,11 @@
 """Input-pipeline benchmark: `python -m xmae_jax.bench data [--data-dir DIR] [--batch-size B]
-[--workers 0,1,2] [--read-threads T,...] [--steps S]`.
+[--workers 0,1,2] [--read-threads T,...] [--steps S] [--stages]`.
 
 Measures the training stream exactly as the trainer builds it (`make_train_iterator`: quality
 filter, shuffle, augmentation, normalization, batching; no device transfer; glibc malloc set up
 as xmae-train sets it) and prints one JSON line per worker count and read-thread count, after
-one line with the machine's ceiling (`copy_rate`: a plain copy of a batch's bytes). Without
+one line with the machine's ceiling (`copy_rate`: a plain copy of a batch's bytes) and, with
+--stages, one with the CPU time of each step of a batch (`stages`). Without
 --data-dir it first writes a dataset of --make-synthetic random-waveform records into a
 temporary directory (waveforms are what matters for speed, not their physiology).
 """
@@ -107,6 +108,49 @@ def measure(data_dir: str, *, batch_size: int, workers: int, steps: int, warmup:
           "records_used": pipeline.count_records(cfg), "cpu_count": os.cpu_count()}
 
 
+def stages(data_dir: str, *, batch_size: int, steps: int = 20, seed: int = 0) -> dict:
+  """CPU milliseconds per batch of each step of one training batch, and of the array_record
+  read that the mapped read replaced (run in one thread, one step after the other).
+
+  select: stream positions -> record positions; gather: waveform bytes from the mapped shards;
+  decode: float16 -> float32; normalize: per-segment min-max; array_record_read: the same
+  records through array_record (one `bytes` per record), for comparison.
+  """
+  from xmae_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from xmae_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from xmae_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.data_config("paper")
+  cfg.dir = str(data_dir)
+  ds = pipeline.make_train_dataset(cfg, global_batch_size=batch_size, seed=seed,
+                                   process_index=0, process_count=1)
+  reader, mods = ds.reader, ds.modalities
+  start = time.process_time()
+  ds[0]   # maps and checks every shard the batch touches
+  spent = {"check_first_batch": time.process_time() - start}
+  for i in range(1, steps + 1):
+    marks = [time.process_time()]
+    records = ds.record_positions(ds.positions(i))
+    marks.append(time.process_time())
+    reader.mapped_shards.waveforms(records, mods)
+    marks.append(time.process_time())
+    batch = reader.read(records, mods)   # gathers again, then decodes
+    marks.append(time.process_time())
+    augment.normalize(batch, cfg.normalize)
+    marks.append(time.process_time())
+    reader.read_raw(records)
+    marks.append(time.process_time())
+    select, gather, read, normalize, array_record = np.diff(marks)
+    for name, value in (("select", select), ("gather", gather), ("decode", read - gather),
+                        ("normalize", normalize), ("array_record_read", array_record)):
+      spent[name] = spent.get(name, 0.0) + value
+  ms = {name: round(1e3 * value / (1 if name == "check_first_batch" else steps), 3)
+        for name, value in spent.items()}
+  batch_ms = ms["select"] + ms["gather"] + ms["decode"] + ms["normalize"]
+  return {"benchmark": "data_stages", "cpu_ms_per_batch": ms,
+          "segments_per_cpu_s": round(1e3 * batch_size / batch_ms, 1),
+          "batch_size": batch_size, "steps": steps, "cpu_count": os.cpu_count()}
+
+
 def copy_rate(batch_size: int, batches: int = 16, repeats: int = 3) -> dict:
   """The physical ceiling: segments/s of a plain numpy copy of batches' output bytes.
 
@@ -149,9 +193,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--workers", type=_counts, default=[0, 1, 2],
                  help="Grain worker processes; a comma-separated list measures each")
   p.add_argument("--steps", type=int, default=100)
-  p.add_argument("--read-threads", type=_counts, default=None,
-                 help="in-process read threads; a comma-separated list measures each "
-                      "(default: the config's data.read_threads)")
+  p.add_argument("--read-threads", type=_counts, default=[0, 1, 2],
+                 help="read threads per process (0: read in the calling thread); a "
+                      "comma-separated list measures each (xmae-train uses data.read_threads)")
+  p.add_argument("--stages", action="store_true",
+                 help="also print the CPU time per batch of each step (one more JSON line)")
   common.add_host_memory_flag(p)
   return p.parse_args(argv)
 
@@ -169,7 +215,9 @@ def main(argv: Sequence[str]) -> None:
       data_dir = tmp
       write_dataset(data_dir, {"train": random_records(args.make_synthetic,
                                                        quality_range=(0.85, 1.0))})
+    if args.stages:
+      common.emit(stages(data_dir, batch_size=args.batch_size))
     for workers in args.workers:
-      for threads in args.read_threads or [None]:
+      for threads in args.read_threads:
         common.emit(measure(data_dir, batch_size=args.batch_size, workers=workers,
                             steps=args.steps, read_threads=threads))

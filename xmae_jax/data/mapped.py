@@ -228,6 +228,16 @@ class MappedShards:
       ok &= np.all(data[physical(first[:, None] + np.arange(len(expected)))] == expected, axis=1)
     return ok
 
+  def checked(self, k: int) -> bool | None:
+    """Whether shard k is on the fast path (None: not checked yet)."""
+    mapping = self._mappings[k]
+    return None if mapping is None else mapping is not False
+
+  def waveform_starts(self, positions: np.ndarray, modality: str) -> np.ndarray:
+    """File offsets of the `modality` waveforms of checked records (split-wide positions)."""
+    return physical(waveform_offsets(self._record_ends[positions], self._has_ecg[positions],
+                                     modality, self._nbytes // 2))
+
   def waveforms(self, positions: np.ndarray, modalities: Sequence[str]
                 ) -> dict[str, np.ndarray] | None:
     """{modality: uint8 (n, 2L) little-endian float16 bytes}, or None where a record of the
@@ -242,8 +252,7 @@ class MappedShards:
     mappings = self._mappings_of(touched)
     if not all(mappings.values()) or not all(self._fast[m][positions].all() for m in modalities):
       return None
-    ends, has_ecg = self._record_ends[positions], self._has_ecg[positions]
-    at = {m: physical(waveform_offsets(ends, has_ecg, m, nbytes // 2)) for m in modalities}
+    at = {m: self.waveform_starts(positions, m) for m in modalities}
     out = self._scratch(n, modalities)
     if len(touched) == 1:
       groups = [(touched[0], slice(None))]

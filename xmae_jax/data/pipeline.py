@@ -128,6 +128,14 @@ class GlobalBatchDataset(reader_lib.ShippedToWorkers, grain.MapDataset):
   def __len__(self) -> int:
     return self._length
 
+  @property
+  def reader(self) -> reader_lib.ShardReader:
+    return self._reader
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return self._modalities
+
   def __str__(self) -> str:
     return (f"GlobalBatchDataset(records={len(self._records)}, B={self._global_batch}, "
             f"rows={len(self._rows)}, shuffle_seed={self._shuffle_seed})")

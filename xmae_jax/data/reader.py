@@ -134,8 +134,8 @@ class ShardReader(ShippedToWorkers):
     self._has_ecg = self.index["has_ecg"].astype(bool)   # where ppg sits in a record
     self._lock = threading.Lock()
     self._readers: list[Any] = [None] * len(paths)
-    self._mapped = mapped.MappedShards(paths, self.counts, self._has_ecg, self.segment_length,
-                                       self.read_raw)
+    self.mapped_shards = mapped.MappedShards(paths, self.counts, self._has_ecg,
+                                              self.segment_length, self.read_raw)
     for k in range(len(paths)):   # open (and so validate) every shard now, not mid-training
       self._reader(k)
 
@@ -199,7 +199,7 @@ class ShardReader(ShippedToWorkers):
     array_record first) where every record of the batch allows it, else through array_record.
     """
     positions = np.asarray(positions, np.int64)
-    joined = self._mapped.waveforms(positions, modalities)
+    joined = self.mapped_shards.waveforms(positions, modalities)
     if joined is None:
       raw = self.read_raw(positions)
       joined = _waveform_bytes(raw, modalities, self.segment_length,
