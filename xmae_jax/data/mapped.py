@@ -13,7 +13,9 @@ compared byte for byte with what array_record returned, and each record's wavefo
 lengths are checked where `record.encode` puts them. A shard in any other layout (compressed,
 grouped, written by another writer) keeps the array_record path; so does a record whose
 waveforms sit elsewhere. The check costs one array_record pass over the shard, once per
-process, instead of one per epoch.
+process, instead of one per epoch. It relies on shards not changing in place while mapped:
+`shards.write_split` only ever replaces a shard by renaming a new file over it, and a mapping
+keeps reading the file it mapped.
 
 The layout (Riegeli/records format, as written with `shards.WRITER_OPTIONS`): the file is 64 KiB
 blocks, each starting with a 24-byte block header; the bytes between block headers ("logical"
@@ -247,6 +249,8 @@ class MappedShards:
     is the caller's next step, and reusing them saves faulting in fresh pages every batch.
     """
     n, nbytes = len(positions), self._nbytes
+    if n and (positions.min() < 0 or positions.max() >= len(self._record_ends)):
+      return None   # the array_record path reports the bad position
     shard = np.searchsorted(self._ends, positions, "right")
     touched = np.unique(shard).tolist()
     mappings = self._mappings_of(touched)
