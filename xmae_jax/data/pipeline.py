@@ -12,8 +12,11 @@ be avoided) and for topology independence:
   per-process rows   -> process p takes rows [p*b, (p+1)*b) of every global batch (b = B / P),
                         or the rows its devices hold on the mesh (`rows=` from
                         `training.sharding.host_rows`)
-  batch read         -> one ArrayRecord `read(positions)` per shard for all rows of the batch
-  vectorized decode  -> float16 bytes of all records joined, one `np.frombuffer`
+  batch read         -> the rows' float16 waveform bytes, gathered from the memory-mapped
+                        shards with one numpy index per shard and modality (`mapped.py`;
+                        each shard is checked once against array_record, which also reads
+                        shards and records in any other layout)
+  vectorized decode  -> one `np.take` per modality: float16 bits -> float32
   augmentation       -> `augment.augment`, keyed by (seed, global stream position) (train only)
   normalization      -> per-segment min-max to [-1, 1]
 
@@ -124,6 +127,14 @@ class GlobalBatchDataset(reader_lib.ShippedToWorkers, grain.MapDataset):
 
   def __len__(self) -> int:
     return self._length
+
+  @property
+  def reader(self) -> reader_lib.ShardReader:
+    return self._reader
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return self._modalities
 
   def __str__(self) -> str:
     return (f"GlobalBatchDataset(records={len(self._records)}, B={self._global_batch}, "
@@ -241,8 +252,9 @@ def _iterate(ds: grain.MapDataset, data_cfg, num_workers: int | None,
     raise errors.XmaeError(f"num_workers={workers} must be >= 0")
   threads = int(data_cfg.get("read_threads", 1) if read_threads is None else read_threads)
   buffer = int(data_cfg.get("prefetch", 2) if prefetch is None else prefetch)
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                               prefetch_buffer_size=buffer if threads else 0))
+  # Each read thread works on its own batch, so the buffer holds at least one per thread.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=max(buffer, threads) if threads else 0))
   if workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                            per_worker_buffer_size=buffer))

@@ -1,7 +1,8 @@
 """The byte-level shard reader: record positions of one split -> float32 waveform batches.
 
-`ShardReader` reads a batch with one ArrayRecord call per shard and decodes all its waveforms
-with one `np.frombuffer`. That fast path depends on the byte layout `record.encode` writes
+`ShardReader` reads a batch's waveform bytes straight from the memory-mapped shards
+(`mapped.py`, each shard checked once against array_record), else with one ArrayRecord call
+per shard, and decodes all its waveforms with one `np.take`. That fast path depends on the byte layout `record.encode` writes
 (msgpack map, schema version first, the float16 waveforms last, ppg before ecg): a change there
 must be mirrored in `_waveform_bytes` here. A record laid out otherwise still reads, through
 `record.decode_map`, only slower.
@@ -24,10 +25,10 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import msgpack
 import numpy as np
 from array_record.python import array_record_module as arm
 
+from xmae_jax.data import mapped
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -59,7 +60,7 @@ def select_records(index: Mapping[str, np.ndarray], modalities: Sequence[str],
 # float16 bit pattern -> float32 value: one `np.take` converts a batch faster than astype.
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
 # The first bytes of every record.encode output: a fixmap whose first entry is "v": version.
-_VERSION_PREFIX = msgpack.packb("v") + msgpack.packb(record_lib.SCHEMA_VERSION)
+_VERSION_PREFIX = mapped.VERSION_PREFIX
 
 
 def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
@@ -80,7 +81,7 @@ def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int
   ends = np.fromiter(map(len, raw), np.int64, len(raw))
   out = {}
   for m in modalities:
-    header = msgpack.packb(m) + msgpack.packb(bytes(nbytes))[:-nbytes]
+    header = mapped.waveform_header(m, length)
     block = len(header) + nbytes
     back = block * (1 + has_ecg.astype(np.int64)) if m == "ppg" else np.full(len(raw), block)
     starts = ends - back
@@ -116,7 +117,8 @@ class ShippedToWorkers:
 class ShardReader(ShippedToWorkers):
   """Batch reads + vectorized decode over one split's shards; errors name the shard.
 
-  Reads a batch with one `ArrayRecordReader.read(positions)` call per shard it touches, one
+  Reads a batch from the mapped shards (`mapped.MappedShards`) where it can; otherwise, and
+  for `read_raw`, with one `ArrayRecordReader.read(positions)` call per shard it touches, one
   shard after the other. This is what `grain.sources.ArrayRecordDataSource.__getitems__`
   does, minus its per-key Python bisect and the thread pool it starts on every call, which
   with realistic shard counts (a 512-batch touching ~300 shards) are a large part of the read cost.
@@ -141,6 +143,8 @@ class ShardReader(ShippedToWorkers):
     self._has_ecg = self.index["has_ecg"].astype(bool)   # where ppg sits in a record
     self._lock = threading.Lock()
     self._readers: list[Any] = [None] * len(paths)
+    self.mapped_shards = mapped.MappedShards(paths, self.counts, self._has_ecg,
+                                              self.segment_length, self.read_raw)
     for k in range(len(paths)):   # open (and so validate) every shard now, not mid-training
       self._reader(k)
 
@@ -204,13 +208,20 @@ class ShardReader(ShippedToWorkers):
     return out
 
   def read(self, positions: np.ndarray, modalities: Sequence[str]) -> dict[str, np.ndarray]:
-    """Record positions -> {modality: float32 (n, L)}."""
-    raw = self.read_raw(positions)
-    joined = _waveform_bytes(raw, modalities, self.segment_length,
-                             self._has_ecg[positions])
+    """Record positions -> {modality: float32 (n, L)}.
+
+    Straight from the mapped shards (`mapped.MappedShards`: each shard checked once against
+    array_record first) where every record of the batch allows it, else through array_record.
+    """
+    positions = np.asarray(positions, np.int64)
+    joined = self.mapped_shards.waveforms(positions, modalities)
+    if joined is None:
+      raw = self.read_raw(positions)
+      joined = _waveform_bytes(raw, modalities, self.segment_length,
+                               self._has_ecg[positions])
     if joined is None:   # a record not laid out as record.encode writes it: decode each map
       joined = self._decode_maps(raw, positions, modalities)
-    return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(raw), -1)
+    return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(positions), -1)
             for m in modalities}
 
   def _decode_maps(self, raw: Sequence[bytes], positions: np.ndarray,
