@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from xmae_jax.benchmarks import data as bench_data
-from xmae_jax.benchmarks.data import random_records, write_dataset
+from xmae_jax.benchmarks import bench_data
+from xmae_jax.benchmarks.bench_data import random_records, write_dataset
 from xmae_jax.data import mapped, record, shards
 from xmae_jax.data import reader as reader_lib
 
@@ -103,8 +103,11 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   data = bytearray(shard.read_bytes())
   data[offset] ^= 0x01   # inside record 65's ecg samples
   shard.write_bytes(bytes(data))
-  with pytest.raises(shards.DatasetError, match="train-00001-of-00003.array_record"):
-    reader_lib.ShardReader(str(d), "train").read(np.array([5, 70]), MODS)
+  reader = reader_lib.ShardReader(str(d), "train")
+  reader.read(np.array([5, 70]), MODS)   # undamaged records of the damaged shard still read...
+  assert reader.mapped_shards.checked(1) is False   # ...through array_record, not the mapping
+  with pytest.raises(shards.DatasetError, match=r"train-00001-of-00003.array_record record 5 \(position 65 "):
+    reader.read(np.array([5, 65]), MODS)
 
 
 def test_bench_data_lines(tmp_path, capsys):

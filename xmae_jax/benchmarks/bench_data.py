@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from xmae_jax.benchmarks import common
+from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.data import preprocess
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards

@@ -38,6 +38,7 @@ import msgpack
 import numpy as np
 
 from xmae_jax.data import record as record_lib
+from xmae_jax.errors import XmaeError
 
 BLOCK = 1 << 16          # Riegeli block size
 BLOCK_HEADER = 24        # bytes at the start of every block
@@ -201,7 +202,12 @@ class MappedShards:
     starts, ends = np.empty(count, np.int64), np.empty(count, np.int64)
     chunk_start = first
     for a in range(0, count, chunk):
-      raw = self._read_raw(np.arange(start + a, start + min(a + chunk, count)))  # hash-checked
+      try:
+        raw = self._read_raw(np.arange(start + a, start + min(a + chunk, count)))  # hash-checked
+      except XmaeError:
+        # A damaged shard keeps the array_record path: its good records still read, and the
+        # read of a damaged one names the shard and record.
+        return False
       sizes = np.fromiter(map(len, raw), np.int64, len(raw))
       prefix = 1 + _varint_len(_varint_len(sizes)) + _varint_len(sizes)
       chunk_ends = chunk_start + np.cumsum(CHUNK_HEADER + prefix + sizes)
