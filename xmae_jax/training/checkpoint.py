@@ -322,6 +322,8 @@ class Checkpointer:
   def set_aside(self, steps) -> None:
     """Moves the checkpoints `steps` to WORKDIR/checkpoints_corrupt/ (kept for inspection) so a
     resumed run can write those steps again. Every process must call it."""
+    if not steps:
+      return
     if jax.process_index() == 0:
       aside = self.directory.parent / CORRUPT_DIR
       aside.mkdir(exist_ok=True)
