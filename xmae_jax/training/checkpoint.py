@@ -154,6 +154,19 @@ def _all_processes(ok: bool) -> bool:
   return bool(np.min(flags))
 
 
+def _collect_abandoned_reads() -> None:
+  """A failed Orbax read leaves the coroutines of its other reads behind; collected later, each
+  would print an 'Exception ignored in <coroutine>' traceback. Collect them now, quietly."""
+  import gc
+  import inspect
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if inspect.iscoroutine(u.object) else previous(u)
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
+
+
 def _one_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   first = text[0].split(" See full TensorStore details")[0] if text else ""
@@ -313,6 +326,8 @@ class Checkpointer:
       restored = dict(self.manager.restore(step, args=ocp.args.Composite(**args)).items())
     except Exception as e:  # pylint: disable=broad-except  # whatever damaged files raise
       error, restored = f"checkpoint {self.directory / str(step)} cannot be read ({_one_line(e)})", {}
+    if error:
+      _collect_abandoned_reads()
     if not _all_processes(error is None):
       raise CorruptCheckpointError(
           error or f"checkpoint {self.directory / str(step)} cannot be read on another process")
