@@ -284,3 +284,73 @@ def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp
     train_lib.train(_toy_config(dataset, **{"train.num_steps": 9}), workdir)
   assert "\n" not in str(e.value)
   assert ckpt_lib.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+
+
+# --- several processes: each verifies its shards, all take the same decision ---------------------
+
+MP_SCRIPT = textwrap.dedent("""
+    import sys
+    import mp_util
+    mp_util.initialize()
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+    from xmae_jax.training import checkpoint as ckpt_lib
+
+    workdir, phase = sys.argv[1], sys.argv[2]
+    sharding = NamedSharding(jax.make_mesh((jax.device_count(),), ("d",)), PartitionSpec("d"))
+    host = {s: np.random.default_rng(s).normal(size=(1 << 14,)).astype(np.float32) for s in (3, 6)}
+    ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+    if phase == "save":   # process i writes its own shards (model/ocdbt.process_i/)
+      for s, x in host.items():
+        arr = jax.make_array_from_callback(x.shape, sharding, lambda i, x=x: x[i])
+        ckpt.save(s, model={"w": arr}, meta={"kind": "model", "step": s})
+        ckpt.wait()
+      ckpt.close()
+      mp_util.emit({})
+    else:
+      target = {"w": jax.ShapeDtypeStruct((1 << 14,), np.float32, sharding=sharding)}
+      step, got, note = ckpt_lib.restore_newest_intact(
+          ckpt, ckpt.candidates("latest"), lambda s: ckpt.restore(s, model=target))
+      exact = all(np.array_equal(np.asarray(sh.data), host[step][sh.index])
+                  for sh in got["model"]["w"].addressable_shards)
+      ckpt.close()
+      mp_util.emit({"step": step, "note": note, "exact": exact})
+""")
+
+
+@pytest.mark.parametrize("kind", ["flip", "truncate_data", "digest"])
+def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kind, tmp_path_factory):
+  """flip / truncate_data: process 1's shard files (process 1's read fails, process 0's
+  succeeds); digest: the saved digest no longer matches what every process restored."""
+  import mp_util
+  base = tmp_path_factory.getbasetemp() / "mp_ckpt"
+  if not base.exists():
+    mp_util.run_processes(MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2, timeout=300)
+  workdir = tmp_path_factory.mktemp("mp") / "run"
+  shutil.copytree(base, workdir)
+  if kind == "digest":
+    meta_file = workdir / "checkpoints" / "6" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["digests"]["model"]["w"][2] = "0" * 16
+    meta_file.write_text(json.dumps(meta))
+  # Only process 1 reads these files: process 0's restore succeeds, process 1's is damaged.
+  files = [p for p in (workdir / "checkpoints" / "6" / "model" / "ocdbt.process_1").rglob("*")
+           if p.is_file() and p.parent.name == "d"]
+  path = max(files, key=lambda p: p.stat().st_size)
+  size = path.stat().st_size
+  with open(path, "r+b") as f:
+    if kind == "flip":
+      f.seek(size // 2)
+      byte = f.read(1)[0]
+      f.seek(size // 2)
+      f.write(bytes([byte ^ 0x01]))
+    elif kind == "truncate_data":
+      f.truncate(size // 2)
+  results = mp_util.run_processes(MP_SCRIPT, 2, args=[str(workdir), "restore"],
+                                  devices_per_process=2, timeout=300)
+  for r in results:
+    assert r.result["step"] == 3 and r.result["exact"], r.result
+    assert "step 6" in r.result["note"] and "using step 3" in r.result["note"]
+    if kind == "digest":
+      assert "model array 'w' differs from what was saved" in r.result["note"]

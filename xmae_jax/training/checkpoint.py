@@ -167,6 +167,15 @@ def _collect_abandoned_reads() -> None:
     sys.unraisablehook = previous
 
 
+def _rejoin_restore_barrier() -> None:
+  """Orbax ends every restore with a barrier across processes ('Checkpointer:restore'). A
+  process whose read failed (its shards damaged) skipped it and would pair its next collective
+  with the others' barrier; it joins that barrier here, so the processes stay in step and agree
+  on the outcome. (Orbax checks the barrier's name, so a rename there fails loudly here.)"""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key("Checkpointer:restore"))
+
+
 def _one_line(e: BaseException) -> str:
   text = str(e).strip().splitlines()
   first = text[0].split(" See full TensorStore details")[0] if text else ""
@@ -328,6 +337,7 @@ class Checkpointer:
       error, restored = f"checkpoint {self.directory / str(step)} cannot be read ({_one_line(e)})", {}
     if error:
       _collect_abandoned_reads()
+      _rejoin_restore_barrier()
     if not _all_processes(error is None):
       raise CorruptCheckpointError(
           error or f"checkpoint {self.directory / str(step)} cannot be read on another process")
