@@ -43,6 +43,10 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
   module = encoder_lib.encoder_module(model, modality)
   module.eval()
   flat, kinds = _weights(module)
+  bad = sorted(k for k, v in flat.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
+  if bad:   # a package must never embed to NaN
+    raise ExportError(f"the {modality} encoder holds non-finite weights ({len(bad)} tensors, "
+                      f"e.g. {bad[0]!r}): refusing to export")
   contract = encoder_lib.Contract.from_config(config)
   info = package_lib.package_info(
       model_name=str(config.model.name), modality=modality,
@@ -57,16 +61,10 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
                    overwrite: bool = False) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
   from xmae_jax.training import checkpoint
-  try:
-    resolved = encoder_lib.resolve_step(workdir, step)
-    model, config = checkpoint.load_model(workdir, step=resolved)
+  try:   # a corrupt checkpoint is skipped for the next candidate, with one line on stderr
+    model, config, resolved, m = checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:
     raise ExportError(str(e)) from None
-  meta = checkpoint.Checkpointer(workdir, read_only=True, async_save=False)
-  try:
-    m = meta.read_meta(resolved)
-  finally:
-    meta.close()
   source = {"workdir": str(Path(workdir).absolute()), "step": resolved, "requested_step": str(step),
             "checkpoint_kind": m.get("kind"), "val_loss": m.get("val_loss"),
             "written_by": m.get("package_version")}

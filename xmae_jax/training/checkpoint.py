@@ -7,21 +7,36 @@ and renames it when every process has finished):
   opt/        the optax state, the same way (absent in checkpoints written by importers)
   data_iter/  the Grain iterator state, one JSON per process (absent when the stream has none)
   meta/       JSON: model name, the full config, step, validation loss, curriculum and
-              early-stopping state, and the package version
+              early-stopping state, the package version, the items saved and a digest of every
+              saved array (`digests`)
 Saving is asynchronous (the training loop continues while files are written). The manager keeps
 the latest `keep` checkpoints and the one with the lowest validation loss.
 
-Other tools use `load_model(workdir, step="latest"|"best"|N) -> (model in eval mode, config)` and
+Integrity: Orbax/TensorStore read damaged data without complaint (a byte flip changes a weight,
+0xFF bytes become NaN), so every restore recomputes the digest of each restored array and
+compares it with the one saved in meta; a mismatch, a missing item, an unreadable meta or any
+failure of the restore itself is a `CorruptCheckpointError` naming the checkpoint.
+`restore_newest_intact` walks the candidates (newest first for "latest") past corrupt ones and
+says which were skipped, in one line. With several processes, each process hashes the shards it
+restored (the digest is a sum that XLA reduces across processes) and every pass/fail decision is
+agreed on by all processes, so they all fall back to the same step.
+
+Other tools use `load_model(workdir, step="latest"|"best"|"auto"|N) -> (model in eval mode,
+config)` (`restore_model` also returns the step used and its meta) and
 `write_model_checkpoint(workdir, model, config, step=0)` (the PyTorch importer).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -31,12 +46,17 @@ from xmae_jax import errors
 from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"   # corrupt checkpoints a resumed run moved out of its way
 FORMAT_VERSION = 1
 ITEMS = ("model", "opt", "data_iter", "meta")
 
 
 class CheckpointError(errors.XmaeError):
   """A workdir or checkpoint that cannot be used as asked."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint whose files are damaged or incomplete (callers fall back to an older one)."""
 
 
 # --- Flat, framework-neutral views of state trees ------------------------------------------------
@@ -68,6 +88,98 @@ def abstract_of(flat: dict[str, Any], shardings: dict[str, Any] | None = None) -
     sharding = (shardings or {}).get(k, getattr(v, "sharding", None))
     out[k] = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
   return out
+
+
+# --- Digests of saved arrays ---------------------------------------------------------------------
+
+def _fmix32(x):
+  """MurmurHash3's 32-bit finalizer: every input bit flips about half of the output bits."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def _words(x):
+  """The array's bytes as uint32 words, shape x.shape + (words per element,)."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = jnp.dtype(x.dtype).itemsize
+  if size >= 4:
+    w = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  else:
+    w = jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
+  return w if w.ndim > x.ndim else w[..., None]
+
+
+_LANES = (0x9E3779B9, 0x7F4A7C15)   # two independent 32-bit sums: a 64-bit digest
+
+
+def _leaf_digest(x):
+  """Sum over words of hash(word, position), mod 2^32, per lane.
+
+  A sum of per-word hashes is exact and order independent, so XLA can reduce it shard by shard
+  (each device hashes what it holds, then the partial sums are added across devices and
+  processes) and the value does not depend on the sharding the array was saved or restored with.
+  The position enters the hash, so moved or swapped values change it too.
+  """
+  w = _words(x)
+  pos = jnp.zeros(w.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(w.ndim)):
+    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * jnp.uint32(stride % 2**32)
+    stride *= w.shape[d]
+  return jnp.stack([jnp.sum(_fmix32(w ^ _fmix32(pos ^ jnp.uint32(lane))), dtype=jnp.uint32)
+                    for lane in _LANES])
+
+
+_tree_digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
+
+
+def digests(flat: dict[str, Any]) -> dict[str, list]:
+  """{name: [dtype, shape, hex digest]} of a flat item; every process must call it (a
+  collective when arrays span processes) and gets the same result."""
+  sums = jax.device_get(_tree_digest({k: v for k, v in flat.items()}))
+  return {k: [str(np.dtype(v.dtype)), list(v.shape), "".join(f"{int(x):08x}" for x in sums[k])]
+          for k, v in flat.items()}
+
+
+def _all_processes(ok: bool) -> bool:
+  """True on every process when `ok` is true on every process (the same answer everywhere)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.array([int(ok)], np.int32))
+  return bool(np.min(flags))
+
+
+def _collect_abandoned_reads() -> None:
+  """A failed Orbax read leaves the coroutines of its other reads behind; collected later, each
+  would print an 'Exception ignored in <coroutine>' traceback. Collect them now, quietly."""
+  import gc
+  import inspect
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if inspect.iscoroutine(u.object) else previous(u)
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
+
+
+def _rejoin_restore_barrier() -> None:
+  """Orbax ends every restore with a barrier across processes ('Checkpointer:restore'). A
+  process whose read failed (its shards damaged) skipped it and would pair its next collective
+  with the others' barrier; it joins that barrier here, so the processes stay in step and agree
+  on the outcome. (Orbax checks the barrier's name, so a rename there fails loudly here.)"""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key("Checkpointer:restore"))
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  first = text[0].split(" See full TensorStore details")[0] if text else ""
+  return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
 
 
 # --- The manager ---------------------------------------------------------------------------------
@@ -102,17 +214,73 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     path = self.directory / str(step) / "meta" / "metadata"
     if not path.is_file():
-      raise CheckpointError(f"checkpoint {self.directory / str(step)} has no meta")
-    return json.loads(path.read_text())
+      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} has no meta")
+    try:
+      meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise CorruptCheckpointError(f"checkpoint meta {path} cannot be read ({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+      raise CorruptCheckpointError(f"checkpoint meta {path} is not a JSON object")
+    return meta
+
+  def scored_steps(self) -> list[int]:
+    """Steps with a recorded validation loss, lowest loss first (unreadable metas left out)."""
+    scored = []
+    for s in self.all_steps():
+      try:
+        v = self.read_meta(s).get("val_loss")
+      except CorruptCheckpointError:
+        continue
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        scored.append((v, s))
+    return [s for _, s in sorted(scored)]
 
   def best_step(self) -> int | None:
     """The step with the lowest recorded validation loss (None when no checkpoint has one)."""
-    scored = []
-    for s in self.all_steps():
-      v = self.read_meta(s).get("val_loss")
-      if isinstance(v, (int, float)) and math.isfinite(v):
-        scored.append((v, s))
-    return min(scored)[1] if scored else None
+    scored = self.scored_steps()
+    return scored[0] if scored else None
+
+  def candidates(self, step: str | int) -> list[int]:
+    """The steps to try for `step`, in order: 'latest' newest first, 'best' lowest validation
+    loss first, 'auto' = 'best' when a checkpoint has a validation loss else 'latest', N only N."""
+    if step == "auto":
+      step = "best" if self.scored_steps() else "latest"
+    if step == "latest":
+      self.resolve(step)   # the error for an empty directory
+      return self.all_steps()[::-1]
+    if step == "best":
+      self.resolve(step)
+      return self.scored_steps()
+    return [self.resolve(step)]
+
+  def check_items(self, step: int) -> dict:
+    """The meta of `step`, after checking that the items it was saved with are all there (a
+    training checkpoint without its optimizer state would silently restart the optimizer)."""
+    meta = self.read_meta(step)
+    saved = meta.get("items") or (["model", "opt"] if meta.get("kind") == "train" else ["model"])
+    missing = [item for item in saved if not self.has_item(step, item)]
+    if missing:
+      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} lacks its "
+                                   f"{', '.join(missing)} item(s)")
+    return meta
+
+  def verify(self, step: int, restored: dict) -> None:
+    """Raises CorruptCheckpointError unless every restored array has the digest saved with it
+    (checkpoints written before digests existed pass). Every process must call it."""
+    saved = (restored.get("meta") or {}).get("digests") or {}
+    bad = None
+    for item in ("model", "opt"):
+      if item not in restored or item not in saved:
+        continue
+      # Arrays restored to another dtype or shape than saved cannot be compared byte for byte.
+      flat = {k: v for k, v in restored[item].items()
+              if k in saved[item] and [str(np.dtype(v.dtype)), list(v.shape)] == saved[item][k][:2]}
+      got = digests(flat)
+      bad = bad or next((f"{item} array {k!r}" for k in sorted(got) if got[k] != saved[item][k]), None)
+    if not _all_processes(bad is None):
+      raise CorruptCheckpointError(
+          f"checkpoint {self.directory / str(step)} is corrupt: "
+          + (f"{bad} differs from what was saved" if bad else "an array differs on another process"))
 
   def resolve(self, step: str | int) -> int:
     """'latest' | 'best' | N -> an existing step (clear error otherwise)."""
@@ -140,24 +308,59 @@ class Checkpointer:
   def save(self, step: int, *, model: dict, meta: dict, opt: dict | None = None,
            data_iter=None, val_loss: float | None = None, force: bool = True) -> bool:
     """Starts an (async) save of the given items; every process must call it."""
-    args = {"model": ocp.args.StandardSave(model), "meta": ocp.args.JsonSave(meta)}
+    args = {"model": ocp.args.StandardSave(model)}
     if opt is not None:
       args["opt"] = ocp.args.StandardSave(opt)
     if data_iter is not None:
       import grain  # only the training stream needs the Grain handler
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    meta = {**meta, "items": sorted([*args, "meta"]),
+            "digests": {"model": digests(model), **({"opt": digests(opt)} if opt is not None else {})}}
+    args["meta"] = ocp.args.JsonSave(meta)
     metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
     return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
 
   def restore(self, step: int, *, model: dict, opt: dict | None = None, data_iter=None) -> dict:
-    """Restores the named items into the abstract targets given (shardings taken from them)."""
+    """Restores the named items into the abstract targets given (shardings taken from them) and
+    verifies them (`verify`); a damaged checkpoint raises CorruptCheckpointError on every
+    process. Every process must call it."""
     args = {"model": ocp.args.StandardRestore(model), "meta": ocp.args.JsonRestore()}
     if opt is not None:
       args["opt"] = ocp.args.StandardRestore(opt)
     if data_iter is not None:
       import grain
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return dict(self.manager.restore(step, args=ocp.args.Composite(**args)).items())
+    error = None
+    try:
+      restored = dict(self.manager.restore(step, args=ocp.args.Composite(**args)).items())
+    except Exception as e:  # pylint: disable=broad-except  # whatever damaged files raise
+      error, restored = f"checkpoint {self.directory / str(step)} cannot be read ({_one_line(e)})", {}
+    if error:
+      _collect_abandoned_reads()
+      _rejoin_restore_barrier()
+    if not _all_processes(error is None):
+      raise CorruptCheckpointError(
+          error or f"checkpoint {self.directory / str(step)} cannot be read on another process")
+    self.verify(step, restored)
+    return restored
+
+  def set_aside(self, steps) -> None:
+    """Moves the checkpoints `steps` to WORKDIR/checkpoints_corrupt/ (kept for inspection) so a
+    resumed run can write those steps again. Every process must call it."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = self.directory.parent / CORRUPT_DIR
+      aside.mkdir(exist_ok=True)
+      for s in steps:
+        target, n = aside / str(s), 1
+        while target.exists():
+          target, n = aside / f"{s}.{n}", n + 1
+        os.replace(self.directory / str(s), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("xmae_jax checkpoint set_aside")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -173,19 +376,65 @@ def meta_dict(config, step: int, *, kind: str = "train", **extra) -> dict:
           **extra}
 
 
+T = TypeVar("T")
+
+
+def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
+                          restore: Callable[[int], T]) -> tuple[int, T, str | None]:
+  """(step, restore(step), note) for the first of `candidates` that is intact.
+
+  A candidate whose items are missing, whose meta cannot be read or whose `restore` raises
+  CorruptCheckpointError is skipped; `note` is then one line naming the skipped checkpoints and
+  the one used (None when the first was intact). When none is intact: one CheckpointError line.
+  Every process must call it; they all take the same step.
+  """
+  skipped = []
+  for step in candidates:
+    try:
+      error = None
+      try:
+        ckpt.check_items(step)
+      except CorruptCheckpointError as e:
+        error = str(e)
+      if not _all_processes(error is None):
+        raise CorruptCheckpointError(error or f"checkpoint step {step} is incomplete on another process")
+      result = restore(step)
+    except CorruptCheckpointError as e:
+      skipped.append(f"step {step}: {e}")
+      continue
+    note = None
+    if skipped:
+      note = (f"skipped {len(skipped)} corrupt checkpoint(s) ({'; '.join(skipped)}); "
+              f"using step {step}, the newest intact one")
+    return step, result, note
+  raise CheckpointError(f"no intact checkpoint under {ckpt.directory}: {'; '.join(skipped)}"
+                        if skipped else f"no checkpoints under {ckpt.directory}")
+
+
 def check_compatible(workdir, config) -> int | None:
   """Latest step of an existing run in `workdir` (None if fresh); a clear error if it is another
-  model or another model configuration (restoring it would fail or mislead)."""
+  model or another model configuration (restoring it would fail or mislead). The check reads the
+  newest checkpoint whose meta is readable (resuming skips corrupt ones anyway)."""
   directory = Path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
   steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "meta").is_dir())
   if not steps:
     return None
-  meta = json.loads((directory / str(steps[-1]) / "meta" / "metadata").read_text())
+  meta, checked = None, steps[-1]
+  for checked in reversed(steps):
+    try:
+      meta = json.loads((directory / str(checked) / "meta" / "metadata").read_text())
+      if isinstance(meta, dict):
+        break
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+      pass
+    meta = None
+  if meta is None:
+    return steps[-1]   # nothing to compare with; the resume says no checkpoint is intact
   name = meta.get("model_name")
   if name != config.model.name:
-    raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step {steps[-1]}), "
+    raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step {checked}), "
                           f"not {config.model.name!r}: use another --workdir")
   saved = meta.get("config", {}).get("model", {})
   wanted = config_to_dict(config)["model"]
@@ -207,26 +456,47 @@ def abstract_model(config):
   return nnx.split(model)
 
 
-def load_model(workdir, step: str | int = "latest"):
-  """(model in eval mode, config) from a run's or an importer's checkpoint.
+def _stderr(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
 
-  Parameters land on the default device, replicated (the models are small); use the trainer's
-  restore path for sharded training state.
+
+def restore_model(workdir, step: str | int = "latest", *, log: Callable[[str], None] = _stderr):
+  """(model in eval mode, config, step used, its meta) from a run's or an importer's checkpoint.
+
+  `step`: 'latest' | 'best' | 'auto' | N (see `Checkpointer.candidates`). A corrupt checkpoint
+  is skipped for the next candidate, and `log` gets one line saying so; an explicit N is not
+  replaced. Parameters land on the default device, replicated (the models are small); use the
+  trainer's restore path for sharded training state.
   """
   from flax import nnx
   ckpt = Checkpointer(workdir, read_only=True, async_save=False)
-  try:
-    step = ckpt.resolve(step)
-    meta = ckpt.read_meta(step)
-    config = config_from_dict(meta["config"])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore(s: int):
+    meta = ckpt.read_meta(s)
+    try:
+      config = config_from_dict(meta["config"])
+    except Exception as e:  # pylint: disable=broad-except  # a damaged meta's config
+      raise CorruptCheckpointError(f"checkpoint {ckpt.directory / str(s)} has an unusable config "
+                                   f"({_one_line(e)})") from None
     graphdef, abstract = abstract_model(config)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = abstract_of(flatten(abstract), {k: device for k in flatten(abstract)})
-    restored = ckpt.restore(step, model=target)
+    restored = ckpt.restore(s, model=target)
+    return nnx.merge(graphdef, unflatten(abstract, restored["model"])), config, meta
+
+  try:
+    used, (model, config, meta), note = restore_newest_intact(ckpt, ckpt.candidates(step), restore)
   finally:
     ckpt.close()
-  model = nnx.merge(graphdef, unflatten(abstract, restored["model"]))
+  if note:
+    log(f"xmae: {note}")
   model.eval()
+  return model, config, used, meta
+
+
+def load_model(workdir, step: str | int = "latest"):
+  """(model in eval mode, config): `restore_model` without the step and meta."""
+  model, config, _, _ = restore_model(workdir, step)
   return model, config
 
 

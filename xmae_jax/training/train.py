@@ -17,6 +17,7 @@ depend on the number of processes or devices and a run may resume on another sli
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -38,6 +39,7 @@ from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import optim
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
+from xmae_jax.training import workdir_lock
 
 FIGURE_KEY_SALT = 0x7FFFFFFE
 FIGURE_EXAMPLES = 4
@@ -399,25 +401,31 @@ def _user_errors(fn, *args):
   """`fn(*args)`, its user errors (mesh, rules, checkpoints) re-raised as one-line TrainingErrors."""
   try:
     return fn(*args)
-  except (sharding.ShardingError, ckpt_lib.CheckpointError) as e:
+  except (sharding.ShardingError, ckpt_lib.CheckpointError, workdir_lock.WorkdirBusyError) as e:
     raise TrainingError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------- training
 
 def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
-  """Trains `config` in `workdir` (resuming when it holds a checkpoint); returns a summary.
+  """Trains `config` in `workdir` (resuming from its newest intact checkpoint when it holds one;
+  refused with one line while another run holds the workdir); returns a summary.
 
   `stop_at_step`: save and stop after this step (staged jobs and tests); the run continues
   from there when started again.
   """
-  workdir = Path(workdir)
+  with contextlib.ExitStack() as held:   # the workdir lock, released however train ends
+    return _train(config, Path(workdir), stop_at_step, held)
+
+
+def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.ExitStack) -> dict:
   chief = jax.process_index() == 0
   t = config.train
 
   # 1-2. settings, mesh, data
   mesh = _user_errors(sharding.make_mesh, config.mesh)
   train_records = check_settings(config, mesh)
+  held.enter_context(_user_errors(workdir_lock.acquire, workdir))
   latest = _user_errors(ckpt_lib.check_compatible, workdir, config)
   plan = _plan(config, train_records)
   rows = sharding.host_rows(mesh, t.batch_size, sharding.batch_axes(mesh, config.mesh))
@@ -438,10 +446,14 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
   validation = Validation.from_config(config)
   with jax.set_mesh(mesh):
+    fallback = None
     if latest is None:
       state = state_lib.host_init(init, state_sh)
     else:
-      state = _resume(ckpt, workdir, latest, abstract, state_sh, tx, train_it, validation)
+      latest, state, fallback = _user_errors(   # the newest intact checkpoint
+          ckpt_lib.restore_newest_intact, ckpt, [s for s in ckpt.all_steps()[::-1] if s <= latest],
+          lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation))
+      ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])   # corrupt: this run rewrites them
     step = start = int(jax.device_get(state["step"]))
     if chief:
       ckpt_lib.write_config(workdir, config)
@@ -449,6 +461,8 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
     writer = metrics_lib.MetricsWriter(workdir, active=chief)
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
     _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir)
+    if fallback:
+      progress.message(f"xmae-train: {fallback}; newer ones moved to {workdir / ckpt_lib.CORRUPT_DIR}")
 
     # 4. the loop
     preemption = Preemption()
