@@ -124,12 +124,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact(kind, two_che
 
 
 def test_export_of_a_damaged_latest_checkpoint_uses_the_intact_one(two_checkpoints, tmp_path):
-  from xmae_jax import export as export_cli
+  from xmae_jax.cli import xmae_export as export_cli
   from xmae_jax.evaluation import encoder as encoder_lib
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", "ff")
   out = tmp_path / "pkg"
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.export", "--workdir", str(workdir),
+  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_export", "--workdir", str(workdir),
                          "--output", str(out)], cwd=REPO, capture_output=True, text=True,
                         timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -143,14 +143,14 @@ def test_export_of_a_damaged_latest_checkpoint_uses_the_intact_one(two_checkpoin
 
 
 def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, capsys):
-  from xmae_jax import export as export_cli
+  from xmae_jax.cli import xmae_export as export_cli
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", "flip")
   damage(workdir / "checkpoints" / "3", "truncate_meta")
   out = tmp_path / "pkg"
   assert export_cli.main(["--workdir", str(workdir), "--output", str(out)]) == 1
   err = capsys.readouterr().err.strip()
-  assert "\n" not in err and err.startswith("xmae-export: no intact checkpoint under"), err
+  assert "\n" not in err and err.startswith("xmae-export: error: no intact checkpoint under"), err
   assert "step 7:" in err and "step 3:" in err
   assert not out.exists()
   # An explicit step is not replaced by another one.

@@ -231,24 +231,12 @@ def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> En
 
 
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:
+  """'auto' = the best checkpoint by validation loss if any has one, else the latest; a corrupt
+  one is skipped for the next intact one (`checkpoint.restore_model`)."""
   from xmae_jax.training import checkpoint
-  step = resolve_step(workdir, step)
-  model, config = checkpoint.load_model(workdir, step=step)
+  model, config, used, _ = checkpoint.restore_model(workdir, step)
   return from_model(model, config, modality,
-                    info={"source": f"workdir {workdir}", "step": step}, **kwargs)
-
-
-def resolve_step(workdir, step: str | int = "auto") -> int:
-  """'auto' = the best checkpoint by validation loss if any has one, else the latest."""
-  from xmae_jax.training import checkpoint
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True, async_save=False)
-  try:
-    if step == "auto":
-      best = ckpt.best_step()
-      return best if best is not None else ckpt.resolve("latest")
-    return ckpt.resolve(step)
-  finally:
-    ckpt.close()
+                    info={"source": f"workdir {workdir}", "step": used}, **kwargs)
 
 
 def load_package(path, **kwargs) -> Encoder:

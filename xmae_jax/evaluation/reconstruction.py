@@ -248,7 +248,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   rows = []
   loaded = []
   for name, workdir in models:
-    model, config = checkpoint.load_model(workdir, step=encoder_lib.resolve_step(workdir, step))
+    model, config = checkpoint.load_model(workdir, step=step)
     loaded.append((name, model, config))
   if not loaded:
     raise ReconstructionError("no --model given")
