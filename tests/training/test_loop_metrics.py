@@ -9,8 +9,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,21 +20,12 @@ from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import perf
 from xmae_jax.training import train as train_lib
+# test_train's module fixtures (a small synthetic dataset, a shared XLA cache) and runner calls
+from test_train import _finish, _start, cache_env, dataset  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-RUNNER = HERE / "train_runner.py"
 TIMEOUT = 420
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  from xmae_jax.data import prepare
-  out = tmp_path_factory.mktemp("synthetic")
-  prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
-                          source_options={"num_subjects": 8, "minutes_per_subject": 1.0},
-                          log=lambda *a, **k: None)
-  return out
 
 
 def test_profile_window_writes_a_trace_and_rows_carry_throughput_and_goodput(
@@ -91,30 +80,11 @@ def _spec(path: Path, data_dir, jobs) -> Path:
   return path
 
 
-def _start(spec: Path, env: dict) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, str(RUNNER), str(spec)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
-
-
-def _result(proc: subprocess.Popen, timeout: float) -> dict:
-  try:
-    out, err = proc.communicate(timeout=timeout)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  lines = [l for l in out.splitlines() if l.startswith("TRAIN_RUNNER_RESULT ")]
-  assert proc.returncode == 0 and lines, f"runner failed ({proc.returncode}):\n{err[-4000:]}"
-  return json.loads(lines[-1][len("TRAIN_RUNNER_RESULT "):])
-
-
-def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, tmp_path,
+                                                                      cache_env):
   first = tmp_path / "first"
   proc = _start(_spec(tmp_path / "first.json", dataset,
-                      [{"name": "first", "workdir": str(first)}]), env)
+                      [{"name": "first", "workdir": str(first)}]), 1, cache_env)
   try:
     deadline = time.monotonic() + TIMEOUT
     while len(metrics_lib.read_metrics(first)) < 3:
@@ -122,7 +92,7 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
       assert time.monotonic() < deadline, "no training step logged in time"
       time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    summary = _result(proc, 180)["first"]["summary"]
+    summary = _finish(proc, 180)["first"]["summary"]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
@@ -137,11 +107,11 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
   assert list(meta["data_iter_state"].values()) == [saved]
 
   stop = saved + 3
-  result = _result(_start(_spec(tmp_path / "second.json", dataset, [
+  result = _finish(_start(_spec(tmp_path / "second.json", dataset, [
       {"name": "resumed", "workdir": str(first), "stop_at_step": stop, "save_params": False},
       {"name": "reference", "workdir": str(tmp_path / "reference"), "stop_at_step": stop,
        "save_params": False},
-  ]), env), TIMEOUT)
+  ]), 1, cache_env), TIMEOUT)
   resumed, reference = result["resumed"], result["reference"]
   assert resumed["summary"]["status"] == reference["summary"]["status"] == "stopped"
   steps = list(range(1, stop + 1))
