@@ -97,6 +97,9 @@ def _train() -> mlc.ConfigDict:
   t.keep_checkpoints = 3
   t.early_stop_patience = 17         # evaluations without val improvement (reference: epochs)
   t.figure_every = 0                 # 0 = every 3 evaluations
+  t.device_prefetch = 2              # global batches placed on the devices ahead of the step
+  t.profile_steps = ()               # (START, END): jax.profiler trace of steps START+1..END
+                                     # under WORKDIR/profile/ (TensorBoard/XProf); () = off
   return t
 
 
@@ -356,6 +359,7 @@ RULES = (
     ("train.keep_checkpoints", _AT_LEAST_ONE),
     ("train.early_stop_patience", _NON_NEGATIVE),
     ("train.grad_accum_steps", _AT_LEAST_ONE),
+    ("train.device_prefetch", _NON_NEGATIVE),
     ("train.grad_clip_norm", _rule(lambda v: v >= 0, "must be >= 0 (0 = off)")),
     ("train.weight_decay", _NON_NEGATIVE),
     ("train.b1", _FRACTION),
@@ -417,7 +421,25 @@ def validate(config: mlc.ConfigDict) -> mlc.ConfigDict:
     if ratio in flat and flat.get(weight, 0) > 0 and flat[ratio] == 0:
       raise ConfigError(f"config {ratio}=0 with {weight}={flat[weight]!r}: nothing of "
                         f"{modality.upper()} is masked, so its reconstruction loss is empty")
+  _check_profile_steps(config)
   scale = flat.get("data.augment.scale_range.0"), flat.get("data.augment.scale_range.1")
   if None not in scale and scale[0] > scale[1]:
     raise ConfigError(f"config data.augment.scale_range={scale}: low must be <= high")
   return config
+
+
+def _check_profile_steps(config: mlc.ConfigDict) -> None:
+  """`train.profile_steps` is () (off) or (START, END) with 0 <= START < END, and END within
+  `train.num_steps` when that fixes the run's length (the trainer checks an epoch-based length)."""
+  train = config.get("train") or {}
+  window = train.get("profile_steps") or ()
+  if not window:
+    return
+  text = f"config train.profile_steps={tuple(window)!r}: "
+  ints = all(isinstance(v, int) and not isinstance(v, bool) for v in window)
+  if len(window) != 2 or not ints or not 0 <= window[0] < window[1]:
+    raise ConfigError(text + "expected () (off) or (START, END) with 0 <= START < END "
+                      "(traces steps START+1..END)")
+  num_steps = train.get("num_steps") or 0
+  if num_steps and window[1] > num_steps:
+    raise ConfigError(text + f"END is past the run's last step (train.num_steps={num_steps})")

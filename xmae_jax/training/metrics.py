@@ -1,9 +1,11 @@
 """Run logs: WORKDIR/metrics.jsonl, TensorBoard events under WORKDIR/tb, a console progress line.
 
 Only process 0 writes (the writer is a no-op elsewhere). metrics.jsonl holds one JSON object per
-logged step (`step`, `train_loss`, `lr`, `segments_per_s`, ... and `val_loss` on evaluation
-steps), flushed line by line so a preempted run loses nothing it logged. On resume the lines of
-steps after the restored checkpoint are dropped first, so the file reads as one run.
+logged step (`step`, `train_loss`, `lr`, `segments_per_s`, `step_time_s`, `tflops_per_device`,
+`mfu`, `goodput`, `badput_*`, ... and `val_loss` on evaluation steps), flushed line by line so a
+preempted run loses nothing it logged. A value that is not known (`mfu` on a device kind without
+a known peak) is null in the file and left out of TensorBoard. On resume the lines of steps
+after the restored checkpoint are dropped first, so the file reads as one run.
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def truncate_after(workdir, step: int) -> None:
 
 
 def _clean(value):
-  """JSON has no NaN/Inf: write them as strings so the file stays valid JSON."""
+  """JSON has no NaN/Inf: write them as strings so the file stays valid JSON; None is null."""
+  if value is None:
+    return None
   value = float(value)
   return value if math.isfinite(value) else str(value)
 
@@ -65,7 +69,8 @@ class MetricsWriter:
     self._file.flush()
     if self._tb is not None:
       for k, v in scalars.items():
-        self._tb.add_scalar(k, float(v), int(step))
+        if v is not None:
+          self._tb.add_scalar(k, float(v), int(step))
 
   def write_text(self, tag: str, text: str, step: int = 0) -> None:
     if self._tb is not None:

@@ -8,7 +8,16 @@
   4. the loop: step, then what `due()` says the step needs (log, validate, figure, checkpoint,
      stop). `Validation` owns what follows a validation (best step, early stopping, the
      curriculum) and the loop state stored in checkpoint meta; `MetricWindow` owns the training
-     metrics between two log rows and the NaN/Inf check.
+     metrics between two log rows (loss parts, step time, segments/s, TFLOP/s per device, MFU)
+     and the NaN/Inf check; `perf.Goodput` books the run's wall time to train steps or to a
+     cause of badput (init, compile, data waits, evaluation, checkpointing).
+
+Batches reach the step through `prefetch.DevicePrefetch`: the next `train.device_prefetch`
+global batches are read and placed on the mesh by a background thread while the step runs, and
+the state saved in checkpoints is that of the next batch the step consumes. The train step is
+compiled ahead of its first call (`lower().compile()`, booked as compile time), which also
+gives its FLOPs (`cost_analysis`) for MFU. `train.profile_steps=(START, END)` writes a
+`jax.profiler` trace of steps START+1..END to WORKDIR/profile/.
 
 Topology independence: global batch i holds the same records whatever the processes (the
 pipeline's contract) and the step's randomness is `fold_in(PRNGKey(config.seed), i)`, which the
@@ -37,6 +46,8 @@ from xmae_jax.training import curriculum as curriculum_lib
 from xmae_jax.training import figures
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import optim
+from xmae_jax.training import perf
+from xmae_jax.training import prefetch
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
 from xmae_jax.training import workdir_lock
@@ -65,6 +76,7 @@ class Plan:
   figure_every: int
   log_every: int
   checkpoint_every: int
+  profile: tuple[int, int] | None   # (START, END): trace steps START+1..END
 
 
 def _plan(config, train_records: int) -> Plan:
@@ -76,9 +88,13 @@ def _plan(config, train_records: int) -> Plan:
                         "nothing to train")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
+  profile = tuple(int(v) for v in t.get("profile_steps", ()) or ()) or None
+  if profile is not None and profile[1] > total:
+    raise TrainingError(f"train.profile_steps={profile}: END is past the run's last step {total}")
   return Plan(total_steps=total, steps_per_epoch=steps_per_epoch, eval_every=eval_every,
               eval_batches=int(t.eval_batches) or None, figure_every=figure_every,
-              log_every=max(1, int(t.log_every)), checkpoint_every=int(t.checkpoint_every) or total)
+              log_every=max(1, int(t.log_every)), checkpoint_every=int(t.checkpoint_every) or total,
+              profile=profile)
 
 
 def check_settings(config, mesh) -> int:
@@ -236,22 +252,36 @@ def _mean_rows(rows: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+# Badput that is not the steps' own: left out of the window's step time (data waits stay in).
+_NOT_STEP_TIME = ("compile", "eval", "checkpoint", "other")
+
+
 class MetricWindow:
   """The training metrics since the last log row.
 
   A step's metrics are fetched while the next step runs (no stall in the common case), unless
   the step needs them at once (`push(..., sync=True)`). A non-finite step raises
   `NonFiniteLossError` naming it and the last good checkpoint.
+
+  Step time is the window's wall time per step, less what `goodput` booked to compilation,
+  evaluation, checkpointing and the profiler meanwhile (data waits count: they slow training);
+  `segments_per_s` is the global batch over it, TFLOP/s per device and MFU come from the
+  compiled step's FLOPs and the device's peak (`perf`).
   """
 
-  def __init__(self, batch_size: int, steps_per_epoch: int, workdir: Path):
+  def __init__(self, batch_size: int, steps_per_epoch: int, workdir: Path,
+               goodput: perf.Goodput | None = None, peak: perf.Peak | None = None):
     self.batch_size, self.steps_per_epoch, self.workdir = batch_size, steps_per_epoch, workdir
+    self.goodput, self.peak = goodput or perf.Goodput(), peak
     self.pending = None
     self.rows: list[dict] = []
     self.restart_clock()
 
+  def _excluded(self) -> float:
+    return sum(self.goodput.seconds[k] for k in _NOT_STEP_TIME)
+
   def restart_clock(self) -> None:
-    self.started = time.perf_counter()
+    self.started, self.excluded_at_start = time.perf_counter(), self._excluded()
 
   def push(self, step: int, out: dict, *, sync: bool, last_saved: int | None) -> None:
     done = [self.pending] if self.pending is not None else []
@@ -269,14 +299,17 @@ class MetricWindow:
             f"{good} in {self.workdir / ckpt_lib.CHECKPOINT_DIR}")
       self.rows.append(o)
 
-  def row(self, step: int, mask_ratio: float | None) -> dict | None:
+  def row(self, step: int, mask_ratio: float | None,
+          flops_per_device: float | None = None) -> dict | None:
     """The log row of the steps since the last one (None when there are none); starts anew."""
     if not self.rows:
       return None
-    elapsed = time.perf_counter() - self.started
+    elapsed = time.perf_counter() - self.started - (self._excluded() - self.excluded_at_start)
+    step_time = max(elapsed, 1e-9) / len(self.rows)
     mean = _mean_rows(self.rows)
     row = {"train_loss": mean.pop("loss"), "lr": float(self.rows[-1]["lr"]),
-           "segments_per_s": len(self.rows) * self.batch_size / max(elapsed, 1e-9),
+           "segments_per_s": self.batch_size / step_time, "step_time_s": step_time,
+           **perf.throughput(step_time, flops_per_device, self.peak),
            "epoch": step / self.steps_per_epoch}
     row.update({f"train_{k}": v for k, v in mean.items() if k != "lr"})
     if mask_ratio is not None:
@@ -287,24 +320,36 @@ class MetricWindow:
 
 class Steps:
   """The compiled train and eval steps on the mesh, one variant per mask ratio, and the
-  placement of host batches."""
+  placement of host batches.
 
-  def __init__(self, config, mesh, graphdef, tx, schedule, state_sh):
+  A train step variant is compiled ahead of its first call (`lower().compile()`, as `bench
+  train` does), so its compilation is booked to `goodput`'s compile time and its FLOPs per
+  device (`flops[ratio]`) are known for MFU.
+  """
+
+  def __init__(self, config, mesh, graphdef, tx, schedule, state_sh,
+               goodput: perf.Goodput | None = None):
     self.config, self.mesh, self.graphdef = config, mesh, graphdef
     self.tx, self.schedule, self.state_sh = tx, schedule, state_sh
+    self.goodput = goodput or perf.Goodput()
     self.batch_axes = sharding.batch_axes(mesh, config.mesh)
     self.batch_sh = sharding.batch_sharding(mesh, config.mesh)
     self.metric_sh = sharding.replicated(mesh)
     self._train, self._eval = {}, {}
+    self.flops: dict[float | None, float | None] = {}
 
   def to_device(self, host_batch):
     return sharding.place_batch(host_batch, self.mesh, self.batch_axes)
 
-  def train(self, ratio):
+  def train(self, ratio, state, batch):
+    """The compiled train step of `ratio` for arguments shaped like `state` and `batch`."""
     if ratio not in self._train:
-      self._train[ratio] = state_lib.jit_train_step(
-          self.graphdef, self.tx, self.schedule, self.config, ratio, self.state_sh,
-          self.batch_sh, self.metric_sh)
+      with self.goodput.phase("compile"):
+        jitted = state_lib.jit_train_step(
+            self.graphdef, self.tx, self.schedule, self.config, ratio, self.state_sh,
+            self.batch_sh, self.metric_sh)
+        self._train[ratio] = jitted.lower(state, batch).compile()
+      self.flops[ratio] = perf.compiled_flops(self._train[ratio])
     return self._train[ratio]
 
   def evaluate(self, state, batches, ratio) -> dict[str, float]:
@@ -385,7 +430,8 @@ def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
   return state
 
 
-def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int, workdir) -> None:
+def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int, workdir,
+              peak: perf.Peak | None) -> None:
   progress.message(
       f"xmae-train: {config.model.name} ({state_lib.num_params(abstract):,} parameters), "
       f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
@@ -395,6 +441,8 @@ def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int
   if sharded:
     progress.message(f"FSDP-sharded parameters: {len(sharded)} of "
                      f"{len(jax.tree.leaves(abstract['params']))}")
+  if peak is not None:
+    progress.message(peak.describe())
 
 
 def _user_errors(fn, *args):
@@ -419,6 +467,7 @@ def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
 
 
 def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.ExitStack) -> dict:
+  goodput = perf.Goodput()
   chief = jax.process_index() == 0
   t = config.train
 
@@ -442,7 +491,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
   init = state_lib.init_fn(config, tx)
   abstract = jax.eval_shape(init)
   state_sh = _user_errors(state_lib.state_shardings, abstract, mesh, config)
-  steps = Steps(config, mesh, state_lib.model_graphdef(config), tx, schedule, state_sh)
+  steps = Steps(config, mesh, state_lib.model_graphdef(config), tx, schedule, state_sh, goodput)
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
   validation = Validation.from_config(config)
   with jax.set_mesh(mesh):
@@ -454,49 +503,66 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
           ckpt_lib.restore_newest_intact, ckpt, [s for s in ckpt.all_steps()[::-1] if s <= latest],
           lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation))
       ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])   # corrupt: this run rewrites them
+    # From here on the loop takes placed batches, read ahead while the step runs.
+    batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.get("device_prefetch", 2)))
     step = start = int(jax.device_get(state["step"]))
     if chief:
       ckpt_lib.write_config(workdir, config)
       metrics_lib.truncate_after(workdir, start)
     writer = metrics_lib.MetricsWriter(workdir, active=chief)
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
-    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir)
+    # Only process 0 logs, so only it needs the MFU denominator (measured on CPU).
+    peak = perf.device_peak(jax.local_devices()[0], str(t.compute_dtype)) if chief else None
+    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir, peak)
     if fallback:
       progress.message(f"xmae-train: {fallback}; newer ones moved to {workdir / ckpt_lib.CORRUPT_DIR}")
 
     # 4. the loop
     preemption = Preemption()
-    window = MetricWindow(int(t.batch_size), plan.steps_per_epoch, workdir)
+    window = MetricWindow(int(t.batch_size), plan.steps_per_epoch, workdir, goodput, peak)
+    profile = perf.ProfileWindow(plan.profile, workdir / "profile", active=chief)
     status = "completed"
     last_saved = latest if latest is not None and start > 0 else None
+    goodput.end_init()
     try:
       while step < plan.total_steps:
         if preemption.reached(step):
           status = "preempted"
           break
         ratio = validation.mask_ratio
-        state, out = steps.train(ratio)(state, steps.to_device(next(train_it)))
+        with goodput.phase("data"):
+          batch = next(batches)
+        with goodput.phase("other"):
+          profile.before(step)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+          state, out = steps.train(ratio, state, batch)(state, batch)
         step += 1
+        with goodput.phase("other"):
+          profile.after(step, out)
         now = due(plan, step, stop_at_step)
         window.push(step, out, sync=now.sync, last_saved=last_saved)
-        row = window.row(step, ratio) if now.log else None
+        row = window.row(step, ratio, steps.flops.get(ratio)) if now.log else None
         val_loss = None
         if now.eval:
-          val = steps.evaluate(state, iter(val_data), ratio)
+          with goodput.phase("eval"):
+            val = steps.evaluate(state, iter(val_data), ratio)
           val_loss = val.pop("loss")
           row = {**(row or {}), "val_loss": val_loss, **{f"val_{k}": v for k, v in val.items()}}
           for message in validation.record(step, val_loss):
             progress.message(message)
-        if row is not None:
-          writer.write(step, row)
-          progress.update(step, loss=row.get("train_loss", float("nan")), lr=row.get("lr", 0.0))
         if now.figure and can_plot(config):
-          batch = _first_batch(val_data)
-          _draw_figure(steps, config, workdir, step, state, batch, validation.mask_ratio)
+          with goodput.phase("eval"):
+            _draw_figure(steps, config, workdir, step, state, _first_batch(val_data),
+                         validation.mask_ratio)
         stop_early = now.eval and validation.should_stop()
         if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
-          _save(ckpt, config, step, state, validation, train_it, val_loss)
+          with goodput.phase("checkpoint"):
+            _save(ckpt, config, step, state, validation, batches, val_loss)
           last_saved = step
+        if row is not None:
+          row.update(goodput.shares())
+          writer.write(step, row)
+          progress.update(step, loss=row.get("train_loss", float("nan")), lr=row.get("lr", 0.0))
         if stop_early:
           status = "early_stopped"
           progress.message(f"step {step}: early stop, no val_loss improvement in "
@@ -509,16 +575,17 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
           window.restart_clock()
       if status == "preempted":
         if last_saved != step:
-          _save(ckpt, config, step, state, validation, train_it)
+          _save(ckpt, config, step, state, validation, batches)
           last_saved = step
         progress.message(f"step {step}: preempted (SIGTERM); checkpoint saved, rerun the same "
                          "command to resume")
     finally:
+      profile.close()
       preemption.close()
       progress.close()
       writer.close()
       ckpt.close()
-      pipeline.close(train_it)
+      pipeline.close(batches)
   return {"status": status, "step": step, "total_steps": plan.total_steps,
           "best_val_loss": validation.best_val_loss, "best_step": validation.best_step,
           "last_val_loss": validation.last_val_loss, "last_checkpoint": last_saved,
