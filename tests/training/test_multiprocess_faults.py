@@ -30,7 +30,7 @@ REPO = HERE.parents[1]
 RUNNER = HERE / "train_runner.py"
 TIMEOUT = 480
 SLOW_COMPILE_S = 40   # longer than gloo's 30 s wait for a peer at the first collective
-PEER_LOSS_BOUND_S = 150
+PEER_LOSS_BOUND_S = 120
 
 
 @pytest.fixture(scope="module")
