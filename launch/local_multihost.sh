@@ -4,6 +4,8 @@
 # cluster. Each process reads its own rows of every global batch; process 0 writes the logs.
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=2 bash launch/local_multihost.sh CONFIG WORKDIR [flags...]
 # Losses equal those of a single-process run of the same config (the topology does not matter).
+# Rerunning the same command resumes (the compilation cache stays on). If a process dies, the
+# others end within about a minute with one line naming it; the exit status is then non-zero.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 2 ]; then

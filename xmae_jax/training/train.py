@@ -318,6 +318,41 @@ class MetricWindow:
     return row
 
 
+COMPILE_BARRIER_TIMEOUT_S = 3600
+
+
+class CompiledTogether:
+  """A jitted function compiled at its first call, which returns once EVERY process has compiled
+  it (a barrier of the distributed runtime); then the compiled executable is called.
+
+  Why: only process 0 writes the persistent compilation cache, and on CPU the cache key differs
+  per process (it hashes the topology, which names the process), so on a rerun process 0 loads a
+  step from the cache while the others compile it anew (as on hosts with separate caches). The
+  first cross-process collective (gloo on CPU) waits only 30 s for a peer, and a step compile
+  can take minutes. The runtime's barrier is no collective and waits `COMPILE_BARRIER_TIMEOUT_S`.
+  """
+
+  _count = 0   # barrier ids: every process compiles the same programs in the same order
+
+  def __init__(self, jitted, name: str):
+    self.jitted, self.name, self.compiled = jitted, name, None
+
+  def compile(self, *args):
+    """Compiles for arguments shaped like `args`, then waits for every process to have done so."""
+    if self.compiled is None:
+      self.compiled = self.jitted.lower(*args).compile()
+      if jax.process_count() > 1:
+        from jax._src import distributed   # the runtime's barrier has no public name
+        CompiledTogether._count += 1
+        distributed.global_state.client.wait_at_barrier(
+            f"xmae_compiled_{CompiledTogether._count}_{self.name}",
+            COMPILE_BARRIER_TIMEOUT_S * 1000)
+    return self.compiled
+
+  def __call__(self, *args):
+    return self.compile(*args)(*args)
+
+
 class Steps:
   """The compiled train and eval steps on the mesh, one variant per mask ratio, and the
   placement of host batches.
@@ -335,7 +370,7 @@ class Steps:
     self.batch_axes = sharding.batch_axes(mesh, config.mesh)
     self.batch_sh = sharding.batch_sharding(mesh, config.mesh)
     self.metric_sh = sharding.replicated(mesh)
-    self._train, self._eval = {}, {}
+    self._train, self._eval, self._reconstruct = {}, {}, {}
     self.flops: dict[float | None, float | None] = {}
 
   def to_device(self, host_batch):
@@ -345,18 +380,20 @@ class Steps:
     """The compiled train step of `ratio` for arguments shaped like `state` and `batch`."""
     if ratio not in self._train:
       with self.goodput.phase("compile"):
-        jitted = state_lib.jit_train_step(
+        step = CompiledTogether(state_lib.jit_train_step(
             self.graphdef, self.tx, self.schedule, self.config, ratio, self.state_sh,
-            self.batch_sh, self.metric_sh)
-        self._train[ratio] = jitted.lower(state, batch).compile()
-      self.flops[ratio] = perf.compiled_flops(self._train[ratio])
+            self.batch_sh, self.metric_sh), f"train_step_{ratio}")
+        step.compile(state, batch)
+      self._train[ratio] = step
+      self.flops[ratio] = perf.compiled_flops(step.compiled)
     return self._train[ratio]
 
   def evaluate(self, state, batches, ratio) -> dict[str, float]:
     """Mean validation metrics over `batches` (a host iterator, closed here)."""
     if ratio not in self._eval:
-      self._eval[ratio] = state_lib.jit_eval_step(self.graphdef, self.config, ratio,
-                                                  self.state_sh, self.batch_sh, self.metric_sh)
+      self._eval[ratio] = CompiledTogether(state_lib.jit_eval_step(
+          self.graphdef, self.config, ratio, self.state_sh, self.batch_sh, self.metric_sh),
+          f"eval_step_{ratio}")
     fn = self._eval[ratio]
     rows = [state_lib.fetch(fn(state, self.to_device(b), jnp.uint32(i)))
             for i, b in enumerate(batches)]
@@ -375,7 +412,10 @@ class Steps:
       return {"ppg": b["ppg"][:n], "ecg": b["ecg"][:n], "rec": got["ecg_reconstruction"][:n],
               "masked": got["ecg_masked"][:n]}
 
-    return state_lib.fetch(jax.jit(reconstruct, out_shardings=self.metric_sh)(
+    if (ratio, n) not in self._reconstruct:
+      self._reconstruct[ratio, n] = CompiledTogether(
+          jax.jit(reconstruct, out_shardings=self.metric_sh), f"reconstruct_{ratio}")
+    return state_lib.fetch(self._reconstruct[ratio, n](
         state["params"], state["batch_stats"], self.to_device(host_batch)))
 
 
