@@ -135,3 +135,21 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   assert info["source"]["step"] == 0 and info["source"]["checkpoint_kind"] == "model"
   z_ours = encoder_lib.load_encoder(package).embed(z["in/ppg"], fs=100)
   np.testing.assert_allclose(z_ours, z["out/ppg_embedding"], atol=1e-5, rtol=1e-4)
+
+
+def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tiny_workdir, tmp_path):
+  """A temporary of a killed export (its pid gone) is removed by the next export to that path;
+  one of a live export is left alone."""
+  import subprocess
+  import sys
+  out = tmp_path / "encoder"
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()                                         # a pid that no longer runs
+  stale = tmp_path / f"encoder.tmp-{dead.pid}-abc"
+  (stale / "weights").mkdir(parents=True)
+  live = tmp_path / f"encoder.tmp-{__import__('os').getpid()}-xyz"
+  live.mkdir()
+  export_lib.export_workdir(tiny_workdir, out)
+  assert not stale.exists() and live.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["encoder", live.name])
+  assert (out / package_lib.PACKAGE_FILE).is_file()

@@ -80,7 +80,8 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
   import orbax.checkpoint as ocp
   output = Path(output).absolute()
   output.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
+  remove_stale_temporaries(output)
+  tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-{os.getpid()}-", dir=output.parent))
   try:
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(tmp / WEIGHTS_DIR, tensors)
@@ -94,6 +95,25 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return output
+
+
+def remove_stale_temporaries(output: Path) -> None:
+  """Removes the temporary directories of exports to `output` whose process is gone (an export
+  killed mid-write); those of a live export are left alone."""
+  for tmp in output.parent.glob(f"{output.name}.tmp-*"):
+    pid = tmp.name[len(output.name) + len(".tmp-"):].split("-")[0]
+    if tmp.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # another user's process
+    return True
+  return True
 
 
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) -> None:
