@@ -343,3 +343,16 @@ def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env, 
   model, config = ckpt_lib.load_model(workdir, "latest")
   assert config.train.num_steps == 10000 and config.model.name == "toy_mae"
   assert model.norm.use_running_average                  # eval mode
+
+
+def test_cli_unknown_mask_mode_is_one_line(dataset, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "xmae_jax.cli.xmae_train", "--config", "configs/xmae.py:tiny",
+       "--workdir", str(tmp_path / "run"), f"--config.data.dir={dataset}",
+       "--config.masking.mode=random"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert lines[-1].startswith("xmae-train: error: unknown mask mode 'random'"), proc.stderr[-2000:]
+  assert not any("Traceback" in line for line in lines)
