@@ -54,7 +54,8 @@ def pytest_configure(config):
 
 
 def _repo_path(node) -> str:
-  return Path(node.path).resolve().relative_to(REPO).as_posix()
+  path = Path(node.path).resolve()
+  return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
 
 
 def pytest_collection_modifyitems(session, config, items):
