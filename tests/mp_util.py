@@ -9,8 +9,10 @@ Parent side (in a test):
 
 `SCRIPT` is Python source (a string) or the path of a script. Every process gets the same
 command line plus its own environment: a free coordinator port (portpicker), its index, the
-process count, `JAX_PLATFORMS=cpu` and `XLA_FLAGS=--xla_force_host_platform_device_count=D`,
-and `PYTHONPATH` with the repository and `tests/` (so scripts can `import mp_util`). If any
+process count, `JAX_PLATFORMS=cpu`, `--xla_force_host_platform_device_count=D` added to the
+caller's `XLA_FLAGS`, and `PYTHONPATH` with the repository and `tests/` (so scripts can
+`import mp_util`); the rest of the environment is the parent's, so the test session's
+compilation cache (tests/conftest.py) is shared. If any
 process fails or the timeout passes, all are killed and `MultiProcessError` says which one
 failed, with the tail of its output.
 
@@ -40,6 +42,9 @@ from typing import Any, Sequence
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 RESULT_PREFIX = "MP_UTIL_RESULT "
+# XLA's fast-compile options (LLVM -O0, no expensive passes) for test subprocesses that run a few
+# steps and compare runs with each other, never with the reference: compiling dominates them.
+FAST_COMPILE_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
 _ENV_COORDINATOR = "MP_UTIL_COORDINATOR"
 _ENV_NUM = "MP_UTIL_NUM_PROCESSES"
 _ENV_INDEX = "MP_UTIL_PROCESS_INDEX"
@@ -117,10 +122,12 @@ def _child_env(index: int, num: int, port: int, devices: int,
                extra: dict[str, str] | None) -> dict[str, str]:
   env = dict(os.environ)
   path = [str(REPO), str(TESTS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
   env.update({
       "PYTHONPATH": os.pathsep.join(path),
       "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+      "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
       _ENV_COORDINATOR: f"127.0.0.1:{port}",
       _ENV_NUM: str(num),
       _ENV_INDEX: str(index),

@@ -48,7 +48,8 @@ def _load_config(arg="tiny"):
 @pytest.fixture(scope="module")
 def cache_env(tmp_path_factory):
   return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu"}
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu",
+          **mp_util.FAST_COMPILE_ENV}
 
 
 @pytest.fixture(scope="module")
