@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthetic_data import synthetic_dataset
+
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import workdir_lock
 
@@ -214,12 +216,7 @@ def test_lock_refuses_a_second_holder_and_frees_when_the_holder_dies(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  from xmae_jax.data import prepare
-  out = tmp_path_factory.mktemp("synthetic")
-  prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
-                          source_options={"num_subjects": 6, "minutes_per_subject": 2.0},
-                          log=lambda *a, **k: None)
-  return out
+  return synthetic_dataset(tmp_path_factory, 6, 2.0)
 
 
 def test_second_trainer_on_a_workdir_is_refused_with_one_line(dataset, tmp_path):

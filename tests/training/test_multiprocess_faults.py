@@ -22,6 +22,8 @@ import numpy as np
 import portpicker
 import pytest
 
+from synthetic_data import synthetic_dataset
+
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 
@@ -35,12 +37,7 @@ PEER_LOSS_BOUND_S = 120
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  from xmae_jax.data import prepare
-  out = tmp_path_factory.mktemp("synthetic")
-  prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
-                          source_options={"num_subjects": 6, "minutes_per_subject": 1.0},
-                          log=lambda *a, **k: None)
-  return out
+  return synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
 def _start_group(workdir: Path, dataset: Path, flags: list[str], env: dict) -> list[subprocess.Popen]:

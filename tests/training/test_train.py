@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthetic_data import synthetic_dataset
+
 import mp_util
 from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
@@ -54,12 +56,7 @@ def cache_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  from xmae_jax.data import prepare
-  out = tmp_path_factory.mktemp("synthetic")
-  prepare.prepare_dataset("synthetic", None, out, workers=1, seed=0, progress=False,
-                          source_options={"num_subjects": 8, "minutes_per_subject": 1.0},
-                          log=lambda *a, **k: None)
-  return out
+  return synthetic_dataset(tmp_path_factory, 8, 1.0)
 
 
 @pytest.fixture(scope="module")
