@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import figures
 from xmae_jax.training import metrics as metrics_lib
@@ -70,7 +71,7 @@ def test_metrics_rows_are_json_and_truncation_drops_later_steps(tmp_path):
 def test_config_round_trips_through_json_with_tuples():
   c = mlc.ConfigDict({"model": {"name": "xmae", "widths": (8, 16)},
                       "mesh": {"axes": (("data", -1), ("fsdp", 1))}})
-  back = ckpt_lib.config_from_dict(json.loads(json.dumps(ckpt_lib.config_to_dict(c))))
+  back = config_lib.config_from_dict(json.loads(json.dumps(config_lib.config_to_dict(c))))
   assert back.model.widths == (8, 16) and back.mesh.axes == (("data", -1), ("fsdp", 1))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import package as package_lib
@@ -36,7 +37,6 @@ def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def export_model(model, config, output: str | os.PathLike, *, modality: str = "ppg",
                  source: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
   """Writes the package of `model`'s `modality` encoder to `output`; returns its path."""
-  from xmae_jax.training import checkpoint
   output = Path(output).absolute()
   if output.exists() and not overwrite:
     raise ExportError(f"output {output} exists (pass --overwrite to replace it)")
@@ -54,7 +54,7 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
       param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
       preprocessing=_dataset_preprocessing(config), source=source, tensors=flat, kinds=kinds,
       segment_length=contract.segment_length)
-  return package_lib.write_package(output, flat, info, checkpoint.config_to_dict(config))
+  return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config))
 
 
 def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = "auto",

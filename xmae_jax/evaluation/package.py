@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from xmae_jax import __version__
+from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 
 FORMAT_NAME = "xmae-jax-encoder"
@@ -210,10 +211,9 @@ def is_package(path) -> bool:
 
 def read_config(path, info: dict):
   """The model config stored in the package."""
-  from xmae_jax.training import checkpoint
   path = Path(path)
   try:
-    return checkpoint.config_from_dict(json.loads((path / info["config_file"]).read_text()))
+    return config_lib.config_from_dict(json.loads((path / info["config_file"]).read_text()))
   except (OSError, KeyError, json.JSONDecodeError) as e:
     raise PackageError(f"{path}: unreadable model config ({e})") from None
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import models
 from xmae_jax.data import pipeline
@@ -547,7 +548,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
     batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.get("device_prefetch", 2)))
     step = start = int(jax.device_get(state["step"]))
     if chief:
-      ckpt_lib.write_config(workdir, config)
+      config_lib.write_config(workdir, config)
       metrics_lib.truncate_after(workdir, start)
     writer = metrics_lib.MetricsWriter(workdir, active=chief)
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
