@@ -9,13 +9,20 @@ Two protocols score the same embeddings:
   predictions for every segment. Metrics on the pooled out-of-fold predictions: AUROC, AUPRC, F1
   and balanced accuracy (threshold 0.5), or MAE, R^2 and Pearson r, each with a 95% CI from a
   subject-level (cluster) bootstrap, because segments of one subject are not independent.
+  Multiclass tasks: multinomial logistic regression (class-balanced), the same folds (stratified
+  on the class), and macro one-vs-rest AUROC, balanced accuracy and macro F1 (argmax class).
 * `xmae` (the xMAE group's protocol, ../shared/docs/xmae_paper_notes.md §9): a linear softmax
   head on the raw embedding, cross-entropy, Adam lr 1e-3, no weight decay, up to 7 epochs,
   batch 2048, early stopping on a 1/8 validation part of each training fold (patience 5, best
   weights restored), 5 folds with seed 77, subject-level folds by default (`folds="segment"` for
   their stratified segment-level folds). Metrics: AUROC, F1, accuracy as mean +- std over folds.
   Regression tasks (not in the paper) use the same head with one output and MSE on the
-  standardized target, reporting MAE and R^2.
+  standardized target, reporting MAE and R^2; multiclass tasks a K-output head, reporting macro
+  AUROC, macro F1, accuracy and balanced accuracy.
+
+Multiclass targets are class ids with `class_names`; a class with fewer subjects than folds
+cannot be in every fold's training and test part, so it is dropped before the folds are made and
+the result lists it under `dropped_classes` (its other classes, with counts, under `classes`).
 
 No subject is ever in both the training and the test part of a fold.
 """
@@ -43,8 +50,10 @@ from xmae_jax.evaluation import tasks as tasks_lib
 
 PROTOCOLS = ("linear", "xmae")
 CLASSIFICATION_METRICS = ("auroc", "auprc", "f1", "balanced_accuracy")
+MULTICLASS_METRICS = ("macro_auroc", "balanced_accuracy", "macro_f1")
 REGRESSION_METRICS = ("mae", "r2", "pearson_r")
 XMAE_CLASSIFICATION_METRICS = ("auroc", "f1", "accuracy")
+XMAE_MULTICLASS_METRICS = ("macro_auroc", "macro_f1", "accuracy", "balanced_accuracy")
 XMAE_REGRESSION_METRICS = ("mae", "r2")
 
 
@@ -89,8 +98,7 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
   n_pos, n_neg = int(y.sum()), int((~y).sum())
   if n_pos == 0 or n_neg == 0:
     return {k: math.nan for k in CLASSIFICATION_METRICS}
-  ranks = scipy.stats.rankdata(prob)
-  auroc = (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+  auroc = _auroc_from_ranks(scipy.stats.rankdata(prob), y)
   order = np.argsort(-prob, kind="mergesort")
   sorted_prob, sorted_y = prob[order], y[order]
   last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_prob)), len(prob) - 1]
@@ -106,6 +114,37 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
           "balanced_accuracy": float(balanced)}
 
 
+def _auroc_from_ranks(ranks: np.ndarray, is_pos: np.ndarray) -> float:
+  """Mann-Whitney AUROC from the (tie-averaged) ranks of the scores."""
+  n_pos = int(is_pos.sum())
+  n_neg = len(is_pos) - n_pos
+  return float((ranks[is_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def multiclass_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
+  """Macro one-vs-rest AUROC, balanced accuracy and macro F1 of class probabilities (N, K).
+
+  AUROC and balanced accuracy average over the classes present in `y` (a subject resample can
+  miss one); F1 over the classes present in `y` or predicted, as sklearn does. Equal to sklearn
+  when every class is present (see the tests); plain numpy because the bootstrap calls it often.
+  """
+  y = np.asarray(y).astype(int)
+  prob = np.asarray(prob)
+  present = np.unique(y)
+  if len(present) < 2:
+    return {k: math.nan for k in MULTICLASS_METRICS}
+  ranks = scipy.stats.rankdata(prob[:, present], axis=0)
+  auroc = np.mean([_auroc_from_ranks(ranks[:, i], y == k) for i, k in enumerate(present)])
+  pred = prob.argmax(1)
+  balanced = np.mean([np.mean(pred[y == k] == k) for k in present])
+  f1 = []
+  for k in np.union1d(present, pred):
+    tp = np.sum((pred == k) & (y == k))
+    f1.append(2 * tp / (np.sum(pred == k) + np.sum(y == k)) if tp else 0.0)
+  return {"macro_auroc": float(auroc), "balanced_accuracy": float(balanced),
+          "macro_f1": float(np.mean(f1))}
+
+
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
   if len(y) < 2:
     return {k: math.nan for k in REGRESSION_METRICS}
@@ -117,12 +156,20 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _metrics_fn(kind: str):
-  return classification_metrics if kind == tasks_lib.CLASSIFICATION else regression_metrics
+  return {tasks_lib.CLASSIFICATION: classification_metrics,
+          tasks_lib.MULTICLASS: multiclass_metrics}.get(kind, regression_metrics)
+
+
+def _stratified(kind: str) -> bool:
+  return kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTICLASS)
 
 
 def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *,
                       n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
-  """95% percentile CIs from resampling subjects with replacement (all segments of a subject)."""
+  """95% percentile CIs from resampling subjects with replacement (all segments of a subject).
+
+  `score` is per segment: a probability, a value, or (multiclass) a row of class probabilities.
+  """
   metric_fn = _metrics_fn(kind)
   _, inverse = np.unique(groups, return_inverse=True)
   rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
@@ -159,31 +206,77 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, f
     classes = np.unique(y)
     if len(classes) != 2 or not set(classes.tolist()) <= {0.0, 1.0}:
       raise ProbeError(f"binary targets must take both values 0 and 1; got {classes.tolist()}")
+  if kind == tasks_lib.MULTICLASS:
+    classes = np.unique(y)
+    if len(classes) < 2 or np.any(classes < 0) or np.any(classes != np.round(classes)):
+      raise ProbeError(f"multiclass targets must be class ids 0, 1, ... of at least 2 classes; "
+                       f"got {classes[:10].tolist()}")
   return min(folds, n_subjects)
 
 
 def _outer_splits(y, groups, kind, n_folds, seed, grouped=True):
   idx = np.zeros(len(y))
-  if kind == tasks_lib.CLASSIFICATION:
+  if _stratified(kind):
     if grouped:
       n_folds = min(n_folds, _max_stratified_group_folds(y, groups))
       splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
     else:
-      n_folds = min(n_folds, int(min(np.sum(y == 0), np.sum(y == 1))))
+      n_folds = min(n_folds, int(np.unique(y, return_counts=True)[1].min()))
       splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
   else:
     splitter = (GroupKFold(n_folds, shuffle=True, random_state=seed) if grouped
                 else KFold(n_folds, shuffle=True, random_state=seed))
   if n_folds < 2:
     raise ProbeError("too few subjects per class for 2 folds")
-  return list(splitter.split(idx, y.astype(int) if kind == tasks_lib.CLASSIFICATION else y,
+  return list(splitter.split(idx, y.astype(int) if _stratified(kind) else y,
                              groups if grouped else None))
 
 
 def _max_stratified_group_folds(y, groups) -> int:
   """Folds possible so that each class can appear in several folds: subjects having each class."""
-  per_class = [len(np.unique(groups[y == c])) for c in (0, 1)]
+  per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
   return max(2, min(per_class))
+
+
+def select_classes(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str] | None,
+                   min_subjects: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """The classes of a multiclass target that have at least `min_subjects` subjects.
+
+  Returns (rows kept, their class ids renumbered 0..K-1 in the original order, a summary with
+  `classes` and `dropped_classes`: name, segments, subjects). Fewer than 2 classes left is
+  one-line ProbeError naming every class and its subjects.
+  """
+  ids = np.asarray(y).astype(int)
+  present = np.unique(ids)
+  if class_names is None:
+    class_names = [str(k) for k in range(int(present.max()) + 1)]
+  if present.max() >= len(class_names) or present.min() < 0:
+    raise ProbeError(f"class ids {present.tolist()} do not index the {len(class_names)} class names")
+  counts = {int(k): {"name": class_names[k], "segments": int(np.sum(ids == k)),
+                     "subjects": int(len(np.unique(groups[ids == k])))} for k in present}
+  kept = [k for k in counts if counts[k]["subjects"] >= min_subjects]
+  if len(kept) < 2:
+    listing = ", ".join(f"{c['name']} {c['subjects']}" for c in counts.values())
+    raise ProbeError(f"multiclass target: fewer than 2 classes have at least {min_subjects} "
+                     f"subjects (one per fold); subjects per class: {listing}")
+  rows = np.flatnonzero(np.isin(ids, kept))
+  summary = {"classes": [counts[k] for k in kept],
+             "dropped_classes": [{**counts[k], "reason": f"fewer than {min_subjects} subjects"}
+                                 for k in counts if k not in kept]}
+  return rows, np.searchsorted(kept, ids[rows]).astype(np.float64), summary
+
+
+def _class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+  """(N, n_classes) probabilities; a class the model never saw in training gets 0."""
+  out = np.zeros((len(x), n_classes))
+  out[:, np.asarray(model.classes_).astype(int)] = model.predict_proba(x)
+  return out
+
+
+def _multiclass_scorer(estimator, x, y) -> float:
+  """Inner-CV score: macro AUROC, robust to folds that miss a class (sklearn's raises)."""
+  n_classes = int(max(np.max(y), np.max(estimator.classes_))) + 1
+  return multiclass_metrics(y, _class_probabilities(estimator, x, n_classes))["macro_auroc"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,7 +284,7 @@ def _max_stratified_group_folds(y, groups) -> int:
 
 
 def _estimator(kind: str, cfg: LinearProbeConfig):
-  if kind == tasks_lib.CLASSIFICATION:
+  if _stratified(kind):   # lbfgs: multinomial for more than two classes
     model = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter)
     return make_pipeline(StandardScaler(), model), {"logisticregression__C": list(cfg.c_grid)}
   return make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(cfg.alpha_grid)}
@@ -200,39 +293,54 @@ def _estimator(kind: str, cfg: LinearProbeConfig):
 def _fit_fold(x, y, groups, kind, cfg: LinearProbeConfig):
   estimator, grid = _estimator(kind, cfg)
   n_inner = min(cfg.inner_folds, len(np.unique(groups)))
-  if kind == tasks_lib.CLASSIFICATION:
+  if _stratified(kind):
     n_inner = min(n_inner, _max_stratified_group_folds(y, groups))
     inner = StratifiedGroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
-    scoring = "roc_auc"
+    scoring = "roc_auc" if kind == tasks_lib.CLASSIFICATION else _multiclass_scorer
   else:
     inner = GroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
     scoring = "neg_mean_squared_error"
   if n_inner < 2:   # a fold with a single training subject per class: no inner CV possible
-    return estimator.fit(x, y), None
+    return estimator.fit(x, y.astype(int) if _stratified(kind) else y), None
   search = GridSearchCV(estimator, grid, cv=inner, scoring=scoring, refit=True, error_score=np.nan)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.simplefilter("ignore", UserWarning)   # inner folds that miss a class score NaN
-    search.fit(x, y.astype(int) if kind == tasks_lib.CLASSIFICATION else y, groups=groups)
+    search.fit(x, y.astype(int) if _stratified(kind) else y, groups=groups)
   return search.best_estimator_, next(iter(search.best_params_.values()))
+
+
+def _multiclass_rows(x, y, groups, kind, class_names, folds):
+  """The multiclass rows and summary (see select_classes); everything, unchanged, otherwise."""
+  if kind != tasks_lib.MULTICLASS:
+    return x, y, groups, {}
+  _check_inputs(x, y, groups, kind, folds)
+  rows, y, summary = select_classes(y, groups, class_names, min(folds, len(np.unique(groups))))
+  return x[rows], y, groups[rows], summary
 
 
 def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
                  cfg: LinearProbeConfig = LinearProbeConfig(), *,
-                 keep_predictions: bool = False) -> dict[str, Any]:
+                 keep_predictions: bool = False,
+                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
   """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs.
 
-  With keep_predictions, the result also holds `predictions` (out-of-fold scores), `targets`
-  and `groups` as arrays (for paired comparisons; `report.json_ready` drops them).
+  With keep_predictions, the result also holds `predictions` (out-of-fold scores; multiclass:
+  (N, K) class probabilities), `targets` and `groups` as arrays (for paired comparisons;
+  `report.json_ready` drops them). Multiclass: `y` holds ids into `class_names`.
   """
   x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
+  x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.outer_folds)
   n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
   splits = _outer_splits(y, groups, kind, n_folds, cfg.seed)
-  oof = np.full(len(y), np.nan)
+  n_classes = len(classes.get("classes", ()))
+  oof = np.full((len(y), n_classes) if n_classes else len(y), np.nan)
   folds = []
   for train, test in splits:
     model, chosen = _fit_fold(x[train], y[train], groups[train], kind, cfg)
-    if kind == tasks_lib.CLASSIFICATION:
+    if kind == tasks_lib.MULTICLASS:
+      oof[test] = _class_probabilities(model, x[test], n_classes)
+    elif kind == tasks_lib.CLASSIFICATION:
       oof[test] = model.predict_proba(x[test])[:, 1]
     else:
       oof[test] = model.predict(x[test])
@@ -246,13 +354,22 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       "metrics": {k: {"value": v, "ci95": list(cis[k])} for k, v in point.items()},
       "folds": folds, "n_folds": len(splits),
       "n_segments": int(len(y)), "n_subjects": int(len(np.unique(groups))),
-      **_class_counts(y, kind),
+      **_class_counts(y, kind, classes, oof),
       "config": dataclasses.asdict(cfg),
       **({"predictions": oof, "targets": y, "groups": groups} if keep_predictions else {}),
   }
 
 
-def _class_counts(y, kind):
+def _class_counts(y, kind, classes=None, prob=None):
+  """Binary: positives and negatives. Multiclass: the class summary, with each class's
+  one-vs-rest AUROC where the class probabilities are given."""
+  if kind == tasks_lib.MULTICLASS:
+    out = {"classes": [dict(c) for c in classes["classes"]],
+           "dropped_classes": classes["dropped_classes"]}
+    if prob is not None:
+      for k, c in enumerate(out["classes"]):
+        c["auroc"] = classification_metrics(y == k, prob[:, k])["auroc"]
+    return out
   if kind != tasks_lib.CLASSIFICATION:
     return {}
   return {"n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0))}
@@ -343,15 +460,26 @@ def _validation_split(train, groups, cfg: XMAEProbeConfig, seed: int):
 
 
 def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-               cfg: XMAEProbeConfig = XMAEProbeConfig()) -> dict[str, Any]:
+               cfg: XMAEProbeConfig = XMAEProbeConfig(), *,
+               class_names: Sequence[str] | None = None) -> dict[str, Any]:
   """The xMAE paper's protocol; per-fold metrics and their mean and std."""
   x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
+  x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.folds)
   n_folds = _check_inputs(x, y, groups, kind, cfg.folds)
   splits = _outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
   folds = []
   for i, (train, test) in enumerate(splits):
     fit_rows, val_rows = _validation_split(train, groups, cfg, cfg.seed + i)
-    if kind == tasks_lib.CLASSIFICATION:
+    if kind == tasks_lib.MULTICLASS:
+      n_classes = len(classes["classes"])
+      predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
+                            y[val_rows].astype(np.float32), n_classes, cfg, cfg.seed + i)
+      prob = _softmax(predict(x[test]))
+      m = multiclass_metrics(y[test], prob)
+      scores = {"macro_auroc": m["macro_auroc"], "macro_f1": m["macro_f1"],
+                "accuracy": float(np.mean(prob.argmax(1) == y[test])),
+                "balanced_accuracy": m["balanced_accuracy"]}
+    elif kind == tasks_lib.CLASSIFICATION:
       predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
                             y[val_rows].astype(np.float32), 2, cfg, cfg.seed + i)
       logits = predict(x[test])
@@ -369,7 +497,8 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       scores = {"mae": float(np.mean(np.abs(pred - y[test]))),
                 "r2": float(skm.r2_score(y[test], pred)) if len(test) > 1 else math.nan}
     folds.append({"n_test": int(len(test)), **scores})
-  names = XMAE_CLASSIFICATION_METRICS if kind == tasks_lib.CLASSIFICATION else XMAE_REGRESSION_METRICS
+  names = {tasks_lib.CLASSIFICATION: XMAE_CLASSIFICATION_METRICS,
+           tasks_lib.MULTICLASS: XMAE_MULTICLASS_METRICS}.get(kind, XMAE_REGRESSION_METRICS)
   summary = {}
   for name in names:
     v = np.array([f[name] for f in folds])
@@ -378,7 +507,7 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
                      "std": float(v.std()) if len(v) else math.nan}
   return {"protocol": "xmae", "kind": kind, "metrics": summary, "folds": folds,
           "n_folds": len(splits), "n_segments": int(len(y)),
-          "n_subjects": int(len(np.unique(groups))), **_class_counts(y, kind),
+          "n_subjects": int(len(np.unique(groups))), **_class_counts(y, kind, classes),
           "config": dataclasses.asdict(cfg)}
 
 
@@ -388,7 +517,8 @@ def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
   """metric(a) - metric(b) on the same segments, with a paired subject-bootstrap 95% CI.
 
   Both encoders' out-of-fold predictions are resampled with the same subjects, so the CI is of
-  the difference itself (much tighter than comparing two separate CIs).
+  the difference itself (much tighter than comparing two separate CIs). Scores as in
+  subject_bootstrap (multiclass: rows of class probabilities).
   """
   metric_fn = _metrics_fn(kind)
   a, b = metric_fn(y, score_a), metric_fn(y, score_b)
@@ -430,10 +560,15 @@ def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: st
     raise ProbeError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
   y, keep, task = tasks_lib.targets(task_spec, fields)
   x, g, y = np.asarray(embeddings)[keep], np.asarray(subjects)[keep], y[keep]
-  if protocol == "linear":
-    result = linear_probe(x, y, g, task.kind, linear_cfg, keep_predictions=keep_predictions)
-  else:
-    result = xmae_probe(x, y, g, task.kind, xmae_cfg)
+  names = (tasks_lib.class_names(task_spec, fields) if task.kind == tasks_lib.MULTICLASS else None)
+  try:
+    if protocol == "linear":
+      result = linear_probe(x, y, g, task.kind, linear_cfg, keep_predictions=keep_predictions,
+                            class_names=names)
+    else:
+      result = xmae_probe(x, y, g, task.kind, xmae_cfg, class_names=names)
+  except ProbeError as e:
+    raise ProbeError(f"task {tasks_lib.canonical_name(task_spec)}: {e}") from None
   return {"task": tasks_lib.canonical_name(task_spec), "description": task.description,
           "unit": task.unit, **result}
 

@@ -21,7 +21,8 @@ from xmae_jax.evaluation import tasks as tasks_lib
 from xmae_jax.training import figures
 
 # The one number per task that tables and charts show.
-PRIMARY = {tasks_lib.CLASSIFICATION: "auroc", tasks_lib.REGRESSION: "r2"}
+PRIMARY = {tasks_lib.CLASSIFICATION: "auroc", tasks_lib.MULTICLASS: "macro_auroc",
+           tasks_lib.REGRESSION: "r2"}
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def format_metric(m: dict[str, Any] | None) -> str:
 def markdown_table(results: Sequence[dict[str, Any]], *, encoder_column: bool = False) -> str:
   """One row per (encoder,) task and protocol; metrics as `value [CI]` or `mean ± std`."""
   lines = []
-  for kind in (tasks_lib.CLASSIFICATION, tasks_lib.REGRESSION):
+  for kind in tasks_lib.KINDS:
     rows = [r for r in results if r["kind"] == kind]
     if not rows:
       continue
@@ -77,9 +78,26 @@ def markdown_table(results: Sequence[dict[str, Any]], *, encoder_column: bool = 
       cells += [format_metric(r["metrics"].get(n)) for n in metric_names]
       lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if kind == tasks_lib.MULTICLASS:
+      lines += [_class_line(r, encoder_column) for r in rows] + [""]
   lines.append("Linear protocol: value [subject-bootstrap 95% CI] on pooled out-of-fold "
                "predictions; xmae protocol: mean ± std over folds.")
   return "\n".join(lines) + "\n"
+
+
+def _class_line(r: dict[str, Any], with_encoder: bool = False) -> str:
+  """A multiclass result's classes: segments/subjects (and one-vs-rest AUROC) each, and the
+  classes dropped for having fewer subjects than folds."""
+  who = f"{r.get('encoder', '')}, " if with_encoder else ""
+  parts = []
+  for c in r["classes"]:
+    auroc = f", AUROC {c['auroc']:.3f}" if "auroc" in c else ""
+    parts.append(f"{c['name']} ({c['segments']} segments, {c['subjects']} subjects{auroc})")
+  text = f"* {who}{r['task']} ({r['protocol']}): classes " + "; ".join(parts)
+  if r.get("dropped_classes"):
+    text += "; dropped: " + "; ".join(f"{c['name']} ({c['subjects']} subjects: {c['reason']})"
+                                      for c in r["dropped_classes"])
+  return text
 
 
 def write_probe_report(results, output_json=None, output_md=None) -> str:
@@ -145,7 +163,7 @@ def full_report(results: Sequence[dict], *, title: str = "Encoder comparison", n
   return "\n".join(parts)
 
 
-def differences_table(diffs: Sequence[dict], metrics=("auroc", "r2", "mae")) -> str:
+def differences_table(diffs: Sequence[dict], metrics=("auroc", "macro_auroc", "r2", "mae")) -> str:
   """Encoder minus baseline per task: value [paired 95% CI]."""
   shown = [m for m in metrics if any(m in d["difference"] for d in diffs)]
   lines = ["| encoder | baseline | task | " + " | ".join(f"Δ {m}" for m in shown) + " |",
@@ -195,7 +213,7 @@ def bar_chart(results: Sequence[dict], path, *, protocol: str = "linear", title:
   ax.set_xticklabels(labels, fontsize=8)
   ax.axhline(0.5, color="0.6", lw=0.6, ls="--")
   ax.axhline(0.0, color="0.3", lw=0.6)
-  ax.set_ylabel("AUROC (classification) / R² (regression)")
+  ax.set_ylabel("AUROC (classification; multiclass: macro) / R² (regression)")
   ax.set_ylim(min(-0.2, ax.get_ylim()[0]), 1.0)
   ax.legend(fontsize=7, ncol=min(len(encoders), 5), frameon=False, loc="upper center",
             bbox_to_anchor=(0.5, 1.16))

@@ -1,10 +1,18 @@
 """Downstream tasks: how a probe target is derived from the labels and metadata records carry.
 
 A task is named by a spec string `NAME[:PARAM]`, e.g. `age`, `age_over:60`, `hypertension`,
-`hypertension:clinical`. Targets come from `fields`: a mapping from a field name (`age`, `sex`,
+`hypertension:clinical`, `alarm_true:60`. Targets come from `fields`: a mapping from a field name (`age`, `sex`,
 `sbp`, `pvc`, ...; record.py lists the usual ones) to a per-segment array, NaN where unknown.
 A target of NaN excludes that segment from the task (e.g. the hypertension band between the
 two thresholds).
+
+Three kinds: CLASSIFICATION (binary, targets 0/1), MULTICLASS (targets are class ids 0..K-1 into
+`class_names`, the sorted distinct values of the task's first field, so string labels work) and
+REGRESSION.
+
+Alarm tasks (`alarm_true`, `alarm_type`) take the window rule as parameter: `SECONDS` keeps the
+windows with 0 <= seconds_to_alarm <= SECONDS (the windows just before the alarm, which is what
+the alarm was raised on), `all` every window of the record (no seconds_to_alarm needed).
 
 Adding a task is a few lines: write a target function `(fields, param) -> float array` and put a
 `Task(...)` in REGISTRY.
@@ -12,6 +20,7 @@ Adding a task is a few lines: write a target function `(fields, param) -> float 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Mapping
 
 import numpy as np
@@ -19,7 +28,10 @@ import numpy as np
 from xmae_jax.errors import XmaeError
 
 CLASSIFICATION = "classification"
+MULTICLASS = "multiclass"
 REGRESSION = "regression"
+KINDS = (CLASSIFICATION, MULTICLASS, REGRESSION)
+ALARM_WINDOW_FIELD = "seconds_to_alarm"
 
 
 class TaskError(XmaeError):
@@ -32,12 +44,18 @@ Fields = Mapping[str, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str
-  kind: str                       # CLASSIFICATION (binary, targets 0/1) or REGRESSION
-  needs: tuple[str, ...]          # fields the target is computed from
+  kind: str                       # CLASSIFICATION (binary, targets 0/1), MULTICLASS or REGRESSION
+  needs: tuple[str, ...]          # fields the target is computed from (MULTICLASS: classes first)
   target: Callable[[Fields, str | None], np.ndarray]
   description: str
   default_param: str | None = None
   unit: str = ""
+  alarm_window: bool = False      # PARAM is the alarm window rule (SECONDS or all)
+
+  def fields_needed(self, param: str | None) -> tuple[str, ...]:
+    if self.alarm_window and param != "all":
+      return self.needs + (ALARM_WINDOW_FIELD,)
+    return self.needs
 
 
 def _field(fields: Fields, name: str) -> np.ndarray:
@@ -48,9 +66,17 @@ def _copy(name: str):
   return lambda fields, param: _field(fields, name)
 
 
+_BOOLEAN_WORDS = {"1": 1.0, "1.0": 1.0, "true": 1.0, "yes": 1.0,
+                  "0": 0.0, "0.0": 0.0, "false": 0.0, "no": 0.0}
+
+
 def _binary(name: str):
   def target(fields, param):
-    y = _field(fields, name)
+    raw = np.asarray(fields[name])
+    if raw.dtype.kind in "USO":   # e.g. "True"/"False" written by a text-based reader
+      y = np.array([_BOOLEAN_WORDS.get(str(v).strip().lower(), np.nan) for v in raw])
+    else:
+      y = raw.astype(np.float64)
     bad = np.isfinite(y) & (y != 0) & (y != 1)
     if bad.any():
       raise TaskError(f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}")
@@ -97,6 +123,50 @@ def _sex(fields, param):
   return _binary("sex")(fields, param)
 
 
+def categories(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  """(class id per segment as float, NaN where unknown; the sorted class names) of a label
+  column; numbers and strings alike (a number's class name is its text, e.g. `1.0`)."""
+  values = np.asarray(values)
+  known = _known(values)
+  text = np.array([str(v) for v in values.ravel()], dtype=str).reshape(values.shape)
+  names = sorted(set(text[known].tolist()))
+  ids = np.searchsorted(np.asarray(names, dtype=str), text) if names else np.zeros(text.shape, int)
+  return np.where(known, ids.astype(np.float64), np.nan), names
+
+
+def _window_seconds(param: str | None, task: str) -> float | None:
+  """The alarm window rule: None for `all`, else SECONDS (a number >= 0)."""
+  if param == "all":
+    return None
+  try:
+    seconds = float(param)
+  except (TypeError, ValueError):
+    seconds = math.nan
+  if not seconds >= 0:
+    raise TaskError(f"task {task}: window {param!r} must be a number of seconds >= 0 or 'all'")
+  return seconds
+
+
+def _in_alarm_window(fields: Fields, param: str | None, task: str, n: int) -> np.ndarray:
+  """True for the windows the alarm rule keeps (see the module docstring)."""
+  seconds = _window_seconds(param, task)
+  if seconds is None:
+    return np.ones(n, bool)
+  before = _field(fields, ALARM_WINDOW_FIELD)
+  with np.errstate(invalid="ignore"):
+    return (before >= 0) & (before <= seconds)
+
+
+def _alarm_true(fields, param):
+  y = _binary("alarm_true")(fields, param)
+  return np.where(_in_alarm_window(fields, param, "alarm_true", len(y)), y, np.nan)
+
+
+def _alarm_type(fields, param):
+  ids, _ = categories(fields["alarm_type"])
+  return np.where(_in_alarm_window(fields, param, "alarm_type", len(ids)), ids, np.nan)
+
+
 def _number(param: str | None, task: str) -> float:
   try:
     return float(param)
@@ -118,10 +188,17 @@ REGISTRY: dict[str, Task] = {t.name: t for t in [
     Task("pvc", CLASSIFICATION, ("pvc",), _binary("pvc"), "ectopic (PVC) beat in the segment"),
     Task("ptt", REGRESSION, ("ptt_ms",), _copy("ptt_ms"), "pulse-transit time (R-peak to pulse)",
          unit="ms"),
+    Task("alarm_true", CLASSIFICATION, ("alarm_true",), _alarm_true,
+         "the record's alarm is true (1) or false (0); PARAM = windows ending 0..SECONDS s before "
+         "the alarm, or all", default_param="60", alarm_window=True),
+    Task("alarm_type", MULTICLASS, ("alarm_type",), _alarm_type,
+         "the record's alarm type; PARAM = windows ending 0..SECONDS s before the alarm, or all",
+         default_param="60", alarm_window=True),
 ]}
 
 # The tasks `xmae-probe --task all` runs (each needs its fields to be present).
-DEFAULT_TASKS = ("age", "age_over", "sex", "bmi", "sbp", "dbp", "hypertension", "hr", "pvc", "ptt")
+DEFAULT_TASKS = ("age", "age_over", "sex", "bmi", "sbp", "dbp", "hypertension", "hr", "pvc", "ptt",
+                 "alarm_true", "alarm_type")
 
 
 def parse(spec: str) -> tuple[Task, str | None]:
@@ -132,7 +209,10 @@ def parse(spec: str) -> tuple[Task, str | None]:
   task = REGISTRY[name]
   if param and task.default_param is None:
     raise TaskError(f"task {name!r} takes no parameter (got {param!r})")
-  return task, (param or task.default_param)
+  param = param or task.default_param
+  if task.alarm_window:
+    _window_seconds(param, name)   # a bad window is an error before any data is read
+  return task, param
 
 
 def canonical_name(spec: str) -> str:
@@ -141,14 +221,24 @@ def canonical_name(spec: str) -> str:
 
 
 def available(spec: str, fields: Fields) -> bool:
+  """Whether the data carry every field the task needs, each with some known value."""
+  task, param = parse(spec)
+  return all(n in fields and np.any(_known(fields[n])) for n in task.fields_needed(param))
+
+
+def class_names(spec: str, fields: Fields) -> list[str]:
+  """The names of a MULTICLASS task's class ids (sorted distinct values of its first field)."""
   task, _ = parse(spec)
-  return all(n in fields and np.any(_known(fields[n])) for n in task.needs)
+  if task.kind != MULTICLASS:
+    raise TaskError(f"task {task.name} is not a multiclass task")
+  return categories(fields[task.needs[0]])[1]
 
 
 def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
-  """(y, keep, task): y per segment (0/1 floats or values), keep = the segments the task uses."""
+  """(y, keep, task): y per segment (0/1 floats, class ids or values), keep = the segments the
+  task uses."""
   task, param = parse(spec)
-  missing = [n for n in task.needs if n not in fields]
+  missing = [n for n in task.fields_needed(param) if n not in fields]
   if missing:
     raise TaskError(f"task {task.name}: the data carry no {', '.join(missing)} "
                     f"(fields present: {', '.join(sorted(fields)) or 'none'})")
@@ -156,10 +246,12 @@ def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
   keep = np.isfinite(y)
   if not keep.any():
     raise TaskError(f"task {canonical_name(spec)}: no segment has a usable target")
-  if task.kind == CLASSIFICATION:
+  if task.kind in (CLASSIFICATION, MULTICLASS):
     classes = np.unique(y[keep])
     if len(classes) < 2:
-      raise TaskError(f"task {canonical_name(spec)}: only class {classes[0]:g} present in the data")
+      only = (class_names(spec, fields)[int(classes[0])] if task.kind == MULTICLASS
+              else f"{classes[0]:g}")
+      raise TaskError(f"task {canonical_name(spec)}: only class {only} present in the data")
   return y, keep, task
 
 
