@@ -79,6 +79,39 @@ def test_wfdb_multi_segment_record_is_joined(physionet_dir):
   assert len(ecg) / fs == pytest.approx(16.0) and len(ppg) / fs_p == pytest.approx(16.0)
 
 
+def test_wfdb_arterial_pressure_is_an_extra_channel(physionet_dir):
+  import wfdb
+  recs, _ = _read_all(wfdb_source, str(physionet_dir / "mixedsignals"))
+  abp, fs = recs[0].extra["abp"]
+  raw = wfdb.rdrecord(str(physionet_dir / "mixedsignals"), channel_names=["ABP"],
+                      smooth_frames=False)
+  assert fs == pytest.approx(2 * 62.4725)
+  np.testing.assert_array_equal(abp, raw.e_p_signal[0])           # mmHg, as the header scales
+  # --wfdb-abp-names: another name list, or none; the modalities are read alike either way
+  for names in ("", "ART"):
+    other, _ = _read_all(wfdb_source, str(physionet_dir / "mixedsignals"),
+                         {"wfdb_abp_names": names})
+    assert other[0].extra == {}
+    for m, (x, f) in recs[0].signals.items():
+      assert f == other[0].signals[m][1] and np.array_equal(x, other[0].signals[m][0],
+                                                            equal_nan=True)
+  # a multi-segment record joins its segments' ABP like its modalities
+  joined, _ = _read_all(wfdb_source, str(physionet_dir / "041s" / "041s"))
+  abp, fs = joined[0].extra["abp"]
+  assert fs == 125.0 and len(abp) == 2000 and np.isfinite(abp).all()
+
+
+def test_wfdb_run_without_abp_in_one_segment_is_nan_there():
+  seg = lambda n, abp: ({"ecg": (np.zeros(2 * n), 250.0), "ppg": (np.zeros(n), 125.0)},
+                        {"abp": (np.full(n, 90.0), 125.0)} if abp else {})
+  joined = wfdb_source._join_extra([seg(100, True), seg(50, False), seg(100, True)])
+  x, fs = joined["abp"]
+  assert fs == 125.0 and len(x) == 250
+  assert np.isnan(x[100:150]).all() and (x[:100] == 90).all() and (x[150:] == 90).all()
+  other_rate = [seg(100, True), ({"ecg": (np.zeros(200), 250.0)}, {"abp": (np.ones(10), 10.0)})]
+  assert wfdb_source._join_extra(other_rate) == {}
+
+
 def test_wfdb_mimic_matched_subset_layout_with_missing_segments(physionet_dir):
   master = physionet_dir / "p000878" / "p000878-2137-10-26-16-57"
   recs, missing = _read_all(wfdb_source, str(master))

@@ -109,7 +109,8 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
 
   The per-input path that `xmae-prepare` (`process_unit`) and `xmae-embed` (raw inputs) share:
   the source's reader, then `preprocess.segment_recording`. With `modalities`, a recording
-  must have all of them and only those are used. Raises `sources.SourceError` (or whatever a
+  must have all of them and only those are windowed; the others still give their per-window
+  meta (an ECG's heart rate) as extra channels. Raises `sources.SourceError` (or whatever a
   broken reader raises) when the unit cannot be read; the caller decides what to keep then.
   """
   reader = sources_lib.get(source)
@@ -117,15 +118,16 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
     if isinstance(item, sources_lib.Missing):
       yield RecordingSegments(item, "missing")
       continue
-    signals = item.signals
+    signals, extra = item.signals, dict(item.extra)
     if modalities is not None:
       if any(m not in signals for m in modalities):
         yield RecordingSegments(item, "lacking")
         continue
+      extra.update({m: s for m, s in signals.items() if m not in modalities})
       signals = {m: signals[m] for m in modalities}
     try:
       segs, stats = pp.segment_recording(signals, config, meta=item.meta, labels=item.labels,
-                                         events=item.events, series=item.series)
+                                         events=item.events, series=item.series, extra=extra)
     except pp.PreprocessError as e:
       yield RecordingSegments(item, "unusable", error=str(e))
       continue
@@ -197,6 +199,8 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
       stats.update(rec.stats)
       warnings.extend([item.name, note] for note in rec.notes)
       for seg in rec.segments:
+        for name in item.labels:                  # the recording's labels, counted per window
+          stats[f"label/{name}={seg.labels[name]}"] += 1
         records.append(record_lib.encode(record_lib.Record(
             subject_id=item.subject_id, segment_id=f"{item.name}:{seg.index:05d}", source=source,
             ppg=seg.signals.get("ppg"), ecg=seg.signals.get("ecg"),
@@ -434,6 +438,8 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
   cut_seconds: collections.Counter = collections.Counter()
   notes: collections.Counter = collections.Counter()
   skipped_recordings: collections.Counter = collections.Counter()
+  derived: dict[str, dict] = {}
+  labels: dict[str, collections.Counter] = {}
   files_skipped, files_missing, per_file, warnings = [], [], [], []
   kept = 0
   for r in results:
@@ -450,6 +456,14 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
         notes[k[5:]] += v
       elif k.startswith("recording_skipped/"):
         skipped_recordings[k[18:]] += v
+      elif k.startswith("derived/"):
+        derived.setdefault(k[8:], {"windows": 0, "nan": collections.Counter()})["windows"] += v
+      elif k.startswith("derived_nan/"):
+        name, reason = k[12:].split("/", 1)
+        derived.setdefault(name, {"windows": 0, "nan": collections.Counter()})["nan"][reason] += v
+      elif k.startswith("label/"):
+        name, value = k[6:].split("=", 1)
+        labels.setdefault(name, collections.Counter())[value] += v
     unit = _relative(r["unit"], root)
     if r["status"] != "ok":
       files_skipped.append({"file": unit, "reason": r["reason"]})
@@ -473,6 +487,12 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
                         for k, v in sorted(cut.items())},
       "recordings_skipped": dict(sorted(skipped_recordings.items())),
       "quality_notes": dict(sorted(notes.items())),
+      # per-window meta derived from the signals (hr, sbp_dbp): windows with a value, and the
+      # windows left NaN per reason; and the windows per value of each recording label
+      "derived_meta": {name: {"windows": d["windows"], "nan": dict(sorted(d["nan"].items())),
+                              "nan_total": sum(d["nan"].values())}
+                       for name, d in sorted(derived.items())},
+      "label_windows": {name: dict(sorted(c.items())) for name, c in sorted(labels.items())},
       "input_warnings": warnings,
       "records_per_split": {s: e["records"] for s, e in entries.items()},
       "subjects_per_split": {s: e["subjects"] for s, e in entries.items()},
@@ -522,6 +542,15 @@ def render_report(r: dict[str, Any]) -> str:
                    ("Quality could not be computed (stored as 0)", r["quality_notes"])):
     if d:
       lines += ["", f"## {title}", ""] + [f"- {k}: {v}" for k, v in d.items()]
+  if r.get("derived_meta"):
+    lines += ["", "## Meta derived per window (with a value; NaN per reason)", ""] + [
+        f"- {k}: {d['windows']} windows with a value, {d['nan_total']} NaN"
+        + (" (" + ", ".join(f"{why} {n}" for why, n in d["nan"].items()) + ")" if d["nan"]
+           else "") for k, d in r["derived_meta"].items()]
+  if r.get("label_windows"):
+    lines += ["", "## Windows per recording label", ""] + [
+        f"- {k}: " + ", ".join(f"{value} {n}" for value, n in c.items())
+        for k, c in r["label_windows"].items()]
   if r["stretches_cut"]:
     lines += ["", "## Cut out before windowing (NaN runs, flat lines)", ""] + [
         f"- {k}: {v['runs']} runs, {v['seconds']} s" for k, v in r["stretches_cut"].items()]

@@ -10,6 +10,8 @@ One function per step, so that `xmae-prepare`, `load_encoder().embed` and evalua
                     reference)
   minmax            per-segment min-max to [-1, 1]
   segment_recording the whole path for one continuous multi-modality recording -> segments
+  derive_window_meta  per window: window_start_s, seconds_to_alarm, hr (ECG R-peaks), sbp/dbp
+                    (arterial pressure beats), each NaN with a counted reason when unusable
   prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
 
 segment_recording cleans the windows of a recording together and computes quality with
@@ -292,8 +294,8 @@ def _beat_correlations(x: np.ndarray, peaks: np.ndarray, rate: float,
   return cycles[:-1], np.clip(cc, -1, 1)
 
 
-def quality_fast(cleaned: np.ndarray, fs: float, modality: str,
-                 config: PreprocessConfig) -> tuple[float, str | None]:
+def quality_fast(cleaned: np.ndarray, fs: float, modality: str, config: PreprocessConfig, *,
+                 peaks: np.ndarray | None = None) -> tuple[float, str | None]:
   """quality() with the same result, computed without NeuroKit's per-call overhead.
 
   NeuroKit's ecg_peaks/ppg_peaks wrap the peak finders in a pandas frame that is thrown away,
@@ -303,18 +305,22 @@ def quality_fast(cleaned: np.ndarray, fs: float, modality: str,
   PchipInterpolator evaluation, and the 'previous' interpolation of the beat correlations is an
   index lookup. Anything unusual (another method, 3 peaks or fewer, beats of unequal length,
   fewer than two whole beats) goes through quality() itself, so the result is always quality()'s;
-  tests/data/test_preprocess_equality.py checks it on real records.
+  tests/data/test_preprocess_equality.py checks it on real records. `peaks`: the peak finder's
+  result on `cleaned`, when the caller already has it (segment_recording's heart rate).
   """
   if config.quality_method != "templatematch" or modality not in MODALITIES:
     return quality(cleaned, fs, modality, config)
-  return _summarize_quality(lambda: _templatematch_fast(cleaned, fs, modality), config)
+  return _summarize_quality(lambda: _templatematch_fast(cleaned, fs, modality, peaks), config)
 
 
-def _templatematch_fast(x: np.ndarray, fs: float, modality: str) -> np.ndarray:
+def _templatematch_fast(x: np.ndarray, fs: float, modality: str,
+                        peaks: np.ndarray | None = None) -> np.ndarray:
   """quality_vector(x, fs, modality, 'templatematch'), by the shortcuts quality_fast names."""
   x = np.asarray(x, float)
   n = len(x)
-  peaks = np.asarray(_ecg_peaks(x, fs) if modality == "ecg" else _ppg_peaks(x, fs))
+  if peaks is None:
+    peaks = _ecg_peaks(x, fs) if modality == "ecg" else _ppg_peaks(x, fs)
+  peaks = np.asarray(peaks)
   if n < fs * 4 or len(peaks) <= 3 or peaks.dtype.kind not in "iu":
     return quality_vector(x, fs, modality)
   # nk.signal_rate(peaks, fs, desired_length=n): the period at each peak (the first one set to
@@ -516,6 +522,130 @@ def window_starts(duration_s: float, config: PreprocessConfig) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-window measurements (meta derived from the signals)
+# ---------------------------------------------------------------------------------------------
+HR_RANGE = (20.0, 300.0)          # bpm; outside it the R-peaks found are not a heart rhythm
+# Pressure bounds (mmHg). Beyond them a monitor's arterial line is being flushed, zeroed,
+# disconnected or is not an arterial pressure at all; a pulse pressure under 10 mmHg is a
+# damped (over-damped catheter, clot, kinked line) or flat trace whose peaks are no systole.
+SBP_RANGE = (40.0, 300.0)
+DBP_RANGE = (10.0, 200.0)
+MIN_PULSE_PRESSURE = 10.0
+MIN_BEATS = 3
+# a systolic peak stands out of the window by at least this share of its 5-95th percentile
+# span, and follows the previous one by at least 0.25 s (up to 240 bpm)
+ABP_PROMINENCE = 0.5
+ABP_MIN_INTERVAL_S = 0.25
+
+
+def heart_rate_from_peaks(peaks: np.ndarray, fs: float) -> tuple[float, str | None]:
+  """(60 / median R-R interval in bpm, None), or (NaN, reason): 'too_few_beats' below
+  MIN_BEATS peaks, 'implausible' outside HR_RANGE."""
+  peaks = np.asarray(peaks)
+  if len(peaks) < MIN_BEATS:
+    return math.nan, "too_few_beats"
+  hr = 60.0 * fs / float(np.median(np.diff(peaks)))
+  if not HR_RANGE[0] <= hr <= HR_RANGE[1]:
+    return math.nan, "implausible"
+  return hr, None
+
+
+def heart_rate(cleaned_ecg: np.ndarray, fs: float) -> tuple[float, str | None]:
+  """Heart rate of a cleaned ECG window from the R-peaks quality_fast finds (`_ecg_peaks`)."""
+  peaks = _try_ecg_peaks(cleaned_ecg, fs)
+  if peaks is None:
+    return math.nan, "too_few_beats"
+  return heart_rate_from_peaks(peaks, fs)
+
+
+def _try_ecg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
+  """_ecg_peaks, or None where the finder fails (NeuroKit raises on signals without QRS)."""
+  try:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore")
+      peaks = np.asarray(_ecg_peaks(np.asarray(x, float), fs))
+  except Exception:  # NeuroKit raises several types on degenerate input
+    return None
+  return peaks if peaks.dtype.kind in "iu" else None
+
+
+def blood_pressure(abp: np.ndarray, fs: float) -> tuple[float, float, str | None]:
+  """(SBP, DBP, None) in mmHg of an arterial pressure window, or (NaN, NaN, reason).
+
+  Beats: systolic peaks (scipy find_peaks, prominence ABP_PROMINENCE of the window's 5-95th
+  percentile span, ABP_MIN_INTERVAL_S apart), diastolic troughs the minimum between two
+  peaks; SBP, DBP = their medians. Reasons: 'damped' (span or median pulse pressure under
+  MIN_PULSE_PRESSURE), 'too_few_beats' (fewer than MIN_BEATS peaks), 'implausible' (outside
+  SBP_RANGE / DBP_RANGE). NaN runs and flat lines are the caller's (check_window) to reject.
+  """
+  from scipy import signal
+  x = np.asarray(abp, np.float64)
+  lo, hi = np.percentile(x, [5, 95])
+  if hi - lo < MIN_PULSE_PRESSURE:
+    return math.nan, math.nan, "damped"
+  peaks, _ = signal.find_peaks(x, distance=max(1, int(round(ABP_MIN_INTERVAL_S * fs))),
+                               prominence=ABP_PROMINENCE * (hi - lo))
+  if len(peaks) < MIN_BEATS:
+    return math.nan, math.nan, "too_few_beats"
+  troughs = [a + int(np.argmin(x[a:b])) for a, b in zip(peaks[:-1], peaks[1:])]
+  sbp, dbp = float(np.median(x[peaks])), float(np.median(x[troughs]))
+  if sbp - dbp < MIN_PULSE_PRESSURE:
+    return math.nan, math.nan, "damped"
+  if not (SBP_RANGE[0] <= sbp <= SBP_RANGE[1] and DBP_RANGE[0] <= dbp <= DBP_RANGE[1]):
+    return math.nan, math.nan, "implausible"
+  return sbp, dbp, None
+
+
+def derive_window_meta(seg: Segment, config: PreprocessConfig, *, given: set[str],
+                       hr: tuple[float, str | None] | None,
+                       extra: Mapping[str, tuple[np.ndarray, float]],
+                       stats: collections.Counter) -> None:
+  """Adds what is derived per window to seg.meta (keys the source gives, `given`, are kept):
+
+  window_start_s  the window's start in its recording (s)
+  seconds_to_alarm  meta alarm_time_s - the window's end (negative after the alarm)
+  hr              bpm from the ECG R-peaks (`hr`: the modality's (value, reason), else the
+                  extra 'ecg' channel's window), NaN when unusable
+  sbp, dbp        mmHg from the extra 'abp' channel (`blood_pressure`), NaN when unusable
+  and counts 'derived/<name>' (a value) or 'derived_nan/<name>/<reason>' into `stats`.
+  """
+  t0, t1 = seg.start_s, seg.start_s + config.segment_seconds
+  if "window_start_s" not in given:
+    seg.meta["window_start_s"] = float(t0)
+  if "alarm_time_s" in seg.meta and "seconds_to_alarm" not in given:
+    seg.meta["seconds_to_alarm"] = float(seg.meta["alarm_time_s"]) - float(t1)
+  if "hr" not in given:
+    if hr is None and "ecg" in extra:
+      x, fs = extra["ecg"]
+      w, reason = _extra_window(x, fs, t0, config)
+      hr = (math.nan, reason) if w is None else heart_rate(clean(w, fs, "ecg", config), fs)
+    if hr is not None:
+      seg.meta["hr"] = hr[0]
+      _count(stats, "hr", hr[1])
+  if "abp" in extra and not {"sbp", "dbp"} & given:
+    x, fs = extra["abp"]
+    w, reason = _extra_window(x, fs, t0, config)
+    sbp, dbp, reason = (math.nan, math.nan, reason) if w is None else blood_pressure(w, fs)
+    seg.meta["sbp"], seg.meta["dbp"] = sbp, dbp
+    _count(stats, "sbp_dbp", reason)
+
+
+def _extra_window(x: np.ndarray, fs: float, t0: float,
+                  config: PreprocessConfig) -> tuple[np.ndarray | None, str | None]:
+  """The window at t0 of a raw extra channel, after check_window; (None, reason) if unusable."""
+  fs = float(fs)
+  a, n = int(round(t0 * fs)), int(round(config.segment_seconds * fs))
+  w = np.asarray(x[a:a + n], np.float64)
+  if len(w) < n:
+    return None, "missing"
+  return check_window(w, fs, config)
+
+
+def _count(stats: collections.Counter, name: str, reason: str | None) -> None:
+  stats[f"derived/{name}" if reason is None else f"derived_nan/{name}/{reason}"] += 1
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole path
 # ---------------------------------------------------------------------------------------------
 def segment_recording(
@@ -526,19 +656,23 @@ def segment_recording(
     labels: Mapping[str, Any] | None = None,
     events: Mapping[str, np.ndarray] | None = None,
     series: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    extra: Mapping[str, tuple[np.ndarray, float]] | None = None,
 ) -> tuple[list[Segment], collections.Counter]:
   """One continuous recording -> prepared segments, and a Counter of drops and notes.
 
   signals: modality -> (samples, fs), all starting at t = 0 (modalities may differ in rate).
   events:  name -> (K, 2) [start_s, end_s] intervals; a window's label is 1 if one overlaps it.
   series:  name -> (times_s, values); a window's meta value is their mean inside the window.
-  The Counter keys are 'dropped/<reason>' (per window) and 'note/<reason>' (kept windows).
+  extra:   name -> (samples, fs) raw channels that only give meta ('abp', or 'ecg' when it is
+           no modality here): see derive_window_meta; they never change the windows.
+  The Counter keys are 'dropped/<reason>' (per window), 'note/<reason>' (kept windows) and
+  derive_window_meta's 'derived/...' counts.
 
   The windows of a recording are cleaned together (one filter call per modality) and their
   quality computed by quality_fast; the result equals segment_recording_unbatched's.
   """
   return _segment(signals, config, _RecordSteps, meta=meta, labels=labels, events=events,
-                  series=series)
+                  series=series, extra=extra)
 
 
 def segment_recording_unbatched(signals: Mapping[str, tuple[np.ndarray, float]],
@@ -554,7 +688,7 @@ def segment_recording_unbatched(signals: Mapping[str, tuple[np.ndarray, float]],
 
 
 def _segment(signals, config, steps_class, *, meta=None, labels=None, events=None,
-             series=None):
+             series=None, extra=None):
   stats: collections.Counter = collections.Counter()
   present = {}
   for m, (x, fs) in signals.items():
@@ -583,6 +717,8 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
     stats["dropped/too_short"] += 1
     return [], stats
   steps = steps_class(present, [float(t) for t in starts], config, required)
+  given = set(meta or {}) | set(series or {})        # what the source says is kept as it is
+  channels = {name: c for name, c in (extra or {}).items() if name not in present}
   out = []
   for k, t0 in enumerate(starts):
     seg, reason = _one_window(present, k, float(t0), config, required, stats, steps)
@@ -596,6 +732,8 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
       inside = (times >= t0) & (times < t1)
       if inside.any():
         seg.meta[name] = float(np.mean(values[inside]))
+    derive_window_meta(seg, config, given=given, extra=channels, stats=stats,
+                       hr=steps.heart_rate(k) if "ecg" in present else None)
     seg.labels.update(labels or {})
     for name, iv in (events or {}).items():
       iv = np.asarray(iv, float).reshape(-1, 2)
@@ -660,6 +798,11 @@ class _WindowSteps:
     return resample(c, self.present[m][1], self.config.target_fs, self.config.segment_length,
                     self.config.resample_method)
 
+  def heart_rate(self, k):
+    if ("ecg", k) not in self.cleaned:
+      return math.nan, self.check("ecg", k) or "missing"
+    return heart_rate(self.cleaned["ecg", k], self.present["ecg"][1])
+
 
 class _RecordSteps:
   """Every window's checks first; then, per modality, the windows _one_window will ask about are
@@ -690,11 +833,21 @@ class _RecordSteps:
 
   def _finish(self, m, cleaned):
     fs, config = self.present[m][1], self.config
-    return (quality_fast(cleaned, fs, m, config),
-            resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method))
+    # the R-peaks quality_fast finds also give the window's heart rate
+    peaks = _try_ecg_peaks(cleaned, fs) if m == "ecg" else None
+    hr = ((math.nan, "too_few_beats") if peaks is None else heart_rate_from_peaks(peaks, fs)
+          ) if m == "ecg" else None
+    return (quality_fast(cleaned, fs, m, config, peaks=peaks),
+            resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method),
+            hr)
 
   def check(self, m, k):
     return self.reasons[m, k]
+
+  def heart_rate(self, k):
+    if ("ecg", k) not in self.results:
+      return math.nan, self.check("ecg", k) or "missing"
+    return self.results["ecg", k][2]
 
   def quality(self, m, k):
     if (m, k) not in self.results:                 # not foreseen above: compute it alone

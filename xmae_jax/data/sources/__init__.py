@@ -44,6 +44,9 @@ class Recording:
   signals: modality ('ecg'/'ppg') -> (samples, fs); both start at t = 0.
   events:  name -> (K, 2) [start_s, end_s]; windows overlapping one get label name = 1, else 0.
   series:  name -> (times_s, values); windows get meta name = the mean of values inside them.
+  extra:   name -> (samples, fs), raw channels that are not model inputs, from t = 0 like
+           `signals`; they never change the windows, each window only gets meta derived from
+           them (`preprocess.derive_window_meta`: 'abp' in mmHg -> sbp/dbp, 'ecg' -> hr).
   non_numeric: modality -> number of cells that held text and were read as missing (NaN), so
            the report can say so instead of the values silently becoming gaps.
   """
@@ -55,6 +58,7 @@ class Recording:
   events: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   series: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
   non_numeric: dict[str, int] = dataclasses.field(default_factory=dict)
+  extra: dict[str, tuple[np.ndarray, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

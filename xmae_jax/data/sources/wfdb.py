@@ -11,8 +11,13 @@ Handles:
     master headers, a `_layout` header and segments of which some lack ECG or PPG and some may be
     missing from a partial download: what is present is used, what is missing is reported;
     the numerics records beside them (`<record>n`, vital signs once a minute) are not listed.
-Channels are matched by name, case-insensitively, ECG by a preference list of leads.
+Channels are matched by name, case-insensitively, ECG by a preference list of leads; an
+arterial pressure channel (ABP, ART, ...), when there is one, travels as the extra channel 'abp'
+(mmHg), from which every window gets sbp/dbp meta (see preprocess.derive_window_meta).
 Subject: the patient folder (pNNNNNN) if there is one, else the record name.
+Header comments become labels (`header_annotations`): `key: value` lines under their key, and
+the PhysioNet/CinC Challenge 2015 lines (alarm type, then "True alarm"/"False alarm") as
+`alarm_type` and `alarm_true` with meta `alarm_time_s` = 300 (the alarm onset at 5 min).
 """
 from __future__ import annotations
 
@@ -28,9 +33,19 @@ import numpy as np
 from xmae_jax.data.sources import Missing, Recording, SourceError
 
 DESCRIPTION = "WFDB records (PhysioNet, MIMIC-III matched subset) with ECG and PPG channels"
-OPTIONS = ("wfdb_ecg_leads", "wfdb_ppg_names")
+OPTIONS = ("wfdb_ecg_leads", "wfdb_ppg_names", "wfdb_abp_names")
 DEFAULT_ECG_LEADS = "II,I,V,III,MLII,AVR,AVL,AVF,V1,V2,V3,V4,V5,V6,MCL1,ECG,EKG"
 DEFAULT_PPG_NAMES = "PLETH,PPG,BVP,PLET"
+DEFAULT_ABP_NAMES = "ABP,ART,AOBP,IBP,ARTERIAL"
+# PhysioNet/CinC Challenge 2015: header comment 1 is the alarm type, 2 the verdict; every record
+# ends at its alarm, whose onset is at 5 min
+CHALLENGE_ALARMS = ("Asystole", "Bradycardia", "Tachycardia", "Ventricular_Tachycardia",
+                    "Ventricular_Flutter_Fib")
+CHALLENGE_VERDICTS = {"true alarm": 1, "false alarm": 0}
+CHALLENGE_ALARM_TIME_S = 300.0
+# a `key: value` comment; the key is a short name (free text such as "Produced by xform from
+# record mimicdb/041/04100002, beginning at 0:0" is not a key)
+COMMENT_FIELD = re.compile(r"^<?([A-Za-z][A-Za-z0-9_ .-]{0,39})>?\s*:\s*(\S.*?)\s*$")
 PATIENT_DIR = re.compile(r"^p\d+$")
 # bits per sample of the uncompressed WFDB formats, to tell a truncated file from a broken one
 FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "212": 12, "310": 32 / 3,
@@ -43,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="ECG leads in order of preference (comma-separated, case-insensitive)")
   g.add_argument("--wfdb-ppg-names", default=DEFAULT_PPG_NAMES,
                  help="PPG channel names (comma-separated, case-insensitive)")
+  g.add_argument("--wfdb-abp-names", default=DEFAULT_ABP_NAMES,
+                 help="arterial pressure channel names (comma-separated, case-insensitive); "
+                      "windows get sbp/dbp meta from it (empty: none)")
 
 
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
@@ -90,25 +108,69 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
   except Exception as e:  # wfdb raises several types for malformed headers
     raise SourceError("unreadable", f"{path}.hea: {type(e).__name__}: {e}") from None
   subject = _subject(path)
+  labels, meta = header_annotations(header.comments or [])
   if not hasattr(header, "seg_name"):
-    signals = _read_single(path, options)
+    signals, extra = _read_single(path, options)
     if not signals:
       raise SourceError("missing channel", f"{path}: no ECG or PPG channel "
                         f"(signals: {', '.join(header.sig_name or [])})")
-    yield Recording(subject_id=subject, name=_name(path), signals=signals)
+    yield Recording(subject_id=subject, name=_name(path), signals=signals, meta=meta,
+                    labels=labels, extra=extra)
     return
-  yield from _read_multi(path, header, subject, options)
+  for item in _read_multi(path, header, subject, options):
+    if isinstance(item, Recording):
+      item.labels, item.meta = dict(labels), dict(meta)
+    yield item
+
+
+def header_annotations(comments: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(labels, meta) from a WFDB header's comment lines (without their '#').
+
+  A `key: value` line gives labels[key] (key lower-cased, spaces and dots as '_'; the value an
+  int or float when it reads as one, else the text). The Challenge 2015 pattern (a line that is
+  one of CHALLENGE_ALARMS, a line "True alarm"/"False alarm") gives `alarm_type` and
+  `alarm_true` (1/0), and the alarm type gives meta `alarm_time_s`. Other text is ignored.
+  """
+  labels: dict[str, Any] = {}
+  meta: dict[str, Any] = {}
+  alarms = {a.lower(): a for a in CHALLENGE_ALARMS}
+  for line in (str(c).strip() for c in comments):
+    if line.lower() in alarms:
+      labels["alarm_type"] = alarms[line.lower()]
+      meta["alarm_time_s"] = CHALLENGE_ALARM_TIME_S
+    elif line.lower() in CHALLENGE_VERDICTS:
+      labels["alarm_true"] = CHALLENGE_VERDICTS[line.lower()]
+    elif m := COMMENT_FIELD.match(line):
+      key = re.sub(r"[ .-]+", "_", m.group(1).strip()).lower()
+      labels[key] = _number_or_text(m.group(2))
+  return labels, meta
+
+
+def _number_or_text(text: str) -> int | float | str:
+  for kind in (int, float):
+    try:
+      value = kind(text)
+    except ValueError:
+      continue
+    return value if kind is int or math.isfinite(value) else text
+  return text
 
 
 def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording | Missing]:
-  """Joins runs of consecutive segments that are present and have the same channels."""
-  run: list[dict] = []
+  """Joins runs of consecutive segments that are present and have the same channels.
+
+  The extra channels (ABP) do not split a run: a segment without one gets NaN for its length,
+  and a run whose segments give it at different rates goes without it.
+  """
+  run: list[tuple[dict, dict]] = []
   run_names: list[str] = []
 
   def flush():
     if run:
-      joined = {m: (np.concatenate([r[m][0] for r in run]), run[0][m][1]) for m in run[0]}
-      rec = Recording(subject_id=subject, name=f"{_name(path)}/{run_names[0]}", signals=joined)
+      first = run[0][0]
+      joined = {m: (np.concatenate([r[m][0] for r, _ in run]), first[m][1]) for m in first}
+      rec = Recording(subject_id=subject, name=f"{_name(path)}/{run_names[0]}", signals=joined,
+                      extra=_join_extra(run))
       run.clear()
       run_names.clear()
       return rec
@@ -128,7 +190,7 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
       yield Missing(str(seg_path) + ".hea", "segment listed in the master header is not present")
       continue
     try:
-      signals = _read_single(seg_path, options)
+      signals, extra = _read_single(seg_path, options)
     except SourceError as e:
       rec = flush()
       if rec:
@@ -141,19 +203,40 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
         yield rec
       yield Missing(str(seg_path), "missing channel: segment has neither ECG nor PPG")
       continue
-    if run and {m: s[1] for m, s in signals.items()} != {m: s[1] for m, s in run[0].items()}:
+    if run and {m: s[1] for m, s in signals.items()} != {m: s[1] for m, s in run[0][0].items()}:
       rec = flush()
       if rec:
         yield rec
-    run.append(signals)
+    run.append((signals, extra))
     run_names.append(seg)
   rec = flush()
   if rec:
     yield rec
 
 
-def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
-  """modality -> (physical samples, fs) of one single-segment record; {} if neither found."""
+def _join_extra(run: list[tuple[dict, dict]]) -> dict[str, tuple[np.ndarray, float]]:
+  """The extra channels of a run of segments, NaN where a segment lacks one."""
+  out = {}
+  for name in sorted({n for _, extra in run for n in extra}):
+    rates = {extra[name][1] for _, extra in run if name in extra}
+    if len(rates) != 1:
+      continue
+    fs = rates.pop()
+    parts = []
+    for signals, extra in run:
+      if name in extra:
+        parts.append(extra[name][0])
+      else:
+        x, sfs = next(iter(signals.values()))
+        parts.append(np.full(int(round(len(x) / sfs * fs)), np.nan))
+    out[name] = (np.concatenate(parts), fs)
+  return out
+
+
+def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float]],
+                                                dict[str, tuple[np.ndarray, float]]]:
+  """(modality -> (physical samples, fs), extra channel -> (samples, fs)) of one single-segment
+  record; ({}, {}) if it has neither ECG nor PPG."""
   import wfdb
   try:
     header = wfdb.rdheader(str(path))
@@ -167,9 +250,12 @@ def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
   ppg_pref = [s.strip().upper() for s in options.get("wfdb_ppg_names", DEFAULT_PPG_NAMES).split(",")]
   ecg_candidates = [names.index(l) for l in ecg_pref if l in names]
   ppg_candidates = [names.index(l) for l in ppg_pref if l in names]
-  wanted = sorted(set(ecg_candidates + ppg_candidates))
-  if not wanted:
-    return {}
+  abp_pref = [s.strip().upper() for s in
+              options.get("wfdb_abp_names", DEFAULT_ABP_NAMES).split(",") if s.strip()]
+  abp_candidates = [names.index(l) for l in abp_pref if l in names]
+  if not ecg_candidates and not ppg_candidates:
+    return {}, {}
+  wanted = sorted(set(ecg_candidates + ppg_candidates + abp_candidates))
   try:
     rec = wfdb.rdrecord(str(path), channels=wanted, smooth_frames=False)
   except Exception as e:  # wfdb/soundfile raise many types on short or corrupt data files
@@ -179,13 +265,14 @@ def _read_single(path: Path, options) -> dict[str, tuple[np.ndarray, float]]:
   spf = rec.samps_per_frame or [1] * len(wanted)
   by_channel = {ch: (np.asarray(rec.e_p_signal[k], np.float64), float(rec.fs) * spf[k])
                 for k, ch in enumerate(wanted)}
-  out = {}
-  for modality, candidates in (("ecg", ecg_candidates), ("ppg", ppg_candidates)):
+  out, extra = {}, {}
+  for modality, candidates, into in (("ecg", ecg_candidates, out), ("ppg", ppg_candidates, out),
+                                     ("abp", abp_candidates, extra)):
     if candidates:
       # the first preferred channel that carries data (MIMIC leads can be all NaN)
       usable = [c for c in candidates if np.isfinite(by_channel[c][0]).mean() > 0.5]
-      out[modality] = by_channel[(usable or candidates)[0]]
-  return out
+      into[modality] = by_channel[(usable or candidates)[0]]
+  return out, extra
 
 
 def header_fs(path: Path) -> float | None:
