@@ -120,9 +120,11 @@ def get_config(arg=None):
 # Per preset, what differs from the values above (the shared train schedule per preset is
 # config_lib.COMMON_PRESETS). demo keeps the full model.
 PRESETS = {
-    # cpu: xMAE's cpu sizes (configs/xmae.py) for the same 2-core budget; depths kept.
+    # cpu: xMAE's cpu sizes (configs/xmae.py) for the same 2-core budget; depths kept. The
+    # augmentation-positive term (A9, weight 0.01) is off: its second view doubles the encoder
+    # work per step, which would put 2,000 steps past 30 minutes on this machine.
     "cpu": {"model.d_model": 128, "model.num_heads": 4, "model.stem_channels": 16,
-            "model.stem_widths": (16, 32, 64), "model.latent_dim": 128},
+            "model.stem_widths": (16, 32, 64), "model.latent_dim": 128, "loss.w_augment": 0.0},
     "tiny": {"model.d_model": 32, "model.num_heads": 4, "model.depth_ecg": 1, "model.depth_ppg": 1,
              "model.depth_shared": 1, "model.depth_decoder": 1, "model.stem_channels": 8,
              "model.stem_widths": (8, 16, 16), "model.latent_dim": 32},
