@@ -185,3 +185,134 @@ def test_joint_export_of_an_xmae_model_is_one_line(tiny_workdir, tmp_path, capsy
   assert not (tmp_path / "p").exists()
   with pytest.raises(encoder_lib.EncoderError, match="no joint ppg\\+ecg fingerprint"):
     encoder_lib.load_encoder(tiny_workdir, modality="ppg+ecg")
+
+
+# ---- xmae-embed --modalities and xmae-retrieval ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def paired_dataset(tmp_path_factory):
+  """12 subjects x 3 segments of paired PPG and ECG."""
+  from xmae_jax.data import record as record_lib
+  from xmae_jax.data import shards
+  out = tmp_path_factory.mktemp("paired")
+  ppg, ecg = _windows(n=36, seed=7)
+  splits = {"train": [], "test": []}
+  for i in range(36):
+    s = i // 3
+    rec = record_lib.Record(subject_id=f"s{s:02d}", segment_id=f"s{s:02d}/{i % 3}", source="test",
+                            ppg=ppg[i], ecg=ecg[i], quality_ppg=0.9, quality_ecg=0.9,
+                            meta={"age": 30.0 + s}, labels={})
+    splits["test" if s >= 8 else "train"].append(rec)
+  entries = {name: shards.write_split(out, name, recs) for name, recs in splits.items()}
+  shards.write_manifest(out, entries, sampling_rate=100, segment_length=1000, preprocessing={},
+                        sources=["test"])
+  return out
+
+
+def _stored(dataset):
+  """{segment id: (ppg, ecg)} of every record, as stored (float16 -> float32)."""
+  from xmae_jax.data import reader
+  out = {}
+  for split in ("train", "test"):
+    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg", "ecg")):
+      out[rec.segment_id] = (rec.signal("ppg"), rec.signal("ecg"))
+  return out
+
+
+def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
+  from xmae_jax.cli import xmae_embed
+  from xmae_jax.evaluation import embed as embed_lib
+  enc = encoder_lib.load_encoder(joint_package)
+  stored = _stored(paired_dataset)
+  files = {}
+  for flag in ("ppg", "ecg", "ppg,ecg"):
+    files[flag] = tmp_path / f"{flag.replace(',', '_')}.npz"
+    assert xmae_embed.main(["--encoder", str(joint_package), "--input", str(paired_dataset),
+                            "--output", str(files[flag]), "--modalities", flag]) == 0
+  default = tmp_path / "default.npz"     # a ppg+ecg package embeds both by default
+  assert xmae_embed.main(["--encoder", str(joint_package), "--input", str(paired_dataset),
+                          "--output", str(default)]) == 0
+  a = {k: embed_lib.load_embeddings(f) for k, f in files.items()}
+  assert a["ppg"]["info"]["modalities"] == ["ppg"] and a["ecg"]["info"]["modalities"] == ["ecg"]
+  assert a["ppg,ecg"]["info"]["modalities"] == ["ppg", "ecg"]
+  assert a["ppg,ecg"]["info"]["modality"] == "ppg+ecg"
+  np.testing.assert_array_equal(embed_lib.load_embeddings(default)["embeddings"],
+                                a["ppg,ecg"]["embeddings"])
+  ids = list(a["ppg"]["segment_ids"])
+  assert all(list(x["segment_ids"]) == ids for x in a.values()) and len(ids) == 36
+  ppg = np.stack([stored[i][0] for i in ids])
+  ecg = np.stack([stored[i][1] for i in ids])
+  np.testing.assert_allclose(a["ppg"]["embeddings"], enc.embed_prepared(ppg=ppg), atol=1e-5)
+  np.testing.assert_allclose(a["ecg"]["embeddings"], enc.embed_prepared(ecg=ecg), atol=1e-5)
+  np.testing.assert_allclose(a["ppg,ecg"]["embeddings"], enc.embed_prepared(ppg=ppg, ecg=ecg),
+                             atol=1e-5)
+
+
+def test_embed_modalities_errors(joint_package, tiny_package, paired_dataset, tmp_path, capsys):
+  from xmae_jax.cli import xmae_embed
+  out = tmp_path / "o.npz"
+  base = ["--input", str(paired_dataset), "--output", str(out)]
+  assert xmae_embed.main(["--encoder", str(tiny_package), *base, "--modalities", "ppg,ecg"]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "holds the ppg encoder, not ppg+ecg" in err
+  assert xmae_embed.main(["--encoder", str(joint_package), *base, "--modalities", "ppg,abp"]) == 1
+  assert "expected ppg, ecg or ppg,ecg" in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_retrieval_cli_on_a_dataset(joint_package, paired_dataset, tmp_path, capsys):
+  from xmae_jax.cli import xmae_retrieval
+  from xmae_jax.evaluation import embed as embed_lib
+  from xmae_jax.evaluation import retrieval
+  out = tmp_path / "ret"
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(paired_dataset),
+                              "--query", "ecg", "--gallery", "ppg", "--gallery-size", "5",
+                              "--seed", "2", "--bootstrap", "40", "--output-dir", str(out)]) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  assert len(printed) == 1
+  line = json.loads(printed[0])
+  result = json.loads((out / "results.json").read_text())
+  assert line["top1"] == result["top1"] and line["chance_top1"] == 0.2
+  assert result["n_queries"] == 36 and result["n_subjects"] == 12 and result["chance_top5"] == 1.0
+  # The command scores the ECG-alone fingerprints against the PPG-alone ones of the same windows.
+  enc = encoder_lib.load_encoder(joint_package)
+  segs = embed_lib.read_segments(paired_dataset, ("ppg", "ecg"), contract=enc.contract)
+  expected = retrieval.retrieval_scores(
+      enc.embed_prepared(ecg=segs.signals["ecg"]), enc.embed_prepared(ppg=segs.signals["ppg"]),
+      segs.subject_ids, gallery_size=5, seed=2, n_bootstrap=40)
+  assert result["top1"] == expected["top1"] and result["top5"] == expected["top5"]
+  table = (out / "table.md").read_text()
+  assert "| ecg | ppg | 5 |" in table and "0.200" in table
+  # Too few subjects for the gallery, a package without ECG: one line each.
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(paired_dataset),
+                              "--gallery-size", "13", "--output-dir", str(tmp_path / "x")]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "gallery size 13 needs windows of at least 13 subjects" in err
+
+
+def test_retrieval_and_embed_on_a_wfdb_folder(joint_package, tiny_package, physionet_dir, tmp_path,
+                                              capsys):
+  """Two challenge2015 records (two subjects) in a folder: embed both modalities, retrieve."""
+  from xmae_jax.cli import xmae_embed, xmae_retrieval
+  from xmae_jax.evaluation import embed as embed_lib
+  folder = tmp_path / "records"
+  folder.mkdir()
+  for name in ("a103l.hea", "a103l.mat", "v102s.hea", "v102s.dat"):
+    (folder / name).symlink_to(physionet_dir / name)
+  emb = tmp_path / "wfdb.npz"
+  assert xmae_embed.main(["--encoder", str(joint_package), "--input", str(folder),
+                          "--output", str(emb), "--modalities", "ppg,ecg"]) == 0
+  a = embed_lib.load_embeddings(emb)
+  assert a["info"]["modalities"] == ["ppg", "ecg"] and a["info"]["source"] == "wfdb"
+  assert len(set(a["subject_ids"])) == 2 and 40 <= len(a["embeddings"]) <= 63
+  capsys.readouterr()
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(folder),
+                              "--query", "ppg", "--gallery", "ecg", "--gallery-size", "2",
+                              "--bootstrap", "20", "--output-dir", str(tmp_path / "r")]) == 0
+  line = json.loads(capsys.readouterr().out)
+  assert line["n_subjects"] == 2 and line["n_queries"] == len(a["embeddings"])
+  assert line["chance_top1"] == 0.5 and line["query"] == "ppg"
+  # A single-modality package cannot retrieve across modalities: one line.
+  assert xmae_retrieval.main(["--encoder", str(tiny_package), "--data", str(folder),
+                              "--gallery-size", "2", "--output-dir", str(tmp_path / "x")]) == 1
+  assert "holds the ppg encoder, not ppg+ecg" in capsys.readouterr().err
