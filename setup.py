@@ -46,6 +46,7 @@ setup(
             "xmae-compare=xmae_jax.cli.xmae_compare:main",
             "xmae-timing=xmae_jax.cli.xmae_timing:main",
             "xmae-recon-report=xmae_jax.cli.xmae_recon_report:main",
+            "xmae-retrieval=xmae_jax.cli.xmae_retrieval:main",
         ]
     },
 )

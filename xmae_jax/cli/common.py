@@ -8,6 +8,7 @@ are user errors too, so they are one line as well instead of usage text plus the
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Any, Callable, Sequence
 
@@ -48,6 +49,25 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any],
   except XmaeError as e:
     return fail(prog, e)
   return 0
+
+
+# ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
+
+# Reader modules whose options the embedding tools accept (as xmae-prepare does).
+READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular")
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+  """The WFDB and CSV/NPZ readers' options (the parser needs conflict_handler="resolve")."""
+  for name in READER_MODULES:
+    try:
+      module = importlib.import_module(name)
+    except ImportError:
+      continue
+    try:
+      module.add_arguments(parser)
+    except argparse.ArgumentError:   # an option another reader already declared
+      pass
 
 
 # ---- flags of the probe, shared by xmae-probe and xmae-compare ---------------------------------

@@ -1,17 +1,19 @@
 """xmae-embed: embeddings of every segment of an input, with subject ids, segment ids and labels.
 
   xmae-embed --encoder OUT --input PATH --output FILE.npz [--source dataset|wfdb|csv|npz]
-             [--split test ...] [reader options of xmae-prepare, e.g. for CSV/NPZ files]
+             [--modalities ppg|ecg|ppg,ecg] [--split test ...]
+             [reader options of xmae-prepare, e.g. for CSV/NPZ files]
 
 PATH is a prepared dataset directory (xmae-prepare), a WFDB record (or a folder of them, incl.
 the MIMIC-III matched layout), or a CSV/NPZ file; raw inputs go through the same cleaning,
 resampling, 10-s windowing and normalization as prepared data. --encoder is an exported package
-(xmae-export) or a training workdir. The output format is in xmae_jax/evaluation/embed.py.
+(xmae-export) or a training workdir. --modalities: the inputs the embeddings are computed from
+(default: every modality the encoder takes); `ppg,ecg` (or one of them) with an M2AE ppg+ecg
+package or workdir gives its fingerprints from both (or one). The output format is in
+xmae_jax/evaluation/embed.py.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import sys
 
@@ -20,20 +22,6 @@ from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 
 PROG = "xmae-embed"
-# Reader modules whose options xmae-embed accepts (as xmae-prepare does).
-READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular")
-
-
-def _add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-  for name in READER_MODULES:
-    try:
-      module = importlib.import_module(name)
-    except ImportError:
-      continue
-    try:
-      module.add_arguments(parser)
-    except argparse.ArgumentError:   # an option another reader already declared
-      pass
 
 
 def run(argv=None) -> None:
@@ -45,16 +33,20 @@ def run(argv=None) -> None:
                  help="input format (default: detected from PATH)")
   p.add_argument("--split", action="append", default=None,
                  help="dataset split(s) to embed (repeatable; default all)")
-  p.add_argument("--modality", choices=("ppg", "ecg"), default=None,
-                 help="for a workdir: which encoder (default ppg)")
+  p.add_argument("--modality", choices=("ppg", "ecg", "ppg+ecg"), default=None,
+                 help="for a workdir: which encoder (default ppg, or what --modalities names)")
+  p.add_argument("--modalities", default=None,
+                 help="ppg | ecg | ppg,ecg: the inputs to embed from (default: the encoder's)")
   p.add_argument("--step", default="auto", help="for a workdir: auto | best | latest | N")
   p.add_argument("--batch-size", type=int, default=256)
-  _add_reader_arguments(p)
+  common.add_reader_arguments(p)
   args = p.parse_args(argv)
-  enc = encoder_lib.load_encoder(args.encoder, step=args.step, modality=args.modality,
-                                 batch_size=args.batch_size)
-  summary = embed_lib.embed_input(enc, args.input, args.output, source=args.source,
-                                  splits=args.split, options=vars(args))
+  modalities = encoder_lib.parse_modalities(args.modalities) if args.modalities else None
+  enc = encoder_lib.load_encoder(
+      args.encoder, step=args.step, batch_size=args.batch_size,
+      modality=args.modality or (encoder_lib.modality_name(modalities) if modalities else None))
+  summary = embed_lib.embed_input(enc, args.input, args.output, modalities=modalities,
+                                  source=args.source, splits=args.split, options=vars(args))
   print(json.dumps(summary))
 
 

@@ -1,6 +1,9 @@
 """xmae-export: write a frozen encoder package from a training (or imported) workdir.
 
-  xmae-export --workdir DIR --output OUT [--modality ppg|ecg] [--step auto|best|latest|N]
+  xmae-export --workdir DIR --output OUT [--modality ppg|ecg|ppg+ecg] [--step auto|best|latest|N]
+
+`--modality ppg+ecg` (M2AE only) writes one package holding both modality encoders and the shared
+bottleneck: `load_encoder(OUT).embed(ppg=..., ecg=..., fs=...)` takes either modality or both.
 
 `--step auto` (default) takes the checkpoint with the lowest validation loss when one has it
 (a training run), else the latest (e.g. a checkpoint written by xmae-import-torch).
@@ -23,7 +26,8 @@ def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--workdir", required=True, help="a training or xmae-import-torch workdir")
   p.add_argument("--output", required=True, help="the package directory to write")
-  p.add_argument("--modality", choices=("ppg", "ecg"), default="ppg")
+  p.add_argument("--modality", choices=("ppg", "ecg", package_lib.JOINT), default="ppg",
+                 help=f"the encoder to export ({package_lib.JOINT}: M2AE's joint fingerprint)")
   p.add_argument("--step", default="auto", help="auto | best | latest | a step number")
   p.add_argument("--overwrite", action="store_true", help="replace an existing package")
   args = p.parse_args(argv)

@@ -8,7 +8,9 @@ fixed-width unicode) holding, for N segments:
   split          str (N,)      the dataset split a segment came from ("" when not from a dataset)
   meta.NAME      (N,)          float metadata (NaN where unknown), or str where not numeric
   label.NAME     (N,)          labels, as meta
-  info           str ()        JSON: format version, encoder package, modality, input
+  info           str ()        JSON: format version, encoder package, modality and modalities
+                               (the inputs the embeddings were computed from: ["ppg"], ["ecg"]
+                               or ["ppg", "ecg"] for M2AE's joint fingerprint), input
 This module also turns inputs (a prepared dataset directory, a WFDB record, a CSV or NPZ file)
 into segments and embeds them with an exported encoder.
 """
@@ -255,17 +257,22 @@ def read_segments(path, modalities, *, contract, source: str | None = None, spli
 
 
 def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
-                source: str | None = None, splits: Sequence[str] | None = None,
+                modalities: Sequence[str] | None = None, source: str | None = None,
+                splits: Sequence[str] | None = None,
                 options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """Embeds every segment of `path` with `encoder` into the embeddings file `output`."""
+  """Embeds every segment of `path` with `encoder` into the embeddings file `output`, from
+  `modalities` (default every modality the encoder takes; segments need all of them)."""
+  modalities = encoder.check_modalities(modalities or encoder.modalities)
   source = source or detect_source(path)
-  segs = read_segments(path, encoder.modality, contract=encoder.contract, source=source,
+  segs = read_segments(path, modalities, contract=encoder.contract, source=source,
                        splits=splits, options=options)
-  z = encoder.embed_prepared(segs.signals[encoder.modality])
+  z = encoder.embed_prepared(**{m: segs.signals[m] for m in modalities})
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
-          "model_name": str(encoder.config.model.name), "modality": encoder.modality,
+          "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),
+          "modalities": list(modalities), "encoder_modality": encoder.modality,
           "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}
   save_embeddings(output, z, segs.subject_ids, segs.segment_ids, meta=columns_from_dicts(segs.meta),
                   labels=columns_from_dicts(segs.labels), split=segs.split, info=info)
   return {"output": str(output), "segments": len(segs), "subjects": len(set(segs.subject_ids)),
-          "latent": int(z.shape[1]), "source": source, "notes": segs.notes}
+          "latent": int(z.shape[1]), "modalities": list(modalities), "source": source,
+          "notes": segs.notes}

@@ -2,7 +2,12 @@
 
 An `Encoder` wraps one modality's encoder sub-module of a model (`model.encoder(modality)`, in
 eval mode: no dropout, BatchNorm from running statistics) together with its preprocessing
-contract (sampling rate, segment length, normalization). `embed` accepts float (N, L) segments:
+contract (sampling rate, segment length, normalization). For M2AE it can instead wrap the joint
+fingerprint (`JointFingerprint`, modality "ppg+ecg": both modality encoders and the shared
+bottleneck), whose `embed(ppg=..., ecg=..., fs=...)` takes either modality or both and returns
+fingerprints of one shape in one latent space. `.modalities` says what an encoder takes; a
+single-modality encoder takes `embed(x, fs)` or the keyword of its modality. `embed` accepts
+float (N, L) segments (per modality; both modalities must be the same windows):
 
 * L == the contract's segment length and fs == its sampling rate: the rows are taken as prepared
   segments; they are min-max normalized per segment to [-1, 1] again (a no-op for prepared
@@ -29,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
@@ -40,6 +46,32 @@ class EncoderError(XmaeError):
 
 class EncoderInputError(XmaeError):
   """Input that `embed` cannot use (wrong shape, NaN, too short, unknown sampling rate)."""
+
+
+JOINT = package_lib.JOINT
+MODALITIES = package_lib.MODALITIES
+
+
+class JointFingerprint(nnx.Module):
+  """M2AE's fingerprint from PPG, ECG or both: `fp(ppg=(B, L), ecg=(B, L)) -> (B, latent)`, the
+  mean of the shared bottleneck's latent tokens over the given modalities' tokens, as
+  `M2AE.fingerprint`. Holds the model's two modality encoders and its bottleneck under the
+  model's own attribute names (so tensor names match the training checkpoint's), not the
+  decoders."""
+
+  def __init__(self, model):
+    self.ecg_encoder = model.ecg_encoder
+    self.ppg_encoder = model.ppg_encoder
+    self.bottleneck = model.bottleneck
+
+  def __call__(self, ppg=None, ecg=None):
+    from xmae_jax.models import m2ae
+    given = {"ppg": ppg, "ecg": ecg}
+    encoders = {"ppg": self.ppg_encoder, "ecg": self.ecg_encoder}
+    # The model's token order (m2ae.MODALITIES), so both-modality fingerprints match it exactly.
+    parts = [(encoders[m].tokens(given[m], positions="true"), m)
+             for m in m2ae.MODALITIES if given[m] is not None]
+    return jnp.mean(self.bottleneck(parts), axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +106,17 @@ class Contract:
 
 
 class Encoder:
-  """A frozen encoder: `embed(x, fs)` -> (N, latent) float32."""
+  """A frozen encoder: `embed(x, fs)` (one modality) or `embed(ppg=, ecg=, fs=)` -> (N, latent)
+  float32. `modality`: "ppg", "ecg" or "ppg+ecg" (a `JointFingerprint` module, which may also be
+  restricted to one of its modalities)."""
 
   def __init__(self, module, config, modality: str, *, contract: Contract | None = None,
                batch_size: int = 256, info: dict | None = None):
-    from flax import nnx
     module.eval()
     self.module = module
     self.config = config
     self.modality = modality
+    self.modalities = package_lib.modalities_of(modality)
     self.contract = contract or Contract.from_config(config)
     self.info = dict(info or {})
     self.batch_size = int(batch_size)
@@ -92,10 +126,13 @@ class Encoder:
     replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(module)
     self._state = jax.device_put(state, replicated)
+    joint = isinstance(module, JointFingerprint)
 
     @jax.jit
-    def forward(state, x):
-      return nnx.merge(graphdef, state)(x).astype(jnp.float32)
+    def forward(state, inputs):   # inputs: {modality: (B, L)}; one trace per set of modalities
+      m = nnx.merge(graphdef, state)
+      z = m(**inputs) if joint else m(inputs[modality])
+      return z.astype(jnp.float32)
 
     self._forward = forward
 
@@ -113,11 +150,53 @@ class Encoder:
             f"{self.param_count:,} parameters, {self.contract.segment_length} samples at "
             f"{self.contract.sampling_rate:g} Hz)")
 
+  # ---- inputs ------------------------------------------------------------------------------
+  def check_modalities(self, modalities) -> tuple[str, ...]:
+    """`modalities` if this encoder takes them (one line if none is given or one is lacking)."""
+    modalities = tuple(modalities)
+    if not modalities:
+      raise EncoderInputError(f"no input: pass {' and/or '.join(f'{m}=...' for m in self.modalities)}")
+    lacking = [m for m in modalities if m not in self.modalities]
+    if lacking:
+      raise EncoderError(f"{self._name()} holds the {self.modality} encoder only: it cannot "
+                         f"embed {lacking[0]}")
+    return modalities
+
+  def inputs(self, x: Any = None, *, ppg: Any = None, ecg: Any = None) -> dict[str, Any]:
+    """{modality: array} of an `embed` call: `x` is this encoder's one modality; `ppg=`/`ecg=`
+    name theirs. Refuses no input, a modality this encoder lacks, and x for a joint encoder."""
+    given = {m: v for m, v in (("ppg", ppg), ("ecg", ecg)) if v is not None}
+    if x is not None:
+      if given:
+        raise EncoderInputError("pass the input either positionally or as ppg=/ecg=, not both")
+      if len(self.modalities) > 1:
+        raise EncoderInputError(f"this {self.modality} encoder takes keyword inputs: "
+                                "embed(ppg=..., ecg=...), either or both")
+      given = {self.modality: x}
+    self.check_modalities(given)
+    return given
+
+  def _name(self) -> str:
+    src = self.info.get("source")
+    where = (f"package {self.info['path']}" if self.info.get("path")
+             else src if isinstance(src, str) else f"model {self.config.model.name}")
+    return str(where)
+
+  @staticmethod
+  def _check_same_windows(arrays: dict[str, np.ndarray]) -> None:
+    shapes = {m: np.shape(a) for m, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+      raise EncoderInputError(
+          "ppg and ecg must be the same windows (same count and length), got "
+          + ", ".join(f"{m} {tuple(s)}" for m, s in shapes.items()))
+
   # ---- embedding ---------------------------------------------------------------------------
-  def prepare(self, x: Any, fs: float | None = None, *, clean: bool | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(windows (M, segment_length) float32, source row of each window)."""
+  def prepare(self, x: Any, fs: float | None = None, *, clean: bool | None = None,
+              modality: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(windows (M, segment_length) float32, source row of each window) of one modality's input
+    (`modality`: default this encoder's one modality)."""
     from xmae_jax.data import preprocess
+    modality = modality or self.modalities[0]
     fs = self.contract.sampling_rate if fs is None else fs
     a = _as_batch(x)
     c = self.contract
@@ -131,41 +210,54 @@ class Encoder:
         resample_method=c.resample_method)
     try:
       return preprocess.prepare_for_inference(
-          a, fs, config=config, modality=self.modality,
+          a, fs, config=config, modality=modality,
           clean_signal=True if clean is None else bool(clean), return_index=True)
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
 
-  def embed_prepared(self, windows: np.ndarray) -> np.ndarray:
-    """Contract-shaped, normalized windows (M, segment_length) -> (M, latent) float32."""
-    windows = np.asarray(windows, np.float32)
-    if windows.ndim != 2 or windows.shape[1] != self.contract.segment_length:
-      raise EncoderInputError(f"wrong shape: prepared windows must be (M, "
-                              f"{self.contract.segment_length}), got {windows.shape}")
+  def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,
+                     ecg: np.ndarray | None = None) -> np.ndarray:
+    """Contract-shaped, normalized windows (M, segment_length) -> (M, latent) float32: `windows`
+    of this encoder's one modality, or `ppg=`/`ecg=` (either or both, the same windows)."""
+    given = {m: np.asarray(w, np.float32)
+             for m, w in self.inputs(windows, ppg=ppg, ecg=ecg).items()}
+    for m, w in given.items():
+      if w.ndim != 2 or w.shape[1] != self.contract.segment_length:
+        raise EncoderInputError(f"wrong shape: prepared {m} windows must be (M, "
+                                f"{self.contract.segment_length}), got {w.shape}")
+    self._check_same_windows(given)
+    count = len(next(iter(given.values())))
     n_dev = len(self._mesh.devices.flat)
-    bs = max(n_dev, -(-min(self.batch_size, max(len(windows), 1)) // n_dev) * n_dev)
+    bs = max(n_dev, -(-min(self.batch_size, max(count, 1)) // n_dev) * n_dev)
     out = []
-    for start in range(0, len(windows), bs):
-      chunk = windows[start:start + bs]
-      pad = bs - len(chunk)
+    for start in range(0, count, bs):
+      chunk = {m: w[start:start + bs] for m, w in given.items()}
+      pad = bs - len(next(iter(chunk.values())))
       if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad, chunk.shape[1]), np.float32)])
+        chunk = {m: np.concatenate([c, np.zeros((pad, c.shape[1]), np.float32)])
+                 for m, c in chunk.items()}
       z = self._forward(self._state, jax.device_put(chunk, self._batch_sharding))
       out.append(np.asarray(z)[:bs - pad])
     if not out:
       return np.zeros((0, self.latent_dim), np.float32)
     return np.concatenate(out).astype(np.float32)
 
-  def embed(self, x: Any, fs: float | None = None, *, clean: bool | None = None) -> np.ndarray:
+  def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
+            clean: bool | None = None) -> np.ndarray:
     """Float (N, L) raw or prepared segments at `fs` Hz -> (N, latent) float32 embeddings.
 
-    `fs` defaults to the contract's rate (100 Hz). `clean`: None = NeuroKit-clean raw input
-    (when resampling or windowing is needed) and leave contract-shaped input as it is;
-    True/False forces it either way.
+    `x` is this encoder's one modality; `ppg=` / `ecg=` name the modality (a ppg+ecg encoder
+    takes either or both, the same (N, L) windows of each, and returns one (N, latent)
+    fingerprint per row whatever is given). `fs` defaults to the contract's rate (100 Hz).
+    `clean`: None = NeuroKit-clean raw input (when resampling or windowing is needed) and leave
+    contract-shaped input as it is; True/False forces it either way.
     """
-    windows, rows = self.prepare(x, fs, clean=clean)
-    z = self.embed_prepared(windows)
-    n = _as_batch(x).shape[0]
+    given = {m: _as_batch(v) for m, v in self.inputs(x, ppg=ppg, ecg=ecg).items()}
+    self._check_same_windows(given)
+    prepared = {m: self.prepare(a, fs, clean=clean, modality=m) for m, a in given.items()}
+    rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape and fs
+    z = self.embed_prepared(**{m: w for m, (w, _) in prepared.items()})
+    n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z
     sums = np.zeros((n, z.shape[1]), np.float64)
@@ -173,6 +265,20 @@ class Encoder:
     return (sums / np.bincount(rows, minlength=n)[:, None]).astype(np.float32)
 
   __call__ = embed
+
+
+def parse_modalities(text: str) -> tuple[str, ...]:
+  """"ppg", "ecg", "ppg,ecg" (or "ecg,ppg", "ppg+ecg") -> the modalities in MODALITIES order."""
+  names = [m.strip() for m in str(text).replace("+", ",").split(",") if m.strip()]
+  bad = [m for m in names if m not in MODALITIES]
+  if bad or not names:
+    raise EncoderError(f"modalities {text!r}: expected ppg, ecg or ppg,ecg")
+  return tuple(m for m in MODALITIES if m in names)
+
+
+def modality_name(modalities) -> str:
+  """("ppg",) -> "ppg"; ("ppg", "ecg") -> "ppg+ecg" (the encoder that takes them)."""
+  return "+".join(m for m in MODALITIES if m in modalities)
 
 
 def _same_rate(a: float, b: float) -> bool:
@@ -203,14 +309,21 @@ def _as_batch(x: Any) -> np.ndarray:
 
 
 def count_parameters(module) -> int:
-  from flax import nnx
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
 # ---- building encoders ---------------------------------------------------------------------------
 
 def encoder_module(model, modality: str):
-  """The model's exported sub-module for `modality`, with a clear error if it has none."""
+  """The model's exported sub-module for `modality` ("ppg+ecg": M2AE's `JointFingerprint`),
+  with a clear error if it has none."""
+  from xmae_jax.models import m2ae
+  if modality == JOINT:
+    if not isinstance(model, m2ae.M2AE):
+      raise EncoderError(f"model {type(model).__name__} has no joint {JOINT} fingerprint (only "
+                         "M2AE has one): use modality ppg or ecg")
+    return JointFingerprint(model)
+  package_lib.modalities_of(modality)    # one line for an unknown modality name
   try:
     return model.encoder(modality)
   except (ValueError, KeyError, NotImplementedError) as e:
@@ -224,7 +337,6 @@ def from_model(model, config, modality: str = "ppg", **kwargs) -> Encoder:
 
 def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> Encoder:
   """A randomly initialized encoder of `config` (the baseline pretrained encoders must beat)."""
-  from flax import nnx
   from xmae_jax import models
   model = models.build(config, nnx.Rngs(seed))
   return from_model(model, config, modality, info={"source": f"random init (seed {seed})"}, **kwargs)
@@ -241,12 +353,11 @@ def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwa
 
 def load_package(path, **kwargs) -> Encoder:
   """An exported package -> Encoder; weights from its Orbax checkpoint, no network."""
-  from flax import nnx
   from xmae_jax.training import checkpoint
   path = Path(path).absolute()
   info = package_lib.read_package_info(path)
   config = package_lib.read_config(path, info)
-  modality = info["modality"]
+  modality = "+".join(package_lib.package_modalities(info))
   graphdef, weights = nnx.split(abstract_encoder(config, modality))
   flat_target = checkpoint.flatten(weights)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -255,12 +366,12 @@ def load_package(path, **kwargs) -> Encoder:
   module = nnx.merge(graphdef, checkpoint.unflatten(weights, restored))
   contract = Contract(**{k: v for k, v in info["contract"].items()
                          if k in {f.name for f in dataclasses.fields(Contract)}})
-  return Encoder(module, config, modality, contract=contract, info=info, **kwargs)
+  return Encoder(module, config, modality, contract=contract, info={**info, "path": str(path)},
+                 **kwargs)
 
 
 def abstract_encoder(config, modality: str):
   """The encoder sub-module of `config`'s model with abstract (shape-only) variables."""
-  from flax import nnx
   from xmae_jax import models
   model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
   return encoder_module(model, modality)
@@ -268,11 +379,20 @@ def abstract_encoder(config, modality: str):
 
 def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
                  batch_size: int = 256) -> Encoder:
-  """An exported package (xmae-export) or a training workdir -> a frozen `Encoder`."""
+  """An exported package (xmae-export) or a training workdir -> a frozen `Encoder`.
+
+  `modality` (ppg, ecg or ppg+ecg): for a workdir, which encoder (default ppg); for a package,
+  what it must hold: a ppg+ecg package asked for one modality gives the encoder of that
+  modality alone (its fingerprint from that modality; `embed(x)` then means that modality).
+  """
   path = Path(path)
   if package_lib.is_package(path) or not (path / "checkpoints").is_dir():
     enc = load_package(path, batch_size=batch_size)
-    if modality is not None and modality != enc.modality:
+    if modality is None or modality == enc.modality:
+      return enc
+    lacking = [m for m in package_lib.modalities_of(modality) if m not in enc.modalities]
+    if lacking:
       raise EncoderError(f"package {path} holds the {enc.modality} encoder, not {modality}")
-    return enc
+    return Encoder(enc.module, enc.config, modality, contract=enc.contract, info=enc.info,
+                   batch_size=batch_size)
   return from_workdir(path, step=step, modality=modality or "ppg", batch_size=batch_size)

@@ -1,4 +1,6 @@
-"""Exported encoder packages: one frozen modality encoder, self-contained, for downstream use.
+"""Exported encoder packages: one frozen modality encoder (or, for M2AE, the joint "ppg+ecg"
+fingerprint: both modality encoders and the shared bottleneck), self-contained, for downstream
+use.
 
 `export_model` / `export_workdir` collect the encoder's tensors and its contract and write them
 through xmae_jax.evaluation.package (the format's one home: file names, package.json schema,
@@ -36,7 +38,8 @@ def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def export_model(model, config, output: str | os.PathLike, *, modality: str = "ppg",
                  source: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-  """Writes the package of `model`'s `modality` encoder to `output`; returns its path."""
+  """Writes the package of `model`'s `modality` encoder (ppg, ecg, or ppg+ecg for M2AE's joint
+  fingerprint) to `output`; returns its path."""
   output = Path(output).absolute()
   if output.exists() and not overwrite:
     raise ExportError(f"output {output} exists (pass --overwrite to replace it)")

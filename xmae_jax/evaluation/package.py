@@ -1,7 +1,9 @@
 """The encoder package format, in one place: what `export` writes and `encoder` reads.
 
 A package directory (written atomically: a temporary directory renamed into place) holds
-  package.json          format name and version, package version, model name, modality, source
+  package.json          format name and version, package version, model name, modality and
+                        modalities (one, or "ppg+ecg" = ["ppg", "ecg"] for M2AE's joint
+                        fingerprint: both modality encoders and the shared bottleneck), source
                         checkpoint and step, latent size, parameter count, the preprocessing
                         contract (sampling rate, segment length, normalization, cleaning), the
                         file names below and every tensor's name, shape, dtype and kind
@@ -13,8 +15,12 @@ A package directory (written atomically: a temporary directory renamed into plac
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
-FORMAT_VERSION; a package of another version is refused with a message naming both versions, so
-a format change bumps the version here and nowhere else.
+FORMAT_VERSION; FORMAT_VERSION or an older one it still reads (READABLE_VERSIONS); a package of another
+version is refused with a message naming both versions, so a format change bumps the version here
+and nowhere else.
+
+Versions: 1 = one modality's encoder (no "modalities" key); 2 = adds "modalities", and
+modality "ppg+ecg" (M2AE's joint fingerprint package).
 """
 from __future__ import annotations
 
@@ -33,7 +39,11 @@ from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 
 FORMAT_NAME = "xmae-jax-encoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# The modalities a package can hold, in the order a joint package names them ("ppg+ecg").
+MODALITIES = ("ppg", "ecg")
+JOINT = "+".join(MODALITIES)
 PACKAGE_FILE = "package.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_DIR = "encoder"
@@ -54,6 +64,7 @@ def package_info(*, model_name: str, modality: str, latent_dim: int, param_count
                  source: dict[str, Any] | None, tensors: dict[str, np.ndarray],
                  kinds: dict[str, str], segment_length: int) -> dict[str, Any]:
   """The package.json document (schema FORMAT_VERSION)."""
+  modalities = modalities_of(modality)
   return {
       "format": FORMAT_NAME,
       "format_version": FORMAT_VERSION,
@@ -61,6 +72,7 @@ def package_info(*, model_name: str, modality: str, latent_dim: int, param_count
       "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
       "model_name": model_name,
       "modality": modality,
+      "modalities": list(modalities),
       "latent_dim": int(latent_dim),
       "param_count": int(param_count),
       "source": source or {},
@@ -70,8 +82,23 @@ def package_info(*, model_name: str, modality: str, latent_dim: int, param_count
       "weights": {"orbax": WEIGHTS_DIR, "safetensors": SAFETENSORS_FILE},
       "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "kind": kinds[k]}
                   for k, v in sorted(tensors.items())},
-      "call": f"{modality} (B, {segment_length}) float32 -> (B, {int(latent_dim)})",
+      "call": f"{' and/or '.join(modalities)} (B, {segment_length}) float32 -> "
+              f"(B, {int(latent_dim)})",
   }
+
+
+def modalities_of(modality: str) -> tuple[str, ...]:
+  """"ppg" -> ("ppg",); "ppg+ecg" -> ("ppg", "ecg")."""
+  if modality == JOINT:
+    return MODALITIES
+  if modality in MODALITIES:
+    return (modality,)
+  raise PackageError(f"unknown modality {modality!r}; expected ppg, ecg or {JOINT}")
+
+
+def package_modalities(info: dict) -> tuple[str, ...]:
+  """The modalities a package embeds (format 1 packages name one, in "modality")."""
+  return tuple(info.get("modalities") or modalities_of(info["modality"]))
 
 
 def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], info: dict,
@@ -140,10 +167,28 @@ def _replace_dir(tmp: Path, output: Path) -> None:
 
 def package_readme(info: dict) -> str:
   c = info["contract"]
+  modalities = package_modalities(info)
+  what = "+".join(modalities).upper()
+  if len(modalities) > 1:
+    what_text = (f"Frozen {info['model_name']} fingerprint encoder of {' and '.join(m.upper() for m in modalities)} "
+                 "(each modality's encoder and the shared bottleneck): either modality alone or "
+                 "both give a fingerprint in one latent space")
+    loading = [
+        "z = enc.embed(ppg=p, ecg=e, fs=125)       # p, e: (N, L) the same windows -> (N, latent)",
+        "z_ppg = enc.embed(ppg=p, fs=125)          # PPG alone: same space, same shape",
+        "z_ecg = enc.embed(ecg=e, fs=125)          # ECG alone",
+        "z = enc.embed_prepared(ppg=W1, ecg=W2)    # prepared (N, L) windows, no preprocessing",
+    ]
+  else:
+    what_text = f"Frozen {what} encoder"
+    loading = [
+        "z = enc.embed(x, fs=125)                  # x: (N, L) raw or prepared -> (N, latent)",
+        f"z = enc.embed({modalities[0]}=x, fs=125)  # the same, by keyword",
+    ]
   lines = [
-      f"# {info['model_name']} {info['modality'].upper()} encoder (xmae-jax {info['package_version']})",
+      f"# {info['model_name']} {what} encoder (xmae-jax {info['package_version']})",
       "",
-      f"Frozen {info['modality'].upper()} encoder, {info['param_count']:,} parameters, "
+      f"{what_text}, {info['param_count']:,} parameters, "
       f"embedding size {info['latent_dim']}. Source: {json.dumps(info['source'])}.",
       "",
       "## Input contract",
@@ -158,7 +203,7 @@ def package_readme(info: dict) -> str:
       "```python",
       "import xmae_jax",
       "enc = xmae_jax.load_encoder('PATH')        # this directory",
-      "z = enc.embed(x, fs=125)                  # x: (N, L) raw or prepared -> (N, latent)",
+      *loading,
       "```",
       "`embed` resamples, windows (10-s windows averaged per row) and normalizes when `fs` or `L`",
       "differ from the contract, and min-max normalizes contract-shaped rows.",
@@ -197,11 +242,11 @@ def read_package_info(path) -> dict:
     raise PackageError(f"{file} is not valid JSON ({e})") from None
   if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
     raise PackageError(f"{file} is not an xmae-jax encoder package (format {info.get('format') if isinstance(info, dict) else '?'!r})")
-  if info.get("format_version") != FORMAT_VERSION:
+  if info.get("format_version") not in READABLE_VERSIONS:
     raise PackageError(
         f"encoder package {path} has format version {info.get('format_version')!r} (written by "
         f"xmae-jax {info.get('package_version', '?')}); this xmae-jax {__version__} reads format "
-        f"version {FORMAT_VERSION}: re-export it with this version")
+        f"version {' or '.join(map(str, READABLE_VERSIONS))}: re-export it with this version")
   return info
 
 
