@@ -92,39 +92,37 @@ def masked_correlation(true: np.ndarray, recon: np.ndarray, masked: np.ndarray) 
   return out
 
 
-def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
-  """R-peak sample indices found by NeuroKit2 (empty when it finds none or fails)."""
+def _neurokit_peaks(x: np.ndarray, fs: float, find) -> np.ndarray:
+  """`find(x float64, sampling_rate int)` -> peak indices, run quietly; empty for a flat or
+  non-finite signal and when NeuroKit raises (it does on signals without detectable beats)."""
   import warnings
-  import neurokit2 as nk
-  x = np.asarray(ecg, np.float64)
+  x = np.asarray(x, np.float64)
   if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
     return np.zeros(0, int)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      _, info = nk.ecg_peaks(x, sampling_rate=int(round(fs)), method="neurokit")
-  except Exception:   # NeuroKit raises on signals without detectable QRS complexes
+      return np.asarray(find(x, int(round(fs))), int)
+  except Exception:   # NeuroKit raises on signals without detectable QRS complexes or pulses
     return np.zeros(0, int)
-  return np.asarray(info["ECG_R_Peaks"], int)
+
+
+def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
+  """R-peak sample indices found by NeuroKit2 (empty when it finds none or fails)."""
+  import neurokit2 as nk
+  return _neurokit_peaks(ecg, fs, lambda x, sr: nk.ecg_peaks(
+      x, sampling_rate=sr, method="neurokit")[1]["ECG_R_Peaks"])
 
 
 def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   """Pulse-foot sample indices: the minimum before each NeuroKit2 systolic peak (module docstring;
   empty when no peak is found or NeuroKit fails)."""
-  import warnings
   import neurokit2 as nk
-  x = np.asarray(ppg, np.float64)
-  if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
-    return np.zeros(0, int)
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      _, info = nk.ppg_peaks(x, sampling_rate=int(round(fs)), method="elgendi")
-  except Exception:   # NeuroKit raises on signals without detectable pulses
-    return np.zeros(0, int)
-  peaks = np.asarray(info["PPG_Peaks"], int)
+  peaks = _neurokit_peaks(ppg, fs, lambda x, sr: nk.ppg_peaks(
+      x, sampling_rate=sr, method="elgendi")[1]["PPG_Peaks"])
   if len(peaks) == 0:
     return np.zeros(0, int)
+  x = np.asarray(ppg, np.float64)
   first_span = int(np.median(np.diff(peaks))) if len(peaks) > 1 else int(round(fs))
   starts = np.concatenate([[max(0, peaks[0] - first_span)], peaks[:-1]])
   feet = []
