@@ -31,9 +31,10 @@ Metrics per direction:
     one median inter-peak interval before it); a minimum on the search window's left edge is
     not a trough (the signal is still falling there) and gives no foot. The minimum rather than
     the intersecting-tangent foot: it is a sample of the signal, defined for any pulse shape,
-    and needs no slope estimate on a reconstruction whose upstroke may be smoothed. Feet are matched and summarized exactly as R-peaks (same
-    one-to-one matching, tolerance, sensitivity, median |error|, share within 50 ms, extra
-    feet; the report's `true_beats` / `extra_peaks` count feet in these rows);
+    and needs no slope estimate on a reconstruction whose upstroke may be smoothed. Feet are
+    matched and summarized exactly as R-peaks (same one-to-one matching, tolerance,
+    sensitivity, median |error|, share within 50 ms, extra feet; the report's `true_beats` /
+    `extra_peaks` count feet in these rows);
   * control: the same with each segment's conditioning modality (PPG for `ecg<-ppg`, ECG for
     `ppg<-ecg`) replaced by another segment's (rolled by half the set, so mostly another
     subject): if that modality drives the reconstruction, timing must collapse.
@@ -63,16 +64,16 @@ class ReconstructionError(XmaeError):
 
 @dataclasses.dataclass(frozen=True)
 class Direction:
-  """One reconstruction direction: `target` reconstructed from `source`, timed by `event`."""
+  """One reconstruction direction: `target` reconstructed from `source`; `marker` names the
+  timing landmark (DETECTORS[target]) in figure legends."""
   target: str
   source: str
-  event: str                  # the timing landmark, for labels ("R-peak", "pulse foot")
-  marker: str                 # its short figure label
+  marker: str
 
 
 ECG_FROM_PPG, PPG_FROM_ECG = "ecg<-ppg", "ppg<-ecg"
-DIRECTIONS = {ECG_FROM_PPG: Direction("ecg", "ppg", "R-peak", "R"),
-              PPG_FROM_ECG: Direction("ppg", "ecg", "pulse foot", "foot")}
+DIRECTIONS = {ECG_FROM_PPG: Direction("ecg", "ppg", "R"),
+              PPG_FROM_ECG: Direction("ppg", "ecg", "foot")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,10 +273,10 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
   return rec, mask > 0.5
 
 
-def reconstruct_whole(model, x: np.ndarray, *, direction: str, batch_size: int = 64
-                      ) -> np.ndarray:
-  """The whole target waveform (N, L) decoded from the source modality `x` (N, L) alone, through
-  `model.reconstruct` (the both-way contract); `direction` is a key of DIRECTIONS."""
+def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
+  """A function (N, L) source-modality windows -> the whole target waveforms (N, L) decoded
+  from the source alone, through `model.reconstruct` (the both-way contract); `direction` is a
+  key of DIRECTIONS. Compiled once, for the paired windows and their control alike."""
   import jax
   from flax import nnx
   if not has_both_way_contract(model):
@@ -290,7 +291,7 @@ def reconstruct_whole(model, x: np.ndarray, *, direction: str, batch_size: int =
   def run(state, x):
     return nnx.merge(graphdef, state).reconstruct(**{d.source: x}, target=d.target)
 
-  return _in_batches(lambda _, b: (run(state, b),), (x,), batch_size)[0]
+  return lambda x: _in_batches(lambda _, b: (run(state, b),), (x,), batch_size)[0]
 
 
 def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,
@@ -307,12 +308,12 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
   signals = {"ppg": ppg, "ecg": ecg}
   true, cond = signals[d.target], signals[d.source]
   masked_model = has_masked_contract(model)
+  whole = None if masked_model else whole_reconstructor(model, direction=direction)
 
   def run(source_signal):
     if masked_model:
       return reconstruct(model, source_signal, ecg, seed=seed)
-    return (reconstruct_whole(model, source_signal, direction=direction),
-            np.ones(true.shape, bool))
+    return whole(source_signal), np.ones(true.shape, bool)
 
   detect = DETECTORS[d.target]
   recon, masked = run(cond)
