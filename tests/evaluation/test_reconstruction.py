@@ -72,3 +72,65 @@ def test_model_reconstruction_masks(tiny_xmae):
   np.testing.assert_array_equal(m1.sum(1), 800)
   with pytest.raises(recon.ReconstructionError, match="does not reconstruct"):
     recon.reconstruct(object(), ppg, ecg)
+
+
+# ---- pulse feet (ppg<-ecg): the same known cases as the R-peaks -------------------------------
+
+
+@pytest.fixture(scope="module")
+def ppg():
+  import neurokit2 as nk
+  rows = [nk.ppg_simulate(duration=10, sampling_rate=int(FS), heart_rate=hr, random_state=i,
+                          drift=0, motion_amplitude=0, powerline_amplitude=0, burst_amplitude=0)
+          for i, hr in enumerate((60, 75, 90))]
+  x = np.stack(rows)
+  lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
+  return (2 * (x - lo) / (hi - lo) - 1).astype(np.float32)
+
+
+def _feet(true, recon_, masked):
+  return recon.summarize(true, recon_, masked, FS, detect=recon.detect_pulse_feet)
+
+
+def test_pulse_feet_are_the_troughs_before_the_upstroke(ppg):
+  for x in ppg:
+    feet = recon.detect_pulse_feet(x, FS)
+    assert len(feet) >= 8                           # >= 60 bpm over 10 s
+    for f in feet:
+      # the lowest sample of its neighbourhood, with the pulse rising after it
+      assert x[f] == x[max(0, f - 10):f + 11].min()
+      assert x[min(f + 15, len(x) - 1)] > x[f] + 0.3
+
+
+def test_perfect_ppg_reconstruction_matches_every_foot(ppg):
+  s, peaks = _feet(ppg, ppg.copy(), np.ones(ppg.shape, bool))
+  assert s["true_beats"] >= 30                      # 60-90 bpm over 10 s, 3 segments
+  assert s["median_r"] == pytest.approx(1.0)
+  assert s["sensitivity"] == 1.0 and s["share_within_50ms"] == 1.0 and s["extra_peaks"] == 0
+  assert s["median_abs_error_ms"] == 0.0
+  assert all(np.array_equal(p["true"], p["recon"]) for p in peaks)
+
+
+def test_ppg_30ms_late_gives_30ms_all_within_50(ppg):
+  late = np.concatenate([np.repeat(ppg[:, :1], 3, axis=1), ppg[:, :-3]], axis=1)  # 3 samples
+  s, _ = _feet(ppg, late, np.ones(ppg.shape, bool))
+  assert s["median_abs_error_ms"] == pytest.approx(30.0)
+  assert s["median_signed_error_ms"] == pytest.approx(30.0)
+  assert s["sensitivity"] == 1.0 and s["share_within_50ms"] == 1.0
+
+
+def test_flat_ppg_reconstruction_matches_no_foot(ppg):
+  s, peaks = _feet(ppg, np.zeros_like(ppg), np.ones(ppg.shape, bool))
+  assert s["true_beats"] >= 30 and s["matched_beats"] == 0
+  assert s["sensitivity"] == 0.0 and s["share_within_50ms"] == 0.0
+  assert all(len(p["recon"]) == 0 for p in peaks)
+
+
+def test_directions_of_each_model_kind(tiny_xmae):
+  model, config = tiny_xmae
+  assert recon.model_directions(model) == ("ecg<-ppg",)
+  x = np.zeros((2, 1000), np.float32)
+  with pytest.raises(recon.ReconstructionError, match="has no ppg<-ecg"):
+    recon.evaluate(model, config, x, x, direction="ppg<-ecg")
+  with pytest.raises(recon.ReconstructionError, match="does not reconstruct"):
+    recon.model_directions(object())

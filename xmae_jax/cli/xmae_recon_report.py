@@ -1,10 +1,13 @@
-"""xmae-recon-report: masked-ECG-from-PPG reconstruction on held-out paired data.
+"""xmae-recon-report: cross-modal reconstruction (ECG from PPG; both ways for M2AE), held out.
 
   xmae-recon-report --model xmae=runs/xmae [--model nobridge=runs/nobridge] \
-      --data DATASET_DIR [--split test] [--wfdb ../shared/data/physionet] --output-dir OUT
+      [--model m2ae=runs/m2ae] --data DATASET_DIR [--split test] \
+      [--wfdb ../shared/data/physionet] --output-dir OUT
 
 --model NAME=WORKDIR: a training or xmae-import-torch workdir of a model with the xMAE call
-contract (xMAE; its no-bridge variant reconstructs from visible ECG only: the control).
+contract (xMAE; its no-bridge variant reconstructs from visible ECG only: the control), scored
+as masked ECG from PPG (direction ecg<-ppg), or of M2AE, scored both ways on the whole waveform
+decoded from the other modality alone (ecg<-ppg: R-peak timing; ppg<-ecg: pulse-foot timing).
 --data: a prepared dataset; its --split (default test: subjects the model never trained on).
 --wfdb: WFDB records or folders (repeatable), windowed by the same preprocessing.
 Writes OUT/reconstruction.md, OUT/reconstruction.json and OUT/figures/*.png

@@ -1,9 +1,18 @@
-"""Cross-modal reconstruction report: masked ECG reconstructed from PPG, on held-out paired data.
+"""Cross-modal reconstruction report: ECG reconstructed from PPG (and PPG from ECG), held out.
 
-For a model with the xMAE call contract (`model(ppg, ecg, ecg_keep)` -> `ecg_reconstruction`;
-xMAE, and its no-bridge variant as the ECG-only control), on paired segments it never trained
-on (a prepared dataset's test split = simulator subjects held out by the subject split; real
-WFDB records such as ../shared/data/physionet):
+Two kinds of model, on paired segments they never trained on (a prepared dataset's test split =
+simulator subjects held out by the subject split; real WFDB records such as
+../shared/data/physionet):
+
+  * the xMAE call contract (`model(ppg, ecg, ecg_keep)` -> `ecg_reconstruction`; xMAE, and its
+    no-bridge variant as the ECG-only control): one direction, `ecg<-ppg`, masked ECG
+    reconstructed from the PPG plus the visible ECG, scored on the masked samples;
+  * the both-way contract (`model.reconstruct(ppg=..., ecg=..., target=...)`, M2AE): the whole
+    target waveform decoded from the other modality alone, both directions, `ecg<-ppg` (R-peak
+    timing) and `ppg<-ecg` (pulse-foot timing), scored on every sample (there is no mask: the
+    target modality is not an input at all).
+
+Metrics per direction:
 
   * masks: the model's own masking (mode and ratio from its config, anchor 0.8 for xMAE), drawn
     from a fixed seed, identical for every model and control;
@@ -16,9 +25,21 @@ WFDB records such as ../shared/data/physionet):
     the share of true masked beats with a reconstructed peak within 50 ms (unmatched beats
     count as misses), sensitivity, and reconstructed peaks in the masked part that match no
     true beat;
-  * control: the same with each segment's PPG replaced by another segment's (rolled by half the
-    set, so mostly another subject): if PPG drives the reconstruction, timing must collapse.
-Example figures show true vs reconstructed ECG, the masked part shaded, detected R-peaks marked.
+  * pulse-foot timing (`ppg<-ecg`): systolic peaks found with NeuroKit2 (`ppg_peaks`, method
+    "elgendi", the method the PPG is cleaned with), and each pulse's foot taken as the minimum
+    of the signal between the previous systolic peak and this one (for the first peak, within
+    one median inter-peak interval before it); a minimum on the search window's left edge is
+    not a trough (the signal is still falling there) and gives no foot. The minimum rather than
+    the intersecting-tangent foot: it is a sample of the signal, defined for any pulse shape,
+    and needs no slope estimate on a reconstruction whose upstroke may be smoothed. Feet are
+    matched and summarized exactly as R-peaks (same one-to-one matching, tolerance,
+    sensitivity, median |error|, share within 50 ms, extra feet; the report's `true_beats` /
+    `extra_peaks` count feet in these rows);
+  * control: the same with each segment's conditioning modality (PPG for `ecg<-ppg`, ECG for
+    `ppg<-ecg`) replaced by another segment's (rolled by half the set, so mostly another
+    subject): if that modality drives the reconstruction, timing must collapse.
+Example figures show true vs reconstructed target, the masked part shaded (xMAE family), the
+detected R-peaks or pulse feet marked; one figure per model, data and direction.
 """
 from __future__ import annotations
 
@@ -41,6 +62,20 @@ class ReconstructionError(XmaeError):
   """A model that does not reconstruct ECG, or data without paired ECG and PPG."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Direction:
+  """One reconstruction direction: `target` reconstructed from `source`; `marker` names the
+  timing landmark (DETECTORS[target]) in figure legends."""
+  target: str
+  source: str
+  marker: str
+
+
+ECG_FROM_PPG, PPG_FROM_ECG = "ecg<-ppg", "ppg<-ecg"
+DIRECTIONS = {ECG_FROM_PPG: Direction("ecg", "ppg", "R"),
+              PPG_FROM_ECG: Direction("ppg", "ecg", "foot")}
+
+
 # ----------------------------------------------------------------------------------------------
 # Metrics on arrays
 
@@ -58,20 +93,48 @@ def masked_correlation(true: np.ndarray, recon: np.ndarray, masked: np.ndarray) 
   return out
 
 
-def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
-  """R-peak sample indices found by NeuroKit2 (empty when it finds none or fails)."""
+def _neurokit_peaks(x: np.ndarray, fs: float, find) -> np.ndarray:
+  """`find(x float64, sampling_rate int)` -> peak indices, run quietly; empty for a flat or
+  non-finite signal and when NeuroKit raises (it does on signals without detectable beats)."""
   import warnings
-  import neurokit2 as nk
-  x = np.asarray(ecg, np.float64)
+  x = np.asarray(x, np.float64)
   if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
     return np.zeros(0, int)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      _, info = nk.ecg_peaks(x, sampling_rate=int(round(fs)), method="neurokit")
-  except Exception:   # NeuroKit raises on signals without detectable QRS complexes
+      return np.asarray(find(x, int(round(fs))), int)
+  except Exception:   # NeuroKit raises on signals without detectable QRS complexes or pulses
     return np.zeros(0, int)
-  return np.asarray(info["ECG_R_Peaks"], int)
+
+
+def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
+  """R-peak sample indices found by NeuroKit2 (empty when it finds none or fails)."""
+  import neurokit2 as nk
+  return _neurokit_peaks(ecg, fs, lambda x, sr: nk.ecg_peaks(
+      x, sampling_rate=sr, method="neurokit")[1]["ECG_R_Peaks"])
+
+
+def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
+  """Pulse-foot sample indices: the minimum before each NeuroKit2 systolic peak (module docstring;
+  empty when no peak is found or NeuroKit fails)."""
+  import neurokit2 as nk
+  peaks = _neurokit_peaks(ppg, fs, lambda x, sr: nk.ppg_peaks(
+      x, sampling_rate=sr, method="elgendi")[1]["PPG_Peaks"])
+  if len(peaks) == 0:
+    return np.zeros(0, int)
+  x = np.asarray(ppg, np.float64)
+  first_span = int(np.median(np.diff(peaks))) if len(peaks) > 1 else int(round(fs))
+  starts = np.concatenate([[max(0, peaks[0] - first_span)], peaks[:-1]])
+  feet = []
+  for start, peak in zip(starts, peaks):
+    foot = start + int(np.argmin(x[start:peak])) if peak > start else start
+    if foot > start:          # a minimum on the window's left edge is no trough
+      feet.append(foot)
+  return np.asarray(feet, int)
+
+
+DETECTORS = {"ecg": detect_rpeaks, "ppg": detect_pulse_feet}
 
 
 def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
@@ -108,12 +171,14 @@ class BeatTiming:
 
 
 def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: float, *,
-                tolerance_ms: float = 150.0) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
-  """R-peak timing of the reconstruction over all rows; also each row's detected peaks."""
+                tolerance_ms: float = 150.0, detect=detect_rpeaks
+                ) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
+  """Beat timing of the reconstruction over all rows (R-peaks by default; `detect(x, fs)` gives
+  another landmark's sample indices, e.g. detect_pulse_feet); also each row's detected beats."""
   tol = tolerance_ms * fs / 1000.0
   errors, n_true, n_matched, n_extra, peaks = [], 0, 0, 0, []
   for t, r, m in zip(true, recon, masked.astype(bool)):
-    pt, pr = detect_rpeaks(t, fs), detect_rpeaks(r, fs)
+    pt, pr = detect(t, fs), detect(r, fs)
     peaks.append({"true": pt, "recon": pr})
     pt_m = pt[m[pt]] if len(pt) else pt
     # Match masked true beats against every recon peak (a beat at the mask's edge may be
@@ -127,9 +192,11 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
   return BeatTiming(np.asarray(errors, float), n_true, n_matched, n_extra), peaks
 
 
-def summarize(true, recon, masked, fs, *, tolerance_ms=150.0) -> tuple[dict[str, Any], list]:
+def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpeaks
+              ) -> tuple[dict[str, Any], list]:
+  """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing)."""
   r = masked_correlation(true, recon, masked)
-  timing, peaks = beat_timing(true, recon, masked, fs, tolerance_ms=tolerance_ms)
+  timing, peaks = beat_timing(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect)
   finite = r[np.isfinite(r)]
   corr = {"median_r": float(np.median(finite)) if len(finite) else math.nan,
           "iqr_r": ([float(np.percentile(finite, 25)), float(np.percentile(finite, 75))]
@@ -142,6 +209,42 @@ def summarize(true, recon, masked, fs, *, tolerance_ms=150.0) -> tuple[dict[str,
 # Running a model
 
 
+def has_masked_contract(model) -> bool:
+  """The xMAE call contract: own masks (`sample_masks`) and `model(ppg, ecg, ecg_keep)`."""
+  return hasattr(model, "sample_masks") and callable(model)
+
+
+def has_both_way_contract(model) -> bool:
+  """M2AE's contract: `model.reconstruct(ppg=..., ecg=..., target=...)` -> whole waveform."""
+  return callable(getattr(model, "reconstruct", None))
+
+
+def model_directions(model) -> tuple[str, ...]:
+  """The directions the report scores for `model` (module docstring)."""
+  if has_masked_contract(model):
+    return (ECG_FROM_PPG,)
+  if has_both_way_contract(model):
+    return tuple(DIRECTIONS)
+  raise ReconstructionError(f"{type(model).__name__} does not reconstruct ECG (needs the xMAE "
+                            "call contract model(ppg, ecg, ecg_keep) or M2AE's "
+                            "model.reconstruct(ppg=..., ecg=..., target=...))")
+
+
+def _in_batches(run, arrays: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+  """`run(batch_index, *batch)` over rows of `arrays`, the last batch zero-padded to
+  `batch_size` (one compiled shape); each output concatenated over batches, padding dropped."""
+  outs = []
+  n = len(arrays[0])
+  for start in range(0, n, batch_size):
+    parts = [a[start:start + batch_size] for a in arrays]
+    pad = batch_size - len(parts[0])
+    if pad:
+      parts = [np.concatenate([p, np.zeros((pad,) + p.shape[1:], np.float32)]) for p in parts]
+    got = run(start // batch_size, *parts)
+    outs.append([np.asarray(g)[:batch_size - pad] for g in got])
+  return [np.concatenate(col) for col in zip(*outs)]
+
+
 def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch_size: int = 64,
                 mask_ratio: float | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(reconstructed ECG (N, L), masked (N, L) bool) with masks drawn from `seed`.
@@ -151,7 +254,7 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
   """
   import jax
   from flax import nnx
-  if not (hasattr(model, "sample_masks") and callable(model)):
+  if not has_masked_contract(model):
     raise ReconstructionError(f"{type(model).__name__} does not reconstruct ECG "
                               "(needs the xMAE call contract model(ppg, ecg, ecg_keep))")
   model.eval()
@@ -164,42 +267,76 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
     out = m(ppg, ecg, keep)
     return out["ecg_reconstruction"], out["ecg_mask"]
 
-  recs, masks = [], []
-  n = len(ppg)
   base = jax.random.key(seed)
-  for start in range(0, n, batch_size):
-    p, e = ppg[start:start + batch_size], ecg[start:start + batch_size]
-    pad = batch_size - len(p)
-    if pad:
-      p = np.concatenate([p, np.zeros((pad, p.shape[1]), np.float32)])
-      e = np.concatenate([e, np.zeros((pad, e.shape[1]), np.float32)])
-    rec, mask = run(state, p, e, jax.random.fold_in(base, start // batch_size))
-    recs.append(np.asarray(rec)[:batch_size - pad])
-    masks.append(np.asarray(mask)[:batch_size - pad] > 0.5)
-  return np.concatenate(recs), np.concatenate(masks)
+  rec, mask = _in_batches(lambda i, p, e: run(state, p, e, jax.random.fold_in(base, i)),
+                          (ppg, ecg), batch_size)
+  return rec, mask > 0.5
+
+
+def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
+  """A function (N, L) source-modality windows -> the whole target waveforms (N, L) decoded
+  from the source alone, through `model.reconstruct` (the both-way contract); `direction` is a
+  key of DIRECTIONS. Compiled once, for the paired windows and their control alike."""
+  import jax
+  from flax import nnx
+  if not has_both_way_contract(model):
+    raise ReconstructionError(f"{type(model).__name__} does not reconstruct one modality from "
+                              "the other alone (needs model.reconstruct(ppg=..., ecg=..., "
+                              "target=...))")
+  d = DIRECTIONS[direction]
+  model.eval()
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, x):
+    return nnx.merge(graphdef, state).reconstruct(**{d.source: x}, target=d.target)
+
+  return lambda x: _in_batches(lambda _, b: (run(state, b),), (x,), batch_size)[0]
 
 
 def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,
              tolerance_ms: float = 150.0, control: bool = True, figure: str | None = None,
-             title: str = "") -> dict[str, Any]:
-  """Reconstruction metrics on paired segments, plus the shuffled-PPG control."""
+             title: str = "", direction: str = ECG_FROM_PPG) -> dict[str, Any]:
+  """Reconstruction metrics on paired segments in one `direction` (a key of DIRECTIONS), plus
+  the control with the conditioning modality shuffled (`shuffled_{source}_control`)."""
   if len(ppg) == 0:
     raise ReconstructionError("no paired segments to reconstruct")
-  recon, masked = reconstruct(model, ppg, ecg, seed=seed)
-  summary, peaks = summarize(ecg, recon, masked, fs, tolerance_ms=tolerance_ms)
-  out = {"model": str(config.model.name), "reconstruction": summary}
+  if direction not in model_directions(model):
+    raise ReconstructionError(f"{type(model).__name__} has no {direction} reconstruction "
+                              f"(it has {', '.join(model_directions(model))})")
+  d = DIRECTIONS[direction]
+  signals = {"ppg": ppg, "ecg": ecg}
+  true, cond = signals[d.target], signals[d.source]
+  masked_model = has_masked_contract(model)
+  whole = None if masked_model else whole_reconstructor(model, direction=direction)
+
+  def run(source_signal):
+    if masked_model:
+      return reconstruct(model, source_signal, ecg, seed=seed)
+    return whole(source_signal), np.ones(true.shape, bool)
+
+  detect = DETECTORS[d.target]
+  recon, masked = run(cond)
+  summary, peaks = summarize(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect)
+  out = {"model": str(config.model.name), "direction": direction,
+         "scored_samples": "masked" if masked_model else "all", "reconstruction": summary}
   if control and len(ppg) > 1:
-    other = np.roll(ppg, len(ppg) // 2, axis=0)
-    recon_c, masked_c = reconstruct(model, other, ecg, seed=seed)
+    other = np.roll(cond, len(cond) // 2, axis=0)
+    recon_c, masked_c = run(other)
     assert np.array_equal(masked, masked_c)
-    out["shuffled_ppg_control"] = summarize(ecg, recon_c, masked_c, fs, tolerance_ms=tolerance_ms)[0]
+    out[f"shuffled_{d.source}_control"] = summarize(true, recon_c, masked_c, fs,
+                                                    tolerance_ms=tolerance_ms, detect=detect)[0]
   if figure:
-    order = np.argsort(-np.nan_to_num(masked_correlation(ecg, recon, masked), nan=-2))
+    order = np.argsort(-np.nan_to_num(masked_correlation(true, recon, masked), nan=-2))
     # Examples spread over the quality range: best, two middle, worst.
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).astype(int))]
-    figures.plot_reconstructions(figure, ecg[pick], recon[pick], masked[pick], ppg[pick],
+    shaded = masked[pick] if masked_model else np.zeros_like(masked[pick])
+    xlabel = ("time (s); shaded = masked ECG" if masked_model else
+              f"time (s); whole {d.target.upper()} decoded from the {d.source.upper()} alone")
+    figures.plot_reconstructions(figure, true[pick], recon[pick], shaded, cond[pick],
                                  sampling_rate=fs, title=title, peaks=[peaks[i] for i in pick],
-                                 xlabel="time (s); shaded = masked ECG")
+                                 xlabel=xlabel, target=d.target.upper(),
+                                 source=d.source.upper(), event=d.marker)
     out["figure"] = str(figure)
   return out
 
@@ -240,7 +377,8 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
                  out_dir, *, split: str = "test", step: str = "auto", seed: int = 0,
                  min_quality: float | None = None, tolerance_ms: float = 150.0) -> dict:
   """models: (name, workdir); data_sources: (label, path). Writes OUT/reconstruction.{json,md}
-  and OUT/figures/NAME_LABEL.png; returns the report dict."""
+  and OUT/figures/NAME_LABEL.png (both-way models: NAME_LABEL_ecg_from_ppg.png and
+  NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction."""
   from xmae_jax.training import checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
@@ -249,6 +387,10 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   loaded = []
   for name, workdir in models:
     model, config = checkpoint.load_model(workdir, step=step)
+    try:                              # a model that reconstructs nothing fails before any data
+      model_directions(model)
+    except ReconstructionError as e:
+      raise ReconstructionError(f"--model {name}={workdir}: {e}") from None
     loaded.append((name, model, config))
   if not loaded:
     raise ReconstructionError("no --model given")
@@ -257,11 +399,19 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
     ppg, ecg, notes = paired_segments(path, contract=contract, split=split,
                                       min_quality=min_quality)
     for name, model, config in loaded:
-      fig = out / "figures" / f"{name}_{slug(label)}.png"
-      r = evaluate(model, config, ppg, ecg, fs=contract.sampling_rate, seed=seed,
-                   tolerance_ms=tolerance_ms, figure=str(fig),
-                   title=f"{name} on {label}: masked ECG reconstructed (shaded = masked)")
-      rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
+      directions = model_directions(model)
+      for direction in directions:
+        d = DIRECTIONS[direction]
+        # One direction (xMAE family): the figure keeps its name; both ways: one per direction.
+        suffix = "" if len(directions) == 1 else f"_{d.target}_from_{d.source}"
+        fig = out / "figures" / f"{name}_{slug(label)}{suffix}.png"
+        title = (f"{name} on {label}: masked ECG reconstructed (shaded = masked)"
+                 if has_masked_contract(model) else
+                 f"{name} on {label}: whole {d.target.upper()} from the {d.source.upper()} alone")
+        r = evaluate(model, config, ppg, ecg, fs=contract.sampling_rate, seed=seed,
+                     tolerance_ms=tolerance_ms, figure=str(fig), title=title,
+                     direction=direction)
+        rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
   report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
             "split": split, "min_quality": min_quality, "rows": rows}
   report_lib.write_reconstruction(report, out)

@@ -273,30 +273,44 @@ def write_timing(report: dict[str, Any], results, out_dir) -> None:
   bar_chart(results, out / "timing.png", title="PTT and HR from frozen PPG embeddings")
 
 
-# ---- reconstruction (masked ECG from PPG) ------------------------------------------------------
+# ---- reconstruction (masked ECG from PPG; both ways for M2AE) ---------------------------------
 
 def reconstruction_markdown(report: dict[str, Any]) -> str:
-  lines = ["# Cross-modal reconstruction report (masked ECG from PPG)", "",
+  lines = ["# Cross-modal reconstruction report (masked ECG from PPG; both ways for M2AE)", "",
            f"Masks: each model's own masking config, seed {report['seed']}; R-peaks: NeuroKit2 "
            f"`ecg_peaks` (method neurokit) at {report['fs']:g} Hz; beats matched one-to-one within "
            f"{report['tolerance_ms']:g} ms; 'within 50 ms' counts unmatched true beats as misses.",
            "",
-           "| model | data | condition | segments | median r [IQR] (masked samples) | true beats | "
-           "sensitivity | median abs R-peak error (ms) | share within 50 ms | extra peaks |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "Direction `ecg<-ppg`: ECG reconstructed from PPG, timed by R-peaks; `ppg<-ecg`: PPG "
+           "from ECG, timed by pulse feet (the minimum before each NeuroKit2 `ppg_peaks` "
+           "(method elgendi) systolic peak), so its beats and extra peaks are feet. Scored "
+           "samples: the masked ones for the xMAE family; every one for M2AE (the whole target "
+           "decoded from the other modality alone). The control replaces the conditioning "
+           "modality with another window's.",
+           "",
+           "| model | direction | data | condition | segments | median r [IQR] (scored samples) | "
+           "true beats | sensitivity | median abs R-peak / foot error (ms) | share within 50 ms | "
+           "extra peaks |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in report["rows"]:
-    for cond, key in (("PPG paired", "reconstruction"), ("PPG shuffled (control)", "shuffled_ppg_control")):
+    direction = row.get("direction", "ecg<-ppg")
+    source = direction.split("<-")[1]
+    conditions = ((f"{source.upper()} paired", "reconstruction"),
+                  (f"{source.upper()} shuffled (control)", f"shuffled_{source}_control"))
+    for cond, key in conditions:
       s = row.get(key)
       if not s:
         continue
       lines.append(
-          f"| {row['name']} | {row['data']} | {cond} | {s['segments']} | {s['median_r']:.3f} "
-          f"[{s['iqr_r'][0]:.3f}, {s['iqr_r'][1]:.3f}] | {s['true_beats']} | {s['sensitivity']:.3f} | "
-          f"{s['median_abs_error_ms']:.1f} | {s['share_within_50ms']:.3f} | {s['extra_peaks']} |")
+          f"| {row['name']} | {direction} | {row['data']} | {cond} | {s['segments']} | "
+          f"{s['median_r']:.3f} [{s['iqr_r'][0]:.3f}, {s['iqr_r'][1]:.3f}] | {s['true_beats']} | "
+          f"{s['sensitivity']:.3f} | {s['median_abs_error_ms']:.1f} | "
+          f"{s['share_within_50ms']:.3f} | {s['extra_peaks']} |")
   lines.append("")
   for row in report["rows"]:
     if row.get("figure"):
-      lines.append(f"* {row['name']} on {row['data']}: `{row['figure']}`")
+      lines.append(f"* {row['name']} ({row.get('direction', 'ecg<-ppg')}) on {row['data']}: "
+                   f"`{row['figure']}`")
   for row in report["rows"]:
     if row.get("notes"):
       lines.append(f"* {row['data']} windows: {json.dumps(row['notes'])}")

@@ -27,11 +27,14 @@ def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, masked: np.ndarray,
                          ppg: np.ndarray | None = None, *, sampling_rate: float = 100.0,
                          title: str = "", peaks: Sequence[dict] | None = None,
-                         xlabel: str = "time (s)") -> Path:
+                         xlabel: str = "time (s)", target: str = "ECG", source: str = "PPG",
+                         event: str = "R") -> Path:
   """Writes one PNG with a panel per segment; `masked` is (n, L) True where the ECG was hidden.
 
   `peaks` (optional, one dict per segment with `true` and `recon` sample indices) marks the
-  R-peaks detected in the true and in the reconstructed ECG.
+  R-peaks detected in the true and in the reconstructed ECG. `target`, `source` and `event`
+  name the reconstructed signal (passed as `ecg`), its input (`ppg`) and the marked landmark in
+  the legend, for the other direction (PPG from ECG, pulse feet).
   """
   import matplotlib
   matplotlib.use("Agg", force=True)
@@ -46,13 +49,16 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
       ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
                  label="masked" if k == 0 else None)
     if ppg is not None:
-      ax.plot(t, np.asarray(ppg)[i] - 2.4, color="tab:green", lw=0.7, alpha=0.7, label="PPG (input)")
-    ax.plot(t, ecg[i], color="black", lw=0.8, label="ECG true")
-    ax.plot(t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85, label="ECG reconstructed")
+      ax.plot(t, np.asarray(ppg)[i] - 2.4, color="tab:green", lw=0.7, alpha=0.7,
+              label=f"{source} (input)")
+    ax.plot(t, ecg[i], color="black", lw=0.8, label=f"{target} true")
+    ax.plot(t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85,
+            label=f"{target} reconstructed")
     if peaks is not None:
       pt, pr = np.asarray(peaks[i]["true"], int), np.asarray(peaks[i]["recon"], int)
-      ax.plot(t[pt], ecg[i][pt] + 0.15, "v", color="black", ms=4, label="R true")
-      ax.plot(t[pr], reconstruction[i][pr] + 0.15, "v", color="tab:red", ms=4, label="R recon")
+      ax.plot(t[pt], ecg[i][pt] + 0.15, "v", color="black", ms=4, label=f"{event} true")
+      ax.plot(t[pr], reconstruction[i][pr] + 0.15, "v", color="tab:red", ms=4,
+              label=f"{event} recon")
     ax.set_yticks([])
     if i == 0:
       ax.legend(loc="upper right", fontsize=6 if peaks is not None else 7,
