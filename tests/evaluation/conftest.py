@@ -1,4 +1,5 @@
-"""Shared fixtures of the evaluation tests: one tiny xMAE, its workdir and its exported package."""
+"""Shared fixtures of the evaluation tests: one tiny xMAE and one tiny M2AE, their workdirs and
+their exported packages (M2AE's: the joint ppg+ecg fingerprint package)."""
 from pathlib import Path
 
 import pytest
@@ -11,22 +12,41 @@ def load_config(name: str, arg: str = "tiny"):
   return config_lib.load(f"{REPO / 'configs' / name}.py:{arg}")
 
 
-@pytest.fixture(scope="session")
-def tiny_xmae():
-  """(model in eval mode, config): a tiny xMAE with non-trivial BatchNorm statistics."""
+def tiny_model(name: str, seed: int, stats_seed: int):
+  """(model in eval mode, config) of `configs/NAME.py:tiny`, initialized with `seed`, whose
+  BatchNorm statistics differ from their init (drawn with `stats_seed`), so a lost statistic
+  changes the output."""
   import jax
   import numpy as np
   from flax import nnx
   from xmae_jax import models
-  config = load_config("xmae")
-  model = models.build(config, nnx.Rngs(3))
-  # Make BatchNorm statistics differ from their init, so a lost statistic changes the output.
+  config = load_config(name)
+  model = models.build(config, nnx.Rngs(seed))
   state = nnx.state(model, nnx.BatchStat)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(stats_seed)
   state = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(v.dtype), state)
   nnx.update(model, state)
   model.eval()
   return model, config
+
+
+def paired_windows(n=6, seed=0):
+  """(ppg, ecg) prepared windows (n, 1000): pulse-like PPG and spiky ECG at one heart rate."""
+  import numpy as np
+  from xmae_jax.data import preprocess
+  rng = np.random.default_rng(seed)
+  t = np.arange(1000) / 100.0
+  f = rng.uniform(0.8, 2.0, (n, 1))
+  phase = rng.uniform(0, 6, (n, 1))
+  ppg = np.sin(2 * np.pi * f * t + phase) ** 3 + 0.05 * rng.normal(size=(n, 1000))
+  ecg = np.cos(2 * np.pi * f * t + phase) ** 31 + 0.05 * rng.normal(size=(n, 1000))
+  return (preprocess.minmax(ppg).astype(np.float32), preprocess.minmax(ecg).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny_xmae():
+  """(model in eval mode, config): a tiny xMAE with non-trivial BatchNorm statistics."""
+  return tiny_model("xmae", seed=3, stats_seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +62,28 @@ def tiny_workdir(tiny_xmae, tmp_path_factory):
 def tiny_package(tiny_workdir, tmp_path_factory):
   from xmae_jax.evaluation import export
   return export.export_workdir(tiny_workdir, tmp_path_factory.mktemp("pkg") / "encoder")
+
+
+@pytest.fixture(scope="session")
+def tiny_m2ae():
+  """(model in eval mode, config): a tiny M2AE with non-trivial BatchNorm statistics."""
+  return tiny_model("m2ae", seed=5, stats_seed=1)
+
+
+@pytest.fixture(scope="session")
+def m2ae_workdir(tiny_m2ae, tmp_path_factory):
+  from xmae_jax.training import checkpoint
+  model, config = tiny_m2ae
+  workdir = tmp_path_factory.mktemp("m2ae_workdir")
+  checkpoint.write_model_checkpoint(workdir, model, config, step=3)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def joint_package(m2ae_workdir, tmp_path_factory):
+  """The tiny M2AE's ppg+ecg fingerprint package, written by `xmae-export --modality ppg+ecg`."""
+  from xmae_jax.cli import xmae_export
+  out = tmp_path_factory.mktemp("joint") / "fingerprint"
+  assert xmae_export.main(["--workdir", str(m2ae_workdir), "--output", str(out),
+                           "--modality", "ppg+ecg"]) == 0
+  return out
