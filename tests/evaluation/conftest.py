@@ -43,6 +43,33 @@ def paired_windows(n=6, seed=0):
   return (preprocess.minmax(ppg).astype(np.float32), preprocess.minmax(ecg).astype(np.float32))
 
 
+def write_workdir(tmp_path_factory, model_config, step: int):
+  """A training workdir holding `model_config`'s model as the checkpoint of `step`."""
+  from xmae_jax.training import checkpoint
+  workdir = tmp_path_factory.mktemp("workdir")
+  checkpoint.write_model_checkpoint(workdir, *model_config, step=step)
+  return workdir
+
+
+def write_dataset(out, splits):
+  """A prepared dataset directory at `out` of {split: [Record, ...]} (100 Hz, 10-s windows)."""
+  from xmae_jax.data import shards
+  entries = {name: shards.write_split(out, name, recs) for name, recs in splits.items()}
+  shards.write_manifest(out, entries, sampling_rate=100, segment_length=1000, preprocessing={},
+                        sources=["test"])
+  return out
+
+
+def stored_windows(dataset, splits=("train", "test")):
+  """{segment id: {modality: window}} of every record with PPG, as stored (float16 -> float32)."""
+  from xmae_jax.data import reader
+  out = {}
+  for split in splits:
+    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg",)):
+      out[rec.segment_id] = {m: rec.signal(m) for m in ("ppg", "ecg") if rec.signal(m) is not None}
+  return out
+
+
 @pytest.fixture(scope="session")
 def tiny_xmae():
   """(model in eval mode, config): a tiny xMAE with non-trivial BatchNorm statistics."""
@@ -51,11 +78,7 @@ def tiny_xmae():
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tiny_xmae, tmp_path_factory):
-  from xmae_jax.training import checkpoint
-  model, config = tiny_xmae
-  workdir = tmp_path_factory.mktemp("workdir")
-  checkpoint.write_model_checkpoint(workdir, model, config, step=7)
-  return workdir
+  return write_workdir(tmp_path_factory, tiny_xmae, step=7)
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +95,7 @@ def tiny_m2ae():
 
 @pytest.fixture(scope="session")
 def m2ae_workdir(tiny_m2ae, tmp_path_factory):
-  from xmae_jax.training import checkpoint
-  model, config = tiny_m2ae
-  workdir = tmp_path_factory.mktemp("m2ae_workdir")
-  checkpoint.write_model_checkpoint(workdir, model, config, step=3)
-  return workdir
+  return write_workdir(tmp_path_factory, tiny_m2ae, step=3)
 
 
 @pytest.fixture(scope="session")

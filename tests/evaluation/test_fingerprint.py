@@ -10,7 +10,7 @@ from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
 
-from conftest import paired_windows
+from conftest import paired_windows, stored_windows, write_dataset
 
 
 def _fingerprints(model, ppg, ecg):
@@ -146,7 +146,6 @@ def test_joint_export_of_an_xmae_model_is_one_line(tiny_workdir, tmp_path, capsy
 def paired_dataset(tmp_path_factory):
   """12 subjects x 3 segments of paired PPG and ECG."""
   from xmae_jax.data import record as record_lib
-  from xmae_jax.data import shards
   out = tmp_path_factory.mktemp("paired")
   ppg, ecg = paired_windows(n=36, seed=7)
   splits = {"train": [], "test": []}
@@ -156,27 +155,14 @@ def paired_dataset(tmp_path_factory):
                             ppg=ppg[i], ecg=ecg[i], quality_ppg=0.9, quality_ecg=0.9,
                             meta={"age": 30.0 + s}, labels={})
     splits["test" if s >= 8 else "train"].append(rec)
-  entries = {name: shards.write_split(out, name, recs) for name, recs in splits.items()}
-  shards.write_manifest(out, entries, sampling_rate=100, segment_length=1000, preprocessing={},
-                        sources=["test"])
-  return out
-
-
-def _stored(dataset):
-  """{segment id: (ppg, ecg)} of every record, as stored (float16 -> float32)."""
-  from xmae_jax.data import reader
-  out = {}
-  for split in ("train", "test"):
-    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg", "ecg")):
-      out[rec.segment_id] = (rec.signal("ppg"), rec.signal("ecg"))
-  return out
+  return write_dataset(out, splits)
 
 
 def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
   from xmae_jax.cli import xmae_embed
   from xmae_jax.evaluation import embed as embed_lib
   enc = encoder_lib.load_encoder(joint_package)
-  stored = _stored(paired_dataset)
+  stored = stored_windows(paired_dataset)
   files = {}
   for flag in ("ppg", "ecg", "ppg,ecg"):
     files[flag] = tmp_path / f"{flag.replace(',', '_')}.npz"
@@ -193,8 +179,8 @@ def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
                                 a["ppg,ecg"]["embeddings"])
   ids = list(a["ppg"]["segment_ids"])
   assert all(list(x["segment_ids"]) == ids for x in a.values()) and len(ids) == 36
-  ppg = np.stack([stored[i][0] for i in ids])
-  ecg = np.stack([stored[i][1] for i in ids])
+  ppg = np.stack([stored[i]["ppg"] for i in ids])
+  ecg = np.stack([stored[i]["ecg"] for i in ids])
   np.testing.assert_allclose(a["ppg"]["embeddings"], enc.embed_prepared(ppg=ppg), atol=1e-5)
   np.testing.assert_allclose(a["ecg"]["embeddings"], enc.embed_prepared(ecg=ecg), atol=1e-5)
   np.testing.assert_allclose(a["ppg,ecg"]["embeddings"], enc.embed_prepared(ppg=ppg, ecg=ecg),

@@ -11,7 +11,7 @@ from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import probe
 from xmae_jax.evaluation import tasks
 
-from conftest import paired_windows
+from conftest import paired_windows, stored_windows, write_dataset
 
 
 def _groups(n_subjects=20, per_subject=5):
@@ -82,7 +82,6 @@ def test_ratio_over_a_zero_metric_is_nan_not_an_error():
 def mixed_dataset(tmp_path_factory):
   """12 subjects x 4 windows with PPG and ECG, plus 2 subjects x 3 windows with PPG only."""
   from xmae_jax.data import record as record_lib
-  from xmae_jax.data import shards
   out = tmp_path_factory.mktemp("mixed")
   ppg, ecg = paired_windows(n=54, seed=11)
   rng = np.random.default_rng(3)
@@ -96,20 +95,7 @@ def mixed_dataset(tmp_path_factory):
                             meta={"hr": 50.0 + 4 * s + rng.normal()},
                             labels={"pvc": int(s % 2 == 0)})
     splits["test" if s in (3, 7, 12) else "train"].append(rec)
-  entries = {name: shards.write_split(out, name, recs) for name, recs in splits.items()}
-  shards.write_manifest(out, entries, sampling_rate=100, segment_length=1000, preprocessing={},
-                        sources=["test"])
-  return out
-
-
-def _stored(dataset):
-  """{segment id: {modality: window}} of every record, as stored (float16 -> float32)."""
-  from xmae_jax.data import reader
-  out = {}
-  for split in ("train", "test"):
-    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg",)):
-      out[rec.segment_id] = {m: rec.signal(m) for m in ("ppg", "ecg") if rec.signal(m) is not None}
-  return out
+  return write_dataset(out, splits)
 
 
 def test_compare_retention_table(joint_package, tiny_package, mixed_dataset, tmp_path, capsys):
@@ -139,7 +125,7 @@ def test_compare_retention_table(joint_package, tiny_package, mixed_dataset, tmp
   # Identical windows: the three files hold the same segments, in one order, and each is the
   # package's fingerprint of the stored windows from its inputs.
   enc = encoder_lib.load_encoder(joint_package)
-  stored = _stored(mixed_dataset)
+  stored = stored_windows(mixed_dataset)
   files = {m: embed_lib.load_embeddings(out / "embeddings" / "retention" / "m2ae" / f"{m}.npz")
            for m in ("ppg", "ecg", "ppg+ecg")}
   ids = list(files["ppg"]["segment_ids"])
