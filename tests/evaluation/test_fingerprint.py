@@ -2,62 +2,15 @@
 embed into one space, equal to the model's own `fingerprint`; xmae-embed --modalities; the
 retrieval command end to end; one-line errors."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 
-from xmae_jax.data import preprocess
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
 
-from conftest import load_config
-
-
-def _windows(n=6, seed=0):
-  """(ppg, ecg) prepared windows (n, 1000): pulse-like PPG and spiky ECG at one heart rate."""
-  rng = np.random.default_rng(seed)
-  t = np.arange(1000) / 100.0
-  f = rng.uniform(0.8, 2.0, (n, 1))
-  phase = rng.uniform(0, 6, (n, 1))
-  ppg = np.sin(2 * np.pi * f * t + phase) ** 3 + 0.05 * rng.normal(size=(n, 1000))
-  ecg = np.cos(2 * np.pi * f * t + phase) ** 31 + 0.05 * rng.normal(size=(n, 1000))
-  return (preprocess.minmax(ppg).astype(np.float32), preprocess.minmax(ecg).astype(np.float32))
-
-
-@pytest.fixture(scope="module")
-def tiny_m2ae():
-  """(model in eval mode, config): a tiny M2AE with non-trivial BatchNorm statistics."""
-  import jax
-  from flax import nnx
-  from xmae_jax import models
-  config = load_config("m2ae")
-  model = models.build(config, nnx.Rngs(5))
-  state = nnx.state(model, nnx.BatchStat)
-  rng = np.random.default_rng(1)
-  nnx.update(model, jax.tree.map(
-      lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(v.dtype), state))
-  model.eval()
-  return model, config
-
-
-@pytest.fixture(scope="module")
-def m2ae_workdir(tiny_m2ae, tmp_path_factory):
-  from xmae_jax.training import checkpoint
-  model, config = tiny_m2ae
-  workdir = tmp_path_factory.mktemp("m2ae_workdir")
-  checkpoint.write_model_checkpoint(workdir, model, config, step=3)
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def joint_package(m2ae_workdir, tmp_path_factory):
-  from xmae_jax.cli import xmae_export
-  out = tmp_path_factory.mktemp("joint") / "fingerprint"
-  assert xmae_export.main(["--workdir", str(m2ae_workdir), "--output", str(out),
-                           "--modality", "ppg+ecg"]) == 0
-  return out
+from conftest import paired_windows, stored_windows, write_dataset
 
 
 def _fingerprints(model, ppg, ecg):
@@ -69,7 +22,7 @@ def _fingerprints(model, ppg, ecg):
 def test_joint_package_embeds_either_or_both_as_the_model(tiny_m2ae, joint_package):
   import xmae_jax
   model, _ = tiny_m2ae
-  ppg, ecg = _windows()
+  ppg, ecg = paired_windows()
   expected = _fingerprints(model, ppg, ecg)
   enc = xmae_jax.load_encoder(joint_package, batch_size=4)    # two batches, the last padded
   assert enc.modalities == ("ppg", "ecg") and enc.modality == "ppg+ecg"
@@ -89,7 +42,7 @@ def test_joint_package_embeds_either_or_both_as_the_model(tiny_m2ae, joint_packa
 def test_joint_package_round_trip_and_contents(tiny_m2ae, joint_package, m2ae_workdir):
   from safetensors.numpy import load_file
   model, config = tiny_m2ae
-  ppg, ecg = _windows(n=3, seed=1)
+  ppg, ecg = paired_windows(n=3, seed=1)
   in_memory = encoder_lib.from_model(model, config, "ppg+ecg")
   loaded = encoder_lib.load_encoder(joint_package)
   from_workdir = encoder_lib.load_encoder(m2ae_workdir, modality="ppg+ecg")
@@ -114,7 +67,7 @@ def test_joint_package_round_trip_and_contents(tiny_m2ae, joint_package, m2ae_wo
 def test_one_modality_of_a_joint_package_and_single_packages(tiny_m2ae, joint_package, m2ae_workdir,
                                                              tmp_path):
   model, _ = tiny_m2ae
-  ppg, ecg = _windows(n=3, seed=2)
+  ppg, ecg = paired_windows(n=3, seed=2)
   ppg_only = encoder_lib.load_encoder(joint_package, modality="ppg")
   assert ppg_only.modalities == ("ppg",)
   np.testing.assert_allclose(ppg_only.embed(ppg), np.asarray(model.fingerprint(ppg=ppg)),
@@ -137,7 +90,7 @@ def test_one_modality_of_a_joint_package_and_single_packages(tiny_m2ae, joint_pa
 def test_format_1_package_still_loads(tiny_m2ae, m2ae_workdir, tmp_path):
   """A package written before the joint format (version 1, no "modalities") loads as before."""
   model, _ = tiny_m2ae
-  ppg, _ = _windows(n=2, seed=3)
+  ppg, _ = paired_windows(n=2, seed=3)
   pkg = export_lib.export_workdir(m2ae_workdir, tmp_path / "v1")
   info = json.loads((pkg / "package.json").read_text())
   info["format_version"] = 1
@@ -150,7 +103,7 @@ def test_format_1_package_still_loads(tiny_m2ae, m2ae_workdir, tmp_path):
 
 def test_joint_raw_input_is_windowed_per_row(joint_package):
   enc = encoder_lib.load_encoder(joint_package)
-  ppg, ecg = _windows(n=2, seed=4)
+  ppg, ecg = paired_windows(n=2, seed=4)
   # A row of two 10-s windows per modality gives one fingerprint: the mean of its windows'.
   two = {"ppg": np.concatenate([ppg[:1], ppg[1:]], axis=1),
          "ecg": np.concatenate([ecg[:1], ecg[1:]], axis=1)}
@@ -161,7 +114,7 @@ def test_joint_raw_input_is_windowed_per_row(joint_package):
 
 def test_joint_bad_inputs(joint_package):
   enc = encoder_lib.load_encoder(joint_package)
-  ppg, ecg = _windows(n=3, seed=5)
+  ppg, ecg = paired_windows(n=3, seed=5)
   with pytest.raises(encoder_lib.EncoderInputError, match="no input: pass ppg=... and/or ecg=..."):
     enc.embed()
   with pytest.raises(encoder_lib.EncoderInputError, match="keyword inputs"):
@@ -193,9 +146,8 @@ def test_joint_export_of_an_xmae_model_is_one_line(tiny_workdir, tmp_path, capsy
 def paired_dataset(tmp_path_factory):
   """12 subjects x 3 segments of paired PPG and ECG."""
   from xmae_jax.data import record as record_lib
-  from xmae_jax.data import shards
   out = tmp_path_factory.mktemp("paired")
-  ppg, ecg = _windows(n=36, seed=7)
+  ppg, ecg = paired_windows(n=36, seed=7)
   splits = {"train": [], "test": []}
   for i in range(36):
     s = i // 3
@@ -203,27 +155,14 @@ def paired_dataset(tmp_path_factory):
                             ppg=ppg[i], ecg=ecg[i], quality_ppg=0.9, quality_ecg=0.9,
                             meta={"age": 30.0 + s}, labels={})
     splits["test" if s >= 8 else "train"].append(rec)
-  entries = {name: shards.write_split(out, name, recs) for name, recs in splits.items()}
-  shards.write_manifest(out, entries, sampling_rate=100, segment_length=1000, preprocessing={},
-                        sources=["test"])
-  return out
-
-
-def _stored(dataset):
-  """{segment id: (ppg, ecg)} of every record, as stored (float16 -> float32)."""
-  from xmae_jax.data import reader
-  out = {}
-  for split in ("train", "test"):
-    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg", "ecg")):
-      out[rec.segment_id] = (rec.signal("ppg"), rec.signal("ecg"))
-  return out
+  return write_dataset(out, splits)
 
 
 def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
   from xmae_jax.cli import xmae_embed
   from xmae_jax.evaluation import embed as embed_lib
   enc = encoder_lib.load_encoder(joint_package)
-  stored = _stored(paired_dataset)
+  stored = stored_windows(paired_dataset)
   files = {}
   for flag in ("ppg", "ecg", "ppg,ecg"):
     files[flag] = tmp_path / f"{flag.replace(',', '_')}.npz"
@@ -240,8 +179,8 @@ def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
                                 a["ppg,ecg"]["embeddings"])
   ids = list(a["ppg"]["segment_ids"])
   assert all(list(x["segment_ids"]) == ids for x in a.values()) and len(ids) == 36
-  ppg = np.stack([stored[i][0] for i in ids])
-  ecg = np.stack([stored[i][1] for i in ids])
+  ppg = np.stack([stored[i]["ppg"] for i in ids])
+  ecg = np.stack([stored[i]["ecg"] for i in ids])
   np.testing.assert_allclose(a["ppg"]["embeddings"], enc.embed_prepared(ppg=ppg), atol=1e-5)
   np.testing.assert_allclose(a["ecg"]["embeddings"], enc.embed_prepared(ecg=ecg), atol=1e-5)
   np.testing.assert_allclose(a["ppg,ecg"]["embeddings"], enc.embed_prepared(ppg=ppg, ecg=ecg),

@@ -9,6 +9,16 @@ scored on identical splits.
 Outputs in OUT_DIR: `embeddings/NAME.npz`, `results.json` (every probe result, with encoder
 names), `table.md` (a summary of the primary metric per task and encoder, then every metric),
 `comparison.png` (primary metric with its 95% CI per task, one bar per encoder).
+
+Single-modality retention (`retention=True`, for M2AE's joint fingerprints): every encoder that
+takes both modalities (a ppg+ecg package, an M2AE workdir or config) embeds the windows that
+have both modalities three ways, from PPG alone, ECG alone and both (`embeddings/retention/NAME/
+{ppg,ecg,ppg+ecg}.npz`; one read of the windows, so the three are the same windows); each task is
+probed on identical folds (they depend only on subjects and targets). The three probe results
+join results.json as encoders `NAME:ppg`, `NAME:ecg`, `NAME:ppg+ecg`; `retention.json` and a
+table.md section give, per task, the one-modality / both-modality ratio and difference of every
+metric with paired subject-bootstrap CIs (the table: the task's primary metric). Encoders
+without both modalities are listed as skipped, with the reason; none with both is an error.
 """
 from __future__ import annotations
 
@@ -126,25 +136,38 @@ def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
             modality="ppg", splits=None, protocols=("linear",),
             linear_cfg=probe_lib.LinearProbeConfig(), xmae_cfg=probe_lib.XMAEProbeConfig(),
             reuse_embeddings=False, title="Encoder comparison", notes="",
-            baseline: str | None = None) -> list[dict[str, Any]]:
+            baseline: str | None = None, retention: bool = False) -> list[dict[str, Any]]:
   """Embed with every encoder, probe every task, write the table, JSON and chart.
 
   With `baseline` (an encoder name, e.g. the random-init one), the report also gets every other
-  encoder's paired difference to it (differences.json and a table).
+  encoder's paired difference to it (differences.json and a table). With `retention`, the
+  single-modality retention of the encoders that take both modalities (see the module
+  docstring; retention.json and a table; linear protocol, which keeps the predictions the
+  paired bootstrap needs).
   """
   if not specs:
     raise CompareError("no encoders to compare")
   check_baseline(specs, baseline)
   files = embed_all(specs, data_dir, out_dir, modality=modality, splits=splits,
                     reuse=reuse_embeddings)
+  if retention:   # before the first probe, so that "no encoder with both" comes without the wait
+    retention_files, skipped = embed_retention(specs, data_dir, out_dir, splits=splits,
+                                               reuse=reuse_embeddings)
   results = probe_all(files, task_specs, protocols=protocols, linear_cfg=linear_cfg,
                       xmae_cfg=xmae_cfg, keep_predictions=baseline is not None)
+  sections = [notes] if notes else []
   if baseline is not None:
     diffs = differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap, seed=linear_cfg.seed)
-    notes = (notes + "\n\n" if notes else "") + f"## Paired differences to {baseline}\n\n" + \
-        report.differences_table(diffs)
+    sections.append(f"## Paired differences to {baseline}\n\n" + report.differences_table(diffs))
     report.write_json(Path(out_dir) / "differences.json", diffs)
-  report.write_comparison(results, out_dir, title=title, notes=notes)
+  if retention:
+    fingerprints = probe_retention(retention_files, task_specs, linear_cfg=linear_cfg)
+    rows = retention_vs_both(fingerprints, n_bootstrap=linear_cfg.n_bootstrap,
+                             seed=linear_cfg.seed)
+    sections.append("## Single-modality retention\n\n" + report.retention_table(rows, skipped))
+    report.write_json(Path(out_dir) / "retention.json", {"rows": rows, "skipped": skipped})
+    results = results + fingerprints
+  report.write_comparison(results, out_dir, title=title, notes="\n\n".join(sections))
   return report.json_ready(results)
 
 
@@ -161,10 +184,104 @@ def differences_vs(results: Sequence[dict], baseline: str, *, n_bootstrap: int =
     b = base.get(r["task"])
     if r["encoder"] == baseline or b is None:
       continue
-    if not np.array_equal(r["targets"], b["targets"]):
-      raise CompareError(f"task {r['task']}: {r['encoder']} and {baseline} were scored on different targets")
-    diff = probe_lib.paired_difference(r["targets"], r["predictions"], b["predictions"],
-                                       r["groups"], r["kind"], n_bootstrap=n_bootstrap, seed=seed)
+    diff = paired_vs(r, b, "difference", n_bootstrap=n_bootstrap, seed=seed)
     out.append({"encoder": r["encoder"], "baseline": baseline, "task": r["task"], "kind": r["kind"],
                 "difference": diff})
   return out
+
+
+def paired_vs(r: dict, base: dict, combine: str, *, n_bootstrap: int, seed: int) -> dict:
+  """probe.paired_statistic of result `r` against result `base` (one task, same segments, both
+  with their predictions kept): combine(metric(r), metric(base)) per metric."""
+  if not (np.array_equal(r["targets"], base["targets"])
+          and np.array_equal(r["groups"], base["groups"])):
+    raise CompareError(f"task {r['task']}: {r['encoder']} and {base['encoder']} were scored on "
+                       "different targets")
+  return probe_lib.paired_statistic(r["targets"], r["predictions"], base["predictions"],
+                                    r["groups"], r["kind"], combine=combine,
+                                    n_bootstrap=n_bootstrap, seed=seed)
+
+
+# ---- single-modality retention -------------------------------------------------------------------
+
+# The fingerprints compared: each modality alone, then both (the reference of the ratios).
+RETENTION_INPUTS = tuple((m,) for m in encoder_lib.MODALITIES) + (encoder_lib.MODALITIES,)
+
+
+def fingerprint_name(encoder: str, modalities: Sequence[str]) -> str:
+  """`m2ae`, ("ppg",) -> `m2ae:ppg` (the encoder name of that fingerprint's probe results)."""
+  return f"{encoder}:{'+'.join(modalities)}"
+
+
+def embed_retention(specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=None,
+                    reuse: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+  """For every encoder that takes both modalities, embeddings files of the windows having both,
+  from each RETENTION_INPUTS; returns ({fingerprint name: file}, {skipped encoder: why})."""
+  files: dict[str, Path] = {}
+  skipped: dict[str, str] = {}
+  taken = {s.name for s in specs}
+  for spec in specs:
+    paths = {fingerprint_name(spec.name, m): Path(out_dir) / "embeddings" / "retention" /
+             spec.name / f"{'+'.join(m)}.npz" for m in RETENTION_INPUTS}
+    clash = taken & set(paths)
+    if clash:
+      raise CompareError(f"encoder name {sorted(clash)[0]!r} is the name of {spec.name}'s "
+                         "retention fingerprint: rename it")
+    if reuse and all(p.is_file() for p in paths.values()):
+      files.update(paths)
+      continue
+    try:
+      enc = build_encoder(spec, encoder_lib.JOINT)
+    except encoder_lib.EncoderError as e:
+      skipped[spec.name] = str(e)
+      continue
+    segs = embed_lib.dataset_segments(data_dir, encoder_lib.MODALITIES, splits,
+                                      segment_length=enc.contract.segment_length)
+    columns = {"meta": embed_lib.columns_from_dicts(segs.meta),
+               "labels": embed_lib.columns_from_dicts(segs.labels)}
+    for (name, path), modalities in zip(paths.items(), RETENTION_INPUTS):
+      z = enc.embed_prepared(**{m: segs.signals[m] for m in modalities})
+      info = {"model_name": str(enc.config.model.name), "modalities": list(modalities),
+              "windows_with": list(encoder_lib.MODALITIES), "retention_of": spec.name,
+              "input": str(Path(data_dir).absolute()), "notes": segs.notes}
+      embed_lib.save_embeddings(path, z, segs.subject_ids, segs.segment_ids, split=segs.split,
+                                info=info, **columns)
+      files[name] = path
+  if not files:
+    why = "; ".join(f"{n}: {reason}" for n, reason in skipped.items())
+    raise CompareError(f"retention: no encoder takes both ppg and ecg ({why})")
+  return files, skipped
+
+
+def probe_retention(files: dict[str, Path], task_specs, *,
+                    linear_cfg=probe_lib.LinearProbeConfig()) -> list[dict[str, Any]]:
+  """The linear probe of every retention fingerprint (probe_all: one set of windows for all),
+  predictions kept; each result also names `retention_of` (its encoder) and `inputs`."""
+  results = probe_all(files, task_specs, protocols=("linear",), linear_cfg=linear_cfg,
+                      keep_predictions=True)
+  for r in results:
+    encoder, _, inputs = r["encoder"].rpartition(":")
+    r.update(retention_of=encoder, inputs=inputs)
+  return results
+
+
+def retention_vs_both(results: Sequence[dict], *, n_bootstrap: int = 1000, seed: int = 0
+                      ) -> list[dict[str, Any]]:
+  """Per encoder and task: each one-modality fingerprint's metrics against the both-modality
+  fingerprint's on the same segments (`ratio` and `difference`, every metric, paired
+  subject-bootstrap CIs), with the three results' metrics (`values`) and the primary `metric`."""
+  both_name = "+".join(encoder_lib.MODALITIES)
+  by = {(r["retention_of"], r["inputs"], r["task"]): r for r in results if "retention_of" in r}
+  rows = []
+  for (encoder, inputs, task), both in by.items():
+    if inputs != both_name:
+      continue
+    ones = {m: by[(encoder, m, task)] for (m,) in RETENTION_INPUTS[:-1]}
+    rows.append({
+        "encoder": encoder, "task": task, "kind": both["kind"],
+        "metric": report.primary_metric(both)[0],
+        "n_segments": both["n_segments"], "n_subjects": both["n_subjects"],
+        "values": {name: r["metrics"] for name, r in {**ones, both_name: both}.items()},
+        **{combine: {m: paired_vs(r, both, combine, n_bootstrap=n_bootstrap, seed=seed)
+                     for m, r in ones.items()} for combine in probe_lib.COMBINE}})
+  return rows

@@ -164,6 +164,26 @@ def _stratified(kind: str) -> bool:
   return kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTICLASS)
 
 
+def subject_resamples(groups: np.ndarray, n_bootstrap: int, seed: int):
+  """Row indices of `n_bootstrap` subject-level resamples: subjects drawn with replacement, each
+  bringing all of its segments (the one resampling loop of every subject-bootstrap CI)."""
+  _, inverse = np.unique(groups, return_inverse=True)
+  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+  rng = np.random.default_rng(seed)
+  for _ in range(n_bootstrap):
+    picked = rng.integers(0, len(rows_of), len(rows_of))
+    yield np.concatenate([rows_of[g] for g in picked])
+
+
+def _percentile_ci(values) -> tuple[float, float]:
+  """The 95% percentile interval of the finite draws (NaN, NaN when none is finite)."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if not len(v):
+    return math.nan, math.nan
+  return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
+
+
 def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *,
                       n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
   """95% percentile CIs from resampling subjects with replacement (all segments of a subject).
@@ -171,22 +191,11 @@ def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind
   `score` is per segment: a probability, a value, or (multiclass) a row of class probabilities.
   """
   metric_fn = _metrics_fn(kind)
-  _, inverse = np.unique(groups, return_inverse=True)
-  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-  rng = np.random.default_rng(seed)
   draws: dict[str, list[float]] = {}
-  for _ in range(n_bootstrap):
-    picked = rng.integers(0, len(rows_of), len(rows_of))
-    rows = np.concatenate([rows_of[g] for g in picked])
+  for rows in subject_resamples(groups, n_bootstrap, seed):
     for name, value in metric_fn(y[rows], score[rows]).items():
       draws.setdefault(name, []).append(value)
-  cis = {}
-  for name, values in draws.items():
-    v = np.asarray(values)
-    v = v[np.isfinite(v)]
-    cis[name] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else (
-        math.nan, math.nan)
-  return cis
+  return {name: _percentile_ci(values) for name, values in draws.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,34 +520,51 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
           "config": dataclasses.asdict(cfg)}
 
 
+def _ratio(a: float, b: float) -> float:
+  return a / b if b != 0 and math.isfinite(b) else math.nan
+
+
+# How paired_statistic combines metric(a) and metric(b), and the value that means "no change".
+COMBINE = {"difference": (lambda a, b: a - b, 0.0), "ratio": (_ratio, 1.0)}
+
+
+def paired_statistic(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
+                     groups: np.ndarray, kind: str, *, combine: str = "difference",
+                     n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+  """combine(metric(a), metric(b)) on the same segments, with a paired subject-bootstrap 95% CI.
+
+  `combine`: "difference" (a - b) or "ratio" (a / b; NaN where metric(b) is 0). Both score sets
+  are resampled with the same subjects, so the CI is of the statistic itself (much tighter than
+  comparing two separate CIs). Scores as in subject_bootstrap (multiclass: rows of class
+  probabilities). Each metric gets `value`, `ci95` and `share_above_R`, the share of resamples
+  above R, the no-change value (0 for a difference, 1 for a ratio); draws that are not finite
+  (a ratio over a resample whose metric(b) is 0) are left out.
+  """
+  if combine not in COMBINE:
+    raise ProbeError(f"unknown combine {combine!r}; choose {', '.join(COMBINE)}")
+  fn, neutral = COMBINE[combine]
+  metric_fn = _metrics_fn(kind)
+  a, b = metric_fn(y, score_a), metric_fn(y, score_b)
+  draws: dict[str, list[float]] = {k: [] for k in a}
+  for rows in subject_resamples(groups, n_bootstrap, seed):
+    ma, mb = metric_fn(y[rows], score_a[rows]), metric_fn(y[rows], score_b[rows])
+    for k in a:
+      draws[k].append(fn(ma[k], mb[k]))
+  out = {}
+  for k in a:
+    v = np.asarray(draws[k], np.float64)
+    v = v[np.isfinite(v)]
+    out[k] = {"value": float(fn(a[k], b[k])), "ci95": list(_percentile_ci(v)),
+              f"share_above_{neutral:g}": float(np.mean(v > neutral)) if len(v) else math.nan}
+  return out
+
+
 def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
                       groups: np.ndarray, kind: str, *, n_bootstrap: int = 1000,
                       seed: int = 0) -> dict[str, dict[str, Any]]:
-  """metric(a) - metric(b) on the same segments, with a paired subject-bootstrap 95% CI.
-
-  Both encoders' out-of-fold predictions are resampled with the same subjects, so the CI is of
-  the difference itself (much tighter than comparing two separate CIs). Scores as in
-  subject_bootstrap (multiclass: rows of class probabilities).
-  """
-  metric_fn = _metrics_fn(kind)
-  a, b = metric_fn(y, score_a), metric_fn(y, score_b)
-  _, inverse = np.unique(groups, return_inverse=True)
-  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-  rng = np.random.default_rng(seed)
-  draws: dict[str, list[float]] = {k: [] for k in a}
-  for _ in range(n_bootstrap):
-    rows = np.concatenate([rows_of[g] for g in rng.integers(0, len(rows_of), len(rows_of))])
-    ma, mb = metric_fn(y[rows], score_a[rows]), metric_fn(y[rows], score_b[rows])
-    for k in a:
-      draws[k].append(ma[k] - mb[k])
-  out = {}
-  for k in a:
-    v = np.asarray(draws[k])
-    v = v[np.isfinite(v)]
-    lo, hi = (np.percentile(v, [2.5, 97.5]) if len(v) else (math.nan, math.nan))
-    out[k] = {"value": float(a[k] - b[k]), "ci95": [float(lo), float(hi)],
-              "share_above_0": float(np.mean(v > 0)) if len(v) else math.nan}
-  return out
+  """metric(a) - metric(b) with its paired subject-bootstrap CI (paired_statistic's difference)."""
+  return paired_statistic(y, score_a, score_b, groups, kind, combine="difference",
+                          n_bootstrap=n_bootstrap, seed=seed)
 
 
 def _softmax(z):

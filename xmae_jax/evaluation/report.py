@@ -163,21 +163,53 @@ def full_report(results: Sequence[dict], *, title: str = "Encoder comparison", n
   return "\n".join(parts)
 
 
+def format_signed(m: dict[str, Any] | None) -> str:
+  """`+value [+lo, +hi]` of a paired difference; '' for none."""
+  if not m:
+    return ""
+  return f"{m['value']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]"
+
+
 def differences_table(diffs: Sequence[dict], metrics=("auroc", "macro_auroc", "r2", "mae")) -> str:
   """Encoder minus baseline per task: value [paired 95% CI]."""
   shown = [m for m in metrics if any(m in d["difference"] for d in diffs)]
   lines = ["| encoder | baseline | task | " + " | ".join(f"Δ {m}" for m in shown) + " |",
            "|" + "---|" * (3 + len(shown))]
   for d in diffs:
-    cells = []
-    for m in shown:
-      v = d["difference"].get(m)
-      cells.append(f"{v['value']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v else "")
+    cells = [format_signed(d["difference"].get(m)) for m in shown]
     lines.append(f"| {d['encoder']} | {d['baseline']} | {d['task']} | " + " | ".join(cells) + " |")
   lines.append("")
   lines.append("Δ = encoder − baseline on identical out-of-fold segments; 95% CI from a paired "
                "subject bootstrap (a CI that excludes 0 is a difference beyond resampling noise; "
                "for MAE, negative is better).")
+  return "\n".join(lines) + "\n"
+
+
+def retention_table(rows: Sequence[dict], skipped: dict[str, str] | None = None) -> str:
+  """Single-modality retention (compare.retention_vs_both): per encoder and task, the primary
+  metric of the PPG-alone, ECG-alone and both-modality fingerprints, the ratios to both and the
+  differences to both."""
+  lines = ["| encoder | task | metric | segments | subjects | PPG alone | ECG alone | both | "
+           "PPG / both | ECG / both | PPG − both | ECG − both |", "|" + "---|" * 12]
+  for r in rows:
+    metric = r["metric"]
+    values = [format_metric(r["values"][k].get(metric)) for k in ("ppg", "ecg", "ppg+ecg")]
+    ratios = [format_metric(r["ratio"][k].get(metric)) for k in ("ppg", "ecg")]
+    diffs = [format_signed(r["difference"][k].get(metric)) for k in ("ppg", "ecg")]
+    lines.append(f"| {r['encoder']} | {r['task']} | {metric} | {r['n_segments']} | "
+                 f"{r['n_subjects']} | " + " | ".join(values + ratios + diffs) + " |")
+  lines += ["", "The three fingerprints of an encoder embed the same windows (those with both "
+            "PPG and ECG) and are probed on identical subject-grouped folds (linear protocol). "
+            "Values: [subject-bootstrap 95% CI]; ratios (retention: one-modality metric / "
+            "both-modality metric, 1 = nothing lost) and differences: [paired subject-bootstrap "
+            "95% CI], the same subjects resampled for both fingerprints. A ratio is only "
+            "meaningful where the both-modality metric is well above 0: for R² near 0 (or "
+            "negative) it is unstable or changes sign, so read the difference there; an AUROC "
+            "ratio counts from 0, not from chance (0.5). results.json holds every metric's "
+            "values (encoders NAME:ppg, NAME:ecg, NAME:ppg+ecg), retention.json every metric's "
+            "ratio and difference."]
+  if skipped:
+    lines += [""] + [f"* {name}: no retention ({why})" for name, why in skipped.items()]
   return "\n".join(lines) + "\n"
 
 
