@@ -15,6 +15,11 @@ device-resident synthetic batch. Prints one JSON line:
   achieved_flops_per_s, matmul_peak_flops_per_s (an n^3 XLA matmul in the compute dtype, best
                       of runs before and after the timing, same process) and their ratio `mfu`
   memory              `memory_analysis()` of the compiled step and the process's peak RSS
+  host_overhead_ms    median host wall time of calling a jitted no-op (state, batch) -> (state,
+                      metrics) with the state donated, on the step's own state, batch and metric
+                      shapes: what each step call costs the host whatever the device; with
+                      `state_leaves`, and the same for the state as nested dicts
+                      (`host_overhead_unflattened_ms`, `state_leaves_unflattened`)
 
 Benchmarks measure; they do not assert.
 """
@@ -65,6 +70,32 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, n
           "ecg": preprocess.minmax(ecg, axis=1).astype(np.float32)}
 
 
+def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 10):
+  """(host seconds of each call, the state) of a jitted no-op `(state, batch) -> (state,
+  metrics)` with the state donated: the host's part of a step call (flattening the arguments,
+  donating and unflattening the outputs), the same on every device since nothing runs.
+
+  `metrics`: ShapeDtypeStructs of the step's outputs besides the state; `shardings`: (state,
+  batch, metrics) shardings. Each call is timed until it returns and then waited for, so calls
+  do not queue behind one another.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  state_sh, batch_sh, metric_sh = shardings
+  noop = jax.jit(lambda s, b: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)),
+                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metric_sh),
+                 donate_argnums=0)
+  times = []
+  for i in range(warmup + calls):
+    start = time.perf_counter()
+    state, out = noop(state, batch)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+    jax.block_until_ready((state, out))
+  return times, state
+
+
 @dataclasses.dataclass
 class StepBench:
   """The trainer's compiled step, its state and a device-resident batch, ready to time."""
@@ -74,6 +105,9 @@ class StepBench:
   state: Any
   batch: dict
   compile_s: float
+  state_sh: Any = None
+  batch_sh: Any = None
+  tx: Any = None
 
   cpu_times: list = dataclasses.field(default_factory=list)
   dispatch_times: list = dataclasses.field(default_factory=list)
@@ -94,6 +128,21 @@ class StepBench:
     with jax.set_mesh(self.mesh):
       return common.time_calls(step, jax.block_until_ready, steps, self.cpu_times)
 
+  def host_overhead(self, calls: int = 200, *, flat: bool = True) -> tuple[list[float], int]:
+    """(host seconds of each call of a no-op with this step's signature (`time_noop_calls`),
+    state leaves); `flat=False`: on the same state as nested dicts, built here."""
+    import jax
+    metrics = self.compiled.out_info[1]
+    with jax.set_mesh(self.mesh):
+      state_sh, state = ((self.state_sh, self.state) if flat else
+                         initial_state(self.config, self.mesh, self.tx, flat=False))
+      times, state = time_noop_calls(
+          state, self.batch, metrics,
+          (state_sh, self.batch_sh, jax.tree.map(lambda m: m.sharding, metrics)), calls)
+    if flat:
+      self.state = state
+    return times, len(jax.tree.leaves(state))
+
   def flops(self) -> float:
     cost = self.compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):   # older jax returned one dict per program
@@ -112,11 +161,12 @@ class StepBench:
 
 
 def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int = 10_000,
-               data_seed: int = 0) -> StepBench:
+               data_seed: int = 0, *, flat: bool = True) -> StepBench:
   """Compiles the trainer's train step for `config` at `batch_size` in `dtype`.
 
   Uses the trainer's pieces unchanged (state layout, optimizer and schedule, sharding rules,
-  the step function), so what is timed is what `xmae-train` runs.
+  the step function), so what is timed is what `xmae-train` runs. `flat=False`: the state's
+  parameters as nested dicts instead of buffers (`training.state.init_fn`), for comparison.
   """
   import jax
 
@@ -134,25 +184,31 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
     raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
                            f"size {dp} (mesh {dict(mesh.shape)})")
   tx, schedule = optim.make_optimizer(config.train, total_steps)
-  # The trainer's state layout and step (`training.state`): what is timed is what it runs.
-  graphdef = state_lib.model_graphdef(config)
-  init = state_lib.init_fn(config, tx)
-  state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
   batch_sh = sharding.batch_sharding(mesh, config.mesh)
   host = synthetic_batch(batch_size, int(config.model.seq_len), data_seed)
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=state_sh)()
+    state_sh, state = initial_state(config, mesh, tx, flat=flat)
     batch = {k: jax.device_put(v, batch_sh) for k, v in host.items()}
-    step = state_lib.jit_train_step(graphdef, tx, schedule, config, None, state_sh, batch_sh,
-                                    sharding.replicated(mesh))
+    step = state_lib.jit_train_step(state_lib.model_graphdef(config), tx, schedule, config, None,
+                                    state_sh, batch_sh, sharding.replicated(mesh))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-  return StepBench(config, mesh, compiled, state, batch, compile_s)
+  return StepBench(config, mesh, compiled, state, batch, compile_s, state_sh, batch_sh, tx)
+
+
+def initial_state(config, mesh, tx, *, flat: bool = True):
+  """(shardings, state): the trainer's initial train state (`training.state`) on `mesh`."""
+  import jax
+
+  from xmae_jax.training import state as state_lib
+  init = state_lib.init_fn(config, tx, mesh, flat=flat)
+  state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
+  return state_sh, jax.jit(init, out_shardings=state_sh)()
 
 
 def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup: int = 2,
-            peak_size: int = 2048) -> dict:
+            peak_size: int = 2048, host_calls: int = 200) -> dict:
   """Builds, warms up and times the step; returns the JSON record."""
   import jax
   peak_before = common.jax_matmul_peak(dtype, n=peak_size)
@@ -162,8 +218,21 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
   bench.dispatch_times.clear()
   times = bench.run(steps)
   peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
-  return summarize(bench, times, peak, dtype=dtype, warmup=warmup,
-                   device_kind=jax.devices()[0].device_kind)
+  record = summarize(bench, times, peak, dtype=dtype, warmup=warmup,
+                     device_kind=jax.devices()[0].device_kind)
+  record.update(host_record(bench, host_calls))
+  return record
+
+
+def host_record(bench: StepBench, calls: int) -> dict:
+  """`host_overhead_ms` and `state_leaves` of the trainer's state, and the same for the state as
+  nested dicts (`*_unflattened`)."""
+  record = {}
+  for flat, suffix in ((True, ""), (False, "_unflattened")):
+    times, leaves = bench.host_overhead(calls, flat=flat)
+    record[f"host_overhead{suffix}_ms"] = 1e3 * common.median(times)
+    record[f"state_leaves{suffix}"] = leaves
+  return record
 
 
 def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype: str,
@@ -217,10 +286,12 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  p.add_argument("--host-calls", type=int, default=200,
+                 help="timed calls of the no-op step behind host_overhead_ms")
   common.add_host_memory_flag(p)
   args = p.parse_args(argv)
-  if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
-    p.error("--batch-size and --steps must be positive, --warmup non-negative")
+  if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0 or args.host_calls <= 0:
+    p.error("--batch-size, --steps and --host-calls must be positive, --warmup non-negative")
   return args
 
 
@@ -229,7 +300,8 @@ def main(argv=None):
   host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
   try:
     config = load_config(args.config)
-    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)
+    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size,
+                     args.host_calls)
   except BenchConfigError as e:
     common.exit_with(str(e))
   record["host_malloc_tuned"] = host_malloc_tuned
