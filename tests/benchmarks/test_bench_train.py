@@ -1,6 +1,6 @@
 """`bench train` reports what the compiled step says: FLOPs from its cost analysis, a throughput
 that follows from the step times, the host overhead of a no-op with the step's signature on the
-trainer's state (a few buffers) and on nested dicts, and one valid JSON line."""
+step's state (a few buffers) and on nested dicts, and one valid JSON line."""
 import io
 import json
 from pathlib import Path
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_bench():
   config = train_bench.load_config(str(REPO / "configs" / "xmae.py") + ":tiny")
-  bench = train_bench.build_step(config, batch_size=4)
+  bench = train_bench.build_step(config, batch_size=4, flat=True)   # buffers (CPU's auto: tree)
   times = bench.run(3)
   return bench, times
 
@@ -51,14 +51,17 @@ def test_record_is_one_json_line(tiny_bench):
   assert parsed["memory"]["step_peak_estimate"] >= parsed["memory"]["temp_size"]
 
 
-def test_host_overhead_is_timed_on_the_trainers_state_and_on_nested_dicts(tiny_bench):
+def test_host_overhead_is_timed_on_the_steps_state_and_on_both_layouts(tiny_bench):
   bench, _ = tiny_bench
   step_before = int(bench.state["step"])
   record = train_bench.host_record(bench, calls=5)
-  assert record["host_overhead_ms"] > 0 and record["host_overhead_unflattened_ms"] > 0
+  assert record["state_layout"] == "buffers"
+  assert record["host_overhead_ms"] == record["host_overhead_buffers_ms"] > 0
+  assert record["host_overhead_tree_ms"] > 0
   # Buffers (params, statistics, two Adam moments), Adam's and the schedule's counts, the step;
   # nested dicts: one leaf per parameter, statistic and moment (the paper preset's count).
-  assert record["state_leaves"] == 7 and record["state_leaves_unflattened"] == 822
+  assert record["state_leaves"] == record["state_leaves_buffers"] == 7
+  assert record["state_leaves_tree"] == 822
   # The no-op carries the donated state on: the step continues from it unchanged.
   assert int(bench.state["step"]) == step_before
   assert len(bench.run(1)) == 1 and int(bench.state["step"]) == step_before + 1

@@ -41,11 +41,12 @@ def test_select_state_picks_whole_states():
     np.testing.assert_array_equal(got["k"], want["k"])
 
 
-def test_non_finite_step_keeps_the_state():
+@pytest.mark.parametrize("flat", [True, False])
+def test_non_finite_step_keeps_the_state(flat):
   config = _toy_config()
   tx, schedule = optim.make_optimizer(config.train, 10)
   graphdef = state_lib.split_model(models.build(config, nnx.Rngs(0)))[0]
-  state = state_lib.init_fn(config, tx)()
+  state = state_lib.init_fn(config, tx, flat=flat)()
   step = jax.jit(state_lib.make_train_step(graphdef, tx, schedule, config, None))
   rng = np.random.default_rng(0)
   length = int(config.model.seq_len)
@@ -74,7 +75,7 @@ def test_state_is_plain_arrays_with_the_checkpoint_names_of_the_nnx_state(name):
     config = train_runner.load_config("configs/m2ae.py:tiny")
   config.model.name = name
   tx, _ = optim.make_optimizer(config.train, 10)
-  abstract = jax.eval_shape(state_lib.init_fn(config, tx))
+  abstract = jax.eval_shape(state_lib.init_fn(config, tx, flat=True))
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
   assert len(jax.tree.leaves(abstract)) <= 8           # buffers, Adam's counts and the step
   named = jax.eval_shape(buffers.unpack_all, abstract)
@@ -155,7 +156,7 @@ def test_a_checkpoint_of_nested_dicts_resumes_into_buffers(tmp_path):
             meta=ckpt_lib.meta_dict(config, 2))
   ckpt.wait()
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  abstract = jax.eval_shape(state_lib.init_fn(config, tx, mesh))
+  abstract = jax.eval_shape(state_lib.init_fn(config, tx, mesh, flat=True))
   state_sh = state_lib.state_shardings(abstract, mesh, config)
   with jax.set_mesh(mesh):
     flat = state_lib.restore_state(ckpt, 2, abstract, state_sh, tx, full=True)
@@ -167,3 +168,17 @@ def test_a_checkpoint_of_nested_dicts_resumes_into_buffers(tmp_path):
     assert got.keys() == want.keys()
     for k in want:
       np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+def test_state_layout_follows_the_config_and_auto_keeps_nested_dicts_on_cpu():
+  config = _toy_config()
+  assert state_lib.state_layout(config) == "tree"          # auto on CPU
+  tx, _ = optim.make_optimizer(config.train, 10)
+  assert type(jax.eval_shape(state_lib.init_fn(config, tx))["params"]) is dict
+  with config.unlocked():
+    config.train.state_layout = "buffers"
+  assert state_lib.state_layout(config) == "buffers"
+  assert buffers.is_buffers(jax.eval_shape(state_lib.init_fn(config, tx))["params"])
+  config.train.state_layout = "flat"
+  with pytest.raises(state_lib.StateError, match="train.state_layout='flat': choose one of"):
+    state_lib.init_fn(config, tx)

@@ -15,11 +15,13 @@ device-resident synthetic batch. Prints one JSON line:
   achieved_flops_per_s, matmul_peak_flops_per_s (an n^3 XLA matmul in the compute dtype, best
                       of runs before and after the timing, same process) and their ratio `mfu`
   memory              `memory_analysis()` of the compiled step and the process's peak RSS
+  state_layout        the train state's layout the step ran on ("buffers" or "tree",
+                      `training.state.state_layout`; `--state-layout` chooses)
   host_overhead_ms    median host wall time of calling a jitted no-op (state, batch) -> (state,
                       metrics) with the state donated, on the step's own state, batch and metric
                       shapes: what each step call costs the host whatever the device; with
-                      `state_leaves`, and the same for the state as nested dicts
-                      (`host_overhead_unflattened_ms`, `state_leaves_unflattened`)
+                      `state_leaves`; and the same for both layouts
+                      (`host_overhead_buffers_ms`, `state_leaves_buffers`, `..._tree...`)
 
 Benchmarks measure; they do not assert.
 """
@@ -108,6 +110,7 @@ class StepBench:
   state_sh: Any = None
   batch_sh: Any = None
   tx: Any = None
+  flat: bool = True   # the state's layout: buffers (True) or nested dicts
 
   cpu_times: list = dataclasses.field(default_factory=list)
   dispatch_times: list = dataclasses.field(default_factory=list)
@@ -128,18 +131,20 @@ class StepBench:
     with jax.set_mesh(self.mesh):
       return common.time_calls(step, jax.block_until_ready, steps, self.cpu_times)
 
-  def host_overhead(self, calls: int = 200, *, flat: bool = True) -> tuple[list[float], int]:
+  def host_overhead(self, calls: int = 200, *, flat: bool | None = None) -> tuple[list[float], int]:
     """(host seconds of each call of a no-op with this step's signature (`time_noop_calls`),
-    state leaves); `flat=False`: on the same state as nested dicts, built here."""
+    state leaves) on this step's state; `flat` other than the step's layout: on an initial state
+    of that layout, built here."""
     import jax
+    own = flat is None or flat == self.flat
     metrics = self.compiled.out_info[1]
     with jax.set_mesh(self.mesh):
-      state_sh, state = ((self.state_sh, self.state) if flat else
-                         initial_state(self.config, self.mesh, self.tx, flat=False))
+      state_sh, state = ((self.state_sh, self.state) if own else
+                         initial_state(self.config, self.mesh, self.tx, flat=flat))
       times, state = time_noop_calls(
           state, self.batch, metrics,
           (state_sh, self.batch_sh, jax.tree.map(lambda m: m.sharding, metrics)), calls)
-    if flat:
+    if own:
       self.state = state
     return times, len(jax.tree.leaves(state))
 
@@ -161,12 +166,13 @@ class StepBench:
 
 
 def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int = 10_000,
-               data_seed: int = 0, *, flat: bool = True) -> StepBench:
+               data_seed: int = 0, *, flat: bool | None = None) -> StepBench:
   """Compiles the trainer's train step for `config` at `batch_size` in `dtype`.
 
   Uses the trainer's pieces unchanged (state layout, optimizer and schedule, sharding rules,
-  the step function), so what is timed is what `xmae-train` runs. `flat=False`: the state's
-  parameters as nested dicts instead of buffers (`training.state.init_fn`), for comparison.
+  the step function), so what is timed is what `xmae-train` runs. `flat`: the state's
+  parameters as buffers (True) or nested dicts (False); None: the trainer's choice
+  (`training.state.state_layout`).
   """
   import jax
 
@@ -183,6 +189,11 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
   if batch_size % dp:
     raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
                            f"size {dp} (mesh {dict(mesh.shape)})")
+  if flat is None:
+    try:
+      flat = state_lib.state_layout(config, mesh) == "buffers"
+    except state_lib.StateError as e:
+      raise BenchConfigError(str(e)) from None
   tx, schedule = optim.make_optimizer(config.train, total_steps)
   batch_sh = sharding.batch_sharding(mesh, config.mesh)
   host = synthetic_batch(batch_size, int(config.model.seq_len), data_seed)
@@ -194,10 +205,10 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-  return StepBench(config, mesh, compiled, state, batch, compile_s, state_sh, batch_sh, tx)
+  return StepBench(config, mesh, compiled, state, batch, compile_s, state_sh, batch_sh, tx, flat)
 
 
-def initial_state(config, mesh, tx, *, flat: bool = True):
+def initial_state(config, mesh, tx, *, flat: bool):
   """(shardings, state): the trainer's initial train state (`training.state`) on `mesh`."""
   import jax
 
@@ -225,13 +236,16 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
 
 
 def host_record(bench: StepBench, calls: int) -> dict:
-  """`host_overhead_ms` and `state_leaves` of the trainer's state, and the same for the state as
-  nested dicts (`*_unflattened`)."""
-  record = {}
-  for flat, suffix in ((True, ""), (False, "_unflattened")):
+  """`state_layout`, `host_overhead_ms` and `state_leaves` of the step's state, and both for
+  each layout (`*_buffers`, `*_tree`)."""
+  record = {"state_layout": "buffers" if bench.flat else "tree"}
+  for flat, name in ((True, "buffers"), (False, "tree")):
     times, leaves = bench.host_overhead(calls, flat=flat)
-    record[f"host_overhead{suffix}_ms"] = 1e3 * common.median(times)
-    record[f"state_leaves{suffix}"] = leaves
+    record[f"host_overhead_{name}_ms"] = 1e3 * common.median(times)
+    record[f"state_leaves_{name}"] = leaves
+  name = record["state_layout"]
+  record["host_overhead_ms"] = record[f"host_overhead_{name}_ms"]
+  record["state_leaves"] = record[f"state_leaves_{name}"]
   return record
 
 
@@ -286,6 +300,9 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  p.add_argument("--state-layout", choices=("auto", "buffers", "tree"), default=None,
+                 help="the train state's layout (default: the config's train.state_layout, "
+                      "auto: buffers on accelerators, tree on CPU)")
   p.add_argument("--host-calls", type=int, default=200,
                  help="timed calls of the no-op step behind host_overhead_ms")
   common.add_host_memory_flag(p)
@@ -300,6 +317,9 @@ def main(argv=None):
   host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
   try:
     config = load_config(args.config)
+    if args.state_layout is not None:
+      with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        config.train.state_layout = args.state_layout
     record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size,
                      args.host_calls)
   except BenchConfigError as e:

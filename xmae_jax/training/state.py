@@ -101,15 +101,36 @@ def layout(tree: dict, prefix: str, mesh=None, rules=()) -> buffers.Layout:
   return buffers.Layout.build(tree, place, shards)
 
 
+LAYOUTS = ("auto", "buffers", "tree")
+
+
+def state_layout(config, mesh=None) -> str:
+  """"buffers" or "tree": `config.train.state_layout` ("auto" when absent).
+
+  "auto" picks "buffers" on accelerators, where the host's per-leaf cost of a step call is a
+  large share of a short step, and "tree" on CPU, where a step is long and the buffers' extra
+  copies (unpack slices, gradient concatenation) are not paid back (NOTES_host.md).
+  """
+  layout_name = str(config.train.get("state_layout", "auto"))
+  if layout_name not in LAYOUTS:
+    raise StateError(f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}")
+  if layout_name != "auto":
+    return layout_name
+  device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+  return "tree" if device.platform == "cpu" else "buffers"
+
+
 def init_fn(config, tx: optax.GradientTransformation, mesh=None, *,
-            flat: bool = True) -> Callable[[], TrainState]:
+            flat: bool | None = None) -> Callable[[], TrainState]:
   """A function building the initial train state (its shapes: `jax.eval_shape(init_fn(...))`).
 
   `mesh`: the mesh the state will live on (its fsdp axis size decides the sharded buffers and
-  their padding; None: one device). `flat=False`: params and statistics as nested dicts (the
-  layout before buffers; for comparisons).
+  their padding; None: one device). `flat`: params and statistics as buffers (True) or nested
+  dicts (False); None: as `state_layout(config, mesh)` says.
   """
   rules = config.mesh.param_rules
+  if flat is None:
+    flat = state_layout(config, mesh) == "buffers"
 
   def init():
     _, params, batch_stats = split_model(models.build(config, nnx.Rngs(int(config.seed))))
