@@ -15,6 +15,13 @@ device-resident synthetic batch. Prints one JSON line:
   achieved_flops_per_s, matmul_peak_flops_per_s (an n^3 XLA matmul in the compute dtype, best
                       of runs before and after the timing, same process) and their ratio `mfu`
   memory              `memory_analysis()` of the compiled step and the process's peak RSS
+  state_layout        the train state's layout the step ran on ("buffers" or "tree",
+                      `training.state.state_layout`; `--state-layout` chooses)
+  host_overhead_ms    median host wall time of calling a jitted no-op (state, batch) -> (state,
+                      metrics) with the state donated, on the step's own state, batch and metric
+                      shapes: what each step call costs the host whatever the device; with
+                      `state_leaves`; and the same for both layouts
+                      (`host_overhead_buffers_ms`, `state_leaves_buffers`, `..._tree...`)
 
 Benchmarks measure; they do not assert.
 """
@@ -65,6 +72,32 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, n
           "ecg": preprocess.minmax(ecg, axis=1).astype(np.float32)}
 
 
+def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 10):
+  """(host seconds of each call, the state) of a jitted no-op `(state, batch) -> (state,
+  metrics)` with the state donated: the host's part of a step call (flattening the arguments,
+  donating and unflattening the outputs), the same on every device since nothing runs.
+
+  `metrics`: ShapeDtypeStructs of the step's outputs besides the state; `shardings`: (state,
+  batch, metrics) shardings. Each call is timed until it returns and then waited for, so calls
+  do not queue behind one another.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  state_sh, batch_sh, metric_sh = shardings
+  noop = jax.jit(lambda s, b: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)),
+                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metric_sh),
+                 donate_argnums=0)
+  times = []
+  for i in range(warmup + calls):
+    start = time.perf_counter()
+    state, out = noop(state, batch)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+    jax.block_until_ready((state, out))
+  return times, state
+
+
 @dataclasses.dataclass
 class StepBench:
   """The trainer's compiled step, its state and a device-resident batch, ready to time."""
@@ -74,6 +107,10 @@ class StepBench:
   state: Any
   batch: dict
   compile_s: float
+  state_sh: Any = None
+  batch_sh: Any = None
+  tx: Any = None
+  flat: bool = True   # the state's layout: buffers (True) or nested dicts
 
   cpu_times: list = dataclasses.field(default_factory=list)
   dispatch_times: list = dataclasses.field(default_factory=list)
@@ -94,6 +131,23 @@ class StepBench:
     with jax.set_mesh(self.mesh):
       return common.time_calls(step, jax.block_until_ready, steps, self.cpu_times)
 
+  def host_overhead(self, calls: int = 200, *, flat: bool | None = None) -> tuple[list[float], int]:
+    """(host seconds of each call of a no-op with this step's signature (`time_noop_calls`),
+    state leaves) on this step's state; `flat` other than the step's layout: on an initial state
+    of that layout, built here."""
+    import jax
+    own = flat is None or flat == self.flat
+    metrics = self.compiled.out_info[1]
+    with jax.set_mesh(self.mesh):
+      state_sh, state = ((self.state_sh, self.state) if own else
+                         initial_state(self.config, self.mesh, self.tx, flat=flat))
+      times, state = time_noop_calls(
+          state, self.batch, metrics,
+          (state_sh, self.batch_sh, jax.tree.map(lambda m: m.sharding, metrics)), calls)
+    if own:
+      self.state = state
+    return times, len(jax.tree.leaves(state))
+
   def flops(self) -> float:
     cost = self.compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):   # older jax returned one dict per program
@@ -112,11 +166,13 @@ class StepBench:
 
 
 def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int = 10_000,
-               data_seed: int = 0) -> StepBench:
+               data_seed: int = 0, *, flat: bool | None = None) -> StepBench:
   """Compiles the trainer's train step for `config` at `batch_size` in `dtype`.
 
   Uses the trainer's pieces unchanged (state layout, optimizer and schedule, sharding rules,
-  the step function), so what is timed is what `xmae-train` runs.
+  the step function), so what is timed is what `xmae-train` runs. `flat`: the state's
+  parameters as buffers (True) or nested dicts (False); None: the trainer's choice
+  (`training.state.state_layout`).
   """
   import jax
 
@@ -133,26 +189,37 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
   if batch_size % dp:
     raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
                            f"size {dp} (mesh {dict(mesh.shape)})")
+  if flat is None:
+    try:
+      flat = state_lib.state_layout(config, mesh) == "buffers"
+    except state_lib.StateError as e:
+      raise BenchConfigError(str(e)) from None
   tx, schedule = optim.make_optimizer(config.train, total_steps)
-  # The trainer's state layout and step (`training.state`): what is timed is what it runs.
-  graphdef = state_lib.model_graphdef(config)
-  init = state_lib.init_fn(config, tx)
-  state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
   batch_sh = sharding.batch_sharding(mesh, config.mesh)
   host = synthetic_batch(batch_size, int(config.model.seq_len), data_seed)
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=state_sh)()
+    state_sh, state = initial_state(config, mesh, tx, flat=flat)
     batch = {k: jax.device_put(v, batch_sh) for k, v in host.items()}
-    step = state_lib.jit_train_step(graphdef, tx, schedule, config, None, state_sh, batch_sh,
-                                    sharding.replicated(mesh))
+    step = state_lib.jit_train_step(state_lib.model_graphdef(config), tx, schedule, config, None,
+                                    state_sh, batch_sh, sharding.replicated(mesh))
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-  return StepBench(config, mesh, compiled, state, batch, compile_s)
+  return StepBench(config, mesh, compiled, state, batch, compile_s, state_sh, batch_sh, tx, flat)
+
+
+def initial_state(config, mesh, tx, *, flat: bool):
+  """(shardings, state): the trainer's initial train state (`training.state`) on `mesh`."""
+  import jax
+
+  from xmae_jax.training import state as state_lib
+  init = state_lib.init_fn(config, tx, mesh, flat=flat)
+  state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
+  return state_sh, jax.jit(init, out_shardings=state_sh)()
 
 
 def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup: int = 2,
-            peak_size: int = 2048) -> dict:
+            peak_size: int = 2048, host_calls: int = 200) -> dict:
   """Builds, warms up and times the step; returns the JSON record."""
   import jax
   peak_before = common.jax_matmul_peak(dtype, n=peak_size)
@@ -162,8 +229,24 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
   bench.dispatch_times.clear()
   times = bench.run(steps)
   peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
-  return summarize(bench, times, peak, dtype=dtype, warmup=warmup,
-                   device_kind=jax.devices()[0].device_kind)
+  record = summarize(bench, times, peak, dtype=dtype, warmup=warmup,
+                     device_kind=jax.devices()[0].device_kind)
+  record.update(host_record(bench, host_calls))
+  return record
+
+
+def host_record(bench: StepBench, calls: int) -> dict:
+  """`state_layout`, `host_overhead_ms` and `state_leaves` of the step's state, and both for
+  each layout (`*_buffers`, `*_tree`)."""
+  record = {"state_layout": "buffers" if bench.flat else "tree"}
+  for flat, name in ((True, "buffers"), (False, "tree")):
+    times, leaves = bench.host_overhead(calls, flat=flat)
+    record[f"host_overhead_{name}_ms"] = 1e3 * common.median(times)
+    record[f"state_leaves_{name}"] = leaves
+  name = record["state_layout"]
+  record["host_overhead_ms"] = record[f"host_overhead_{name}_ms"]
+  record["state_leaves"] = record[f"state_leaves_{name}"]
+  return record
 
 
 def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype: str,
@@ -217,10 +300,15 @@ def parse_args(argv):
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (parameters stay float32)")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
+  p.add_argument("--state-layout", choices=("auto", "buffers", "tree"), default=None,
+                 help="the train state's layout (default: the config's train.state_layout, "
+                      "auto: buffers on accelerators, tree on CPU)")
+  p.add_argument("--host-calls", type=int, default=200,
+                 help="timed calls of the no-op step behind host_overhead_ms")
   common.add_host_memory_flag(p)
   args = p.parse_args(argv)
-  if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0:
-    p.error("--batch-size and --steps must be positive, --warmup non-negative")
+  if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0 or args.host_calls <= 0:
+    p.error("--batch-size, --steps and --host-calls must be positive, --warmup non-negative")
   return args
 
 
@@ -229,7 +317,11 @@ def main(argv=None):
   host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
   try:
     config = load_config(args.config)
-    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size)
+    if args.state_layout is not None:
+      with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        config.train.state_layout = args.state_layout
+    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size,
+                     args.host_calls)
   except BenchConfigError as e:
     common.exit_with(str(e))
   record["host_malloc_tuned"] = host_malloc_tuned

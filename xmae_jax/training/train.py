@@ -478,10 +478,9 @@ def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int
       f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
       f"mesh {dict(mesh.shape)} on {jax.process_count()} process(es), "
       + (f"resumed at step {start}" if start else "from scratch") + f"; workdir {workdir}")
-  sharded = sharding.describe(state_sh["params"])
+  sharded, leaves = state_lib.param_placement(state_sh)
   if sharded:
-    progress.message(f"FSDP-sharded parameters: {len(sharded)} of "
-                     f"{len(jax.tree.leaves(abstract['params']))}")
+    progress.message(f"FSDP-sharded parameters: {sharded} of {leaves}")
   if peak is not None:
     progress.message(peak.describe())
 
@@ -529,7 +528,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
 
   # 3. model, optimizer, shardings; fresh or resumed
   tx, schedule = optim.make_optimizer(t, plan.total_steps)
-  init = state_lib.init_fn(config, tx)
+  init = state_lib.init_fn(config, tx, mesh)
   abstract = jax.eval_shape(init)
   state_sh = _user_errors(state_lib.state_shardings, abstract, mesh, config)
   steps = Steps(config, mesh, state_lib.model_graphdef(config), tx, schedule, state_sh, goodput)
