@@ -103,6 +103,12 @@ def _train() -> mlc.ConfigDict:
   t.grad_clip_norm = 0.0             # 0 = off (reference does not clip)
   t.grad_accum_steps = 1
   t.compute_dtype = "float32"        # or "bfloat16" (parameters stay float32)
+  # How the train state crosses the jit boundary: "buffers" (parameters, statistics and Adam
+  # moments as a few contiguous buffers: 7 leaves, ~0.02 ms of host time per step call),
+  # "tree" (nested dicts, one leaf per array: 822 for the paper model), or "auto": buffers on
+  # accelerators, where the host's per-leaf cost is a large share of a tens-of-ms step; tree on
+  # CPU, where a step takes seconds and the buffers' step was not shown to be free (BENCHMARKS.md).
+  t.state_layout = "auto"
   t.log_every = 20
   t.eval_every = 0                   # 0: once per epoch
   t.eval_batches = 0                 # 0: whole validation split
@@ -402,6 +408,7 @@ RULES = (
     ("data.read_threads", _AT_LEAST_ONE),
     ("data.prefetch", _NON_NEGATIVE),
     ("data.augment.*_prob", _PROBABILITY),
+    ("train.state_layout", (lambda v: v in ("auto", "buffers", "tree"), "expected auto, buffers or tree")),
     ("data.augment.max_shift", _NON_NEGATIVE),
     ("data.augment.scale_range.*", _POSITIVE),
 )
