@@ -193,6 +193,25 @@ def test_min_quality_drops_at_prepare_time(tmp_path):
       assert (index["quality_ppg"] >= 0.97).all() and (index["quality_ecg"] >= 0.97).all()
 
 
+def test_ppg_alignment_is_reported_and_stored_per_window(tmp_path):
+  from xmae_jax.data import preprocess as pp
+  report = prep.prepare_dataset(
+      "synthetic", None, tmp_path / "a", seed=3, progress=False, log=None,
+      config=pp.PreprocessConfig(ppg_align_seconds=0.1),
+      source_options={"num_subjects": 3, "minutes_per_subject": 0.5, "artifact_rate": 0.0})
+  a = report["ppg_alignment"]
+  assert a["recordings_measured"] == 3 and a["recordings_fallback"] == 0
+  assert 0.2 < a["mean_shift_s"] < 0.6
+  assert "PPG moved earlier per recording" in (tmp_path / "a" / "report.md").read_text()
+  recs = [r for split in shards.SPLITS if report["records_per_split"][split]
+          for r in _records(tmp_path / "a", split)[0]]
+  assert recs and all(0 < r.meta["ppg_shift_s"] < 1 for r in recs)
+  plain = prep.prepare_dataset(
+      "synthetic", None, tmp_path / "p", seed=3, progress=False, log=None,
+      source_options={"num_subjects": 3, "minutes_per_subject": 0.5, "artifact_rate": 0.0})
+  assert plain["ppg_alignment"] == {}
+
+
 def _cli(*args, cwd=None):
   return subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_prepare", "--no-progress", *args],
                         capture_output=True, text=True, timeout=300, cwd=cwd)

@@ -84,6 +84,61 @@ def test_segment_recording_windows_scale_and_labels(subject):
   assert [s.start_s for s in strided] == [0.0, 5.0, 10.0, 15.0, 20.0]
 
 
+def test_ppg_delay_moves_ppg_earlier_and_keeps_ecg(subject):
+  """ppg_delay_seconds = d pairs ECG at t with PPG recorded at t + d; the ECG is untouched."""
+  (ecg, fs), (ppg, _) = subject.signals["ecg"], subject.signals["ppg"]
+  k = int(round(0.2 * fs))
+  moved, _ = pp.segment_recording({"ecg": (ecg, fs), "ppg": (ppg, fs)},
+                                  pp.PreprocessConfig(stride_seconds=5.0, ppg_delay_seconds=0.2))
+  # the same as cutting the PPG's first 0.2 s (and the ECG's last, to the same length) by hand
+  by_hand, _ = pp.segment_recording({"ecg": (ecg[:len(ecg) - k], fs), "ppg": (ppg[k:], fs)},
+                                    pp.PreprocessConfig(stride_seconds=5.0))
+  plain, _ = pp.segment_recording({"ecg": (ecg, fs), "ppg": (ppg, fs)},
+                                  pp.PreprocessConfig(stride_seconds=5.0))
+  assert [s.start_s for s in moved] == [s.start_s for s in by_hand] == [0.0, 5.0, 10.0, 15.0]
+  assert len(plain) == 5              # the last window needs PPG past the recording's end
+  for a, b, c in zip(moved, by_hand, plain):
+    np.testing.assert_array_equal(a.signals["ppg"], b.signals["ppg"])
+    np.testing.assert_array_equal(a.signals["ecg"], c.signals["ecg"])
+    assert not np.array_equal(a.signals["ppg"], c.signals["ppg"])
+  for bad in (-0.1, 10.0):
+    with pytest.raises(pp.PreprocessError, match="ppg_delay_seconds"):
+      pp.PreprocessConfig(ppg_delay_seconds=bad)
+
+
+def test_ppg_align_gives_every_recording_the_same_pulse_delay():
+  """ppg_align_seconds measures each recording's R-peak-to-systolic-peak delay and moves its
+  PPG so that the delay becomes the target; too few clean beats fall back to the fixed delay."""
+  fs = 125.0
+  measured = []
+  for subject_seed in (1, 2):
+    rec = synthetic.simulate_subject(subject_seed, 1, minutes=1.0, fs=fs, pvc_subjects=0.0,
+                                     artifact_rate=0.0)
+    plain, _ = pp.segment_recording(rec.signals, CFG)
+    before = pp.pulse_delay(plain, CFG.target_fs)
+    segs, stats = pp.segment_recording(rec.signals, pp.PreprocessConfig(ppg_align_seconds=0.1))
+    after = pp.pulse_delay(segs, CFG.target_fs)
+    assert before > 0.3 and after == pytest.approx(0.1, abs=0.015)
+    assert stats["ppg_shift/measured"] == 1 and not stats["ppg_shift/fallback"]
+    assert [s.meta["ppg_shift_s"] for s in segs] == pytest.approx([before - 0.1] * len(segs),
+                                                                  abs=1e-4)
+    measured.append(before)
+  assert measured[0] != measured[1]          # different recordings were moved by different shifts
+  # pulses already sooner than the target: kept as recorded, counted
+  segs, stats = pp.segment_recording(rec.signals, pp.PreprocessConfig(ppg_align_seconds=0.9))
+  assert stats["ppg_shift/clipped"] == 1 and segs[0].meta["ppg_shift_s"] == 0.0
+  assert pp.pulse_delay(segs, CFG.target_fs) == pytest.approx(measured[1], abs=1e-9)
+  # no R-peaks to measure from (noise for an ECG): the fixed delay is used, counted
+  rng = np.random.default_rng(0)
+  noisy = {"ecg": (rng.normal(size=len(rec.signals["ecg"][0])), fs), "ppg": rec.signals["ppg"]}
+  segs, stats = pp.segment_recording(noisy, pp.PreprocessConfig(ppg_align_seconds=0.1,
+                                                                 ppg_delay_seconds=0.2))
+  assert stats["ppg_shift/fallback"] == 1 and not stats["ppg_shift/measured"]
+  assert {s.meta["ppg_shift_s"] for s in segs} == {0.2}
+  with pytest.raises(pp.PreprocessError, match="ppg_align_seconds"):
+    pp.PreprocessConfig(ppg_align_seconds=1.5)
+
+
 def test_events_and_series_map_to_window_labels_and_meta():
   fs = 125.0
   t = np.arange(int(30 * fs)) / fs

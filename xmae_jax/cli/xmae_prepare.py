@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--max-flat-seconds", type=float, default=pp.PreprocessConfig.max_flat_seconds)
   p.add_argument("--max-nan-gap-seconds", type=float,
                  default=pp.PreprocessConfig.max_nan_gap_seconds)
+  p.add_argument("--ppg-delay-seconds", type=float, default=0.0,
+                 help="the recording system's delay of PPG behind ECG beyond physiology (e.g. a "
+                      "monitor's processing delay); PPG is moved this much earlier (default 0)")
+  p.add_argument("--ppg-align-seconds", type=float, default=None,
+                 help="measure each recording's delay from R-peak to PPG systolic peak and move "
+                      "its PPG so that the delay becomes this (e.g. 0.35; --ppg-delay-seconds is "
+                      "the fallback where too few clean beats); default: off")
   p.add_argument("--records-per-shard", type=int, default=4096)
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--runner", default="local",
@@ -73,7 +80,9 @@ def run(argv=None) -> dict:
   config = pp.PreprocessConfig(stride_seconds=args.stride_seconds, modalities=args.modalities,
                                min_quality=args.min_quality,
                                max_flat_seconds=args.max_flat_seconds,
-                               max_nan_gap_seconds=args.max_nan_gap_seconds)
+                               max_nan_gap_seconds=args.max_nan_gap_seconds,
+                               ppg_delay_seconds=args.ppg_delay_seconds,
+                               ppg_align_seconds=args.ppg_align_seconds)
   # only the chosen reader's own flags: they key the resume cache
   reader = sources_lib.get(args.source)
   options = {k: getattr(args, k) for k in reader.OPTIONS}

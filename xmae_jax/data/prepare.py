@@ -439,6 +439,7 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
   notes: collections.Counter = collections.Counter()
   skipped_recordings: collections.Counter = collections.Counter()
   derived: dict[str, dict] = {}
+  shifts: collections.Counter = collections.Counter()
   labels: dict[str, collections.Counter] = {}
   files_skipped, files_missing, per_file, warnings = [], [], [], []
   kept = 0
@@ -461,6 +462,8 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
       elif k.startswith("derived_nan/"):
         name, reason = k[12:].split("/", 1)
         derived.setdefault(name, {"windows": 0, "nan": collections.Counter()})["nan"][reason] += v
+      elif k.startswith(("ppg_shift/", "ppg_shift_seconds/")):
+        shifts[k] += v
       elif k.startswith("label/"):
         name, value = k[6:].split("=", 1)
         labels.setdefault(name, collections.Counter())[value] += v
@@ -493,6 +496,14 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
                               "nan_total": sum(d["nan"].values())}
                        for name, d in sorted(derived.items())},
       "label_windows": {name: dict(sorted(c.items())) for name, c in sorted(labels.items())},
+      # --ppg-align-seconds: recordings whose PPG delay was measured (mean shift), fell back to
+      # --ppg-delay-seconds (too few clean beats), or were kept as recorded (pulses sooner)
+      "ppg_alignment": ({"recordings_measured": shifts["ppg_shift/measured"],
+                         "recordings_fallback": shifts["ppg_shift/fallback"],
+                         "recordings_clipped_to_0": shifts["ppg_shift/clipped"],
+                         "mean_shift_s": round(shifts["ppg_shift_seconds/measured"]
+                                               / max(1, shifts["ppg_shift/measured"]), 4)}
+                        if shifts else {}),
       "input_warnings": warnings,
       "records_per_split": {s: e["records"] for s, e in entries.items()},
       "subjects_per_split": {s: e["subjects"] for s, e in entries.items()},
@@ -551,6 +562,12 @@ def render_report(r: dict[str, Any]) -> str:
     lines += ["", "## Windows per recording label", ""] + [
         f"- {k}: " + ", ".join(f"{value} {n}" for value, n in c.items())
         for k, c in r["label_windows"].items()]
+  if r.get("ppg_alignment"):
+    a = r["ppg_alignment"]
+    lines += ["", "## PPG moved earlier per recording (--ppg-align-seconds)", "",
+              f"- measured: {a['recordings_measured']} recordings, mean shift {a['mean_shift_s']} s "
+              f"({a['recordings_clipped_to_0']} of them kept as recorded: pulses already sooner)",
+              f"- too few clean beats, fixed --ppg-delay-seconds used: {a['recordings_fallback']}"]
   if r["stretches_cut"]:
     lines += ["", "## Cut out before windowing (NaN runs, flat lines)", ""] + [
         f"- {k}: {v['runs']} runs, {v['seconds']} s" for k, v in r["stretches_cut"].items()]

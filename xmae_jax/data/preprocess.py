@@ -12,6 +12,9 @@ One function per step, so that `xmae-prepare`, `load_encoder().embed` and evalua
   segment_recording the whole path for one continuous multi-modality recording -> segments
   derive_window_meta  per window: window_start_s, seconds_to_alarm, hr (ECG R-peaks), sbp/dbp
                     (arterial pressure beats), each NaN with a counted reason when unusable
+  ppg_shift         how far a recording's PPG is moved earlier before windowing: a fixed
+                    recording-system delay, or measured per recording (pulse_delay) so that every
+                    recording's R-peak-to-pulse delay becomes the same
   prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
 
 segment_recording cleans the windows of a recording together and computes quality with
@@ -40,6 +43,10 @@ TARGET_FS = 100
 SEGMENT_SECONDS = 10.0
 SEGMENT_LENGTH = 1000
 REQUIREMENTS = {"both": ("ppg", "ecg"), "any": (), "ppg": ("ppg",), "ecg": ("ecg",)}
+# pulse_delay: the windows it measures on, the beats it needs, the longest R-to-pulse delay
+ALIGN_MIN_QUALITY = 0.8
+ALIGN_MIN_BEATS = 20
+ALIGN_MAX_DELAY_S = 1.0
 
 
 class PreprocessError(XmaeError):
@@ -62,6 +69,18 @@ class PreprocessConfig:
   min_fs: float = 20.0                       # below this a rate is treated as unknown/invalid
   modalities: str = "both"                   # which modalities a kept segment must have
   min_quality: float | None = None           # drop at prepare time (else the pipeline filters)
+  # A recording system's own delay of the PPG behind the ECG (a bedside monitor's processing:
+  # 150-250 ms on Challenge 2015), on top of the physiological pulse arrival time. The PPG is
+  # moved this much earlier before windowing, so a window pairs each beat's R-peak with its
+  # pulse about as the body does; 0 keeps the channels as recorded.
+  ppg_delay_seconds: float = 0.0
+  # Or measured per recording: the PPG is moved so that the median delay from an R-peak to the
+  # next PPG systolic peak (pulse_delay, on the recording's own windows) becomes this many
+  # seconds; ppg_delay_seconds is the fallback for a recording with too few clean beats. On
+  # monitor data whose own delay differs between recordings, this takes that delay (and with
+  # it each recording's mean pulse arrival time) out of the pairing; within a recording the
+  # beat-to-beat timing stays as recorded.
+  ppg_align_seconds: float | None = None
 
   def __post_init__(self):
     if self.modalities not in REQUIREMENTS:
@@ -71,6 +90,12 @@ class PreprocessConfig:
       raise PreprocessError("segment_seconds * target_fs must be a whole number of samples")
     if self.stride_seconds is not None and self.stride_seconds <= 0:
       raise PreprocessError(f"stride_seconds must be positive, got {self.stride_seconds}")
+    if self.ppg_align_seconds is not None and not 0 <= self.ppg_align_seconds <= ALIGN_MAX_DELAY_S:
+      raise PreprocessError(f"ppg_align_seconds must be in [0, {ALIGN_MAX_DELAY_S:g}], "
+                            f"got {self.ppg_align_seconds}")
+    if not 0 <= self.ppg_delay_seconds < self.segment_seconds:
+      raise PreprocessError(f"ppg_delay_seconds must be in [0, {self.segment_seconds:g}), "
+                            f"got {self.ppg_delay_seconds}")
 
   @property
   def segment_length(self) -> int:
@@ -558,6 +583,17 @@ def heart_rate(cleaned_ecg: np.ndarray, fs: float) -> tuple[float, str | None]:
   return heart_rate_from_peaks(peaks, fs)
 
 
+def _try_ppg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
+  """_ppg_peaks, or None where the finder fails (no pulse wave at all)."""
+  try:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+      warnings.simplefilter("ignore")
+      peaks = np.asarray(_ppg_peaks(np.asarray(x, float), fs))
+  except Exception:  # NeuroKit (and _ppg_peaks, as NeuroKit) raise on signals without a wave
+    return None
+  return peaks if peaks.dtype.kind in "iu" else None
+
+
 def _try_ecg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
   """_ecg_peaks, or None where the finder fails (NeuroKit raises on signals without QRS)."""
   try:
@@ -698,6 +734,10 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
     present[m] = (as_signal(x, m), fs)
   if not present:
     raise PreprocessError("missing channel: neither ECG nor PPG")
+  shift = ppg_shift(present, config, steps_class, stats) if "ppg" in present else 0.0
+  if shift:
+    x, fs = present["ppg"]
+    present["ppg"] = (x[int(round(shift * fs)):], fs)
   duration = min(len(x) / fs for x, fs in present.values())
   required = REQUIREMENTS[config.modalities]
   # Long NaN runs and flat lines (MIMIC gaps, leads off) are cut out first; windows are laid
@@ -728,6 +768,8 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
     seg.index = k
     t1 = t0 + config.segment_seconds
     seg.meta.update(meta or {})
+    if "ppg" in present and (config.ppg_delay_seconds or config.ppg_align_seconds is not None):
+      seg.meta["ppg_shift_s"] = round(shift, 4)
     for name, (times, values) in (series or {}).items():
       inside = (times >= t0) & (times < t1)
       if inside.any():
@@ -740,6 +782,48 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
       seg.labels[name] = int(bool(np.any((iv[:, 1] >= t0) & (iv[:, 0] < t1))))
     out.append(seg)
   return out, stats
+
+
+def ppg_shift(present, config: PreprocessConfig, steps_class, stats) -> float:
+  """Seconds by which this recording's PPG is moved earlier: config.ppg_delay_seconds, or with
+  config.ppg_align_seconds the measured pulse_delay minus it (never below 0: a recording whose
+  pulses come sooner is kept as recorded). Counts per recording in `stats`: 'ppg_shift/measured',
+  'ppg_shift/fallback' (too few clean beats), 'ppg_shift/clipped', and the seconds moved."""
+  if config.ppg_align_seconds is None or "ecg" not in present:
+    return float(config.ppg_delay_seconds)
+  as_recorded = dataclasses.replace(config, ppg_align_seconds=None, ppg_delay_seconds=0.0,
+                                    min_quality=None)
+  segments, _ = _segment(present, as_recorded, steps_class)
+  delay = pulse_delay(segments, config.target_fs)
+  if delay is None:
+    stats["ppg_shift/fallback"] += 1
+    return float(config.ppg_delay_seconds)
+  shift = delay - config.ppg_align_seconds
+  if shift < 0:
+    stats["ppg_shift/clipped"] += 1
+    shift = 0.0
+  stats["ppg_shift/measured"] += 1
+  stats["ppg_shift_seconds/measured"] += shift
+  return shift
+
+
+def pulse_delay(segments, fs: float) -> float | None:
+  """Median seconds from each R-peak to the next PPG systolic peak (at most ALIGN_MAX_DELAY_S
+  later) over the prepared windows whose ECG and PPG quality both reach ALIGN_MIN_QUALITY;
+  None with fewer than ALIGN_MIN_BEATS such beats."""
+  delays = []
+  for seg in segments:
+    if min(seg.quality.get("ecg", 0.0), seg.quality.get("ppg", 0.0)) < ALIGN_MIN_QUALITY:
+      continue
+    r = _try_ecg_peaks(seg.signals["ecg"], fs)
+    p = _try_ppg_peaks(seg.signals["ppg"], fs)
+    if r is None or p is None or len(p) == 0:
+      continue
+    nxt = np.searchsorted(p, r, side="right")
+    ok = nxt < len(p)
+    d = p[nxt[ok]] - r[ok]
+    delays.extend(d[d <= ALIGN_MAX_DELAY_S * fs] / fs)
+  return float(np.median(delays)) if len(delays) >= ALIGN_MIN_BEATS else None
 
 
 def _one_window(present, k, t0, config, required, stats,

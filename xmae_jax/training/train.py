@@ -472,12 +472,14 @@ def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
 
 
 def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int, workdir,
-              peak: perf.Peak | None) -> None:
+              peak: perf.Peak | None, *, restored: bool = False) -> None:
   progress.message(
       f"xmae-train: {config.model.name} ({state_lib.num_params(abstract):,} parameters), "
       f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
       f"mesh {dict(mesh.shape)} on {jax.process_count()} process(es), "
-      + (f"resumed at step {start}" if start else "from scratch") + f"; workdir {workdir}")
+      + (f"resumed at step {start}" if start else
+         "from the weights of checkpoint 0 (optimizer and data from the start)" if restored else
+         "from scratch") + f"; workdir {workdir}")
   sharded, leaves = state_lib.param_placement(state_sh)
   if sharded:
     progress.message(f"FSDP-sharded parameters: {sharded} of {leaves}")
@@ -553,7 +555,8 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
     # Only process 0 logs, so only it needs the MFU denominator (measured on CPU).
     peak = perf.device_peak(jax.local_devices()[0], str(t.compute_dtype)) if chief else None
-    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir, peak)
+    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir, peak,
+              restored=latest is not None)
     if fallback:
       progress.message(f"xmae-train: {fallback}; newer ones moved to {workdir / ckpt_lib.CORRUPT_DIR}")
 
