@@ -74,8 +74,13 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
   out = tmp_path / "out"
   assert cli.main(["--model", f"m2ae={m2ae_workdir}", "--model", f"xmae={tiny_workdir}",
                    "--data", f"syn={dataset}", "--wfdb", str(physionet_dir / "a103l"),
-                   "--output-dir", str(out)]) == 0
-  rows = json.loads((out / "reconstruction.json").read_text())["rows"]
+                   "--timing-ceiling", "--output-dir", str(out)]) == 0
+  report = json.loads((out / "reconstruction.json").read_text())
+  rows = report["rows"]
+  assert [c["data"] for c in report["ceilings"]] == ["syn", "a103l"]
+  for c in report["ceilings"]:
+    assert c["windows"] == (6 if c["data"] == "syn" else 33)
+    assert 0 < c["mse_r_peaks_own_beat"] < c["mse_window_mean"]
   got = [(r["name"], r["data"], r["direction"]) for r in rows]
   assert got == [(model, data, direction) for data in ("syn", "a103l")
                  for model, direction in (("m2ae", "ecg<-ppg"), ("m2ae", "ppg<-ecg"),
@@ -93,7 +98,10 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
                   "m2ae_syn_ecg_from_ppg.png", "m2ae_syn_ppg_from_ecg.png",
                   "xmae_a103l.png", "xmae_syn.png"]
   md = (out / "reconstruction.md").read_text()
-  table = [line for line in md.splitlines() if line.startswith("| ")]
+  lines = md.splitlines()
+  ceiling = lines.index(next(line for line in lines if line.startswith("| data | windows |")))
+  assert [line.split(" | ")[0] for line in lines[ceiling + 2:ceiling + 4]] == ["| syn", "| a103l"]
+  table = [line for line in lines[:ceiling] if line.startswith("| ")]
   assert table[0].startswith("| model | direction | data | condition |")
   assert sum(line.startswith("| m2ae | ppg<-ecg | syn | ECG shuffled (control) |")
              for line in table) == 1

@@ -134,3 +134,29 @@ def test_directions_of_each_model_kind(tiny_xmae):
     recon.evaluate(model, config, x, x, direction="ppg<-ecg")
   with pytest.raises(recon.ReconstructionError, match="does not reconstruct"):
     recon.model_directions(object())
+
+
+def _pulses_after(ecg, delay_s):
+  """PPG-like waves whose systolic peaks come `delay_s` after each R-peak of `ecg`."""
+  t = np.arange(ecg.shape[1])
+  rows = []
+  for e in ecg:
+    peaks = recon.detect_rpeaks(e, FS) + int(round(delay_s * FS))
+    rows.append(sum(np.exp(-0.5 * ((t - p) / 8.0) ** 2) for p in peaks))
+  x = np.stack(rows)
+  lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
+  return 2 * (x - lo) / (hi - lo) - 1
+
+
+def test_timing_ceiling_credits_ppg_timing_only_when_it_is_the_ecgs(ecg):
+  ppg = _pulses_after(ecg, 0.25)
+  paired = recon.timing_ceiling(ppg, ecg, FS)
+  assert paired["delay_ms_median"] == pytest.approx(250, abs=10)
+  assert paired["mse_ppg_timing"] < 0.5 * paired["mse_window_mean"]
+  assert paired["mse_r_peaks_own_beat"] <= paired["mse_ppg_timing"] + 1e-3
+  # each ECG with another window's PPG (another heart rate): the timing explains nothing
+  other = recon.timing_ceiling(np.roll(ppg, 1, axis=0), ecg, FS)
+  assert other["mse_window_mean"] == pytest.approx(paired["mse_window_mean"])
+  assert other["mse_ppg_timing"] > 0.9 * other["mse_window_mean"]
+  with pytest.raises(recon.ReconstructionError, match="timing ceiling"):
+    recon.timing_ceiling(np.zeros_like(ppg), ecg, FS)

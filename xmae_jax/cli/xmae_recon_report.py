@@ -10,6 +10,8 @@ as masked ECG from PPG (direction ecg<-ppg), or of M2AE, scored both ways on the
 decoded from the other modality alone (ecg<-ppg: R-peak timing; ppg<-ecg: pulse-foot timing).
 --data: a prepared dataset; its --split (default test: subjects the model never trained on).
 --wfdb: WFDB records or folders (repeatable), windowed by the same preprocessing.
+--timing-ceiling: per data source, the loss a reconstruction would reach from PPG beat timing
+alone (reconstruction.timing_ceiling), beside each window's mean and its true R-peaks.
 Writes OUT/reconstruction.md, OUT/reconstruction.json and OUT/figures/*.png
 (xmae_jax.evaluation.reconstruction.build_report).
 """
@@ -38,6 +40,9 @@ def run(argv=None) -> None:
   p.add_argument("--min-quality", type=float, default=None,
                  help="keep windows with both template-match qualities >= this")
   p.add_argument("--tolerance-ms", type=float, default=150.0)
+  p.add_argument("--timing-ceiling", action="store_true",
+                 help="also report, per data source, what PPG beat timing alone could explain "
+                      "of the ECG (reconstruction.timing_ceiling)")
   p.add_argument("--output-dir", required=True)
   args = p.parse_args(argv)
   models = [compare_lib.parse_named(m, "--model") for m in args.model]
@@ -47,7 +52,7 @@ def run(argv=None) -> None:
            for w in args.wfdb]
   recon_lib.build_report(models, data, args.output_dir, split=args.split, step=args.step,
                          seed=args.seed, min_quality=args.min_quality,
-                         tolerance_ms=args.tolerance_ms)
+                         tolerance_ms=args.tolerance_ms, with_ceiling=args.timing_ceiling)
   print((Path(args.output_dir) / "reconstruction.md").read_text())
 
 

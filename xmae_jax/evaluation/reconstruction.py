@@ -115,12 +115,18 @@ def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
       x, sampling_rate=sr, method="neurokit")[1]["ECG_R_Peaks"])
 
 
+def detect_systolic_peaks(ppg: np.ndarray, fs: float) -> np.ndarray:
+  """PPG systolic-peak sample indices found by NeuroKit2 (method elgendi; empty when it finds
+  none or fails)."""
+  import neurokit2 as nk
+  return _neurokit_peaks(ppg, fs, lambda x, sr: nk.ppg_peaks(
+      x, sampling_rate=sr, method="elgendi")[1]["PPG_Peaks"])
+
+
 def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   """Pulse-foot sample indices: the minimum before each NeuroKit2 systolic peak (module docstring;
   empty when no peak is found or NeuroKit fails)."""
-  import neurokit2 as nk
-  peaks = _neurokit_peaks(ppg, fs, lambda x, sr: nk.ppg_peaks(
-      x, sampling_rate=sr, method="elgendi")[1]["PPG_Peaks"])
+  peaks = detect_systolic_peaks(ppg, fs)
   if len(peaks) == 0:
     return np.zeros(0, int)
   x = np.asarray(ppg, np.float64)
@@ -207,6 +213,65 @@ def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpea
 
 # ----------------------------------------------------------------------------------------------
 # Running a model
+
+
+CEILING_BEAT_S = 0.3        # half-width of the mean beat the timing ceiling places
+CEILING_MAX_DELAY_S = 1.0   # an R-peak's systolic peak is the next one within this
+
+
+def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any]:
+  """What beat timing read off the PPG could explain of the ECG, in the masked-ECG loss's units
+  (mean squared error of the min-max-normalized samples), on paired windows (N, L):
+
+    mse_window_mean       each window's own mean: a reconstruction that learned nothing
+    mse_ppg_timing        one population mean beat (no morphology of this window) centred at
+                          every PPG systolic peak minus the median R-to-systolic-peak delay,
+                          blurred by the spread of that delay: what PPG timing alone gives a
+                          model that has to guess the beat's shape
+    mse_r_peaks_own_beat  the window's own mean beat at its true R-peaks: timing and shape both
+                          known, a floor for a reconstruction built from these landmarks
+  Every prediction is shifted to the window's mean. The population beat and delay spread are
+  estimated on the same windows (a ceiling, not a held-out predictor).
+  """
+  ecg, ppg = np.asarray(ecg, np.float64), np.asarray(ppg, np.float64)
+  half, max_delay = int(round(CEILING_BEAT_S * fs)), int(round(CEILING_MAX_DELAY_S * fs))
+  n = ecg.shape[1]
+  landmarks, beats, delays = [], [], []
+  for e, p in zip(ecg, ppg):
+    r, s = detect_rpeaks(e, fs), detect_systolic_peaks(p, fs)
+    inner = r[(r >= half) & (r < n - half)]
+    own = [e[t - half:t + half] - np.median(e) for t in inner]     # beats above the baseline
+    beats.extend(own)
+    nxt = np.searchsorted(s, r, side="right")
+    d = s[nxt[nxt < len(s)]] - r[nxt < len(s)]
+    delays.extend(d[d <= max_delay])
+    landmarks.append((inner, np.mean(own, axis=0) if own else None, s))
+  if not beats or not delays:
+    raise ReconstructionError("timing ceiling: no R-peak with a following PPG systolic peak")
+  beat = np.mean(beats, axis=0)
+  delays = np.asarray(delays, int)
+  lag = int(np.median(delays))
+  spread = np.bincount(np.clip(delays - lag, -half, half) + half, minlength=2 * half + 1)
+  blurred = np.convolve(beat, spread[::-1] / spread.sum())           # centre at 2 * half
+
+  def placed(centres, shape, centre):
+    out = np.zeros(n)
+    for t in np.asarray(centres, int):
+      a, b = max(0, t - centre), min(n, t - centre + len(shape))
+      if a < b:
+        out[a:b] += shape[a - t + centre:b - t + centre]
+    return out
+
+  mse = {"mse_window_mean": [], "mse_ppg_timing": [], "mse_r_peaks_own_beat": []}
+  for e, (inner, own, s) in zip(ecg, landmarks):
+    for key, pred in (("mse_window_mean", np.zeros(n)),
+                      ("mse_ppg_timing", placed(s - lag, blurred, 2 * half)),
+                      ("mse_r_peaks_own_beat", placed(inner, own, half) if own is not None
+                       else np.zeros(n))):
+      mse[key].append(np.mean((e - e.mean() - (pred - pred.mean())) ** 2))
+  return {"windows": len(ecg), "beats": len(beats), **{k: float(np.mean(v)) for k, v in mse.items()},
+          "delay_ms_median": 1000.0 * lag / fs,
+          "delay_ms_iqr": [float(1000.0 * q / fs) for q in np.percentile(delays, [25, 75])]}
 
 
 def has_masked_contract(model) -> bool:
@@ -375,10 +440,12 @@ def paired_segments(path, *, contract, split: str | None = "test", min_quality: 
 
 def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple[str, str]],
                  out_dir, *, split: str = "test", step: str = "auto", seed: int = 0,
-                 min_quality: float | None = None, tolerance_ms: float = 150.0) -> dict:
+                 min_quality: float | None = None, tolerance_ms: float = 150.0,
+                 with_ceiling: bool = False) -> dict:
   """models: (name, workdir); data_sources: (label, path). Writes OUT/reconstruction.{json,md}
   and OUT/figures/NAME_LABEL.png (both-way models: NAME_LABEL_ecg_from_ppg.png and
-  NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction."""
+  NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction,
+  and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'."""
   from xmae_jax.training import checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
@@ -395,9 +462,12 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   if not loaded:
     raise ReconstructionError("no --model given")
   contract = encoder_lib.Contract.from_config(loaded[0][2])
+  ceilings = []
   for label, path in data_sources:
     ppg, ecg, notes = paired_segments(path, contract=contract, split=split,
                                       min_quality=min_quality)
+    if with_ceiling:
+      ceilings.append({"data": label, **timing_ceiling(ppg, ecg, contract.sampling_rate)})
     for name, model, config in loaded:
       directions = model_directions(model)
       for direction in directions:
@@ -414,6 +484,8 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
         rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
   report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
             "split": split, "min_quality": min_quality, "rows": rows}
+  if with_ceiling:
+    report["ceilings"] = ceilings
   report_lib.write_reconstruction(report, out)
   return report
 

@@ -338,6 +338,17 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
           f"{s['median_r']:.3f} [{s['iqr_r'][0]:.3f}, {s['iqr_r'][1]:.3f}] | {s['true_beats']} | "
           f"{s['sensitivity']:.3f} | {s['median_abs_error_ms']:.1f} | "
           f"{s['share_within_50ms']:.3f} | {s['extra_peaks']} |")
+  if report.get("ceilings"):
+    lines += ["", "What PPG beat timing alone could explain (`timing_ceiling`; MSE of the min-max "
+              "ECG, the masked-ECG loss's units): each window's mean; a population mean beat at "
+              "every PPG systolic peak minus the median R-to-peak delay, blurred by its spread; "
+              "the window's own beat at its true R-peaks.", "",
+              "| data | windows | window mean | PPG timing, population beat | true R-peaks, own "
+              "beat | R-to-systolic-peak delay, median [IQR] (ms) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c['data']} | {c['windows']} | {c['mse_window_mean']:.4f} | "
+              f"{c['mse_ppg_timing']:.4f} | {c['mse_r_peaks_own_beat']:.4f} | "
+              f"{c['delay_ms_median']:.0f} [{c['delay_ms_iqr'][0]:.0f}, {c['delay_ms_iqr'][1]:.0f}] |"
+              for c in report["ceilings"]]
   lines.append("")
   for row in report["rows"]:
     if row.get("figure"):
