@@ -109,6 +109,10 @@ def _train() -> mlc.ConfigDict:
   # accelerators, where the host's per-leaf cost is a large share of a tens-of-ms step; tree on
   # CPU, where a step takes seconds and the buffers' step was not shown to be free (BENCHMARKS.md).
   t.state_layout = "auto"
+  # Start a fresh run from another run's weights (its best-validation checkpoint, else its
+  # latest; or an xmae-import-torch workdir) with a new optimizer and data stream: continued
+  # pretraining on other data. "" = from the initializer. The model settings must match.
+  t.init_from = ""
   t.log_every = 20
   t.eval_every = 0                   # 0: once per epoch
   t.eval_batches = 0                 # 0: whole validation split

@@ -127,6 +127,8 @@ def runs(tmp_path_factory, dataset, nan_dataset, cache_env):
       {"name": "nan", "workdir": str(root / "one_nan"), "save_params": False,
        "overrides": {"data.dir": str(nan_dataset), "train.checkpoint_every": 1,
                      "train.eval_every": 100}},
+      {"name": "warm", "workdir": str(root / "one_warm"),
+       "overrides": {"train.init_from": str(root / "one_full")}},
       {"name": "toy", "workdir": str(root / "one_toy"), "overrides": TOY},
       {"name": "toy_half", "workdir": str(root / "one_toy_half"), "overrides": TOY,
        "stop_at_step": 3, "save_params": False},
@@ -264,6 +266,30 @@ def test_load_model_best_and_latest(runs):
   ckpt.close()
   with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 4"):
     ckpt_lib.load_model(workdir, 4)
+
+
+def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(runs, dataset):
+  source, warm = runs["root"] / "one_full", runs["root"] / "one_warm"
+  best = ckpt_lib.Checkpointer(source, read_only=True)
+  best_step = best.best_step()
+  best.close()
+  start = ckpt_lib.Checkpointer(warm, read_only=True)
+  assert start.read_meta(0)["kind"] == "model" and not start.has_item(0, "opt")
+  start.close()
+  from flax import nnx
+  a = ckpt_lib.flatten(nnx.state(ckpt_lib.load_model(source, best_step)[0]))
+  b = ckpt_lib.flatten(nnx.state(ckpt_lib.load_model(warm, 0)[0]))
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  # a new run: steps 1..STEPS with its own schedule, from the trained weights
+  rows = runs["one"]["warm"]["metrics"]
+  assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, STEPS + 1))
+  first = [r["train_loss"] for r in runs["one"]["full"]["metrics"]][0]
+  assert rows[0]["train_loss"] < first
+  # other model settings: one line naming the key, nothing written
+  with pytest.raises(train_lib.TrainingError, match=r"train.init_from .*model.d_model") as e:
+    train_lib.train(_tiny(dataset, **{"model.d_model": 64, "train.init_from": str(source)}),
+                    runs["root"] / "other")
+  assert "\n" not in str(e.value) and not (runs["root"] / "other" / "checkpoints").exists()
 
 
 # --- bad settings, in this process (they fail before anything is compiled) -------------------

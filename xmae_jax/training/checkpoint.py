@@ -500,6 +500,27 @@ def load_model(workdir, step: str | int = "latest"):
   return model, config
 
 
+def init_from(workdir, config, source, *, step: str | int = "auto",
+              log: Callable[[str], None] = _stderr) -> int:
+  """Writes the weights of run `source` (its `step`: 'auto' = best validation, else latest) as
+  checkpoint 0 of the fresh `workdir`, where training `config` then starts from them with a
+  new optimizer and data stream. Another model or other model settings raise CheckpointError
+  naming the first differing key. Returns the source step used."""
+  model, source_config, used, _ = restore_model(source, step, log=log)
+  if source_config.model.name != config.model.name:
+    raise CheckpointError(f"train.init_from {source}: a {source_config.model.name} checkpoint, "
+                          f"not {config.model.name}")
+  saved = config_to_dict(source_config)["model"]
+  wanted = config_to_dict(config)["model"]
+  diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+  if diff:
+    k = diff[0]
+    raise CheckpointError(f"train.init_from {source}: other model settings (model.{k}: "
+                          f"{saved.get(k)!r} there, {wanted.get(k)!r} here)")
+  write_model_checkpoint(workdir, model, config, step=0)
+  return used
+
+
 def write_model_checkpoint(workdir, model, config, step: int = 0) -> Path:
   """Writes `model`'s variables as checkpoint `step` of `workdir` (no optimizer or data state),
   plus WORKDIR/config.json. `load_model` and the trainer (as initial weights) read it back."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -451,6 +452,18 @@ def _save(ckpt, config, step: int, state, validation: Validation, train_it, val_
             data_iter=train_it, meta=meta, val_loss=val_loss)
 
 
+def _start_from(config, workdir: Path) -> int:
+  """train.init_from: another run's weights become checkpoint 0 of this fresh workdir (which
+  the resume path below then loads as weights only: new optimizer, data from the start)."""
+  if jax.process_count() > 1:
+    raise TrainingError("train.init_from takes one process: start the run with one process (it "
+                        "writes checkpoint 0 at once), stop it, then continue in that workdir")
+  used = _user_errors(ckpt_lib.init_from, workdir, config, config.train.init_from)
+  print(f"xmae-train: weights from {config.train.init_from} (step {used})", file=sys.stderr,
+        flush=True)
+  return 0
+
+
 def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
             validation: Validation):
   """The train state of checkpoint `latest` (and the data stream and loop state when it is a
@@ -518,6 +531,8 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
   train_records = check_settings(config, mesh)
   held.enter_context(_user_errors(workdir_lock.acquire, workdir))
   latest = _user_errors(ckpt_lib.check_compatible, workdir, config)
+  if latest is None and t.init_from:
+    latest = _start_from(config, workdir)
   plan = _plan(config, train_records)
   rows = sharding.host_rows(mesh, t.batch_size, sharding.batch_axes(mesh, config.mesh))
   train_it = pipeline.make_train_iterator(config.data, global_batch_size=t.batch_size,
