@@ -6,7 +6,9 @@ Presets (`--config configs/xmae.py:PRESET`):
   demo   the same model, a small CPU run for README command 1.
   tiny   a small model for tests.
   cpu    a smaller model (d_model 128, 4 heads, stem 16) for real-data runs on a 2-core CPU:
-         2,000 steps of batch 64 (config_lib.COMMON_PRESETS["cpu"]).
+         2,000 steps of batch 64 (config_lib.COMMON_PRESETS["cpu"]). On real monitor data it
+         learns the cross-modal task only from a simulator run (`train.init_from`) and with the
+         PPG aligned per record (`xmae-prepare --ppg-align-seconds`): README, "Real data".
 """
 import ml_collections as mlc
 

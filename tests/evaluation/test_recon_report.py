@@ -93,11 +93,16 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
     assert r["reconstruction"]["segments"] == (6 if r["data"] == "syn" else 33)
     assert r["reconstruction"]["true_beats"] > 0
     assert r["scored_samples"] == ("all" if r["name"] == "m2ae" else "masked")
+    d = r["paired_minus_control"]
+    assert 1 <= d["subjects"] <= r["reconstruction"]["segments"]
+    assert d["sensitivity"]["value"] == pytest.approx(
+        r["reconstruction"]["sensitivity"] - r[f"shuffled_{source}_control"]["sensitivity"])
   figs = sorted(p.name for p in (out / "figures").iterdir())
   assert figs == ["m2ae_a103l_ecg_from_ppg.png", "m2ae_a103l_ppg_from_ecg.png",
                   "m2ae_syn_ecg_from_ppg.png", "m2ae_syn_ppg_from_ecg.png",
                   "xmae_a103l.png", "xmae_syn.png"]
   md = (out / "reconstruction.md").read_text()
+  assert md.count("* xmae (ecg<-ppg) on syn: sensitivity ") == 1
   lines = md.splitlines()
   ceiling = lines.index(next(line for line in lines if line.startswith("| data | windows |")))
   assert [line.split(" | ")[0] for line in lines[ceiling + 2:ceiling + 4]] == ["| syn", "| a103l"]

@@ -160,3 +160,20 @@ def test_timing_ceiling_credits_ppg_timing_only_when_it_is_the_ecgs(ecg):
   assert other["mse_ppg_timing"] > 0.9 * other["mse_window_mean"]
   with pytest.raises(recon.ReconstructionError, match="timing ceiling"):
     recon.timing_ceiling(np.zeros_like(ppg), ecg, FS)
+
+
+def test_paired_beat_difference_resamples_subjects_for_both_conditions():
+  # 4 subjects x 2 windows, 10 true beats each; paired finds 8 (6 within 50 ms), control 3 (1)
+  paired = np.tile([10, 8, 6], (8, 1))
+  control = np.tile([10, 3, 1], (8, 1))
+  groups = np.repeat(["a", "b", "c", "d"], 2)
+  d = recon.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
+  assert d["subjects"] == 4
+  assert d["sensitivity"]["value"] == pytest.approx(0.5)
+  assert d["share_within_50ms"]["value"] == pytest.approx(0.5)
+  assert d["sensitivity"]["ci95"] == pytest.approx([0.5, 0.5])   # every subject says the same
+  # one subject where the control does better widens the interval on both sides of the value
+  control[:2] = [10, 9, 9]
+  d = recon.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
+  lo, hi = d["sensitivity"]["ci95"]
+  assert lo < d["sensitivity"]["value"] < hi and lo < 0.5

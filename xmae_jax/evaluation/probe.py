@@ -175,7 +175,7 @@ def subject_resamples(groups: np.ndarray, n_bootstrap: int, seed: int):
     yield np.concatenate([rows_of[g] for g in picked])
 
 
-def _percentile_ci(values) -> tuple[float, float]:
+def percentile_ci(values) -> tuple[float, float]:
   """The 95% percentile interval of the finite draws (NaN, NaN when none is finite)."""
   v = np.asarray(values, np.float64)
   v = v[np.isfinite(v)]
@@ -195,7 +195,7 @@ def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind
   for rows in subject_resamples(groups, n_bootstrap, seed):
     for name, value in metric_fn(y[rows], score[rows]).items():
       draws.setdefault(name, []).append(value)
-  return {name: _percentile_ci(values) for name, values in draws.items()}
+  return {name: percentile_ci(values) for name, values in draws.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def paired_statistic(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
   for k in a:
     v = np.asarray(draws[k], np.float64)
     v = v[np.isfinite(v)]
-    out[k] = {"value": float(fn(a[k], b[k])), "ci95": list(_percentile_ci(v)),
+    out[k] = {"value": float(fn(a[k], b[k])), "ci95": list(percentile_ci(v)),
               f"share_above_{neutral:g}": float(np.mean(v > neutral)) if len(v) else math.nan}
   return out
 

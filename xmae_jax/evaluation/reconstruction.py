@@ -162,6 +162,7 @@ class BeatTiming:
   n_true: int                  # true R-peaks inside masked parts
   n_matched: int
   n_extra: int                 # recon peaks inside masked parts matching no true beat
+  per_row: np.ndarray          # (rows, 3): true masked beats, matched, matched within 50 ms
 
   def summary(self) -> dict[str, float]:
     e = np.abs(self.errors_ms)
@@ -182,7 +183,7 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
   """Beat timing of the reconstruction over all rows (R-peaks by default; `detect(x, fs)` gives
   another landmark's sample indices, e.g. detect_pulse_feet); also each row's detected beats."""
   tol = tolerance_ms * fs / 1000.0
-  errors, n_true, n_matched, n_extra, peaks = [], 0, 0, 0, []
+  errors, n_true, n_matched, n_extra, peaks, per_row = [], 0, 0, 0, [], []
   for t, r, m in zip(true, recon, masked.astype(bool)):
     pt, pr = detect(t, fs), detect(r, fs)
     peaks.append({"true": pt, "recon": pr})
@@ -194,13 +195,17 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
     n_true += len(pt_m)
     n_matched += len(pairs)
     n_extra += sum(1 for j, p in enumerate(pr) if m[p] and j not in matched_r)
-    errors += [(int(pr[j]) - int(pt_m[i])) * 1000.0 / fs for i, j in pairs]
-  return BeatTiming(np.asarray(errors, float), n_true, n_matched, n_extra), peaks
+    row_errors = [(int(pr[j]) - int(pt_m[i])) * 1000.0 / fs for i, j in pairs]
+    errors += row_errors
+    per_row.append((len(pt_m), len(pairs), sum(abs(e) <= WITHIN_MS for e in row_errors)))
+  return BeatTiming(np.asarray(errors, float), n_true, n_matched, n_extra,
+                    np.asarray(per_row, int).reshape(-1, 3)), peaks
 
 
-def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpeaks
-              ) -> tuple[dict[str, Any], list]:
-  """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing)."""
+def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpeaks,
+              per_row: bool = False) -> tuple[dict[str, Any], list]:
+  """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing);
+  `per_row` adds BeatTiming.per_row under 'per_row' (for paired_beat_difference)."""
   r = masked_correlation(true, recon, masked)
   timing, peaks = beat_timing(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect)
   finite = r[np.isfinite(r)]
@@ -208,7 +213,31 @@ def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpea
           "iqr_r": ([float(np.percentile(finite, 25)), float(np.percentile(finite, 75))]
                     if len(finite) else [math.nan, math.nan]),
           "mean_r": float(np.mean(finite)) if len(finite) else math.nan}
-  return {"segments": int(len(true)), **corr, **timing.summary()}, peaks
+  summary = {"segments": int(len(true)), **corr, **timing.summary()}
+  if per_row:
+    summary["per_row"] = timing.per_row
+  return summary, peaks
+
+
+def paired_beat_difference(paired: np.ndarray, control: np.ndarray, groups, *,
+                           n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+  """Sensitivity and share within 50 ms of a reconstruction minus its control's, from their
+  BeatTiming.per_row on the same windows, each with a 95% CI from resampling subjects (`groups`,
+  one per window; both conditions resampled with the same subjects' windows)."""
+  from xmae_jax.evaluation import probe
+
+  def rates(rows, idx):
+    t = rows[idx, 0].sum()
+    return (np.array([rows[idx, 1].sum(), rows[idx, 2].sum()]) / t if t else
+            np.full(2, np.nan))
+
+  everything = np.arange(len(paired))
+  value = rates(paired, everything) - rates(control, everything)
+  draws = np.array([rates(paired, idx) - rates(control, idx)
+                    for idx in probe.subject_resamples(np.asarray(groups), n_bootstrap, seed)])
+  return {"subjects": int(len(np.unique(np.asarray(groups)))), "n_bootstrap": n_bootstrap,
+          **{name: {"value": float(value[k]), "ci95": list(probe.percentile_ci(draws[:, k]))}
+             for k, name in enumerate(("sensitivity", "share_within_50ms"))}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,9 +390,10 @@ def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
 
 def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,
              tolerance_ms: float = 150.0, control: bool = True, figure: str | None = None,
-             title: str = "", direction: str = ECG_FROM_PPG) -> dict[str, Any]:
+             title: str = "", direction: str = ECG_FROM_PPG, groups=None) -> dict[str, Any]:
   """Reconstruction metrics on paired segments in one `direction` (a key of DIRECTIONS), plus
-  the control with the conditioning modality shuffled (`shuffled_{source}_control`)."""
+  the control with the conditioning modality shuffled (`shuffled_{source}_control`) and, given
+  each segment's subject in `groups`, their paired difference (`paired_beat_difference`)."""
   if len(ppg) == 0:
     raise ReconstructionError("no paired segments to reconstruct")
   if direction not in model_directions(model):
@@ -382,15 +412,21 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
 
   detect = DETECTORS[d.target]
   recon, masked = run(cond)
-  summary, peaks = summarize(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect)
+  summary, peaks = summarize(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect,
+                             per_row=True)
+  rows = summary.pop("per_row")
   out = {"model": str(config.model.name), "direction": direction,
          "scored_samples": "masked" if masked_model else "all", "reconstruction": summary}
   if control and len(ppg) > 1:
     other = np.roll(cond, len(cond) // 2, axis=0)
     recon_c, masked_c = run(other)
     assert np.array_equal(masked, masked_c)
-    out[f"shuffled_{d.source}_control"] = summarize(true, recon_c, masked_c, fs,
-                                                    tolerance_ms=tolerance_ms, detect=detect)[0]
+    control_summary = summarize(true, recon_c, masked_c, fs, tolerance_ms=tolerance_ms,
+                                detect=detect, per_row=True)[0]
+    rows_c = control_summary.pop("per_row")
+    out[f"shuffled_{d.source}_control"] = control_summary
+    if groups is not None:
+      out["paired_minus_control"] = paired_beat_difference(rows, rows_c, groups, seed=seed)
   if figure:
     order = np.argsort(-np.nan_to_num(masked_correlation(true, recon, masked), nan=-2))
     # Examples spread over the quality range: best, two middle, worst.
@@ -419,7 +455,8 @@ def reader_defaults(source: str) -> dict[str, Any]:
 
 
 def paired_segments(path, *, contract, split: str | None = "test", min_quality: float | None = None):
-  """(ppg, ecg, notes) windows of a dataset split or of WFDB records, optionally quality-filtered."""
+  """(ppg, ecg, subjects, notes) windows of a dataset split or of WFDB records, optionally
+  quality-filtered (subjects: one id per window)."""
   from xmae_jax.evaluation import embed as embed_lib
   source = embed_lib.detect_source(path)
   options = reader_defaults(source) if source != "dataset" else None
@@ -435,7 +472,7 @@ def paired_segments(path, *, contract, split: str | None = "test", min_quality: 
   notes = dict(segs.notes)
   notes["subjects"] = len(set(np.asarray(segs.subject_ids)[keep]))
   notes["windows_before_quality_filter"] = len(ppg)
-  return ppg[keep], ecg[keep], notes
+  return ppg[keep], ecg[keep], np.asarray(segs.subject_ids)[keep], notes
 
 
 def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple[str, str]],
@@ -464,8 +501,8 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   contract = encoder_lib.Contract.from_config(loaded[0][2])
   ceilings = []
   for label, path in data_sources:
-    ppg, ecg, notes = paired_segments(path, contract=contract, split=split,
-                                      min_quality=min_quality)
+    ppg, ecg, subjects, notes = paired_segments(path, contract=contract, split=split,
+                                                min_quality=min_quality)
     if with_ceiling:
       ceilings.append({"data": label, **timing_ceiling(ppg, ecg, contract.sampling_rate)})
     for name, model, config in loaded:
@@ -480,7 +517,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
                  f"{name} on {label}: whole {d.target.upper()} from the {d.source.upper()} alone")
         r = evaluate(model, config, ppg, ecg, fs=contract.sampling_rate, seed=seed,
                      tolerance_ms=tolerance_ms, figure=str(fig), title=title,
-                     direction=direction)
+                     direction=direction, groups=subjects)
         rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
   report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
             "split": split, "min_quality": min_quality, "rows": rows}

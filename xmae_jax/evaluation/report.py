@@ -338,6 +338,17 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
           f"{s['median_r']:.3f} [{s['iqr_r'][0]:.3f}, {s['iqr_r'][1]:.3f}] | {s['true_beats']} | "
           f"{s['sensitivity']:.3f} | {s['median_abs_error_ms']:.1f} | "
           f"{s['share_within_50ms']:.3f} | {s['extra_peaks']} |")
+  differences = [r for r in report["rows"] if r.get("paired_minus_control")]
+  if differences:
+    lines += ["", "Paired minus control on the same windows, 95% CI from resampling subjects:", ""]
+    for row in differences:
+      d = row["paired_minus_control"]
+      lines.append(
+          f"* {row['name']} ({row.get('direction', 'ecg<-ppg')}) on {row['data']}: sensitivity "
+          f"{d['sensitivity']['value']:+.3f} [{d['sensitivity']['ci95'][0]:+.3f}, "
+          f"{d['sensitivity']['ci95'][1]:+.3f}], share within 50 ms "
+          f"{d['share_within_50ms']['value']:+.3f} [{d['share_within_50ms']['ci95'][0]:+.3f}, "
+          f"{d['share_within_50ms']['ci95'][1]:+.3f}] ({d['subjects']} subjects)")
   if report.get("ceilings"):
     lines += ["", "What PPG beat timing alone could explain (`timing_ceiling`; MSE of the min-max "
               "ECG, the masked-ECG loss's units): each window's mean; a population mean beat at "
