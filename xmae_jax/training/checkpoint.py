@@ -436,14 +436,22 @@ def check_compatible(workdir, config) -> int | None:
   if name != config.model.name:
     raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step {checked}), "
                           f"not {config.model.name!r}: use another --workdir")
-  saved = meta.get("config", {}).get("model", {})
+  other = model_setting_difference(meta.get("config", {}).get("model", {}), config)
+  if other:
+    raise CheckpointError(f"workdir {workdir} holds a {name} checkpoint with other model settings "
+                          f"({other}): use another --workdir")
+  return steps[-1]
+
+
+def model_setting_difference(saved: dict, config) -> str | None:
+  """'model.KEY: THERE there, HERE here' for the first model setting in which a saved model
+  config (a dict) differs from `config`; None when they agree."""
   wanted = config_to_dict(config)["model"]
   diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-  if diff:
-    k = diff[0]
-    raise CheckpointError(f"workdir {workdir} holds a {name} checkpoint with other model settings "
-                          f"(model.{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here): use another --workdir")
-  return steps[-1]
+  if not diff:
+    return None
+  k = diff[0]
+  return f"model.{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here"
 
 
 # --- Model-only entry points for other tools -----------------------------------------------------
@@ -510,13 +518,9 @@ def init_from(workdir, config, source, *, step: str | int = "auto",
   if source_config.model.name != config.model.name:
     raise CheckpointError(f"train.init_from {source}: a {source_config.model.name} checkpoint, "
                           f"not {config.model.name}")
-  saved = config_to_dict(source_config)["model"]
-  wanted = config_to_dict(config)["model"]
-  diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-  if diff:
-    k = diff[0]
-    raise CheckpointError(f"train.init_from {source}: other model settings (model.{k}: "
-                          f"{saved.get(k)!r} there, {wanted.get(k)!r} here)")
+  other = model_setting_difference(config_to_dict(source_config)["model"], config)
+  if other:
+    raise CheckpointError(f"train.init_from {source}: other model settings ({other})")
   write_model_checkpoint(workdir, model, config, step=0)
   return used
 
