@@ -819,11 +819,18 @@ def pulse_delay(segments, fs: float) -> float | None:
     p = _try_ppg_peaks(seg.signals["ppg"], fs)
     if r is None or p is None or len(p) == 0:
       continue
-    nxt = np.searchsorted(p, r, side="right")
-    ok = nxt < len(p)
-    d = p[nxt[ok]] - r[ok]
-    delays.extend(d[d <= ALIGN_MAX_DELAY_S * fs] / fs)
+    delays.extend(next_pulse_delays(r, p, ALIGN_MAX_DELAY_S * fs) / fs)
   return float(np.median(delays)) if len(delays) >= ALIGN_MIN_BEATS else None
+
+
+def next_pulse_delays(r_peaks: np.ndarray, pulse_peaks: np.ndarray, max_delay: float) -> np.ndarray:
+  """Samples from each R-peak to the first pulse peak after it, where that is within
+  `max_delay` samples (both index arrays sorted)."""
+  r_peaks, pulse_peaks = np.asarray(r_peaks, int), np.asarray(pulse_peaks, int)
+  nxt = np.searchsorted(pulse_peaks, r_peaks, side="right")
+  ok = nxt < len(pulse_peaks)
+  d = pulse_peaks[nxt[ok]] - r_peaks[ok]
+  return d[d <= max_delay]
 
 
 def _one_window(present, k, t0, config, required, stats,

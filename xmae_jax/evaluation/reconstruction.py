@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax.data import preprocess
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import report as report_lib
@@ -271,9 +272,7 @@ def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any
     inner = r[(r >= half) & (r < n - half)]
     own = [e[t - half:t + half] - np.median(e) for t in inner]     # beats above the baseline
     beats.extend(own)
-    nxt = np.searchsorted(s, r, side="right")
-    d = s[nxt[nxt < len(s)]] - r[nxt < len(s)]
-    delays.extend(d[d <= max_delay])
+    delays.extend(preprocess.next_pulse_delays(r, s, max_delay))
     landmarks.append((inner, np.mean(own, axis=0) if own else None, s))
   if not beats or not delays:
     raise ReconstructionError("timing ceiling: no R-peak with a following PPG systolic peak")
