@@ -583,26 +583,24 @@ def heart_rate(cleaned_ecg: np.ndarray, fs: float) -> tuple[float, str | None]:
   return heart_rate_from_peaks(peaks, fs)
 
 
-def _try_ppg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
-  """_ppg_peaks, or None where the finder fails (no pulse wave at all)."""
+def _try_peaks(find, x: np.ndarray, fs: float) -> np.ndarray | None:
+  """find(x, fs) (_ecg_peaks or _ppg_peaks), or None where the finder fails: NeuroKit, and
+  these finders as NeuroKit, raise several types on signals without a QRS or pulse wave."""
   try:
     with warnings.catch_warnings(), np.errstate(all="ignore"):
       warnings.simplefilter("ignore")
-      peaks = np.asarray(_ppg_peaks(np.asarray(x, float), fs))
-  except Exception:  # NeuroKit (and _ppg_peaks, as NeuroKit) raise on signals without a wave
+      peaks = np.asarray(find(np.asarray(x, float), fs))
+  except Exception:  # pylint: disable=broad-except
     return None
   return peaks if peaks.dtype.kind in "iu" else None
 
 
 def _try_ecg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
-  """_ecg_peaks, or None where the finder fails (NeuroKit raises on signals without QRS)."""
-  try:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-      warnings.simplefilter("ignore")
-      peaks = np.asarray(_ecg_peaks(np.asarray(x, float), fs))
-  except Exception:  # NeuroKit raises several types on degenerate input
-    return None
-  return peaks if peaks.dtype.kind in "iu" else None
+  return _try_peaks(_ecg_peaks, x, fs)
+
+
+def _try_ppg_peaks(x: np.ndarray, fs: float) -> np.ndarray | None:
+  return _try_peaks(_ppg_peaks, x, fs)
 
 
 def blood_pressure(abp: np.ndarray, fs: float) -> tuple[float, float, str | None]:
