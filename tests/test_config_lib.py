@@ -151,14 +151,16 @@ def test_every_shipped_config_is_valid(name):
     assert config_lib.validate(_load(name, preset)) is not None
 
 
+STEP_COUNT = r"must be in \[0, 2147483647\] \(the step counter is a 32-bit integer\)"
 BAD = [   # (config file, key, bad value, message after "config KEY=VALUE: ")
     ("xmae", "train.lr", 0.0, "must be > 0"),
     ("xmae", "train.lr", -1e-4, "must be > 0"),
     ("xmae", "train.batch_size", 0, "the global batch size must be > 0"),
     ("xmae", "train.warmup_frac", 1.0, r"must be in \[0, 1\)"),
     ("xmae", "train.warmup_frac", -0.1, r"must be in \[0, 1\)"),
-    ("xmae", "train.num_steps", -1, "must be >= 0"),
-    ("xmae", "train.num_epochs", -1, "must be >= 0"),
+    ("xmae", "train.num_steps", -1, STEP_COUNT),
+    ("xmae", "train.num_steps", 10**13, STEP_COUNT),   # overflowed the int32 step counter
+    ("xmae", "train.num_epochs", -1, STEP_COUNT),
     ("xmae", "train.eval_every", -1, "must be >= 0"),
     ("xmae", "train.log_every", -5, "must be >= 0"),
     ("xmae", "train.checkpoint_every", -1, "must be >= 0"),
@@ -228,6 +230,9 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
     (["--config", "configs/nope.py"], "config file configs/nope.py does not exist"),
     (["--config", "configs/xmae.py:tiny", "--config.train.batch_size", "0"],
      "config train.batch_size=0: the global batch size must be > 0"),
+    (["--config", "configs/xmae.py:tiny", "--config.train.num_steps=10000000000000"],
+     "config train.num_steps=10000000000000: must be in [0, 2147483647] (the step counter is a "
+     "32-bit integer)"),
 ])
 def test_trainer_cli_config_errors_are_one_line(tmp_path, args, message):
   proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", *args, "--workdir", str(tmp_path / "run")],

@@ -367,6 +367,10 @@ _AT_LEAST_ONE = _rule(lambda v: v >= 1, "must be >= 1")
 _FRACTION = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
 _OPEN_FRACTION = _rule(lambda v: 0 < v < 1, "must be in (0, 1)")
 _PROBABILITY = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+# The step counter lives on the device as an int32: a longer run would overflow it.
+MAX_STEPS = 2**31 - 1
+_STEP_COUNT = _rule(lambda v: 0 <= v <= MAX_STEPS,
+                    f"must be in [0, {MAX_STEPS}] (the step counter is a 32-bit integer)")
 
 # (glob over dotted keys, check): each applies where the key exists (sections differ per model).
 # Each is a value that would otherwise train silently wrong (a negative loss weight maximizes
@@ -375,8 +379,8 @@ RULES = (
     ("train.batch_size", _rule(lambda v: v > 0, "the global batch size must be > 0")),
     ("train.lr", _POSITIVE),
     ("train.warmup_frac", _FRACTION),
-    ("train.num_steps", _NON_NEGATIVE),
-    ("train.num_epochs", _NON_NEGATIVE),
+    ("train.num_steps", _STEP_COUNT),
+    ("train.num_epochs", _STEP_COUNT),
     ("train.*_every", _NON_NEGATIVE),
     ("train.eval_batches", _NON_NEGATIVE),
     ("train.keep_checkpoints", _AT_LEAST_ONE),
