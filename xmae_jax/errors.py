@@ -12,8 +12,10 @@ half-written file and a crash leaves the previous version (or nothing) behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -57,3 +59,48 @@ def atomic_write(path, data: bytes | str) -> Path:
     else:
       tmp.write_bytes(data)
   return path
+
+
+# ---- storage that cannot take a write --------------------------------------------------------
+
+# What the user reads for each errno of a destination that cannot take a write (a full disk, a
+# read-only mount); libraries that wrap the OSError in their own error (TensorStore, under
+# Orbax) keep the system's text, which the patterns below recognise.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "operation not permitted"}
+_STORAGE_TEXTS = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT,
+                  "read-only file system": errno.EROFS}
+
+
+def storage_reason(e: BaseException) -> str | None:
+  """'no space left on device' (or 'read-only file system', ...) when `e`, or an exception it
+  was raised from, is a write refused by the storage; None for anything else."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+      return STORAGE_ERRNOS[e.errno]
+    text = str(e).lower()
+    for pattern, code in _STORAGE_TEXTS.items():
+      if pattern in text:
+        return STORAGE_ERRNOS[code]
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def check_writable(directory, what: str = "output folder") -> Path:
+  """Creates `directory` (with its parents) and a probe file in it, so that a destination that
+  cannot take files fails at once with one line instead of after the work. Trying is the only
+  reliable test: permission bits do not stop root, and say nothing of a read-only mount or a
+  full disk."""
+  directory = Path(directory)
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".xmae-write-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    reason = STORAGE_ERRNOS.get(e.errno) or e.strerror or type(e).__name__
+    raise XmaeError(f"{what} {directory} is not writable ({reason})") from None
+  return directory

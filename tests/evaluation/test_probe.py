@@ -100,3 +100,30 @@ def test_bad_probe_inputs():
     probe.linear_probe(x, np.zeros(len(value)), groups, tasks.CLASSIFICATION, FAST)
   with pytest.raises(probe.ProbeError, match="2 subjects"):
     probe.linear_probe(x, value, np.zeros(len(value)), tasks.REGRESSION, FAST)
+
+
+@pytest.mark.parametrize("prog,flags,message", [
+    ("probe", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
+    ("probe", ["--bootstrap", "-5"], "argument --bootstrap: -5: must be at least 1"),
+    ("probe", ["--folds", "0"], "argument --folds: 0: must be at least 2"),
+    ("probe", ["--folds", "1"], "argument --folds: 1: must be at least 2"),
+    ("probe", ["--inner-folds", "1"], "argument --inner-folds: 1: must be at least 2"),
+    ("retrieval", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
+    ("retrieval", ["--bootstrap", "-1"], "argument --bootstrap: -1: must be at least 1"),
+])
+def test_fold_and_bootstrap_counts_out_of_range_are_one_line(prog, flags, message, tmp_path,
+                                                            capsys):
+  """Were an IndexError (retrieval), KeyError 'mae' and a sklearn traceback (probe)."""
+  from xmae_jax.cli import xmae_probe, xmae_retrieval
+  x, value, groups = _planted(n_subjects=6, per_subject=4)
+  data = tmp_path / "emb.npz"   # refused before it is read: the flag is checked first
+  np.savez(data, embeddings=x, subject_ids=groups, hr=value)
+  if prog == "probe":
+    status = xmae_probe.main(["--embeddings", str(data), "--task", "hr", *flags])
+  else:
+    status = xmae_retrieval.main(["--encoder", str(tmp_path), "--data", str(data),
+                                  "--gallery-size", "3", "--output-dir", str(tmp_path / "out"),
+                                  *flags])
+  assert status == 1
+  assert capsys.readouterr().err == f"xmae-{prog}: error: {message}\n"
+  assert not (tmp_path / "out").exists()

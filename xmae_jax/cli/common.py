@@ -35,6 +35,20 @@ def parser(prog: str, doc: str, **kwargs) -> ArgumentParser:
   return ArgumentParser(prog=prog, description=doc.strip().split("\n")[0], **kwargs)
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+  """An argparse `type`: an integer >= `minimum` (argparse names the flag in its one line)."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
+    return value
+  parse.__name__ = f"integer >= {minimum}"
+  return parse
+
+
 def fail(prog: str, error: BaseException | str) -> int:
   """Prints the one-line user error and returns the exit status (1)."""
   print(f"{prog}: error: {error}", file=sys.stderr)
@@ -79,15 +93,16 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
                       f"or 'all'; known: {', '.join(tasks_lib.REGISTRY)}")
   p.add_argument("--protocol", choices=("linear", "xmae", "both"), default="linear")
   add_fold_arguments(p)
-  p.add_argument("--inner-folds", type=int, default=3)
+  p.add_argument("--inner-folds", type=int_at_least(2), default=3)
   p.add_argument("--xmae-folds", choices=("subject", "segment"), default="subject",
                  help="the xmae protocol's folds (its own seed is 77)")
 
 
 def add_fold_arguments(p: argparse.ArgumentParser) -> None:
   """Outer folds, bootstrap and seed of the linear probe (xmae-probe, xmae-compare, xmae-timing)."""
-  p.add_argument("--folds", type=int, default=5, help="outer subject-grouped folds")
-  p.add_argument("--bootstrap", type=int, default=1000, help="subject bootstrap resamples")
+  p.add_argument("--folds", type=int_at_least(2), default=5, help="outer subject-grouped folds")
+  p.add_argument("--bootstrap", type=int_at_least(1), default=1000,
+                 help="subject bootstrap resamples")
   p.add_argument("--seed", type=int, default=0, help="folds/bootstrap seed (linear protocol)")
 
 

@@ -33,7 +33,8 @@ def run(argv=None) -> None:
   p.add_argument("--gallery-size", type=int, required=True,
                  help="N: the own window plus N-1 windows of other subjects")
   p.add_argument("--seed", type=int, default=0, help="gallery draws and bootstrap seed")
-  p.add_argument("--bootstrap", type=int, default=1000, help="subject bootstrap resamples")
+  p.add_argument("--bootstrap", type=common.int_at_least(1), default=1000,
+                 help="subject bootstrap resamples")
   p.add_argument("--output-dir", required=True)
   p.add_argument("--source", choices=("dataset", "wfdb", "csv", "npz"), default=None,
                  help="input format (default: detected from PATH)")

@@ -8,7 +8,10 @@ Flags: `--config FILE[:PRESET[,key=value...]]` plus `--config.section.field=valu
 `--coordinator_address HOST:PORT --num_processes N --process_id I`. Without them, a cluster's
 environment is used when present (Cloud TPU pod slices, SLURM with more than one task);
 otherwise the run is one process. Bad settings end with one line on stderr and exit status 1;
-a run stopped by SIGTERM saves a checkpoint and exits with status 143. In a multi-process run,
+a run stopped by SIGTERM saves a checkpoint and exits with status 143, by Ctrl-C (SIGINT) the
+same with status 130 (a second Ctrl-C stops without saving). A run resumes only with the data
+directory, length and batch size it started with, unless `--allow_resume_change KEY` names
+the one changed on purpose (e.g. train.num_steps to train longer). In a multi-process run,
 when a process dies the others end within about a minute (PeerWatch) with one line
 naming the lost process and the last intact checkpoint, and exit status 1.
 """
@@ -39,6 +42,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_ALLOW_CHANGE = flags.DEFINE_multi_string(
+    "allow_resume_change", [],
+    "Resume although this setting differs from the run's (repeatable): data.dir, "
+    "train.num_steps, train.num_epochs or train.batch_size.")
 _KEEP_FREED = flags.DEFINE_bool(
     "keep_freed_host_memory", True,
     "Let glibc malloc reuse freed host memory instead of unmapping it (XLA:CPU's per-step "
@@ -207,9 +214,13 @@ def _train(argv) -> int:
   try:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     watch = PeerWatch.start(_WORKDIR.value)
-    summary = train_lib.train(config, _WORKDIR.value)
+    summary = train_lib.train(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
   except XmaeError as e:
     return common.fail(PROG, e)
+  except KeyboardInterrupt:   # Ctrl-C before the loop (or twice): nothing new was saved
+    common.fail(PROG, "interrupted (SIGINT) before a checkpoint could be saved; the workdir "
+                "keeps the checkpoints written before")
+    return 130
   except jax.errors.JaxRuntimeError:
     if watch is not None:
       # Most likely a collective that failed because a peer died: the watch names it and
@@ -224,7 +235,9 @@ def _train(argv) -> int:
     print(f"{PROG}: {summary['status']} at step {summary['step']}/{summary['total_steps']}"
           + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None else "")
           + f"; workdir {summary['workdir']}", flush=True)
-  return 143 if summary["status"] == "preempted" else 0
+  if summary["status"] == "preempted":
+    return 130 if summary["signal"] == "SIGINT" else 143
+  return 0
 
 
 def parse_flags(argv):

@@ -27,12 +27,14 @@ config)` (`restore_model` also returns the step used and its meta) and
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +59,10 @@ class CheckpointError(errors.XmaeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint whose files are damaged or incomplete (callers fall back to an older one)."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """The storage refused a checkpoint (full disk, read-only); the earlier ones are intact."""
 
 
 # --- Flat, framework-neutral views of state trees ------------------------------------------------
@@ -184,6 +190,21 @@ def _one_line(e: BaseException) -> str:
 
 # --- The manager ---------------------------------------------------------------------------------
 
+class _QuietStorageErrors(logging.Filter):
+  """Drops Orbax's logged tracebacks of a save the storage refused (one per background thread,
+  hundreds of lines): the same error is raised to the caller, who reports it in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    text = record.getMessage() if record.levelno >= logging.ERROR else ""
+    return not ("orbax" in record.pathname and (
+        (error is not None and errors.storage_reason(error)) or
+        errors.storage_reason(Exception(text))))
+
+
+_QUIET = _QuietStorageErrors()
+
+
 def _val_metric(metrics) -> float:
   # BestN keeps the last n after an ascending sort; negate so the lowest loss sorts last.
   return -float(metrics["val_loss"])
@@ -204,6 +225,20 @@ class Checkpointer:
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"{Path(workdir)} has no {CHECKPOINT_DIR}/ directory")
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+    self.saving: int | None = None   # the step of the save in flight (async)
+    logging.getLogger("absl").addFilter(_QUIET)   # once: a filter is a set member
+
+  @contextlib.contextmanager
+  def _storage(self):
+    """A refused write of the save in flight, as one CheckpointWriteError naming its step."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore wrap the OSError
+      reason = errors.storage_reason(e)
+      if reason is None or self.saving is None:
+        raise
+      raise CheckpointWriteError(f"checkpoint {self.directory / str(self.saving)} could not be "
+                                 f"written: {reason}") from None
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -318,7 +353,11 @@ class Checkpointer:
             "digests": {"model": digests(model), **({"opt": digests(opt)} if opt is not None else {})}}
     args["meta"] = ocp.args.JsonSave(meta)
     metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
-    return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
+    with self._storage():   # a refused earlier save surfaces here, named by its step
+      self.manager.wait_until_finished()
+    self.saving = step
+    with self._storage():
+      return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=force)
 
   def restore(self, step: int, *, model: dict, opt: dict | None = None, data_iter=None) -> dict:
     """Restores the named items into the abstract targets given (shardings taken from them) and
@@ -363,11 +402,15 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._storage():
+      self.manager.wait_until_finished()
+    self.saving = None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def meta_dict(config, step: int, *, kind: str = "train", **extra) -> dict:
@@ -411,10 +454,23 @@ def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
                         if skipped else f"no checkpoints under {ckpt.directory}")
 
 
-def check_compatible(workdir, config) -> int | None:
+# Settings a resumed training run must keep: they fix the data stream and the learning-rate
+# schedule (a changed num_steps jumps the rate back up; "best" would compare validation losses
+# of two datasets). `allow_changes` in `check_compatible` names the ones a user changes on purpose.
+RUN_SETTINGS = ("data.dir", "train.num_steps", "train.num_epochs", "train.batch_size")
+
+
+def check_compatible(workdir, config, *, resume: bool = False,
+                     allow_changes: Sequence[str] = ()) -> int | None:
   """Latest step of an existing run in `workdir` (None if fresh); a clear error if it is another
-  model or another model configuration (restoring it would fail or mislead). The check reads the
-  newest checkpoint whose meta is readable (resuming skips corrupt ones anyway)."""
+  model or another model configuration (restoring it would fail or mislead), and with `resume`
+  (the trainer) also if a training checkpoint there ran with other `RUN_SETTINGS` than `config`,
+  except those named in `allow_changes`. The check reads the newest checkpoint whose meta is
+  readable (resuming skips corrupt ones anyway)."""
+  unknown = sorted(set(allow_changes) - set(RUN_SETTINGS))
+  if unknown:
+    raise CheckpointError(f"allowed resume change {unknown[0]!r}: not one of "
+                          f"{', '.join(RUN_SETTINGS)}")
   directory = Path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
@@ -436,22 +492,55 @@ def check_compatible(workdir, config) -> int | None:
   if name != config.model.name:
     raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step {checked}), "
                           f"not {config.model.name!r}: use another --workdir")
-  other = model_setting_difference(meta.get("config", {}).get("model", {}), config)
+  saved = meta.get("config", {})
+  other = setting_difference(saved, config, ("model",))
   if other:
     raise CheckpointError(f"workdir {workdir} holds a {name} checkpoint with other model settings "
-                          f"({other}): use another --workdir")
+                          f"({other[1]}): use another --workdir")
+  # An importer's weights-only checkpoint (kind "model") starts the data and schedule anew.
+  other = resume and meta.get("kind") == "train" and setting_difference(
+      saved, config, [k for k in RUN_SETTINGS if k not in allow_changes])
+  if other:
+    raise CheckpointError(f"workdir {workdir} holds a run of other settings ({other[1]}; "
+                          f"checkpoint step {checked}): resume with the same value, or pass "
+                          f"--allow_resume_change={other[0]} to change it, or use another --workdir")
   return steps[-1]
 
 
-def model_setting_difference(saved: dict, config) -> str | None:
-  """'model.KEY: THERE there, HERE here' for the first model setting in which a saved model
-  config (a dict) differs from `config`; None when they agree."""
-  wanted = config_to_dict(config)["model"]
-  diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-  if not diff:
-    return None
-  k = diff[0]
-  return f"model.{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here"
+def _lookup(d: dict, key: str):
+  for part in key.split("."):
+    d = d.get(part) if isinstance(d, dict) else None
+  return d
+
+
+def _same_setting(key: str, there, here) -> bool:
+  if there == here:
+    return True
+  # A directory named by another path (relative from another folder, a symlink) is the same.
+  if key.endswith(".dir") and isinstance(there, str) and isinstance(here, str) and there and here:
+    try:
+      return os.path.samefile(there, here)
+    except OSError:
+      return False
+  return False
+
+
+def setting_difference(saved: dict, config, keys: Sequence[str]) -> tuple[str, str] | None:
+  """(KEY, 'KEY: THERE there, HERE here') for the first setting in which a saved config (a
+  dict) differs from `config`, among `keys` (dotted; a section stands for each of its
+  settings); None when they agree."""
+  wanted = config_to_dict(config)
+  for key in keys:
+    there, here = _lookup(saved, key), _lookup(wanted, key)
+    if isinstance(there, dict) or isinstance(here, dict):
+      there, here = there or {}, here or {}
+      pairs = [(f"{key}.{k}", there.get(k), here.get(k)) for k in sorted(set(there) | set(here))]
+    else:
+      pairs = [(key, there, here)]
+    for k, a, b in pairs:
+      if not _same_setting(k, a, b):
+        return k, f"{k}: {a!r} there, {b!r} here"
+  return None
 
 
 # --- Model-only entry points for other tools -----------------------------------------------------
@@ -518,9 +607,9 @@ def init_from(workdir, config, source, *, step: str | int = "auto",
   if source_config.model.name != config.model.name:
     raise CheckpointError(f"train.init_from {source}: a {source_config.model.name} checkpoint, "
                           f"not {config.model.name}")
-  other = model_setting_difference(config_to_dict(source_config)["model"], config)
+  other = setting_difference(config_to_dict(source_config), config, ("model",))
   if other:
-    raise CheckpointError(f"train.init_from {source}: other model settings ({other})")
+    raise CheckpointError(f"train.init_from {source}: other model settings ({other[1]})")
   write_model_checkpoint(workdir, model, config, step=0)
   return used
 

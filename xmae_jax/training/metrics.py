@@ -22,11 +22,18 @@ TB_DIR = "tb"
 
 
 def read_metrics(workdir) -> list[dict]:
-  """The logged rows of a run, in order."""
+  """The logged rows of a run, in order. A last line cut short (the disk filled up while it was
+  written) is left out: the step it logged runs again on resume."""
   path = Path(workdir) / METRICS_FILE
   if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  rows = [json.loads(line) for line in lines[:-1]]
+  try:
+    rows += [json.loads(line) for line in lines[-1:]]
+  except json.JSONDecodeError:
+    pass
+  return rows
 
 
 def truncate_after(workdir, step: int) -> None:
@@ -56,7 +63,8 @@ class MetricsWriter:
     if not active:
       return
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    self._file = open(Path(workdir) / METRICS_FILE, "a")
+    self.path = Path(workdir) / METRICS_FILE
+    self._file = open(self.path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter   # imported lazily: only process 0 needs it
       self._tb = SummaryWriter(str(Path(workdir) / TB_DIR), flush_secs=10)
@@ -65,8 +73,12 @@ class MetricsWriter:
     if not self.active:
       return
     row = {"step": int(step), **{k: _clean(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
+    except OSError as e:
+      e.filename = e.filename or str(self.path)   # a file object's error names no file
+      raise
     if self._tb is not None:
       for k, v in scalars.items():
         if v is not None:
@@ -82,8 +94,11 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._file is not None:
-      self._file.close()
-      self._file = None
+      file, self._file = self._file, None
+      try:
+        file.close()
+      except OSError:   # its unflushed rest (a full disk): write() already raised that error
+        pass
     if self._tb is not None:
       self._tb.close()
       self._tb = None

@@ -135,34 +135,44 @@ def check_settings(config, mesh) -> int:
 # ------------------------------------------------------------------------------ preemption
 
 class Preemption:
-  """SIGTERM -> save and stop. One process: a signal handler; several: JAX's preemption sync
-  point, so every process agrees on the step and saves its part."""
+  """SIGTERM or Ctrl-C (SIGINT) -> save and stop. One process: a signal handler (a second
+  Ctrl-C stops at once, as KeyboardInterrupt); several: JAX's preemption sync point for
+  SIGTERM, so every process agrees on the step and saves its part (Ctrl-C stops them unsaved).
+
+  `signal` names the signal that stopped the run (None while none came)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.signal: str | None = None
+    self._previous = {}
     if jax.process_count() == 1:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:   # not the main thread (e.g. some test runners): no handler
-        self._previous = None
+      for signum in self.SIGNALS:
+        try:
+          self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:   # not the main thread (e.g. some test runners): no handler
+          pass
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt   # asked twice: the user does not want to wait for the save
+    self.signal = signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signal = "SIGTERM"
       except RuntimeError:   # preemption service not running (e.g. disabled by config)
         return False
-    return self.requested
+    return self.signal is not None
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
 
 # ------------------------------------------------------------------------------ loop helpers
@@ -255,7 +265,9 @@ class Validation:
 
 
 def _mean_rows(rows: list[dict]) -> dict[str, float]:
-  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  # In float64 of the rows' values: the same mean whether a row came from the device (float32)
+  # or from a checkpoint's meta (a resumed run's window, as JSON floats).
+  return {k: float(np.mean(np.asarray([r[k] for r in rows], np.float64))) for k in rows[0]}
 
 
 # Badput that is not the steps' own: left out of the window's step time (data waits stay in).
@@ -289,10 +301,11 @@ class MetricWindow:
   def restart_clock(self) -> None:
     self.started, self.excluded_at_start = time.perf_counter(), self._excluded()
 
-  def push(self, step: int, out: dict, *, sync: bool, last_saved: int | None) -> None:
+  def push(self, step: int, out: dict | None, *, sync: bool, last_saved: int | None) -> None:
+    """Takes step `step`'s metrics `out` (None: nothing new, only settle the pending step)."""
     done = [self.pending] if self.pending is not None else []
-    self.pending = (step, out)
-    if sync:
+    self.pending = (step, out) if out is not None else None
+    if sync and self.pending is not None:
       done.append(self.pending)
       self.pending = None
     for s, o in done:
@@ -304,6 +317,20 @@ class MetricWindow:
             f"non-finite {bad} ({o[bad]}) at step {s}: training stopped; last good checkpoint: "
             f"{good} in {self.workdir / ckpt_lib.CHECKPOINT_DIR}")
       self.rows.append(o)
+
+  def settle(self, last_saved: int | None) -> None:
+    """Fetches (and checks) the step whose metrics are still on the device."""
+    if self.pending is not None:
+      step, _ = self.pending
+      self.push(step, None, sync=True, last_saved=last_saved)
+
+  def state_dict(self) -> list[dict]:
+    """The metrics of the steps since the last log row (settled first): saved in a checkpoint's
+    meta, so a resumed run's first row averages the same steps as an uninterrupted run's."""
+    return [{k: float(v) for k, v in r.items()} for r in self.rows]
+
+  def load_state_dict(self, rows: list[dict]) -> None:
+    self.rows = [dict(r) for r in rows]
 
   def row(self, step: int, mask_ratio: float | None,
           flops_per_device: float | None = None) -> dict | None:
@@ -448,8 +475,10 @@ def _draw_figure(steps: Steps, config, workdir: Path, step: int, state, batch, r
         title=f"{config.model.name} step {step}: ECG from PPG, mask ratio {shown:g}")
 
 
-def _save(ckpt, config, step: int, state, validation: Validation, train_it, val_loss=None):
-  meta = ckpt_lib.meta_dict(config, step, val_loss=val_loss, loop=validation.state_dict(),
+def _save(ckpt, config, step: int, state, validation: Validation, window: MetricWindow,
+          train_it, val_loss=None):
+  loop = {**validation.state_dict(), "log_window": window.state_dict()}
+  meta = ckpt_lib.meta_dict(config, step, val_loss=val_loss, loop=loop,
                             data_iter_state=train_it.get_state(),
                             process_count=jax.process_count(), device_count=jax.device_count())
   ckpt.save(step, model=state_lib.model_flat(state), opt=state_lib.opt_flat(state),
@@ -470,8 +499,9 @@ def _start_from(config, workdir: Path) -> int:
 
 def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
             validation: Validation):
-  """The train state of checkpoint `latest` (and the data stream and loop state when it is a
-  training run's; an importer's weights-only checkpoint starts the optimizer and data anew)."""
+  """(the train state of checkpoint `latest`, the training metrics of its unfinished log
+  window); the data stream and loop state too when it is a training run's (an importer's
+  weights-only checkpoint starts the optimizer and data anew)."""
   meta = ckpt.read_meta(latest)
   full = meta.get("kind") == "train" and ckpt.has_item(latest, "opt")
   same_topology = ckpt.has_item(latest, "data_iter") and (
@@ -485,7 +515,7 @@ def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
       # the same on every process, so process 0's saved state fits every process.
       train_it.set_state(meta["data_iter_state"])
     validation.load_state_dict(meta["loop"])
-  return state
+  return state, (meta.get("loop") or {}).get("log_window") or []
 
 
 def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int, workdir,
@@ -504,28 +534,56 @@ def _announce(progress, config, plan: Plan, mesh, abstract, state_sh, start: int
     progress.message(peak.describe())
 
 
-def _user_errors(fn, *args):
-  """`fn(*args)`, its user errors (mesh, rules, checkpoints) re-raised as one-line TrainingErrors."""
+def _user_errors(fn, *args, **kwargs):
+  """`fn(...)`, its user errors (mesh, rules, checkpoints) re-raised as one-line TrainingErrors."""
   try:
-    return fn(*args)
+    return fn(*args, **kwargs)
   except (sharding.ShardingError, ckpt_lib.CheckpointError, workdir_lock.WorkdirBusyError) as e:
     raise TrainingError(str(e)) from None
 
 
+def _last_intact(workdir: Path) -> str:
+  steps = sorted(int(p.name) for p in (workdir / ckpt_lib.CHECKPOINT_DIR).glob("*")
+                 if p.name.isdigit()) if (workdir / ckpt_lib.CHECKPOINT_DIR).is_dir() else []
+  return (f"checkpoint step {steps[-1]} is intact: free space and rerun the same command to resume"
+          if steps else "no checkpoint had been written")
+
+
 # ---------------------------------------------------------------------------------- training
 
-def train(config, workdir, *, stop_at_step: int | None = None) -> dict:
+def train(config, workdir, *, stop_at_step: int | None = None,
+          allow_changes: tuple[str, ...] = ()) -> dict:
   """Trains `config` in `workdir` (resuming from its newest intact checkpoint when it holds one;
-  refused with one line while another run holds the workdir); returns a summary.
+  refused with one line while another run holds the workdir, or when the run there had other
+  `checkpoint.RUN_SETTINGS` than those named in `allow_changes`); returns a summary.
 
   `stop_at_step`: save and stop after this step (staged jobs and tests); the run continues
-  from there when started again.
+  from there when started again. A workdir that cannot take files fails before any work, and a
+  write the storage refuses later (a full disk) ends the run with one line naming the file;
+  the checkpoints written before it stay intact.
   """
-  with contextlib.ExitStack() as held:   # the workdir lock, released however train ends
-    return _train(config, Path(workdir), stop_at_step, held)
+  workdir = Path(workdir)
+  try:
+    errors.check_writable(workdir, "workdir")
+  except errors.XmaeError as e:
+    raise TrainingError(str(e)) from None
+  try:
+    with contextlib.ExitStack() as held:   # the workdir lock, released however train ends
+      return _train(config, workdir, stop_at_step, tuple(allow_changes), held)
+  except ckpt_lib.CheckpointWriteError as e:
+    raise TrainingError(f"{e}; {_last_intact(workdir)}") from None
+  except errors.XmaeError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # only refused writes are replaced
+    reason = errors.storage_reason(e)
+    if reason is None:
+      raise
+    where = getattr(e, "filename", None) or workdir   # metrics, config, TensorBoard, figures
+    raise TrainingError(f"{where} could not be written: {reason}; {_last_intact(workdir)}") from None
 
 
-def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.ExitStack) -> dict:
+def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple[str, ...],
+           held: contextlib.ExitStack) -> dict:
   goodput = perf.Goodput()
   chief = jax.process_index() == 0
   t = config.train
@@ -534,7 +592,8 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
   mesh = _user_errors(sharding.make_mesh, config.mesh)
   train_records = check_settings(config, mesh)
   held.enter_context(_user_errors(workdir_lock.acquire, workdir))
-  latest = _user_errors(ckpt_lib.check_compatible, workdir, config)
+  latest = _user_errors(ckpt_lib.check_compatible, workdir, config, resume=True,
+                        allow_changes=allow_changes)
   if latest is None and t.init_from:
     latest = _start_from(config, workdir)
   plan = _plan(config, train_records)
@@ -556,11 +615,11 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
   validation = Validation.from_config(config)
   with jax.set_mesh(mesh):
-    fallback = None
+    fallback, log_window = None, []
     if latest is None:
       state = state_lib.host_init(init, state_sh)
     else:
-      latest, state, fallback = _user_errors(   # the newest intact checkpoint
+      latest, (state, log_window), fallback = _user_errors(   # the newest intact checkpoint
           ckpt_lib.restore_newest_intact, ckpt, [s for s in ckpt.all_steps()[::-1] if s <= latest],
           lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation))
       ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])   # corrupt: this run rewrites them
@@ -582,6 +641,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
     # 4. the loop
     preemption = Preemption()
     window = MetricWindow(int(t.batch_size), plan.steps_per_epoch, workdir, goodput, peak)
+    window.load_state_dict(log_window)
     profile = perf.ProfileWindow(plan.profile, workdir / "profile", active=chief)
     status = "completed"
     last_saved = latest if latest is not None and start > 0 else None
@@ -619,7 +679,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
         stop_early = now.eval and validation.should_stop()
         if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
           with goodput.phase("checkpoint"):
-            _save(ckpt, config, step, state, validation, batches, val_loss)
+            _save(ckpt, config, step, state, validation, window, batches, val_loss)
           last_saved = step
         if row is not None:
           row.update(goodput.shares())
@@ -637,18 +697,18 @@ def _train(config, workdir: Path, stop_at_step: int | None, held: contextlib.Exi
           window.restart_clock()
       if status == "preempted":
         if last_saved != step:
-          _save(ckpt, config, step, state, validation, batches)
+          window.settle(last_saved)
+          _save(ckpt, config, step, state, validation, window, batches)
           last_saved = step
-        progress.message(f"step {step}: preempted (SIGTERM); checkpoint saved, rerun the same "
-                         "command to resume")
+        progress.message(f"step {step}: stopped by {preemption.signal}; checkpoint saved, rerun "
+                         "the same command to resume")
     finally:
-      profile.close()
-      preemption.close()
-      progress.close()
-      writer.close()
-      ckpt.close()
-      pipeline.close(batches)
-  return {"status": status, "step": step, "total_steps": plan.total_steps,
+      with contextlib.ExitStack() as closing:   # each one closed even when another fails
+        for close in (lambda: pipeline.close(batches), ckpt.close, writer.close, progress.close,
+                      preemption.close, profile.close):
+          closing.callback(close)
+  return {"status": status, "signal": preemption.signal, "step": step,
+          "total_steps": plan.total_steps,
           "best_val_loss": validation.best_val_loss, "best_step": validation.best_step,
           "last_val_loss": validation.last_val_loss, "last_checkpoint": last_saved,
           "workdir": str(workdir)}
