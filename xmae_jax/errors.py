@@ -95,12 +95,16 @@ def check_writable(directory, what: str = "output folder") -> Path:
   reliable test: permission bits do not stop root, and say nothing of a read-only mount or a
   full disk."""
   directory = Path(directory)
+  created = not directory.exists()
   try:
     directory.mkdir(parents=True, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".xmae-write-probe-", dir=directory)
     os.close(fd)
     os.unlink(probe)
   except OSError as e:
+    if created:
+      with contextlib.suppress(OSError):   # the empty folder this attempt made
+        directory.rmdir()
     reason = STORAGE_ERRNOS.get(e.errno) or e.strerror or type(e).__name__
     raise XmaeError(f"{what} {directory} is not writable ({reason})") from None
   return directory

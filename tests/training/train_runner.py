@@ -5,7 +5,8 @@
     python tests/training/train_runner.py cli --config ... --workdir ...   (xmae-train itself)
 
 SPEC: {"config": "configs/xmae.py:tiny", "overrides": {"train.num_steps": 6, ...},
-       "jobs": [{"name": ..., "workdir": ..., "overrides": {...}, "stop_at_step": N|null}, ...]}
+       "jobs": [{"name": ..., "workdir": ..., "overrides": {...}, "stop_at_step": N|null,
+                 "allow_changes": [KEY, ...]}, ...]}
 Each job calls `xmae_jax.training.train.train` and reports its summary, the rows of its
 metrics.jsonl, and (file) WORKDIR/final_params.npz of process 0's parameters; a TrainingError
 is reported as {"error": message}. Under tests/mp_util (several processes) it joins the
@@ -25,6 +26,18 @@ def load_config(spec: str):
   """`config_lib.load` of a spec whose file is relative to the repository root."""
   from xmae_jax import config_lib
   return config_lib.load(REPO / spec)
+
+
+def toy_config(data_dir, **overrides):
+  """The tiny preset on the toy model, 6 steps (log, evaluate and checkpoint every 3 or
+  fewer): what in-process trainer tests run."""
+  register_toy_model()
+  from xmae_jax import config_lib
+  config = load_config("configs/xmae.py:tiny")
+  return config_lib.apply_overrides(config, {
+      "model.name": "toy_mae", "data.dir": str(data_dir), "train.num_steps": 6,
+      "train.log_every": 1, "train.eval_every": 3, "train.eval_batches": 1,
+      "train.checkpoint_every": 3, "train.figure_every": 1000, **overrides})
 
 
 def register_toy_model():
@@ -58,7 +71,8 @@ def main(spec_path):
     config_lib.apply_overrides(config, job.get("overrides", {}))
     out = {}
     try:
-      out["summary"] = train_lib.train(config, job["workdir"], stop_at_step=job.get("stop_at_step"))
+      out["summary"] = train_lib.train(config, job["workdir"], stop_at_step=job.get("stop_at_step"),
+                                       allow_changes=job.get("allow_changes", ()))
     except train_lib.TrainingError as e:
       out["error"] = str(e)
       out["error_type"] = type(e).__name__

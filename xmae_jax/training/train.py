@@ -677,14 +677,17 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
             _draw_figure(steps, config, workdir, step, state, _first_batch(val_data),
                          validation.mask_ratio)
         stop_early = now.eval and validation.should_stop()
-        if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
-          with goodput.phase("checkpoint"):
-            _save(ckpt, config, step, state, validation, window, batches, val_loss)
-          last_saved = step
+        # The row before the checkpoint: a step saved is a step logged (a resume drops the rows
+        # after its checkpoint and logs them again, so a row that could not be written is not
+        # lost; one missing behind a saved checkpoint would be).
         if row is not None:
           row.update(goodput.shares())
           writer.write(step, row)
           progress.update(step, loss=row.get("train_loss", float("nan")), lr=row.get("lr", 0.0))
+        if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
+          with goodput.phase("checkpoint"):
+            _save(ckpt, config, step, state, validation, window, batches, val_loss)
+          last_saved = step
         if stop_early:
           status = "early_stopped"
           progress.message(f"step {step}: early stop, no val_loss improvement in "
