@@ -205,6 +205,25 @@ class _QuietStorageErrors(logging.Filter):
 _QUIET = _QuietStorageErrors()
 
 
+def _quiet_late_write_callbacks() -> None:
+  """After a refused save, TensorStore finishes the save's other writes and calls back into the
+  asyncio loop that Orbax closed on the error; each call would print a 'RuntimeError: Event loop
+  is closed' traceback (through sys.unraisablehook, without an object). Those callbacks have
+  nothing left to do, so they are dropped. Installed with the first Checkpointer: the failure
+  happens in Orbax's background thread, and the callbacks can come before the caller hears of
+  it."""
+  previous = sys.unraisablehook
+  if getattr(previous, "xmae_quiet", False):
+    return
+
+  def hook(unraisable):
+    if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook.xmae_quiet = True
+  sys.unraisablehook = hook
+
+
 def _val_metric(metrics) -> float:
   # BestN keeps the last n after an ascending sort; negate so the lowest loss sorts last.
   return -float(metrics["val_loss"])
@@ -227,6 +246,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self.saving: int | None = None   # the step of the save in flight (async)
     logging.getLogger("absl").addFilter(_QUIET)   # once: a filter is a set member
+    _quiet_late_write_callbacks()
 
   @contextlib.contextmanager
   def _storage(self):
