@@ -8,6 +8,10 @@ caller tells the cases apart.
 `atomic_path` is the one way files are written: the content goes to a temporary name beside the
 target and is renamed into place only when the writer finished, so a reader never sees a
 half-written file and a crash leaves the previous version (or nothing) behind.
+
+`storage_reason` tells a write the storage refused (full disk, read-only, quota) from other
+errors, also when a library wrapped the OSError; `check_writable` tries a destination before
+any work is done.
 """
 from __future__ import annotations
 

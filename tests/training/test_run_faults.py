@@ -185,7 +185,8 @@ def test_read_only_workdir_on_a_read_only_mount_is_one_line(runs, dataset, tmp_p
   for name, where in [("resume", workdir), ("fresh", mount / "new")]:
     err = (tmp_path / f"{name}.err").read_text()
     assert (tmp_path / f"{name}.rc").read_text().strip() == "1", err[-3000:]
-    assert err.strip() == f"xmae-train: error: workdir {where} is not writable (read-only file system)", err[-3000:]
+    assert err.strip() == (f"xmae-train: error: workdir {where} is not writable (read-only file "
+                           "system)"), err[-3000:]
   assert not (mount / "new").exists()
 
 
@@ -332,7 +333,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_in_one_line(dataset, tmp_path):
   assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
   lines = err.strip().splitlines()
   saved = _steps(workdir)[-1]
-  assert f"step {saved}: stopped by SIGINT; checkpoint saved, rerun the same command to resume" in lines
+  assert (f"step {saved}: stopped by SIGINT; checkpoint saved, rerun the same command to "
+          "resume") in lines
   assert out.strip().splitlines()[-1].startswith(f"xmae-train: preempted at step {saved}/10000")
   assert saved >= metrics_lib.read_metrics(workdir)[-1]["step"] >= 2
   # The rerun with another length is refused in one line naming the key and the flag.

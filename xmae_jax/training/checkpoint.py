@@ -523,7 +523,8 @@ def check_compatible(workdir, config, *, resume: bool = False,
   if other:
     raise CheckpointError(f"workdir {workdir} holds a run of other settings ({other[1]}; "
                           f"checkpoint step {checked}): resume with the same value, or pass "
-                          f"--allow_resume_change={other[0]} to change it, or use another --workdir")
+                          f"--allow_resume_change={other[0]} to change it, or use another "
+                          "--workdir")
   return steps[-1]
 
 

@@ -579,7 +579,8 @@ def train(config, workdir, *, stop_at_step: int | None = None,
     if reason is None:
       raise
     where = getattr(e, "filename", None) or workdir   # metrics, config, TensorBoard, figures
-    raise TrainingError(f"{where} could not be written: {reason}; {_last_intact(workdir)}") from None
+    raise TrainingError(
+        f"{where} could not be written: {reason}; {_last_intact(workdir)}") from None
 
 
 def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple[str, ...],
