@@ -8,12 +8,14 @@ caller tells the cases apart.
 `atomic_path` is the one way files are written: the content goes to a temporary name beside the
 target and is renamed into place only when the writer finished, so a reader never sees a
 half-written file and a crash leaves the previous version (or nothing) behind.
+`check_writable` asks the file system, before any work, whether a tool's output can be written.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -57,3 +59,21 @@ def atomic_write(path, data: bytes | str) -> Path:
     else:
       tmp.write_bytes(data)
   return path
+
+
+def check_writable(folder, what: str = "output") -> None:
+  """Raises XmaeError (one line naming `what` and the folder) unless a file can be created in
+  `folder`, or in its nearest existing parent when it does not exist yet: a read-only file system
+  or a folder without write permission is refused before any work rather than after it. The
+  probe is an unnamed temporary file, so nothing is left behind."""
+  folder = Path(folder).absolute()
+  probe = folder
+  while not probe.exists() and probe != probe.parent:
+    probe = probe.parent
+  if not probe.is_dir():
+    raise XmaeError(f"cannot write {what} in {folder}: {probe} is not a directory")
+  try:
+    with tempfile.TemporaryFile(dir=probe):
+      pass
+  except OSError as e:
+    raise XmaeError(f"cannot write {what} in {folder}: {e.strerror or type(e).__name__}") from None
