@@ -153,10 +153,11 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
   package or the complete new one. A failed write (full disk, read-only file system) is one
   PackageError line naming `output`, and leaves it as it was."""
   import orbax.checkpoint as ocp
-  output = check_output(output, overwrite=overwrite)
+  output = Path(output).absolute()
   with _writing(output):
+    remove_stale_scratch(output)    # first: it may put back a package a killed export moved
+    check_output(output, overwrite=overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(output)
     check_space(output.parent, output, tensors)
     scratch = _make_scratch(output)
   try:
