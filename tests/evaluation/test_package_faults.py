@@ -150,6 +150,19 @@ def test_too_little_free_space_is_refused_before_writing(tiny_workdir, tmp_path,
   assert list(tmp_path.iterdir()) == []
 
 
+def test_embeddings_write_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+  from xmae_jax.evaluation import embed as embed_lib
+  out = tmp_path / "z.npz"
+  embed_lib.save_embeddings(out, np.zeros((2, 3)), ["a", "b"], ["1", "2"])
+  before = out.read_bytes()
+  monkeypatch.setattr(np, "savez", _enospc)
+  with pytest.raises(embed_lib.EmbeddingsError) as e:
+    embed_lib.save_embeddings(out, np.ones((2, 3)), ["a", "b"], ["1", "2"])
+  message = str(e.value)
+  assert "\n" not in message and str(out) in message and "No space left" in message
+  assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["z.npz"]
+
+
 # ---- 4: a read-only output ---------------------------------------------------------------------
 
 def _read_only(monkeypatch, folder: Path) -> None:
