@@ -93,16 +93,28 @@ def storage_reason(e: BaseException) -> str | None:
   return None
 
 
-def check_writable(directory, what: str = "output folder") -> Path:
-  """Creates `directory` (with its parents) and a probe file in it, so that a destination that
-  cannot take files fails at once with one line instead of after the work. Trying is the only
-  reliable test: permission bits do not stop root, and say nothing of a read-only mount or a
-  full disk."""
+def check_writable(directory, what: str = "output folder", *, create: bool = True) -> Path:
+  """Tries a probe file in `directory` so that a destination that cannot take files fails at
+  once with one line instead of after the work. Trying is the only reliable test: permission
+  bits do not stop root, and say nothing of a read-only mount or a full disk.
+
+  create=True makes `directory` (with its parents) first; create=False probes its nearest
+  existing folder and makes nothing.
+  """
   directory = Path(directory)
-  created = not directory.exists()
+  probe_dir = directory
+  created = False
   try:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".xmae-write-probe-", dir=directory)
+    if create:
+      created = not directory.exists()
+      directory.mkdir(parents=True, exist_ok=True)
+    else:
+      probe_dir = directory.absolute()
+      while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+      if not probe_dir.is_dir():
+        raise XmaeError(f"{what} {directory} is not writable ({probe_dir} is not a directory)")
+    fd, probe = tempfile.mkstemp(prefix=".xmae-write-probe-", dir=probe_dir)
     os.close(fd)
     os.unlink(probe)
   except OSError as e:

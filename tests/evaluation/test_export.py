@@ -96,7 +96,7 @@ def test_incompatible_or_broken_package(tiny_package, tmp_path):
   shutil.rmtree(other / "encoder")
   info["format_version"] = package_lib.FORMAT_VERSION
   (other / "package.json").write_text(json.dumps(info))
-  with pytest.raises(package_lib.PackageError, match="weights directory"):
+  with pytest.raises(package_lib.PackageError, match="encoder.* is missing"):
     encoder_lib.load_encoder(other)
 
 
@@ -138,18 +138,31 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
 
 
 def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tiny_workdir, tmp_path):
-  """A temporary of a killed export (its pid gone) is removed by the next export to that path;
-  one of a live export is left alone."""
+  """A scratch folder of a killed export (its pid gone) is removed by the next export to that
+  path; one of a live export is left alone, and so are folders the tool did not make."""
+  import os
+  import socket
   import subprocess
   import sys
   out = tmp_path / "encoder"
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()                                         # a pid that no longer runs
-  stale = tmp_path / f"encoder.tmp-{dead.pid}-abc"
-  (stale / "weights").mkdir(parents=True)
-  live = tmp_path / f"encoder.tmp-{__import__('os').getpid()}-xyz"
-  live.mkdir()
+
+  def scratch(suffix, pid):
+    folder = tmp_path / f".encoder.xmae-export-{suffix}"
+    (folder / "new" / "weights").mkdir(parents=True)
+    (folder / package_lib.SCRATCH_MARKER).write_text(json.dumps(
+        {"pid": pid, "host": socket.gethostname(), "output": "encoder"}))
+    return folder
+
+  stale, live = scratch("abc", dead.pid), scratch("xyz", os.getpid())
+  users = [tmp_path / "encoder.old", tmp_path / f"encoder.tmp-{dead.pid}-abc",
+           tmp_path / ".encoder.xmae-export-mine"]   # the last one without a marker
+  for folder in users:
+    (folder / "notes").mkdir(parents=True)
   export_lib.export_workdir(tiny_workdir, out)
   assert not stale.exists() and live.exists()
-  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["encoder", live.name])
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      ["encoder", live.name, *(f.name for f in users)])
+  assert all((f / "notes").is_dir() for f in users)
   assert (out / package_lib.PACKAGE_FILE).is_file()

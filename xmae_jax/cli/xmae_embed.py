@@ -42,6 +42,7 @@ def run(argv=None) -> None:
   common.add_reader_arguments(p)
   args = p.parse_args(argv)
   modalities = encoder_lib.parse_modalities(args.modalities) if args.modalities else None
+  embed_lib.check_output(args.output)   # before the encoder is loaded and the input read
   enc = encoder_lib.load_encoder(
       args.encoder, step=args.step, batch_size=args.batch_size,
       modality=args.modality or (encoder_lib.modality_name(modalities) if modalities else None))

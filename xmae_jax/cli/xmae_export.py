@@ -7,6 +7,8 @@ bottleneck: `load_encoder(OUT).embed(ppg=..., ecg=..., fs=...)` takes either mod
 
 `--step auto` (default) takes the checkpoint with the lowest validation loss when one has it
 (a training run), else the latest (e.g. a checkpoint written by xmae-import-torch).
+`--overwrite` replaces a previous package only (recognized by its package.json); the output
+must lie outside `--workdir` and be writable, which is checked before anything is read.
 The package format is described in xmae_jax/evaluation/package.py; load it with
 `xmae_jax.load_encoder(OUT)`.
 """
@@ -29,7 +31,9 @@ def run(argv=None) -> None:
   p.add_argument("--modality", choices=("ppg", "ecg", package_lib.JOINT), default="ppg",
                  help=f"the encoder to export ({package_lib.JOINT}: M2AE's joint fingerprint)")
   p.add_argument("--step", default="auto", help="auto | best | latest | a step number")
-  p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing encoder package (only a package: anything else at "
+                      "--output is refused)")
   args = p.parse_args(argv)
   out = export_lib.export_workdir(args.workdir, args.output, modality=args.modality,
                                   step=args.step, overwrite=args.overwrite)

@@ -59,11 +59,24 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
     if len(a) != n:
       raise EmbeddingsError(f"{key} has {len(a)} rows, embeddings have {n}")
   arrays["info"] = np.asarray(json.dumps({"format": EMBEDDINGS_FORMAT, **(info or {})}))
+  path = check_output(path)
+  try:
+    with errors.atomic_path(path) as tmp:
+      np.savez(tmp, **arrays)
+  except OSError as e:   # full disk: the temporary is gone, `path` is as it was
+    raise EmbeddingsError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+  return path
+
+
+def check_output(path: str | os.PathLike) -> Path:
+  """`path` when an embeddings file can be written there: a .npz name, not a directory, in a
+  writable folder; `xmae-embed` checks it before any work."""
   path = Path(path)
   if path.suffix != ".npz":
     raise EmbeddingsError(f"output {path} must end in .npz")
-  with errors.atomic_path(path) as tmp:
-    np.savez(tmp, **arrays)
+  if path.is_dir():
+    raise EmbeddingsError(f"output {path} is a directory")
+  errors.check_writable(path.parent, "embeddings output folder", create=False)
   return path
 
 
@@ -263,6 +276,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   """Embeds every segment of `path` with `encoder` into the embeddings file `output`, from
   `modalities` (default every modality the encoder takes; segments need all of them)."""
   modalities = encoder.check_modalities(modalities or encoder.modalities)
+  check_output(output)
   source = source or detect_source(path)
   segs = read_segments(path, modalities, contract=encoder.contract, source=source,
                        splits=splits, options=options)

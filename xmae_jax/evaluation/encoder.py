@@ -209,6 +209,8 @@ class Encoder:
         ecg_clean_method=c.ecg_clean_method, ppg_clean_method=c.ppg_clean_method,
         resample_method=c.resample_method)
     try:
+      _check_row_length(a.shape, preprocess.check_sampling_rate(fs, "input", config.min_fs),
+                        c)
       return preprocess.prepare_for_inference(
           a, fs, config=config, modality=modality,
           clean_signal=True if clean is None else bool(clean), return_index=True)
@@ -225,6 +227,7 @@ class Encoder:
       if w.ndim != 2 or w.shape[1] != self.contract.segment_length:
         raise EncoderInputError(f"wrong shape: prepared {m} windows must be (M, "
                                 f"{self.contract.segment_length}), got {w.shape}")
+      _check_finite(w, f"prepared {m} windows")
     self._check_same_windows(given)
     count = len(next(iter(given.values())))
     n_dev = len(self._mesh.devices.flat)
@@ -300,12 +303,30 @@ def _as_batch(x: Any) -> np.ndarray:
     raise EncoderInputError(f"wrong shape: embed needs a float array (N, L) of segments, got shape {a.shape}")
   if a.shape[1] == 0:
     raise EncoderInputError("wrong shape: segments of length 0")
+  _check_finite(a, "input")
+  return a
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
   bad = ~np.isfinite(a)
   if bad.any():
     rows = np.unique(np.nonzero(bad)[0])
-    raise EncoderInputError(f"input has NaN or inf in {len(rows)} of {len(a)} rows "
+    raise EncoderInputError(f"{what} has NaN or inf in {len(rows)} of {len(a)} rows "
                             f"(first: row {rows[0]}); clean or drop them before embedding")
-  return a
+
+
+def _check_row_length(shape: tuple[int, int], fs: float, contract: Contract) -> None:
+  """Refuses raw rows shorter than one contract window (the cleaning filters would fail on them
+  with a SciPy error), naming the shape: a transposed (L, N) array is the usual cause."""
+  seconds = shape[1] / fs
+  if round(shape[1] * contract.sampling_rate / fs) >= contract.segment_length:
+    return
+  hint = ("; embed takes (N, L), one segment per row: is the array transposed?"
+          if shape[0] * contract.sampling_rate / fs >= contract.segment_length else "")
+  raise EncoderInputError(
+      f"wrong shape: input {tuple(shape)} has rows of {shape[1]} samples ({seconds:.3g} s at "
+      f"{fs:g} Hz), shorter than one {contract.segment_seconds:g}-s window "
+      f"({math.ceil(contract.segment_seconds * fs)} samples at {fs:g} Hz){hint}")
 
 
 def count_parameters(module) -> int:
@@ -356,6 +377,7 @@ def load_package(path, **kwargs) -> Encoder:
   from xmae_jax.training import checkpoint
   path = Path(path).absolute()
   info = package_lib.read_package_info(path)
+  package_lib.verify_files(path, info)
   config = package_lib.read_config(path, info)
   modality = "+".join(package_lib.package_modalities(info))
   graphdef, weights = nnx.split(abstract_encoder(config, modality))

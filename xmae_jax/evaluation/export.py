@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import errors
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import package as package_lib
@@ -40,9 +41,7 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
                  source: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
   """Writes the package of `model`'s `modality` encoder (ppg, ecg, or ppg+ecg for M2AE's joint
   fingerprint) to `output`; returns its path."""
-  output = Path(output).absolute()
-  if output.exists() and not overwrite:
-    raise ExportError(f"output {output} exists (pass --overwrite to replace it)")
+  output = check_output(output, overwrite=overwrite)
   module = encoder_lib.encoder_module(model, modality)
   module.eval()
   flat, kinds = _weights(module)
@@ -57,13 +56,30 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
       param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
       preprocessing=_dataset_preprocessing(config), source=source, tensors=flat, kinds=kinds,
       segment_length=contract.segment_length)
-  return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config))
+  return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config),
+                                   overwrite=overwrite)
+
+
+def check_output(output, *, overwrite: bool = False, workdir=None) -> Path:
+  """`output` (absolute) when a package can be written there, checked before any work: only a
+  previous package is replaced (`package.check_output`), the folder must be writable, and the
+  package must lie apart from the `workdir` it is exported from (neither inside the other: a
+  swap there would delete the run)."""
+  output = package_lib.check_output(output, overwrite=overwrite)
+  if workdir is not None:
+    run, out = Path(workdir).resolve(), output.resolve()
+    if out == run or run in out.parents or out in run.parents:
+      raise ExportError(f"output {output} and workdir {workdir} overlap (one is inside the "
+                        "other): write the package outside the training run")
+  errors.check_writable(output.parent, "encoder package output folder", create=False)
+  return output
 
 
 def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = "auto",
                    overwrite: bool = False) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
   from xmae_jax.training import checkpoint
+  check_output(output, overwrite=overwrite, workdir=workdir)
   try:   # a corrupt checkpoint is skipped for the next candidate, with one line on stderr
     model, config, resolved, m = checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:

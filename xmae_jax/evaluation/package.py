@@ -1,6 +1,7 @@
 """The encoder package format, in one place: what `export` writes and `encoder` reads.
 
-A package directory (written atomically: a temporary directory renamed into place) holds
+A package directory (written atomically: a scratch folder renamed into place; an existing
+output is replaced only when it is a package, `check_output`) holds
   package.json          format name and version, package version, model name, modality and
                         modalities (one, or "ppg+ecg" = ["ppg", "ecg"] for M2AE's joint
                         fingerprint: both modality encoders and the shared bottleneck), source
@@ -12,6 +13,9 @@ A package directory (written atomically: a temporary directory renamed into plac
                         BatchNorm statistics; no optimizer state)
   encoder.safetensors   the same tensors for other frameworks (names and layout: README.md)
   README.md             how to load it, in JAX and without JAX
+package.json also holds the sha256 digest of every other file (`sha256`: {relative name:
+digest}); `verify_files` checks them when a package is loaded, and every name read from
+package.json must stay inside the package (`member`).
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
@@ -24,10 +28,15 @@ modality "ppg+ecg" (M2AE's joint fingerprint package).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -51,6 +60,8 @@ SAFETENSORS_FILE = "encoder.safetensors"
 README_FILE = "README.md"
 # Tensor kinds in package.json: trainable parameters and BatchNorm running statistics.
 KINDS = ("param", "batch_stat", "other")
+# Everything a package folder holds: an existing folder is replaced only when it holds no more.
+PACKAGE_MEMBERS = (PACKAGE_FILE, CONFIG_FILE, WEIGHTS_DIR, SAFETENSORS_FILE, README_FILE)
 
 
 class PackageError(XmaeError):
@@ -101,37 +112,126 @@ def package_modalities(info: dict) -> tuple[str, ...]:
   return tuple(info.get("modalities") or modalities_of(info["modality"]))
 
 
-def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], info: dict,
-                  config_dict: dict) -> Path:
-  """Writes every file of the package into a temporary directory beside `output`, then swaps
-  it into place, so `output` is either the old package or the complete new one."""
-  import orbax.checkpoint as ocp
+def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
+  """`output` as an absolute path, when a package may be written there: a new path, an empty
+  folder, or (with `overwrite` only) a previous encoder package, recognized by its package.json
+  and holding nothing but the package's own files. Anything else is refused in one line, so
+  `--overwrite` never deletes a run, a dataset or a folder of notes."""
   output = Path(output).absolute()
-  output.parent.mkdir(parents=True, exist_ok=True)
-  remove_stale_temporaries(output)
-  tmp = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-{os.getpid()}-", dir=output.parent))
-  try:
-    with ocp.StandardCheckpointer() as ckptr:
-      ckptr.save(tmp / WEIGHTS_DIR, tensors)
-      ckptr.wait_until_finished()
-    _save_safetensors(tmp / SAFETENSORS_FILE, tensors, info)
-    (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
-    (tmp / README_FILE).write_text(package_readme(info))
-    (tmp / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
-    _replace_dir(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  if not output.exists():
+    return output
+  if not output.is_dir():
+    raise PackageError(f"output {output} exists and is not a directory: choose another --output")
+  entries = sorted(p.name for p in output.iterdir())
+  if not entries:
+    return output
+  if not _is_our_package(output):
+    raise PackageError(f"output {output} exists and is not an encoder package (no {PACKAGE_FILE} "
+                       f"of format {FORMAT_NAME!r}): --overwrite replaces only a package; choose "
+                       "another --output")
+  foreign = [e for e in entries if e not in PACKAGE_MEMBERS]
+  if foreign:
+    raise PackageError(f"output {output} is an encoder package but also holds {foreign[0]!r}, "
+                       "which replacing it would delete: move that away or choose another --output")
+  if not overwrite:
+    raise PackageError(f"output {output} exists (pass --overwrite to replace it)")
   return output
 
 
-def remove_stale_temporaries(output: Path) -> None:
-  """Removes the temporary directories of exports to `output` whose process is gone (an export
-  killed mid-write); those of a live export are left alone."""
-  for tmp in output.parent.glob(f"{output.name}.tmp-*"):
-    pid = tmp.name[len(output.name) + len(".tmp-"):].split("-")[0]
-    if tmp.is_dir() and not (pid.isdigit() and _alive(int(pid))):
-      shutil.rmtree(tmp, ignore_errors=True)
+def _is_our_package(path: Path) -> bool:
+  try:
+    info = json.loads((path / PACKAGE_FILE).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return False
+  return isinstance(info, dict) and info.get("format") == FORMAT_NAME
+
+
+def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], info: dict,
+                  config_dict: dict, *, overwrite: bool = False) -> Path:
+  """Writes every file of the package (and the sha256 digest of each, in package.json) into a
+  scratch folder beside `output`, then swaps it into place, so `output` is either the old
+  package or the complete new one. A failed write (full disk, read-only file system) is one
+  PackageError line naming `output`, and leaves it as it was."""
+  import orbax.checkpoint as ocp
+  output = Path(output).absolute()
+  with _writing(output):
+    remove_stale_scratch(output)    # first: it may put back a package a killed export moved
+    check_output(output, overwrite=overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    check_space(output.parent, output, tensors)
+    scratch = _make_scratch(output)
+  try:
+    with _writing(output):
+      new = scratch / _SCRATCH_NEW
+      new.mkdir()
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(new / WEIGHTS_DIR, tensors)
+        ckptr.wait_until_finished()
+      _save_safetensors(new / SAFETENSORS_FILE, tensors, info)
+      (new / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
+      (new / README_FILE).write_text(package_readme(info))
+      info = {**info, DIGESTS: file_digests(new)}
+      (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
+      check_output(output, overwrite=overwrite)   # still ours to replace after the long write
+      _swap(scratch, output)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return output
+
+
+# An export works in a scratch folder beside its output, named `.OUT.xmae-export-XXXXXXXX` and
+# holding a marker file (the process and host that made it, and for which output): the package
+# being written (new/) and, during the swap, the package it replaces (old/). Only folders with
+# that name and a marker of a process that is gone are ever cleaned up, so a user's `OUT.old/`
+# or `OUT.tmp-x/` beside the output is never touched.
+SCRATCH_MARKER = "xmae-export-scratch.json"
+_SCRATCH_NEW, _SCRATCH_OLD = "new", "old"
+
+
+def _scratch_prefix(output: Path) -> str:
+  return f".{output.name}.xmae-export-"
+
+
+def _make_scratch(output: Path) -> Path:
+  scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(output), dir=output.parent))
+  (scratch / SCRATCH_MARKER).write_text(json.dumps(
+      {"pid": os.getpid(), "host": socket.gethostname(), "output": output.name}))
+  return scratch
+
+
+def _swap(scratch: Path, output: Path) -> None:
+  """Renames scratch/new to `output`; an existing `output` (a package: `check_output`) is moved
+  into scratch/old first (a directory cannot be replaced by one rename) and put back if the
+  second rename fails."""
+  old = scratch / _SCRATCH_OLD
+  if output.exists():
+    os.replace(output, old)
+  try:
+    os.replace(scratch / _SCRATCH_NEW, output)
+  except BaseException:
+    if old.exists() and not output.exists():
+      os.replace(old, output)
+    raise
+
+
+def remove_stale_scratch(output: Path) -> None:
+  """Removes the scratch folders of exports to `output` whose process is gone (an export killed
+  mid-write), after putting back a previous package one of them holds when `output` is missing
+  (killed between the two renames of the swap). Those of a live export, of another host, and
+  anything without this tool's marker are left alone."""
+  for scratch in output.parent.glob(_scratch_prefix(output) + "*"):
+    try:
+      mark = json.loads((scratch / SCRATCH_MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+      continue
+    if (not isinstance(mark, dict) or mark.get("output") != output.name
+        or mark.get("host") != socket.gethostname() or not isinstance(mark.get("pid"), int)
+        or _alive(mark["pid"])):
+      continue
+    old = scratch / _SCRATCH_OLD
+    if not output.exists() and old.is_dir() and _is_our_package(old):
+      os.replace(old, output)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -144,25 +244,134 @@ def _alive(pid: int) -> bool:
   return True
 
 
+@contextlib.contextmanager
+def _writing(output: Path):
+  """A failed write (full disk, read-only file system, no permission) as one line naming the
+  package; Orbax and TensorStore wrap the OSError, so its cause or text is looked for. The
+  error records (with tracebacks) Orbax logs while a save fails are held back, and logged after
+  all unless the failure was such a write."""
+  held = _HeldErrors()
+  logger = logging.getLogger("absl")
+  logger.addFilter(held)
+  existed = output.exists()
+  try:
+    yield
+  except XmaeError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # whatever the writers wrap it in
+    reason = disk_error(e)
+    if reason is None:
+      raise
+    held.records.clear()
+    raise PackageError(f"cannot write encoder package {output}: {reason} (" + (
+        "the previous package is unchanged)" if existed else "nothing was written)")) from None
+  finally:
+    logger.removeFilter(held)
+    for record in held.records:
+      logger.handle(record)
+
+
+class _HeldErrors(logging.Filter):
+  def __init__(self):
+    super().__init__()
+    self.records = []
+
+  def filter(self, record):
+    if record.levelno >= logging.ERROR:
+      self.records.append(record)
+      return False
+    return True
+
+
+def check_space(folder: Path, output: Path, tensors: dict[str, np.ndarray]) -> None:
+  """Refuses, before writing, a package that cannot fit in the free space of `folder`: its two
+  copies of the tensors (Orbax and safetensors) and a margin for the small files."""
+  need = 2 * sum(int(np.asarray(v).nbytes) for v in tensors.values()) + (256 << 10)
+  free = shutil.disk_usage(folder).free
+  if free < need:
+    raise PackageError(f"cannot write encoder package {output}: {os.strerror(errno.ENOSPC)} (it "
+                       f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)")
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
+def disk_error(e: BaseException) -> str | None:
+  """The reason ("No space left on device", ...) when `e` is, or wraps, a failed write of the
+  file system; None for anything else."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+      return e.strerror or os.strerror(e.errno)
+    text = str(e)
+    for code in _DISK_ERRNOS:
+      if os.strerror(code) in text:
+        return os.strerror(code)
+    e = e.__cause__ or e.__context__
+  return None
+
+
+# ---- digests ------------------------------------------------------------------------------------
+
+# package.json's key of {file name relative to the package: sha256 hex digest} of every other
+# file; a package written before digests existed has none and is read unverified.
+DIGESTS = "sha256"
+
+
+def file_digest(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+  """{relative POSIX name: sha256} of every file under `folder` but package.json."""
+  return {p.relative_to(folder).as_posix(): file_digest(p)
+          for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / PACKAGE_FILE}
+
+
+def verify_files(path, info: dict) -> None:
+  """Raises PackageError naming the first file of the package whose sha256 differs from the one
+  recorded at export (or that is missing, or leads outside the package)."""
+  path = Path(path)
+  digests = info.get(DIGESTS)
+  if digests is None:
+    return
+  if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+    raise PackageError(f"{path / PACKAGE_FILE}: {DIGESTS!r} is not a map of file digests")
+  for name, want in sorted(digests.items()):
+    file = member(path, name, "file")
+    if not file.is_file():
+      raise PackageError(f"encoder package {path}: file {name} is missing")
+    if file_digest(file) != want:
+      raise PackageError(f"encoder package {path}: file {name} differs from what was exported "
+                         "(sha256 mismatch): the package is damaged; export it again")
+
+
+def member(path, name: Any, what: str) -> Path:
+  """path/name for a `name` read from package.json, refused in one line unless it stays inside
+  the package: no absolute path, no `..`, no symbolic link leading out."""
+  path = Path(path)
+  if (not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name
+      or ".." in Path(name).parts):
+    raise PackageError(f"{path / PACKAGE_FILE}: {what} {name!r} is not a name inside the package")
+  target = path / name
+  root, real = path.resolve(), target.resolve()
+  if root not in real.parents:
+    raise PackageError(f"encoder package {path}: {what} {name} leads outside the package "
+                       f"(to {real})")
+  return target
+
+
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) -> None:
   from safetensors.numpy import save_file
   metadata = {"format": info["format"], "format_version": str(info["format_version"]),
               "model_name": info["model_name"], "modality": info["modality"],
               "package_version": info["package_version"]}
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def _replace_dir(tmp: Path, output: Path) -> None:
-  """Renames the finished directory `tmp` to `output`; an existing `output` is moved aside first
-  (a directory cannot be replaced by one rename) and removed only after the swap."""
-  if output.exists():
-    old = output.with_name(output.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(output, old)
-    os.replace(tmp, output)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, output)
 
 
 def package_readme(info: dict) -> str:
@@ -257,8 +466,9 @@ def is_package(path) -> bool:
 def read_config(path, info: dict):
   """The model config stored in the package."""
   path = Path(path)
+  file = member(path, info.get("config_file"), "config file")
   try:
-    return config_lib.config_from_dict(json.loads((path / info["config_file"]).read_text()))
+    return config_lib.config_from_dict(json.loads(file.read_text()))
   except (OSError, KeyError, json.JSONDecodeError) as e:
     raise PackageError(f"{path}: unreadable model config ({e})") from None
 
@@ -268,7 +478,9 @@ def restore_tensors(path, info: dict, target: dict) -> dict:
   (abstract arrays)."""
   import orbax.checkpoint as ocp
   path = Path(path)
-  weights_dir = path / info["weights"]["orbax"]
+  weights = info.get("weights")
+  weights_dir = member(path, weights.get("orbax") if isinstance(weights, dict) else None,
+                       "weights directory")
   if not weights_dir.is_dir():
     raise PackageError(f"{path}: weights directory {weights_dir.name}/ is missing")
   try:
