@@ -207,17 +207,29 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   return manifest
 
 
+def member_path(data_dir: str | os.PathLike, name) -> Path:
+  """DIR/name for a file name read from the manifest (a shard, a split's index); refuses one
+  that would lead outside the dataset folder (absolute, `..`, a folder part), so a crafted or
+  damaged manifest never makes a reader open files elsewhere."""
+  text = str(name) if isinstance(name, str) else ""
+  if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+      or os.path.isabs(text)):
+    raise DatasetError(f"{Path(data_dir) / MANIFEST}: file name {name!r} is not a plain name "
+                       f"inside the dataset folder; refusing to open it")
+  return Path(data_dir) / text
+
+
 def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict[str, np.ndarray]]:
   """The shard files and the index of one split; clear errors for anything missing."""
   manifest = read_manifest(data_dir)
   entry = manifest["splits"].get(split)
   if not entry or entry.get("records", 0) == 0:
     raise DatasetError(f"{data_dir}: split {split!r} is empty")
-  paths = [str(Path(data_dir) / n) for n in entry["shards"]]
+  paths = [str(member_path(data_dir, n)) for n in entry["shards"]]
   for p in paths:
     if not os.path.isfile(p):
       raise DatasetError(f"shard {p} listed in the manifest is missing")
-  index_path = Path(data_dir) / f"{split}-index.npz"
+  index_path = member_path(data_dir, f"{split}-index.npz")
   if not index_path.is_file():
     raise DatasetError(f"{index_path} is missing")
   try:
