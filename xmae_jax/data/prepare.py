@@ -298,11 +298,14 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
                               val_frac=val_frac, source_options=source_options,
                               check=lambda: check_output(out, overwrite=overwrite),
                               config=config, output=out)
+  request = dataset_request(source, input, options, config, seed=seed, test_frac=test_frac,
+                            val_frac=val_frac, records_per_shard=records_per_shard)
+  check_request(out, request, overwrite=overwrite)
   with lock_output(out):
-    return _prepare_locked(source, input, out, units, options, config, workers=workers,
-                           seed=seed, test_frac=test_frac, val_frac=val_frac,
-                           records_per_shard=records_per_shard, progress=progress,
-                           overwrite=overwrite, log=log, started=started)
+    return _prepare_locked(source, input, out, units, options, config, request,
+                           workers=workers, seed=seed, test_frac=test_frac, val_frac=val_frac,
+                           records_per_shard=records_per_shard, progress=progress, log=log,
+                           started=started)
 
 
 LOCK_FILE = "xmae-prepare.lock"      # in DIR/.work: one run per output at a time
@@ -312,18 +315,14 @@ def lock_output(out: Path) -> locks.FolderLock:
   """The output's lock (DIR/.work/xmae-prepare.lock), held for the whole run: a second run on
   the same output, --overwrite or not, is refused with one line naming the holder's process
   and host instead of both rewriting the same cache and shards. Taken after `check_output`
-  so that a foreign folder is refused before anything is written into it."""
+  and `check_request`, so that a refused run writes nothing."""
   with writing(out / WORK / LOCK_FILE):
     return locks.acquire(out / WORK / LOCK_FILE, folder=out, what="output",
                          advice="wait for that xmae-prepare to end, or choose another --output")
 
 
-def _prepare_locked(source, input, out: Path, units, options, config, *, workers, seed,
-                    test_frac, val_frac, records_per_shard, progress, overwrite, log, started):
-  request = dataset_request(source, input, options, config, seed=seed, test_frac=test_frac,
-                            val_frac=val_frac, records_per_shard=records_per_shard)
-  check_request(out, request, overwrite=overwrite)
-
+def _prepare_locked(source, input, out: Path, units, options, config, request, *, workers,
+                    seed, test_frac, val_frac, records_per_shard, progress, log, started):
   key = _params_key(source, options, config)
   work = out / WORK / key
   with writing(work):
@@ -397,7 +396,7 @@ def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: flo
 
 
 # What a run costs per unit of its request, for `check_size` (upper bounds, in bytes).
-RECORD_OVERHEAD = 1024       # a record's ids, meta and msgpack framing beyond its waveforms
+RECORD_OVERHEAD = 256        # a record's ids, meta and msgpack framing beyond its waveforms
 UNIT_MEMORY = 4096           # a unit's name, cache path and summary, held for the whole run
 WINDOW_MEMORY = 256          # a window's index row, held until its split's index is written
 RAW_SAMPLE_MEMORY = 256      # a raw sample while its unit is read and preprocessed (the
@@ -422,11 +421,12 @@ def check_size(reader, input, options: dict[str, Any], config: pp.PreprocessConf
   disk = 2 * windows * record                                          # the cache and the shards
   where = _existing_parent(output) if output is not None and "://" not in str(output) else None
   if where is not None:
-    free = shutil.disk_usage(where).free
+    # what the output already holds (a cache to resume, shards to replace) counts as free
+    free = shutil.disk_usage(where).free + _tree_bytes(Path(output))
     if disk > free:
       raise PrepareError(f"{p['what']} would make about {windows:,} windows, about "
                          f"{_bytes(disk)} of shards and cache: more than the {_bytes(free)} "
-                         f"free on the file system of {output}")
+                         f"{output} can take (free space on its file system and its own files)")
   available = available_memory()
   if available is None:
     return
@@ -461,6 +461,16 @@ def _existing_parent(path) -> Path:
   while not p.exists() and p != p.parent:
     p = p.parent
   return p
+
+
+def _tree_bytes(d: Path) -> int:
+  """Bytes of the files under `d` (0 when it does not exist)."""
+  total = 0
+  for root, _, files in os.walk(d):
+    for f in files:
+      with contextlib.suppress(OSError):
+        total += os.lstat(os.path.join(root, f)).st_size
+  return total
 
 
 def _bytes(n: int) -> str:
