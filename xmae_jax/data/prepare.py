@@ -12,7 +12,11 @@ with its reason; but a run that keeps no segment at all is an error listing the 
 Every split is staged under temporary names (`shards.stage_split`) before the old manifest is
 removed and the splits are renamed into place, so a full disk leaves the previous dataset
 whole; the manifest is written last: a directory with a manifest is complete. Write failures
-are one line naming the file.
+are one line naming the file. The shards are written from the cache one unit at a time, so
+memory holds only summaries and index rows; a request whose size is known before listing
+(the simulator's) is checked up front against the output's free space and this machine's
+memory (`check_size`). One run per output at a time (`lock_output`); SIGTERM or SIGINT stops
+the workers and ends in one line (`Interrupted`), and the rerun resumes from the cache.
 
 `runner="beam"` runs the same per-unit function, split, manifest and report as an Apache Beam
 pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes the same files.
