@@ -26,9 +26,10 @@ def _synthetic(out, **kw):
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
-  """Every file under `d` (the cache included) -> its bytes, but the timing-bearing reports."""
+  """Every file under `d` (the cache included) -> its bytes, but the timing-bearing reports
+  and the lock (it describes the last run)."""
   return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
-          if p.is_file() and p.name not in (prep.REPORT_JSON, prep.REPORT_MD)}
+          if p.is_file() and p.name not in (prep.REPORT_JSON, prep.REPORT_MD, prep.LOCK_FILE)}
 
 
 def _run_cli(argv, capsys):

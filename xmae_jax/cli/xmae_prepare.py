@@ -94,7 +94,11 @@ def run(argv=None) -> dict:
 
 
 def main(argv=None) -> int:
-  return common.call(PROG, run, argv)
+  try:
+    return common.call(PROG, run, argv)
+  except prepare_lib.Interrupted as e:   # SIGTERM/SIGINT: one line, the signal's exit status
+    common.fail(PROG, e)
+    return 128 + e.signum
 
 
 if __name__ == "__main__":

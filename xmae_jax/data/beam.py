@@ -377,6 +377,37 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
+# Beam options that count workers or threads: Beam takes a negative count and fails deep
+# inside the run (the DirectRunner with an IndexError), so they are checked first.
+COUNT_OPTIONS = ("direct_num_workers", "num_workers", "max_num_workers",
+                 "number_of_worker_harness_threads", "sdk_worker_parallelism",
+                 "direct_runner_bundle_repeat")
+
+
+def pipeline_options(beam_options: str | None):
+  """The PipelineOptions of the `--beam-options` string, checked before anything runs: a value
+  of the wrong type or a negative worker count is one PrepareError naming it."""
+  import io
+  from apache_beam.options.pipeline_options import PipelineOptions
+  try:
+    options = PipelineOptions(shlex.split(beam_options or ""))
+  except ValueError as e:          # unbalanced quotes
+    raise prep.PrepareError(f"--beam-options {beam_options!r}: {e}") from None
+  said = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(said):     # Beam's argparse prints usage, then exits
+      values = options.get_all_options()
+  except SystemExit:
+    lines = said.getvalue().strip().splitlines() or ["not understood"]
+    raise prep.PrepareError(f"--beam-options {beam_options!r}: "
+                            f"{lines[-1].split('error: ', 1)[-1]}") from None
+  for name in COUNT_OPTIONS:
+    value = values.get(name)
+    if isinstance(value, int) and value < 0:
+      raise prep.PrepareError(f"--beam-options {beam_options!r}: --{name}={value} must be >= 0")
+  return options
+
+
 def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac: float = 0.05,
                          val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
                          source_options: dict[str, Any] | None = None,
@@ -392,7 +423,7 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   no segment raises PrepareError and leaves the output as it was.
   """
   beam = require_beam()
-  from apache_beam.options.pipeline_options import PipelineOptions
+  beam_opts = pipeline_options(beam_options)     # before any work: a bad option fails fast
   started = time.time()
   config = config or pp.PreprocessConfig()
   out = str(output)
@@ -406,7 +437,7 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
                                  records_per_shard=records_per_shard)
   check_request(storage, out, request, overwrite=overwrite)
   try:
-    pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(beam_options or "")))
+    pipeline = beam.Pipeline(options=beam_opts)
   except ValueError as e:      # an unknown Beam runner, a malformed option
     raise prep.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") \
         from None

@@ -12,7 +12,11 @@ with its reason; but a run that keeps no segment at all is an error listing the 
 Every split is staged under temporary names (`shards.stage_split`) before the old manifest is
 removed and the splits are renamed into place, so a full disk leaves the previous dataset
 whole; the manifest is written last: a directory with a manifest is complete. Write failures
-are one line naming the file.
+are one line naming the file. The shards are written from the cache one unit at a time, so
+memory holds only summaries and index rows; a request whose size is known before listing
+(the simulator's) is checked up front against the output's free space and this machine's
+memory (`check_size`). One run per output at a time (`lock_output`); SIGTERM or SIGINT stops
+the workers and ends in one line (`Interrupted`), and the rerun resumes from the cache.
 
 `runner="beam"` runs the same per-unit function, split, manifest and report as an Apache Beam
 pipeline (`xmae_jax.data.beam`) for inputs larger than one machine; it writes the same files.
@@ -29,6 +33,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -38,6 +43,7 @@ import numpy as np
 
 from xmae_jax import __version__
 from xmae_jax import errors
+from xmae_jax import locks
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -241,8 +247,13 @@ def _work_item(args) -> tuple[str, dict[str, Any]]:
 
 
 def _init_worker():
+  # The parent stops the pool on SIGTERM/SIGINT: a Ctrl-C reaches the whole process group, so
+  # a worker ignores SIGINT (no KeyboardInterrupt traceback per worker); SIGTERM, which the
+  # parent's Pool.terminate sends, ends it silently.
+  import signal
   import warnings
   warnings.simplefilter("ignore")
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +300,33 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   out = Path(output)
   units, options = list_units(source, input, seed=seed, test_frac=test_frac,
                               val_frac=val_frac, source_options=source_options,
-                              check=lambda: check_output(out, overwrite=overwrite))
-
+                              check=lambda: check_output(out, overwrite=overwrite),
+                              config=config, output=out)
   request = dataset_request(source, input, options, config, seed=seed, test_frac=test_frac,
                             val_frac=val_frac, records_per_shard=records_per_shard)
   check_request(out, request, overwrite=overwrite)
+  with lock_output(out):
+    return _prepare_locked(source, input, out, units, options, config, request,
+                           workers=workers, seed=seed, test_frac=test_frac, val_frac=val_frac,
+                           records_per_shard=records_per_shard, progress=progress, log=log,
+                           started=started)
 
+
+LOCK_FILE = "xmae-prepare.lock"      # in DIR/.work: one run per output at a time
+
+
+def lock_output(out: Path) -> locks.FolderLock:
+  """The output's lock (DIR/.work/xmae-prepare.lock), held for the whole run: a second run on
+  the same output, --overwrite or not, is refused with one line naming the holder's process
+  and host instead of both rewriting the same cache and shards. Taken after `check_output`
+  and `check_request`, so that a refused run writes nothing."""
+  with writing(out / WORK / LOCK_FILE):
+    return locks.acquire(out / WORK / LOCK_FILE, folder=out, what="output",
+                         advice="wait for that xmae-prepare to end, or choose another --output")
+
+
+def _prepare_locked(source, input, out: Path, units, options, config, request, *, workers,
+                    seed, test_frac, val_frac, records_per_shard, progress, log, started):
   key = _params_key(source, options, config)
   work = out / WORK / key
   with writing(work):
@@ -305,9 +337,11 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
   _run_units(source, todo, options, config, cache, workers,
-             progress=progress, total=len(units))
+             progress=progress, total=len(units), out=out)
 
-  results = [_read_cache(cache[u], u) for u in units]
+  # Only each unit's summary stays in memory; its records are read back from the cache when
+  # the shards are written, so memory does not grow with the dataset.
+  results = [_summary(_read_cache(cache[u], u)) for u in units]
   for stale in (out / WORK).iterdir():            # caches of other parameters or code versions
     if stale.is_dir() and stale.name != key:
       shutil.rmtree(stale, ignore_errors=True)
@@ -315,9 +349,10 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     (out / WORK / REQUEST).unlink(missing_ok=True)   # a run that made nothing holds nothing back
     raise PrepareError(nothing_kept(build_report(source, input, results, {}), out))
   with writing(out):
-    report = _write_dataset(out, source, input, units, results, seed=seed, test_frac=test_frac,
-                            val_frac=val_frac, config=config, options=options,
-                            records_per_shard=records_per_shard, request=request)
+    report = _write_dataset(out, source, input, units, results, cache, seed=seed,
+                            test_frac=test_frac, val_frac=val_frac, config=config,
+                            options=options, records_per_shard=records_per_shard,
+                            request=request)
   report["resumed_units"] = len(units) - len(todo)
   write_report(out, report, started, runner="local")
   if log:
@@ -325,12 +360,23 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   return report
 
 
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+  """A unit's result without its records; its subjects once each."""
+  summary = {k: v for k, v in result.items() if k != "records"}
+  summary["subjects"] = sorted(set(result["subjects"]))
+  return summary
+
+
 def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: float,
-               source_options: dict[str, Any] | None, check) -> tuple[list[str], dict]:
+               source_options: dict[str, Any] | None, check,
+               config: pp.PreprocessConfig | None = None,
+               output=None) -> tuple[list[str], dict]:
   """The checks every runner makes before any work, then the input units and reader options.
 
   `check()` checks the output location (local or remote); it runs after the arguments and
-  before the (possibly long) listing of the input, so a bad request fails fast.
+  before the (possibly long) listing of the input, so a bad request fails fast. A reader that
+  can tell its size before listing (the simulator: `planned_size`) has it checked against the
+  output's free disk space and this machine's memory first (`check_size`).
   """
   try:
     reader = sources_lib.get(source)
@@ -344,12 +390,99 @@ def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: flo
   if getattr(reader, "FORMAT", False):
     options["format"] = source                     # one reader for csv and npz
   try:
+    check_size(reader, input, options, config or pp.PreprocessConfig(), output)
     units = reader.list_inputs(None if input is None else str(input), options)
   except sources_lib.SourceError as e:
     raise PrepareError(str(e) if e.reason == "bad option" else f"{e} (--input {input})") from None
   if not units:
     raise PrepareError(f"empty input: no {source} inputs found under {input}")
   return units, options
+
+
+# What a run costs per unit of its request, for `check_size` (upper bounds, in bytes).
+RECORD_OVERHEAD = 256        # a record's ids, meta and msgpack framing beyond its waveforms
+UNIT_MEMORY = 4096           # a unit's name, cache path and summary, held for the whole run
+WINDOW_MEMORY = 256          # a window's index row, held until its split's index is written
+RAW_SAMPLE_MEMORY = 256      # a raw sample while its unit is read and preprocessed (the
+                             # simulator's float64 signals, noises and filtered copies)
+
+
+def check_size(reader, input, options: dict[str, Any], config: pp.PreprocessConfig,
+               output=None) -> None:
+  """Refuses, before any work, a request that cannot fit: its shards and cache on the output's
+  file system, or its bookkeeping (or one unit's raw signal) in this machine's memory. Only
+  for readers that know their size before listing (`planned_size`); one line naming the
+  request and the limit."""
+  plan = getattr(reader, "planned_size", None)
+  if plan is None:
+    return
+  p = plan(input, options)
+  units, seconds, fs = int(p["units"]), float(p["seconds_per_unit"]), float(p["raw_fs"])
+  per_unit = max(0, math.floor((seconds - config.segment_seconds) / config.stride + 1e-9) + 1)
+  windows = units * per_unit
+  modalities = len(pp.REQUIREMENTS[config.modalities]) or 2
+  record = modalities * 2 * config.segment_length + RECORD_OVERHEAD     # float16 waveforms
+  disk = 2 * windows * record                                          # the cache and the shards
+  where = _existing_parent(output) if output is not None and "://" not in str(output) else None
+  if where is not None:
+    # what the output already holds (a cache to resume, shards to replace) counts as free
+    free = shutil.disk_usage(where).free + _tree_bytes(Path(output))
+    if disk > free:
+      raise PrepareError(f"{p['what']} would make about {windows:,} windows, about "
+                         f"{_bytes(disk)} of shards and cache: more than the {_bytes(free)} "
+                         f"{output} can take (free space on its file system and its own files)")
+  available = available_memory()
+  if available is None:
+    return
+  held = units * UNIT_MEMORY + windows * WINDOW_MEMORY
+  if held > available:
+    raise PrepareError(f"{p['what']} would need about {_bytes(held)} of memory for its "
+                       f"{units:,} inputs and {windows:,} windows: more than the "
+                       f"{_bytes(available)} available")
+  raw = math.ceil(seconds * fs) * RAW_SAMPLE_MEMORY
+  if raw > available:
+    raise PrepareError(f"{p['what']}: one input of {seconds:g} s at {fs:g} Hz would need about "
+                       f"{_bytes(raw)} of memory: more than the {_bytes(available)} available")
+
+
+def available_memory() -> int | None:
+  """Bytes of memory available to a new process (Linux MemAvailable); None when unknown."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _existing_parent(path) -> Path:
+  p = Path(path).absolute()
+  while not p.exists() and p != p.parent:
+    p = p.parent
+  return p
+
+
+def _tree_bytes(d: Path) -> int:
+  """Bytes of the files under `d` (0 when it does not exist)."""
+  total = 0
+  for root, _, files in os.walk(d):
+    for f in files:
+      with contextlib.suppress(OSError):
+        total += os.lstat(os.path.join(root, f)).st_size
+  return total
+
+
+def _bytes(n: int) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+    if n < 1000 or unit == "PB":
+      return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+    n /= 1000
+  return f"{n} B"
 
 
 def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: float, *,
@@ -366,45 +499,89 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: fl
   return report
 
 
-def _run_units(source, todo, options, config, cache, workers, *, progress, total):
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT during a local run: the units finished so far are cached (a rerun of the
+  same command resumes); `signum` gives the exit status 128 + signum. A BaseException, as
+  KeyboardInterrupt: no `except Exception` on the way (a unit's reader errors) may take it for
+  a bad input and cache it as skipped. The command line reports it as one line."""
+
+  def __init__(self, signum: int, message: str = ""):
+    super().__init__(message)
+    self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+  raise Interrupted(signum)
+
+
+def _run_units(source, todo, options, config, cache, workers, *, progress, total, out=None):
+  """Runs `_work_item` over `todo` (a spawn pool of `workers`). A SIGTERM or SIGINT stops the
+  pool (this process terminates and joins its workers, so none is left writing to a pipe
+  nobody reads) and raises Interrupted saying how many units are done."""
+  import signal
   from tqdm import tqdm
   args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
   bar = tqdm(total=total, initial=total - len(todo), file=sys.stderr, unit="input",
              desc=f"xmae-prepare {source}", disable=not progress, dynamic_ncols=True)
+  handled = (signal.SIGTERM, signal.SIGINT)
+  previous = {}
+  if threading.current_thread() is threading.main_thread():   # handlers: main thread only
+    previous = {s: signal.signal(s, _raise_interrupted) for s in handled}
+  done = 0
   try:
     if workers == 1 or len(args) <= 1:
       for a in args:
         _work_item(a)
+        done += 1
         bar.update(1)
     else:
       ctx = multiprocessing.get_context("spawn")
-      with ctx.Pool(min(workers, len(args)), initializer=_init_worker) as pool:
+      pool = ctx.Pool(min(workers, len(args)), initializer=_init_worker)
+      try:
         for _ in pool.imap_unordered(_work_item, args, chunksize=1):
+          done += 1
           bar.update(1)
+        pool.close()
+      finally:
+        for s in previous:          # a second signal while stopping the workers: ignored
+          signal.signal(s, signal.SIG_IGN)
+        pool.terminate()
+        pool.join()
+  except Interrupted as e:
+    name = signal.Signals(e.signum).name
+    where = f" (cached in {out / WORK})" if out is not None else ""
+    raise Interrupted(e.signum, f"interrupted by {name}: {total - len(todo) + done} of {total} "
+                      f"inputs done{where}; run the same command again to resume") from None
   finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
     bar.close()
 
 
-def _write_dataset(out, source, input, units, results, *, seed, test_frac, val_frac, config,
-                   options, records_per_shard, request=None) -> dict[str, Any]:
-  per_split: dict[str, list[bytes]] = {s: [] for s in shards.SPLITS}
+def _write_dataset(out, source, input, units, results, cache, *, seed, test_frac, val_frac,
+                   config, options, records_per_shard, request=None) -> dict[str, Any]:
   assignment = split_subjects((s for r in results for s in r["subjects"]), seed, test_frac,
                               val_frac)
-  for res in results:
-    for b, subject in zip(res["records"], res["subjects"]):
-      per_split[assignment[subject]].append(b)
-
   # Every split is written under temporary names first, so a full disk leaves the previous
   # dataset whole. Then the old manifest goes (it would describe shards about to be replaced:
   # until the new one is written the directory is visibly incomplete), then the renames.
+  # One pass over the units' caches fills the three splits, one unit in memory at a time.
   remove_stale_temporaries(out)
+  stagers = {s: shards.SplitStager(out, s, records_per_shard) for s in shards.SPLITS}
   staged = []
   try:
+    for unit, summary in zip(units, results):
+      if not summary["stats"].get("segments_kept"):
+        continue
+      res = _read_cache(cache[unit], unit)
+      for b, subject in zip(res["records"], res["subjects"]):
+        stagers[assignment[subject]].add(b)
+      del res
     for s in shards.SPLITS:
-      staged.append(shards.stage_split(out, s, per_split[s], records_per_shard))
+      staged.append(stagers.pop(s).finish())
   except BaseException:
-    for st in staged:
-      st.discard()
+    for part in (*stagers.values(), *staged):
+      part.discard()
     raise
   (out / shards.MANIFEST).unlink(missing_ok=True)
   entries = {s: st.commit() for s, st in zip(shards.SPLITS, staged)}

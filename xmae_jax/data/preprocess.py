@@ -2,7 +2,8 @@
 
 One function per step, so that `xmae-prepare`, `load_encoder().embed` and evaluation share them:
   bad_intervals     long NaN runs and flat lines of a recording; they are cut out and windows
-                    are laid from the start of each remaining stretch (good_stretches)
+                    are laid from the start of each remaining stretch (good_stretches; with
+                    modalities "any" only where every modality has one: union_stretches)
   check_window      per window: interpolate short NaN gaps, reject what is still NaN or flat
   clean             NeuroKit2 ecg_clean ("neurokit") / ppg_clean ("elgendi") at the source rate
   quality           template-match quality (15th percentile) at the source rate, before resampling
@@ -540,6 +541,17 @@ def good_stretches(duration: float, bad: list[np.ndarray]) -> list[tuple[float, 
   return [(a, b) for a, b in out if b > a]
 
 
+def union_stretches(stretches: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+  """The union of several lists of (start, end) stretches, merged and in order."""
+  out: list[tuple[float, float]] = []
+  for a, b in sorted(iv for ivs in stretches for iv in ivs):
+    if out and a <= out[-1][1]:
+      out[-1] = (out[-1][0], max(out[-1][1], b))
+    else:
+      out.append((a, b))
+  return out
+
+
 def window_starts(duration_s: float, config: PreprocessConfig) -> np.ndarray:
   """Start times (s) of every full window within a recording of `duration_s` seconds."""
   n = int(math.floor((duration_s - config.segment_seconds) / config.stride + 1e-9)) + 1
@@ -740,16 +752,21 @@ def _segment(signals, config, steps_class, *, meta=None, labels=None, events=Non
   required = REQUIREMENTS[config.modalities]
   # Long NaN runs and flat lines (MIMIC gaps, leads off) are cut out first; windows are laid
   # from the start of each remaining stretch, so a gap costs only its own length.
-  bad = []
+  bad = {}
   for m, (x, fs) in present.items():
     if m in required or not required:
+      bad[m] = []
       for reason, iv in bad_intervals(x, fs, config).items():
         if len(iv):
           stats[f"cut/{reason}_{m}"] += len(iv)
           stats[f"cut_seconds/{reason}_{m}"] += float(np.sum(iv[:, 1] - iv[:, 0]))
-          bad.append(iv)
+          bad[m].append(iv)
+  if required:       # a window needs every required modality: what any of them lacks is cut
+    stretches = good_stretches(duration, [iv for ivs in bad.values() for iv in ivs])
+  else:              # "any": a window needs one modality, so only what all of them lack is cut
+    stretches = union_stretches([good_stretches(duration, ivs) for ivs in bad.values()])
   starts = []
-  for a, b in good_stretches(duration, bad):
+  for a, b in stretches:
     starts.extend(a + window_starts(b - a, config))
   if not starts:
     stats["dropped/too_short"] += 1

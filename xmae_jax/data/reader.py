@@ -389,14 +389,19 @@ def _entry_ok(d: Path, split: str, entry: Any, v: Verdict) -> bool:
     v.add(f"manifest: split {split!r} subjects {entry.get('subjects')!r} does not match its "
           f"subject_ids")
   for n in names:
-    if not (d / n).is_file():
-      v.add(f"shard {d / n} listed in the manifest is missing")
+    try:
+      path = shards.member_path(d, n)
+    except DatasetError as e:
+      v.add(str(e))
+      continue
+    if not path.is_file():
+      v.add(f"shard {path} listed in the manifest is missing")
   v.records, v.shards = sum(counts), len(names)
   return v.ok
 
 
 def _load_index(d: Path, split: str, n: int, n_subjects: int, v: Verdict) -> dict | None:
-  path = d / f"{split}-index.npz"
+  path = shards.member_path(d, f"{split}-index.npz")
   try:
     with np.load(path, allow_pickle=False) as z:
       index = {k: z[k] for k in z.files}
@@ -429,7 +434,7 @@ def _verify_split(d: Path, split: str, entry: dict, length: int | None, v: Verdi
   v.digests = shards.DIGEST in index
   start = 0
   for name, count in zip(entry["shards"], entry["records_per_shard"]):
-    path = d / name
+    path = shards.member_path(d, name)     # checked by _entry_ok
     try:
       reader = arm.ArrayRecordReader(str(path), ShardReader.READER_OPTIONS)
       got = reader.num_records()
@@ -439,7 +444,8 @@ def _verify_split(d: Path, split: str, entry: dict, length: int | None, v: Verdi
       continue
     try:
       if got != count:
-        v.add(f"shard {path} holds {got} records, the manifest says {count}")
+        v.add(f"shard {path} holds {got} readable records, the manifest says {count}"
+              + (" (truncated or corrupt)" if got < count else ""))
       for a in range(0, min(got, count), chunk):
         local = list(range(a, min(a + chunk, got, count)))
         try:
@@ -458,7 +464,11 @@ def _verify_split(d: Path, split: str, entry: dict, length: int | None, v: Verdi
           if problem:
             v.add(f"{where}: {problem}")
     finally:
-      reader.close()
+      try:   # a truncated shard's reader reports the damage again when it is closed
+        reader.close()
+      except Exception as e:  # Riegeli: RuntimeError
+        if not any(str(path) in p for p in v.problems):
+          v.add(f"shard {path} is corrupt or truncated ({_first_clause(e)})")
     start += count
 
 

@@ -105,66 +105,107 @@ def stage_split(out_dir: str | os.PathLike, split: str,
   A write that fails (full disk, read-only file system) removes what it wrote and raises
   `ShardWriteError` naming the file.
   """
-  out = Path(out_dir)
-  # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
-  tmp_index = out / f".{split}-index.tmp.npz"
-  rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
-  sub_idx: dict[str, int] = {}
-  tmp_paths, counts, writer = [], [], None
+  stager = SplitStager(out_dir, split, records_per_shard)
   try:
-    out.mkdir(parents=True, exist_ok=True)
     for rec in records:
-      data = rec if isinstance(rec, bytes) else record_lib.encode(rec)
-      m = record_lib.decode_map(data)
-      if writer is None or counts[-1] == records_per_shard:
-        if writer is not None:
-          writer.close()
-        tmp_paths.append(out / f".{split}-{len(tmp_paths):05d}.array_record.tmp")
-        writer = arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS)
-        counts.append(0)
-      writer.write(data)
-      counts[-1] += 1
-      rows["quality_ppg"].append(m["quality_ppg"])
-      rows["quality_ecg"].append(m["quality_ecg"])
-      rows["has_ppg"].append("ppg" in m)
-      rows["has_ecg"].append("ecg" in m)
-      rows["subject"].append(sub_idx.setdefault(m["subject_id"], len(sub_idx)))
-      rows[DIGEST].append(record_digest(data))
-    if writer is None:   # an empty split still gets one (empty) shard: readers see a valid layout
-      tmp_paths.append(out / f".{split}-00000.array_record.tmp")
-      writer = arm.ArrayRecordWriter(str(tmp_paths[-1]), WRITER_OPTIONS)
-      counts.append(0)
-    writer.close()
-  except (OSError, RuntimeError) as e:   # ArrayRecord raises RuntimeError("write() failed: ...")
-    for p in tmp_paths:
-      p.unlink(missing_ok=True)
-    where = getattr(e, "filename", None) or (tmp_paths[-1] if tmp_paths else out)
+      stager.add(rec)
+  except BaseException:
+    stager.discard()
+    raise
+  return stager.finish()
+
+
+class SplitStager:
+  """`stage_split` one record at a time (`add`, then `finish` -> StagedSplit), so that a writer
+  can fill several splits in one pass over its input without holding the records."""
+
+  def __init__(self, out_dir: str | os.PathLike, split: str, records_per_shard: int = 4096):
+    self.out, self.split, self.records_per_shard = Path(out_dir), split, records_per_shard
+    self.rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS}
+    self.sub_idx: dict[str, int] = {}
+    self.tmp_paths: list[Path] = []
+    self.counts: list[int] = []
+    self.writer = None
+
+  def _failed(self, e: BaseException):
+    self.discard()
+    where = getattr(e, "filename", None) or (self.tmp_paths[-1] if self.tmp_paths else self.out)
     why = getattr(e, "strerror", None) or str(e).split(";")[0]
     raise ShardWriteError(f"cannot write {where}: {why}") from None
-  # Subject indices refer to the sorted subject list stored in the manifest.
-  subjects = sorted(sub_idx)
-  rank = {s: i for i, s in enumerate(subjects)}
-  remap = np.array([rank[s] for s in sub_idx], np.int32)
-  index = {
-      "quality_ppg": np.array(rows["quality_ppg"], np.float32),
-      "quality_ecg": np.array(rows["quality_ecg"], np.float32),
-      "has_ppg": np.array(rows["has_ppg"], bool),
-      "has_ecg": np.array(rows["has_ecg"], bool),
-      "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
-      DIGEST: np.frombuffer(b"".join(rows[DIGEST]), np.uint8).reshape(-1, DIGEST_SIZE),
-  }
-  try:
-    np.savez(tmp_index, **index)
-  except OSError as e:   # a full disk: np.savez's error names no file
-    for p in (*tmp_paths, tmp_index):
+
+  def _open_shard(self):
+    # np.savez appends ".npz" to other names: the index's temporary name keeps that suffix
+    self.out.mkdir(parents=True, exist_ok=True)
+    if self.writer is not None:
+      self.writer.close()
+    self.tmp_paths.append(self.out / f".{self.split}-{len(self.tmp_paths):05d}.array_record.tmp")
+    self.writer = arm.ArrayRecordWriter(str(self.tmp_paths[-1]), WRITER_OPTIONS)
+    self.counts.append(0)
+
+  def add(self, rec: bytes | record_lib.Record) -> None:
+    data = rec if isinstance(rec, bytes) else record_lib.encode(rec)
+    m = record_lib.decode_map(data)
+    try:
+      if self.writer is None or self.counts[-1] == self.records_per_shard:
+        self._open_shard()
+      self.writer.write(data)
+    except (OSError, RuntimeError) as e:  # ArrayRecord: RuntimeError("write() failed: ...")
+      self._failed(e)
+    self.counts[-1] += 1
+    rows = self.rows
+    rows["quality_ppg"].append(m["quality_ppg"])
+    rows["quality_ecg"].append(m["quality_ecg"])
+    rows["has_ppg"].append("ppg" in m)
+    rows["has_ecg"].append("ecg" in m)
+    rows["subject"].append(self.sub_idx.setdefault(m["subject_id"], len(self.sub_idx)))
+    rows[DIGEST].append(record_digest(data))
+
+  def discard(self) -> None:
+    """Removes what was written (the writer closed first)."""
+    if self.writer is not None:
+      try:
+        self.writer.close()
+      except Exception:  # a writer that failed may fail again on close; its file goes anyway
+        pass
+      self.writer = None
+    for p in self.tmp_paths:
       p.unlink(missing_ok=True)
-    raise ShardWriteError(f"cannot write {out / f'{split}-index.npz'}: "
-                          f"{e.strerror or type(e).__name__}") from None
-  # The shards' final names need N, known only now.
-  names = [shard_name(split, i, len(tmp_paths)) for i in range(len(tmp_paths))]
-  return StagedSplit(out, split, [*tmp_paths, tmp_index], {
-      "shards": names, "records_per_shard": counts, "records": int(sum(counts)),
-      "subjects": len(subjects), "subject_ids": subjects})
+
+  def finish(self) -> StagedSplit:
+    """Closes the last shard and writes the index (temporary names); the StagedSplit."""
+    out, split, rows = self.out, self.split, self.rows
+    try:
+      if self.writer is None:  # an empty split still gets one (empty) shard: a valid layout
+        self._open_shard()
+      self.writer.close()
+      self.writer = None
+    except (OSError, RuntimeError) as e:
+      self._failed(e)
+    tmp_index = out / f".{split}-index.tmp.npz"
+    # Subject indices refer to the sorted subject list stored in the manifest.
+    subjects = sorted(self.sub_idx)
+    rank = {s: i for i, s in enumerate(subjects)}
+    remap = np.array([rank[s] for s in self.sub_idx], np.int32)
+    index = {
+        "quality_ppg": np.array(rows["quality_ppg"], np.float32),
+        "quality_ecg": np.array(rows["quality_ecg"], np.float32),
+        "has_ppg": np.array(rows["has_ppg"], bool),
+        "has_ecg": np.array(rows["has_ecg"], bool),
+        "subject": remap[np.array(rows["subject"], np.int64)].astype(np.int32),
+        DIGEST: np.frombuffer(b"".join(rows[DIGEST]), np.uint8).reshape(-1, DIGEST_SIZE),
+    }
+    try:
+      np.savez(tmp_index, **index)
+    except OSError as e:   # a full disk: np.savez's error names no file
+      self.discard()
+      tmp_index.unlink(missing_ok=True)
+      raise ShardWriteError(f"cannot write {out / f'{split}-index.npz'}: "
+                            f"{e.strerror or type(e).__name__}") from None
+    # The shards' final names need N, known only now.
+    names = [shard_name(split, i, len(self.tmp_paths)) for i in range(len(self.tmp_paths))]
+    return StagedSplit(out, split, [*self.tmp_paths, tmp_index], {
+        "shards": names, "records_per_shard": list(self.counts),
+        "records": int(sum(self.counts)), "subjects": len(subjects), "subject_ids": subjects})
 
 
 def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampling_rate: int,
@@ -207,17 +248,29 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   return manifest
 
 
+def member_path(data_dir: str | os.PathLike, name) -> Path:
+  """DIR/name for a file name read from the manifest (a shard, a split's index); refuses one
+  that would lead outside the dataset folder (absolute, `..`, a folder part), so a crafted or
+  damaged manifest never makes a reader open files elsewhere."""
+  text = str(name) if isinstance(name, str) else ""
+  if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+      or os.path.isabs(text)):
+    raise DatasetError(f"{Path(data_dir) / MANIFEST}: file name {name!r} is not a plain name "
+                       f"inside the dataset folder; refusing to open it")
+  return Path(data_dir) / text
+
+
 def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict[str, np.ndarray]]:
   """The shard files and the index of one split; clear errors for anything missing."""
   manifest = read_manifest(data_dir)
   entry = manifest["splits"].get(split)
   if not entry or entry.get("records", 0) == 0:
     raise DatasetError(f"{data_dir}: split {split!r} is empty")
-  paths = [str(Path(data_dir) / n) for n in entry["shards"]]
+  paths = [str(member_path(data_dir, n)) for n in entry["shards"]]
   for p in paths:
     if not os.path.isfile(p):
       raise DatasetError(f"shard {p} listed in the manifest is missing")
-  index_path = Path(data_dir) / f"{split}-index.npz"
+  index_path = member_path(data_dir, f"{split}-index.npz")
   if not index_path.is_file():
     raise DatasetError(f"{index_path} is missing")
   try:

@@ -194,11 +194,49 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   return out
 
 
+def ppg_alignment(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The PPG shift the encoder's training data were prepared with, from a package's recorded
+  preprocessing (`info["preprocessing"]`, the dataset manifest's): {ppg_delay_seconds,
+  ppg_align_seconds}; {} when none was applied (or nothing is recorded)."""
+  pre = dict(preprocessing or {})
+  delay = float(pre.get("ppg_delay_seconds") or 0.0)
+  align = pre.get("ppg_align_seconds")
+  out = {}
+  if delay:
+    out["ppg_delay_seconds"] = delay
+  if align is not None:
+    out["ppg_align_seconds"] = float(align)
+  return out
+
+
+def alignment_note(alignment: Mapping[str, Any], modalities: Sequence[str]) -> str:
+  """What `recording_segments` does to the PPG under `alignment`, in words for the output:
+  the per-record alignment needs the ECG among the windowed modalities, else the fixed delay."""
+  align, delay = alignment.get("ppg_align_seconds"), alignment.get("ppg_delay_seconds", 0.0)
+  if "ppg" not in modalities or (align is None and not delay):
+    return "none"
+  if align is not None and "ecg" in modalities:
+    return (f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
+            f"the record's ECG; fixed {delay:g} s where too few clean beats)")
+  return f"fixed: PPG moved {delay:g} s earlier" + (
+      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else "")
+
+
 def recording_segments(path: str | os.PathLike, source: str, modalities: str | Sequence[str], *,
-                       contract, options: Mapping[str, Any] | None = None) -> Segments:
+                       contract, options: Mapping[str, Any] | None = None,
+                       alignment: Mapping[str, Any] | None = None) -> Segments:
   """A WFDB record (or folder), CSV or NPZ file read by xmae-prepare's reader, then the same
-  cleaning, windowing and normalization as prepared data; windows need all of `modalities`."""
+  cleaning, windowing and normalization as prepared data; windows need all of `modalities`.
+
+  `alignment` (`ppg_alignment` of the encoder's package) moves the PPG as the training data's
+  was: per record (`ppg_align_seconds`, measured on the record's ECG) when the ECG is among
+  `modalities`, else by the fixed `ppg_delay_seconds` (`preprocess.ppg_shift` decides);
+  `notes["ppg_alignment"]` says which."""
   modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
+  asked = dict(alignment or {})
+  alignment = dict(asked)
+  if "ecg" not in modalities:         # no ECG to measure on: the fixed delay
+    alignment.pop("ppg_align_seconds", None)
   source_reader = sources.get(source)
   options = dict(options or {})
   if source in ("csv", "npz"):
@@ -210,7 +248,7 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
       target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
       ecg_clean_method=contract.ecg_clean_method, ppg_clean_method=contract.ppg_clean_method,
       resample_method=contract.resample_method,
-      modalities=modalities[0] if len(modalities) == 1 else "both")
+      modalities=modalities[0] if len(modalities) == 1 else "both", **alignment)
   out = _empty_segments()
   windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
   notes: dict[str, int] = {}
@@ -256,17 +294,25 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     raise EmbeddingsError(f"input {path}: no usable {contract.segment_seconds:g}-s "
                           f"{'+'.join(modalities)} window ({detail})")
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
-  out.notes = notes
+  out.notes = {**notes, "ppg_alignment": alignment_note(asked, modalities)}
   return out
 
 
 def read_segments(path, modalities, *, contract, source: str | None = None, splits=None,
-                  options=None) -> Segments:
-  """Segments of any supported input (see detect_source)."""
+                  options=None, alignment: Mapping[str, Any] | None = None) -> Segments:
+  """Segments of any supported input (see detect_source); `alignment` applies to raw inputs
+  (a prepared dataset was aligned when it was prepared)."""
   source = source or detect_source(path)
   if source == "dataset":
     return dataset_segments(path, modalities, splits, segment_length=contract.segment_length)
-  return recording_segments(path, source, modalities, contract=contract, options=options)
+  return recording_segments(path, source, modalities, contract=contract, options=options,
+                            alignment=alignment)
+
+
+def encoder_alignment(encoder) -> dict[str, Any]:
+  """`ppg_alignment` of an encoder's package (its info's recorded preprocessing)."""
+  info = encoder.info if isinstance(getattr(encoder, "info", None), dict) else {}
+  return ppg_alignment(info.get("preprocessing"))
 
 
 def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
@@ -279,7 +325,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   check_output(output)
   source = source or detect_source(path)
   segs = read_segments(path, modalities, contract=encoder.contract, source=source,
-                       splits=splits, options=options)
+                       splits=splits, options=options, alignment=encoder_alignment(encoder))
   z = encoder.embed_prepared(**{m: segs.signals[m] for m in modalities})
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),

@@ -130,7 +130,8 @@ def retrieve(encoder, data: str | os.PathLike, *, query: str = "ecg", gallery: s
   modalities = encoder.check_modalities((query, gallery))
   source = source or embed_lib.detect_source(data)
   segs = embed_lib.read_segments(data, modalities, contract=encoder.contract, source=source,
-                                 splits=splits, options=options)
+                                 splits=splits, options=options,
+                                 alignment=embed_lib.encoder_alignment(encoder))
   # Before embedding, so the one line comes without the wait.
   check_gallery_size(gallery_size, len(set(segs.subject_ids)),
                      f"{data} (windows with {query} and {gallery})")

@@ -59,6 +59,19 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   return [subject_name(i) for i in range(n)]
 
 
+def planned_size(path: str | None, options: dict[str, Any]) -> dict[str, Any]:
+  """The request's size before any subject is listed (xmae-prepare checks it up front)."""
+  n = int(options.get("num_subjects", 20))
+  minutes = float(options.get("minutes_per_subject", 2.0))
+  for flag, value in (("--minutes-per-subject", minutes),
+                      ("--raw-fs", float(options.get("raw_fs", 125.0)))):
+    if not math.isfinite(value):
+      raise SourceError("bad option", f"{flag} {value} is not a finite number")
+  return {"units": max(n, 0), "seconds_per_unit": max(minutes, 0.0) * 60.0,
+          "raw_fs": float(options.get("raw_fs", 125.0)),
+          "what": f"--num-subjects {n} x --minutes-per-subject {minutes:g}"}
+
+
 def subject_name(index: int) -> str:
   return f"syn{index:05d}"
 

@@ -11,7 +11,8 @@ Handles:
     master headers, a `_layout` header and segments of which some lack ECG or PPG and some may be
     missing from a partial download: what is present is used, what is missing is reported;
     the numerics records beside them (`<record>n`, vital signs once a minute) are not listed.
-Channels are matched by name, case-insensitively, ECG by a preference list of leads; an
+Channels are matched by name (`channel_key`: case, surrounding whitespace and trailing
+punctuation such as BIDMC's `PLETH,` do not count), ECG by a preference list of leads; an
 arterial pressure channel (ABP, ART, ...), when there is one, travels as the extra channel 'abp'
 (mmHg), from which every window gets sbp/dbp meta (see preprocess.derive_window_meta).
 Subject: the patient folder (pNNNNNN) if there is one, else the record name.
@@ -48,6 +49,8 @@ CHALLENGE_ALARM_TIME_S = 300.0
 COMMENT_FIELD = re.compile(r"^<?([A-Za-z][A-Za-z0-9_ .-]{0,39})>?\s*:\s*(\S.*?)\s*$")
 PATIENT_DIR = re.compile(r"^p\d+$")
 # bits per sample of the uncompressed WFDB formats, to tell a truncated file from a broken one
+# what `channel_key` strips from the end of a channel name (besides whitespace)
+TRAILING_PUNCTUATION = ",;:.'\"`"
 FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "212": 12, "310": 32 / 3,
                "311": 32 / 3, "24": 24, "32": 32}
 
@@ -245,14 +248,12 @@ def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float
   header_fs(path)
   if header.fs is None or not np.isfinite(header.fs) or header.fs <= 0:
     raise SourceError("unknown sampling rate", f"{path}.hea gives fs={header.fs}")
-  names = [str(s).strip().upper() for s in (header.sig_name or [])]
-  ecg_pref = [s.strip().upper() for s in options.get("wfdb_ecg_leads", DEFAULT_ECG_LEADS).split(",")]
-  ppg_pref = [s.strip().upper() for s in options.get("wfdb_ppg_names", DEFAULT_PPG_NAMES).split(",")]
-  ecg_candidates = [names.index(l) for l in ecg_pref if l in names]
-  ppg_candidates = [names.index(l) for l in ppg_pref if l in names]
-  abp_pref = [s.strip().upper() for s in
-              options.get("wfdb_abp_names", DEFAULT_ABP_NAMES).split(",") if s.strip()]
-  abp_candidates = [names.index(l) for l in abp_pref if l in names]
+  names = [channel_key(s) for s in (header.sig_name or [])]
+  ecg_candidates, ppg_candidates, abp_candidates = (
+      [names.index(l) for l in channel_keys(options.get(option, default)) if l in names]
+      for option, default in (("wfdb_ecg_leads", DEFAULT_ECG_LEADS),
+                              ("wfdb_ppg_names", DEFAULT_PPG_NAMES),
+                              ("wfdb_abp_names", DEFAULT_ABP_NAMES)))
   if not ecg_candidates and not ppg_candidates:
     return {}, {}
   wanted = sorted(set(ecg_candidates + ppg_candidates + abp_candidates))
@@ -273,6 +274,18 @@ def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float
       usable = [c for c in candidates if np.isfinite(by_channel[c][0]).mean() > 0.5]
       into[modality] = by_channel[(usable or candidates)[0]]
   return out, extra
+
+
+def channel_key(name) -> str:
+  """The form a channel name is matched in: upper case, without surrounding whitespace and
+  trailing punctuation. Some databases write names as `PLETH,` or `II,` (PhysioNet's BIDMC
+  dataset ends every one with a comma); the name a user gives matches either way."""
+  return str(name).strip().rstrip(TRAILING_PUNCTUATION).strip().upper()
+
+
+def channel_keys(text: str) -> list[str]:
+  """The channel names of a comma-separated option (`--wfdb-ppg-names`), as `channel_key`s."""
+  return [k for k in (channel_key(s) for s in str(text or "").split(",")) if k]
 
 
 def header_fs(path: Path) -> float | None:
