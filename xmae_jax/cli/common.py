@@ -54,11 +54,14 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any],
 # ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
 
 # Reader modules whose options the embedding tools accept (as xmae-prepare does).
-READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular")
+READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular",
+                  "xmae_jax.data.sources.edf")
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-  """The WFDB and CSV/NPZ readers' options (the parser needs conflict_handler="resolve")."""
+  """The readers' options and --labels (the parser needs conflict_handler="resolve")."""
+  from xmae_jax.data import labels as labels_lib
+  labels_lib.add_arguments(parser)
   for name in READER_MODULES:
     try:
       module = importlib.import_module(name)
