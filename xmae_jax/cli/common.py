@@ -79,7 +79,8 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
   """The task and protocol options."""
   p.add_argument("--task", action="append", default=None,
                  help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
-                      f"or 'all'; known: {', '.join(tasks_lib.REGISTRY)}")
+                      "label:NAME[:classification|regression] (any label column), or 'all'; "
+                      f"known: {', '.join(tasks_lib.REGISTRY)}")
   p.add_argument("--protocol", choices=("linear", "xmae", "both"), default="linear")
   add_fold_arguments(p)
   p.add_argument("--inner-folds", type=int, default=3)

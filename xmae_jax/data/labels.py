@@ -135,11 +135,14 @@ def _load(path: str, by: str | None, mtime_ns: int, size: int) -> LabelTable:
   columns = [str(c).strip() for c in header.columns]
   lower = {c.lower(): c for c in columns}
   found = {b: next((lower[k] for k in KEY_COLUMNS[b] if k in lower), None) for b in BY}
-  by = by or ("record" if found["record"] else "subject")
+  wanted = [by] if by else list(BY)
+  by = next((b for b in wanted if found[b]), None)
+  if by is None:
+    names = [n for b in wanted for n in KEY_COLUMNS[b]]
+    raise LabelsError(f"labels file {path} has no {' or '.join(wanted)} column "
+                      f"({', '.join(names[:-1])} or {names[-1]}; has: "
+                      f"{', '.join(columns) or 'none'})")
   key = found[by]
-  if key is None:
-    raise LabelsError(f"labels file {path} has no {by} column ({' or '.join(KEY_COLUMNS[by])}; "
-                      f"has: {', '.join(columns) or 'none'})")
   df = pd.read_csv(path, dtype={header.columns[columns.index(key)]: str})
   df.columns = columns
   ids = df[key].astype(str).str.strip()
