@@ -113,6 +113,7 @@ def test_probe_cli_rejects_a_missing_label_column(tmp_path, capsys):
 def test_csv_with_labels_file_is_probed_on_a_label_column(tiny_package, tmp_path, capsys):
   import neurokit2 as nk
   from xmae_jax.cli import xmae_embed, xmae_prepare, xmae_probe
+  from xmae_jax.evaluation import embed as embed_lib
   recordings = tmp_path / "mine"
   recordings.mkdir()
   rows = []
@@ -146,3 +147,22 @@ def test_csv_with_labels_file_is_probed_on_a_label_column(tiny_package, tmp_path
   assert results["label:rate:regression"]["kind"] == tasks_lib.REGRESSION
   assert np.isfinite(results["label:rate:regression"]["metrics"]["mae"]["value"])
   assert "label:tachy" in printed and "label:rate:regression" in printed
+  # xmae-embed joins the labels file to raw recordings as well; one that matches none: one line
+  raw = tmp_path / "raw.npz"
+  reader_flags = ["--fs", "125", "--ppg-column", "pleth", "--source", "csv"]
+  assert xmae_embed.main(["--encoder", str(tiny_package), "--input", str(recordings),
+                          "--output", str(raw), "--labels", str(tmp_path / "labels.csv"),
+                          *reader_flags]) == 0
+  a = embed_lib.load_embeddings(raw)
+  expected = [int(s.split("/")[0][-1]) % 2 for s in a["segment_ids"]]
+  np.testing.assert_array_equal(a["label.tachy"], expected)
+  (tmp_path / "other.csv").write_text("record,tachy
+someone,1
+")
+  capsys.readouterr()
+  assert xmae_embed.main(["--encoder", str(tiny_package), "--input", str(recordings),
+                          "--output", str(tmp_path / "x.npz"), "--labels",
+                          str(tmp_path / "other.csv"), *reader_flags]) == 1
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "other.csv matches none of the 8 recordings by record" in err
+  assert not (tmp_path / "x.npz").exists()
