@@ -156,9 +156,7 @@ def test_csv_with_labels_file_is_probed_on_a_label_column(tiny_package, tmp_path
   a = embed_lib.load_embeddings(raw)
   expected = [int(s.split("/")[0][-1]) % 2 for s in a["segment_ids"]]
   np.testing.assert_array_equal(a["label.tachy"], expected)
-  (tmp_path / "other.csv").write_text("record,tachy
-someone,1
-")
+  (tmp_path / "other.csv").write_text("record,tachy\nsomeone,1\n")
   capsys.readouterr()
   assert xmae_embed.main(["--encoder", str(tiny_package), "--input", str(recordings),
                           "--output", str(tmp_path / "x.npz"), "--labels",
