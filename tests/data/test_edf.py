@@ -100,3 +100,17 @@ def test_unusable_edf_inputs_are_one_line(tmp_path, waves, capsys):
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "eeg_only.edf" in err and "no ECG or PPG channel" in err
   assert sources.get("edf") is edf
+
+
+def test_xmae_embed_reads_an_edf_file_with_labels(tmp_path, waves):
+  from xmae_jax.evaluation import embed as embed_lib
+  from xmae_jax.evaluation import encoder as encoder_lib
+  ecg, ppg, _ = waves
+  path = write_edf(tmp_path / "night.edf", {"ECG": (ecg, ECG_FS), "PPG": (ppg, PPG_FS)})
+  (tmp_path / "labels.csv").write_text("record,apnea\nnight,1\n")
+  assert embed_lib.detect_source(path) == "edf"
+  segs = embed_lib.read_segments(path, ("ppg", "ecg"), contract=encoder_lib.Contract(),
+                                 options={"labels": str(tmp_path / "labels.csv")})
+  assert len(segs) == SECONDS // 10 and segs.signals["ppg"].shape == (3, 1000)
+  assert [m["start_s"] for m in segs.meta] == [0.0, 10.0, 20.0]
+  assert all(lab == {"apnea": 1} for lab in segs.labels)
