@@ -291,7 +291,8 @@ class Encoder:
     z = self.embed_prepared(**{m: w for m, (w, _) in prepared.items()})
     if per_window:
       return WindowEmbeddings(embeddings=z, start_s=self.window_starts(rows),
-                              row=np.asarray(rows, np.int64), window_s=self.contract.segment_seconds)
+                              row=np.asarray(rows, np.int64),
+                              window_s=self.contract.segment_seconds)
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z

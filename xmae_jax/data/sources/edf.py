@@ -45,7 +45,8 @@ def _pyedflib():
   try:
     import pyedflib
   except ImportError:
-    raise SourceError("missing dependency", f"reading EDF needs pyedflib ({INSTALL_HINT})") from None
+    raise SourceError("missing dependency",
+                      f"reading EDF needs pyedflib ({INSTALL_HINT})") from None
   return pyedflib
 
 
