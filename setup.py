@@ -18,6 +18,8 @@ CORE = [
 # `.[torch]` still installs it on any Python for whoever wants it.
 TORCH = "torch>=2.13"
 BEAM = "apache-beam>=2.77,<3"
+# EDF/EDF+ recordings (`xmae-prepare --source edf`): most wearable and sleep recordings.
+EDF = "pyedflib>=0.1.38"
 
 setup(
     name="xmae-jax",
@@ -32,7 +34,8 @@ setup(
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],
-        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
+        "edf": [EDF],
+        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM, EDF,
                  f'{TORCH}; python_version < "3.12"'],
     },
     entry_points={

@@ -219,8 +219,8 @@ def _cli(*args, cwd=None):
 
 def test_cli_errors_are_one_clear_line(tmp_path):
   repo = Path(__file__).resolve().parents[2]
-  r = _cli("--source", "edf", "--output", str(tmp_path / "o"), cwd=repo)
-  assert r.returncode != 0 and "unknown source 'edf'" in r.stderr
+  r = _cli("--source", "gdf", "--output", str(tmp_path / "o"), cwd=repo)
+  assert r.returncode != 0 and "unknown source 'gdf'" in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1
   r = _cli("--source", "wfdb", "--input", str(tmp_path / "nope"), "--output",
            str(tmp_path / "o"), cwd=repo)

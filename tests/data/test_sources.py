@@ -277,4 +277,4 @@ def test_npz_rows_and_prepare(tmp_path, signals):
 def test_registry():
   assert sources.get("csv") is sources.get("npz") is tabular
   with pytest.raises(SourceError, match="unknown source"):
-    sources.get("edf")
+    sources.get("gdf")

@@ -74,7 +74,7 @@ def test_embed_bad_inputs(tiny_package):
   with pytest.raises(encoder_lib.EncoderInputError, match="shorter than one"):
     enc.embed(x[:, :500])
   with pytest.raises(encoder_lib.EncoderInputError, match=r"\(N, L\)"):
-    enc.embed(x[0])
+    enc.embed(x[None])                     # (1-D is one recording: test_own_data.py)
   with pytest.raises(encoder_lib.EncoderInputError, match="sampling rate"):
     enc.embed(x, fs=0)
 

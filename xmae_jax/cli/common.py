@@ -68,11 +68,14 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any],
 # ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
 
 # Reader modules whose options the embedding tools accept (as xmae-prepare does).
-READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular")
+READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular",
+                  "xmae_jax.data.sources.edf")
 
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-  """The WFDB and CSV/NPZ readers' options (the parser needs conflict_handler="resolve")."""
+  """The readers' options and --labels (the parser needs conflict_handler="resolve")."""
+  from xmae_jax.data import labels as labels_lib
+  labels_lib.add_arguments(parser)
   for name in READER_MODULES:
     try:
       module = importlib.import_module(name)
@@ -90,7 +93,8 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
   """The task and protocol options."""
   p.add_argument("--task", action="append", default=None,
                  help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
-                      f"or 'all'; known: {', '.join(tasks_lib.REGISTRY)}")
+                      "label:NAME[:classification|regression] (any label column), or 'all'; "
+                      f"known: {', '.join(tasks_lib.REGISTRY)}")
   p.add_argument("--protocol", choices=("linear", "xmae", "both"), default="linear")
   add_fold_arguments(p)
   p.add_argument("--inner-folds", type=int_at_least(2), default=3)

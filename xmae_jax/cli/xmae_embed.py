@@ -1,11 +1,12 @@
 """xmae-embed: embeddings of every segment of an input, with subject ids, segment ids and labels.
 
-  xmae-embed --encoder OUT --input PATH --output FILE.npz [--source dataset|wfdb|csv|npz]
+  xmae-embed --encoder OUT --input PATH --output FILE.npz [--source dataset|wfdb|csv|npz|edf]
              [--modalities ppg|ecg|ppg,ecg] [--split test ...]
              [reader options of xmae-prepare, e.g. for CSV/NPZ files]
 
 PATH is a prepared dataset directory (xmae-prepare), a WFDB record (or a folder of them, incl.
-the MIMIC-III matched layout), or a CSV/NPZ file; raw inputs go through the same cleaning,
+the MIMIC-III matched layout), or a CSV/NPZ/EDF file (--labels FILE joins a labels file to
+raw inputs, see xmae_jax/data/labels.py); raw inputs go through the same cleaning,
 resampling, 10-s windowing and normalization as prepared data. --encoder is an exported package
 (xmae-export) or a training workdir. --modalities: the inputs the embeddings are computed from
 (default: every modality the encoder takes); `ppg,ecg` (or one of them) with an M2AE ppg+ecg
@@ -29,7 +30,7 @@ def run(argv=None) -> None:
   p.add_argument("--encoder", required=True, help="exported package or training workdir")
   p.add_argument("--input", required=True)
   p.add_argument("--output", required=True, help="embeddings .npz to write")
-  p.add_argument("--source", choices=("dataset", "wfdb", "csv", "npz"), default=None,
+  p.add_argument("--source", choices=("dataset", "wfdb", "csv", "npz", "edf"), default=None,
                  help="input format (default: detected from PATH)")
   p.add_argument("--split", action="append", default=None,
                  help="dataset split(s) to embed (repeatable; default all)")

@@ -3,7 +3,8 @@
   xmae-prepare --source synthetic --output data/demo --num-subjects 40 --minutes-per-subject 2
   xmae-prepare --source wfdb --input ../shared/data/physionet --output data/physionet
   xmae-prepare --source pulsedb --input PulseDB_MIMIC/ --output data/pulsedb --workers 8
-  xmae-prepare --source csv --input recordings/ --csv-fs 250 --output data/mine
+  xmae-prepare --source csv --input recordings/ --fs 250 --labels labels.csv --output data/mine
+  xmae-prepare --source edf --input sleep/ --edf-ppg-names Pleth --output data/sleep
 
 Also `python -m xmae_jax.cli.xmae_prepare`. The library is xmae_jax.data.prepare.prepare_dataset.
 """
@@ -14,6 +15,7 @@ import os
 import sys
 
 from xmae_jax.cli import common
+from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare as prepare_lib
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     if module not in seen:
       seen.add(module)
       sources_lib.get(name).add_arguments(p)
+  labels_lib.add_arguments(p)
   return p
 
 
@@ -86,6 +89,7 @@ def run(argv=None) -> dict:
   # only the chosen reader's own flags: they key the resume cache
   reader = sources_lib.get(args.source)
   options = {k: getattr(args, k) for k in reader.OPTIONS}
+  options.update({k: getattr(args, k) for k in labels_lib.OPTIONS if getattr(args, k)})
   return prepare_lib.prepare_dataset(
       args.source, args.input, args.output, workers=args.workers, seed=args.seed,
       test_frac=args.test_frac, val_frac=args.val_frac, config=config, source_options=options,

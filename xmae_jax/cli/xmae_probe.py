@@ -4,7 +4,9 @@
              [--output-json OUT.json] [--output-md OUT.md]
 
 `--task all` runs every registered task whose fields the file carries. Tasks take a parameter
-after a colon: `age_over:60`, `hypertension:clinical`. See xmae_jax/evaluation/probe.py for the
+after a colon: `age_over:60`, `hypertension:clinical`. Any label column is a task:
+`--task label:NAME[:classification|regression]` (the kind inferred when omitted; e.g. a column of
+the labels file given to xmae-prepare --labels). See xmae_jax/evaluation/probe.py for the
 two protocols.
 """
 from __future__ import annotations

@@ -345,6 +345,11 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
     message = prep.nothing_kept(prep.build_report(source, input, summaries, {}), out)
     storage.write_bytes(storage.join(work, NOTHING_KEPT), message.encode())
     return
+  unmatched = prep.labels_unmatched(summaries, options)
+  if unmatched:              # no manifest: the shards written are not a dataset
+    storage.write_bytes(storage.join(work, NOTHING_KEPT),
+                        f"{unmatched}; no dataset written to {out}".encode())
+    return
   by_split = {s: sorted((w for w in written if w["split"] == s), key=lambda w: w["shard"])
               for s in shards.SPLITS}
   entries = {}

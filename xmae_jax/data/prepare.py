@@ -44,6 +44,7 @@ import numpy as np
 from xmae_jax import __version__
 from xmae_jax import errors
 from xmae_jax import locks
+from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -118,12 +119,18 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
   must have all of them and only those are windowed; the others still give their per-window
   meta (an ECG's heart rate) as extra channels. Raises `sources.SourceError` (or whatever a
   broken reader raises) when the unit cannot be read; the caller decides what to keep then.
+  With a labels file in `options` (xmae_jax.data.labels), each recording's row of it joins its
+  labels, and its stats count it under `labels/matched` or `labels/unmatched`.
   """
   reader = sources_lib.get(source)
+  table = labels_lib.table_of(options)
   for item in reader.read(unit, options):
     if isinstance(item, sources_lib.Missing):
       yield RecordingSegments(item, "missing")
       continue
+    joined = None if table is None else table.lookup(item.subject_id, item.name, unit)
+    if joined:
+      item.labels = {**item.labels, **joined}     # the user's file wins over the reader's own
     signals, extra = item.signals, dict(item.extra)
     if modalities is not None:
       if any(m not in signals for m in modalities):
@@ -137,6 +144,8 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
     except pp.PreprocessError as e:
       yield RecordingSegments(item, "unusable", error=str(e))
       continue
+    if table is not None:
+      stats[f"labels/{'unmatched' if joined is None else 'matched'}"] += 1
     yield RecordingSegments(item, "ok", segs, stats, notes=explain_recording(item, config, stats))
 
 
@@ -348,6 +357,9 @@ def _prepare_locked(source, input, out: Path, units, options, config, request, *
   if not sum(r["stats"].get("segments_kept", 0) for r in results):
     (out / WORK / REQUEST).unlink(missing_ok=True)   # a run that made nothing holds nothing back
     raise PrepareError(nothing_kept(build_report(source, input, results, {}), out))
+  unmatched = labels_unmatched(results, options)
+  if unmatched:
+    raise PrepareError(f"{unmatched}; no dataset written to {out}")
   with writing(out):
     report = _write_dataset(out, source, input, units, results, cache, seed=seed,
                             test_frac=test_frac, val_frac=val_frac, config=config,
@@ -389,6 +401,7 @@ def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: flo
     options["seed"] = int(seed)
   if getattr(reader, "FORMAT", False):
     options["format"] = source                     # one reader for csv and npz
+  options.update(labels_lib.options_of(options))   # the file checked now, before any work
   try:
     check_size(reader, input, options, config or pp.PreprocessConfig(), output)
     units = reader.list_inputs(None if input is None else str(input), options)
@@ -618,6 +631,7 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
   derived: dict[str, dict] = {}
   shifts: collections.Counter = collections.Counter()
   labels: dict[str, collections.Counter] = {}
+  joined: collections.Counter = collections.Counter()    # recordings a labels file matched
   files_skipped, files_missing, per_file, warnings = [], [], [], []
   kept = 0
   for r in results:
@@ -644,6 +658,8 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
       elif k.startswith("label/"):
         name, value = k[6:].split("=", 1)
         labels.setdefault(name, collections.Counter())[value] += v
+      elif k.startswith("labels/"):
+        joined[k[7:]] += v
     unit = _relative(r["unit"], root)
     if r["status"] != "ok":
       files_skipped.append({"file": unit, "reason": r["reason"]})
@@ -673,6 +689,9 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
                               "nan_total": sum(d["nan"].values())}
                        for name, d in sorted(derived.items())},
       "label_windows": {name: dict(sorted(c.items())) for name, c in sorted(labels.items())},
+      # --labels FILE: recordings it matched, and those it did not (they carry no labels of it)
+      "labels_joined": ({"recordings_matched": joined["matched"],
+                         "recordings_unmatched": joined["unmatched"]} if joined else {}),
       # --ppg-align-seconds: recordings whose PPG delay was measured (mean shift), fell back to
       # --ppg-delay-seconds (too few clean beats), or were kept as recorded (pulses sooner)
       "ppg_alignment": ({"recordings_measured": shifts["ppg_shift/measured"],
@@ -686,6 +705,20 @@ def build_report(source, input, results, entries) -> dict[str, Any]:
       "subjects_per_split": {s: e["subjects"] for s, e in entries.items()},
       "per_file": per_file,
   }
+
+
+def labels_unmatched(results, options: dict[str, Any]) -> str | None:
+  """The one-line error of a labels file that matched none of the recordings read
+  (`labels.no_match`); None when it matched one (or none was given)."""
+  table = labels_lib.table_of(options)
+  if table is None or any(r["stats"].get("labels/matched", 0) for r in results):
+    return None
+  if table.by == "subject":
+    seen = list(dict.fromkeys(s for r in results for s in r.get("subjects", [])))
+  else:
+    seen = [labels_lib.record_ids("", r["unit"])[-1] for r in results if r["status"] == "ok"]
+  return labels_lib.no_match(table, sum(r["stats"].get("labels/unmatched", 0) for r in results),
+                             seen)
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -739,6 +772,11 @@ def render_report(r: dict[str, Any]) -> str:
     lines += ["", "## Windows per recording label", ""] + [
         f"- {k}: " + ", ".join(f"{value} {n}" for value, n in c.items())
         for k, c in r["label_windows"].items()]
+  if r.get("labels_joined"):
+    j = r["labels_joined"]
+    lines += ["", "## Labels file (--labels)", "",
+              f"- recordings matched: {j['recordings_matched']}; without a row in it (no labels "
+              f"of it): {j['recordings_unmatched']}"]
   if r.get("ppg_alignment"):
     a = r["ppg_alignment"]
     lines += ["", "## PPG moved earlier per recording (--ppg-align-seconds)", "",

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from xmae_jax import errors
+from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare
 from xmae_jax.data import preprocess
 from xmae_jax.data import reader
@@ -141,7 +142,8 @@ def _empty_segments() -> Segments:
 
 
 def detect_source(path: str | os.PathLike) -> str:
-  """'dataset' (a prepared directory), 'wfdb', 'csv' or 'npz', from what `path` looks like."""
+  """'dataset' (a prepared directory), 'wfdb', 'csv', 'npz' or 'edf', from what `path` looks
+  like."""
   p = Path(path)
   if p.is_dir():
     if (p / "manifest.json").is_file():
@@ -150,13 +152,14 @@ def detect_source(path: str | os.PathLike) -> str:
       return "wfdb"
     raise EmbeddingsError(f"input {p} is a directory with neither manifest.json nor WFDB headers")
   suffix = p.suffix.lower()
-  if suffix in (".csv", ".npz"):
+  if suffix in (".csv", ".npz", ".edf"):
     return suffix[1:]
   if suffix in (".hea", ".dat", ".mat") or Path(str(p) + ".hea").is_file():
     return "wfdb"
   if not p.exists():
     raise EmbeddingsError(f"input {p} does not exist")
-  raise EmbeddingsError(f"input {p}: cannot tell its format (use --source dataset|wfdb|csv|npz)")
+  raise EmbeddingsError(f"input {p}: cannot tell its format "
+                        "(use --source dataset|wfdb|csv|npz|edf)")
 
 
 def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str],
@@ -225,8 +228,10 @@ def alignment_note(alignment: Mapping[str, Any], modalities: Sequence[str]) -> s
 def recording_segments(path: str | os.PathLike, source: str, modalities: str | Sequence[str], *,
                        contract, options: Mapping[str, Any] | None = None,
                        alignment: Mapping[str, Any] | None = None) -> Segments:
-  """A WFDB record (or folder), CSV or NPZ file read by xmae-prepare's reader, then the same
-  cleaning, windowing and normalization as prepared data; windows need all of `modalities`.
+  """A WFDB record (or folder), CSV, NPZ or EDF file read by xmae-prepare's reader, then the
+  same cleaning, windowing and normalization as prepared data; windows need all of `modalities`.
+  A labels file in `options` (`labels`, xmae_jax.data.labels) joins its columns to the
+  recordings' labels; one that matches none of them is an error naming it.
 
   `alignment` (`ppg_alignment` of the encoder's package) moves the PPG as the training data's
   was: per record (`ppg_align_seconds`, measured on the record's ECG) when the ECG is among
@@ -241,6 +246,7 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   options = dict(options or {})
   if source in ("csv", "npz"):
     options["format"] = source          # the tabular reader serves both
+  options.update(labels_lib.options_of(options))
   p = Path(path)
   if p.is_file() and p.stat().st_size == 0:
     raise EmbeddingsError(f"input {p} is empty")
@@ -293,6 +299,12 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(notes.items())) or "nothing readable"
     raise EmbeddingsError(f"input {path}: no usable {contract.segment_seconds:g}-s "
                           f"{'+'.join(modalities)} window ({detail})")
+  table = labels_lib.table_of(options)
+  if table is not None and not notes.get("labels/matched"):
+    seen = (out.subject_ids if table.by == "subject"
+            else [labels_lib.record_ids("", u)[-1] for u in units])
+    raise EmbeddingsError(labels_lib.no_match(table, notes.get("labels/unmatched", 0),
+                                              list(dict.fromkeys(seen))))
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
   out.notes = {**notes, "ppg_alignment": alignment_note(asked, modalities)}
   return out
@@ -304,6 +316,9 @@ def read_segments(path, modalities, *, contract, source: str | None = None, spli
   (a prepared dataset was aligned when it was prepared)."""
   source = source or detect_source(path)
   if source == "dataset":
+    if (options or {}).get("labels"):
+      raise EmbeddingsError(f"input {path} is a prepared dataset: its labels were joined by "
+                            "xmae-prepare (give --labels there)")
     return dataset_segments(path, modalities, splits, segment_length=contract.segment_length)
   return recording_segments(path, source, modalities, contract=contract, options=options,
                             alignment=alignment)

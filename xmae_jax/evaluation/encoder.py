@@ -15,7 +15,9 @@ float (N, L) segments (per modality; both modalities must be the same windows):
 * otherwise the rows are raw signals: cleaned with NeuroKit (as training data were; `clean=False`
   skips it), resampled to the contract's rate, cut into contract-length windows and normalized
   (xmae_jax.data.preprocess.prepare_for_inference); a row longer than one window gives several
-  windows whose embeddings are averaged, so the result still has one row per input row.
+  windows whose embeddings are averaged, so the result still has one row per input row, unless
+  `per_window=True`: then every window's embedding comes back with its start time
+  (`WindowEmbeddings`). A 1-D input is one recording, embedded per window by default.
 
 The forward pass is one `jax.jit` over fixed-size batches (the last one padded, so it compiles
 once), split over every local device along a 1-D mesh. Nothing here touches the network.
@@ -72,6 +74,24 @@ class JointFingerprint(nnx.Module):
     parts = [(encoders[m].tokens(given[m], positions="true"), m)
              for m in m2ae.MODALITIES if given[m] is not None]
     return jnp.mean(self.bottleneck(parts), axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowEmbeddings:
+  """`embed(..., per_window=True)`: one embedding per window of the input, in input order.
+
+  embeddings: (M, latent) float32; start_s: (M,) each window's start in seconds from the start
+  of its input row (0, 10, 20, ... for the 10-s contract: the windows are consecutive and do not
+  overlap; a tail shorter than a window is not embedded); row: (M,) the input row it came from
+  (all 0 for one 1-D recording); window_s: the windows' length in seconds.
+  """
+  embeddings: np.ndarray
+  start_s: np.ndarray
+  row: np.ndarray
+  window_s: float
+
+  def __len__(self) -> int:
+    return len(self.embeddings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,20 +266,36 @@ class Encoder:
     return np.concatenate(out).astype(np.float32)
 
   def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
-            clean: bool | None = None) -> np.ndarray:
-    """Float (N, L) raw or prepared segments at `fs` Hz -> (N, latent) float32 embeddings.
+            clean: bool | None = None,
+            per_window: bool | None = None) -> np.ndarray | WindowEmbeddings:
+    """Float (N, L) raw or prepared segments at `fs` Hz -> (N, latent) float32 embeddings; one
+    recording (L,) -> its windows' embeddings with their start times (`WindowEmbeddings`).
 
     `x` is this encoder's one modality; `ppg=` / `ecg=` name the modality (a ppg+ecg encoder
     takes either or both, the same (N, L) windows of each, and returns one (N, latent)
     fingerprint per row whatever is given). `fs` defaults to the contract's rate (100 Hz).
     `clean`: None = NeuroKit-clean raw input (when resampling or windowing is needed) and leave
     contract-shaped input as it is; True/False forces it either way.
+    `per_window`: True returns a `WindowEmbeddings` (every contract-length window of every row,
+    with its row and start time in seconds); False one row per input row, a row longer than one
+    window getting the mean of its windows' embeddings. None (default): True for a 1-D input
+    (one recording, e.g. a night of PPG: `r = enc.embed(ppg, fs=125); r.embeddings, r.start_s`),
+    False for (N, L).
     """
-    given = {m: _as_batch(v) for m, v in self.inputs(x, ppg=ppg, ecg=ecg).items()}
+    given = self.inputs(x, ppg=ppg, ecg=ecg)
+    one_recording = all(np.ndim(v) == 1 for v in given.values())
+    if one_recording:
+      given = {m: np.asarray(v)[None] for m, v in given.items()}
+    per_window = one_recording if per_window is None else bool(per_window)
+    given = {m: _as_batch(v) for m, v in given.items()}
     self._check_same_windows(given)
     prepared = {m: self.prepare(a, fs, clean=clean, modality=m) for m, a in given.items()}
     rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape and fs
     z = self.embed_prepared(**{m: w for m, (w, _) in prepared.items()})
+    if per_window:
+      return WindowEmbeddings(embeddings=z, start_s=self.window_starts(rows),
+                              row=np.asarray(rows, np.int64),
+                              window_s=self.contract.segment_seconds)
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z
@@ -268,6 +304,16 @@ class Encoder:
     return (sums / np.bincount(rows, minlength=n)[:, None]).astype(np.float32)
 
   __call__ = embed
+
+  def window_starts(self, rows: np.ndarray) -> np.ndarray:
+    """Start (s) of each window `prepare` made, from its row index: the windows of a row are
+    consecutive and one contract length apart (prepare's windowing has no overlap)."""
+    rows = np.asarray(rows)
+    if not len(rows):
+      return np.zeros(0)
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    run_start = np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+    return (np.arange(len(rows)) - run_start) * self.contract.segment_seconds
 
 
 def parse_modalities(text: str) -> tuple[str, ...]:

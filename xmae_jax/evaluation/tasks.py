@@ -14,6 +14,13 @@ Alarm tasks (`alarm_true`, `alarm_type`) take the window rule as parameter: `SEC
 windows with 0 <= seconds_to_alarm <= SECONDS (the windows just before the alarm, which is what
 the alarm was raised on), `all` every window of the record (no seconds_to_alarm needed).
 
+Any label column is a task too: `label:NAME[:classification|regression]` (e.g. a column of the
+user's labels file, xmae_jax.data.labels, or of a WFDB header). Without the kind it is inferred
+from the data: text, or at most MAX_INFERRED_CLASSES distinct integer values, is classification;
+other numbers are regression. Classification of two classes is a binary task whose positive
+class is the later of the two sorted values (1 of 0/1, `yes` of no/yes; numbers sort as numbers);
+of more classes a multiclass task.
+
 Adding a task is a few lines: write a target function `(fields, param) -> float array` and put a
 `Task(...)` in REGISTRY.
 """
@@ -32,6 +39,9 @@ MULTICLASS = "multiclass"
 REGRESSION = "regression"
 KINDS = (CLASSIFICATION, MULTICLASS, REGRESSION)
 ALARM_WINDOW_FIELD = "seconds_to_alarm"
+LABEL = "label"                 # `label:NAME[:KIND]`: a label column as a task
+LABEL_KINDS = (CLASSIFICATION, REGRESSION)
+MAX_INFERRED_CLASSES = 10       # more distinct integer values than this: inferred regression
 
 
 class TaskError(XmaeError):
@@ -51,6 +61,7 @@ class Task:
   default_param: str | None = None
   unit: str = ""
   alarm_window: bool = False      # PARAM is the alarm window rule (SECONDS or all)
+  label_classes: tuple[str, ...] = ()   # a MULTICLASS label task's class names (see `resolve`)
 
   def fields_needed(self, param: str | None) -> tuple[str, ...]:
     if self.alarm_window and param != "all":
@@ -202,10 +213,18 @@ DEFAULT_TASKS = ("age", "age_over", "sex", "bmi", "sbp", "dbp", "hypertension", 
 
 
 def parse(spec: str) -> tuple[Task, str | None]:
-  """`"age_over:60"` -> (the age_over task, "60"); the task's default parameter if none given."""
+  """`"age_over:60"` -> (the age_over task, "60"); the task's default parameter if none given.
+
+  `label:NAME[:KIND]` -> (a task on the column NAME, "NAME[:KIND]"); its kind is the one asked
+  for, or REGRESSION as a placeholder until `resolve` infers it from the data.
+  """
   name, _, param = spec.partition(":")
+  if name == LABEL:
+    column, kind = _label_param(spec, param)
+    return _label_task(column, kind or REGRESSION, f"label column {column}"), param
   if name not in REGISTRY:
-    raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}, "
+                    "or label:NAME[:classification|regression]")
   task = REGISTRY[name]
   if param and task.default_param is None:
     raise TaskError(f"task {name!r} takes no parameter (got {param!r})")
@@ -220,24 +239,113 @@ def canonical_name(spec: str) -> str:
   return task.name if param is None else f"{task.name}:{param}"
 
 
+def resolve(spec: str, fields: Fields) -> tuple[Task, str | None]:
+  """`parse`, with a label task's kind settled on the data: the kind asked for (classification:
+  binary for two classes, multiclass for more) or the inferred one (see the module docstring)."""
+  task, param = parse(spec)
+  if task.name != LABEL:
+    return task, param
+  column, kind = _label_param(spec, param)
+  if column not in fields:
+    raise TaskError(f"task {spec}: the data carry no column {column!r} "
+                    f"(columns: {', '.join(sorted(fields)) or 'none'})")
+  values = np.asarray(fields[column])
+  numbers = _as_numbers(values)
+  known = _known(values)
+  how = "asked for"
+  if kind is None:
+    kind, how = _infer_kind(values, numbers, known)
+  if kind == REGRESSION:
+    if numbers is None:
+      text = next((str(v) for v, k in zip(values.ravel(), known.ravel()) if k), "")
+      raise TaskError(f"task {spec}: column {column!r} holds text (e.g. {text!r}), not numbers "
+                      "to regress; use label:" + column + ":classification")
+    return _label_task(column, REGRESSION, f"label column {column} (regression, {how})",
+                       target=lambda f, p: numbers), param
+  ids, names = _label_classes(values, numbers, known)
+  if len(names) == 2:
+    return _label_task(column, CLASSIFICATION,
+                       f"label column {column}: {names[1]} (1) vs {names[0]} (0) "
+                       f"(classification, {how})", target=lambda f, p: ids), param
+  return _label_task(column, MULTICLASS,
+                     f"label column {column}: {len(names)} classes (classification, {how})",
+                     target=lambda f, p: ids, class_names=tuple(names)), param
+
+
+def _label_param(spec: str, param: str) -> tuple[str, str | None]:
+  """(column, kind or None) of a label task's parameter `NAME[:KIND]`."""
+  column, sep, kind = param.rpartition(":")
+  if not sep:
+    column, kind = param, None
+  elif kind not in LABEL_KINDS:
+    raise TaskError(f"task {spec}: kind {kind!r} is not {' or '.join(LABEL_KINDS)}")
+  if not column:
+    raise TaskError(f"task {spec!r} names no column: use label:NAME[:classification|regression]")
+  return column, kind
+
+
+def _label_task(column: str, kind: str, description: str, *, target=None,
+                class_names: tuple[str, ...] = ()) -> Task:
+  return Task(LABEL, kind, (column,), target or (lambda f, p: _field(f, column)), description,
+              label_classes=class_names)
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray | None:
+  """The column as floats (NaN where unknown), or None if a known value is not a number."""
+  if values.dtype.kind in "fiub":
+    return values.astype(np.float64)
+  known = _known(values)
+  out = np.full(values.shape, np.nan)
+  for i, (v, k) in enumerate(zip(values.ravel(), known.ravel())):
+    if k:
+      try:
+        out.flat[i] = float(v)
+      except (TypeError, ValueError):
+        return None
+  return out
+
+
+def _infer_kind(values, numbers, known) -> tuple[str, str]:
+  if numbers is None:
+    return CLASSIFICATION, "inferred: text values"
+  finite = numbers[np.isfinite(numbers)]
+  distinct = np.unique(finite)
+  if np.all(distinct == np.round(distinct)) and len(distinct) <= MAX_INFERRED_CLASSES:
+    return CLASSIFICATION, f"inferred: {len(distinct)} distinct integer values"
+  return REGRESSION, f"inferred: {len(distinct)} distinct numbers"
+
+
+def _label_classes(values, numbers, known) -> tuple[np.ndarray, list[str]]:
+  """(class id per segment, NaN where unknown; class names), numbers in numeric order."""
+  if numbers is None:
+    return categories(values)
+  finite = np.isfinite(numbers)
+  distinct = np.unique(numbers[finite])
+  ids = np.searchsorted(distinct, np.where(finite, numbers, distinct[0] if len(distinct) else 0))
+  return (np.where(finite, ids.astype(np.float64), np.nan),
+          [f"{v:g}" for v in distinct.tolist()])
+
+
 def available(spec: str, fields: Fields) -> bool:
   """Whether the data carry every field the task needs, each with some known value."""
-  task, param = parse(spec)
+  task, param = parse(spec)   # (a label task needs its column, whatever its kind)
   return all(n in fields and np.any(_known(fields[n])) for n in task.fields_needed(param))
 
 
 def class_names(spec: str, fields: Fields) -> list[str]:
   """The names of a MULTICLASS task's class ids (sorted distinct values of its first field)."""
-  task, _ = parse(spec)
+  task, _ = resolve(spec, fields)
   if task.kind != MULTICLASS:
     raise TaskError(f"task {task.name} is not a multiclass task")
+  if task.name == LABEL:
+    return list(task.label_classes)
   return categories(fields[task.needs[0]])[1]
 
 
 def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
   """(y, keep, task): y per segment (0/1 floats, class ids or values), keep = the segments the
   task uses."""
-  task, param = parse(spec)
+  task, param = resolve(spec, fields)
   missing = [n for n in task.fields_needed(param) if n not in fields]
   if missing:
     raise TaskError(f"task {task.name}: the data carry no {', '.join(missing)} "

@@ -25,6 +25,7 @@ READERS = {
     "pulsedb": "xmae_jax.data.sources.pulsedb",
     "csv": "xmae_jax.data.sources.tabular",
     "npz": "xmae_jax.data.sources.tabular",
+    "edf": "xmae_jax.data.sources.edf",
 }
 
 
