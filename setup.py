@@ -1,5 +1,13 @@
 """xmae-jax: JAX/Flax pretraining of ECG+PPG biosignal foundation models (xMAE, M2AE)."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+# One owner of the version: the package (xmae_jax.__version__, what --version prints).
+VERSION = re.search(r'^__version__ = "([^"]+)"',
+                    (HERE / "xmae_jax" / "__init__.py").read_text(), re.M).group(1)
 
 # Ranges, not pins: each admits the tested 3.11 set (constraints.txt) and the tested current set
 # for 3.12/3.13 (constraints-current.txt). The upper caps sit at the next minor line because
@@ -21,9 +29,28 @@ BEAM = "apache-beam>=2.77,<3"
 
 setup(
     name="xmae-jax",
-    version="0.1.0",
+    version=VERSION,
     description="JAX/Flax pretraining of ECG+PPG foundation models (xMAE, M2AE) at pod scale",
-    packages=find_packages(include=["xmae_jax", "xmae_jax.*"]),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    author="xmae-jax contributors",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+    # The model configs: configs/*.py stays the source; an installed package carries them as
+    # xmae_jax.configs (so `--config xmae:tiny` works without a checkout; config_lib resolves it).
+    packages=find_packages(include=["xmae_jax", "xmae_jax.*"]) + ["xmae_jax.configs"],
+    package_dir={"xmae_jax.configs": "configs"},
     python_requires=">=3.11,<3.14",
     install_requires=CORE,
     extras_require={

@@ -8,7 +8,8 @@ model shares (`data`, `train`, `mesh`, `seed`) live here, with their own per-pre
 (`COMMON_PRESETS`). Order of application: paper values, common preset, the file's preset, the
 `key=value` pairs of the argument, then the command line's `--config.a.b=v` values.
 
-Every tool loads through `load(spec)`: `spec` is `FILE[:PRESET[,key=value...]]` or a directory
+Every tool loads through `load(spec)`: `spec` is `FILE[:PRESET[,key=value...]]`, a config's name
+(`xmae`, `m2ae:tiny`: the config file shipped with the package, `packaged_config`) or a directory
 holding `config.json` (a training workdir or an exported package). A config read from a file is
 validated (`validate`) before anything runs, so a bad setting fails at once with one line; a
 saved config is taken as it ran. Problems raise `ConfigError` (an `XmaeError`) with one line
@@ -305,19 +306,55 @@ def flag_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str]
 
 # --- Loading ----------------------------------------------------------------------------------
 
+def config_dirs() -> list[Path]:
+  """Where named configs live: the installed package's copy (setup.py ships configs/*.py as
+  xmae_jax/configs), else the checkout's configs/ beside the package (also an editable install)."""
+  package = Path(__file__).resolve().parent
+  return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def config_names() -> list[str]:
+  """The names `--config NAME` accepts (e.g. xmae, m2ae)."""
+  return sorted({f.stem for d in config_dirs() for f in d.glob("*.py")
+                 if not f.name.startswith("_")})
+
+
+def packaged_config(name: str) -> Path | None:
+  """The config file of a bare name (`xmae`, or `xmae.py`), or None when it names none."""
+  if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.py)?", name):
+    return None
+  stem = name.removesuffix(".py")
+  return next((d / f"{stem}.py" for d in config_dirs() if (d / f"{stem}.py").is_file()), None)
+
+
+def resolve_config_file(path: str) -> Path:
+  """The file of `--config PATH[:...]`: an existing file, else a shipped config's name."""
+  file = Path(path)
+  if file.is_file():
+    return file
+  packaged = packaged_config(path)
+  if packaged is not None:
+    return packaged
+  hint = ""
+  if file.suffix == ".py" and packaged_config(file.name) is not None:
+    hint = f" (the installed package has it as --config {file.stem})"
+  elif not file.suffix:
+    hint = f" (known config names: {', '.join(config_names()) or 'none'})"
+  raise ConfigError(f"config file {path} does not exist{hint}")
+
+
 def load(spec, overrides: Mapping[str, Any] | None = None) -> mlc.ConfigDict:
   """The config of `spec`, then `overrides` (dotted keys, e.g. the command line's).
 
-  `spec` is `FILE[:PRESET[,key=value...]]` (that file's `get_config(arg)`, validated) or a
-  directory with `config.json` (a workdir or exported package; its config as it ran, so the
-  same architecture can be rebuilt). Every problem is a one-line `ConfigError`.
+  `spec` is `FILE[:PRESET[,key=value...]]` (that file's `get_config(arg)`, validated; FILE may
+  be a shipped config's name, `xmae:tiny`) or a directory with `config.json` (a workdir or
+  exported package; its config as it ran, so the same architecture can be rebuilt). Every
+  problem is a one-line `ConfigError`.
   """
   if Path(str(spec)).is_dir():
     return apply_overrides(load_saved(spec), overrides or {})
   path, _, arg = str(spec).partition(":")
-  file = Path(path)
-  if not file.is_file():
-    raise ConfigError(f"config file {path} does not exist")
+  file = resolve_config_file(path)
   module_spec = importlib.util.spec_from_file_location(f"_xmae_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -148,7 +148,7 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
            for m, n in sorted(item.non_numeric.items())
            if m in item.signals and n < len(item.signals[m][0])]   # all text: said below
   required = pp.REQUIREMENTS[config.modalities]
-  notes += [f"missing channel: no {m} signal (required by --modalities {config.modalities})"
+  notes += [f"missing channel: no {m} signal (required by --require-modalities {config.modalities})"
             for m in required if m not in item.signals]
   if stats.get("dropped/too_short"):
     found = []
