@@ -5,6 +5,8 @@ pipe, a batch job's output) a redrawn bar would write carriage returns into the 
 a 556-record prepare used to be one 60 kB line. There each update that is worth a line becomes one
 newline-terminated line, at a bounded rate: when the count crosses the next `every_percent` of
 the total, or `every_s` seconds after the previous line (unknown totals), plus a final line.
+Both stay silent for the first `delay_s` seconds, so a short run (or a bad input that fails at
+once, whose one error line should stand alone) prints no progress at all.
 
 This module is at the bottom of the package (stdlib and tqdm only), so every layer can use it.
 """
@@ -42,7 +44,7 @@ class LineProgress:
   def __init__(self, iterable: Iterable | None = None, *, total: int | None = None,
                desc: str = "", unit: str = "it", file: TextIO | None = None,
                initial: int = 0, every_percent: float = 10.0, every_s: float = 30.0,
-               clock=time.monotonic):
+               delay_s: float = 0.0, clock=time.monotonic):
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
       total = len(iterable)
     self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -52,6 +54,8 @@ class LineProgress:
     self.postfix = ""
     self._t0 = self._last_t = clock()
     self._last_percent = self._percent()
+    self.delay_s = delay_s
+    self._visible = delay_s <= 0
     self._closed = False
 
   def _percent(self) -> float | None:
@@ -81,6 +85,11 @@ class LineProgress:
     percent = self._percent()
     if percent is not None and percent >= 100:
       return                   # the final line is close()'s
+    if not self._visible:
+      if self.clock() - self._t0 >= self.delay_s:
+        self._visible = True
+        self._write()
+      return
     crossed = (percent is not None and self._last_percent is not None
                and percent // self.every_percent > self._last_percent // self.every_percent)
     if crossed or self.clock() - self._last_t >= self.every_s:
@@ -101,7 +110,9 @@ class LineProgress:
   def close(self) -> None:
     if not self._closed:
       self._closed = True
-      if self.n > self._start_n or self.total == 0:
+      if not self._visible and self.clock() - self._t0 >= self.delay_s:
+        self._visible = True
+      if self._visible and self.n > self._start_n:
         self._write()
 
   def __iter__(self):
@@ -129,10 +140,11 @@ class _Silent(LineProgress):
 
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
         unit: str = "it", file: TextIO | None = None, disable: bool = False, initial: int = 0,
-        **line_options: Any):
+        delay_s: float = 2.0, **line_options: Any):
   """A progress bar for `desc` (e.g. the tool's name and the stage): tqdm on a terminal,
   LineProgress otherwise (`line_options`: every_percent, every_s), silent when `disable` or
-  XMAE_PROGRESS=0. Use it as tqdm: wrap an iterable, or `update(n)` and `close()`/`with`."""
+  XMAE_PROGRESS=0, and for the first `delay_s` seconds. Use it as tqdm: wrap an iterable, or
+  `update(n)` and `close()`/`with`."""
   file = file if file is not None else sys.stderr
   mode = os.environ.get(ENV, "").strip().lower()
   if disable or mode in ("0", "off", "false", "no"):
@@ -140,9 +152,9 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
   if is_terminal(file) and mode != "lines":
     from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial,
-                dynamic_ncols=True)
+                dynamic_ncols=True, delay=delay_s)
   return LineProgress(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial,
-                      **line_options)
+                      delay_s=delay_s, **line_options)
 
 
 def message(text: str, file: TextIO | None = None) -> None:

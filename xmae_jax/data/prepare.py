@@ -28,7 +28,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from xmae_jax import __version__
 from xmae_jax import errors
+from xmae_jax import progress as progress_lib
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -367,10 +367,9 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: fl
 
 
 def _run_units(source, todo, options, config, cache, workers, *, progress, total):
-  from tqdm import tqdm
   args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
-  bar = tqdm(total=total, initial=total - len(todo), file=sys.stderr, unit="input",
-             desc=f"xmae-prepare {source}", disable=not progress, dynamic_ncols=True)
+  bar = progress_lib.bar(total=total, initial=total - len(todo), unit="input",
+                         desc=f"xmae-prepare {source}", disable=not progress)
   try:
     if workers == 1 or len(args) <= 1:
       for a in args:
