@@ -12,6 +12,8 @@ A package directory (written atomically: a temporary directory renamed into plac
                         BatchNorm statistics; no optimizer state)
   encoder.safetensors   the same tensors for other frameworks (names and layout: README.md)
   README.md             how to load it, in JAX and without JAX
+  MODEL_CARD.md         training data and its licence, preprocessing, metrics, limits
+                        (xmae_jax.evaluation.model_card)
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
@@ -37,6 +39,7 @@ import numpy as np
 from xmae_jax import __version__
 from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import model_card
 
 FORMAT_NAME = "xmae-jax-encoder"
 FORMAT_VERSION = 2
@@ -117,6 +120,7 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
     _save_safetensors(tmp / SAFETENSORS_FILE, tensors, info)
     (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
     (tmp / README_FILE).write_text(package_readme(info))
+    (tmp / model_card.FILE).write_text(model_card.render(info, config_dict))
     (tmp / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
     _replace_dir(tmp, output)
   except BaseException:
