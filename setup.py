@@ -26,6 +26,8 @@ CORE = [
 # `.[torch]` still installs it on any Python for whoever wants it.
 TORCH = "torch>=2.13"
 BEAM = "apache-beam>=2.77,<3"
+# Weights & Biases for `train.wandb.project` (off by default; offline unless WANDB_MODE is set).
+WANDB = "wandb>=0.17"
 
 setup(
     name="xmae-jax",
@@ -59,6 +61,7 @@ setup(
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],
+        "wandb": [WANDB],
         "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
                  f'{TORCH}; python_version < "3.12"'],
     },

@@ -124,6 +124,12 @@ def _train() -> mlc.ConfigDict:
   t.device_prefetch = 2              # global batches placed on the devices ahead of the step
   t.profile_steps = ()               # (START, END): jax.profiler trace of steps START+1..END
                                      # under WORKDIR/profile/ (TensorBoard/XProf); () = off
+  # Weights & Biases beside TensorBoard (pip install xmae-jax[wandb]): off while project is "".
+  # Offline (files under WORKDIR/wandb, `wandb sync` uploads them) unless WANDB_MODE is set.
+  t.wandb = mlc.ConfigDict()
+  t.wandb.project = ""
+  t.wandb.entity = ""                # "" = the account's default
+  t.wandb.name = ""                  # "" = the workdir's name
   return t
 
 
@@ -404,6 +410,9 @@ _AT_LEAST_ONE = _rule(lambda v: v >= 1, "must be >= 1")
 _FRACTION = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
 _OPEN_FRACTION = _rule(lambda v: 0 < v < 1, "must be in (0, 1)")
 _PROBABILITY = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
+# W&B refuses these in project and entity names (and names over 128 characters).
+_WANDB_NAME = (lambda v: isinstance(v, str) and len(v) <= 128 and not set(v) & set("/\\#?%:"),
+               "must be text of at most 128 characters without / \\ # ? % :")
 
 # (glob over dotted keys, check): each applies where the key exists (sections differ per model).
 # Each is a value that would otherwise train silently wrong (a negative loss weight maximizes
@@ -452,6 +461,9 @@ RULES = (
     ("train.state_layout", (lambda v: v in ("auto", "buffers", "tree"), "expected auto, buffers or tree")),
     ("data.augment.max_shift", _NON_NEGATIVE),
     ("data.augment.scale_range.*", _POSITIVE),
+    ("train.wandb.project", _WANDB_NAME),
+    ("train.wandb.entity", _WANDB_NAME),
+    ("train.wandb.name", (lambda v: isinstance(v, str), "must be text")),
 )
 
 
