@@ -12,14 +12,20 @@ VERSION = re.search(r'^__version__ = "([^"]+)"',
 # Ranges, not pins: each admits the tested 3.11 set (constraints.txt) and the tested current set
 # for 3.12/3.13 (constraints-current.txt). The upper caps sit at the next minor line because
 # flax/jax/orbax/grain break across minor bumps; widen one only after the suite passes on it.
+# CORE is what loading a package and embedding needs (`pip install xmae-jax`): the encoder
+# (flax, which brings optax and orbax), the preprocessing (neurokit2, scipy), the raw-input
+# readers (wfdb, soundfile), prepared datasets (array-record) and the probes (scikit-learn).
 CORE = [
     "jax>=0.10.2,<0.13", "jaxlib>=0.10.2,<0.13", "flax>=0.12.8,<0.13", "optax>=0.2.8,<0.3",
-    "orbax-checkpoint>=0.12.8,<0.13", "grain>=0.2.18,<0.3", "array-record>=0.8.6,<0.9",
+    "orbax-checkpoint>=0.12.8,<0.13", "array-record>=0.8.6,<0.9",
     "chex>=0.1.92", "ml-collections>=1.1.0", "absl-py>=2.5.1", "numpy>=2.0", "scipy>=1.12",
-    "neurokit2>=0.2.13", "wfdb>=4.1", "soundfile>=0.12", "h5py>=3.10", "msgpack>=1.0",
-    "pandas>=2.0", "scikit-learn>=1.4", "matplotlib>=3.8", "tensorboardX>=2.6",
+    "neurokit2>=0.2.13", "wfdb>=4.1", "soundfile>=0.12", "msgpack>=1.0",
+    "pandas>=2.0", "scikit-learn>=1.4", "matplotlib>=3.8",
     "safetensors>=0.4", "tqdm>=4.66",
 ]
+# Training and preparation beyond that (`.[train]`): the Grain input pipeline, TensorBoard
+# logs, PulseDB's MATLAB v7.3 (HDF5) files.
+TRAIN = ["grain>=0.2.18,<0.3", "tensorboardX>=2.6", "h5py>=3.10"]
 # The golden/parity tests and the side-by-side benchmark need torch (CPU build). Only 3.11 gets
 # it from the test extra: that is where the CPU wheel is pinned (constraints.txt); on 3.12+ the
 # index's default torch is the multi-GB CUDA build, and the torch tests skip without it.
@@ -62,7 +68,9 @@ setup(
         # protobuf < 7).
         "beam": [BEAM],
         "wandb": [WANDB],
-        "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
+        "train": TRAIN,
+        # The suite trains, so the test extra holds the training extra too.
+        "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
                  f'{TORCH}; python_version < "3.12"'],
     },
     entry_points={

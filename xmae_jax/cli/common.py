@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import importlib.util
 import sys
 from typing import Any, Callable, Sequence
 
@@ -102,6 +103,11 @@ def parser(prog: str, doc: str, **kwargs) -> ArgumentParser:
   rest (examples, details) follows the flag list in --help."""
   first, _, rest = doc.strip().partition("\n")
   return ArgumentParser(prog=prog, description=first, epilog=rest.strip("\n") or None, **kwargs)
+
+
+def missing_modules(names: Sequence[str]) -> list[str]:
+  """Which of the modules `names` are not installed (checked without importing them)."""
+  return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def fail(prog: str, error: BaseException | str) -> int:

@@ -29,6 +29,7 @@ from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
 
 PROG = "xmae-train"
+TRAIN_MODULES = ("grain", "tensorboardX")   # setup.py's train extra (h5py: PulseDB input only)
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
@@ -189,6 +190,9 @@ def _train(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
     return common.fail(PROG, "--config and --workdir are required")
+  missing = common.missing_modules(TRAIN_MODULES)
+  if missing:   # an inference-only install (`pip install xmae-jax`)
+    return common.fail(PROG, f"training needs {', '.join(missing)}: pip install 'xmae-jax[train]'")
   try:   # locked: a key the trainer does not know is an error, not a new field
     config = config_lib.load(_CONFIG.value, _CONFIG_OVERRIDES).lock()
   except XmaeError as e:
