@@ -96,3 +96,19 @@ def test_missing_wandb_and_bad_names_are_one_line(tmp_path, monkeypatch):
 def test_inactive_processes_start_no_wandb_run(tmp_path, fake_wandb):
   metrics.MetricsWriter(tmp_path, active=False, config=_config(project="p")).close()
   assert fake_wandb.inits == []
+
+
+def test_real_wandb_offline(tmp_path, monkeypatch):
+  """With the wandb extra installed (skipped otherwise): an offline run under WORKDIR/wandb,
+  resumed under the same id, and no network (offline mode)."""
+  pytest.importorskip("wandb")
+  monkeypatch.delenv("WANDB_MODE", raising=False)
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  config = _config(project="xmae-test")
+  for step in (10, 20):
+    writer = metrics.MetricsWriter(tmp_path, tensorboard=False, config=config)
+    writer.write(step, {"train_loss": 1.0 / step})
+    writer.close()
+  run_id = (tmp_path / metrics.WANDB_ID_FILE).read_text().strip()
+  runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+  assert len(runs) == 2 and all(f"-{run_id}" in r for r in runs)
