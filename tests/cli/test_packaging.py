@@ -90,3 +90,28 @@ def test_licence_and_citation():
   assert cff["version"] == xmae_jax.__version__ and cff["license"] == "Apache-2.0"
   arxiv = {i["value"] for r in cff["references"] for i in r["identifiers"]}
   assert arxiv == {"arXiv:2605.00973", "arXiv:2605.09579"}   # xMAE and M2AE
+
+
+TRAIN_ONLY = ("grain", "tensorboardX", "h5py")
+
+
+def test_the_core_install_leaves_training_modules_to_the_train_extra():
+  """setup.py's core holds none of the training-only distributions, and the inference path
+  (package loading, embedding, the embed/probe tools) imports none of them; xmae-train names the
+  missing extra in one line."""
+  text = (REPO / "setup.py").read_text()
+  core = text[text.index("CORE = ["):text.index("]", text.index("CORE = ["))]
+  assert not any(f'"{name}' in core for name in ("grain", "tensorboardX", "h5py"))
+  code = "\n".join([
+      "import sys",
+      f"for name in {TRAIN_ONLY!r}: sys.modules[name] = None   # not installed",
+      "import xmae_jax.evaluation.encoder, xmae_jax.evaluation.embed",
+      "from xmae_jax.cli import xmae_embed, xmae_probe, xmae_export, xmae_train",
+      "xmae_train.main(['xmae-train', '--config', 'xmae:tiny', '--workdir', sys.argv[1]])",
+  ])
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", code, "unused-workdir"], capture_output=True,
+                        text=True, env=env, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "xmae-train: error: training needs grain, tensorboardX: pip install 'xmae-jax[train]'")

@@ -72,7 +72,8 @@ def test_short_runs_print_nothing_and_long_ones_start_after_the_delay():
     bar.update(1)
   bar.close()
   lines = out.getvalue().splitlines()
-  assert lines[0].startswith("slow: 16/100 it (16%), 2 s elapsed") and lines[-1].startswith("slow: 100/100")
+  assert lines[0].startswith("slow: 16/100 it (16%), 2 s elapsed")
+  assert lines[-1].startswith("slow: 100/100")
   assert len(lines) == 10             # 16% (start), 20% ... 90%, final
 
 
