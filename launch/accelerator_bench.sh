@@ -92,7 +92,7 @@ if [ -z "$py" ]; then
     set -e
     python3 -m venv "$1"
     "$1/bin/python" -m pip install -q --upgrade pip
-    "$1/bin/python" -m pip install -q -c "$2/constraints.txt" -e "$2" "jax[cuda12]==$3" "${@:4}"
+    "$1/bin/python" -m pip install -q -c "$2/constraints.txt" -e "$2[train]" "jax[cuda12]==$3" "${@:4}"
   ' install "$venv" "$root" "$jax_version" "${extra[@]}"
   py="$venv/bin/python"
   if [ "$(cut -d' ' -f1 "$parts/install.rc")" != 0 ]; then

@@ -4,7 +4,7 @@
 # Everything lands under ${DEMO_DIR:-demo}/ ; a re-run reuses what is already there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/launch/setup_env.sh"
+bash "$root/launch/setup_env.sh" train
 cd "$root"
 py=.venv/bin/python
 out="${DEMO_DIR:-demo}"

@@ -2,7 +2,8 @@
 # Creates (or reuses) .venv and installs xmae-jax with the tested set for its Python:
 #   Python 3.11       constraints.txt          (the pinned set CI uses; jax 0.10.x)
 #   Python 3.12, 3.13 constraints-current.txt  (the tested current set; jax 0.11+ needs 3.12)
-# Usage: bash launch/setup_env.sh [extras]     e.g. "test" for the test suite.
+# Usage: bash launch/setup_env.sh [extras]     e.g. "train" to train, "train,test" for the
+#                                             suite; none: the inference-only core
 #   PYTHON=python3.12 bash launch/setup_env.sh test   the interpreter (default python3)
 #   JAX_EXTRA=tpu (or cuda12, cuda13)                 also the accelerator build of jax, at the
 #                                                     chosen set's jax version

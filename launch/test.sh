@@ -6,6 +6,6 @@
 # `-n 4` uses four workers, `-x -k pipeline` as usual.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$root/launch/setup_env.sh" test
+bash "$root/launch/setup_env.sh" train,test
 cd "$root"
 exec .venv/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests "$@"

@@ -31,7 +31,7 @@ read -r -d '' remote <<REMOTE || true
 set -euo pipefail
 if [ -d xmae-jax/.git ]; then git -C xmae-jax fetch -q origin && git -C xmae-jax checkout -q $branch && git -C xmae-jax pull -q; else git clone -q -b $branch $REPO_URL xmae-jax; fi
 cd xmae-jax
-PYTHON=${PYTHON:-python3} JAX_EXTRA=tpu bash launch/setup_env.sh
+PYTHON=${PYTHON:-python3} JAX_EXTRA=tpu bash launch/setup_env.sh train
 $data_sync
 .venv/bin/python -m xmae_jax.cli.xmae_train --config $config --workdir $workdir $extra
 REMOTE

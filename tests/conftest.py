@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No progress lines in the tools' output (tests assert one-line errors); tests/cli/test_progress.py
+# turns them on where they are the subject.
+os.environ.setdefault("XMAE_PROGRESS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -8,7 +8,8 @@ model shares (`data`, `train`, `mesh`, `seed`) live here, with their own per-pre
 (`COMMON_PRESETS`). Order of application: paper values, common preset, the file's preset, the
 `key=value` pairs of the argument, then the command line's `--config.a.b=v` values.
 
-Every tool loads through `load(spec)`: `spec` is `FILE[:PRESET[,key=value...]]` or a directory
+Every tool loads through `load(spec)`: `spec` is `FILE[:PRESET[,key=value...]]`, a config's name
+(`xmae`, `m2ae:tiny`: the config file shipped with the package, `packaged_config`) or a directory
 holding `config.json` (a training workdir or an exported package). A config read from a file is
 validated (`validate`) before anything runs, so a bad setting fails at once with one line; a
 saved config is taken as it ran. Problems raise `ConfigError` (an `XmaeError`) with one line
@@ -123,6 +124,12 @@ def _train() -> mlc.ConfigDict:
   t.device_prefetch = 2              # global batches placed on the devices ahead of the step
   t.profile_steps = ()               # (START, END): jax.profiler trace of steps START+1..END
                                      # under WORKDIR/profile/ (TensorBoard/XProf); () = off
+  # Weights & Biases beside TensorBoard (pip install xmae-jax[wandb]): off while project is "".
+  # Offline (files under WORKDIR/wandb, `wandb sync` uploads them) unless WANDB_MODE is set.
+  t.wandb = mlc.ConfigDict()
+  t.wandb.project = ""
+  t.wandb.entity = ""                # "" = the account's default
+  t.wandb.name = ""                  # "" = the workdir's name
   return t
 
 
@@ -305,19 +312,55 @@ def flag_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str]
 
 # --- Loading ----------------------------------------------------------------------------------
 
+def config_dirs() -> list[Path]:
+  """Where named configs live: the installed package's copy (setup.py ships configs/*.py as
+  xmae_jax/configs), else the checkout's configs/ beside the package (also an editable install)."""
+  package = Path(__file__).resolve().parent
+  return [d for d in (package / "configs", package.parent / "configs") if d.is_dir()]
+
+
+def config_names() -> list[str]:
+  """The names `--config NAME` accepts (e.g. xmae, m2ae)."""
+  return sorted({f.stem for d in config_dirs() for f in d.glob("*.py")
+                 if not f.name.startswith("_")})
+
+
+def packaged_config(name: str) -> Path | None:
+  """The config file of a bare name (`xmae`, or `xmae.py`), or None when it names none."""
+  if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.py)?", name):
+    return None
+  stem = name.removesuffix(".py")
+  return next((d / f"{stem}.py" for d in config_dirs() if (d / f"{stem}.py").is_file()), None)
+
+
+def resolve_config_file(path: str) -> Path:
+  """The file of `--config PATH[:...]`: an existing file, else a shipped config's name."""
+  file = Path(path)
+  if file.is_file():
+    return file
+  packaged = packaged_config(path)
+  if packaged is not None:
+    return packaged
+  hint = ""
+  if file.suffix == ".py" and packaged_config(file.name) is not None:
+    hint = f" (the installed package has it as --config {file.stem})"
+  elif not file.suffix:
+    hint = f" (known config names: {', '.join(config_names()) or 'none'})"
+  raise ConfigError(f"config file {path} does not exist{hint}")
+
+
 def load(spec, overrides: Mapping[str, Any] | None = None) -> mlc.ConfigDict:
   """The config of `spec`, then `overrides` (dotted keys, e.g. the command line's).
 
-  `spec` is `FILE[:PRESET[,key=value...]]` (that file's `get_config(arg)`, validated) or a
-  directory with `config.json` (a workdir or exported package; its config as it ran, so the
-  same architecture can be rebuilt). Every problem is a one-line `ConfigError`.
+  `spec` is `FILE[:PRESET[,key=value...]]` (that file's `get_config(arg)`, validated; FILE may
+  be a shipped config's name, `xmae:tiny`) or a directory with `config.json` (a workdir or
+  exported package; its config as it ran, so the same architecture can be rebuilt). Every
+  problem is a one-line `ConfigError`.
   """
   if Path(str(spec)).is_dir():
     return apply_overrides(load_saved(spec), overrides or {})
   path, _, arg = str(spec).partition(":")
-  file = Path(path)
-  if not file.is_file():
-    raise ConfigError(f"config file {path} does not exist")
+  file = resolve_config_file(path)
   module_spec = importlib.util.spec_from_file_location(f"_xmae_config_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
@@ -371,6 +414,9 @@ _PROBABILITY = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
 MAX_STEPS = 2**31 - 1
 _STEP_COUNT = _rule(lambda v: 0 <= v <= MAX_STEPS,
                     f"must be in [0, {MAX_STEPS}] (the step counter is a 32-bit integer)")
+# W&B refuses these in project and entity names (and names over 128 characters).
+_WANDB_NAME = (lambda v: isinstance(v, str) and len(v) <= 128 and not set(v) & set("/\\#?%:"),
+               "must be text of at most 128 characters without / \\ # ? % :")
 
 # (glob over dotted keys, check): each applies where the key exists (sections differ per model).
 # Each is a value that would otherwise train silently wrong (a negative loss weight maximizes
@@ -419,6 +465,9 @@ RULES = (
     ("train.state_layout", (lambda v: v in ("auto", "buffers", "tree"), "expected auto, buffers or tree")),
     ("data.augment.max_shift", _NON_NEGATIVE),
     ("data.augment.scale_range.*", _POSITIVE),
+    ("train.wandb.project", _WANDB_NAME),
+    ("train.wandb.entity", _WANDB_NAME),
+    ("train.wandb.name", (lambda v: isinstance(v, str), "must be text")),
 )
 
 

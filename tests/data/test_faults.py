@@ -301,7 +301,8 @@ def test_unusable_recordings_say_what_they_are(tmp_path):
   warnings = {(w["input"], w["warning"]) for w in report["input_warnings"]}
   assert ("textcells.csv", "non-numeric cells: 11 ppg value(s) were text and were read as "
           "missing") in warnings
-  assert ("noppg.csv", "missing channel: no ppg signal (required by --modalities both)") in \
+  assert ("noppg.csv",
+          "missing channel: no ppg signal (required by --require-modalities both)") in \
       warnings
   assert ("alltext.csv", "all_text: ecg holds only text (3750 samples)") in warnings
   assert ("flat.csv", "flat: ppg is flat (every sample 1) (3750 samples)") in warnings

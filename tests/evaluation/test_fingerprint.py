@@ -204,7 +204,7 @@ def test_retrieval_cli_on_a_dataset(joint_package, paired_dataset, tmp_path, cap
   from xmae_jax.evaluation import embed as embed_lib
   from xmae_jax.evaluation import retrieval
   out = tmp_path / "ret"
-  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(paired_dataset),
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--input", str(paired_dataset),
                               "--query", "ecg", "--gallery", "ppg", "--gallery-size", "5",
                               "--seed", "2", "--bootstrap", "40", "--output-dir", str(out)]) == 0
   printed = capsys.readouterr().out.strip().splitlines()
@@ -223,7 +223,7 @@ def test_retrieval_cli_on_a_dataset(joint_package, paired_dataset, tmp_path, cap
   table = (out / "table.md").read_text()
   assert "| ecg | ppg | 5 |" in table and "0.200" in table
   # Too few subjects for the gallery, a package without ECG: one line each.
-  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(paired_dataset),
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--input", str(paired_dataset),
                               "--gallery-size", "13", "--output-dir", str(tmp_path / "x")]) == 1
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "gallery size 13 needs windows of at least 13 subjects" in err
@@ -245,13 +245,13 @@ def test_retrieval_and_embed_on_a_wfdb_folder(joint_package, tiny_package, physi
   assert a["info"]["modalities"] == ["ppg", "ecg"] and a["info"]["source"] == "wfdb"
   assert len(set(a["subject_ids"])) == 2 and 40 <= len(a["embeddings"]) <= 63
   capsys.readouterr()
-  assert xmae_retrieval.main(["--encoder", str(joint_package), "--data", str(folder),
+  assert xmae_retrieval.main(["--encoder", str(joint_package), "--input", str(folder),
                               "--query", "ppg", "--gallery", "ecg", "--gallery-size", "2",
                               "--bootstrap", "20", "--output-dir", str(tmp_path / "r")]) == 0
   line = json.loads(capsys.readouterr().out)
   assert line["n_subjects"] == 2 and line["n_queries"] == len(a["embeddings"])
   assert line["chance_top1"] == 0.5 and line["query"] == "ppg"
   # A single-modality package cannot retrieve across modalities: one line.
-  assert xmae_retrieval.main(["--encoder", str(tiny_package), "--data", str(folder),
+  assert xmae_retrieval.main(["--encoder", str(tiny_package), "--input", str(folder),
                               "--gallery-size", "2", "--output-dir", str(tmp_path / "x")]) == 1
   assert "holds the ppg encoder, not ppg+ecg" in capsys.readouterr().err

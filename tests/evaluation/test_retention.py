@@ -102,7 +102,7 @@ def test_compare_retention_table(joint_package, tiny_package, mixed_dataset, tmp
   from xmae_jax.cli import xmae_compare
   out = tmp_path / "cmp"
   assert xmae_compare.main([
-      "--data", str(mixed_dataset), "--output-dir", str(out), "--modality", "ppg",
+      "--data", str(mixed_dataset), "--output-dir", str(out), "--modalities", "ppg",
       "--encoder", f"m2ae={joint_package}", "--encoder", f"xmae={tiny_package}",
       "--task", "hr", "--task", "pvc", "--folds", "3", "--inner-folds", "2",
       "--bootstrap", "60", "--retention"]) == 0

@@ -123,5 +123,5 @@ def test_import_torch_cli_writes_a_loadable_checkpoint(source, tmp_path):
   np.testing.assert_array_equal(forward(loaded, ppg, ecg, KEEP)["ecg_reconstruction"],
                                 forward(model, ppg, ecg, KEEP)["ecg_reconstruction"])
   assert import_torch.main(["--checkpoint", str(tmp_path / "nope.pth"), "--config",
-                            str(REPO / "configs" / "xmae.py") + ":tiny", "--output",
+                            str(REPO / "configs" / "xmae.py") + ":tiny", "--workdir",
                             str(tmp_path / "x")]) != 0

@@ -8,7 +8,9 @@ are user errors too, so they are one line as well instead of usage text plus the
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import importlib.util
 import sys
 from typing import Any, Callable, Sequence
 
@@ -23,16 +25,89 @@ class UsageError(XmaeError):
   """A command line argparse rejects (missing or malformed flag)."""
 
 
+def version_line() -> str:
+  """What every tool's --version prints."""
+  from xmae_jax import __version__
+  return f"xmae-jax {__version__}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """--help as the tools want it: the module docstring's examples kept as written, every flag's
+  default shown, and deprecated spellings left out of the flag list (named in its help)."""
+
+  @staticmethod
+  def _shows_default(action) -> bool:
+    return (action.default not in (None, False, argparse.SUPPRESS, []) and action.nargs != 0
+            and bool(action.option_strings))
+
+  def _get_help_string(self, action):
+    help_text = action.help or ""
+    if "%(default)" not in help_text and "(default" not in help_text and (
+        self._shows_default(action)):
+      help_text += (" " if help_text else "") + "(default: %(default)s)"
+    return help_text
+
+  def _format_action(self, action):
+    if action.help is None and self._shows_default(action):   # a flag without help text
+      action = copy.copy(action)
+      action.help = "(default: %(default)s)"
+    return super()._format_action(action)
+
+  def _format_action_invocation(self, action):
+    aliases = getattr(action, "deprecated_aliases", ())
+    if aliases:
+      action = copy.copy(action)
+      action.option_strings = [s for s in action.option_strings if s not in aliases]
+    return super()._format_action_invocation(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with one-line errors: `error` raises UsageError instead of printing usage."""
+  """argparse with one-line errors (`error` raises UsageError instead of printing usage),
+  --version, defaults in --help, and deprecated flag spellings that still work.
+
+  `add_argument("--new", deprecated=("--old",), ...)`: `--old` is accepted as `--new` with a
+  one-line warning on stderr, so scripts written against the old name keep working.
+  """
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    super().__init__(*args, **kwargs)
+    self.renamed: dict[str, str] = {}
+    self.add_argument("--version", action="version", version=version_line())
+
+  def add_argument(self, *names, deprecated: Sequence[str] = (), **kwargs):
+    if deprecated and kwargs.get("help") is not argparse.SUPPRESS:
+      kwargs["help"] = ((kwargs.get("help") or "") +
+                        f" (formerly {', '.join(deprecated)}: still accepted)").strip()
+    action = super().add_argument(*names, *deprecated, **kwargs)
+    if deprecated:
+      action.deprecated_aliases = tuple(deprecated)
+      self.renamed.update((old, names[0]) for old in deprecated)
+    return action
+
+  def parse_known_args(self, args=None, namespace=None):
+    words = sys.argv[1:] if args is None else list(args)
+    for word in words:
+      old = word.split("=", 1)[0]
+      if old in self.renamed:
+        print(f"{self.prog}: warning: {old} is deprecated; use {self.renamed[old]}",
+              file=sys.stderr)
+    return super().parse_known_args(args, namespace)
 
   def error(self, message):
     raise UsageError(message)
 
 
 def parser(prog: str, doc: str, **kwargs) -> ArgumentParser:
-  """A parser for the tool `prog` described by the first line of its module docstring."""
-  return ArgumentParser(prog=prog, description=doc.strip().split("\n")[0], **kwargs)
+  """A parser for the tool `prog`: the first line of its module docstring describes it, the
+  rest (examples, details) follows the flag list in --help."""
+  first, _, rest = doc.strip().partition("\n")
+  return ArgumentParser(prog=prog, description=first, epilog=rest.strip("\n") or None, **kwargs)
+
+
+def missing_modules(names: Sequence[str]) -> list[str]:
+  """Which of the modules `names` are not installed (checked without importing them)."""
+  return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -132,14 +207,17 @@ def protocols(args) -> tuple[str, ...]:
 
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", required=True, help="a prepared dataset directory")
-  p.add_argument("--output-dir", required=True)
+  p.add_argument("--output-dir", required=True, help="report directory to write")
   p.add_argument("--encoder", action="append", default=[], help="NAME=PATH (repeatable)")
   p.add_argument("--random", action="append", default=[],
                  help="NAME=CONFIG_FILE[:ARG] or NAME=WORKDIR|PACKAGE (its config): a randomly "
                       "initialized encoder (repeatable)")
   p.add_argument("--random-seed", type=int, default=0)
   p.add_argument("--step", default="auto", help="checkpoint of workdir encoders")
-  p.add_argument("--modality", choices=("ppg", "ecg"), default="ppg")
+  p.add_argument("--modalities", dest="modality", deprecated=("--modality",),
+                 choices=("ppg", "ecg"), default="ppg",
+                 help="the input every encoder embeds from (an M2AE ppg+ecg encoder: that "
+                      "modality alone)")
   p.add_argument("--split", action="append", default=None,
                  help="dataset split(s) to embed and probe (default: all)")
   p.add_argument("--reuse-embeddings", action="store_true",

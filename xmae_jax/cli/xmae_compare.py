@@ -7,7 +7,7 @@
 
 --encoder NAME=PATH: an exported package or a training workdir (repeatable).
 --random NAME=CONFIG_FILE[:ARG]: that config's model, randomly initialized (--random-seed).
---modality ppg|ecg: the input of every encoder; an M2AE ppg+ecg package gives its fingerprint
+--modalities ppg|ecg: the input of every encoder; an M2AE ppg+ecg package gives its fingerprint
 from that modality alone (so M2AE sits beside the xMAE-family PPG encoders).
 --retention: also, for every encoder that takes both modalities (M2AE), its PPG-alone, ECG-alone
 and both-modality fingerprints of the same windows on identical folds, and the retention ratios

@@ -1,8 +1,8 @@
 """xmae-import-torch: the xMAE reference's PyTorch weights -> an Orbax checkpoint of ours.
 
-  xmae-import-torch --checkpoint xmae.pth --config configs/xmae.py --output runs/imported
+  xmae-import-torch --checkpoint xmae.pth --config configs/xmae.py --workdir runs/imported
   python -m xmae_jax.cli.xmae_import_torch --checkpoint last.ckpt --config configs/xmae.py:paper \
-      --output runs/imported
+      --workdir runs/imported
 
 `--checkpoint` is the reference model's `state_dict()` saved with torch.save (a Lightning
 checkpoint works too: its `state_dict` and `model.` prefix are unwrapped); it is read with
@@ -26,7 +26,8 @@ def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--checkpoint", required=True, help="the reference's .pt/.pth state dict")
   p.add_argument("--config", required=True, help="config file, e.g. configs/xmae.py:paper")
-  p.add_argument("--output", required=True, help="workdir to write the checkpoint to")
+  p.add_argument("--workdir", dest="output", deprecated=("--output",), required=True,
+                 help="workdir to write the checkpoint to")
   args = p.parse_args(argv)
   step_dir = reference.import_checkpoint(args.checkpoint, args.config, args.output)
   print(f"wrote {step_dir}")

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "pipeline applies its threshold when reading)")
   p.add_argument("--stride-seconds", type=float, default=None,
                  help="window stride (default: 10 s, non-overlapping)")
-  p.add_argument("--modalities", default="both", choices=sorted(pp.REQUIREMENTS),
+  p.add_argument("--require-modalities", dest="modalities", deprecated=("--modalities",),
+                 default="both", choices=sorted(pp.REQUIREMENTS),
                  help="modalities a kept segment must have")
   p.add_argument("--max-flat-seconds", type=float, default=pp.PreprocessConfig.max_flat_seconds)
   p.add_argument("--max-nan-gap-seconds", type=float,

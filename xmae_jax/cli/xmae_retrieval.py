@@ -1,6 +1,6 @@
 """xmae-retrieval: cross-modal retrieval with M2AE fingerprints (top-1/top-5 against chance).
 
-  xmae-retrieval --encoder OUT --data PATH [--split test] --query ecg --gallery ppg \
+  xmae-retrieval --encoder OUT --input PATH [--split test] --query ecg --gallery ppg \
       --gallery-size N [--seed S] [--bootstrap B] --output-dir DIR
 
 For each query window (its --query fingerprint alone), is its own --gallery fingerprint the
@@ -25,7 +25,8 @@ PROG = "xmae-retrieval"
 def run(argv=None) -> None:
   p = common.parser(PROG, __doc__, conflict_handler="resolve")
   p.add_argument("--encoder", required=True, help="M2AE ppg+ecg package or M2AE workdir")
-  p.add_argument("--data", required=True, help="prepared dataset, WFDB record folder, CSV/NPZ")
+  p.add_argument("--input", dest="data", deprecated=("--data",), required=True,
+                 help="prepared dataset, WFDB record folder, CSV/NPZ")
   p.add_argument("--split", action="append", default=None,
                  help="dataset split(s) (repeatable; default all)")
   p.add_argument("--query", choices=encoder_lib.MODALITIES, default="ecg")

@@ -32,6 +32,7 @@ from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
 
 PROG = "xmae-train"
+TRAIN_MODULES = ("grain", "tensorboardX")   # setup.py's train extra (h5py: PulseDB input only)
 
 _CONFIG = flags.DEFINE_string(
     "config", None, "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
@@ -196,6 +197,9 @@ def _train(argv) -> int:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _CONFIG.value is None or not _WORKDIR.value:
     return common.fail(PROG, "--config and --workdir are required")
+  missing = common.missing_modules(TRAIN_MODULES)
+  if missing:   # an inference-only install (`pip install xmae-jax`)
+    return common.fail(PROG, f"training needs {', '.join(missing)}: pip install 'xmae-jax[train]'")
   try:   # locked: a key the trainer does not know is an error, not a new field
     config = config_lib.load(_CONFIG.value, _CONFIG_OVERRIDES).lock()
   except XmaeError as e:
@@ -240,8 +244,36 @@ def _train(argv) -> int:
   return 0
 
 
+_OWN_FLAGS = (_CONFIG, _WORKDIR, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _KEEP_FREED, _CACHE)
+
+
+def help_text() -> str:
+  """--help: the tool's own flags with their defaults (absl's --help lists none here and exits
+  1), then the module docstring; `--helpfull` still lists absl's own flags."""
+  lines = [f"usage: {PROG} --config FILE[:PRESET[,key=value...]] --workdir DIR "
+           "[--config.SECTION.FIELD=VALUE ...] [flags]", "", __doc__.strip().split("\n")[0], "",
+           "flags:"]
+  for holder in _OWN_FLAGS:
+    flag = flags.FLAGS[holder.name]
+    default = "" if flag.default is None else f" (default: {flag.default!r})"
+    lines.append(f"  --{flag.name}: {flag.help}{default}")
+  lines += ["  --config.SECTION.FIELD=VALUE: override one config field (repeatable)",
+            "  --version: print the version and exit",
+            "  --helpfull: also absl's own flags (logging, verbosity)", "",
+            __doc__.strip().split("\n", 1)[1].strip("\n")]
+  return "\n".join(lines)
+
+
 def parse_flags(argv):
-  """absl's flag parsing, after config_lib takes the `--config.a.b=v` values out of argv."""
+  """absl's flag parsing, after config_lib takes the `--config.a.b=v` values out of argv;
+  --help/-h and --version answer here and exit 0."""
+  words = list(argv[1:])
+  if "--version" in words:
+    print(common.version_line())
+    sys.exit(0)
+  if "--help" in words or "-h" in words:
+    print(help_text())
+    sys.exit(0)
   argv, overrides = config_lib.flag_overrides(argv)
   _CONFIG_OVERRIDES.clear()
   _CONFIG_OVERRIDES.update(overrides)

@@ -44,6 +44,7 @@ import numpy as np
 from xmae_jax import __version__
 from xmae_jax import errors
 from xmae_jax import locks
+from xmae_jax import progress as progress_lib
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
@@ -163,7 +164,7 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
            for m, n in sorted(item.non_numeric.items())
            if m in item.signals and n < len(item.signals[m][0])]   # all text: said below
   required = pp.REQUIREMENTS[config.modalities]
-  notes += [f"missing channel: no {m} signal (required by --modalities {config.modalities})"
+  notes += [f"missing channel: no {m} signal (required by --require-modalities {config.modalities})"
             for m in required if m not in item.signals]
   if stats.get("dropped/too_short"):
     found = []
@@ -532,10 +533,9 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
   pool (this process terminates and joins its workers, so none is left writing to a pipe
   nobody reads) and raises Interrupted saying how many units are done."""
   import signal
-  from tqdm import tqdm
   args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
-  bar = tqdm(total=total, initial=total - len(todo), file=sys.stderr, unit="input",
-             desc=f"xmae-prepare {source}", disable=not progress, dynamic_ncols=True)
+  bar = progress_lib.bar(total=total, initial=total - len(todo), unit="input",
+                         desc=f"xmae-prepare {source}", disable=not progress)
   handled = (signal.SIGTERM, signal.SIGINT)
   previous = {}
   if threading.current_thread() is threading.main_thread():   # handlers: main thread only

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import progress
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
@@ -96,7 +97,7 @@ def embed_all(specs: Sequence[EncoderSpec], data_dir, out_dir, *, modality: str 
   if len(set(names)) != len(names):
     raise CompareError(f"encoder names must be unique, got {names}")
   files = {}
-  for spec in specs:
+  for spec in progress.bar(specs, desc="embedding with each encoder", unit="encoder"):
     path = Path(out_dir) / "embeddings" / f"{spec.name}.npz"
     if not (reuse and path.is_file()):
       enc = build_encoder(spec, modality)
@@ -127,7 +128,7 @@ def probe_all(files: dict[str, Path], task_specs: Sequence[str] | None, *,
   for name, a in arrays.items():
     for r in probe_lib.run_tasks(a["embeddings"], a["subject_ids"], fields, task_specs,
                                  protocols=protocols, linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
-                                 keep_predictions=keep_predictions):
+                                 keep_predictions=keep_predictions, desc=f"probing {name}"):
       results.append({"encoder": name, **r})
   return results
 

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from xmae_jax import errors
+from xmae_jax import progress
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare
 from xmae_jax.data import preprocess
@@ -178,9 +179,12 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   out = _empty_segments()
   windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
   skipped = 0
+  bar = progress.bar(total=sum(manifest["splits"][s]["records"] for s in chosen),
+                     desc=f"reading {Path(data_dir).name}", unit="record")
   for split in chosen:
     kept = 0
     for _, rec in reader.iter_records(str(data_dir), split, modalities=modalities):
+      bar.update(1)
       for m in modalities:
         windows[m].append(rec.signal(m))
       out.subject_ids.append(rec.subject_id)
@@ -190,6 +194,7 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
       out.labels.append(dict(rec.labels))
       kept += 1
     skipped += manifest["splits"][split]["records"] - kept
+  bar.close()
   if not out.subject_ids:
     raise EmbeddingsError(f"{data_dir}: no record has {' and '.join(modalities)}")
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
@@ -266,7 +271,7 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     units = source_reader.list_inputs(str(path), options)
   except sources.SourceError as e:
     raise EmbeddingsError(f"input {path}: {e}") from None
-  for unit in units:
+  for unit in progress.bar(units, desc=f"reading {p.name}", unit="input"):
     try:   # the whole unit first: a unit that fails half-way contributes nothing, as in prepare
       recordings = list(prepare.segment_unit(source, unit, options, config,
                                              modalities=modalities))
@@ -330,6 +335,21 @@ def encoder_alignment(encoder) -> dict[str, Any]:
   return ppg_alignment(info.get("preprocessing"))
 
 
+def embed_windows(encoder, *, chunk: int | None = None, **windows: np.ndarray) -> np.ndarray:
+  """`encoder.embed_prepared(**windows)` in chunks of a few batches, with a progress bar
+  (the same batches and numbers: the encoder pads each batch to one shape)."""
+  count = len(next(iter(windows.values())))
+  chunk = chunk or 16 * int(getattr(encoder, "batch_size", 256))
+  if count <= chunk:
+    return encoder.embed_prepared(**windows)
+  out = []
+  with progress.bar(total=count, desc=f"embedding {'+'.join(windows)}", unit="window") as bar:
+    for start in range(0, count, chunk):
+      out.append(encoder.embed_prepared(**{m: w[start:start + chunk] for m, w in windows.items()}))
+      bar.update(len(out[-1]))
+  return np.concatenate(out)
+
+
 def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
                 modalities: Sequence[str] | None = None, source: str | None = None,
                 splits: Sequence[str] | None = None,
@@ -341,7 +361,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   source = source or detect_source(path)
   segs = read_segments(path, modalities, contract=encoder.contract, source=source,
                        splits=splits, options=options, alignment=encoder_alignment(encoder))
-  z = encoder.embed_prepared(**{m: segs.signals[m] for m in modalities})
+  z = embed_windows(encoder, **{m: segs.signals[m] for m in modalities})
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),
           "modalities": list(modalities), "encoder_modality": encoder.modality,

@@ -13,6 +13,8 @@ output is replaced only when it is a package, `check_output`) holds
                         BatchNorm statistics; no optimizer state)
   encoder.safetensors   the same tensors for other frameworks (names and layout: README.md)
   README.md             how to load it, in JAX and without JAX
+  MODEL_CARD.md         training data and its licence, preprocessing, metrics, limits
+                        (xmae_jax.evaluation.model_card)
 package.json also holds the sha256 digest of every other file (`sha256`: {relative name:
 digest}); `verify_files` checks them when a package is loaded, and every name read from
 package.json must stay inside the package (`member`).
@@ -46,6 +48,7 @@ import numpy as np
 from xmae_jax import __version__
 from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import model_card
 
 FORMAT_NAME = "xmae-jax-encoder"
 FORMAT_VERSION = 2
@@ -61,7 +64,8 @@ README_FILE = "README.md"
 # Tensor kinds in package.json: trainable parameters and BatchNorm running statistics.
 KINDS = ("param", "batch_stat", "other")
 # Everything a package folder holds: an existing folder is replaced only when it holds no more.
-PACKAGE_MEMBERS = (PACKAGE_FILE, CONFIG_FILE, WEIGHTS_DIR, SAFETENSORS_FILE, README_FILE)
+PACKAGE_MEMBERS = (PACKAGE_FILE, CONFIG_FILE, WEIGHTS_DIR, SAFETENSORS_FILE, README_FILE,
+                   model_card.FILE)
 
 
 class PackageError(XmaeError):
@@ -170,6 +174,7 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
       _save_safetensors(new / SAFETENSORS_FILE, tensors, info)
       (new / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
       (new / README_FILE).write_text(package_readme(info))
+      (new / model_card.FILE).write_text(model_card.render(info, config_dict))
       info = {**info, DIGESTS: file_digests(new)}
       (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
       check_output(output, overwrite=overwrite)   # still ours to replace after the long write

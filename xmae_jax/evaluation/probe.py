@@ -44,6 +44,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFo
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from xmae_jax import progress
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import tasks as tasks_lib
@@ -601,13 +602,16 @@ def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: st
 
 def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
               linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig(),
-              keep_predictions: bool = False) -> list[dict[str, Any]]:
+              keep_predictions: bool = False, desc: str = "probing") -> list[dict[str, Any]]:
   results = []
-  for spec in task_specs:
-    for protocol in protocols:
+  runs = [(spec, protocol) for spec in task_specs for protocol in protocols]
+  with progress.bar(total=len(runs), desc=desc, unit="task") as bar:
+    for spec, protocol in runs:
+      bar.set_postfix_str(f"{tasks_lib.canonical_name(spec)} ({protocol})")
       results.append(run_task(embeddings, subjects, fields, spec, protocol=protocol,
                               linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
                               keep_predictions=keep_predictions))
+      bar.update(1)
   return results
 
 

@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax import progress
 from xmae_jax.data import preprocess
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
@@ -499,6 +500,8 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
     raise ReconstructionError("no --model given")
   contract = encoder_lib.Contract.from_config(loaded[0][2])
   ceilings = []
+  bar = progress.bar(total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
+                     desc="reconstructing", unit="run")
   for label, path in data_sources:
     ppg, ecg, subjects, notes = paired_segments(path, contract=contract, split=split,
                                                 min_quality=min_quality)
@@ -518,6 +521,8 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
                      tolerance_ms=tolerance_ms, figure=str(fig), title=title,
                      direction=direction, groups=subjects)
         rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
+        bar.update(1)
+  bar.close()
   report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
             "split": split, "min_quality": min_quality, "rows": rows}
   if with_ceiling:

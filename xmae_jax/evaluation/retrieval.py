@@ -135,8 +135,8 @@ def retrieve(encoder, data: str | os.PathLike, *, query: str = "ecg", gallery: s
   # Before embedding, so the one line comes without the wait.
   check_gallery_size(gallery_size, len(set(segs.subject_ids)),
                      f"{data} (windows with {query} and {gallery})")
-  z_query = encoder.embed_prepared(**{query: segs.signals[query]})
-  z_gallery = encoder.embed_prepared(**{gallery: segs.signals[gallery]})
+  z_query = embed_lib.embed_windows(encoder, **{query: segs.signals[query]})
+  z_gallery = embed_lib.embed_windows(encoder, **{gallery: segs.signals[gallery]})
   result = retrieval_scores(z_query, z_gallery, segs.subject_ids, gallery_size=gallery_size,
                             seed=seed, n_bootstrap=n_bootstrap)
   info = encoder.info if isinstance(encoder.info, dict) else {}

@@ -1,4 +1,5 @@
-"""Run logs: WORKDIR/metrics.jsonl, TensorBoard events under WORKDIR/tb, a console progress line.
+"""Run logs: WORKDIR/metrics.jsonl, TensorBoard events under WORKDIR/tb, optionally Weights &
+Biases (`train.wandb.project`), a console progress line.
 
 Only process 0 writes (the writer is a no-op elsewhere). metrics.jsonl holds one JSON object per
 logged step (`step`, `train_loss`, `lr`, `segments_per_s`, `step_time_s`, `tflops_per_device`,
@@ -6,19 +7,61 @@ logged step (`step`, `train_loss`, `lr`, `segments_per_s`, `step_time_s`, `tflop
 preempted run loses nothing it logged. A value that is not known (`mfu` on a device kind without
 a known peak) is null in the file and left out of TensorBoard. On resume the lines of steps
 after the restored checkpoint are dropped first, so the file reads as one run.
+
+W&B (`pip install xmae-jax[wandb]`, off by default) gets the same scalars at the same steps and
+the run's config. No network at run time: the run is offline (files under WORKDIR/wandb, `wandb
+sync` uploads them later) unless the user sets WANDB_MODE. The W&B run id is kept in
+WORKDIR/wandb_run_id, so a resumed run continues the same W&B run.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
+from xmae_jax import config_lib
 from xmae_jax import errors
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
+WANDB_ID_FILE = "wandb_run_id"
+
+
+class TrackingError(errors.XmaeError):
+  """Experiment tracking asked for but not available (W&B not installed)."""
+
+
+class WandbRun:
+  """The W&B run of a workdir (train.wandb settings): log(step, scalars), finish()."""
+
+  def __init__(self, workdir, settings, config=None):
+    try:
+      import wandb
+    except ImportError:
+      raise TrackingError(f"train.wandb.project={settings.project!r} needs Weights & Biases: "
+                          "pip install xmae-jax[wandb] (or set train.wandb.project='' )") from None
+    workdir = Path(workdir)
+    id_file = workdir / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    if not run_id:
+      run_id = os.urandom(8).hex()
+      errors.atomic_write(id_file, run_id + "\n")
+    options = {"project": settings.project, "entity": settings.entity or None,
+               "name": settings.name or workdir.name, "dir": str(workdir), "id": run_id,
+               "resume": "allow",
+               "config": config_lib.config_to_dict(config) if config is not None else None}
+    if not os.environ.get("WANDB_MODE"):
+      options["mode"] = "offline"   # no network unless the user asks for it
+    self.run = wandb.init(**options)
+
+  def log(self, step: int, scalars: dict) -> None:
+    self.run.log({k: float(v) for k, v in scalars.items() if v is not None}, step=int(step))
+
+  def finish(self) -> None:
+    self.run.finish()
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -54,14 +97,19 @@ def _clean(value):
 
 
 class MetricsWriter:
-  """JSONL + TensorBoard on process 0; silent elsewhere."""
+  """JSONL + TensorBoard (+ W&B when `config.train.wandb.project` is set) on process 0; silent
+  elsewhere."""
 
-  def __init__(self, workdir, *, active: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir, *, active: bool = True, tensorboard: bool = True, config=None):
     self.active = active
     self._file = None
     self._tb = None
+    self._wandb = None
     if not active:
       return
+    settings = (config.get("train") or {}).get("wandb") if config is not None else None
+    if settings is not None and settings.get("project"):
+      self._wandb = WandbRun(workdir, settings, config)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     self.path = Path(workdir) / METRICS_FILE
     self._file = open(self.path, "a")
@@ -83,6 +131,8 @@ class MetricsWriter:
       for k, v in scalars.items():
         if v is not None:
           self._tb.add_scalar(k, float(v), int(step))
+    if self._wandb is not None:
+      self._wandb.log(step, scalars)
 
   def write_text(self, tag: str, text: str, step: int = 0) -> None:
     if self._tb is not None:
@@ -102,6 +152,9 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
 
 def _hms(seconds: float) -> str:

@@ -630,7 +630,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
     if chief:
       config_lib.write_config(workdir, config)
       metrics_lib.truncate_after(workdir, start)
-    writer = metrics_lib.MetricsWriter(workdir, active=chief)
+    writer = metrics_lib.MetricsWriter(workdir, active=chief, config=config)
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
     # Only process 0 logs, so only it needs the MFU denominator (measured on CPU).
     peak = perf.device_peak(jax.local_devices()[0], str(t.compute_dtype)) if chief else None

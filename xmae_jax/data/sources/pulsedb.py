@@ -50,7 +50,11 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
 
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
-  import h5py
+  try:
+    import h5py
+  except ImportError:   # an inference-only install
+    raise SourceError("unreadable", "PulseDB's .mat files need h5py: "
+                      "pip install 'xmae-jax[train]'") from None
   path = Path(unit)
   fs = float(options.get("pulsedb_fs", 125.0))
   try:

@@ -5,7 +5,7 @@ is --fs, or inferred from a --time-column in seconds. One subject per file (its 
 --subject-column names a column, whose consecutive rows of one value form one recording.
 NPZ: arrays named like the columns; 1-D = one recording, 2-D (N, L) = N recordings; the rate is
 --fs or a scalar array 'fs' in the file; --subject-column names an array of N subject ids.
-Either modality may be absent from a file (the preprocessing's --modalities decides).
+Either modality may be absent from a file (xmae-prepare --require-modalities decides).
 Files are loaded without pickle.
 """
 from __future__ import annotations
