@@ -11,6 +11,8 @@ CORE = [
     "neurokit2>=0.2.13", "wfdb>=4.1", "soundfile>=0.12", "h5py>=3.10", "msgpack>=1.0",
     "pandas>=2.0", "scikit-learn>=1.4", "matplotlib>=3.8", "tensorboardX>=2.6",
     "safetensors>=0.4", "tqdm>=4.66",
+    # jax.export serialization (the StableHLO artifact of xmae_jax.interop.stablehlo)
+    "flatbuffers>=24.3",
 ]
 # The golden/parity tests and the side-by-side benchmark need torch (CPU build). Only 3.11 gets
 # it from the test extra: that is where the CPU wheel is pinned (constraints.txt); on 3.12+ the

@@ -1,6 +1,7 @@
 """xmae-export: write a frozen encoder package from a training (or imported) workdir.
 
   xmae-export --workdir DIR --output OUT [--modality ppg|ecg|ppg+ecg] [--step auto|best|latest|N]
+              [--stablehlo]
 
 `--modality ppg+ecg` (M2AE only) writes one package holding both modality encoders and the shared
 bottleneck: `load_encoder(OUT).embed(ppg=..., ecg=..., fs=...)` takes either modality or both.
@@ -8,7 +9,10 @@ bottleneck: `load_encoder(OUT).embed(ppg=..., ecg=..., fs=...)` takes either mod
 `--step auto` (default) takes the checkpoint with the lowest validation loss when one has it
 (a training run), else the latest (e.g. a checkpoint written by xmae-import-torch).
 The package format is described in xmae_jax/evaluation/package.py; load it with
-`xmae_jax.load_encoder(OUT)`.
+`xmae_jax.load_encoder(OUT)`, or without JAX as a PyTorch module with
+`xmae_jax.interop.torch_encoder.load(OUT)` (every package). `--stablehlo` also writes the
+embedding as serialized StableHLO with its input contract into the package (stablehlo.json,
+stablehlo-*.bin: xmae_jax/interop/stablehlo.py), runnable with `jax.export.deserialize` alone.
 """
 from __future__ import annotations
 
@@ -30,13 +34,20 @@ def run(argv=None) -> None:
                  help=f"the encoder to export ({package_lib.JOINT}: M2AE's joint fingerprint)")
   p.add_argument("--step", default="auto", help="auto | best | latest | a step number")
   p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+  p.add_argument("--stablehlo", action="store_true",
+                 help="also write the embedding as serialized StableHLO (jax.export) with its "
+                      "input contract into the package")
   args = p.parse_args(argv)
   out = export_lib.export_workdir(args.workdir, args.output, modality=args.modality,
                                   step=args.step, overwrite=args.overwrite)
   info = package_lib.read_package_info(out)
-  print(json.dumps({"output": str(out), "model": info["model_name"], "modality": info["modality"],
-                    "step": info["source"].get("step"), "param_count": info["param_count"],
-                    "latent_dim": info["latent_dim"]}))
+  summary = {"output": str(out), "model": info["model_name"], "modality": info["modality"],
+             "step": info["source"].get("step"), "param_count": info["param_count"],
+             "latent_dim": info["latent_dim"]}
+  if args.stablehlo:
+    from xmae_jax.interop import stablehlo
+    summary["stablehlo"] = str(stablehlo.write_artifact(out))
+  print(json.dumps(summary))
 
 
 def main(argv=None) -> int:
