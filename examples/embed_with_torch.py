@@ -59,7 +59,8 @@ def main() -> None:
     np.save(args.output, z)
   print(json.dumps({"encoder": repr(enc), "embeddings": list(z.shape),
                     "direct_module_output": list(direct.shape),
-                    "jax_imported": "jax" in sys.modules}))
+                    "jax_modules": sorted(m for m in sys.modules
+                                          if m.split(".")[0] in ("jax", "jaxlib", "flax"))}))
 
 
 if __name__ == "__main__":
