@@ -31,6 +31,9 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "torch": [TORCH],
+        # ONNX export of a package (xmae-export --onnx): jax2onnx 0.13 is the newest line that
+        # installs beside jax 0.10.2.
+        "onnx": ["jax2onnx>=0.13,<0.14", "onnxruntime>=1.24"],
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],
