@@ -216,6 +216,8 @@ def package_readme(info: dict) -> str:
       "inputs; `nnx.ConvTranspose` likewise; BatchNorm keeps `scale`, `bias` (params) and `mean`,",
       "`var` (batch statistics, used at inference). A PyTorch user transposes Linear kernels and",
       "moves the conv kernel's width axis last ((out, in, width) = kernel.transpose(2, 1, 0)).",
+      "`xmae_jax.interop.torch_encoder.load('PATH')` does all of this: the encoder as a",
+      "`torch.nn.Module` with `embed(x, fs)`, without importing JAX.",
       "",
       "## Tensors",
       "| name | shape | kind |",
