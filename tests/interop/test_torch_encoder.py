@@ -1,7 +1,6 @@
 """The pure-PyTorch encoder of an exported package (xmae_jax.interop.torch_encoder): no JAX in
 its import chain (the example script, run in a fresh process, reports it), the same
-embeddings
-PyTorch example script."""
+embeddings as `load_encoder(...).embed` on a real record, and the PyTorch example script."""
 import json
 
 import numpy as np
