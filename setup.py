@@ -22,6 +22,8 @@ CORE = [
     "neurokit2>=0.2.13", "wfdb>=4.1", "soundfile>=0.12", "msgpack>=1.0",
     "pandas>=2.0", "scikit-learn>=1.4", "matplotlib>=3.8",
     "safetensors>=0.4", "tqdm>=4.66",
+    # jax.export serialization (the StableHLO artifact of xmae_jax.interop.stablehlo)
+    "flatbuffers>=24.3",
 ]
 # Training and preparation beyond that (`.[train]`): the Grain input pipeline, TensorBoard
 # logs, PulseDB's MATLAB v7.3 (HDF5) files.
@@ -66,6 +68,9 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "torch": [TORCH],
+        # ONNX export of a package (xmae-export --onnx): jax2onnx 0.13 is the newest line that
+        # installs beside jax 0.10.2.
+        "onnx": ["jax2onnx>=0.13,<0.14", "onnxruntime>=1.24"],
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],

@@ -66,6 +66,13 @@ KINDS = ("param", "batch_stat", "other")
 # Everything a package folder holds: an existing folder is replaced only when it holds no more.
 PACKAGE_MEMBERS = (PACKAGE_FILE, CONFIG_FILE, WEIGHTS_DIR, SAFETENSORS_FILE, README_FILE,
                    model_card.FILE)
+# Files `xmae-export --stablehlo/--onnx` add to a finished package (xmae_jax/interop).
+EXTRA_MEMBER_PREFIXES = ("stablehlo", "onnx-")
+
+
+def is_member_name(name: str) -> bool:
+  """Whether a top-level name in a package folder is one of the package's own files."""
+  return name in PACKAGE_MEMBERS or name.startswith(EXTRA_MEMBER_PREFIXES)
 
 
 class PackageError(XmaeError):
@@ -133,7 +140,7 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
     raise PackageError(f"output {output} exists and is not an encoder package (no {PACKAGE_FILE} "
                        f"of format {FORMAT_NAME!r}): --overwrite replaces only a package; choose "
                        "another --output")
-  foreign = [e for e in entries if e not in PACKAGE_MEMBERS]
+  foreign = [e for e in entries if not is_member_name(e)]
   if foreign:
     raise PackageError(f"output {output} is an encoder package but also holds {foreign[0]!r}, "
                        "which replacing it would delete: move that away or choose another --output")
@@ -430,6 +437,8 @@ def package_readme(info: dict) -> str:
       "inputs; `nnx.ConvTranspose` likewise; BatchNorm keeps `scale`, `bias` (params) and `mean`,",
       "`var` (batch statistics, used at inference). A PyTorch user transposes Linear kernels and",
       "moves the conv kernel's width axis last ((out, in, width) = kernel.transpose(2, 1, 0)).",
+      "`xmae_jax.interop.torch_encoder.load('PATH')` does all of this: the encoder as a",
+      "`torch.nn.Module` with `embed(x, fs)`, without importing JAX.",
       "",
       "## Tensors",
       "| name | shape | kind |",
