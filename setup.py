@@ -47,6 +47,7 @@ setup(
             "xmae-timing=xmae_jax.cli.xmae_timing:main",
             "xmae-recon-report=xmae_jax.cli.xmae_recon_report:main",
             "xmae-retrieval=xmae_jax.cli.xmae_retrieval:main",
+            "xmae-compile=xmae_jax.cli.xmae_compile:main",
         ]
     },
 )

@@ -78,6 +78,9 @@ def chip_of(topology: str) -> Chip:
 def topology_devices(topology: str) -> list:
   """Compile-only devices of a TPU slice (needs libtpu; `JAX_PLATFORMS=cpu`)."""
   chip_of(topology)
+  if jax.config.jax_platforms != "cpu":
+    raise CompileError(f"--topology {topology}: compiling for a TPU topology needs jax on CPU "
+                       "(set JAX_PLATFORMS=cpu before jax starts)")
   try:
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
@@ -199,3 +202,87 @@ def cost(compiled) -> dict[str, float]:
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return dict(cost or {})
+
+
+def chips_of(topology: str) -> int:
+  """Chips of a topology name (the product of its shape)."""
+  return math.prod(int(d) for d in topology.partition(":")[2].split("x"))
+
+
+def report(c: Compiled) -> dict:
+  """The JSON record of a compiled step: per-chip HBM against capacity, FLOPs, XLA's estimated
+  step time and what it projects (segments/s per chip and per host, MFU), collectives, compile
+  time. Raises CompileError (one line) when the program does not fit a chip's HBM."""
+  devices = list(c.mesh.devices.flat)
+  chips = chips_of(c.topology)
+  per_chip = max(1, len(devices) // chips)   # devices per chip (1 for megacore chips)
+  hosts = len({d.process_index for d in devices})
+  mem = {k: v * per_chip for k, v in memory(c.compiled).items()}
+  check_fits(mem, c.chip, c.topology)
+  costs = cost(c.compiled)
+  flops = float(costs.get("flops", 0.0)) * per_chip or None
+  step_s = float(costs["optimal_seconds"]) if costs.get("optimal_seconds", 0) > 0 else None
+  seg_chip = c.batch_size / step_s / chips if step_s else None
+  found = collectives(c.compiled.as_text())
+  return {
+      "config": f"{c.config.model.name}:{c.config.get('preset', '')}",
+      "topology": c.topology, "chip": c.chip.name, "chips": chips, "devices": len(devices),
+      "hosts": hosts, "mesh": {k: int(v) for k, v in c.mesh.shape.items()},
+      "params": state_lib.num_params(c.abstract), "global_batch": c.batch_size,
+      "batch_per_chip": c.batch_size / chips, "compute_dtype": str(c.config.train.compute_dtype),
+      "hbm_per_chip": {**mem, "capacity": c.chip.hbm_bytes},
+      "hbm_fraction": mem["total"] / c.chip.hbm_bytes,
+      "flops_per_step_per_chip": flops,
+      "xla_step_time_s": step_s,
+      "segments_per_s_per_chip": seg_chip,
+      "segments_per_s_per_host": seg_chip * chips / hosts if seg_chip else None,
+      "mfu": (flops / step_s / c.chip.bf16_peak) if flops and step_s else None,
+      "bf16_peak_per_chip": c.chip.bf16_peak,
+      "collectives": found,
+      "collectives_total": sum(v["count"] for v in found.values()),
+      "compile_s": round(c.compile_s, 1),
+  }
+
+
+def check_fits(mem: dict[str, int], chip: Chip, topology: str) -> None:
+  """Raises CompileError naming what does not fit a chip's HBM and by how much."""
+  over = mem["total"] - chip.hbm_bytes
+  if over > 0:
+    raise CompileError(
+        f"does not fit {topology}: {mem['total'] / GIB:.2f} GiB per chip (arguments "
+        f"{mem['argument'] / GIB:.2f}, outputs not aliased {(mem['output'] - mem['alias']) / GIB:.2f}, "
+        f"temporaries {mem['temp'] / GIB:.2f}, code {mem['generated_code'] / GIB:.2f}) against "
+        f"{chip.hbm_bytes / GIB:.0f} GiB of HBM: {over / GIB:.2f} GiB over; use a smaller "
+        "--batch-size or a larger fsdp axis (--mesh data=N,fsdp=M)")
+
+
+def table(rec: dict) -> str:
+  """The record as a small human-readable table."""
+  gib = lambda b: f"{b / GIB:.3f} GiB"  # noqa: E731
+  h = rec["hbm_per_chip"]
+  fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+  rows = [
+      ("config", f"{rec['config']} ({rec['params']:,} parameters, {rec['compute_dtype']})"),
+      ("topology", f"{rec['topology']}: {rec['chips']} chips ({rec['devices']} devices), "
+                   f"{rec['hosts']} hosts"),
+      ("mesh", ", ".join(f"{k}={v}" for k, v in rec["mesh"].items())),
+      ("global batch", f"{rec['global_batch']} ({rec['batch_per_chip']:g} per chip)"),
+      ("HBM per chip", f"{gib(h['total'])} of {gib(h['capacity'])} "
+                       f"({100 * rec['hbm_fraction']:.1f}%)"),
+      ("  arguments", gib(h["argument"])),
+      ("  outputs (not aliased)", gib(h["output"] - h["alias"])),
+      ("  temporaries", gib(h["temp"])),
+      ("  code", gib(h["generated_code"])),
+      ("FLOPs per step per chip", fmt(rec["flops_per_step_per_chip"], ".4g")),
+      ("XLA estimated step time", "n/a" if rec["xla_step_time_s"] is None
+       else f"{1e3 * rec['xla_step_time_s']:.3f} ms"),
+      ("segments/s per chip", fmt(rec["segments_per_s_per_chip"], ",.0f")),
+      ("segments/s per host", fmt(rec["segments_per_s_per_host"], ",.0f")),
+      ("MFU (bf16 peak)", "n/a" if rec["mfu"] is None
+       else f"{100 * rec['mfu']:.1f}% of {rec['bf16_peak_per_chip'] / 1e12:g} TFLOP/s"),
+  ]
+  for kind, v in rec["collectives"].items():
+    rows.append((f"{kind} per step", f"{v['count']} ops, {v['bytes'] / 2 ** 20:.2f} MiB"))
+  rows.append(("compile time", f"{rec['compile_s']:.1f} s"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
