@@ -18,6 +18,7 @@ CORE = [
 # `.[torch]` still installs it on any Python for whoever wants it.
 TORCH = "torch>=2.13"
 BEAM = "apache-beam>=2.77,<3"
+LIBTPU = "libtpu>=0.0.42"
 
 setup(
     name="xmae-jax",
@@ -32,8 +33,11 @@ setup(
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],
+        # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
+        # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
+        # tests skip.
         "test": ["pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM,
-                 f'{TORCH}; python_version < "3.12"'],
+                 f'{TORCH}; python_version < "3.12"', f'{LIBTPU}; python_version < "3.12"'],
     },
     entry_points={
         "console_scripts": [
