@@ -38,6 +38,7 @@ BEAM = "apache-beam>=2.77,<3"
 EDF = "pyedflib>=0.1.38"
 # Weights & Biases for `train.wandb.project` (off by default; offline unless WANDB_MODE is set).
 WANDB = "wandb>=0.17"
+LIBTPU = "libtpu>=0.0.42"
 
 setup(
     name="xmae-jax",
@@ -78,8 +79,11 @@ setup(
         "wandb": [WANDB],
         "train": TRAIN,
         # The suite trains, so the test extra holds the training extra too.
+        # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
+        # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
+        # tests skip.
         "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM, EDF,
-                 f'{TORCH}; python_version < "3.12"'],
+                 f'{TORCH}; python_version < "3.12"', f'{LIBTPU}; python_version < "3.12"'],
     },
     entry_points={
         "console_scripts": [
@@ -93,6 +97,7 @@ setup(
             "xmae-timing=xmae_jax.cli.xmae_timing:main",
             "xmae-recon-report=xmae_jax.cli.xmae_recon_report:main",
             "xmae-retrieval=xmae_jax.cli.xmae_retrieval:main",
+            "xmae-compile=xmae_jax.cli.xmae_compile:main",
         ]
     },
 )

@@ -72,6 +72,20 @@ PRESETS = {
     # paper's (one visible 2-s ECG run), since the cross-modal task is what is being tested.
     "cpu": {"model.d_model": 128, "model.num_heads": 4, "model.stem_channels": 16,
             "model.stem_widths": (16, 32, 64), "model.latent_dim": 128},
+    # Scaling: blocks (12 d^2 parameters each, 13 d^2 with a bridge's cross-attention) set the
+    # size; the PPG path stays the deepest (the input every downstream use embeds).
+    "100m": {"model.d_model": 768, "model.num_heads": 12, "model.depth_ppg": 7,
+             "model.depth_ecg": 4, "model.depth_bridge": 2, "model.stem_channels": 64,
+             "model.stem_widths": (64, 128, 256), "model.latent_dim": 512,
+             "model.build_unused": False},
+    "300m": {"model.d_model": 1024, "model.num_heads": 16, "model.depth_ppg": 11,
+             "model.depth_ecg": 8, "model.depth_bridge": 4, "model.stem_channels": 64,
+             "model.stem_widths": (64, 128, 256), "model.latent_dim": 512,
+             "model.build_unused": False},
+    "1b": {"model.d_model": 2048, "model.num_heads": 16, "model.depth_ppg": 9,
+           "model.depth_ecg": 6, "model.depth_bridge": 4, "model.stem_channels": 128,
+           "model.stem_widths": (128, 256, 512), "model.latent_dim": 1024,
+           "model.build_unused": False},
     "tiny": {"model.d_model": 32, "model.num_heads": 4, "model.stem_channels": 8,
              "model.stem_widths": (8, 16, 16), "model.latent_dim": 32},
 }

@@ -25,6 +25,7 @@ PHYSIONET = SHARED / "data" / "physionet"
 # Test modules that run first: the longest ones, so that under xdist (launch/test.sh) they do not
 # start last and leave one worker alone at the end. Order within this list is the start order.
 HEAVY_FIRST = (
+    "tests/training/test_compile_tpu.py",   # TPU compiles on CPU: minutes on a loaded machine
     "tests/training/test_train.py",
     "tests/models/test_xmae.py",
     "tests/models/test_baselines.py",

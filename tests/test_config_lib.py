@@ -61,7 +61,7 @@ def test_a_presets_block_naming_an_unknown_preset_is_one_line():
 
 def test_missing_file_unknown_preset_and_no_get_config_are_one_line(tmp_path):
   cases = [(tmp_path / "missing.py", "config file .*missing.py does not exist"),
-           (f"{CONFIGS / 'xmae.py'}:tinyy", "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu"),
+           (f"{CONFIGS / 'xmae.py'}:tinyy", "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
            (f"{CONFIGS / 'xmae.py'}:tiny,oops", "config argument 'oops': expected key=value")]
   (tmp_path / "empty.py").write_text("X = 1\n")
   cases.append((tmp_path / "empty.py", "has no get_config"))
@@ -226,7 +226,7 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
 @pytest.mark.parametrize("args,message", [
     (["--config", "configs/xmae.py:tiny", "--config.train.lrr=1"],
      "unknown config key train.lrr (did you mean train.lr?)"),
-    (["--config", "configs/xmae.py:tinyy"], "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu"),
+    (["--config", "configs/xmae.py:tinyy"], "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
     (["--config", "configs/nope.py"], "config file configs/nope.py does not exist"),
     (["--config", "configs/xmae.py:tiny", "--config.train.batch_size", "0"],
      "config train.batch_size=0: the global batch size must be > 0"),

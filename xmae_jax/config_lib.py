@@ -31,7 +31,10 @@ import ml_collections as mlc
 from xmae_jax import errors
 
 CONFIG_FILE = "config.json"          # a workdir's (and an exported package's) saved config
-PRESET_NAMES = ("paper", "demo", "tiny", "cpu")
+# 100m, 300m, 1b: model-size presets for scaling studies on TPU slices (about 100M, 300M and 1B
+# parameters: wider and deeper paths), compiled ahead with `xmae-compile` (BENCHMARKS.md).
+PRESET_NAMES = ("paper", "demo", "tiny", "cpu", "100m", "300m", "1b")
+SCALING_PRESETS = ("100m", "300m", "1b")
 
 # Per-preset values of the shared sections (every model trains on the same schedule per preset).
 COMMON_PRESETS = {
@@ -53,6 +56,11 @@ COMMON_PRESETS = {
             "train.warmup_frac": 0.05, "train.log_every": 25, "train.eval_every": 200,
             "train.checkpoint_every": 200, "train.figure_every": 1000,
             "data.min_quality_ppg": 0.8, "data.min_quality_ecg": 0.8},
+    # The scaling presets train in bfloat16 (parameters stay float32) with every parameter under
+    # the "fsdp" rule: on a mesh with an fsdp axis (`--config.mesh.axes` or xmae-compile's
+    # --mesh) parameters and Adam moments are split over it; with fsdp 1 they stay whole.
+    **{name: {"train.compute_dtype": "bfloat16", "mesh.param_rules": ((".*", "fsdp"),)}
+       for name in SCALING_PRESETS},
 }
 
 

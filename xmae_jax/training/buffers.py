@@ -127,8 +127,15 @@ class Layout:
       if g.size > ends[g.key]:
         pieces[g.key].append(jnp.zeros((g.size - ends[g.key],), g.dtype))
       buf = jnp.concatenate(pieces[g.key])
-      arrays.append(jax.lax.with_sharding_constraint(buf, g.spec)
-                    if scatter and g.spec != P() else buf)
+      if scatter and g.spec != P():
+        # Whole first, then split: the leaves' sums over the batch axes are finished on whole
+        # leaves (XLA combines them into one all-reduce per group), and the split is a local
+        # slice. Constrained only to the split, the partitioner carried the split back into
+        # the leaves, whose boundaries do not fall on shard boundaries: on the tiny preset at
+        # fsdp 2 that was 124 all-reduces, 36 all-gathers and 237 collective-permutes a step.
+        buf = jax.lax.with_sharding_constraint(
+            jax.lax.with_sharding_constraint(buf, P()), g.spec)
+      arrays.append(buf)
     return Buffers(self, tuple(arrays))
 
   def unpack(self, buffers: "Buffers", gather: bool = False):
