@@ -45,6 +45,7 @@ EXPECTED_FLAGS = {
     "xmae-timing": ["--data", "--output-dir", "--encoder", "--modalities"],
     "xmae-recon-report": ["--model", "--data", "--output-dir", "--split"],
     "xmae-retrieval": ["--encoder", "--input", "--output-dir", "--gallery-size"],
+    "xmae-compile": ["--config", "--topology", "--mesh", "--batch-size", "--dtype"],
 }
 
 

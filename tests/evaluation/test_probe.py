@@ -121,7 +121,7 @@ def test_fold_and_bootstrap_counts_out_of_range_are_one_line(prog, flags, messag
   if prog == "probe":
     status = xmae_probe.main(["--embeddings", str(data), "--task", "hr", *flags])
   else:
-    status = xmae_retrieval.main(["--encoder", str(tmp_path), "--data", str(data),
+    status = xmae_retrieval.main(["--encoder", str(tmp_path), "--input", str(data),
                                   "--gallery-size", "3", "--output-dir", str(tmp_path / "out"),
                                   *flags])
   assert status == 1
