@@ -50,7 +50,7 @@ def run(argv=None) -> None:
   p.add_argument("--config", required=True, help="FILE[:PRESET[,key=value...]]")
   p.add_argument("--topology", required=True, help="GEN:AxB[xC], e.g. v5p:2x2x1, v5e:4x4")
   p.add_argument("--mesh", default=None,
-                 help="mesh axes NAME=SIZE,..., e.g. data=4,fsdp=2 (default: the config's mesh.axes)")
+                 help="mesh axes NAME=SIZE,..., e.g. data=4,fsdp=2 (default: config's mesh.axes)")
   p.add_argument("--batch-size", type=int, default=None,
                  help="global batch (default: the config's train.batch_size)")
   p.add_argument("--dtype", default=None,
