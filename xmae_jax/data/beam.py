@@ -35,7 +35,8 @@ the start, so the re-run is allowed to overwrite it).
 Outputs go through a `prepare_storage.Storage`: a local or mounted path (files are moved into
 place by rename), or any URL Beam's FileSystems know (gs://, s3://), where every file is written
 on local disk first and then uploaded, as array_record's own Beam writer does; an object appears
-whole or not at all. Inputs must be paths that every worker can read (a shared or mounted file system).
+whole or not at all. Inputs must be paths that every worker can read (a shared or mounted file
+system).
 """
 from __future__ import annotations
 
