@@ -175,9 +175,11 @@ def test_the_finders_equal_neurokits_peaks_on_reconstruction_like_signals():
   rng = np.random.default_rng(0)
   rows = []
   for i, hr in enumerate((45, 60, 75, 90, 120, 150)):
-    ecg = nk.ecg_simulate(duration=10, sampling_rate=100, heart_rate=hr, random_state=i)
-    ppg = nk.ppg_simulate(duration=10, sampling_rate=100, heart_rate=hr, random_state=i)
-    for x in (ecg, ppg):
+    # simulated at 250 Hz and resampled as the preprocessing does (NeuroKit 0.3.0's ecgsyn
+    # does not finish at 100 Hz)
+    ecg = nk.ecg_simulate(duration=10, sampling_rate=250, heart_rate=hr, random_state=i)
+    ppg = nk.ppg_simulate(duration=10, sampling_rate=250, heart_rate=hr, random_state=i)
+    for x in (pp.resample(ecg, 250, fs, 1000), pp.resample(ppg, 250, fs, 1000)):
       rows += [x, np.roll(x, 7), x + rng.normal(0, 0.3 * np.std(x), x.size),
                np.convolve(x, np.ones(9) / 9, mode="same")]
   rows += [rng.normal(size=1000) for _ in range(8)]
