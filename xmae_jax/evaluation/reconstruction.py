@@ -95,10 +95,6 @@ def masked_correlation(true: np.ndarray, recon: np.ndarray, masked: np.ndarray) 
   return out
 
 
-# The landmarks timed (DETECTORS): R-peaks as the preprocessing finds them; pulse feet, below.
-detect_rpeaks = preprocess.find_rpeaks
-
-
 def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   """Pulse-foot sample indices: the minimum before each systolic peak (module docstring; empty
   when no peak is found)."""
@@ -116,7 +112,7 @@ def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   return np.asarray(feet, int)
 
 
-DETECTORS = {"ecg": detect_rpeaks, "ppg": detect_pulse_feet}
+DETECTORS = {"ecg": preprocess.find_rpeaks, "ppg": detect_pulse_feet}
 
 
 def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
@@ -154,7 +150,7 @@ class BeatTiming:
 
 
 def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: float, *,
-                tolerance_ms: float = 150.0, detect=detect_rpeaks
+                tolerance_ms: float = 150.0, detect=preprocess.find_rpeaks
                 ) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
   """Beat timing of the reconstruction over all rows (R-peaks by default; `detect(x, fs)` gives
   another landmark's sample indices, e.g. detect_pulse_feet); also each row's detected beats."""
@@ -178,7 +174,7 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
                     np.asarray(per_row, int).reshape(-1, 3)), peaks
 
 
-def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpeaks,
+def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=preprocess.find_rpeaks,
               per_row: bool = False) -> tuple[dict[str, Any], list]:
   """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing);
   `per_row` adds BeatTiming.per_row under 'per_row' (for paired_beat_difference)."""
