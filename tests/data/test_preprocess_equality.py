@@ -128,10 +128,12 @@ def test_peak_finders_equal_neurokits():
   np.testing.assert_array_equal(pp.find_pulse_peaks(ppg, fs), want_ppg)
 
 
-def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch):
+def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch, physionet_dir):
   # the one reach into scipy's privates: a scipy without them stops preprocessing with one
-  # clear error instead of every window's quality reading as "too few beats"
+  # clear error instead of every window's quality reading as "too few beats" or every unit of
+  # xmae-prepare being skipped as unreadable
   import neurokit2 as nk
+  from xmae_jax.data import prepare_units
   monkeypatch.setitem(sys.modules, "scipy.signal._peak_finding_utils", None)
   fast.scipy_peak_finding.cache_clear()
   try:
@@ -140,6 +142,8 @@ def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch):
       pp.find_rpeaks(ecg, 125.0)
     with pytest.raises(pp.LibraryVersionError, match="constraints.txt"):
       pp.segment_recording({"ecg": (ecg, 125.0)}, pp.PreprocessConfig(modalities="ecg"))
+    with pytest.raises(pp.LibraryVersionError):
+      prepare_units.process_unit("wfdb", str(physionet_dir / "a103l"), {}, pp.PreprocessConfig())
   finally:
     fast.scipy_peak_finding.cache_clear()
 
