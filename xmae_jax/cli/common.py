@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import tasks as tasks_lib
+from xmae_jax.version import __version__
 
 # The probe and comparison libraries are imported inside the functions that use them: they pull
 # in JAX and scikit-learn, which xmae-prepare (whose workers fork) and every --help do not need.
@@ -27,7 +28,6 @@ class UsageError(XmaeError):
 
 def version_line() -> str:
   """What every tool's --version prints."""
-  from xmae_jax import __version__
   return f"xmae-jax {__version__}"
 
 

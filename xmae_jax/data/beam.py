@@ -52,6 +52,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from xmae_jax import atomic
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
@@ -138,16 +139,14 @@ class LocalStorage(Storage):
     return Path(path).read_bytes()
 
   def put(self, local_path, path):
-    from xmae_jax import errors
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       shutil.move(local_path, tmp)
 
   def delete(self, path):
     Path(path).unlink(missing_ok=True)
 
   def write_bytes(self, path, data):
-    from xmae_jax import errors
-    errors.atomic_write(path, data)
+    atomic.atomic_write(path, data)
 
   def listdir(self, path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import msgpack
 import numpy as np
 
-from xmae_jax import __version__
+from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax import locks
 from xmae_jax import progress as progress_lib
@@ -50,6 +50,7 @@ from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 from xmae_jax.data import sources as sources_lib
+from xmae_jax.version import __version__
 
 WORK = ".work"
 REQUEST = "request.json"       # in WORK: what an unfinished run was asked for (see check_request)
@@ -252,7 +253,7 @@ def _work_item(args) -> tuple[str, dict[str, Any]]:
   config = pp.PreprocessConfig(**config_dict)
   result = process_unit(source, unit, options, config)
   with writing(cache_path):
-    errors.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
+    atomic.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
   return unit, {k: v for k, v in result.items() if k != "records"}
 
 
@@ -343,7 +344,7 @@ def _prepare_locked(source, input, out: Path, units, options, config, request, *
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(work)
   with writing(out / WORK / REQUEST):
-    errors.atomic_write(out / WORK / REQUEST, json.dumps(request, indent=1, sort_keys=True))
+    atomic.atomic_write(out / WORK / REQUEST, json.dumps(request, indent=1, sort_keys=True))
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
   _run_units(source, todo, options, config, cache, workers,
@@ -507,9 +508,9 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: fl
   report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
   out = Path(out_dir)
   with writing(out / REPORT_JSON):
-    errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+    atomic.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
   with writing(out / REPORT_MD):
-    errors.atomic_write(out / REPORT_MD, render_report(report))
+    atomic.atomic_write(out / REPORT_MD, render_report(report))
   return report
 
 
@@ -867,7 +868,7 @@ def writing(path):
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-  """Deletes what an earlier run killed mid-write left (`errors.atomic_path` temporaries and
+  """Deletes what an earlier run killed mid-write left (`atomic.atomic_path` temporaries and
   staged shards); a run that ends by an exception removes its own."""
   for p in directory.glob(".*.tmp*"):
     if p.is_file():

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax import progress
 from xmae_jax.data import labels as labels_lib
@@ -45,7 +46,7 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
                     segment_ids: Iterable[str], *, meta: Mapping[str, np.ndarray] | None = None,
                     labels: Mapping[str, np.ndarray] | None = None,
                     split: Iterable[str] | None = None, info: Mapping[str, Any] | None = None) -> Path:
-  """Writes an embeddings file atomically (`errors.atomic_path`)."""
+  """Writes an embeddings file atomically (`atomic.atomic_path`)."""
   embeddings = np.asarray(embeddings, np.float32)
   n = len(embeddings)
   arrays: dict[str, np.ndarray] = {
@@ -63,7 +64,7 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
   arrays["info"] = np.asarray(json.dumps({"format": EMBEDDINGS_FORMAT, **(info or {})}))
   path = check_output(path)
   try:
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       np.savez(tmp, **arrays)
   except OSError as e:   # full disk: the temporary is gone, `path` is as it was
     raise EmbeddingsError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None

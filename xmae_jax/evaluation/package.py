@@ -45,10 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from xmae_jax import __version__
 from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import model_card
+from xmae_jax.version import __version__
 
 FORMAT_NAME = "xmae-jax-encoder"
 FORMAT_VERSION = 2

@@ -5,7 +5,7 @@ Like the reference's `MaskedReconstruction` plotting callback (shared/docs/xmae_
 below), the true ECG and the reconstruction, and the masked patches shaded. The trainer draws
 validation segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
 draws held-out segments with their detected R-peaks marked. Uses matplotlib's Agg backend (no
-display); written to a temporary name and renamed (errors.atomic_path).
+display); written to a temporary name and renamed (atomic.atomic_path).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from xmae_jax import errors
+from xmae_jax import atomic
 
 
 def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -74,7 +74,7 @@ def save_figure(fig, path, dpi: int = 90) -> Path:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   try:
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       fig.savefig(tmp, dpi=dpi)
   finally:
     plt.close(fig)
