@@ -13,8 +13,8 @@ import pytest
 from mp_util import run_processes
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import pipeline
-from xmae_jax.data import reader as reader_lib
 
 GLOBAL_BATCH = 8
 STEPS = 12
@@ -114,8 +114,8 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
     seen += a + c
   # Within one epoch the two processes read disjoint records, and together all of them.
   epoch = seen[:n]
-  assert len(set(epoch)) == n and set(epoch) == set(reader_lib.select_records(
-      reader_lib.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
+  assert len(set(epoch)) == n and set(epoch) == set(dataset_reader.select_records(
+      dataset_reader.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
       {"ppg": 0.85, "ecg": 0.85}))
   # The eval pass: disjoint halves covering the validation split.
   val = np.concatenate([np.concatenate([x, y]) for x, y in zip(r0["eval"], r1["eval"])])

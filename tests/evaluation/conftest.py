@@ -62,10 +62,10 @@ def write_dataset(out, splits):
 
 def stored_windows(dataset, splits=("train", "test")):
   """{segment id: {modality: window}} of every record with PPG, as stored (float16 -> float32)."""
-  from xmae_jax.data import reader
+  from xmae_jax.data import dataset_reader
   out = {}
   for split in splits:
-    for _, rec in reader.iter_records(str(dataset), split, modalities=("ppg",)):
+    for _, rec in dataset_reader.iter_records(str(dataset), split, modalities=("ppg",)):
       out[rec.segment_id] = {m: rec.signal(m) for m in ("ppg", "ecg") if rec.signal(m) is not None}
   return out
 

@@ -801,10 +801,10 @@ def render_report(r: dict[str, Any]) -> str:
 
 
 def verify(data_dir: str | os.PathLike, *, log=print) -> list:
-  """`xmae-prepare --verify DIR`: logs one verdict line per part (`reader.verify_dataset`);
+  """`xmae-prepare --verify DIR`: logs one verdict line per part (`dataset_reader.verify_dataset`);
   raises PrepareError naming the first problem (shard and record) when any part failed."""
-  from xmae_jax.data import reader
-  verdicts = reader.verify_dataset(data_dir)
+  from xmae_jax.data import dataset_reader
+  verdicts = dataset_reader.verify_dataset(data_dir)
   for v in verdicts:
     if log:
       log(v.line())

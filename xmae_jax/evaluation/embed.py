@@ -28,10 +28,10 @@ import numpy as np
 from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax import progress
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare
 from xmae_jax.data import preprocess
-from xmae_jax.data import reader
 from xmae_jax.data import shards
 from xmae_jax.data import sources
 
@@ -184,7 +184,7 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
                      desc=f"reading {Path(data_dir).name}", unit="record")
   for split in chosen:
     kept = 0
-    for _, rec in reader.iter_records(str(data_dir), split, modalities=modalities):
+    for _, rec in dataset_reader.iter_records(str(data_dir), split, modalities=modalities):
       bar.update(1)
       for m in modalities:
         windows[m].append(rec.signal(m))
