@@ -209,7 +209,7 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
   while the shards are written (and the dataset is the one written before)."""
   first = _synthetic(tmp_path / "a", records_per_shard=4)
   live, peak = [0], [0]
-  real = prep._read_cache
+  real = prep.read_cache
 
   class Tracked(dict):
     def __del__(self):
@@ -220,7 +220,7 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
     peak[0] = max(peak[0], live[0])
     return Tracked(real(path, unit))
 
-  monkeypatch.setattr(prep, "_read_cache", tracked)
+  monkeypatch.setattr(prep, "read_cache", tracked)
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   second = _synthetic(tmp_path / "b", records_per_shard=4)
   assert second["resumed_units"] == 6 and peak[0] == 1

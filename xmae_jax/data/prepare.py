@@ -352,7 +352,7 @@ def _prepare_locked(source, input, out: Path, units, options, config, request, *
 
   # Only each unit's summary stays in memory; its records are read back from the cache when
   # the shards are written, so memory does not grow with the dataset.
-  results = [_summary(_read_cache(cache[u], u)) for u in units]
+  results = [_summary(read_cache(cache[u], u)) for u in units]
   for stale in (out / WORK).iterdir():            # caches of other parameters or code versions
     if stale.is_dir() and stale.name != key:
       shutil.rmtree(stale, ignore_errors=True)
@@ -587,7 +587,7 @@ def _write_dataset(out, source, input, units, results, cache, *, seed, test_frac
     for unit, summary in zip(units, results):
       if not summary["stats"].get("segments_kept"):
         continue
-      res = _read_cache(cache[unit], unit)
+      res = read_cache(cache[unit], unit)
       for b, subject in zip(res["records"], res["subjects"]):
         stagers[assignment[subject]].add(b)
       del res
@@ -958,7 +958,8 @@ def _params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfi
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _read_cache(path: Path, unit: str) -> dict[str, Any]:
+def read_cache(path: Path, unit: str) -> dict[str, Any]:
+  """One unit's cached result (DIR/.work/...); PrepareError naming the file if it is corrupt."""
   try:
     return msgpack.unpackb(path.read_bytes(), raw=False)
   except Exception as e:  # a cache file we wrote atomically should not be corrupt; redo it

@@ -17,7 +17,7 @@ import numpy as np
 from xmae_jax import atomic
 
 
-def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
   """[(start, stop), ...] of the True runs of a 1-D boolean array."""
   m = np.concatenate([[False], mask.astype(bool), [False]])
   edges = np.flatnonzero(m[1:] != m[:-1])
@@ -45,7 +45,7 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   t = np.arange(length) / sampling_rate
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
   for i, ax in enumerate(axes[:, 0]):
-    for k, (start, stop) in enumerate(_masked_runs(masked[i])):
+    for k, (start, stop) in enumerate(masked_runs(masked[i])):
       ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
                  label="masked" if k == 0 else None)
     if ppg is not None:
