@@ -21,7 +21,7 @@
 # machine, the versions, and per part its command, exit status, seconds and JSON records.
 #
 # XMAE_BENCH_SMOKE=1: the same script with tiny sizes on whatever JAX this machine has (CPU),
-# no install, so a broken script is caught by tests (tests/training/test_accelerator_bench.py).
+# no install, so a broken script is caught by tests (tests/launch/test_accelerator_bench.py).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 reference=""
