@@ -9,6 +9,7 @@ from xmae_jax.data import preprocess
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
+from xmae_jax.evaluation import package_swap
 
 
 def _segments(n=6, length=1000, seed=0):
@@ -143,7 +144,7 @@ def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tin
   def scratch(suffix, pid):
     folder = tmp_path / f".encoder.xmae-export-{suffix}"
     (folder / "new" / "weights").mkdir(parents=True)
-    (folder / package_lib.SCRATCH_MARKER).write_text(json.dumps(
+    (folder / package_swap.SCRATCH_MARKER).write_text(json.dumps(
         {"pid": pid, "host": socket.gethostname(), "output": "encoder"}))
     return folder
 
