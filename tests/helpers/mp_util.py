@@ -13,7 +13,7 @@ command line plus its own environment: a free coordinator port (portpicker), its
 process count, `JAX_PLATFORMS=cpu`, `--xla_force_host_platform_device_count=D` added to the
 caller's `XLA_FLAGS`, and `PYTHONPATH` with the repository (so scripts can
 `from tests.helpers import mp_util`); the rest of the environment is the parent's, so the test
-session's compilation cache (tests/conftest.py) is shared. If any process fails or the timeout
+run's compilation cache (tests/conftest.py) is shared. If any process fails or the timeout
 passes, all are killed and `MultiProcessError` says which one failed, with the tail of its
 output.
 
@@ -177,7 +177,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float
 
 
 def _kill(p: subprocess.Popen) -> None:
-  """Kills the process and its own children (Grain workers): it leads its own session."""
+  """Kills the process and its own children (Grain workers): it leads its own process group."""
   if p.poll() is None:
     try:
       os.killpg(p.pid, signal.SIGKILL)
