@@ -31,9 +31,7 @@ from tests.helpers import mp_util
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve()
 RESULT_PREFIX = "TRAIN_RUNNER_RESULT "
-
-
-TOY_MODEL = "tests.helpers.toy_model:ToyMAE"
+TOY_MODEL = "tests.helpers.toy_model:ToyMAE"   # models.REGISTRY entry of the toy model
 
 
 def load_config(spec: str):
