@@ -181,8 +181,8 @@ result = {"bench": "accelerator", "smoke": smoke == "1", "config": config,
           "batch_sizes": [int(b) for b in batches.split()],
           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "host": platform.node(), "cpu_count": os.cpu_count(), "gpus": gpus(), "parts": parts}
-from xmae_jax import errors   # the working directory is the repository root
-errors.atomic_write(output, json.dumps(result, indent=1))
+from xmae_jax import atomic   # the working directory is the repository root
+atomic.atomic_write(output, json.dumps(result, indent=1))
 print(f"wrote {output}: " + ", ".join(
     f"{k} {'skipped' if 'skipped' in v else ('ok' if v['exit_status'] == 0 else 'FAILED')}"
     for k, v in parts.items()), file=sys.stderr)
