@@ -1,6 +1,8 @@
 """xmae-jax: ECG+PPG biosignal foundation-model pretraining in JAX/Flax."""
 from xmae_jax.version import __version__
 
+__all__ = ["__version__", "load_encoder"]
+
 
 def load_encoder(path, **kwargs):
   """Loads an exported encoder package (see xmae_jax.evaluation.encoder)."""

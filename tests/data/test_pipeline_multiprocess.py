@@ -1,8 +1,8 @@
 """The input pipeline across processes: Grain worker processes, and two JAX processes.
 
 The two-process test launches local processes joined with jax.distributed on CPU
-(tests/helpers/mp_util.py) and checks that they read disjoint parts that together cover the split, and
-that the global batches they assemble equal the single-process ones.
+(tests/helpers/mp_util.py) and checks that they read disjoint parts that together cover the
+split, and that the global batches they assemble equal the single-process ones.
 """
 import copy
 import hashlib
@@ -130,7 +130,8 @@ def test_mp_util_stops_the_group_when_one_process_fails():
              "  sys.exit('process 1 gives up')\n"
              "time.sleep(60)\n")
   start = time.monotonic()
-  with pytest.raises(mp_util.MultiProcessError, match="process 1/2 failed(.|\n)*process 1 gives up"):
+  with pytest.raises(mp_util.MultiProcessError,
+                     match="process 1/2 failed(.|\n)*process 1 gives up"):
     mp_util.run_processes(failing, 2, timeout=50)
   assert time.monotonic() - start < 30       # process 0 was killed, not waited for
   with pytest.raises(mp_util.MultiProcessError, match="did not finish within 1 s"):

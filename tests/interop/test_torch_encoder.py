@@ -19,12 +19,14 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def xmae_package(tmp_path_factory):
-  return tiny_models.tiny_package(tmp_path_factory.mktemp("torch") / "xmae", "xmae", "ppg", seed=3)
+  out = tmp_path_factory.mktemp("torch")
+  return tiny_models.tiny_package(out / "xmae", "xmae", "ppg", seed=3)
 
 
 @pytest.fixture(scope="module")
 def joint_package(tmp_path_factory):
-  return tiny_models.tiny_package(tmp_path_factory.mktemp("torch") / "m2ae", "m2ae", "ppg+ecg", seed=5)
+  out = tmp_path_factory.mktemp("torch")
+  return tiny_models.tiny_package(out / "m2ae", "m2ae", "ppg+ecg", seed=5)
 
 
 def test_xmae_ppg_matches_jax_on_a_real_record(xmae_package, physionet_dir):

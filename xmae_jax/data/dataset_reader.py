@@ -4,8 +4,8 @@
 (`mapped.py`, each shard checked once against array_record), else with one ArrayRecord call
 per shard, and decodes all its waveforms with one `np.take`. That fast path depends on the byte
 layout `record.encode` writes (msgpack map, schema version first, the float16 waveforms last, ppg
-before ecg): a change there must be mirrored in `waveform_bytes` here. A record laid out otherwise still reads, through
-`record.decode_map`, only slower.
+before ecg): a change there must be mirrored in `waveform_bytes` here. A record laid out
+otherwise still reads, through `record.decode_map`, only slower.
 
 `iter_records` is the one way to walk a dataset directory's records in order (the pipeline's
 selection rule, decoded `Record`s): embedding a prepared dataset and the TFDS export use it.
