@@ -10,10 +10,11 @@ import pytest
 from xmae_jax.evaluation import compare as compare_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import ptt_hr_report
 from xmae_jax.evaluation import report as report_lib
 
-PROBE = probe_lib.LinearProbeConfig(outer_folds=4, inner_folds=3, seed=0, n_bootstrap=200)
+PROBE = probe_config.LinearProbeConfig(outer_folds=4, inner_folds=3, seed=0, n_bootstrap=200)
 
 
 def _segments(n_subjects=16, per_subject=5, seed=0):
