@@ -2,8 +2,9 @@
 clean(), quality() (NeuroKit's own peak detection and rate) and resample().
 
 It is the oracle that tests/data/test_preprocess_equality.py holds segment_recording to on real
-records. It stays in the library, not beside that test, because `python -m xmae_jax.bench
-prepare` measures it next to segment_recording (its 'ours_unbatched' side, BENCHMARKS.md).
+records. It stays in the library, not beside that test, because `python -m
+xmae_jax.benchmarks prepare` measures it next to segment_recording (its 'ours_unbatched' side,
+BENCHMARKS.md).
 """
 from __future__ import annotations
 
