@@ -15,8 +15,9 @@ One function per step, so that `xmae-prepare`, `load_encoder().embed` and evalua
                     (arterial pressure beats), each NaN with a counted reason when unusable
   ppg_shift         how far a recording's PPG is moved earlier before windowing: a fixed
                     recording-system delay, or measured per recording (pulse_delay) so that every
-                    recording's R-peak-to-pulse delay becomes the same
-  prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs (resample, window, norm)
+                    recording's R-peak-to-pulse delay becomes the same; align_rows does the
+                    same to recordings given as arrays (load_encoder().embed)
+  prepare_for_inference  raw (N, L) at any fs -> (N', 1000) model inputs, windowed as above
 
 segment_recording cleans the windows of a recording together and computes quality with
 quality_fast (NeuroKit's algorithms without its per-call overhead); segment_recording_unbatched
@@ -848,6 +849,76 @@ def next_pulse_delays(r_peaks: np.ndarray, pulse_peaks: np.ndarray, max_delay: f
   return d[d <= max_delay]
 
 
+def ppg_alignment(recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The PPG shift a dataset was prepared with, from its recorded preprocessing (a manifest's
+  or an encoder package's `preprocessing`, `PreprocessConfig.as_dict`): {ppg_delay_seconds,
+  ppg_align_seconds}; {} when none was applied (or nothing is recorded)."""
+  pre = dict(recorded or {})
+  delay = float(pre.get("ppg_delay_seconds") or 0.0)
+  align = pre.get("ppg_align_seconds")
+  out = {}
+  if delay:
+    out["ppg_delay_seconds"] = delay
+  if align is not None:
+    out["ppg_align_seconds"] = float(align)
+  return out
+
+
+def alignment_note(alignment: Mapping[str, Any], modalities) -> str:
+  """What `ppg_shift` does to a recording's PPG under `alignment` (`ppg_alignment`), in words
+  for an output: the per-record alignment needs the ECG among `modalities`, else the fixed
+  delay."""
+  align, delay = alignment.get("ppg_align_seconds"), alignment.get("ppg_delay_seconds", 0.0)
+  if "ppg" not in modalities or (align is None and not delay):
+    return "none"
+  if align is not None and "ecg" in modalities:
+    return (f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
+            f"the record's ECG; fixed {delay:g} s where too few clean beats)")
+  return f"fixed: PPG moved {delay:g} s earlier" + (
+      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else "")
+
+
+def align_rows(rows: Mapping[str, np.ndarray], fs: float, config: PreprocessConfig
+               ) -> tuple[list[dict[str, np.ndarray]], np.ndarray, str]:
+  """Raw recordings given as arrays, one per row of each modality's (N, L) array (the same
+  recordings), with each row's PPG moved earlier as `segment_recording` moves a recording's
+  (`ppg_shift` under `config`: measured on the row's ECG when that is given, else the fixed
+  delay) and the other modality cut to the same length, so that both are windowed alike.
+
+  A row that the shift would leave shorter than one window is kept as given. Returns each row's
+  signals ({modality: 1-D}), each row's shift in seconds, and a note saying what was done
+  (`alignment_note`, with the rows measured, on the fixed delay and kept as given)."""
+  fs = check_sampling_rate(fs, "input", config.min_fs)
+  alignment = ppg_alignment(config.as_dict())
+  counts: collections.Counter = collections.Counter()
+  out, shifts = [], []
+  for i in range(len(next(iter(rows.values())))):
+    present = {m: (as_signal(a[i], m), fs) for m, a in rows.items()}
+    stats: collections.Counter = collections.Counter()
+    shift = ppg_shift(present, config, _RecordSteps, stats) if "ppg" in present else 0.0
+    cut = int(round(shift * fs))
+    kept = len(present["ppg"][0]) - cut if "ppg" in present else 0
+    if cut and round(kept * config.target_fs / fs) < config.segment_length:
+      counts["kept as given (shorter than a window plus the shift)"] += 1
+      shift, cut = 0.0, 0
+    elif stats["ppg_shift/measured"]:
+      counts["measured"] += 1
+    elif stats["ppg_shift/fallback"]:
+      counts["fixed (too few clean beats)"] += 1
+    elif shift:
+      counts["fixed"] += 1
+    if cut:
+      present = {m: x[cut:] if m == "ppg" else x[:kept] for m, (x, _) in present.items()}
+    else:
+      present = {m: x for m, (x, _) in present.items()}
+    out.append(present)
+    shifts.append(shift)
+  note = alignment_note(alignment, tuple(rows))
+  if note != "none" and counts:
+    note += "; rows: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+  return out, np.asarray(shifts, np.float64), note
+
+
 def _one_window(present, k, t0, config, required, stats,
                 steps) -> tuple[Segment | None, str | None]:
   """The decisions for window k; `steps` computes its checks, quality and resampled signal."""
@@ -979,9 +1050,12 @@ def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None 
                           return_index: bool = False):
   """Raw (N, L) or (L,) signals at any fs -> (N', segment_length) float32 model inputs.
 
-  Steps: optional NeuroKit cleaning (needs `modality`), resample to target_fs, windows of
-  segment_seconds (stride from config), per-window min-max to [-1, 1]. A row shorter than one
-  window raises PreprocessError. With return_index, also returns the source row of each window.
+  Each row is a recording windowed as `segment_recording` windows one: windows of
+  segment_seconds (stride from config) laid from its start at the source rate, each optionally
+  NeuroKit-cleaned (needs `modality`), resampled to segment_length samples and min-max
+  normalized to [-1, 1], so a recording embedded from an array gets the windows xmae-prepare
+  makes of it. A row shorter than one window raises PreprocessError. With return_index, also
+  returns the source row of each window.
   """
   config = config or PreprocessConfig()
   fs = check_sampling_rate(fs, "input", config.min_fs)
@@ -992,22 +1066,25 @@ def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None 
     raise PreprocessError(f"wrong shape: expected (N, L) or (L,), got {np.shape(x)}")
   if not np.all(np.isfinite(a)):
     raise PreprocessError("input contains NaN or inf")
-  if clean_signal:
-    if modality not in MODALITIES:
-      raise PreprocessError(f"clean_signal needs modality in {MODALITIES}, got {modality!r}")
-    a = np.stack([clean(row, fs, modality, config) for row in a])
-  n_out = int(round(a.shape[1] * config.target_fs / fs))
-  rs = np.stack([resample(row, fs, config.target_fs, n_out, config.resample_method)
-                 for row in a])
-  length = config.segment_length
-  if rs.shape[1] < length:
+  if clean_signal and modality not in MODALITIES:
+    raise PreprocessError(f"clean_signal needs modality in {MODALITIES}, got {modality!r}")
+  starts = window_starts(a.shape[1] / fs, config)
+  if not len(starts):
     raise PreprocessError(f"input of {a.shape[1] / fs:.2f} s is shorter than one "
                           f"{config.segment_seconds:g}-s window")
-  step = int(round(config.stride * config.target_fs))
-  starts = np.arange(0, rs.shape[1] - length + 1, step)
-  idx = starts[:, None] + np.arange(length)[None]
-  windows = rs[:, idx]                                    # (N, W, length)
-  out = minmax(windows.reshape(-1, length)).astype(np.float32)
+  n = int(round(config.segment_seconds * fs))
+  pieces = [row[int(round(t0 * fs)):int(round(t0 * fs)) + n] for row in a for t0 in starts]
+  by_length: dict[int, list[int]] = collections.defaultdict(list)
+  for k, piece in enumerate(pieces):      # rounding can leave a last window one sample short
+    by_length[len(piece)].append(k)
+  out = np.empty((len(pieces), config.segment_length), np.float64)
+  for ks in by_length.values():
+    windows = np.stack([pieces[k] for k in ks])
+    if clean_signal:
+      windows = _clean_rows(windows, fs, modality, config)
+    for k, w in zip(ks, windows):
+      out[k] = resample(w, fs, config.target_fs, config.segment_length, config.resample_method)
+  out = minmax(out, axis=1).astype(np.float32)
   if return_index:
     return out, np.repeat(np.arange(a.shape[0]), len(starts))
   return out
