@@ -369,8 +369,12 @@ class TorchEncoder:
     self.contract = dict(info["contract"])
     self.latent_dim = int(info["latent_dim"])
     self.batch_size = int(batch_size)
-    self.alignment = preprocess.ppg_alignment(info.get("preprocessing"))
     self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
+
+  @property
+  def alignment(self) -> dict[str, Any]:
+    """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
+    return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   def __repr__(self):
     c = self.contract
@@ -517,14 +521,20 @@ def _as_batch(x: Any) -> np.ndarray:
 
 
 def load(path, *, batch_size: int = 256, device: str | torch.device = "cpu") -> TorchEncoder:
-  """An exported package directory -> TorchEncoder (weights from `encoder.safetensors`)."""
+  """An exported package directory -> TorchEncoder (weights from `encoder.safetensors`); the
+  package's files are checked against their recorded digests first, and names read from
+  package.json must stay inside the package, as `load_encoder` checks them."""
   from safetensors.numpy import load_file
   path = Path(path)
   info = package_lib.read_package_info(path)
-  file = path / info["weights"]["safetensors"]
+  package_lib.verify_files(path, info)
+  weights = info.get("weights")
+  file = package_lib.member(path, weights.get("safetensors") if isinstance(weights, dict)
+                            else None, "weights file")
+  config_file = package_lib.member(path, info.get("config_file"), "config file")
   try:
     tensors = load_file(str(file))
-    model = json.loads((path / info["config_file"]).read_text())["model"]
+    model = json.loads(config_file.read_text())["model"]
   except (OSError, KeyError, ValueError) as e:
     raise TorchEncoderError(f"{path}: cannot read the package ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
