@@ -148,3 +148,16 @@ def test_a_damaged_or_escaping_package_is_refused_as_load_encoder_refuses_it(xma
     assert "\n" not in str(e.value) and repr(name) in str(e.value)
   (pkg / package_lib.PACKAGE_FILE).write_text(json.dumps(info))
   assert torch_encoder.load(pkg).embed_prepared(np.zeros((1, 1000), np.float32)).shape == (1, 32)
+
+
+def test_transposed_short_or_nan_input_is_one_clear_error_as_in_jax(xmae_package):
+  enc = torch_encoder.load(xmae_package)
+  x = np.random.default_rng(0).normal(size=(2, 2500))         # two 10-s rows at 250 Hz
+  with pytest.raises(torch_encoder.TorchEncoderError, match=r"\(2500, 2\).*transposed") as e:
+    enc.embed(x.T, fs=250)
+  assert "\n" not in str(e.value)
+  with pytest.raises(torch_encoder.TorchEncoderError, match="rows of 10 samples"):
+    enc.embed(x[:, :10], fs=250)
+  with pytest.raises(torch_encoder.TorchEncoderError, match="NaN or inf in 2 of 2 rows"):
+    enc.embed_prepared(np.full((2, 1000), np.nan))
+  assert enc.embed(x, fs=250).shape == (2, 32)

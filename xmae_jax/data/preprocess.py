@@ -1045,6 +1045,20 @@ def _clean_rows(x: np.ndarray, fs: float, modality: str, config: PreprocessConfi
   return np.stack([clean(row, fs, modality, config) for row in x])
 
 
+def check_row_length(shape: tuple[int, int], fs: float, config: PreprocessConfig) -> None:
+  """Refuses rows shorter than one window (the cleaning filters would fail on them with a SciPy
+  error), naming the shape: a transposed (L, N) array is the usual cause."""
+  fs = check_sampling_rate(fs, "input", config.min_fs)
+  if len(window_starts(shape[1] / fs, config)):
+    return
+  hint = ("; embed takes (N, L), one segment per row: is the array transposed?"
+          if len(window_starts(shape[0] / fs, config)) else "")
+  raise PreprocessError(
+      f"wrong shape: input {tuple(shape)} has rows of {shape[1]} samples "
+      f"({shape[1] / fs:.3g} s at {fs:g} Hz), shorter than one {config.segment_seconds:g}-s "
+      f"window ({math.ceil(config.segment_seconds * fs)} samples at {fs:g} Hz){hint}")
+
+
 def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None = None,
                           modality: str | None = None, clean_signal: bool = False,
                           return_index: bool = False):
@@ -1068,10 +1082,8 @@ def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None 
     raise PreprocessError("input contains NaN or inf")
   if clean_signal and modality not in MODALITIES:
     raise PreprocessError(f"clean_signal needs modality in {MODALITIES}, got {modality!r}")
+  check_row_length(a.shape, fs, config)
   starts = window_starts(a.shape[1] / fs, config)
-  if not len(starts):
-    raise PreprocessError(f"input of {a.shape[1] / fs:.2f} s is shorter than one "
-                          f"{config.segment_seconds:g}-s window")
   n = int(round(config.segment_seconds * fs))
   pieces = [row[int(round(t0 * fs)):int(round(t0 * fs)) + n] for row in a for t0 in starts]
   by_length: dict[int, list[int]] = collections.defaultdict(list)

@@ -244,8 +244,6 @@ class Encoder:
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
     config = self._preprocess_config()
     try:
-      _check_row_length(a.shape, preprocess.check_sampling_rate(fs, "input", config.min_fs),
-                        c)
       return preprocess.prepare_for_inference(
           a, fs, config=config, modality=modality,
           clean_signal=True if clean is None else bool(clean), return_index=True)
@@ -282,9 +280,9 @@ class Encoder:
       return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
               "none" if note == "none" else "none (rows taken as prepared windows)")
     try:
-      _check_row_length(first.shape, preprocess.check_sampling_rate(fs, "input"), self.contract)
-      recordings, shifts, note = preprocess.align_rows(given, fs,
-                                                       self._preprocess_config(**alignment))
+      config = self._preprocess_config(**alignment)
+      preprocess.check_row_length(first.shape, fs, config)
+      recordings, shifts, note = preprocess.align_rows(given, fs, config)
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
     windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
@@ -423,20 +421,6 @@ def _check_finite(a: np.ndarray, what: str) -> None:
     rows = np.unique(np.nonzero(bad)[0])
     raise EncoderInputError(f"{what} has NaN or inf in {len(rows)} of {len(a)} rows "
                             f"(first: row {rows[0]}); clean or drop them before embedding")
-
-
-def _check_row_length(shape: tuple[int, int], fs: float, contract: Contract) -> None:
-  """Refuses raw rows shorter than one contract window (the cleaning filters would fail on them
-  with a SciPy error), naming the shape: a transposed (L, N) array is the usual cause."""
-  seconds = shape[1] / fs
-  if round(shape[1] * contract.sampling_rate / fs) >= contract.segment_length:
-    return
-  hint = ("; embed takes (N, L), one segment per row: is the array transposed?"
-          if shape[0] * contract.sampling_rate / fs >= contract.segment_length else "")
-  raise EncoderInputError(
-      f"wrong shape: input {tuple(shape)} has rows of {shape[1]} samples ({seconds:.3g} s at "
-      f"{fs:g} Hz), shorter than one {contract.segment_seconds:g}-s window "
-      f"({math.ceil(contract.segment_seconds * fs)} samples at {fs:g} Hz){hint}")
 
 
 def count_parameters(module) -> int:

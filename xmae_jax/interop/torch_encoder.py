@@ -452,8 +452,9 @@ class TorchEncoder:
       return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
               "none" if note == "none" else "none (rows taken as prepared windows)")
     try:
-      recordings, shifts, note = preprocess.align_rows(given, fs,
-                                                       self._preprocess_config(**alignment))
+      config = self._preprocess_config(**alignment)
+      preprocess.check_row_length(first.shape, fs, config)
+      recordings, shifts, note = preprocess.align_rows(given, fs, config)
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
     windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
@@ -475,6 +476,12 @@ class TorchEncoder:
     if len(shapes) > 1 or any(w.ndim != 2 or w.shape[1] != length for w in given.values()):
       raise TorchEncoderError(f"wrong shape: prepared windows must be (M, {length}), the same "
                               f"for every modality; got {sorted(shapes)}")
+    for m, w in given.items():
+      bad = ~np.isfinite(w).all(axis=1)
+      if bad.any():
+        raise TorchEncoderError(f"prepared {m} windows have NaN or inf in {bad.sum()} of "
+                                f"{len(w)} rows (first: row {np.argmax(bad)}); clean or drop "
+                                "them before embedding")
     count = len(next(iter(given.values())))
     out = []
     for start in range(0, count, self.batch_size):
