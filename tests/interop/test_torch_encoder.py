@@ -102,8 +102,8 @@ def test_torch_example_embeds_a_real_record_without_jax(xmae_package, physionet_
 def test_raw_recordings_get_the_packages_ppg_alignment_as_in_jax(joint_package, physionet_dir):
   """A package trained on aligned data: both encoders move each raw row's PPG alike (measured
   on its ECG when given, else the fixed delay) and say so."""
-  ppg, fs = record_rows(physionet_dir, "PLETH", seconds=60)
-  ecg, _ = record_rows(physionet_dir, "II", seconds=60)
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH", seconds=60)
+  ecg, _ = datasets.record_rows(physionet_dir, "II", seconds=60)
   ppg, ecg = ppg.reshape(2, -1), ecg.reshape(2, -1)     # two 30-s recordings
   jax_enc = xmae_jax.load_encoder(joint_package)
   enc = torch_encoder.load(joint_package)
