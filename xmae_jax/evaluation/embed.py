@@ -203,34 +203,6 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   return out
 
 
-def ppg_alignment(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
-  """The PPG shift the encoder's training data were prepared with, from a package's recorded
-  preprocessing (`info["preprocessing"]`, the dataset manifest's): {ppg_delay_seconds,
-  ppg_align_seconds}; {} when none was applied (or nothing is recorded)."""
-  pre = dict(preprocessing or {})
-  delay = float(pre.get("ppg_delay_seconds") or 0.0)
-  align = pre.get("ppg_align_seconds")
-  out = {}
-  if delay:
-    out["ppg_delay_seconds"] = delay
-  if align is not None:
-    out["ppg_align_seconds"] = float(align)
-  return out
-
-
-def alignment_note(alignment: Mapping[str, Any], modalities: Sequence[str]) -> str:
-  """What `recording_segments` does to the PPG under `alignment`, in words for the output:
-  the per-record alignment needs the ECG among the windowed modalities, else the fixed delay."""
-  align, delay = alignment.get("ppg_align_seconds"), alignment.get("ppg_delay_seconds", 0.0)
-  if "ppg" not in modalities or (align is None and not delay):
-    return "none"
-  if align is not None and "ecg" in modalities:
-    return (f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
-            f"the record's ECG; fixed {delay:g} s where too few clean beats)")
-  return f"fixed: PPG moved {delay:g} s earlier" + (
-      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else "")
-
-
 def recording_segments(path: str | os.PathLike, source: str, modalities: str | Sequence[str], *,
                        contract, options: Mapping[str, Any] | None = None,
                        alignment: Mapping[str, Any] | None = None) -> Segments:
@@ -239,10 +211,10 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   A labels file in `options` (`labels`, xmae_jax.data.labels) joins its columns to the
   recordings' labels; one that matches none of them is an error naming it.
 
-  `alignment` (`ppg_alignment` of the encoder's package) moves the PPG as the training data's
-  was: per record (`ppg_align_seconds`, measured on the record's ECG) when the ECG is among
-  `modalities`, else by the fixed `ppg_delay_seconds` (`preprocess.ppg_shift` decides);
-  `notes["ppg_alignment"]` says which."""
+  `alignment` (`preprocess.ppg_alignment` of the encoder's package) moves the PPG as the
+  training data's was: per record (`ppg_align_seconds`, measured on the record's ECG) when the
+  ECG is among `modalities`, else by the fixed `ppg_delay_seconds` (`preprocess.ppg_shift`
+  decides); `notes["ppg_alignment"]` says which."""
   modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
   asked = dict(alignment or {})
   alignment = dict(asked)
@@ -312,7 +284,7 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     raise EmbeddingsError(labels_lib.no_match(table, notes.get("labels/unmatched", 0),
                                               list(dict.fromkeys(seen))))
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
-  out.notes = {**notes, "ppg_alignment": alignment_note(asked, modalities)}
+  out.notes = {**notes, "ppg_alignment": preprocess.alignment_note(asked, modalities)}
   return out
 
 
@@ -331,9 +303,9 @@ def read_segments(path, modalities, *, contract, source: str | None = None, spli
 
 
 def encoder_alignment(encoder) -> dict[str, Any]:
-  """`ppg_alignment` of an encoder's package (its info's recorded preprocessing)."""
+  """`preprocess.ppg_alignment` of an encoder's package (its info's recorded preprocessing)."""
   info = encoder.info if isinstance(getattr(encoder, "info", None), dict) else {}
-  return ppg_alignment(info.get("preprocessing"))
+  return preprocess.ppg_alignment(info.get("preprocessing"))
 
 
 def embed_windows(encoder, *, chunk: int | None = None, **windows: np.ndarray) -> np.ndarray:

@@ -21,7 +21,10 @@ Every name below is importable from this package (`preprocess.segment_recording`
                   recording-system delay, or measured per recording so that every recording's
                   R-peak-to-pulse delay becomes the same)
   unbatched       segment_recording_unbatched: the same one window at a time, the oracle
-  inference       prepare_for_inference: raw (N, L) at any fs -> (N', 1000) model inputs
+  alignment       the recorded PPG shift read back (ppg_alignment, alignment_note) and applied
+                  to recordings given as arrays (align_rows)
+  inference       prepare_for_inference: raw (N, L) at any fs -> (N', 1000) model inputs,
+                  windowed as segment_recording windows a recording
   fast            faster equivalents of NeuroKit2/scipy steps, with the versions they match
 
 Every modality is windowed on the time axis at its own sampling rate, so multi-rate recordings
@@ -39,7 +42,8 @@ from xmae_jax.data.preprocess.config import (ALIGN_MAX_DELAY_S, ALIGN_MIN_BEATS,
                                              SEGMENT_SECONDS, TARGET_FS, PreprocessConfig,
                                              PreprocessError, Segment)
 from xmae_jax.data.preprocess.fast import LibraryVersionError
-from xmae_jax.data.preprocess.inference import prepare_for_inference
+from xmae_jax.data.preprocess.alignment import align_rows, alignment_note, ppg_alignment
+from xmae_jax.data.preprocess.inference import check_row_length, prepare_for_inference
 from xmae_jax.data.preprocess.meta import (ABP_MIN_INTERVAL_S, ABP_PROMINENCE, DBP_RANGE,
                                            MIN_PULSE_PRESSURE, SBP_RANGE, blood_pressure,
                                            derive_window_meta)
@@ -56,11 +60,13 @@ __all__ = [
     "ABP_MIN_INTERVAL_S", "ABP_PROMINENCE", "ALIGN_MAX_DELAY_S", "ALIGN_MIN_BEATS",
     "ALIGN_MIN_QUALITY", "DBP_RANGE", "HR_RANGE", "MIN_BEATS", "MIN_PULSE_PRESSURE",
     "REQUIREMENTS", "SBP_RANGE", "SEGMENT_LENGTH", "SEGMENT_SECONDS", "TARGET_FS",
-    "LibraryVersionError", "PreprocessConfig", "PreprocessError", "Segment", "as_signal",
-    "bad_intervals", "blood_pressure", "check_sampling_rate", "check_window", "clean",
+    "LibraryVersionError", "PreprocessConfig", "PreprocessError", "Segment", "align_rows",
+    "alignment_note", "as_signal",
+    "bad_intervals", "blood_pressure", "check_row_length", "check_sampling_rate", "check_window",
+    "clean",
     "code_files", "derive_window_meta", "find_pulse_peaks", "find_rpeaks", "good_stretches",
     "heart_rate", "heart_rate_from_peaks", "longest_run", "minmax", "next_pulse_delays",
-    "ppg_shift", "prepare_for_inference", "pulse_delay", "quality", "quality_fast",
+    "ppg_alignment", "ppg_shift", "prepare_for_inference", "pulse_delay", "quality", "quality_fast",
     "quality_vector", "resample", "runs", "segment_recording", "segment_recording_unbatched",
     "templatematch", "union_stretches", "window_starts",
 ]
