@@ -39,6 +39,17 @@ def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
   file name (matplotlib, numpy) still do. On an exception the temporary file or folder is
   removed and `path` is left as it was.
   """
+  if os.fspath(path).startswith(("gs://", "s3://")):
+    # An object store has no rename, and needs none: an object write is atomic by itself (the
+    # object appears whole when its upload completes). So the content is staged in a local
+    # temporary file or folder and uploaded once the writer finished.
+    from xmae_jax import paths   # paths builds on this module: imported at use
+    with tempfile.TemporaryDirectory(prefix="xmae-upload-") as staging:
+      name = paths.path(path).name
+      tmp = Path(staging) / (name if suffix is None else Path(name).stem + suffix)
+      yield tmp
+      paths.upload(tmp, path)
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   ext = path.suffix if suffix is None else suffix
@@ -54,15 +65,14 @@ def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
     raise
 
 
-def atomic_write(path, data: bytes | str) -> Path:
+def atomic_write(path, data: bytes | str):
   """Writes `data` (text as UTF-8) to `path` atomically; returns the path."""
-  path = Path(path)
   with atomic_path(path) as tmp:
     if isinstance(data, str):
       tmp.write_text(data, encoding="utf-8")
     else:
       tmp.write_bytes(data)
-  return path
+  return path if "://" in os.fspath(path) else Path(path)
 
 
 # ---- storage that cannot take a write --------------------------------------------------------

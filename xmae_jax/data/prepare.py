@@ -44,6 +44,7 @@ import numpy as np
 from xmae_jax import __version__
 from xmae_jax import errors
 from xmae_jax import locks
+from xmae_jax import paths
 from xmae_jax import progress as progress_lib
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import preprocess as pp
@@ -305,8 +306,11 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
   config = config or pp.PreprocessConfig()
   if workers < 1:
     raise PrepareError(f"--workers must be >= 1, got {workers}")
-  if "://" in str(output):
-    raise PrepareError(f"output {output} is not a local path: use --runner beam for it")
+  if paths.is_remote(output):
+    return _prepare_remote(output, overwrite, lambda staged: prepare_dataset(
+        source, input, staged, workers=workers, seed=seed, test_frac=test_frac,
+        val_frac=val_frac, config=config, source_options=source_options,
+        records_per_shard=records_per_shard, progress=progress, overwrite=overwrite, log=log))
   out = Path(output)
   units, options = list_units(source, input, seed=seed, test_frac=test_frac,
                               val_frac=val_frac, source_options=source_options,
@@ -323,6 +327,28 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
 
 
 LOCK_FILE = "xmae-prepare.lock"      # in DIR/.work: one run per output at a time
+
+
+def _prepare_remote(output, overwrite: bool, prepare_into) -> dict[str, Any]:
+  """A gs:// output: ArrayRecord writes local files, so the dataset is prepared in a local
+  staging folder (`paths.cache_folder`; its cache lets a rerun resume, and its lock guards the
+  run) by `prepare_into(folder)`, then uploaded, one object per file, the manifest last: a
+  reader never finds a manifest naming shards not uploaded yet. The output is tried before any
+  work; a dataset of other settings there is refused unless `overwrite`, before any upload."""
+  remote = paths.check_writable(output, "output")
+  check_output(remote, overwrite=overwrite)
+  staged = paths.cache_folder(output, "staging")
+  report = prepare_into(staged)
+  manifest = (staged / shards.MANIFEST).read_bytes()
+  if not overwrite and (remote / shards.MANIFEST).is_file():
+    request = json.loads(manifest).get("request") or {}
+    compare_request(paths.text(output), request,
+                    manifest=(remote / shards.MANIFEST).read_bytes())
+  for f in sorted(staged.iterdir()):
+    if f.name not in (WORK, shards.MANIFEST):
+      paths.upload(f, remote / f.name)
+  paths.upload(staged / shards.MANIFEST, remote / shards.MANIFEST)
+  return report
 
 
 def lock_output(out: Path) -> locks.FolderLock:

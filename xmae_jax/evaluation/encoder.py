@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
 
@@ -453,7 +454,9 @@ def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
   what it must hold: a ppg+ecg package asked for one modality gives the encoder of that
   modality alone (its fingerprint from that modality; `embed(x)` then means that modality).
   """
-  path = Path(path)
+  if paths.is_remote(path) and package_lib.is_package(path):
+    path = paths.local_mirror(path, "encoder package")   # read file by file, so copied first
+  path = paths.path(path)
   if package_lib.is_package(path) or not (path / "checkpoints").is_dir():
     enc = load_package(path, batch_size=batch_size)
     if modality is None or modality == enc.modality:
