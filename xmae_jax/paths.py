@@ -21,6 +21,7 @@ credentials or an endpoint that cannot be reached is one line naming the path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import tempfile
@@ -83,18 +84,24 @@ def check_remote(p, what: str, *, write: bool) -> None:
   if not is_remote(p):
     return
   target = path(p)
+  client_log = logging.getLogger("gcsfs")   # its retries log tracebacks; the one line says it
+  level = client_log.level
+  client_log.setLevel(logging.CRITICAL)
   try:
     if write:
       probe = target / f".xmae-write-probe-{uuid.uuid4().hex}"
       probe.write_bytes(b"")
       probe.unlink()
-    else:
-      target.exists()
-      if not target.is_dir():
-        raise FileNotFoundError("no such folder")
+    elif not target.is_dir():
+      raise FileNotFoundError("no such folder")
+  except ImportError:
+    raise StorageError(f"{what} {text(p)}: reading {text(p).split('://')[0]}:// needs gcsfs "
+                       "(pip install 'xmae-jax[gcs]')") from None
   except Exception as e:  # pylint: disable=broad-except  # gcsfs/aiohttp/auth raise many types
     verb = "written" if write else "read"
     raise StorageError(f"{what} {text(p)} cannot be {verb} ({_reason(e)})") from None
+  finally:
+    client_log.setLevel(level)
 
 
 def check_writable(p, what: str = "output folder"):

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mp_util
+
 from xmae_jax import paths
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import workdir_lock
@@ -58,7 +60,7 @@ def _runner(spec: dict, env, tmp_path) -> dict:
 def env(gcs, tmp_path_factory):
   """The emulator's variables plus a compilation cache shared by the module's runs."""
   return {**gcs.env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **mp_util.FAST_COMPILE_ENV}
 
 
 def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
@@ -73,6 +75,7 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
     for shard in split["shards"]:
       assert paths.path(f"{data}/{shard}").is_file()
 
+  print('PHASE', '# 2. Trainin', time.monotonic(), flush=True)
   # 2. Training with its workdir in the bucket, stopped by SIGTERM; while it runs, the lock
   # object there refuses a second trainer.
   proc = subprocess.Popen(_train_cli(run, data), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -97,6 +100,7 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
                  if p.name.isdigit())
   assert saved and saved[-1] >= 2
 
+  print('PHASE', '# 3. Resumed', time.monotonic(), flush=True)
   # 3. Resumed from the bucket: the losses are those of an uninterrupted run.
   stop = saved[-1] + 2
   result = _runner({"overrides": {**SETTINGS, "data.dir": data}, "jobs": [
@@ -111,6 +115,7 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   assert [p.name for p in paths.path(f"{run}/tb").iterdir()]   # TensorBoard events uploaded
   assert not (tmp_path / "gs:").exists() and not (REPO / "gs:").exists()
 
+  print('PHASE', '# 4. Export', time.monotonic(), flush=True)
   # 4. Export to the bucket; load_encoder reads it from there and embeds.
   exported = _run(_cli("xmae_export", "--workdir", run, "--output", package), env, tmp_path)
   assert exported.returncode == 0, exported.stderr[-3000:]
@@ -119,6 +124,7 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   enc = encoder_lib.load_encoder(package)
   x = np.random.default_rng(0).standard_normal((3, enc.contract.segment_length)).astype(np.float32)
   z = enc.embed_prepared(x)
+  print('PHASE end', time.monotonic(), flush=True)
   assert z.shape == (3, enc.latent_dim) and np.isfinite(z).all()
 
 

@@ -471,7 +471,7 @@ def package_readme(info: dict) -> str:
 
 def read_package_info(path) -> dict:
   """package.json of an exported package, checked for format and version."""
-  path = Path(path)
+  path = paths.path(path)
   file = path / PACKAGE_FILE
   if not path.exists():
     raise PackageError(f"encoder package {path} does not exist")
