@@ -66,6 +66,12 @@ def text(p) -> str:
   return os.fspath(p)
 
 
+def size(p) -> int:
+  """The size in bytes of the file `p` (epath's stat names it `length`)."""
+  p = path(p)
+  return p.stat().length if is_remote(p) else p.stat().st_size
+
+
 # ---- checking a remote path before the work -------------------------------------------------
 
 def _reason(e: BaseException) -> str:
@@ -104,13 +110,13 @@ def check_remote(p, what: str, *, write: bool) -> None:
     client_log.setLevel(level)
 
 
-def check_writable(p, what: str = "output folder"):
-  """`errors.check_writable` for a local folder (made if missing), `check_remote` for a URL;
-  returns `path(p)`."""
+def check_writable(p, what: str = "output folder", *, create: bool = True):
+  """`errors.check_writable` for a local folder, `check_remote` for a URL (a bucket has no
+  folders to make); returns `path(p)`."""
   if is_remote(p):
     check_remote(p, what, write=True)
     return path(p)
-  return errors.check_writable(p, what)
+  return errors.check_writable(p, what, create=create)
 
 
 # ---- moving whole files and folders ----------------------------------------------------------
@@ -144,7 +150,7 @@ def download(remote, local) -> None:
     for child in remote.iterdir():
       download(child, local / child.name)
     return
-  if local.is_file() and local.stat().st_size == remote.stat().length:
+  if local.is_file() and local.stat().st_size == size(remote):
     return
   local.parent.mkdir(parents=True, exist_ok=True)
   with errors.atomic_path(local) as tmp, remote.open("rb") as src, open(tmp, "wb") as dst:

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare
@@ -73,24 +74,24 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
 def check_output(path: str | os.PathLike) -> Path:
   """`path` when an embeddings file can be written there: a .npz name, not a directory, in a
   writable folder; `xmae-embed` checks it before any work."""
-  path = Path(path)
+  path = paths.path(path)
   if path.suffix != ".npz":
     raise EmbeddingsError(f"output {path} must end in .npz")
   if path.is_dir():
     raise EmbeddingsError(f"output {path} is a directory")
-  errors.check_writable(path.parent, "embeddings output folder", create=False)
+  paths.check_writable(path.parent, "embeddings output folder", create=False)
   return path
 
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, Any]:
   """The arrays of an embeddings file plus `info` (a dict); clear errors for bad files."""
-  path = Path(path)
+  path = paths.path(path)
   if not path.is_file():
     raise EmbeddingsError(f"embeddings file {path} does not exist")
-  if path.stat().st_size == 0:
+  if paths.size(path) == 0:
     raise EmbeddingsError(f"embeddings file {path} is empty")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:   # zipfile/numpy raise several types for a corrupt file
     raise EmbeddingsError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
