@@ -1,4 +1,5 @@
-"""The user-error base class and the one atomic write; imported by every layer, imports nothing.
+"""The user-error base class and the one atomic write; imported by every layer, imports nothing
+(but `paths`, when a write goes to an object-store URL).
 
 `XmaeError` is what a user can fix (a bad setting, a missing or malformed file): its message is
 one line naming the value or file, and every command-line tool prints it as one line on stderr
@@ -7,7 +8,8 @@ caller tells the cases apart.
 
 `atomic_path` is the one way files are written: the content goes to a temporary name beside the
 target and is renamed into place only when the writer finished, so a reader never sees a
-half-written file and a crash leaves the previous version (or nothing) behind.
+half-written file and a crash leaves the previous version (or nothing) behind. On an object
+store (gs://) it is an object write: staged locally, uploaded whole.
 
 `storage_reason` tells a write the storage refused (full disk, read-only, quota) from other
 errors, also when a library wrapped the OSError; `check_writable` tries a destination before

@@ -158,7 +158,12 @@ class ObjectLock(FolderLock):
 
   def _heartbeat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
-      stamp = self._store.write("", _owner_bytes(self._since), if_equal=self._generation).result()
+      try:
+        stamp = self._store.write("", _owner_bytes(self._since),
+                                  if_equal=self._generation).result()
+      except Exception as e:  # pylint: disable=broad-except  # the storage is away: try again
+        logging.getLogger(__name__).warning("%s: cannot refresh the lock (%s)", self.path, e)
+        continue
       if not stamp.generation:   # another run took the lock over: it thought this one dead
         logging.getLogger(__name__).warning("%s: the lock was taken over by %s", self.path,
                                             holder(self.path))

@@ -1,14 +1,15 @@
 """gs:// end to end against a local storage server (tests/storage/conftest.py), as on a pod:
 prepare writes a dataset to a bucket, training reads it from there with its workdir in the
 bucket, is stopped by SIGTERM and resumes from the bucket with the losses of an uninterrupted
-run; a second trainer on the same workdir is refused by the lock object; a package is exported
-to the bucket and `load_encoder("gs://...")` embeds with it. A bucket that does not exist,
+run; a second trainer on the same workdir is refused by the lock object (taken over once
+abandoned); a package is exported to the bucket and `load_encoder("gs://...")` embeds with it. A bucket that does not exist,
 credentials that cannot be found and an endpoint that does not answer are each one line naming
 the path, before any work.
 """
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 
 import mp_util
 
+from xmae_jax import locks
 from xmae_jax import paths
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import workdir_lock
@@ -75,7 +77,6 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
     for shard in split["shards"]:
       assert paths.path(f"{data}/{shard}").is_file()
 
-  print('PHASE', '# 2. Trainin', time.monotonic(), flush=True)
   # 2. Training with its workdir in the bucket, stopped by SIGTERM; while it runs, the lock
   # object there refuses a second trainer.
   proc = subprocess.Popen(_train_cli(run, data), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -100,7 +101,6 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
                  if p.name.isdigit())
   assert saved and saved[-1] >= 2
 
-  print('PHASE', '# 3. Resumed', time.monotonic(), flush=True)
   # 3. Resumed from the bucket: the losses are those of an uninterrupted run.
   stop = saved[-1] + 2
   result = _runner({"overrides": {**SETTINGS, "data.dir": data}, "jobs": [
@@ -115,7 +115,6 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   assert [p.name for p in paths.path(f"{run}/tb").iterdir()]   # TensorBoard events uploaded
   assert not (tmp_path / "gs:").exists() and not (REPO / "gs:").exists()
 
-  print('PHASE', '# 4. Export', time.monotonic(), flush=True)
   # 4. Export to the bucket; load_encoder reads it from there and embeds.
   exported = _run(_cli("xmae_export", "--workdir", run, "--output", package), env, tmp_path)
   assert exported.returncode == 0, exported.stderr[-3000:]
@@ -124,7 +123,6 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   enc = encoder_lib.load_encoder(package)
   x = np.random.default_rng(0).standard_normal((3, enc.contract.segment_length)).astype(np.float32)
   z = enc.embed_prepared(x)
-  print('PHASE end', time.monotonic(), flush=True)
   assert z.shape == (3, enc.latent_dim) and np.isfinite(z).all()
 
 
@@ -144,3 +142,25 @@ def test_unusable_storage_is_one_line_before_any_work(gcs, env, tmp_path, case):
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith(f"xmae-train: error: workdir {workdir} cannot be written ("), lines
   assert "Traceback" not in result.stderr
+
+
+def test_lock_object_is_refused_while_held_and_taken_over_when_abandoned(gcs):
+  url = f"{gcs.bucket}/locked/xmae-train.lock"
+  held = locks.take(url)
+  assert isinstance(held, locks.ObjectLock)
+  owner = json.loads(paths.path(url).read_text())
+  assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+  assert locks.take(url) is None                    # a live holder: refused
+  held.release()
+  assert not paths.path(url).exists()
+  # A holder on another host that stopped refreshing the lock (its VM was lost): taken over.
+  paths.path(url).write_text(json.dumps({"pid": 1, "host": "lost-vm", "since": "then",
+                                         "heartbeat": time.time() - 2 * locks.STALE_S}))
+  taken = locks.take(url)
+  assert isinstance(taken, locks.ObjectLock)
+  assert json.loads(paths.path(url).read_text())["pid"] == os.getpid()
+  taken.release()
+  # One that still refreshes it is not.
+  paths.path(url).write_text(json.dumps({"pid": 1, "host": "lost-vm", "since": "then",
+                                         "heartbeat": time.time()}))
+  assert locks.take(url) is None

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

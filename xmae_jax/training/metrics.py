@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -165,6 +166,8 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._upload_tb()
+      if self._tb_remote is not None:   # the local staging of a remote workdir's events
+        shutil.rmtree(self._tb.logdir, ignore_errors=True)
       self._tb = None
     if self._wandb is not None:
       self._wandb.finish()
