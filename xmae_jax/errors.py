@@ -41,11 +41,11 @@ def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
   file name (matplotlib, numpy) still do. On an exception the temporary file or folder is
   removed and `path` is left as it was.
   """
-  if os.fspath(path).startswith(("gs://", "s3://")):
+  from xmae_jax import paths   # paths builds on this module: imported at use
+  if paths.is_remote(path):
     # An object store has no rename, and needs none: an object write is atomic by itself (the
     # object appears whole when its upload completes). So the content is staged in a local
-    # temporary file or folder and uploaded once the writer finished.
-    from xmae_jax import paths   # paths builds on this module: imported at use
+    # temporary file or folder and uploaded once the writer finished (a folder file by file).
     with tempfile.TemporaryDirectory(prefix="xmae-upload-") as staging:
       name = paths.path(path).name
       tmp = Path(staging) / (name if suffix is None else Path(name).stem + suffix)
@@ -74,7 +74,8 @@ def atomic_write(path, data: bytes | str):
       tmp.write_text(data, encoding="utf-8")
     else:
       tmp.write_bytes(data)
-  return path if "://" in os.fspath(path) else Path(path)
+  from xmae_jax import paths   # paths builds on this module: imported at use
+  return paths.path(path)
 
 
 # ---- storage that cannot take a write --------------------------------------------------------

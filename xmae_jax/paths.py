@@ -17,6 +17,8 @@ What cannot work on an object store directly is staged on local disk:
 
 `check_remote` tries a URL before any work starts, so a bucket that does not exist, missing
 credentials or an endpoint that cannot be reached is one line naming the path.
+
+Imports only `errors` (whose atomic write imports this module when it runs).
 """
 from __future__ import annotations
 
