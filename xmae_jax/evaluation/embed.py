@@ -146,7 +146,7 @@ def _empty_segments() -> Segments:
 def detect_source(path: str | os.PathLike) -> str:
   """'dataset' (a prepared directory), 'wfdb', 'csv', 'npz' or 'edf', from what `path` looks
   like."""
-  p = Path(path)
+  p = paths.path(path)
   if p.is_dir():
     if (p / "manifest.json").is_file():
       return "dataset"
@@ -253,8 +253,8 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   if source in ("csv", "npz"):
     options["format"] = source          # the tabular reader serves both
   options.update(labels_lib.options_of(options))
-  p = Path(path)
-  if p.is_file() and p.stat().st_size == 0:
+  p = paths.path(path)
+  if p.is_file() and paths.size(p) == 0:
     raise EmbeddingsError(f"input {p} is empty")
   config = preprocess.PreprocessConfig(
       target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
@@ -366,7 +366,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),
           "modalities": list(modalities), "encoder_modality": encoder.modality,
-          "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}
+          "input": paths.text(paths.absolute(path)), "source": source, "notes": segs.notes}
   save_embeddings(output, z, segs.subject_ids, segs.segment_ids, meta=columns_from_dicts(segs.meta),
                   labels=columns_from_dicts(segs.labels), split=segs.split, info=info)
   return {"output": str(output), "segments": len(segs), "subjects": len(set(segs.subject_ids)),
