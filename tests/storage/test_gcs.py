@@ -2,9 +2,9 @@
 prepare writes a dataset to a bucket, training reads it from there with its workdir in the
 bucket, is stopped by SIGTERM and resumes from the bucket with the losses of an uninterrupted
 run; a second trainer on the same workdir is refused by the lock object (taken over once
-abandoned); a package is exported to the bucket and `load_encoder("gs://...")` embeds with it. A bucket that does not exist,
-credentials that cannot be found and an endpoint that does not answer are each one line naming
-the path, before any work.
+abandoned); a package is exported to the bucket and `load_encoder("gs://...")` embeds with it.
+A bucket that does not exist, credentials that cannot be found and an endpoint that does not
+answer are each one line naming the path, before any work.
 """
 import json
 import os

@@ -88,7 +88,8 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
     model, config, resolved, m = checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:
     raise ExportError(str(e)) from None
-  source = {"workdir": paths.text(paths.absolute(workdir)), "step": resolved, "requested_step": str(step),
+  source = {"workdir": paths.text(paths.absolute(workdir)), "step": resolved,
+            "requested_step": str(step),
             "checkpoint_kind": m.get("kind"), "val_loss": m.get("val_loss"),
             "written_by": m.get("package_version")}
   return export_model(model, config, output, modality=modality, source=source, overwrite=overwrite)
