@@ -95,7 +95,7 @@ def _plan(config, train_records: int) -> Plan:
                         f"({config_lib.MAX_STEPS})")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
-  profile = tuple(int(v) for v in t.get("profile_steps", ()) or ()) or None
+  profile = tuple(int(v) for v in t.profile_steps or ()) or None
   if profile is not None and profile[1] > total:
     raise TrainingError(f"train.profile_steps={profile}: END is past the run's last step {total}")
   return Plan(total_steps=total, steps_per_epoch=steps_per_epoch, eval_every=eval_every,
@@ -626,7 +626,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
           lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation))
       ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])   # corrupt: this run rewrites them
     # From here on the loop takes placed batches, read ahead while the step runs.
-    batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.get("device_prefetch", 2)))
+    batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.device_prefetch))
     step = start = int(jax.device_get(state["step"]))
     if chief:
       config_lib.write_config(workdir, config)
