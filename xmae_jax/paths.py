@@ -23,6 +23,7 @@ Imports only `errors` (whose atomic write imports this module when it runs).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -142,22 +143,29 @@ def _put(local: pathlib.Path, remote) -> None:
       dst.write(chunk)
 
 
-def download(remote, local) -> None:
-  """Copies the URL `remote` (a file or a folder, recursively) to the local path `local`; a
-  local file of the same size is taken as already copied (shards and packages never change in
-  place: a new version is a new folder or an overwrite that changes the files' sizes)."""
+def download(remote, local, *, known: dict | None = None, name: str = "") -> None:
+  """Copies the URL `remote` (a file or a folder, recursively) to the local path `local`.
+
+  `known` maps each file's relative `name` to the (size, modification time) of the object it was
+  copied from; a file whose object still has those is not copied again, and `known` is updated
+  with what was copied.
+  """
   remote, local = path(remote), pathlib.Path(local)
+  known = {} if known is None else known
   if remote.is_dir():
     local.mkdir(parents=True, exist_ok=True)
     for child in remote.iterdir():
-      download(child, local / child.name)
+      download(child, local / child.name, known=known, name=f"{name}/{child.name}".lstrip("/"))
     return
-  if local.is_file() and local.stat().st_size == size(remote):
+  stat = remote.stat()
+  signature = [stat.length, stat.mtime]
+  if local.is_file() and known.get(name) == signature:
     return
   local.parent.mkdir(parents=True, exist_ok=True)
   with errors.atomic_path(local) as tmp, remote.open("rb") as src, open(tmp, "wb") as dst:
     while chunk := src.read(1 << 22):
       dst.write(chunk)
+  known[name] = signature
 
 
 def cache_dir() -> pathlib.Path:
@@ -176,15 +184,21 @@ def cache_folder(url, kind: str) -> pathlib.Path:
 
 def local_mirror(p, what: str) -> pathlib.Path:
   """A local folder with the content of `p`: `p` itself when local, else a copy of the remote
-  folder in `cache_dir()` (refreshed file by file, so a second call copies only what changed
-  size). Raises StorageError naming `p` when it cannot be read."""
+  folder in `cache_dir()` (refreshed file by file: a second call copies only the objects
+  replaced since). Raises StorageError naming `p` when it cannot be read."""
   if not is_remote(p):
     return pathlib.Path(p)
   check_remote(p, what, write=False)
   url = text(p).rstrip("/")
   local = cache_folder(url, "mirror")
+  record = local.with_name(local.name + ".json")   # what each local file was copied from
   try:
-    download(url, local)
+    known = json.loads(record.read_text()) if record.is_file() else {}
+  except ValueError:
+    known = {}
+  try:
+    download(url, local, known=known)
+    errors.atomic_write(record, json.dumps(known))
   except OSError as e:
     raise StorageError(f"{what} {url} cannot be copied to {local} ({_reason(e)})") from None
   return local

@@ -20,6 +20,7 @@ import pytest
 
 import mp_util
 
+from xmae_jax import errors
 from xmae_jax import locks
 from xmae_jax import paths
 from xmae_jax.training import metrics as metrics_lib
@@ -164,3 +165,16 @@ def test_lock_object_is_refused_while_held_and_taken_over_when_abandoned(gcs):
   paths.path(url).write_text(json.dumps({"pid": 1, "host": "lost-vm", "since": "then",
                                          "heartbeat": time.time()}))
   assert locks.take(url) is None
+
+
+def test_a_mirrored_folder_follows_objects_replaced_in_the_bucket(gcs):
+  url = f"{gcs.bucket}/mirrored"
+  errors.atomic_write(f"{url}/a.bin", b"first")
+  errors.atomic_write(f"{url}/sub/b.txt", "kept")
+  local = paths.local_mirror(url, "dataset")
+  assert (local / "a.bin").read_bytes() == b"first" and (local / "sub/b.txt").read_text() == "kept"
+  time.sleep(1.1)   # object times have a resolution of a second
+  errors.atomic_write(f"{url}/a.bin", b"other")   # the same size, other bytes
+  assert (paths.local_mirror(url, "dataset") / "a.bin").read_bytes() == b"other"
+  with pytest.raises(paths.StorageError, match=rf"^dataset {gcs.bucket}/absent cannot be read"):
+    paths.local_mirror(f"{gcs.bucket}/absent", "dataset")
