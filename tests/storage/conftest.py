@@ -47,6 +47,11 @@ class Emulator:
     self.url, self.env, self.log = url, env, log
     self.bucket = f"gs://{BUCKET}"
 
+  @staticmethod
+  def unused_url() -> str:
+    """An address on 127.0.0.1 where nothing listens (an endpoint that does not answer)."""
+    return f"http://127.0.0.1:{free_port()}"
+
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):

@@ -136,8 +136,7 @@ def test_unusable_storage_is_one_line_before_any_work(gcs, env, tmp_path, case):
     extra = {"FSSPEC_GCS_TOKEN": "google_default",
              "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json")}
   else:
-    from conftest import free_port
-    extra = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}
+    extra = {"STORAGE_EMULATOR_HOST": gcs.unused_url()}
   result = _run(_train_cli(workdir, f"{gcs.bucket}/data"), {**env, **extra}, tmp_path)
   assert result.returncode == 1, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
