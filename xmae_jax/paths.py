@@ -10,7 +10,7 @@ credentials and honours `STORAGE_EMULATOR_HOST`; Orbax writes checkpoints to gs:
 (through TensorStore, which honours `TENSORSTORE_GCS_HTTP_URL`).
 
 What cannot work on an object store directly is staged on local disk:
-- an atomic write (`errors.atomic_path`) writes a local temporary file and uploads it as one
+- an atomic write (`atomic.atomic_path`) writes a local temporary file and uploads it as one
   object (`upload`): an object write is atomic by itself, no rename needed;
 - a dataset that ArrayRecord must memory-map, and a package that a reader opens file by file,
   are mirrored into a local cache folder first (`local_mirror`).
@@ -18,7 +18,7 @@ What cannot work on an object store directly is staged on local disk:
 `check_remote` tries a URL before any work starts, so a bucket that does not exist, missing
 credentials or an endpoint that cannot be reached is one line naming the path.
 
-Imports only `errors` (whose atomic write imports this module when it runs).
+Imports only `errors` and `atomic` (whose atomic write imports this module when it runs).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import tempfile
 import uuid
 from typing import Union
 
+from xmae_jax import atomic
 from xmae_jax import errors
 
 # The URL schemes epath reaches through fsspec; anything else is a local path.
@@ -162,7 +163,7 @@ def download(remote, local, *, known: dict | None = None, name: str = "") -> Non
   if local.is_file() and known.get(name) == signature:
     return
   local.parent.mkdir(parents=True, exist_ok=True)
-  with errors.atomic_path(local) as tmp, remote.open("rb") as src, open(tmp, "wb") as dst:
+  with atomic.atomic_path(local) as tmp, remote.open("rb") as src, open(tmp, "wb") as dst:
     while chunk := src.read(1 << 22):
       dst.write(chunk)
   known[name] = signature
@@ -198,7 +199,7 @@ def local_mirror(p, what: str) -> pathlib.Path:
     known = {}
   try:
     download(url, local, known=known)
-    errors.atomic_write(record, json.dumps(known))
+    atomic.atomic_write(record, json.dumps(known))
   except OSError as e:
     raise StorageError(f"{what} {url} cannot be copied to {local} ({_reason(e)})") from None
   return local

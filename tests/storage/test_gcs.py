@@ -13,20 +13,19 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import mp_util
-
-from xmae_jax import errors
+from tests.helpers import mp_util
+from tests.helpers import train_runner
+from xmae_jax import atomic
 from xmae_jax import locks
 from xmae_jax import paths
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import workdir_lock
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = train_runner.REPO
 TIMEOUT = 420
 
 
@@ -49,14 +48,10 @@ def _run(cmd, env, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
 
 
 def _runner(spec: dict, env, tmp_path) -> dict:
-  """tests/training/train_runner.py's jobs in one process; their results."""
+  """tests/helpers/train_runner.py's jobs in one process; their results."""
   path = tmp_path / "spec.json"
   path.write_text(json.dumps({"config": "configs/xmae.py:tiny", **spec}))
-  done = _run([sys.executable, str(REPO / "tests/training/train_runner.py"), str(path)], env,
-              tmp_path)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = [x for x in done.stdout.splitlines() if x.startswith("TRAIN_RUNNER_RESULT ")][-1]
-  return json.loads(line.split(" ", 1)[1])
+  return train_runner.finish(train_runner.start(path, 1, env), TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +163,12 @@ def test_lock_object_is_refused_while_held_and_taken_over_when_abandoned(gcs):
 
 def test_a_mirrored_folder_follows_objects_replaced_in_the_bucket(gcs):
   url = f"{gcs.bucket}/mirrored"
-  errors.atomic_write(f"{url}/a.bin", b"first")
-  errors.atomic_write(f"{url}/sub/b.txt", "kept")
+  atomic.atomic_write(f"{url}/a.bin", b"first")
+  atomic.atomic_write(f"{url}/sub/b.txt", "kept")
   local = paths.local_mirror(url, "dataset")
   assert (local / "a.bin").read_bytes() == b"first" and (local / "sub/b.txt").read_text() == "kept"
   time.sleep(1.1)   # object times have a resolution of a second
-  errors.atomic_write(f"{url}/a.bin", b"other")   # the same size, other bytes
+  atomic.atomic_write(f"{url}/a.bin", b"other")   # the same size, other bytes
   assert (paths.local_mirror(url, "dataset") / "a.bin").read_bytes() == b"other"
   with pytest.raises(paths.StorageError, match=rf"^dataset {gcs.bucket}/absent cannot be read"):
     paths.local_mirror(f"{gcs.bucket}/absent", "dataset")

@@ -21,10 +21,10 @@ from typing import Any
 
 from xmae_jax import paths
 from xmae_jax.data import beam
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_rules as rules
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data import reader
 from xmae_jax.data import shards
 
 RUNNERS = ("local", "beam")
@@ -89,9 +89,10 @@ def _prepare_remote(output, overwrite: bool, prepare_into) -> dict[str, Any]:
 
 
 def verify(data_dir: str | os.PathLike, *, log=print) -> list:
-  """`xmae-prepare --verify DIR`: logs one verdict line per part (`reader.verify_dataset`);
-  raises PrepareError naming the first problem (shard and record) when any part failed."""
-  verdicts = reader.verify_dataset(data_dir)
+  """`xmae-prepare --verify DIR`: logs one verdict line per part
+  (`dataset_reader.verify_dataset`); raises PrepareError naming the first problem (shard and
+  record) when any part failed."""
+  verdicts = dataset_reader.verify_dataset(data_dir)
   for v in verdicts:
     if log:
       log(v.line())

@@ -26,10 +26,11 @@ from typing import Iterable
 import numpy as np
 from array_record.python import array_record_module as arm
 
-from xmae_jax import __version__
+from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax import paths as paths_lib   # `paths` names shard lists here
 from xmae_jax.data import record as record_lib
+from xmae_jax.version import __version__
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
@@ -224,7 +225,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
   }
   path = paths_lib.path(out_dir) / MANIFEST
   try:
-    errors.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
+    atomic.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
   except OSError as e:   # a write() error names no file
     raise ShardWriteError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
   return manifest
@@ -263,8 +264,8 @@ def member_path(data_dir: str | os.PathLike, name) -> Path:
 
 def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict[str, np.ndarray]]:
   """The shard files and the index of one split; clear errors for anything missing. The shards
-  of a gs:// dataset are local copies (`paths_lib.local_mirror`): ArrayRecord and the memory-mapped
-  reader read local files."""
+  of a gs:// dataset are local copies (`paths.local_mirror`): ArrayRecord and the
+  memory-mapped reader read local files."""
   data_dir = paths_lib.local_mirror(data_dir, "dataset")
   manifest = read_manifest(data_dir)
   entry = manifest["splits"].get(split)

@@ -42,11 +42,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from xmae_jax import __version__
 from xmae_jax import errors
 from xmae_jax import paths
 # The config JSON round trip lives in config_lib; these names stay reachable here for callers.
 from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config
+from xmae_jax.version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"   # corrupt checkpoints a resumed run moved out of its way

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import config_rules
 from xmae_jax import errors
 from xmae_jax import paths
 from xmae_jax import models
@@ -89,10 +90,10 @@ def _plan(config, train_records: int) -> Plan:
   if total <= 0:
     raise TrainingError(f"train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}: "
                         "nothing to train")
-  if total > config_lib.MAX_STEPS:
+  if total > config_rules.MAX_STEPS:
     raise TrainingError(f"train.num_epochs={t.num_epochs} x {steps_per_epoch} steps per epoch = "
                         f"{total} steps: more than the 32-bit step counter holds "
-                        f"({config_lib.MAX_STEPS})")
+                        f"({config_rules.MAX_STEPS})")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
   profile = tuple(int(v) for v in t.profile_steps or ()) or None
