@@ -27,6 +27,7 @@ import numpy as np
 
 from xmae_jax import atomic
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import dataset_reader
 from xmae_jax.data import labels as labels_lib
@@ -74,24 +75,24 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
 def check_output(path: str | os.PathLike) -> Path:
   """`path` when an embeddings file can be written there: a .npz name, not a directory, in a
   writable folder; `xmae-embed` checks it before any work."""
-  path = Path(path)
+  path = paths.path(path)
   if path.suffix != ".npz":
     raise EmbeddingsError(f"output {path} must end in .npz")
   if path.is_dir():
     raise EmbeddingsError(f"output {path} is a directory")
-  errors.check_writable(path.parent, "embeddings output folder", create=False)
+  paths.check_writable(path.parent, "embeddings output folder", create=False)
   return path
 
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, Any]:
   """The arrays of an embeddings file plus `info` (a dict); clear errors for bad files."""
-  path = Path(path)
+  path = paths.path(path)
   if not path.is_file():
     raise EmbeddingsError(f"embeddings file {path} does not exist")
-  if path.stat().st_size == 0:
+  if paths.size(path) == 0:
     raise EmbeddingsError(f"embeddings file {path} is empty")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:   # zipfile/numpy raise several types for a corrupt file
     raise EmbeddingsError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
@@ -146,7 +147,7 @@ def _empty_segments() -> Segments:
 def detect_source(path: str | os.PathLike) -> str:
   """'dataset' (a prepared directory), 'wfdb', 'csv', 'npz' or 'edf', from what `path` looks
   like."""
-  p = Path(path)
+  p = paths.path(path)
   if p.is_dir():
     if (p / "manifest.json").is_file():
       return "dataset"
@@ -225,8 +226,8 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   if source in ("csv", "npz"):
     options["format"] = source          # the tabular reader serves both
   options.update(labels_lib.options_of(options))
-  p = Path(path)
-  if p.is_file() and p.stat().st_size == 0:
+  p = paths.path(path)
+  if p.is_file() and paths.size(p) == 0:
     raise EmbeddingsError(f"input {p} is empty")
   config = preprocess.PreprocessConfig(
       target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
@@ -338,7 +339,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),
           "modalities": list(modalities), "encoder_modality": encoder.modality,
-          "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}
+          "input": paths.text(paths.absolute(path)), "source": source, "notes": segs.notes}
   save_embeddings(output, z, segs.subject_ids, segs.segment_ids, meta=columns_from_dicts(segs.meta),
                   labels=columns_from_dicts(segs.labels), split=segs.split, info=info)
   return {"output": str(output), "segments": len(segs), "subjects": len(set(segs.subject_ids)),

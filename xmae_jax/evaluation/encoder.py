@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -46,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from xmae_jax import config_lib
+from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
 
@@ -470,9 +470,10 @@ def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwa
 
 
 def load_package(path, **kwargs) -> Encoder:
-  """An exported package -> Encoder; weights from its Orbax checkpoint, no network."""
+  """An exported package -> Encoder; weights from its Orbax checkpoint, no network (a gs://
+  package is copied to a local folder first: its files are read and verified one by one)."""
   from xmae_jax.training import checkpoint
-  path = Path(path).absolute()
+  path = paths.local_mirror(path, "encoder package").absolute()
   info = package_lib.read_package_info(path)
   package_lib.verify_files(path, info)
   config = package_lib.read_config(path, info)
@@ -504,7 +505,7 @@ def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
   what it must hold: a ppg+ecg package asked for one modality gives the encoder of that
   modality alone (its fingerprint from that modality; `embed(x)` then means that modality).
   """
-  path = Path(path)
+  path = paths.path(path)
   if package_lib.is_package(path) or not (path / "checkpoints").is_dir():
     enc = load_package(path, batch_size=batch_size)
     if modality is None or modality == enc.modality:

@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import preprocess
 from xmae_jax.data import sources
@@ -449,7 +449,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   from xmae_jax.training import checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
-  out = Path(out_dir)
+  out = paths.path(out_dir)
   rows = []
   loaded = []
   for name, workdir in models:
