@@ -21,13 +21,13 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from xmae_jax import config_lib
+from xmae_jax import paths
 from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
 
@@ -91,9 +91,9 @@ def committed_checkpoints(workdir) -> list[int]:
   return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
 
 
-def checkpoint_folder(workdir) -> Path:
+def checkpoint_folder(workdir):
   from xmae_jax.training import checkpoint
-  return Path(workdir) / checkpoint.CHECKPOINT_DIR
+  return paths.path(workdir) / checkpoint.CHECKPOINT_DIR
 
 
 def lost_peer_message(lost: list[int], process_index: int, process_count: int, workdir) -> str:

@@ -42,10 +42,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from xmae_jax import __version__
 from xmae_jax import errors
+from xmae_jax import paths
 # The config JSON round trip lives in config_lib; these names stay reachable here for callers.
 from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config
+from xmae_jax.version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"   # corrupt checkpoints a resumed run moved out of its way
@@ -233,7 +234,7 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for this project's items."""
 
   def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-    self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    self.directory = paths.absolute(workdir) / CHECKPOINT_DIR
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(max(1, int(keep))),
         policies.BestN(get_metric_fn=_val_metric, n=1, keep_checkpoints_without_metrics=False),
@@ -242,7 +243,7 @@ class Checkpointer:
         preservation_policy=preservation, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
     if read_only and not self.directory.is_dir():
-      raise CheckpointError(f"{Path(workdir)} has no {CHECKPOINT_DIR}/ directory")
+      raise CheckpointError(f"{paths.text(workdir)} has no {CHECKPOINT_DIR}/ directory")
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self.saving: int | None = None   # the step of the save in flight (async)
     logging.getLogger("absl").addFilter(_QUIET)   # once: a filter is a set member
@@ -415,7 +416,7 @@ class Checkpointer:
         target, n = aside / str(s), 1
         while target.exists():
           target, n = aside / f"{s}.{n}", n + 1
-        os.replace(self.directory / str(s), target)
+        (self.directory / str(s)).replace(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("xmae_jax checkpoint set_aside")
@@ -491,7 +492,7 @@ def check_compatible(workdir, config, *, resume: bool = False,
   if unknown:
     raise CheckpointError(f"allowed resume change {unknown[0]!r}: not one of "
                           f"{', '.join(RUN_SETTINGS)}")
-  directory = Path(workdir) / CHECKPOINT_DIR
+  directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
   steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "meta").is_dir())

@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import config_rules
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax import models
 from xmae_jax.data import pipeline
 from xmae_jax.models import layers
@@ -88,10 +90,10 @@ def _plan(config, train_records: int) -> Plan:
   if total <= 0:
     raise TrainingError(f"train.num_steps={t.num_steps} and train.num_epochs={t.num_epochs}: "
                         "nothing to train")
-  if total > config_lib.MAX_STEPS:
+  if total > config_rules.MAX_STEPS:
     raise TrainingError(f"train.num_epochs={t.num_epochs} x {steps_per_epoch} steps per epoch = "
                         f"{total} steps: more than the 32-bit step counter holds "
-                        f"({config_lib.MAX_STEPS})")
+                        f"({config_rules.MAX_STEPS})")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
   profile = tuple(int(v) for v in t.profile_steps or ()) or None
@@ -562,9 +564,9 @@ def train(config, workdir, *, stop_at_step: int | None = None,
   write the storage refuses later (a full disk) ends the run with one line naming the file;
   the checkpoints written before it stay intact.
   """
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)
   try:
-    errors.check_writable(workdir, "workdir")
+    paths.check_writable(workdir, "workdir")
   except errors.XmaeError as e:
     raise TrainingError(str(e)) from None
   try:
