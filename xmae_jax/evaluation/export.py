@@ -55,8 +55,8 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
       model_name=str(config.model.name), modality=modality,
       latent_dim=int(config.model.latent_dim),
       param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
-      preprocessing=encoder_lib.dataset_preprocessing(config), source=source, tensors=flat, kinds=kinds,
-      segment_length=contract.segment_length)
+      preprocessing=encoder_lib.dataset_preprocessing(config), source=source, tensors=flat,
+      kinds=kinds, segment_length=contract.segment_length)
   return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config),
                                    overwrite=overwrite)
 
