@@ -8,7 +8,7 @@ windows xmae-prepare would have made of them. `notes["ppg_alignment"]` says what
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -44,3 +44,15 @@ def paired_segments(path, *, contract, split: str | None = "test",
   notes["subjects"] = len(set(np.asarray(segs.subject_ids)[keep]))
   notes["windows_before_quality_filter"] = len(ppg)
   return ppg[keep], ecg[keep], np.asarray(segs.subject_ids)[keep], notes
+
+
+def per_model(path, alignments: Sequence[Mapping[str, Any]], **kwargs) -> list[tuple]:
+  """`paired_segments(path, **kwargs)` for each model's alignment (`model_alignment`), read
+  once per distinct alignment: models trained on alike data share the same windows."""
+  read, out = {}, []
+  for alignment in alignments:
+    key = tuple(sorted(alignment.items()))
+    if key not in read:
+      read[key] = paired_segments(path, alignment=alignment, **kwargs)
+    out.append(read[key])
+  return out

@@ -450,20 +450,12 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   bar = progress.bar(total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
                      desc="reconstructing", unit="run")
   for label, path in data_sources:
-    read = {}     # one read per training alignment: models trained on alike data share it
-
-    def windows(alignment):
-      key = tuple(sorted(alignment.items()))
-      if key not in read:
-        read[key] = recon_windows.paired_segments(path, contract=contract, split=split,
-                                                  min_quality=min_quality, alignment=alignment)
-      return read[key]
-
+    windows = recon_windows.per_model(path, alignments, contract=contract, split=split,
+                                      min_quality=min_quality)
     if with_ceiling:
-      ppg, ecg = windows(alignments[0])[:2]
+      ppg, ecg = windows[0][:2]
       ceilings.append({"data": label, **timing_ceiling(ppg, ecg, contract.sampling_rate)})
-    for (name, model, config), alignment in zip(loaded, alignments):
-      ppg, ecg, subjects, notes = windows(alignment)
+    for (name, model, config), (ppg, ecg, subjects, notes) in zip(loaded, windows):
       directions = model_directions(model)
       for direction in directions:
         d = DIRECTIONS[direction]
