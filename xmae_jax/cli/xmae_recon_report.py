@@ -9,7 +9,10 @@ contract (xMAE; its no-bridge variant reconstructs from visible ECG only: the co
 as masked ECG from PPG (direction ecg<-ppg), or of M2AE, scored both ways on the whole waveform
 decoded from the other modality alone (ecg<-ppg: R-peak timing; ppg<-ecg: pulse-foot timing).
 --data: a prepared dataset; its --split (default test: subjects the model never trained on).
---wfdb: WFDB records or folders (repeatable), windowed by the same preprocessing.
+--wfdb: WFDB records or folders (repeatable), windowed by the same preprocessing, each
+model's with the PPG moved as its training data's was (--ppg-align-seconds /
+--ppg-delay-seconds of xmae-prepare, read from its dataset's manifest; each row's notes say
+which: ppg_alignment).
 --timing-ceiling: per data source, the loss a reconstruction would reach from PPG beat timing
 alone (reconstruction.timing_ceiling), beside each window's mean and its true R-peaks.
 Writes OUT/reconstruction.md, OUT/reconstruction.json and OUT/figures/*.png

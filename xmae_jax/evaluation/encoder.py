@@ -139,6 +139,19 @@ class Contract:
     return d
 
 
+def dataset_preprocessing(config) -> dict[str, Any]:
+  """The preprocessing parameters recorded in the manifest of the dataset `config` trained on
+  (its `data.dir`; `PreprocessConfig.as_dict`), {} when that manifest is not readable."""
+  data_dir = str(config_lib.with_defaults(config).data.dir or "")
+  if not data_dir:
+    return {}
+  try:
+    from xmae_jax.data import shards
+    return shards.read_manifest(data_dir).get("preprocessing", {})
+  except Exception:   # the dataset may be gone; the contract above is what loading needs
+    return {}
+
+
 class Encoder:
   """A frozen encoder: `embed(x, fs)` (one modality) or `embed(ppg=, ecg=, fs=)` -> (N, latent)
   float32. `modality`: "ppg", "ecg" or "ppg+ecg" (a `JointFingerprint` module, which may also be

@@ -55,8 +55,8 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
       model_name=str(config.model.name), modality=modality,
       latent_dim=int(config.model.latent_dim),
       param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
-      preprocessing=_dataset_preprocessing(config), source=source, tensors=flat, kinds=kinds,
-      segment_length=contract.segment_length)
+      preprocessing=encoder_lib.dataset_preprocessing(config), source=source, tensors=flat,
+      kinds=kinds, segment_length=contract.segment_length)
   return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config),
                                    overwrite=overwrite)
 
@@ -93,15 +93,3 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
             "checkpoint_kind": m.get("kind"), "val_loss": m.get("val_loss"),
             "written_by": m.get("package_version")}
   return export_model(model, config, output, modality=modality, source=source, overwrite=overwrite)
-
-
-def _dataset_preprocessing(config) -> dict:
-  """The prepared dataset's preprocessing parameters, when its manifest is readable."""
-  data_dir = str(config_lib.with_defaults(config).data.dir or "")
-  if not data_dir:
-    return {}
-  try:
-    from xmae_jax.data import shards
-    return shards.read_manifest(data_dir).get("preprocessing", {})
-  except Exception:   # the dataset may be gone; the contract above is what loading needs
-    return {}

@@ -37,8 +37,10 @@ Metrics per direction:
   * control: the same with each segment's conditioning modality (PPG for `ecg<-ppg`, ECG for
     `ppg<-ecg`) replaced by another segment's (rolled by half the set, so mostly another
     subject): if that modality drives the reconstruction, timing must collapse.
-Example figures show true vs reconstructed target, the masked part shaded (xMAE family), the
-detected R-peaks or pulse feet marked; one figure per model, data and direction.
+Raw records are windowed as the model's training data were, PPG shift included
+(`recon_windows`). Example figures show true vs reconstructed target, the masked part shaded
+(xMAE family), the detected R-peaks or pulse feet marked; one figure per model, data and
+direction.
 """
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ import numpy as np
 from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import preprocess
-from xmae_jax.data import sources
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import recon_windows
 from xmae_jax.evaluation import report as report_lib
 from xmae_jax.training import figures
 
@@ -417,27 +419,6 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
 # Report over sources
 
 
-def paired_segments(path, *, contract, split: str | None = "test", min_quality: float | None = None):
-  """(ppg, ecg, subjects, notes) windows of a dataset split or of WFDB records, optionally
-  quality-filtered (subjects: one id per window)."""
-  from xmae_jax.evaluation import embed as embed_lib
-  source = embed_lib.detect_source(path)
-  options = sources.default_options(source) if source != "dataset" else None
-  segs = embed_lib.read_segments(path, ("ppg", "ecg"), contract=contract, source=source,
-                                 splits=([split] if (source == "dataset" and split not in (None, "", "all"))
-                                         else None),
-                                 options=options)
-  ppg, ecg = segs.signals["ppg"], segs.signals["ecg"]
-  keep = np.ones(len(ppg), bool)
-  if min_quality is not None:
-    q = np.array([[m.get("quality_ppg", np.nan), m.get("quality_ecg", np.nan)] for m in segs.meta])
-    keep = np.all(np.nan_to_num(q, nan=-1) >= min_quality, axis=1)
-  notes = dict(segs.notes)
-  notes["subjects"] = len(set(np.asarray(segs.subject_ids)[keep]))
-  notes["windows_before_quality_filter"] = len(ppg)
-  return ppg[keep], ecg[keep], np.asarray(segs.subject_ids)[keep], notes
-
-
 def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple[str, str]],
                  out_dir, *, split: str = "test", step: str = "auto", seed: int = 0,
                  min_quality: float | None = None, tolerance_ms: float = 150.0,
@@ -445,7 +426,9 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   """models: (name, workdir); data_sources: (label, path). Writes OUT/reconstruction.{json,md}
   and OUT/figures/NAME_LABEL.png (both-way models: NAME_LABEL_ecg_from_ppg.png and
   NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction,
-  and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'."""
+  and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'. Raw records are
+  read for each model with the PPG shift its training data had (`recon_windows`); a row's
+  `notes["ppg_alignment"]` says which."""
   from xmae_jax.training import checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
@@ -462,15 +445,17 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   if not loaded:
     raise ReconstructionError("no --model given")
   contract = encoder_lib.Contract.from_config(loaded[0][2])
+  alignments = [recon_windows.model_alignment(config) for _, _, config in loaded]
   ceilings = []
   bar = progress.bar(total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
                      desc="reconstructing", unit="run")
   for label, path in data_sources:
-    ppg, ecg, subjects, notes = paired_segments(path, contract=contract, split=split,
-                                                min_quality=min_quality)
+    windows = recon_windows.per_model(path, alignments, contract=contract, split=split,
+                                      min_quality=min_quality)
     if with_ceiling:
+      ppg, ecg = windows[0][:2]
       ceilings.append({"data": label, **timing_ceiling(ppg, ecg, contract.sampling_rate)})
-    for name, model, config in loaded:
+    for (name, model, config), (ppg, ecg, subjects, notes) in zip(loaded, windows):
       directions = model_directions(model)
       for direction in directions:
         d = DIRECTIONS[direction]
