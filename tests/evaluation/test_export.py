@@ -118,7 +118,7 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   import importlib.util
   from pathlib import Path
   from xmae_jax.interop import reference
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   golden_dir = Path(__file__).resolve().parents[1] / "golden"
   spec = importlib.util.spec_from_file_location("_golden_maker", golden_dir / "make_reference_golden.py")
   maker = importlib.util.module_from_spec(spec)
@@ -129,7 +129,7 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   z = np.load(golden_dir / "fixtures" / "xmae_small_bridge.npz")
   config = golden_test.config_for(json.loads(str(z["meta/config_json"])))
   model = reference.from_reference_state_dict(maker.unpack(z, "sd"), config)
-  checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
+  model_checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
   package = export_lib.export_workdir(tmp_path / "imported", tmp_path / "pkg")
   info = json.loads((package / "package.json").read_text())
   assert info["source"]["step"] == 0 and info["source"]["checkpoint_kind"] == "model"

@@ -483,14 +483,14 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   and OUT/figures/NAME_LABEL.png (both-way models: NAME_LABEL_ecg_from_ppg.png and
   NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction,
   and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'."""
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
   out = Path(out_dir)
   rows = []
   loaded = []
   for name, workdir in models:
-    model, config = checkpoint.load_model(workdir, step=step)
+    model, config = model_checkpoint.load_model(workdir, step=step)
     try:                              # a model that reconstructs nothing fails before any data
       model_directions(model)
     except ReconstructionError as e:
