@@ -39,7 +39,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                    "This process's index in [0, num_processes).")
 _ALLOW_CHANGE = flags.DEFINE_multi_string(
     "allow_resume_change", [],
     "Resume although this setting differs from the run's (repeatable): data.dir, "

@@ -128,8 +128,8 @@ def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
   return state, (meta.get("loop") or {}).get("log_window") or []
 
 
-def _announce(progress, config, plan: plan_lib.Plan, mesh, abstract, state_sh, start: int, workdir,
-              peak: perf.Peak | None, *, restored: bool = False) -> None:
+def _announce(progress, config, plan: plan_lib.Plan, mesh, abstract, state_sh, start: int,
+              workdir, peak: perf.Peak | None, *, restored: bool = False) -> None:
   progress.message(
       f"xmae-train: {config.model.name} ({state_lib.num_params(abstract):,} parameters), "
       f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
