@@ -1,6 +1,7 @@
 """M2AE ("Biosignal Fingerprinting", arXiv 2605.09579): a multimodal masked autoencoder.
 
-What the paper states (docs/m2ae_paper_notes.md, front matter and a seminar summary): ECG and
+What the paper states (Liu et al., "Biosignal Fingerprinting: A Cross-Modal PPG-ECG Foundation
+Model", arXiv:2605.09579, 2026: its front matter, and a seminar summary of it): ECG and
 PPG encoders over patches of 10-s segments, a shared bottleneck whose mean-pooled output is the
 "fingerprint", dual decoders (ECG, PPG) that reconstruct either signal, also from the other
 modality alone with the encoder frozen, complementary masking, masked reconstruction jointly

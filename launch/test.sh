@@ -2,7 +2,7 @@
 # README command 2: set up (or reuse) the environment and run the whole test suite on CPU.
 # Two pytest-xdist workers, one test module per worker at a time (--dist loadscope: a module's
 # fixtures are built once), the longest modules first (tests/conftest.py orders them), one
-# compilation cache for the session. Extra arguments go to pytest: `-n 0` runs in one process,
+# compilation cache for the test run. Extra arguments go to pytest: `-n 0` runs in one process,
 # `-n 4` uses four workers, `-x -k pipeline` as usual.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cloud TPU pod slice (e.g. v5e-32, v5p-64): the same command on every worker VM.
 #   TPU_NAME=my-pod ZONE=us-east5-a PROJECT=my-project \
-#   REPO_URL=https://github.com/ORG/xmae-jax.git BUCKET=gs://my-bucket \
+#   REPO_URL=GIT_URL_OF_YOUR_CLONE BUCKET=gs://my-bucket \
 #     bash launch/tpu_pod.sh configs/xmae.py runs/xmae-paper --config.data.dir=/data/pulsedb
 # Per worker: clone (or update) the repository, create the venv with jax[tpu] at the jax version
 # of the tested set for the worker's Python (launch/setup_env.sh: constraints.txt on 3.11,

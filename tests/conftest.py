@@ -1,11 +1,11 @@
-"""Test-wide settings: CPU only, one compilation cache per session, the shared PhysioNet records,
+"""Test-wide settings: CPU only, one compilation cache per test run, the shared PhysioNet records,
 small temp datasets.
 
 Compiling dominates the suite's time (tiny models, few steps), and many tests compile the same
 programs again: in other processes (training runs, CLIs, multi-process tests) or from new jit
-wrappers in this one. A persistent compilation cache in the session's temp dir, set here through
+wrappers in this one. A persistent compilation cache in pytest's temp dir, set here through
 the environment, is read by this process and inherited by every subprocess (and every xdist
-worker), so each program is compiled once per session. A `JAX_COMPILATION_CACHE_DIR` set by the
+worker), so each program is compiled once per test run. A `JAX_COMPILATION_CACHE_DIR` set by the
 caller wins (e.g. a cache kept between runs).
 """
 import os
@@ -46,7 +46,7 @@ FAST_COMPILE_MODULES = (
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-  # trylast: pytest's own tmp_path plugin has set up the session's temp dir by now. Under xdist
+  # trylast: pytest's own tmp_path plugin has set up its temp dir by now. Under xdist
   # the controller runs this first and its workers inherit the variables (one shared cache).
   factory = getattr(config, "_tmp_path_factory", None)
   if factory is not None and "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -11,7 +11,7 @@ Parent side (in a test):
 command line plus its own environment: a free coordinator port (portpicker), its index, the
 process count, `JAX_PLATFORMS=cpu`, `--xla_force_host_platform_device_count=D` added to the
 caller's `XLA_FLAGS`, and `PYTHONPATH` with the repository and `tests/` (so scripts can
-`import mp_util`); the rest of the environment is the parent's, so the test session's
+`import mp_util`); the rest of the environment is the parent's, so the test run's
 compilation cache (tests/conftest.py) is shared. If any
 process fails or the timeout passes, all are killed and `MultiProcessError` says which one
 failed, with the tail of its output.
@@ -170,7 +170,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float
 
 
 def _kill(p: subprocess.Popen) -> None:
-  """Kills the process and its own children (Grain workers): it leads its own session."""
+  """Kills the process and its own children (Grain workers): it leads its own process group."""
   if p.poll() is None:
     try:
       os.killpg(p.pid, signal.SIGKILL)

@@ -1,7 +1,7 @@
 """segment_recording (windows of a record batched, quality_fast) equals the straightforward
 per-window path (segment_recording_unbatched: clean, NeuroKit's peak detection and rate) on real
-records: every record of ../shared/data/physionet and four ICU records of
-../shared/data/challenge2015 (250 Hz ECG + PLETH; skipped when the folder is absent).
+records: every PhysioNet fixture record and four ICU records of the PhysioNet/CinC Challenge
+2015 training set (250 Hz ECG + PLETH; skipped when the data folder is absent).
 
 Tolerance: none beyond the storage format. The same segments are kept and dropped (same
 indices, start times and drop/note counts), quality values are equal to 1e-12 (they are stored

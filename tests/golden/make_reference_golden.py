@@ -30,7 +30,7 @@ SinglePath (fixed 32/64/128), so for "small" both paths are rebuilt as the refer
 SinglePath with small widths.
 
 Remake the committed fixtures (needs torch, CPU build):
-  git clone https://github.com/hzhou3/xMAE /tmp/xMAE
+  git clone <the reference repository, hzhou3/xMAE on GitHub> /tmp/xMAE
   python tests/golden/make_reference_golden.py --reference-repo /tmp/xMAE --commit 7a0d24e \
       --preset small --out tests/golden/fixtures
 Paper preset (then: XMAE_GOLDEN_DIR=/tmp/golden_paper pytest tests/golden):

@@ -100,7 +100,7 @@ def test_rerun_with_a_warm_compilation_cache_trains_like_the_first_run(dataset, 
   site.mkdir()
   (site / "sitecustomize.py").write_text(SLOW_COMPILE)
   cache = tmp_path / "xla_cache"
-  # Its own cache, also over a session-wide JAX_COMPILATION_CACHE_DIR (which wins over the flag).
+  # Its own cache, also over a suite-wide JAX_COMPILATION_CACHE_DIR (which wins over the flag).
   env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(site)]),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_COMPILATION_CACHE_DIR": str(cache)}
   flags = ["--config.train.num_steps=4", "--config.train.log_every=1",

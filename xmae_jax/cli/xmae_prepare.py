@@ -1,7 +1,7 @@
 """xmae-prepare: raw recordings -> a dataset directory of ArrayRecord shards + manifest.
 
   xmae-prepare --source synthetic --output data/demo --num-subjects 40 --minutes-per-subject 2
-  xmae-prepare --source wfdb --input ../shared/data/physionet --output data/physionet
+  xmae-prepare --source wfdb --input physionet_records/ --output data/physionet
   xmae-prepare --source pulsedb --input PulseDB_MIMIC/ --output data/pulsedb --workers 8
   xmae-prepare --source csv --input recordings/ --fs 250 --labels labels.csv --output data/mine
   xmae-prepare --source edf --input sleep/ --edf-ppg-names Pleth --output data/sleep

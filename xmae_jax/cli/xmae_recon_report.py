@@ -2,7 +2,7 @@
 
   xmae-recon-report --model xmae=runs/xmae [--model nobridge=runs/nobridge] \
       [--model m2ae=runs/m2ae] --data DATASET_DIR [--split test] \
-      [--wfdb ../shared/data/physionet] --output-dir OUT
+      [--wfdb WFDB_DIR] --output-dir OUT
 
 --model NAME=WORKDIR: a training or xmae-import-torch workdir of a model with the xMAE call
 contract (xMAE; its no-bridge variant reconstructs from visible ECG only: the control), scored

@@ -11,7 +11,8 @@ Two protocols score the same embeddings:
   subject-level (cluster) bootstrap, because segments of one subject are not independent.
   Multiclass tasks: multinomial logistic regression (class-balanced), the same folds (stratified
   on the class), and macro one-vs-rest AUROC, balanced accuracy and macro F1 (argmax class).
-* `xmae` (the xMAE group's protocol, ../shared/docs/xmae_paper_notes.md §9): a linear softmax
+* `xmae` (the xMAE group's protocol, as in their public linear-probe script
+  `pvc/downstream_eval/binary_linear_prob.py` of Simonlee711/HiMAE_Inference): a linear softmax
   head on the raw embedding, cross-entropy, Adam lr 1e-3, no weight decay, up to 7 epochs,
   batch 2048, early stopping on a 1/8 validation part of each training fold (patience 5, best
   weights restored), 5 folds with seed 77, subject-level folds by default (`folds="segment"` for

@@ -1,8 +1,7 @@
 """Cross-modal reconstruction report: ECG reconstructed from PPG (and PPG from ECG), held out.
 
 Two kinds of model, on paired segments they never trained on (a prepared dataset's test split =
-simulator subjects held out by the subject split; real WFDB records such as
-../shared/data/physionet):
+simulator subjects held out by the subject split; real WFDB records such as PhysioNet's):
 
   * the xMAE call contract (`model(ppg, ecg, ecg_keep)` -> `ecg_reconstruction`; xMAE, and its
     no-bridge variant as the ECG-only control): one direction, `ecg<-ppg`, masked ECG

@@ -2,10 +2,10 @@
 linearly from each model's frozen PPG embeddings?
 
 The paper states that "ECG-PPG timing structure is reflected in the learned PPG
-representations" (xmae_paper_notes.md §0, §6); its method and numbers are not public. This report
-measures it the way the rest of the evaluation does: the linear probe (nested subject-grouped CV)
-predicts each segment's PTT (R-peak to pulse foot, ms) and heart rate (bpm) from the PPG
-embedding, for every encoder on identical folds, with
+representations" (the abstract of Zhou et al., arXiv:2605.00973); its method and numbers are not
+public. This report measures it the way the rest of the evaluation does: the linear probe
+(nested subject-grouped CV) predicts each segment's PTT (R-peak to pulse foot, ms) and heart
+rate (bpm) from the PPG embedding, for every encoder on identical folds, with
 
   * MAE, R^2 and Pearson r with subject-bootstrap 95% CIs;
   * a shuffled-target control per encoder (targets permuted across segments: what a probe finds

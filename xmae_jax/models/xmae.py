@@ -1,7 +1,7 @@
 """xMAE: masked ECG reconstructed from fully visible PPG through directional cross-attention.
 
 A faithful port of the reference (hzhou3/xMAE, `utils/model_arch/xmae.py` at 7a0d24e), described
-layer by layer in ../shared/docs/xmae_paper_notes.md §1-3. Forward pass (bridge on, the default):
+layer by layer below. Forward pass (bridge on, the default):
 
   1. PPG (fully visible unless `masking.ratio_ppg` > 0) -> ppg_path.encoder.tokens -> (B, N, D).
   2. The visible ECG patches (`ecg_keep`, ascending) are concatenated into one short waveform,

@@ -1,9 +1,9 @@
 """PNG figures of ECG reconstructions: true vs reconstructed, the masked part shaded.
 
-Like the reference's `MaskedReconstruction` plotting callback (shared/docs/xmae_paper_notes.md
-§3.2): a few segments, each a panel with the PPG it was reconstructed from (faint, offset
-below), the true ECG and the reconstruction, and the masked patches shaded. The trainer draws
-validation segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
+Like the reference's `MaskedReconstruction` plotting callback (hzhou3/xMAE at commit 7a0d24e):
+a few segments, each a panel with the PPG it was reconstructed from (faint, offset below), the
+true ECG and the reconstruction, and the masked patches shaded. The trainer draws validation
+segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
 draws held-out segments with their detected R-peaks marked. Uses matplotlib's Agg backend (no
 display); written to a temporary name and renamed (errors.atomic_path).
 """

@@ -1,6 +1,6 @@
 """The optimizer: AdamW with the reference's defaults, warm-up then cosine, optional clipping.
 
-Reference (hzhou3/xMAE `helper_trainer.py`, see shared/docs/xmae_paper_notes.md §3.2): AdamW lr 3e-4,
+Reference (hzhou3/xMAE `utils/helper_trainer.py` at commit 7a0d24e): AdamW lr 3e-4,
 betas (0.9, 0.95), weight decay 0.01 on every parameter (norms, biases and positions included),
 the learning rate stepped per optimizer step: linear warm-up over the first 10% of the steps from
 0, then 0.5 * (1 + cos(pi * progress)) down to 0. The reference does not clip gradients; a global

@@ -109,7 +109,8 @@ def state_layout(config, mesh=None) -> str:
 
   "auto" picks "buffers" on accelerators, where the host's per-leaf cost of a step call is a
   large share of a short step, and "tree" on CPU, where a step is long and the buffers' extra
-  copies (unpack slices, gradient concatenation) are not paid back (NOTES_host.md).
+  copies (unpack slices, gradient concatenation) are not paid back (BENCHMARKS.md, "Host cost
+  per step call").
   """
   layout_name = str(config.train.get("state_layout", "auto"))
   if layout_name not in LAYOUTS:
