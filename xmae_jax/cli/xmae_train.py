@@ -72,10 +72,11 @@ def _train(argv) -> int:
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
-  # The training modules import JAX, and only after the checks above and this (before JAX's
-  # CPU client starts its threads): an inference-only install fails with one line first.
-  from xmae_jax.training import host_memory
+  # Imported here, not at the top: JAX (the training modules import it) comes after the checks
+  # above, so an inference-only install fails with one line, and after the malloc setting,
+  # which must precede the threads of JAX's CPU client.
   if _KEEP_FREED.value:
+    from xmae_jax.training import host_memory
     host_memory.keep_freed_host_memory()
   import jax
   from xmae_jax.training import distributed
