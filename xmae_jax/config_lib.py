@@ -167,6 +167,32 @@ def data_config(preset: str = "paper") -> mlc.ConfigDict:
   return base_config(preset).data
 
 
+SHARED_SECTIONS = {"data": _data, "train": _train, "mesh": _mesh}
+
+
+def with_defaults(config: mlc.ConfigDict) -> mlc.ConfigDict:
+  """`config` with every key of the shared sections that it lacks (a config saved before the
+  key existed, or one without a data section) set to its default here, the one place defaults
+  live: code reads `config.data.normalize`, never `.get("normalize", "minmax")`. A missing key
+  takes the section's own default, not a preset's: a run saved before the key existed ran
+  without it, which is what the default keeps."""
+  with config.unlocked():
+    for name, section in SHARED_SECTIONS.items():
+      if name not in config:
+        config[name] = section()
+      else:
+        _fill(config[name], section())
+  return config
+
+
+def _fill(node: mlc.ConfigDict, defaults: mlc.ConfigDict) -> None:
+  for key, value in defaults.items():
+    if key not in node:
+      node[key] = value
+    elif isinstance(value, mlc.ConfigDict) and isinstance(node[key], mlc.ConfigDict):
+      _fill(node[key], value)
+
+
 # --- Building a config file's config ----------------------------------------------------------
 
 def _check_preset(preset: str) -> None:
@@ -396,8 +422,9 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(d: dict) -> mlc.ConfigDict:
-  """The ConfigDict of a saved config (JSON lists back to the tuples the config files use)."""
-  return mlc.ConfigDict(_tupled(d))
+  """The ConfigDict of a saved config (JSON lists back to the tuples the config files use), the
+  keys it lacks filled with today's defaults (`with_defaults`)."""
+  return with_defaults(mlc.ConfigDict(_tupled(d)))
 
 
 def write_config(workdir, config) -> Path:

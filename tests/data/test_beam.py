@@ -12,6 +12,9 @@ import pytest
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import beam as beam_lib
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_report
+from xmae_jax.data import prepare_rules
+from xmae_jax.data import prepare_storage
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
 
@@ -32,7 +35,7 @@ def _dataset(d: Path) -> dict:
   for split in shards.SPLITS:
     with np.load(d / f"{split}-index.npz") as z:
       index[split] = {k: z[k] for k in z.files}
-  report = json.loads((d / prep.REPORT_JSON).read_text())
+  report = json.loads((d / prepare_report.REPORT_JSON).read_text())
   return {"shards": {p.name: p.read_bytes() for p in sorted(d.glob("*.array_record"))},
           "index": index,
           "manifest": json.loads((d / shards.MANIFEST).read_text()),
@@ -57,8 +60,8 @@ def _assert_same_dataset(a: Path, b: Path):
 
 def _no_leftovers(out: Path):
   assert not list(out.rglob("*.tmp*"))
-  assert not (out / prep.WORK / beam_lib.RUN_MARKER).exists()
-  assert not [p for p in (out / prep.WORK).glob("*") if p.name.startswith("beam-")]
+  assert not (out / prepare_rules.WORK / beam_lib.RUN_MARKER).exists()
+  assert not [p for p in (out / prepare_rules.WORK).glob("*") if p.name.startswith("beam-")]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +97,9 @@ def test_beam_synthetic_matches_and_rerun_replaces_the_output(tmp_path):
   _assert_same_dataset(tmp_path / "local", out)
   # a re-run with bigger shards is another dataset: refused, and the output left as it was
   before = _files(out)
-  with pytest.raises(prep.PrepareError, match=r"holds a dataset made from other inputs/settings "
-                                              r"\(records_per_shard 4 -> 64\): give --overwrite"):
+  with pytest.raises(prepare_rules.PrepareError,
+                     match=r"holds a dataset made from other inputs/settings "
+                           r"\(records_per_shard 4 -> 64\): give --overwrite"):
     prep.prepare_dataset("synthetic", None, out, runner="beam", **{**kw, "records_per_shard": 64})
   assert _files(out) == before
   # with overwrite it replaces the old shards (none of them is left behind)
@@ -110,7 +114,7 @@ def test_beam_synthetic_matches_and_rerun_replaces_the_output(tmp_path):
 def _files(d: Path) -> dict[str, bytes]:
   """Every file under `d` but the timing-bearing reports."""
   return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
-          if p.is_file() and p.name not in (prep.REPORT_JSON, prep.REPORT_MD)}
+          if p.is_file() and p.name not in (prepare_report.REPORT_JSON, prepare_report.REPORT_MD)}
 
 
 def test_beam_npz_with_broken_files_matches(tmp_path):
@@ -133,7 +137,7 @@ def test_beam_npz_with_broken_files_matches(tmp_path):
   _no_leftovers(tmp_path / "beam")
 
 
-class FakeBucket(beam_lib.Storage):
+class FakeBucket(prepare_storage.Storage):
   """gs://NAME/... kept under a local folder; logs each call, and refuses what GCS cannot do.
 
   Files arrive only through `put` from a finished local file (GCS has no rename, no append, no
@@ -195,39 +199,39 @@ def test_beam_file_systems_storage_uploads_through_beam(tmp_path):
   kw = dict(seed=5, source_options=SYNTHETIC, records_per_shard=4, log=None)
   prep.prepare_dataset("synthetic", None, tmp_path / "local", progress=False, **kw)
   out = tmp_path / "via-beam-fs"
-  beam_lib.prepare_dataset_beam("synthetic", None, str(out), storage=beam_lib.BeamStorage(),
+  beam_lib.prepare_dataset_beam("synthetic", None, str(out), storage=prepare_storage.BeamStorage(),
                                 **kw)
   _assert_same_dataset(tmp_path / "local", out)
   _no_leftovers(out)
-  storage = beam_lib.BeamStorage()
-  (out / prep.WORK / "x").write_bytes(b"")        # object stores list files, not folders
+  storage = prepare_storage.BeamStorage()
+  (out / prepare_rules.WORK / "x").write_bytes(b"")        # object stores list files, not folders
   assert storage.listdir(str(out)) == sorted(p.name for p in out.iterdir())
   try:
     import google.api_core  # noqa: F401  (apache-beam[gcp] installed: gs:// is available)
   except ImportError:
-    with pytest.raises(prep.PrepareError, match=r"output gs://b/ds: .*gcp") as e:
-      beam_lib.check_output(storage, "gs://b/ds")
+    with pytest.raises(prepare_rules.PrepareError, match=r"output gs://b/ds: .*gcp") as e:
+      prepare_rules.check_output(storage, "gs://b/ds")
     assert "\n" not in str(e.value)
 
 
 def test_remote_output_rules_match_the_local_ones(tmp_path):
   bucket = FakeBucket(tmp_path / "gcs")
-  beam_lib.check_output(bucket, "gs://b/new")                   # absent: fine
+  prepare_rules.check_output(bucket, "gs://b/new")                   # absent: fine
   (tmp_path / "gcs" / "b" / "thesis").mkdir(parents=True)
   (tmp_path / "gcs" / "b" / "thesis" / "thesis.tex").write_text("keep me")
-  with pytest.raises(prep.PrepareError, match="not an xmae dataset"):
-    beam_lib.check_output(bucket, "gs://b/thesis")
+  with pytest.raises(prepare_rules.PrepareError, match="not an xmae dataset"):
+    prepare_rules.check_output(bucket, "gs://b/thesis")
   other = tmp_path / "gcs" / "b" / "other"
   other.mkdir()
   (other / shards.MANIFEST).write_text(json.dumps({"schema_version": 99}))
-  with pytest.raises(prep.PrepareError, match="another schema"):
-    beam_lib.check_output(bucket, "gs://b/other")
+  with pytest.raises(prepare_rules.PrepareError, match="another schema"):
+    prepare_rules.check_output(bucket, "gs://b/other")
   (other / shards.MANIFEST).unlink()
-  (other / prep.WORK).mkdir()                                    # an interrupted run of ours
+  (other / prepare_rules.WORK).mkdir()                           # an interrupted run of ours
   (other / "train-00000-of-00002.array_record").write_bytes(b"")
-  beam_lib.check_output(bucket, "gs://b/other")
-  assert isinstance(beam_lib.storage_for("gs://b/x"), beam_lib.BeamStorage)
-  assert isinstance(beam_lib.storage_for(str(tmp_path)), beam_lib.LocalStorage)
+  prepare_rules.check_output(bucket, "gs://b/other")
+  assert isinstance(prepare_storage.storage_for("gs://b/x"), prepare_storage.BeamStorage)
+  assert isinstance(prepare_storage.storage_for(str(tmp_path)), prepare_storage.LocalStorage)
 
 
 def _cli(*args, prelude=""):
@@ -247,7 +251,7 @@ def test_missing_beam_and_unknown_runner_are_one_line(tmp_path, monkeypatch):
   assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert "unknown runner 'spark' (choose from local, beam)" in r.stderr
   assert not Path(out).exists()                                  # refused before any work
-  with pytest.raises(prep.PrepareError, match="records-per-shard"):
+  with pytest.raises(prepare_rules.PrepareError, match="records-per-shard"):
     prep.prepare_dataset("synthetic", None, out, records_per_shard=0, log=None)
   if importlib.util.find_spec("apache_beam") is not None:
     r = _cli("--source", "synthetic", "--output", out, "--runner", "beam",
@@ -256,11 +260,11 @@ def test_missing_beam_and_unknown_runner_are_one_line(tmp_path, monkeypatch):
     assert len([l for l in r.stderr.splitlines() if "xmae-prepare" in l]) == 1
     assert not Path(out).exists()
   monkeypatch.setitem(sys.modules, "apache_beam", None)
-  with pytest.raises(prep.PrepareError, match=r"pip install xmae-jax\[beam\]"):
+  with pytest.raises(prepare_rules.PrepareError, match=r"pip install xmae-jax\[beam\]"):
     prep.prepare_dataset("synthetic", None, out, runner="beam", log=None)
-  with pytest.raises(prep.PrepareError, match="only to --runner beam"):
+  with pytest.raises(prepare_rules.PrepareError, match="only to --runner beam"):
     cli.run(["--source", "synthetic", "--output", out, "--beam-options=--runner=DirectRunner"])
-  with pytest.raises(prep.PrepareError, match="not a local path"):
+  with pytest.raises(prepare_rules.PrepareError, match="not a local path"):
     prep.prepare_dataset("synthetic", None, "gs://b/ds", log=None)
 
 
@@ -303,26 +307,27 @@ def test_beam_refuses_another_dataset_unless_overwrite(tmp_path, capsys):
 def test_remote_request_rules_match_the_local_ones(tmp_path):
   """check_request through the storage: an unfinished run's or a dataset's request."""
   bucket = FakeBucket(tmp_path / "gcs")
-  request = prep.dataset_request("synthetic", None, {"num_subjects": 6},
+  request = prepare_rules.dataset_request("synthetic", None, {"num_subjects": 6},
                                  pp.PreprocessConfig(), seed=1, test_frac=0.05, val_frac=0.05,
                                  records_per_shard=4)
-  beam_lib.check_request(bucket, "gs://b/new", request)          # absent: fine
-  work = tmp_path / "gcs" / "b" / "ds" / prep.WORK
+  prepare_rules.check_request(bucket, "gs://b/new", request)          # absent: fine
+  work = tmp_path / "gcs" / "b" / "ds" / prepare_rules.WORK
   work.mkdir(parents=True)
-  (work / prep.REQUEST).write_text(json.dumps({**request, "records_per_shard": 8}))
-  with pytest.raises(prep.PrepareError, match=r"unfinished run made from other inputs/settings "
-                                              r"\(records_per_shard 8 -> 4\)"):
-    beam_lib.check_request(bucket, "gs://b/ds", request)
-  beam_lib.check_request(bucket, "gs://b/ds", request, overwrite=True)
-  beam_lib.check_request(bucket, "gs://b/ds", {**request, "records_per_shard": 8})
+  (work / prepare_rules.REQUEST).write_text(json.dumps({**request, "records_per_shard": 8}))
+  with pytest.raises(prepare_rules.PrepareError,
+                     match=r"unfinished run made from other inputs/settings "
+                           r"\(records_per_shard 8 -> 4\)"):
+    prepare_rules.check_request(bucket, "gs://b/ds", request)
+  prepare_rules.check_request(bucket, "gs://b/ds", request, overwrite=True)
+  prepare_rules.check_request(bucket, "gs://b/ds", {**request, "records_per_shard": 8})
   # a manifest is the dataset's word, before any request.json
   (work.parent / shards.MANIFEST).write_text(json.dumps(
       {"schema_version": 99, "request": {**request, "split": {**request["split"], "seed": 2}}}))
-  with pytest.raises(prep.PrepareError, match=r"holds a dataset .*split.seed 2 -> 1"):
-    beam_lib.check_request(bucket, "gs://b/ds", request)
-  with pytest.raises(prep.PrepareError, match="another schema"):
-    beam_lib.check_output(bucket, "gs://b/ds")
-  beam_lib.check_output(bucket, "gs://b/ds", overwrite=True)    # --overwrite: replaced
+  with pytest.raises(prepare_rules.PrepareError, match=r"holds a dataset .*split.seed 2 -> 1"):
+    prepare_rules.check_request(bucket, "gs://b/ds", request)
+  with pytest.raises(prepare_rules.PrepareError, match="another schema"):
+    prepare_rules.check_output(bucket, "gs://b/ds")
+  prepare_rules.check_output(bucket, "gs://b/ds", overwrite=True)    # --overwrite: replaced
 
 
 def test_beam_nothing_kept_is_the_local_error_and_writes_nothing(tmp_path):
@@ -334,7 +339,7 @@ def test_beam_nothing_kept_is_the_local_error_and_writes_nothing(tmp_path):
   errors = {}
   for runner in ("local", "beam"):
     out = tmp_path / runner
-    with pytest.raises(prep.PrepareError) as e:
+    with pytest.raises(prepare_rules.PrepareError) as e:
       prep.prepare_dataset("npz", src, out, runner=runner, progress=False, log=None)
     errors[runner] = str(e.value).replace(str(out), "OUT")
   assert errors["beam"] == errors["local"] and "\n" not in errors["beam"]
@@ -349,7 +354,7 @@ def test_beam_nothing_kept_is_the_local_error_and_writes_nothing(tmp_path):
   prep.prepare_dataset("npz", good, ds, runner="beam", log=None)
   before = _files(ds)
   (good / "rec.npz").write_bytes(b"PK\x03\x04 not really a zip")
-  with pytest.raises(prep.PrepareError, match=r"^nothing kept from 1 input\(s\)"):
+  with pytest.raises(prepare_rules.PrepareError, match=r"^nothing kept from 1 input\(s\)"):
     prep.prepare_dataset("npz", good, ds, runner="beam", log=None)
   assert _files(ds) == before
   _no_leftovers(ds)

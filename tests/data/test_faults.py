@@ -11,6 +11,9 @@ import pytest
 from xmae_jax import errors
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_local
+from xmae_jax.data import prepare_report
+from xmae_jax.data import prepare_rules
 from xmae_jax.data import reader as reader_lib
 from xmae_jax.data import shards
 from xmae_jax.data.sources import SourceError
@@ -29,7 +32,8 @@ def _snapshot(d: Path) -> dict[str, bytes]:
   """Every file under `d` (the cache included) -> its bytes, but the timing-bearing reports
   and the lock (it describes the last run)."""
   return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
-          if p.is_file() and p.name not in (prep.REPORT_JSON, prep.REPORT_MD, prep.LOCK_FILE)}
+          if p.is_file() and p.name not in (prepare_report.REPORT_JSON, prepare_report.REPORT_MD,
+                                            prepare_local.LOCK_FILE)}
 
 
 def _run_cli(argv, capsys):
@@ -63,7 +67,7 @@ def test_a_dataset_of_other_inputs_is_refused_and_kept(six, tmp_path, capsys):
   shutil.copytree(six, ds)
   before = _snapshot(ds)
   src = _npz_input(tmp_path / "in")
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     prep.prepare_dataset("npz", src, ds, progress=False, log=None)
   msg = str(e.value)
   assert "\n" not in msg and str(ds) in msg and "other inputs/settings" in msg
@@ -73,7 +77,7 @@ def test_a_dataset_of_other_inputs_is_refused_and_kept(six, tmp_path, capsys):
                            "--no-progress"], capsys)
   assert code != 0 and len(err.strip().splitlines()) == 1 and "other inputs/settings" in err
   # another setting of the same source is another dataset too
-  with pytest.raises(prep.PrepareError, match=r"split.seed 77 -> 5"):
+  with pytest.raises(prepare_rules.PrepareError, match=r"split.seed 77 -> 5"):
     prep.prepare_dataset("synthetic", None, ds, seed=5, source_options=SIX, progress=False,
                          log=None)
   assert _snapshot(ds) == before
@@ -90,10 +94,10 @@ def test_an_unfinished_run_of_other_settings_is_refused(tmp_path):
   ds = tmp_path / "ds"
   _synthetic(ds)
   (ds / shards.MANIFEST).unlink()                               # as if stopped while writing
-  cache = sorted(p.name for p in (ds / prep.WORK).rglob("*.msgpack"))
-  with pytest.raises(prep.PrepareError, match="unfinished run made from other inputs"):
+  cache = sorted(p.name for p in (ds / prepare_rules.WORK).rglob("*.msgpack"))
+  with pytest.raises(prepare_rules.PrepareError, match="unfinished run made from other inputs"):
     _synthetic(ds, options={"num_subjects": 7})
-  assert sorted(p.name for p in (ds / prep.WORK).rglob("*.msgpack")) == cache
+  assert sorted(p.name for p in (ds / prepare_rules.WORK).rglob("*.msgpack")) == cache
   assert _synthetic(ds)["resumed_units"] == 6                   # the same request completes
 
 
@@ -104,11 +108,11 @@ def test_a_dataset_prepared_before_requests_were_recorded_still_resumes(six, tmp
   m = json.loads((ds / shards.MANIFEST).read_text())
   del m["request"]
   (ds / shards.MANIFEST).write_text(json.dumps(m))
-  (ds / prep.WORK / prep.REQUEST).unlink()
+  (ds / prepare_rules.WORK / prepare_rules.REQUEST).unlink()
   assert _synthetic(ds)["resumed_units"] == 6
   shutil.copytree(six, tmp_path / "old")
   (tmp_path / "old" / shards.MANIFEST).write_text(json.dumps(m))
-  with pytest.raises(prep.PrepareError, match="source_options.num_subjects 6 -> 7"):
+  with pytest.raises(prepare_rules.PrepareError, match="source_options.num_subjects 6 -> 7"):
     _synthetic(tmp_path / "old", options={"num_subjects": 7})
 
 
@@ -203,7 +207,7 @@ def test_verify_finds_changed_records_and_index_rows(six, tmp_path):
     index = dict(z)
   index["quality_ecg"][0] += 0.25
   np.savez(ds / "test-index.npz", **index)
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     prep.verify(ds, log=None)
   assert "\n" not in str(e.value) and "2 problem(s) in validation, test" in str(e.value)
   verdicts = {v.part: v for v in reader_lib.verify_dataset(ds)}
@@ -271,7 +275,7 @@ def _csv_inputs(d: Path) -> Path:
 def test_nothing_kept_fails_with_the_reasons_and_leaves_the_output(tmp_path, capsys):
   src = _csv_inputs(tmp_path / "in")
   out = tmp_path / "out"
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     prep.prepare_dataset("csv", src, out, source_options={"fs": 125.0}, progress=False,
                          log=None)
   msg = str(e.value)
@@ -316,7 +320,7 @@ def test_a_bad_fs_is_rejected_as_a_flag(tmp_path, capsys, fs):
                            str(tmp_path / "o")], capsys)
   assert code != 0 and err.strip() == (f"xmae-prepare: error: argument --fs: must be a "
                                        f"positive number of Hz, got '{fs}'")
-  with pytest.raises(prep.PrepareError, match=f"--fs must be a positive number of Hz"):
+  with pytest.raises(prepare_rules.PrepareError, match=f"--fs must be a positive number of Hz"):
     prep.prepare_dataset("csv", src, tmp_path / "o", source_options={"fs": float(fs)
                          if fs != "fast" else fs}, progress=False, log=None)
   assert not (tmp_path / "o").exists()
@@ -341,13 +345,13 @@ def test_disk_full_in_the_cache_names_the_file_and_leaves_no_temporary(tmp_path,
   ds = tmp_path / "ds"
   with monkeypatch.context() as m:
     _enospc_after(m, ".msgpack")
-    with pytest.raises(prep.PrepareError) as e:
+    with pytest.raises(prepare_rules.PrepareError) as e:
       _synthetic(ds)
   msg = str(e.value)
-  assert "\n" not in msg and msg.startswith(f"cannot write {ds / prep.WORK}")
+  assert "\n" not in msg and msg.startswith(f"cannot write {ds / prepare_rules.WORK}")
   assert msg.endswith(".msgpack: No space left on device")
-  assert not list((ds / prep.WORK).rglob("*.tmp*"))
-  (work,) = [p for p in (ds / prep.WORK).iterdir() if p.is_dir()]
+  assert not list((ds / prepare_rules.WORK).rglob("*.tmp*"))
+  (work,) = [p for p in (ds / prepare_rules.WORK).iterdir() if p.is_dir()]
   (work / ".0123abcd.tmp-99999.msgpack").write_bytes(b"half")  # a run killed mid-write
   _synthetic(ds)
   assert not list(ds.rglob("*.tmp*")) and len(list(work.glob("*.msgpack"))) == 6
@@ -375,13 +379,14 @@ def test_disk_full_while_writing_shards_keeps_the_previous_dataset(six, tmp_path
       self.w.close()
 
   monkeypatch.setattr(shards.arm, "ArrayRecordWriter", FullDisk)
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     _synthetic(ds, records_per_shard=2, overwrite=True)
   assert "\n" not in str(e.value)
   assert str(e.value) == (f"cannot write {ds / '.train-00001.array_record.tmp'}: write() failed: "
                           f"No space left on device")
   after = _snapshot(ds)
-  assert after.pop(f"{prep.WORK}/{prep.REQUEST}") != before.pop(f"{prep.WORK}/{prep.REQUEST}")
+  request = f"{prepare_rules.WORK}/{prepare_rules.REQUEST}"
+  assert after.pop(request) != before.pop(request)
   assert after == before and not list(ds.glob(".*tmp*"))       # the dataset is whole
 
 
@@ -389,13 +394,13 @@ def test_a_read_only_output_is_one_line(six, tmp_path, monkeypatch):
   real = Path.mkdir
 
   def read_only(self, *a, **kw):
-    if prep.WORK in self.parts:
+    if prepare_rules.WORK in self.parts:
       raise OSError(errno.EROFS, "Read-only file system", str(self))
     return real(self, *a, **kw)
   monkeypatch.setattr(Path, "mkdir", read_only)
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     _synthetic(tmp_path / "ds")
-  assert str(e.value).startswith(f"cannot write {tmp_path / 'ds' / prep.WORK}")
+  assert str(e.value).startswith(f"cannot write {tmp_path / 'ds' / prepare_rules.WORK}")
   assert str(e.value).endswith(": Read-only file system")
 
 
@@ -423,12 +428,13 @@ def test_a_really_full_disk_keeps_the_dataset_and_a_rerun_completes(six, small_d
   fill = small_disk / "fill"
   fill.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 100_000))   # leave ~100 kB
   before = _snapshot(ds)
-  with pytest.raises(prep.PrepareError) as e:
+  with pytest.raises(prepare_rules.PrepareError) as e:
     _synthetic(ds, records_per_shard=2, overwrite=True)
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith(f"cannot write {ds}/") and "No space left" in msg
   after = _snapshot(ds)
-  after.pop(f"{prep.WORK}/{prep.REQUEST}"), before.pop(f"{prep.WORK}/{prep.REQUEST}")
+  request = f"{prepare_rules.WORK}/{prepare_rules.REQUEST}"
+  after.pop(request), before.pop(request)
   assert after == before and not list(ds.rglob("*.tmp*"))
   prep.verify(ds, log=None)                                     # the old dataset is whole
   fill.unlink()

@@ -17,6 +17,10 @@ import pytest
 
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_local
+from xmae_jax.data import prepare_report
+from xmae_jax.data import prepare_rules
+from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import reader as reader_lib
 from xmae_jax.data import shards
@@ -194,11 +198,11 @@ def test_a_huge_synthetic_request_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_memory_limits_are_checked_up_front(tmp_path, monkeypatch):
-  monkeypatch.setattr(prep, "available_memory", lambda: 10_000_000)    # 10 MB available
-  with pytest.raises(prep.PrepareError) as e:     # bookkeeping of 5000 subjects: ~25 MB
+  monkeypatch.setattr(prepare_units, "available_memory", lambda: 10_000_000)    # 10 MB available
+  with pytest.raises(prepare_rules.PrepareError) as e:     # bookkeeping of 5000 subjects: ~25 MB
     _synthetic(tmp_path / "a", options={"num_subjects": 5000})
   assert "memory" in str(e.value) and "10.0 MB available" in str(e.value)
-  with pytest.raises(prep.PrepareError) as e:     # one subject of 10 h at 125 Hz: ~1.2 GB
+  with pytest.raises(prepare_rules.PrepareError) as e:     # one subject of 10 h at 125 Hz: ~1.2 GB
     _synthetic(tmp_path / "b", options={"num_subjects": 1, "minutes_per_subject": 600})
   assert "one input of 36000 s at 125 Hz" in str(e.value)
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -209,7 +213,7 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
   while the shards are written (and the dataset is the one written before)."""
   first = _synthetic(tmp_path / "a", records_per_shard=4)
   live, peak = [0], [0]
-  real = prep._read_cache
+  real = prepare_local.read_cache
 
   class Tracked(dict):
     def __del__(self):
@@ -220,7 +224,7 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
     peak[0] = max(peak[0], live[0])
     return Tracked(real(path, unit))
 
-  monkeypatch.setattr(prep, "_read_cache", tracked)
+  monkeypatch.setattr(prepare_local, "read_cache", tracked)
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   second = _synthetic(tmp_path / "b", records_per_shard=4)
   assert second["resumed_units"] == 6 and peak[0] == 1
@@ -234,8 +238,8 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from xmae_jax.data import prepare
-    lock = prepare.lock_output(Path(sys.argv[1]))
+    from xmae_jax.data import prepare_local
+    lock = prepare_local.lock_output(Path(sys.argv[1]))
     print("held", flush=True)
     time.sleep(600)
 """)
@@ -347,7 +351,7 @@ def _prepare_process(out: Path, *, group: bool) -> subprocess.Popen:
 def _when_some_cached(out: Path, proc: subprocess.Popen, timeout: float = 120):
   end = time.time() + timeout
   while time.time() < end and proc.poll() is None:
-    if len(list(out.glob(f"{prep.WORK}/*/*.msgpack"))) >= 2:
+    if len(list(out.glob(f"{prepare_rules.WORK}/*/*.msgpack"))) >= 2:
       return
     time.sleep(0.1)
   raise AssertionError(f"no unit cached in {timeout} s: {proc.poll()}")
@@ -378,10 +382,10 @@ def test_a_signal_to_a_two_worker_prepare_is_one_line_and_it_resumes(tmp_path, f
   assert lines[0].startswith(f"xmae-prepare: error: interrupted by {signal.Signals(sig).name}: ")
   assert "of 40 inputs done" in lines[0] and "run the same command again to resume" in lines[0]
   # the rerun resumes from the cache and gives the dataset an uninterrupted run gives
-  cached = len(list(out.glob(f"{prep.WORK}/*/*.msgpack")))
+  cached = len(list(out.glob(f"{prepare_rules.WORK}/*/*.msgpack")))
   resumed = cli.run(_forty(out))
   assert resumed["resumed_units"] == cached >= 2 and not list(out.rglob("*.tmp*"))
   assert all(f["status"] == "ok" for f in resumed["per_file"])
   assert _shard_bytes(out) == _shard_bytes(forty)
   assert resumed["records_per_split"] == json.loads(
-      (forty / prep.REPORT_JSON).read_text())["records_per_split"]
+      (forty / prepare_report.REPORT_JSON).read_text())["records_per_split"]

@@ -11,6 +11,7 @@ import pytest
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import reader
 
@@ -121,14 +122,15 @@ def test_wfdb_and_npz_recordings_take_labels_by_record_name(physionet_dir, tmp_p
   # a103l's header says alarm_true 0 (False alarm): the user's file wins; a new column joins
   labels.write_text("record,alarm_true,site\na103l,1,icu\nbatch/00001,0,home\n")
   options = {"labels": str(labels)}
-  (rec,) = prep.segment_unit("wfdb", str(physionet_dir / "a103l"), options,
+  (rec,) = prepare_units.segment_unit("wfdb", str(physionet_dir / "a103l"), options,
                              pp.PreprocessConfig())
   assert rec.item.labels == {"alarm_type": "Asystole", "alarm_true": 1, "site": "icu"}
   assert rec.segments and all(s.labels == rec.item.labels for s in rec.segments)
   assert rec.stats["labels/matched"] == 1
   ppg = pd.read_csv(recordings / "a.csv")["ppg"].to_numpy()
   np.savez(tmp_path / "batch.npz", ppg=np.stack([ppg, ppg]), fs=float(FS))
-  out = list(prep.segment_unit("npz", str(tmp_path / "batch.npz"), {**options, "format": "npz"},
-                               pp.PreprocessConfig(modalities="ppg")))
+  out = list(prepare_units.segment_unit("npz", str(tmp_path / "batch.npz"),
+                                        {**options, "format": "npz"},
+                                        pp.PreprocessConfig(modalities="ppg")))
   assert [r.item.labels for r in out] == [{}, {"alarm_true": 0, "site": "home"}]
   assert [r.stats.get("labels/unmatched", 0) for r in out] == [1, 0]

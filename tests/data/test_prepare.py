@@ -9,6 +9,8 @@ import pytest
 
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_rules
+from xmae_jax.data import prepare_split
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -72,18 +74,19 @@ def test_dataset_directory_follows_the_shard_format(demo):
 
 def test_split_is_disjoint_deterministic_and_sized():
   subjects = [f"s{i:03d}" for i in range(100)]
-  a = prep.split_subjects(subjects, 77)
-  assert a == prep.split_subjects(reversed(subjects), 77)
-  assert a != prep.split_subjects(subjects, 78)
+  a = prepare_split.split_subjects(subjects, 77)
+  assert a == prepare_split.split_subjects(reversed(subjects), 77)
+  assert a != prepare_split.split_subjects(subjects, 78)
   counts = {s: sum(v == s for v in a.values()) for s in shards.SPLITS}
   assert counts == {"train": 90, "validation": 5, "test": 5}    # 5%, then 5% of the rest
   assert set(a) == set(subjects)
-  tiny = prep.split_subjects(["a", "b", "c"], 0)
+  tiny = prepare_split.split_subjects(["a", "b", "c"], 0)
   assert sorted(tiny.values()) == ["test", "train", "validation"]
-  assert set(prep.split_subjects(["a", "b"], 0).values()) == {"train"}
-  assert set(prep.split_subjects(subjects, 1, test_frac=0, val_frac=0).values()) == {"train"}
-  with pytest.raises(prep.PrepareError, match="test_frac"):
-    prep.split_subjects(subjects, 0, test_frac=1.5)
+  assert set(prepare_split.split_subjects(["a", "b"], 0).values()) == {"train"}
+  split = prepare_split.split_subjects(subjects, 1, test_frac=0, val_frac=0)
+  assert set(split.values()) == {"train"}
+  with pytest.raises(prepare_rules.PrepareError, match="test_frac"):
+    prepare_split.split_subjects(subjects, 0, test_frac=1.5)
 
 
 def test_same_seed_gives_identical_shards_across_worker_counts(demo, tmp_path):
@@ -101,7 +104,7 @@ def test_resume_reuses_finished_inputs_and_gives_the_same_output(demo, tmp_path)
   ds = tmp_path / "ds"
   first = _synthetic(ds)
   assert first["resumed_units"] == 0
-  caches = sorted((ds / prep.WORK).glob("*/*.msgpack"))
+  caches = sorted((ds / prepare_rules.WORK).glob("*/*.msgpack"))
   assert len(caches) == 5
   caches[2].unlink()                           # as if the run had stopped before that input
   (ds / shards.MANIFEST).unlink()
@@ -239,15 +242,15 @@ def test_output_of_another_schema_is_refused(tmp_path):
   other = tmp_path / "other"
   other.mkdir()
   (other / shards.MANIFEST).write_text(json.dumps({"schema_version": 99}))
-  with pytest.raises(prep.PrepareError, match="another schema"):
+  with pytest.raises(prepare_rules.PrepareError, match="another schema"):
     cli.run(["--source", "synthetic", "--output", str(other), "--num-subjects", "1"])
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "thesis.tex").write_text("keep me")
-  with pytest.raises(prep.PrepareError, match="not an xmae dataset"):
+  with pytest.raises(prepare_rules.PrepareError, match="not an xmae dataset"):
     cli.run(["--source", "synthetic", "--output", str(foreign), "--num-subjects", "1"])
   assert (foreign / "thesis.tex").read_text() == "keep me"
-  with pytest.raises(prep.PrepareError, match="val_frac"):
+  with pytest.raises(prepare_rules.PrepareError, match="val_frac"):
     cli.run(["--source", "synthetic", "--output", str(tmp_path / "new"), "--val-frac", "2"])
   assert not (tmp_path / "new").exists()                        # refused before any work
   assert cli.main(["--source", "synthetic", "--output", str(other), "--num-subjects", "1"]) == 1

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_report
+from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import reader
 from xmae_jax.data.sources import Recording
@@ -120,7 +122,7 @@ def test_hr_is_the_same_from_the_ecg_modality_and_from_ecg_as_an_extra_channel(p
   # xmae-embed with a PPG encoder windows the PPG only; the ECG still gives hr
   item = _recording(physionet_dir / "a103l")
   both = [s.meta["hr"] for s in _segments(item)[0]]
-  [ppg_only] = list(prep.segment_unit("wfdb", str(physionet_dir / "a103l"), {},
+  [ppg_only] = list(prepare_units.segment_unit("wfdb", str(physionet_dir / "a103l"), {},
                                       pp.PreprocessConfig(modalities="ppg"), modalities=("ppg",)))
   assert set(ppg_only.segments[0].signals) == {"ppg"}
   assert [s.meta["hr"] for s in ppg_only.segments] == both
@@ -245,9 +247,9 @@ def test_prepare_carries_labels_and_pressures_and_reports_them(tmp_path):
   assert report["derived_meta"]["hr"] == {"windows": 12, "nan": {}, "nan_total": 0}
   assert report["label_windows"] == {"alarm_type": {"Bradycardia": 6, "Tachycardia": 6},
                                      "alarm_true": {"1": 6}}
-  assert json.loads((out / prep.REPORT_JSON).read_text())["derived_meta"] == \
+  assert json.loads((out / prepare_report.REPORT_JSON).read_text())["derived_meta"] == \
       report["derived_meta"]
-  md = (out / prep.REPORT_MD).read_text()
+  md = (out / prepare_report.REPORT_MD).read_text()
   assert ("- sbp_dbp: 2 windows with a value, 4 NaN (damped 1, flat_line 1, implausible 1, "
           "nan_run 1)") in md
   assert "- alarm_type: Bradycardia 6, Tachycardia 6" in md

@@ -4,10 +4,12 @@ import pytest
 from sklearn import metrics as skm
 
 from xmae_jax.evaluation import probe
+from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks
 
-FAST = probe.LinearProbeConfig(n_bootstrap=200, c_grid=(0.01, 1.0), alpha_grid=(1.0, 100.0))
-FAST_XMAE = probe.XMAEProbeConfig(batch_size=256, epochs=7)
+FAST = probe_config.LinearProbeConfig(n_bootstrap=200, c_grid=(0.01, 1.0), alpha_grid=(1.0, 100.0))
+FAST_XMAE = probe_config.XMAEProbeConfig(batch_size=256, epochs=7)
 
 
 def _planted(n_subjects=30, per_subject=12, dim=16, seed=0):
@@ -26,7 +28,7 @@ def test_classification_metrics_match_sklearn():
   rng = np.random.default_rng(1)
   y = rng.integers(0, 2, 300)
   p = np.round(rng.random(300) * 0.6 + 0.25 * y, 2)   # rounded: ties exercise the tie handling
-  ours = probe.classification_metrics(y, p)
+  ours = probe_metrics.classification_metrics(y, p)
   assert ours["auroc"] == pytest.approx(skm.roc_auc_score(y, p))
   assert ours["auprc"] == pytest.approx(skm.average_precision_score(y, p))
   assert ours["f1"] == pytest.approx(skm.f1_score(y, p >= 0.5))
@@ -79,7 +81,7 @@ def test_xmae_protocol_recovers_signal_and_chance():
   y = (value > np.median(value)).astype(float)
   # The paper's lr 1e-3 and 7 epochs need its tens of thousands of segments; this small
   # planted set takes a larger step to train the head in the same few epochs.
-  cfg = probe.XMAEProbeConfig(batch_size=32, epochs=7, lr=1e-2)
+  cfg = probe_config.XMAEProbeConfig(batch_size=32, epochs=7, lr=1e-2)
   r = probe.xmae_probe(x, y, groups, tasks.CLASSIFICATION, cfg)
   assert r["n_folds"] == 5
   assert r["metrics"]["auroc"]["mean"] > 0.85
@@ -94,11 +96,11 @@ def test_bad_probe_inputs():
   x, value, groups = _planted(n_subjects=6, per_subject=4)
   bad = x.copy()
   bad[0, 0] = np.nan
-  with pytest.raises(probe.ProbeError, match="NaN"):
+  with pytest.raises(probe_config.ProbeError, match="NaN"):
     probe.linear_probe(bad, value, groups, tasks.REGRESSION, FAST)
-  with pytest.raises(probe.ProbeError, match="0 and 1"):
+  with pytest.raises(probe_config.ProbeError, match="0 and 1"):
     probe.linear_probe(x, np.zeros(len(value)), groups, tasks.CLASSIFICATION, FAST)
-  with pytest.raises(probe.ProbeError, match="2 subjects"):
+  with pytest.raises(probe_config.ProbeError, match="2 subjects"):
     probe.linear_probe(x, value, np.zeros(len(value)), tasks.REGRESSION, FAST)
 
 

@@ -9,10 +9,12 @@ from xmae_jax.cli import xmae_probe
 from xmae_jax.evaluation import compare
 from xmae_jax.evaluation import embed
 from xmae_jax.evaluation import probe
+from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import report
 from xmae_jax.evaluation import tasks
 
-FAST = probe.LinearProbeConfig(n_bootstrap=200, c_grid=(0.01, 1.0), alpha_grid=(1.0, 100.0))
+FAST = probe_config.LinearProbeConfig(n_bootstrap=200, c_grid=(0.01, 1.0), alpha_grid=(1.0, 100.0))
 TYPES = ["Ventricular_Tachycardia", "Asystole", "Bradycardia", "Tachycardia",
          "Ventricular_Flutter_Fib"]
 SORTED_TYPES = sorted(TYPES)
@@ -52,16 +54,16 @@ def test_multiclass_metrics_match_sklearn_and_survive_a_missing_class():
   prob = rng.dirichlet(np.ones(4), 400)
   prob[np.arange(400), y] += 0.3 * rng.random(400)
   prob /= prob.sum(1, keepdims=True)
-  ours = probe.multiclass_metrics(y, prob)
+  ours = probe_metrics.multiclass_metrics(y, prob)
   assert ours["macro_auroc"] == pytest.approx(skm.roc_auc_score(y, prob, multi_class="ovr"))
   assert ours["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, prob.argmax(1)))
   assert ours["macro_f1"] == pytest.approx(skm.f1_score(y, prob.argmax(1), average="macro"))
   # A resample without class 3: averaged over the classes present, as a bootstrap needs.
   rows = y != 3
-  part = probe.multiclass_metrics(y[rows], prob[rows])
+  part = probe_metrics.multiclass_metrics(y[rows], prob[rows])
   expected = np.mean([skm.roc_auc_score(y[rows] == k, prob[rows, k]) for k in range(3)])
   assert part["macro_auroc"] == pytest.approx(expected)
-  assert np.isnan(probe.multiclass_metrics(np.zeros(5), prob[:5])["macro_auroc"])
+  assert np.isnan(probe_metrics.multiclass_metrics(np.zeros(5), prob[:5])["macro_auroc"])
 
 
 def test_separable_alarm_type_scores_high_and_names_its_classes():
@@ -93,7 +95,7 @@ def test_shuffled_alarm_type_scores_at_chance():
 
 def test_xmae_protocol_multiclass_uses_k_outputs():
   x, groups, fields = _records(n_records=50, separation=4.0)
-  cfg = probe.XMAEProbeConfig(batch_size=32, epochs=7, lr=1e-2)
+  cfg = probe_config.XMAEProbeConfig(batch_size=32, epochs=7, lr=1e-2)
   r = probe.run_task(x, groups, fields, "alarm_type:all", protocol="xmae", xmae_cfg=cfg)
   assert set(r["metrics"]) == set(probe.XMAE_MULTICLASS_METRICS)
   assert r["metrics"]["macro_auroc"]["mean"] > 0.95
@@ -115,7 +117,7 @@ def test_class_with_fewer_subjects_than_folds_is_dropped_with_a_line():
   assert "dropped: Pacing (2 subjects: fewer than 5 subjects)" in table
   # Only one class left with enough subjects: one line naming every class's subjects.
   few = np.where(np.isin(groups, [f"rec{i:03d}" for i in range(4)]), "Asystole", "Bradycardia")
-  with pytest.raises(probe.ProbeError) as e:
+  with pytest.raises(probe_config.ProbeError) as e:
     probe.run_task(x, groups, dict(fields, alarm_type=few), "alarm_type", linear_cfg=FAST)
   assert str(e.value) == ("task alarm_type:60: multiclass target: fewer than 2 classes have at "
                           "least 5 subjects (one per fold); subjects per class: Asystole 4, "
@@ -147,7 +149,7 @@ def test_paired_difference_on_multiclass_metrics():
       results.append({"encoder": name, **r})
   diffs = compare.differences_vs(results, "random", n_bootstrap=200)
   by = {d["task"]: d["difference"] for d in diffs}
-  assert set(by["alarm_type:60"]) == set(probe.MULTICLASS_METRICS)
+  assert set(by["alarm_type:60"]) == set(probe_metrics.MULTICLASS_METRICS)
   d = by["alarm_type:60"]["macro_auroc"]
   assert d["value"] > 0.3 and d["ci95"][0] > 0
   assert by["alarm_true:60"]["auroc"]["ci95"][0] > 0

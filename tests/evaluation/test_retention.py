@@ -8,7 +8,8 @@ import pytest
 
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import embed as embed_lib
-from xmae_jax.evaluation import probe
+from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks
 
 from conftest import paired_windows, stored_windows, write_dataset
@@ -26,21 +27,21 @@ def test_ratio_of_a_known_ratio_and_its_difference_share_the_resamples():
   y = rng.normal(size=len(groups))
   err = rng.normal(size=len(groups)) * np.repeat(rng.uniform(0.2, 2.0, 20), 5)
   a, b = y + 2 * err, y + err
-  ratio = probe.paired_statistic(y, a, b, groups, tasks.REGRESSION, combine="ratio",
+  ratio = probe_metrics.paired_statistic(y, a, b, groups, tasks.REGRESSION, combine="ratio",
                                  n_bootstrap=200, seed=4)
   assert ratio["mae"]["value"] == pytest.approx(2.0)
   assert ratio["mae"]["ci95"] == pytest.approx([2.0, 2.0])
   assert ratio["mae"]["share_above_1"] == 1.0
-  diff = probe.paired_statistic(y, a, b, groups, tasks.REGRESSION, combine="difference",
+  diff = probe_metrics.paired_statistic(y, a, b, groups, tasks.REGRESSION, combine="difference",
                                 n_bootstrap=200, seed=4)
-  own = probe.subject_bootstrap(y, b, groups, tasks.REGRESSION, n_bootstrap=200, seed=4)
+  own = probe_metrics.subject_bootstrap(y, b, groups, tasks.REGRESSION, n_bootstrap=200, seed=4)
   assert diff["mae"]["value"] == pytest.approx(np.mean(np.abs(err)))
   assert diff["mae"]["ci95"] == pytest.approx(list(own["mae"]))
-  assert diff == probe.paired_difference(y, a, b, groups, tasks.REGRESSION, n_bootstrap=200,
+  assert diff == probe_metrics.paired_difference(y, a, b, groups, tasks.REGRESSION, n_bootstrap=200,
                                          seed=4)
   # Pearson r does not change under an affine map of the predictions: ratio 1 in every resample.
-  affine = probe.paired_statistic(y, 3 * b + 1, b, groups, tasks.REGRESSION, combine="ratio",
-                                  n_bootstrap=50, seed=4)["pearson_r"]
+  affine = probe_metrics.paired_statistic(y, 3 * b + 1, b, groups, tasks.REGRESSION,
+                                          combine="ratio", n_bootstrap=50, seed=4)["pearson_r"]
   assert affine["value"] == pytest.approx(1.0) and affine["ci95"] == pytest.approx([1.0, 1.0])
 
 
@@ -52,25 +53,26 @@ def test_ratio_ci_is_the_percentile_interval_of_the_paired_ratios():
   y = (rng.random(len(groups)) < 0.5).astype(float)
   strong = y + 0.6 * rng.normal(size=len(y))
   weak = y + 2.5 * rng.normal(size=len(y))
-  out = probe.paired_statistic(y, weak, strong, groups, tasks.CLASSIFICATION, combine="ratio",
-                               n_bootstrap=300, seed=2)["auroc"]
-  point = (probe.classification_metrics(y, weak)["auroc"]
-           / probe.classification_metrics(y, strong)["auroc"])
+  out = probe_metrics.paired_statistic(y, weak, strong, groups, tasks.CLASSIFICATION,
+                                       combine="ratio", n_bootstrap=300, seed=2)["auroc"]
+  point = (probe_metrics.classification_metrics(y, weak)["auroc"]
+           / probe_metrics.classification_metrics(y, strong)["auroc"])
   assert out["value"] == pytest.approx(point) and out["value"] < 0.9
-  by_hand = [probe.classification_metrics(y[r], weak[r])["auroc"]
-             / probe.classification_metrics(y[r], strong[r])["auroc"]
-             for r in probe.subject_resamples(groups, 300, 2)]
+  by_hand = [probe_metrics.classification_metrics(y[r], weak[r])["auroc"]
+             / probe_metrics.classification_metrics(y[r], strong[r])["auroc"]
+             for r in probe_metrics.subject_resamples(groups, 300, 2)]
   assert out["ci95"] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])))
   assert out["ci95"][0] < point < out["ci95"][1] < 1.0
-  with pytest.raises(probe.ProbeError, match="unknown combine 'quotient'"):
-    probe.paired_statistic(y, weak, strong, groups, tasks.CLASSIFICATION, combine="quotient")
+  with pytest.raises(probe_config.ProbeError, match="unknown combine 'quotient'"):
+    probe_metrics.paired_statistic(y, weak, strong, groups, tasks.CLASSIFICATION,
+                                   combine="quotient")
 
 
 def test_ratio_over_a_zero_metric_is_nan_not_an_error():
   groups = _groups(6, 4)
   y = np.tile([0.0, 1.0], 12)
   const = np.full(len(y), 0.5)                       # constant predictions: Pearson r undefined
-  out = probe.paired_statistic(y, y, const, groups, tasks.REGRESSION, combine="ratio",
+  out = probe_metrics.paired_statistic(y, y, const, groups, tasks.REGRESSION, combine="ratio",
                                n_bootstrap=20, seed=0)
   assert np.isnan(out["pearson_r"]["value"]) and np.isnan(out["pearson_r"]["ci95"][0])
   assert out["mae"]["value"] == 0.0                  # MAE(y, y) / MAE(y, 0.5)

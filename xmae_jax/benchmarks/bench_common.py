@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: matmul peak, timing, memory, JSON lines.
+"""Shared pieces of the benchmarks: timing, memory, the PyTorch matmul peak, JSON lines.
 
 Every benchmark prints one JSON line per measurement. Peak and MFU are measured in the same
 process run as the thing they describe, because numbers differ between machines of the same kind
@@ -16,10 +16,7 @@ import time
 from typing import Callable, Sequence
 
 from xmae_jax import errors
-
-# FLOPs of one n x n x n matrix multiply (multiply + add).
-def matmul_flops(n: int) -> float:
-  return 2.0 * n ** 3
+from xmae_jax.training import perf
 
 
 def add_host_memory_flag(parser) -> None:
@@ -122,24 +119,6 @@ def _cpu_vector_flags() -> str:
   return ""
 
 
-def jax_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-  """Best achieved FLOP/s of an n^3 matmul compiled by XLA on the default device.
-
-  The best of `repeats` timed calls (after one warm-up) is the peak: on a shared machine the
-  slower calls measure the neighbours, not the hardware.
-  """
-  import jax
-  import jax.numpy as jnp
-
-  key_a, key_b = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(key_a, (n, n), dtype=jnp.float32).astype(dtype)
-  b = jax.random.normal(key_b, (n, n), dtype=jnp.float32).astype(dtype)
-  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=x.dtype))
-  matmul(a, b).block_until_ready()
-  times = time_calls(lambda: matmul(a, b), lambda r: r.block_until_ready(), repeats)
-  return matmul_flops(n) / min(times)
-
-
 def torch_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """Best achieved FLOP/s of an n^3 matmul in PyTorch (CPU); needs the optional torch extra."""
   torch = import_torch()
@@ -149,7 +128,7 @@ def torch_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -
   b = torch.randn(n, n, generator=gen).to(torch_dtype)
   torch.matmul(a, b)
   times = time_calls(lambda: torch.matmul(a, b), lambda r: r, repeats)
-  return matmul_flops(n) / min(times)
+  return perf.matmul_flops(n) / min(times)
 
 
 class MissingExtraError(errors.XmaeError):

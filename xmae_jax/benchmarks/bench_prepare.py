@@ -38,6 +38,7 @@ import numpy as np
 
 from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_rules
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib
 from xmae_jax.errors import XmaeError
@@ -93,7 +94,7 @@ def main(argv=None) -> dict:
         report = prep.prepare_dataset(args.source, source_input, Path(tmp) / "ds",
                                       workers=workers, seed=args.seed, source_options=options,
                                       progress=False, log=None)
-      except prep.PrepareError as e:
+      except prepare_rules.PrepareError as e:
         common.exit_with(str(e))
       seconds = time.perf_counter() - start
       cpu = _cpu_seconds() - cpu0

@@ -38,6 +38,7 @@ import numpy as np
 
 from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.benchmarks import bench_train as train_bench
+from xmae_jax.training import perf
 
 REFERENCE_MODEL_FILE = "utils/model_arch/xmae.py"
 
@@ -181,7 +182,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
   with tempfile.TemporaryDirectory(prefix="xmae_reference_") as tmp:
     module, origin = import_reference(repo, commit, Path(tmp))
     peaks = {"torch": common.torch_matmul_peak("float32", n=peak_size),
-             "jax": common.jax_matmul_peak("float32", n=peak_size)}
+             "jax": perf.matmul_peak("float32", n=peak_size, repeats=5)}
     ours = train_bench.build_step(config, batch_size, dtype)
     host = train_bench.synthetic_batch(batch_size, int(config.model.seq_len))
     ref = ReferenceStep(module, ours.config, host, dtype)
@@ -197,7 +198,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
       ref_times += ref.run(steps)
       our_times += ours.run(steps)
     peaks["torch"] = max(peaks["torch"], common.torch_matmul_peak("float32", n=peak_size))
-    peaks["jax"] = max(peaks["jax"], common.jax_matmul_peak("float32", n=peak_size))
+    peaks["jax"] = max(peaks["jax"], perf.matmul_peak("float32", n=peak_size, repeats=5))
   our_record = train_bench.summarize(ours, our_times, peaks["jax"], dtype=dtype, warmup=warmup,
                                      device_kind=jax.devices()[0].device_kind)
   flops = our_record["flops_per_step"]

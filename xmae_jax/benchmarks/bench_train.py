@@ -39,6 +39,7 @@ from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax.benchmarks import bench_common as common
 from xmae_jax.data import preprocess
+from xmae_jax.training import perf
 
 
 class BenchConfigError(errors.XmaeError):
@@ -222,13 +223,13 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
             peak_size: int = 2048, host_calls: int = 200) -> dict:
   """Builds, warms up and times the step; returns the JSON record."""
   import jax
-  peak_before = common.jax_matmul_peak(dtype, n=peak_size)
+  peak_before = perf.matmul_peak(dtype, n=peak_size, repeats=5)
   bench = build_step(config, batch_size, dtype)
   bench.run(warmup)
   bench.cpu_times.clear()
   bench.dispatch_times.clear()
   times = bench.run(steps)
-  peak = max(peak_before, common.jax_matmul_peak(dtype, n=peak_size))
+  peak = max(peak_before, perf.matmul_peak(dtype, n=peak_size, repeats=5))
   record = summarize(bench, times, peak, dtype=dtype, warmup=warmup,
                      device_kind=jax.devices()[0].device_kind)
   record.update(host_record(bench, host_calls))

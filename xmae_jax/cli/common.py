@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import importlib.util
 import sys
 from typing import Any, Callable, Sequence
 
+from xmae_jax.data import labels as labels_lib
+from xmae_jax.data import sources
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import tasks as tasks_lib
 
-# The probe and comparison libraries are imported inside the functions that use them: they pull
-# in JAX and scikit-learn, which xmae-prepare (whose workers fork) and every --help do not need.
+# The comparison library is imported inside the functions that use it: it pulls in JAX and
+# scikit-learn, which xmae-prepare (whose workers fork) and every --help do not need.
 
 
 class UsageError(XmaeError):
@@ -142,27 +144,17 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any],
 
 # ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
 
-# Reader modules whose options the embedding tools accept (as xmae-prepare does).
-READER_MODULES = ("xmae_jax.data.sources.wfdb", "xmae_jax.data.sources.tabular",
-                  "xmae_jax.data.sources.edf")
-
-
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-  """The readers' options and --labels (the parser needs conflict_handler="resolve")."""
-  from xmae_jax.data import labels as labels_lib
+  """The file readers' options (`sources.FILE_READERS`, as xmae-prepare takes them) and
+  --labels (the parser needs conflict_handler="resolve")."""
   labels_lib.add_arguments(parser)
-  for name in READER_MODULES:
-    try:
-      module = importlib.import_module(name)
-    except ImportError:
-      continue
-    try:
-      module.add_arguments(parser)
-    except argparse.ArgumentError:   # an option another reader already declared
-      pass
+  sources.add_arguments(parser, sources.FILE_READERS)
 
 
 # ---- flags of the probe, shared by xmae-probe and xmae-compare ---------------------------------
+
+# The flags' defaults are the library's (one place: evaluation/probe_config.py).
+_LINEAR, _XMAE = probe_config.LinearProbeConfig(), probe_config.XMAEProbeConfig()
 
 def add_probe_arguments(p: argparse.ArgumentParser) -> None:
   """The task and protocol options."""
@@ -170,33 +162,36 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> None:
                  help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
                       "label:NAME[:classification|regression] (any label column), or 'all'; "
                       f"known: {', '.join(tasks_lib.REGISTRY)}")
-  p.add_argument("--protocol", choices=("linear", "xmae", "both"), default="linear")
+  p.add_argument("--protocol", choices=(*probe_config.PROTOCOLS, "both"),
+                 default=probe_config.PROTOCOLS[0])
   add_fold_arguments(p)
-  p.add_argument("--inner-folds", type=int_at_least(2), default=3)
-  p.add_argument("--xmae-folds", choices=("subject", "segment"), default="subject",
-                 help="the xmae protocol's folds (its own seed is 77)")
+  p.add_argument("--inner-folds", type=int_at_least(2), default=_LINEAR.inner_folds)
+  p.add_argument("--xmae-folds", choices=("subject", "segment"),
+                 default="subject" if _XMAE.group_folds else "segment",
+                 help=f"the xmae protocol's folds (its own seed is {_XMAE.seed})")
 
 
 def add_fold_arguments(p: argparse.ArgumentParser) -> None:
   """Outer folds, bootstrap and seed of the linear probe (xmae-probe, xmae-compare, xmae-timing)."""
-  p.add_argument("--folds", type=int_at_least(2), default=5, help="outer subject-grouped folds")
-  p.add_argument("--bootstrap", type=int_at_least(1), default=1000,
+  p.add_argument("--folds", type=int_at_least(2), default=_LINEAR.outer_folds,
+                 help="outer subject-grouped folds")
+  p.add_argument("--bootstrap", type=int_at_least(1), default=_LINEAR.n_bootstrap,
                  help="subject bootstrap resamples")
-  p.add_argument("--seed", type=int, default=0, help="folds/bootstrap seed (linear protocol)")
+  p.add_argument("--seed", type=int, default=_LINEAR.seed,
+                 help="folds/bootstrap seed (linear protocol)")
 
 
-def linear_config(args):
-  """The LinearProbeConfig of the parsed fold flags."""
-  from xmae_jax.evaluation import probe as probe_lib
-  return probe_lib.LinearProbeConfig(outer_folds=args.folds,
-                                     inner_folds=getattr(args, "inner_folds", 3),
-                                     seed=args.seed, n_bootstrap=args.bootstrap)
+def linear_config(args) -> probe_config.LinearProbeConfig:
+  """The LinearProbeConfig of the parsed fold flags (--inner-folds only where it is a flag)."""
+  inner = getattr(args, "inner_folds", None)
+  return probe_config.LinearProbeConfig(
+      outer_folds=args.folds, seed=args.seed, n_bootstrap=args.bootstrap,
+      **({} if inner is None else {"inner_folds": inner}))
 
 
-def xmae_config(args):
+def xmae_config(args) -> probe_config.XMAEProbeConfig:
   """The XMAEProbeConfig of the parsed --xmae-folds."""
-  from xmae_jax.evaluation import probe as probe_lib
-  return probe_lib.XMAEProbeConfig(group_folds=args.xmae_folds == "subject")
+  return probe_config.XMAEProbeConfig(group_folds=args.xmae_folds == "subject")
 
 
 def protocols(args) -> tuple[str, ...]:

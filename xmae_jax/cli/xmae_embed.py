@@ -19,6 +19,7 @@ import json
 import sys
 
 from xmae_jax.cli import common
+from xmae_jax.data import sources
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 
@@ -30,7 +31,7 @@ def run(argv=None) -> None:
   p.add_argument("--encoder", required=True, help="exported package or training workdir")
   p.add_argument("--input", required=True)
   p.add_argument("--output", required=True, help="embeddings .npz to write")
-  p.add_argument("--source", choices=("dataset", "wfdb", "csv", "npz", "edf"), default=None,
+  p.add_argument("--source", choices=("dataset", *sources.FILE_READERS), default=None,
                  help="input format (default: detected from PATH)")
   p.add_argument("--split", action="append", default=None,
                  help="dataset split(s) to embed (repeatable; default all)")

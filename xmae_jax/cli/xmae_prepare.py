@@ -17,6 +17,8 @@ import sys
 from xmae_jax.cli import common
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare as prepare_lib
+from xmae_jax.data import prepare_local
+from xmae_jax.data import prepare_rules
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import sources as sources_lib
 
@@ -61,11 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--beam-options", default=None,
                  help='Beam pipeline options for --runner beam, e.g. "--runner=DataflowRunner '
                       '--project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py"')
-  seen = set()
-  for name, module in sources_lib.READERS.items():
-    if module not in seen:
-      seen.add(module)
-      sources_lib.get(name).add_arguments(p)
+  sources_lib.add_arguments(p)
   labels_lib.add_arguments(p)
   return p
 
@@ -79,8 +77,8 @@ def run(argv=None) -> dict:
   if missing:     # required unless --verify, in argparse's words
     raise common.UsageError(f"the following arguments are required: {', '.join(missing)}")
   if args.source not in sources_lib.READERS:
-    raise prepare_lib.PrepareError(f"unknown source {args.source!r} "
-                                   f"(choose from {', '.join(sources_lib.READERS)})")
+    raise prepare_rules.PrepareError(f"unknown source {args.source!r} "
+                                     f"(choose from {', '.join(sources_lib.READERS)})")
   config = pp.PreprocessConfig(stride_seconds=args.stride_seconds, modalities=args.modalities,
                                min_quality=args.min_quality,
                                max_flat_seconds=args.max_flat_seconds,
@@ -88,8 +86,7 @@ def run(argv=None) -> dict:
                                ppg_delay_seconds=args.ppg_delay_seconds,
                                ppg_align_seconds=args.ppg_align_seconds)
   # only the chosen reader's own flags: they key the resume cache
-  reader = sources_lib.get(args.source)
-  options = {k: getattr(args, k) for k in reader.OPTIONS}
+  options = {k: getattr(args, k) for k in sources_lib.option_names(args.source)}
   options.update({k: getattr(args, k) for k in labels_lib.OPTIONS if getattr(args, k)})
   return prepare_lib.prepare_dataset(
       args.source, args.input, args.output, workers=args.workers, seed=args.seed,
@@ -101,7 +98,7 @@ def run(argv=None) -> dict:
 def main(argv=None) -> int:
   try:
     return common.call(PROG, run, argv)
-  except prepare_lib.Interrupted as e:   # SIGTERM/SIGINT: one line, the signal's exit status
+  except prepare_local.Interrupted as e:   # SIGTERM/SIGINT: one line, the signal's exit status
     common.fail(PROG, e)
     return 128 + e.signum
 

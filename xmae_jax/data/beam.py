@@ -4,8 +4,8 @@
         --beam-options="--runner=DataflowRunner --project=P --region=R \\
                         --temp_location=gs://bucket/tmp --setup_file=./setup.py"
 
-The pipeline does what `xmae_jax.data.prepare.prepare_dataset` does on one machine, with the
-same functions, so both runners write the same dataset directory (the same shard files byte for
+The pipeline does what the local runner (`prepare_local`) does on one machine, with the same
+functions, so both runners write the same dataset directory (the same shard files byte for
 byte, the same index rows, manifest and report counts):
 
   units (files, or simulator subjects), spread over the workers
@@ -20,10 +20,11 @@ byte, the same index rows, manifest and report counts):
     -> one finalizing step: the split indexes (shard order, digests included), stale shards
        removed, the manifest (with the request) written last, then the report.
 
-The output is checked as the local runner checks it (`check_output`, `check_request`: a
-dataset or unfinished run of another request is refused unless `overwrite`), through the
-storage. A run that keeps no segment writes no shard, index or manifest: the finalizing step
-leaves the one-line reason in .work/ and the driver raises it as a PrepareError.
+The output is checked by the rules the local runner uses (`prepare_rules.check_output`,
+`check_request`: a dataset or unfinished run of another request is refused unless
+`overwrite`), through the storage. A run that keeps no segment writes no shard, index or
+manifest: the finalizing step leaves the one-line reason in .work/ and the driver raises it as
+a PrepareError.
 
 The whole split must be known before any record can be placed (a subject's split depends on
 every subject), so the processed records are held by the runner between the two halves; on
@@ -31,10 +32,11 @@ Dataflow that is its shuffle. Unlike the local runner there is no resume cache: 
 failed work itself, and a failed run is simply run again (the output is marked as ours from
 the start, so the re-run is allowed to overwrite it).
 
-Outputs go through `Storage`: a local or mounted path (files are moved into place by rename),
-or any URL Beam's FileSystems know (gs://, s3://), where every file is written on local disk
-first and then uploaded, as array_record's own Beam writer does; an object appears whole or not
-at all. Inputs must be paths that every worker can read (a shared or mounted file system).
+Outputs go through a `prepare_storage.Storage`: a local or mounted path (files are moved into
+place by rename), or any URL Beam's FileSystems know (gs://, s3://), where every file is written
+on local disk first and then uploaded, as array_record's own Beam writer does; an object appears
+whole or not at all. Inputs must be paths that every worker can read (a shared or mounted file
+system).
 """
 from __future__ import annotations
 
@@ -42,17 +44,17 @@ import collections
 import contextlib
 import json
 import math
-import os
 import shlex
-import shutil
-import tempfile
 import time
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from xmae_jax.data import prepare as prep
+from xmae_jax.data import prepare_report as report_lib
+from xmae_jax.data import prepare_rules as rules
+from xmae_jax.data import prepare_split
+from xmae_jax.data import prepare_storage
+from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
 
@@ -66,179 +68,9 @@ def require_beam():
   try:
     import apache_beam
   except ImportError:
-    raise prep.PrepareError(f"--runner beam needs Apache Beam, which is not installed: "
-                            f"{INSTALL_HINT}") from None
+    raise rules.PrepareError(f"--runner beam needs Apache Beam, which is not installed: "
+                             f"{INSTALL_HINT}") from None
   return apache_beam
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage: the seam between the pipeline and where the dataset goes
-# ---------------------------------------------------------------------------------------------
-class Storage:
-  """Where a dataset directory is written; every file arrives whole or not at all.
-
-  Writers build each file in a local `staging()` folder and hand it to `put`, which moves it
-  into place. Subclasses implement the five primitives; tests substitute a fake one.
-  """
-  remote = True
-
-  def check_available(self, path: str) -> None:
-    """Raises a one-line PrepareError when `path` cannot be written by this storage."""
-
-  def join(self, base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name
-
-  def exists(self, path: str) -> bool:
-    raise NotImplementedError
-
-  def read_bytes(self, path: str) -> bytes:
-    raise NotImplementedError
-
-  def put(self, local_path: str, path: str) -> None:
-    """Moves the finished local file `local_path` to `path` (replacing it)."""
-    raise NotImplementedError
-
-  def delete(self, path: str) -> None:
-    """Removes `path` if it exists."""
-    raise NotImplementedError
-
-  def listdir(self, path: str) -> list[str]:
-    """Names directly inside the folder `path` (a folder's name once); [] if there is none."""
-    raise NotImplementedError
-
-  def prune(self, path: str) -> None:
-    """Removes the folder `path` if it is empty (object stores have no empty folders)."""
-
-  @contextlib.contextmanager
-  def staging(self, out: str) -> Iterator[Path]:
-    """A private local folder for files on their way to `out`; removed afterwards."""
-    d = tempfile.mkdtemp(prefix="xmae-beam-")
-    try:
-      yield Path(d)
-    finally:
-      shutil.rmtree(d, ignore_errors=True)
-
-  def write_bytes(self, path: str, data: bytes) -> None:
-    with self.staging(path.rsplit("/", 1)[0]) as tmp:
-      (tmp / "blob").write_bytes(data)
-      self.put(str(tmp / "blob"), path)
-
-
-class LocalStorage(Storage):
-  """A local or mounted path: staging lies beside the output, so `put` is a rename."""
-  remote = False
-
-  def join(self, base, name):
-    return os.path.join(base, name)
-
-  def exists(self, path):
-    return os.path.exists(path)
-
-  def read_bytes(self, path):
-    return Path(path).read_bytes()
-
-  def put(self, local_path, path):
-    from xmae_jax import errors
-    with errors.atomic_path(path) as tmp:
-      shutil.move(local_path, tmp)
-
-  def delete(self, path):
-    Path(path).unlink(missing_ok=True)
-
-  def write_bytes(self, path, data):
-    from xmae_jax import errors
-    errors.atomic_write(path, data)
-
-  def listdir(self, path):
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-  def prune(self, path):
-    with contextlib.suppress(OSError):      # absent or not empty: kept
-      os.rmdir(path)
-
-  @contextlib.contextmanager
-  def staging(self, out):
-    work = Path(out) / prep.WORK
-    work.mkdir(parents=True, exist_ok=True)
-    d = tempfile.mkdtemp(prefix="beam-", dir=work)
-    try:
-      yield Path(d)
-    finally:
-      shutil.rmtree(d, ignore_errors=True)
-
-
-class BeamStorage(Storage):
-  """A URL of one of Beam's file systems (gs:// with apache-beam[gcp], s3://, ...)."""
-
-  def _fs(self):
-    from apache_beam.io.filesystems import FileSystems
-    return FileSystems
-
-  def check_available(self, path):
-    try:
-      self._fs().get_filesystem(path)
-    except ValueError as e:        # e.g. gs:// without apache-beam[gcp]
-      raise prep.PrepareError(f"output {path}: {str(e).splitlines()[0]}") from None
-
-  def exists(self, path):
-    return self._fs().exists(path)
-
-  def read_bytes(self, path):
-    with self._fs().open(path) as f:
-      return f.read()
-
-  def put(self, local_path, path):
-    from apache_beam.io.filesystem import CompressionTypes
-    with open(local_path, "rb") as src, self._fs().create(
-        path, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
-      shutil.copyfileobj(src, dst, 16 << 20)
-    os.unlink(local_path)
-
-  def delete(self, path):
-    if self.exists(path):
-      self._fs().delete([path])
-
-  def listdir(self, path):
-    prefix = path.rstrip("/") + "/"
-    [match] = self._fs().match([prefix + "**"])     # '*' stops at '/': .work/ would hide
-    return sorted({m.path[len(prefix):].split("/")[0] for m in match.metadata_list})
-
-
-def storage_for(output: str) -> Storage:
-  return BeamStorage() if "://" in str(output) else LocalStorage()
-
-
-def check_output(storage: Storage, out: str, *, overwrite: bool = False) -> None:
-  """The local runner's output rules (prepare.check_output), through `storage`."""
-  storage.check_available(out)
-  if not storage.remote:
-    prep.check_output(Path(out), overwrite=overwrite)
-    return
-  manifest = storage.join(out, shards.MANIFEST)
-  if storage.exists(manifest):
-    if not overwrite:
-      prep.check_manifest_schema(storage.read_bytes(manifest), out)
-    return
-  names = storage.listdir(out)
-  if names and prep.WORK not in names:
-    raise prep.PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
-                            f"directory (no {shards.MANIFEST}); choose another --output")
-
-
-def check_request(storage: Storage, out: str, request: dict[str, Any], *,
-                  overwrite: bool = False) -> None:
-  """prepare.check_request through `storage`: the same stored request, the same comparison."""
-  if overwrite:
-    return
-  manifest = storage.join(out, shards.MANIFEST)
-  pending = storage.join(storage.join(out, prep.WORK), prep.REQUEST)
-  try:
-    if storage.exists(manifest):
-      prep.compare_request(out, request, manifest=storage.read_bytes(manifest))
-    elif storage.exists(pending):
-      prep.compare_request(out, request, pending=storage.read_bytes(pending))
-  except OSError:
-    return                                         # unreadable: the schema check said enough
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +78,7 @@ def check_request(storage: Storage, out: str, request: dict[str, Any], *,
 # ---------------------------------------------------------------------------------------------
 def _process(indexed_unit, source, options, config):
   i, unit = indexed_unit
-  return i, prep.process_unit(source, unit, options, config)
+  return i, prepare_units.process_unit(source, unit, options, config)
 
 
 def _summary(indexed_result) -> dict[str, Any]:
@@ -261,8 +93,8 @@ def _summary(indexed_result) -> dict[str, Any]:
 def _plan(summaries, *, seed, test_frac, val_frac, records_per_shard) -> dict[str, Any]:
   """The subject split, each unit's first position per split, and the shards per split."""
   summaries = sorted(summaries, key=lambda s: s["index"])
-  assignment = prep.split_subjects((s for u in summaries for s in u["subject_counts"]), seed,
-                                   test_frac, val_frac)
+  assignment = prepare_split.split_subjects(
+      (s for u in summaries for s in u["subject_counts"]), seed, test_frac, val_frac)
   totals = dict.fromkeys(shards.SPLITS, 0)
   offsets = {}
   for u in summaries:
@@ -340,12 +172,12 @@ def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], li
 def _finalize(written, summaries, *, out, storage, source, input, units, options, config, seed,
               test_frac, val_frac, request, started) -> None:
   summaries = sorted(summaries, key=lambda s: s["index"])
-  work = storage.join(out, prep.WORK)
+  work = storage.join(out, rules.WORK)
   if not any(s["stats"].get("segments_kept", 0) for s in summaries):
-    message = prep.nothing_kept(prep.build_report(source, input, summaries, {}), out)
+    message = report_lib.nothing_kept(report_lib.build_report(source, input, summaries, {}), out)
     storage.write_bytes(storage.join(work, NOTHING_KEPT), message.encode())
     return
-  unmatched = prep.labels_unmatched(summaries, options)
+  unmatched = report_lib.labels_unmatched(summaries, options)
   if unmatched:              # no manifest: the shards written are not a dataset
     storage.write_bytes(storage.join(work, NOTHING_KEPT),
                         f"{unmatched}; no dataset written to {out}".encode())
@@ -366,16 +198,16 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
     for name in storage.listdir(out):
       if name.endswith(".array_record") and name not in keep:
         storage.delete(storage.join(out, name))
-    prep.write_manifest(tmp, entries, source=source, input=input, units=units, options=options,
-                        config=config, seed=seed, test_frac=test_frac, val_frac=val_frac,
-                        request=request)
+    report_lib.write_manifest(tmp, entries, source=source, input=input, units=units,
+                              options=options, config=config, seed=seed, test_frac=test_frac,
+                              val_frac=val_frac, request=request)
     storage.put(str(tmp / shards.MANIFEST), storage.join(out, shards.MANIFEST))
-    report = prep.build_report(source, input, summaries, entries)
+    report = report_lib.build_report(source, input, summaries, entries)
     report["resumed_units"] = 0
-    prep.write_report(tmp, report, started, runner="beam")
-    for name in (prep.REPORT_JSON, prep.REPORT_MD):
+    report_lib.write_report(tmp, report, started, runner="beam")
+    for name in (report_lib.REPORT_JSON, report_lib.REPORT_MD):
       storage.put(str(tmp / name), storage.join(out, name))
-  storage.delete(storage.join(work, prep.REQUEST))    # the manifest holds it now
+  storage.delete(storage.join(work, rules.REQUEST))    # the manifest holds it now
   storage.delete(storage.join(work, RUN_MARKER))
 
 
@@ -397,19 +229,20 @@ def pipeline_options(beam_options: str | None):
   try:
     options = PipelineOptions(shlex.split(beam_options or ""))
   except ValueError as e:          # unbalanced quotes
-    raise prep.PrepareError(f"--beam-options {beam_options!r}: {e}") from None
+    raise rules.PrepareError(f"--beam-options {beam_options!r}: {e}") from None
   said = io.StringIO()
   try:
     with contextlib.redirect_stderr(said):     # Beam's argparse prints usage, then exits
       values = options.get_all_options()
   except SystemExit:
     lines = said.getvalue().strip().splitlines() or ["not understood"]
-    raise prep.PrepareError(f"--beam-options {beam_options!r}: "
-                            f"{lines[-1].split('error: ', 1)[-1]}") from None
+    raise rules.PrepareError(f"--beam-options {beam_options!r}: "
+                             f"{lines[-1].split('error: ', 1)[-1]}") from None
   for name in COUNT_OPTIONS:
     value = values.get(name)
     if isinstance(value, int) and value < 0:
-      raise prep.PrepareError(f"--beam-options {beam_options!r}: --{name}={value} must be >= 0")
+      raise rules.PrepareError(f"--beam-options {beam_options!r}: --{name}={value} "
+                               f"must be >= 0")
   return options
 
 
@@ -417,7 +250,7 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
                          val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
                          source_options: dict[str, Any] | None = None,
                          records_per_shard: int = 4096, beam_options: str | None = None,
-                         storage: Storage | None = None, overwrite: bool = False,
+                         storage: prepare_storage.Storage | None = None, overwrite: bool = False,
                          log=print) -> dict[str, Any]:
   """`prepare.prepare_dataset` as a Beam pipeline; returns the report it wrote.
 
@@ -432,26 +265,26 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   started = time.time()
   config = config or pp.PreprocessConfig()
   out = str(output)
-  storage = storage or storage_for(out)
-  units, options = prep.list_units(source, input, seed=seed, test_frac=test_frac,
-                                   val_frac=val_frac, source_options=source_options,
-                                   check=lambda: check_output(storage, out,
-                                                              overwrite=overwrite))
-  request = prep.dataset_request(source, input, options, config, seed=seed,
-                                 test_frac=test_frac, val_frac=val_frac,
-                                 records_per_shard=records_per_shard)
-  check_request(storage, out, request, overwrite=overwrite)
+  storage = storage or prepare_storage.storage_for(out)
+  units, options = prepare_units.list_units(
+      source, input, seed=seed, test_frac=test_frac, val_frac=val_frac,
+      source_options=source_options,
+      check=lambda: rules.check_output(storage, out, overwrite=overwrite))
+  request = rules.dataset_request(source, input, options, config, seed=seed,
+                                  test_frac=test_frac, val_frac=val_frac,
+                                  records_per_shard=records_per_shard)
+  rules.check_request(storage, out, request, overwrite=overwrite)
   try:
     pipeline = beam.Pipeline(options=beam_opts)
   except ValueError as e:      # an unknown Beam runner, a malformed option
-    raise prep.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") \
-        from None
+    raise rules.PrepareError(
+        f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") from None
   # Mark the output as ours (and with what it is asked to become, as the local runner does)
   # before anything else is written.
   existed = storage.exists(out)
-  work = storage.join(out, prep.WORK)
+  work = storage.join(out, rules.WORK)
   storage.write_bytes(storage.join(work, RUN_MARKER), b"")
-  storage.write_bytes(storage.join(work, prep.REQUEST),
+  storage.write_bytes(storage.join(work, rules.REQUEST),
                       json.dumps(request, indent=1, sort_keys=True).encode())
   storage.delete(storage.join(work, NOTHING_KEPT))
   rps = records_per_shard
@@ -479,15 +312,15 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   nothing = storage.join(work, NOTHING_KEPT)
   if storage.exists(nothing):       # a run that made nothing holds nothing back
     message = storage.read_bytes(nothing).decode()
-    for name in (NOTHING_KEPT, prep.REQUEST, RUN_MARKER):
+    for name in (NOTHING_KEPT, rules.REQUEST, RUN_MARKER):
       storage.delete(storage.join(work, name))
     storage.prune(work)
     if not existed:
       storage.prune(out)
-    raise prep.PrepareError(message)
-  report = json.loads(storage.read_bytes(storage.join(out, prep.REPORT_JSON)))
+    raise rules.PrepareError(message)
+  report = json.loads(storage.read_bytes(storage.join(out, report_lib.REPORT_JSON)))
   for key in ("records_per_split", "subjects_per_split"):     # split order, as the local runner
     report[key] = {s: report[key][s] for s in shards.SPLITS}
   if log:
-    log(prep.summary_line(report))
+    log(report_lib.summary_line(report))
   return report

@@ -52,7 +52,7 @@ _INFINITE = sys.maxsize   # length of the repeated training stream (as grain's r
 
 def _modalities(data_cfg: Mapping[str, Any], modalities: Sequence[str] | None) -> tuple[str, ...]:
   mods = tuple(modalities if modalities is not None
-               else data_cfg.get("modalities", record_lib.MODALITIES))
+               else data_cfg["modalities"])
   if not mods or any(m not in record_lib.MODALITIES for m in mods):
     raise errors.XmaeError(f"modalities {mods!r}: choose from {record_lib.MODALITIES}")
   return mods
@@ -231,7 +231,7 @@ def _build(data_cfg, *, split, global_batch_size, process_index, process_count, 
   if train:
     length = _INFINITE
     augment = augment_lib.AugmentParams.from_config(data_cfg.get("augment"))
-    shuffle_seed = int(data_cfg.get("shuffle_seed", 0))
+    shuffle_seed = int(data_cfg["shuffle_seed"])
   else:
     length = num_batches if num_batches else -(-len(records) // global_batch_size)
     augment = augment_lib.AugmentParams(enabled=False)
@@ -239,19 +239,19 @@ def _build(data_cfg, *, split, global_batch_size, process_index, process_count, 
   return GlobalBatchDataset(reader, records, global_batch_size=global_batch_size, rows=local_rows,
                             length=length, modalities=mods, shuffle_seed=shuffle_seed,
                             seed=seed, augment=augment,
-                            normalize=str(data_cfg.get("normalize", "minmax")),
+                            normalize=str(data_cfg["normalize"]),
                             with_index=with_index,
                             subjects=(np.asarray(reader.index["subject"])
-                                      if data_cfg.get("with_subject", False) else None))
+                                      if data_cfg["with_subject"] else None))
 
 
 def _iterate(ds: grain.MapDataset, data_cfg, num_workers: int | None,
              read_threads: int | None, prefetch: int | None) -> grain.DatasetIterator:
-  workers = int(data_cfg.get("num_workers", 0) if num_workers is None else num_workers)
+  workers = int(data_cfg["num_workers"] if num_workers is None else num_workers)
   if workers < 0:
     raise errors.XmaeError(f"num_workers={workers} must be >= 0")
-  threads = int(data_cfg.get("read_threads", 1) if read_threads is None else read_threads)
-  buffer = int(data_cfg.get("prefetch", 2) if prefetch is None else prefetch)
+  threads = int(data_cfg["read_threads"] if read_threads is None else read_threads)
+  buffer = int(data_cfg["prefetch"] if prefetch is None else prefetch)
   # Each read thread works on its own batch, so the buffer holds at least one per thread.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=threads, prefetch_buffer_size=max(buffer, threads) if threads else 0))

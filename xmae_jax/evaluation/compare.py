@@ -34,6 +34,8 @@ from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import report
 from xmae_jax.evaluation import tasks as tasks_lib
 
@@ -116,8 +118,8 @@ def check_same_segments(arrays: dict[str, dict]) -> None:
 
 
 def probe_all(files: dict[str, Path], task_specs: Sequence[str] | None, *,
-              protocols=("linear",), linear_cfg=probe_lib.LinearProbeConfig(),
-              xmae_cfg=probe_lib.XMAEProbeConfig(), keep_predictions=False
+              protocols=("linear",), linear_cfg=probe_config.LinearProbeConfig(),
+              xmae_cfg=probe_config.XMAEProbeConfig(), keep_predictions=False
               ) -> list[dict[str, Any]]:
   arrays = {name: embed_lib.load_embeddings(f) for name, f in files.items()}
   check_same_segments(arrays)
@@ -135,7 +137,8 @@ def probe_all(files: dict[str, Path], task_specs: Sequence[str] | None, *,
 
 def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
             modality="ppg", splits=None, protocols=("linear",),
-            linear_cfg=probe_lib.LinearProbeConfig(), xmae_cfg=probe_lib.XMAEProbeConfig(),
+            linear_cfg=probe_config.LinearProbeConfig(),
+            xmae_cfg=probe_config.XMAEProbeConfig(),
             reuse_embeddings=False, title="Encoder comparison", notes="",
             baseline: str | None = None, retention: bool = False) -> list[dict[str, Any]]:
   """Embed with every encoder, probe every task, write the table, JSON and chart.
@@ -172,8 +175,9 @@ def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
   return report.json_ready(results)
 
 
-def differences_vs(results: Sequence[dict], baseline: str, *, n_bootstrap: int = 1000,
-                   seed: int = 0) -> list[dict[str, Any]]:
+def differences_vs(results: Sequence[dict], baseline: str, *,
+                   n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+                   seed: int = probe_config.LINEAR_DEFAULTS.seed) -> list[dict[str, Any]]:
   """Paired (same segments, same subjects resampled) metric differences of every encoder minus
   `baseline`, for linear-protocol results that kept their predictions."""
   rows = [r for r in results if r["protocol"] == "linear" and "predictions" in r]
@@ -192,15 +196,15 @@ def differences_vs(results: Sequence[dict], baseline: str, *, n_bootstrap: int =
 
 
 def paired_vs(r: dict, base: dict, combine: str, *, n_bootstrap: int, seed: int) -> dict:
-  """probe.paired_statistic of result `r` against result `base` (one task, same segments, both
+  """`paired_statistic` of result `r` against result `base` (one task, same segments, both
   with their predictions kept): combine(metric(r), metric(base)) per metric."""
   if not (np.array_equal(r["targets"], base["targets"])
           and np.array_equal(r["groups"], base["groups"])):
     raise CompareError(f"task {r['task']}: {r['encoder']} and {base['encoder']} were scored on "
                        "different targets")
-  return probe_lib.paired_statistic(r["targets"], r["predictions"], base["predictions"],
-                                    r["groups"], r["kind"], combine=combine,
-                                    n_bootstrap=n_bootstrap, seed=seed)
+  return probe_metrics.paired_statistic(r["targets"], r["predictions"], base["predictions"],
+                                        r["groups"], r["kind"], combine=combine,
+                                        n_bootstrap=n_bootstrap, seed=seed)
 
 
 # ---- single-modality retention -------------------------------------------------------------------
@@ -255,7 +259,7 @@ def embed_retention(specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=N
 
 
 def probe_retention(files: dict[str, Path], task_specs, *,
-                    linear_cfg=probe_lib.LinearProbeConfig()) -> list[dict[str, Any]]:
+                    linear_cfg=probe_config.LinearProbeConfig()) -> list[dict[str, Any]]:
   """The linear probe of every retention fingerprint (probe_all: one set of windows for all),
   predictions kept; each result also names `retention_of` (its encoder) and `inputs`."""
   results = probe_all(files, task_specs, protocols=("linear",), linear_cfg=linear_cfg,
@@ -266,8 +270,9 @@ def probe_retention(files: dict[str, Path], task_specs, *,
   return results
 
 
-def retention_vs_both(results: Sequence[dict], *, n_bootstrap: int = 1000, seed: int = 0
-                      ) -> list[dict[str, Any]]:
+def retention_vs_both(results: Sequence[dict], *,
+                      n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+                      seed: int = probe_config.LINEAR_DEFAULTS.seed) -> list[dict[str, Any]]:
   """Per encoder and task: each one-modality fingerprint's metrics against the both-modality
   fingerprint's on the same segments (`ratio` and `difference`, every metric, paired
   subject-bootstrap CIs), with the three results' metrics (`values`) and the primary `metric`."""
@@ -284,5 +289,5 @@ def retention_vs_both(results: Sequence[dict], *, n_bootstrap: int = 1000, seed:
         "n_segments": both["n_segments"], "n_subjects": both["n_subjects"],
         "values": {name: r["metrics"] for name, r in {**ones, both_name: both}.items()},
         **{combine: {m: paired_vs(r, both, combine, n_bootstrap=n_bootstrap, seed=seed)
-                     for m, r in ones.items()} for combine in probe_lib.COMBINE}})
+                     for m, r in ones.items()} for combine in probe_metrics.COMBINE}})
   return rows

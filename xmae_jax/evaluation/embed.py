@@ -28,7 +28,7 @@ import numpy as np
 from xmae_jax import errors
 from xmae_jax import progress
 from xmae_jax.data import labels as labels_lib
-from xmae_jax.data import prepare
+from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess
 from xmae_jax.data import reader
 from xmae_jax.data import shards
@@ -273,8 +273,8 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     raise EmbeddingsError(f"input {path}: {e}") from None
   for unit in progress.bar(units, desc=f"reading {p.name}", unit="input"):
     try:   # the whole unit first: a unit that fails half-way contributes nothing, as in prepare
-      recordings = list(prepare.segment_unit(source, unit, options, config,
-                                             modalities=modalities))
+      recordings = list(prepare_units.segment_unit(source, unit, options, config,
+                                                   modalities=modalities))
     except sources.SourceError as e:
       note(f"unreadable/{e.reason}")
       continue

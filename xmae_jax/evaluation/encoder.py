@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
 
@@ -94,12 +95,15 @@ class WindowEmbeddings:
     return len(self.embeddings)
 
 
+_DATA = config_lib.data_config()        # a contract's defaults are the training data's
+
+
 @dataclasses.dataclass(frozen=True)
 class Contract:
   """What the encoder expects: segments of `segment_length` samples at `sampling_rate` Hz."""
-  sampling_rate: float = 100.0
-  segment_length: int = 1000
-  normalization: str = "minmax"          # per-segment min-max to [-1, 1]
+  sampling_rate: float = float(_DATA.sampling_rate)
+  segment_length: int = int(_DATA.segment_length)
+  normalization: str = str(_DATA.normalize)   # per-segment min-max to [-1, 1]
   ecg_clean_method: str = "neurokit"
   ppg_clean_method: str = "elgendi"
   resample_method: str = "interpolation"
@@ -110,13 +114,12 @@ class Contract:
 
   @classmethod
   def from_config(cls, config) -> "Contract":
-    data = config.get("data", {}) if hasattr(config, "get") else {}
-    fs = float(data.get("sampling_rate", 100))
+    data = config_lib.with_defaults(config).data
     # The model's input length is what the encoder takes (data.segment_length describes the
     # dataset and normally agrees).
-    length = int(config.model.get("seq_len", data.get("segment_length", 1000)))
-    return cls(sampling_rate=fs, segment_length=length,
-               normalization=str(data.get("normalize", "minmax")))
+    length = int(config.model.get("seq_len", data.segment_length))
+    return cls(sampling_rate=float(data.sampling_rate), segment_length=length,
+               normalization=str(data.normalize))
 
   def as_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

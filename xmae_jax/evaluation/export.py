@@ -93,7 +93,7 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
 
 def _dataset_preprocessing(config) -> dict:
   """The prepared dataset's preprocessing parameters, when its manifest is readable."""
-  data_dir = str(config.get("data", {}).get("dir", "") or "")
+  data_dir = str(config_lib.with_defaults(config).data.dir or "")
   if not data_dir:
     return {}
   try:

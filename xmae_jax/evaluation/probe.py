@@ -37,7 +37,6 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.stats
 from sklearn import metrics as skm
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -46,182 +45,45 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xmae_jax import progress
-from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
+from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks as tasks_lib
 
-PROTOCOLS = ("linear", "xmae")
-CLASSIFICATION_METRICS = ("auroc", "auprc", "f1", "balanced_accuracy")
-MULTICLASS_METRICS = ("macro_auroc", "balanced_accuracy", "macro_f1")
-REGRESSION_METRICS = ("mae", "r2", "pearson_r")
 XMAE_CLASSIFICATION_METRICS = ("auroc", "f1", "accuracy")
 XMAE_MULTICLASS_METRICS = ("macro_auroc", "macro_f1", "accuracy", "balanced_accuracy")
 XMAE_REGRESSION_METRICS = ("mae", "r2")
-
-
-class ProbeError(XmaeError):
-  """Inputs a probe cannot score (too few subjects, a single class, NaN features, ...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearProbeConfig:
-  outer_folds: int = 5
-  inner_folds: int = 3
-  seed: int = 0
-  n_bootstrap: int = 1000
-  c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)       # logistic C = 1/lambda
-  alpha_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge alpha
-  max_iter: int = 2000
-
-
-@dataclasses.dataclass(frozen=True)
-class XMAEProbeConfig:
-  folds: int = 5
-  seed: int = 77
-  lr: float = 1e-3
-  epochs: int = 7
-  batch_size: int = 2048
-  patience: int = 5
-  val_fraction: float = 1 / 8
-  group_folds: bool = True         # subject-level folds (False: stratified segment-level folds)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-
-
-def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-  """AUROC, AUPRC (average precision), F1 and balanced accuracy at threshold 0.5.
-
-  Plain numpy (equal to sklearn's, see the tests) because the bootstrap calls it thousands
-  of times.
-  """
-  y = np.asarray(y) == 1
-  n_pos, n_neg = int(y.sum()), int((~y).sum())
-  if n_pos == 0 or n_neg == 0:
-    return {k: math.nan for k in CLASSIFICATION_METRICS}
-  auroc = _auroc_from_ranks(scipy.stats.rankdata(prob), y)
-  order = np.argsort(-prob, kind="mergesort")
-  sorted_prob, sorted_y = prob[order], y[order]
-  last_of_tie = np.r_[np.flatnonzero(np.diff(sorted_prob)), len(prob) - 1]
-  tps = np.cumsum(sorted_y)[last_of_tie]
-  fps = (last_of_tie + 1) - tps
-  recall = tps / n_pos
-  auprc = np.sum(np.diff(np.r_[0.0, recall]) * tps / (tps + fps))
-  pred = prob >= 0.5
-  tp, fp, fn = np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)
-  f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-  balanced = 0.5 * (tp / n_pos + np.sum(~pred & ~y) / n_neg)
-  return {"auroc": float(auroc), "auprc": float(auprc), "f1": float(f1),
-          "balanced_accuracy": float(balanced)}
-
-
-def _auroc_from_ranks(ranks: np.ndarray, is_pos: np.ndarray) -> float:
-  """Mann-Whitney AUROC from the (tie-averaged) ranks of the scores."""
-  n_pos = int(is_pos.sum())
-  n_neg = len(is_pos) - n_pos
-  return float((ranks[is_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def multiclass_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-  """Macro one-vs-rest AUROC, balanced accuracy and macro F1 of class probabilities (N, K).
-
-  AUROC and balanced accuracy average over the classes present in `y` (a subject resample can
-  miss one); F1 over the classes present in `y` or predicted, as sklearn does. Equal to sklearn
-  when every class is present (see the tests); plain numpy because the bootstrap calls it often.
-  """
-  y = np.asarray(y).astype(int)
-  prob = np.asarray(prob)
-  present = np.unique(y)
-  if len(present) < 2:
-    return {k: math.nan for k in MULTICLASS_METRICS}
-  ranks = scipy.stats.rankdata(prob[:, present], axis=0)
-  auroc = np.mean([_auroc_from_ranks(ranks[:, i], y == k) for i, k in enumerate(present)])
-  pred = prob.argmax(1)
-  balanced = np.mean([np.mean(pred[y == k] == k) for k in present])
-  f1 = []
-  for k in np.union1d(present, pred):
-    tp = np.sum((pred == k) & (y == k))
-    f1.append(2 * tp / (np.sum(pred == k) + np.sum(y == k)) if tp else 0.0)
-  return {"macro_auroc": float(auroc), "balanced_accuracy": float(balanced),
-          "macro_f1": float(np.mean(f1))}
-
-
-def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-  if len(y) < 2:
-    return {k: math.nan for k in REGRESSION_METRICS}
-  y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
-  sst = np.sum((y - y.mean()) ** 2)
-  r2 = 1.0 - np.sum((y - pred) ** 2) / sst if sst > 0 else math.nan
-  r = np.corrcoef(y, pred)[0, 1] if np.std(pred) > 0 and np.std(y) > 0 else math.nan
-  return {"mae": float(np.mean(np.abs(y - pred))), "r2": float(r2), "pearson_r": float(r)}
-
-
-def _metrics_fn(kind: str):
-  return {tasks_lib.CLASSIFICATION: classification_metrics,
-          tasks_lib.MULTICLASS: multiclass_metrics}.get(kind, regression_metrics)
-
-
-def _stratified(kind: str) -> bool:
-  return kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTICLASS)
-
-
-def subject_resamples(groups: np.ndarray, n_bootstrap: int, seed: int):
-  """Row indices of `n_bootstrap` subject-level resamples: subjects drawn with replacement, each
-  bringing all of its segments (the one resampling loop of every subject-bootstrap CI)."""
-  _, inverse = np.unique(groups, return_inverse=True)
-  rows_of = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-  rng = np.random.default_rng(seed)
-  for _ in range(n_bootstrap):
-    picked = rng.integers(0, len(rows_of), len(rows_of))
-    yield np.concatenate([rows_of[g] for g in picked])
-
-
-def percentile_ci(values) -> tuple[float, float]:
-  """The 95% percentile interval of the finite draws (NaN, NaN when none is finite)."""
-  v = np.asarray(values, np.float64)
-  v = v[np.isfinite(v)]
-  if not len(v):
-    return math.nan, math.nan
-  return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
-
-
-def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *,
-                      n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
-  """95% percentile CIs from resampling subjects with replacement (all segments of a subject).
-
-  `score` is per segment: a probability, a value, or (multiclass) a row of class probabilities.
-  """
-  metric_fn = _metrics_fn(kind)
-  draws: dict[str, list[float]] = {}
-  for rows in subject_resamples(groups, n_bootstrap, seed):
-    for name, value in metric_fn(y[rows], score[rows]).items():
-      draws.setdefault(name, []).append(value)
-  return {name: percentile_ci(values) for name, values in draws.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # Inputs
 
 
+def _stratified(kind: str) -> bool:
+  return kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTICLASS)
+
+
 def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int):
   x = np.asarray(x)
   if x.ndim != 2 or x.shape[0] != len(y) or len(groups) != len(y):
-    raise ProbeError(f"features {x.shape}, targets {len(y)} and subjects {len(groups)} do not line up")
+    raise probe_config.ProbeError(f"features {x.shape}, targets {len(y)} and subjects "
+                                  f"{len(groups)} do not line up")
   if not np.all(np.isfinite(x)):
-    raise ProbeError(f"features contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
+    raise probe_config.ProbeError(f"features contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
   n_subjects = len(np.unique(groups))
   if n_subjects < 2:
-    raise ProbeError(f"need at least 2 subjects for subject-grouped folds, got {n_subjects}")
+    raise probe_config.ProbeError(f"need at least 2 subjects for subject-grouped folds, "
+                                  f"got {n_subjects}")
   if kind == tasks_lib.CLASSIFICATION:
     classes = np.unique(y)
     if len(classes) != 2 or not set(classes.tolist()) <= {0.0, 1.0}:
-      raise ProbeError(f"binary targets must take both values 0 and 1; got {classes.tolist()}")
+      raise probe_config.ProbeError(f"binary targets must take both values 0 and 1; "
+                                    f"got {classes.tolist()}")
   if kind == tasks_lib.MULTICLASS:
     classes = np.unique(y)
     if len(classes) < 2 or np.any(classes < 0) or np.any(classes != np.round(classes)):
-      raise ProbeError(f"multiclass targets must be class ids 0, 1, ... of at least 2 classes; "
-                       f"got {classes[:10].tolist()}")
+      raise probe_config.ProbeError(f"multiclass targets must be class ids 0, 1, ... of at "
+                                    f"least 2 classes; got {classes[:10].tolist()}")
   return min(folds, n_subjects)
 
 
@@ -238,7 +100,7 @@ def _outer_splits(y, groups, kind, n_folds, seed, grouped=True):
     splitter = (GroupKFold(n_folds, shuffle=True, random_state=seed) if grouped
                 else KFold(n_folds, shuffle=True, random_state=seed))
   if n_folds < 2:
-    raise ProbeError("too few subjects per class for 2 folds")
+    raise probe_config.ProbeError("too few subjects per class for 2 folds")
   return list(splitter.split(idx, y.astype(int) if _stratified(kind) else y,
                              groups if grouped else None))
 
@@ -262,14 +124,16 @@ def select_classes(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str]
   if class_names is None:
     class_names = [str(k) for k in range(int(present.max()) + 1)]
   if present.max() >= len(class_names) or present.min() < 0:
-    raise ProbeError(f"class ids {present.tolist()} do not index the {len(class_names)} class names")
+    raise probe_config.ProbeError(f"class ids {present.tolist()} do not index the "
+                                  f"{len(class_names)} class names")
   counts = {int(k): {"name": class_names[k], "segments": int(np.sum(ids == k)),
                      "subjects": int(len(np.unique(groups[ids == k])))} for k in present}
   kept = [k for k in counts if counts[k]["subjects"] >= min_subjects]
   if len(kept) < 2:
     listing = ", ".join(f"{c['name']} {c['subjects']}" for c in counts.values())
-    raise ProbeError(f"multiclass target: fewer than 2 classes have at least {min_subjects} "
-                     f"subjects (one per fold); subjects per class: {listing}")
+    raise probe_config.ProbeError(f"multiclass target: fewer than 2 classes have at least "
+                                  f"{min_subjects} subjects (one per fold); subjects per class: "
+                                  f"{listing}")
   rows = np.flatnonzero(np.isin(ids, kept))
   summary = {"classes": [counts[k] for k in kept],
              "dropped_classes": [{**counts[k], "reason": f"fewer than {min_subjects} subjects"}
@@ -287,21 +151,22 @@ def _class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
 def _multiclass_scorer(estimator, x, y) -> float:
   """Inner-CV score: macro AUROC, robust to folds that miss a class (sklearn's raises)."""
   n_classes = int(max(np.max(y), np.max(estimator.classes_))) + 1
-  return multiclass_metrics(y, _class_probabilities(estimator, x, n_classes))["macro_auroc"]
+  prob = _class_probabilities(estimator, x, n_classes)
+  return probe_metrics.multiclass_metrics(y, prob)["macro_auroc"]
 
 
 # ----------------------------------------------------------------------------------------------
 # The field's linear probe
 
 
-def _estimator(kind: str, cfg: LinearProbeConfig):
+def _estimator(kind: str, cfg: probe_config.LinearProbeConfig):
   if _stratified(kind):   # lbfgs: multinomial for more than two classes
     model = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter)
     return make_pipeline(StandardScaler(), model), {"logisticregression__C": list(cfg.c_grid)}
   return make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(cfg.alpha_grid)}
 
 
-def _fit_fold(x, y, groups, kind, cfg: LinearProbeConfig):
+def _fit_fold(x, y, groups, kind, cfg: probe_config.LinearProbeConfig):
   estimator, grid = _estimator(kind, cfg)
   n_inner = min(cfg.inner_folds, len(np.unique(groups)))
   if _stratified(kind):
@@ -331,7 +196,7 @@ def _multiclass_rows(x, y, groups, kind, class_names, folds):
 
 
 def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-                 cfg: LinearProbeConfig = LinearProbeConfig(), *,
+                 cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(), *,
                  keep_predictions: bool = False,
                  class_names: Sequence[str] | None = None) -> dict[str, Any]:
   """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs.
@@ -357,9 +222,10 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       oof[test] = model.predict(x[test])
     folds.append({"n_test": int(len(test)), "n_test_subjects": int(len(np.unique(groups[test]))),
                   "regularization": chosen,
-                  **_metrics_fn(kind)(y[test], oof[test])})
-  point = _metrics_fn(kind)(y, oof)
-  cis = subject_bootstrap(y, oof, groups, kind, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+                  **probe_metrics.metrics_fn(kind)(y[test], oof[test])})
+  point = probe_metrics.metrics_fn(kind)(y, oof)
+  cis = probe_metrics.subject_bootstrap(y, oof, groups, kind, n_bootstrap=cfg.n_bootstrap,
+                                        seed=cfg.seed)
   return {
       "protocol": "linear", "kind": kind,
       "metrics": {k: {"value": v, "ci95": list(cis[k])} for k, v in point.items()},
@@ -379,7 +245,7 @@ def _class_counts(y, kind, classes=None, prob=None):
            "dropped_classes": classes["dropped_classes"]}
     if prob is not None:
       for k, c in enumerate(out["classes"]):
-        c["auroc"] = classification_metrics(y == k, prob[:, k])["auroc"]
+        c["auroc"] = probe_metrics.classification_metrics(y == k, prob[:, k])["auroc"]
     return out
   if kind != tasks_lib.CLASSIFICATION:
     return {}
@@ -417,7 +283,7 @@ def _head_functions(n_out: int, lr: float):
   return opt.init, step, jax.jit(loss_fn)
 
 
-def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: int):
+def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeConfig, seed: int):
   import jax
   import jax.numpy as jnp
 
@@ -451,7 +317,7 @@ def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: XMAEProbeConfig, seed: 
   return lambda xs: np.asarray(xs @ best["w"] + best["b"])
 
 
-def _validation_split(train, groups, cfg: XMAEProbeConfig, seed: int):
+def _validation_split(train, groups, cfg: probe_config.XMAEProbeConfig, seed: int):
   """Holds out ~1/8 of a training part (whole subjects when folds are subject-level)."""
   rng = np.random.default_rng(seed)
   if cfg.group_folds:
@@ -471,7 +337,7 @@ def _validation_split(train, groups, cfg: XMAEProbeConfig, seed: int):
 
 
 def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-               cfg: XMAEProbeConfig = XMAEProbeConfig(), *,
+               cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(), *,
                class_names: Sequence[str] | None = None) -> dict[str, Any]:
   """The xMAE paper's protocol; per-fold metrics and their mean and std."""
   x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
@@ -486,7 +352,7 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
                             y[val_rows].astype(np.float32), n_classes, cfg, cfg.seed + i)
       prob = _softmax(predict(x[test]))
-      m = multiclass_metrics(y[test], prob)
+      m = probe_metrics.multiclass_metrics(y[test], prob)
       scores = {"macro_auroc": m["macro_auroc"], "macro_f1": m["macro_f1"],
                 "accuracy": float(np.mean(prob.argmax(1) == y[test])),
                 "balanced_accuracy": m["balanced_accuracy"]}
@@ -522,53 +388,6 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
           "config": dataclasses.asdict(cfg)}
 
 
-def _ratio(a: float, b: float) -> float:
-  return a / b if b != 0 and math.isfinite(b) else math.nan
-
-
-# How paired_statistic combines metric(a) and metric(b), and the value that means "no change".
-COMBINE = {"difference": (lambda a, b: a - b, 0.0), "ratio": (_ratio, 1.0)}
-
-
-def paired_statistic(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                     groups: np.ndarray, kind: str, *, combine: str = "difference",
-                     n_bootstrap: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-  """combine(metric(a), metric(b)) on the same segments, with a paired subject-bootstrap 95% CI.
-
-  `combine`: "difference" (a - b) or "ratio" (a / b; NaN where metric(b) is 0). Both score sets
-  are resampled with the same subjects, so the CI is of the statistic itself (much tighter than
-  comparing two separate CIs). Scores as in subject_bootstrap (multiclass: rows of class
-  probabilities). Each metric gets `value`, `ci95` and `share_above_R`, the share of resamples
-  above R, the no-change value (0 for a difference, 1 for a ratio); draws that are not finite
-  (a ratio over a resample whose metric(b) is 0) are left out.
-  """
-  if combine not in COMBINE:
-    raise ProbeError(f"unknown combine {combine!r}; choose {', '.join(COMBINE)}")
-  fn, neutral = COMBINE[combine]
-  metric_fn = _metrics_fn(kind)
-  a, b = metric_fn(y, score_a), metric_fn(y, score_b)
-  draws: dict[str, list[float]] = {k: [] for k in a}
-  for rows in subject_resamples(groups, n_bootstrap, seed):
-    ma, mb = metric_fn(y[rows], score_a[rows]), metric_fn(y[rows], score_b[rows])
-    for k in a:
-      draws[k].append(fn(ma[k], mb[k]))
-  out = {}
-  for k in a:
-    v = np.asarray(draws[k], np.float64)
-    v = v[np.isfinite(v)]
-    out[k] = {"value": float(fn(a[k], b[k])), "ci95": list(percentile_ci(v)),
-              f"share_above_{neutral:g}": float(np.mean(v > neutral)) if len(v) else math.nan}
-  return out
-
-
-def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                      groups: np.ndarray, kind: str, *, n_bootstrap: int = 1000,
-                      seed: int = 0) -> dict[str, dict[str, Any]]:
-  """metric(a) - metric(b) with its paired subject-bootstrap CI (paired_statistic's difference)."""
-  return paired_statistic(y, score_a, score_b, groups, kind, combine="difference",
-                          n_bootstrap=n_bootstrap, seed=seed)
-
-
 def _softmax(z):
   z = z - z.max(1, keepdims=True)
   e = np.exp(z)
@@ -580,12 +399,14 @@ def _softmax(z):
 
 
 def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: str, *,
-             protocol: str = "linear", linear_cfg: LinearProbeConfig = LinearProbeConfig(),
-             xmae_cfg: XMAEProbeConfig = XMAEProbeConfig(),
+             protocol: str = "linear",
+             linear_cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(),
+             xmae_cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(),
              keep_predictions: bool = False) -> dict[str, Any]:
   """One task on one set of embeddings: targets from `fields`, then the chosen protocol."""
-  if protocol not in PROTOCOLS:
-    raise ProbeError(f"unknown protocol {protocol!r}; choose {', '.join(PROTOCOLS)}")
+  if protocol not in probe_config.PROTOCOLS:
+    raise probe_config.ProbeError(f"unknown protocol {protocol!r}; "
+                                  f"choose {', '.join(probe_config.PROTOCOLS)}")
   y, keep, task = tasks_lib.targets(task_spec, fields)
   x, g, y = np.asarray(embeddings)[keep], np.asarray(subjects)[keep], y[keep]
   names = (tasks_lib.class_names(task_spec, fields) if task.kind == tasks_lib.MULTICLASS else None)
@@ -595,14 +416,14 @@ def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: st
                             class_names=names)
     else:
       result = xmae_probe(x, y, g, task.kind, xmae_cfg, class_names=names)
-  except ProbeError as e:
-    raise ProbeError(f"task {tasks_lib.canonical_name(task_spec)}: {e}") from None
+  except probe_config.ProbeError as e:
+    raise probe_config.ProbeError(f"task {tasks_lib.canonical_name(task_spec)}: {e}") from None
   return {"task": tasks_lib.canonical_name(task_spec), "description": task.description,
           "unit": task.unit, **result}
 
 
 def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
-              linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig(),
+              linear_cfg=probe_config.LinearProbeConfig(), xmae_cfg=probe_config.XMAEProbeConfig(),
               keep_predictions: bool = False, desc: str = "probing") -> list[dict[str, Any]]:
   results = []
   runs = [(spec, protocol) for spec in task_specs for protocol in protocols]
@@ -623,7 +444,7 @@ def resolve_tasks(specs: Sequence[str] | None, fields) -> list[str]:
   if not specs or list(specs) == ["all"]:
     resolved = [t for t in tasks_lib.DEFAULT_TASKS if tasks_lib.available(t, fields)]
     if not resolved:
-      raise ProbeError("none of the tasks has its fields in this data")
+      raise probe_config.ProbeError("none of the tasks has its fields in this data")
     return resolved
   for spec in specs:
     tasks_lib.parse(spec)
@@ -631,7 +452,7 @@ def resolve_tasks(specs: Sequence[str] | None, fields) -> list[str]:
 
 
 def probe_file(path: str | os.PathLike, specs: Sequence[str] | None, *, protocols=("linear",),
-               linear_cfg=LinearProbeConfig(), xmae_cfg=XMAEProbeConfig()
+               linear_cfg=probe_config.LinearProbeConfig(), xmae_cfg=probe_config.XMAEProbeConfig()
                ) -> list[dict[str, Any]]:
   """Every task of `specs` (see resolve_tasks) on an embeddings file written by xmae-embed."""
   arrays = embed_lib.load_embeddings(path)

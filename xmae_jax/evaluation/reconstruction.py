@@ -51,6 +51,7 @@ import numpy as np
 
 from xmae_jax import progress
 from xmae_jax.data import preprocess
+from xmae_jax.data import sources
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import report as report_lib
@@ -225,7 +226,7 @@ def paired_beat_difference(paired: np.ndarray, control: np.ndarray, groups, *,
   """Sensitivity and share within 50 ms of a reconstruction minus its control's, from their
   BeatTiming.per_row on the same windows, each with a 95% CI from resampling subjects (`groups`,
   one per window; both conditions resampled with the same subjects' windows)."""
-  from xmae_jax.evaluation import probe
+  from xmae_jax.evaluation import probe_metrics
 
   def rates(rows, idx):
     t = rows[idx, 0].sum()
@@ -234,10 +235,11 @@ def paired_beat_difference(paired: np.ndarray, control: np.ndarray, groups, *,
 
   everything = np.arange(len(paired))
   value = rates(paired, everything) - rates(control, everything)
-  draws = np.array([rates(paired, idx) - rates(control, idx)
-                    for idx in probe.subject_resamples(np.asarray(groups), n_bootstrap, seed)])
+  resamples = probe_metrics.subject_resamples(np.asarray(groups), n_bootstrap, seed)
+  draws = np.array([rates(paired, idx) - rates(control, idx) for idx in resamples])
   return {"subjects": int(len(np.unique(np.asarray(groups)))), "n_bootstrap": n_bootstrap,
-          **{name: {"value": float(value[k]), "ci95": list(probe.percentile_ci(draws[:, k]))}
+          **{name: {"value": float(value[k]),
+                    "ci95": list(probe_metrics.percentile_ci(draws[:, k]))}
              for k, name in enumerate(("sensitivity", "share_within_50ms"))}}
 
 
@@ -445,20 +447,12 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
 # Report over sources
 
 
-def reader_defaults(source: str) -> dict[str, Any]:
-  import argparse
-  from xmae_jax.data import sources
-  parser = argparse.ArgumentParser()
-  sources.get(source).add_arguments(parser)
-  return vars(parser.parse_args([]))
-
-
 def paired_segments(path, *, contract, split: str | None = "test", min_quality: float | None = None):
   """(ppg, ecg, subjects, notes) windows of a dataset split or of WFDB records, optionally
   quality-filtered (subjects: one id per window)."""
   from xmae_jax.evaluation import embed as embed_lib
   source = embed_lib.detect_source(path)
-  options = reader_defaults(source) if source != "dataset" else None
+  options = sources.default_options(source) if source != "dataset" else None
   segs = embed_lib.read_segments(path, ("ppg", "ecg"), contract=contract, source=source,
                                  splits=([split] if (source == "dataset" and split not in (None, "", "all"))
                                          else None),

@@ -7,7 +7,7 @@ fingerprints of one window each from N-1 other subjects, the subjects and their 
 random (seeded) for every query. Similarity is cosine; the rank of the own partner is the number
 of distractors at least as similar (ties count against the query). top-1 = rank 0, top-5 =
 rank < 5; chance is 1/N and min(5, N)/N. Queries are not independent within a subject, so the
-95% CIs resample subjects (probe.subject_bootstrap).
+95% CIs resample subjects (probe_metrics.subject_bootstrap).
 
 Data: a prepared dataset or a folder of WFDB records (or a CSV/NPZ file), read and windowed as
 xmae-embed reads them (embed.read_segments); windows need both modalities. Outputs in OUT_DIR:
@@ -23,7 +23,7 @@ import numpy as np
 
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
-from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import report
 
 TOP_K = (1, 5)
@@ -90,7 +90,8 @@ def _unit(z: np.ndarray) -> np.ndarray:
 def _rate_ci(hits: np.ndarray, subjects: np.ndarray, n_bootstrap: int, seed: int) -> list[float]:
   """Subject-bootstrap 95% CI of a hit rate, over probe's one subject-resampling loop."""
   hits = hits.astype(np.float64)
-  draws = [hits[rows].mean() for rows in probe_lib.subject_resamples(subjects, n_bootstrap, seed)]
+  draws = [hits[rows].mean()
+           for rows in probe_metrics.subject_resamples(subjects, n_bootstrap, seed)]
   lo, hi = np.percentile(draws, [2.5, 97.5])
   return [float(lo), float(hi)]
 

@@ -28,13 +28,15 @@ import numpy as np
 from xmae_jax.evaluation import compare as compare_lib
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import probe as probe_lib
+from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import report as report_lib
 from xmae_jax.evaluation import tasks as tasks_lib
 
 TIMING_TASKS = ("ptt", "hr")
 
 
-def shuffled_control(arrays: dict, task: str, cfg: probe_lib.LinearProbeConfig) -> dict[str, Any]:
+def shuffled_control(arrays: dict, task: str,
+                     cfg: probe_config.LinearProbeConfig) -> dict[str, Any]:
   """The linear probe on targets permuted across segments (seeded): the chance level."""
   fields = tasks_lib.fields_from_arrays(arrays)
   y, keep, t = tasks_lib.targets(task, fields)
@@ -46,7 +48,7 @@ def shuffled_control(arrays: dict, task: str, cfg: probe_lib.LinearProbeConfig) 
 
 def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *,
                   baseline: str | None = None, splits=None, tasks=TIMING_TASKS,
-                  linear_cfg=probe_lib.LinearProbeConfig(), reuse_embeddings: bool = False,
+                  linear_cfg=probe_config.LinearProbeConfig(), reuse_embeddings: bool = False,
                   controls: bool = True) -> dict[str, Any]:
   """Embeds, probes PTT and HR, adds controls and paired differences; writes timing.{md,json,png}."""
   compare_lib.check_baseline(specs, baseline)

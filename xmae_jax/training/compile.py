@@ -95,7 +95,7 @@ def abstract_batch(config, batch_size: int, batch_sh) -> dict[str, jax.ShapeDtyp
   seq_len = int(config.model.get("seq_len", config.data.segment_length))
   out = {str(m): jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32, sharding=batch_sh)
          for m in config.data.modalities}
-  if config.data.get("with_subject", False):
+  if config.data.with_subject:
     out["subject"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sh)
   return out
 

@@ -60,6 +60,11 @@ def table_peak(device_kind: str) -> float | None:
   return None
 
 
+def matmul_flops(n: int) -> float:
+  """FLOPs of one n x n x n matrix multiply (a multiply and an add per term)."""
+  return 2.0 * n ** 3
+
+
 def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 3) -> float:
   """Best FLOP/s of an n x n x n matmul compiled by XLA on the default device (one warm-up
   call first; the best call is the machine, slower ones measure its neighbours)."""
@@ -75,7 +80,7 @@ def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 3) -> floa
     start = time.perf_counter()
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * n ** 3 / best
+  return matmul_flops(n) / best
 
 
 @dataclasses.dataclass(frozen=True)

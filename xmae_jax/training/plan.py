@@ -43,7 +43,7 @@ def make_plan(config, train_records: int) -> Plan:
         f"more than the 32-bit step counter holds ({config_lib.MAX_STEPS})")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
-  profile = tuple(int(v) for v in t.get("profile_steps", ()) or ()) or None
+  profile = tuple(int(v) for v in t.profile_steps or ()) or None
   if profile is not None and profile[1] > total:
     raise training.TrainingError(
         f"train.profile_steps={profile}: END is past the run's last step {total}")

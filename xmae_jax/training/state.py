@@ -105,14 +105,14 @@ LAYOUTS = ("auto", "buffers", "tree")
 
 
 def state_layout(config, mesh=None) -> str:
-  """"buffers" or "tree": `config.train.state_layout` ("auto" when absent).
+  """"buffers" or "tree": `config.train.state_layout`, "auto" resolved here.
 
   "auto" picks "buffers" on accelerators, where the host's per-leaf cost of a step call is a
   large share of a short step, and "tree" on CPU, where a step is long and the buffers' extra
   copies (unpack slices, gradient concatenation) are not paid back (BENCHMARKS.md, "Host cost
   per step call").
   """
-  layout_name = str(config.train.get("state_layout", "auto"))
+  layout_name = str(config.train.state_layout)
   if layout_name not in LAYOUTS:
     raise StateError(f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}")
   if layout_name != "auto":

@@ -227,7 +227,7 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
       # Newer ones are corrupt: moved out of the way, this run writes those steps again.
       ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])
     # From here on the loop takes placed batches, read ahead while the step runs.
-    batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.get("device_prefetch", 2)))
+    batches = prefetch.DevicePrefetch(train_it, steps.to_device, int(t.device_prefetch))
     step = start = int(jax.device_get(state["step"]))
     if chief:
       config_lib.write_config(workdir, config)

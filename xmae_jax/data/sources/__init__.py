@@ -2,7 +2,9 @@
 
 Every reader module provides:
   DESCRIPTION                        one line for --help
-  add_arguments(parser)              its own command-line flags (prefixed with its name)
+  Options                            a dataclass of its options, each field one command-line flag
+                                     (prefixed with its name; `option`), defaults included
+  add_arguments(parser)              those flags (`add_option_arguments(parser, title, Options)`)
   list_inputs(path, options) -> [str]  the units of work (files, or subjects for synthetic);
                                      raises SourceError when there is nothing to read
   read(unit, options) -> iterator of Recording | Missing
@@ -10,10 +12,11 @@ Readers return raw signals at their own rates; all preprocessing is in xmae_jax.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -27,6 +30,9 @@ READERS = {
     "npz": "xmae_jax.data.sources.tabular",
     "edf": "xmae_jax.data.sources.edf",
 }
+# The readers of recordings a user points a tool at as they are (xmae-embed, xmae-retrieval,
+# the reconstruction report): files or folders of a format, not a simulator or a whole database.
+FILE_READERS = ("wfdb", "csv", "npz", "edf")
 
 
 class SourceError(errors.XmaeError):
@@ -73,3 +79,49 @@ def get(name: str) -> ModuleType:
   if name not in READERS:
     raise SourceError("unknown source", f"{name!r} (choose from {', '.join(sorted(READERS))})")
   return importlib.import_module(READERS[name])
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = tuple(READERS)) -> None:
+  """The command-line flags of the readers `names` (a module serving two names once)."""
+  modules = dict.fromkeys(READERS[n] for n in names)
+  for name in modules:
+    importlib.import_module(name).add_arguments(parser)
+
+
+def option(default: Any, help: str | None = None, *, type: Callable | None = None,
+           choices: Iterable[str] | None = None) -> Any:
+  """A field of a reader's Options: its default, and its flag's help, parser and choices."""
+  return dataclasses.field(default=default,
+                           metadata={"help": help, "type": type, "choices": choices})
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, title: str, options: type) -> None:
+  """One flag per field of the dataclass `options` (--field-name; a bool is a switch), in an
+  argument group `title`, with the field's default."""
+  group = parser.add_argument_group(title)
+  for f in dataclasses.fields(options):
+    kwargs = {"default": f.default, "help": f.metadata.get("help"), "dest": f.name}
+    if isinstance(f.default, bool):
+      kwargs["action"] = "store_true"
+    else:
+      kwargs["type"] = f.metadata.get("type") or (str if f.default is None else type(f.default))
+      if f.metadata.get("choices"):
+        kwargs["choices"] = tuple(f.metadata["choices"])
+    group.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def option_names(name: str) -> tuple[str, ...]:
+  """The option names of the reader `name` (what a parsed command line passes it)."""
+  return tuple(f.name for f in dataclasses.fields(get(name).Options))
+
+
+def default_options(name: str) -> dict[str, Any]:
+  """The reader `name`'s options as its flags default them."""
+  return dataclasses.asdict(get(name).Options())
+
+
+def options_of(options: type, given: Mapping[str, Any]):
+  """The dataclass `options` filled from the option dict `given` (a request's, a parsed command
+  line's): its fields that `given` names, the defaults for the others; other keys ignored."""
+  names = {f.name for f in dataclasses.fields(options)}
+  return options(**{k: v for k, v in given.items() if k in names})

@@ -13,15 +13,15 @@ one; 'X' means unknown), so that several nights of one person share a subject. A
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError
+from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
 
 DESCRIPTION = "EDF/EDF+ or BDF files with ECG and PPG channels (pyedflib)"
-OPTIONS = ("edf_ecg_names", "edf_ppg_names", "edf_subject")
 SUFFIXES = (".edf", ".bdf")
 DEFAULT_ECG_NAMES = "ECG,EKG,ECG II,ECG I,ECG1,ECG2,II,I,MLII,V1,V2,V5,III"
 DEFAULT_PPG_NAMES = "PLETH,PPG,BVP,PLET,PLETHYSMOGRAM"
@@ -29,16 +29,18 @@ SUBJECT_FROM = ("file", "patient")
 INSTALL_HINT = "pip install xmae-jax[edf]"
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  edf_ecg_names: str = option(DEFAULT_ECG_NAMES, "ECG channel labels in order of preference "
+                              "(comma-separated, case-insensitive)")
+  edf_ppg_names: str = option(DEFAULT_PPG_NAMES, "PPG channel labels in order of preference "
+                              "(comma-separated, case-insensitive)")
+  edf_subject: str = option(SUBJECT_FROM[0], "subject of a file: its name, or the EDF+ patient "
+                            "code", choices=SUBJECT_FROM)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  g = parser.add_argument_group("edf")
-  g.add_argument("--edf-ecg-names", default=DEFAULT_ECG_NAMES,
-                 help="ECG channel labels in order of preference (comma-separated, "
-                      "case-insensitive)")
-  g.add_argument("--edf-ppg-names", default=DEFAULT_PPG_NAMES,
-                 help="PPG channel labels in order of preference (comma-separated, "
-                      "case-insensitive)")
-  g.add_argument("--edf-subject", choices=SUBJECT_FROM, default="file",
-                 help="subject of a file: its name, or the EDF+ patient code (default: file)")
+  add_option_arguments(parser, "edf", Options)
 
 
 def _pyedflib():
@@ -52,8 +54,9 @@ def _pyedflib():
 
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   _pyedflib()
-  if options.get("edf_subject", "file") not in SUBJECT_FROM:
-    raise SourceError("bad option", f"--edf-subject {options['edf_subject']!r}: choose "
+  subject_from = options_of(Options, options).edf_subject
+  if subject_from not in SUBJECT_FROM:
+    raise SourceError("bad option", f"--edf-subject {subject_from!r}: choose "
                       f"{' or '.join(SUBJECT_FROM)}")
   if not path:
     raise SourceError("missing input", "--input is required for edf")
@@ -78,8 +81,9 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
                       f"{str(e).splitlines()[0] if str(e) else ''}") from None
   try:
     labels = [str(s).strip() for s in f.getSignalLabels()]
-    chosen = {m: pick_channel(labels, options.get(f"edf_{m}_names", default))
-              for m, default in (("ecg", DEFAULT_ECG_NAMES), ("ppg", DEFAULT_PPG_NAMES))}
+    opts = options_of(Options, options)
+    chosen = {m: pick_channel(labels, names)
+              for m, names in (("ecg", opts.edf_ecg_names), ("ppg", opts.edf_ppg_names))}
     chosen = {m: i for m, i in chosen.items() if i is not None}
     if not chosen:
       raise SourceError("missing channel", f"{path}: no ECG or PPG channel (channels: "
@@ -93,7 +97,7 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
                           f"fs={fs}")
       signals[m] = (np.asarray(f.readSignal(i), np.float64), fs)
     subject = path.stem
-    if options.get("edf_subject", "file") == "patient":
+    if opts.edf_subject == "patient":
       code = str(f.getPatientCode() or "").strip()
       if code and code.upper() != "X":
         subject = code

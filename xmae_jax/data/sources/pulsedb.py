@@ -12,25 +12,29 @@ the folder name PulseDB_MIMIC / PulseDB_Vital ('pulsedb' otherwise).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError
+from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
 
 DESCRIPTION = "PulseDB .mat (MATLAB v7.3 / HDF5) files with struct Subj_Wins"
-OPTIONS = ("pulsedb_fs", "pulsedb_exclude_vital")
 STRUCT = "Subj_Wins"
 META_FIELDS = {"Age": "age", "BMI": "bmi", "Height": "height", "Weight": "weight",
                "SegSBP": "sbp", "SegDBP": "dbp"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  pulsedb_fs: float = option(125.0, "rate of ECG_Raw / PPG_Raw")
+  pulsedb_exclude_vital: bool = option(
+      False, "skip PulseDB_Vital files (the reference pretrains on MIMIC only)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  g = parser.add_argument_group("pulsedb")
-  g.add_argument("--pulsedb-fs", type=float, default=125.0, help="rate of ECG_Raw / PPG_Raw")
-  g.add_argument("--pulsedb-exclude-vital", action="store_true",
-                 help="skip PulseDB_Vital files (the reference pretrains on MIMIC only)")
+  add_option_arguments(parser, "pulsedb", Options)
 
 
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
@@ -42,7 +46,7 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   if not p.is_dir():
     raise SourceError("missing input", f"{path} does not exist")
   files = sorted(str(f) for f in p.rglob("*.mat"))
-  if options.get("pulsedb_exclude_vital"):
+  if options_of(Options, options).pulsedb_exclude_vital:
     files = [f for f in files if _dataset(Path(f)) != "vital"]
   if not files:
     raise SourceError("empty input", f"no .mat files under {path}")
@@ -56,7 +60,7 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
     raise SourceError("unreadable", "PulseDB's .mat files need h5py: "
                       "pip install 'xmae-jax[train]'") from None
   path = Path(unit)
-  fs = float(options.get("pulsedb_fs", 125.0))
+  fs = float(options_of(Options, options).pulsedb_fs)
   try:
     f = h5py.File(path, "r")
   except OSError as e:

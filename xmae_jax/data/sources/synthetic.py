@@ -20,40 +20,39 @@ same cleaning, quality, resampling and windowing as real recordings. Windows car
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError
+from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
 
 DESCRIPTION = "paired ECG+PPG from a physiological simulator (no --input needed)"
 USES_SEED = True                     # the data themselves depend on --seed
-OPTIONS = ("num_subjects", "minutes_per_subject", "raw_fs", "pvc_subjects", "pvc_rate",
-           "artifact_rate")
 TEMPLATE_FS = 500.0
 ECG_PRE, ECG_POST = 0.40, 0.60       # template span around the R peak (s) at RR = 1 s
 PULSE_SPAN = 1.2                     # s of one PPG pulse after its foot
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  num_subjects: int = option(20)
+  minutes_per_subject: float = option(2.0)
+  raw_fs: float = option(125.0, "rate the simulator renders at, before the real preprocessing")
+  pvc_subjects: float = option(0.3, "fraction of subjects with ectopic (PVC) beats")
+  pvc_rate: float = option(0.08, "per-beat PVC probability for those subjects")
+  artifact_rate: float = option(0.5, "mean motion artefacts per minute")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  g = parser.add_argument_group("synthetic")
-  g.add_argument("--num-subjects", type=int, default=20)
-  g.add_argument("--minutes-per-subject", type=float, default=2.0)
-  g.add_argument("--raw-fs", type=float, default=125.0,
-                 help="rate the simulator renders at, before the real preprocessing")
-  g.add_argument("--pvc-subjects", type=float, default=0.3,
-                 help="fraction of subjects with ectopic (PVC) beats")
-  g.add_argument("--pvc-rate", type=float, default=0.08,
-                 help="per-beat PVC probability for those subjects")
-  g.add_argument("--artifact-rate", type=float, default=0.5,
-                 help="mean motion artefacts per minute")
+  add_option_arguments(parser, "synthetic", Options)
 
 
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
-  n = int(options.get("num_subjects", 20))
-  minutes = float(options.get("minutes_per_subject", 2.0))
+  opts = options_of(Options, options)
+  n, minutes = int(opts.num_subjects), float(opts.minutes_per_subject)
   if n < 1 or minutes <= 0:
     raise SourceError("empty input", "--num-subjects and --minutes-per-subject must be positive")
   return [subject_name(i) for i in range(n)]
@@ -61,14 +60,13 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
 
 def planned_size(path: str | None, options: dict[str, Any]) -> dict[str, Any]:
   """The request's size before any subject is listed (xmae-prepare checks it up front)."""
-  n = int(options.get("num_subjects", 20))
-  minutes = float(options.get("minutes_per_subject", 2.0))
-  for flag, value in (("--minutes-per-subject", minutes),
-                      ("--raw-fs", float(options.get("raw_fs", 125.0)))):
+  opts = options_of(Options, options)
+  n, minutes = int(opts.num_subjects), float(opts.minutes_per_subject)
+  for flag, value in (("--minutes-per-subject", minutes), ("--raw-fs", float(opts.raw_fs))):
     if not math.isfinite(value):
       raise SourceError("bad option", f"{flag} {value} is not a finite number")
   return {"units": max(n, 0), "seconds_per_unit": max(minutes, 0.0) * 60.0,
-          "raw_fs": float(options.get("raw_fs", 125.0)),
+          "raw_fs": float(opts.raw_fs),
           "what": f"--num-subjects {n} x --minutes-per-subject {minutes:g}"}
 
 
@@ -78,12 +76,11 @@ def subject_name(index: int) -> str:
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   index = int(unit[3:])
+  opts = options_of(Options, options)
   yield simulate_subject(int(options.get("seed", 0)), index,
-                         minutes=float(options.get("minutes_per_subject", 2.0)),
-                         fs=float(options.get("raw_fs", 125.0)),
-                         pvc_subjects=float(options.get("pvc_subjects", 0.3)),
-                         pvc_rate=float(options.get("pvc_rate", 0.08)),
-                         artifact_rate=float(options.get("artifact_rate", 0.5)))
+                         minutes=float(opts.minutes_per_subject), fs=float(opts.raw_fs),
+                         pvc_subjects=float(opts.pvc_subjects), pvc_rate=float(opts.pvc_rate),
+                         artifact_rate=float(opts.artifact_rate))
 
 
 # ---------------------------------------------------------------------------------------------

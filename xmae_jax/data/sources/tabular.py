@@ -11,28 +11,17 @@ Files are loaded without pickle.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError
+from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
 
 DESCRIPTION = "CSV tables or NPZ arrays with named ECG and PPG columns"
 FORMAT = True            # --source csv|npz: options["format"] says which
-OPTIONS = ("fs", "ecg_column", "ppg_column", "subject_column", "time_column")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  g = parser.add_argument_group("csv / npz")
-  g.add_argument("--fs", type=positive_rate, default=None,
-                 help="sampling rate of the columns (Hz)")
-  g.add_argument("--ecg-column", default="ecg")
-  g.add_argument("--ppg-column", default="ppg")
-  g.add_argument("--subject-column", default=None,
-                 help="column/array of subject ids (default: one subject per file)")
-  g.add_argument("--time-column", default=None, help="CSV: time in seconds, to infer --fs")
 
 
 def positive_rate(text: str) -> float:
@@ -46,11 +35,26 @@ def positive_rate(text: str) -> float:
   return fs
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  fs: float | None = option(None, "sampling rate of the columns (Hz)", type=positive_rate)
+  ecg_column: str = option("ecg")
+  ppg_column: str = option("ppg")
+  subject_column: str | None = option(
+      None, "column/array of subject ids (default: one subject per file)")
+  time_column: str | None = option(None, "CSV: time in seconds, to infer --fs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  add_option_arguments(parser, "csv / npz", Options)
+
+
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   fmt = options.get("format", "csv")
-  if options.get("fs") is not None:         # library callers bypass the flag's check
+  fs = options_of(Options, options).fs
+  if fs is not None:         # library callers bypass the flag's check
     try:
-      positive_rate(str(options["fs"]))
+      positive_rate(str(fs))
     except argparse.ArgumentTypeError as e:
       raise SourceError("bad option", f"--fs {e}") from None
   if not path:
@@ -68,25 +72,26 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   path = Path(unit)
+  opts = options_of(Options, options)
   if options.get("format", "csv") == "npz" or path.suffix == ".npz":
-    yield from _read_npz(path, options)
+    yield from _read_npz(path, opts)
   else:
-    yield from _read_csv(path, options)
+    yield from _read_csv(path, opts)
 
 
-def _columns(names, options, path) -> dict[str, str]:
+def _columns(names, opts: Options, path) -> dict[str, str]:
   """modality -> actual column name (case-insensitive match); at least one must exist."""
   lower = {str(n).lower(): n for n in names}
-  found = {m: lower[options.get(f"{m}_column", m).lower()]
-           for m in ("ecg", "ppg") if options.get(f"{m}_column", m).lower() in lower}
+  wanted = {"ecg": opts.ecg_column, "ppg": opts.ppg_column}
+  found = {m: lower[c.lower()] for m, c in wanted.items() if c.lower() in lower}
   if not found:
-    raise SourceError("missing channel", f"{path}: neither column {options.get('ecg_column')!r} "
-                      f"nor {options.get('ppg_column')!r} (has: {', '.join(map(str, names))})")
+    raise SourceError("missing channel", f"{path}: neither column {opts.ecg_column!r} "
+                      f"nor {opts.ppg_column!r} (has: {', '.join(map(str, names))})")
   return found
 
 
-def _fs(options, path, fallback=None) -> float:
-  fs = options.get("fs")
+def _fs(opts: Options, path, fallback=None) -> float:
+  fs = opts.fs
   if fs is None:       # not `or`: an explicit 0 is a bad rate, not a missing one
     fs = fallback
   if fs is None:
@@ -100,22 +105,22 @@ def _fs(options, path, fallback=None) -> float:
   return fs
 
 
-def _read_csv(path: Path, options) -> Iterator[Recording]:
+def _read_csv(path: Path, opts: Options) -> Iterator[Recording]:
   import pandas as pd
   try:
     df = pd.read_csv(path)
   except Exception as e:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError, ...
     raise SourceError("unreadable", f"{path}: {type(e).__name__}: {e}") from None
-  cols = _columns(df.columns, options, path)
+  cols = _columns(df.columns, opts, path)
   inferred = None
-  tcol = options.get("time_column")
+  tcol = opts.time_column
   if tcol:
     if tcol not in df.columns:
       raise SourceError("unknown sampling rate", f"{path}: no time column {tcol!r}")
     dt = np.diff(pd.to_numeric(df[tcol], errors="coerce").to_numpy(float))
     dt = dt[np.isfinite(dt)]
     inferred = 1.0 / np.median(dt) if len(dt) and np.median(dt) > 0 else None
-  fs = _fs(options, path, inferred)
+  fs = _fs(opts, path, inferred)
   values, non_numeric = {}, {}
   for m, c in cols.items():
     num = pd.to_numeric(df[c], errors="coerce")
@@ -123,7 +128,7 @@ def _read_csv(path: Path, options) -> Iterator[Recording]:
     text = num.isna() & df[c].notna()      # a cell that held something but not a number
     if text.any():
       non_numeric[m] = text.to_numpy()
-  scol = options.get("subject_column")
+  scol = opts.subject_column
   if not scol:
     yield Recording(subject_id=path.stem, name=path.stem,
                     signals={m: (v, fs) for m, v in values.items()},
@@ -141,14 +146,14 @@ def _read_csv(path: Path, options) -> Iterator[Recording]:
                                  if t[a:b].any()})
 
 
-def _read_npz(path: Path, options) -> Iterator[Recording]:
+def _read_npz(path: Path, opts: Options) -> Iterator[Recording]:
   try:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
     raise SourceError("unreadable", f"{path}: {type(e).__name__}: {e}") from None
-  cols = _columns(list(arrays), options, path)
-  fs = _fs(options, path, arrays.get("fs"))
+  cols = _columns(list(arrays), opts, path)
+  fs = _fs(opts, path, arrays.get("fs"))
   sig = {m: np.asarray(arrays[c]) for m, c in cols.items()}
   shapes = {m: a.shape for m, a in sig.items()}
   if any(a.ndim not in (1, 2) for a in sig.values()) or \
@@ -157,7 +162,7 @@ def _read_npz(path: Path, options) -> Iterator[Recording]:
                       f"got {shapes}")
   rows = {m: (a[None] if a.ndim == 1 else a) for m, a in sig.items()}
   n = next(iter(rows.values())).shape[0]
-  scol = options.get("subject_column")
+  scol = opts.subject_column
   if scol:
     if scol not in arrays or np.asarray(arrays[scol]).reshape(-1).shape[0] != n:
       raise SourceError("wrong shape", f"{path}: subject array {scol!r} missing or not {n} long")

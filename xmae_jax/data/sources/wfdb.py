@@ -23,6 +23,7 @@ the PhysioNet/CinC Challenge 2015 lines (alarm type, then "True alarm"/"False al
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -31,10 +32,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Missing, Recording, SourceError
+from xmae_jax.data.sources import (Missing, Recording, SourceError, add_option_arguments, option,
+                                   options_of)
 
 DESCRIPTION = "WFDB records (PhysioNet, MIMIC-III matched subset) with ECG and PPG channels"
-OPTIONS = ("wfdb_ecg_leads", "wfdb_ppg_names", "wfdb_abp_names")
 DEFAULT_ECG_LEADS = "II,I,V,III,MLII,AVR,AVL,AVF,V1,V2,V3,V4,V5,V6,MCL1,ECG,EKG"
 DEFAULT_PPG_NAMES = "PLETH,PPG,BVP,PLET"
 DEFAULT_ABP_NAMES = "ABP,ART,AOBP,IBP,ARTERIAL"
@@ -55,15 +56,19 @@ FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "212": 12, "310":
                "311": 32 / 3, "24": 24, "32": 32}
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  wfdb_ecg_leads: str = option(DEFAULT_ECG_LEADS, "ECG leads in order of preference "
+                               "(comma-separated, case-insensitive)")
+  wfdb_ppg_names: str = option(DEFAULT_PPG_NAMES,
+                               "PPG channel names (comma-separated, case-insensitive)")
+  wfdb_abp_names: str = option(DEFAULT_ABP_NAMES, "arterial pressure channel names "
+                               "(comma-separated, case-insensitive); windows get sbp/dbp meta "
+                               "from it (empty: none)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  g = parser.add_argument_group("wfdb")
-  g.add_argument("--wfdb-ecg-leads", default=DEFAULT_ECG_LEADS,
-                 help="ECG leads in order of preference (comma-separated, case-insensitive)")
-  g.add_argument("--wfdb-ppg-names", default=DEFAULT_PPG_NAMES,
-                 help="PPG channel names (comma-separated, case-insensitive)")
-  g.add_argument("--wfdb-abp-names", default=DEFAULT_ABP_NAMES,
-                 help="arterial pressure channel names (comma-separated, case-insensitive); "
-                      "windows get sbp/dbp meta from it (empty: none)")
+  add_option_arguments(parser, "wfdb", Options)
 
 
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
@@ -249,11 +254,10 @@ def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float
   if header.fs is None or not np.isfinite(header.fs) or header.fs <= 0:
     raise SourceError("unknown sampling rate", f"{path}.hea gives fs={header.fs}")
   names = [channel_key(s) for s in (header.sig_name or [])]
+  opts = options_of(Options, options)
   ecg_candidates, ppg_candidates, abp_candidates = (
-      [names.index(l) for l in channel_keys(options.get(option, default)) if l in names]
-      for option, default in (("wfdb_ecg_leads", DEFAULT_ECG_LEADS),
-                              ("wfdb_ppg_names", DEFAULT_PPG_NAMES),
-                              ("wfdb_abp_names", DEFAULT_ABP_NAMES)))
+      [names.index(l) for l in channel_keys(wanted) if l in names]
+      for wanted in (opts.wfdb_ecg_leads, opts.wfdb_ppg_names, opts.wfdb_abp_names))
   if not ecg_candidates and not ppg_candidates:
     return {}, {}
   wanted = sorted(set(ecg_candidates + ppg_candidates + abp_candidates))
