@@ -5,9 +5,10 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
-# One owner of the version: the package (xmae_jax.__version__, what --version prints).
+# One owner of the version: xmae_jax/version.py (xmae_jax.__version__, what --version prints),
+# read as text: the package cannot be imported before its dependencies are installed.
 VERSION = re.search(r'^__version__ = "([^"]+)"',
-                    (HERE / "xmae_jax" / "__init__.py").read_text(), re.M).group(1)
+                    (HERE / "xmae_jax" / "version.py").read_text(), re.M).group(1)
 
 # Ranges, not pins: each admits the tested 3.11 set (constraints.txt) and the tested current set
 # for 3.12/3.13 (constraints-current.txt). The upper caps sit at the next minor line because

@@ -9,19 +9,19 @@
 #              torch at its pinned version when --reference is given). Offline machines: set
 #              pip's own PIP_NO_INDEX=1 PIP_FIND_LINKS=WHEELHOUSE. XMAE_BENCH_PYTHON=PY skips
 #              the install and uses that interpreter.
-#   train      `python -m xmae_jax.bench train` (the paper preset) in bfloat16 and float32 at
+#   train      `python -m xmae_jax.benchmarks train` (the paper preset) in bfloat16 and float32 at
 #              each batch size of $BATCHES (default "1024 4096": large enough to keep the
 #              device busy; an out-of-memory batch is a failed part, not the end of the script).
-#   reference  `python -m xmae_jax.bench reference` against the reference PyTorch code at
+#   reference  `python -m xmae_jax.benchmarks reference` against the reference PyTorch code at
 #              --reference on the same device, when that benchmark can run torch there (torch
 #              with CUDA importable and the benchmark offering --device); skipped with the
 #              reason otherwise, and always without --reference.
-#   data       `python -m xmae_jax.bench data` (the input pipeline on this host's CPUs).
+#   data       `python -m xmae_jax.benchmarks data` (the input pipeline on this host's CPUs).
 # Output: FILE (default $OUT/accelerator_bench.json, else ./accelerator_bench.json): the
 # machine, the versions, and per part its command, exit status, seconds and JSON records.
 #
 # XMAE_BENCH_SMOKE=1: the same script with tiny sizes on whatever JAX this machine has (CPU),
-# no install, so a broken script is caught by tests (tests/training/test_accelerator_bench.py).
+# no install, so a broken script is caught by tests (tests/launch/test_accelerator_bench.py).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 reference=""
@@ -104,7 +104,7 @@ export JAX_COMPILATION_CACHE_DIR="$work/xla_cache" TF_CPP_MIN_LOG_LEVEL=2
 # --- train: bf16 and f32 at each batch size -----------------------------------------------------
 for dtype in bfloat16 float32; do
   for b in $batches; do
-    run "train_${dtype}_b${b}" "$t_train" "$py" -m xmae_jax.bench train --config "$config" \
+    run "train_${dtype}_b${b}" "$t_train" "$py" -m xmae_jax.benchmarks train --config "$config" \
       --batch-size "$b" --dtype "$dtype" --steps "$steps" --warmup "$warmup" --peak-size "$peak"
   done
 done
@@ -117,22 +117,22 @@ else
   if [ "$device" = none ]; then
     skip reference "torch is not importable by $py"
   elif [ "$smoke" = "1" ]; then
-    run reference "$t_reference" "$py" -m xmae_jax.bench reference --reference-repo "$reference" \
-      --config "$config" --dtype float32 "${ref_args[@]}"
+    run reference "$t_reference" "$py" -m xmae_jax.benchmarks reference \
+      --reference-repo "$reference" --config "$config" --dtype float32 "${ref_args[@]}"
   elif [ "$device" != cuda ]; then
     skip reference "torch has no CUDA device here: not a same-device comparison"
-  elif ! "$py" -m xmae_jax.bench reference --help 2>/dev/null | grep -q -- "--device"; then
+  elif ! "$py" -m xmae_jax.benchmarks reference --help 2>/dev/null | grep -q -- "--device"; then
     skip reference "bench reference runs torch on the CPU only (it has no --device option)"
   else
     for dtype in bfloat16 float32; do
-      run "reference_${dtype}" "$t_reference" "$py" -m xmae_jax.bench reference \
+      run "reference_${dtype}" "$t_reference" "$py" -m xmae_jax.benchmarks reference \
         --reference-repo "$reference" --config "$config" --dtype "$dtype" --device cuda "${ref_args[@]}"
     done
   fi
 fi
 
 # --- data ----------------------------------------------------------------------------------------
-run data "$t_data" "$py" -m xmae_jax.bench data "${data_args[@]}"
+run data "$t_data" "$py" -m xmae_jax.benchmarks data "${data_args[@]}"
 
 # --- one JSON file -------------------------------------------------------------------------------
 mkdir -p "$(dirname "$output")"
@@ -181,8 +181,8 @@ result = {"bench": "accelerator", "smoke": smoke == "1", "config": config,
           "batch_sizes": [int(b) for b in batches.split()],
           "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "host": platform.node(), "cpu_count": os.cpu_count(), "gpus": gpus(), "parts": parts}
-from xmae_jax import errors   # the working directory is the repository root
-errors.atomic_write(output, json.dumps(result, indent=1))
+from xmae_jax import atomic   # the working directory is the repository root
+atomic.atomic_write(output, json.dumps(result, indent=1))
 print(f"wrote {output}: " + ", ".join(
     f"{k} {'skipped' if 'skipped' in v else ('ok' if v['exit_status'] == 0 else 'FAILED')}"
     for k, v in parts.items()), file=sys.stderr)

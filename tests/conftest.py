@@ -41,7 +41,7 @@ FAST_COMPILE_MODULES = (
     "tests/training/test_step_guard.py",
 )
 # tests/training/test_train.py's training subprocesses get the same options through the
-# environment (mp_util.FAST_COMPILE_ENV).
+# environment (tests/helpers/mp_util.FAST_COMPILE_ENV).
 
 
 @pytest.hookimpl(trylast=True)

@@ -147,8 +147,13 @@ def test_flag_overrides_split_out_of_argv():
 
 @pytest.mark.parametrize("name", ["xmae", "m2ae", "ppg_mae", "clip", "xmae_nobridge"])
 def test_every_shipped_config_is_valid(name):
+  """Each preset of each config file passes validation unchanged and names a model that exists."""
+  from xmae_jax import models
   for preset in config_lib.PRESET_NAMES:
-    assert config_lib.validate(_load(name, preset)) is not None
+    config = _load(name, preset)
+    before = config.to_dict()
+    assert config_lib.validate(config) is config and config.to_dict() == before
+    assert config.model.name in models.REGISTRY, (name, preset, config.model.name)
 
 
 STEP_COUNT = r"must be in \[0, 2147483647\] \(the step counter is a 32-bit integer\)"

@@ -1,13 +1,9 @@
-"""The user-error base class and the one atomic write; imported by every layer, imports nothing.
+"""The user-error base class; imported by every layer, imports nothing.
 
 `XmaeError` is what a user can fix (a bad setting, a missing or malformed file): its message is
 one line naming the value or file, and every command-line tool prints it as one line on stderr
 and exits 1. Anything else is a bug and keeps its traceback. Modules subclass it only where a
 caller tells the cases apart.
-
-`atomic_path` is the one way files are written: the content goes to a temporary name beside the
-target and is renamed into place only when the writer finished, so a reader never sees a
-half-written file and a crash leaves the previous version (or nothing) behind.
 
 `storage_reason` tells a write the storage refused (full disk, read-only, quota) from other
 errors, also when a library wrapped the OSError; `check_writable` tries a destination before
@@ -18,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 
 class XmaeError(ValueError):
@@ -29,40 +23,6 @@ class XmaeError(ValueError):
 
   A ValueError so that callers written against the standard exception keep working.
   """
-
-
-@contextlib.contextmanager
-def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
-  """Yields a temporary path beside `path`; on success it replaces `path` in one rename.
-
-  The temporary name keeps `path`'s suffix (or `suffix`), so writers that choose a format by the
-  file name (matplotlib, numpy) still do. On an exception the temporary file or folder is
-  removed and `path` is left as it was.
-  """
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  ext = path.suffix if suffix is None else suffix
-  tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{ext}")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    if tmp.is_dir():
-      shutil.rmtree(tmp, ignore_errors=True)
-    else:
-      tmp.unlink(missing_ok=True)
-    raise
-
-
-def atomic_write(path, data: bytes | str) -> Path:
-  """Writes `data` (text as UTF-8) to `path` atomically; returns the path."""
-  path = Path(path)
-  with atomic_path(path) as tmp:
-    if isinstance(data, str):
-      tmp.write_text(data, encoding="utf-8")
-    else:
-      tmp.write_bytes(data)
-  return path
 
 
 # ---- storage that cannot take a write --------------------------------------------------------

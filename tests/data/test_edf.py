@@ -9,7 +9,7 @@ import pytest
 pyedflib = pytest.importorskip("pyedflib")
 
 from xmae_jax.cli import xmae_prepare as cli
-from xmae_jax.data import reader
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import sources
 from xmae_jax.data.sources import Recording, SourceError
 from xmae_jax.data.sources import edf
@@ -74,7 +74,8 @@ def test_prepare_source_edf_end_to_end(tmp_path, waves):
                    "--test-frac", "0", "--val-frac", "0"]) == 0
   report = json.loads((out / "report.json").read_text())
   assert report["files_read"] == 2 and report["segments_kept"] == 2 * (SECONDS // 10)
-  records = [r for _, r in reader.iter_records(str(out), "train", modalities=("ppg", "ecg"))]
+  records = [r for _, r in dataset_reader.iter_records(str(out), "train",
+                                                       modalities=("ppg", "ecg"))]
   assert len(records) == 6 and {r.subject_id for r in records} == {"rec0", "rec1"}
   for r in records:   # both resampled to the 100 Hz contract, 10-s windows
     assert r.ppg.shape == r.ecg.shape == (1000,)

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from xmae_jax.cli import xmae_prepare as cli
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_report
 from xmae_jax.data import prepare_rules
 from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data import reader as reader_lib
 from xmae_jax.data import shards
 from xmae_jax.data.sources import wfdb as wfdb_source
 
@@ -99,8 +99,8 @@ def test_shard_names_leading_outside_the_dataset_are_refused(six, tmp_path, caps
   manifest["splits"]["train"]["shards"][0] = name
   (ds / shards.MANIFEST).write_text(json.dumps(manifest))
   for read in (lambda: shards.split_paths(ds, "train"),
-               lambda: reader_lib.ShardReader(str(ds), "train"),
-               lambda: list(reader_lib.iter_records(str(ds), "train"))):
+               lambda: dataset_reader.ShardReader(str(ds), "train"),
+               lambda: list(dataset_reader.iter_records(str(ds), "train"))):
     with pytest.raises(shards.DatasetError) as e:
       read()
     assert "\n" not in str(e.value) and repr(name) in str(e.value)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from xmae_jax.cli import xmae_prepare as cli
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data import reader
 
 FS = 125
 
@@ -37,7 +37,7 @@ def _labels_of(out):
   """{segment id: labels} of every record of the dataset `out`."""
   splits = json.loads((out / "manifest.json").read_text())["splits"]
   return {r.segment_id: r.labels for split, entry in splits.items() if entry["records"]
-          for _, r in reader.iter_records(str(out), split, modalities=("ppg",))}
+          for _, r in dataset_reader.iter_records(str(out), split, modalities=("ppg",))}
 
 
 def _prepare(recordings, out, *extra):

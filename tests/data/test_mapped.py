@@ -8,8 +8,8 @@ import pytest
 
 from xmae_jax.benchmarks import bench_data
 from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import mapped, record, shards
-from xmae_jax.data import reader as reader_lib
 
 MODS = ("ppg", "ecg")
 
@@ -26,8 +26,8 @@ def dataset(tmp_path_factory):
 def through_array_record(reader, positions, modalities=MODS):
   """What ShardReader.read returned before the mapped path: array_record + byte slicing."""
   raw = reader.read_raw(positions)
-  joined = reader_lib._waveform_bytes(raw, modalities, reader.segment_length,  # pylint: disable=protected-access
-                                      reader.index["has_ecg"][positions].astype(bool))
+  joined = dataset_reader.waveform_bytes(raw, modalities, reader.segment_length,
+                                         reader.index["has_ecg"][positions].astype(bool))
   return {m: np.frombuffer(joined[m], "<f2").astype(np.float32).reshape(len(raw), -1)
           for m in modalities}
 
@@ -37,7 +37,7 @@ def paired(reader):
 
 
 def test_mapped_read_equals_array_record_read(dataset):
-  reader = reader_lib.ShardReader(str(dataset), "train")
+  reader = dataset_reader.ShardReader(str(dataset), "train")
   positions = np.random.default_rng(0).permutation(paired(reader))
   got = reader.read(positions, MODS)
   want = through_array_record(reader, positions)
@@ -54,7 +54,7 @@ def test_mapped_read_equals_array_record_read(dataset):
 
 
 def test_worker_copy_maps_again(dataset):
-  reader = reader_lib.ShardReader(str(dataset), "train")
+  reader = dataset_reader.ShardReader(str(dataset), "train")
   positions = paired(reader)[::3]
   first = reader.read(positions, MODS)
   copy = copy_lib.deepcopy(reader)   # through __getstate__/__setstate__, as Grain ships it
@@ -79,7 +79,7 @@ def test_other_layouts_keep_the_array_record_path(tmp_path, monkeypatch):
                              use_bin_type=True))
   write_dataset(tmp_path / "reordered", {"train": raw}, records_per_shard=20)
   for name in ("zstd", "reordered"):
-    reader = reader_lib.ShardReader(str(tmp_path / name), "train")
+    reader = dataset_reader.ShardReader(str(tmp_path / name), "train")
     positions = np.arange(40)[::-1]
     assert reader.mapped_shards.waveforms(positions, MODS) is None, name
     assert reader.mapped_shards.checked(0) is (name == "reordered"), name
@@ -95,7 +95,7 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   import shutil
   d = tmp_path / "ds"
   shutil.copytree(dataset, d)
-  reader = reader_lib.ShardReader(str(d), "train")
+  reader = dataset_reader.ShardReader(str(d), "train")
   reader.read(np.arange(60, 61), MODS)   # maps and checks shard 1: where record 65 ends
   offset = int(reader.mapped_shards.waveform_starts(np.array([65]), "ecg")[0]) + 1900
   del reader
@@ -103,7 +103,7 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   data = bytearray(shard.read_bytes())
   data[offset] ^= 0x01   # inside record 65's ecg samples
   shard.write_bytes(bytes(data))
-  reader = reader_lib.ShardReader(str(d), "train")
+  reader = dataset_reader.ShardReader(str(d), "train")
   reader.read(np.array([5, 70]), MODS)   # undamaged records of the damaged shard still read...
   assert reader.mapped_shards.checked(1) is False   # ...through array_record, not the mapping
   with pytest.raises(shards.DatasetError, match=r"train-00001-of-00003.array_record record 5 \(position 65 "):

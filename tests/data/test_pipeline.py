@@ -9,7 +9,7 @@ import pytest
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.bench_data import random_records, write_dataset
 from xmae_jax.data import augment, pipeline, preprocess, record, shards
-from xmae_jax.data import reader as reader_lib
+from xmae_jax.data import dataset_reader
 
 N_TRAIN = 90       # 3 shards of 32/32/26 records
 PPG_ONLY_EVERY = 9
@@ -59,7 +59,7 @@ def decoded(d, split="train"):
 def test_eval_pass_equals_decoded_records(dataset):
   """No augmentation in eval: every row is min-max(record waveform); one pass covers all."""
   recs = decoded(dataset)
-  keep = reader_lib.select_records(index_of(dataset), ("ppg", "ecg"),
+  keep = dataset_reader.select_records(index_of(dataset), ("ppg", "ecg"),
                                  {"ppg": 0.9, "ecg": 0.9})
   batches = list(pipeline.make_eval_iterator(data_cfg(dataset), global_batch_size=8,
                                              split="train", process_index=0, process_count=1,
@@ -102,7 +102,7 @@ def test_every_record_once_per_epoch_and_new_order_each_epoch(dataset):
   assert n == N_TRAIN - N_TRAIN // PPG_ONLY_EVERY
   idx = np.concatenate([b["index"] for b in take(train_iter(dataset, cfg=cfg), 2 * n // 8)])
   first, second = idx[:n], idx[n:]
-  assert sorted(first) == sorted(second) == sorted(reader_lib.select_records(
+  assert sorted(first) == sorted(second) == sorted(dataset_reader.select_records(
       index_of(dataset), ("ppg", "ecg"), {}))
   assert not np.array_equal(first, second)
 
@@ -182,7 +182,7 @@ def test_eval_fixed_number_of_batches_wraps(dataset):
   batches = list(it)       # 20 validation records, 18 paired
   assert len(batches) == 3
   idx = np.concatenate([b["index"] for b in batches])
-  keep = reader_lib.select_records(index_of(dataset, "validation"), ("ppg", "ecg"), {})
+  keep = dataset_reader.select_records(index_of(dataset, "validation"), ("ppg", "ecg"), {})
   np.testing.assert_array_equal(idx, np.resize(keep, 48))
 
 
@@ -259,7 +259,7 @@ def test_records_in_another_layout_use_the_general_decoder(tmp_path):
 
 def test_batch_read_equals_grain_array_record_source(dataset):
   import grain
-  reader = reader_lib.ShardReader(str(dataset), "train")
+  reader = dataset_reader.ShardReader(str(dataset), "train")
   source = grain.sources.ArrayRecordDataSource(reader.paths)
   positions = np.random.default_rng(0).permutation(N_TRAIN)[:40]
   assert reader.read_raw(positions) == source.__getitems__(positions.tolist())

@@ -1,8 +1,8 @@
 """The input pipeline across processes: Grain worker processes, and two JAX processes.
 
 The two-process test launches local processes joined with jax.distributed on CPU
-(tests/mp_util.py) and checks that they read disjoint parts that together cover the split, and
-that the global batches they assemble equal the single-process ones.
+(tests/helpers/mp_util.py) and checks that they read disjoint parts that together cover the
+split, and that the global batches they assemble equal the single-process ones.
 """
 import copy
 import hashlib
@@ -10,11 +10,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from mp_util import run_processes
+from tests.helpers import mp_util
 from xmae_jax import config_lib
 from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import pipeline
-from xmae_jax.data import reader as reader_lib
 
 GLOBAL_BATCH = 8
 STEPS = 12
@@ -58,7 +58,7 @@ def test_worker_processes_give_the_in_process_batches(dataset):
 CHILD = r'''
 import hashlib, sys
 import numpy as np
-import mp_util
+from tests.helpers import mp_util
 
 
 def main():
@@ -95,8 +95,8 @@ if __name__ == "__main__":
 
 
 def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
-  results = run_processes(CHILD, 2, devices_per_process=2, timeout=240,
-                          args=[str(dataset), GLOBAL_BATCH, STEPS])
+  results = mp_util.run_processes(CHILD, 2, devices_per_process=2, timeout=240,
+                                  args=[str(dataset), GLOBAL_BATCH, STEPS])
   r0, r1 = (r.result for r in results)
   assert (r0["process"], r1["process"], r0["devices"]) == (0, 1, 4)
   assert r0["rows"] == [0, 1, 2, 3] and r1["rows"] == [4, 5, 6, 7]
@@ -114,8 +114,8 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
     seen += a + c
   # Within one epoch the two processes read disjoint records, and together all of them.
   epoch = seen[:n]
-  assert len(set(epoch)) == n and set(epoch) == set(reader_lib.select_records(
-      reader_lib.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
+  assert len(set(epoch)) == n and set(epoch) == set(dataset_reader.select_records(
+      dataset_reader.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
       {"ppg": 0.85, "ecg": 0.85}))
   # The eval pass: disjoint halves covering the validation split.
   val = np.concatenate([np.concatenate([x, y]) for x, y in zip(r0["eval"], r1["eval"])])
@@ -125,14 +125,14 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
 
 def test_mp_util_stops_the_group_when_one_process_fails():
   import time
-  from mp_util import MultiProcessError
-  failing = ("import sys, time, mp_util\n"
+  failing = ("import sys, time\nfrom tests.helpers import mp_util\n"
              "if mp_util.process_index() == 1:\n"
              "  sys.exit('process 1 gives up')\n"
              "time.sleep(60)\n")
   start = time.monotonic()
-  with pytest.raises(MultiProcessError, match="process 1/2 failed(.|\n)*process 1 gives up"):
-    run_processes(failing, 2, timeout=50)
+  with pytest.raises(mp_util.MultiProcessError,
+                     match="process 1/2 failed(.|\n)*process 1 gives up"):
+    mp_util.run_processes(failing, 2, timeout=50)
   assert time.monotonic() - start < 30       # process 0 was killed, not waited for
-  with pytest.raises(MultiProcessError, match="did not finish within 1 s"):
-    run_processes("import time\ntime.sleep(60)\n", 1, timeout=1)
+  with pytest.raises(mp_util.MultiProcessError, match="did not finish within 1 s"):
+    mp_util.run_processes("import time\ntime.sleep(60)\n", 1, timeout=1)

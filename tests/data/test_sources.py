@@ -104,12 +104,12 @@ def test_wfdb_arterial_pressure_is_an_extra_channel(physionet_dir):
 def test_wfdb_run_without_abp_in_one_segment_is_nan_there():
   seg = lambda n, abp: ({"ecg": (np.zeros(2 * n), 250.0), "ppg": (np.zeros(n), 125.0)},
                         {"abp": (np.full(n, 90.0), 125.0)} if abp else {})
-  joined = wfdb_source._join_extra([seg(100, True), seg(50, False), seg(100, True)])
+  joined = wfdb_source.join_extra([seg(100, True), seg(50, False), seg(100, True)])
   x, fs = joined["abp"]
   assert fs == 125.0 and len(x) == 250
   assert np.isnan(x[100:150]).all() and (x[:100] == 90).all() and (x[150:] == 90).all()
   other_rate = [seg(100, True), ({"ecg": (np.zeros(200), 250.0)}, {"abp": (np.ones(10), 10.0)})]
-  assert wfdb_source._join_extra(other_rate) == {}
+  assert wfdb_source.join_extra(other_rate) == {}
 
 
 def test_wfdb_mimic_matched_subset_layout_with_missing_segments(physionet_dir):

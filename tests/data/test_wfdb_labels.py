@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import prepare_report
 from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data import reader
 from xmae_jax.data.sources import Recording
 from xmae_jax.data.sources import synthetic as synthetic_source
 from xmae_jax.data.sources import wfdb as wfdb_source
@@ -253,7 +253,7 @@ def test_prepare_carries_labels_and_pressures_and_reports_them(tmp_path):
   assert ("- sbp_dbp: 2 windows with a value, 4 NaN (damped 1, flat_line 1, implausible 1, "
           "nan_run 1)") in md
   assert "- alarm_type: Bradycardia 6, Tachycardia 6" in md
-  records = {r.segment_id: r for _, r in reader.iter_records(str(out), "train")}
+  records = {r.segment_id: r for _, r in dataset_reader.iter_records(str(out), "train")}
   assert len(records) == 12
   b = records["in/b001l:00000"]
   assert b.labels == {"alarm_type": "Bradycardia", "alarm_true": 1}

@@ -5,11 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import datasets
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 from xmae_jax.evaluation import embed as embed_lib
-
-from conftest import write_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +30,7 @@ def dataset(tmp_path_factory):
                               meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s, "dbp": 70 + s},
                               labels={"pvc": int(s % 3 == 0)})
       splits["test" if s >= 9 else "train"].append(rec)
-  return write_dataset(out, splits)
+  return datasets.write_dataset(out, splits)
 
 
 def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):

@@ -9,6 +9,7 @@ from xmae_jax.data import preprocess
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
+from xmae_jax.evaluation import package_swap
 
 
 def _segments(n=6, length=1000, seed=0):
@@ -115,20 +116,12 @@ def test_export_cli_errors(tiny_workdir, tiny_package, tmp_path, capsys):
 def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   """Reference PyTorch weights (the golden fixture) -> importer -> workdir -> export -> embed
   reproduces the reference's own ppg_embedding."""
-  import importlib.util
-  from pathlib import Path
+  from tests.helpers import golden
   from xmae_jax.interop import reference
   from xmae_jax.training import model_checkpoint
-  golden_dir = Path(__file__).resolve().parents[1] / "golden"
-  spec = importlib.util.spec_from_file_location("_golden_maker", golden_dir / "make_reference_golden.py")
-  maker = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(maker)
-  spec = importlib.util.spec_from_file_location("_golden_test", golden_dir / "test_golden.py")
-  golden_test = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(golden_test)
-  z = np.load(golden_dir / "fixtures" / "xmae_small_bridge.npz")
-  config = golden_test.config_for(json.loads(str(z["meta/config_json"])))
-  model = reference.from_reference_state_dict(maker.unpack(z, "sd"), config)
+  z = np.load(golden.FIXTURES / "xmae_small_bridge.npz")
+  config = golden.config_for(json.loads(str(z["meta/config_json"])))
+  model = reference.from_reference_state_dict(golden.unpack(z, "sd"), config)
   model_checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
   package = export_lib.export_workdir(tmp_path / "imported", tmp_path / "pkg")
   info = json.loads((package / "package.json").read_text())
@@ -151,7 +144,7 @@ def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tin
   def scratch(suffix, pid):
     folder = tmp_path / f".encoder.xmae-export-{suffix}"
     (folder / "new" / "weights").mkdir(parents=True)
-    (folder / package_lib.SCRATCH_MARKER).write_text(json.dumps(
+    (folder / package_swap.SCRATCH_MARKER).write_text(json.dumps(
         {"pid": pid, "host": socket.gethostname(), "output": "encoder"}))
     return folder
 

@@ -6,11 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers import datasets
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
-
-from conftest import paired_windows, stored_windows, write_dataset
 
 
 def _fingerprints(model, ppg, ecg):
@@ -22,7 +21,7 @@ def _fingerprints(model, ppg, ecg):
 def test_joint_package_embeds_either_or_both_as_the_model(tiny_m2ae, joint_package):
   import xmae_jax
   model, _ = tiny_m2ae
-  ppg, ecg = paired_windows()
+  ppg, ecg = datasets.paired_windows()
   expected = _fingerprints(model, ppg, ecg)
   enc = xmae_jax.load_encoder(joint_package, batch_size=4)    # two batches, the last padded
   assert enc.modalities == ("ppg", "ecg") and enc.modality == "ppg+ecg"
@@ -42,7 +41,7 @@ def test_joint_package_embeds_either_or_both_as_the_model(tiny_m2ae, joint_packa
 def test_joint_package_round_trip_and_contents(tiny_m2ae, joint_package, m2ae_workdir):
   from safetensors.numpy import load_file
   model, config = tiny_m2ae
-  ppg, ecg = paired_windows(n=3, seed=1)
+  ppg, ecg = datasets.paired_windows(n=3, seed=1)
   in_memory = encoder_lib.from_model(model, config, "ppg+ecg")
   loaded = encoder_lib.load_encoder(joint_package)
   from_workdir = encoder_lib.load_encoder(m2ae_workdir, modality="ppg+ecg")
@@ -67,7 +66,7 @@ def test_joint_package_round_trip_and_contents(tiny_m2ae, joint_package, m2ae_wo
 def test_one_modality_of_a_joint_package_and_single_packages(tiny_m2ae, joint_package, m2ae_workdir,
                                                              tmp_path):
   model, _ = tiny_m2ae
-  ppg, ecg = paired_windows(n=3, seed=2)
+  ppg, ecg = datasets.paired_windows(n=3, seed=2)
   ppg_only = encoder_lib.load_encoder(joint_package, modality="ppg")
   assert ppg_only.modalities == ("ppg",)
   np.testing.assert_allclose(ppg_only.embed(ppg), np.asarray(model.fingerprint(ppg=ppg)),
@@ -90,7 +89,7 @@ def test_one_modality_of_a_joint_package_and_single_packages(tiny_m2ae, joint_pa
 def test_format_1_package_still_loads(tiny_m2ae, m2ae_workdir, tmp_path):
   """A package written before the joint format (version 1, no "modalities") loads as before."""
   model, _ = tiny_m2ae
-  ppg, _ = paired_windows(n=2, seed=3)
+  ppg, _ = datasets.paired_windows(n=2, seed=3)
   pkg = export_lib.export_workdir(m2ae_workdir, tmp_path / "v1")
   info = json.loads((pkg / "package.json").read_text())
   info["format_version"] = 1
@@ -103,7 +102,7 @@ def test_format_1_package_still_loads(tiny_m2ae, m2ae_workdir, tmp_path):
 
 def test_joint_raw_input_is_windowed_per_row(joint_package):
   enc = encoder_lib.load_encoder(joint_package)
-  ppg, ecg = paired_windows(n=2, seed=4)
+  ppg, ecg = datasets.paired_windows(n=2, seed=4)
   # A row of two 10-s windows per modality gives one fingerprint: the mean of its windows'.
   two = {"ppg": np.concatenate([ppg[:1], ppg[1:]], axis=1),
          "ecg": np.concatenate([ecg[:1], ecg[1:]], axis=1)}
@@ -114,7 +113,7 @@ def test_joint_raw_input_is_windowed_per_row(joint_package):
 
 def test_joint_bad_inputs(joint_package):
   enc = encoder_lib.load_encoder(joint_package)
-  ppg, ecg = paired_windows(n=3, seed=5)
+  ppg, ecg = datasets.paired_windows(n=3, seed=5)
   with pytest.raises(encoder_lib.EncoderInputError, match="no input: pass ppg=... and/or ecg=..."):
     enc.embed()
   with pytest.raises(encoder_lib.EncoderInputError, match="keyword inputs"):
@@ -147,7 +146,7 @@ def paired_dataset(tmp_path_factory):
   """12 subjects x 3 segments of paired PPG and ECG."""
   from xmae_jax.data import record as record_lib
   out = tmp_path_factory.mktemp("paired")
-  ppg, ecg = paired_windows(n=36, seed=7)
+  ppg, ecg = datasets.paired_windows(n=36, seed=7)
   splits = {"train": [], "test": []}
   for i in range(36):
     s = i // 3
@@ -155,14 +154,14 @@ def paired_dataset(tmp_path_factory):
                             ppg=ppg[i], ecg=ecg[i], quality_ppg=0.9, quality_ecg=0.9,
                             meta={"age": 30.0 + s}, labels={})
     splits["test" if s >= 8 else "train"].append(rec)
-  return write_dataset(out, splits)
+  return datasets.write_dataset(out, splits)
 
 
 def test_embed_with_modalities(joint_package, paired_dataset, tmp_path):
   from xmae_jax.cli import xmae_embed
   from xmae_jax.evaluation import embed as embed_lib
   enc = encoder_lib.load_encoder(joint_package)
-  stored = stored_windows(paired_dataset)
+  stored = datasets.stored_windows(paired_dataset)
   files = {}
   for flag in ("ppg", "ecg", "ppg,ecg"):
     files[flag] = tmp_path / f"{flag.replace(',', '_')}.npz"

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import datasets
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import probe as probe_lib
 from xmae_jax.evaluation import tasks as tasks_lib
-
-from conftest import paired_windows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -19,7 +18,7 @@ from conftest import paired_windows
 # ---------------------------------------------------------------------------------------------
 def test_one_recording_is_embedded_per_window_with_start_times(tiny_package):
   enc = encoder_lib.load_encoder(tiny_package, batch_size=2)     # one compiled batch shape
-  windows, _ = paired_windows(n=3)
+  windows, _ = datasets.paired_windows(n=3)
   recording = np.concatenate([*windows, windows[0][:450]])       # 34.5 s at 100 Hz, 1-D
   r = enc.embed(recording, clean=False)
   assert isinstance(r, encoder_lib.WindowEmbeddings) and len(r) == 3    # the 4.5-s tail: none

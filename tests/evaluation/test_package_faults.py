@@ -17,6 +17,7 @@ from xmae_jax.cli import xmae_export
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
+from xmae_jax.evaluation import package_swap
 
 
 def _error(capsys, prog: str) -> str:
@@ -98,7 +99,7 @@ def test_a_package_killed_between_the_two_renames_is_put_back(tiny_xmae, tiny_pa
   dead.wait()
   scratch = tmp_path / ".pkg.xmae-export-killed"
   scratch.mkdir()
-  (scratch / package_lib.SCRATCH_MARKER).write_text(json.dumps(
+  (scratch / package_swap.SCRATCH_MARKER).write_text(json.dumps(
       {"pid": dead.pid, "host": socket.gethostname(), "output": "pkg"}))
   shutil.copytree(tiny_package, scratch / "old")
   before = _tree(scratch / "old")

@@ -64,7 +64,7 @@ def test_folds_never_share_a_subject():
   x, value, groups = _planted(n_subjects=17, per_subject=5)
   y = (value > 0).astype(float)
   for kind, target in ((tasks.CLASSIFICATION, y), (tasks.REGRESSION, value)):
-    splits = probe._outer_splits(target, groups, kind, 5, seed=0)
+    splits = probe.outer_splits(target, groups, kind, 5, seed=0)
     assert len(splits) >= 2
     covered = np.concatenate([test for _, test in splits])
     assert sorted(covered) == list(range(len(groups)))   # every segment scored exactly once
@@ -72,7 +72,7 @@ def test_folds_never_share_a_subject():
       assert not set(groups[train]) & set(groups[test])
   # The xMAE protocol's validation part is whole subjects too.
   train = np.arange(len(groups))
-  fit, val = probe._validation_split(train, groups, FAST_XMAE, seed=0)
+  fit, val = probe.validation_split(train, groups, FAST_XMAE, seed=0)
   assert len(val) and not set(groups[fit]) & set(groups[val])
 
 

@@ -1,7 +1,6 @@
 """The reconstruction report end to end: an M2AE workdir gives both directions' rows (each with
 its own shuffled control), an xMAE workdir its one direction, on a prepared dataset and WFDB."""
 import json
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.helpers import datasets
 from xmae_jax import config_lib
 from xmae_jax.evaluation import reconstruction as recon
 
@@ -63,9 +63,7 @@ def m2ae_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  sys.path.insert(0, str(REPO / "tests" / "training"))
-  from synthetic_data import synthetic_dataset  # pylint: disable=import-outside-toplevel
-  return synthetic_dataset(tmp_path_factory, 6, 1.0)
+  return datasets.synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
 def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, physionet_dir,

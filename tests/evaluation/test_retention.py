@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from xmae_jax.evaluation import encoder as encoder_lib
+from tests.helpers import datasets
 from xmae_jax.evaluation import embed as embed_lib
+from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks
-
-from conftest import paired_windows, stored_windows, write_dataset
 
 
 def _groups(n_subjects=20, per_subject=5):
@@ -85,7 +84,7 @@ def mixed_dataset(tmp_path_factory):
   """12 subjects x 4 windows with PPG and ECG, plus 2 subjects x 3 windows with PPG only."""
   from xmae_jax.data import record as record_lib
   out = tmp_path_factory.mktemp("mixed")
-  ppg, ecg = paired_windows(n=54, seed=11)
+  ppg, ecg = datasets.paired_windows(n=54, seed=11)
   rng = np.random.default_rng(3)
   splits = {"train": [], "test": []}
   for i in range(54):
@@ -97,7 +96,7 @@ def mixed_dataset(tmp_path_factory):
                             meta={"hr": 50.0 + 4 * s + rng.normal()},
                             labels={"pvc": int(s % 2 == 0)})
     splits["test" if s in (3, 7, 12) else "train"].append(rec)
-  return write_dataset(out, splits)
+  return datasets.write_dataset(out, splits)
 
 
 def test_compare_retention_table(joint_package, tiny_package, mixed_dataset, tmp_path, capsys):
@@ -127,7 +126,7 @@ def test_compare_retention_table(joint_package, tiny_package, mixed_dataset, tmp
   # Identical windows: the three files hold the same segments, in one order, and each is the
   # package's fingerprint of the stored windows from its inputs.
   enc = encoder_lib.load_encoder(joint_package)
-  stored = stored_windows(mixed_dataset)
+  stored = datasets.stored_windows(mixed_dataset)
   files = {m: embed_lib.load_embeddings(out / "embeddings" / "retention" / "m2ae" / f"{m}.npz")
            for m in ("ppg", "ecg", "ppg+ecg")}
   ids = list(files["ppg"]["segment_ids"])

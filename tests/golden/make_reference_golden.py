@@ -136,20 +136,11 @@ def anchor_ids(num_patches: int):
 
 
 def pack(state: dict, prefix: str) -> dict:
-  """name -> array as one float32 vector plus a JSON index (exact for float32 and small ints)."""
+  """name -> array as one float32 vector plus a JSON index (exact for float32 and small ints);
+  tests/helpers/golden.py reads it back."""
   index = [[k, list(v.shape), str(v.dtype)] for k, v in state.items()]
   flat = np.concatenate([np.asarray(v, np.float32).ravel() for v in state.values()])
   return {f"{prefix}/flat": flat, f"{prefix}/index": np.array(json.dumps(index))}
-
-
-def unpack(z, prefix: str) -> dict:
-  """The inverse of `pack` on a loaded npz."""
-  flat, out, i = z[f"{prefix}/flat"], {}, 0
-  for name, shape, dtype in json.loads(str(z[f"{prefix}/index"])):
-    n = int(np.prod(shape))
-    out[name] = flat[i:i + n].reshape(shape).astype(dtype)
-    i += n
-  return out
 
 
 def run(model, ppg, ecg, keep, restore, train: bool):

@@ -5,7 +5,6 @@ imported with `from_reference_state_dict` and must reproduce the reference's eva
 reconstruction and embedding within float32 rounding, and its train-mode BatchNorm updates.
 Set XMAE_GOLDEN_DIR to also check golden files made elsewhere (e.g. the paper preset).
 """
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,21 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import golden as golden_lib
 from xmae_jax.interop import reference
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-
-
-def _load(path: Path, name: str):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-GOLDEN = _load(HERE / "make_reference_golden.py", "make_reference_golden")
-CONFIGS = _load(REPO / "configs" / "xmae.py", "_cfg_xmae_golden")
 
 
 def _golden_files():
@@ -38,17 +26,6 @@ def _golden_files():
   if extra:
     files += sorted(Path(extra).glob("xmae_*.npz"))
   return files
-
-
-def config_for(meta: dict):
-  c = CONFIGS.get_config("paper" if meta["preset"] == "paper" else "tiny")
-  m = c.model
-  m.seq_len, m.patch_len, m.d_model = meta["seq_len"], meta["patch_len"], meta["d_model"]
-  m.num_heads, m.depth_ppg, m.depth_ecg = meta["nhead"], meta["depth_ppg"], meta["depth_ecg"]
-  m.depth_bridge, m.stem_channels = meta["depth_bridge"], meta["stem_ch"]
-  m.stem_widths, m.latent_dim = tuple(meta["widths"]), meta["proj_dim"]
-  m.dropout, m.use_cross_bridge = meta["dropout"], meta["use_cross_bridge"]
-  return c
 
 
 def _close(ours, theirs, tol=1e-5):
@@ -79,8 +56,8 @@ def test_fixtures_exist():
 
 def test_eval_outputs_match_reference(golden):
   z, meta = golden
-  config = config_for(meta)
-  model = reference.from_reference_state_dict(GOLDEN.unpack(z, "sd"), config)
+  config = golden_lib.config_for(meta)
+  model = reference.from_reference_state_dict(golden_lib.unpack(z, "sd"), config)
   out, _ = _forward(model, z["in/ppg"], z["in/ecg"], z["in/ids_keep_ecg"])
   rec_diff = _close(out["ecg_reconstruction"], z["out/ecg_reconstructed"])
   emb_diff = _close(out["ppg_embedding"], z["out/ppg_embedding"])
@@ -104,15 +81,15 @@ def test_train_mode_matches_reference(golden):
   z, meta = golden
   if "train_out/ecg_reconstructed" not in z.files:
     pytest.skip("this golden file has no train-mode outputs")
-  config = config_for(meta)
-  model = reference.from_reference_state_dict(GOLDEN.unpack(z, "sd"), config)
+  config = golden_lib.config_for(meta)
+  model = reference.from_reference_state_dict(golden_lib.unpack(z, "sd"), config)
   model.train()
   out, model = _forward(model, z["in/ppg"], z["in/ecg"], z["in/ids_keep_ecg"])
   _close(out["ecg_reconstruction"], z["train_out/ecg_reconstructed"])
   _close(out["ppg_embedding"], z["train_out/ppg_embedding"])
   after = reference.to_reference_state_dict(model)
-  expected = GOLDEN.unpack(z, "train_sd")
-  before = GOLDEN.unpack(z, "sd")
+  expected = golden_lib.unpack(z, "train_sd")
+  before = golden_lib.unpack(z, "sd")
   changed = 0
   for name, value in expected.items():
     _close(after[name], value)

@@ -6,10 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from interop_packages import REPO, record_rows, run_python, tiny_package
-
+from tests.helpers import datasets
+from tests.helpers import mp_util
+from tests.helpers import tiny_models
 import xmae_jax
 from xmae_jax.interop import stablehlo
+
+REPO = tiny_models.REPO
 
 TOL = 1e-5
 
@@ -52,7 +55,7 @@ def joint_package(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xmae_package(tmp_path_factory):
-  out = tiny_package(tmp_path_factory.mktemp("shlo") / "xmae", "xmae", "ppg", seed=3)
+  out = tiny_models.tiny_package(tmp_path_factory.mktemp("shlo") / "xmae", "xmae", "ppg", seed=3)
   stablehlo.write_artifact(out)
   return out
 
@@ -72,12 +75,12 @@ def test_contract_names_the_inputs_rate_and_files(joint_package):
 def test_artifact_runs_in_a_fresh_process_to_the_same_numbers(joint_package, physionet_dir,
                                                              tmp_path):
   enc = xmae_jax.load_encoder(joint_package)
-  ppg, fs = record_rows(physionet_dir, "PLETH", seconds=20)
-  ecg, _ = record_rows(physionet_dir, "II", seconds=20)
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH", seconds=20)
+  ecg, _ = datasets.record_rows(physionet_dir, "II", seconds=20)
   windows = {"ppg": enc.prepare(ppg, fs, modality="ppg")[0],         # (2, 1000) each
              "ecg": enc.prepare(ecg, fs, modality="ecg")[0]}
   np.savez(tmp_path / "w.npz", **windows)
-  done = run_python(["-c", RUN_ARTIFACT, str(joint_package), str(tmp_path / "w.npz"),
+  done = mp_util.run_python(["-c", RUN_ARTIFACT, str(joint_package), str(tmp_path / "w.npz"),
                      str(tmp_path / "z.npz")])
   assert done.returncode == 0, done.stderr[-2000:]
   got = np.load(tmp_path / "z.npz")
@@ -95,11 +98,11 @@ def test_missing_artifact_is_one_line(tmp_path):
 
 
 def test_numpy_example_both_ways_matches_load_encoder(xmae_package, physionet_dir, tmp_path):
-  ppg, fs = record_rows(physionet_dir, "PLETH")
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH")
   want = xmae_jax.load_encoder(xmae_package).embed(ppg, fs=fs)
   for via in ("load_encoder", "stablehlo"):
     out = tmp_path / f"{via}.npy"
-    done = run_python(["examples/embed_with_numpy.py", str(xmae_package),
+    done = mp_util.run_python(["examples/embed_with_numpy.py", str(xmae_package),
                        str(physionet_dir / "a103l"), "--via", via, "--output", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

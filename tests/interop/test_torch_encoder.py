@@ -8,8 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from interop_packages import record_rows, run_python, tiny_package  # noqa: E402
-
+from tests.helpers import datasets  # noqa: E402
+from tests.helpers import mp_util  # noqa: E402
+from tests.helpers import tiny_models  # noqa: E402
 import xmae_jax  # noqa: E402
 from xmae_jax.interop import torch_encoder  # noqa: E402
 
@@ -18,16 +19,18 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def xmae_package(tmp_path_factory):
-  return tiny_package(tmp_path_factory.mktemp("torch") / "xmae", "xmae", "ppg", seed=3)
+  out = tmp_path_factory.mktemp("torch")
+  return tiny_models.tiny_package(out / "xmae", "xmae", "ppg", seed=3)
 
 
 @pytest.fixture(scope="module")
 def joint_package(tmp_path_factory):
-  return tiny_package(tmp_path_factory.mktemp("torch") / "m2ae", "m2ae", "ppg+ecg", seed=5)
+  out = tmp_path_factory.mktemp("torch")
+  return tiny_models.tiny_package(out / "m2ae", "m2ae", "ppg+ecg", seed=5)
 
 
 def test_xmae_ppg_matches_jax_on_a_real_record(xmae_package, physionet_dir):
-  ppg, fs = record_rows(physionet_dir, "PLETH")        # three 10-s rows at 250 Hz
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH")        # three 10-s rows at 250 Hz
   jax_enc = xmae_jax.load_encoder(xmae_package)
   enc = torch_encoder.load(xmae_package)
   want = np.asarray(jax_enc.embed(ppg, fs=fs))
@@ -42,8 +45,8 @@ def test_xmae_ppg_matches_jax_on_a_real_record(xmae_package, physionet_dir):
 
 
 def test_m2ae_joint_matches_jax_for_each_modality_and_both(joint_package, physionet_dir):
-  ppg, fs = record_rows(physionet_dir, "PLETH", seconds=20)
-  ecg, _ = record_rows(physionet_dir, "II", seconds=20)   # the same two 10-s windows
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH", seconds=20)
+  ecg, _ = datasets.record_rows(physionet_dir, "II", seconds=20)   # the same two 10-s windows
   jax_enc = xmae_jax.load_encoder(joint_package)
   enc = torch_encoder.load(joint_package)
   assert enc.modalities == ("ppg", "ecg")
@@ -56,7 +59,7 @@ def test_m2ae_joint_matches_jax_for_each_modality_and_both(joint_package, physio
 
 
 def test_a_long_row_is_one_averaged_embedding_like_load_encoder(xmae_package, physionet_dir):
-  ppg, fs = record_rows(physionet_dir, "PLETH")
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH")
   enc = torch_encoder.load(xmae_package)
   row = ppg.reshape(1, -1)                            # one 30-s row = three windows
   windows, source = enc.prepare(row, fs)
@@ -84,11 +87,11 @@ def test_not_a_package_or_a_mismatched_one_is_one_line(xmae_package, tmp_path):
 
 def test_torch_example_embeds_a_real_record_without_jax(xmae_package, physionet_dir, tmp_path):
   out = tmp_path / "z.npy"
-  done = run_python(["examples/embed_with_torch.py", str(xmae_package),
+  done = mp_util.run_python(["examples/embed_with_torch.py", str(xmae_package),
                      str(physionet_dir / "a103l"), "--output", str(out)])
   assert done.returncode == 0, done.stderr[-2000:]
   report = json.loads(done.stdout.strip().splitlines()[-1])
   assert report["jax_modules"] == [] and report["embeddings"] == [3, 32]   # no JAX imported
-  ppg, fs = record_rows(physionet_dir, "PLETH")
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH")
   np.testing.assert_allclose(np.load(out), xmae_jax.load_encoder(xmae_package).embed(ppg, fs=fs),
                              atol=TOL, rtol=0)

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthetic_data import synthetic_dataset
-
+from tests.helpers import datasets
+from tests.helpers import mp_util
+from tests.helpers import train_runner
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import checkpoint_integrity as integrity
 from xmae_jax.training import model_checkpoint
 from xmae_jax.training import workdir_lock
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-RUNNER = HERE / "train_runner.py"
+REPO = train_runner.REPO
+RUNNER = train_runner.RUNNER
 
 
 # --- damage ------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_lock_refuses_a_second_holder_and_frees_when_the_holder_dies(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  return synthetic_dataset(tmp_path_factory, 6, 2.0)
+  return datasets.synthetic_dataset(tmp_path_factory, 6, 2.0)
 
 
 def test_second_trainer_on_a_workdir_is_refused_with_one_line(dataset, tmp_path):
@@ -243,8 +243,6 @@ def test_second_trainer_on_a_workdir_is_refused_with_one_line(dataset, tmp_path)
 # --- corrupt checkpoints: resuming a run ---------------------------------------------------------
 
 def _toy_config(data_dir, **overrides):
-  sys.path.insert(0, str(HERE))
-  import train_runner  # pylint: disable=g-import-not-at-top
   train_runner.register_toy_model()
   from xmae_jax import config_lib
   config = train_runner.load_config("configs/xmae.py:tiny")
@@ -290,7 +288,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp
 
 MP_SCRIPT = textwrap.dedent("""
     import sys
-    import mp_util
+    from tests.helpers import mp_util
     mp_util.initialize()
     import jax
     import numpy as np
@@ -323,7 +321,6 @@ MP_SCRIPT = textwrap.dedent("""
 def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kind, tmp_path_factory):
   """flip / truncate_data: process 1's shard files (process 1's read fails, process 0's
   succeeds); digest: the saved digest no longer matches what every process restored."""
-  import mp_util
   base = tmp_path_factory.getbasetemp() / "mp_ckpt"
   if not base.exists():
     mp_util.run_processes(MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2, timeout=300)

@@ -15,17 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import datasets
+from tests.helpers import train_runner
 from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import perf
 from xmae_jax.training import train as train_lib
-# test_train's module fixtures (a small synthetic dataset, a shared XLA cache) and runner calls
-from test_train import _finish, _start, cache_env, dataset  # noqa: F401
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = train_runner.REPO
 TIMEOUT = 420
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  return datasets.synthetic_dataset(tmp_path_factory, 8, 1.0)
 
 
 def test_profile_window_writes_a_trace_and_rows_carry_throughput_and_goodput(
@@ -83,7 +86,7 @@ def _spec(path: Path, data_dir, jobs) -> Path:
 def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, tmp_path,
                                                                       cache_env):
   first = tmp_path / "first"
-  proc = _start(_spec(tmp_path / "first.json", dataset,
+  proc = train_runner.start(_spec(tmp_path / "first.json", dataset,
                       [{"name": "first", "workdir": str(first)}]), 1, cache_env)
   try:
     deadline = time.monotonic() + TIMEOUT
@@ -92,7 +95,7 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
       assert time.monotonic() < deadline, "no training step logged in time"
       time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    summary = _finish(proc, 180)["first"]["summary"]
+    summary = train_runner.finish(proc, 180)["first"]["summary"]
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
@@ -107,7 +110,7 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
   assert list(meta["data_iter_state"].values()) == [saved]
 
   stop = saved + 3
-  result = _finish(_start(_spec(tmp_path / "second.json", dataset, [
+  result = train_runner.finish(train_runner.start(_spec(tmp_path / "second.json", dataset, [
       {"name": "resumed", "workdir": str(first), "stop_at_step": stop, "save_params": False},
       {"name": "reference", "workdir": str(tmp_path / "reference"), "stop_at_step": stop,
        "save_params": False},

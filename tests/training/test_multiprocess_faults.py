@@ -22,14 +22,13 @@ import numpy as np
 import portpicker
 import pytest
 
-from synthetic_data import synthetic_dataset
-
+from tests.helpers import datasets
+from tests.helpers import train_runner
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-RUNNER = HERE / "train_runner.py"
+REPO = train_runner.REPO
+RUNNER = train_runner.RUNNER
 TIMEOUT = 480
 SLOW_COMPILE_S = 40   # longer than gloo's 30 s wait for a peer at the first collective
 PEER_LOSS_BOUND_S = 120
@@ -37,7 +36,7 @@ PEER_LOSS_BOUND_S = 120
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  return synthetic_dataset(tmp_path_factory, 6, 1.0)
+  return datasets.synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
 def _start_group(workdir: Path, dataset: Path, flags: list[str], env: dict) -> list[subprocess.Popen]:

@@ -22,24 +22,23 @@ from pathlib import Path
 
 import pytest
 
-from synthetic_data import synthetic_dataset
-from train_runner import toy_config
-
+from tests.helpers import datasets
+from tests.helpers import train_runner
+from tests.helpers.train_runner import toy_config
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import model_checkpoint
 from xmae_jax.training import train as train_lib
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-RUNNER = HERE / "train_runner.py"
+REPO = train_runner.REPO
+RUNNER = train_runner.RUNNER
 # Log every 4 steps, checkpoint every 3: a run stopped at step 3 resumes inside a log window.
 WINDOWS = {"train.log_every": 4}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  return synthetic_dataset(tmp_path_factory, 6, 2.0)
+  return datasets.synthetic_dataset(tmp_path_factory, 6, 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +248,9 @@ def test_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_path, monk
 
 FILL_AND_TRAIN = textwrap.dedent("""
     import contextlib, json, os, sys
-    sys.path.insert(0, sys.argv[3])
-    from train_runner import toy_config
+    from tests.helpers.train_runner import toy_config
     from xmae_jax.training import train as train_lib
-    data, workdir, _, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    data, workdir, out = sys.argv[1], sys.argv[2], sys.argv[3]
     config = lambda: toy_config(data, **{"train.log_every": 4})
 
     @contextlib.contextmanager
@@ -295,7 +293,7 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_p
   mount.mkdir()
   (tmp_path / "fill_and_train.py").write_text(FILL_AND_TRAIN)
   script = (f"mount -t tmpfs -o size=2m tmpfs {mount} && {sys.executable} "
-            f"{tmp_path / 'fill_and_train.py'} {dataset} {mount / 'run'} {HERE} {out}")
+            f"{tmp_path / 'fill_and_train.py'} {dataset} {mount / 'run'} {out}")
   proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=_env(),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]

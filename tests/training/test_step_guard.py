@@ -4,27 +4,20 @@ of a few buffers whose checkpoint view has the names of the NNX state; the buffe
 losses, parameters and optimizer state as nested dicts (AdamW with weight decay, clipping,
 gradient accumulation); a checkpoint written from nested dicts resumes into buffers; models
 with other state fail."""
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from tests.helpers import train_runner
 from xmae_jax import models
 from xmae_jax.training import buffers
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import optim
 from xmae_jax.training import state as state_lib
 
-HERE = Path(__file__).resolve().parent
-
-
 def _toy_config():
-  sys.path.insert(0, str(HERE))
-  import train_runner  # pylint: disable=g-import-not-at-top
   train_runner.register_toy_model()
   config = train_runner.load_config("configs/xmae.py:tiny")
   config.model.name = "toy_mae"
@@ -71,7 +64,6 @@ def test_state_is_plain_arrays_with_the_checkpoint_names_of_the_nnx_state(name):
   the pure-dict train state flattens to the same names, for the model and the optimizer."""
   config = _toy_config()
   if name == "m2ae":
-    import train_runner  # pylint: disable=g-import-not-at-top
     config = train_runner.load_config("configs/m2ae.py:tiny")
   config.model.name = name
   tx, _ = optim.make_optimizer(config.train, 10)

@@ -7,7 +7,7 @@ and keeps the last good checkpoint; SIGTERM leaves a checkpoint that restores; b
 at start with one line. The runs happen in subprocesses (each its own device count), all
 started at once by one module fixture; a shared persistent compilation cache keeps recompiles
 down. xMAE (tiny) is trained on one device; the topology matrix uses the test-only `toy_mae`
-(toy_model.py: same contract, far quicker to compile).
+(tests/helpers/toy_model.py: same contract, far quicker to compile).
 """
 import json
 import os
@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthetic_data import synthetic_dataset
-
-import mp_util
+from tests.helpers import datasets
+from tests.helpers import mp_util
+from tests.helpers import train_runner
 from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import model_checkpoint
 from xmae_jax.training import train as train_lib
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-RUNNER = HERE / "train_runner.py"
+REPO = train_runner.REPO
+RUNNER = train_runner.RUNNER
 STEPS = 6
 # Only host-side settings differ between the jobs of one device count, so they share one
 # compiled step (the persistent cache); the learning rate is baked into the step.
@@ -43,21 +42,12 @@ TIMEOUT = 420
 
 
 def _load_config(arg="tiny"):
-  sys.path.insert(0, str(HERE))
-  import train_runner  # pylint: disable=g-import-not-at-top
   return train_runner.load_config(f"configs/xmae.py:{arg}")
 
 
 @pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-  return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PLATFORMS": "cpu",
-          **mp_util.FAST_COMPILE_ENV}
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  return synthetic_dataset(tmp_path_factory, 8, 1.0)
+  return datasets.synthetic_dataset(tmp_path_factory, 8, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -97,26 +87,6 @@ def _spec(path: Path, data_dir, jobs) -> Path:
   return path
 
 
-def _start(spec: Path, devices: int, env: dict) -> subprocess.Popen:
-  full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen([sys.executable, str(RUNNER), str(spec)], cwd=REPO, env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> dict:
-  try:
-    out, err = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    os.killpg(proc.pid, signal.SIGKILL)
-    out, err = proc.communicate()
-    pytest.fail(f"training subprocess timed out; stderr tail:\n{err[-3000:]}")
-  lines = [l for l in out.splitlines() if l.startswith("TRAIN_RUNNER_RESULT ")]
-  assert proc.returncode == 0 and lines, f"runner failed ({proc.returncode}):\n{err[-4000:]}"
-  return json.loads(lines[-1][len("TRAIN_RUNNER_RESULT "):])
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, dataset, nan_dataset, cache_env):
   """Every heavy run of this module, started concurrently: {"one": ..., "eight": ..., "mp": ...}."""
@@ -144,13 +114,14 @@ def runs(tmp_path_factory, dataset, nan_dataset, cache_env):
       {"name": "rep", "workdir": str(root / "mp_rep"), "overrides": TOY},
       {"name": "fsdp", "workdir": str(root / "mp_fsdp"), "overrides": {**TOY, **FSDP}},
   ])
-  procs = {"one": _start(one, 1, cache_env), "eight": _start(eight, 8, cache_env)}
+  procs = {"one": train_runner.start(one, 1, cache_env),
+           "eight": train_runner.start(eight, 8, cache_env)}
   results = {"root": root}
   mp_results = mp_util.run_processes(RUNNER, 2, args=[str(mp)], devices_per_process=2,
                                      timeout=TIMEOUT, env=cache_env)
   results["mp"] = mp_results[0].result
   for name, proc in procs.items():
-    results[name] = _finish(proc, TIMEOUT)
+    results[name] = train_runner.finish(proc, TIMEOUT)
   return results
 
 
@@ -364,7 +335,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env, 
   assert saved >= logged >= 2 and meta["step"] == saved
   assert meta["data_iter_state"] is not None and meta["kind"] == "train"
   from xmae_jax import models
-  monkeypatch.setitem(models.REGISTRY, "toy_mae", "toy_model:ToyMAE")
+  monkeypatch.setitem(models.REGISTRY, "toy_mae", train_runner.TOY_MODEL)
   model, config = model_checkpoint.load_model(workdir, "latest")
   assert config.train.num_steps == 10000 and config.model.name == "toy_mae"
   assert model.norm.use_running_average                  # eval mode

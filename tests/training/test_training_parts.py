@@ -100,7 +100,7 @@ def test_reconstruction_figure_is_written(tmp_path):
   masked[:, 200:1000] = True
   path = figures.plot_reconstructions(tmp_path / "f.png", ecg, 0.9 * ecg, masked, ecg)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert figures._masked_runs(masked[0]) == [(200, 1000)]
+  assert figures.masked_runs(masked[0]) == [(200, 1000)]
 
 
 def test_partial_multi_process_flags_are_one_line():

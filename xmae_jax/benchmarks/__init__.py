@@ -1,1 +1,1 @@
-"""One module per `python -m xmae_jax.bench` subcommand."""
+"""One module per `python -m xmae_jax.benchmarks` subcommand."""

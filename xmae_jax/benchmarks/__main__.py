@@ -1,7 +1,6 @@
 """Benchmarks: `python -m xmae_jax.benchmarks {data,prepare,train,reference,scaling} [flags]`.
 
 Each prints one JSON line. Benchmarks are not tests: they measure, they do not assert.
-`python -m xmae_jax.bench ...` is the same command under its older name.
 """
 import importlib
 import sys

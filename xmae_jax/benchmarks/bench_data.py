@@ -1,4 +1,4 @@
-"""Input-pipeline benchmark: `python -m xmae_jax.bench data [--data-dir DIR] [--batch-size B]
+"""Input-pipeline benchmark: `python -m xmae_jax.benchmarks data [--data-dir DIR] [--batch-size B]
 [--workers 0,1,2] [--read-threads T,...] [--steps S] [--stages]`.
 
 Measures the training stream exactly as the trainer builds it (`make_train_iterator`: quality
@@ -185,7 +185,7 @@ def _counts(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.bench data", description=__doc__)
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks data", description=__doc__)
   p.add_argument("--data-dir", help="a dataset directory (default: write a random one)")
   p.add_argument("--make-synthetic", type=int, default=20000,
                  help="records of the random dataset written when --data-dir is not given")

@@ -1,5 +1,5 @@
-"""xmae-prepare benchmark: `python -m xmae_jax.bench prepare --source synthetic|wfdb [--input DIR]
-[--records N] [--num-subjects N] [--minutes-per-subject M] [--workers 1,2]
+"""xmae-prepare benchmark: `python -m xmae_jax.benchmarks prepare --source synthetic|wfdb
+[--input DIR] [--records N] [--num-subjects N] [--minutes-per-subject M] [--workers 1,2]
 [--reference-repo PATH [--commit 7a0d24e]]`.
 
 Two measurements, one JSON line:
@@ -47,7 +47,7 @@ REFERENCE_PREPROCESS_FILE = "preprocessing/process.py"
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.bench prepare")
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks prepare")
   p.add_argument("--source", default="synthetic", choices=["synthetic", "wfdb", "pulsedb",
                                                             "csv", "npz"])
   p.add_argument("--input", default=None, help="input for file sources")

@@ -1,7 +1,7 @@
-"""`python -m xmae_jax.bench reference`: our train step side by side with the reference's.
+"""`python -m xmae_jax.benchmarks reference`: our train step side by side with the reference's.
 
-  python -m xmae_jax.bench reference --reference-repo ~/src/xMAE --batch-size 64 --steps 10
-  python -m xmae_jax.bench reference --reference-repo ~/src/xMAE --commit 7a0d24e \
+  python -m xmae_jax.benchmarks reference --reference-repo ~/src/xMAE --batch-size 64 --steps 10
+  python -m xmae_jax.benchmarks reference --reference-repo ~/src/xMAE --commit 7a0d24e \
       --batch-size 256 --steps 6 --dtype bfloat16
 
 For users with a checkout of the reference PyTorch code (github.com/hzhou3/xMAE; it is never
@@ -248,7 +248,7 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.bench reference", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks reference", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--reference-repo", required=True, type=Path,
                  help="a checkout (or clone) of github.com/hzhou3/xMAE")

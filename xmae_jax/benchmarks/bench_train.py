@@ -1,7 +1,7 @@
-"""`python -m xmae_jax.bench train`: speed of the real jitted train step.
+"""`python -m xmae_jax.benchmarks train`: speed of the real jitted train step.
 
-  python -m xmae_jax.bench train --config configs/xmae.py --batch-size 64 --steps 20
-  python -m xmae_jax.bench train --config configs/xmae.py:tiny --batch-size 8 --dtype bfloat16
+  python -m xmae_jax.benchmarks train --config configs/xmae.py --batch-size 64 --steps 20
+  python -m xmae_jax.benchmarks train --config configs/xmae.py:tiny --batch-size 8 --dtype bfloat16
 
 Builds the trainer's own step (`xmae_jax.training.state.make_train_step`: masking, loss,
 gradient, AdamW update, NaN guard; state donated, explicit shardings on the config's mesh),
@@ -291,7 +291,7 @@ def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.bench train", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks train", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/xmae.py",
                  help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)")

@@ -18,6 +18,7 @@ from xmae_jax.data import sources
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import tasks as tasks_lib
+from xmae_jax.version import __version__
 
 # The comparison library is imported inside the functions that use it: it pulls in JAX and
 # scikit-learn, which xmae-prepare (whose workers fork) and every --help do not need.
@@ -29,7 +30,6 @@ class UsageError(XmaeError):
 
 def version_line() -> str:
   """What every tool's --version prints."""
-  from xmae_jax import __version__
   return f"xmae-jax {__version__}"
 
 

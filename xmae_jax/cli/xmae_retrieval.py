@@ -8,7 +8,7 @@ nearest by cosine (top-1), or within the 5 nearest (top-5), among N gallery wind
 one window each of N-1 other subjects? --encoder: an M2AE ppg+ecg package (xmae-export
 --modality ppg+ecg) or an M2AE workdir. PATH: a prepared dataset or a folder of WFDB records
 (read as xmae-embed reads them; reader options as xmae-prepare's). Prints one JSON line; writes
-DIR/results.json and DIR/table.md. Also `python -m xmae_jax.retrieval`.
+DIR/results.json and DIR/table.md.
 """
 from __future__ import annotations
 

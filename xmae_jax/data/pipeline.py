@@ -24,7 +24,7 @@ Element i of the Grain `MapDataset` built here IS this host's part of global bat
 iterator state is just the next batch index (tiny JSON, saved inside Orbax checkpoints with
 `grain.checkpoint.CheckpointSave`), a restored iterator yields exactly what the uninterrupted
 one would, and `mp_prefetch` workers produce the same batches as in-process reading.
-Shard reading and decoding live in `reader.py`; placing host batches on devices is the
+Shard reading and decoding live in `dataset_reader.py`; placing host batches on devices is the
 trainer's (`training.sharding.place_batch`), so this layer never imports JAX's device side.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 from xmae_jax import errors
 from xmae_jax.data import augment as augment_lib
-from xmae_jax.data import reader as reader_lib
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -66,7 +66,7 @@ def count_records(data_cfg: Mapping[str, Any], split: str = "train",
                   modalities: Sequence[str] | None = None) -> int:
   """How many records of `split` the pipeline uses (after the filter); cheap (index only)."""
   _, index = shards.split_paths(data_cfg["dir"], split)
-  return len(reader_lib.select_records(index, _modalities(data_cfg, modalities),
+  return len(dataset_reader.select_records(index, _modalities(data_cfg, modalities),
                                        _min_quality(data_cfg)))
 
 
@@ -82,7 +82,7 @@ def steps_per_epoch(data_cfg: Mapping[str, Any], global_batch_size: int, split: 
 # ----------------------------------------------------------------------------- the dataset
 
 
-class GlobalBatchDataset(reader_lib.ShippedToWorkers, grain.MapDataset):
+class GlobalBatchDataset(dataset_reader.ShippedToWorkers, grain.MapDataset):
   """Element i = this host's rows of global batch i, as a dict of numpy arrays.
 
   Args:
@@ -101,8 +101,8 @@ class GlobalBatchDataset(reader_lib.ShippedToWorkers, grain.MapDataset):
 
   _PERM_CACHE = 2   # epochs whose permutation is kept (a batch spans at most two, if B <= N)
 
-  def __init__(self, reader: reader_lib.ShardReader, records: np.ndarray, *, global_batch_size: int,
-               rows: np.ndarray, length: int, modalities: Sequence[str],
+  def __init__(self, reader: dataset_reader.ShardReader, records: np.ndarray, *,
+               global_batch_size: int, rows: np.ndarray, length: int, modalities: Sequence[str],
                shuffle_seed: int | None, seed: int, augment: augment_lib.AugmentParams,
                normalize: str, with_index: bool = False, subjects: np.ndarray | None = None):
     super().__init__()
@@ -129,7 +129,7 @@ class GlobalBatchDataset(reader_lib.ShippedToWorkers, grain.MapDataset):
     return self._length
 
   @property
-  def reader(self) -> reader_lib.ShardReader:
+  def reader(self) -> dataset_reader.ShardReader:
     return self._reader
 
   @property
@@ -216,7 +216,7 @@ def _local_rows(global_batch_size: int, process_index: int, process_count: int,
 def _build(data_cfg, *, split, global_batch_size, process_index, process_count, rows,
            modalities, train, seed, num_batches, with_index) -> GlobalBatchDataset:
   mods = _modalities(data_cfg, modalities)
-  reader, records = reader_lib.open_split(data_cfg["dir"], split, mods, _min_quality(data_cfg))
+  reader, records = dataset_reader.open_split(data_cfg["dir"], split, mods, _min_quality(data_cfg))
   want = data_cfg.get("segment_length")
   if want and int(want) != reader.segment_length:
     raise DatasetError(f"{data_cfg['dir']}: segments of {reader.segment_length} samples, the "

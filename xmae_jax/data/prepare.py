@@ -19,10 +19,10 @@ import os
 from typing import Any
 
 from xmae_jax.data import beam
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_rules as rules
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data import reader
 
 RUNNERS = ("local", "beam")
 
@@ -62,9 +62,10 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
 
 
 def verify(data_dir: str | os.PathLike, *, log=print) -> list:
-  """`xmae-prepare --verify DIR`: logs one verdict line per part (`reader.verify_dataset`);
-  raises PrepareError naming the first problem (shard and record) when any part failed."""
-  verdicts = reader.verify_dataset(data_dir)
+  """`xmae-prepare --verify DIR`: logs one verdict line per part
+  (`dataset_reader.verify_dataset`); raises PrepareError naming the first problem (shard and
+  record) when any part failed."""
+  verdicts = dataset_reader.verify_dataset(data_dir)
   for v in verdicts:
     if log:
       log(v.line())

@@ -24,8 +24,7 @@ from typing import Any
 
 import msgpack
 
-from xmae_jax import __version__
-from xmae_jax import errors
+from xmae_jax import atomic
 from xmae_jax import locks
 from xmae_jax import progress as progress_lib
 from xmae_jax.data import prepare_report as report_lib
@@ -37,6 +36,7 @@ from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 from xmae_jax.data import sources as sources_lib
+from xmae_jax.version import __version__
 
 CACHE_VERSION = 2
 
@@ -97,7 +97,7 @@ def _prepare_locked(source, input, out: Path, units, options, config, request, *
     work.mkdir(parents=True, exist_ok=True)
     rules.remove_stale_temporaries(work)
   with rules.writing(out / rules.WORK / rules.REQUEST):
-    errors.atomic_write(out / rules.WORK / rules.REQUEST,
+    atomic.atomic_write(out / rules.WORK / rules.REQUEST,
                         json.dumps(request, indent=1, sort_keys=True))
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
@@ -240,7 +240,7 @@ def _work_item(args) -> tuple[str, dict[str, Any]]:
   config = pp.PreprocessConfig(**config_dict)
   result = prepare_units.process_unit(source, unit, options, config)
   with rules.writing(cache_path):
-    errors.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
+    atomic.atomic_write(Path(cache_path), msgpack.packb(result, use_bin_type=True))
   return unit, {k: v for k, v in result.items() if k != "records"}
 
 

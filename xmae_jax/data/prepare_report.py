@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xmae_jax import __version__
-from xmae_jax import errors
+from xmae_jax import atomic
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare_rules as rules
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
+from xmae_jax.version import __version__
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
@@ -223,9 +223,9 @@ def write_report(out_dir: str | os.PathLike, report: dict[str, Any], started: fl
   report["segments_per_s"] = round(report["segments_kept"] / max(report["seconds"], 1e-9), 2)
   out = Path(out_dir)
   with rules.writing(out / REPORT_JSON):
-    errors.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
+    atomic.atomic_write(out / REPORT_JSON, json.dumps(report, indent=1, sort_keys=True))
   with rules.writing(out / REPORT_MD):
-    errors.atomic_write(out / REPORT_MD, render_report(report))
+    atomic.atomic_write(out / REPORT_MD, render_report(report))
   return report
 
 

@@ -92,7 +92,7 @@ def writing(path):
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-  """Deletes what an earlier run killed mid-write left (`errors.atomic_path` temporaries and
+  """Deletes what an earlier run killed mid-write left (`atomic.atomic_path` temporaries and
   staged shards); a run that ends by an exception removes its own."""
   for p in directory.glob(".*.tmp*"):
     if p.is_file():

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from xmae_jax import errors
+from xmae_jax import atomic
 from xmae_jax.data import prepare_rules as rules
 
 
@@ -85,14 +85,14 @@ class LocalStorage(Storage):
     return Path(path).read_bytes()
 
   def put(self, local_path, path):
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       shutil.move(local_path, tmp)
 
   def delete(self, path):
     Path(path).unlink(missing_ok=True)
 
   def write_bytes(self, path, data):
-    errors.atomic_write(path, data)
+    atomic.atomic_write(path, data)
 
   def listdir(self, path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []

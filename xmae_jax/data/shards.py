@@ -26,9 +26,10 @@ from typing import Iterable
 import numpy as np
 from array_record.python import array_record_module as arm
 
-from xmae_jax import __version__
+from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax.data import record as record_lib
+from xmae_jax.version import __version__
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
@@ -223,7 +224,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
   }
   path = Path(out_dir) / MANIFEST
   try:
-    errors.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
+    atomic.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
   except OSError as e:   # a write() error names no file
     raise ShardWriteError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
   return manifest

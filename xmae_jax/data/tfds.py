@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xmae_jax.data import reader
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
@@ -98,7 +98,7 @@ def builder_class():
 
     def _generate_examples(self, split):
       zeros = np.zeros(self._length, np.float16)
-      for n, (_, rec) in enumerate(reader.iter_records(str(self._source_dir), split)):
+      for n, (_, rec) in enumerate(dataset_reader.iter_records(str(self._source_dir), split)):
         yield n, {
             "ppg": zeros if rec.ppg is None else rec.ppg.astype(np.float16),
             "ecg": zeros if rec.ecg is None else rec.ecg.astype(np.float16),

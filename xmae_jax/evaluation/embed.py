@@ -25,12 +25,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xmae_jax import atomic
 from xmae_jax import errors
 from xmae_jax import progress
+from xmae_jax.data import dataset_reader
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import prepare_units
 from xmae_jax.data import preprocess
-from xmae_jax.data import reader
 from xmae_jax.data import shards
 from xmae_jax.data import sources
 
@@ -45,7 +46,7 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
                     segment_ids: Iterable[str], *, meta: Mapping[str, np.ndarray] | None = None,
                     labels: Mapping[str, np.ndarray] | None = None,
                     split: Iterable[str] | None = None, info: Mapping[str, Any] | None = None) -> Path:
-  """Writes an embeddings file atomically (`errors.atomic_path`)."""
+  """Writes an embeddings file atomically (`atomic.atomic_path`)."""
   embeddings = np.asarray(embeddings, np.float32)
   n = len(embeddings)
   arrays: dict[str, np.ndarray] = {
@@ -63,7 +64,7 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
   arrays["info"] = np.asarray(json.dumps({"format": EMBEDDINGS_FORMAT, **(info or {})}))
   path = check_output(path)
   try:
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       np.savez(tmp, **arrays)
   except OSError as e:   # full disk: the temporary is gone, `path` is as it was
     raise EmbeddingsError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
@@ -183,7 +184,7 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
                      desc=f"reading {Path(data_dir).name}", unit="record")
   for split in chosen:
     kept = 0
-    for _, rec in reader.iter_records(str(data_dir), split, modalities=modalities):
+    for _, rec in dataset_reader.iter_records(str(data_dir), split, modalities=modalities):
       bar.update(1)
       for m in modalities:
         windows[m].append(rec.signal(m))

@@ -38,17 +38,16 @@ import json
 import logging
 import os
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xmae_jax import __version__
 from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import model_card
+from xmae_jax.evaluation import package_swap
+from xmae_jax.version import __version__
 
 FORMAT_NAME = "xmae-jax-encoder"
 FORMAT_VERSION = 2
@@ -170,10 +169,10 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
     check_output(output, overwrite=overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     check_space(output.parent, output, tensors)
-    scratch = _make_scratch(output)
+    scratch = package_swap.make_scratch(output)
   try:
     with _writing(output):
-      new = scratch / _SCRATCH_NEW
+      new = scratch / package_swap.NEW
       new.mkdir()
       with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(new / WEIGHTS_DIR, tensors)
@@ -185,75 +184,16 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
       info = {**info, DIGESTS: file_digests(new)}
       (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
       check_output(output, overwrite=overwrite)   # still ours to replace after the long write
-      _swap(scratch, output)
+      package_swap.swap(scratch, output)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return output
 
 
-# An export works in a scratch folder beside its output, named `.OUT.xmae-export-XXXXXXXX` and
-# holding a marker file (the process and host that made it, and for which output): the package
-# being written (new/) and, during the swap, the package it replaces (old/). Only folders with
-# that name and a marker of a process that is gone are ever cleaned up, so a user's `OUT.old/`
-# or `OUT.tmp-x/` beside the output is never touched.
-SCRATCH_MARKER = "xmae-export-scratch.json"
-_SCRATCH_NEW, _SCRATCH_OLD = "new", "old"
-
-
-def _scratch_prefix(output: Path) -> str:
-  return f".{output.name}.xmae-export-"
-
-
-def _make_scratch(output: Path) -> Path:
-  scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(output), dir=output.parent))
-  (scratch / SCRATCH_MARKER).write_text(json.dumps(
-      {"pid": os.getpid(), "host": socket.gethostname(), "output": output.name}))
-  return scratch
-
-
-def _swap(scratch: Path, output: Path) -> None:
-  """Renames scratch/new to `output`; an existing `output` (a package: `check_output`) is moved
-  into scratch/old first (a directory cannot be replaced by one rename) and put back if the
-  second rename fails."""
-  old = scratch / _SCRATCH_OLD
-  if output.exists():
-    os.replace(output, old)
-  try:
-    os.replace(scratch / _SCRATCH_NEW, output)
-  except BaseException:
-    if old.exists() and not output.exists():
-      os.replace(old, output)
-    raise
-
-
 def remove_stale_scratch(output: Path) -> None:
-  """Removes the scratch folders of exports to `output` whose process is gone (an export killed
-  mid-write), after putting back a previous package one of them holds when `output` is missing
-  (killed between the two renames of the swap). Those of a live export, of another host, and
-  anything without this tool's marker are left alone."""
-  for scratch in output.parent.glob(_scratch_prefix(output) + "*"):
-    try:
-      mark = json.loads((scratch / SCRATCH_MARKER).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-      continue
-    if (not isinstance(mark, dict) or mark.get("output") != output.name
-        or mark.get("host") != socket.gethostname() or not isinstance(mark.get("pid"), int)
-        or _alive(mark["pid"])):
-      continue
-    old = scratch / _SCRATCH_OLD
-    if not output.exists() and old.is_dir() and _is_our_package(old):
-      os.replace(old, output)
-    shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:   # another user's process
-    return True
-  return True
+  """The scratch folders of exports to `output` killed mid-write, removed (`package_swap`); a
+  package one of them holds is put back first when `output` is missing."""
+  package_swap.remove_stale(output, is_ours=_is_our_package)
 
 
 @contextlib.contextmanager

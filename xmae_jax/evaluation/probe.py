@@ -87,7 +87,9 @@ def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, f
   return min(folds, n_subjects)
 
 
-def _outer_splits(y, groups, kind, n_folds, seed, grouped=True):
+def outer_splits(y, groups, kind, n_folds, seed, grouped=True):
+  """The outer folds [(train rows, test rows)]: subject-grouped unless grouped=False, stratified
+  for classification (fewer folds where a class has too few subjects)."""
   idx = np.zeros(len(y))
   if _stratified(kind):
     if grouped:
@@ -208,7 +210,7 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
   x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
   x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.outer_folds)
   n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
-  splits = _outer_splits(y, groups, kind, n_folds, cfg.seed)
+  splits = outer_splits(y, groups, kind, n_folds, cfg.seed)
   n_classes = len(classes.get("classes", ()))
   oof = np.full((len(y), n_classes) if n_classes else len(y), np.nan)
   folds = []
@@ -317,7 +319,7 @@ def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeC
   return lambda xs: np.asarray(xs @ best["w"] + best["b"])
 
 
-def _validation_split(train, groups, cfg: probe_config.XMAEProbeConfig, seed: int):
+def validation_split(train, groups, cfg: probe_config.XMAEProbeConfig, seed: int):
   """Holds out ~1/8 of a training part (whole subjects when folds are subject-level)."""
   rng = np.random.default_rng(seed)
   if cfg.group_folds:
@@ -343,10 +345,10 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
   x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
   x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.folds)
   n_folds = _check_inputs(x, y, groups, kind, cfg.folds)
-  splits = _outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
+  splits = outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
   folds = []
   for i, (train, test) in enumerate(splits):
-    fit_rows, val_rows = _validation_split(train, groups, cfg, cfg.seed + i)
+    fit_rows, val_rows = validation_split(train, groups, cfg, cfg.seed + i)
     if kind == tasks_lib.MULTICLASS:
       n_classes = len(classes["classes"])
       predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],

@@ -2,7 +2,7 @@
 
 Probe, comparison, timing and reconstruction results are plain dicts (see their modules); this
 module turns them into text and figures and writes them. Every file is written atomically
-(`errors.atomic_write`; figures through `training.figures.save_figure`), so a report on disk is
+(`atomic.atomic_write`; figures through `training.figures.save_figure`), so a report on disk is
 always a whole one. JSON numbers that numpy produced are written as floats (`default=float`);
 result arrays (out-of-fold predictions, targets, subjects) never go into a report
 (`json_ready`).
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xmae_jax import errors
+from xmae_jax import atomic
 from xmae_jax.evaluation import tasks as tasks_lib
 from xmae_jax.training import figures
 
@@ -32,11 +32,11 @@ def to_json(obj: Any) -> str:
 
 
 def write_json(path, obj: Any) -> Path:
-  return errors.atomic_write(path, to_json(obj))
+  return atomic.atomic_write(path, to_json(obj))
 
 
 def write_text(path, text: str) -> Path:
-  return errors.atomic_write(path, text)
+  return atomic.atomic_write(path, text)
 
 
 def json_ready(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

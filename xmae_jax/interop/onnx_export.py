@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xmae_jax.errors import XmaeError, atomic_path
+from xmae_jax.atomic import atomic_path
+from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.interop import stablehlo
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from xmae_jax.errors import XmaeError, atomic_write
+from xmae_jax.atomic import atomic_write
+from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 
 CONTRACT_FILE = "stablehlo.json"

@@ -37,12 +37,12 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from xmae_jax import __version__
 from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import training
 from xmae_jax.training import checkpoint_integrity as integrity
 from xmae_jax.training import orbax_quiet
+from xmae_jax.version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"   # corrupt checkpoints a resumed run moved out of its way

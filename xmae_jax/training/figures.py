@@ -5,7 +5,7 @@ a few segments, each a panel with the PPG it was reconstructed from (faint, offs
 true ECG and the reconstruction, and the masked patches shaded. The trainer draws validation
 segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
 draws held-out segments with their detected R-peaks marked. Uses matplotlib's Agg backend (no
-display); written to a temporary name and renamed (errors.atomic_path).
+display); written to a temporary name and renamed (atomic.atomic_path).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from xmae_jax import errors
+from xmae_jax import atomic
 
 
-def _masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
   """[(start, stop), ...] of the True runs of a 1-D boolean array."""
   m = np.concatenate([[False], mask.astype(bool), [False]])
   edges = np.flatnonzero(m[1:] != m[:-1])
@@ -45,7 +45,7 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   t = np.arange(length) / sampling_rate
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
   for i, ax in enumerate(axes[:, 0]):
-    for k, (start, stop) in enumerate(_masked_runs(masked[i])):
+    for k, (start, stop) in enumerate(masked_runs(masked[i])):
       ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
                  label="masked" if k == 0 else None)
     if ppg is not None:
@@ -74,7 +74,7 @@ def save_figure(fig, path, dpi: int = 90) -> Path:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   try:
-    with errors.atomic_path(path) as tmp:
+    with atomic.atomic_path(path) as tmp:
       fig.savefig(tmp, dpi=dpi)
   finally:
     plt.close(fig)

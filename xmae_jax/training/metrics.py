@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from xmae_jax import atomic
 from xmae_jax import config_lib
-from xmae_jax import errors
 from xmae_jax import training
 
 METRICS_FILE = "metrics.jsonl"
@@ -49,7 +49,7 @@ class WandbRun:
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
       run_id = os.urandom(8).hex()
-      errors.atomic_write(id_file, run_id + "\n")
+      atomic.atomic_write(id_file, run_id + "\n")
     options = {"project": settings.project, "entity": settings.entity or None,
                "name": settings.name or workdir.name, "dir": str(workdir), "id": run_id,
                "resume": "allow",
@@ -86,7 +86,7 @@ def truncate_after(workdir, step: int) -> None:
   if not path.is_file():
     return
   kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
-  errors.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+  atomic.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _clean(value):

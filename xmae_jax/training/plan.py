@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from xmae_jax import config_lib
+from xmae_jax import config_rules
 from xmae_jax import models
 from xmae_jax import training
 from xmae_jax.data import pipeline
@@ -37,10 +37,10 @@ def make_plan(config, train_records: int) -> Plan:
   if total <= 0:
     raise training.TrainingError(f"train.num_steps={t.num_steps} and "
                                  f"train.num_epochs={t.num_epochs}: nothing to train")
-  if total > config_lib.MAX_STEPS:
+  if total > config_rules.MAX_STEPS:
     raise training.TrainingError(
         f"train.num_epochs={t.num_epochs} x {steps_per_epoch} steps per epoch = {total} steps: "
-        f"more than the 32-bit step counter holds ({config_lib.MAX_STEPS})")
+        f"more than the 32-bit step counter holds ({config_rules.MAX_STEPS})")
   eval_every = int(t.eval_every) or steps_per_epoch
   figure_every = int(t.figure_every) or 3 * eval_every
   profile = tuple(int(v) for v in t.profile_steps or ()) or None

@@ -6,7 +6,7 @@ dtype and sharding group) and the optimizer's moments in the same buffers (optax
 leaves, so `tx.init` of buffers gives buffers). Why: calling a jitted step costs host time per
 leaf it takes and returns (flatten, donation, unflatten); the paper model's state as nested
 dicts has 822 leaves, as buffers 7, and on an accelerator a step is short enough for that to
-matter (`python -m xmae_jax.bench train` reports `host_overhead_ms` and `state_leaves`).
+matter (`python -m xmae_jax.benchmarks train` reports `host_overhead_ms` and `state_leaves`).
 Inside the step the model's nested dicts are rebuilt by static slices, the gradient is taken
 with respect to them and concatenated back into buffers, and AdamW, clipping and weight decay
 (elementwise, or a global norm) run on the buffers: the same updates as on the nested dicts

@@ -178,7 +178,7 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
       first = run[0][0]
       joined = {m: (np.concatenate([r[m][0] for r, _ in run]), first[m][1]) for m in first}
       rec = Recording(subject_id=subject, name=f"{_name(path)}/{run_names[0]}", signals=joined,
-                      extra=_join_extra(run))
+                      extra=join_extra(run))
       run.clear()
       run_names.clear()
       return rec
@@ -222,7 +222,7 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
     yield rec
 
 
-def _join_extra(run: list[tuple[dict, dict]]) -> dict[str, tuple[np.ndarray, float]]:
+def join_extra(run: list[tuple[dict, dict]]) -> dict[str, tuple[np.ndarray, float]]:
   """The extra channels of a run of segments, NaN where a segment lacks one."""
   out = {}
   for name in sorted({n for _, extra in run for n in extra}):

@@ -1,4 +1,5 @@
-"""reader.py: the one walk over a dataset directory's records, and the fixed evaluation batches."""
+"""dataset_reader.py: the one walk over a dataset directory's records, and the fixed evaluation
+batches."""
 import shutil
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from xmae_jax import config_lib, errors
 from xmae_jax.benchmarks.bench_data import random_records, write_dataset
-from xmae_jax.data import pipeline, reader, shards
+from xmae_jax.data import dataset_reader, pipeline, shards
 
 N_TRAIN = 40
 
@@ -21,7 +22,7 @@ def dataset(tmp_path_factory):
 
 def test_iter_records_walks_every_record_in_index_order(dataset):
   d, recs = dataset
-  got = list(reader.iter_records(str(d), "train", chunk=7))
+  got = list(dataset_reader.iter_records(str(d), "train", chunk=7))
   assert [p for p, _ in got] == list(range(N_TRAIN))
   assert [r.segment_id for _, r in got] == [r.segment_id for r in recs[:N_TRAIN]]
   np.testing.assert_array_equal(got[3][1].ppg, recs[3].ppg.astype(np.float16))
@@ -31,8 +32,8 @@ def test_iter_records_applies_the_pipeline_selection(dataset):
   d, _ = dataset
   quality = {"ppg": 0.9, "ecg": 0.9}
   _, index = shards.split_paths(d, "train")
-  want = reader.select_records(index, ("ppg", "ecg"), quality)
-  got = [p for p, r in reader.iter_records(str(d), "train", modalities=("ppg", "ecg"),
+  want = dataset_reader.select_records(index, ("ppg", "ecg"), quality)
+  got = [p for p, r in dataset_reader.iter_records(str(d), "train", modalities=("ppg", "ecg"),
                                            min_quality=quality)]
   assert got == want.tolist() and 0 < len(got) < N_TRAIN
 
@@ -60,7 +61,7 @@ def test_eval_dataset_reads_once_and_yields_the_same_batches(dataset, monkeypatc
 
   def no_reads(*args, **kwargs):
     raise AssertionError("read again")
-  monkeypatch.setattr(reader.ShardReader, "read", no_reads)
+  monkeypatch.setattr(dataset_reader.ShardReader, "read", no_reads)
   second = list(evals)
   assert all(x is y for a, b in zip(first, second, strict=True) for x, y in
              zip(a.values(), b.values()))

@@ -4,7 +4,8 @@ The trainer's properties (topology independence, exact resume, sharding rules) d
 the architecture, only on the contract: `loss(batch, key, *, mask_ratio)` drawing per-example
 masks (here with the real `xmae_jax.models.masking`) and dropout from `key`, BatchNorm statistics
 updated in training mode. This model keeps those pieces and compiles far faster than xMAE's
-convolutional stem; xMAE itself is trained by the single-device tests. Tests register it as `models.REGISTRY["toy_mae"]`.
+convolutional stem; xMAE itself is trained by the single-device tests. Tests register it as
+`models.REGISTRY["toy_mae"]` (`train_runner.register_toy_model`).
 """
 import jax
 import jax.numpy as jnp

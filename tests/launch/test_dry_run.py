@@ -5,7 +5,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MESH = '--config.mesh.axes=(("data",-1),("fsdp",8))'
 
 

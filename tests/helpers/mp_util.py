@@ -1,8 +1,9 @@
-"""Run N local Python processes joined with `jax.distributed` on CPU, for multi-process tests.
+"""Run N local Python processes joined with `jax.distributed` on CPU, for multi-process tests
+(and `run_python`: one fresh process on this checkout).
 
 Parent side (in a test):
 
-    from mp_util import run_processes
+    from tests.helpers.mp_util import run_processes
     results = run_processes(SCRIPT, num_processes=2, devices_per_process=2,
                             args=[str(tmp_path)], timeout=180)
     results[0].result   # the object process 0 passed to `emit`
@@ -10,15 +11,15 @@ Parent side (in a test):
 `SCRIPT` is Python source (a string) or the path of a script. Every process gets the same
 command line plus its own environment: a free coordinator port (portpicker), its index, the
 process count, `JAX_PLATFORMS=cpu`, `--xla_force_host_platform_device_count=D` added to the
-caller's `XLA_FLAGS`, and `PYTHONPATH` with the repository and `tests/` (so scripts can
-`import mp_util`); the rest of the environment is the parent's, so the test run's
-compilation cache (tests/conftest.py) is shared. If any
-process fails or the timeout passes, all are killed and `MultiProcessError` says which one
-failed, with the tail of its output.
+caller's `XLA_FLAGS`, and `PYTHONPATH` with the repository (so scripts can
+`from tests.helpers import mp_util`); the rest of the environment is the parent's, so the test
+run's compilation cache (tests/conftest.py) is shared. If any process fails or the timeout
+passes, all are killed and `MultiProcessError` says which one failed, with the tail of its
+output.
 
 Child side (in the script):
 
-    import mp_util
+    from tests.helpers import mp_util
     mp_util.initialize()          # absl flags marked parsed + jax.distributed.initialize(...)
     ...
     mp_util.emit({"rows": [...]}) # one JSON-able object back to the parent
@@ -39,8 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULT_PREFIX = "MP_UTIL_RESULT "
 # XLA's fast-compile options (LLVM -O0, no expensive passes) for test subprocesses that run a few
 # steps and compare runs with each other, never with the reference: compiling dominates them.
@@ -64,6 +64,13 @@ class ProcessResult:
 
 
 # ----------------------------------------------------------------------------- parent side
+
+
+def run_python(args, **kwargs) -> subprocess.CompletedProcess:
+  """One fresh Python process on this checkout's code (CPU only), run to its end."""
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300, **kwargs)
 
 
 def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequence[str] = (),
@@ -121,7 +128,7 @@ def _is_path(script) -> bool:
 def _child_env(index: int, num: int, port: int, devices: int,
                extra: dict[str, str] | None) -> dict[str, str]:
   env = dict(os.environ)
-  path = [str(REPO), str(TESTS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  path = [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   env.update({

@@ -1,25 +1,37 @@
 """Runs training jobs in a fresh process (with its own device count) for tests/training.
 
-    python tests/training/train_runner.py SPEC.json
+    PYTHONPATH=REPO python tests/helpers/train_runner.py SPEC.json
 
-    python tests/training/train_runner.py cli --config ... --workdir ...   (xmae-train itself)
+    PYTHONPATH=REPO python tests/helpers/train_runner.py cli --config ... --workdir ...
+                                                          (xmae-train itself)
 
 SPEC: {"config": "configs/xmae.py:tiny", "overrides": {"train.num_steps": 6, ...},
        "jobs": [{"name": ..., "workdir": ..., "overrides": {...}, "stop_at_step": N|null,
                  "allow_changes": [KEY, ...]}, ...]}
 Each job calls `xmae_jax.training.train.train` and reports its summary, the rows of its
 metrics.jsonl, and (file) WORKDIR/final_params.npz of process 0's parameters; a TrainingError
-is reported as {"error": message}. Under tests/mp_util (several processes) it joins the
+is reported as {"error": message}. Under mp_util (several processes) it joins the
 jax.distributed job first and emits through mp_util; otherwise it prints one JSON line.
-Both modes register the test-only `toy_mae` model (tests/training/toy_model.py).
+Both modes register the test-only `toy_mae` model (toy_model.py).
+
+The parent side: `start` runs it on a spec in a subprocess with a given device count, `finish`
+waits and returns what it reported.
 """
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.helpers import mp_util
+
 REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).resolve()
 RESULT_PREFIX = "TRAIN_RUNNER_RESULT "
+TOY_MODEL = "tests.helpers.toy_model:ToyMAE"   # models.REGISTRY entry of the toy model
 
 
 def load_config(spec: str):
@@ -41,16 +53,13 @@ def toy_config(data_dir, **overrides):
 
 
 def register_toy_model():
-  sys.path.insert(0, str(Path(__file__).resolve().parent))
   from xmae_jax import models
-  models.REGISTRY.setdefault("toy_mae", "toy_model:ToyMAE")
+  models.REGISTRY.setdefault("toy_mae", TOY_MODEL)
 
 
 def main(spec_path):
   under_mp = "MP_UTIL_COORDINATOR" in os.environ
   if under_mp:
-    sys.path.insert(0, str(REPO / "tests"))
-    import mp_util
     mp_util.initialize()
   else:
     from absl import flags
@@ -90,6 +99,29 @@ def main(spec_path):
     mp_util.emit(results)
   else:
     print(RESULT_PREFIX + json.dumps(results), flush=True)
+
+
+def start(spec: Path, devices: int, env: dict) -> subprocess.Popen:
+  """This runner on `spec` in a new process with `devices` CPU devices (and `env` added)."""
+  path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+  full_env = {**os.environ, **env, "PYTHONPATH": path,
+              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.Popen([sys.executable, str(RUNNER), str(spec)], cwd=REPO, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> dict:
+  """What a `start`ed runner reported; fails the test if it failed or ran past `timeout`."""
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    pytest.fail(f"training subprocess timed out; stderr tail:\n{err[-3000:]}")
+  lines = [l for l in out.splitlines() if l.startswith(RESULT_PREFIX)]
+  assert proc.returncode == 0 and lines, f"runner failed ({proc.returncode}):\n{err[-4000:]}"
+  return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 `ShardReader` reads a batch's waveform bytes straight from the memory-mapped shards
 (`mapped.py`, each shard checked once against array_record), else with one ArrayRecord call
-per shard, and decodes all its waveforms with one `np.take`. That fast path depends on the byte layout `record.encode` writes
-(msgpack map, schema version first, the float16 waveforms last, ppg before ecg): a change there
-must be mirrored in `_waveform_bytes` here. A record laid out otherwise still reads, through
-`record.decode_map`, only slower.
+per shard, and decodes all its waveforms with one `np.take`. That fast path depends on the byte
+layout `record.encode` writes (msgpack map, schema version first, the float16 waveforms last, ppg
+before ecg): a change there must be mirrored in `waveform_bytes` here. A record laid out
+otherwise still reads, through `record.decode_map`, only slower.
 
 `iter_records` is the one way to walk a dataset directory's records in order (the pipeline's
 selection rule, decoded `Record`s): embedding a prepared dataset and the TFDS export use it.
@@ -63,8 +63,8 @@ _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.flo
 _VERSION_PREFIX = mapped.VERSION_PREFIX
 
 
-def _waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
-                    has_ecg: np.ndarray) -> dict[str, bytes] | None:
+def waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
+                   has_ecg: np.ndarray) -> dict[str, bytes] | None:
   """Fast path: the float16 bytes of each modality of all records, joined; None if unsure.
 
   `record.encode` writes the waveforms last, ppg before ecg, each a msgpack bin of 2*length
@@ -217,7 +217,7 @@ class ShardReader(ShippedToWorkers):
     joined = self.mapped_shards.waveforms(positions, modalities)
     if joined is None:
       raw = self.read_raw(positions)
-      joined = _waveform_bytes(raw, modalities, self.segment_length,
+      joined = waveform_bytes(raw, modalities, self.segment_length,
                                self._has_ecg[positions])
     if joined is None:   # a record not laid out as record.encode writes it: decode each map
       joined = self._decode_maps(raw, positions, modalities)
