@@ -26,9 +26,12 @@ CORE = [
     # jax.export serialization (the StableHLO artifact of xmae_jax.interop.stablehlo)
     "flatbuffers>=24.3",
 ]
+# gs:// paths (workdirs, datasets, packages): etils.epath reaches them through gcsfs; Orbax's
+# TensorStore has its own client. Part of the train extra: pods keep their runs in buckets.
+GCS = "gcsfs>=2025.9"
 # Training and preparation beyond that (`.[train]`): the Grain input pipeline, TensorBoard
-# logs, PulseDB's MATLAB v7.3 (HDF5) files.
-TRAIN = ["grain>=0.2.18,<0.3", "tensorboardX>=2.6", "h5py>=3.10"]
+# logs, PulseDB's MATLAB v7.3 (HDF5) files, gs:// paths (GCS below).
+TRAIN = ["grain>=0.2.18,<0.3", "tensorboardX>=2.6", "h5py>=3.10", GCS]
 # The golden/parity tests and the side-by-side benchmark need torch (CPU build). Only 3.11 gets
 # it from the test extra: that is where the CPU wheel is pinned (constraints.txt); on 3.12+ the
 # index's default torch is the multi-GB CUDA build, and the torch tests skip without it.
@@ -78,12 +81,14 @@ setup(
         "beam": [BEAM],
         "edf": [EDF],
         "wandb": [WANDB],
+        "gcs": [GCS],
         "train": TRAIN,
         # The suite trains, so the test extra holds the training extra too.
         # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
         # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
-        # tests skip.
+        # tests skip. gcp-storage-emulator: the local Cloud Storage server of tests/storage.
         "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM, EDF,
+                 "gcp-storage-emulator>=2024.8",
                  f'{TORCH}; python_version < "3.12"', f'{LIBTPU}; python_version < "3.12"'],
     },
     entry_points={

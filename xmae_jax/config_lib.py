@@ -29,6 +29,7 @@ import ml_collections as mlc
 from xmae_jax import atomic
 from xmae_jax import config_rules
 from xmae_jax import errors
+from xmae_jax import paths
 
 CONFIG_FILE = "config.json"          # a workdir's (and an exported package's) saved config
 # 100m, 300m, 1b: model-size presets for scaling studies on TPU slices (about 100M, 300M and 1B
@@ -429,7 +430,7 @@ def config_from_dict(d: dict) -> mlc.ConfigDict:
 
 def write_config(workdir, config) -> Path:
   """WORKDIR/config.json, written atomically; returns its path."""
-  return atomic.atomic_write(Path(workdir) / CONFIG_FILE,
+  return atomic.atomic_write(paths.path(workdir) / CONFIG_FILE,
                              json.dumps(config_to_dict(config), indent=1, sort_keys=True))
 
 

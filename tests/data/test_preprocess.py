@@ -228,11 +228,13 @@ def test_prepare_for_inference():
   np.testing.assert_allclose(out.min(1), -1, atol=1e-6)
   np.testing.assert_allclose(out.max(1), 1, atol=1e-6)
   # the first window is the min-max of the first 10 s resampled to 100 Hz
-  ref = pp.minmax(pp.resample(x[0], 250, 100, 2500)[:1000])
+  ref = pp.minmax(pp.resample(x[0, :2500], 250, 100, 1000))
   np.testing.assert_allclose(out[0], ref, atol=1e-6)
   assert pp.prepare_for_inference(x[0, :1000], 100).shape == (1, 1000)
-  with pytest.raises(pp.PreprocessError, match="shorter than one"):
+  with pytest.raises(pp.PreprocessError, match="shorter than one 10-s window"):
     pp.prepare_for_inference(x[:, :1000], 250)
+  with pytest.raises(pp.PreprocessError, match="transposed"):
+    pp.prepare_for_inference(x.T, 250)
   with pytest.raises(pp.PreprocessError, match="NaN"):
     pp.prepare_for_inference(np.full(3000, np.nan), 100)
   with pytest.raises(pp.PreprocessError, match="wrong shape"):

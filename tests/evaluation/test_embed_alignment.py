@@ -1,6 +1,7 @@
 """Raw-record embedding applies the PPG shift the encoder's training data were prepared with
 (issue 21, item 5): a WFDB record embedded through the package equals the same record prepared
-with that alignment and then embedded; which shift was applied is said in the output."""
+with that alignment and then embedded, and equals the record given to `embed` as arrays; which
+shift was applied is said in the output."""
 import numpy as np
 import pytest
 
@@ -81,7 +82,52 @@ def test_ppg_alone_gets_the_fixed_delay_and_says_so(aligned_encoder, record_dir,
 
 
 def test_the_alignment_comes_from_the_recorded_preprocessing():
-  assert embed_lib.ppg_alignment({"ppg_delay_seconds": 0.0, "ppg_align_seconds": None}) == {}
-  assert embed_lib.ppg_alignment({"ppg_delay_seconds": 0.2, "ppg_align_seconds": 0.35}) == {
+  assert pp.ppg_alignment({"ppg_delay_seconds": 0.0, "ppg_align_seconds": None}) == {}
+  assert pp.ppg_alignment({"ppg_delay_seconds": 0.2, "ppg_align_seconds": 0.35}) == {
       "ppg_delay_seconds": 0.2, "ppg_align_seconds": 0.35}
-  assert embed_lib.ppg_alignment(None) == {}
+  assert pp.ppg_alignment(None) == {}
+
+
+def _arrays(record_dir):
+  """(ecg, ppg) of the record as 1-D arrays, as a user reads it."""
+  import wfdb
+  rec = wfdb.rdrecord(str(record_dir / "rec01"))
+  return rec.p_signal[:, 0], rec.p_signal[:, 1]
+
+
+@pytest.mark.parametrize("modalities", [("ppg", "ecg"), ("ppg",)])
+def test_a_record_given_as_arrays_embeds_as_its_wfdb_files(aligned_encoder, record_dir, tmp_path,
+                                                           modalities):
+  ecg, ppg = _arrays(record_dir)
+  given = {"ppg": ppg, "ecg": ecg} if "ecg" in modalities else {"ppg": ppg}
+  summary, files = _embedded(aligned_encoder, record_dir, tmp_path / "raw.npz", modalities)
+  r = aligned_encoder.embed(fs=FS, **given)
+  assert isinstance(r, encoder_lib.WindowEmbeddings)
+  assert r.alignment == aligned_encoder.last_alignment
+  assert r.alignment.startswith(summary["notes"]["ppg_alignment"])
+  assert r.alignment.endswith("rows: 1 measured" if "ecg" in modalities else "rows: 1 fixed")
+  np.testing.assert_array_equal(r.start_s, files["meta.start_s"])
+  np.testing.assert_allclose(r.ppg_shift_s, files["meta.ppg_shift_s"], atol=1e-4)
+  np.testing.assert_allclose(r.embeddings, files["embeddings"], atol=1e-5)
+  # recordings as rows of one array: each row is aligned on its own, as a record is
+  rows = aligned_encoder.embed(fs=FS, **{m: np.stack([x, x]) for m, x in given.items()})
+  np.testing.assert_allclose(rows, np.stack([files["embeddings"].mean(0)] * 2), atol=1e-5)
+  assert aligned_encoder.last_alignment.endswith(": 2 measured" if "ecg" in modalities
+                                                 else ": 2 fixed")
+  as_given = aligned_encoder.embed(fs=FS, align=False, **given)
+  assert as_given.alignment == "none" and not as_given.ppg_shift_s.any()
+  n = len(r)                           # the shifted PPG is shorter: fewer windows
+  assert np.abs(as_given.embeddings[:n] - r.embeddings).max() > 20 * F16
+
+
+def test_rows_too_short_for_the_shift_or_prepared_are_embedded_as_given(aligned_encoder,
+                                                                        record_dir):
+  ecg, ppg = _arrays(record_dir)
+  one_window = {"ppg": ppg[None, :10 * FS], "ecg": ecg[None, :10 * FS]}
+  z = aligned_encoder.embed(fs=FS, **one_window)
+  note = aligned_encoder.last_alignment
+  assert note.endswith("rows: 1 kept as given (shorter than a window plus the shift)"), note
+  np.testing.assert_array_equal(z, aligned_encoder.embed(fs=FS, align=False, **one_window))
+  windows = {m: pp.minmax(x[:, :1000]) for m, x in one_window.items()}   # contract-shaped
+  aligned_encoder.embed(**windows)
+  assert aligned_encoder.last_alignment == "none (rows taken as prepared windows)"

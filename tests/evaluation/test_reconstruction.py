@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from xmae_jax.data import preprocess
 from xmae_jax.evaluation import reconstruction as recon
 
 FS = 100.0
@@ -141,7 +142,7 @@ def _pulses_after(ecg, delay_s):
   t = np.arange(ecg.shape[1])
   rows = []
   for e in ecg:
-    peaks = recon.detect_rpeaks(e, FS) + int(round(delay_s * FS))
+    peaks = preprocess.find_rpeaks(e, FS) + int(round(delay_s * FS))
     rows.append(sum(np.exp(-0.5 * ((t - p) / 8.0) ** 2) for p in peaks))
   x = np.stack(rows)
   lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)

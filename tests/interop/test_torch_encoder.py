@@ -75,8 +75,10 @@ def test_not_a_package_or_a_mismatched_one_is_one_line(xmae_package, tmp_path):
   from safetensors.numpy import load_file, save_file
   bad = tmp_path / "bad"
   bad.mkdir()
-  for f in ("package.json", "config.json"):
-    (bad / f).write_text((xmae_package / f).read_text())
+  (bad / "config.json").write_text((xmae_package / "config.json").read_text())
+  info = json.loads((xmae_package / "package.json").read_text())
+  info.pop(package_lib.DIGESTS)               # hand-made: no digests, so read unverified
+  (bad / "package.json").write_text(json.dumps(info))
   tensors = load_file(str(xmae_package / "encoder.safetensors"))
   del tensors["stem.skip_bn.var"]
   save_file(tensors, str(bad / "encoder.safetensors"))
@@ -95,3 +97,70 @@ def test_torch_example_embeds_a_real_record_without_jax(xmae_package, physionet_
   ppg, fs = datasets.record_rows(physionet_dir, "PLETH")
   np.testing.assert_allclose(np.load(out), xmae_jax.load_encoder(xmae_package).embed(ppg, fs=fs),
                              atol=TOL, rtol=0)
+
+
+def test_raw_recordings_get_the_packages_ppg_alignment_as_in_jax(joint_package, physionet_dir):
+  """A package trained on aligned data: both encoders move each raw row's PPG alike (measured
+  on its ECG when given, else the fixed delay) and say so."""
+  ppg, fs = datasets.record_rows(physionet_dir, "PLETH", seconds=60)
+  ecg, _ = datasets.record_rows(physionet_dir, "II", seconds=60)
+  ppg, ecg = ppg.reshape(2, -1), ecg.reshape(2, -1)     # two 30-s recordings
+  jax_enc = xmae_jax.load_encoder(joint_package)
+  enc = torch_encoder.load(joint_package)
+  for e in (jax_enc, enc):
+    e.info["preprocessing"] = {"ppg_align_seconds": 0.1, "ppg_delay_seconds": 0.2}
+  for given, note in (({"ppg": ppg, "ecg": ecg}, "per record"), ({"ppg": ppg}, "fixed: PPG")):
+    want = np.asarray(jax_enc.embed(fs=fs, **given))
+    got = enc.embed(fs=fs, **given)
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0, err_msg=note)
+    assert enc.last_alignment == jax_enc.last_alignment
+    assert enc.last_alignment.startswith(note) and "2 " in enc.last_alignment
+    as_given = enc.embed(fs=fs, align=False, **given)
+    assert enc.last_alignment == "none"
+    assert np.abs(as_given - got).max() > 1e-3            # the shift was applied
+
+
+def test_a_damaged_or_escaping_package_is_refused_as_load_encoder_refuses_it(xmae_package,
+                                                                             tmp_path):
+  import shutil
+  from xmae_jax.evaluation import package as package_lib
+  pkg, outside = tmp_path / "pkg", tmp_path / "outside"
+  shutil.copytree(xmae_package, pkg)
+  shutil.copytree(xmae_package, outside)
+  weights = pkg / package_lib.SAFETENSORS_FILE
+  original = weights.read_bytes()
+  data = bytearray(original)
+  data[len(data) // 2] ^= 0x01                        # tensor data: loads, embeds wrong numbers
+  weights.write_bytes(bytes(data))
+  with pytest.raises(package_lib.PackageError,
+                     match=f"file {package_lib.SAFETENSORS_FILE} differs"):
+    torch_encoder.load(pkg)
+  weights.write_bytes(original)
+  info = json.loads((pkg / package_lib.PACKAGE_FILE).read_text())
+  for key, name in (("safetensors", str(outside / package_lib.SAFETENSORS_FILE)),
+                    ("safetensors", f"../outside/{package_lib.SAFETENSORS_FILE}"),
+                    ("config_file", "../outside/config.json")):
+    bad = json.loads(json.dumps(info))
+    if key == "config_file":
+      bad[key] = name
+    else:
+      bad["weights"][key] = name
+    (pkg / package_lib.PACKAGE_FILE).write_text(json.dumps(bad))
+    with pytest.raises(package_lib.PackageError, match="not a name inside the package") as e:
+      torch_encoder.load(pkg)
+    assert "\n" not in str(e.value) and repr(name) in str(e.value)
+  (pkg / package_lib.PACKAGE_FILE).write_text(json.dumps(info))
+  assert torch_encoder.load(pkg).embed_prepared(np.zeros((1, 1000), np.float32)).shape == (1, 32)
+
+
+def test_transposed_short_or_nan_input_is_one_clear_error_as_in_jax(xmae_package):
+  enc = torch_encoder.load(xmae_package)
+  x = np.random.default_rng(0).normal(size=(2, 2500))         # two 10-s rows at 250 Hz
+  with pytest.raises(torch_encoder.TorchEncoderError, match=r"\(2500, 2\).*transposed") as e:
+    enc.embed(x.T, fs=250)
+  assert "\n" not in str(e.value)
+  with pytest.raises(torch_encoder.TorchEncoderError, match="rows of 10 samples"):
+    enc.embed(x[:, :10], fs=250)
+  with pytest.raises(torch_encoder.TorchEncoderError, match="NaN or inf in 2 of 2 rows"):
+    enc.embed_prepared(np.full((2, 1000), np.nan))
+  assert enc.embed(x, fs=250).shape == (2, 32)

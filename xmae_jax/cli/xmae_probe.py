@@ -12,8 +12,8 @@ two protocols.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from xmae_jax import paths
 from xmae_jax.cli import common
 from xmae_jax.evaluation import probe as probe_lib
 from xmae_jax.evaluation import report
@@ -31,8 +31,8 @@ def run(argv=None) -> None:
   p.add_argument("--output-md", default=None, help="the Markdown table to this file instead")
   args = p.parse_args(argv)
   if args.output_dir:
-    args.output_json = args.output_json or str(Path(args.output_dir) / "results.json")
-    args.output_md = args.output_md or str(Path(args.output_dir) / "table.md")
+    args.output_json = args.output_json or paths.text(paths.path(args.output_dir) / "results.json")
+    args.output_md = args.output_md or paths.text(paths.path(args.output_dir) / "table.md")
   results = probe_lib.probe_file(args.embeddings, args.task, protocols=common.protocols(args),
                                  linear_cfg=common.linear_config(args),
                                  xmae_cfg=common.xmae_config(args))

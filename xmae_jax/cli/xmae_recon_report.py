@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from xmae_jax import paths
 from xmae_jax.cli import common
 from xmae_jax.evaluation import compare as compare_lib
 from xmae_jax.evaluation import reconstruction as recon_lib
@@ -53,7 +54,7 @@ def run(argv=None) -> None:
   recon_lib.build_report(models, data, args.output_dir, split=args.split, step=args.step,
                          seed=args.seed, min_quality=args.min_quality,
                          tolerance_ms=args.tolerance_ms, with_ceiling=args.timing_ceiling)
-  print((Path(args.output_dir) / "reconstruction.md").read_text())
+  print((paths.path(args.output_dir) / "reconstruction.md").read_text())
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from array_record.python import array_record_module as arm
 
+from xmae_jax import paths as paths_lib   # `paths` names shard lists here
 from xmae_jax.data import mapped
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -348,8 +349,9 @@ def verify_dataset(data_dir: str | os.PathLike, *, chunk: int = 1024) -> list[Ve
 
   Returns one `Verdict` for the manifest, then one per split listed in it. Problems name the
   file, and for records the shard and the record number within it. Raises DatasetError only
-  when there is no readable manifest at all.
+  when there is no readable manifest at all. A gs:// dataset is checked in its local copy.
   """
+  data_dir = paths_lib.local_mirror(data_dir, "dataset")
   manifest = shards.read_manifest(data_dir)
   head = Verdict("manifest")
   length = manifest.get("segment_length")

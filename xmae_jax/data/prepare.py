@@ -15,14 +15,17 @@ against the output's free space and this machine's memory (`prepare_units.check_
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+from xmae_jax import paths
 from xmae_jax.data import beam
 from xmae_jax.data import dataset_reader
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_rules as rules
 from xmae_jax.data import preprocess as pp
+from xmae_jax.data import shards
 
 RUNNERS = ("local", "beam")
 
@@ -55,10 +58,34 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
         beam_options=beam_options, overwrite=overwrite, log=log)
   if beam_options:
     raise rules.PrepareError("--beam-options applies only to --runner beam")
-  return prepare_local.prepare_local(
-      source, input, output, workers=workers, seed=seed, test_frac=test_frac,
+  local = lambda out: prepare_local.prepare_local(
+      source, input, out, workers=workers, seed=seed, test_frac=test_frac,
       val_frac=val_frac, config=config, source_options=source_options,
       records_per_shard=records_per_shard, progress=progress, overwrite=overwrite, log=log)
+  if paths.is_remote(output):
+    return _prepare_remote(output, overwrite, local)
+  return local(output)
+
+
+def _prepare_remote(output, overwrite: bool, prepare_into) -> dict[str, Any]:
+  """A gs:// output of the local runner: ArrayRecord writes local files, so the dataset is
+  prepared in a local staging folder (`paths.cache_folder`; its cache lets a rerun resume, and
+  its lock guards the run) by `prepare_into(folder)`, then uploaded one object per file, the
+  manifest last: a reader never finds a manifest naming shards not uploaded yet. The output is
+  tried before any work; a dataset of other settings there is refused unless `overwrite`,
+  before anything is uploaded."""
+  remote = paths.check_writable(output, "output")
+  staged = paths.cache_folder(output, "staging")
+  report = prepare_into(staged)
+  manifest = (staged / shards.MANIFEST).read_bytes()
+  if not overwrite and (remote / shards.MANIFEST).is_file():
+    rules.compare_request(paths.text(output), json.loads(manifest).get("request") or {},
+                          manifest=(remote / shards.MANIFEST).read_bytes())
+  for f in sorted(staged.iterdir()):
+    if f.name not in (rules.WORK, shards.MANIFEST):
+      paths.upload(f, remote / f.name)
+  paths.upload(staged / shards.MANIFEST, remote / shards.MANIFEST)
+  return report
 
 
 def verify(data_dir: str | os.PathLike, *, log=print) -> list:

@@ -258,7 +258,7 @@ def params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig
   # the code that produces records is part of the key, so an edited reader never reuses a
   # stale cache
   code = hashlib.sha256()
-  for path in (prepare_units.__file__, pp.__file__, record_lib.__file__,
+  for path in (prepare_units.__file__, *pp.code_files(), record_lib.__file__,
                sources_lib.get(source).__file__):
     code.update(Path(path).read_bytes())
   blob = json.dumps({"source": source, "options": options, "code": code.hexdigest(),

@@ -283,6 +283,8 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
   except sources_lib.SourceError as e:
     status, reason = "skipped", str(e)
     records, subjects = [], []
+  except pp.LibraryVersionError:
+    raise                   # the installed scipy, not this unit: every unit would fail the same
   except Exception as e:  # a reader bug or a file no reader check anticipated: skip the unit
     status = "skipped"
     reason = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

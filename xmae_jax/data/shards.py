@@ -28,6 +28,7 @@ from array_record.python import array_record_module as arm
 
 from xmae_jax import atomic
 from xmae_jax import errors
+from xmae_jax import paths as paths_lib   # `paths` names shard lists here
 from xmae_jax.data import record as record_lib
 from xmae_jax.version import __version__
 
@@ -222,7 +223,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
       "sources": sources,
       **(extra or {}),
   }
-  path = Path(out_dir) / MANIFEST
+  path = paths_lib.path(out_dir) / MANIFEST
   try:
     atomic.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
   except OSError as e:   # a write() error names no file
@@ -231,7 +232,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
 
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:
-  d = Path(data_dir)
+  d = paths_lib.path(data_dir)
   if not str(data_dir):
     raise DatasetError("no data directory given (set --config.data.dir)")
   if not d.is_dir():
@@ -262,7 +263,10 @@ def member_path(data_dir: str | os.PathLike, name) -> Path:
 
 
 def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dict[str, np.ndarray]]:
-  """The shard files and the index of one split; clear errors for anything missing."""
+  """The shard files and the index of one split; clear errors for anything missing. The shards
+  of a gs:// dataset are local copies (`paths.local_mirror`): ArrayRecord and the
+  memory-mapped reader read local files."""
+  data_dir = paths_lib.local_mirror(data_dir, "dataset")
   manifest = read_manifest(data_dir)
   entry = manifest["splits"].get(split)
   if not entry or entry.get("records", 0) == 0:

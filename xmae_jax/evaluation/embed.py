@@ -27,6 +27,7 @@ import numpy as np
 
 from xmae_jax import atomic
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import dataset_reader
 from xmae_jax.data import labels as labels_lib
@@ -74,24 +75,24 @@ def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids
 def check_output(path: str | os.PathLike) -> Path:
   """`path` when an embeddings file can be written there: a .npz name, not a directory, in a
   writable folder; `xmae-embed` checks it before any work."""
-  path = Path(path)
+  path = paths.path(path)
   if path.suffix != ".npz":
     raise EmbeddingsError(f"output {path} must end in .npz")
   if path.is_dir():
     raise EmbeddingsError(f"output {path} is a directory")
-  errors.check_writable(path.parent, "embeddings output folder", create=False)
+  paths.check_writable(path.parent, "embeddings output folder", create=False)
   return path
 
 
 def load_embeddings(path: str | os.PathLike) -> dict[str, Any]:
   """The arrays of an embeddings file plus `info` (a dict); clear errors for bad files."""
-  path = Path(path)
+  path = paths.path(path)
   if not path.is_file():
     raise EmbeddingsError(f"embeddings file {path} does not exist")
-  if path.stat().st_size == 0:
+  if paths.size(path) == 0:
     raise EmbeddingsError(f"embeddings file {path} is empty")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:   # zipfile/numpy raise several types for a corrupt file
     raise EmbeddingsError(f"{path} is not a readable .npz ({type(e).__name__}: {e})") from None
@@ -146,7 +147,7 @@ def _empty_segments() -> Segments:
 def detect_source(path: str | os.PathLike) -> str:
   """'dataset' (a prepared directory), 'wfdb', 'csv', 'npz' or 'edf', from what `path` looks
   like."""
-  p = Path(path)
+  p = paths.path(path)
   if p.is_dir():
     if (p / "manifest.json").is_file():
       return "dataset"
@@ -203,34 +204,6 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   return out
 
 
-def ppg_alignment(preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
-  """The PPG shift the encoder's training data were prepared with, from a package's recorded
-  preprocessing (`info["preprocessing"]`, the dataset manifest's): {ppg_delay_seconds,
-  ppg_align_seconds}; {} when none was applied (or nothing is recorded)."""
-  pre = dict(preprocessing or {})
-  delay = float(pre.get("ppg_delay_seconds") or 0.0)
-  align = pre.get("ppg_align_seconds")
-  out = {}
-  if delay:
-    out["ppg_delay_seconds"] = delay
-  if align is not None:
-    out["ppg_align_seconds"] = float(align)
-  return out
-
-
-def alignment_note(alignment: Mapping[str, Any], modalities: Sequence[str]) -> str:
-  """What `recording_segments` does to the PPG under `alignment`, in words for the output:
-  the per-record alignment needs the ECG among the windowed modalities, else the fixed delay."""
-  align, delay = alignment.get("ppg_align_seconds"), alignment.get("ppg_delay_seconds", 0.0)
-  if "ppg" not in modalities or (align is None and not delay):
-    return "none"
-  if align is not None and "ecg" in modalities:
-    return (f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
-            f"the record's ECG; fixed {delay:g} s where too few clean beats)")
-  return f"fixed: PPG moved {delay:g} s earlier" + (
-      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else "")
-
-
 def recording_segments(path: str | os.PathLike, source: str, modalities: str | Sequence[str], *,
                        contract, options: Mapping[str, Any] | None = None,
                        alignment: Mapping[str, Any] | None = None) -> Segments:
@@ -239,10 +212,10 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   A labels file in `options` (`labels`, xmae_jax.data.labels) joins its columns to the
   recordings' labels; one that matches none of them is an error naming it.
 
-  `alignment` (`ppg_alignment` of the encoder's package) moves the PPG as the training data's
-  was: per record (`ppg_align_seconds`, measured on the record's ECG) when the ECG is among
-  `modalities`, else by the fixed `ppg_delay_seconds` (`preprocess.ppg_shift` decides);
-  `notes["ppg_alignment"]` says which."""
+  `alignment` (`preprocess.ppg_alignment` of the encoder's package) moves the PPG as the
+  training data's was: per record (`ppg_align_seconds`, measured on the record's ECG) when the
+  ECG is among `modalities`, else by the fixed `ppg_delay_seconds` (`preprocess.ppg_shift`
+  decides); `notes["ppg_alignment"]` says which."""
   modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
   asked = dict(alignment or {})
   alignment = dict(asked)
@@ -253,8 +226,8 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
   if source in ("csv", "npz"):
     options["format"] = source          # the tabular reader serves both
   options.update(labels_lib.options_of(options))
-  p = Path(path)
-  if p.is_file() and p.stat().st_size == 0:
+  p = paths.path(path)
+  if p.is_file() and paths.size(p) == 0:
     raise EmbeddingsError(f"input {p} is empty")
   config = preprocess.PreprocessConfig(
       target_fs=int(round(contract.sampling_rate)), segment_seconds=contract.segment_seconds,
@@ -312,7 +285,7 @@ def recording_segments(path: str | os.PathLike, source: str, modalities: str | S
     raise EmbeddingsError(labels_lib.no_match(table, notes.get("labels/unmatched", 0),
                                               list(dict.fromkeys(seen))))
   out.signals = {m: np.stack(w).astype(np.float32) for m, w in windows.items()}
-  out.notes = {**notes, "ppg_alignment": alignment_note(asked, modalities)}
+  out.notes = {**notes, "ppg_alignment": preprocess.alignment_note(asked, modalities)}
   return out
 
 
@@ -331,9 +304,9 @@ def read_segments(path, modalities, *, contract, source: str | None = None, spli
 
 
 def encoder_alignment(encoder) -> dict[str, Any]:
-  """`ppg_alignment` of an encoder's package (its info's recorded preprocessing)."""
+  """`preprocess.ppg_alignment` of an encoder's package (its info's recorded preprocessing)."""
   info = encoder.info if isinstance(getattr(encoder, "info", None), dict) else {}
-  return ppg_alignment(info.get("preprocessing"))
+  return preprocess.ppg_alignment(info.get("preprocessing"))
 
 
 def embed_windows(encoder, *, chunk: int | None = None, **windows: np.ndarray) -> np.ndarray:
@@ -366,7 +339,7 @@ def embed_input(encoder, path: str | os.PathLike, output: str | os.PathLike, *,
   info = {"encoder": encoder.info.get("source", {}) if isinstance(encoder.info, dict) else {},
           "model_name": str(encoder.config.model.name), "modality": "+".join(modalities),
           "modalities": list(modalities), "encoder_modality": encoder.modality,
-          "input": str(Path(path).absolute()), "source": source, "notes": segs.notes}
+          "input": paths.text(paths.absolute(path)), "source": source, "notes": segs.notes}
   save_embeddings(output, z, segs.subject_ids, segs.segment_ids, meta=columns_from_dicts(segs.meta),
                   labels=columns_from_dicts(segs.labels), split=segs.split, info=info)
   return {"output": str(output), "segments": len(segs), "subjects": len(set(segs.subject_ids)),

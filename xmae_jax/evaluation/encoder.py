@@ -19,6 +19,13 @@ float (N, L) segments (per modality; both modalities must be the same windows):
   `per_window=True`: then every window's embedding comes back with its start time
   (`WindowEmbeddings`). A 1-D input is one recording, embedded per window by default.
 
+Raw rows are recordings: when the package records a PPG shift of its training data
+(`--ppg-align-seconds` / `--ppg-delay-seconds` of xmae-prepare), each row's PPG is moved as
+xmae-prepare moved a recording's (xmae_jax.data.preprocess.align_rows: measured on the row's ECG
+when `ecg=` is given, else the fixed delay), so raw arrays embed as the same record read from
+WFDB files; `WindowEmbeddings.alignment` / `Encoder.last_alignment` say what was applied.
+Contract-shaped rows are taken as prepared windows and are not moved.
+
 The forward pass is one `jax.jit` over fixed-size batches (the last one padded, so it compiles
 once), split over every local device along a 1-D mesh. Nothing here touches the network.
 
@@ -30,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from xmae_jax import config_lib
+from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
 
@@ -84,12 +91,16 @@ class WindowEmbeddings:
   embeddings: (M, latent) float32; start_s: (M,) each window's start in seconds from the start
   of its input row (0, 10, 20, ... for the 10-s contract: the windows are consecutive and do not
   overlap; a tail shorter than a window is not embedded); row: (M,) the input row it came from
-  (all 0 for one 1-D recording); window_s: the windows' length in seconds.
+  (all 0 for one 1-D recording); window_s: the windows' length in seconds; ppg_shift_s: (M,)
+  seconds by which the PPG of the window's row was moved earlier (its windows start that much
+  later in the PPG than start_s); alignment: what was applied, in words (`align_rows`).
   """
   embeddings: np.ndarray
   start_s: np.ndarray
   row: np.ndarray
   window_s: float
+  ppg_shift_s: np.ndarray | None = None
+  alignment: str = "none"
 
   def __len__(self) -> int:
     return len(self.embeddings)
@@ -143,6 +154,7 @@ class Encoder:
     self.contract = contract or Contract.from_config(config)
     self.info = dict(info or {})
     self.batch_size = int(batch_size)
+    self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
     devices = jax.local_devices()
     self._mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     self._batch_sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("data"))
@@ -163,6 +175,12 @@ class Encoder:
   @property
   def latent_dim(self) -> int:
     return int(self.config.model.latent_dim)
+
+  @property
+  def alignment(self) -> dict[str, Any]:
+    """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
+    from xmae_jax.data import preprocess
+    return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   @property
   def param_count(self) -> int:
@@ -225,20 +243,60 @@ class Encoder:
     c = self.contract
     if not len(a):      # no rows: no windows (and (0, latent) from embed), at any length or rate
       return np.zeros((0, c.segment_length), np.float32), np.zeros(0, np.int64)
-    if a.shape[1] == c.segment_length and _same_rate(fs, c.sampling_rate) and not clean:
+    if self._as_prepared(a, fs, clean):
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
-    config = preprocess.PreprocessConfig(
-        target_fs=int(round(c.sampling_rate)), segment_seconds=c.segment_seconds,
-        ecg_clean_method=c.ecg_clean_method, ppg_clean_method=c.ppg_clean_method,
-        resample_method=c.resample_method)
+    config = self._preprocess_config()
     try:
-      _check_row_length(a.shape, preprocess.check_sampling_rate(fs, "input", config.min_fs),
-                        c)
       return preprocess.prepare_for_inference(
           a, fs, config=config, modality=modality,
           clean_signal=True if clean is None else bool(clean), return_index=True)
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
+
+  def _as_prepared(self, a: np.ndarray, fs: float, clean: bool | None) -> bool:
+    """Whether rows `a` at `fs` are taken as prepared windows (see the module docstring)."""
+    c = self.contract
+    return a.shape[1] == c.segment_length and _same_rate(fs, c.sampling_rate) and not clean
+
+  def _preprocess_config(self, **alignment):
+    from xmae_jax.data import preprocess
+    c = self.contract
+    return preprocess.PreprocessConfig(
+        target_fs=int(round(c.sampling_rate)), segment_seconds=c.segment_seconds,
+        ecg_clean_method=c.ecg_clean_method, ppg_clean_method=c.ppg_clean_method,
+        resample_method=c.resample_method, **alignment)
+
+  def prepare_aligned(self, given: dict[str, np.ndarray], fs: float | None = None, *,
+                      clean: bool | None = None, align: bool = True):
+    """`prepare` of every given modality's (N, L) rows, the PPG moved first as the package's
+    training data's was (`align_rows`; not for rows taken as prepared windows, nor with
+    align=False) -> ({modality: windows}, source row of each window, PPG shift of each window
+    in seconds, what was applied in words)."""
+    from xmae_jax.data import preprocess
+    fs = self.contract.sampling_rate if fs is None else fs
+    first = next(iter(given.values()))
+    alignment = self.alignment if align else {}
+    note = preprocess.alignment_note(alignment, tuple(given))
+    if note == "none" or not len(first) or self._as_prepared(first, fs, clean):
+      prepared = {m: self.prepare(a, fs, clean=clean, modality=m) for m, a in given.items()}
+      rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape, fs
+      return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
+              "none" if note == "none" else "none (rows taken as prepared windows)")
+    try:
+      config = self._preprocess_config(**alignment)
+      preprocess.check_row_length(first.shape, fs, config)
+      recordings, shifts, note = preprocess.align_rows(given, fs, config)
+    except preprocess.PreprocessError as e:
+      raise EncoderInputError(str(e)) from None
+    windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
+    rows = []
+    for i, recording in enumerate(recordings):
+      for m, x in recording.items():
+        w, _ = self.prepare(x[None], fs, clean=clean, modality=m)
+        windows[m].append(w)
+      rows.append(np.full(len(w), i))
+    rows = np.concatenate(rows)
+    return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,
                      ecg: np.ndarray | None = None) -> np.ndarray:
@@ -269,8 +327,8 @@ class Encoder:
     return np.concatenate(out).astype(np.float32)
 
   def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
-            clean: bool | None = None,
-            per_window: bool | None = None) -> np.ndarray | WindowEmbeddings:
+            clean: bool | None = None, per_window: bool | None = None,
+            align: bool = True) -> np.ndarray | WindowEmbeddings:
     """Float (N, L) raw or prepared segments at `fs` Hz -> (N, latent) float32 embeddings; one
     recording (L,) -> its windows' embeddings with their start times (`WindowEmbeddings`).
 
@@ -284,6 +342,9 @@ class Encoder:
     window getting the mean of its windows' embeddings. None (default): True for a 1-D input
     (one recording, e.g. a night of PPG: `r = enc.embed(ppg, fs=125); r.embeddings, r.start_s`),
     False for (N, L).
+    `align`: move raw rows' PPG as the package's training data's was (module docstring); what
+    was applied is in `last_alignment` (and a `WindowEmbeddings`' `alignment`). False embeds
+    the rows as given.
     """
     given = self.inputs(x, ppg=ppg, ecg=ecg)
     one_recording = all(np.ndim(v) == 1 for v in given.values())
@@ -292,13 +353,14 @@ class Encoder:
     per_window = one_recording if per_window is None else bool(per_window)
     given = {m: _as_batch(v) for m, v in given.items()}
     self._check_same_windows(given)
-    prepared = {m: self.prepare(a, fs, clean=clean, modality=m) for m, a in given.items()}
-    rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape and fs
-    z = self.embed_prepared(**{m: w for m, (w, _) in prepared.items()})
+    windows, rows, shifts, self.last_alignment = self.prepare_aligned(given, fs, clean=clean,
+                                                                      align=align)
+    z = self.embed_prepared(**windows)
     if per_window:
       return WindowEmbeddings(embeddings=z, start_s=self.window_starts(rows),
                               row=np.asarray(rows, np.int64),
-                              window_s=self.contract.segment_seconds)
+                              window_s=self.contract.segment_seconds, ppg_shift_s=shifts,
+                              alignment=self.last_alignment)
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z
@@ -364,20 +426,6 @@ def _check_finite(a: np.ndarray, what: str) -> None:
                             f"(first: row {rows[0]}); clean or drop them before embedding")
 
 
-def _check_row_length(shape: tuple[int, int], fs: float, contract: Contract) -> None:
-  """Refuses raw rows shorter than one contract window (the cleaning filters would fail on them
-  with a SciPy error), naming the shape: a transposed (L, N) array is the usual cause."""
-  seconds = shape[1] / fs
-  if round(shape[1] * contract.sampling_rate / fs) >= contract.segment_length:
-    return
-  hint = ("; embed takes (N, L), one segment per row: is the array transposed?"
-          if shape[0] * contract.sampling_rate / fs >= contract.segment_length else "")
-  raise EncoderInputError(
-      f"wrong shape: input {tuple(shape)} has rows of {shape[1]} samples ({seconds:.3g} s at "
-      f"{fs:g} Hz), shorter than one {contract.segment_seconds:g}-s window "
-      f"({math.ceil(contract.segment_seconds * fs)} samples at {fs:g} Hz){hint}")
-
-
 def count_parameters(module) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
@@ -422,9 +470,10 @@ def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwa
 
 
 def load_package(path, **kwargs) -> Encoder:
-  """An exported package -> Encoder; weights from its Orbax checkpoint, no network."""
+  """An exported package -> Encoder; weights from its Orbax checkpoint, no network (a gs://
+  package is copied to a local folder first: its files are read and verified one by one)."""
   from xmae_jax.training import checkpoint
-  path = Path(path).absolute()
+  path = paths.local_mirror(path, "encoder package").absolute()
   info = package_lib.read_package_info(path)
   package_lib.verify_files(path, info)
   config = package_lib.read_config(path, info)
@@ -456,7 +505,7 @@ def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
   what it must hold: a ppg+ecg package asked for one modality gives the encoder of that
   modality alone (its fingerprint from that modality; `embed(x)` then means that modality).
   """
-  path = Path(path)
+  path = paths.path(path)
   if package_lib.is_package(path) or not (path / "checkpoints").is_dir():
     enc = load_package(path, batch_size=batch_size)
     if modality is None or modality == enc.modality:

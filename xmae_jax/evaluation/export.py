@@ -17,6 +17,7 @@ import numpy as np
 
 from xmae_jax import config_lib
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import package as package_lib
@@ -66,7 +67,10 @@ def check_output(output, *, overwrite: bool = False, workdir=None) -> Path:
   package must lie apart from the `workdir` it is exported from (neither inside the other: a
   swap there would delete the run)."""
   output = package_lib.check_output(output, overwrite=overwrite)
-  if workdir is not None:
+  if paths.is_remote(output):
+    paths.check_writable(output.parent, "encoder package output folder")
+    return output
+  if workdir is not None and not paths.is_remote(workdir):
     run, out = Path(workdir).resolve(), output.resolve()
     if out == run or run in out.parents or out in run.parents:
       raise ExportError(f"output {output} and workdir {workdir} overlap (one is inside the "
@@ -85,7 +89,8 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
     model, config, resolved, m = model_checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:
     raise ExportError(str(e)) from None
-  source = {"workdir": str(Path(workdir).absolute()), "step": resolved, "requested_step": str(step),
+  source = {"workdir": paths.text(paths.absolute(workdir)), "step": resolved,
+            "requested_step": str(step),
             "checkpoint_kind": m.get("kind"), "val_loss": m.get("val_loss"),
             "written_by": m.get("package_version")}
   return export_model(model, config, output, modality=modality, source=source, overwrite=overwrite)

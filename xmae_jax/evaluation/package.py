@@ -38,12 +38,14 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import model_card
 from xmae_jax.evaluation import package_swap
@@ -127,7 +129,7 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
   folder, or (with `overwrite` only) a previous encoder package, recognized by its package.json
   and holding nothing but the package's own files. Anything else is refused in one line, so
   `--overwrite` never deletes a run, a dataset or a folder of notes."""
-  output = Path(output).absolute()
+  output = paths.absolute(output)
   if not output.exists():
     return output
   if not output.is_dir():
@@ -163,6 +165,8 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
   package or the complete new one. A failed write (full disk, read-only file system) is one
   PackageError line naming `output`, and leaves it as it was."""
   import orbax.checkpoint as ocp
+  if paths.is_remote(output):
+    return _write_remote(output, tensors, info, config_dict, overwrite=overwrite)
   output = Path(output).absolute()
   with _writing(output):
     remove_stale_scratch(output)    # first: it may put back a package a killed export moved
@@ -188,6 +192,21 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return output
+
+
+def _write_remote(output, tensors: dict[str, np.ndarray], info: dict, config_dict: dict, *,
+                  overwrite: bool):
+  """A gs:// package: written complete in a local folder, then uploaded one object per file,
+  package.json last (a reader goes by package.json, so it finds either the old package's or
+  the new one's, and each file it lists already there)."""
+  remote = check_output(output, overwrite=overwrite)
+  with tempfile.TemporaryDirectory(prefix="xmae-export-") as d:
+    local = write_package(Path(d) / "package", tensors, info, config_dict)
+    for f in sorted(local.iterdir()):
+      if f.name != PACKAGE_FILE:
+        paths.upload(f, remote / f.name)
+    paths.upload(local / PACKAGE_FILE, remote / PACKAGE_FILE)
+  return remote
 
 
 def remove_stale_scratch(output: Path) -> None:
@@ -393,7 +412,7 @@ def package_readme(info: dict) -> str:
 
 def read_package_info(path) -> dict:
   """package.json of an exported package, checked for format and version."""
-  path = Path(path)
+  path = paths.path(path)
   file = path / PACKAGE_FILE
   if not path.exists():
     raise PackageError(f"encoder package {path} does not exist")
@@ -414,7 +433,7 @@ def read_package_info(path) -> dict:
 
 
 def is_package(path) -> bool:
-  return (Path(path) / PACKAGE_FILE).is_file()
+  return (paths.path(path) / PACKAGE_FILE).is_file()
 
 
 def read_config(path, info: dict):

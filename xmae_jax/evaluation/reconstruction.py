@@ -17,23 +17,23 @@ Metrics per direction:
     from a fixed seed, identical for every model and control;
   * correlation: Pearson r between true and reconstructed ECG over the masked samples of each
     segment (median, IQR and mean over segments);
-  * R-peak timing: R-peaks detected with NeuroKit2 (`ecg_peaks`, its default "neurokit" method)
-    in the true and in the reconstructed ECG (the whole 10 s, so beats at the mask's edge are
-    found), the true beats inside the masked part matched one-to-one to the nearest
-    reconstructed peak within `tolerance_ms`; reported: median |error| (ms) of matched beats,
-    the share of true masked beats with a reconstructed peak within 50 ms (unmatched beats
-    count as misses), sensitivity, and reconstructed peaks in the masked part that match no
-    true beat;
-  * pulse-foot timing (`ppg<-ecg`): systolic peaks found with NeuroKit2 (`ppg_peaks`, method
-    "elgendi", the method the PPG is cleaned with), and each pulse's foot taken as the minimum
-    of the signal between the previous systolic peak and this one (for the first peak, within
-    one median inter-peak interval before it); a minimum on the search window's left edge is
-    not a trough (the signal is still falling there) and gives no foot. The minimum rather than
-    the intersecting-tangent foot: it is a sample of the signal, defined for any pulse shape,
-    and needs no slope estimate on a reconstruction whose upstroke may be smoothed. Feet are
-    matched and summarized exactly as R-peaks (same one-to-one matching, tolerance,
-    sensitivity, median |error|, share within 50 ms, extra feet; the report's `true_beats` /
-    `extra_peaks` count feet in these rows);
+  * R-peak timing: R-peaks found by the preprocessing's finder (`preprocess.find_rpeaks`,
+    NeuroKit2's `ecg_peaks` with its default "neurokit" method) in the true and in the
+    reconstructed ECG (the whole 10 s, so beats at the mask's edge are found), the true beats
+    inside the masked part matched one-to-one to the nearest reconstructed peak within
+    `tolerance_ms`; reported: median |error| (ms) of matched beats, the share of true masked
+    beats with a reconstructed peak within 50 ms (unmatched beats count as misses),
+    sensitivity, and reconstructed peaks in the masked part that match no true beat;
+  * pulse-foot timing (`ppg<-ecg`): systolic peaks found by `preprocess.find_pulse_peaks`
+    (NeuroKit2's `ppg_peaks`, method "elgendi", the method the PPG is cleaned with), and each
+    pulse's foot taken as the minimum of the signal between the previous systolic peak and this
+    one (for the first peak, within one median inter-peak interval before it); a minimum on the
+    search window's left edge is not a trough (the signal is still falling there) and gives no
+    foot. The minimum rather than the intersecting-tangent foot: it is a sample of the signal,
+    defined for any pulse shape, and needs no slope estimate on a reconstruction whose upstroke
+    may be smoothed. Feet are matched and summarized exactly as R-peaks (same one-to-one
+    matching, tolerance, sensitivity, median |error|, share within 50 ms, extra feet; the
+    report's `true_beats` / `extra_peaks` count feet in these rows);
   * control: the same with each segment's conditioning modality (PPG for `ecg<-ppg`, ECG for
     `ppg<-ecg`) replaced by another segment's (rolled by half the set, so mostly another
     subject): if that modality drives the reconstruction, timing must collapse.
@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import preprocess
 from xmae_jax.data import sources
@@ -95,40 +95,10 @@ def masked_correlation(true: np.ndarray, recon: np.ndarray, masked: np.ndarray) 
   return out
 
 
-def _neurokit_peaks(x: np.ndarray, fs: float, find) -> np.ndarray:
-  """`find(x float64, sampling_rate int)` -> peak indices, run quietly; empty for a flat or
-  non-finite signal and when NeuroKit raises (it does on signals without detectable beats)."""
-  import warnings
-  x = np.asarray(x, np.float64)
-  if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
-    return np.zeros(0, int)
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      return np.asarray(find(x, int(round(fs))), int)
-  except Exception:   # NeuroKit raises on signals without detectable QRS complexes or pulses
-    return np.zeros(0, int)
-
-
-def detect_rpeaks(ecg: np.ndarray, fs: float) -> np.ndarray:
-  """R-peak sample indices found by NeuroKit2 (empty when it finds none or fails)."""
-  import neurokit2 as nk
-  return _neurokit_peaks(ecg, fs, lambda x, sr: nk.ecg_peaks(
-      x, sampling_rate=sr, method="neurokit")[1]["ECG_R_Peaks"])
-
-
-def detect_systolic_peaks(ppg: np.ndarray, fs: float) -> np.ndarray:
-  """PPG systolic-peak sample indices found by NeuroKit2 (method elgendi; empty when it finds
-  none or fails)."""
-  import neurokit2 as nk
-  return _neurokit_peaks(ppg, fs, lambda x, sr: nk.ppg_peaks(
-      x, sampling_rate=sr, method="elgendi")[1]["PPG_Peaks"])
-
-
 def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
-  """Pulse-foot sample indices: the minimum before each NeuroKit2 systolic peak (module docstring;
-  empty when no peak is found or NeuroKit fails)."""
-  peaks = detect_systolic_peaks(ppg, fs)
+  """Pulse-foot sample indices: the minimum before each systolic peak (module docstring; empty
+  when no peak is found)."""
+  peaks = preprocess.find_pulse_peaks(ppg, fs)
   if len(peaks) == 0:
     return np.zeros(0, int)
   x = np.asarray(ppg, np.float64)
@@ -142,7 +112,7 @@ def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   return np.asarray(feet, int)
 
 
-DETECTORS = {"ecg": detect_rpeaks, "ppg": detect_pulse_feet}
+DETECTORS = {"ecg": preprocess.find_rpeaks, "ppg": detect_pulse_feet}
 
 
 def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
@@ -180,7 +150,7 @@ class BeatTiming:
 
 
 def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: float, *,
-                tolerance_ms: float = 150.0, detect=detect_rpeaks
+                tolerance_ms: float = 150.0, detect=preprocess.find_rpeaks
                 ) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
   """Beat timing of the reconstruction over all rows (R-peaks by default; `detect(x, fs)` gives
   another landmark's sample indices, e.g. detect_pulse_feet); also each row's detected beats."""
@@ -204,7 +174,7 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
                     np.asarray(per_row, int).reshape(-1, 3)), peaks
 
 
-def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=detect_rpeaks,
+def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=preprocess.find_rpeaks,
               per_row: bool = False) -> tuple[dict[str, Any], list]:
   """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing);
   `per_row` adds BeatTiming.per_row under 'per_row' (for paired_beat_difference)."""
@@ -270,7 +240,7 @@ def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any
   n = ecg.shape[1]
   landmarks, beats, delays = [], [], []
   for e, p in zip(ecg, ppg):
-    r, s = detect_rpeaks(e, fs), detect_systolic_peaks(p, fs)
+    r, s = preprocess.find_rpeaks(e, fs), preprocess.find_pulse_peaks(p, fs)
     inner = r[(r >= half) & (r < n - half)]
     own = [e[t - half:t + half] - np.median(e) for t in inner]     # beats above the baseline
     beats.extend(own)
@@ -479,7 +449,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   from xmae_jax.training import model_checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
-  out = Path(out_dir)
+  out = paths.path(out_dir)
   rows = []
   loaded = []
   for name, workdir in models:

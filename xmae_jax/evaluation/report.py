@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xmae_jax import atomic
+from xmae_jax import paths as paths_lib   # `paths` names output files here
 from xmae_jax.evaluation import tasks as tasks_lib
 from xmae_jax.training import figures
 
@@ -256,7 +257,7 @@ def bar_chart(results: Sequence[dict], path, *, protocol: str = "linear", title:
 
 def write_comparison(results, out_dir, *, title="Encoder comparison", notes="") -> dict[str, Path]:
   """OUT/results.json, OUT/table.md and OUT/comparison.png of a comparison."""
-  out = Path(out_dir)
+  out = paths_lib.path(out_dir)
   paths = {"json": out / "results.json", "markdown": out / "table.md", "png": out / "comparison.png"}
   write_json(paths["json"], json_ready(results))
   write_text(paths["markdown"], full_report(results, title=title, notes=notes))
@@ -299,7 +300,7 @@ def timing_markdown(report: dict[str, Any]) -> str:
 
 def write_timing(report: dict[str, Any], results, out_dir) -> None:
   """OUT/timing.json, OUT/timing.md and OUT/timing.png."""
-  out = Path(out_dir)
+  out = paths_lib.path(out_dir)
   write_json(out / "timing.json", report)
   write_text(out / "timing.md", timing_markdown(report))
   bar_chart(results, out / "timing.png", title="PTT and HR from frozen PPG embeddings")
@@ -373,6 +374,6 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
 
 def write_reconstruction(report: dict[str, Any], out_dir) -> None:
   """OUT/reconstruction.json and OUT/reconstruction.md."""
-  out = Path(out_dir)
+  out = paths_lib.path(out_dir)
   write_json(out / "reconstruction.json", report)
   write_text(out / "reconstruction.md", reconstruction_markdown(report))

@@ -32,6 +32,9 @@ contract the package carries: rows of the contract's length at its rate are min-
 per window; anything else is cleaned with NeuroKit2 (`clean=None`; True/False forces it),
 resampled to the contract's rate, cut into contract-length windows and normalized
 (xmae_jax.data.preprocess.prepare_for_inference), and a row's window embeddings are averaged.
+Raw rows are recordings whose PPG is moved as the package's training data's was, as the JAX
+`embed` does (xmae_jax.data.preprocess.align_rows: measured on the row's ECG when `ecg=` is
+given, else the fixed delay); `last_alignment` says what was applied, `align=False` skips it.
 """
 from __future__ import annotations
 
@@ -366,6 +369,12 @@ class TorchEncoder:
     self.contract = dict(info["contract"])
     self.latent_dim = int(info["latent_dim"])
     self.batch_size = int(batch_size)
+    self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
+
+  @property
+  def alignment(self) -> dict[str, Any]:
+    """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
+    return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   def __repr__(self):
     c = self.contract
@@ -404,19 +413,59 @@ class TorchEncoder:
     length = int(c["segment_length"])
     if not len(a):
       return np.zeros((0, length), np.float32), np.zeros(0, np.int64)
-    if (a.shape[1] == length and math.isclose(float(fs), float(c["sampling_rate"]),
-                                              rel_tol=1e-9) and not clean):
+    if self._as_prepared(a, fs, clean):
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
-    config = preprocess.PreprocessConfig(
-        target_fs=int(round(c["sampling_rate"])), segment_seconds=float(c["segment_seconds"]),
-        ecg_clean_method=c["ecg_clean_method"], ppg_clean_method=c["ppg_clean_method"],
-        resample_method=c["resample_method"])
     try:
       return preprocess.prepare_for_inference(
-          a, fs, config=config, modality=modality,
+          a, fs, config=self._preprocess_config(), modality=modality,
           clean_signal=True if clean is None else bool(clean), return_index=True)
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
+
+  def _as_prepared(self, a: np.ndarray, fs: float, clean: bool | None) -> bool:
+    c = self.contract
+    try:
+      same_rate = math.isclose(float(fs), float(c["sampling_rate"]), rel_tol=1e-9)
+    except (TypeError, ValueError):
+      raise TorchEncoderError(f"unknown sampling rate {fs!r}") from None
+    return a.shape[1] == int(c["segment_length"]) and same_rate and not clean
+
+  def _preprocess_config(self, **alignment) -> preprocess.PreprocessConfig:
+    c = self.contract
+    return preprocess.PreprocessConfig(
+        target_fs=int(round(c["sampling_rate"])), segment_seconds=float(c["segment_seconds"]),
+        ecg_clean_method=c["ecg_clean_method"], ppg_clean_method=c["ppg_clean_method"],
+        resample_method=c["resample_method"], **alignment)
+
+  def prepare_aligned(self, given: dict[str, np.ndarray], fs: float | None = None, *,
+                      clean: bool | None = None, align: bool = True):
+    """`prepare` of every modality's rows, the PPG moved first as the JAX
+    `Encoder.prepare_aligned` does -> ({modality: windows}, source row of each window, PPG shift
+    of each window in seconds, what was applied in words)."""
+    fs = self.contract["sampling_rate"] if fs is None else fs
+    first = next(iter(given.values()))
+    alignment = self.alignment if align else {}
+    note = preprocess.alignment_note(alignment, tuple(given))
+    if note == "none" or not len(first) or self._as_prepared(first, fs, clean):
+      prepared = {m: self.prepare(a, fs, modality=m, clean=clean) for m, a in given.items()}
+      rows = next(iter(prepared.values()))[1]
+      return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
+              "none" if note == "none" else "none (rows taken as prepared windows)")
+    try:
+      config = self._preprocess_config(**alignment)
+      preprocess.check_row_length(first.shape, fs, config)
+      recordings, shifts, note = preprocess.align_rows(given, fs, config)
+    except preprocess.PreprocessError as e:
+      raise TorchEncoderError(str(e)) from None
+    windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
+    rows = []
+    for i, recording in enumerate(recordings):
+      for m, x in recording.items():
+        w, _ = self.prepare(x[None], fs, modality=m, clean=clean)
+        windows[m].append(w)
+      rows.append(np.full(len(w), i))
+    rows = np.concatenate(rows)
+    return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   @torch.no_grad()
   def embed_prepared(self, windows=None, *, ppg=None, ecg=None) -> np.ndarray:
@@ -427,6 +476,12 @@ class TorchEncoder:
     if len(shapes) > 1 or any(w.ndim != 2 or w.shape[1] != length for w in given.values()):
       raise TorchEncoderError(f"wrong shape: prepared windows must be (M, {length}), the same "
                               f"for every modality; got {sorted(shapes)}")
+    for m, w in given.items():
+      bad = ~np.isfinite(w).all(axis=1)
+      if bad.any():
+        raise TorchEncoderError(f"prepared {m} windows have NaN or inf in {bad.sum()} of "
+                                f"{len(w)} rows (first: row {np.argmax(bad)}); clean or drop "
+                                "them before embedding")
     count = len(next(iter(given.values())))
     out = []
     for start in range(0, count, self.batch_size):
@@ -440,15 +495,16 @@ class TorchEncoder:
     return np.concatenate(out)
 
   def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
-            clean: bool | None = None) -> np.ndarray:
+            clean: bool | None = None, align: bool = True) -> np.ndarray:
     """Float (N, L) raw or prepared rows at `fs` Hz -> (N, latent) float32 numpy: one
-    embedding per row (the mean over a long row's windows), as `load_encoder(...).embed`."""
+    embedding per row (the mean over a long row's windows), as `load_encoder(...).embed`
+    (which also takes 1-D recordings and returns per-window embeddings)."""
     given = {m: _as_batch(v) for m, v in self._inputs(x, ppg, ecg).items()}
     if len({a.shape for a in given.values()}) > 1:
       raise TorchEncoderError("ppg and ecg must be the same windows (same count and length)")
-    prepared = {m: self.prepare(a, fs, modality=m, clean=clean) for m, a in given.items()}
-    rows = next(iter(prepared.values()))[1]
-    z = self.embed_prepared(**{m: w for m, (w, _) in prepared.items()})
+    windows, rows, _, self.last_alignment = self.prepare_aligned(given, fs, clean=clean,
+                                                                 align=align)
+    z = self.embed_prepared(**windows)
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z
@@ -472,14 +528,20 @@ def _as_batch(x: Any) -> np.ndarray:
 
 
 def load(path, *, batch_size: int = 256, device: str | torch.device = "cpu") -> TorchEncoder:
-  """An exported package directory -> TorchEncoder (weights from `encoder.safetensors`)."""
+  """An exported package directory -> TorchEncoder (weights from `encoder.safetensors`); the
+  package's files are checked against their recorded digests first, and names read from
+  package.json must stay inside the package, as `load_encoder` checks them."""
   from safetensors.numpy import load_file
   path = Path(path)
   info = package_lib.read_package_info(path)
-  file = path / info["weights"]["safetensors"]
+  package_lib.verify_files(path, info)
+  weights = info.get("weights")
+  file = package_lib.member(path, weights.get("safetensors") if isinstance(weights, dict)
+                            else None, "weights file")
+  config_file = package_lib.member(path, info.get("config_file"), "config file")
   try:
     tensors = load_file(str(file))
-    model = json.loads((path / info["config_file"]).read_text())["model"]
+    model = json.loads(config_file.read_text())["model"]
   except (OSError, KeyError, ValueError) as e:
     raise TorchEncoderError(f"{path}: cannot read the package ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None

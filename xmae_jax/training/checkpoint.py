@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
@@ -39,6 +38,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from xmae_jax import config_lib
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax import training
 from xmae_jax.training import checkpoint_integrity as integrity
 from xmae_jax.training import orbax_quiet
@@ -106,7 +106,7 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for this project's items."""
 
   def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-    self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+    self.directory = paths.absolute(workdir) / CHECKPOINT_DIR
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(max(1, int(keep))),
         policies.BestN(get_metric_fn=_val_metric, n=1, keep_checkpoints_without_metrics=False),
@@ -115,7 +115,7 @@ class Checkpointer:
         preservation_policy=preservation, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
     if read_only and not self.directory.is_dir():
-      raise CheckpointError(f"{Path(workdir)} has no {CHECKPOINT_DIR}/ directory")
+      raise CheckpointError(f"{paths.text(workdir)} has no {CHECKPOINT_DIR}/ directory")
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self.saving: int | None = None   # the step of the save in flight (async)
     # once: a filter is a set member
@@ -286,7 +286,7 @@ class Checkpointer:
         target, n = aside / str(s), 1
         while target.exists():
           target, n = aside / f"{s}.{n}", n + 1
-        os.replace(self.directory / str(s), target)
+        (self.directory / str(s)).replace(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("xmae_jax checkpoint set_aside")
     self.manager.reload()
@@ -350,7 +350,7 @@ def committed_steps(workdir) -> list[int]:
   """The steps under WORKDIR/checkpoints that Orbax committed (it renames a checkpoint's
   temporary folder to the bare step number once every process has written its part), read from
   the folder alone: a manager would wait for a lost process."""
-  directory = Path(workdir) / CHECKPOINT_DIR
+  directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return []
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -373,7 +373,7 @@ def check_compatible(workdir, config, *, resume: bool = False,
   if unknown:
     raise CheckpointError(f"allowed resume change {unknown[0]!r}: not one of "
                           f"{', '.join(RUN_SETTINGS)}")
-  directory = Path(workdir) / CHECKPOINT_DIR
+  directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
   steps = [s for s in committed_steps(workdir) if (directory / str(s) / "meta").is_dir()]

@@ -18,12 +18,12 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import jax
 from jax.experimental import multihost_utils
 
+from xmae_jax import paths
 from xmae_jax import training
 from xmae_jax.training import checkpoint as ckpt_lib
 
@@ -115,7 +115,7 @@ class CompiledTogether:
 def lost_peer_message(lost: list[int], process_index: int, process_count: int, workdir) -> str:
   """One line: which processes were lost, and the last intact checkpoint."""
   steps = ckpt_lib.committed_steps(workdir)
-  folder = Path(workdir) / ckpt_lib.CHECKPOINT_DIR
+  folder = paths.path(workdir) / ckpt_lib.CHECKPOINT_DIR
   saved = (f"the last checkpoint (step {steps[-1]} in {folder}) is intact: rerun the same "
            "command on every process to resume" if steps else "no checkpoint had been written")
   return (f"lost process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from xmae_jax import atomic
+from xmae_jax import paths
 
 
 def masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -78,4 +79,4 @@ def save_figure(fig, path, dpi: int = 90) -> Path:
       fig.savefig(tmp, dpi=dpi)
   finally:
     plt.close(fig)
-  return Path(path)
+  return paths.path(path)

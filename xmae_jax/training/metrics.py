@@ -6,7 +6,9 @@ logged step (`step`, `train_loss`, `lr`, `segments_per_s`, `step_time_s`, `tflop
 `mfu`, `goodput`, `badput_*`, ... and `val_loss` on evaluation steps), flushed line by line so a
 preempted run loses nothing it logged. A value that is not known (`mfu` on a device kind without
 a known peak) is null in the file and left out of TensorBoard. On resume the lines of steps
-after the restored checkpoint are dropped first, so the file reads as one run.
+after the restored checkpoint are dropped first, so the file reads as one run. In a gs://
+workdir metrics.jsonl is rewritten whole at each row (an object cannot be appended to) and the
+TensorBoard events are written locally and uploaded to WORKDIR/tb at each flush.
 
 W&B (`pip install xmae-jax[wandb]`, off by default) gets the same scalars at the same steps and
 the run's config. No network at run time: the run is offline (files under WORKDIR/wandb, `wandb
@@ -18,12 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
-from pathlib import Path
 
 from xmae_jax import atomic
 from xmae_jax import config_lib
+from xmae_jax import paths
 from xmae_jax import training
 
 METRICS_FILE = "metrics.jsonl"
@@ -44,7 +47,7 @@ class WandbRun:
     except ImportError:
       raise TrackingError(f"train.wandb.project={settings.project!r} needs Weights & Biases: "
                           "pip install xmae-jax[wandb] (or set train.wandb.project='' )") from None
-    workdir = Path(workdir)
+    workdir = paths.path(workdir)
     id_file = workdir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
@@ -68,7 +71,7 @@ class WandbRun:
 def read_metrics(workdir) -> list[dict]:
   """The logged rows of a run, in order. A last line cut short (the disk filled up while it was
   written) is left out: the step it logged runs again on resume."""
-  path = Path(workdir) / METRICS_FILE
+  path = paths.path(workdir) / METRICS_FILE
   if not path.is_file():
     return []
   lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -82,7 +85,7 @@ def read_metrics(workdir) -> list[dict]:
 
 def truncate_after(workdir, step: int) -> None:
   """Drops rows logged after `step` (they belong to steps that a resume will run again)."""
-  path = Path(workdir) / METRICS_FILE
+  path = paths.path(workdir) / METRICS_FILE
   if not path.is_file():
     return
   kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
@@ -106,17 +109,23 @@ class MetricsWriter:
     self._file = None
     self._tb = None
     self._wandb = None
+    self._tb_remote = None
     if not active:
       return
     settings = (config.get("train") or {}).get("wandb") if config is not None else None
     if settings is not None and settings.get("project"):
       self._wandb = WandbRun(workdir, settings, config)
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    self.path = Path(workdir) / METRICS_FILE
-    self._file = open(self.path, "a")
+    workdir = paths.path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.path = workdir / METRICS_FILE
+    # An object cannot be appended to: on an object store the file is rewritten whole at each
+    # row, and TensorBoard writes into a local folder that `flush` and `close` upload.
+    self._file = _ObjectAppender(self.path) if paths.is_remote(workdir) else open(self.path, "a")
+    self._tb_remote = workdir / TB_DIR if paths.is_remote(workdir) else None
     if tensorboard:
       from tensorboardX import SummaryWriter   # imported lazily: only process 0 needs it
-      self._tb = SummaryWriter(str(Path(workdir) / TB_DIR), flush_secs=10)
+      tb_dir = paths.staging_dir("xmae-tb-") if self._tb_remote else workdir / TB_DIR
+      self._tb = SummaryWriter(str(tb_dir), flush_secs=10)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.active:
@@ -142,6 +151,11 @@ class MetricsWriter:
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()
+      self._upload_tb()
+
+  def _upload_tb(self) -> None:
+    if self._tb_remote is not None:
+      paths.upload(self._tb.logdir, self._tb_remote)
 
   def close(self) -> None:
     if self._file is not None:
@@ -152,10 +166,32 @@ class MetricsWriter:
         pass
     if self._tb is not None:
       self._tb.close()
+      self._upload_tb()
+      if self._tb_remote is not None:   # the local staging of a remote workdir's events
+        shutil.rmtree(self._tb.logdir, ignore_errors=True)
       self._tb = None
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None
+
+
+class _ObjectAppender:
+  """The append-only text file of an object store: `write` adds to the content, `flush`
+  rewrites the object whole (the rows logged before are read first, so a resumed run keeps
+  them)."""
+
+  def __init__(self, path):
+    self.path = path
+    self._text = path.read_text() if path.is_file() else ""
+
+  def write(self, text: str) -> None:
+    self._text += text
+
+  def flush(self) -> None:
+    atomic.atomic_write(self.path, self._text)
+
+  def close(self) -> None:
+    self.flush()
 
 
 def _hms(seconds: float) -> str:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
+
+from xmae_jax import paths
 
 # (substrings of the lowercased device_kind, all present; dense bf16 FLOP/s of one chip).
 # First match wins, so the more specific rows come first. Published dense (no sparsity) peaks:
@@ -186,14 +187,18 @@ class ProfileWindow:
   """
 
   def __init__(self, window: tuple[int, int] | None, directory, *, active: bool = True):
-    self.window, self.directory = window, Path(directory)
+    self.window, self.directory = window, paths.path(directory)
+    # The profiler writes local files: a trace for a gs:// workdir is uploaded when it stops.
+    self._trace_dir = None if paths.is_remote(directory) else self.directory
     self.active = active and window is not None
     self.tracing = self.done = False
 
   def before(self, step: int) -> None:
     if self.active and not (self.tracing or self.done) and self.window[0] <= step < self.window[1]:
-      self.directory.mkdir(parents=True, exist_ok=True)
-      jax.profiler.start_trace(str(self.directory))
+      if self._trace_dir is None:
+        self._trace_dir = paths.staging_dir("xmae-profile-")
+      self._trace_dir.mkdir(parents=True, exist_ok=True)
+      jax.profiler.start_trace(str(self._trace_dir))
       self.tracing = True
 
   def after(self, step: int, result) -> None:
@@ -205,3 +210,5 @@ class ProfileWindow:
     if self.tracing:
       jax.profiler.stop_trace()
       self.tracing, self.done = False, True
+      if self._trace_dir != self.directory:
+        paths.upload(self._trace_dir, self.directory)

@@ -39,6 +39,7 @@ import jax
 from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import models
+from xmae_jax import paths
 from xmae_jax.data import pipeline
 from xmae_jax.training import TrainingError   # raised here, and caught by train()'s callers
 from xmae_jax.training import checkpoint as ckpt_lib
@@ -163,9 +164,9 @@ def train(config, workdir, *, stop_at_step: int | None = None,
   write the storage refuses later (a full disk) ends the run with one line naming the file;
   the checkpoints written before it stay intact.
   """
-  workdir = Path(workdir)
+  workdir = paths.path(workdir)
   try:
-    errors.check_writable(workdir, "workdir")
+    paths.check_writable(workdir, "workdir")
   except errors.XmaeError as e:   # the shared check's error, as the trainer's
     raise TrainingError(str(e)) from None
   try:

@@ -7,17 +7,18 @@ start time, written into the lock file).
 
 The lock is `xmae_jax.locks` (`fcntl.flock`) on WORKDIR/xmae-train.lock, so the kernel releases
 it when the holder exits or is killed: a crashed run's rerun is never refused. In a
+gs:// workdir it is a lock object (`locks.ObjectLock`: the owner, written with a generation
+precondition, refreshed while the run lives, deleted at its end). In a
 multi-process run only process 0 takes it (on a filesystem shared across hosts every process
 would otherwise lock out the others), and its answer is broadcast so that every process of a
 refused run stops with the same line.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from xmae_jax import locks
+from xmae_jax import paths
 from xmae_jax import training
 
 LOCK_FILE = "xmae-train.lock"
@@ -34,13 +35,15 @@ def acquire(workdir, *, tool: str = "xmae-train") -> WorkdirLock:
   """Takes the workdir lock (process 0) or fails on every process with one line naming the
   holder. Every process of a run must call it."""
   import jax
-  path = Path(workdir) / LOCK_FILE
-  fd = locks.try_lock(path) if jax.process_index() == 0 else -1
-  ok = fd is not None
+  path = paths.path(workdir) / LOCK_FILE
+  lock = locks.take(path) if jax.process_index() == 0 else WorkdirLock(path, None)
+  ok = lock is not None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
   if not ok:
+    if lock is not None:
+      lock.release()
     raise WorkdirBusyError(locks.refusal(workdir, path, "workdir", f"wait for that run to end "
                                          f"or give {tool} another --workdir"))
-  return WorkdirLock(path, fd if fd is not None and fd >= 0 else None)
+  return lock
