@@ -118,11 +118,11 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   reproduces the reference's own ppg_embedding."""
   from tests.helpers import golden
   from xmae_jax.interop import reference
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   z = np.load(golden.FIXTURES / "xmae_small_bridge.npz")
   config = golden.config_for(json.loads(str(z["meta/config_json"])))
   model = reference.from_reference_state_dict(golden.unpack(z, "sd"), config)
-  checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
+  model_checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
   package = export_lib.export_workdir(tmp_path / "imported", tmp_path / "pkg")
   info = json.loads((package / "package.json").read_text())
   assert info["source"]["step"] == 0 and info["source"]["checkpoint_kind"] == "model"

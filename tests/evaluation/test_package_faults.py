@@ -181,11 +181,11 @@ def _read_only(monkeypatch, folder: Path) -> None:
 
 def test_read_only_output_is_refused_before_any_work(tiny_workdir, tiny_package, tmp_path,
                                                      monkeypatch, capsys):
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
 
   def no_work(*args, **kwargs):
     raise AssertionError("work started before the output was checked")
-  monkeypatch.setattr(checkpoint, "restore_model", no_work)
+  monkeypatch.setattr(model_checkpoint, "restore_model", no_work)
   monkeypatch.setattr(encoder_lib, "load_encoder", no_work)
   ro = tmp_path / "ro"
   ro.mkdir()

@@ -53,11 +53,11 @@ def test_both_way_wiring_perfect_and_shuffled_control():
 @pytest.fixture(scope="module")
 def m2ae_workdir(tmp_path_factory):
   from xmae_jax import models
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   config = load_config("m2ae")
   model = models.build(config, nnx.Rngs(5))
   workdir = tmp_path_factory.mktemp("m2ae")
-  checkpoint.write_model_checkpoint(workdir, model, config, step=3)
+  model_checkpoint.write_model_checkpoint(workdir, model, config, step=3)
   return workdir
 
 
@@ -116,10 +116,10 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
 def test_model_that_reconstructs_nothing_is_one_line(physionet_dir, tmp_path, capsys):
   from xmae_jax import models
   from xmae_jax.cli import xmae_recon_report as cli
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   config = load_config("clip")
   workdir = tmp_path / "wd"
-  checkpoint.write_model_checkpoint(workdir, models.build(config, nnx.Rngs(0)), config)
+  model_checkpoint.write_model_checkpoint(workdir, models.build(config, nnx.Rngs(0)), config)
   assert cli.main(["--model", f"bad={workdir}", "--wfdb", str(physionet_dir / "a103l"),
                    "--output-dir", str(tmp_path / "o")]) == 1
   err = capsys.readouterr().err.strip()

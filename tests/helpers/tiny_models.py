@@ -32,9 +32,9 @@ def tiny_model(name: str, seed: int, stats_seed: int):
 
 def write_workdir(tmp_path_factory, model_config, step: int):
   """A training workdir holding `model_config`'s model as the checkpoint of `step`."""
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   workdir = tmp_path_factory.mktemp("workdir")
-  checkpoint.write_model_checkpoint(workdir, *model_config, step=step)
+  model_checkpoint.write_model_checkpoint(workdir, *model_config, step=step)
   return workdir
 
 

@@ -111,13 +111,13 @@ def test_lean_model_ignores_the_reference_unused_modules(source):
 def test_import_torch_cli_writes_a_loadable_checkpoint(source, tmp_path):
   torch = pytest.importorskip("torch")
   from xmae_jax.cli import xmae_import_torch as import_torch
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   model, sd = source
   pth = tmp_path / "ref.pth"
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, pth)
   out = tmp_path / "imported"
   reference.import_checkpoint(str(pth), str(REPO / "configs" / "xmae.py") + ":tiny", str(out))
-  loaded, config = checkpoint.load_model(out)
+  loaded, config = model_checkpoint.load_model(out)
   assert config.model.d_model == 32
   ppg, ecg = inputs()
   np.testing.assert_array_equal(forward(loaded, ppg, ecg, KEEP)["ecg_reconstruction"],

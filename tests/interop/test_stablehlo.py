@@ -40,13 +40,13 @@ assert not bad, bad
 def joint_package(tmp_path_factory):
   """A tiny M2AE ppg+ecg package with its StableHLO artifact, written by xmae-export."""
   from xmae_jax.cli import xmae_export
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   from xmae_jax import config_lib, models
   from flax import nnx
   root = tmp_path_factory.mktemp("shlo")
   config = config_lib.load(f"{REPO / 'configs' / 'm2ae'}.py:tiny")
   model = models.build(config, nnx.Rngs(5))
-  checkpoint.write_model_checkpoint(root / "workdir", model, config, step=2)
+  model_checkpoint.write_model_checkpoint(root / "workdir", model, config, step=2)
   out = root / "fingerprint"
   assert xmae_export.main(["--workdir", str(root / "workdir"), "--output", str(out),
                            "--modality", "ppg+ecg", "--stablehlo"]) == 0

@@ -22,6 +22,8 @@ from tests.helpers import datasets
 from tests.helpers import mp_util
 from tests.helpers import train_runner
 from xmae_jax.training import checkpoint as ckpt_lib
+from xmae_jax.training import checkpoint_integrity as integrity
+from xmae_jax.training import model_checkpoint
 from xmae_jax.training import workdir_lock
 
 REPO = train_runner.REPO
@@ -66,18 +68,18 @@ def damage(step_dir: Path, kind: str) -> None:
 def test_digest_sees_a_one_bit_change_and_a_swap():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 33)).astype(np.float32)
-  base = ckpt_lib.digests({"x": x})["x"]
+  base = integrity.digests({"x": x})["x"]
   assert base[:2] == ["float32", [64, 33]]
   flipped = x.copy()
   flipped.view(np.uint32)[17, 5] ^= 1
   swapped = x.copy()
   swapped[[0, 1]] = swapped[[1, 0]]
-  assert ckpt_lib.digests({"x": flipped})["x"] != base
-  assert ckpt_lib.digests({"x": swapped})["x"] != base
-  assert ckpt_lib.digests({"x": x.copy()})["x"] == base
+  assert integrity.digests({"x": flipped})["x"] != base
+  assert integrity.digests({"x": swapped})["x"] != base
+  assert integrity.digests({"x": x.copy()})["x"] == base
   for dtype in (np.float16, np.int32, np.bool_, np.uint8):
     y = (x > 0).astype(dtype)
-    assert ckpt_lib.digests({"y": y})["y"] != ckpt_lib.digests({"y": 1 - y if dtype != np.bool_ else ~y})["y"]
+    assert integrity.digests({"y": y})["y"] != integrity.digests({"y": 1 - y if dtype != np.bool_ else ~y})["y"]
 
 
 # --- corrupt checkpoints: load_model / export ----------------------------------------------------
@@ -93,7 +95,7 @@ def two_checkpoints(tmp_path_factory):
   for step in (3, 7):
     model = models.build(config, nnx.Rngs(step))
     model.eval()
-    ckpt_lib.write_model_checkpoint(workdir, model, config, step=step)
+    model_checkpoint.write_model_checkpoint(workdir, model, config, step=step)
     weights[step] = {k: np.asarray(v) for k, v in ckpt_lib.flatten(nnx.state(model)).items()}
   return workdir, weights
 
@@ -114,7 +116,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact(kind, two_che
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", kind)
   lines = []
-  model, config, step, meta = ckpt_lib.restore_model(workdir, "latest", log=lines.append)
+  model, config, step, meta = model_checkpoint.restore_model(workdir, "latest", log=lines.append)
   assert step == 3 and meta["step"] == 3 and config.model.name == "xmae"
   assert len(lines) == 1 and "\n" not in lines[0], lines
   assert "step 7" in lines[0] and "using step 3" in lines[0]
@@ -159,7 +161,7 @@ def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, 
   workdir2 = _copy(two_checkpoints, tmp_path / "b")
   damage(workdir2 / "checkpoints" / "7", "ff")
   with pytest.raises(ckpt_lib.CheckpointError, match=r"no intact checkpoint under .*: step 7: checkpoint .*7") as e:
-    ckpt_lib.load_model(workdir2, 7)
+    model_checkpoint.load_model(workdir2, 7)
   assert "\n" not in str(e.value)
 
 
@@ -167,7 +169,7 @@ def test_export_refuses_non_finite_weights(two_checkpoints, tmp_path):
   import jax
   from flax import nnx
   from xmae_jax.evaluation import export
-  model, config = ckpt_lib.load_model(two_checkpoints[0], 3)
+  model, config = model_checkpoint.load_model(two_checkpoints[0], 3)
   params = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda v: v.at[(0,) * v.ndim].set(np.nan), params))
   with pytest.raises(export.ExportError, match="non-finite weights") as e:
@@ -256,7 +258,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp
   workdir = tmp_path / "run"
   config = _toy_config(dataset)
   assert train_lib.train(config, workdir)["step"] == 6
-  uninterrupted, _ = ckpt_lib.load_model(workdir, 6)
+  uninterrupted, _ = model_checkpoint.load_model(workdir, 6)
   want = _weights(uninterrupted)
   damage(workdir / "checkpoints" / "6", "ff")
   capsys.readouterr()
@@ -267,7 +269,7 @@ def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp
   notes = [l for l in (out.out + out.err).splitlines() if "corrupt checkpoint" in l]
   assert len(notes) == 1 and "step 6" in notes[0] and "using step 3" in notes[0], out
   assert summary["status"] == "completed" and summary["step"] == 6
-  got = _weights(ckpt_lib.load_model(workdir, 6)[0])
+  got = _weights(model_checkpoint.load_model(workdir, 6)[0])
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   assert (workdir / ckpt_lib.CORRUPT_DIR / "6").is_dir()      # the damaged one kept aside

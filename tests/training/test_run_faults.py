@@ -27,6 +27,7 @@ from tests.helpers import train_runner
 from tests.helpers.train_runner import toy_config
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
+from xmae_jax.training import model_checkpoint
 from xmae_jax.training import train as train_lib
 
 REPO = train_runner.REPO
@@ -125,9 +126,9 @@ def test_an_importer_checkpoint_takes_any_run_settings(runs, dataset, tmp_path):
   """A weights-only checkpoint (xmae-import-torch, train.init_from) starts the data stream and
   schedule anew: its config's data directory and length are no run to keep."""
   config = toy_config(dataset, **{"train.num_steps": 3})
-  model, _ = ckpt_lib.load_model(runs["root"] / "full", 6)
+  model, _ = model_checkpoint.load_model(runs["root"] / "full", 6)
   imported = toy_config("", **{"train.num_steps": 77})
-  ckpt_lib.write_model_checkpoint(tmp_path / "run", model, imported, step=0)
+  model_checkpoint.write_model_checkpoint(tmp_path / "run", model, imported, step=0)
   assert ckpt_lib.check_compatible(tmp_path / "run", config, resume=True) == 0
 
 

@@ -26,6 +26,7 @@ from tests.helpers import train_runner
 from xmae_jax import config_lib
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
+from xmae_jax.training import model_checkpoint
 from xmae_jax.training import train as train_lib
 
 REPO = train_runner.REPO
@@ -214,7 +215,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(runs):
   ckpt = ckpt_lib.Checkpointer(runs["root"] / "one_nan", read_only=True)
   assert ckpt.latest_step() == step - 1
   ckpt.close()
-  model, _ = ckpt_lib.load_model(runs["root"] / "one_nan")
+  model, _ = model_checkpoint.load_model(runs["root"] / "one_nan")
   from flax import nnx
   assert all(np.all(np.isfinite(np.asarray(v))) for v in ckpt_lib.flatten(nnx.state(model)).values()
              if np.asarray(v).dtype.kind == "f")
@@ -229,14 +230,14 @@ def test_batch_not_divisible_by_data_parallel_size_fails_at_start(runs):
 
 def test_load_model_best_and_latest(runs):
   workdir = runs["root"] / "one_full"
-  model, config = ckpt_lib.load_model(workdir, "best")
+  model, config = model_checkpoint.load_model(workdir, "best")
   assert config.model.name == "xmae" and config.model.stem_widths == (8, 16, 16)
   ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
   best_rows = [r for r in runs["one"]["full"]["metrics"] if "val_loss" in r]
   assert ckpt.best_step() == min(best_rows, key=lambda r: r["val_loss"])["step"]
   ckpt.close()
   with pytest.raises(ckpt_lib.CheckpointError, match="no checkpoint for step 4"):
-    ckpt_lib.load_model(workdir, 4)
+    model_checkpoint.load_model(workdir, 4)
 
 
 def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(runs, dataset):
@@ -248,8 +249,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_best_weights(runs, datas
   assert start.read_meta(0)["kind"] == "model" and not start.has_item(0, "opt")
   start.close()
   from flax import nnx
-  a = ckpt_lib.flatten(nnx.state(ckpt_lib.load_model(source, best_step)[0]))
-  b = ckpt_lib.flatten(nnx.state(ckpt_lib.load_model(warm, 0)[0]))
+  a = ckpt_lib.flatten(nnx.state(model_checkpoint.load_model(source, best_step)[0]))
+  b = ckpt_lib.flatten(nnx.state(model_checkpoint.load_model(warm, 0)[0]))
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
   # a new run: steps 1..STEPS with its own schedule, from the trained weights
   rows = runs["one"]["warm"]["metrics"]
@@ -335,7 +336,7 @@ def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env, 
   assert meta["data_iter_state"] is not None and meta["kind"] == "train"
   from xmae_jax import models
   monkeypatch.setitem(models.REGISTRY, "toy_mae", train_runner.TOY_MODEL)
-  model, config = ckpt_lib.load_model(workdir, "latest")
+  model, config = model_checkpoint.load_model(workdir, "latest")
   assert config.train.num_steps == 10000 and config.model.name == "toy_mae"
   assert model.norm.use_running_average                  # eval mode
 

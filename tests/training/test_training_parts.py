@@ -1,4 +1,6 @@
-"""Unit tests of the trainer's parts: mesh sizes, placement rules, schedule, logs, figures."""
+"""Unit tests of the trainer's parts: mesh sizes, placement rules, schedule, logs, figures,
+the errors of the multi-process setup."""
+import importlib
 import json
 import math
 
@@ -8,7 +10,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from xmae_jax import config_lib
+from xmae_jax import training
 from xmae_jax.training import checkpoint as ckpt_lib
+from xmae_jax.training import distributed
 from xmae_jax.training import figures
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import optim
@@ -97,3 +101,26 @@ def test_reconstruction_figure_is_written(tmp_path):
   path = figures.plot_reconstructions(tmp_path / "f.png", ecg, 0.9 * ecg, masked, ecg)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert figures.masked_runs(masked[0]) == [(200, 1000)]
+
+
+def test_partial_multi_process_flags_are_one_line():
+  with pytest.raises(distributed.DistributedError, match="go together") as e:
+    distributed.initialize("localhost:1234", None, 0)
+  assert isinstance(e.value, training.TrainingError) and "\n" not in str(e.value)
+
+
+def test_a_jax_without_the_runtime_client_fails_with_one_line_naming_it(monkeypatch):
+  runtime = importlib.import_module("jax._src.distributed")
+  monkeypatch.delattr(runtime, "global_state")
+  with pytest.raises(distributed.DistributedError,
+                     match=r"^jax \S+ has no jax\._src\.distributed\.global_state\.client") as e:
+    distributed.runtime_client()
+  assert "\n" not in str(e.value)
+
+
+def test_errors_of_the_trainers_parts_are_training_errors():
+  """train()'s callers catch one class; each part raises its own where the problem arises."""
+  from xmae_jax.training import workdir_lock
+  for error in (sharding.ShardingError, ckpt_lib.CheckpointError, workdir_lock.WorkdirBusyError,
+                distributed.DistributedError):
+    assert issubclass(error, training.TrainingError), error

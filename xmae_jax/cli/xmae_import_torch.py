@@ -8,7 +8,7 @@
 checkpoint works too: its `state_dict` and `model.` prefix are unwrapped); it is read with
 torch.load(weights_only=True), so torch (CPU build) must be installed. `--config FILE[:ARG]`
 names the architecture (the paper preset matches the reference's cfg/xmae.yaml). The output is
-a model checkpoint (step 0) plus config.json that `xmae_jax.training.checkpoint.load_model`,
+a model checkpoint (step 0) plus config.json that `xmae_jax.training.model_checkpoint.load_model`,
 `xmae-export` and `xmae-train` (as initial weights) read. The library is
 xmae_jax.interop.reference.import_checkpoint.
 """

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
 from xmae_jax import config_lib
-from xmae_jax import paths
 from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
 
@@ -42,7 +39,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, met
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                    "This process's index in [0, num_processes).")
 _ALLOW_CHANGE = flags.DEFINE_multi_string(
     "allow_resume_change", [],
     "Resume although this setting differs from the run's (repeatable): data.dir, "
@@ -56,139 +54,6 @@ _CACHE = flags.DEFINE_string(
     "compilation_cache", os.path.join("~", ".cache", "xmae_jax", "xla"),
     "Persistent XLA compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence): "
     "a rerun or resume skips recompiling the steps.")
-
-
-def cluster_environment() -> str | None:
-  """The multi-host environment JAX can auto-detect here, or None for a single process."""
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    return "Cloud TPU pod"
-  if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
-    return "SLURM"
-  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
-    return "Open MPI"
-  return None
-
-
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
-  """Joins the processes of a multi-host run: from the flags, else from the cluster's
-  environment; a no-op for a single process. Called from main only, never at import time
-  (Grain worker processes re-import modules)."""
-  import jax
-  explicit = [coordinator_address, num_processes, process_id]
-  if any(v is not None for v in explicit):
-    if any(v is None for v in explicit):
-      raise common.UsageError("--coordinator_address, --num_processes and --process_id go together")
-    jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id))
-  elif cluster_environment() is not None:
-    jax.distributed.initialize()
-
-
-def committed_checkpoints(workdir) -> list[int]:
-  """The steps under WORKDIR/checkpoints that Orbax committed (it renames a checkpoint's
-  temporary folder to the bare step number once every process has written its part), read
-  from the folder: the checkpoint manager would wait for the lost process."""
-  folder = checkpoint_folder(workdir)
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-
-
-def checkpoint_folder(workdir):
-  from xmae_jax.training import checkpoint
-  return paths.path(workdir) / checkpoint.CHECKPOINT_DIR
-
-
-def lost_peer_message(lost: list[int], process_index: int, process_count: int, workdir) -> str:
-  """One line: which processes were lost, and the last intact checkpoint."""
-  steps = committed_checkpoints(workdir)
-  saved = (f"the last checkpoint (step {steps[-1]} in {checkpoint_folder(workdir)}) is intact: "
-           "rerun the same command on every process to resume" if steps
-           else "no checkpoint had been written")
-  return (f"lost process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "
-          f"{process_count} (it stopped answering: killed, crashed or unreachable); process "
-          f"{process_index} stopped too; {saved}")
-
-
-class PeerWatch:
-  """Notices a lost process of a multi-process run and ends this one with one line.
-
-  Each process bumps its own counter in the distributed runtime's key-value store every
-  `interval` s (a thread); a peer whose counter has not moved for `lost_after` s, or a
-  coordinator (process 0, which holds the store) that no longer answers, is lost: this process
-  prints `PROG: error: lost process ...` and exits 1 at once. Why not the runtime's own check:
-  it fires later (heartbeat timeout 100 s) and aborts the process from a C++ thread with a
-  fatal error and stack dumps (its Python callback hook cannot receive the error), and a clean
-  exit would then wait minutes at the shutdown barrier for the lost process. A process that
-  ends (done or failed) says so first, so that its peers do not mistake it for lost.
-  """
-
-  KEY = "xmae_train_alive/"
-
-  def __init__(self, workdir, *, interval: float = 2.0, lost_after: float = 45.0):
-    from jax._src import distributed   # the runtime's client has no public name
-    state = distributed.global_state
-    self.client, self.me, self.n = state.client, state.process_id, state.num_processes
-    self.workdir, self.interval, self.lost_after = workdir, interval, lost_after
-    self.stopped = threading.Event()
-    self.thread = threading.Thread(target=self._run, name="xmae-peer-watch", daemon=True)
-
-  @classmethod
-  def start(cls, workdir, **kwargs) -> "PeerWatch | None":
-    import jax
-    if jax.process_count() == 1:
-      return None
-    watch = cls(workdir, **kwargs)
-    watch.thread.start()
-    return watch
-
-  def stop(self) -> None:
-    """This process is ending on its own: peers stop watching it."""
-    self.stopped.set()
-    try:
-      self.client.key_value_set(f"{self.KEY}{self.me}", "done", allow_overwrite=True)
-    except Exception:   # pylint: disable=broad-except  (the store is gone with process 0)
-      pass
-
-  def _run(self) -> None:
-    peers = [i for i in range(self.n) if i != self.me]
-    seen = {i: (None, time.monotonic()) for i in peers}
-    count, unreachable_since = 0, None
-    while not self.stopped.wait(self.interval):
-      now = time.monotonic()
-      try:
-        count += 1
-        self.client.key_value_set(f"{self.KEY}{self.me}", str(count), allow_overwrite=True)
-        values = {i: self._get(i) for i in peers}
-        unreachable_since = None
-      except Exception:   # pylint: disable=broad-except  (the coordinator does not answer)
-        unreachable_since = unreachable_since or now
-        if self.me != 0 and now - unreachable_since > self.lost_after:
-          self._exit([0])
-        continue
-      lost = []
-      for i, value in values.items():
-        if value == "done":
-          seen[i] = (value, float("inf"))
-        elif value != seen[i][0]:
-          seen[i] = (value, now)
-        elif now - seen[i][1] > self.lost_after:
-          lost.append(i)
-      if lost and not self.stopped.is_set():
-        self._exit(lost)
-
-  def _get(self, i: int) -> str | None:
-    try:
-      return self.client.key_value_try_get(f"{self.KEY}{i}")
-    except Exception as e:   # pylint: disable=broad-except
-      if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
-        return None          # not started yet
-      raise
-
-  def _exit(self, lost: list[int]) -> None:
-    try:
-      sys.stdout.flush()
-      print(f"{PROG}: error: {lost_peer_message(lost, self.me, self.n, self.workdir)}",
-            file=sys.stderr, flush=True)
-    finally:
-      os._exit(1)
 
 
 def _train(argv) -> int:
@@ -207,38 +72,29 @@ def _train(argv) -> int:
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
+  # Imported here, not at the top: JAX (the training modules import it) comes after the checks
+  # above, so an inference-only install fails with one line, and after the malloc setting,
+  # which must precede the threads of JAX's CPU client.
   if _KEEP_FREED.value:
     from xmae_jax.training import host_memory
-    host_memory.keep_freed_host_memory()   # before JAX's CPU client starts its threads
+    host_memory.keep_freed_host_memory()
   import jax
+  from xmae_jax.training import distributed
   from xmae_jax.training import train as train_lib
   if _CACHE.value and not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
-  watch = None
   try:
-    initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    watch = PeerWatch.start(_WORKDIR.value)
-    summary = train_lib.train(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    with distributed.watching(_WORKDIR.value, prog=PROG):
+      summary = train_lib.train(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
   except XmaeError as e:
     return common.fail(PROG, e)
   except KeyboardInterrupt:   # Ctrl-C before the loop (or twice): nothing new was saved
     common.fail(PROG, "interrupted (SIGINT) before a checkpoint could be saved; the workdir "
                 "keeps the checkpoints written before")
     return 130
-  except jax.errors.JaxRuntimeError:
-    if watch is not None:
-      # Most likely a collective that failed because a peer died: the watch names it and
-      # exits within its bound; any other error goes on after that.
-      time.sleep(watch.lost_after + 4 * watch.interval)
-    raise
-  finally:
-    if watch is not None:
-      watch.stop()
   if jax.process_index() == 0:
-    best = summary["best_val_loss"]
-    print(f"{PROG}: {summary['status']} at step {summary['step']}/{summary['total_steps']}"
-          + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None else "")
-          + f"; workdir {summary['workdir']}", flush=True)
+    print(f"{PROG}: {train_lib.describe(summary)}", flush=True)
   if summary["status"] == "preempted":
     return 130 if summary["signal"] == "SIGINT" else 143
   return 0

@@ -475,9 +475,9 @@ def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> En
 
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:
   """'auto' = the best checkpoint by validation loss if any has one, else the latest; a corrupt
-  one is skipped for the next intact one (`checkpoint.restore_model`)."""
-  from xmae_jax.training import checkpoint
-  model, config, used, _ = checkpoint.restore_model(workdir, step)
+  one is skipped for the next intact one (`model_checkpoint.restore_model`)."""
+  from xmae_jax.training import model_checkpoint
+  model, config, used, _ = model_checkpoint.restore_model(workdir, step)
   return from_model(model, config, modality,
                     info={"source": f"workdir {workdir}", "step": used}, **kwargs)
 

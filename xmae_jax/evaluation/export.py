@@ -83,9 +83,10 @@ def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = 
                    overwrite: bool = False) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
   from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   check_output(output, overwrite=overwrite, workdir=workdir)
   try:   # a corrupt checkpoint is skipped for the next candidate, with one line on stderr
-    model, config, resolved, m = checkpoint.restore_model(workdir, step)
+    model, config, resolved, m = model_checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:
     raise ExportError(str(e)) from None
   source = {"workdir": paths.text(paths.absolute(workdir)), "step": resolved,

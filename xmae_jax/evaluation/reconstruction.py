@@ -429,14 +429,14 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'. Raw records are
   read for each model with the PPG shift its training data had (`recon_windows`); a row's
   `notes["ppg_alignment"]` says which."""
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
   out = paths.path(out_dir)
   rows = []
   loaded = []
   for name, workdir in models:
-    model, config = checkpoint.load_model(workdir, step=step)
+    model, config = model_checkpoint.load_model(workdir, step=step)
     try:                              # a model that reconstructs nothing fails before any data
       model_directions(model)
     except ReconstructionError as e:

@@ -278,12 +278,12 @@ def from_reference_state_dict(state_dict_or_path, config) -> XMAE:
 def import_checkpoint(checkpoint, config, output) -> Path:
   """Converts `checkpoint` (a .pt/.pth path or a state-dict mapping) for `config` (a ConfigDict
   or a FILE[:ARG] spec) and writes it as step 0 of the workdir `output`, which
-  `checkpoint.load_model`, xmae-export and xmae-train read. Returns the step directory."""
-  from xmae_jax.training import checkpoint as ckpt_lib
+  `model_checkpoint.load_model`, xmae-export and xmae-train read. Returns the step directory."""
+  from xmae_jax.training import model_checkpoint
   if isinstance(config, str):
     config = config_lib.load(config)
   model = from_reference_state_dict(checkpoint, config)
-  return ckpt_lib.write_model_checkpoint(output, model, config)
+  return model_checkpoint.write_model_checkpoint(output, model, config)
 
 
 def reference_shapes(model: XMAE) -> dict[str, tuple[int, ...]]:

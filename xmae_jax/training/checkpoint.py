@@ -12,18 +12,15 @@ and renames it when every process has finished):
 Saving is asynchronous (the training loop continues while files are written). The manager keeps
 the latest `keep` checkpoints and the one with the lowest validation loss.
 
-Integrity: Orbax/TensorStore read damaged data without complaint (a byte flip changes a weight,
-0xFF bytes become NaN), so every restore recomputes the digest of each restored array and
-compares it with the one saved in meta; a mismatch, a missing item, an unreadable meta or any
-failure of the restore itself is a `CorruptCheckpointError` naming the checkpoint.
-`restore_newest_intact` walks the candidates (newest first for "latest") past corrupt ones and
-says which were skipped, in one line. With several processes, each process hashes the shards it
-restored (the digest is a sum that XLA reduces across processes) and every pass/fail decision is
-agreed on by all processes, so they all fall back to the same step.
+Integrity: every restore recomputes the digest of each restored array and compares it with the
+one saved in meta (`checkpoint_integrity`); a mismatch, a missing item, an unreadable meta or any
+failure of the restore itself is a `CorruptCheckpointError` naming the checkpoint, on every
+process. `restore_newest_intact` walks the candidates (newest first for "latest") past corrupt
+ones and says which were skipped, in one line; all processes fall back to the same step.
 
-Other tools use `load_model(workdir, step="latest"|"best"|"auto"|N) -> (model in eval mode,
-config)` (`restore_model` also returns the step used and its meta) and
-`write_model_checkpoint(workdir, model, config, step=0)` (the PyTorch importer).
+A run's settings: `check_compatible` refuses a workdir holding another model, and a resume with
+other `RUN_SETTINGS` than the run's. Loading a model for evaluation or writing an importer's
+checkpoint: `model_checkpoint`.
 """
 from __future__ import annotations
 
@@ -32,20 +29,19 @@ import json
 import logging
 import math
 import os
-import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import paths
-# The config JSON round trip lives in config_lib; these names stay reachable here for callers.
-from xmae_jax.config_lib import config_from_dict, config_to_dict, write_config
+from xmae_jax import training
+from xmae_jax.training import checkpoint_integrity as integrity
+from xmae_jax.training import orbax_quiet
 from xmae_jax.version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
@@ -54,7 +50,7 @@ FORMAT_VERSION = 1
 ITEMS = ("model", "opt", "data_iter", "meta")
 
 
-class CheckpointError(errors.XmaeError):
+class CheckpointError(training.TrainingError):
   """A workdir or checkpoint that cannot be used as asked."""
 
 
@@ -84,11 +80,13 @@ def unflatten(like, flat: dict[str, Any]):
   paths, treedef = jax.tree_util.tree_flatten_with_path(like)
   missing = [_key(p) for p, _ in paths if _key(p) not in flat]
   if missing:
-    raise CheckpointError(f"checkpoint lacks {len(missing)} entries the model needs, e.g. {missing[:3]}")
+    raise CheckpointError(f"checkpoint lacks {len(missing)} entries the model needs, "
+                          f"e.g. {missing[:3]}")
   return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
 
 
-def abstract_of(flat: dict[str, Any], shardings: dict[str, Any] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_of(flat: dict[str, Any],
+                shardings: dict[str, Any] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """ShapeDtypeStructs (with the target shardings) to restore `flat` into."""
   out = {}
   for k, v in flat.items():
@@ -97,133 +95,7 @@ def abstract_of(flat: dict[str, Any], shardings: dict[str, Any] | None = None) -
   return out
 
 
-# --- Digests of saved arrays ---------------------------------------------------------------------
-
-def _fmix32(x):
-  """MurmurHash3's 32-bit finalizer: every input bit flips about half of the output bits."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
-def _words(x):
-  """The array's bytes as uint32 words, shape x.shape + (words per element,)."""
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  size = jnp.dtype(x.dtype).itemsize
-  if size >= 4:
-    w = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  else:
-    w = jax.lax.bitcast_convert_type(x, jnp.uint8 if size == 1 else jnp.uint16).astype(jnp.uint32)
-  return w if w.ndim > x.ndim else w[..., None]
-
-
-_LANES = (0x9E3779B9, 0x7F4A7C15)   # two independent 32-bit sums: a 64-bit digest
-
-
-def _leaf_digest(x):
-  """Sum over words of hash(word, position), mod 2^32, per lane.
-
-  A sum of per-word hashes is exact and order independent, so XLA can reduce it shard by shard
-  (each device hashes what it holds, then the partial sums are added across devices and
-  processes) and the value does not depend on the sharding the array was saved or restored with.
-  The position enters the hash, so moved or swapped values change it too.
-  """
-  w = _words(x)
-  pos = jnp.zeros(w.shape, jnp.uint32)
-  stride = 1
-  for d in reversed(range(w.ndim)):
-    pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * jnp.uint32(stride % 2**32)
-    stride *= w.shape[d]
-  return jnp.stack([jnp.sum(_fmix32(w ^ _fmix32(pos ^ jnp.uint32(lane))), dtype=jnp.uint32)
-                    for lane in _LANES])
-
-
-_tree_digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
-
-
-def digests(flat: dict[str, Any]) -> dict[str, list]:
-  """{name: [dtype, shape, hex digest]} of a flat item; every process must call it (a
-  collective when arrays span processes) and gets the same result."""
-  sums = jax.device_get(_tree_digest({k: v for k, v in flat.items()}))
-  return {k: [str(np.dtype(v.dtype)), list(v.shape), "".join(f"{int(x):08x}" for x in sums[k])]
-          for k, v in flat.items()}
-
-
-def _all_processes(ok: bool) -> bool:
-  """True on every process when `ok` is true on every process (the same answer everywhere)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  flags = multihost_utils.process_allgather(np.array([int(ok)], np.int32))
-  return bool(np.min(flags))
-
-
-def _collect_abandoned_reads() -> None:
-  """A failed Orbax read leaves the coroutines of its other reads behind; collected later, each
-  would print an 'Exception ignored in <coroutine>' traceback. Collect them now, quietly."""
-  import gc
-  import inspect
-  previous = sys.unraisablehook
-  sys.unraisablehook = lambda u: None if inspect.iscoroutine(u.object) else previous(u)
-  try:
-    gc.collect()
-  finally:
-    sys.unraisablehook = previous
-
-
-def _rejoin_restore_barrier() -> None:
-  """Orbax ends every restore with a barrier across processes ('Checkpointer:restore'). A
-  process whose read failed (its shards damaged) skipped it and would pair its next collective
-  with the others' barrier; it joins that barrier here, so the processes stay in step and agree
-  on the outcome. (Orbax checks the barrier's name, so a rename there fails loudly here.)"""
-  if jax.process_count() > 1:
-    ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key("Checkpointer:restore"))
-
-
-def _one_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  first = text[0].split(" See full TensorStore details")[0] if text else ""
-  return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
-
-
 # --- The manager ---------------------------------------------------------------------------------
-
-class _QuietStorageErrors(logging.Filter):
-  """Drops Orbax's logged tracebacks of a save the storage refused (one per background thread,
-  hundreds of lines): the same error is raised to the caller, who reports it in one line."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    text = record.getMessage() if record.levelno >= logging.ERROR else ""
-    return not ("orbax" in record.pathname and (
-        (error is not None and errors.storage_reason(error)) or
-        errors.storage_reason(Exception(text))))
-
-
-_QUIET = _QuietStorageErrors()
-
-
-def _quiet_late_write_callbacks() -> None:
-  """After a refused save, TensorStore finishes the save's other writes and calls back into the
-  asyncio loop that Orbax closed on the error; each call would print a 'RuntimeError: Event loop
-  is closed' traceback (through sys.unraisablehook, without an object). Those callbacks have
-  nothing left to do, so they are dropped. Installed with the first Checkpointer: the failure
-  happens in Orbax's background thread, and the callbacks can come before the caller hears of
-  it."""
-  previous = sys.unraisablehook
-  if getattr(previous, "xmae_quiet", False):
-    return
-
-  def hook(unraisable):
-    if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-      previous(unraisable)
-  hook.xmae_quiet = True
-  sys.unraisablehook = hook
-
 
 def _val_metric(metrics) -> float:
   # BestN keeps the last n after an ascending sort; negate so the lowest loss sorts last.
@@ -246,8 +118,9 @@ class Checkpointer:
       raise CheckpointError(f"{paths.text(workdir)} has no {CHECKPOINT_DIR}/ directory")
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
     self.saving: int | None = None   # the step of the save in flight (async)
-    logging.getLogger("absl").addFilter(_QUIET)   # once: a filter is a set member
-    _quiet_late_write_callbacks()
+    # once: a filter is a set member
+    logging.getLogger("absl").addFilter(orbax_quiet.QUIET_STORAGE_ERRORS)
+    orbax_quiet.quiet_late_write_callbacks()
 
   @contextlib.contextmanager
   def _storage(self):
@@ -274,7 +147,8 @@ class Checkpointer:
     try:
       meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise CorruptCheckpointError(f"checkpoint meta {path} cannot be read ({_one_line(e)})") from None
+      raise CorruptCheckpointError(
+          f"checkpoint meta {path} cannot be read ({orbax_quiet.one_line(e)})") from None
     if not isinstance(meta, dict):
       raise CorruptCheckpointError(f"checkpoint meta {path} is not a JSON object")
     return meta
@@ -323,20 +197,12 @@ class Checkpointer:
   def verify(self, step: int, restored: dict) -> None:
     """Raises CorruptCheckpointError unless every restored array has the digest saved with it
     (checkpoints written before digests existed pass). Every process must call it."""
-    saved = (restored.get("meta") or {}).get("digests") or {}
-    bad = None
-    for item in ("model", "opt"):
-      if item not in restored or item not in saved:
-        continue
-      # Arrays restored to another dtype or shape than saved cannot be compared byte for byte.
-      flat = {k: v for k, v in restored[item].items()
-              if k in saved[item] and [str(np.dtype(v.dtype)), list(v.shape)] == saved[item][k][:2]}
-      got = digests(flat)
-      bad = bad or next((f"{item} array {k!r}" for k in sorted(got) if got[k] != saved[item][k]), None)
-    if not _all_processes(bad is None):
+    bad = integrity.first_difference(restored, (restored.get("meta") or {}).get("digests") or {})
+    if not integrity.all_processes(bad is None):
       raise CorruptCheckpointError(
           f"checkpoint {self.directory / str(step)} is corrupt: "
-          + (f"{bad} differs from what was saved" if bad else "an array differs on another process"))
+          + (f"{bad} differs from what was saved" if bad
+             else "an array differs on another process"))
 
   def resolve(self, step: str | int) -> int:
     """'latest' | 'best' | N -> an existing step (clear error otherwise)."""
@@ -371,9 +237,11 @@ class Checkpointer:
       import grain  # only the training stream needs the Grain handler
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
     meta = {**meta, "items": sorted([*args, "meta"]),
-            "digests": {"model": digests(model), **({"opt": digests(opt)} if opt is not None else {})}}
+            "digests": {"model": integrity.digests(model),
+                        **({"opt": integrity.digests(opt)} if opt is not None else {})}}
     args["meta"] = ocp.args.JsonSave(meta)
-    metrics = {"val_loss": float(val_loss)} if val_loss is not None and math.isfinite(val_loss) else None
+    scored = val_loss is not None and math.isfinite(val_loss)
+    metrics = {"val_loss": float(val_loss)} if scored else None
     with self._storage():   # a refused earlier save surfaces here, named by its step
       self.manager.wait_until_finished()
     self.saving = step
@@ -394,11 +262,13 @@ class Checkpointer:
     try:
       restored = dict(self.manager.restore(step, args=ocp.args.Composite(**args)).items())
     except Exception as e:  # pylint: disable=broad-except  # whatever damaged files raise
-      error, restored = f"checkpoint {self.directory / str(step)} cannot be read ({_one_line(e)})", {}
+      error = (f"checkpoint {self.directory / str(step)} cannot be read "
+               f"({orbax_quiet.one_line(e)})")
+      restored = {}
     if error:
-      _collect_abandoned_reads()
-      _rejoin_restore_barrier()
-    if not _all_processes(error is None):
+      orbax_quiet.collect_abandoned_reads()
+      integrity.rejoin_restore_barrier()
+    if not integrity.all_processes(error is None):
       raise CorruptCheckpointError(
           error or f"checkpoint {self.directory / str(step)} cannot be read on another process")
     self.verify(step, restored)
@@ -418,7 +288,6 @@ class Checkpointer:
           target, n = aside / f"{s}.{n}", n + 1
         (self.directory / str(s)).replace(target)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("xmae_jax checkpoint set_aside")
     self.manager.reload()
 
@@ -436,7 +305,8 @@ class Checkpointer:
 
 def meta_dict(config, step: int, *, kind: str = "train", **extra) -> dict:
   return {"format": FORMAT_VERSION, "kind": kind, "model_name": str(config.model.name),
-          "config": config_to_dict(config), "step": int(step), "package_version": __version__,
+          "config": config_lib.config_to_dict(config), "step": int(step),
+          "package_version": __version__,
           **extra}
 
 
@@ -460,8 +330,9 @@ def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
         ckpt.check_items(step)
       except CorruptCheckpointError as e:
         error = str(e)
-      if not _all_processes(error is None):
-        raise CorruptCheckpointError(error or f"checkpoint step {step} is incomplete on another process")
+      if not integrity.all_processes(error is None):
+        raise CorruptCheckpointError(
+            error or f"checkpoint step {step} is incomplete on another process")
       result = restore(step)
     except CorruptCheckpointError as e:
       skipped.append(f"step {step}: {e}")
@@ -473,6 +344,16 @@ def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
     return step, result, note
   raise CheckpointError(f"no intact checkpoint under {ckpt.directory}: {'; '.join(skipped)}"
                         if skipped else f"no checkpoints under {ckpt.directory}")
+
+
+def committed_steps(workdir) -> list[int]:
+  """The steps under WORKDIR/checkpoints that Orbax committed (it renames a checkpoint's
+  temporary folder to the bare step number once every process has written its part), read from
+  the folder alone: a manager would wait for a lost process."""
+  directory = paths.path(workdir) / CHECKPOINT_DIR
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
 # Settings a resumed training run must keep: they fix the data stream and the learning-rate
@@ -495,7 +376,7 @@ def check_compatible(workdir, config, *, resume: bool = False,
   directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
-  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "meta").is_dir())
+  steps = [s for s in committed_steps(workdir) if (directory / str(s) / "meta").is_dir()]
   if not steps:
     return None
   meta, checked = None, steps[-1]
@@ -511,8 +392,8 @@ def check_compatible(workdir, config, *, resume: bool = False,
     return steps[-1]   # nothing to compare with; the resume says no checkpoint is intact
   name = meta.get("model_name")
   if name != config.model.name:
-    raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step {checked}), "
-                          f"not {config.model.name!r}: use another --workdir")
+    raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step "
+                          f"{checked}), not {config.model.name!r}: use another --workdir")
   saved = meta.get("config", {})
   other = setting_difference(saved, config, ("model",))
   if other:
@@ -551,7 +432,7 @@ def setting_difference(saved: dict, config, keys: Sequence[str]) -> tuple[str, s
   """(KEY, 'KEY: THERE there, HERE here') for the first setting in which a saved config (a
   dict) differs from `config`, among `keys` (dotted; a section stands for each of its
   settings); None when they agree."""
-  wanted = config_to_dict(config)
+  wanted = config_lib.config_to_dict(config)
   for key in keys:
     there, here = _lookup(saved, key), _lookup(wanted, key)
     if isinstance(there, dict) or isinstance(here, dict):
@@ -563,89 +444,3 @@ def setting_difference(saved: dict, config, keys: Sequence[str]) -> tuple[str, s
       if not _same_setting(k, a, b):
         return k, f"{k}: {a!r} there, {b!r} here"
   return None
-
-
-# --- Model-only entry points for other tools -----------------------------------------------------
-
-def abstract_model(config):
-  """(graphdef, abstract state) of the model `config` names, without allocating parameters."""
-  from flax import nnx
-  from xmae_jax import models
-  model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(int(config.get("seed", 0)))))
-  return nnx.split(model)
-
-
-def _stderr(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
-def restore_model(workdir, step: str | int = "latest", *, log: Callable[[str], None] = _stderr):
-  """(model in eval mode, config, step used, its meta) from a run's or an importer's checkpoint.
-
-  `step`: 'latest' | 'best' | 'auto' | N (see `Checkpointer.candidates`). A corrupt checkpoint
-  is skipped for the next candidate, and `log` gets one line saying so; an explicit N is not
-  replaced. Parameters land on the default device, replicated (the models are small); use the
-  trainer's restore path for sharded training state.
-  """
-  from flax import nnx
-  ckpt = Checkpointer(workdir, read_only=True, async_save=False)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-  def restore(s: int):
-    meta = ckpt.read_meta(s)
-    try:
-      config = config_from_dict(meta["config"])
-    except Exception as e:  # pylint: disable=broad-except  # a damaged meta's config
-      raise CorruptCheckpointError(f"checkpoint {ckpt.directory / str(s)} has an unusable config "
-                                   f"({_one_line(e)})") from None
-    graphdef, abstract = abstract_model(config)
-    target = abstract_of(flatten(abstract), {k: device for k in flatten(abstract)})
-    restored = ckpt.restore(s, model=target)
-    return nnx.merge(graphdef, unflatten(abstract, restored["model"])), config, meta
-
-  try:
-    used, (model, config, meta), note = restore_newest_intact(ckpt, ckpt.candidates(step), restore)
-  finally:
-    ckpt.close()
-  if note:
-    log(f"xmae: {note}")
-  model.eval()
-  return model, config, used, meta
-
-
-def load_model(workdir, step: str | int = "latest"):
-  """(model in eval mode, config): `restore_model` without the step and meta."""
-  model, config, _, _ = restore_model(workdir, step)
-  return model, config
-
-
-def init_from(workdir, config, source, *, step: str | int = "auto",
-              log: Callable[[str], None] = _stderr) -> int:
-  """Writes the weights of run `source` (its `step`: 'auto' = best validation, else latest) as
-  checkpoint 0 of the fresh `workdir`, where training `config` then starts from them with a
-  new optimizer and data stream. Another model or other model settings raise CheckpointError
-  naming the first differing key. Returns the source step used."""
-  model, source_config, used, _ = restore_model(source, step, log=log)
-  if source_config.model.name != config.model.name:
-    raise CheckpointError(f"train.init_from {source}: a {source_config.model.name} checkpoint, "
-                          f"not {config.model.name}")
-  other = setting_difference(config_to_dict(source_config), config, ("model",))
-  if other:
-    raise CheckpointError(f"train.init_from {source}: other model settings ({other[1]})")
-  write_model_checkpoint(workdir, model, config, step=0)
-  return used
-
-
-def write_model_checkpoint(workdir, model, config, step: int = 0) -> Path:
-  """Writes `model`'s variables as checkpoint `step` of `workdir` (no optimizer or data state),
-  plus WORKDIR/config.json. `load_model` and the trainer (as initial weights) read it back."""
-  from flax import nnx
-  check_compatible(workdir, config)
-  write_config(workdir, config)
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    ckpt.save(step, model=flatten(nnx.state(model)), meta=meta_dict(config, step, kind="model"))
-    ckpt.wait()
-  finally:
-    ckpt.close()
-  return ckpt.directory / str(step)

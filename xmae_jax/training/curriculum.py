@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from xmae_jax import errors
+from xmae_jax import training
 
 
-class CurriculumError(errors.XmaeError):
+class CurriculumError(training.TrainingError):
   """A stored curriculum state that does not fit the configured levels."""
 
 

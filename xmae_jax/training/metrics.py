@@ -26,15 +26,15 @@ import time
 
 from xmae_jax import atomic
 from xmae_jax import config_lib
-from xmae_jax import errors
 from xmae_jax import paths
+from xmae_jax import training
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 WANDB_ID_FILE = "wandb_run_id"
 
 
-class TrackingError(errors.XmaeError):
+class TrackingError(training.TrainingError):
   """Experiment tracking asked for but not available (W&B not installed)."""
 
 

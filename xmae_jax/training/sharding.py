@@ -24,12 +24,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from xmae_jax import errors
+from xmae_jax import training
 
 RULES = ("replicate", "fsdp")
 
 
-class ShardingError(errors.XmaeError):
+class ShardingError(training.TrainingError):
   """A mesh or a rule that does not fit the devices or the parameters."""
 
 

@@ -36,8 +36,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from xmae_jax import errors
 from xmae_jax import models
+from xmae_jax import training
 from xmae_jax.training import buffers
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import sharding
@@ -47,7 +47,7 @@ EVAL_KEY_SALT = 0x7FFFFFFF   # eval masks: fold_in(fold_in(seed, SALT), eval bat
 TrainState = dict   # {"params": Buffers, "batch_stats": Buffers, "opt": optax state, "step": int32}
 
 
-class StateError(errors.XmaeError):
+class StateError(training.TrainingError):
   """A model whose state the trainer cannot carry."""
 
 

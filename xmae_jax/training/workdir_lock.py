@@ -19,11 +19,12 @@ import numpy as np
 
 from xmae_jax import locks
 from xmae_jax import paths
+from xmae_jax import training
 
 LOCK_FILE = "xmae-train.lock"
 
 
-class WorkdirBusyError(locks.FolderBusyError):
+class WorkdirBusyError(locks.FolderBusyError, training.TrainingError):
   """Another live process holds the workdir."""
 
 
