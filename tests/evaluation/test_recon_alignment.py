@@ -57,8 +57,8 @@ def aligned_workdir(tiny_xmae, prepared, tmp_path_factory):
 
 
 def test_raw_record_windows_are_the_prepared_windows(aligned_workdir, prepared, record_dir):
-  from xmae_jax.training import checkpoint
-  _, config = checkpoint.load_model(aligned_workdir)
+  from xmae_jax.training import model_checkpoint
+  _, config = model_checkpoint.load_model(aligned_workdir)
   alignment = recon_windows.model_alignment(config)
   assert alignment == ALIGN
   assert prepared[1]["ppg_alignment"]["recordings_measured"] == 1
@@ -82,7 +82,7 @@ def test_raw_record_windows_are_the_prepared_windows(aligned_workdir, prepared, 
 def test_report_reconstructs_the_aligned_windows_and_says_so(aligned_workdir, tiny_workdir,
                                                              record_dir, tmp_path):
   from xmae_jax.cli import xmae_recon_report as cli
-  from xmae_jax.training import checkpoint
+  from xmae_jax.training import model_checkpoint
   out = tmp_path / "out"
   assert cli.main(["--model", f"aligned={aligned_workdir}", "--model", f"plain={tiny_workdir}",
                    "--wfdb", f"rec={record_dir}", "--output-dir", str(out)]) == 0
@@ -93,7 +93,7 @@ def test_report_reconstructs_the_aligned_windows_and_says_so(aligned_workdir, ti
   assert rows["plain"]["notes"]["ppg_alignment"] == "none"
   assert "per record: PPG moved" in (out / "reconstruction.md").read_text()
   # the aligned row scores exactly the record's aligned windows
-  model, config = checkpoint.load_model(aligned_workdir)
+  model, config = model_checkpoint.load_model(aligned_workdir)
   contract = encoder_lib.Contract.from_config(config)
   ppg, ecg, subjects, _ = recon_windows.paired_segments(
       record_dir, contract=contract, alignment=recon_windows.model_alignment(config))
