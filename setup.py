@@ -2,7 +2,8 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
 # One owner of the version: xmae_jax/version.py (xmae_jax.__version__, what --version prints),

@@ -54,7 +54,7 @@ def is_remote(p) -> bool:
 def path(p) -> AnyPath:
   """`p` as a path object: epath.Path for a URL, pathlib.Path for anything else."""
   if is_remote(p):
-    from etils import epath   # imported on first use: only remote paths need it
+    from etils import epath  # imported on first use: only remote paths need it
     return p if isinstance(p, epath.Path) else epath.Path(os.fspath(p))
   return pathlib.Path(p)
 

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from xmae_jax.benchmarks import bench_data
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records
+from xmae_jax.benchmarks.bench_data import write_dataset
 from xmae_jax.data import dataset_reader
-from xmae_jax.data import mapped, record, shards
+from xmae_jax.data import mapped
+from xmae_jax.data import record
+from xmae_jax.data import shards
 
 MODS = ("ppg", "ecg")
 

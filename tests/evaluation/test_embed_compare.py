@@ -34,7 +34,8 @@ def dataset(tmp_path_factory):
 
 
 def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
-  from xmae_jax.cli import xmae_embed as embed, xmae_probe as probe
+  from xmae_jax.cli import xmae_embed as embed
+  from xmae_jax.cli import xmae_probe as probe
   out = tmp_path / "emb.npz"
   assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset),
                      "--output", str(out)]) == 0
@@ -46,8 +47,9 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   row = list(a["segment_ids"]).index("s04/2")
   assert a["meta.age"][row] == 42.0 and a["label.pvc"][row] == 0
   # Embeddings equal embedding the stored waveforms directly.
-  import xmae_jax
   from array_record.python import array_record_module as arm
+
+  import xmae_jax
   enc = xmae_jax.load_encoder(tiny_package)
   paths, _ = shards.split_paths(dataset, "train")
   reader = arm.ArrayRecordReader(paths[0], "readahead_buffer_size:0")

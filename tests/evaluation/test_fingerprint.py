@@ -231,7 +231,8 @@ def test_retrieval_cli_on_a_dataset(joint_package, paired_dataset, tmp_path, cap
 def test_retrieval_and_embed_on_a_wfdb_folder(joint_package, tiny_package, physionet_dir, tmp_path,
                                               capsys):
   """Two challenge2015 records (two subjects) in a folder: embed both modalities, retrieve."""
-  from xmae_jax.cli import xmae_embed, xmae_retrieval
+  from xmae_jax.cli import xmae_embed
+  from xmae_jax.cli import xmae_retrieval
   from xmae_jax.evaluation import embed as embed_lib
   folder = tmp_path / "records"
   folder.mkdir()

@@ -67,10 +67,11 @@ def main(spec_path):
   register_toy_model()
   import jax
   import numpy as np
+
   from xmae_jax import config_lib
   from xmae_jax.training import checkpoint as ckpt_lib
-  from xmae_jax.training import model_checkpoint
   from xmae_jax.training import metrics as metrics_lib
+  from xmae_jax.training import model_checkpoint
   from xmae_jax.training import train as train_lib
 
   spec = json.loads(Path(spec_path).read_text())

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,9 @@ def test_digest_sees_a_one_bit_change_and_a_swap():
 def two_checkpoints(tmp_path_factory):
   """A workdir with tiny-xMAE checkpoints 3 and 7 (different weights), and each one's weights."""
   from flax import nnx
-  from xmae_jax import config_lib, models
+
+  from xmae_jax import config_lib
+  from xmae_jax import models
   config = config_lib.load(f"{REPO / 'configs' / 'xmae.py'}:tiny")
   workdir = tmp_path_factory.mktemp("ckpts") / "run"
   weights = {}
@@ -168,6 +169,7 @@ def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, 
 def test_export_refuses_non_finite_weights(two_checkpoints, tmp_path):
   import jax
   from flax import nnx
+
   from xmae_jax.evaluation import export
   model, config = model_checkpoint.load_model(two_checkpoints[0], 3)
   params = nnx.state(model, nnx.Param)

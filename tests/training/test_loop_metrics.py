@@ -22,6 +22,7 @@ from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import perf
 from xmae_jax.training import train as train_lib
+
 REPO = train_runner.REPO
 TIMEOUT = 420
 

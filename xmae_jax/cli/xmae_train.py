@@ -79,6 +79,7 @@ def _train(argv) -> int:
     from xmae_jax.training import host_memory
     host_memory.keep_freed_host_memory()
   import jax
+
   from xmae_jax.training import distributed
   from xmae_jax.training import train as train_lib
   if _CACHE.value and not jax.config.jax_compilation_cache_dir:

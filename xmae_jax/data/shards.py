@@ -28,7 +28,7 @@ from array_record.python import array_record_module as arm
 
 from xmae_jax import atomic
 from xmae_jax import errors
-from xmae_jax import paths as paths_lib   # `paths` names shard lists here
+from xmae_jax import paths as paths_lib  # `paths` names shard lists here
 from xmae_jax.data import record as record_lib
 from xmae_jax.version import __version__
 

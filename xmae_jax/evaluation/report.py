@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xmae_jax import atomic
-from xmae_jax import paths as paths_lib   # `paths` names output files here
+from xmae_jax import paths as paths_lib  # `paths` names output files here
 from xmae_jax.evaluation import tasks as tasks_lib
 from xmae_jax.training import figures
 

@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 ALIGN = 128   # elements: a cache line, a vector register, a GPU transaction, a TPU lane row
 

@@ -28,12 +28,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding
 
 from xmae_jax import errors
 from xmae_jax.training import optim
-from xmae_jax.training import perf
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
 
