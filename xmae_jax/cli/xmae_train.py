@@ -82,7 +82,8 @@ def _train(argv) -> int:
 
   from xmae_jax.training import distributed
   from xmae_jax.training import train as train_lib
-  if _CACHE.value and not jax.config.jax_compilation_cache_dir:
+  # jax.config holds its flags as attributes that mypy does not see.
+  if _CACHE.value and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -127,7 +127,7 @@ class SplitStager:
     self.sub_idx: dict[str, int] = {}
     self.tmp_paths: list[Path] = []
     self.counts: list[int] = []
-    self.writer = None
+    self.writer: arm.ArrayRecordWriter | None = None
 
   def _failed(self, e: BaseException):
     self.discard()

@@ -302,13 +302,13 @@ class Encoder:
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
     windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
-    rows = []
+    row_parts = []
     for i, recording in enumerate(recordings):
       for m, x in recording.items():
         w, _ = self.prepare(x[None], fs, clean=clean, modality=m)
         windows[m].append(w)
-      rows.append(np.full(len(w), i))
-    rows = np.concatenate(rows)
+      row_parts.append(np.full(len(w), i))
+    rows = np.concatenate(row_parts)
     return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,

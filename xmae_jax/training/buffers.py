@@ -59,6 +59,11 @@ class Layout:
   compare the static data of every pytree node on each call) stop at an identity check.
   """
   _interned: dict[tuple, "Layout"] = {}
+  treedef: Any
+  slots: tuple[Slot, ...]
+  groups: tuple[Group, ...]
+  _key: tuple
+  _hash: int
 
   def __new__(cls, treedef, slots: tuple[Slot, ...], groups: tuple[Group, ...]):
     key = (treedef, slots, groups)
