@@ -1,7 +1,8 @@
 """xmae-train: pretrain a model config on a prepared dataset directory.
 
   xmae-train --config configs/xmae.py:demo --workdir runs/demo --config.data.dir data/synthetic
-  python -m xmae_jax.cli.xmae_train --config configs/m2ae.py --workdir runs/m2ae --config.train.lr=1e-4
+  python -m xmae_jax.cli.xmae_train --config configs/m2ae.py --workdir runs/m2ae \
+      --config.train.lr=1e-4
 
 Flags: `--config FILE[:PRESET[,key=value...]]` plus `--config.section.field=value` overrides,
 `--workdir` (created; a run there resumes from its latest checkpoint), and for multi-host runs

@@ -62,7 +62,8 @@ def shard_name(split: str, i: int, n: int) -> str:
   return f"{split}-{i:05d}-of-{n:05d}.array_record"
 
 
-def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes | record_lib.Record],
+def write_split(out_dir: str | os.PathLike, split: str,
+                records: Iterable[bytes | record_lib.Record],
                 records_per_shard: int = 4096) -> dict:
   """Streams one split to disk atomically (temp names, then renames); returns its manifest entry.
 

@@ -369,7 +369,8 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       logits = predict(x[test])
       prob = _softmax(logits)[:, 1]
       yt = y[test]
-      scores = {"auroc": float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan,
+      auroc = float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan
+      scores = {"auroc": auroc,
                 "f1": float(skm.f1_score(yt, logits.argmax(1), zero_division=0)),
                 "accuracy": float(skm.accuracy_score(yt, logits.argmax(1)))}
     else:

@@ -202,7 +202,8 @@ def memory(compiled) -> dict[str, int]:
   stats = compiled.memory_analysis()
   fields = ("argument", "output", "alias", "temp", "generated_code")
   out = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in fields}
-  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["generated_code"]
+  out["total"] = (out["argument"] + out["output"] - out["alias"] + out["temp"]
+                  + out["generated_code"])
   return out
 
 
@@ -259,7 +260,8 @@ def check_fits(mem: dict[str, int], chip: Chip, topology: str) -> None:
   if over > 0:
     raise CompileError(
         f"does not fit {topology}: {mem['total'] / GIB:.2f} GiB per chip (arguments "
-        f"{mem['argument'] / GIB:.2f}, outputs not aliased {(mem['output'] - mem['alias']) / GIB:.2f}, "
+        f"{mem['argument'] / GIB:.2f}, "
+        f"outputs not aliased {(mem['output'] - mem['alias']) / GIB:.2f}, "
         f"temporaries {mem['temp'] / GIB:.2f}, code {mem['generated_code'] / GIB:.2f}) against "
         f"{chip.hbm_bytes / GIB:.0f} GiB of HBM: {over / GIB:.2f} GiB over; use a smaller "
         "--batch-size or a larger fsdp axis (--mesh data=N,fsdp=M)")
