@@ -109,7 +109,8 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   reader = dataset_reader.ShardReader(str(d), "train")
   reader.read(np.array([5, 70]), MODS)   # undamaged records of the damaged shard still read...
   assert reader.mapped_shards.checked(1) is False   # ...through array_record, not the mapping
-  with pytest.raises(shards.DatasetError, match=r"train-00001-of-00003.array_record record 5 \(position 65 "):
+  with pytest.raises(shards.DatasetError,
+                     match=r"train-00001-of-00003.array_record record 5 \(position 65 "):
     reader.read(np.array([5, 65]), MODS)
 
 

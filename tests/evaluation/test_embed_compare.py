@@ -27,7 +27,8 @@ def dataset(tmp_path_factory):
       ppg = 2 * (ppg - ppg.min()) / np.ptp(ppg) - 1
       rec = record_lib.Record(subject_id=f"s{s:02d}", segment_id=f"s{s:02d}/{k}", source="test",
                               ppg=ppg, ecg=ppg[::-1].copy(), quality_ppg=0.95, quality_ecg=0.95,
-                              meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s, "dbp": 70 + s},
+                              meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s,
+                                    "dbp": 70 + s},
                               labels={"pvc": int(s % 3 == 0)})
       splits["test" if s >= 9 else "train"].append(rec)
   return datasets.write_dataset(out, splits)
@@ -117,7 +118,8 @@ def test_compare_same_splits_table_and_chart(tiny_package, tiny_workdir, dataset
   out = tmp_path / "cmp"
   rc = compare.main(["--data", str(dataset), "--output-dir", str(out),
                      "--encoder", f"pkg={tiny_package}", "--encoder", f"workdir={tiny_workdir}",
-                     "--random", f"random={REPO / 'configs' / 'xmae.py'}:tiny", "--random-seed", "5",
+                     "--random", f"random={REPO / 'configs' / 'xmae.py'}:tiny",
+                     "--random-seed", "5",
                      "--task", "hr", "--task", "pvc", "--folds", "3", "--bootstrap", "50",
                      "--baseline", "random"])
   assert rc == 0

@@ -1,4 +1,5 @@
-"""Probes: planted signals are found, shuffled labels score at chance, folds never share a subject."""
+"""Probes: planted signals are found, shuffled labels score at chance, folds never share a
+subject."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm

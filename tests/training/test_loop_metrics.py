@@ -119,6 +119,7 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
   resumed, reference = result["resumed"], result["reference"]
   assert resumed["summary"]["status"] == reference["summary"]["status"] == "stopped"
   steps = list(range(1, stop + 1))
-  assert [r["step"] for r in resumed["metrics"]] == [r["step"] for r in reference["metrics"]] == steps
+  resumed_steps = [r["step"] for r in resumed["metrics"]]
+  assert resumed_steps == [r["step"] for r in reference["metrics"]] == steps
   np.testing.assert_array_equal([r["train_loss"] for r in resumed["metrics"]],
                                 [r["train_loss"] for r in reference["metrics"]])
