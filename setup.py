@@ -2,7 +2,8 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_packages
+from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
 # One owner of the version: xmae_jax/version.py (xmae_jax.__version__, what --version prints),
@@ -87,7 +88,9 @@ setup(
         # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
         # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
         # tests skip. gcp-storage-emulator: the local Cloud Storage server of tests/storage.
-        "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "tensorflow-datasets>=4.9.10", BEAM, EDF,
+        # ruff and mypy: the static checks launch/test.sh runs first (settings in pyproject.toml).
+        "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "ruff>=0.17", "mypy>=2.4",
+                 "tensorflow-datasets>=4.9.10", BEAM, EDF,
                  "gcp-storage-emulator>=2024.8",
                  f'{TORCH}; python_version < "3.12"', f'{LIBTPU}; python_version < "3.12"'],
     },

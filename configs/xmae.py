@@ -31,7 +31,8 @@ def model_config() -> mlc.ConfigDict:
   m.latent_dim = 256
   m.use_cross_bridge = True        # False: the "no bridge" baseline (configs/xmae_nobridge.py)
   # Quirks of the reference kept by default; each switch gives the fix.
-  m.visible_positions = "compact"  # reference: visible ECG encoded with pos[0..Nk-1]; "true": pos[ids]
+  # reference: visible ECG encoded with pos[0..Nk-1]; "true": pos[ids]
+  m.visible_positions = "compact"
   m.build_unused = True            # build the modules the reference builds but never calls,
                                    # so parameter counts and state-dict names match it
   return m
@@ -68,8 +69,8 @@ def get_config(arg=None):
 # config_lib.COMMON_PRESETS). demo keeps the paper model.
 PRESETS = {
     # cpu: a quarter of the paper model's FLOPs per step (half the width, half the stem) so that
-    # 2,000 steps of batch 64 fit this 2-core machine's 30-minute budget; depths and masking stay the
-    # paper's (one visible 2-s ECG run), since the cross-modal task is what is being tested.
+    # 2,000 steps of batch 64 fit this 2-core machine's 30-minute budget; depths and masking stay
+    # the paper's (one visible 2-s ECG run), since the cross-modal task is what is being tested.
     "cpu": {"model.d_model": 128, "model.num_heads": 4, "model.stem_channels": 16,
             "model.stem_widths": (16, 32, 64), "model.latent_dim": 128},
     # Scaling: blocks (12 d^2 parameters each, 13 d^2 with a bridge's cross-attention) set the

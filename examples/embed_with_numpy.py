@@ -39,6 +39,7 @@ def embed_with_load_encoder(package: str, x: np.ndarray, fs: float) -> np.ndarra
 
 def embed_with_stablehlo(package: str, x: np.ndarray, fs: float) -> np.ndarray:
   import jax
+
   from xmae_jax.data import preprocess
   contract = json.loads((Path(package) / "stablehlo.json").read_text())
   name, function = next(iter(contract["functions"].items()))     # the package's one modality

@@ -61,7 +61,8 @@ def test_a_presets_block_naming_an_unknown_preset_is_one_line():
 
 def test_missing_file_unknown_preset_and_no_get_config_are_one_line(tmp_path):
   cases = [(tmp_path / "missing.py", "config file .*missing.py does not exist"),
-           (f"{CONFIGS / 'xmae.py'}:tinyy", "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
+           (f"{CONFIGS / 'xmae.py'}:tinyy",
+            "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
            (f"{CONFIGS / 'xmae.py'}:tiny,oops", "config argument 'oops': expected key=value")]
   (tmp_path / "empty.py").write_text("X = 1\n")
   cases.append((tmp_path / "empty.py", "has no get_config"))
@@ -212,15 +213,19 @@ def test_each_rule_names_the_key_and_value(name, key, value, message):
 
 
 def test_a_tuple_element_out_of_range_is_named():
-  with pytest.raises(config_lib.ConfigError, match=r"^config masking.curriculum_levels.2=1.0: must be in \(0, 1\)$"):
-    config_lib.validate(config_lib.apply_overrides(_load(), {"masking.curriculum_levels": (0.8, 0.9, 1.0)}))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config masking.curriculum_levels.2=1.0: must be in \(0, 1\)$"):
+    config_lib.validate(
+        config_lib.apply_overrides(_load(), {"masking.curriculum_levels": (0.8, 0.9, 1.0)}))
   with pytest.raises(config_lib.ConfigError, match="low must be <= high"):
-    config_lib.validate(config_lib.apply_overrides(_load(), {"data.augment.scale_range": (1.2, 0.8)}))
+    config_lib.validate(
+        config_lib.apply_overrides(_load(), {"data.augment.scale_range": (1.2, 0.8)}))
 
 
 def test_a_weighted_reconstruction_needs_its_modality_masked():
   config = config_lib.apply_overrides(_load("xmae_nobridge"), {"masking.ratio_ppg": 0.0})
-  with pytest.raises(config_lib.ConfigError, match=r"^config masking.ratio_ppg=0 with loss.w_ppg=1.0: "):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config masking.ratio_ppg=0 with loss.w_ppg=1.0: "):
     config_lib.validate(config)
   # The reference's control (PPG neither masked nor reconstructed) stays valid.
   config_lib.validate(config_lib.apply_overrides(config, {"loss.w_ppg": 0.0}))
@@ -231,7 +236,8 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
 @pytest.mark.parametrize("args,message", [
     (["--config", "configs/xmae.py:tiny", "--config.train.lrr=1"],
      "unknown config key train.lrr (did you mean train.lr?)"),
-    (["--config", "configs/xmae.py:tinyy"], "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
+    (["--config", "configs/xmae.py:tinyy"],
+     "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
     (["--config", "configs/nope.py"], "config file configs/nope.py does not exist"),
     (["--config", "configs/xmae.py:tiny", "--config.train.batch_size", "0"],
      "config train.batch_size=0: the global batch size must be > 0"),
@@ -240,7 +246,8 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
      "32-bit integer)"),
 ])
 def test_trainer_cli_config_errors_are_one_line(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", *args, "--workdir", str(tmp_path / "run")],
+  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", *args,
+                         "--workdir", str(tmp_path / "run")],
                         cwd=REPO, capture_output=True, text=True, timeout=120,
                         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
   assert proc.returncode == 1

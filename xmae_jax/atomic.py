@@ -24,7 +24,7 @@ def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
   file name (matplotlib, numpy) still do. On an exception the temporary file or folder is
   removed and `path` is left as it was.
   """
-  from xmae_jax import paths   # paths builds on this module: imported at use
+  from xmae_jax import paths  # paths builds on this module: imported at use
   if paths.is_remote(path):
     # An object store has no rename, and needs none: an object write is atomic by itself (the
     # object appears whole when its upload completes). So the content is staged in a local
@@ -57,5 +57,5 @@ def atomic_write(path, data: bytes | str):
       tmp.write_text(data, encoding="utf-8")
     else:
       tmp.write_bytes(data)
-  from xmae_jax import paths   # paths builds on this module: imported at use
+  from xmae_jax import paths  # paths builds on this module: imported at use
   return paths.path(path)

@@ -93,7 +93,8 @@ def _data() -> mlc.ConfigDict:
   # models that reconstruct ECG from PPG: the PPG cannot tell the sign, so the masked ECG
   # becomes ambiguous and a flat prediction near the baseline is the cheap minimum.
   d.augment.enabled = False
-  d.augment.scale_prob = 0.5        # amplitude x U(0.8, 1.2) (a no-op under min-max; kept for parity)
+  # amplitude x U(0.8, 1.2) (a no-op under min-max; kept for parity)
+  d.augment.scale_prob = 0.5
   d.augment.scale_range = (0.8, 1.2)
   d.augment.shift_prob = 0.5        # otherwise a shift of up to +-6 samples, edge-padded
   d.augment.max_shift = 6
@@ -230,10 +231,11 @@ def assemble(arg, *, model, masking, loss,
 
 def apply_preset(config: mlc.ConfigDict, preset: str,
                  presets: Mapping[str, Mapping[str, Any]] | None) -> mlc.ConfigDict:
-  """`presets[preset]` (a config file's block of changes from the paper values) applied to `config`."""
+  """`presets[preset]` (a config file's block of changes from the paper values) on `config`."""
   unknown = sorted(set(presets or {}) - set(PRESET_NAMES))
   if unknown:
-    raise ConfigError(f"PRESETS names unknown preset {unknown[0]!r}; choose from {', '.join(PRESET_NAMES)}")
+    raise ConfigError(f"PRESETS names unknown preset {unknown[0]!r}; "
+                      f"choose from {', '.join(PRESET_NAMES)}")
   return apply_overrides(config, (presets or {}).get(preset, {}))
 
 

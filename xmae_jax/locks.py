@@ -188,7 +188,7 @@ def try_lock_object(path) -> ObjectLock | None:
   The object is written through TensorStore with a generation precondition: created only if
   absent, or replaced only if it is still the abandoned version that was read.
   """
-  import tensorstore as ts   # Orbax's storage layer: it honours TENSORSTORE_GCS_HTTP_URL
+  import tensorstore as ts  # Orbax's storage layer: it honours TENSORSTORE_GCS_HTTP_URL
   store = ts.KvStore.open(paths.text(path)).result()
   current = store.read("").result()
   if current.state == "value":

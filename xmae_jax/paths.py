@@ -29,17 +29,20 @@ import os
 import pathlib
 import tempfile
 import uuid
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from xmae_jax import atomic
 from xmae_jax import errors
+
+if TYPE_CHECKING:  # etils is imported on first use at run time: only remote paths need it
+  from etils import epath
 
 # The URL schemes epath reaches through fsspec; anything else is a local path.
 REMOTE_SCHEMES = ("gs://", "s3://")
 # Where `local_mirror` keeps its copies (XMAE_CACHE overrides it).
 CACHE_ENV = "XMAE_CACHE"
 
-AnyPath = Union[pathlib.Path, "epath.Path"]   # noqa: F821  # epath is imported on first use
+AnyPath = Union[pathlib.Path, "epath.Path"]
 
 
 class StorageError(errors.XmaeError):
@@ -54,7 +57,7 @@ def is_remote(p) -> bool:
 def path(p) -> AnyPath:
   """`p` as a path object: epath.Path for a URL, pathlib.Path for anything else."""
   if is_remote(p):
-    from etils import epath   # imported on first use: only remote paths need it
+    from etils import epath  # imported on first use: only remote paths need it
     return p if isinstance(p, epath.Path) else epath.Path(os.fspath(p))
   return pathlib.Path(p)
 

@@ -5,9 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-from xmae_jax import config_lib, errors
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset
-from xmae_jax.data import dataset_reader, pipeline, shards
+from xmae_jax import config_lib
+from xmae_jax import errors
+from xmae_jax.benchmarks.bench_data import random_records
+from xmae_jax.benchmarks.bench_data import write_dataset
+from xmae_jax.data import dataset_reader
+from xmae_jax.data import pipeline
+from xmae_jax.data import shards
 
 N_TRAIN = 40
 

@@ -11,7 +11,8 @@ pyedflib = pytest.importorskip("pyedflib")
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import dataset_reader
 from xmae_jax.data import sources
-from xmae_jax.data.sources import Recording, SourceError
+from xmae_jax.data.sources import Recording
+from xmae_jax.data.sources import SourceError
 from xmae_jax.data.sources import edf
 
 SECONDS = 32

@@ -190,6 +190,7 @@ def test_verify_and_reading_name_the_shard_and_record_of_a_flipped_byte(six, tmp
 
 def test_verify_finds_changed_records_and_index_rows(six, tmp_path):
   from array_record.python import array_record_module as arm
+
   from xmae_jax.data import record as record_lib
   ds = tmp_path / "ds"
   shutil.copytree(six, ds)
@@ -320,7 +321,7 @@ def test_a_bad_fs_is_rejected_as_a_flag(tmp_path, capsys, fs):
                            str(tmp_path / "o")], capsys)
   assert code != 0 and err.strip() == (f"xmae-prepare: error: argument --fs: must be a "
                                        f"positive number of Hz, got '{fs}'")
-  with pytest.raises(prepare_rules.PrepareError, match=f"--fs must be a positive number of Hz"):
+  with pytest.raises(prepare_rules.PrepareError, match="--fs must be a positive number of Hz"):
     prep.prepare_dataset("csv", src, tmp_path / "o", source_options={"fs": float(fs)
                          if fs != "fast" else fs}, progress=False, log=None)
   assert not (tmp_path / "o").exists()

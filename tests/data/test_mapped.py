@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 from xmae_jax.benchmarks import bench_data
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records
+from xmae_jax.benchmarks.bench_data import write_dataset
 from xmae_jax.data import dataset_reader
-from xmae_jax.data import mapped, record, shards
+from xmae_jax.data import mapped
+from xmae_jax.data import record
+from xmae_jax.data import shards
 
 MODS = ("ppg", "ecg")
 
@@ -106,7 +109,8 @@ def test_flipped_waveform_byte_is_found_by_the_check(dataset, tmp_path):
   reader = dataset_reader.ShardReader(str(d), "train")
   reader.read(np.array([5, 70]), MODS)   # undamaged records of the damaged shard still read...
   assert reader.mapped_shards.checked(1) is False   # ...through array_record, not the mapping
-  with pytest.raises(shards.DatasetError, match=r"train-00001-of-00003.array_record record 5 \(position 65 "):
+  with pytest.raises(shards.DatasetError,
+                     match=r"train-00001-of-00003.array_record record 5 \(position 65 "):
     reader.read(np.array([5, 65]), MODS)
 
 

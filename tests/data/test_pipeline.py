@@ -7,9 +7,14 @@ import numpy as np
 import pytest
 
 from xmae_jax import config_lib
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset
-from xmae_jax.data import augment, pipeline, preprocess, record, shards
+from xmae_jax.benchmarks.bench_data import random_records
+from xmae_jax.benchmarks.bench_data import write_dataset
+from xmae_jax.data import augment
 from xmae_jax.data import dataset_reader
+from xmae_jax.data import pipeline
+from xmae_jax.data import preprocess
+from xmae_jax.data import record
+from xmae_jax.data import shards
 
 N_TRAIN = 90       # 3 shards of 32/32/26 records
 PPG_ONLY_EVERY = 9

@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import mp_util
 from xmae_jax import config_lib
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset
+from xmae_jax.benchmarks.bench_data import random_records
+from xmae_jax.benchmarks.bench_data import write_dataset
 from xmae_jax.data import dataset_reader
 from xmae_jax.data import pipeline
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from xmae_jax.data import preprocess as pp
-from xmae_jax.data.preprocess import fast, segment, unbatched
+from xmae_jax.data.preprocess import fast
+from xmae_jax.data.preprocess import segment
+from xmae_jax.data.preprocess import unbatched
 from xmae_jax.data.sources import Recording
 from xmae_jax.data.sources import wfdb as wfdb_source
 
@@ -90,6 +92,7 @@ def test_record_steps_follow_the_per_window_decisions(modalities):
   # segment_recording normally remove such windows first): both step strategies must make the
   # same decisions and ask for no step the other would not
   import collections
+
   import neurokit2 as nk
   fs = 125.0
   ecg = nk.ecg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=3)
@@ -133,6 +136,7 @@ def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch, phy
   # clear error instead of every window's quality reading as "too few beats" or every unit of
   # xmae-prepare being skipped as unreadable
   import neurokit2 as nk
+
   from xmae_jax.data import prepare_units
   monkeypatch.setitem(sys.modules, "scipy.signal._peak_finding_utils", None)
   fast.scipy_peak_finding.cache_clear()

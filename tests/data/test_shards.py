@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module as arm
 
-from xmae_jax.data import record, shards
+from xmae_jax.data import record
+from xmae_jax.data import shards
 
 
 def _records(n):

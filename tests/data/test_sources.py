@@ -7,7 +7,9 @@ import pytest
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import shards
 from xmae_jax.data import sources
-from xmae_jax.data.sources import Missing, Recording, SourceError
+from xmae_jax.data.sources import Missing
+from xmae_jax.data.sources import Recording
+from xmae_jax.data.sources import SourceError
 from xmae_jax.data.sources import pulsedb
 from xmae_jax.data.sources import tabular
 from xmae_jax.data.sources import wfdb as wfdb_source

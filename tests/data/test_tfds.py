@@ -7,8 +7,11 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 from array_record.python import array_record_module as arm  # pylint: disable=g-import-not-at-top
-from xmae_jax.benchmarks.bench_data import random_records, write_dataset  # pylint: disable=g-import-not-at-top
-from xmae_jax.data import record, shards  # pylint: disable=g-import-not-at-top
+
+from xmae_jax.benchmarks.bench_data import random_records  # pylint: disable=g-import-not-at-top
+from xmae_jax.benchmarks.bench_data import write_dataset  # pylint: disable=g-import-not-at-top
+from xmae_jax.data import record  # pylint: disable=g-import-not-at-top
+from xmae_jax.data import shards  # pylint: disable=g-import-not-at-top
 from xmae_jax.data import tfds as xtfds  # pylint: disable=g-import-not-at-top
 
 

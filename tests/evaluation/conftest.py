@@ -2,7 +2,8 @@
 their exported packages (M2AE's: the joint ppg+ecg fingerprint package)."""
 import pytest
 
-from tests.helpers.tiny_models import tiny_model, write_workdir
+from tests.helpers.tiny_models import tiny_model
+from tests.helpers.tiny_models import write_workdir
 
 
 @pytest.fixture(scope="session")

@@ -27,14 +27,16 @@ def dataset(tmp_path_factory):
       ppg = 2 * (ppg - ppg.min()) / np.ptp(ppg) - 1
       rec = record_lib.Record(subject_id=f"s{s:02d}", segment_id=f"s{s:02d}/{k}", source="test",
                               ppg=ppg, ecg=ppg[::-1].copy(), quality_ppg=0.95, quality_ecg=0.95,
-                              meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s, "dbp": 70 + s},
+                              meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s,
+                                    "dbp": 70 + s},
                               labels={"pvc": int(s % 3 == 0)})
       splits["test" if s >= 9 else "train"].append(rec)
   return datasets.write_dataset(out, splits)
 
 
 def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
-  from xmae_jax.cli import xmae_embed as embed, xmae_probe as probe
+  from xmae_jax.cli import xmae_embed as embed
+  from xmae_jax.cli import xmae_probe as probe
   out = tmp_path / "emb.npz"
   assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset),
                      "--output", str(out)]) == 0
@@ -46,8 +48,9 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   row = list(a["segment_ids"]).index("s04/2")
   assert a["meta.age"][row] == 42.0 and a["label.pvc"][row] == 0
   # Embeddings equal embedding the stored waveforms directly.
-  import xmae_jax
   from array_record.python import array_record_module as arm
+
+  import xmae_jax
   enc = xmae_jax.load_encoder(tiny_package)
   paths, _ = shards.split_paths(dataset, "train")
   reader = arm.ArrayRecordReader(paths[0], "readahead_buffer_size:0")
@@ -115,7 +118,8 @@ def test_compare_same_splits_table_and_chart(tiny_package, tiny_workdir, dataset
   out = tmp_path / "cmp"
   rc = compare.main(["--data", str(dataset), "--output-dir", str(out),
                      "--encoder", f"pkg={tiny_package}", "--encoder", f"workdir={tiny_workdir}",
-                     "--random", f"random={REPO / 'configs' / 'xmae.py'}:tiny", "--random-seed", "5",
+                     "--random", f"random={REPO / 'configs' / 'xmae.py'}:tiny",
+                     "--random-seed", "5",
                      "--task", "hr", "--task", "pvc", "--folds", "3", "--bootstrap", "50",
                      "--baseline", "random"])
   assert rc == 0

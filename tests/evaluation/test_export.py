@@ -122,7 +122,8 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   z = np.load(golden.FIXTURES / "xmae_small_bridge.npz")
   config = golden.config_for(json.loads(str(z["meta/config_json"])))
   model = reference.from_reference_state_dict(golden.unpack(z, "sd"), config)
-  model_checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)  # as xmae-import-torch
+  # as xmae-import-torch does
+  model_checkpoint.write_model_checkpoint(tmp_path / "imported", model, config, step=0)
   package = export_lib.export_workdir(tmp_path / "imported", tmp_path / "pkg")
   info = json.loads((package / "package.json").read_text())
   assert info["source"]["step"] == 0 and info["source"]["checkpoint_kind"] == "model"
@@ -130,7 +131,8 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   np.testing.assert_allclose(z_ours, z["out/ppg_embedding"], atol=1e-5, rtol=1e-4)
 
 
-def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tiny_workdir, tmp_path):
+def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tiny_workdir,
+                                                                             tmp_path):
   """A scratch folder of a killed export (its pid gone) is removed by the next export to that
   path; one of a live export is left alone, and so are folders the tool did not make."""
   import os

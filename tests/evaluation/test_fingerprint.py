@@ -80,7 +80,8 @@ def test_one_modality_of_a_joint_package_and_single_packages(tiny_m2ae, joint_pa
   np.testing.assert_allclose(enc.embed(ecg), np.asarray(model.fingerprint(ecg=ecg)), atol=1e-5)
   np.testing.assert_array_equal(enc.embed(ecg=ecg), enc.embed(ecg))
   np.testing.assert_array_equal(enc.embed_prepared(ecg=ecg), enc.embed_prepared(ecg))
-  with pytest.raises(encoder_lib.EncoderError, match=r"holds the ecg encoder only: it cannot embed ppg"):
+  with pytest.raises(encoder_lib.EncoderError,
+                     match=r"holds the ecg encoder only: it cannot embed ppg"):
     enc.embed(ppg=ppg)
   with pytest.raises(encoder_lib.EncoderError, match="holds the ecg encoder, not ppg\\+ecg"):
     encoder_lib.load_encoder(single, modality="ppg+ecg")
@@ -118,7 +119,8 @@ def test_joint_bad_inputs(joint_package):
     enc.embed()
   with pytest.raises(encoder_lib.EncoderInputError, match="keyword inputs"):
     enc.embed(ppg)
-  with pytest.raises(encoder_lib.EncoderInputError, match=r"same windows.*ppg \(3, 1000\), ecg \(2, 1000\)"):
+  with pytest.raises(encoder_lib.EncoderInputError,
+                     match=r"same windows.*ppg \(3, 1000\), ecg \(2, 1000\)"):
     enc.embed(ppg=ppg, ecg=ecg[:2])
   with pytest.raises(encoder_lib.EncoderInputError, match=r"same windows.*ecg \(3, 900\)"):
     enc.embed(ppg=ppg, ecg=ecg[:, :900])
@@ -139,7 +141,7 @@ def test_joint_export_of_an_xmae_model_is_one_line(tiny_workdir, tmp_path, capsy
     encoder_lib.load_encoder(tiny_workdir, modality="ppg+ecg")
 
 
-# ---- xmae-embed --modalities and xmae-retrieval ---------------------------------------------------
+# ---- xmae-embed --modalities and xmae-retrieval --------------------------------------------------
 
 @pytest.fixture(scope="module")
 def paired_dataset(tmp_path_factory):
@@ -231,7 +233,8 @@ def test_retrieval_cli_on_a_dataset(joint_package, paired_dataset, tmp_path, cap
 def test_retrieval_and_embed_on_a_wfdb_folder(joint_package, tiny_package, physionet_dir, tmp_path,
                                               capsys):
   """Two challenge2015 records (two subjects) in a folder: embed both modalities, retrieve."""
-  from xmae_jax.cli import xmae_embed, xmae_retrieval
+  from xmae_jax.cli import xmae_embed
+  from xmae_jax.cli import xmae_retrieval
   from xmae_jax.evaluation import embed as embed_lib
   folder = tmp_path / "records"
   folder.mkdir()

@@ -33,6 +33,7 @@ def tiny_export(tmp_path_factory):
   whose data.dir is a dataset with a licence; two small tensors stand in for the weights
   (building the model costs seconds and the card reads none of it)."""
   import numpy as np
+
   from xmae_jax.evaluation import encoder as encoder_lib
   from xmae_jax.evaluation import package as package_lib
   data = _dataset(tmp_path_factory.mktemp("data") / "c15",

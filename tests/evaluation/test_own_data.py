@@ -9,7 +9,6 @@ import pytest
 
 from tests.helpers import datasets
 from xmae_jax.evaluation import encoder as encoder_lib
-from xmae_jax.evaluation import probe as probe_lib
 from xmae_jax.evaluation import tasks as tasks_lib
 
 
@@ -111,7 +110,10 @@ def test_probe_cli_rejects_a_missing_label_column(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 def test_csv_with_labels_file_is_probed_on_a_label_column(tiny_package, tmp_path, capsys):
   import neurokit2 as nk
-  from xmae_jax.cli import xmae_embed, xmae_prepare, xmae_probe
+
+  from xmae_jax.cli import xmae_embed
+  from xmae_jax.cli import xmae_prepare
+  from xmae_jax.cli import xmae_probe
   from xmae_jax.evaluation import embed as embed_lib
   recordings = tmp_path / "mine"
   recordings.mkdir()

@@ -1,4 +1,5 @@
-"""Probes: planted signals are found, shuffled labels score at chance, folds never share a subject."""
+"""Probes: planted signals are found, shuffled labels score at chance, folds never share a
+subject."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -116,7 +117,8 @@ def test_bad_probe_inputs():
 def test_fold_and_bootstrap_counts_out_of_range_are_one_line(prog, flags, message, tmp_path,
                                                             capsys):
   """Were an IndexError (retrieval), KeyError 'mae' and a sklearn traceback (probe)."""
-  from xmae_jax.cli import xmae_probe, xmae_retrieval
+  from xmae_jax.cli import xmae_probe
+  from xmae_jax.cli import xmae_retrieval
   x, value, groups = _planted(n_subjects=6, per_subject=4)
   data = tmp_path / "emb.npz"   # refused before it is read: the flag is checked first
   np.savez(data, embeddings=x, subject_ids=groups, hr=value)

@@ -174,7 +174,8 @@ def test_xmae_probe_all_skips_absent_tasks_and_missing_task_is_one_line(tmp_path
   assert "| alarm_type:60 | linear | 203 | 29 |" in out               # rec003 has no label
   assert "macro_auroc" in out and "Asystole (42 segments, 6 subjects" in out
   bare = tmp_path / "bare.npz"
-  embed.save_embeddings(bare, x, groups, [f"s{i}" for i in range(len(x))], meta={"hr": fields["hr"]})
+  embed.save_embeddings(bare, x, groups, [f"s{i}" for i in range(len(x))],
+                        meta={"hr": fields["hr"]})
   assert xmae_probe.main(["--embeddings", str(bare), "--task", "alarm_type"]) == 1
   err = capsys.readouterr().err
   assert err == ("xmae-probe: error: task alarm_type: the data carry no alarm_type, "

@@ -83,12 +83,14 @@ def test_alarm_window_rule_selects_the_windows_before_the_alarm():
   # `all` needs no seconds_to_alarm; a window rule does.
   no_time = {k: v for k, v in fields.items() if k != "seconds_to_alarm"}
   assert tasks.available("alarm_type:all", no_time) and not tasks.available("alarm_type", no_time)
-  with pytest.raises(tasks.TaskError, match=r"window '-5' must be a number of seconds >= 0 or 'all'"):
+  with pytest.raises(tasks.TaskError,
+                     match=r"window '-5' must be a number of seconds >= 0 or 'all'"):
     tasks.parse("alarm_true:-5")
   with pytest.raises(tasks.TaskError, match="window 'last'"):
     tasks.targets("alarm_type:last", fields)
   with pytest.raises(tasks.TaskError, match="only class Tachycardia present"):
-    tasks.targets("alarm_type:0", {**fields, "seconds_to_alarm": np.where(fields["alarm_true"] == 1, 0, -1.0)})
+    seconds_to_alarm = np.where(fields["alarm_true"] == 1, 0, -1.0)
+    tasks.targets("alarm_type:0", {**fields, "seconds_to_alarm": seconds_to_alarm})
 
 
 def test_alarm_true_absent_for_some_records_and_string_booleans():

@@ -1,4 +1,5 @@
-"""Writes golden files from the reference PyTorch xMAE for the parity test (tests/golden/test_golden.py).
+"""Writes golden files from the reference PyTorch xMAE for the parity test
+(tests/golden/test_golden.py).
 
 The reference (github.com/hzhou3/xMAE) is NOT part of this project: this script extracts its
 model module from a local clone at a named commit into a temporary directory (`git archive`),

@@ -19,6 +19,7 @@ def tiny_model(name: str, seed: int, stats_seed: int):
   changes the output."""
   import jax
   from flax import nnx
+
   from xmae_jax import models
   config = load_config(name)
   model = models.build(config, nnx.Rngs(seed))
@@ -43,7 +44,9 @@ def tiny_package(out: Path, name: str, modality: str, seed: int) -> Path:
   moved off their init (so a statistic lost or misread changes the embedding)."""
   import jax
   from flax import nnx
-  from xmae_jax import config_lib, models
+
+  from xmae_jax import config_lib
+  from xmae_jax import models
   from xmae_jax.evaluation import export
   config = config_lib.load(f"{REPO / 'configs' / name}.py:tiny")
   model = models.build(config, nnx.Rngs(seed))

@@ -67,10 +67,11 @@ def main(spec_path):
   register_toy_model()
   import jax
   import numpy as np
+
   from xmae_jax import config_lib
   from xmae_jax.training import checkpoint as ckpt_lib
-  from xmae_jax.training import model_checkpoint
   from xmae_jax.training import metrics as metrics_lib
+  from xmae_jax.training import model_checkpoint
   from xmae_jax.training import train as train_lib
 
   spec = json.loads(Path(spec_path).read_text())
@@ -88,7 +89,8 @@ def main(spec_path):
       out["error_type"] = type(e).__name__
     out["metrics"] = metrics_lib.read_metrics(job["workdir"])
     if "summary" in out and job.get("save_params", True):
-      model, _ = model_checkpoint.load_model(job["workdir"], "latest")   # every process (Orbax syncs)
+      # every process (Orbax syncs)
+      model, _ = model_checkpoint.load_model(job["workdir"], "latest")
       from flax import nnx
       flat = ckpt_lib.flatten(nnx.state(model, nnx.Param))
       if jax.process_index() == 0:

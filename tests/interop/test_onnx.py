@@ -6,9 +6,9 @@ import pytest
 pytest.importorskip("jax2onnx")
 ort = pytest.importorskip("onnxruntime")
 
+import xmae_jax  # noqa: E402
 from tests.helpers import datasets  # noqa: E402
 from tests.helpers import tiny_models  # noqa: E402
-import xmae_jax  # noqa: E402
 from xmae_jax.interop import onnx_export  # noqa: E402
 
 

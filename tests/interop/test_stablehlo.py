@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
+import xmae_jax
 from tests.helpers import datasets
 from tests.helpers import mp_util
 from tests.helpers import tiny_models
-import xmae_jax
 from xmae_jax.interop import stablehlo
 
 REPO = tiny_models.REPO
@@ -39,10 +39,12 @@ assert not bad, bad
 @pytest.fixture(scope="module")
 def joint_package(tmp_path_factory):
   """A tiny M2AE ppg+ecg package with its StableHLO artifact, written by xmae-export."""
+  from flax import nnx
+
+  from xmae_jax import config_lib
+  from xmae_jax import models
   from xmae_jax.cli import xmae_export
   from xmae_jax.training import model_checkpoint
-  from xmae_jax import config_lib, models
-  from flax import nnx
   root = tmp_path_factory.mktemp("shlo")
   config = config_lib.load(f"{REPO / 'configs' / 'm2ae'}.py:tiny")
   model = models.build(config, nnx.Rngs(5))

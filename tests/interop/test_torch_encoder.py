@@ -8,10 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import xmae_jax  # noqa: E402
 from tests.helpers import datasets  # noqa: E402
 from tests.helpers import mp_util  # noqa: E402
 from tests.helpers import tiny_models  # noqa: E402
-import xmae_jax  # noqa: E402
 from xmae_jax.interop import torch_encoder  # noqa: E402
 
 TOL = 1e-5
@@ -72,7 +72,8 @@ def test_not_a_package_or_a_mismatched_one_is_one_line(xmae_package, tmp_path):
   from xmae_jax.evaluation import package as package_lib
   with pytest.raises(package_lib.PackageError, match="does not exist"):
     torch_encoder.load(tmp_path / "nothing")
-  from safetensors.numpy import load_file, save_file
+  from safetensors.numpy import load_file
+  from safetensors.numpy import save_file
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "config.json").write_text((xmae_package / "config.json").read_text())
@@ -123,6 +124,7 @@ def test_raw_recordings_get_the_packages_ppg_alignment_as_in_jax(joint_package, 
 def test_a_damaged_or_escaping_package_is_refused_as_load_encoder_refuses_it(xmae_package,
                                                                              tmp_path):
   import shutil
+
   from xmae_jax.evaluation import package as package_lib
   pkg, outside = tmp_path / "pkg", tmp_path / "outside"
   shutil.copytree(xmae_package, pkg)

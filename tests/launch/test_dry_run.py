@@ -43,7 +43,8 @@ def test_tpu_pod_prints_every_workers_commands():
 def test_tpu_pod_without_dry_run_needs_its_settings():
   out = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "c", "w"],
                        capture_output=True, text=True, timeout=60,
-                       env={k: v for k, v in os.environ.items() if k not in ("TPU_NAME", "DRY_RUN")})
+                       env={k: v for k, v in os.environ.items()
+                            if k not in ("TPU_NAME", "DRY_RUN")})
   assert out.returncode != 0 and "TPU_NAME" in out.stderr
 
 

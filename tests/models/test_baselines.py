@@ -12,7 +12,8 @@ import optax
 import pytest
 from flax import nnx
 
-from xmae_jax import config_lib, models
+from xmae_jax import config_lib
+from xmae_jax import models
 from xmae_jax.models import contrastive
 
 REPO = Path(__file__).resolve().parents[2]

@@ -81,7 +81,8 @@ def _signals(batch=4, length=400, seed=0):
 @pytest.mark.parametrize("mode,ratio", [("block", 0.5), ("scatter", 0.5), ("anchor", 0.7),
                                         ("mixed", 0.3)])
 def test_complementary_masks_are_complements(mode, ratio):
-  from xmae_jax.models import m2ae, masking
+  from xmae_jax.models import m2ae
+  from xmae_jax.models import masking
   n = 25
   ecg_keep, ppg_keep = m2ae.complementary_keep_ids(jax.random.key(5), 16, n, ratio, mode)
   assert ecg_keep.shape == (16, masking.num_kept(ratio, n))
@@ -109,6 +110,7 @@ def _poisoned(params, prefixes):
 
 def test_fingerprint_and_reconstruction_from_either_modality():
   from flax import nnx
+
   from xmae_jax import models
   model = models.build(_m2ae_config(), nnx.Rngs(0))
   model.eval()
@@ -166,6 +168,7 @@ def test_fingerprint_and_reconstruction_from_either_modality():
 
 def test_bad_modalities_are_clear_errors():
   from flax import nnx
+
   from xmae_jax import models
   model = nnx.eval_shape(lambda: models.build(_m2ae_config(), nnx.Rngs(0)))
   x = jax.ShapeDtypeStruct((2, 400), jnp.float32)
@@ -179,6 +182,7 @@ def test_bad_modalities_are_clear_errors():
 
 def test_zero_weights_skip_their_terms():
   from flax import nnx
+
   from xmae_jax import models
   config = _m2ae_config("tiny,model.seq_len=400,loss.w_cross_ecg=0,loss.w_cross_ppg=0,"
                         "loss.w_contrast=0,loss.w_augment=0")

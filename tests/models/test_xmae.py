@@ -11,7 +11,9 @@ from flax import nnx
 
 from xmae_jax import config_lib
 from xmae_jax.interop import reference
-from xmae_jax.models import build, losses, masking
+from xmae_jax.models import build
+from xmae_jax.models import losses
+from xmae_jax.models import masking
 from xmae_jax.models.xmae import XMAE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +78,8 @@ def test_digest_sees_a_one_bit_change_and_a_swap():
   assert integrity.digests({"x": x.copy()})["x"] == base
   for dtype in (np.float16, np.int32, np.bool_, np.uint8):
     y = (x > 0).astype(dtype)
-    assert integrity.digests({"y": y})["y"] != integrity.digests({"y": 1 - y if dtype != np.bool_ else ~y})["y"]
+    flipped = 1 - y if dtype != np.bool_ else ~y
+    assert integrity.digests({"y": y})["y"] != integrity.digests({"y": flipped})["y"]
 
 
 # --- corrupt checkpoints: load_model / export ----------------------------------------------------
@@ -88,7 +88,9 @@ def test_digest_sees_a_one_bit_change_and_a_swap():
 def two_checkpoints(tmp_path_factory):
   """A workdir with tiny-xMAE checkpoints 3 and 7 (different weights), and each one's weights."""
   from flax import nnx
-  from xmae_jax import config_lib, models
+
+  from xmae_jax import config_lib
+  from xmae_jax import models
   config = config_lib.load(f"{REPO / 'configs' / 'xmae.py'}:tiny")
   workdir = tmp_path_factory.mktemp("ckpts") / "run"
   weights = {}
@@ -133,12 +135,14 @@ def test_export_of_a_damaged_latest_checkpoint_uses_the_intact_one(two_checkpoin
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", "ff")
   out = tmp_path / "pkg"
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_export", "--workdir", str(workdir),
-                         "--output", str(out)], cwd=REPO, capture_output=True, text=True,
-                        timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_export",
+                         "--workdir", str(workdir), "--output", str(out)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr[-3000:]
   notes = [l for l in proc.stderr.splitlines() if "corrupt checkpoint" in l]
-  assert len(notes) == 1 and "step 7" in notes[0] and "using step 3" in notes[0], proc.stderr[-3000:]
+  assert len(notes) == 1 and "step 7" in notes[0] and "using step 3" in notes[0], (
+      proc.stderr[-3000:])
   assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 3
   enc = encoder_lib.load_encoder(out)
   z = enc.embed(np.random.default_rng(0).uniform(-1, 1, (2, 1000)).astype(np.float32))
@@ -160,7 +164,8 @@ def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, 
   # An explicit step is not replaced by another one.
   workdir2 = _copy(two_checkpoints, tmp_path / "b")
   damage(workdir2 / "checkpoints" / "7", "ff")
-  with pytest.raises(ckpt_lib.CheckpointError, match=r"no intact checkpoint under .*: step 7: checkpoint .*7") as e:
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"no intact checkpoint under .*: step 7: checkpoint .*7") as e:
     model_checkpoint.load_model(workdir2, 7)
   assert "\n" not in str(e.value)
 
@@ -168,6 +173,7 @@ def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, 
 def test_export_refuses_non_finite_weights(two_checkpoints, tmp_path):
   import jax
   from flax import nnx
+
   from xmae_jax.evaluation import export
   model, config = model_checkpoint.load_model(two_checkpoints[0], 3)
   params = nnx.state(model, nnx.Param)
@@ -178,7 +184,7 @@ def test_export_refuses_non_finite_weights(two_checkpoints, tmp_path):
   assert not (tmp_path / "pkg").exists()
 
 
-# --- the workdir lock ------------------------------------------------------------------------------
+# --- the workdir lock -----------------------------------------------------------------------------
 
 HOLDER = textwrap.dedent("""
     import sys, time
@@ -318,12 +324,14 @@ MP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("kind", ["flip", "truncate_data", "digest"])
-def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kind, tmp_path_factory):
+def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kind,
+                                                                            tmp_path_factory):
   """flip / truncate_data: process 1's shard files (process 1's read fails, process 0's
   succeeds); digest: the saved digest no longer matches what every process restored."""
   base = tmp_path_factory.getbasetemp() / "mp_ckpt"
   if not base.exists():
-    mp_util.run_processes(MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2, timeout=300)
+    mp_util.run_processes(MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2,
+                          timeout=300)
   workdir = tmp_path_factory.mktemp("mp") / "run"
   shutil.copytree(base, workdir)
   if kind == "digest":

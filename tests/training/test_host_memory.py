@@ -1,5 +1,5 @@
-"""`host_memory.keep_freed_host_memory`: a large block freed and allocated again is reused instead of
-being unmapped and page-faulted anew (what XLA:CPU's per-step temporary buffer went through).
+"""`host_memory.keep_freed_host_memory`: a large block freed and allocated again is reused instead
+of being unmapped and page-faulted anew (what XLA:CPU's per-step temporary buffer went through).
 Each case runs in a fresh process, since the setting is process-wide."""
 import json
 import subprocess

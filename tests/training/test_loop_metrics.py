@@ -22,6 +22,7 @@ from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import perf
 from xmae_jax.training import train as train_lib
+
 REPO = train_runner.REPO
 TIMEOUT = 420
 
@@ -118,6 +119,7 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
   resumed, reference = result["resumed"], result["reference"]
   assert resumed["summary"]["status"] == reference["summary"]["status"] == "stopped"
   steps = list(range(1, stop + 1))
-  assert [r["step"] for r in resumed["metrics"]] == [r["step"] for r in reference["metrics"]] == steps
+  resumed_steps = [r["step"] for r in resumed["metrics"]]
+  assert resumed_steps == [r["step"] for r in reference["metrics"]] == steps
   np.testing.assert_array_equal([r["train_loss"] for r in resumed["metrics"]],
                                 [r["train_loss"] for r in reference["metrics"]])

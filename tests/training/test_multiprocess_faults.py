@@ -39,7 +39,8 @@ def dataset(tmp_path_factory):
   return datasets.synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
-def _start_group(workdir: Path, dataset: Path, flags: list[str], env: dict) -> list[subprocess.Popen]:
+def _start_group(workdir: Path, dataset: Path, flags: list[str],
+                 env: dict) -> list[subprocess.Popen]:
   """Two xmae-train processes (train_runner's `cli` mode: the real main, toy model registered)."""
   port = portpicker.pick_unused_port()
   procs = []

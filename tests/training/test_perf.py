@@ -109,7 +109,8 @@ def _config(**train):
     ("(2, 21)", 20, "past the run's last step (train.num_steps=20)"),
 ])
 def test_bad_profile_window_is_one_line(window, num_steps, message):
-  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+  pattern = message.replace("(", r"\(").replace(")", r"\)")
+  with pytest.raises(config_lib.ConfigError, match=pattern) as e:
     config_lib.validate(_config(profile_steps=window, num_steps=num_steps))
   assert "\n" not in str(e.value) and "train.profile_steps" in str(e.value)
 
@@ -117,7 +118,8 @@ def test_bad_profile_window_is_one_line(window, num_steps, message):
 def test_profile_window_defaults_off_and_a_good_one_passes():
   assert tuple(_config().train.profile_steps) == ()
   config_lib.validate(_config(profile_steps="(2, 4)", num_steps=20))
-  config_lib.validate(_config(profile_steps="(0, 100)", num_steps=0))   # epoch runs: the trainer checks
+  # epoch runs: the trainer checks
+  config_lib.validate(_config(profile_steps="(0, 100)", num_steps=0))
   with pytest.raises(config_lib.ConfigError, match="train.device_prefetch"):
     config_lib.validate(_config(device_prefetch=-1))
 

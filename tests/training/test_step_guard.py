@@ -17,6 +17,7 @@ from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import optim
 from xmae_jax.training import state as state_lib
 
+
 def _toy_config():
   train_runner.register_toy_model()
   config = train_runner.load_config("configs/xmae.py:tiny")

@@ -54,9 +54,12 @@ def dataset(tmp_path_factory):
 def nan_dataset(dataset, tmp_path_factory):
   """The dataset with the ECG of one record of global batch 1 (the 2nd step) set to NaN."""
   import shutil
+
   import msgpack
   from array_record.python import array_record_module as arm
-  from xmae_jax.data import pipeline, shards
+
+  from xmae_jax.data import pipeline
+  from xmae_jax.data import shards
   out = tmp_path_factory.mktemp("nan_data") / "d"
   shutil.copytree(dataset, out)
   config = _tiny(out)

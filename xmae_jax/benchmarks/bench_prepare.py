@@ -33,6 +33,7 @@ import time
 import types
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def measure_preprocess(source: str, units: list[str], reference, rounds: int) ->
       cpu = time.process_time() - cpu0
       if name not in best or cpu < best[name][0]:
         best[name] = (cpu, count)
-  out = {"recordings": len(recordings), "read_cpu_s": round(read_cpu, 3),
+  out: dict[str, Any] = {"recordings": len(recordings), "read_cpu_s": round(read_cpu, 3),
          "rounds": max(rounds, 1)}
   for name, (cpu, count) in best.items():
     out[name] = {"segments": count, "cpu_s": round(cpu, 3),
@@ -248,7 +249,7 @@ def load_reference(repo: Path, commit: str | None) -> types.ModuleType:
     spec.loader.exec_module(module)
   if not hasattr(module, "process_signal"):
     raise ReferenceSourceError(f"{origin}: {REFERENCE_PREPROCESS_FILE} defines no process_signal")
-  module.origin = origin
+  module.origin = origin  # type: ignore[attr-defined]  # a module takes any attribute
   return module
 
 

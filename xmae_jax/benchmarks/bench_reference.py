@@ -64,7 +64,8 @@ def reference_source(repo: Path, commit: str | None) -> tuple[str, str]:
   except (OSError, subprocess.CalledProcessError) as e:
     detail = getattr(e, "stderr", "") or str(e)
     raise ReferenceRepoError(f"--reference-repo {repo} --commit {commit}: cannot read "
-                             f"{REFERENCE_MODEL_FILE}: {detail.strip().splitlines()[-1] if detail.strip() else e}")
+                             f"{REFERENCE_MODEL_FILE}: "
+                             f"{detail.strip().splitlines()[-1] if detail.strip() else e}")
   return text, f"{repo} at {commit}"
 
 

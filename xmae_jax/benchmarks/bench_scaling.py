@@ -48,6 +48,7 @@ def mesh_for(config, placement: str):
 def run_point(config_spec: str, batch: int, placement: str, steps: int, warmup: int) -> dict:
   """One point, in this process (its device count is already fixed)."""
   import jax
+
   from xmae_jax.benchmarks import bench_train as train_bench
   config = mesh_for(train_bench.load_config(config_spec), placement)
   bench = train_bench.build_step(config, batch)
@@ -68,7 +69,8 @@ def spawn_point(config_spec: str, devices: int, batch: int, placement: str, step
            if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, "-m", "xmae_jax.benchmarks.bench_scaling", "--point", "--config", config_spec,
+  cmd = [sys.executable, "-m", "xmae_jax.benchmarks.bench_scaling", "--point",
+         "--config", config_spec,
          "--batch", str(batch), "--placement", placement, "--steps", str(steps),
          "--warmup", str(warmup)]
   try:
@@ -103,7 +105,8 @@ def plan(devices: list[int], global_batch: int, per_device_batch: int,
 
 def markdown(rows: list[dict]) -> str:
   head = ("| mode | placement | devices | global batch | batch/device | step median (s) | "
-          "segments/s | cpu s/step | args/device (MB) | temp/device (MB) | peak est./device (MB) |\n"
+          "segments/s | cpu s/step | args/device (MB) | temp/device (MB) | "
+          "peak est./device (MB) |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
   out = [head]
   for r in rows:
@@ -121,7 +124,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks.bench_scaling", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks.bench_scaling",
+                              description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="configs/xmae.py:tiny")
   p.add_argument("--devices", default="1,2,4,8", help="comma-separated fake device counts")

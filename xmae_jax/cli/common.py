@@ -83,7 +83,8 @@ class ArgumentParser(argparse.ArgumentParser):
                         f" (formerly {', '.join(deprecated)}: still accepted)").strip()
     action = super().add_argument(*names, *deprecated, **kwargs)
     if deprecated:
-      action.deprecated_aliases = tuple(deprecated)
+      # An Action takes any attribute; the help formatter reads this one.
+      action.deprecated_aliases = tuple(deprecated)  # type: ignore[attr-defined]
       self.renamed.update((old, names[0]) for old in deprecated)
     return action
 

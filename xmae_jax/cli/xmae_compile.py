@@ -63,7 +63,7 @@ def run(argv=None) -> None:
   if args.dtype is not None:
     overrides["train.compute_dtype"] = args.dtype
   config = config_lib.load(args.config, overrides)
-  from xmae_jax.training import compile as compile_lib   # jax, after main() chose its platform
+  from xmae_jax.training import compile as compile_lib  # jax, after main() chose its platform
   compiled = compile_lib.compile_step(config, args.topology)
   record = compile_lib.report(compiled)
   record["config"] = args.config

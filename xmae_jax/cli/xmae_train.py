@@ -1,7 +1,8 @@
 """xmae-train: pretrain a model config on a prepared dataset directory.
 
   xmae-train --config configs/xmae.py:demo --workdir runs/demo --config.data.dir data/synthetic
-  python -m xmae_jax.cli.xmae_train --config configs/m2ae.py --workdir runs/m2ae --config.train.lr=1e-4
+  python -m xmae_jax.cli.xmae_train --config configs/m2ae.py --workdir runs/m2ae \
+      --config.train.lr=1e-4
 
 Flags: `--config FILE[:PRESET[,key=value...]]` plus `--config.section.field=value` overrides,
 `--workdir` (created; a run there resumes from its latest checkpoint), and for multi-host runs
@@ -79,9 +80,11 @@ def _train(argv) -> int:
     from xmae_jax.training import host_memory
     host_memory.keep_freed_host_memory()
   import jax
+
   from xmae_jax.training import distributed
   from xmae_jax.training import train as train_lib
-  if _CACHE.value and not jax.config.jax_compilation_cache_dir:
+  # jax.config holds its flags as attributes that mypy does not see.
+  if _CACHE.value and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -225,6 +225,7 @@ def pipeline_options(beam_options: str | None):
   """The PipelineOptions of the `--beam-options` string, checked before anything runs: a value
   of the wrong type or a negative worker count is one PrepareError naming it."""
   import io
+
   from apache_beam.options.pipeline_options import PipelineOptions
   try:
     options = PipelineOptions(shlex.split(beam_options or ""))

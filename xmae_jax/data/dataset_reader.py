@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from array_record.python import array_record_module as arm
 
-from xmae_jax import paths as paths_lib   # `paths` names shard lists here
+from xmae_jax import paths as paths_lib  # `paths` names shard lists here
 from xmae_jax.data import mapped
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards

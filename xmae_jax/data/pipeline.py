@@ -202,10 +202,11 @@ def _local_rows(global_batch_size: int, process_index: int, process_count: int,
   if global_batch_size <= 0:
     raise errors.XmaeError(f"global batch size {global_batch_size} must be positive")
   if rows is not None:
-    rows = np.asarray(rows, np.int64)
-    if rows.ndim != 1 or len(rows) == 0 or rows.min() < 0 or rows.max() >= global_batch_size:
+    picked = np.asarray(rows, np.int64)
+    if (picked.ndim != 1 or len(picked) == 0 or picked.min() < 0
+        or picked.max() >= global_batch_size):
       raise errors.XmaeError(f"rows must be a non-empty 1-D set within [0, {global_batch_size})")
-    return rows
+    return picked
   if global_batch_size % process_count:
     raise errors.XmaeError(f"global batch size {global_batch_size} is not divisible by the "
                      f"{process_count} processes")

@@ -219,8 +219,10 @@ def _write_dataset(out, source, input, units, results, cache, *, seed, test_frac
     for s in shards.SPLITS:
       staged.append(stagers.pop(s).finish())
   except BaseException:
-    for part in (*stagers.values(), *staged):
-      part.discard()
+    for stager in stagers.values():
+      stager.discard()
+    for split in staged:
+      split.discard()
     raise
   (out / shards.MANIFEST).unlink(missing_ok=True)
   entries = {s: st.commit() for s, st in zip(shards.SPLITS, staged)}

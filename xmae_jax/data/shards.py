@@ -28,7 +28,7 @@ from array_record.python import array_record_module as arm
 
 from xmae_jax import atomic
 from xmae_jax import errors
-from xmae_jax import paths as paths_lib   # `paths` names shard lists here
+from xmae_jax import paths as paths_lib  # `paths` names shard lists here
 from xmae_jax.data import record as record_lib
 from xmae_jax.version import __version__
 
@@ -62,7 +62,8 @@ def shard_name(split: str, i: int, n: int) -> str:
   return f"{split}-{i:05d}-of-{n:05d}.array_record"
 
 
-def write_split(out_dir: str | os.PathLike, split: str, records: Iterable[bytes | record_lib.Record],
+def write_split(out_dir: str | os.PathLike, split: str,
+                records: Iterable[bytes | record_lib.Record],
                 records_per_shard: int = 4096) -> dict:
   """Streams one split to disk atomically (temp names, then renames); returns its manifest entry.
 
@@ -127,7 +128,7 @@ class SplitStager:
     self.sub_idx: dict[str, int] = {}
     self.tmp_paths: list[Path] = []
     self.counts: list[int] = []
-    self.writer = None
+    self.writer: arm.ArrayRecordWriter | None = None
 
   def _failed(self, e: BaseException):
     self.discard()

@@ -61,7 +61,8 @@ def parse_named(text: str, what: str, expected: str = "NAME=PATH") -> tuple[str,
   return name, value
 
 
-def parse_spec(text: str, *, random: bool = False, seed: int = 0, step: str = "auto") -> EncoderSpec:
+def parse_spec(text: str, *, random: bool = False, seed: int = 0,
+               step: str = "auto") -> EncoderSpec:
   name, value = parse_named(text, "encoder", "NAME=PATH" + (
       " (NAME=CONFIG_FILE[:ARG] for --random)" if random else ""))
   if random:
@@ -161,7 +162,8 @@ def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
                       xmae_cfg=xmae_cfg, keep_predictions=baseline is not None)
   sections = [notes] if notes else []
   if baseline is not None:
-    diffs = differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap, seed=linear_cfg.seed)
+    diffs = differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap,
+                           seed=linear_cfg.seed)
     sections.append(f"## Paired differences to {baseline}\n\n" + report.differences_table(diffs))
     report.write_json(Path(out_dir) / "differences.json", diffs)
   if retention:

@@ -46,7 +46,8 @@ class EmbeddingsError(errors.XmaeError):
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray, subject_ids: Iterable[str],
                     segment_ids: Iterable[str], *, meta: Mapping[str, np.ndarray] | None = None,
                     labels: Mapping[str, np.ndarray] | None = None,
-                    split: Iterable[str] | None = None, info: Mapping[str, Any] | None = None) -> Path:
+                    split: Iterable[str] | None = None,
+                    info: Mapping[str, Any] | None = None) -> Path:
   """Writes an embeddings file atomically (`atomic.atomic_path`)."""
   embeddings = np.asarray(embeddings, np.float32)
   n = len(embeddings)
@@ -101,9 +102,11 @@ def load_embeddings(path: str | os.PathLike) -> dict[str, Any]:
       raise EmbeddingsError(f"{path} has no {key!r} array: not written by xmae-embed?")
   info = json.loads(str(arrays.pop("info"))) if "info" in arrays else {}
   if info.get("format", EMBEDDINGS_FORMAT) != EMBEDDINGS_FORMAT:
-    raise EmbeddingsError(f"{path}: embeddings format {info.get('format')} is not {EMBEDDINGS_FORMAT}")
+    raise EmbeddingsError(
+        f"{path}: embeddings format {info.get('format')} is not {EMBEDDINGS_FORMAT}")
   if arrays["embeddings"].ndim != 2:
-    raise EmbeddingsError(f"{path}: embeddings must be (N, latent), got {arrays['embeddings'].shape}")
+    raise EmbeddingsError(
+        f"{path}: embeddings must be (N, latent), got {arrays['embeddings'].shape}")
   arrays["info"] = info
   return arrays
 
@@ -177,7 +180,8 @@ def dataset_segments(data_dir: str | os.PathLike, modalities: str | Sequence[str
   chosen = [s for s in (splits or shards.SPLITS)
             if manifest["splits"].get(s, {}).get("records", 0) > 0]
   if not chosen:
-    raise EmbeddingsError(f"{data_dir}: no records in split(s) {', '.join(splits or shards.SPLITS)}")
+    raise EmbeddingsError(
+        f"{data_dir}: no records in split(s) {', '.join(splits or shards.SPLITS)}")
   out = _empty_segments()
   windows: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
   skipped = 0

@@ -170,7 +170,8 @@ class Encoder:
     self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
     devices = jax.local_devices()
     self._mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    self._batch_sharding = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("data"))
+    self._batch_sharding = jax.sharding.NamedSharding(self._mesh,
+                                                      jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(module)
     self._state = jax.device_put(state, replicated)
@@ -209,7 +210,8 @@ class Encoder:
     """`modalities` if this encoder takes them (one line if none is given or one is lacking)."""
     modalities = tuple(modalities)
     if not modalities:
-      raise EncoderInputError(f"no input: pass {' and/or '.join(f'{m}=...' for m in self.modalities)}")
+      raise EncoderInputError(
+          f"no input: pass {' and/or '.join(f'{m}=...' for m in self.modalities)}")
     lacking = [m for m in modalities if m not in self.modalities]
     if lacking:
       raise EncoderError(f"{self._name()} holds the {self.modality} encoder only: it cannot "
@@ -302,13 +304,13 @@ class Encoder:
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
     windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
-    rows = []
+    row_parts = []
     for i, recording in enumerate(recordings):
       for m, x in recording.items():
         w, _ = self.prepare(x[None], fs, clean=clean, modality=m)
         windows[m].append(w)
-      rows.append(np.full(len(w), i))
-    rows = np.concatenate(rows)
+      row_parts.append(np.full(len(w), i))
+    rows = np.concatenate(row_parts)
     return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,
@@ -424,7 +426,8 @@ def _as_batch(x: Any) -> np.ndarray:
   except (TypeError, ValueError):
     raise EncoderInputError("wrong input: embed needs a float array (N, L)") from None
   if a.ndim != 2:
-    raise EncoderInputError(f"wrong shape: embed needs a float array (N, L) of segments, got shape {a.shape}")
+    raise EncoderInputError("wrong shape: embed needs a float array (N, L) of segments, "
+                            f"got shape {a.shape}")
   if a.shape[1] == 0:
     raise EncoderInputError("wrong shape: segments of length 0")
   _check_finite(a, "input")
@@ -470,7 +473,8 @@ def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> En
   """A randomly initialized encoder of `config` (the baseline pretrained encoders must beat)."""
   from xmae_jax import models
   model = models.build(config, nnx.Rngs(seed))
-  return from_model(model, config, modality, info={"source": f"random init (seed {seed})"}, **kwargs)
+  return from_model(model, config, modality, info={"source": f"random init (seed {seed})"},
+                    **kwargs)
 
 
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:

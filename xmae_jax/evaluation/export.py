@@ -30,6 +30,7 @@ class ExportError(XmaeError):
 def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """{name: float32/int array} of the module's variables, and each one's kind."""
   from flax import nnx
+
   from xmae_jax.training import checkpoint
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(nnx.state(module)).items()}
   params = set(checkpoint.flatten(nnx.state(module, nnx.Param)))

@@ -91,7 +91,8 @@ def render(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
   ]
   if splits:
     lines.append("* Windows / subjects per split: " + ", ".join(
-        f"{s} {e.get('records', '?')} / {e.get('subjects', '?')}" for s, e in sorted(splits.items())))
+        f"{s} {e.get('records', '?')} / {e.get('subjects', '?')}"
+        for s, e in sorted(splits.items())))
   if report:
     lines.append(f"* Prepare report: {report.get('files_read', '?')}/"
                  f"{report.get('files_total', '?')} inputs read, "

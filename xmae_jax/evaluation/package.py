@@ -21,9 +21,9 @@ package.json must stay inside the package (`member`).
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
-FORMAT_VERSION; FORMAT_VERSION or an older one it still reads (READABLE_VERSIONS); a package of another
-version is refused with a message naming both versions, so a format change bumps the version here
-and nowhere else.
+FORMAT_VERSION; FORMAT_VERSION or an older one it still reads (READABLE_VERSIONS); a package of
+another version is refused with a message naming both versions, so a format change bumps the
+version here and nowhere else.
 
 Versions: 1 = one modality's encoder (no "modalities" key); 2 = adds "modalities", and
 modality "ppg+ecg" (M2AE's joint fingerprint package).
@@ -350,7 +350,8 @@ def package_readme(info: dict) -> str:
   modalities = package_modalities(info)
   what = "+".join(modalities).upper()
   if len(modalities) > 1:
-    what_text = (f"Frozen {info['model_name']} fingerprint encoder of {' and '.join(m.upper() for m in modalities)} "
+    what_text = (f"Frozen {info['model_name']} fingerprint encoder of "
+                 f"{' and '.join(m.upper() for m in modalities)} "
                  "(each modality's encoder and the shared bottleneck): either modality alone or "
                  "both give a fingerprint in one latent space")
     loading = [
@@ -417,13 +418,15 @@ def read_package_info(path) -> dict:
   if not path.exists():
     raise PackageError(f"encoder package {path} does not exist")
   if not file.is_file():
-    raise PackageError(f"{path} is not an encoder package (no {PACKAGE_FILE}; write one with xmae-export)")
+    raise PackageError(
+        f"{path} is not an encoder package (no {PACKAGE_FILE}; write one with xmae-export)")
   try:
     info = json.loads(file.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise PackageError(f"{file} is not valid JSON ({e})") from None
   if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-    raise PackageError(f"{file} is not an xmae-jax encoder package (format {info.get('format') if isinstance(info, dict) else '?'!r})")
+    raise PackageError(f"{file} is not an xmae-jax encoder package (format "
+                       f"{info.get('format') if isinstance(info, dict) else '?'!r})")
   if info.get("format_version") not in READABLE_VERSIONS:
     raise PackageError(
         f"encoder package {path} has format version {info.get('format_version')!r} (written by "

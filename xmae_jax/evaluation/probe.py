@@ -39,8 +39,13 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn import metrics as skm
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold, StratifiedKFold, KFold
+from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import KFold
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -364,7 +369,8 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       logits = predict(x[test])
       prob = _softmax(logits)[:, 1]
       yt = y[test]
-      scores = {"auroc": float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan,
+      auroc = float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan
+      scores = {"auroc": auroc,
                 "f1": float(skm.f1_score(yt, logits.argmax(1), zero_division=0)),
                 "accuracy": float(skm.accuracy_score(yt, logits.argmax(1)))}
     else:

@@ -50,7 +50,10 @@ def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *
                   baseline: str | None = None, splits=None, tasks=TIMING_TASKS,
                   linear_cfg=probe_config.LinearProbeConfig(), reuse_embeddings: bool = False,
                   controls: bool = True) -> dict[str, Any]:
-  """Embeds, probes PTT and HR, adds controls and paired differences; writes timing.{md,json,png}."""
+  """Embeds, probes PTT and HR, adds controls and paired differences.
+
+  Writes timing.{md,json,png}.
+  """
   compare_lib.check_baseline(specs, baseline)
   out = Path(out_dir)
   files = compare_lib.embed_all(specs, data_dir, out, modality="ppg", splits=splits,

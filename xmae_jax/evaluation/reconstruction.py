@@ -85,7 +85,10 @@ DIRECTIONS = {ECG_FROM_PPG: Direction("ecg", "ppg", "R"),
 
 
 def masked_correlation(true: np.ndarray, recon: np.ndarray, masked: np.ndarray) -> np.ndarray:
-  """Per-row Pearson r over the masked samples (NaN where a row has < 3 masked samples or is flat)."""
+  """Per-row Pearson r over the masked samples.
+
+  NaN where a row has < 3 masked samples or is flat.
+  """
   out = np.full(len(true), np.nan)
   for i, (t, r, m) in enumerate(zip(true, recon, masked.astype(bool))):
     if m.sum() < 3:
@@ -117,7 +120,8 @@ def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
 DETECTORS = {"ecg": preprocess.find_rpeaks, "ppg": detect_pulse_feet}
 
 
-def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray, tolerance: float) -> list[tuple[int, int]]:
+def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray,
+                tolerance: float) -> list[tuple[int, int]]:
   """One-to-one pairs (true, recon) by increasing distance, each within `tolerance` samples."""
   pairs = sorted(((abs(int(r) - int(t)), i, j) for i, t in enumerate(true_peaks)
                   for j, r in enumerate(recon_peaks) if abs(int(r) - int(t)) <= tolerance))
@@ -271,7 +275,8 @@ def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any
                       ("mse_r_peaks_own_beat", placed(inner, own, half) if own is not None
                        else np.zeros(n))):
       mse[key].append(np.mean((e - e.mean() - (pred - pred.mean())) ** 2))
-  return {"windows": len(ecg), "beats": len(beats), **{k: float(np.mean(v)) for k, v in mse.items()},
+  return {"windows": len(ecg), "beats": len(beats),
+          **{k: float(np.mean(v)) for k, v in mse.items()},
           "delay_ms_median": 1000.0 * lag / fs,
           "delay_ms_iqr": [float(1000.0 * q / fs) for q in np.percentile(delays, [25, 75])]}
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xmae_jax import atomic
-from xmae_jax import paths as paths_lib   # `paths` names output files here
+from xmae_jax import paths as paths_lib  # `paths` names output files here
 from xmae_jax.evaluation import tasks as tasks_lib
 from xmae_jax.training import figures
 
@@ -153,7 +153,8 @@ def summary_table(results: Sequence[dict], protocol: str = "linear") -> str:
   return "\n".join(lines) + "\n"
 
 
-def full_report(results: Sequence[dict], *, title: str = "Encoder comparison", notes: str = "") -> str:
+def full_report(results: Sequence[dict], *, title: str = "Encoder comparison",
+                notes: str = "") -> str:
   parts = [f"# {title}", ""]
   if notes:
     parts += [notes, ""]
@@ -258,7 +259,8 @@ def bar_chart(results: Sequence[dict], path, *, protocol: str = "linear", title:
 def write_comparison(results, out_dir, *, title="Encoder comparison", notes="") -> dict[str, Path]:
   """OUT/results.json, OUT/table.md and OUT/comparison.png of a comparison."""
   out = paths_lib.path(out_dir)
-  paths = {"json": out / "results.json", "markdown": out / "table.md", "png": out / "comparison.png"}
+  paths = {"json": out / "results.json", "markdown": out / "table.md",
+           "png": out / "comparison.png"}
   write_json(paths["json"], json_ready(results))
   write_text(paths["markdown"], full_report(results, title=title, notes=notes))
   protocol = "linear" if any(r["protocol"] == "linear" for r in results) else results[0]["protocol"]
@@ -277,7 +279,8 @@ def timing_markdown(report: dict[str, Any]) -> str:
   for task in report["tasks"]:
     unit = tasks_lib.REGISTRY[tasks_lib.parse(task)[0].name].unit
     lines += [f"## {task} ({unit})", "",
-              "| encoder | MAE | R² | Pearson r | shuffled-target R² (control) | segments | subjects |",
+              "| encoder | MAE | R² | Pearson r | shuffled-target R² (control) | segments "
+              "| subjects |",
               "|---|---|---|---|---|---|---|"]
     for e in encoders:
       r = by.get((e, task))
@@ -359,7 +362,8 @@ def reconstruction_markdown(report: dict[str, Any]) -> str:
               "beat | R-to-systolic-peak delay, median [IQR] (ms) |", "|---|---|---|---|---|---|"]
     lines += [f"| {c['data']} | {c['windows']} | {c['mse_window_mean']:.4f} | "
               f"{c['mse_ppg_timing']:.4f} | {c['mse_r_peaks_own_beat']:.4f} | "
-              f"{c['delay_ms_median']:.0f} [{c['delay_ms_iqr'][0]:.0f}, {c['delay_ms_iqr'][1]:.0f}] |"
+              f"{c['delay_ms_median']:.0f} "
+              f"[{c['delay_ms_iqr'][0]:.0f}, {c['delay_ms_iqr'][1]:.0f}] |"
               for c in report["ceilings"]]
   lines.append("")
   for row in report["rows"]:

@@ -1,8 +1,9 @@
 """Downstream tasks: how a probe target is derived from the labels and metadata records carry.
 
 A task is named by a spec string `NAME[:PARAM]`, e.g. `age`, `age_over:60`, `hypertension`,
-`hypertension:clinical`, `alarm_true:60`. Targets come from `fields`: a mapping from a field name (`age`, `sex`,
-`sbp`, `pvc`, ...; record.py lists the usual ones) to a per-segment array, NaN where unknown.
+`hypertension:clinical`, `alarm_true:60`. Targets come from `fields`: a mapping from a field name
+(`age`, `sex`, `sbp`, `pvc`, ...; record.py lists the usual ones) to a per-segment array, NaN
+where unknown.
 A target of NaN excludes that segment from the task (e.g. the hypertension band between the
 two thresholds).
 
@@ -90,7 +91,8 @@ def _binary(name: str):
       y = raw.astype(np.float64)
     bad = np.isfinite(y) & (y != 0) & (y != 1)
     if bad.any():
-      raise TaskError(f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}")
+      raise TaskError(
+          f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}")
     return y
   return target
 
@@ -121,7 +123,8 @@ def _hypertension(fields, param):
       try:
         t_sbp, t_dbp = (float(v) for v in rule.split("/"))
       except ValueError:
-        raise TaskError(f"hypertension rule {rule!r}: use xmae, clinical or SBP/DBP like 130/80") from None
+        raise TaskError(
+            f"hypertension rule {rule!r}: use xmae, clinical or SBP/DBP like 130/80") from None
     y = ((sbp >= t_sbp) | (dbp >= t_dbp)).astype(np.float64)
   return np.where(known, y, np.nan)
 
@@ -129,7 +132,8 @@ def _hypertension(fields, param):
 def _sex(fields, param):
   raw = np.asarray(fields["sex"])
   if raw.dtype.kind in "USO":
-    lookup = {"m": 1.0, "male": 1.0, "1": 1.0, "1.0": 1.0, "f": 0.0, "female": 0.0, "0": 0.0, "0.0": 0.0}
+    lookup = {"m": 1.0, "male": 1.0, "1": 1.0, "1.0": 1.0,
+              "f": 0.0, "female": 0.0, "0": 0.0, "0.0": 0.0}
     return np.array([lookup.get(str(v).strip().lower(), np.nan) for v in raw])
   return _binary("sex")(fields, param)
 

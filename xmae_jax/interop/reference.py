@@ -32,6 +32,8 @@ from flax import nnx
 from xmae_jax import config_lib
 from xmae_jax.errors import XmaeError
 from xmae_jax.models import layers
+from xmae_jax.models import path as path_lib
+from xmae_jax.models import stem
 from xmae_jax.models.xmae import XMAE
 
 
@@ -82,19 +84,19 @@ def _bn(bn: layers.BatchNorm, prefixes: list[str], sizes=None) -> Iterator[_Entr
     yield _Entry(var, tuple(f"{p}.{suffix}" for p in prefixes), split=split)
 
 
-def _conv_bn_act(m: layers.ConvBNAct, p: str) -> Iterator[_Entry]:
+def _conv_bn_act(m: stem.ConvBNAct, p: str) -> Iterator[_Entry]:
   yield _Entry(m.conv.kernel, (f"{p}.0.weight",), _CONV)
   yield from _bn(m.bn, [f"{p}.1"])
 
 
-def _inception(m: layers.InceptionBlock, p: str) -> Iterator[_Entry]:
+def _inception(m: stem.InceptionBlock, p: str) -> Iterator[_Entry]:
   for b, kernel in enumerate(m.branch_kernels):
     yield _Entry(kernel, (f"{p}.branches.{b}.0.weight",), _CONV)
   yield from _bn(m.branch_bn, [f"{p}.branches.{b}.1" for b in range(len(m.widths))], m.widths)
   yield from _conv_bn_act(m.fuse, f"{p}.fuse")
 
 
-def _stem(m: layers.UNetInceptionStem, p: str) -> Iterator[_Entry]:
+def _stem(m: stem.UNetInceptionStem, p: str) -> Iterator[_Entry]:
   for stage in ("enc1", "enc2", "enc3"):
     for j, blk in enumerate(getattr(m, stage)):
       yield from _inception(blk, f"{p}.{stage}.{j}")
@@ -115,14 +117,14 @@ def _dense(m: layers.Dense, p: str) -> Iterator[_Entry]:
   yield _Entry(m.bias, (f"{p}.bias",))
 
 
-def _mha(m: layers.MultiheadAttention, p: str) -> Iterator[_Entry]:
+def _mha(m: path_lib.MultiheadAttention, p: str) -> Iterator[_Entry]:
   yield _Entry(m.in_kernel, (f"{p}.in_proj_weight",), _T)
   yield _Entry(m.in_bias, (f"{p}.in_proj_bias",))
   yield _Entry(m.out_kernel, (f"{p}.out_proj.weight",), _T)
   yield _Entry(m.out_bias, (f"{p}.out_proj.bias",))
 
 
-def _block(m: layers.TransformerBlock, p: str, ln_names=("norm1", "norm2")) -> Iterator[_Entry]:
+def _block(m: path_lib.TransformerBlock, p: str, ln_names=("norm1", "norm2")) -> Iterator[_Entry]:
   yield from _ln(m.norm1, f"{p}.{ln_names[0]}")
   yield from _mha(m.attn, f"{p}.attn")
   yield from _ln(m.norm2, f"{p}.{ln_names[1]}")
@@ -130,7 +132,7 @@ def _block(m: layers.TransformerBlock, p: str, ln_names=("norm1", "norm2")) -> I
   yield from _dense(m.mlp.fc2, f"{p}.mlp.2")
 
 
-def _cross(m: layers.CrossAttentionBlock, p: str) -> Iterator[_Entry]:
+def _cross(m: path_lib.CrossAttentionBlock, p: str) -> Iterator[_Entry]:
   yield from _ln(m.norm_q, f"{p}.nq")
   yield from _ln(m.norm_kv, f"{p}.nkv")
   yield from _mha(m.attn, f"{p}.attn")
@@ -139,7 +141,7 @@ def _cross(m: layers.CrossAttentionBlock, p: str) -> Iterator[_Entry]:
   yield from _dense(m.ffn.fc2, f"{p}.ffn.3")
 
 
-def _path(m: layers.SinglePath, p: str) -> Iterator[_Entry]:
+def _path(m: path_lib.SinglePath, p: str) -> Iterator[_Entry]:
   enc = m.encoder
   yield from _stem(enc.stem, f"{p}.stem")
   yield _Entry(enc.patch.kernel, (f"{p}.patcher.proj.weight",), _CONV)

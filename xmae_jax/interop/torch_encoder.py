@@ -458,13 +458,13 @@ class TorchEncoder:
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
     windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
-    rows = []
+    row_parts = []
     for i, recording in enumerate(recordings):
       for m, x in recording.items():
         w, _ = self.prepare(x[None], fs, modality=m, clean=clean)
         windows[m].append(w)
-      rows.append(np.full(len(w), i))
-    rows = np.concatenate(rows)
+      row_parts.append(np.full(len(w), i))
+    rows = np.concatenate(row_parts)
     return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   @torch.no_grad()

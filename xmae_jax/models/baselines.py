@@ -18,7 +18,11 @@ import jax
 from flax import nnx
 
 from xmae_jax.errors import XmaeError
-from xmae_jax.models import contrastive, layers, losses, masking, path
+from xmae_jax.models import contrastive
+from xmae_jax.models import layers
+from xmae_jax.models import losses
+from xmae_jax.models import masking
+from xmae_jax.models import path
 
 Array = jax.Array
 

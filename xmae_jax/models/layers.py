@@ -354,8 +354,8 @@ class PatchEmbed(nnx.Module):
     p = self.patch_len
     d = self.kernel.shape[-1]
     xp = x.reshape(b, length // p, p * c).astype(self.dtype)
-    return linear(xp, self.kernel[...].reshape(p * c, d).astype(self.dtype)) + self.bias[...].astype(
-        self.dtype)
+    return (linear(xp, self.kernel[...].reshape(p * c, d).astype(self.dtype))
+            + self.bias[...].astype(self.dtype))
 
 
 class WaveformDecoder(nnx.Module):

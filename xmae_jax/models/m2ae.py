@@ -31,7 +31,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xmae_jax.errors import XmaeError
-from xmae_jax.models import contrastive, layers, losses, masking, path
+from xmae_jax.models import contrastive
+from xmae_jax.models import layers
+from xmae_jax.models import losses
+from xmae_jax.models import masking
+from xmae_jax.models import path
 
 Array = jax.Array
 MODALITIES = ("ecg", "ppg")       # index = modality id in the learned modality embeddings

@@ -21,9 +21,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xmae_jax.errors import XmaeError
-from xmae_jax.models.layers import (
-    F32, Array, Dense, Dropout, LayerNorm, PatchEmbed, WaveformDecoder, constant, gelu,
-    keep_mask, linear, normal_init, split_keys, torch_default_init, xavier_uniform_init)
+from xmae_jax.models.layers import F32
+from xmae_jax.models.layers import Array
+from xmae_jax.models.layers import Dense
+from xmae_jax.models.layers import Dropout
+from xmae_jax.models.layers import LayerNorm
+from xmae_jax.models.layers import PatchEmbed
+from xmae_jax.models.layers import WaveformDecoder
+from xmae_jax.models.layers import constant
+from xmae_jax.models.layers import gelu
+from xmae_jax.models.layers import keep_mask
+from xmae_jax.models.layers import linear
+from xmae_jax.models.layers import normal_init
+from xmae_jax.models.layers import split_keys
+from xmae_jax.models.layers import torch_default_init
+from xmae_jax.models.layers import xavier_uniform_init
 from xmae_jax.models.stem import UNetInceptionStem
 
 # How visible tokens get their positions: "compact" = pos[0..Nk-1], the reference's behaviour

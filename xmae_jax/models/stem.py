@@ -20,7 +20,12 @@ import numpy as np
 from flax import nnx
 
 from xmae_jax.errors import XmaeError
-from xmae_jax.models.layers import F32, Array, BatchNorm, Conv1d, conv1d, torch_default_init
+from xmae_jax.models.layers import F32
+from xmae_jax.models.layers import Array
+from xmae_jax.models.layers import BatchNorm
+from xmae_jax.models.layers import Conv1d
+from xmae_jax.models.layers import conv1d
+from xmae_jax.models.layers import torch_default_init
 
 
 class ConvBNAct(nnx.Module):

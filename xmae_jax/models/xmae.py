@@ -30,7 +30,10 @@ import chex
 import jax
 from flax import nnx
 
-from xmae_jax.models import layers, losses, masking, path
+from xmae_jax.models import layers
+from xmae_jax.models import losses
+from xmae_jax.models import masking
+from xmae_jax.models import path
 
 
 class XMAE(nnx.Module):

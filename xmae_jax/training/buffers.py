@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 ALIGN = 128   # elements: a cache line, a vector register, a GPU transaction, a TPU lane row
 
@@ -58,6 +59,11 @@ class Layout:
   compare the static data of every pytree node on each call) stop at an identity check.
   """
   _interned: dict[tuple, "Layout"] = {}
+  treedef: Any
+  slots: tuple[Slot, ...]
+  groups: tuple[Group, ...]
+  _key: tuple
+  _hash: int
 
   def __new__(cls, treedef, slots: tuple[Slot, ...], groups: tuple[Group, ...]):
     key = (treedef, slots, groups)

@@ -28,12 +28,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding
 
 from xmae_jax import errors
 from xmae_jax.training import optim
-from xmae_jax.training import perf
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
 
@@ -78,7 +75,8 @@ def chip_of(topology: str) -> Chip:
 def topology_devices(topology: str) -> list:
   """Compile-only devices of a TPU slice (needs libtpu; `JAX_PLATFORMS=cpu`)."""
   chip_of(topology)
-  if jax.config.jax_platforms != "cpu":
+  # jax.config holds its flags as attributes that mypy does not see.
+  if jax.config.jax_platforms != "cpu":  # type: ignore[attr-defined]
     raise CompileError(f"--topology {topology}: compiling for a TPU topology needs jax on CPU "
                        "(set JAX_PLATFORMS=cpu before jax starts)")
   try:
@@ -204,7 +202,8 @@ def memory(compiled) -> dict[str, int]:
   stats = compiled.memory_analysis()
   fields = ("argument", "output", "alias", "temp", "generated_code")
   out = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in fields}
-  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["generated_code"]
+  out["total"] = (out["argument"] + out["output"] - out["alias"] + out["temp"]
+                  + out["generated_code"])
   return out
 
 
@@ -261,7 +260,8 @@ def check_fits(mem: dict[str, int], chip: Chip, topology: str) -> None:
   if over > 0:
     raise CompileError(
         f"does not fit {topology}: {mem['total'] / GIB:.2f} GiB per chip (arguments "
-        f"{mem['argument'] / GIB:.2f}, outputs not aliased {(mem['output'] - mem['alias']) / GIB:.2f}, "
+        f"{mem['argument'] / GIB:.2f}, "
+        f"outputs not aliased {(mem['output'] - mem['alias']) / GIB:.2f}, "
         f"temporaries {mem['temp'] / GIB:.2f}, code {mem['generated_code'] / GIB:.2f}) against "
         f"{chip.hbm_bytes / GIB:.0f} GiB of HBM: {over / GIB:.2f} GiB over; use a smaller "
         "--batch-size or a larger fsdp axis (--mesh data=N,fsdp=M)")

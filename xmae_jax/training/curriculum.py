@@ -93,4 +93,5 @@ class LadderCurriculum:
     for k in self._STATE_KEYS:
       setattr(self, k, state[k])
     if not 0 <= self.level < len(self.levels):
-      raise CurriculumError(f"curriculum level {self.level} is outside the {len(self.levels)} levels")
+      raise CurriculumError(
+          f"curriculum level {self.level} is outside the {len(self.levels)} levels")

@@ -123,7 +123,7 @@ class MetricsWriter:
     self._file = _ObjectAppender(self.path) if paths.is_remote(workdir) else open(self.path, "a")
     self._tb_remote = workdir / TB_DIR if paths.is_remote(workdir) else None
     if tensorboard:
-      from tensorboardX import SummaryWriter   # imported lazily: only process 0 needs it
+      from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
       tb_dir = paths.staging_dir("xmae-tb-") if self._tb_remote else workdir / TB_DIR
       self._tb = SummaryWriter(str(tb_dir), flush_secs=10)
 

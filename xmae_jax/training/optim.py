@@ -24,11 +24,13 @@ def lr_schedule(train_config, total_steps: int) -> optax.Schedule:
       init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=total, end_value=0.0)
 
 
-def make_optimizer(train_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(train_config,
+                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(AdamW [after a global-norm clip], its schedule). Weight decay applies to all parameters."""
   schedule = lr_schedule(train_config, total_steps)
   adamw = optax.adamw(schedule, b1=float(train_config.b1), b2=float(train_config.b2),
                       eps=1e-8, weight_decay=float(train_config.weight_decay))
   if train_config.grad_clip_norm and train_config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(float(train_config.grad_clip_norm)), adamw), schedule
+    clip = optax.clip_by_global_norm(float(train_config.grad_clip_norm))
+    return optax.chain(clip, adamw), schedule
   return adamw, schedule

@@ -63,5 +63,5 @@ def quiet_late_write_callbacks() -> None:
     if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == "Event loop is closed"):
       previous(unraisable)
-  hook.xmae_quiet = True
+  hook.xmae_quiet = True  # type: ignore[attr-defined]  # a function takes any attribute
   sys.unraisablehook = hook

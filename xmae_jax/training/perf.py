@@ -96,7 +96,8 @@ class Peak:
       return (f"device kind {self.device_kind!r} is not in the peak table "
               "(xmae_jax/training/perf.py): MFU is not reported")
     what = "published bf16 peak" if self.source == "table" else "measured matmul peak"
-    return f"MFU against {self.flops_per_s / 1e12:.4g} TFLOP/s per device ({what}, {self.device_kind})"
+    return (f"MFU against {self.flops_per_s / 1e12:.4g} TFLOP/s per device "
+            f"({what}, {self.device_kind})")
 
 
 def device_peak(device, compute_dtype: str = "float32",

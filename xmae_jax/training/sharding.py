@@ -22,7 +22,10 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from xmae_jax import training
 
@@ -33,7 +36,8 @@ class ShardingError(training.TrainingError):
   """A mesh or a rule that does not fit the devices or the parameters."""
 
 
-def mesh_shape(axes: Sequence[Sequence[Any]], num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def mesh_shape(axes: Sequence[Sequence[Any]],
+               num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
   """(names, sizes) with the single -1 resolved to the devices left over."""
   names = tuple(str(a[0]) for a in axes)
   sizes = [int(a[1]) for a in axes]
@@ -47,7 +51,8 @@ def mesh_shape(axes: Sequence[Sequence[Any]], num_devices: int) -> tuple[tuple[s
   fixed = math.prod(s for s in sizes if s != -1)
   if free:
     if num_devices % fixed:
-      raise ShardingError(f"mesh axes {list(zip(names, sizes))} do not divide {num_devices} devices")
+      raise ShardingError(
+          f"mesh axes {list(zip(names, sizes))} do not divide {num_devices} devices")
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes) != num_devices:
     raise ShardingError(f"mesh axes {list(zip(names, sizes))} need {math.prod(sizes)} devices, "

@@ -62,7 +62,8 @@ def split_model(model) -> tuple[nnx.GraphDef, dict, dict]:
           for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
   if left:
     raise StateError(f"{type(model).__name__} holds state other than parameters and batch "
-                     f"statistics ({len(left)} entries, e.g. {left[0]}): the trainer cannot carry it")
+                     f"statistics ({len(left)} entries, e.g. {left[0]}): "
+                     "the trainer cannot carry it")
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
@@ -114,7 +115,8 @@ def state_layout(config, mesh=None) -> str:
   """
   layout_name = str(config.train.state_layout)
   if layout_name not in LAYOUTS:
-    raise StateError(f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}")
+    raise StateError(
+        f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}")
   if layout_name != "auto":
     return layout_name
   device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
@@ -168,7 +170,7 @@ def host_init(init: Callable[[], TrainState], state_sh) -> TrainState:
   return jax.jit(lambda s: s, out_shardings=state_sh)(host)
 
 
-# --- The checkpoint's view: every buffer unpacked into its named leaves ----------------------------
+# --- The checkpoint's view: every buffer unpacked into its named leaves ---------------------------
 
 def _named(tree):
   """`tree` with its buffers unpacked: arrays placed by each leaf's own sharding (a device

@@ -41,7 +41,7 @@ from xmae_jax import errors
 from xmae_jax import models
 from xmae_jax import paths
 from xmae_jax.data import pipeline
-from xmae_jax.training import TrainingError   # raised here, and caught by train()'s callers
+from xmae_jax.training import TrainingError  # raised here, and caught by train()'s callers
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import distributed
 from xmae_jax.training import figures

@@ -34,27 +34,56 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xmae_jax.data.preprocess.beats import (HR_RANGE, MIN_BEATS, find_pulse_peaks, find_rpeaks,
-                                            heart_rate, heart_rate_from_peaks,
-                                            next_pulse_delays, pulse_delay)
-from xmae_jax.data.preprocess.config import (ALIGN_MAX_DELAY_S, ALIGN_MIN_BEATS,
-                                             ALIGN_MIN_QUALITY, REQUIREMENTS, SEGMENT_LENGTH,
-                                             SEGMENT_SECONDS, TARGET_FS, PreprocessConfig,
-                                             PreprocessError, Segment)
+from xmae_jax.data.preprocess.alignment import align_rows
+from xmae_jax.data.preprocess.alignment import alignment_note
+from xmae_jax.data.preprocess.alignment import ppg_alignment
+from xmae_jax.data.preprocess.beats import HR_RANGE
+from xmae_jax.data.preprocess.beats import MIN_BEATS
+from xmae_jax.data.preprocess.beats import find_pulse_peaks
+from xmae_jax.data.preprocess.beats import find_rpeaks
+from xmae_jax.data.preprocess.beats import heart_rate
+from xmae_jax.data.preprocess.beats import heart_rate_from_peaks
+from xmae_jax.data.preprocess.beats import next_pulse_delays
+from xmae_jax.data.preprocess.beats import pulse_delay
+from xmae_jax.data.preprocess.config import ALIGN_MAX_DELAY_S
+from xmae_jax.data.preprocess.config import ALIGN_MIN_BEATS
+from xmae_jax.data.preprocess.config import ALIGN_MIN_QUALITY
+from xmae_jax.data.preprocess.config import REQUIREMENTS
+from xmae_jax.data.preprocess.config import SEGMENT_LENGTH
+from xmae_jax.data.preprocess.config import SEGMENT_SECONDS
+from xmae_jax.data.preprocess.config import TARGET_FS
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
+from xmae_jax.data.preprocess.config import Segment
 from xmae_jax.data.preprocess.fast import LibraryVersionError
-from xmae_jax.data.preprocess.alignment import align_rows, alignment_note, ppg_alignment
-from xmae_jax.data.preprocess.inference import check_row_length, prepare_for_inference
-from xmae_jax.data.preprocess.meta import (ABP_MIN_INTERVAL_S, ABP_PROMINENCE, DBP_RANGE,
-                                           MIN_PULSE_PRESSURE, SBP_RANGE, blood_pressure,
-                                           derive_window_meta)
-from xmae_jax.data.preprocess.segment import ppg_shift, segment_recording
-from xmae_jax.data.preprocess.signal_quality import (quality, quality_fast, quality_vector,
-                                                     templatematch)
-from xmae_jax.data.preprocess.transforms import clean, minmax, resample
+from xmae_jax.data.preprocess.inference import check_row_length
+from xmae_jax.data.preprocess.inference import prepare_for_inference
+from xmae_jax.data.preprocess.meta import ABP_MIN_INTERVAL_S
+from xmae_jax.data.preprocess.meta import ABP_PROMINENCE
+from xmae_jax.data.preprocess.meta import DBP_RANGE
+from xmae_jax.data.preprocess.meta import MIN_PULSE_PRESSURE
+from xmae_jax.data.preprocess.meta import SBP_RANGE
+from xmae_jax.data.preprocess.meta import blood_pressure
+from xmae_jax.data.preprocess.meta import derive_window_meta
+from xmae_jax.data.preprocess.segment import ppg_shift
+from xmae_jax.data.preprocess.segment import segment_recording
+from xmae_jax.data.preprocess.signal_quality import quality
+from xmae_jax.data.preprocess.signal_quality import quality_fast
+from xmae_jax.data.preprocess.signal_quality import quality_vector
+from xmae_jax.data.preprocess.signal_quality import templatematch
+from xmae_jax.data.preprocess.transforms import clean
+from xmae_jax.data.preprocess.transforms import minmax
+from xmae_jax.data.preprocess.transforms import resample
 from xmae_jax.data.preprocess.unbatched import segment_recording_unbatched
-from xmae_jax.data.preprocess.windows import (as_signal, bad_intervals, check_sampling_rate,
-                                              check_window, good_stretches, longest_run, runs,
-                                              union_stretches, window_starts)
+from xmae_jax.data.preprocess.windows import as_signal
+from xmae_jax.data.preprocess.windows import bad_intervals
+from xmae_jax.data.preprocess.windows import check_sampling_rate
+from xmae_jax.data.preprocess.windows import check_window
+from xmae_jax.data.preprocess.windows import good_stretches
+from xmae_jax.data.preprocess.windows import longest_run
+from xmae_jax.data.preprocess.windows import runs
+from xmae_jax.data.preprocess.windows import union_stretches
+from xmae_jax.data.preprocess.windows import window_starts
 
 __all__ = [
     "ABP_MIN_INTERVAL_S", "ABP_PROMINENCE", "ALIGN_MAX_DELAY_S", "ALIGN_MIN_BEATS",

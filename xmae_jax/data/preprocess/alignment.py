@@ -9,8 +9,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from xmae_jax.data.preprocess.config import PreprocessConfig
-from xmae_jax.data.preprocess.segment import BatchedSteps, ppg_shift
-from xmae_jax.data.preprocess.windows import as_signal, check_sampling_rate
+from xmae_jax.data.preprocess.segment import BatchedSteps
+from xmae_jax.data.preprocess.segment import ppg_shift
+from xmae_jax.data.preprocess.windows import as_signal
+from xmae_jax.data.preprocess.windows import check_sampling_rate
 
 
 def ppg_alignment(recorded: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -14,7 +14,9 @@ import warnings
 import numpy as np
 
 from xmae_jax.data.preprocess import fast
-from xmae_jax.data.preprocess.config import ALIGN_MAX_DELAY_S, ALIGN_MIN_BEATS, ALIGN_MIN_QUALITY
+from xmae_jax.data.preprocess.config import ALIGN_MAX_DELAY_S
+from xmae_jax.data.preprocess.config import ALIGN_MIN_BEATS
+from xmae_jax.data.preprocess.config import ALIGN_MIN_QUALITY
 
 HR_RANGE = (20.0, 300.0)          # bpm; outside it the R-peaks found are not a heart rhythm
 MIN_BEATS = 3

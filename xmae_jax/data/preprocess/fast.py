@@ -63,7 +63,8 @@ def scipy_peak_finding():
   because find_peaks validates its arguments on every call, which took longer than the search
   in the ~30 short QRS/wave spans of a window. LibraryVersionError if scipy moved them."""
   try:
-    from scipy.signal._peak_finding_utils import _local_maxima_1d, _peak_prominences
+    from scipy.signal._peak_finding_utils import _local_maxima_1d
+    from scipy.signal._peak_finding_utils import _peak_prominences
   except ImportError:
     import scipy
     raise LibraryVersionError(

@@ -9,9 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from xmae_jax.data.preprocess.config import PreprocessConfig, PreprocessError
-from xmae_jax.data.preprocess.transforms import clean_rows, minmax, resample
-from xmae_jax.data.preprocess.windows import check_sampling_rate, window_starts
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
+from xmae_jax.data.preprocess.transforms import clean_rows
+from xmae_jax.data.preprocess.transforms import minmax
+from xmae_jax.data.preprocess.transforms import resample
+from xmae_jax.data.preprocess.windows import check_sampling_rate
+from xmae_jax.data.preprocess.windows import window_starts
 from xmae_jax.data.record import MODALITIES
 
 

@@ -8,8 +8,10 @@ from typing import Mapping
 
 import numpy as np
 
-from xmae_jax.data.preprocess.beats import MIN_BEATS, heart_rate
-from xmae_jax.data.preprocess.config import PreprocessConfig, Segment
+from xmae_jax.data.preprocess.beats import MIN_BEATS
+from xmae_jax.data.preprocess.beats import heart_rate
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import Segment
 from xmae_jax.data.preprocess.transforms import clean
 from xmae_jax.data.preprocess.windows import check_window
 

@@ -10,13 +10,22 @@ from typing import Any, Mapping
 import numpy as np
 
 from xmae_jax.data.preprocess import beats
-from xmae_jax.data.preprocess.config import REQUIREMENTS, PreprocessConfig, PreprocessError, Segment
+from xmae_jax.data.preprocess.config import REQUIREMENTS
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
+from xmae_jax.data.preprocess.config import Segment
 from xmae_jax.data.preprocess.meta import derive_window_meta
 from xmae_jax.data.preprocess.signal_quality import quality_fast
-from xmae_jax.data.preprocess.transforms import clean_rows, minmax, resample
-from xmae_jax.data.preprocess.windows import (as_signal, bad_intervals, check_sampling_rate,
-                                              check_window, good_stretches, union_stretches,
-                                              window_starts)
+from xmae_jax.data.preprocess.transforms import clean_rows
+from xmae_jax.data.preprocess.transforms import minmax
+from xmae_jax.data.preprocess.transforms import resample
+from xmae_jax.data.preprocess.windows import as_signal
+from xmae_jax.data.preprocess.windows import bad_intervals
+from xmae_jax.data.preprocess.windows import check_sampling_rate
+from xmae_jax.data.preprocess.windows import check_window
+from xmae_jax.data.preprocess.windows import good_stretches
+from xmae_jax.data.preprocess.windows import union_stretches
+from xmae_jax.data.preprocess.windows import window_starts
 from xmae_jax.data.record import MODALITIES
 
 

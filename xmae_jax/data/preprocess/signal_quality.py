@@ -12,7 +12,8 @@ import warnings
 import numpy as np
 
 from xmae_jax.data.preprocess import fast
-from xmae_jax.data.preprocess.config import PreprocessConfig, PreprocessError
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
 from xmae_jax.data.record import MODALITIES
 
 

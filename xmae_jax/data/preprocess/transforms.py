@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 
 from xmae_jax.data.preprocess import fast
-from xmae_jax.data.preprocess.config import PreprocessConfig, PreprocessError
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
 
 
 def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> np.ndarray:

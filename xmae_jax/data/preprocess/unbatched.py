@@ -15,10 +15,12 @@ from typing import Mapping
 import numpy as np
 
 from xmae_jax.data.preprocess.beats import heart_rate
-from xmae_jax.data.preprocess.config import PreprocessConfig, Segment
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import Segment
 from xmae_jax.data.preprocess.segment import segment_with
 from xmae_jax.data.preprocess.signal_quality import quality
-from xmae_jax.data.preprocess.transforms import clean, resample
+from xmae_jax.data.preprocess.transforms import clean
+from xmae_jax.data.preprocess.transforms import resample
 from xmae_jax.data.preprocess.windows import check_window
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from xmae_jax.data.preprocess.config import PreprocessConfig, PreprocessError
+from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.config import PreprocessError
 
 
 def check_sampling_rate(fs: Any, what: str = "signal", min_fs: float = 20.0) -> float:

@@ -19,7 +19,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
+from xmae_jax.data.sources import Recording
+from xmae_jax.data.sources import SourceError
+from xmae_jax.data.sources import add_option_arguments
+from xmae_jax.data.sources import option
+from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "EDF/EDF+ or BDF files with ECG and PPG channels (pyedflib)"
 SUFFIXES = (".edf", ".bdf")

@@ -27,7 +27,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import Recording, SourceError, add_option_arguments, option, options_of
+from xmae_jax.data.sources import Recording
+from xmae_jax.data.sources import SourceError
+from xmae_jax.data.sources import add_option_arguments
+from xmae_jax.data.sources import option
+from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "paired ECG+PPG from a physiological simulator (no --input needed)"
 USES_SEED = True                     # the data themselves depend on --seed

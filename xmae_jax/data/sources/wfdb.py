@@ -32,8 +32,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from xmae_jax.data.sources import (Missing, Recording, SourceError, add_option_arguments, option,
-                                   options_of)
+from xmae_jax.data.sources import Missing
+from xmae_jax.data.sources import Recording
+from xmae_jax.data.sources import SourceError
+from xmae_jax.data.sources import add_option_arguments
+from xmae_jax.data.sources import option
+from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "WFDB records (PhysioNet, MIMIC-III matched subset) with ECG and PPG channels"
 DEFAULT_ECG_LEADS = "II,I,V,III,MLII,AVR,AVL,AVF,V1,V2,V3,V4,V5,V6,MCL1,ECG,EKG"
