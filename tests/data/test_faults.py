@@ -11,6 +11,7 @@ import pytest
 from xmae_jax import errors
 from xmae_jax.cli import xmae_prepare as cli
 from xmae_jax.data import dataset_reader
+from xmae_jax.data import dataset_verify
 from xmae_jax.data import prepare as prep
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_report
@@ -211,7 +212,7 @@ def test_verify_finds_changed_records_and_index_rows(six, tmp_path):
   with pytest.raises(prepare_rules.PrepareError) as e:
     prep.verify(ds, log=None)
   assert "\n" not in str(e.value) and "2 problem(s) in validation, test" in str(e.value)
-  verdicts = {v.part: v for v in dataset_reader.verify_dataset(ds)}
+  verdicts = {v.part: v for v in dataset_verify.verify_dataset(ds)}
   assert verdicts["train"].ok
   assert verdicts["validation"].problems == [
       f"shard {shard} record 1 (position 1 of split 'validation'): digest mismatch (the bytes "
@@ -226,14 +227,14 @@ def test_verify_without_digests_checks_decoding_and_the_index(six, tmp_path):
     with np.load(ds / f"{split}-index.npz") as z:
       index = {k: z[k] for k in shards.INDEX_FIELDS}
     np.savez(ds / f"{split}-index.npz", **index)                # as prepared before digests
-  lines = [v.line() for v in dataset_reader.verify_dataset(ds)]
+  lines = [v.line() for v in dataset_verify.verify_dataset(ds)]
   assert all(": ok" in l for l in lines) and "no digests to check" in lines[1]
   with np.load(ds / "train-index.npz") as z:
     index = dict(z)
   index["has_ecg"][3] = False
   index["subject"] = index["subject"][:-1]
   np.savez(ds / "train-index.npz", **index)
-  (train,) = [v for v in dataset_reader.verify_dataset(ds) if v.part == "train"]
+  (train,) = [v for v in dataset_verify.verify_dataset(ds) if v.part == "train"]
   assert not train.ok and "column 'subject' has 11 rows, the manifest says 12" in train.problems[0]
 
 
@@ -245,7 +246,7 @@ def test_verify_checks_the_manifest(six, tmp_path):
   m["splits"]["test"]["records"] = 4
   m["splits"]["validation"]["shards"] = ["validation-00000-of-00002.array_record"]
   (ds / shards.MANIFEST).write_text(json.dumps(m))
-  verdicts = {v.part: v for v in dataset_reader.verify_dataset(ds)}
+  verdicts = {v.part: v for v in dataset_verify.verify_dataset(ds)}
   assert "split 'test' has records 4, its shards 3" in verdicts["test"].problems[0]
   assert "validation-00000-of-00002.array_record listed in the manifest is missing" in \
       verdicts["validation"].problems[0]

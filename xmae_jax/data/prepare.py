@@ -21,7 +21,7 @@ from typing import Any
 
 from xmae_jax import paths
 from xmae_jax.data import beam
-from xmae_jax.data import dataset_reader
+from xmae_jax.data import dataset_verify
 from xmae_jax.data import prepare_local
 from xmae_jax.data import prepare_rules as rules
 from xmae_jax.data import preprocess as pp
@@ -90,9 +90,9 @@ def _prepare_remote(output, overwrite: bool, prepare_into) -> dict[str, Any]:
 
 def verify(data_dir: str | os.PathLike, *, log=print) -> list:
   """`xmae-prepare --verify DIR`: logs one verdict line per part
-  (`dataset_reader.verify_dataset`); raises PrepareError naming the first problem (shard and
+  (`dataset_verify.verify_dataset`); raises PrepareError naming the first problem (shard and
   record) when any part failed."""
-  verdicts = dataset_reader.verify_dataset(data_dir)
+  verdicts = dataset_verify.verify_dataset(data_dir)
   for v in verdicts:
     if log:
       log(v.line())

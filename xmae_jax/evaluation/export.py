@@ -19,6 +19,7 @@ from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import contract as contract_lib
 from xmae_jax.evaluation import encoder as encoder_lib
 from xmae_jax.evaluation import package as package_lib
 
@@ -51,12 +52,12 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
   if bad:   # a package must never embed to NaN
     raise ExportError(f"the {modality} encoder holds non-finite weights ({len(bad)} tensors, "
                       f"e.g. {bad[0]!r}): refusing to export")
-  contract = encoder_lib.Contract.from_config(config)
+  contract = contract_lib.Contract.from_config(config)
   info = package_lib.package_info(
       model_name=str(config.model.name), modality=modality,
       latent_dim=int(config.model.latent_dim),
       param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
-      preprocessing=encoder_lib.dataset_preprocessing(config), source=source, tensors=flat,
+      preprocessing=contract_lib.dataset_preprocessing(config), source=source, tensors=flat,
       kinds=kinds, segment_length=contract.segment_length)
   return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config),
                                    overwrite=overwrite)

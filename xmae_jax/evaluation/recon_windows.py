@@ -14,14 +14,14 @@ import numpy as np
 
 from xmae_jax.data import preprocess
 from xmae_jax.data import sources
+from xmae_jax.evaluation import contract as contract_lib
 from xmae_jax.evaluation import embed as embed_lib
-from xmae_jax.evaluation import encoder as encoder_lib
 
 
 def model_alignment(config) -> dict[str, Any]:
   """The PPG shift the model of `config` was trained with (`preprocess.ppg_alignment` of its
   dataset's recorded preprocessing; {} when none was applied or the manifest is unreadable)."""
-  return preprocess.ppg_alignment(encoder_lib.dataset_preprocessing(config))
+  return preprocess.ppg_alignment(contract_lib.dataset_preprocessing(config))
 
 
 def paired_segments(path, *, contract, split: str | None = "test",

@@ -54,7 +54,7 @@ from xmae_jax import paths
 from xmae_jax import progress
 from xmae_jax.data import preprocess
 from xmae_jax.errors import XmaeError
-from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import contract as contract_lib
 from xmae_jax.evaluation import recon_windows
 from xmae_jax.evaluation import report as report_lib
 from xmae_jax.training import figures
@@ -449,7 +449,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
     loaded.append((name, model, config))
   if not loaded:
     raise ReconstructionError("no --model given")
-  contract = encoder_lib.Contract.from_config(loaded[0][2])
+  contract = contract_lib.Contract.from_config(loaded[0][2])
   alignments = [recon_windows.model_alignment(config) for _, _, config in loaded]
   ceilings = []
   bar = progress.bar(total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
