@@ -222,29 +222,14 @@ class Encoder:
     in seconds, what was applied in words)."""
     from xmae_jax.data import preprocess
     fs = self.contract.sampling_rate if fs is None else fs
-    first = next(iter(given.values()))
-    alignment = self.alignment if align else {}
-    note = preprocess.alignment_note(alignment, tuple(given))
-    if note == "none" or not len(first) or self._as_prepared(first, fs, clean):
-      prepared = {m: self.prepare(a, fs, clean=clean, modality=m) for m, a in given.items()}
-      rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape, fs
-      return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
-              "none" if note == "none" else "none (rows taken as prepared windows)")
     try:
-      config = self._preprocess_config(**alignment)
-      preprocess.check_row_length(first.shape, fs, config)
-      recordings, shifts, note = preprocess.align_rows(given, fs, config)
+      return preprocess.prepare_aligned_rows(
+          given, fs, self.alignment if align else {},
+          prepare=lambda rows, m: self.prepare(rows, fs, clean=clean, modality=m),
+          as_prepared=lambda rows: self._as_prepared(rows, fs, clean),
+          config=self._preprocess_config)
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
-    windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
-    row_parts = []
-    for i, recording in enumerate(recordings):
-      for m, x in recording.items():
-        w, _ = self.prepare(x[None], fs, clean=clean, modality=m)
-        windows[m].append(w)
-      row_parts.append(np.full(len(w), i))
-    rows = np.concatenate(row_parts)
-    return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,
                      ecg: np.ndarray | None = None) -> np.ndarray:

@@ -144,29 +144,14 @@ class TorchEncoder:
     `Encoder.prepare_aligned` does -> ({modality: windows}, source row of each window, PPG shift
     of each window in seconds, what was applied in words)."""
     fs = self.contract["sampling_rate"] if fs is None else fs
-    first = next(iter(given.values()))
-    alignment = self.alignment if align else {}
-    note = preprocess.alignment_note(alignment, tuple(given))
-    if note == "none" or not len(first) or self._as_prepared(first, fs, clean):
-      prepared = {m: self.prepare(a, fs, modality=m, clean=clean) for m, a in given.items()}
-      rows = next(iter(prepared.values()))[1]
-      return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
-              "none" if note == "none" else "none (rows taken as prepared windows)")
     try:
-      config = self._preprocess_config(**alignment)
-      preprocess.check_row_length(first.shape, fs, config)
-      recordings, shifts, note = preprocess.align_rows(given, fs, config)
+      return preprocess.prepare_aligned_rows(
+          given, fs, self.alignment if align else {},
+          prepare=lambda rows, m: self.prepare(rows, fs, clean=clean, modality=m),
+          as_prepared=lambda rows: self._as_prepared(rows, fs, clean),
+          config=self._preprocess_config)
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
-    windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
-    row_parts = []
-    for i, recording in enumerate(recordings):
-      for m, x in recording.items():
-        w, _ = self.prepare(x[None], fs, modality=m, clean=clean)
-        windows[m].append(w)
-      row_parts.append(np.full(len(w), i))
-    rows = np.concatenate(row_parts)
-    return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
 
   @torch.no_grad()
   def embed_prepared(self, windows=None, *, ppg=None, ecg=None) -> np.ndarray:

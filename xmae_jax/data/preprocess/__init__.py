@@ -37,6 +37,7 @@ from pathlib import Path
 from xmae_jax.data.preprocess.alignment import align_rows
 from xmae_jax.data.preprocess.alignment import alignment_note
 from xmae_jax.data.preprocess.alignment import ppg_alignment
+from xmae_jax.data.preprocess.alignment import prepare_aligned_rows
 from xmae_jax.data.preprocess.beats import HR_RANGE
 from xmae_jax.data.preprocess.beats import MIN_BEATS
 from xmae_jax.data.preprocess.beats import find_pulse_peaks
@@ -95,7 +96,8 @@ __all__ = [
     "clean",
     "code_files", "derive_window_meta", "find_pulse_peaks", "find_rpeaks", "good_stretches",
     "heart_rate", "heart_rate_from_peaks", "longest_run", "minmax", "next_pulse_delays",
-    "ppg_alignment", "ppg_shift", "prepare_for_inference", "pulse_delay", "quality", "quality_fast",
+    "ppg_alignment", "ppg_shift", "prepare_aligned_rows", "prepare_for_inference", "pulse_delay",
+    "quality", "quality_fast",
     "quality_vector", "resample", "runs", "segment_recording", "segment_recording_unbatched",
     "templatematch", "union_stretches", "window_starts",
 ]

@@ -4,11 +4,12 @@ arrays, so that `load_encoder().embed` and the exported encoders pair PPG and EC
 from __future__ import annotations
 
 import collections
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from xmae_jax.data.preprocess.config import PreprocessConfig
+from xmae_jax.data.preprocess.inference import check_row_length
 from xmae_jax.data.preprocess.segment import BatchedSteps
 from xmae_jax.data.preprocess.segment import ppg_shift
 from xmae_jax.data.preprocess.windows import as_signal
@@ -83,3 +84,34 @@ def align_rows(rows: Mapping[str, np.ndarray], fs: float, config: PreprocessConf
   if note != "none" and counts:
     note += "; rows: " + ", ".join(f"{v} {k}" for k, v in counts.items())
   return out, np.asarray(shifts, np.float64), note
+
+
+def prepare_aligned_rows(given: Mapping[str, np.ndarray], fs: float,
+                         alignment: Mapping[str, Any], *,
+                         prepare: Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]],
+                         as_prepared: Callable[[np.ndarray], bool],
+                         config: Callable[..., PreprocessConfig]):
+  """Every given modality's (N, L) rows -> windows, the PPG moved first under `alignment` (not
+  for rows taken as prepared windows): ({modality: windows}, source row of each window, PPG
+  shift of each window in seconds, what was applied in words). The JAX and the PyTorch encoder
+  both call it with their own `prepare(rows, modality) -> (windows, source rows)`,
+  `as_prepared(rows)` and `config(**alignment)`; raises PreprocessError."""
+  first = next(iter(given.values()))
+  note = alignment_note(alignment, tuple(given))
+  if note == "none" or not len(first) or as_prepared(first):
+    prepared = {m: prepare(a, m) for m, a in given.items()}
+    rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape, fs
+    return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
+            "none" if note == "none" else "none (rows taken as prepared windows)")
+  preprocess_config = config(**alignment)
+  check_row_length(first.shape, fs, preprocess_config)
+  recordings, shifts, note = align_rows(given, fs, preprocess_config)
+  windows: dict[str, list[np.ndarray]] = {m: [] for m in given}
+  row_parts = []
+  for i, recording in enumerate(recordings):
+    for m, x in recording.items():
+      w, _ = prepare(x[None], m)
+      windows[m].append(w)
+    row_parts.append(np.full(len(w), i))
+  rows = np.concatenate(row_parts)
+  return {m: np.concatenate(w) for m, w in windows.items()}, rows, shifts[rows], note
