@@ -1,4 +1,5 @@
 """xmae-jax: JAX/Flax pretraining of ECG+PPG biosignal foundation models (xMAE, M2AE)."""
+
 import re
 from pathlib import Path
 
@@ -8,8 +9,9 @@ from setuptools import setup
 HERE = Path(__file__).resolve().parent
 # One owner of the version: xmae_jax/version.py (xmae_jax.__version__, what --version prints),
 # read as text: the package cannot be imported before its dependencies are installed.
-VERSION = re.search(r'^__version__ = "([^"]+)"',
-                    (HERE / "xmae_jax" / "version.py").read_text(), re.M).group(1)
+VERSION = re.search(
+    r'^__version__ = "([^"]+)"', (HERE / "xmae_jax" / "version.py").read_text(), re.M
+).group(1)
 
 # Ranges, not pins: each admits the tested 3.11 set (constraints.txt) and the tested current set
 # for 3.12/3.13 (constraints-current.txt). The upper caps sit at the next minor line because
@@ -18,12 +20,26 @@ VERSION = re.search(r'^__version__ = "([^"]+)"',
 # (flax, which brings optax and orbax), the preprocessing (neurokit2, scipy), the raw-input
 # readers (wfdb, soundfile), prepared datasets (array-record) and the probes (scikit-learn).
 CORE = [
-    "jax>=0.10.2,<0.13", "jaxlib>=0.10.2,<0.13", "flax>=0.12.8,<0.13", "optax>=0.2.8,<0.3",
-    "orbax-checkpoint>=0.12.8,<0.13", "array-record>=0.8.6,<0.9",
-    "chex>=0.1.92", "ml-collections>=1.1.0", "absl-py>=2.5.1", "numpy>=2.0", "scipy>=1.12",
-    "neurokit2>=0.2.13", "wfdb>=4.1", "soundfile>=0.12", "msgpack>=1.0",
-    "pandas>=2.0", "scikit-learn>=1.4", "matplotlib>=3.8",
-    "safetensors>=0.4", "tqdm>=4.66",
+    "jax>=0.10.2,<0.13",
+    "jaxlib>=0.10.2,<0.13",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "array-record>=0.8.6,<0.9",
+    "chex>=0.1.92",
+    "ml-collections>=1.1.0",
+    "absl-py>=2.5.1",
+    "numpy>=2.0",
+    "scipy>=1.12",
+    "neurokit2>=0.2.13",
+    "wfdb>=4.1",
+    "soundfile>=0.12",
+    "msgpack>=1.0",
+    "pandas>=2.0",
+    "scikit-learn>=1.4",
+    "matplotlib>=3.8",
+    "safetensors>=0.4",
+    "tqdm>=4.66",
     # jax.export serialization (the StableHLO artifact of xmae_jax.interop.stablehlo)
     "flatbuffers>=24.3",
 ]
@@ -88,11 +104,22 @@ setup(
         # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
         # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
         # tests skip. gcp-storage-emulator: the local Cloud Storage server of tests/storage.
-        # ruff and mypy: the static checks launch/test.sh runs first (settings in pyproject.toml).
-        "test": [*TRAIN, "pytest>=8", "pytest-xdist>=3", "ruff>=0.17", "mypy>=2.4",
-                 "tensorflow-datasets>=4.9.10", BEAM, EDF,
-                 "gcp-storage-emulator>=2024.8",
-                 f'{TORCH}; python_version < "3.12"', f'{LIBTPU}; python_version < "3.12"'],
+        # ruff, pyink and mypy: the static checks launch/test.sh runs first (settings in
+        # pyproject.toml).
+        "test": [
+            *TRAIN,
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "ruff>=0.17",
+            "mypy>=2.4",
+            "pyink>=26.5",
+            "tensorflow-datasets>=4.9.10",
+            BEAM,
+            EDF,
+            "gcp-storage-emulator>=2024.8",
+            f'{TORCH}; python_version < "3.12"',
+            f'{LIBTPU}; python_version < "3.12"',
+        ],
     },
     entry_points={
         "console_scripts": [

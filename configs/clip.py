@@ -15,14 +15,25 @@ Choices:
   * `embed(ppg=...)` / `embed(ecg=...)` are the projected embeddings the loss aligns;
     with both given it is their mean.
 """
+
 from pathlib import Path
 
 import ml_collections as mlc
 
 from xmae_jax import config_lib
 
-PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "depth_ecg",
-             "stem_channels", "stem_widths", "dropout", "latent_dim")
+PATH_KEYS = (
+    "seq_len",
+    "patch_len",
+    "d_model",
+    "num_heads",
+    "depth_ppg",
+    "depth_ecg",
+    "stem_channels",
+    "stem_widths",
+    "dropout",
+    "latent_dim",
+)
 
 
 def model_config(preset: str) -> mlc.ConfigDict:
@@ -31,22 +42,23 @@ def model_config(preset: str) -> mlc.ConfigDict:
 
 def masking_config() -> mlc.ConfigDict:
   k = mlc.ConfigDict()
-  k.curriculum = False             # nothing is masked
+  k.curriculum = False  # nothing is masked
   return k
 
 
 def loss_config() -> mlc.ConfigDict:
   l = mlc.ConfigDict()
   l.w_contrast = 1.0
-  l.positives = "segment"          # "segment" | "subject" (needs batch["subject"])
-  l.temperature = 0.07             # CLIP's initial temperature
+  l.positives = "segment"  # "segment" | "subject" (needs batch["subject"])
+  l.temperature = 0.07  # CLIP's initial temperature
   l.learn_temperature = True
   return l
 
 
 def get_config(arg=None):
-  return config_lib.assemble(arg, model=model_config, masking=masking_config(),
-                             loss=loss_config(), presets=PRESETS)
+  return config_lib.assemble(
+      arg, model=model_config, masking=masking_config(), loss=loss_config(), presets=PRESETS
+  )
 
 
 # The model follows configs/xmae.py's preset (model_config copies it); the shared train

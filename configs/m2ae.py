@@ -63,6 +63,7 @@ Assumptions (each is a config value; the README copies this list):
   A11 Optimization: xMAE's (AdamW 3e-4, betas 0.9/0.95, wd 0.01, 10% warm-up then cosine,
       batch 512); dropout 0.1.
 """
+
 import ml_collections as mlc
 
 from xmae_jax import config_lib
@@ -71,42 +72,42 @@ from xmae_jax import config_lib
 def model_config() -> mlc.ConfigDict:
   m = mlc.ConfigDict()
   m.name = "m2ae"
-  m.seq_len = 1000                 # A1
-  m.patch_len = 40                 # A2
-  m.d_model = 256                  # A2
+  m.seq_len = 1000  # A1
+  m.patch_len = 40  # A2
+  m.d_model = 256  # A2
   m.num_heads = 8
-  m.depth_ecg = 2                  # A2
+  m.depth_ecg = 2  # A2
   m.depth_ppg = 2
-  m.depth_shared = 2               # A4
-  m.depth_decoder = 2              # A5
+  m.depth_shared = 2  # A4
+  m.depth_decoder = 2  # A5
   m.decoder_mlp_ratio = 2.0
   m.stem_channels = 32
   m.stem_widths = (32, 64, 128)
   m.dropout = 0.1
-  m.latent_dim = 256               # A4
+  m.latent_dim = 256  # A4
   return m
 
 
 def masking_config() -> mlc.ConfigDict:
   k = mlc.ConfigDict()
-  k.mode = "block"                 # A6; any mode of xmae_jax.models.masking
-  k.ratio_ecg = 0.5                # PPG gets the complement
+  k.mode = "block"  # A6; any mode of xmae_jax.models.masking
+  k.ratio_ecg = 0.5  # PPG gets the complement
   k.curriculum = False
   return k
 
 
 def loss_config() -> mlc.ConfigDict:
   l = mlc.ConfigDict()
-  l.w_ecg = 1.0                    # A7 masked ECG
-  l.w_ppg = 1.0                    # A7 masked PPG
-  l.w_cross_ecg = 0.5              # A7 whole ECG from PPG alone
-  l.w_cross_ppg = 0.5              # A7 whole PPG from ECG alone
-  l.w_contrast = 0.01              # A8
-  l.w_augment = 0.01               # A9
-  l.positives = "segment"          # A10: "segment" | "subject"
+  l.w_ecg = 1.0  # A7 masked ECG
+  l.w_ppg = 1.0  # A7 masked PPG
+  l.w_cross_ecg = 0.5  # A7 whole ECG from PPG alone
+  l.w_cross_ppg = 0.5  # A7 whole PPG from ECG alone
+  l.w_contrast = 0.01  # A8
+  l.w_augment = 0.01  # A9
+  l.positives = "segment"  # A10: "segment" | "subject"
   l.temperature = 0.07
   l.learn_temperature = True
-  l.view = mlc.ConfigDict()        # A9: the augmented second view
+  l.view = mlc.ConfigDict()  # A9: the augmented second view
   l.view.scale_range = (0.8, 1.2)
   l.view.noise_std = 0.02
   l.view.max_shift = 6
@@ -114,8 +115,9 @@ def loss_config() -> mlc.ConfigDict:
 
 
 def get_config(arg=None):
-  return config_lib.assemble(arg, model=model_config(), masking=masking_config(),
-                             loss=loss_config(), presets=PRESETS)
+  return config_lib.assemble(
+      arg, model=model_config(), masking=masking_config(), loss=loss_config(), presets=PRESETS
+  )
 
 
 # Per preset, what differs from the values above (the shared train schedule per preset is
@@ -124,22 +126,57 @@ PRESETS = {
     # cpu: xMAE's cpu sizes (configs/xmae.py) for the same 2-core budget; depths kept. The
     # augmentation-positive term (A9, weight 0.01) is off: its second view doubles the encoder
     # work per step, which would put 2,000 steps past 30 minutes on this machine.
-    "cpu": {"model.d_model": 128, "model.num_heads": 4, "model.stem_channels": 16,
-            "model.stem_widths": (16, 32, 64), "model.latent_dim": 128, "loss.w_augment": 0.0},
+    "cpu": {
+        "model.d_model": 128,
+        "model.num_heads": 4,
+        "model.stem_channels": 16,
+        "model.stem_widths": (16, 32, 64),
+        "model.latent_dim": 128,
+        "loss.w_augment": 0.0,
+    },
     # Scaling (about 100M, 300M, 1B parameters; config_lib.COMMON_PRESETS: bfloat16, FSDP rules).
-    "100m": {"model.d_model": 768, "model.num_heads": 12, "model.depth_ecg": 4,
-             "model.depth_ppg": 4, "model.depth_shared": 3, "model.depth_decoder": 2,
-             "model.stem_channels": 64, "model.stem_widths": (64, 128, 256),
-             "model.latent_dim": 512},
-    "300m": {"model.d_model": 1024, "model.num_heads": 16, "model.depth_ecg": 8,
-             "model.depth_ppg": 8, "model.depth_shared": 6, "model.depth_decoder": 2,
-             "model.stem_channels": 64, "model.stem_widths": (64, 128, 256),
-             "model.latent_dim": 512},
-    "1b": {"model.d_model": 2048, "model.num_heads": 16, "model.depth_ecg": 6,
-           "model.depth_ppg": 6, "model.depth_shared": 6, "model.depth_decoder": 2,
-           "model.stem_channels": 128, "model.stem_widths": (128, 256, 512),
-           "model.latent_dim": 1024},
-    "tiny": {"model.d_model": 32, "model.num_heads": 4, "model.depth_ecg": 1, "model.depth_ppg": 1,
-             "model.depth_shared": 1, "model.depth_decoder": 1, "model.stem_channels": 8,
-             "model.stem_widths": (8, 16, 16), "model.latent_dim": 32},
+    "100m": {
+        "model.d_model": 768,
+        "model.num_heads": 12,
+        "model.depth_ecg": 4,
+        "model.depth_ppg": 4,
+        "model.depth_shared": 3,
+        "model.depth_decoder": 2,
+        "model.stem_channels": 64,
+        "model.stem_widths": (64, 128, 256),
+        "model.latent_dim": 512,
+    },
+    "300m": {
+        "model.d_model": 1024,
+        "model.num_heads": 16,
+        "model.depth_ecg": 8,
+        "model.depth_ppg": 8,
+        "model.depth_shared": 6,
+        "model.depth_decoder": 2,
+        "model.stem_channels": 64,
+        "model.stem_widths": (64, 128, 256),
+        "model.latent_dim": 512,
+    },
+    "1b": {
+        "model.d_model": 2048,
+        "model.num_heads": 16,
+        "model.depth_ecg": 6,
+        "model.depth_ppg": 6,
+        "model.depth_shared": 6,
+        "model.depth_decoder": 2,
+        "model.stem_channels": 128,
+        "model.stem_widths": (128, 256, 512),
+        "model.latent_dim": 1024,
+    },
+    "tiny": {
+        "model.d_model": 32,
+        "model.num_heads": 4,
+        "model.depth_ecg": 1,
+        "model.depth_ppg": 1,
+        "model.depth_shared": 1,
+        "model.depth_decoder": 1,
+        "model.stem_channels": 8,
+        "model.stem_widths": (8, 16, 16),
+        "model.latent_dim": 32,
+    },
 }

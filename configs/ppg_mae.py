@@ -16,6 +16,7 @@ Choices (the xMAE code has a `source="ppg"` switch but no released PPG-only obje
   * As in xMAE, the projection head is not reached by the loss, so `embed(ppg=...)` is a fixed
     random linear map of the mean-pooled tokens (the same kind of feature xMAE exports).
 """
+
 from pathlib import Path
 
 import ml_collections as mlc
@@ -24,8 +25,18 @@ from xmae_jax import config_lib
 
 # Keys that fix the shape of one xMAE modality path; copied from configs/xmae.py so the
 # baseline's PPG encoder cannot drift from xMAE's.
-PATH_KEYS = ("seq_len", "patch_len", "d_model", "num_heads", "depth_ppg", "stem_channels",
-             "stem_widths", "dropout", "latent_dim", "visible_positions")
+PATH_KEYS = (
+    "seq_len",
+    "patch_len",
+    "d_model",
+    "num_heads",
+    "depth_ppg",
+    "stem_channels",
+    "stem_widths",
+    "dropout",
+    "latent_dim",
+    "visible_positions",
+)
 
 
 def model_config(preset: str) -> mlc.ConfigDict:
@@ -34,21 +45,22 @@ def model_config(preset: str) -> mlc.ConfigDict:
 
 def masking_config() -> mlc.ConfigDict:
   k = mlc.ConfigDict()
-  k.mode = "anchor"                # as xMAE's ECG masking (see the module docstring)
-  k.ratio_ppg = 0.8                # 20 of 25 PPG patches masked
+  k.mode = "anchor"  # as xMAE's ECG masking (see the module docstring)
+  k.ratio_ppg = 0.8  # 20 of 25 PPG patches masked
   k.curriculum = False
   return k
 
 
 def loss_config() -> mlc.ConfigDict:
   l = mlc.ConfigDict()
-  l.w_ppg = 1.0                    # masked-waveform MSE on PPG
+  l.w_ppg = 1.0  # masked-waveform MSE on PPG
   return l
 
 
 def get_config(arg=None):
-  return config_lib.assemble(arg, model=model_config, masking=masking_config(),
-                             loss=loss_config(), presets=PRESETS)
+  return config_lib.assemble(
+      arg, model=model_config, masking=masking_config(), loss=loss_config(), presets=PRESETS
+  )
 
 
 # The model follows configs/xmae.py's preset (model_config copies it); the shared train

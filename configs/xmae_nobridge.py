@@ -14,6 +14,7 @@ MAEs trained side by side; the PPG one is the PPG-MAE baseline's objective (conf
 with xMAE's parameter layout. `masking.ratio_ppg=0.0,loss.w_ppg=0.0` restores the reference's
 behaviour (untrained PPG encoder) as a control.
 """
+
 from pathlib import Path
 
 from xmae_jax import config_lib
@@ -23,8 +24,8 @@ def get_config(arg=None):
   preset, extra = config_lib.parse_arg(arg)
   c = config_lib.load(f"{Path(__file__).with_name('xmae.py')}:{preset}")
   c.model.use_cross_bridge = False
-  c.masking.ratio_ppg = 0.8        # PPG masked as ECG is, so it has something to reconstruct
-  c.loss.w_ppg = 1.0               # ... through the PPG path's own decoder
+  c.masking.ratio_ppg = 0.8  # PPG masked as ECG is, so it has something to reconstruct
+  c.loss.w_ppg = 1.0  # ... through the PPG path's own decoder
   return config_lib.apply_overrides(config_lib.apply_preset(c, preset, PRESETS), extra)
 
 

@@ -9,6 +9,7 @@ rate; `embed` cleans, resamples and normalizes them as the package's contract sa
 one embedding per row. A joint ppg+ecg package (M2AE) takes `--channel` as PPG and `--ecg-channel`
 as ECG.
 """
+
 import argparse
 import json
 import sys
@@ -23,12 +24,14 @@ from xmae_jax.interop import torch_encoder
 def rows(record, channel: str, seconds: float) -> np.ndarray:
   """(N, 10 s) rows of one channel, at the record's rate."""
   if channel not in record.sig_name:
-    sys.exit(f"embed_with_torch: error: {record.record_name} has no channel {channel!r} "
-             f"(has {', '.join(record.sig_name)})")
+    sys.exit(
+        f"embed_with_torch: error: {record.record_name} has no channel {channel!r} "
+        f"(has {', '.join(record.sig_name)})"
+    )
   x = record.p_signal[:, record.sig_name.index(channel)]
   per_row = int(round(10 * record.fs))
   n = int(min(seconds * record.fs, len(x)) // per_row)
-  return x[:n * per_row].reshape(n, per_row)
+  return x[: n * per_row].reshape(n, per_row)
 
 
 def main() -> None:
@@ -44,23 +47,33 @@ def main() -> None:
   enc = torch_encoder.load(args.package)
   record = wfdb.rdrecord(args.record)
   if len(enc.modalities) > 1:
-    z = enc.embed(ppg=rows(record, args.channel, args.seconds),
-                  ecg=rows(record, args.ecg_channel, args.seconds), fs=record.fs)
+    z = enc.embed(
+        ppg=rows(record, args.channel, args.seconds),
+        ecg=rows(record, args.ecg_channel, args.seconds),
+        fs=record.fs,
+    )
   else:
     z = enc.embed(rows(record, args.channel, args.seconds), fs=record.fs)
 
   # The module itself is a torch.nn.Module: prepared (B, L) windows in, (B, latent) out.
-  windows, _ = enc.prepare(rows(record, args.channel, 10.0), record.fs,
-                           modality=enc.modalities[0])
+  windows, _ = enc.prepare(rows(record, args.channel, 10.0), record.fs, modality=enc.modalities[0])
   with torch.no_grad():
     x = torch.from_numpy(windows)
     direct = enc.module(ppg=x) if len(enc.modalities) > 1 else enc.module(x)
   if args.output:
     np.save(args.output, z)
-  print(json.dumps({"encoder": repr(enc), "embeddings": list(z.shape),
-                    "direct_module_output": list(direct.shape),
-                    "jax_modules": sorted(m for m in sys.modules
-                                          if m.split(".")[0] in ("jax", "jaxlib", "flax"))}))
+  print(
+      json.dumps(
+          {
+              "encoder": repr(enc),
+              "embeddings": list(z.shape),
+              "direct_module_output": list(direct.shape),
+              "jax_modules": sorted(
+                  m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax")
+              ),
+          }
+      )
+  )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the environment, is read by this process and inherited by every subprocess (and 
 worker), so each program is compiled once per test run. A `JAX_COMPILATION_CACHE_DIR` set by the
 caller wins (e.g. a cache kept between runs).
 """
+
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ PHYSIONET = SHARED / "data" / "physionet"
 # Test modules that run first: the longest ones, so that under xdist (launch/test.sh) they do not
 # start last and leave one worker alone at the end. Order within this list is the start order.
 HEAVY_FIRST = (
-    "tests/training/test_compile_tpu.py",   # TPU compiles on CPU: minutes on a loaded machine
+    "tests/training/test_compile_tpu.py",  # TPU compiles on CPU: minutes on a loaded machine
     "tests/training/test_train.py",
     "tests/models/test_xmae.py",
     "tests/models/test_baselines.py",
@@ -64,7 +65,7 @@ def _repo_path(node) -> str:
 
 def pytest_collection_modifyitems(session, config, items):
   rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
-  items.sort(key=lambda item: rank.get(_repo_path(item), len(rank)))   # stable otherwise
+  items.sort(key=lambda item: rank.get(_repo_path(item), len(rank)))  # stable otherwise
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,6 +74,7 @@ def _fast_compile(request):
     yield
     return
   import jax
+
   before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   try:
@@ -95,5 +97,6 @@ def physionet_dir():
 def _absl_flags_parsed():
   # Grain's multiprocessing reads absl flags; outside app.run they must be marked parsed.
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -1,4 +1,5 @@
 """The one atomic write: the target is replaced whole or left as it was."""
+
 import pytest
 
 from xmae_jax import atomic

@@ -1,5 +1,6 @@
 """config_lib: presets give the values they always gave, one loader, overrides, the JSON round
 trip, validation, and every user error as one line."""
+
 import json
 import os
 import subprocess
@@ -35,6 +36,7 @@ def _load(name="xmae", arg="tiny"):
 
 # --- presets ------------------------------------------------------------------------------------
 
+
 def test_the_fixture_covers_every_config_file_and_preset():
   expected = json.loads(EXPECTED.read_text())
   files = sorted(p.stem for p in CONFIGS.glob("*.py"))
@@ -59,11 +61,16 @@ def test_a_presets_block_naming_an_unknown_preset_is_one_line():
 
 # --- loading ------------------------------------------------------------------------------------
 
+
 def test_missing_file_unknown_preset_and_no_get_config_are_one_line(tmp_path):
-  cases = [(tmp_path / "missing.py", "config file .*missing.py does not exist"),
-           (f"{CONFIGS / 'xmae.py'}:tinyy",
-            "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
-           (f"{CONFIGS / 'xmae.py'}:tiny,oops", "config argument 'oops': expected key=value")]
+  cases = [
+      (tmp_path / "missing.py", "config file .*missing.py does not exist"),
+      (
+          f"{CONFIGS / 'xmae.py'}:tinyy",
+          "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b",
+      ),
+      (f"{CONFIGS / 'xmae.py'}:tiny,oops", "config argument 'oops': expected key=value"),
+  ]
   (tmp_path / "empty.py").write_text("X = 1\n")
   cases.append((tmp_path / "empty.py", "has no get_config"))
   for spec, pattern in cases:
@@ -87,7 +94,7 @@ def test_load_of_a_workdir_gives_its_saved_config(tmp_path):
   config = _load("m2ae", "tiny,seed=3")
   path = config_lib.write_config(tmp_path / "run", config)
   assert path == tmp_path / "run" / config_lib.CONFIG_FILE
-  assert [p.name for p in (tmp_path / "run").iterdir()] == [config_lib.CONFIG_FILE]   # no temp left
+  assert [p.name for p in (tmp_path / "run").iterdir()] == [config_lib.CONFIG_FILE]  # no temp left
   back = config_lib.load(tmp_path / "run")
   assert back.to_dict() == config.to_dict() and back.model.stem_widths == (8, 16, 16)
   assert config_lib.load(tmp_path / "run", {"seed": "4"}).seed == 4
@@ -105,11 +112,19 @@ def test_json_round_trip_restores_tuples():
 
 # --- overrides ----------------------------------------------------------------------------------
 
+
 def test_text_overrides_take_the_type_of_the_key():
-  c = config_lib.apply_overrides(_load(), {
-      "train.lr": "1e-4", "train.batch_size": "16", "data.augment.enabled": "true",
-      "model.name": "toy", "mesh.axes": "(('data', -1), ('fsdp', 2))",
-      "data.modalities": "['ppg']"})
+  c = config_lib.apply_overrides(
+      _load(),
+      {
+          "train.lr": "1e-4",
+          "train.batch_size": "16",
+          "data.augment.enabled": "true",
+          "model.name": "toy",
+          "mesh.axes": "(('data', -1), ('fsdp', 2))",
+          "data.modalities": "['ppg']",
+      },
+  )
   assert c.train.lr == 1e-4 and c.train.batch_size == 16 and c.data.augment.enabled is True
   assert c.model.name == "toy" and c.mesh.axes == (("data", -1), ("fsdp", 2))
   assert c.data.modalities == ("ppg",)
@@ -121,13 +136,16 @@ def test_value_overrides_are_assigned_with_lists_as_tuples():
   assert c.mesh.param_rules == ((".*", "fsdp"),) and c.train.lr == 1.0
 
 
-@pytest.mark.parametrize("key,text,pattern", [
-    ("train.lr", "abc", "config key train.lr: 'abc' is not a float"),
-    ("train.batch_size", "1.5", "config key train.batch_size: '1.5' is not a int"),
-    ("data.augment.enabled", "maybe", "config key data.augment.enabled: 'maybe' is not a bool"),
-    ("mesh.axes", "3", "config key mesh.axes: '3' is not a tuple"),
-    ("train", "3", "config key train is a section, not a value"),
-])
+@pytest.mark.parametrize(
+    "key,text,pattern",
+    [
+        ("train.lr", "abc", "config key train.lr: 'abc' is not a float"),
+        ("train.batch_size", "1.5", "config key train.batch_size: '1.5' is not a int"),
+        ("data.augment.enabled", "maybe", "config key data.augment.enabled: 'maybe' is not a bool"),
+        ("mesh.axes", "3", "config key mesh.axes: '3' is not a tuple"),
+        ("train", "3", "config key train is a section, not a value"),
+    ],
+)
 def test_bad_override_values_are_one_line(key, text, pattern):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.apply_overrides(_load(), {key: text})
@@ -135,21 +153,37 @@ def test_bad_override_values_are_one_line(key, text, pattern):
 
 
 def test_flag_overrides_split_out_of_argv():
-  argv = ["prog", "--config", "configs/xmae.py:tiny", "--config.train.lr=1e-4",
-          "--config.data.dir", "d", "--config.data.augment.enabled", "--workdir", "w",
-          "--noconfig.data.with_subject", "--config=x"]
+  argv = [
+      "prog",
+      "--config",
+      "configs/xmae.py:tiny",
+      "--config.train.lr=1e-4",
+      "--config.data.dir",
+      "d",
+      "--config.data.augment.enabled",
+      "--workdir",
+      "w",
+      "--noconfig.data.with_subject",
+      "--config=x",
+  ]
   rest, overrides = config_lib.flag_overrides(argv)
   assert rest == ["prog", "--config", "configs/xmae.py:tiny", "--workdir", "w", "--config=x"]
-  assert overrides == {"train.lr": "1e-4", "data.dir": "d", "data.augment.enabled": "true",
-                       "data.with_subject": "false"}
+  assert overrides == {
+      "train.lr": "1e-4",
+      "data.dir": "d",
+      "data.augment.enabled": "true",
+      "data.with_subject": "false",
+  }
 
 
 # --- validation ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["xmae", "m2ae", "ppg_mae", "clip", "xmae_nobridge"])
 def test_every_shipped_config_is_valid(name):
   """Each preset of each config file passes validation unchanged and names a model that exists."""
   from xmae_jax import models
+
   for preset in config_lib.PRESET_NAMES:
     config = _load(name, preset)
     before = config.to_dict()
@@ -158,14 +192,14 @@ def test_every_shipped_config_is_valid(name):
 
 
 STEP_COUNT = r"must be in \[0, 2147483647\] \(the step counter is a 32-bit integer\)"
-BAD = [   # (config file, key, bad value, message after "config KEY=VALUE: ")
+BAD = [  # (config file, key, bad value, message after "config KEY=VALUE: ")
     ("xmae", "train.lr", 0.0, "must be > 0"),
     ("xmae", "train.lr", -1e-4, "must be > 0"),
     ("xmae", "train.batch_size", 0, "the global batch size must be > 0"),
     ("xmae", "train.warmup_frac", 1.0, r"must be in \[0, 1\)"),
     ("xmae", "train.warmup_frac", -0.1, r"must be in \[0, 1\)"),
     ("xmae", "train.num_steps", -1, STEP_COUNT),
-    ("xmae", "train.num_steps", 10**13, STEP_COUNT),   # overflowed the int32 step counter
+    ("xmae", "train.num_steps", 10**13, STEP_COUNT),  # overflowed the int32 step counter
     ("xmae", "train.num_epochs", -1, STEP_COUNT),
     ("xmae", "train.eval_every", -1, "must be >= 0"),
     ("xmae", "train.log_every", -5, "must be >= 0"),
@@ -208,24 +242,28 @@ def test_each_rule_names_the_key_and_value(name, key, value, message):
   with pytest.raises(config_lib.ConfigError, match=rf"^config {key}={value!r}: {message}$") as e:
     config_lib.validate(config)
   assert isinstance(e.value, errors.XmaeError)
-  with pytest.raises(config_lib.ConfigError, match=key):   # the loader validates
+  with pytest.raises(config_lib.ConfigError, match=key):  # the loader validates
     config_lib.load(f"{CONFIGS / name}.py:tiny", {key: str(value)})
 
 
 def test_a_tuple_element_out_of_range_is_named():
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"^config masking.curriculum_levels.2=1.0: must be in \(0, 1\)$"):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"^config masking.curriculum_levels.2=1.0: must be in \(0, 1\)$"
+  ):
     config_lib.validate(
-        config_lib.apply_overrides(_load(), {"masking.curriculum_levels": (0.8, 0.9, 1.0)}))
+        config_lib.apply_overrides(_load(), {"masking.curriculum_levels": (0.8, 0.9, 1.0)})
+    )
   with pytest.raises(config_lib.ConfigError, match="low must be <= high"):
     config_lib.validate(
-        config_lib.apply_overrides(_load(), {"data.augment.scale_range": (1.2, 0.8)}))
+        config_lib.apply_overrides(_load(), {"data.augment.scale_range": (1.2, 0.8)})
+    )
 
 
 def test_a_weighted_reconstruction_needs_its_modality_masked():
   config = config_lib.apply_overrides(_load("xmae_nobridge"), {"masking.ratio_ppg": 0.0})
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"^config masking.ratio_ppg=0 with loss.w_ppg=1.0: "):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"^config masking.ratio_ppg=0 with loss.w_ppg=1.0: "
+  ):
     config_lib.validate(config)
   # The reference's control (PPG neither masked nor reconstructed) stays valid.
   config_lib.validate(config_lib.apply_overrides(config, {"loss.w_ppg": 0.0}))
@@ -233,23 +271,39 @@ def test_a_weighted_reconstruction_needs_its_modality_masked():
 
 # --- the trainer's command line -----------------------------------------------------------------
 
-@pytest.mark.parametrize("args,message", [
-    (["--config", "configs/xmae.py:tiny", "--config.train.lrr=1"],
-     "unknown config key train.lrr (did you mean train.lr?)"),
-    (["--config", "configs/xmae.py:tinyy"],
-     "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b"),
-    (["--config", "configs/nope.py"], "config file configs/nope.py does not exist"),
-    (["--config", "configs/xmae.py:tiny", "--config.train.batch_size", "0"],
-     "config train.batch_size=0: the global batch size must be > 0"),
-    (["--config", "configs/xmae.py:tiny", "--config.train.num_steps=10000000000000"],
-     "config train.num_steps=10000000000000: must be in [0, 2147483647] (the step counter is a "
-     "32-bit integer)"),
-])
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--config", "configs/xmae.py:tiny", "--config.train.lrr=1"],
+            "unknown config key train.lrr (did you mean train.lr?)",
+        ),
+        (
+            ["--config", "configs/xmae.py:tinyy"],
+            "unknown config preset 'tinyy'; choose one of paper, demo, tiny, cpu, 100m, 300m, 1b",
+        ),
+        (["--config", "configs/nope.py"], "config file configs/nope.py does not exist"),
+        (
+            ["--config", "configs/xmae.py:tiny", "--config.train.batch_size", "0"],
+            "config train.batch_size=0: the global batch size must be > 0",
+        ),
+        (
+            ["--config", "configs/xmae.py:tiny", "--config.train.num_steps=10000000000000"],
+            "config train.num_steps=10000000000000: must be in [0, 2147483647] "
+            "(the step counter is a 32-bit integer)",
+        ),
+    ],
+)
 def test_trainer_cli_config_errors_are_one_line(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", *args,
-                         "--workdir", str(tmp_path / "run")],
-                        cwd=REPO, capture_output=True, text=True, timeout=120,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  proc = subprocess.run(
+      [sys.executable, "-m", "xmae_jax.cli.xmae_train", *args, "--workdir", str(tmp_path / "run")],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+  )
   assert proc.returncode == 1
   assert proc.stderr.strip() == f"xmae-train: error: {message}"
   assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@ repository, and no text narrates the work's history (that lives in git and CHANG
 
 Pure file checks: no JAX, no data.
 """
+
 import re
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_the_documents_are_found():
 def test_every_relative_link_resolves(md):
   broken = []
   for target in _LINK.findall(_prose(md.read_text(encoding="utf-8"))):
-    if re.match(r"[a-z][a-z0-9+.-]*:", target):   # a scheme: checked by the test below
+    if re.match(r"[a-z][a-z0-9+.-]*:", target):  # a scheme: checked by the test below
       continue
     path, _, anchor = target.partition("#")
     dest = (md.parent / path).resolve() if path else md
@@ -79,16 +80,19 @@ def test_no_document_points_outside_the_repository(md):
 
 @pytest.mark.parametrize("md", MARKDOWN, ids=_rel)
 def test_no_document_narrates_work_sessions(md):
-  lines = [f"{i}: {line.strip()}" for i, line in
-           enumerate(md.read_text(encoding="utf-8").splitlines(), 1)
-           if re.search(r"session", line, re.I)]
+  lines = [
+      f"{i}: {line.strip()}"
+      for i, line in enumerate(md.read_text(encoding="utf-8").splitlines(), 1)
+      if re.search(r"session", line, re.I)
+  ]
   assert not lines, f"{_rel(md)}: {lines}"
 
 
 # Technical uses of the word in code: subprocess and pytest API names, ONNX/TF session classes.
 _API_SESSION = re.compile(
     r"start_new_session|scope=[\"']session[\"']|[A-Za-z.]Session\b"
-    r"|^\s*def pytest_\w+\(.*\bsession\b")
+    r"|^\s*def pytest_\w+\(.*\bsession\b"
+)
 
 
 def test_no_code_comment_narrates_work_sessions_or_cites_notes():
@@ -106,6 +110,7 @@ def test_no_code_comment_narrates_work_sessions_or_cites_notes():
 def test_readme_is_short_with_the_quickstart_on_its_first_screens():
   lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
   assert len(lines) <= 260, f"README.md has {len(lines)} lines"
-  quickstart = [i for i, line in enumerate(lines, 1)
-                if line.startswith("#") and "quickstart" in line.lower()]
+  quickstart = [
+      i for i, line in enumerate(lines, 1) if line.startswith("#") and "quickstart" in line.lower()
+  ]
   assert quickstart and quickstart[0] <= 100, f"quickstart heading at line(s) {quickstart}"

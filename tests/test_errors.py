@@ -1,4 +1,5 @@
 """The user-error base class."""
+
 from xmae_jax import errors
 
 

@@ -2,6 +2,7 @@
 form no circle and never point up the layers (base < data < models < training < evaluation <
 interop < benchmarks < cli; `base` is every top-level module such as errors, paths, config_lib).
 Imports inside functions (optional heavy dependencies, lazy loading) are not module-level."""
+
 import ast
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _graph() -> dict[str, set[str]]:
   for name, path in modules.items():
     targets = set()
     for node in ast.parse(path.read_text()).body:
-      for n in node.body if isinstance(node, ast.If) else [node]:   # `if TYPE_CHECKING:` too
+      for n in node.body if isinstance(node, ast.If) else [node]:  # `if TYPE_CHECKING:` too
         if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("xmae_jax"):
           for alias in n.names:
             full = f"{n.module}.{alias.name}"
@@ -38,9 +39,10 @@ def _graph() -> dict[str, set[str]]:
 
 def test_no_import_points_up_the_layers():
   graph = _graph()
-  assert len(graph) > 100     # the walk found the package
-  up = sorted((m, t) for m, ts in graph.items() for t in ts
-              if m != "xmae_jax" and _layer(t) > _layer(m))
+  assert len(graph) > 100  # the walk found the package
+  up = sorted(
+      (m, t) for m, ts in graph.items() for t in ts if m != "xmae_jax" and _layer(t) > _layer(m)
+  )
   assert up == []
 
 
@@ -51,7 +53,7 @@ def test_no_import_circle():
     state[module] = "open"
     for target in sorted(graph[module]):
       if state.get(target) == "open":
-        circles.append(path[path.index(target):] + [target])
+        circles.append(path[path.index(target) :] + [target])
       elif target not in state:
         visit(target, path + [target])
     state[module] = "done"

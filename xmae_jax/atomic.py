@@ -6,6 +6,7 @@ version (or nothing) behind. On an object store (a gs:// URL) it is an object wr
 locally, uploaded whole. Imports nothing of the package at load time (`paths`, which builds on
 this module, when a write goes to a URL): every layer writes through it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ def atomic_path(path, *, suffix: str | None = None) -> Iterator[Path]:
   removed and `path` is left as it was.
   """
   from xmae_jax import paths  # paths builds on this module: imported at use
+
   if paths.is_remote(path):
     # An object store has no rename, and needs none: an object write is atomic by itself (the
     # object appears whole when its upload completes). So the content is staged in a local
@@ -58,4 +60,5 @@ def atomic_write(path, data: bytes | str):
     else:
       tmp.write_bytes(data)
   from xmae_jax import paths  # paths builds on this module: imported at use
+
   return paths.path(path)

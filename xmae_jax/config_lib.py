@@ -15,6 +15,7 @@ validated (`validate`) before anything runs, so a bad setting fails at once with
 saved config is taken as it ran. Problems raise `ConfigError` (an `XmaeError`) with one line
 naming the file, preset, key or value.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,7 +32,7 @@ from xmae_jax import config_rules
 from xmae_jax import errors
 from xmae_jax import paths
 
-CONFIG_FILE = "config.json"          # a workdir's (and an exported package's) saved config
+CONFIG_FILE = "config.json"  # a workdir's (and an exported package's) saved config
 # 100m, 300m, 1b: model-size presets for scaling studies on TPU slices (about 100M, 300M and 1B
 # parameters: wider and deeper paths), compiled ahead with `xmae-compile` (BENCHMARKS.md).
 PRESET_NAMES = ("paper", "demo", "tiny", "cpu", "100m", "300m", "1b")
@@ -40,10 +41,22 @@ SCALING_PRESETS = ("100m", "300m", "1b")
 # Per-preset values of the shared sections (every model trains on the same schedule per preset).
 COMMON_PRESETS = {
     # demo: the paper model for a short CPU run (README command 1); tiny: the tests' schedule
-    "demo": {"train.batch_size": 64, "train.num_steps": 150, "train.log_every": 10,
-             "train.eval_every": 50, "train.checkpoint_every": 50, "train.figure_every": 50},
-    "tiny": {"train.batch_size": 8, "train.num_steps": 20, "train.log_every": 5,
-             "train.eval_every": 10, "train.eval_batches": 2, "train.checkpoint_every": 10},
+    "demo": {
+        "train.batch_size": 64,
+        "train.num_steps": 150,
+        "train.log_every": 10,
+        "train.eval_every": 50,
+        "train.checkpoint_every": 50,
+        "train.figure_every": 50,
+    },
+    "tiny": {
+        "train.batch_size": 8,
+        "train.num_steps": 20,
+        "train.log_every": 5,
+        "train.eval_every": 10,
+        "train.eval_batches": 2,
+        "train.checkpoint_every": 10,
+    },
     # cpu: what a 2-core machine can pretrain on a small real corpus (PhysioNet/CinC 2015,
     # ~12k training windows) in under 30 minutes, with the model files' smaller `cpu` sizes.
     # Steps, not minutes, are the budget, so every model gets the same number of updates on the
@@ -53,15 +66,25 @@ COMMON_PRESETS = {
     # 1,000 steps (EVALUATION.md, real-data study), and 3e-4 at batch 64 is the setting under
     # which the simulator run learned beat timing. A 10% warm-up would spend 200 updates; 5% is
     # enough for AdamW at this size.
-    "cpu": {"train.batch_size": 64, "train.num_steps": 2000, "train.lr": 3e-4,
-            "train.warmup_frac": 0.05, "train.log_every": 25, "train.eval_every": 200,
-            "train.checkpoint_every": 200, "train.figure_every": 1000,
-            "data.min_quality_ppg": 0.8, "data.min_quality_ecg": 0.8},
+    "cpu": {
+        "train.batch_size": 64,
+        "train.num_steps": 2000,
+        "train.lr": 3e-4,
+        "train.warmup_frac": 0.05,
+        "train.log_every": 25,
+        "train.eval_every": 200,
+        "train.checkpoint_every": 200,
+        "train.figure_every": 1000,
+        "data.min_quality_ppg": 0.8,
+        "data.min_quality_ecg": 0.8,
+    },
     # The scaling presets train in bfloat16 (parameters stay float32) with every parameter under
     # the "fsdp" rule: on a mesh with an fsdp axis (`--config.mesh.axes` or xmae-compile's
     # --mesh) parameters and Adam moments are split over it; with fsdp 1 they stay whole.
-    **{name: {"train.compute_dtype": "bfloat16", "mesh.param_rules": ((".*", "fsdp"),)}
-       for name in SCALING_PRESETS},
+    **{
+        name: {"train.compute_dtype": "bfloat16", "mesh.param_rules": ((".*", "fsdp"),)}
+        for name in SCALING_PRESETS
+    },
 }
 
 
@@ -71,20 +94,21 @@ class ConfigError(errors.XmaeError):
 
 # --- The shared sections (paper values) -------------------------------------------------------
 
+
 def _data() -> mlc.ConfigDict:
   d = mlc.ConfigDict()
-  d.dir = ""                        # a dataset directory written by xmae-prepare (manifest.json)
-  d.sampling_rate = 100             # Hz; the reference trains at 100 Hz x 10 s
+  d.dir = ""  # a dataset directory written by xmae-prepare (manifest.json)
+  d.sampling_rate = 100  # Hz; the reference trains at 100 Hz x 10 s
   d.segment_length = 1000
-  d.min_quality_ppg = 0.9           # reference `qual_thre`: applied when reading, not preparing
+  d.min_quality_ppg = 0.9  # reference `qual_thre`: applied when reading, not preparing
   d.min_quality_ecg = 0.9
-  d.modalities = ("ppg", "ecg")     # records lacking one of these are dropped for paired models
+  d.modalities = ("ppg", "ecg")  # records lacking one of these are dropped for paired models
   d.shuffle_seed = 0
-  d.with_subject = False            # batches carry `subject` (needed by loss.positives="subject")
-  d.num_workers = 0                 # Grain worker processes per host (0 = in-process)
-  d.read_threads = 1                # ArrayRecord read threads per process
-  d.prefetch = 2                    # batches prefetched per process
-  d.normalize = "minmax"            # per-segment min-max to [-1, 1], as the reference
+  d.with_subject = False  # batches carry `subject` (needed by loss.positives="subject")
+  d.num_workers = 0  # Grain worker processes per host (0 = in-process)
+  d.read_threads = 1  # ArrayRecord read threads per process
+  d.prefetch = 2  # batches prefetched per process
+  d.normalize = "minmax"  # per-segment min-max to [-1, 1], as the reference
   d.augment = mlc.ConfigDict()
   # The reference enables these but, through an inverted condition, applies them only to
   # validation/test: it trains without augmentation, and so does every preset here by default.
@@ -96,24 +120,24 @@ def _data() -> mlc.ConfigDict:
   # amplitude x U(0.8, 1.2) (a no-op under min-max; kept for parity)
   d.augment.scale_prob = 0.5
   d.augment.scale_range = (0.8, 1.2)
-  d.augment.shift_prob = 0.5        # otherwise a shift of up to +-6 samples, edge-padded
+  d.augment.shift_prob = 0.5  # otherwise a shift of up to +-6 samples, edge-padded
   d.augment.max_shift = 6
-  d.augment.ecg_flip_prob = 0.5     # ECG polarity flip
+  d.augment.ecg_flip_prob = 0.5  # ECG polarity flip
   return d
 
 
 def _train() -> mlc.ConfigDict:
   t = mlc.ConfigDict()
-  t.batch_size = 512                 # global batch
-  t.num_steps = 0                    # 0: use num_epochs
-  t.num_epochs = 37                  # reference max_epochs
-  t.lr = 3e-4                        # AdamW, reference defaults
+  t.batch_size = 512  # global batch
+  t.num_steps = 0  # 0: use num_epochs
+  t.num_epochs = 37  # reference max_epochs
+  t.lr = 3e-4  # AdamW, reference defaults
   t.b1, t.b2 = 0.9, 0.95
-  t.weight_decay = 0.01              # on all parameters, as the reference
-  t.warmup_frac = 0.1                # linear warm-up over 10% of steps, then cosine to 0
-  t.grad_clip_norm = 0.0             # 0 = off (reference does not clip)
+  t.weight_decay = 0.01  # on all parameters, as the reference
+  t.warmup_frac = 0.1  # linear warm-up over 10% of steps, then cosine to 0
+  t.grad_clip_norm = 0.0  # 0 = off (reference does not clip)
   t.grad_accum_steps = 1
-  t.compute_dtype = "float32"        # or "bfloat16" (parameters stay float32)
+  t.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
   # How the train state crosses the jit boundary: "buffers" (parameters, statistics and Adam
   # moments as a few contiguous buffers: 7 leaves, ~0.02 ms of host time per step call),
   # "tree" (nested dicts, one leaf per array: 822 for the paper model), or "auto": buffers on
@@ -125,28 +149,28 @@ def _train() -> mlc.ConfigDict:
   # pretraining on other data. "" = from the initializer. The model settings must match.
   t.init_from = ""
   t.log_every = 20
-  t.eval_every = 0                   # 0: once per epoch
-  t.eval_batches = 0                 # 0: whole validation split
+  t.eval_every = 0  # 0: once per epoch
+  t.eval_batches = 0  # 0: whole validation split
   t.checkpoint_every = 2000
   t.keep_checkpoints = 3
-  t.early_stop_patience = 17         # evaluations without val improvement (reference: epochs)
-  t.figure_every = 0                 # 0 = every 3 evaluations
-  t.device_prefetch = 2              # global batches placed on the devices ahead of the step
-  t.profile_steps = ()               # (START, END): jax.profiler trace of steps START+1..END
-                                     # under WORKDIR/profile/ (TensorBoard/XProf); () = off
+  t.early_stop_patience = 17  # evaluations without val improvement (reference: epochs)
+  t.figure_every = 0  # 0 = every 3 evaluations
+  t.device_prefetch = 2  # global batches placed on the devices ahead of the step
+  t.profile_steps = ()  # (START, END): jax.profiler trace of steps START+1..END
+  # under WORKDIR/profile/ (TensorBoard/XProf); () = off
   # Weights & Biases beside TensorBoard (pip install xmae-jax[wandb]): off while project is "".
   # Offline (files under WORKDIR/wandb, `wandb sync` uploads them) unless WANDB_MODE is set.
   t.wandb = mlc.ConfigDict()
   t.wandb.project = ""
-  t.wandb.entity = ""                # "" = the account's default
-  t.wandb.name = ""                  # "" = the workdir's name
+  t.wandb.entity = ""  # "" = the account's default
+  t.wandb.name = ""  # "" = the workdir's name
   return t
 
 
 def _mesh() -> mlc.ConfigDict:
   m = mlc.ConfigDict()
-  m.axes = (("data", -1), ("fsdp", 1))   # -1: all remaining devices
-  m.batch_axes = ("data", "fsdp")        # the batch is split over both
+  m.axes = (("data", -1), ("fsdp", 1))  # -1: all remaining devices
+  m.batch_axes = ("data", "fsdp")  # the batch is split over both
   # Parameter placement as data: (regex on the '/'-joined parameter path, rule). Rules:
   # "replicate", or "fsdp" (shard the largest dimension divisible by the fsdp axis size).
   m.param_rules = ((".*", "replicate"),)
@@ -197,6 +221,7 @@ def _fill(node: mlc.ConfigDict, defaults: mlc.ConfigDict) -> None:
 
 # --- Building a config file's config ----------------------------------------------------------
 
+
 def _check_preset(preset: str) -> None:
   if preset not in PRESET_NAMES:
     raise ConfigError(f"unknown config preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
@@ -217,8 +242,9 @@ def parse_arg(arg: str | None, default_preset: str = "paper") -> tuple[str, dict
   return preset, extra
 
 
-def assemble(arg, *, model, masking, loss,
-             presets: Mapping[str, Mapping[str, Any]] | None = None) -> mlc.ConfigDict:
+def assemble(
+    arg, *, model, masking, loss, presets: Mapping[str, Mapping[str, Any]] | None = None
+) -> mlc.ConfigDict:
   """The body of every `get_config(arg)`: the shared sections plus the file's model, masking
   and loss (each a ConfigDict of paper values, or a function of the preset for sections copied
   from another file), then the file's `presets[preset]` and the argument's `key=value` pairs."""
@@ -229,13 +255,15 @@ def assemble(arg, *, model, masking, loss,
   return apply_overrides(apply_preset(c, preset, presets), extra)
 
 
-def apply_preset(config: mlc.ConfigDict, preset: str,
-                 presets: Mapping[str, Mapping[str, Any]] | None) -> mlc.ConfigDict:
+def apply_preset(
+    config: mlc.ConfigDict, preset: str, presets: Mapping[str, Mapping[str, Any]] | None
+) -> mlc.ConfigDict:
   """`presets[preset]` (a config file's block of changes from the paper values) on `config`."""
   unknown = sorted(set(presets or {}) - set(PRESET_NAMES))
   if unknown:
-    raise ConfigError(f"PRESETS names unknown preset {unknown[0]!r}; "
-                      f"choose from {', '.join(PRESET_NAMES)}")
+    raise ConfigError(
+        f"PRESETS names unknown preset {unknown[0]!r}; " f"choose from {', '.join(PRESET_NAMES)}"
+    )
   return apply_overrides(config, (presets or {}).get(preset, {}))
 
 
@@ -349,6 +377,7 @@ def flag_overrides(argv: Sequence[str], name: str = "config") -> tuple[list[str]
 
 # --- Loading ----------------------------------------------------------------------------------
 
+
 def config_dirs() -> list[Path]:
   """Where named configs live: the installed package's copy (setup.py ships configs/*.py as
   xmae_jax/configs), else the checkout's configs/ beside the package (also an editable install)."""
@@ -358,8 +387,9 @@ def config_dirs() -> list[Path]:
 
 def config_names() -> list[str]:
   """The names `--config NAME` accepts (e.g. xmae, m2ae)."""
-  return sorted({f.stem for d in config_dirs() for f in d.glob("*.py")
-                 if not f.name.startswith("_")})
+  return sorted(
+      {f.stem for d in config_dirs() for f in d.glob("*.py") if not f.name.startswith("_")}
+  )
 
 
 def packaged_config(name: str) -> Path | None:
@@ -432,11 +462,14 @@ def config_from_dict(d: dict) -> mlc.ConfigDict:
 
 def write_config(workdir, config) -> Path:
   """WORKDIR/config.json, written atomically; returns its path."""
-  return atomic.atomic_write(paths.path(workdir) / CONFIG_FILE,
-                             json.dumps(config_to_dict(config), indent=1, sort_keys=True))
+  return atomic.atomic_write(
+      paths.path(workdir) / CONFIG_FILE,
+      json.dumps(config_to_dict(config), indent=1, sort_keys=True),
+  )
 
 
 # --- Validation (the rules: config_rules) ---------------------------------------------------------
+
 
 def validate(config: mlc.ConfigDict) -> mlc.ConfigDict:
   """Raises ConfigError (one line naming the key and value) at the first setting out of range

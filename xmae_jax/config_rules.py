@@ -2,6 +2,7 @@
 keys. `config_lib.validate` raises the first problem found here as a ConfigError; the rules
 are data, so a new setting gets its range by one line in RULES.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -13,8 +14,12 @@ import ml_collections as mlc
 
 def _rule(test: Callable[[Any], bool], text: str):
   """(check, message): a finite number (not a bool) for which `test` holds."""
-  return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-          and math.isfinite(v) and test(v)), text
+  return (
+      lambda v: isinstance(v, (int, float))
+      and not isinstance(v, bool)
+      and math.isfinite(v)
+      and test(v)
+  ), text
 
 
 _POSITIVE = _rule(lambda v: v > 0, "must be > 0")
@@ -25,11 +30,15 @@ _OPEN_FRACTION = _rule(lambda v: 0 < v < 1, "must be in (0, 1)")
 _PROBABILITY = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")
 # The step counter lives on the device as an int32: a longer run would overflow it.
 MAX_STEPS = 2**31 - 1
-_STEP_COUNT = _rule(lambda v: 0 <= v <= MAX_STEPS,
-                    f"must be in [0, {MAX_STEPS}] (the step counter is a 32-bit integer)")
+_STEP_COUNT = _rule(
+    lambda v: 0 <= v <= MAX_STEPS,
+    f"must be in [0, {MAX_STEPS}] (the step counter is a 32-bit integer)",
+)
 # W&B refuses these in project and entity names (and names over 128 characters).
-_WANDB_NAME = (lambda v: isinstance(v, str) and len(v) <= 128 and not set(v) & set("/\\#?%:"),
-               "must be text of at most 128 characters without / \\ # ? % :")
+_WANDB_NAME = (
+    lambda v: isinstance(v, str) and len(v) <= 128 and not set(v) & set("/\\#?%:"),
+    "must be text of at most 128 characters without / \\ # ? % :",
+)
 
 # (glob over dotted keys, check): each applies where the key exists (sections differ per model).
 # Each is a value that would otherwise train silently wrong (a negative loss weight maximizes
@@ -75,8 +84,10 @@ RULES = (
     ("data.read_threads", _AT_LEAST_ONE),
     ("data.prefetch", _NON_NEGATIVE),
     ("data.augment.*_prob", _PROBABILITY),
-    ("train.state_layout",
-     (lambda v: v in ("auto", "buffers", "tree"), "expected auto, buffers or tree")),
+    (
+        "train.state_layout",
+        (lambda v: v in ("auto", "buffers", "tree"), "expected auto, buffers or tree"),
+    ),
     ("data.augment.max_shift", _NON_NEGATIVE),
     ("data.augment.scale_range.*", _POSITIVE),
     ("train.wandb.project", _WANDB_NAME),
@@ -111,8 +122,10 @@ def first_problem(config: mlc.ConfigDict) -> str | None:
   for modality in ("ecg", "ppg"):
     ratio, weight = f"masking.ratio_{modality}", f"loss.w_{modality}"
     if ratio in values and values.get(weight, 0) > 0 and values[ratio] == 0:
-      return (f"config {ratio}=0 with {weight}={values[weight]!r}: nothing of "
-              f"{modality.upper()} is masked, so its reconstruction loss is empty")
+      return (
+          f"config {ratio}=0 with {weight}={values[weight]!r}: nothing of "
+          f"{modality.upper()} is masked, so its reconstruction loss is empty"
+      )
   problem = _profile_steps_problem(config)
   if problem:
     return problem
@@ -132,8 +145,10 @@ def _profile_steps_problem(config: mlc.ConfigDict) -> str | None:
   text = f"config train.profile_steps={tuple(window)!r}: "
   ints = all(isinstance(v, int) and not isinstance(v, bool) for v in window)
   if len(window) != 2 or not ints or not 0 <= window[0] < window[1]:
-    return (text + "expected () (off) or (START, END) with 0 <= START < END "
-            "(traces steps START+1..END)")
+    return (
+        text + "expected () (off) or (START, END) with 0 <= START < END "
+        "(traces steps START+1..END)"
+    )
   num_steps = train.get("num_steps") or 0
   if num_steps and window[1] > num_steps:
     return text + f"END is past the run's last step (train.num_steps={num_steps})"

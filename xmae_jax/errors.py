@@ -9,6 +9,7 @@ caller tells the cases apart.
 errors, also when a library wrapped the OSError; `check_writable` tries a destination before
 any work is done.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,11 +31,18 @@ class XmaeError(ValueError):
 # What the user reads for each errno of a destination that cannot take a write (a full disk, a
 # read-only mount); libraries that wrap the OSError in their own error (TensorStore, under
 # Orbax) keep the system's text, which the patterns below recognise.
-STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-                  errno.EPERM: "operation not permitted"}
-_STORAGE_TEXTS = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT,
-                  "read-only file system": errno.EROFS}
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_STORAGE_TEXTS = {
+    "no space left on device": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "read-only file system": errno.EROFS,
+}
 
 
 def storage_reason(e: BaseException) -> str | None:
@@ -79,7 +87,7 @@ def check_writable(directory, what: str = "output folder", *, create: bool = Tru
     os.unlink(probe)
   except OSError as e:
     if created:
-      with contextlib.suppress(OSError):   # the empty folder this attempt made
+      with contextlib.suppress(OSError):  # the empty folder this attempt made
         directory.rmdir()
     reason = STORAGE_ERRNOS.get(e.errno) or e.strerror or type(e).__name__
     raise XmaeError(f"{what} {directory} is not writable ({reason})") from None

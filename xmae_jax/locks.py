@@ -17,6 +17,7 @@ once one wins), refreshed by its holder every HEARTBEAT_S seconds and deleted on
 holder that died without releasing leaves it behind; a lock not refreshed for STALE_S seconds,
 or one left by a dead process of this host, is taken over (with a warning).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -80,13 +81,14 @@ def try_lock(path) -> int | None:
       return None
     # A file system without locks (some FUSE mounts): run unguarded rather than not at all.
     logging.getLogger(__name__).warning(
-        "%s: cannot lock (%s); two runs on this folder would not be told apart", path,
-        e.strerror)
+        "%s: cannot lock (%s); two runs on this folder would not be told apart", path, e.strerror
+    )
     return -1
   since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
   os.ftruncate(fd, 0)
-  os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                            "since": since}).encode(), 0)
+  os.pwrite(
+      fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode(), 0
+  )
   return fd
 
 
@@ -95,8 +97,9 @@ def refusal(folder, path, what: str, advice: str) -> str:
   return f"{what} {folder} is in use by {holder(path)}: {advice}"
 
 
-def acquire(path, *, folder=None, what: str = "folder",
-            advice: str = "wait for that run to end") -> FolderLock:
+def acquire(
+    path, *, folder=None, what: str = "folder", advice: str = "wait for that run to end"
+) -> FolderLock:
   """Takes the lock file `path` or raises FolderBusyError naming the holder and `folder` (the
   folder it guards; default the lock file's own)."""
   path = Path(path)
@@ -118,8 +121,9 @@ def _now() -> float:
 
 
 def _owner_bytes(since: str) -> bytes:
-  return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since,
-                     "heartbeat": _now()}).encode()
+  return json.dumps(
+      {"pid": os.getpid(), "host": socket.gethostname(), "since": since, "heartbeat": _now()}
+  ).encode()
 
 
 def _pid_alive(pid) -> bool:
@@ -159,14 +163,14 @@ class ObjectLock(FolderLock):
   def _heartbeat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
-        stamp = self._store.write("", _owner_bytes(self._since),
-                                  if_equal=self._generation).result()
+        stamp = self._store.write("", _owner_bytes(self._since), if_equal=self._generation).result()
       except Exception as e:  # pylint: disable=broad-except  # the storage is away: try again
         logging.getLogger(__name__).warning("%s: cannot refresh the lock (%s)", self.path, e)
         continue
-      if not stamp.generation:   # another run took the lock over: it thought this one dead
-        logging.getLogger(__name__).warning("%s: the lock was taken over by %s", self.path,
-                                            holder(self.path))
+      if not stamp.generation:  # another run took the lock over: it thought this one dead
+        logging.getLogger(__name__).warning(
+            "%s: the lock was taken over by %s", self.path, holder(self.path)
+        )
         return
       self._generation = stamp.generation
 
@@ -189,17 +193,19 @@ def try_lock_object(path) -> ObjectLock | None:
   absent, or replaced only if it is still the abandoned version that was read.
   """
   import tensorstore as ts  # Orbax's storage layer: it honours TENSORSTORE_GCS_HTTP_URL
+
   store = ts.KvStore.open(paths.text(path)).result()
   current = store.read("").result()
   if current.state == "value":
     why = _abandoned(current.value)
     if why is None:
       return None
-    logging.getLogger(__name__).warning("%s: taking over an abandoned lock (%s; it was %s)",
-                                        path, why, holder(path))
+    logging.getLogger(__name__).warning(
+        "%s: taking over an abandoned lock (%s; it was %s)", path, why, holder(path)
+    )
   since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
   stamp = store.write("", _owner_bytes(since), if_equal=current.stamp.generation).result()
-  if not stamp.generation:   # another run wrote the lock between the read and this write
+  if not stamp.generation:  # another run wrote the lock between the read and this write
     return None
   return ObjectLock(path, store, stamp.generation, since)
 

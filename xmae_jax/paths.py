@@ -20,6 +20,7 @@ credentials or an endpoint that cannot be reached is one line naming the path.
 
 Imports only `errors` and `atomic` (whose atomic write imports this module when it runs).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,6 +59,7 @@ def path(p) -> AnyPath:
   """`p` as a path object: epath.Path for a URL, pathlib.Path for anything else."""
   if is_remote(p):
     from etils import epath  # imported on first use: only remote paths need it
+
     return p if isinstance(p, epath.Path) else epath.Path(os.fspath(p))
   return pathlib.Path(p)
 
@@ -81,6 +83,7 @@ def size(p) -> int:
 
 # ---- checking a remote path before the work -------------------------------------------------
 
+
 def _reason(e: BaseException) -> str:
   """The first line of what the storage client said, without its traceback."""
   line = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -97,7 +100,7 @@ def check_remote(p, what: str, *, write: bool) -> None:
   if not is_remote(p):
     return
   target = path(p)
-  client_log = logging.getLogger("gcsfs")   # its retries log tracebacks; the one line says it
+  client_log = logging.getLogger("gcsfs")  # its retries log tracebacks; the one line says it
   level = client_log.level
   client_log.setLevel(logging.CRITICAL)
   try:
@@ -108,8 +111,10 @@ def check_remote(p, what: str, *, write: bool) -> None:
     elif not target.is_dir():
       raise FileNotFoundError("no such folder")
   except ImportError:
-    raise StorageError(f"{what} {text(p)}: reading {text(p).split('://')[0]}:// needs gcsfs "
-                       "(pip install 'xmae-jax[gcs]')") from None
+    raise StorageError(
+        f"{what} {text(p)}: reading {text(p).split('://')[0]}:// needs gcsfs "
+        "(pip install 'xmae-jax[gcs]')"
+    ) from None
   except Exception as e:  # pylint: disable=broad-except  # gcsfs/aiohttp/auth raise many types
     verb = "written" if write else "read"
     raise StorageError(f"{what} {text(p)} cannot be {verb} ({_reason(e)})") from None
@@ -127,6 +132,7 @@ def check_writable(p, what: str = "output folder", *, create: bool = True):
 
 
 # ---- moving whole files and folders ----------------------------------------------------------
+
 
 def upload(local, remote) -> None:
   """Copies the local file or folder `local` to the URL `remote`, one object write per file."""
@@ -195,7 +201,7 @@ def local_mirror(p, what: str) -> pathlib.Path:
   check_remote(p, what, write=False)
   url = text(p).rstrip("/")
   local = cache_folder(url, "mirror")
-  record = local.with_name(local.name + ".json")   # what each local file was copied from
+  record = local.with_name(local.name + ".json")  # what each local file was copied from
   try:
     known = json.loads(record.read_text()) if record.is_file() else {}
   except ValueError:

@@ -10,6 +10,7 @@ once, whose one error line should stand alone) prints no progress at all.
 
 This module is at the bottom of the package (stdlib and tqdm only), so every layer can use it.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def is_terminal(stream: TextIO) -> bool:
   isatty = getattr(stream, "isatty", None)
   try:
     return bool(isatty and isatty())
-  except ValueError:   # a closed stream
+  except ValueError:  # a closed stream
     return False
 
 
@@ -34,17 +35,30 @@ def _duration(seconds: float) -> str:
   seconds = int(max(0, seconds))
   if seconds < 60:
     return f"{seconds} s"
-  return f"{seconds // 60} min {seconds % 60:02d} s" if seconds < 3600 else (
-      f"{seconds // 3600} h {seconds // 60 % 60:02d} min")
+  return (
+      f"{seconds // 60} min {seconds % 60:02d} s"
+      if seconds < 3600
+      else (f"{seconds // 3600} h {seconds // 60 % 60:02d} min")
+  )
 
 
 class LineProgress:
   """tqdm's interface (update, set_postfix_str, close, iteration, `with`) as plain lines."""
 
-  def __init__(self, iterable: Iterable | None = None, *, total: int | None = None,
-               desc: str = "", unit: str = "it", file: TextIO | None = None,
-               initial: int = 0, every_percent: float = 10.0, every_s: float = 30.0,
-               delay_s: float = 0.0, clock=time.monotonic):
+  def __init__(
+      self,
+      iterable: Iterable | None = None,
+      *,
+      total: int | None = None,
+      desc: str = "",
+      unit: str = "it",
+      file: TextIO | None = None,
+      initial: int = 0,
+      every_percent: float = 10.0,
+      every_s: float = 30.0,
+      delay_s: float = 0.0,
+      clock=time.monotonic,
+  ):
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
       total = len(iterable)
     self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -84,14 +98,17 @@ class LineProgress:
     self.n += n
     percent = self._percent()
     if percent is not None and percent >= 100:
-      return                   # the final line is close()'s
+      return  # the final line is close()'s
     if not self._visible:
       if self.clock() - self._t0 >= self.delay_s:
         self._visible = True
         self._write()
       return
-    crossed = (percent is not None and self._last_percent is not None
-               and percent // self.every_percent > self._last_percent // self.every_percent)
+    crossed = (
+        percent is not None
+        and self._last_percent is not None
+        and percent // self.every_percent > self._last_percent // self.every_percent
+    )
     if crossed or self.clock() - self._last_t >= self.every_s:
       self._write()
 
@@ -131,6 +148,7 @@ class LineProgress:
 
 
 class _Silent(LineProgress):
+
   def _write(self) -> None:
     pass
 
@@ -138,9 +156,18 @@ class _Silent(LineProgress):
     pass
 
 
-def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-        unit: str = "it", file: TextIO | None = None, disable: bool = False, initial: int = 0,
-        delay_s: float = 2.0, **line_options: Any):
+def bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    file: TextIO | None = None,
+    disable: bool = False,
+    initial: int = 0,
+    delay_s: float = 2.0,
+    **line_options: Any,
+):
   """A progress bar for `desc` (e.g. the tool's name and the stage): tqdm on a terminal,
   LineProgress otherwise (`line_options`: every_percent, every_s), silent when `disable` or
   XMAE_PROGRESS=0, and for the first `delay_s` seconds. Use it as tqdm: wrap an iterable, or
@@ -151,10 +178,27 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     return _Silent(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial)
   if is_terminal(file) and mode != "lines":
     from tqdm import tqdm
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial,
-                dynamic_ncols=True, delay=delay_s)
-  return LineProgress(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial,
-                      delay_s=delay_s, **line_options)
+
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=file,
+        initial=initial,
+        dynamic_ncols=True,
+        delay=delay_s,
+    )
+  return LineProgress(
+      iterable,
+      total=total,
+      desc=desc,
+      unit=unit,
+      file=file,
+      initial=initial,
+      delay_s=delay_s,
+      **line_options,
+  )
 
 
 def message(text: str, file: TextIO | None = None) -> None:

@@ -1,6 +1,7 @@
 """`bench train` reports what the compiled step says: FLOPs from its cost analysis, a throughput
 that follows from the step times, the host overhead of a no-op with the step's signature on the
 step's state (a few buffers) and on nested dicts, and one valid JSON line."""
+
 import io
 import json
 from pathlib import Path
@@ -16,15 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_bench():
   config = train_bench.load_config(str(REPO / "configs" / "xmae.py") + ":tiny")
-  bench = train_bench.build_step(config, batch_size=4, flat=True)   # buffers (CPU's auto: tree)
+  bench = train_bench.build_step(config, batch_size=4, flat=True)  # buffers (CPU's auto: tree)
   times = bench.run(3)
   return bench, times
 
 
 def test_record_flops_and_throughput_follow_the_compiled_step(tiny_bench):
   bench, times = tiny_bench
-  record = train_bench.summarize(bench, times, 1e9, dtype="float32", warmup=0,
-                                 device_kind="cpu")
+  record = train_bench.summarize(bench, times, 1e9, dtype="float32", warmup=0, device_kind="cpu")
   cost = bench.compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   assert record["flops_per_step"] == pytest.approx(float(cost["flops"]) * bench.mesh.size)
@@ -32,7 +32,8 @@ def test_record_flops_and_throughput_follow_the_compiled_step(tiny_bench):
   assert record["step_time_median_s"] == pytest.approx(common.median(times))
   assert record["segments_per_s"] == pytest.approx(4 / record["step_time_median_s"])
   assert record["achieved_flops_per_s"] == pytest.approx(
-      record["flops_per_step"] / record["step_time_median_s"])
+      record["flops_per_step"] / record["step_time_median_s"]
+  )
   assert record["mfu"] == pytest.approx(record["achieved_flops_per_s"] / 1e9)
   assert len(bench.cpu_times) == len(times) == 3
   # Donated state: the step keeps running on its own outputs without recompiling.
@@ -42,8 +43,10 @@ def test_record_flops_and_throughput_follow_the_compiled_step(tiny_bench):
 def test_record_is_one_json_line(tiny_bench):
   bench, times = tiny_bench
   stream = io.StringIO()
-  common.emit(train_bench.summarize(bench, times, None, dtype="float32", warmup=0,
-                                    device_kind="cpu"), stream)
+  common.emit(
+      train_bench.summarize(bench, times, None, dtype="float32", warmup=0, device_kind="cpu"),
+      stream,
+  )
   lines = stream.getvalue().splitlines()
   assert len(lines) == 1
   parsed = json.loads(lines[0])

@@ -1,5 +1,6 @@
 """Every console script of setup.py answers --help (its flags, with defaults) and --version with
 exit status 0; deprecated flag spellings still work."""
+
 import ast
 import importlib
 import os
@@ -17,8 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _setup_call() -> ast.Call:
   tree = ast.parse((REPO / "setup.py").read_text())
-  return next(n for n in ast.walk(tree)
-              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup")
+  return next(
+      n
+      for n in ast.walk(tree)
+      if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup"
+  )
 
 
 def entry_points() -> dict[str, str]:
@@ -78,7 +82,7 @@ def test_help_lists_flags_with_defaults(name, capsys):
   assert name in out and "--version" in out
   for flag in EXPECTED_FLAGS[name]:
     assert flag in out, (name, flag)
-  if name != "xmae-import-torch":   # its three flags are all required
+  if name != "xmae-import-torch":  # its three flags are all required
     assert "(default: " in out
 
 
@@ -92,19 +96,25 @@ def test_version(name, capsys):
 def test_train_help_in_its_own_process():
   """absl's own --help lists nothing and exits 1: the real console path answers 0 with flags."""
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_train", "--help"],
-                        capture_output=True, text=True, env=env, timeout=120)
+  proc = subprocess.run(
+      [sys.executable, "-m", "xmae_jax.cli.xmae_train", "--help"],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "--workdir" in proc.stdout and "(default: True)" in proc.stdout
 
 
 def test_defaults_shown_and_deprecated_spelling_hidden_but_accepted(capsys):
   from xmae_jax.cli import xmae_prepare
+
   parser = xmae_prepare.build_parser()
   text = parser.format_help()
   assert "--require-modalities {" in text and "(default: both)" in text
-  assert "--workers WORKERS     (default: " in text          # a flag without help text
-  assert "--modalities {" not in text                        # the old spelling: named only
+  assert "--workers WORKERS     (default: " in text  # a flag without help text
+  assert "--modalities {" not in text  # the old spelling: named only
   assert "formerly --modalities: still accepted" in " ".join(text.split())
   args = parser.parse_args(["--modalities", "ppg"])
   assert args.modalities == "ppg"
@@ -118,4 +128,4 @@ def test_usage_errors_stay_one_line(capsys):
   p.add_argument("--n", type=int, default=1)
   with pytest.raises(common.UsageError, match="invalid int value"):
     p.parse_args(["--n", "x"])
-  assert "xmae-x --n 3" in p.format_help()   # the docstring's examples follow the flags
+  assert "xmae-x --n 3" in p.format_help()  # the docstring's examples follow the flags

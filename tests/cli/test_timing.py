@@ -1,6 +1,7 @@
 """xmae-timing end to end on a dataset written here: two randomly initialized encoders of one
 architecture and seed (so the same embeddings), PTT and HR probed on identical folds, the
 report printed and written; --reuse-embeddings and --no-controls; a bad baseline is one line."""
+
 import json
 from pathlib import Path
 
@@ -26,17 +27,39 @@ def dataset(tmp_path_factory):
     for k in range(3):
       ppg = np.sin(2 * np.pi * hr / 60 * t + rng.uniform(0, 6)) ** 3 + 0.05 * rng.normal(size=1000)
       ppg = 2 * (ppg - ppg.min()) / np.ptp(ppg) - 1
-      records.append(record_lib.Record(
-          subject_id=f"s{s:02d}", segment_id=f"s{s:02d}/{k}", source="test", ppg=ppg,
-          ecg=ppg[::-1].copy(), quality_ppg=0.95, quality_ecg=0.95,
-          meta={"hr": hr, "ptt_ms": ptt + rng.normal(0, 3)}))
+      records.append(
+          record_lib.Record(
+              subject_id=f"s{s:02d}",
+              segment_id=f"s{s:02d}/{k}",
+              source="test",
+              ppg=ppg,
+              ecg=ppg[::-1].copy(),
+              quality_ppg=0.95,
+              quality_ecg=0.95,
+              meta={"hr": hr, "ptt_ms": ptt + rng.normal(0, 3)},
+          )
+      )
   return datasets.write_dataset(tmp_path_factory.mktemp("data"), {"test": records})
 
 
 def _run(dataset, out, *extra):
-  return xmae_timing.main(["--data", str(dataset), "--output-dir", str(out),
-                           "--random", f"a={RANDOM}", "--random", f"b={RANDOM}",
-                           "--folds", "3", "--bootstrap", "20", *extra])
+  return xmae_timing.main(
+      [
+          "--data",
+          str(dataset),
+          "--output-dir",
+          str(out),
+          "--random",
+          f"a={RANDOM}",
+          "--random",
+          f"b={RANDOM}",
+          "--folds",
+          "3",
+          "--bootstrap",
+          "20",
+          *extra,
+      ]
+  )
 
 
 def test_report_is_printed_and_written_for_every_encoder_and_task(dataset, tmp_path, capsys):
@@ -55,7 +78,7 @@ def test_report_is_printed_and_written_for_every_encoder_and_task(dataset, tmp_p
     assert by[("a", task)]["metrics"] == by[("b", task)]["metrics"]
     assert by[("a", task)]["n_segments"] == 30 and by[("a", task)]["n_subjects"] == 10
   assert {(c["encoder"], c["task"]) for c in report["controls"]} == set(by)
-  (d_ptt, d_hr) = sorted(report["differences"], key=lambda d: d["task"] != "ptt")
+  d_ptt, d_hr = sorted(report["differences"], key=lambda d: d["task"] != "ptt")
   assert (d_ptt["encoder"], d_ptt["task"], d_hr["task"]) == ("b", "ptt", "hr")
   assert d_ptt["difference"]["r2"]["value"] == 0.0
   assert (out / "timing.png").stat().st_size > 1000

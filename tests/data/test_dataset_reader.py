@@ -1,5 +1,6 @@
 """dataset_reader.py: the one walk over a dataset directory's records, and the fixed evaluation
 batches."""
+
 import shutil
 
 import numpy as np
@@ -37,8 +38,12 @@ def test_iter_records_applies_the_pipeline_selection(dataset):
   quality = {"ppg": 0.9, "ecg": 0.9}
   _, index = shards.split_paths(d, "train")
   want = dataset_reader.select_records(index, ("ppg", "ecg"), quality)
-  got = [p for p, r in dataset_reader.iter_records(str(d), "train", modalities=("ppg", "ecg"),
-                                           min_quality=quality)]
+  got = [
+      p
+      for p, r in dataset_reader.iter_records(
+          str(d), "train", modalities=("ppg", "ecg"), min_quality=quality
+      )
+  ]
   assert got == want.tolist() and 0 < len(got) < N_TRAIN
 
 
@@ -51,11 +56,12 @@ def _cfg(d):
 
 def test_eval_dataset_reads_once_and_yields_the_same_batches(dataset, monkeypatch):
   d, _ = dataset
-  kw = dict(global_batch_size=4, split="validation", process_index=0, process_count=1,
-            with_index=True)
+  kw = dict(
+      global_batch_size=4, split="validation", process_index=0, process_count=1, with_index=True
+  )
   evals = pipeline.make_eval_dataset(_cfg(d), **kw)
-  assert len(evals) == 3                                  # 10 paired records, B = 4
-  partial = next(iter(evals))                             # an abandoned pass keeps what it read
+  assert len(evals) == 3  # 10 paired records, B = 4
+  partial = next(iter(evals))  # an abandoned pass keeps what it read
   first = list(evals)
   once = list(pipeline.make_eval_iterator(_cfg(d), **kw))
   for a, b in zip(first, once, strict=True):
@@ -65,12 +71,14 @@ def test_eval_dataset_reads_once_and_yields_the_same_batches(dataset, monkeypatc
 
   def no_reads(*args, **kwargs):
     raise AssertionError("read again")
+
   monkeypatch.setattr(dataset_reader.ShardReader, "read", no_reads)
   second = list(evals)
-  assert all(x is y for a, b in zip(first, second, strict=True) for x, y in
-             zip(a.values(), b.values()))
+  assert all(
+      x is y for a, b in zip(first, second, strict=True) for x, y in zip(a.values(), b.values())
+  )
   with pytest.raises(ValueError):
-    second[0]["ppg"][0, 0] = 5.0                          # kept batches are read-only
+    second[0]["ppg"][0, 0] = 5.0  # kept batches are read-only
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty"])
@@ -79,8 +87,9 @@ def test_unreadable_index_is_one_line_naming_the_file(dataset, tmp_path, damage)
   shutil.copytree(dataset[0], d)
   index = d / "train-index.npz"
   data = index.read_bytes()
-  index.write_bytes(data[:len(data) // 2] if damage == "truncate" else b"")
+  index.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
   with pytest.raises(shards.DatasetError, match="train-index.npz") as e:
-    pipeline.make_train_iterator(_cfg(d), global_batch_size=4, seed=0, process_index=0,
-                                 process_count=1)
+    pipeline.make_train_iterator(
+        _cfg(d), global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
   assert "\n" not in str(e.value) and isinstance(e.value, errors.XmaeError)

@@ -1,6 +1,7 @@
 """The EDF/EDF+ reader on files written here with pyedflib: channel selection by label, each
 channel at its own rate (ECG 256 Hz, PPG 128 Hz) resampled by the preprocessing, through
 `xmae-prepare --source edf`; unusable files are one line naming them."""
+
 import json
 
 import numpy as np
@@ -23,6 +24,7 @@ ECG_FS, PPG_FS = 256, 128
 def waves():
   """(ecg at 256 Hz, ppg at 128 Hz, eeg-like noise at 128 Hz) of one heart rate (70 bpm)."""
   import neurokit2 as nk
+
   ecg = nk.ecg_simulate(duration=SECONDS, sampling_rate=ECG_FS, heart_rate=70, random_state=1)
   ppg = nk.ppg_simulate(duration=SECONDS, sampling_rate=PPG_FS, heart_rate=70, random_state=1)
   eeg = np.random.default_rng(0).normal(0, 20, SECONDS * PPG_FS)
@@ -32,11 +34,15 @@ def waves():
 def write_edf(path, channels, patient="X"):
   """An EDF+ file of {label: (samples, fs)}."""
   from pyedflib import highlevel
+
   headers, data = [], []
   for label, (x, fs) in channels.items():
-    lo, hi = float(np.floor(np.min(x))) - 1, float(np.ceil(np.max(x))) + 1   # 8 characters
-    headers.append(highlevel.make_signal_header(label, dimension="uV", sample_frequency=fs,
-                                                physical_min=lo, physical_max=hi))
+    lo, hi = float(np.floor(np.min(x))) - 1, float(np.ceil(np.max(x))) + 1  # 8 characters
+    headers.append(
+        highlevel.make_signal_header(
+            label, dimension="uV", sample_frequency=fs, physical_min=lo, physical_max=hi
+        )
+    )
     data.append(np.asarray(x, np.float64))
   header = highlevel.make_header(patientcode=patient)
   assert highlevel.write_edf(str(path), data, headers, header)
@@ -45,8 +51,11 @@ def write_edf(path, channels, patient="X"):
 
 def test_channels_by_name_at_their_own_rates(tmp_path, waves):
   ecg, ppg, eeg = waves
-  path = write_edf(tmp_path / "night1.edf", {"EEG Fpz-Cz": (eeg, PPG_FS), " ecg ": (ecg, ECG_FS),
-                                             "Pleth": (ppg, PPG_FS)}, patient="P07")
+  path = write_edf(
+      tmp_path / "night1.edf",
+      {"EEG Fpz-Cz": (eeg, PPG_FS), " ecg ": (ecg, ECG_FS), "Pleth": (ppg, PPG_FS)},
+      patient="P07",
+  )
   (rec,) = edf.read(str(path), {})
   assert isinstance(rec, Recording) and rec.subject_id == "night1" and rec.name == "night1"
   assert {m: fs for m, (_, fs) in rec.signals.items()} == {"ecg": ECG_FS, "ppg": PPG_FS}
@@ -66,19 +75,41 @@ def test_prepare_source_edf_end_to_end(tmp_path, waves):
   folder = tmp_path / "edf"
   folder.mkdir()
   for k in range(2):
-    write_edf(folder / f"rec{k}.edf", {"ECG II": (ecg, ECG_FS), "Finger PPG": (ppg, PPG_FS),
-                                       "EEG": (eeg, PPG_FS)})
+    write_edf(
+        folder / f"rec{k}.edf",
+        {"ECG II": (ecg, ECG_FS), "Finger PPG": (ppg, PPG_FS), "EEG": (eeg, PPG_FS)},
+    )
   (folder / "notes.txt").write_text("not a recording")
   out = tmp_path / "ds"
-  assert cli.main(["--source", "edf", "--input", str(folder), "--output", str(out),
-                   "--edf-ppg-names", "finger ppg", "--workers", "1", "--no-progress",
-                   "--test-frac", "0", "--val-frac", "0"]) == 0
+  assert (
+      cli.main(
+          [
+              "--source",
+              "edf",
+              "--input",
+              str(folder),
+              "--output",
+              str(out),
+              "--edf-ppg-names",
+              "finger ppg",
+              "--workers",
+              "1",
+              "--no-progress",
+              "--test-frac",
+              "0",
+              "--val-frac",
+              "0",
+          ]
+      )
+      == 0
+  )
   report = json.loads((out / "report.json").read_text())
   assert report["files_read"] == 2 and report["segments_kept"] == 2 * (SECONDS // 10)
-  records = [r for _, r in dataset_reader.iter_records(str(out), "train",
-                                                       modalities=("ppg", "ecg"))]
+  records = [
+      r for _, r in dataset_reader.iter_records(str(out), "train", modalities=("ppg", "ecg"))
+  ]
   assert len(records) == 6 and {r.subject_id for r in records} == {"rec0", "rec1"}
-  for r in records:   # both resampled to the 100 Hz contract, 10-s windows
+  for r in records:  # both resampled to the 100 Hz contract, 10-s windows
     assert r.ppg.shape == r.ecg.shape == (1000,)
     assert r.meta["ppg_channel"] == "Finger PPG"
   manifest = json.loads((out / "manifest.json").read_text())
@@ -88,8 +119,10 @@ def test_prepare_source_edf_end_to_end(tmp_path, waves):
 def test_unusable_edf_inputs_are_one_line(tmp_path, waves, capsys):
   ecg, _, eeg = waves
   write_edf(tmp_path / "eeg_only.edf", {"EEG": (eeg, PPG_FS)})
-  with pytest.raises(SourceError, match=r"missing channel: .*eeg_only.edf: no ECG or PPG channel "
-                                        r"\(channels: EEG;"):
+  with pytest.raises(
+      SourceError,
+      match=r"missing channel: .*eeg_only.edf: no ECG or PPG channel " r"\(channels: EEG;",
+  ):
     list(edf.read(str(tmp_path / "eeg_only.edf"), {}))
   (tmp_path / "broken.edf").write_bytes(b"0       not an edf header")
   with pytest.raises(SourceError, match="unreadable: .*broken.edf"):
@@ -97,8 +130,20 @@ def test_unusable_edf_inputs_are_one_line(tmp_path, waves, capsys):
   (tmp_path / "empty").mkdir()
   with pytest.raises(SourceError, match="empty input: no .edf or .bdf files"):
     edf.list_inputs(str(tmp_path / "empty"), {})
-  assert cli.main(["--source", "edf", "--input", str(tmp_path / "eeg_only.edf"), "--output",
-                   str(tmp_path / "ds"), "--no-progress"]) == 1
+  assert (
+      cli.main(
+          [
+              "--source",
+              "edf",
+              "--input",
+              str(tmp_path / "eeg_only.edf"),
+              "--output",
+              str(tmp_path / "ds"),
+              "--no-progress",
+          ]
+      )
+      == 1
+  )
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and "eeg_only.edf" in err and "no ECG or PPG channel" in err
   assert sources.get("edf") is edf
@@ -107,12 +152,17 @@ def test_unusable_edf_inputs_are_one_line(tmp_path, waves, capsys):
 def test_xmae_embed_reads_an_edf_file_with_labels(tmp_path, waves):
   from xmae_jax.evaluation import embed as embed_lib
   from xmae_jax.evaluation import encoder as encoder_lib
+
   ecg, ppg, _ = waves
   path = write_edf(tmp_path / "night.edf", {"ECG": (ecg, ECG_FS), "PPG": (ppg, PPG_FS)})
   (tmp_path / "labels.csv").write_text("record,apnea\nnight,1\n")
   assert embed_lib.detect_source(path) == "edf"
-  segs = embed_lib.read_segments(path, ("ppg", "ecg"), contract=encoder_lib.Contract(),
-                                 options={"labels": str(tmp_path / "labels.csv")})
+  segs = embed_lib.read_segments(
+      path,
+      ("ppg", "ecg"),
+      contract=encoder_lib.Contract(),
+      options={"labels": str(tmp_path / "labels.csv")},
+  )
   assert len(segs) == SECONDS // 10 and segs.signals["ppg"].shape == (3, 1000)
   assert [m["start_s"] for m in segs.meta] == [0.0, 10.0, 20.0]
   assert all(lab == {"apnea": 1} for lab in segs.labels)

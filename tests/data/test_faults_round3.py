@@ -1,6 +1,7 @@
 """Injected faults of the third reliability pass on the data side (issue 21: items 7, 8, 9, 11,
 12, 15, 18, 20): each ends in one line naming the file or value (`xmae-prepare: error: ...`)
 or gives the correct result."""
+
 import json
 import os
 import shutil
@@ -33,9 +34,16 @@ FS = 125
 
 def _synthetic(out, **kw):
   kw.setdefault("seed", 77)
-  return prep.prepare_dataset("synthetic", None, out, workers=1,
-                              source_options={**SIX, **kw.pop("options", {})}, progress=False,
-                              log=None, **kw)
+  return prep.prepare_dataset(
+      "synthetic",
+      None,
+      out,
+      workers=1,
+      source_options={**SIX, **kw.pop("options", {})},
+      progress=False,
+      log=None,
+      **kw,
+  )
 
 
 def _one_line_error(code, err, *needles):
@@ -60,6 +68,7 @@ def six(tmp_path_factory):
 
 def _signals(seconds=60, seed=0):
   import neurokit2 as nk
+
   ecg = nk.ecg_simulate(duration=seconds, sampling_rate=FS, heart_rate=70, random_state=seed)
   ppg = nk.ppg_simulate(duration=seconds, sampling_rate=FS, heart_rate=70, random_state=seed)
   return np.asarray(ecg, float), np.asarray(ppg, float)
@@ -79,14 +88,13 @@ def test_verify_names_a_truncated_shard_in_one_line(six, tmp_path, capsys, cut):
   out, err = capsys.readouterr()
   _one_line_error(code, err, shard, "truncated")
   assert f"train: FAILED: shard {shard}" in out
-  assert "validation: ok" in out and "test: ok" in out       # the other splits still checked
+  assert "validation: ok" in out and "test: ok" in out  # the other splits still checked
 
 
 # ------------------------------------------------------------------ 18: names from a manifest
 
 
-@pytest.mark.parametrize("bad", ["../outside.array_record", "ABSOLUTE", "sub/x.array_record",
-                                 ".."])
+@pytest.mark.parametrize("bad", ["../outside.array_record", "ABSOLUTE", "sub/x.array_record", ".."])
 def test_shard_names_leading_outside_the_dataset_are_refused(six, tmp_path, capsys, bad):
   ds = tmp_path / "ds"
   shutil.copytree(six, ds)
@@ -98,9 +106,11 @@ def test_shard_names_leading_outside_the_dataset_are_refused(six, tmp_path, caps
   manifest = json.loads((ds / shards.MANIFEST).read_text())
   manifest["splits"]["train"]["shards"][0] = name
   (ds / shards.MANIFEST).write_text(json.dumps(manifest))
-  for read in (lambda: shards.split_paths(ds, "train"),
-               lambda: dataset_reader.ShardReader(str(ds), "train"),
-               lambda: list(dataset_reader.iter_records(str(ds), "train"))):
+  for read in (
+      lambda: shards.split_paths(ds, "train"),
+      lambda: dataset_reader.ShardReader(str(ds), "train"),
+      lambda: list(dataset_reader.iter_records(str(ds), "train")),
+  ):
     with pytest.raises(shards.DatasetError) as e:
       read()
     assert "\n" not in str(e.value) and repr(name) in str(e.value)
@@ -129,47 +139,76 @@ BIDMC_NAMES = ["RESP,", "PLETH,", "V,", "AVR,", "II,"]
 
 def _write_wfdb(d: Path, name: str, sig_names: list[str]) -> Path:
   import wfdb
+
   d.mkdir(parents=True, exist_ok=True)
   ecg, ppg = _signals(40)
   resp = np.sin(2 * np.pi * 0.25 * np.arange(len(ecg)) / FS)
   columns = {"RESP": resp, "PLETH": ppg, "V": 0.5 * ecg, "AVR": -ecg, "II": ecg}
   sig = np.stack([columns[wfdb_source.channel_key(n)] for n in sig_names], 1)
-  wfdb.wrsamp(name, fs=FS, units=["mV"] * len(sig_names), sig_name=sig_names, p_signal=sig,
-              fmt=["16"] * len(sig_names), write_dir=str(d))
+  wfdb.wrsamp(
+      name,
+      fs=FS,
+      units=["mV"] * len(sig_names),
+      sig_name=sig_names,
+      p_signal=sig,
+      fmt=["16"] * len(sig_names),
+      write_dir=str(d),
+  )
   return d / name
 
 
 def test_channel_key_strips_whitespace_and_trailing_punctuation():
   assert [wfdb_source.channel_key(n) for n in (" PLETH, ", "II,", "aVR;", "ii .")] == [
-      "PLETH", "II", "AVR", "II"]
+      "PLETH",
+      "II",
+      "AVR",
+      "II",
+  ]
   assert wfdb_source.channel_keys("PLETH, pleth;,  ,II") == ["PLETH", "PLETH", "II"]
 
 
 def test_bidmc_style_channel_names_are_read_like_plain_ones(tmp_path, capsys):
   bidmc = _write_wfdb(tmp_path / "bidmc", "bidmc01", BIDMC_NAMES)
   plain = _write_wfdb(tmp_path / "plain", "bidmc01", [n.rstrip(",") for n in BIDMC_NAMES])
-  assert "PLETH," in (bidmc.with_suffix(".hea")).read_text()     # written as BIDMC writes it
+  assert "PLETH," in (bidmc.with_suffix(".hea")).read_text()  # written as BIDMC writes it
   [rec] = wfdb_source.read(str(bidmc), {})
   [ref] = wfdb_source.read(str(plain), {})
   assert sorted(rec.signals) == ["ecg", "ppg"]
-  for m in ("ecg", "ppg"):       # II (first preferred lead) and PLETH, as for plain names
+  for m in ("ecg", "ppg"):  # II (first preferred lead) and PLETH, as for plain names
     np.testing.assert_array_equal(rec.signals[m][0], ref.signals[m][0])
   # a user's own names match with or without the punctuation
   [rec] = wfdb_source.read(str(bidmc), {"wfdb_ecg_leads": "avr", "wfdb_ppg_names": " Pleth "})
   np.testing.assert_allclose(rec.signals["ecg"][0], -ref.signals["ecg"][0], atol=1e-3)
   # prepare (the CLI) and raw-record embedding (the same reader) keep its windows
-  code = cli.main(["--source", "wfdb", "--input", str(tmp_path / "bidmc"), "--output",
-                   str(tmp_path / "ds"), "--no-progress", "--workers", "1", "--test-frac", "0",
-                   "--val-frac", "0"])
+  code = cli.main(
+      [
+          "--source",
+          "wfdb",
+          "--input",
+          str(tmp_path / "bidmc"),
+          "--output",
+          str(tmp_path / "ds"),
+          "--no-progress",
+          "--workers",
+          "1",
+          "--test-frac",
+          "0",
+          "--val-frac",
+          "0",
+      ]
+  )
   out, err = capsys.readouterr()
   assert code == 0, err
   assert shards.read_manifest(tmp_path / "ds")["splits"]["train"]["records"] == 4
   from xmae_jax.evaluation import embed as embed_lib
   from xmae_jax.evaluation import encoder as encoder_lib
-  segs = embed_lib.recording_segments(bidmc, "wfdb", ("ppg", "ecg"),
-                                      contract=encoder_lib.Contract())
-  ref_segs = embed_lib.recording_segments(plain, "wfdb", ("ppg", "ecg"),
-                                          contract=encoder_lib.Contract())
+
+  segs = embed_lib.recording_segments(
+      bidmc, "wfdb", ("ppg", "ecg"), contract=encoder_lib.Contract()
+  )
+  ref_segs = embed_lib.recording_segments(
+      plain, "wfdb", ("ppg", "ecg"), contract=encoder_lib.Contract()
+  )
   assert len(segs) == 4
   for m in ("ppg", "ecg"):
     np.testing.assert_array_equal(segs.signals[m], ref_segs.signals[m])
@@ -181,28 +220,57 @@ def test_bidmc_style_channel_names_are_read_like_plain_ones(tmp_path, capsys):
 def test_a_huge_synthetic_request_is_refused_before_any_work(tmp_path, capsys):
   out = tmp_path / "big"
   t0 = time.perf_counter()
-  code = cli.main(["--source", "synthetic", "--num-subjects", "100000000000", "--output",
-                   str(out), "--no-progress"])
+  code = cli.main(
+      [
+          "--source",
+          "synthetic",
+          "--num-subjects",
+          "100000000000",
+          "--output",
+          str(out),
+          "--no-progress",
+      ]
+  )
   _, err = capsys.readouterr()
   _one_line_error(code, err, "--num-subjects 100000000000", "windows", str(out))
   assert time.perf_counter() - t0 < 10 and not out.exists()
-  code = cli.main(["--source", "synthetic", "--num-subjects", "1", "--minutes-per-subject",
-                   "1e12", "--output", str(out), "--no-progress"])
+  code = cli.main(
+      [
+          "--source",
+          "synthetic",
+          "--num-subjects",
+          "1",
+          "--minutes-per-subject",
+          "1e12",
+          "--output",
+          str(out),
+          "--no-progress",
+      ]
+  )
   _, err = capsys.readouterr()
   _one_line_error(code, err, "--minutes-per-subject 1e+12")
-  code = cli.main(["--source", "synthetic", "--minutes-per-subject", "inf", "--output",
-                   str(out), "--no-progress"])
+  code = cli.main(
+      [
+          "--source",
+          "synthetic",
+          "--minutes-per-subject",
+          "inf",
+          "--output",
+          str(out),
+          "--no-progress",
+      ]
+  )
   _, err = capsys.readouterr()
   _one_line_error(code, err, "--minutes-per-subject inf is not a finite number")
   assert not out.exists()
 
 
 def test_memory_limits_are_checked_up_front(tmp_path, monkeypatch):
-  monkeypatch.setattr(prepare_units, "available_memory", lambda: 10_000_000)    # 10 MB available
-  with pytest.raises(prepare_rules.PrepareError) as e:     # bookkeeping of 5000 subjects: ~25 MB
+  monkeypatch.setattr(prepare_units, "available_memory", lambda: 10_000_000)  # 10 MB available
+  with pytest.raises(prepare_rules.PrepareError) as e:  # bookkeeping of 5000 subjects: ~25 MB
     _synthetic(tmp_path / "a", options={"num_subjects": 5000})
   assert "memory" in str(e.value) and "10.0 MB available" in str(e.value)
-  with pytest.raises(prepare_rules.PrepareError) as e:     # one subject of 10 h at 125 Hz: ~1.2 GB
+  with pytest.raises(prepare_rules.PrepareError) as e:  # one subject of 10 h at 125 Hz: ~1.2 GB
     _synthetic(tmp_path / "b", options={"num_subjects": 1, "minutes_per_subject": 600})
   assert "one input of 36000 s at 125 Hz" in str(e.value)
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -216,6 +284,7 @@ def test_shards_are_written_from_the_cache_one_unit_at_a_time(tmp_path, monkeypa
   real = prepare_local.read_cache
 
   class Tracked(dict):
+
     def __del__(self):
       live[0] -= 1
 
@@ -249,20 +318,44 @@ def test_a_second_prepare_on_a_busy_output_is_refused_naming_the_holder(six, tmp
   ds = tmp_path / "ds"
   shutil.copytree(six, ds)
   before = _shard_bytes(ds)
-  proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(ds)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+  proc = subprocess.Popen(
+      [sys.executable, "-c", HOLDER, str(ds)],
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env={**os.environ, "PYTHONPATH": str(REPO)},
+  )
   try:
     assert proc.stdout.readline().strip() == "held", proc.stderr.read()
-    code = cli.main(["--source", "synthetic", "--num-subjects", "6", "--minutes-per-subject",
-                     "0.5", "--output", str(ds), "--no-progress", "--workers", "1",
-                     "--overwrite", "--seed", "5"])
+    code = cli.main(
+        [
+            "--source",
+            "synthetic",
+            "--num-subjects",
+            "6",
+            "--minutes-per-subject",
+            "0.5",
+            "--output",
+            str(ds),
+            "--no-progress",
+            "--workers",
+            "1",
+            "--overwrite",
+            "--seed",
+            "5",
+        ]
+    )
     _, err = capsys.readouterr()
-    _one_line_error(code, err, f"output {ds} is in use by pid {proc.pid} on host "
-                    f"{socket.gethostname()}", "choose another --output")
+    _one_line_error(
+        code,
+        err,
+        f"output {ds} is in use by pid {proc.pid} on host " f"{socket.gethostname()}",
+        "choose another --output",
+    )
     assert _shard_bytes(ds) == before
   finally:
-    proc.kill()       # a crash: the kernel frees the lock
+    proc.kill()  # a crash: the kernel frees the lock
     proc.wait()
   report = _synthetic(ds, overwrite=True, seed=5)
   assert report["segments_kept"] == 18
@@ -271,6 +364,7 @@ def test_a_second_prepare_on_a_busy_output_is_refused_naming_the_holder(six, tmp
 def test_the_workdir_lock_is_the_same_lock():
   from xmae_jax import locks
   from xmae_jax.training import workdir_lock
+
   assert issubclass(workdir_lock.WorkdirBusyError, locks.FolderBusyError)
   assert workdir_lock.WorkdirLock is locks.FolderLock
 
@@ -293,8 +387,9 @@ def test_any_keeps_the_ecg_windows_of_a_recording_with_a_dead_ppg(tmp_path, ppg_
   src = tmp_path / "in"
   src.mkdir()
   np.savez(src / "rec.npz", ecg=ecg, ppg=dead, fs=float(FS))
-  report = prep.prepare_dataset("npz", src, tmp_path / "ds", progress=False, log=None,
-                                config=config, test_frac=0, val_frac=0)
+  report = prep.prepare_dataset(
+      "npz", src, tmp_path / "ds", progress=False, log=None, config=config, test_frac=0, val_frac=0
+  )
   assert report["segments_kept"] == 6
   index = np.load(tmp_path / "ds" / "train-index.npz")
   assert index["has_ecg"].all() and not index["has_ppg"].any()
@@ -302,30 +397,53 @@ def test_any_keeps_the_ecg_windows_of_a_recording_with_a_dead_ppg(tmp_path, ppg_
 
 def test_any_still_cuts_what_every_modality_lacks():
   ecg, ppg = _signals(60)
-  ecg[: 25 * FS] = np.nan            # the first 25 s: no ECG, but a PPG
-  ppg[20 * FS:] = 1.0                # from 20 s on: no PPG, but an ECG after 25 s
-  segs, stats = pp.segment_recording({"ecg": (ecg, FS), "ppg": (ppg, FS)},
-                                     pp.PreprocessConfig(modalities="any"))
+  ecg[: 25 * FS] = np.nan  # the first 25 s: no ECG, but a PPG
+  ppg[20 * FS :] = 1.0  # from 20 s on: no PPG, but an ECG after 25 s
+  segs, stats = pp.segment_recording(
+      {"ecg": (ecg, FS), "ppg": (ppg, FS)}, pp.PreprocessConfig(modalities="any")
+  )
   # 0-10 and 10-20 s with PPG only; 20-25 s has neither, so windows restart at 25 s: ECG only
   assert [(s.start_s, sorted(s.signals)) for s in segs] == [
-      (0.0, ["ppg"]), (10.0, ["ppg"]), (25.0, ["ecg"]), (35.0, ["ecg"]), (45.0, ["ecg"])]
+      (0.0, ["ppg"]),
+      (10.0, ["ppg"]),
+      (25.0, ["ecg"]),
+      (35.0, ["ecg"]),
+      (45.0, ["ecg"]),
+  ]
 
 
 # ------------------------------------------------------------------ 15: Beam options
 
 
-@pytest.mark.parametrize("options,needle", [
-    ("--direct_num_workers=-3 --direct_running_mode=multi_processing",
-     "--direct_num_workers=-3 must be >= 0"),
-    ("--direct_num_workers=abc", "invalid int value: 'abc'"),
-    ("--num_workers=-1", "--num_workers=-1 must be >= 0"),
-    ("'unbalanced", "No closing quotation"),
-])
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (
+            "--direct_num_workers=-3 --direct_running_mode=multi_processing",
+            "--direct_num_workers=-3 must be >= 0",
+        ),
+        ("--direct_num_workers=abc", "invalid int value: 'abc'"),
+        ("--num_workers=-1", "--num_workers=-1 must be >= 0"),
+        ("'unbalanced", "No closing quotation"),
+    ],
+)
 def test_bad_beam_options_are_one_line_before_any_work(tmp_path, capsys, options, needle):
   pytest.importorskip("apache_beam")
   out = tmp_path / "b"
-  code = cli.main(["--runner", "beam", f"--beam-options={options}", "--source", "synthetic",
-                   "--num-subjects", "3", "--output", str(out), "--no-progress"])
+  code = cli.main(
+      [
+          "--runner",
+          "beam",
+          f"--beam-options={options}",
+          "--source",
+          "synthetic",
+          "--num-subjects",
+          "3",
+          "--output",
+          str(out),
+          "--no-progress",
+      ]
+  )
   _, err = capsys.readouterr()
   err = "\n".join(l for l in err.splitlines() if not l.startswith("WARNING:"))  # Beam's import
   _one_line_error(code, err, "--beam-options", needle)
@@ -336,16 +454,31 @@ def test_bad_beam_options_are_one_line_before_any_work(tmp_path, capsys, options
 
 
 def _forty(out: Path, workers: int = 1) -> list[str]:
-  return ["--source", "synthetic", "--num-subjects", "40", "--minutes-per-subject", "0.25",
-          "--workers", str(workers), "--output", str(out), "--no-progress"]
+  return [
+      "--source",
+      "synthetic",
+      "--num-subjects",
+      "40",
+      "--minutes-per-subject",
+      "0.25",
+      "--workers",
+      str(workers),
+      "--output",
+      str(out),
+      "--no-progress",
+  ]
 
 
 def _prepare_process(out: Path, *, group: bool) -> subprocess.Popen:
   return subprocess.Popen(
       [sys.executable, "-m", "xmae_jax.cli.xmae_prepare", *_forty(out, workers=2)],
-      cwd=REPO, text=True, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, start_new_session=group,
-      env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"})
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      start_new_session=group,
+      env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "default"},
+  )
 
 
 def _when_some_cached(out: Path, proc: subprocess.Popen, timeout: float = 120):
@@ -366,17 +499,16 @@ def forty(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig,group", [(signal.SIGTERM, False), (signal.SIGINT, True)])
-def test_a_signal_to_a_two_worker_prepare_is_one_line_and_it_resumes(tmp_path, forty, sig,
-                                                                      group):
+def test_a_signal_to_a_two_worker_prepare_is_one_line_and_it_resumes(tmp_path, forty, sig, group):
   out = tmp_path / "ds"
   proc = _prepare_process(out, group=group)
   _when_some_cached(out, proc)
-  if group:          # Ctrl-C: the whole process group, the workers included
+  if group:  # Ctrl-C: the whole process group, the workers included
     os.killpg(proc.pid, sig)
-  else:              # kill PID: the parent alone
+  else:  # kill PID: the parent alone
     proc.send_signal(sig)
   _, err = proc.communicate(timeout=60)
-  time.sleep(1)      # any worker left behind would write its traceback by now
+  time.sleep(1)  # any worker left behind would write its traceback by now
   lines = err.strip().splitlines()
   assert proc.returncode == 128 + sig and len(lines) == 1, err
   assert lines[0].startswith(f"xmae-prepare: error: interrupted by {signal.Signals(sig).name}: ")
@@ -387,5 +519,7 @@ def test_a_signal_to_a_two_worker_prepare_is_one_line_and_it_resumes(tmp_path, f
   assert resumed["resumed_units"] == cached >= 2 and not list(out.rglob("*.tmp*"))
   assert all(f["status"] == "ok" for f in resumed["per_file"])
   assert _shard_bytes(out) == _shard_bytes(forty)
-  assert resumed["records_per_split"] == json.loads(
-      (forty / prepare_report.REPORT_JSON).read_text())["records_per_split"]
+  assert (
+      resumed["records_per_split"]
+      == json.loads((forty / prepare_report.REPORT_JSON).read_text())["records_per_split"]
+  )

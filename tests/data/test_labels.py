@@ -1,6 +1,7 @@
 """A labels file joined to the user's own recordings (xmae_jax.data.labels): by record id or by
 subject id, through xmae-prepare into every window's record labels; bad or unmatched files are
 one line naming them."""
+
 import json
 import re
 
@@ -22,27 +23,49 @@ FS = 125
 def recordings(tmp_path_factory):
   """A folder of three 25-s CSV recordings (ecg, ppg at 125 Hz): a.csv, b.csv, c.csv."""
   import neurokit2 as nk
+
   folder = tmp_path_factory.mktemp("csv")
   for k, name in enumerate("abc"):
     hr = 60 + 15 * k
-    pd.DataFrame({
-        "ecg": nk.ecg_simulate(duration=25, sampling_rate=FS, heart_rate=hr, random_state=k,
-                               method="simple"),
-        "ppg": nk.ppg_simulate(duration=25, sampling_rate=FS, heart_rate=hr, random_state=k),
-    }).to_csv(folder / f"{name}.csv", index=False)
+    pd.DataFrame(
+        {
+            "ecg": nk.ecg_simulate(
+                duration=25, sampling_rate=FS, heart_rate=hr, random_state=k, method="simple"
+            ),
+            "ppg": nk.ppg_simulate(duration=25, sampling_rate=FS, heart_rate=hr, random_state=k),
+        }
+    ).to_csv(folder / f"{name}.csv", index=False)
   return folder
 
 
 def _labels_of(out):
   """{segment id: labels} of every record of the dataset `out`."""
   splits = json.loads((out / "manifest.json").read_text())["splits"]
-  return {r.segment_id: r.labels for split, entry in splits.items() if entry["records"]
-          for _, r in dataset_reader.iter_records(str(out), split, modalities=("ppg",))}
+  return {
+      r.segment_id: r.labels
+      for split, entry in splits.items()
+      if entry["records"]
+      for _, r in dataset_reader.iter_records(str(out), split, modalities=("ppg",))
+  }
 
 
 def _prepare(recordings, out, *extra):
-  return cli.main(["--source", "csv", "--input", str(recordings), "--output", str(out),
-                   "--fs", str(FS), "--workers", "1", "--no-progress", *extra])
+  return cli.main(
+      [
+          "--source",
+          "csv",
+          "--input",
+          str(recordings),
+          "--output",
+          str(out),
+          "--fs",
+          str(FS),
+          "--workers",
+          "1",
+          "--no-progress",
+          *extra,
+      ]
+  )
 
 
 def test_labels_by_record_reach_every_window(recordings, tmp_path):
@@ -50,8 +73,9 @@ def test_labels_by_record_reach_every_window(recordings, tmp_path):
   # ids as text ("007" stays "007"), an empty cell, numbers and words; c has no row
   labels.write_text("Record,af,age,note\na,1,63,\nb,0,41.5,paroxysmal\n007,1,20,x\n")
   out = tmp_path / "ds"
-  assert _prepare(recordings, out, "--labels", str(labels), "--test-frac", "0",
-                  "--val-frac", "0") == 0
+  assert (
+      _prepare(recordings, out, "--labels", str(labels), "--test-frac", "0", "--val-frac", "0") == 0
+  )
   by_record = {}
   for segment_id, lab in _labels_of(out).items():
     by_record.setdefault(segment_id.split(":")[0], []).append(lab)
@@ -76,22 +100,30 @@ def test_labels_by_subject_and_a_changed_file_is_another_request(recordings, tmp
   groups = {sid.split(":")[0]: lab.get("group") for sid, lab in _labels_of(out).items()}
   assert groups == {"a": None, "b": "treated", "c": "control"}
   labels.write_text("subject_id,group\nb,control\nc,treated\n")
-  assert _prepare(recordings, out, "--labels", str(labels)) == 1       # another request
+  assert _prepare(recordings, out, "--labels", str(labels)) == 1  # another request
   assert _prepare(recordings, out, "--labels", str(labels), "--overwrite") == 0
   groups = {sid.split(":")[0]: lab.get("group") for sid, lab in _labels_of(out).items()}
   assert groups == {"a": None, "b": "control", "c": "treated"}
 
 
-@pytest.mark.parametrize("text,message", [
-    ("record,af\nx,1\ny,0\n",
-     r"labels file \S+labels.csv matches none of the 3 recordings by record \(its record: x, y; "
-     r"the recordings': a, b, c\); no dataset written"),
-    ("name,af\na,1\n", r"labels file \S+labels.csv has no record or subject column \(record, "
-                       r"record_id, subject or subject_id; has: name, af\)"),
-    ("record,af\na,1\na,0\n", r"labels file \S+labels.csv: record 'a' is on more than one row"),
-    ("record\na\n", r"labels file \S+labels.csv has no label column besides record"),
-    ("record,x:y\na,1\n", r"column name 'x:y' cannot name a task"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (
+            "record,af\nx,1\ny,0\n",
+            r"labels file \S+labels.csv matches none of the 3 recordings by record "
+            r"\(its record: x, y; the recordings': a, b, c\); no dataset written",
+        ),
+        (
+            "name,af\na,1\n",
+            r"labels file \S+labels.csv has no record or subject column \(record, "
+            r"record_id, subject or subject_id; has: name, af\)",
+        ),
+        ("record,af\na,1\na,0\n", r"labels file \S+labels.csv: record 'a' is on more than one row"),
+        ("record\na\n", r"labels file \S+labels.csv has no label column besides record"),
+        ("record,x:y\na,1\n", r"column name 'x:y' cannot name a task"),
+    ],
+)
 def test_bad_or_unmatched_labels_file_is_one_line(recordings, tmp_path, capsys, text, message):
   labels = tmp_path / "labels.csv"
   labels.write_text(text)
@@ -107,8 +139,14 @@ def test_missing_labels_file_and_labels_by_alone(recordings, tmp_path, capsys):
   assert _prepare(recordings, tmp_path / "ds", "--labels", str(tmp_path / "nope.csv")) == 1
   assert "labels file " in capsys.readouterr().err
   with pytest.raises(labels_lib.LabelsError, match="--labels-by needs --labels"):
-    prep.prepare_dataset("csv", recordings, tmp_path / "ds2", progress=False, log=None,
-                         source_options={"fs": FS, "labels_by": "subject"})
+    prep.prepare_dataset(
+        "csv",
+        recordings,
+        tmp_path / "ds2",
+        progress=False,
+        log=None,
+        source_options={"fs": FS, "labels_by": "subject"},
+    )
 
 
 def test_record_ids_of_a_recording():
@@ -122,15 +160,21 @@ def test_wfdb_and_npz_recordings_take_labels_by_record_name(physionet_dir, tmp_p
   # a103l's header says alarm_true 0 (False alarm): the user's file wins; a new column joins
   labels.write_text("record,alarm_true,site\na103l,1,icu\nbatch/00001,0,home\n")
   options = {"labels": str(labels)}
-  (rec,) = prepare_units.segment_unit("wfdb", str(physionet_dir / "a103l"), options,
-                             pp.PreprocessConfig())
+  (rec,) = prepare_units.segment_unit(
+      "wfdb", str(physionet_dir / "a103l"), options, pp.PreprocessConfig()
+  )
   assert rec.item.labels == {"alarm_type": "Asystole", "alarm_true": 1, "site": "icu"}
   assert rec.segments and all(s.labels == rec.item.labels for s in rec.segments)
   assert rec.stats["labels/matched"] == 1
   ppg = pd.read_csv(recordings / "a.csv")["ppg"].to_numpy()
   np.savez(tmp_path / "batch.npz", ppg=np.stack([ppg, ppg]), fs=float(FS))
-  out = list(prepare_units.segment_unit("npz", str(tmp_path / "batch.npz"),
-                                        {**options, "format": "npz"},
-                                        pp.PreprocessConfig(modalities="ppg")))
+  out = list(
+      prepare_units.segment_unit(
+          "npz",
+          str(tmp_path / "batch.npz"),
+          {**options, "format": "npz"},
+          pp.PreprocessConfig(modalities="ppg"),
+      )
+  )
   assert [r.item.labels for r in out] == [{}, {"alarm_true": 0, "site": "home"}]
   assert [r.stats.get("labels/unmatched", 0) for r in out] == [1, 0]

@@ -1,4 +1,5 @@
 """The Grain input pipeline (xmae_jax.data.pipeline / augment), single process."""
+
 import copy
 import math
 
@@ -16,7 +17,7 @@ from xmae_jax.data import preprocess
 from xmae_jax.data import record
 from xmae_jax.data import shards
 
-N_TRAIN = 90       # 3 shards of 32/32/26 records
+N_TRAIN = 90  # 3 shards of 32/32/26 records
 PPG_ONLY_EVERY = 9
 
 
@@ -31,7 +32,7 @@ def dataset(tmp_path_factory):
 def data_cfg(d, **kw):
   c = config_lib.data_config("paper")
   c.dir = str(d)
-  c.augment.enabled = True          # off by default (as the reference trains); exercised here
+  c.augment.enabled = True  # off by default (as the reference trains); exercised here
   for k, v in kw.items():
     setattr(c, k, v)
   return c
@@ -42,8 +43,15 @@ def take(it, n):
 
 
 def train_iter(d, *, batch=8, seed=0, cfg=None, **kw):
-  return pipeline.make_train_iterator(cfg or data_cfg(d), global_batch_size=batch, seed=seed,
-                                      process_index=0, process_count=1, with_index=True, **kw)
+  return pipeline.make_train_iterator(
+      cfg or data_cfg(d),
+      global_batch_size=batch,
+      seed=seed,
+      process_index=0,
+      process_count=1,
+      with_index=True,
+      **kw
+  )
 
 
 def index_of(d, split="train"):
@@ -53,6 +61,7 @@ def index_of(d, split="train"):
 def decoded(d, split="train"):
   paths, _ = shards.split_paths(d, split)
   from array_record.python import array_record_module as arm
+
   out = []
   for p in paths:
     r = arm.ArrayRecordReader(p)
@@ -64,15 +73,21 @@ def decoded(d, split="train"):
 def test_eval_pass_equals_decoded_records(dataset):
   """No augmentation in eval: every row is min-max(record waveform); one pass covers all."""
   recs = decoded(dataset)
-  keep = dataset_reader.select_records(index_of(dataset), ("ppg", "ecg"),
-                                 {"ppg": 0.9, "ecg": 0.9})
-  batches = list(pipeline.make_eval_iterator(data_cfg(dataset), global_batch_size=8,
-                                             split="train", process_index=0, process_count=1,
-                                             with_index=True))
+  keep = dataset_reader.select_records(index_of(dataset), ("ppg", "ecg"), {"ppg": 0.9, "ecg": 0.9})
+  batches = list(
+      pipeline.make_eval_iterator(
+          data_cfg(dataset),
+          global_batch_size=8,
+          split="train",
+          process_index=0,
+          process_count=1,
+          with_index=True,
+      )
+  )
   assert len(batches) == math.ceil(len(keep) / 8)
   idx = np.concatenate([b["index"] for b in batches])
-  np.testing.assert_array_equal(idx[:len(keep)], keep)        # index order, then wrap-around
-  np.testing.assert_array_equal(idx[len(keep):], keep[:len(idx) - len(keep)])
+  np.testing.assert_array_equal(idx[: len(keep)], keep)  # index order, then wrap-around
+  np.testing.assert_array_equal(idx[len(keep) :], keep[: len(idx) - len(keep)])
   for b in batches:
     for row, i in enumerate(b["index"]):
       for m in ("ppg", "ecg"):
@@ -89,11 +104,18 @@ def test_quality_and_modality_filter(dataset):
   assert np.all(index["quality_ecg"][seen] >= 0.85)
   assert np.all(index["has_ecg"][seen])
   passing = np.flatnonzero((index["quality_ppg"] >= 0.9) & (index["quality_ecg"] >= 0.85))
-  assert set(seen) == set(passing)             # 240 draws of ~40 records: every one appears
+  assert set(seen) == set(passing)  # 240 draws of ~40 records: every one appears
   # PPG-only models also use the records that lack ECG, and only their PPG is returned.
   cfg = data_cfg(dataset, min_quality_ppg=0.0)
-  ppg_only = pipeline.make_train_iterator(cfg, global_batch_size=8, seed=0, process_index=0,
-                                          process_count=1, modalities=("ppg",), with_index=True)
+  ppg_only = pipeline.make_train_iterator(
+      cfg,
+      global_batch_size=8,
+      seed=0,
+      process_index=0,
+      process_count=1,
+      modalities=("ppg",),
+      with_index=True,
+  )
   batches = take(ppg_only, 20)
   assert set(batches[0]) == {"ppg", "index"}
   seen = np.concatenate([b["index"] for b in batches])
@@ -103,12 +125,15 @@ def test_quality_and_modality_filter(dataset):
 
 def test_every_record_once_per_epoch_and_new_order_each_epoch(dataset):
   cfg = data_cfg(dataset, min_quality_ppg=0.0, min_quality_ecg=0.0)
-  n = pipeline.count_records(cfg)                    # 80 paired records: 10 batches of 8
+  n = pipeline.count_records(cfg)  # 80 paired records: 10 batches of 8
   assert n == N_TRAIN - N_TRAIN // PPG_ONLY_EVERY
   idx = np.concatenate([b["index"] for b in take(train_iter(dataset, cfg=cfg), 2 * n // 8)])
   first, second = idx[:n], idx[n:]
-  assert sorted(first) == sorted(second) == sorted(dataset_reader.select_records(
-      index_of(dataset), ("ppg", "ecg"), {}))
+  assert (
+      sorted(first)
+      == sorted(second)
+      == sorted(dataset_reader.select_records(index_of(dataset), ("ppg", "ecg"), {}))
+  )
   assert not np.array_equal(first, second)
 
 
@@ -129,10 +154,21 @@ def test_determinism_and_seeds(dataset):
 
 def test_process_slices_form_the_global_batch(dataset):
   """1 process == 2 processes == 4 processes (rows and augmentation), also with odd rows."""
+
   def batches(p, n, rows=None):
-    return take(pipeline.make_train_iterator(
-        data_cfg(dataset), global_batch_size=8, seed=3, process_index=p, process_count=n,
-        rows=rows, with_index=True), 12)      # 12 x 8 > 1 epoch: crosses a boundary
+    return take(
+        pipeline.make_train_iterator(
+            data_cfg(dataset),
+            global_batch_size=8,
+            seed=3,
+            process_index=p,
+            process_count=n,
+            rows=rows,
+            with_index=True,
+        ),
+        12,
+    )  # 12 x 8 > 1 epoch: crosses a boundary
+
   whole = batches(0, 1)
   for n in (2, 4):
     parts = [batches(p, n) for p in range(n)]
@@ -148,9 +184,9 @@ def test_process_slices_form_the_global_batch(dataset):
 
 def test_save_restore_resumes_exactly(dataset):
   it = train_iter(dataset)
-  take(it, 7)               # the filtered split has ~20 records: 2-3 batches per epoch
+  take(it, 7)  # the filtered split has ~20 records: 2-3 batches per epoch
   state = copy.deepcopy(it.get_state())
-  expected = take(it, 6)    # crosses the epoch boundary
+  expected = take(it, 6)  # crosses the epoch boundary
   restored = train_iter(dataset)
   restored.set_state(state)
   for x, y in zip(expected, take(restored, 6)):
@@ -167,6 +203,7 @@ def test_start_batch_resumes_without_state(dataset):
 def test_grain_checkpoint_inside_orbax(dataset, tmp_path):
   import grain
   import orbax.checkpoint as ocp
+
   it = train_iter(dataset)
   take(it, 3)
   with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
@@ -181,10 +218,15 @@ def test_grain_checkpoint_inside_orbax(dataset, tmp_path):
 
 
 def test_eval_fixed_number_of_batches_wraps(dataset):
-  it = pipeline.make_eval_iterator(data_cfg(dataset, min_quality_ppg=0.0, min_quality_ecg=0.0),
-                                   global_batch_size=16, num_batches=3, process_index=0,
-                                   process_count=1, with_index=True)
-  batches = list(it)       # 20 validation records, 18 paired
+  it = pipeline.make_eval_iterator(
+      data_cfg(dataset, min_quality_ppg=0.0, min_quality_ecg=0.0),
+      global_batch_size=16,
+      num_batches=3,
+      process_index=0,
+      process_count=1,
+      with_index=True,
+  )
+  batches = list(it)  # 20 validation records, 18 paired
   assert len(batches) == 3
   idx = np.concatenate([b["index"] for b in batches])
   keep = dataset_reader.select_records(index_of(dataset, "validation"), ("ppg", "ecg"), {})
@@ -202,14 +244,22 @@ def test_shift_moves_both_modalities_together(tmp_path):
   write_dataset(tmp_path, {"train": recs})
   cfg = data_cfg(tmp_path, min_quality_ppg=0.0, min_quality_ecg=0.0)
   cfg.augment.update(enabled=True, scale_prob=0.0, shift_prob=1.0, ecg_flip_prob=0.0)
-  clean = next(pipeline.make_eval_iterator(cfg, global_batch_size=16, split="train",
-                                           process_index=0, process_count=1, with_index=True))
+  clean = next(
+      pipeline.make_eval_iterator(
+          cfg,
+          global_batch_size=16,
+          split="train",
+          process_index=0,
+          process_count=1,
+          with_index=True,
+      )
+  )
   order = np.argsort(clean["index"])
   moved = 0
   for b in take(train_iter(tmp_path, cfg=cfg, batch=16), 4):
     np.testing.assert_array_equal(b["ppg"], b["ecg"])
     moved += np.sum(np.any(b["ppg"] != clean["ppg"][order][b["index"]], axis=1))
-  assert moved > 40             # 64 draws, P(no shift) = 1/13
+  assert moved > 40  # 64 draws, P(no shift) = 1/13
   cfg.augment.update(ecg_flip_prob=1.0)
   b = next(train_iter(tmp_path, cfg=cfg, batch=16))
   np.testing.assert_allclose(b["ecg"], -b["ppg"], atol=1e-6)
@@ -250,20 +300,30 @@ def test_records_in_another_layout_use_the_general_decoder(tmp_path):
   raw = []
   for r in recs:
     m = msgpack.unpackb(record.encode(r), raw=False)
-    m = {"v": m.pop("v"), "ecg": m.pop("ecg"), "ppg": m.pop("ppg"), **m}   # waveforms first
+    m = {"v": m.pop("v"), "ecg": m.pop("ecg"), "ppg": m.pop("ppg"), **m}  # waveforms first
     raw.append(msgpack.packb(m, use_bin_type=True))
   write_dataset(tmp_path, {"train": raw})
-  b = next(pipeline.make_eval_iterator(data_cfg(tmp_path, min_quality_ppg=0.0,
-                                                min_quality_ecg=0.0),
-                                       global_batch_size=10, split="train", process_index=0,
-                                       process_count=1, with_index=True))
+  b = next(
+      pipeline.make_eval_iterator(
+          data_cfg(tmp_path, min_quality_ppg=0.0, min_quality_ecg=0.0),
+          global_batch_size=10,
+          split="train",
+          process_index=0,
+          process_count=1,
+          with_index=True,
+      )
+  )
   for row, i in enumerate(b["index"]):
-    np.testing.assert_allclose(b["ecg"][row], preprocess.minmax(
-        recs[i].ecg[None].astype(np.float16).astype(np.float32))[0], atol=1e-6)
+    np.testing.assert_allclose(
+        b["ecg"][row],
+        preprocess.minmax(recs[i].ecg[None].astype(np.float16).astype(np.float32))[0],
+        atol=1e-6,
+    )
 
 
 def test_batch_read_equals_grain_array_record_source(dataset):
   import grain
+
   reader = dataset_reader.ShardReader(str(dataset), "train")
   source = grain.sources.ArrayRecordDataSource(reader.paths)
   positions = np.random.default_rng(0).permutation(N_TRAIN)[:40]
@@ -278,6 +338,7 @@ def test_batch_read_equals_grain_array_record_source(dataset):
 def test_missing_shard_is_named(dataset, tmp_path):
   d = tmp_path / "ds"
   import shutil
+
   shutil.copytree(dataset, d)
   (d / "train-00001-of-00003.array_record").unlink()
   with pytest.raises(shards.DatasetError, match="train-00001-of-00003.array_record"):
@@ -288,21 +349,27 @@ def test_missing_shard_is_named(dataset, tmp_path):
 def test_corrupt_shard_is_named(dataset, tmp_path, damage):
   d = tmp_path / "ds"
   import shutil
+
   shutil.copytree(dataset, d)
   shard = d / "train-00002-of-00003.array_record"
   data = bytearray(shard.read_bytes())
   if damage == "truncate":
-    data = data[:len(data) // 3]
+    data = data[: len(data) // 3]
   elif damage == "garbage":
     data = bytearray(np.random.default_rng(0).bytes(len(data)))
-  else:   # damage record payloads but keep the footer: found only when the batch is read
+  else:  # damage record payloads but keep the footer: found only when the batch is read
     for i in range(200, 60000, 500):
       data[i] ^= 0xFF
   shard.write_bytes(bytes(data))
   with pytest.raises(shards.DatasetError, match="train-00002-of-00003.array_record"):
-    it = pipeline.make_eval_iterator(data_cfg(d, min_quality_ppg=0.0, min_quality_ecg=0.0),
-                                     global_batch_size=8, split="train", process_index=0,
-                                     process_count=1, read_threads=0)
+    it = pipeline.make_eval_iterator(
+        data_cfg(d, min_quality_ppg=0.0, min_quality_ecg=0.0),
+        global_batch_size=8,
+        split="train",
+        process_index=0,
+        process_count=1,
+        read_threads=0,
+    )
     list(it)
 
 
@@ -310,8 +377,9 @@ def test_empty_filter_and_bad_arguments(dataset):
   with pytest.raises(shards.DatasetError, match="no record"):
     train_iter(dataset, cfg=data_cfg(dataset, min_quality_ppg=1.5))
   with pytest.raises(shards.DatasetError, match="split 'test' is empty"):
-    pipeline.make_eval_iterator(data_cfg(dataset), global_batch_size=8, split="test",
-                                process_index=0, process_count=1)
+    pipeline.make_eval_iterator(
+        data_cfg(dataset), global_batch_size=8, split="test", process_index=0, process_count=1
+    )
   with pytest.raises(ValueError, match="normalize"):
     train_iter(dataset, cfg=data_cfg(dataset, normalize="zscore"))
   with pytest.raises(shards.DatasetError, match="segment_length is 1250"):

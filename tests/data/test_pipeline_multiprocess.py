@@ -4,6 +4,7 @@ The two-process test launches local processes joined with jax.distributed on CPU
 (tests/helpers/mp_util.py) and checks that they read disjoint parts that together cover the
 split, and that the global batches they assemble equal the single-process ones.
 """
+
 import copy
 import hashlib
 
@@ -24,8 +25,11 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
   d = tmp_path_factory.mktemp("ds")
-  write_dataset(d, {"train": random_records(64), "validation": random_records(24, seed=1)},
-                records_per_shard=24)
+  write_dataset(
+      d,
+      {"train": random_records(64), "validation": random_records(24, seed=1)},
+      records_per_shard=24,
+  )
   return d
 
 
@@ -38,9 +42,15 @@ def data_cfg(d):
 
 def test_worker_processes_give_the_in_process_batches(dataset):
   def run(workers, state=None, n=STEPS):
-    it = pipeline.make_train_iterator(data_cfg(dataset), global_batch_size=GLOBAL_BATCH, seed=4,
-                                      process_index=0, process_count=1, with_index=True,
-                                      num_workers=workers)
+    it = pipeline.make_train_iterator(
+        data_cfg(dataset),
+        global_batch_size=GLOBAL_BATCH,
+        seed=4,
+        process_index=0,
+        process_count=1,
+        with_index=True,
+        num_workers=workers,
+    )
     try:
       if state is not None:
         it.set_state(state)
@@ -48,15 +58,16 @@ def test_worker_processes_give_the_in_process_batches(dataset):
       return out, copy.deepcopy(it.get_state())
     finally:
       pipeline.close(it)
+
   in_process, _ = run(0)
-  first, state = run(2, n=5)                 # two workers, then save the state ...
-  resumed, _ = run(2, state=state, n=STEPS - 5)   # ... and resume in new workers
+  first, state = run(2, n=5)  # two workers, then save the state ...
+  resumed, _ = run(2, state=state, n=STEPS - 5)  # ... and resume in new workers
   for x, y in zip(in_process, first + resumed):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
 
 
-CHILD = r'''
+CHILD = r"""
 import hashlib, sys
 import numpy as np
 from tests.helpers import mp_util
@@ -92,32 +103,41 @@ def main():
 
 if __name__ == "__main__":
   main()
-'''
+"""
 
 
 def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
-  results = mp_util.run_processes(CHILD, 2, devices_per_process=2, timeout=240,
-                                  args=[str(dataset), GLOBAL_BATCH, STEPS])
+  results = mp_util.run_processes(
+      CHILD, 2, devices_per_process=2, timeout=240, args=[str(dataset), GLOBAL_BATCH, STEPS]
+  )
   r0, r1 = (r.result for r in results)
   assert (r0["process"], r1["process"], r0["devices"]) == (0, 1, 4)
   assert r0["rows"] == [0, 1, 2, 3] and r1["rows"] == [4, 5, 6, 7]
   cfg = data_cfg(dataset)
-  single = pipeline.make_train_iterator(cfg, global_batch_size=GLOBAL_BATCH, seed=4,
-                                        process_index=0, process_count=1, with_index=True)
+  single = pipeline.make_train_iterator(
+      cfg, global_batch_size=GLOBAL_BATCH, seed=4, process_index=0, process_count=1, with_index=True
+  )
   n = pipeline.count_records(cfg)
   seen = []
   for step in range(STEPS):
     b = next(single)
     a, c = r0["local"][step], r1["local"][step]
-    assert a + c == b["index"].tolist()        # the two halves of the global batch
-    assert hashlib.sha256(b["ppg"].tobytes() + b["ecg"].tobytes()).hexdigest() == \
-        r0["digests"][step] == r1["digests"][step]
+    assert a + c == b["index"].tolist()  # the two halves of the global batch
+    assert (
+        hashlib.sha256(b["ppg"].tobytes() + b["ecg"].tobytes()).hexdigest()
+        == r0["digests"][step]
+        == r1["digests"][step]
+    )
     seen += a + c
   # Within one epoch the two processes read disjoint records, and together all of them.
   epoch = seen[:n]
-  assert len(set(epoch)) == n and set(epoch) == set(dataset_reader.select_records(
-      dataset_reader.ShardReader(str(dataset), "train").index, ("ppg", "ecg"),
-      {"ppg": 0.85, "ecg": 0.85}))
+  assert len(set(epoch)) == n and set(epoch) == set(
+      dataset_reader.select_records(
+          dataset_reader.ShardReader(str(dataset), "train").index,
+          ("ppg", "ecg"),
+          {"ppg": 0.85, "ecg": 0.85},
+      )
+  )
   # The eval pass: disjoint halves covering the validation split.
   val = np.concatenate([np.concatenate([x, y]) for x, y in zip(r0["eval"], r1["eval"])])
   m = pipeline.count_records(cfg, "validation")
@@ -126,14 +146,18 @@ def test_two_jax_processes_read_disjoint_parts_covering_the_split(dataset):
 
 def test_mp_util_stops_the_group_when_one_process_fails():
   import time
-  failing = ("import sys, time\nfrom tests.helpers import mp_util\n"
-             "if mp_util.process_index() == 1:\n"
-             "  sys.exit('process 1 gives up')\n"
-             "time.sleep(60)\n")
+
+  failing = (
+      "import sys, time\nfrom tests.helpers import mp_util\n"
+      "if mp_util.process_index() == 1:\n"
+      "  sys.exit('process 1 gives up')\n"
+      "time.sleep(60)\n"
+  )
   start = time.monotonic()
-  with pytest.raises(mp_util.MultiProcessError,
-                     match="process 1/2 failed(.|\n)*process 1 gives up"):
+  with pytest.raises(
+      mp_util.MultiProcessError, match="process 1/2 failed(.|\n)*process 1 gives up"
+  ):
     mp_util.run_processes(failing, 2, timeout=50)
-  assert time.monotonic() - start < 30       # process 0 was killed, not waited for
+  assert time.monotonic() - start < 30  # process 0 was killed, not waited for
   with pytest.raises(mp_util.MultiProcessError, match="did not finish within 1 s"):
     mp_util.run_processes("import time\ntime.sleep(60)\n", 1, timeout=1)

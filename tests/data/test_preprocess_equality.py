@@ -9,6 +9,7 @@ as float64 and no step of the fast path reorders arithmetic, so in practice they
 and the samples are equal after the float16 cast records store them in; the float32 segments are
 also asserted equal to 1e-6 so a difference hidden by float16 rounding would still show.
 """
+
 import sys
 import warnings
 
@@ -50,8 +51,9 @@ def _assert_same(item, config):
       assert a.quality[m] == pytest.approx(b.quality[m], abs=1e-12, rel=0)
     for m in a.signals:
       assert a.signals[m].dtype == b.signals[m].dtype == np.float32
-      np.testing.assert_array_equal(a.signals[m].astype(np.float16),
-                                    b.signals[m].astype(np.float16))
+      np.testing.assert_array_equal(
+          a.signals[m].astype(np.float16), b.signals[m].astype(np.float16)
+      )
       np.testing.assert_allclose(a.signals[m], b.signals[m], atol=1e-6, rtol=0)
   return len(fast)
 
@@ -76,14 +78,20 @@ def test_quality_fast_equals_quality_on_edge_cases():
   fs = 250.0
   rng = np.random.default_rng(0)
   t = np.arange(int(10 * fs)) / fs
-  cases = [np.zeros(2500), rng.normal(size=2500), np.sin(2 * np.pi * 0.05 * t),
-           np.sin(2 * np.pi * 1.2 * t) ** 15, np.sin(2 * np.pi * 0.3 * t) ** 21,
-           rng.normal(size=600)]
+  cases = [
+      np.zeros(2500),
+      rng.normal(size=2500),
+      np.sin(2 * np.pi * 0.05 * t),
+      np.sin(2 * np.pi * 1.2 * t) ** 15,
+      np.sin(2 * np.pi * 0.3 * t) ** 21,
+      rng.normal(size=600),
+  ]
   for x in cases:
     for m in ("ecg", "ppg"):
       c = pp.clean(x, fs, m, CONFIGS["default"])
-      assert pp.quality_fast(c, fs, m, CONFIGS["default"]) == pp.quality(c, fs, m,
-                                                                         CONFIGS["default"])
+      assert pp.quality_fast(c, fs, m, CONFIGS["default"]) == pp.quality(
+          c, fs, m, CONFIGS["default"]
+      )
 
 
 @pytest.mark.parametrize("modalities", ["both", "ppg", "any"])
@@ -94,10 +102,11 @@ def test_record_steps_follow_the_per_window_decisions(modalities):
   import collections
 
   import neurokit2 as nk
+
   fs = 125.0
   ecg = nk.ecg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=3)
   ppg = nk.ppg_simulate(duration=30, sampling_rate=125, heart_rate=70, random_state=3)
-  ppg[int(12 * fs):int(14 * fs)] = np.nan
+  ppg[int(12 * fs) : int(14 * fs)] = np.nan
   present = {"ecg": (ecg, fs), "ppg": (ppg, fs)}
   config = pp.PreprocessConfig(modalities=modalities)
   required = pp.REQUIREMENTS[modalities]
@@ -105,23 +114,35 @@ def test_record_steps_follow_the_per_window_decisions(modalities):
   results = []
   for steps_class in (segment.BatchedSteps, unbatched.WindowSteps):
     steps, stats = steps_class(present, starts, config, required), collections.Counter()
-    out = [segment.one_window(present, k, t0, config, required, stats, steps)
-           for k, t0 in enumerate(starts)]
-    results.append(([(None if s is None else (s.quality, {m: v.tolist() for m, v in
-                                                         s.signals.items()}), r)
-                     for s, r in out], stats))
+    out = [
+        segment.one_window(present, k, t0, config, required, stats, steps)
+        for k, t0 in enumerate(starts)
+    ]
+    results.append(
+        (
+            [
+                (
+                    None
+                    if s is None
+                    else (s.quality, {m: v.tolist() for m, v in s.signals.items()}),
+                    r,
+                )
+                for s, r in out
+            ],
+            stats,
+        )
+    )
   assert results[0] == results[1]
   assert results[0][0][1][1] in (None, "nan_run_ppg")
 
 
 def test_peak_finders_equal_neurokits():
   import neurokit2 as nk
+
   fs = 250.0
   config = CONFIGS["default"]
-  ecg = pp.clean(nk.ecg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ecg",
-                 config)
-  ppg = pp.clean(nk.ppg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ppg",
-                 config)
+  ecg = pp.clean(nk.ecg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ecg", config)
+  ppg = pp.clean(nk.ppg_simulate(duration=10, sampling_rate=250, random_state=4), fs, "ppg", config)
   want_ecg = nk.ecg_findpeaks(ecg, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
   want_ppg = nk.ppg_findpeaks(ppg, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
   assert len(want_ecg) > 5 and len(want_ppg) > 5
@@ -138,6 +159,7 @@ def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch, phy
   import neurokit2 as nk
 
   from xmae_jax.data import prepare_units
+
   monkeypatch.setitem(sys.modules, "scipy.signal._peak_finding_utils", None)
   fast.scipy_peak_finding.cache_clear()
   try:
@@ -155,11 +177,13 @@ def test_a_moved_scipy_internal_fails_with_the_versions_matched(monkeypatch, phy
 # The calls evaluation/reconstruction.py made before it used pp.find_rpeaks/find_pulse_peaks.
 def _neurokit_rpeaks(x, fs):
   import neurokit2 as nk
+
   return nk.ecg_peaks(x, sampling_rate=int(round(fs)), method="neurokit")[1]["ECG_R_Peaks"]
 
 
 def _neurokit_pulse_peaks(x, fs):
   import neurokit2 as nk
+
   return nk.ppg_peaks(x, sampling_rate=int(round(fs)), method="elgendi")[1]["PPG_Peaks"]
 
 
@@ -179,6 +203,7 @@ def test_the_finders_equal_neurokits_peaks_on_reconstruction_like_signals():
   # min-max windows at 100 Hz as a reconstruction gives them: clean, late, noisy, blurred,
   # noise alone, flat, with a NaN; the finders must give NeuroKit's ecg_peaks/ppg_peaks indices
   import neurokit2 as nk
+
   fs = 100.0
   rng = np.random.default_rng(0)
   rows = []
@@ -188,8 +213,12 @@ def test_the_finders_equal_neurokits_peaks_on_reconstruction_like_signals():
     ecg = nk.ecg_simulate(duration=10, sampling_rate=250, heart_rate=hr, random_state=i)
     ppg = nk.ppg_simulate(duration=10, sampling_rate=250, heart_rate=hr, random_state=i)
     for x in (pp.resample(ecg, 250, fs, 1000), pp.resample(ppg, 250, fs, 1000)):
-      rows += [x, np.roll(x, 7), x + rng.normal(0, 0.3 * np.std(x), x.size),
-               np.convolve(x, np.ones(9) / 9, mode="same")]
+      rows += [
+          x,
+          np.roll(x, 7),
+          x + rng.normal(0, 0.3 * np.std(x), x.size),
+          np.convolve(x, np.ones(9) / 9, mode="same"),
+      ]
   rows += [rng.normal(size=1000) for _ in range(8)]
   rows += [np.zeros(1000), np.r_[np.nan, rows[0][1:]], rows[0][:150]]
   rows = [pp.minmax(x).astype(np.float32) if len(x) == 1000 else x for x in rows]

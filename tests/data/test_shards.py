@@ -1,4 +1,5 @@
 """The dataset-directory format: streamed shard writing, the index, manifest errors."""
+
 import json
 
 import numpy as np
@@ -11,10 +12,14 @@ from xmae_jax.data import shards
 
 def _records(n):
   for i in range(n):
-    yield record.Record(f"subj{(7 * i) % 5}", f"seg{i}", "test",
-                        ppg=np.full(1000, i / n, np.float32),
-                        ecg=None if i % 4 == 0 else np.zeros(1000, np.float32),
-                        quality_ppg=0.5 + i / (2 * n))
+    yield record.Record(
+        f"subj{(7 * i) % 5}",
+        f"seg{i}",
+        "test",
+        ppg=np.full(1000, i / n, np.float32),
+        ecg=None if i % 4 == 0 else np.zeros(1000, np.float32),
+        quality_ppg=0.5 + i / (2 * n),
+    )
 
 
 def test_write_split_streams_shards_and_index(tmp_path):
@@ -22,8 +27,14 @@ def test_write_split_streams_shards_and_index(tmp_path):
   assert entry["shards"] == [shards.shard_name("train", i, 3) for i in range(3)]
   assert entry["records_per_shard"] == [4, 4, 2] and entry["records"] == 10
   assert entry["subject_ids"] == sorted({f"subj{(7 * i) % 5}" for i in range(10)})
-  shards.write_manifest(tmp_path, {"train": entry}, sampling_rate=100, segment_length=1000,
-                        preprocessing={}, sources=[])
+  shards.write_manifest(
+      tmp_path,
+      {"train": entry},
+      sampling_rate=100,
+      segment_length=1000,
+      preprocessing={},
+      sources=[],
+  )
   paths, index = shards.split_paths(tmp_path, "train")
   decoded = [record.decode(r) for p in paths for r in arm.ArrayRecordReader(p).read_all()]
   assert [d.segment_id for d in decoded] == [f"seg{i}" for i in range(10)]
@@ -37,8 +48,14 @@ def test_write_split_streams_shards_and_index(tmp_path):
 def test_empty_split_is_reported(tmp_path):
   entry = shards.write_split(tmp_path, "test", iter(()))
   assert entry["records"] == 0 and len(entry["shards"]) == 1
-  shards.write_manifest(tmp_path, {"test": entry}, sampling_rate=100, segment_length=1000,
-                        preprocessing={}, sources=[])
+  shards.write_manifest(
+      tmp_path,
+      {"test": entry},
+      sampling_rate=100,
+      segment_length=1000,
+      preprocessing={},
+      sources=[],
+  )
   with pytest.raises(shards.DatasetError, match="split 'test' is empty"):
     shards.split_paths(tmp_path, "test")
 

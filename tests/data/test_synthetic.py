@@ -1,4 +1,5 @@
 """The simulator: PPG pulses follow R peaks by the subject's PTT; metadata shapes the signals."""
+
 import warnings
 
 import neurokit2 as nk
@@ -23,8 +24,9 @@ def _peaks(rec):
 
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_ppg_peaks_follow_r_peaks_by_the_configured_delay(index):
-  rec = synthetic.simulate_subject(5, index, minutes=0.5, fs=FS, pvc_subjects=0.0,
-                                   artifact_rate=0.0)
+  rec = synthetic.simulate_subject(
+      5, index, minutes=0.5, fs=FS, pvc_subjects=0.0, artifact_rate=0.0
+  )
   p = synthetic.subject_params(5, index, pvc_subjects=0.0)
   r_peaks, ppg_peaks = _peaks(rec)
   assert len(r_peaks) >= 0.5 * 60 * p["hr"] / 60 * 0.8
@@ -46,19 +48,21 @@ def test_transit_time_and_pulse_shape_follow_age_and_pressure():
   refl = np.array([p["refl_delay"] for p in params])
   assert np.corrcoef(age, sbp)[0, 1] > 0.3
   assert np.corrcoef(sbp, ptt)[0, 1] < -0.5 and np.corrcoef(age, ptt)[0, 1] < -0.5
-  assert np.corrcoef(age, refl)[0, 1] < -0.8         # stiffer arteries: earlier reflection
+  assert np.corrcoef(age, refl)[0, 1] < -0.8  # stiffer arteries: earlier reflection
   # within a subject, beat-to-beat BP changes move the PTT the other way (window means)
   rec = synthetic.simulate_subject(11, 0, minutes=2, fs=125.0, artifact_rate=0.0)
-  segs, _ = pp.segment_recording(rec.signals, pp.PreprocessConfig(stride_seconds=2.0),
-                                 series=rec.series)
+  segs, _ = pp.segment_recording(
+      rec.signals, pp.PreprocessConfig(stride_seconds=2.0), series=rec.series
+  )
   w_sbp = np.array([s.meta["sbp"] for s in segs])
   w_ptt = np.array([s.meta["ptt_ms"] for s in segs])
   assert np.corrcoef(w_sbp, w_ptt)[0, 1] < -0.8
 
 
 def test_pvc_beats_show_in_both_signals():
-  rec = synthetic.simulate_subject(2, 4, minutes=1, fs=FS, pvc_subjects=1.0, pvc_rate=0.15,
-                                   artifact_rate=0.0)
+  rec = synthetic.simulate_subject(
+      2, 4, minutes=1, fs=FS, pvc_subjects=1.0, pvc_rate=0.15, artifact_rate=0.0
+  )
   p = synthetic.subject_params(2, 4, pvc_subjects=1.0, pvc_rate=0.15)
   pvc_times = rec.events["pvc"][:, 0]
   assert len(pvc_times) >= 3
@@ -66,23 +70,27 @@ def test_pvc_beats_show_in_both_signals():
   ppg, _ = rec.signals["ppg"]
   # ECG: the PVC complex is wide: its width at half amplitude (cleaned ECG) is about double
   clean = nk.ecg_clean(ecg, sampling_rate=fs)
+
   def qrs_width(t):
     k, w = int(round(t * fs)), int(0.15 * fs)
-    a = np.abs(clean[k - w:k + w])
+    a = np.abs(clean[k - w : k + w])
     return np.count_nonzero(a > 0.5 * a.max()) / fs
+
   r_peaks, _ = _peaks(rec)
   normal = [t for t in r_peaks if np.min(np.abs(pvc_times - t)) > 0.3 and 1 < t < 58]
   wide = np.median([qrs_width(t) for t in pvc_times if 1 < t < 58])
   assert wide > 1.8 * np.median([qrs_width(t) for t in normal])
+
   # PPG: the pulse of a PVC is small
   def pulse_amp(t):
     foot = t + p["ptt_ms"] / 1000
     a, b = int(foot * fs), int((foot + 0.3) * fs)
     return ppg[a:b].max() - ppg[a]
+
   small = np.median([pulse_amp(t) for t in pvc_times if 1 < t < 58])
   assert small < 0.5 * np.median([pulse_amp(t) for t in normal])
   segs, _ = pp.segment_recording(rec.signals, pp.PreprocessConfig(), events=rec.events)
-  assert sum(s.labels["pvc"] for s in segs) >= 3        # the windows holding them are labelled
+  assert sum(s.labels["pvc"] for s in segs) >= 3  # the windows holding them are labelled
 
 
 def test_same_seed_same_signals_other_seed_other_signals():
@@ -96,8 +104,7 @@ def test_same_seed_same_signals_other_seed_other_signals():
 
 
 def test_motion_artefacts_lower_quality():
-  rec = synthetic.simulate_subject(4, 7, minutes=3, fs=125.0, pvc_subjects=0.0,
-                                   artifact_rate=3.0)
+  rec = synthetic.simulate_subject(4, 7, minutes=3, fs=125.0, pvc_subjects=0.0, artifact_rate=3.0)
   segs, _ = pp.segment_recording(rec.signals, pp.PreprocessConfig(), events=rec.events)
   moved = [s.quality["ppg"] for s in segs if s.labels["motion"]]
   still = [s.quality["ppg"] for s in segs if not s.labels["motion"]]

@@ -1,4 +1,5 @@
 """The TFDS builder over a prepared dataset: tfds.data_source reads our signals (no TF)."""
+
 import json
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_tfds_data_source_yields_our_records(tmp_path):
       reader = arm.ArrayRecordReader(p)
       ours += [record.decode(b) for b in reader.read_all()]
       reader.close()
-    for i, rec in enumerate(ours):      # same order: TFDS shuffling is disabled
+    for i, rec in enumerate(ours):  # same order: TFDS shuffling is disabled
       ex = source[i]
       assert ex["segment_id"].decode() == rec.segment_id
       assert ex["subject_id"].decode() == rec.subject_id
@@ -41,8 +42,9 @@ def test_tfds_data_source_yields_our_records(tmp_path):
           np.testing.assert_array_equal(ex[m].astype(np.float32), sig)
       np.testing.assert_allclose(ex["quality_ppg"], rec.quality_ppg, rtol=1e-6)
       assert json.loads(ex["meta"]) == rec.meta
-  assert not all(bool(xtfds.data_source(tmp_path / "tfds", "train")[i]["has_ecg"])
-                 for i in range(22))
+  assert not all(
+      bool(xtfds.data_source(tmp_path / "tfds", "train")[i]["has_ecg"]) for i in range(22)
+  )
 
 
 def test_prepare_needs_a_dataset_directory(tmp_path):

@@ -2,6 +2,7 @@
 alarm_type / alarm_true, alarm_time_s -> seconds_to_alarm), hr from the ECG R-peaks, sbp/dbp
 from an arterial pressure channel (NaN per counted reason), window_start_s; carried through
 xmae-prepare into records and the report."""
+
 import json
 import math
 
@@ -28,15 +29,23 @@ def _recording(path) -> Recording:
 
 
 def _segments(item, config=CONFIG, fn=pp.segment_recording):
-  return fn(item.signals, config, meta=item.meta, labels=item.labels, events=item.events,
-            series=item.series, extra=item.extra)
+  return fn(
+      item.signals,
+      config,
+      meta=item.meta,
+      labels=item.labels,
+      events=item.events,
+      series=item.series,
+      extra=item.extra,
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # Header comments
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,alarm", [("a103l", "Asystole"),
-                                        ("v102s", "Ventricular_Tachycardia")])
+@pytest.mark.parametrize(
+    "name,alarm", [("a103l", "Asystole"), ("v102s", "Ventricular_Tachycardia")]
+)
 def test_challenge_header_comments_become_labels(physionet_dir, name, alarm):
   item = _recording(physionet_dir / name)
   assert item.labels == {"alarm_type": alarm, "alarm_true": 0}
@@ -47,11 +56,18 @@ def test_challenge_header_comments_become_labels(physionet_dir, name, alarm):
 
 
 def test_header_annotations_generic_and_partial():
-  labels, meta = wfdb_source.header_annotations(["Tachycardia"])   # no verdict line
+  labels, meta = wfdb_source.header_annotations(["Tachycardia"])  # no verdict line
   assert labels == {"alarm_type": "Tachycardia"} and meta == {"alarm_time_s": 300.0}
   labels, meta = wfdb_source.header_annotations(
-      ["Location: micu", "<age>: 74", "Weight kg: 81.5", "true ALARM",
-       "Produced by xform from record mimicdb/041/04100002, beginning at 0:0", "free text"])
+      [
+          "Location: micu",
+          "<age>: 74",
+          "Weight kg: 81.5",
+          "true ALARM",
+          "Produced by xform from record mimicdb/041/04100002, beginning at 0:0",
+          "free text",
+      ]
+  )
   assert labels == {"location": "micu", "age": 74, "weight_kg": 81.5, "alarm_true": 1}
   assert meta == {}
 
@@ -66,14 +82,14 @@ def test_master_header_comment_labels_every_recording_of_a_multi_segment_record(
 # Window times
 # ---------------------------------------------------------------------------------------------
 def test_window_start_and_seconds_to_alarm(physionet_dir):
-  item = _recording(physionet_dir / "a103l")                     # 330 s: windows past the alarm
+  item = _recording(physionet_dir / "a103l")  # 330 s: windows past the alarm
   segs, _ = _segments(item)
   for s in segs:
     assert s.meta["window_start_s"] == s.start_s
     assert s.meta["seconds_to_alarm"] == 300.0 - (s.start_s + 10.0)
   last = max(segs, key=lambda s: s.start_s)
   assert last.start_s == 320.0 and last.meta["seconds_to_alarm"] == -30.0
-  assert any(s.meta["seconds_to_alarm"] == 0.0 for s in segs)     # the window ending at 300 s
+  assert any(s.meta["seconds_to_alarm"] == 0.0 for s in segs)  # the window ending at 300 s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,16 +121,17 @@ def test_hr_of_an_ecg_with_a_known_rate(bpm):
 
 def test_hr_too_few_beats_and_flat_ecg_are_nan_with_reasons():
   ecg = _spike_ecg(75.0, 30)
-  ecg[int(10 * FS) + 5:int(20 * FS) - 5] = 0.01 * np.sin(np.arange(int(10 * FS) - 10))  # no QRS
+  ecg[int(10 * FS) + 5 : int(20 * FS) - 5] = 0.01 * np.sin(np.arange(int(10 * FS) - 10))  # no QRS
   segs, stats = pp.segment_recording({"ecg": (ecg, FS)}, pp.PreprocessConfig(modalities="ecg"))
   hrs = {s.index: s.meta["hr"] for s in segs}
   assert hrs[0] == pytest.approx(75.0) and hrs[2] == pytest.approx(75.0)
   assert math.isnan(hrs[1])
   assert stats["derived/hr"] == 2
   assert sum(v for k, v in stats.items() if k.startswith("derived_nan/hr/")) == 1
-  assert pp.heart_rate_from_peaks(np.array([0, 250]), FS) == (pytest.approx(math.nan,
-                                                                            nan_ok=True),
-                                                             "too_few_beats")
+  assert pp.heart_rate_from_peaks(np.array([0, 250]), FS) == (
+      pytest.approx(math.nan, nan_ok=True),
+      "too_few_beats",
+  )
   assert pp.heart_rate_from_peaks(np.array([0, 20, 40, 60]), FS)[1] == "implausible"  # 750 bpm
 
 
@@ -122,8 +139,15 @@ def test_hr_is_the_same_from_the_ecg_modality_and_from_ecg_as_an_extra_channel(p
   # xmae-embed with a PPG encoder windows the PPG only; the ECG still gives hr
   item = _recording(physionet_dir / "a103l")
   both = [s.meta["hr"] for s in _segments(item)[0]]
-  [ppg_only] = list(prepare_units.segment_unit("wfdb", str(physionet_dir / "a103l"), {},
-                                      pp.PreprocessConfig(modalities="ppg"), modalities=("ppg",)))
+  [ppg_only] = list(
+      prepare_units.segment_unit(
+          "wfdb",
+          str(physionet_dir / "a103l"),
+          {},
+          pp.PreprocessConfig(modalities="ppg"),
+          modalities=("ppg",),
+      )
+  )
   assert set(ppg_only.segments[0].signals) == {"ppg"}
   assert [s.meta["hr"] for s in ppg_only.segments] == both
   assert len(both) > 20 and all(40 < h < 200 for h in both)
@@ -157,17 +181,19 @@ def test_simulator_hr_is_kept_as_the_source_gives_it():
 def test_sbp_dbp_on_mixedsignals_against_peaks_found_by_hand(physionet_dir):
   import wfdb
   from scipy import signal
+
   item = _recording(physionet_dir / "mixedsignals")
   assert set(item.extra) == {"abp"}
   segs, stats = _segments(item)
   assert stats["derived/sbp_dbp"] == len(segs) > 10
-  rec = wfdb.rdrecord(str(physionet_dir / "mixedsignals"), channel_names=["ABP"],
-                      smooth_frames=False)
+  rec = wfdb.rdrecord(
+      str(physionet_dir / "mixedsignals"), channel_names=["ABP"], smooth_frames=False
+  )
   abp = np.asarray(rec.e_p_signal[0], float)
   fs = rec.fs * rec.samps_per_frame[0]
   for s in (segs[0], segs[len(segs) // 2]):
     a = int(round(s.start_s * fs))
-    w = abp[a:a + int(round(10 * fs))]
+    w = abp[a : a + int(round(10 * fs))]
     # systolic peaks above the window's mean at least 0.4 s apart; troughs likewise below it
     top, _ = signal.find_peaks(w, height=w.mean(), distance=int(0.4 * fs))
     low, _ = signal.find_peaks(-w, height=-w.mean(), distance=int(0.4 * fs))
@@ -185,22 +211,34 @@ def _abp(seconds: float, sbp: float, dbp: float, bpm: float = 75.0, fs: float = 
 
 def _abp_cases() -> np.ndarray:
   """Six 10-s windows: good, damped, flat, NaN, implausible, good."""
-  return np.concatenate([_abp(10, 120, 80), _abp(10, 93, 87), np.full(int(10 * FS), 90.0),
-                         np.full(int(10 * FS), np.nan), _abp(10, 360, 250), _abp(10, 140, 70)])
+  return np.concatenate(
+      [
+          _abp(10, 120, 80),
+          _abp(10, 93, 87),
+          np.full(int(10 * FS), 90.0),
+          np.full(int(10 * FS), np.nan),
+          _abp(10, 360, 250),
+          _abp(10, 140, 70),
+      ]
+  )
 
 
 def test_sbp_dbp_nan_reasons_are_counted():
   ecg, ppg = _spike_ecg(75.0, 60), _pulse_ppg(75.0, 60)
-  segs, stats = pp.segment_recording({"ecg": (ecg, FS), "ppg": (ppg, FS)}, CONFIG,
-                                     extra={"abp": (_abp_cases(), FS)})
-  assert [s.start_s for s in segs] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]   # windows unchanged
+  segs, stats = pp.segment_recording(
+      {"ecg": (ecg, FS), "ppg": (ppg, FS)}, CONFIG, extra={"abp": (_abp_cases(), FS)}
+  )
+  assert [s.start_s for s in segs] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]  # windows unchanged
   bp = [(s.meta["sbp"], s.meta["dbp"]) for s in segs]
   assert bp[0] == pytest.approx((120.0, 80.0)) and bp[5] == pytest.approx((140.0, 70.0))
   assert all(math.isnan(v) for pair in bp[1:5] for v in pair)
   assert {k: v for k, v in stats.items() if "sbp_dbp" in k} == {
-      "derived/sbp_dbp": 2, "derived_nan/sbp_dbp/damped": 1,
-      "derived_nan/sbp_dbp/flat_line": 1, "derived_nan/sbp_dbp/nan_run": 1,
-      "derived_nan/sbp_dbp/implausible": 1}
+      "derived/sbp_dbp": 2,
+      "derived_nan/sbp_dbp/damped": 1,
+      "derived_nan/sbp_dbp/flat_line": 1,
+      "derived_nan/sbp_dbp/nan_run": 1,
+      "derived_nan/sbp_dbp/implausible": 1,
+  }
   # the extra channel changes nothing else
   plain, plain_stats = pp.segment_recording({"ecg": (ecg, FS), "ppg": (ppg, FS)}, CONFIG)
   for a, b in zip(plain, segs):
@@ -210,7 +248,7 @@ def test_sbp_dbp_nan_reasons_are_counted():
 
 
 def test_blood_pressure_bounds():
-  assert pp.blood_pressure(_abp(10, 120, 80, bpm=15), FS)[2] == "too_few_beats"   # 2.5 beats
+  assert pp.blood_pressure(_abp(10, 120, 80, bpm=15), FS)[2] == "too_few_beats"  # 2.5 beats
   assert pp.blood_pressure(_abp(10, 35, 20), FS)[2] == "implausible"
   sbp, dbp, why = pp.blood_pressure(_abp(10, 180, 95, bpm=110), FS)
   assert why is None and (sbp, dbp) == pytest.approx((180.0, 95.0), abs=0.5)
@@ -221,18 +259,27 @@ def test_blood_pressure_bounds():
 # ---------------------------------------------------------------------------------------------
 def _write_record(directory, name, signals: dict, comments):
   import wfdb
+
   names = list(signals)
-  wfdb.wrsamp(name, fs=FS, units=["mmHg" if n == "ABP" else "mV" for n in names], sig_name=names,
-              p_signal=np.stack([signals[n] for n in names], axis=1), fmt=["16"] * len(names),
-              comments=comments, write_dir=str(directory))
+  wfdb.wrsamp(
+      name,
+      fs=FS,
+      units=["mmHg" if n == "ABP" else "mV" for n in names],
+      sig_name=names,
+      p_signal=np.stack([signals[n] for n in names], axis=1),
+      fmt=["16"] * len(names),
+      comments=comments,
+      write_dir=str(directory),
+  )
 
 
 def test_prepare_carries_labels_and_pressures_and_reports_them(tmp_path):
   src = tmp_path / "in"
   src.mkdir()
   ecg, ppg = _spike_ecg(75.0, 60), _pulse_ppg(75.0, 60)
-  _write_record(src, "b001l", {"II": ecg, "PLETH": ppg, "ABP": _abp_cases()},
-                ["Bradycardia", "True alarm"])
+  _write_record(
+      src, "b001l", {"II": ecg, "PLETH": ppg, "ABP": _abp_cases()}, ["Bradycardia", "True alarm"]
+  )
   _write_record(src, "t002s", {"II": ecg, "PLETH": ppg}, ["Tachycardia"])
   _write_record(src, "noppg", {"II": ecg, "ABP": _abp_cases()}, ["Asystole", "False alarm"])
   out = tmp_path / "ds"
@@ -240,18 +287,27 @@ def test_prepare_carries_labels_and_pressures_and_reports_them(tmp_path):
   # a record without PLETH is read, its windows dropped and the file named in the report
   assert report["files_read"] == 3 and report["segments_dropped"] == {"missing_ppg": 6}
   assert [(w["input"], w["warning"].split(":")[0]) for w in report["input_warnings"]] == [
-      ("noppg", "missing channel")]
+      ("noppg", "missing channel")
+  ]
   assert report["derived_meta"]["sbp_dbp"] == {
-      "windows": 2, "nan_total": 4,
-      "nan": {"damped": 1, "flat_line": 1, "implausible": 1, "nan_run": 1}}
+      "windows": 2,
+      "nan_total": 4,
+      "nan": {"damped": 1, "flat_line": 1, "implausible": 1, "nan_run": 1},
+  }
   assert report["derived_meta"]["hr"] == {"windows": 12, "nan": {}, "nan_total": 0}
-  assert report["label_windows"] == {"alarm_type": {"Bradycardia": 6, "Tachycardia": 6},
-                                     "alarm_true": {"1": 6}}
-  assert json.loads((out / prepare_report.REPORT_JSON).read_text())["derived_meta"] == \
-      report["derived_meta"]
+  assert report["label_windows"] == {
+      "alarm_type": {"Bradycardia": 6, "Tachycardia": 6},
+      "alarm_true": {"1": 6},
+  }
+  assert (
+      json.loads((out / prepare_report.REPORT_JSON).read_text())["derived_meta"]
+      == report["derived_meta"]
+  )
   md = (out / prepare_report.REPORT_MD).read_text()
-  assert ("- sbp_dbp: 2 windows with a value, 4 NaN (damped 1, flat_line 1, implausible 1, "
-          "nan_run 1)") in md
+  assert (
+      "- sbp_dbp: 2 windows with a value, 4 NaN (damped 1, flat_line 1, implausible 1, "
+      "nan_run 1)"
+  ) in md
   assert "- alarm_type: Bradycardia 6, Tachycardia 6" in md
   records = {r.segment_id: r for _, r in dataset_reader.iter_records(str(out), "train")}
   assert len(records) == 12
@@ -259,7 +315,7 @@ def test_prepare_carries_labels_and_pressures_and_reports_them(tmp_path):
   assert b.labels == {"alarm_type": "Bradycardia", "alarm_true": 1}
   assert b.meta["sbp"] == pytest.approx(120.0, abs=0.1)
   assert b.meta["seconds_to_alarm"] == 290.0 and b.meta["window_start_s"] == 0.0
-  assert "sbp" not in records["in/b001l:00001"].meta            # NaN is left out of a record
+  assert "sbp" not in records["in/b001l:00001"].meta  # NaN is left out of a record
   t = records["in/t002s:00003"]
   assert t.labels == {"alarm_type": "Tachycardia"} and "sbp" not in t.meta
   assert t.meta["hr"] == pytest.approx(75.0)

@@ -1,5 +1,6 @@
 """Shared fixtures of the evaluation tests: one tiny xMAE and one tiny M2AE, their workdirs and
 their exported packages (M2AE's: the joint ppg+ecg fingerprint package)."""
+
 import pytest
 
 from tests.helpers.tiny_models import tiny_model
@@ -20,6 +21,7 @@ def tiny_workdir(tiny_xmae, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_package(tiny_workdir, tmp_path_factory):
   from xmae_jax.evaluation import export
+
   return export.export_workdir(tiny_workdir, tmp_path_factory.mktemp("pkg") / "encoder")
 
 
@@ -38,7 +40,12 @@ def m2ae_workdir(tiny_m2ae, tmp_path_factory):
 def joint_package(m2ae_workdir, tmp_path_factory):
   """The tiny M2AE's ppg+ecg fingerprint package, written by `xmae-export --modality ppg+ecg`."""
   from xmae_jax.cli import xmae_export
+
   out = tmp_path_factory.mktemp("joint") / "fingerprint"
-  assert xmae_export.main(["--workdir", str(m2ae_workdir), "--output", str(out),
-                           "--modality", "ppg+ecg"]) == 0
+  assert (
+      xmae_export.main(
+          ["--workdir", str(m2ae_workdir), "--output", str(out), "--modality", "ppg+ecg"]
+      )
+      == 0
+  )
   return out

@@ -1,4 +1,5 @@
 """xmae-embed on a dataset, a WFDB record and a CSV file; xmae-probe and xmae-compare end to end."""
+
 import json
 from pathlib import Path
 
@@ -25,11 +26,17 @@ def dataset(tmp_path_factory):
     for k in range(4):
       ppg = np.sin(2 * np.pi * hr / 60 * t + rng.uniform(0, 6)) ** 3 + 0.05 * rng.normal(size=1000)
       ppg = 2 * (ppg - ppg.min()) / np.ptp(ppg) - 1
-      rec = record_lib.Record(subject_id=f"s{s:02d}", segment_id=f"s{s:02d}/{k}", source="test",
-                              ppg=ppg, ecg=ppg[::-1].copy(), quality_ppg=0.95, quality_ecg=0.95,
-                              meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s,
-                                    "dbp": 70 + s},
-                              labels={"pvc": int(s % 3 == 0)})
+      rec = record_lib.Record(
+          subject_id=f"s{s:02d}",
+          segment_id=f"s{s:02d}/{k}",
+          source="test",
+          ppg=ppg,
+          ecg=ppg[::-1].copy(),
+          quality_ppg=0.95,
+          quality_ecg=0.95,
+          meta={"hr": hr, "age": 30.0 + 3 * s, "sbp": 110 + 3 * s, "dbp": 70 + s},
+          labels={"pvc": int(s % 3 == 0)},
+      )
       splits["test" if s >= 9 else "train"].append(rec)
   return datasets.write_dataset(out, splits)
 
@@ -37,9 +44,12 @@ def dataset(tmp_path_factory):
 def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   from xmae_jax.cli import xmae_embed as embed
   from xmae_jax.cli import xmae_probe as probe
+
   out = tmp_path / "emb.npz"
-  assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset),
-                     "--output", str(out)]) == 0
+  assert (
+      embed.main(["--encoder", str(tiny_package), "--input", str(dataset), "--output", str(out)])
+      == 0
+  )
   a = embed_lib.load_embeddings(out)
   assert a["embeddings"].shape == (48, 32) and a["embeddings"].dtype == np.float32
   assert set(a["split"]) == {"train", "test"}
@@ -51,6 +61,7 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   from array_record.python import array_record_module as arm
 
   import xmae_jax
+
   enc = xmae_jax.load_encoder(tiny_package)
   paths, _ = shards.split_paths(dataset, "train")
   reader = arm.ArrayRecordReader(paths[0], "readahead_buffer_size:0")
@@ -60,14 +71,45 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
   direct = enc.embed(first.ppg[None].astype(np.float32), fs=100)
   np.testing.assert_allclose(direct[0], a["embeddings"][row], rtol=1e-4, atol=1e-5)
   test_only = tmp_path / "test.npz"
-  assert embed.main(["--encoder", str(tiny_package), "--input", str(dataset), "--output",
-                     str(test_only), "--split", "test"]) == 0
+  assert (
+      embed.main(
+          [
+              "--encoder",
+              str(tiny_package),
+              "--input",
+              str(dataset),
+              "--output",
+              str(test_only),
+              "--split",
+              "test",
+          ]
+      )
+      == 0
+  )
   assert len(embed_lib.load_embeddings(test_only)["embeddings"]) == 12
   capsys.readouterr()
   md, js = tmp_path / "p.md", tmp_path / "p.json"
-  assert probe.main(["--embeddings", str(out), "--task", "hr", "--task", "hypertension:clinical",
-                     "--folds", "3", "--bootstrap", "50", "--output-md", str(md),
-                     "--output-json", str(js)]) == 0
+  assert (
+      probe.main(
+          [
+              "--embeddings",
+              str(out),
+              "--task",
+              "hr",
+              "--task",
+              "hypertension:clinical",
+              "--folds",
+              "3",
+              "--bootstrap",
+              "50",
+              "--output-md",
+              str(md),
+              "--output-json",
+              str(js),
+          ]
+      )
+      == 0
+  )
   results = json.loads(js.read_text())
   assert [r["task"] for r in results] == ["hr", "hypertension:clinical"]
   assert results[0]["n_subjects"] == 12 and "ci95" in results[0]["metrics"]["mae"]
@@ -79,11 +121,23 @@ def test_embed_dataset_and_probe(tiny_package, dataset, tmp_path, capsys):
 
 def test_embed_wfdb_record_and_csv(tiny_package, physionet_dir, tmp_path):
   from xmae_jax.cli import xmae_embed as embed
+
   out = tmp_path / "wfdb.npz"
-  assert embed.main(["--encoder", str(tiny_package), "--input", str(physionet_dir / "a103l"),
-                     "--output", str(out)]) == 0
+  assert (
+      embed.main(
+          [
+              "--encoder",
+              str(tiny_package),
+              "--input",
+              str(physionet_dir / "a103l"),
+              "--output",
+              str(out),
+          ]
+      )
+      == 0
+  )
   a = embed_lib.load_embeddings(out)
-  assert 25 <= len(a["embeddings"]) <= 33          # 330 s at 250 Hz -> up to 33 windows
+  assert 25 <= len(a["embeddings"]) <= 33  # 330 s at 250 Hz -> up to 33 windows
   assert np.all(np.isfinite(a["embeddings"]))
   # CSV: 25 s of PPG at 125 Hz -> 2 windows.
   csv = tmp_path / "one.csv"
@@ -91,20 +145,58 @@ def test_embed_wfdb_record_and_csv(tiny_package, physionet_dir, tmp_path):
   ppg = np.sin(2 * np.pi * 1.2 * t) ** 2
   csv.write_text("ppg\n" + "\n".join(f"{v:.5f}" for v in ppg))
   out_csv = tmp_path / "csv.npz"
-  assert embed.main(["--encoder", str(tiny_package), "--input", str(csv), "--output",
-                     str(out_csv), "--fs", "125"]) == 0
+  assert (
+      embed.main(
+          [
+              "--encoder",
+              str(tiny_package),
+              "--input",
+              str(csv),
+              "--output",
+              str(out_csv),
+              "--fs",
+              "125",
+          ]
+      )
+      == 0
+  )
   assert len(embed_lib.load_embeddings(out_csv)["embeddings"]) == 2
 
 
 def test_embed_bad_inputs(tiny_package, tmp_path, capsys):
   from xmae_jax.cli import xmae_embed as embed
+
   empty = tmp_path / "empty.csv"
   empty.write_text("")
-  assert embed.main(["--encoder", str(tiny_package), "--input", str(empty), "--output",
-                     str(tmp_path / "o.npz"), "--fs", "125"]) == 1
+  assert (
+      embed.main(
+          [
+              "--encoder",
+              str(tiny_package),
+              "--input",
+              str(empty),
+              "--output",
+              str(tmp_path / "o.npz"),
+              "--fs",
+              "125",
+          ]
+      )
+      == 1
+  )
   assert "empty" in capsys.readouterr().err
-  assert embed.main(["--encoder", str(tmp_path / "nope"), "--input", str(empty), "--output",
-                     str(tmp_path / "o.npz")]) == 1
+  assert (
+      embed.main(
+          [
+              "--encoder",
+              str(tmp_path / "nope"),
+              "--input",
+              str(empty),
+              "--output",
+              str(tmp_path / "o.npz"),
+          ]
+      )
+      == 1
+  )
   assert "does not exist" in capsys.readouterr().err
   bad = tmp_path / "bad.npz"
   bad.write_bytes(b"")
@@ -115,13 +207,34 @@ def test_embed_bad_inputs(tiny_package, tmp_path, capsys):
 
 def test_compare_same_splits_table_and_chart(tiny_package, tiny_workdir, dataset, tmp_path):
   from xmae_jax.cli import xmae_compare as compare
+
   out = tmp_path / "cmp"
-  rc = compare.main(["--data", str(dataset), "--output-dir", str(out),
-                     "--encoder", f"pkg={tiny_package}", "--encoder", f"workdir={tiny_workdir}",
-                     "--random", f"random={REPO / 'configs' / 'xmae.py'}:tiny",
-                     "--random-seed", "5",
-                     "--task", "hr", "--task", "pvc", "--folds", "3", "--bootstrap", "50",
-                     "--baseline", "random"])
+  rc = compare.main(
+      [
+          "--data",
+          str(dataset),
+          "--output-dir",
+          str(out),
+          "--encoder",
+          f"pkg={tiny_package}",
+          "--encoder",
+          f"workdir={tiny_workdir}",
+          "--random",
+          f"random={REPO / 'configs' / 'xmae.py'}:tiny",
+          "--random-seed",
+          "5",
+          "--task",
+          "hr",
+          "--task",
+          "pvc",
+          "--folds",
+          "3",
+          "--bootstrap",
+          "50",
+          "--baseline",
+          "random",
+      ]
+  )
   assert rc == 0
   results = json.loads((out / "results.json").read_text())
   assert {r["encoder"] for r in results} == {"pkg", "workdir", "random"}

@@ -1,4 +1,5 @@
 """Input faults of `load_encoder(...).embed`: empty and complex input."""
+
 import numpy as np
 import pytest
 
@@ -27,5 +28,5 @@ def test_complex_input_is_rejected_in_one_line(enc):
   assert "complex" in str(e.value)
   with pytest.raises(encoder_lib.EncoderInputError, match="complex"):
     enc.embed(x.astype(np.complex64).tolist(), fs=250)
-  z = enc.embed(x.real, fs=250)                                 # its real part, asked for
+  z = enc.embed(x.real, fs=250)  # its real part, asked for
   assert z.shape == (2, enc.latent_dim)

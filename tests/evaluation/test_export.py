@@ -1,4 +1,5 @@
 """Export -> load -> embed equals the in-training encoder; package contents; clear errors."""
+
 import json
 import shutil
 
@@ -21,6 +22,7 @@ def _segments(n=6, length=1000, seed=0):
 
 def test_export_load_embed_equals_training_encoder(tiny_xmae, tiny_package):
   import xmae_jax
+
   model, _ = tiny_xmae
   x = _segments()
   expected = np.asarray(model.encoder("ppg")(x))
@@ -35,6 +37,7 @@ def test_export_load_embed_equals_training_encoder(tiny_xmae, tiny_package):
 
 def test_package_contents(tiny_xmae, tiny_package):
   from safetensors.numpy import load_file
+
   model, config = tiny_xmae
   info = json.loads((tiny_package / "package.json").read_text())
   assert info["format_version"] == package_lib.FORMAT_VERSION
@@ -75,7 +78,7 @@ def test_embed_bad_inputs(tiny_package):
   with pytest.raises(encoder_lib.EncoderInputError, match="shorter than one"):
     enc.embed(x[:, :500])
   with pytest.raises(encoder_lib.EncoderInputError, match=r"\(N, L\)"):
-    enc.embed(x[None])                     # (1-D is one recording: test_own_data.py)
+    enc.embed(x[None])  # (1-D is one recording: test_own_data.py)
   with pytest.raises(encoder_lib.EncoderInputError, match="sampling rate"):
     enc.embed(x, fs=0)
 
@@ -103,12 +106,17 @@ def test_incompatible_or_broken_package(tiny_package, tmp_path):
 
 def test_export_cli_errors(tiny_workdir, tiny_package, tmp_path, capsys):
   from xmae_jax.cli import xmae_export as export
+
   assert export.main(["--workdir", str(tiny_workdir), "--output", str(tiny_package)]) == 1
   assert "exists" in capsys.readouterr().err
   assert export.main(["--workdir", str(tmp_path / "none"), "--output", str(tmp_path / "p")]) == 1
   assert "checkpoints" in capsys.readouterr().err
-  assert export.main(["--workdir", str(tiny_workdir), "--output", str(tmp_path / "p"),
-                      "--step", "best"]) == 1
+  assert (
+      export.main(
+          ["--workdir", str(tiny_workdir), "--output", str(tmp_path / "p"), "--step", "best"]
+      )
+      == 1
+  )
   assert "validation loss" in capsys.readouterr().err
   assert not (tmp_path / "p").exists()
 
@@ -119,6 +127,7 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   from tests.helpers import golden
   from xmae_jax.interop import reference
   from xmae_jax.training import model_checkpoint
+
   z = np.load(golden.FIXTURES / "xmae_small_bridge.npz")
   config = golden.config_for(json.loads(str(z["meta/config_json"])))
   model = reference.from_reference_state_dict(golden.unpack(z, "sd"), config)
@@ -131,33 +140,40 @@ def test_export_of_imported_reference_weights_matches_reference(tmp_path):
   np.testing.assert_allclose(z_ours, z["out/ppg_embedding"], atol=1e-5, rtol=1e-4)
 
 
-def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(tiny_workdir,
-                                                                             tmp_path):
+def test_export_killed_mid_write_leaves_nothing_behind_after_the_next_export(
+    tiny_workdir, tmp_path
+):
   """A scratch folder of a killed export (its pid gone) is removed by the next export to that
   path; one of a live export is left alone, and so are folders the tool did not make."""
   import os
   import socket
   import subprocess
   import sys
+
   out = tmp_path / "encoder"
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
-  dead.wait()                                         # a pid that no longer runs
+  dead.wait()  # a pid that no longer runs
 
   def scratch(suffix, pid):
     folder = tmp_path / f".encoder.xmae-export-{suffix}"
     (folder / "new" / "weights").mkdir(parents=True)
-    (folder / package_swap.SCRATCH_MARKER).write_text(json.dumps(
-        {"pid": pid, "host": socket.gethostname(), "output": "encoder"}))
+    (folder / package_swap.SCRATCH_MARKER).write_text(
+        json.dumps({"pid": pid, "host": socket.gethostname(), "output": "encoder"})
+    )
     return folder
 
   stale, live = scratch("abc", dead.pid), scratch("xyz", os.getpid())
-  users = [tmp_path / "encoder.old", tmp_path / f"encoder.tmp-{dead.pid}-abc",
-           tmp_path / ".encoder.xmae-export-mine"]   # the last one without a marker
+  users = [
+      tmp_path / "encoder.old",
+      tmp_path / f"encoder.tmp-{dead.pid}-abc",
+      tmp_path / ".encoder.xmae-export-mine",
+  ]  # the last one without a marker
   for folder in users:
     (folder / "notes").mkdir(parents=True)
   export_lib.export_workdir(tiny_workdir, out)
   assert not stale.exists() and live.exists()
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-      ["encoder", live.name, *(f.name for f in users)])
+      ["encoder", live.name, *(f.name for f in users)]
+  )
   assert all((f / "notes").is_dir() for f in users)
   assert (out / package_lib.PACKAGE_FILE).is_file()

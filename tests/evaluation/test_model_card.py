@@ -1,5 +1,6 @@
 """Every exported package carries MODEL_CARD.md: training data and its licence, preprocessing,
 the run's validation loss with its commands, limits."""
+
 import json
 
 import pytest
@@ -8,19 +9,33 @@ from xmae_jax import config_lib
 from xmae_jax.data import shards
 from xmae_jax.evaluation import model_card
 
-SPLITS = {"train": {"records": 40, "subjects": 8, "shards": []},
-          "validation": {"records": 5, "subjects": 1, "shards": []},
-          "test": {"records": 5, "subjects": 1, "shards": []}}
+SPLITS = {
+    "train": {"records": 40, "subjects": 8, "shards": []},
+    "validation": {"records": 5, "subjects": 1, "shards": []},
+    "test": {"records": 5, "subjects": 1, "shards": []},
+}
 
 
 def _dataset(path, *, source="wfdb", licence=None):
   """A dataset directory's manifest and prepare report (the card reads only these)."""
   path.mkdir(parents=True, exist_ok=True)
-  shards.write_manifest(path, SPLITS, sampling_rate=100, segment_length=1000,
-                        preprocessing={"target_fs": 100}, sources=[source],
-                        extra={"source": source})
-  report = {"source": source, "input": "/data/challenge2015", "files_read": 556,
-            "files_total": 556, "segments_kept": 50, "segments_dropped_total": 3}
+  shards.write_manifest(
+      path,
+      SPLITS,
+      sampling_rate=100,
+      segment_length=1000,
+      preprocessing={"target_fs": 100},
+      sources=[source],
+      extra={"source": source},
+  )
+  report = {
+      "source": source,
+      "input": "/data/challenge2015",
+      "files_read": 556,
+      "files_total": 556,
+      "segments_kept": 50,
+      "segments_dropped_total": 3,
+  }
   if licence:
     report["license"] = licence
   (path / "report.json").write_text(json.dumps(report))
@@ -36,20 +51,34 @@ def tiny_export(tmp_path_factory):
 
   from xmae_jax.evaluation import encoder as encoder_lib
   from xmae_jax.evaluation import package as package_lib
-  data = _dataset(tmp_path_factory.mktemp("data") / "c15",
-                  licence="Open Data Commons Attribution License v1.0")
+
+  data = _dataset(
+      tmp_path_factory.mktemp("data") / "c15", licence="Open Data Commons Attribution License v1.0"
+  )
   config = config_lib.load("xmae:tiny", {"data.dir": str(data)})
   tensors = {"embed.kernel": np.ones((4, 2), np.float32), "bn.mean": np.zeros(2, np.float32)}
   contract = encoder_lib.Contract.from_config(config)
   info = package_lib.package_info(
-      model_name="xmae", modality="ppg", latent_dim=32, param_count=47876,
-      contract=contract.as_dict(), preprocessing={"target_fs": 100},
-      source={"workdir": "/runs/c15", "step": 1200, "requested_step": "auto",
-              "val_loss": 0.01234, "checkpoint_kind": "train"},
-      tensors=tensors, kinds={"embed.kernel": "param", "bn.mean": "batch_stat"},
-      segment_length=contract.segment_length)
-  return package_lib.write_package(tmp_path_factory.mktemp("pkg") / "enc", tensors, info,
-                                   config_lib.config_to_dict(config))
+      model_name="xmae",
+      modality="ppg",
+      latent_dim=32,
+      param_count=47876,
+      contract=contract.as_dict(),
+      preprocessing={"target_fs": 100},
+      source={
+          "workdir": "/runs/c15",
+          "step": 1200,
+          "requested_step": "auto",
+          "val_loss": 0.01234,
+          "checkpoint_kind": "train",
+      },
+      tensors=tensors,
+      kinds={"embed.kernel": "param", "bn.mean": "batch_stat"},
+      segment_length=contract.segment_length,
+  )
+  return package_lib.write_package(
+      tmp_path_factory.mktemp("pkg") / "enc", tensors, info, config_lib.config_to_dict(config)
+  )
 
 
 def test_the_exported_package_has_the_card(tiny_export):
@@ -67,9 +96,16 @@ def test_the_exported_package_has_the_card(tiny_export):
 
 
 def test_unknown_facts_are_written_as_unknown(tmp_path):
-  info = {"model_name": "M2AE", "modality": "ppg+ecg", "modalities": ["ppg", "ecg"],
-          "param_count": 10, "latent_dim": 8, "package_version": "0.1.0",
-          "source": {"random_init": "m2ae:tiny"}, "contract": {}}
+  info = {
+      "model_name": "M2AE",
+      "modality": "ppg+ecg",
+      "modalities": ["ppg", "ecg"],
+      "param_count": 10,
+      "latent_dim": 8,
+      "package_version": "0.1.0",
+      "source": {"random_init": "m2ae:tiny"},
+      "contract": {},
+  }
   card = model_card.render(info, {"data": {"dir": str(tmp_path / "gone")}})
   assert "Licence of the data: unknown." in card
   assert "(its manifest was not readable at export)" in card
@@ -77,7 +113,9 @@ def test_unknown_facts_are_written_as_unknown(tmp_path):
   assert "and the shared bottleneck" in card
   # a dataset without a stated licence: unknown, unless it is the simulator's
   assert model_card.data_licence(model_card.dataset_facts(str(_dataset(tmp_path / "w")))) == (
-      "unknown")
+      "unknown"
+  )
   simulated = _dataset(tmp_path / "s", source="synthetic")
   assert model_card.data_licence(model_card.dataset_facts(str(simulated))) == (
-      model_card.SIMULATED_LICENCE)
+      model_card.SIMULATED_LICENCE
+  )

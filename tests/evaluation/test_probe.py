@@ -1,5 +1,6 @@
 """Probes: planted signals are found, shuffled labels score at chance, folds never share a
 subject."""
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -21,14 +22,14 @@ def _planted(n_subjects=30, per_subject=12, dim=16, seed=0):
   value = np.repeat(subject_value, per_subject) + 0.3 * rng.normal(size=len(groups))
   x = rng.normal(size=(len(groups), dim))
   x[:, 0] = value + 0.2 * rng.normal(size=len(groups))
-  x[:, 1] += np.repeat(rng.normal(size=n_subjects), per_subject)   # subject identity, no signal
+  x[:, 1] += np.repeat(rng.normal(size=n_subjects), per_subject)  # subject identity, no signal
   return x, value, groups
 
 
 def test_classification_metrics_match_sklearn():
   rng = np.random.default_rng(1)
   y = rng.integers(0, 2, 300)
-  p = np.round(rng.random(300) * 0.6 + 0.25 * y, 2)   # rounded: ties exercise the tie handling
+  p = np.round(rng.random(300) * 0.6 + 0.25 * y, 2)  # rounded: ties exercise the tie handling
   ours = probe_metrics.classification_metrics(y, p)
   assert ours["auroc"] == pytest.approx(skm.roc_auc_score(y, p))
   assert ours["auprc"] == pytest.approx(skm.average_precision_score(y, p))
@@ -68,7 +69,7 @@ def test_folds_never_share_a_subject():
     splits = probe.outer_splits(target, groups, kind, 5, seed=0)
     assert len(splits) >= 2
     covered = np.concatenate([test for _, test in splits])
-    assert sorted(covered) == list(range(len(groups)))   # every segment scored exactly once
+    assert sorted(covered) == list(range(len(groups)))  # every segment scored exactly once
     for train, test in splits:
       assert not set(groups[train]) & set(groups[test])
   # The xMAE protocol's validation part is whole subjects too.
@@ -105,29 +106,44 @@ def test_bad_probe_inputs():
     probe.linear_probe(x, value, np.zeros(len(value)), tasks.REGRESSION, FAST)
 
 
-@pytest.mark.parametrize("prog,flags,message", [
-    ("probe", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
-    ("probe", ["--bootstrap", "-5"], "argument --bootstrap: -5: must be at least 1"),
-    ("probe", ["--folds", "0"], "argument --folds: 0: must be at least 2"),
-    ("probe", ["--folds", "1"], "argument --folds: 1: must be at least 2"),
-    ("probe", ["--inner-folds", "1"], "argument --inner-folds: 1: must be at least 2"),
-    ("retrieval", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
-    ("retrieval", ["--bootstrap", "-1"], "argument --bootstrap: -1: must be at least 1"),
-])
-def test_fold_and_bootstrap_counts_out_of_range_are_one_line(prog, flags, message, tmp_path,
-                                                            capsys):
+@pytest.mark.parametrize(
+    "prog,flags,message",
+    [
+        ("probe", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
+        ("probe", ["--bootstrap", "-5"], "argument --bootstrap: -5: must be at least 1"),
+        ("probe", ["--folds", "0"], "argument --folds: 0: must be at least 2"),
+        ("probe", ["--folds", "1"], "argument --folds: 1: must be at least 2"),
+        ("probe", ["--inner-folds", "1"], "argument --inner-folds: 1: must be at least 2"),
+        ("retrieval", ["--bootstrap", "0"], "argument --bootstrap: 0: must be at least 1"),
+        ("retrieval", ["--bootstrap", "-1"], "argument --bootstrap: -1: must be at least 1"),
+    ],
+)
+def test_fold_and_bootstrap_counts_out_of_range_are_one_line(
+    prog, flags, message, tmp_path, capsys
+):
   """Were an IndexError (retrieval), KeyError 'mae' and a sklearn traceback (probe)."""
   from xmae_jax.cli import xmae_probe
   from xmae_jax.cli import xmae_retrieval
+
   x, value, groups = _planted(n_subjects=6, per_subject=4)
-  data = tmp_path / "emb.npz"   # refused before it is read: the flag is checked first
+  data = tmp_path / "emb.npz"  # refused before it is read: the flag is checked first
   np.savez(data, embeddings=x, subject_ids=groups, hr=value)
   if prog == "probe":
     status = xmae_probe.main(["--embeddings", str(data), "--task", "hr", *flags])
   else:
-    status = xmae_retrieval.main(["--encoder", str(tmp_path), "--input", str(data),
-                                  "--gallery-size", "3", "--output-dir", str(tmp_path / "out"),
-                                  *flags])
+    status = xmae_retrieval.main(
+        [
+            "--encoder",
+            str(tmp_path),
+            "--input",
+            str(data),
+            "--gallery-size",
+            "3",
+            "--output-dir",
+            str(tmp_path / "out"),
+            *flags,
+        ]
+    )
   assert status == 1
   assert capsys.readouterr().err == f"xmae-{prog}: error: {message}\n"
   assert not (tmp_path / "out").exists()

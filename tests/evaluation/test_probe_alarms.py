@@ -1,6 +1,7 @@
 """ICU-style probe tasks on synthetic embeddings: multiclass alarm type, alarm truth, and
 HR/ABP targets with many unknown windows, through both protocols, paired differences, the
 report and xmae-probe."""
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -15,8 +16,13 @@ from xmae_jax.evaluation import report
 from xmae_jax.evaluation import tasks
 
 FAST = probe_config.LinearProbeConfig(n_bootstrap=200, c_grid=(0.01, 1.0), alpha_grid=(1.0, 100.0))
-TYPES = ["Ventricular_Tachycardia", "Asystole", "Bradycardia", "Tachycardia",
-         "Ventricular_Flutter_Fib"]
+TYPES = [
+    "Ventricular_Tachycardia",
+    "Asystole",
+    "Bradycardia",
+    "Tachycardia",
+    "Ventricular_Flutter_Fib",
+]
 SORTED_TYPES = sorted(TYPES)
 
 
@@ -42,9 +48,15 @@ def _records(n_records=40, windows=8, dim=12, seed=0, separation=3.0):
   has_abp = np.repeat(rng.random(n_records) < 0.6, windows) & (rng.random(len(groups)) > 0.33)
   sbp = np.where(has_abp, 100 + 60 * rng.random(len(groups)), np.nan)
   dbp = np.where(has_abp, 55 + 40 * rng.random(len(groups)), np.nan)
-  hr[rng.random(len(groups)) < 0.5] = np.nan        # half the windows without R-peaks
-  fields = {"alarm_type": alarm_type, "alarm_true": truth, "seconds_to_alarm": before,
-            "hr": hr, "sbp": sbp, "dbp": dbp}
+  hr[rng.random(len(groups)) < 0.5] = np.nan  # half the windows without R-peaks
+  fields = {
+      "alarm_type": alarm_type,
+      "alarm_true": truth,
+      "seconds_to_alarm": before,
+      "hr": hr,
+      "sbp": sbp,
+      "dbp": dbp,
+  }
   return x, groups, fields
 
 
@@ -73,7 +85,7 @@ def test_separable_alarm_type_scores_high_and_names_its_classes():
   auroc = r["metrics"]["macro_auroc"]
   assert auroc["value"] > 0.95
   assert auroc["ci95"][0] <= auroc["value"] <= auroc["ci95"][1]
-  assert r["metrics"]["balanced_accuracy"]["value"] > 0.6      # chance is 0.2 with 5 classes
+  assert r["metrics"]["balanced_accuracy"]["value"] > 0.6  # chance is 0.2 with 5 classes
   assert r["metrics"]["macro_f1"]["value"] > 0.6
   # The 7 windows ending 0..60 s before the alarm, 8 records per class, in sorted class order.
   assert [c["name"] for c in r["classes"]] == SORTED_TYPES
@@ -106,11 +118,12 @@ def test_xmae_protocol_multiclass_uses_k_outputs():
 def test_class_with_fewer_subjects_than_folds_is_dropped_with_a_line():
   x, groups, fields = _records()
   alarm_type = fields["alarm_type"].copy()
-  alarm_type[np.isin(groups, ["rec000", "rec005"])] = "Pacing"     # 2 records < 5 folds
+  alarm_type[np.isin(groups, ["rec000", "rec005"])] = "Pacing"  # 2 records < 5 folds
   r = probe.run_task(x, groups, dict(fields, alarm_type=alarm_type), "alarm_type", linear_cfg=FAST)
   assert [c["name"] for c in r["classes"]] == SORTED_TYPES
-  assert r["dropped_classes"] == [{"name": "Pacing", "segments": 14, "subjects": 2,
-                                   "reason": "fewer than 5 subjects"}]
+  assert r["dropped_classes"] == [
+      {"name": "Pacing", "segments": 14, "subjects": 2, "reason": "fewer than 5 subjects"}
+  ]
   assert r["classes"][SORTED_TYPES.index("Ventricular_Tachycardia")]["subjects"] == 6
   assert r["n_segments"] == 38 * 7
   table = report.markdown_table([r])
@@ -119,23 +132,26 @@ def test_class_with_fewer_subjects_than_folds_is_dropped_with_a_line():
   few = np.where(np.isin(groups, [f"rec{i:03d}" for i in range(4)]), "Asystole", "Bradycardia")
   with pytest.raises(probe_config.ProbeError) as e:
     probe.run_task(x, groups, dict(fields, alarm_type=few), "alarm_type", linear_cfg=FAST)
-  assert str(e.value) == ("task alarm_type:60: multiclass target: fewer than 2 classes have at "
-                          "least 5 subjects (one per fold); subjects per class: Asystole 4, "
-                          "Bradycardia 36")
+  assert str(e.value) == (
+      "task alarm_type:60: multiclass target: fewer than 2 classes have at "
+      "least 5 subjects (one per fold); subjects per class: Asystole 4, "
+      "Bradycardia 36"
+  )
 
 
 def test_hr_and_abp_tasks_with_many_unknown_windows():
   x, groups, fields = _records()
-  results = probe.run_tasks(x, groups, fields, ["hr", "sbp", "dbp", "hypertension", "alarm_true"],
-                            linear_cfg=FAST)
+  results = probe.run_tasks(
+      x, groups, fields, ["hr", "sbp", "dbp", "hypertension", "alarm_true"], linear_cfg=FAST
+  )
   by = {r["task"]: r for r in results}
   assert by["hr"]["n_segments"] == int(np.isfinite(fields["hr"]).sum())
-  assert by["hr"]["metrics"]["r2"]["value"] > 0.7                   # feature 6 carries it
+  assert by["hr"]["metrics"]["r2"]["value"] > 0.7  # feature 6 carries it
   assert by["sbp"]["n_segments"] == int(np.isfinite(fields["sbp"]).sum())
-  assert by["sbp"]["n_subjects"] < 40                                 # records without ABP left out
+  assert by["sbp"]["n_subjects"] < 40  # records without ABP left out
   y, keep, _ = tasks.targets("hypertension", fields)
   assert by["hypertension:xmae"]["n_segments"] == int(keep.sum())
-  assert by["alarm_true:60"]["metrics"]["auroc"]["value"] > 0.9     # feature 5 carries it
+  assert by["alarm_true:60"]["metrics"]["auroc"]["value"] > 0.9  # feature 5 carries it
   assert by["alarm_true:60"]["n_segments"] == 40 * 7
 
 
@@ -144,8 +160,9 @@ def test_paired_difference_on_multiclass_metrics():
   noise = np.random.default_rng(9).normal(size=x.shape)
   results = []
   for name, emb in (("encoder", x), ("random", noise)):
-    for r in probe.run_tasks(emb, groups, fields, ["alarm_type", "alarm_true"], linear_cfg=FAST,
-                             keep_predictions=True):
+    for r in probe.run_tasks(
+        emb, groups, fields, ["alarm_type", "alarm_true"], linear_cfg=FAST, keep_predictions=True
+    ):
       results.append({"encoder": name, **r})
   diffs = compare.differences_vs(results, "random", n_bootstrap=200)
   by = {d["task"]: d["difference"] for d in diffs}
@@ -166,17 +183,43 @@ def test_xmae_probe_all_skips_absent_tasks_and_missing_task_is_one_line(tmp_path
   meta = {k: v for k, v in text_fields.items() if k not in labels}
   embed.save_embeddings(path, x, groups, [f"s{i}" for i in range(len(x))], meta=meta, labels=labels)
   loaded = tasks.fields_from_arrays(embed.load_embeddings(path))
-  assert probe.resolve_tasks(["all"], loaded) == ["sbp", "dbp", "hypertension", "hr", "alarm_true",
-                                                  "alarm_type"]
-  assert xmae_probe.main(["--embeddings", str(path), "--task", "alarm_type", "--task", "alarm_true",
-                          "--bootstrap", "50", "--folds", "3", "--inner-folds", "2"]) == 0
+  assert probe.resolve_tasks(["all"], loaded) == [
+      "sbp",
+      "dbp",
+      "hypertension",
+      "hr",
+      "alarm_true",
+      "alarm_type",
+  ]
+  assert (
+      xmae_probe.main(
+          [
+              "--embeddings",
+              str(path),
+              "--task",
+              "alarm_type",
+              "--task",
+              "alarm_true",
+              "--bootstrap",
+              "50",
+              "--folds",
+              "3",
+              "--inner-folds",
+              "2",
+          ]
+      )
+      == 0
+  )
   out = capsys.readouterr().out
-  assert "| alarm_type:60 | linear | 203 | 29 |" in out               # rec003 has no label
+  assert "| alarm_type:60 | linear | 203 | 29 |" in out  # rec003 has no label
   assert "macro_auroc" in out and "Asystole (42 segments, 6 subjects" in out
   bare = tmp_path / "bare.npz"
-  embed.save_embeddings(bare, x, groups, [f"s{i}" for i in range(len(x))],
-                        meta={"hr": fields["hr"]})
+  embed.save_embeddings(
+      bare, x, groups, [f"s{i}" for i in range(len(x))], meta={"hr": fields["hr"]}
+  )
   assert xmae_probe.main(["--embeddings", str(bare), "--task", "alarm_type"]) == 1
   err = capsys.readouterr().err
-  assert err == ("xmae-probe: error: task alarm_type: the data carry no alarm_type, "
-                 "seconds_to_alarm (fields present: hr)\n")
+  assert err == (
+      "xmae-probe: error: task alarm_type: the data carry no alarm_type, "
+      "seconds_to_alarm (fields present: hr)\n"
+  )

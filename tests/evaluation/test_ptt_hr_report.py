@@ -2,6 +2,7 @@
 one encoder whose embedding carries PTT and heart rate linearly, one of noise. The report must
 find the first and not the second, its shuffled-target control must find nothing in either, and
 the paired difference must credit the first; the Markdown, JSON and chart say so."""
+
 import json
 
 import numpy as np
@@ -35,16 +36,20 @@ def report(tmp_path_factory):
   subjects, segments, hr, ptt = _segments()
   rng = np.random.default_rng(1)
   noise = rng.normal(size=(len(hr), 8))
-  readable = np.concatenate([((hr - 80) / 20)[:, None], ((ptt - 225) / 50)[:, None],
-                             rng.normal(size=(len(hr), 6))], axis=1)
+  readable = np.concatenate(
+      [((hr - 80) / 20)[:, None], ((ptt - 225) / 50)[:, None], rng.normal(size=(len(hr), 6))],
+      axis=1,
+  )
   readable[:, :2] += rng.normal(0, 0.05, (len(hr), 2))
   for name, x in (("readable", readable), ("noise", noise)):
-    embed_lib.save_embeddings(out / "embeddings" / f"{name}.npz", x, subjects, segments,
-                              meta={"hr": hr, "ptt_ms": ptt})
+    embed_lib.save_embeddings(
+        out / "embeddings" / f"{name}.npz", x, subjects, segments, meta={"hr": hr, "ptt_ms": ptt}
+    )
   specs = [compare_lib.EncoderSpec(name="readable"), compare_lib.EncoderSpec(name="noise")]
   # reuse_embeddings: the files above stand for what each encoder embedded.
-  result = ptt_hr_report.timing_report(specs, out / "no-data", out, baseline="noise",
-                                       linear_cfg=PROBE, reuse_embeddings=True)
+  result = ptt_hr_report.timing_report(
+      specs, out / "no-data", out, baseline="noise", linear_cfg=PROBE, reuse_embeddings=True
+  )
   return result, out
 
 
@@ -58,18 +63,20 @@ def test_probe_reads_ptt_and_hr_only_where_the_embedding_carries_them(report):
   assert result["tasks"] == ["ptt", "hr"] and result["baseline"] == "noise"
   rows = result["results"]
   assert {(r["encoder"], r["task"]) for r in rows} == {
-      (e, t) for e in ("readable", "noise") for t in ("ptt", "hr")}
+      (e, t) for e in ("readable", "noise") for t in ("ptt", "hr")
+  }
   for task in ("ptt", "hr"):
     assert _r2(rows, "readable", task) > 0.9, task
     assert _r2(rows, "noise", task) < 0.3, task
-  assert all("predictions" not in r for r in rows)    # arrays never go into the report
+  assert all("predictions" not in r for r in rows)  # arrays never go into the report
 
 
 def test_shuffled_target_control_finds_nothing_even_in_a_readable_embedding(report):
   result, _ = report
   controls = result["controls"]
   assert {(c["encoder"], c["task"]) for c in controls} == {
-      (e, t) for e in ("readable", "noise") for t in ("ptt", "hr")}
+      (e, t) for e in ("readable", "noise") for t in ("ptt", "hr")
+  }
   for task in ("ptt", "hr"):
     assert _r2(controls, "readable", task) < 0.3, task
 
@@ -86,7 +93,8 @@ def test_paired_difference_credits_the_readable_encoder_over_the_baseline(report
 def test_report_files_state_the_results(report):
   result, out = report
   assert json.loads((out / "timing.json").read_text())["differences"] == json.loads(
-      json.dumps(result["differences"]))
+      json.dumps(result["differences"])
+  )
   md = (out / "timing.md").read_text()
   assert "## ptt (ms)" in md and "## hr (bpm)" in md
   assert "## Paired differences to noise" in md
@@ -95,8 +103,9 @@ def test_report_files_state_the_results(report):
   assert len(readable_rows) == 4
   for r in result["results"]:
     if r["encoder"] == "readable":
-      assert any(report_lib.format_metric(r["metrics"]["r2"]) in line
-                 for line in readable_rows[:2]), r["task"]
+      assert any(
+          report_lib.format_metric(r["metrics"]["r2"]) in line for line in readable_rows[:2]
+      ), r["task"]
   assert all(line.startswith("| readable | noise |") for line in readable_rows[2:])
   assert (out / "timing.png").stat().st_size > 1000
 
@@ -105,12 +114,14 @@ def test_shuffled_control_permutes_the_targets(tmp_path):
   """The control on an embedding that IS the target: the probe reads it perfectly, the control
   (same embedding, targets permuted) does not."""
   subjects, segments, hr, _ = _segments(seed=2)
-  path = embed_lib.save_embeddings(tmp_path / "e.npz", hr[:, None], subjects, segments,
-                                   meta={"hr": hr})
+  path = embed_lib.save_embeddings(
+      tmp_path / "e.npz", hr[:, None], subjects, segments, meta={"hr": hr}
+  )
   arrays = embed_lib.load_embeddings(path)
   control = ptt_hr_report.shuffled_control(arrays, "hr", PROBE)
-  probed = probe_lib.linear_probe(arrays["embeddings"], hr, arrays["subject_ids"], "regression",
-                                  PROBE)
+  probed = probe_lib.linear_probe(
+      arrays["embeddings"], hr, arrays["subject_ids"], "regression", PROBE
+  )
   assert probed["metrics"]["r2"]["value"] > 0.99
   assert control["metrics"]["r2"]["value"] < 0.3
   assert control["n_segments"] == len(hr)
@@ -118,6 +129,7 @@ def test_shuffled_control_permutes_the_targets(tmp_path):
 
 def test_unknown_baseline_is_refused_before_any_work(tmp_path):
   with pytest.raises(compare_lib.CompareError, match="baseline 'zzz' is not one of the encoders"):
-    ptt_hr_report.timing_report([compare_lib.EncoderSpec(name="a")], tmp_path, tmp_path / "o",
-                                baseline="zzz")
+    ptt_hr_report.timing_report(
+        [compare_lib.EncoderSpec(name="a")], tmp_path, tmp_path / "o", baseline="zzz"
+    )
   assert not (tmp_path / "o").exists()

@@ -1,5 +1,6 @@
 """The reconstruction report end to end: an M2AE workdir gives both directions' rows (each with
 its own shuffled control), an xMAE workdir its one direction, on a prepared dataset and WFDB."""
+
 import json
 from pathlib import Path
 
@@ -32,10 +33,22 @@ class Oracle(nnx.Module):
 
 def test_both_way_wiring_perfect_and_shuffled_control():
   import neurokit2 as nk
-  x = np.stack([nk.ppg_simulate(duration=10, sampling_rate=100, heart_rate=hr, random_state=i,
-                                drift=0, motion_amplitude=0, powerline_amplitude=0,
-                                burst_amplitude=0)
-                for i, hr in enumerate((55, 70, 85, 100))]).astype(np.float32)
+
+  x = np.stack(
+      [
+          nk.ppg_simulate(
+              duration=10,
+              sampling_rate=100,
+              heart_rate=hr,
+              random_state=i,
+              drift=0,
+              motion_amplitude=0,
+              powerline_amplitude=0,
+              burst_amplitude=0,
+          )
+          for i, hr in enumerate((55, 70, 85, 100))
+      ]
+  ).astype(np.float32)
   x = 2 * (x - x.min(1, keepdims=True)) / np.ptp(x, axis=1, keepdims=True) - 1
   model, config = Oracle(), load_config("m2ae")
   assert recon.model_directions(model) == ("ecg<-ppg", "ppg<-ecg")
@@ -54,6 +67,7 @@ def test_both_way_wiring_perfect_and_shuffled_control():
 def m2ae_workdir(tmp_path_factory):
   from xmae_jax import models
   from xmae_jax.training import model_checkpoint
+
   config = load_config("m2ae")
   model = models.build(config, nnx.Rngs(5))
   workdir = tmp_path_factory.mktemp("m2ae")
@@ -66,13 +80,30 @@ def dataset(tmp_path_factory):
   return datasets.synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
-def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, physionet_dir,
-                                      tmp_path):
+def test_report_rows_for_m2ae_and_xmae(
+    m2ae_workdir, tiny_workdir, dataset, physionet_dir, tmp_path
+):
   from xmae_jax.cli import xmae_recon_report as cli
+
   out = tmp_path / "out"
-  assert cli.main(["--model", f"m2ae={m2ae_workdir}", "--model", f"xmae={tiny_workdir}",
-                   "--data", f"syn={dataset}", "--wfdb", str(physionet_dir / "a103l"),
-                   "--timing-ceiling", "--output-dir", str(out)]) == 0
+  assert (
+      cli.main(
+          [
+              "--model",
+              f"m2ae={m2ae_workdir}",
+              "--model",
+              f"xmae={tiny_workdir}",
+              "--data",
+              f"syn={dataset}",
+              "--wfdb",
+              str(physionet_dir / "a103l"),
+              "--timing-ceiling",
+              "--output-dir",
+              str(out),
+          ]
+      )
+      == 0
+  )
   report = json.loads((out / "reconstruction.json").read_text())
   rows = report["rows"]
   assert [c["data"] for c in report["ceilings"]] == ["syn", "a103l"]
@@ -80,9 +111,11 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
     assert c["windows"] == (6 if c["data"] == "syn" else 33)
     assert 0 < c["mse_r_peaks_own_beat"] < c["mse_window_mean"]
   got = [(r["name"], r["data"], r["direction"]) for r in rows]
-  assert got == [(model, data, direction) for data in ("syn", "a103l")
-                 for model, direction in (("m2ae", "ecg<-ppg"), ("m2ae", "ppg<-ecg"),
-                                          ("xmae", "ecg<-ppg"))]
+  assert got == [
+      (model, data, direction)
+      for data in ("syn", "a103l")
+      for model, direction in (("m2ae", "ecg<-ppg"), ("m2ae", "ppg<-ecg"), ("xmae", "ecg<-ppg"))
+  ]
   for r in rows:
     source = r["direction"].split("<-")[1]
     other = "ecg" if source == "ppg" else "ppg"
@@ -94,20 +127,28 @@ def test_report_rows_for_m2ae_and_xmae(m2ae_workdir, tiny_workdir, dataset, phys
     d = r["paired_minus_control"]
     assert 1 <= d["subjects"] <= r["reconstruction"]["segments"]
     assert d["sensitivity"]["value"] == pytest.approx(
-        r["reconstruction"]["sensitivity"] - r[f"shuffled_{source}_control"]["sensitivity"])
+        r["reconstruction"]["sensitivity"] - r[f"shuffled_{source}_control"]["sensitivity"]
+    )
   figs = sorted(p.name for p in (out / "figures").iterdir())
-  assert figs == ["m2ae_a103l_ecg_from_ppg.png", "m2ae_a103l_ppg_from_ecg.png",
-                  "m2ae_syn_ecg_from_ppg.png", "m2ae_syn_ppg_from_ecg.png",
-                  "xmae_a103l.png", "xmae_syn.png"]
+  assert figs == [
+      "m2ae_a103l_ecg_from_ppg.png",
+      "m2ae_a103l_ppg_from_ecg.png",
+      "m2ae_syn_ecg_from_ppg.png",
+      "m2ae_syn_ppg_from_ecg.png",
+      "xmae_a103l.png",
+      "xmae_syn.png",
+  ]
   md = (out / "reconstruction.md").read_text()
   assert md.count("* xmae (ecg<-ppg) on syn: sensitivity ") == 1
   lines = md.splitlines()
   ceiling = lines.index(next(line for line in lines if line.startswith("| data | windows |")))
-  assert [line.split(" | ")[0] for line in lines[ceiling + 2:ceiling + 4]] == ["| syn", "| a103l"]
+  assert [line.split(" | ")[0] for line in lines[ceiling + 2 : ceiling + 4]] == ["| syn", "| a103l"]
   table = [line for line in lines[:ceiling] if line.startswith("| ")]
   assert table[0].startswith("| model | direction | data | condition |")
-  assert sum(line.startswith("| m2ae | ppg<-ecg | syn | ECG shuffled (control) |")
-             for line in table) == 1
+  assert (
+      sum(line.startswith("| m2ae | ppg<-ecg | syn | ECG shuffled (control) |") for line in table)
+      == 1
+  )
   assert sum(line.startswith("| xmae | ecg<-ppg | a103l | PPG paired |") for line in table) == 1
   assert len(table) == 1 + 2 * len(rows)
   assert all(len(line.split("|")) == len(table[0].split("|")) for line in table)
@@ -117,10 +158,22 @@ def test_model_that_reconstructs_nothing_is_one_line(physionet_dir, tmp_path, ca
   from xmae_jax import models
   from xmae_jax.cli import xmae_recon_report as cli
   from xmae_jax.training import model_checkpoint
+
   config = load_config("clip")
   workdir = tmp_path / "wd"
   model_checkpoint.write_model_checkpoint(workdir, models.build(config, nnx.Rngs(0)), config)
-  assert cli.main(["--model", f"bad={workdir}", "--wfdb", str(physionet_dir / "a103l"),
-                   "--output-dir", str(tmp_path / "o")]) == 1
+  assert (
+      cli.main(
+          [
+              "--model",
+              f"bad={workdir}",
+              "--wfdb",
+              str(physionet_dir / "a103l"),
+              "--output-dir",
+              str(tmp_path / "o"),
+          ]
+      )
+      == 1
+  )
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and f"bad={workdir}" in err and "does not reconstruct" in err

@@ -1,4 +1,5 @@
 """Reconstruction metrics on known cases: perfect -> r = 1 and 0 ms; shifts give their delay."""
+
 import numpy as np
 import pytest
 
@@ -11,9 +12,18 @@ FS = 100.0
 @pytest.fixture(scope="module")
 def ecg():
   import neurokit2 as nk
-  rows = [nk.ecg_simulate(duration=10, sampling_rate=int(FS), heart_rate=hr,
-                          method="simple", noise=0.0, random_state=i)
-          for i, hr in enumerate((60, 75, 90))]
+
+  rows = [
+      nk.ecg_simulate(
+          duration=10,
+          sampling_rate=int(FS),
+          heart_rate=hr,
+          method="simple",
+          noise=0.0,
+          random_state=i,
+      )
+      for i, hr in enumerate((60, 75, 90))
+  ]
   x = np.stack(rows)
   lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
   return (2 * (x - lo) / (hi - lo) - 1).astype(np.float32)
@@ -21,7 +31,7 @@ def ecg():
 
 def _masked(n, length=1000, visible=(300, 500)):
   m = np.ones((n, length), bool)
-  m[:, visible[0]:visible[1]] = False
+  m[:, visible[0] : visible[1]] = False
   return m
 
 
@@ -29,7 +39,7 @@ def test_perfect_reconstruction(ecg):
   masked = _masked(len(ecg))
   s, peaks = recon.summarize(ecg, ecg.copy(), masked, FS)
   assert s["median_r"] == pytest.approx(1.0)
-  assert s["true_beats"] >= 20          # 60-90 bpm over 8 masked seconds, 3 segments
+  assert s["true_beats"] >= 20  # 60-90 bpm over 8 masked seconds, 3 segments
   assert s["median_abs_error_ms"] == 0.0
   assert s["share_within_50ms"] == 1.0 and s["sensitivity"] == 1.0 and s["extra_peaks"] == 0
   assert all(len(p["true"]) >= 9 for p in peaks)
@@ -50,7 +60,7 @@ def test_flat_reconstruction_misses_every_beat(ecg):
   masked = _masked(len(ecg))
   s, _ = recon.summarize(ecg, np.zeros_like(ecg), masked, FS)
   assert s["matched_beats"] == 0 and s["share_within_50ms"] == 0.0
-  assert np.isnan(s["median_r"])      # a constant reconstruction has no correlation
+  assert np.isnan(s["median_r"])  # a constant reconstruction has no correlation
 
 
 def test_match_beats_is_one_to_one():
@@ -81,9 +91,20 @@ def test_model_reconstruction_masks(tiny_xmae):
 @pytest.fixture(scope="module")
 def ppg():
   import neurokit2 as nk
-  rows = [nk.ppg_simulate(duration=10, sampling_rate=int(FS), heart_rate=hr, random_state=i,
-                          drift=0, motion_amplitude=0, powerline_amplitude=0, burst_amplitude=0)
-          for i, hr in enumerate((60, 75, 90))]
+
+  rows = [
+      nk.ppg_simulate(
+          duration=10,
+          sampling_rate=int(FS),
+          heart_rate=hr,
+          random_state=i,
+          drift=0,
+          motion_amplitude=0,
+          powerline_amplitude=0,
+          burst_amplitude=0,
+      )
+      for i, hr in enumerate((60, 75, 90))
+  ]
   x = np.stack(rows)
   lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
   return (2 * (x - lo) / (hi - lo) - 1).astype(np.float32)
@@ -96,16 +117,16 @@ def _feet(true, recon_, masked):
 def test_pulse_feet_are_the_troughs_before_the_upstroke(ppg):
   for x in ppg:
     feet = recon.detect_pulse_feet(x, FS)
-    assert len(feet) >= 8                           # >= 60 bpm over 10 s
+    assert len(feet) >= 8  # >= 60 bpm over 10 s
     for f in feet:
       # the lowest sample of its neighbourhood, with the pulse rising after it
-      assert x[f] == x[max(0, f - 10):f + 11].min()
+      assert x[f] == x[max(0, f - 10) : f + 11].min()
       assert x[min(f + 15, len(x) - 1)] > x[f] + 0.3
 
 
 def test_perfect_ppg_reconstruction_matches_every_foot(ppg):
   s, peaks = _feet(ppg, ppg.copy(), np.ones(ppg.shape, bool))
-  assert s["true_beats"] >= 30                      # 60-90 bpm over 10 s, 3 segments
+  assert s["true_beats"] >= 30  # 60-90 bpm over 10 s, 3 segments
   assert s["median_r"] == pytest.approx(1.0)
   assert s["sensitivity"] == 1.0 and s["share_within_50ms"] == 1.0 and s["extra_peaks"] == 0
   assert s["median_abs_error_ms"] == 0.0
@@ -172,7 +193,7 @@ def test_paired_beat_difference_resamples_subjects_for_both_conditions():
   assert d["subjects"] == 4
   assert d["sensitivity"]["value"] == pytest.approx(0.5)
   assert d["share_within_50ms"]["value"] == pytest.approx(0.5)
-  assert d["sensitivity"]["ci95"] == pytest.approx([0.5, 0.5])   # every subject says the same
+  assert d["sensitivity"]["ci95"] == pytest.approx([0.5, 0.5])  # every subject says the same
   # one subject where the control does better widens the interval on both sides of the value
   control[:2] = [10, 9, 9]
   d = recon.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)

@@ -1,4 +1,5 @@
 """Cross-modal retrieval scoring on constructed fingerprints whose partners are known."""
+
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def test_shuffled_partners_score_chance():
   query, gallery, subjects = _constructed(n_subjects=200, per_subject=4)
   shuffled = gallery[np.random.default_rng(1).permutation(len(gallery))]
   r = retrieval.retrieval_scores(query, shuffled, subjects, gallery_size=10, n_bootstrap=200)
-  assert abs(r["top1"]["value"] - 0.1) < 0.04            # 800 queries: sd about 0.011
+  assert abs(r["top1"]["value"] - 0.1) < 0.04  # 800 queries: sd about 0.011
   assert abs(r["top5"]["value"] - 0.5) < 0.07
   lo, hi = r["top1"]["ci95"]
   assert lo < 0.1 < hi
@@ -35,7 +36,7 @@ def test_shuffled_partners_score_chance():
 def test_half_the_subjects_found_and_ties_count_against():
   query, gallery, subjects = _constructed(n_subjects=20, per_subject=2)
   odd = np.array([int(s[1:]) % 2 == 1 for s in subjects])
-  gallery[odd] = -query[odd]              # cosine -1: every distractor is nearer
+  gallery[odd] = -query[odd]  # cosine -1: every distractor is nearer
   r = retrieval.retrieval_scores(query, gallery, subjects, gallery_size=8, n_bootstrap=300)
   assert r["top1"]["value"] == 0.5 and r["top5"]["value"] == 0.5
   lo, hi = r["top1"]["ci95"]
@@ -61,8 +62,10 @@ def test_distractors_come_from_distinct_other_subjects():
 
 def test_bad_gallery_sizes_and_shapes():
   query, gallery, subjects = _constructed(n_subjects=6)
-  with pytest.raises(retrieval.RetrievalError,
-                     match=r"^gallery size 7 needs windows of at least 7 subjects .* has 6$"):
+  with pytest.raises(
+      retrieval.RetrievalError,
+      match=r"^gallery size 7 needs windows of at least 7 subjects .* has 6$",
+  ):
     retrieval.retrieval_scores(query, gallery, subjects, gallery_size=7)
   with pytest.raises(retrieval.RetrievalError, match="at least 2"):
     retrieval.retrieval_scores(query, gallery, subjects, gallery_size=1)

@@ -38,6 +38,7 @@ Paper preset (then: XMAE_GOLDEN_DIR=/tmp/golden_paper pytest tests/golden):
   python tests/golden/make_reference_golden.py --reference-repo /tmp/xMAE --preset paper \
       --variants bridge --out /tmp/golden_paper
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,28 +55,51 @@ import numpy as np
 
 MODULE_PATH = "utils/model_arch/xmae.py"
 PRESETS = {
-    "small": dict(seq_len=1000, patch_len=40, d_model=16, nhead=4, depth_ppg=2, depth_ecg=1,
-                  depth_bridge=1, stem_ch=8, widths=(8, 16, 16), proj_dim=16),
-    "paper": dict(seq_len=1000, patch_len=40, d_model=256, nhead=8, depth_ppg=2, depth_ecg=1,
-                  depth_bridge=1, stem_ch=32, widths=(32, 64, 128), proj_dim=256),
+    "small": dict(
+        seq_len=1000,
+        patch_len=40,
+        d_model=16,
+        nhead=4,
+        depth_ppg=2,
+        depth_ecg=1,
+        depth_bridge=1,
+        stem_ch=8,
+        widths=(8, 16, 16),
+        proj_dim=16,
+    ),
+    "paper": dict(
+        seq_len=1000,
+        patch_len=40,
+        d_model=256,
+        nhead=8,
+        depth_ppg=2,
+        depth_ecg=1,
+        depth_bridge=1,
+        stem_ch=32,
+        widths=(32, 64, 128),
+        proj_dim=256,
+    ),
 }
 BATCH = 4
-ANCHOR_STARTS = (0, 7, 20, 13)   # visible run starts (Nk = 5 of 25: mask ratio 0.8)
+ANCHOR_STARTS = (0, 7, 20, 13)  # visible run starts (Nk = 5 of 25: mask ratio 0.8)
 NUM_KEPT = 5
 
 
 def import_reference(repo: str, commit: str, workdir: str):
   """Extracts the reference's model module at `commit` into `workdir` and imports it."""
   try:
-    blob = subprocess.run(["git", "-C", repo, "archive", commit, MODULE_PATH],
-                          check=True, capture_output=True).stdout
+    blob = subprocess.run(
+        ["git", "-C", repo, "archive", commit, MODULE_PATH], check=True, capture_output=True
+    ).stdout
   except subprocess.CalledProcessError as e:
-    raise SystemExit(f"git archive {commit} {MODULE_PATH} in {repo} failed: "
-                     f"{e.stderr.decode().strip()}") from e
+    raise SystemExit(
+        f"git archive {commit} {MODULE_PATH} in {repo} failed: " f"{e.stderr.decode().strip()}"
+    ) from e
   with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
     tar.extractall(workdir, filter="data")
-  spec = importlib.util.spec_from_file_location("reference_xmae",
-                                                os.path.join(workdir, MODULE_PATH))
+  spec = importlib.util.spec_from_file_location(
+      "reference_xmae", os.path.join(workdir, MODULE_PATH)
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -83,23 +107,44 @@ def import_reference(repo: str, commit: str, workdir: str):
 
 def build_reference(ref, preset: str, use_cross_bridge: bool):
   p = PRESETS[preset]
-  cfg = ref.ModelCfg(seq_len=p["seq_len"], patch_len=p["patch_len"], d_model=p["d_model"],
-                     nhead=p["nhead"], depth_ecg=p["depth_ecg"], depth_ppg=p["depth_ppg"],
-                     depth_bridge=p["depth_bridge"], stem_ch=p["stem_ch"], dropout=0.0,
-                     proj_dim=p["proj_dim"], use_cross_bridge=use_cross_bridge)
+  cfg = ref.ModelCfg(
+      seq_len=p["seq_len"],
+      patch_len=p["patch_len"],
+      d_model=p["d_model"],
+      nhead=p["nhead"],
+      depth_ecg=p["depth_ecg"],
+      depth_ppg=p["depth_ppg"],
+      depth_bridge=p["depth_bridge"],
+      stem_ch=p["stem_ch"],
+      dropout=0.0,
+      proj_dim=p["proj_dim"],
+      use_cross_bridge=use_cross_bridge,
+  )
   model = ref.xMAE(cfg)
   if tuple(p["widths"]) != (32, 64, 128):
     for name, depth in (("ppg_path", p["depth_ppg"]), ("ecg_path", p["depth_ecg"])):
-      setattr(model, name, ref.SinglePath(
-          seq_len=p["seq_len"], patch_len=p["patch_len"], d_model=p["d_model"],
-          proj_dim=p["proj_dim"], nhead=p["nhead"], depth=depth, stem_ch=p["stem_ch"],
-          dropout=0.0, widths=tuple(p["widths"])))
+      setattr(
+          model,
+          name,
+          ref.SinglePath(
+              seq_len=p["seq_len"],
+              patch_len=p["patch_len"],
+              d_model=p["d_model"],
+              proj_dim=p["proj_dim"],
+              nhead=p["nhead"],
+              depth=depth,
+              stem_ch=p["stem_ch"],
+              dropout=0.0,
+              widths=tuple(p["widths"]),
+          ),
+      )
   return model
 
 
 def randomize(model, seed: int) -> None:
   """Trained-looking parameters and BatchNorm statistics (torch init leaves many at 0 or 1)."""
   import torch  # pylint: disable=import-outside-toplevel
+
   g = torch.Generator().manual_seed(seed)
   rand = lambda t: torch.randn(t.shape, generator=g)  # noqa: E731
   with torch.no_grad():
@@ -112,7 +157,7 @@ def randomize(model, seed: int) -> None:
         t.copy_(0.5 + 1.5 * torch.rand(t.shape, generator=g))
       elif name.endswith("bias"):
         t.add_(0.05 * rand(t))
-      elif t.dim() == 1:                               # LayerNorm / BatchNorm weights
+      elif t.dim() == 1:  # LayerNorm / BatchNorm weights
         t.copy_(1.0 + 0.1 * rand(t))
 
 
@@ -130,7 +175,7 @@ def anchor_ids(num_patches: int):
   """ids_keep (B, Nk) and ids_restore (B, N) as the reference trainer derives them."""
   mask = np.ones((BATCH, num_patches))
   for b, s in enumerate(ANCHOR_STARTS):
-    mask[b, s:s + NUM_KEPT] = 0
+    mask[b, s : s + NUM_KEPT] = 0
   scores = np.arange(num_patches)[None] + (mask > 0) * num_patches
   ids_sorted = np.argsort(scores, axis=1, kind="stable")
   return ids_sorted[:, :NUM_KEPT], np.argsort(ids_sorted, axis=1, kind="stable")
@@ -146,17 +191,25 @@ def pack(state: dict, prefix: str) -> dict:
 
 def run(model, ppg, ecg, keep, restore, train: bool):
   import torch  # pylint: disable=import-outside-toplevel
+
   model.train(train)
   with torch.no_grad():
-    out = model(torch.from_numpy(ppg), torch.from_numpy(ecg),
-                ids_keep_ecg=torch.from_numpy(keep), ids_restore_ecg=torch.from_numpy(restore))
-  return {"ecg_reconstructed": out["ecg_reconstructed"][:, 0].numpy(),
-          "ppg_embedding": out["ppg_embedding"].numpy(),
-          "seq_mask_used_ecg": out["seq_mask_used_ecg"][:, 0].numpy().astype(np.uint8)}
+    out = model(
+        torch.from_numpy(ppg),
+        torch.from_numpy(ecg),
+        ids_keep_ecg=torch.from_numpy(keep),
+        ids_restore_ecg=torch.from_numpy(restore),
+    )
+  return {
+      "ecg_reconstructed": out["ecg_reconstructed"][:, 0].numpy(),
+      "ppg_embedding": out["ppg_embedding"].numpy(),
+      "seq_mask_used_ecg": out["seq_mask_used_ecg"][:, 0].numpy().astype(np.uint8),
+  }
 
 
 def make(ref, preset: str, variant: str, commit: str, out_dir: str) -> str:
   import torch  # pylint: disable=import-outside-toplevel
+
   torch.manual_seed(0)
   bridge = variant == "bridge"
   model = build_reference(ref, preset, bridge)
@@ -165,17 +218,33 @@ def make(ref, preset: str, variant: str, commit: str, out_dir: str) -> str:
   ppg, ecg = inputs(p["seq_len"])
   keep, restore = anchor_ids(p["seq_len"] // p["patch_len"])
   arrays = pack({k: v.numpy() for k, v in model.state_dict().items()}, "sd")
-  arrays.update({"in/ppg": ppg, "in/ecg": ecg, "in/ids_keep_ecg": keep,
-                 "in/ids_restore_ecg": restore})
+  arrays.update(
+      {"in/ppg": ppg, "in/ecg": ecg, "in/ids_keep_ecg": keep, "in/ids_restore_ecg": restore}
+  )
   arrays.update({f"out/{k}": v for k, v in run(model, ppg, ecg, keep, restore, False).items()})
-  if bridge:   # one train-mode check is enough: BatchNorm updates do not depend on the bridge
+  if bridge:  # one train-mode check is enough: BatchNorm updates do not depend on the bridge
     train = run(model, ppg, ecg, keep, restore, True)
     arrays["train_out/ecg_reconstructed"] = train["ecg_reconstructed"]
     arrays["train_out/ppg_embedding"] = train["ppg_embedding"]
-    arrays.update(pack({k: v.numpy() for k, v in model.state_dict().items()
-                        if k.endswith(("running_mean", "running_var"))}, "train_sd"))
-  meta = dict(p, widths=list(p["widths"]), dropout=0.0, use_cross_bridge=bridge, batch=BATCH,
-              preset=preset, variant=variant)
+    arrays.update(
+        pack(
+            {
+                k: v.numpy()
+                for k, v in model.state_dict().items()
+                if k.endswith(("running_mean", "running_var"))
+            },
+            "train_sd",
+        )
+    )
+  meta = dict(
+      p,
+      widths=list(p["widths"]),
+      dropout=0.0,
+      use_cross_bridge=bridge,
+      batch=BATCH,
+      preset=preset,
+      variant=variant,
+  )
   arrays["meta/config_json"] = np.array(json.dumps(meta))
   arrays["meta/commit"] = np.array(commit)
   os.makedirs(out_dir, exist_ok=True)
@@ -196,14 +265,14 @@ def main(argv=None) -> int:
   parser.add_argument("--reference-repo", required=True, help="a git clone of hzhou3/xMAE")
   parser.add_argument("--commit", default="7a0d24e")
   parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-  parser.add_argument("--variants", default="bridge,nobridge",
-                      help="comma list of bridge,nobridge")
+  parser.add_argument("--variants", default="bridge,nobridge", help="comma list of bridge,nobridge")
   parser.add_argument("--out", required=True, help="output directory")
   args = parser.parse_args(argv)
   variants = [v for v in args.variants.split(",") if v]
   if not variants or any(v not in ("bridge", "nobridge") for v in variants):
-    print(f"--variants {args.variants!r}: expected a comma list of bridge,nobridge",
-          file=sys.stderr)
+    print(
+        f"--variants {args.variants!r}: expected a comma list of bridge,nobridge", file=sys.stderr
+    )
     return 2
   try:
     import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import

@@ -5,6 +5,7 @@ imported with `from_reference_state_dict` and must reproduce the reference's eva
 reconstruction and embedding within float32 rounding, and its train-mode BatchNorm updates.
 Set XMAE_GOLDEN_DIR to also check golden files made elsewhere (e.g. the paper preset).
 """
+
 import json
 import os
 from pathlib import Path
@@ -62,17 +63,20 @@ def test_eval_outputs_match_reference(golden):
   rec_diff = _close(out["ecg_reconstruction"], z["out/ecg_reconstructed"])
   emb_diff = _close(out["ppg_embedding"], z["out/ppg_embedding"])
   np.testing.assert_array_equal(np.asarray(out["ecg_mask"]), z["out/seq_mask_used_ecg"])
-  print(f"{meta['preset']}/{meta['variant']}: reconstruction max abs diff {rec_diff:.3g}, "
-        f"embedding {emb_diff:.3g}")
+  print(
+      f"{meta['preset']}/{meta['variant']}: reconstruction max abs diff {rec_diff:.3g}, "
+      f"embedding {emb_diff:.3g}"
+  )
 
 
 def test_restore_ids_match_reference(golden):
   z, meta = golden
   from xmae_jax.models import masking
+
   n = meta["seq_len"] // meta["patch_len"]
   np.testing.assert_array_equal(
-      np.asarray(masking.restore_ids(jnp.asarray(z["in/ids_keep_ecg"]), n)),
-      z["in/ids_restore_ecg"])
+      np.asarray(masking.restore_ids(jnp.asarray(z["in/ids_keep_ecg"]), n)), z["in/ids_restore_ecg"]
+  )
 
 
 def test_train_mode_matches_reference(golden):
@@ -94,4 +98,4 @@ def test_train_mode_matches_reference(golden):
   for name, value in expected.items():
     _close(after[name], value)
     changed += not np.allclose(before[name], value)
-  assert changed > len(expected) // 2   # the forward really moved the statistics
+  assert changed > len(expected) // 2  # the forward really moved the statistics

@@ -1,6 +1,7 @@
 """Reading the golden files of the parity tests (tests/golden; written by
 tests/golden/make_reference_golden.py): the packed reference state dicts and the config each
 file was made with."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -27,7 +28,7 @@ def unpack(z, prefix: str) -> dict:
   flat, out, i = z[f"{prefix}/flat"], {}, 0
   for name, shape, dtype in json.loads(str(z[f"{prefix}/index"])):
     n = int(np.prod(shape))
-    out[name] = flat[i:i + n].reshape(shape).astype(dtype)
+    out[name] = flat[i : i + n].reshape(shape).astype(dtype)
     i += n
   return out
 

@@ -27,6 +27,7 @@ Child side (in the script):
 `initialize` must run before any other JAX call. Scripts that launch Grain worker processes
 must keep their work under `if __name__ == "__main__":` (workers re-import the main module).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,7 @@ class ProcessResult:
   returncode: int
   stdout: str
   stderr: str
-  result: Any   # what the process passed to `emit` (None if it emitted nothing)
+  result: Any  # what the process passed to `emit` (None if it emitted nothing)
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -69,14 +70,27 @@ class ProcessResult:
 def run_python(args, **kwargs) -> subprocess.CompletedProcess:
   """One fresh Python process on this checkout's code (CPU only), run to its end."""
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300, **kwargs)
+  return subprocess.run(
+      [sys.executable, *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      **kwargs,
+  )
 
 
-def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequence[str] = (),
-                  devices_per_process: int = 1, timeout: float = 180.0,
-                  env: dict[str, str] | None = None, require_result: bool = True
-                  ) -> list[ProcessResult]:
+def run_processes(
+    script: str | os.PathLike,
+    num_processes: int,
+    *,
+    args: Sequence[str] = (),
+    devices_per_process: int = 1,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
+    require_result: bool = True,
+) -> list[ProcessResult]:
   """Starts `num_processes` copies of `script`, waits for all, returns their results in order.
 
   Args:
@@ -89,6 +103,7 @@ def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequen
     require_result: raise if a process exits 0 without calling `emit`.
   """
   import portpicker  # pylint: disable=g-import-not-at-top
+
   port = portpicker.pick_unused_port()
   with tempfile.TemporaryDirectory(prefix="mp_util_") as tmp:
     path = Path(script) if _is_path(script) else Path(tmp) / "script.py"
@@ -97,11 +112,17 @@ def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequen
     procs = []
     try:
       for i in range(num_processes):
-        procs.append(subprocess.Popen(
-            [sys.executable, str(path), *map(str, args)],
-            env=_child_env(i, num_processes, port, devices_per_process, env),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
-            start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(path), *map(str, args)],
+                env=_child_env(i, num_processes, port, devices_per_process, env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=str(REPO),
+                start_new_session=True,
+            )
+        )
       outputs, first_failure = _wait_all(procs, timeout)
     finally:
       for p in procs:
@@ -114,37 +135,47 @@ def run_processes(script: str | os.PathLike, num_processes: int, *, args: Sequen
       if r.returncode != 0 or (require_result and r.result is None):
         why = f"exit code {r.returncode}" if r.returncode != 0 else "no result emitted"
         stopped = " (the others were stopped)" if first_failure is not None else ""
-        raise MultiProcessError(f"process {r.index}/{num_processes} failed ({why}){stopped}:\n"
-                                f"--- stderr tail ---\n{r.stderr[-4000:]}\n"
-                                f"--- stdout tail ---\n{r.stdout[-2000:]}")
+        raise MultiProcessError(
+            f"process {r.index}/{num_processes} failed ({why}){stopped}:\n"
+            f"--- stderr tail ---\n{r.stderr[-4000:]}\n"
+            f"--- stdout tail ---\n{r.stdout[-2000:]}"
+        )
     return results
 
 
 def _is_path(script) -> bool:
   return isinstance(script, os.PathLike) or (
-      isinstance(script, str) and "\n" not in script and script.endswith(".py"))
+      isinstance(script, str) and "\n" not in script and script.endswith(".py")
+  )
 
 
-def _child_env(index: int, num: int, port: int, devices: int,
-               extra: dict[str, str] | None) -> dict[str, str]:
+def _child_env(
+    index: int, num: int, port: int, devices: int, extra: dict[str, str] | None
+) -> dict[str, str]:
   env = dict(os.environ)
   path = [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env.update({
-      "PYTHONPATH": os.pathsep.join(path),
-      "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
-      _ENV_COORDINATOR: f"127.0.0.1:{port}",
-      _ENV_NUM: str(num),
-      _ENV_INDEX: str(index),
-  })
+  flags = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  env.update(
+      {
+          "PYTHONPATH": os.pathsep.join(path),
+          "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+          _ENV_COORDINATOR: f"127.0.0.1:{port}",
+          _ENV_NUM: str(num),
+          _ENV_INDEX: str(index),
+      }
+  )
   env.update(extra or {})
   return env
 
 
-def _wait_all(procs: list[subprocess.Popen], timeout: float
-              ) -> tuple[list[tuple[str, str]], int | None]:
+def _wait_all(
+    procs: list[subprocess.Popen], timeout: float
+) -> tuple[list[tuple[str, str]], int | None]:
   """Collects every process's (stdout, stderr) and the index of the first one that failed.
 
   Kills the whole group at the deadline, or as soon as one process exits non-zero.
@@ -161,7 +192,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float
       except subprocess.TimeoutExpired:
         continue
       if p.returncode != 0 and first_failure is None:
-        first_failure = i    # the others would hang in a collective: stop them
+        first_failure = i  # the others would hang in a collective: stop them
         for q in procs:
           _kill(q)
     if time.monotonic() > deadline:
@@ -171,8 +202,9 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float
       for i, p in enumerate(procs):
         out, err = outputs[i] or p.communicate()
         tails.append(f"--- process {i} stderr tail ---\n{err[-1500:]}")
-      raise MultiProcessError(f"{len(procs)} processes did not finish within {timeout:.0f} s\n"
-                              + "\n".join(tails))
+      raise MultiProcessError(
+          f"{len(procs)} processes did not finish within {timeout:.0f} s\n" + "\n".join(tails)
+      )
   return outputs, first_failure  # type: ignore[return-value]
 
 
@@ -189,7 +221,7 @@ def _kill(p: subprocess.Popen) -> None:
 def _parse_result(stdout: str) -> Any:
   for line in reversed(stdout.splitlines()):
     if line.startswith(RESULT_PREFIX):
-      return json.loads(line[len(RESULT_PREFIX):])
+      return json.loads(line[len(RESULT_PREFIX) :])
   return None
 
 
@@ -207,12 +239,18 @@ def num_processes() -> int:
 def initialize(timeout_s: int = 120) -> None:
   """In a child: marks absl flags parsed (Grain reads them) and joins the jax.distributed job."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(os.environ[_ENV_COORDINATOR], num_processes(), process_index(),
-                             initialization_timeout=timeout_s)
+  jax.distributed.initialize(
+      os.environ[_ENV_COORDINATOR],
+      num_processes(),
+      process_index(),
+      initialization_timeout=timeout_s,
+  )
 
 
 def emit(obj: Any) -> None:

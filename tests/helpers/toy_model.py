@@ -7,6 +7,7 @@ updated in training mode. This model keeps those pieces and compiles far faster 
 convolutional stem; xMAE itself is trained by the single-device tests. Tests register it as
 `models.REGISTRY["toy_mae"]` (`train_runner.register_toy_model`).
 """
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,16 +40,22 @@ class ToyMAE(nnx.Module):
     b = ecg.shape[0]
     visible = masking.mask_from_keep(ecg_keep, self.num_patches) == 0
     patches = lambda x: x.reshape(b, self.num_patches, self.patch_len)
-    h = (self.embed_ppg(patches(ppg)) + self.pos[...]
-         + jnp.where(visible[..., None], self.embed_ecg(patches(ecg)), self.mask_token[...]))
+    h = (
+        self.embed_ppg(patches(ppg))
+        + self.pos[...]
+        + jnp.where(visible[..., None], self.embed_ecg(patches(ecg)), self.mask_token[...])
+    )
     h = self.norm(h.reshape(b * self.num_patches, -1)).reshape(h.shape)
     h = jax.nn.gelu(self.hidden(h))
     if not self.norm.use_running_average and self.rate > 0:
       keep = jax.random.bernoulli(key, 1.0 - self.rate, h.shape)
       h = jnp.where(keep, h / (1.0 - self.rate), 0.0)
     rec = self.head(h).reshape(b, self.seq_len)
-    return {"ecg_reconstruction": rec, "ppg_embedding": h.mean(axis=1),
-            "ecg_mask": masking.sample_mask(ecg_keep, self.num_patches, self.patch_len)}
+    return {
+        "ecg_reconstruction": rec,
+        "ppg_embedding": h.mean(axis=1),
+        "ecg_mask": masking.sample_mask(ecg_keep, self.num_patches, self.patch_len),
+    }
 
   def loss(self, batch, key, *, mask_ratio=None):
     ratio = self.ratio if mask_ratio is None else float(mask_ratio)

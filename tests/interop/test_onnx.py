@@ -1,5 +1,6 @@
 """ONNX export of a package (xmae_jax.interop.onnx_export, extra `onnx`): onnxruntime runs it to
 the numbers of `load_encoder(...).embed_prepared`. Skipped without jax2onnx and onnxruntime."""
+
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ from xmae_jax.interop import onnx_export  # noqa: E402
 
 def test_onnx_model_runs_in_onnxruntime_to_the_same_numbers(tmp_path, physionet_dir):
   package = tiny_models.tiny_package(tmp_path / "xmae", "xmae", "ppg", seed=3)
-  path, = onnx_export.write_onnx(package)
+  (path,) = onnx_export.write_onnx(package)
   assert path.name == "onnx-ppg.onnx"
   enc = xmae_jax.load_encoder(package)
   ppg, fs = datasets.record_rows(physionet_dir, "PLETH")

@@ -1,6 +1,7 @@
 """The portable StableHLO artifact of a package (xmae_jax.interop.stablehlo, xmae-export
 --stablehlo): written with its input contract, run from a fresh process that imports only jax
 and numpy, to the numbers of `load_encoder(...).embed_prepared`; and the numpy example."""
+
 import json
 
 import numpy as np
@@ -45,13 +46,26 @@ def joint_package(tmp_path_factory):
   from xmae_jax import models
   from xmae_jax.cli import xmae_export
   from xmae_jax.training import model_checkpoint
+
   root = tmp_path_factory.mktemp("shlo")
   config = config_lib.load(f"{REPO / 'configs' / 'm2ae'}.py:tiny")
   model = models.build(config, nnx.Rngs(5))
   model_checkpoint.write_model_checkpoint(root / "workdir", model, config, step=2)
   out = root / "fingerprint"
-  assert xmae_export.main(["--workdir", str(root / "workdir"), "--output", str(out),
-                           "--modality", "ppg+ecg", "--stablehlo"]) == 0
+  assert (
+      xmae_export.main(
+          [
+              "--workdir",
+              str(root / "workdir"),
+              "--output",
+              str(out),
+              "--modality",
+              "ppg+ecg",
+              "--stablehlo",
+          ]
+      )
+      == 0
+  )
   return out
 
 
@@ -74,21 +88,27 @@ def test_contract_names_the_inputs_rate_and_files(joint_package):
   assert set(c["platforms"]) == {"cpu", "cuda"}
 
 
-def test_artifact_runs_in_a_fresh_process_to_the_same_numbers(joint_package, physionet_dir,
-                                                             tmp_path):
+def test_artifact_runs_in_a_fresh_process_to_the_same_numbers(
+    joint_package, physionet_dir, tmp_path
+):
   enc = xmae_jax.load_encoder(joint_package)
   ppg, fs = datasets.record_rows(physionet_dir, "PLETH", seconds=20)
   ecg, _ = datasets.record_rows(physionet_dir, "II", seconds=20)
-  windows = {"ppg": enc.prepare(ppg, fs, modality="ppg")[0],         # (2, 1000) each
-             "ecg": enc.prepare(ecg, fs, modality="ecg")[0]}
+  windows = {
+      "ppg": enc.prepare(ppg, fs, modality="ppg")[0],  # (2, 1000) each
+      "ecg": enc.prepare(ecg, fs, modality="ecg")[0],
+  }
   np.savez(tmp_path / "w.npz", **windows)
-  done = mp_util.run_python(["-c", RUN_ARTIFACT, str(joint_package), str(tmp_path / "w.npz"),
-                     str(tmp_path / "z.npz")])
+  done = mp_util.run_python(
+      ["-c", RUN_ARTIFACT, str(joint_package), str(tmp_path / "w.npz"), str(tmp_path / "z.npz")]
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   got = np.load(tmp_path / "z.npz")
-  want = {"ppg": enc.embed_prepared(ppg=windows["ppg"]),
-          "ecg": enc.embed_prepared(ecg=windows["ecg"]),
-          "ppg+ecg": enc.embed_prepared(**windows)}
+  want = {
+      "ppg": enc.embed_prepared(ppg=windows["ppg"]),
+      "ecg": enc.embed_prepared(ecg=windows["ecg"]),
+      "ppg+ecg": enc.embed_prepared(**windows),
+  }
   for name, z in want.items():
     np.testing.assert_allclose(got[name], z, atol=TOL, rtol=0, err_msg=name)
   assert np.abs(want["ppg"] - want["ecg"]).max() > 1e-3
@@ -104,8 +124,17 @@ def test_numpy_example_both_ways_matches_load_encoder(xmae_package, physionet_di
   want = xmae_jax.load_encoder(xmae_package).embed(ppg, fs=fs)
   for via in ("load_encoder", "stablehlo"):
     out = tmp_path / f"{via}.npy"
-    done = mp_util.run_python(["examples/embed_with_numpy.py", str(xmae_package),
-                       str(physionet_dir / "a103l"), "--via", via, "--output", str(out)])
+    done = mp_util.run_python(
+        [
+            "examples/embed_with_numpy.py",
+            str(xmae_package),
+            str(physionet_dir / "a103l"),
+            "--via",
+            via,
+            "--output",
+            str(out),
+        ]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["embeddings"] == [3, 32]

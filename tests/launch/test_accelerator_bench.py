@@ -1,5 +1,6 @@
 """launch/accelerator_bench.sh in its smoke mode (XMAE_BENCH_SMOKE=1: tiny sizes, this machine's
 JAX on CPU, no install), so a broken script is caught before it reaches an accelerator."""
+
 import json
 import os
 import subprocess
@@ -12,8 +13,14 @@ SCRIPT = REPO / "launch" / "accelerator_bench.sh"
 
 def _run(*args, timeout=900):
   env = {**os.environ, "XMAE_BENCH_SMOKE": "1", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+      ["bash", str(SCRIPT), *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def test_smoke_run_writes_one_json_with_every_part(tmp_path):
@@ -35,8 +42,9 @@ def test_smoke_run_writes_one_json_with_every_part(tmp_path):
 
 
 def test_missing_reference_directory_is_one_line(tmp_path):
-  proc = _run("--reference", str(tmp_path / "absent"), "--output", str(tmp_path / "b.json"),
-              timeout=60)
+  proc = _run(
+      "--reference", str(tmp_path / "absent"), "--output", str(tmp_path / "b.json"), timeout=60
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().count("\n") == 0 and "is not a directory" in proc.stderr
   assert not (tmp_path / "b.json").exists()

@@ -3,6 +3,7 @@
 Every model is built from its config file's tiny preset (shortened to 400 samples to keep the
 CPU time small) and trained a few dozen AdamW steps on one fixed batch of paired waveforms.
 """
+
 from pathlib import Path
 
 import jax
@@ -48,10 +49,11 @@ def make_step(model, batch, lr=2e-3):
   tx = optax.adamw(lr, b2=0.95, weight_decay=0.01)
 
   def step(params, rest, opt_state, key):
-    def f(p, r):   # copy=True: BatchNorm statistics are updated at this trace level
+    def f(p, r):  # copy=True: BatchNorm statistics are updated at this trace level
       m = nnx.merge(graphdef, p, r, copy=True)
       loss, metrics = m.loss(batch, key)
       return loss, (metrics, nnx.state(m, nnx.Not(nnx.Param)))
+
     (loss, (metrics, new_rest)), grads = jax.value_and_grad(f, has_aux=True)(params, rest)
     updates, new_opt = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), new_rest, new_opt), loss, metrics, grads
@@ -62,14 +64,20 @@ def make_step(model, batch, lr=2e-3):
 
 
 def flat_leaves(tree):
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 # Parameters outside each loss by design: as in xMAE, the projection head of an MAE-style path
 # is not reached by the reconstruction loss, and xMAE builds reference-only modules.
-UNTRAINED = {"m2ae": (), "clip": (), "ppg_mae": ("proj",),
-             "xmae_nobridge": ("proj", "mask_loc_table")}
+UNTRAINED = {
+    "m2ae": (),
+    "clip": (),
+    "ppg_mae": ("proj",),
+    "xmae_nobridge": ("proj", "mask_loc_table"),
+}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -81,16 +89,22 @@ def test_jit_grad_and_loss_decreases(name):
   assert np.isfinite(float(before)) and float(metrics["loss"]) == pytest.approx(float(before))
   grads = flat_leaves(grads)
   assert all(np.all(np.isfinite(g)) for g in grads.values())
-  silent = [p for p, g in grads.items()
-            if not np.any(g) and not any(u in p for u in UNTRAINED[name])]
+  silent = [
+      p for p, g in grads.items() if not np.any(g) and not any(u in p for u in UNTRAINED[name])
+  ]
   assert not silent, f"{name}: no gradient reaches {silent[:5]}"
-  if name == "xmae_nobridge":   # the reference would leave the PPG encoder without gradient
+  if name == "xmae_nobridge":  # the reference would leave the PPG encoder without gradient
     assert any(np.any(g) for p, g in grads.items() if p.startswith("ppg_path/encoder/blocks"))
-  if name == "m2ae":            # the total is the weighted sum of the reported parts
+  if name == "m2ae":  # the total is the weighted sum of the reported parts
     w = model.weights
-    parts = {"mse_ecg": "w_ecg", "mse_ppg": "w_ppg", "cross_mse_ecg": "w_cross_ecg",
-             "cross_mse_ppg": "w_cross_ppg", "nce_cross": "w_contrast",
-             "nce_augment": "w_augment"}
+    parts = {
+        "mse_ecg": "w_ecg",
+        "mse_ppg": "w_ppg",
+        "cross_mse_ecg": "w_cross_ecg",
+        "cross_mse_ppg": "w_cross_ppg",
+        "nce_cross": "w_contrast",
+        "nce_augment": "w_augment",
+    }
     total = sum(w[wk] * float(metrics[mk]) for mk, wk in parts.items())
     assert float(before) == pytest.approx(total, rel=1e-5)
 
@@ -110,7 +124,7 @@ def count_params(module):
 
 def test_paper_preset_ppg_encoders_match_xmae():
   xmae = count_params(abstract_model("xmae_nobridge", "paper").encoder("ppg"))
-  assert xmae == 2_301_700                                 # the reference's PPG encoder
+  assert xmae == 2_301_700  # the reference's PPG encoder
   assert count_params(abstract_model("ppg_mae", "paper").encoder("ppg")) == xmae
   assert count_params(abstract_model("clip", "paper").encoder("ppg")) == xmae
 
@@ -132,7 +146,7 @@ def test_subject_positives_need_subject_ids(name):
   with pytest.raises(contrastive.MissingSubjectError):
     jax.eval_shape(lambda m, b: m.loss(b, jax.random.key(0)), model, batch)
   if name == "m2ae":
-    return   # the same contrastive code as CLIP; tracing M2AE's loss twice is slow
+    return  # the same contrastive code as CLIP; tracing M2AE's loss twice is slow
   batch["subject"] = jax.ShapeDtypeStruct((8,), jnp.int32)
   loss, _ = jax.eval_shape(lambda m, b: m.loss(b, jax.random.key(0)), model, batch)
   assert loss.shape == ()

@@ -1,5 +1,6 @@
 """The faster formulations in `xmae_jax.models.layers` compute what the plain ones compute:
 `linear`'s weight gradient, the erf GELU, one-pass batch moments, hashed dropout masks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,8 +73,12 @@ def test_keep_mask_is_deterministic_per_key_and_unbiased():
   # Independent keys agree where both keep or both drop: 0.9^2 + 0.1^2.
   assert abs((mask == other).mean() - 0.82) < 5 * np.sqrt(0.82 * 0.18 / n)
   for p in (0.9, 0.5, 0.1):
-    draws = np.concatenate([np.asarray(layers.keep_mask(k, p, (1000, 100))).ravel()
-                            for k in jax.random.split(jax.random.key(7), 10)])
+    draws = np.concatenate(
+        [
+            np.asarray(layers.keep_mask(k, p, (1000, 100))).ravel()
+            for k in jax.random.split(jax.random.key(7), 10)
+        ]
+    )
     assert abs(draws.mean() - p) < 5 * np.sqrt(p * (1 - p) / draws.size)
   # Neighbours along the flattened mask are uncorrelated.
   flat = mask.ravel().astype(np.float64)

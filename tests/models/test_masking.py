@@ -1,4 +1,5 @@
 """Masks (xmae_jax.models.masking): counts, modes, ordering, randomness."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ def _masks(keep):
 
 def test_counts_use_python_rounding():
   assert [masking.num_masked(r, N) for r in (0.0, 0.8, 0.85, 0.9, 1.0)] == [0, 20, 21, 22, 25]
-  assert masking.num_kept(0.9, N) == 3            # 22.5 rounds to 22 (banker's), 3 visible
+  assert masking.num_kept(0.9, N) == 3  # 22.5 rounds to 22 (banker's), 3 visible
   with pytest.raises(masking.MaskingError):
     masking.num_masked(1.5, N)
 
@@ -30,11 +31,11 @@ def test_every_mode_keeps_exactly_nk_ascending(mode, ratio):
   keep = _draw(mode, ratio)
   nk = masking.num_kept(ratio, N)
   assert keep.shape == (B, nk)
-  assert np.all(np.diff(keep, axis=1) > 0)          # strictly ascending, so unique
+  assert np.all(np.diff(keep, axis=1) > 0)  # strictly ascending, so unique
   assert keep.min() >= 0 and keep.max() < N
   masks = _masks(keep)
   assert np.all(masks.sum(axis=1) == N - nk)
-  assert len({tuple(r) for r in keep}) > 1          # different per example
+  assert len({tuple(r) for r in keep}) > 1  # different per example
 
 
 def _contiguous(rows):
@@ -44,7 +45,7 @@ def _contiguous(rows):
 def test_anchor_is_one_contiguous_visible_run_at_random_starts():
   keep = _draw("anchor")
   assert _contiguous(keep).all()
-  assert len(set(keep[:, 0])) >= 8                  # starts spread over [0, N - Nk]
+  assert len(set(keep[:, 0])) >= 8  # starts spread over [0, N - Nk]
   assert keep[:, 0].max() <= N - 5
 
 
@@ -56,7 +57,7 @@ def test_block_masks_one_contiguous_run_and_scatter_does_not():
   assert not _contiguous(scatter).all()
   mixed = [np.flatnonzero(r) for r in _masks(_draw("mixed"))]
   c = _contiguous(mixed)
-  assert c.any() and not c.all()                    # both kinds appear
+  assert c.any() and not c.all()  # both kinds appear
 
 
 def test_same_key_same_masks_other_key_other_masks():
@@ -81,8 +82,9 @@ def test_restore_ids_invert_kept_then_masked_order():
   restore = np.asarray(masking.restore_ids(jnp.asarray(keep), N))
   masked = np.stack([np.flatnonzero(r) for r in _masks(keep)])
   ids_sorted = np.concatenate([keep, masked], axis=1)
-  np.testing.assert_array_equal(np.take_along_axis(ids_sorted, restore, axis=1),
-                                np.tile(np.arange(N), (B, 1)))
+  np.testing.assert_array_equal(
+      np.take_along_axis(ids_sorted, restore, axis=1), np.tile(np.arange(N), (B, 1))
+  )
 
 
 def test_sample_mask_repeats_patches():

@@ -1,4 +1,5 @@
 """xMAE model: parameter layout and counts, call contract, modes, dtypes, gradients, training."""
+
 import json
 from pathlib import Path
 
@@ -59,12 +60,19 @@ def tiny():
 # ------------------------------------------------------------------ layout (paper preset)
 def test_paper_parameter_counts():
   model = abstract(get_config("paper"))
-  assert n_params(model) == 6_481_930                        # the reference's total
-  assert n_params(model.encoder("ppg")) == 2_301_700         # the transferred PPG encoder
+  assert n_params(model) == 6_481_930  # the reference's total
+  assert n_params(model.encoder("ppg")) == 2_301_700  # the transferred PPG encoder
   lean = get_config("paper")
   lean.model.build_unused = False
-  unused = (527_104 + 40 * 256 + 1 + 25 * 256   # PPG dec_blk, decoder, mask_loc_table
-            + 66_304 + 790_272 + 256)           # ECG proj, bridger.ppg2ecg, mask_token
+  unused = (
+      527_104
+      + 40 * 256
+      + 1
+      + 25 * 256  # PPG dec_blk, decoder, mask_loc_table
+      + 66_304
+      + 790_272
+      + 256
+  )  # ECG proj, bridger.ppg2ecg, mask_token
   assert n_params(abstract(lean)) == 6_481_930 - unused
 
 
@@ -84,8 +92,8 @@ def test_eval_call_contract(tiny):
   assert out["ecg_reconstruction"].dtype == jnp.float32
   mask = np.asarray(out["ecg_mask"])
   np.testing.assert_array_equal(mask.sum(1), [800] * 4)
-  assert mask[1, 7 * 40:12 * 40].sum() == 0 and mask[1, :7 * 40].all()
-  again, _ = forward(tiny, ppg, ecg, KEEP)                    # eval: deterministic
+  assert mask[1, 7 * 40 : 12 * 40].sum() == 0 and mask[1, : 7 * 40].all()
+  again, _ = forward(tiny, ppg, ecg, KEEP)  # eval: deterministic
   np.testing.assert_array_equal(out["ecg_reconstruction"], again["ecg_reconstruction"])
   # The exported encoder and embed() give the same PPG embedding as the full forward.
   emb = jax.jit(lambda m, x: m.encoder("ppg")(x))(tiny, ppg)
@@ -113,7 +121,7 @@ def test_bridge_reads_ppg_and_no_bridge_does_not(tiny):
 
 
 def test_visible_positions_switch():
-  """"compact" (reference) encodes visible ECG with pos[0..Nk-1], "true" with pos[ids]: they
+  """ "compact" (reference) encodes visible ECG with pos[0..Nk-1], "true" with pos[ids]: they
   agree exactly when the visible run starts at patch 0 and differ elsewhere."""
   cfg = get_config("tiny")
   compact = XMAE(cfg, rngs=nnx.Rngs(0))
@@ -138,20 +146,26 @@ def test_train_mode_uses_dropout_and_updates_batchnorm():
   stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
   model.eval()
   out_eval, m_eval = forward(model, ppg, ecg, KEEP)
-  jax.tree.map(np.testing.assert_array_equal, stats_before,
-               jax.tree.map(np.asarray, nnx.state(m_eval, nnx.BatchStat)))
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      stats_before,
+      jax.tree.map(np.asarray, nnx.state(m_eval, nnx.BatchStat)),
+  )
   model.train()
   a, m_train = forward(model, ppg, ecg, KEEP, jax.random.key(1))
   b, _ = forward(model, ppg, ecg, KEEP, jax.random.key(1))
   c, _ = forward(model, ppg, ecg, KEEP, jax.random.key(2))
   np.testing.assert_array_equal(a["ecg_reconstruction"], b["ecg_reconstruction"])
-  assert not np.allclose(a["ecg_reconstruction"], c["ecg_reconstruction"])    # dropout
+  assert not np.allclose(a["ecg_reconstruction"], c["ecg_reconstruction"])  # dropout
   assert not np.allclose(a["ecg_reconstruction"], out_eval["ecg_reconstruction"])
-  moved = jax.tree.map(lambda x, y: not np.allclose(x, np.asarray(y)), stats_before,
-                       nnx.state(m_train, nnx.BatchStat))
-  assert all(jax.tree.leaves(moved))               # every BatchNorm saw the batch
+  moved = jax.tree.map(
+      lambda x, y: not np.allclose(x, np.asarray(y)),
+      stats_before,
+      nnx.state(m_train, nnx.BatchStat),
+  )
+  assert all(jax.tree.leaves(moved))  # every BatchNorm saw the batch
   with pytest.raises(ValueError, match="key"):
-    model(ppg, ecg, KEEP)                          # training mode without a dropout key
+    model(ppg, ecg, KEEP)  # training mode without a dropout key
 
 
 def test_bfloat16_compute_stays_close_to_float32(tiny):
@@ -177,8 +191,9 @@ def test_ppg_masking_adds_ppg_reconstruction_term():
   model = XMAE(cfg, rngs=nnx.Rngs(0))
   model.eval()
   ppg, ecg = waves()
-  loss, metrics = jax.jit(lambda m, b, k: m.loss(b, k))(model, {"ppg": ppg, "ecg": ecg},
-                                                        jax.random.key(0))
+  loss, metrics = jax.jit(lambda m, b, k: m.loss(b, k))(
+      model, {"ppg": ppg, "ecg": ecg}, jax.random.key(0)
+  )
   assert set(metrics) >= {"loss", "mse_ecg", "mse_ppg"}
   np.testing.assert_allclose(loss, metrics["mse_ecg"] + 0.5 * metrics["mse_ppg"], rtol=1e-6)
 
@@ -200,12 +215,13 @@ def synthetic_windows(subjects=4, minutes=1.0):
   """10-s paired windows (hop 5 s) from the project's physiological simulator, min-max to
   [-1, 1] per window as the pipeline does."""
   from xmae_jax.data.sources import synthetic
+
   wins = []
   for i in range(subjects):
     rec = synthetic.simulate_subject(0, i, minutes=minutes, fs=100.0)
     ppg, ecg = rec.signals["ppg"][0], rec.signals["ecg"][0]
     for s in range(0, len(ecg) - 1000 + 1, 500):
-      w = np.stack([ppg[s:s + 1000], ecg[s:s + 1000]])
+      w = np.stack([ppg[s : s + 1000], ecg[s : s + 1000]])
       lo, hi = w.min(1, keepdims=True), w.max(1, keepdims=True)
       wins.append(2 * (w - lo) / (hi - lo) - 1)
   return np.asarray(wins, np.float32)
@@ -228,6 +244,7 @@ def trained():
       m.train()
       loss, _ = m.loss(batch, key)
       return loss, nnx.state(m, nnx.Not(nnx.Param))
+
     (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), rest, opt, loss, grads
@@ -249,19 +266,36 @@ def trained():
 def test_gradients_reach_what_the_loss_uses_and_not_the_rest(trained):
   _, _, grads, losses_seen = trained
   assert np.isfinite(losses_seen).all()
-  norms = {"".join(map(str, path)): float(jnp.linalg.norm(g))
-           for path, g in jax.tree_util.tree_leaves_with_path(
-               nnx.to_pure_dict(grads), is_leaf=lambda x: isinstance(x, jax.Array))}
+  norms = {
+      "".join(map(str, path)): float(jnp.linalg.norm(g))
+      for path, g in jax.tree_util.tree_leaves_with_path(
+          nnx.to_pure_dict(grads), is_leaf=lambda x: isinstance(x, jax.Array)
+      )
+  }
+
   def total(prefix):
     return sum(v for k, v in norms.items() if k.startswith(prefix))
-  for used in ("['ppg_path']['encoder']['stem']", "['ppg_path']['encoder']['blocks']",
-               "['ecg_path']['encoder']", "['ecg_path']['mask_loc_table']", "['bridge']",
-               "['ecg_path']['dec_block']", "['ecg_path']['decoder']"):
+
+  for used in (
+      "['ppg_path']['encoder']['stem']",
+      "['ppg_path']['encoder']['blocks']",
+      "['ecg_path']['encoder']",
+      "['ecg_path']['mask_loc_table']",
+      "['bridge']",
+      "['ecg_path']['dec_block']",
+      "['ecg_path']['decoder']",
+  ):
     assert total(used) > 0, used
   # The reference's quirks: the PPG projection head and the unused modules get no gradient.
-  for unused in ("['ppg_path']['encoder']['proj", "['ecg_path']['encoder']['proj",
-                 "['ppg_path']['dec_block']", "['ppg_path']['decoder']",
-                 "['ppg_path']['mask_loc_table']", "['bridge_unused']", "['mask_token']"):
+  for unused in (
+      "['ppg_path']['encoder']['proj",
+      "['ecg_path']['encoder']['proj",
+      "['ppg_path']['dec_block']",
+      "['ppg_path']['decoder']",
+      "['ppg_path']['mask_loc_table']",
+      "['bridge_unused']",
+      "['mask_token']",
+  ):
     assert total(unused) == 0, unused
 
 
@@ -283,9 +317,11 @@ def test_training_beats_predicting_the_batch_mean(trained):
 def test_upsample_linear_matches_torch_interpolate(n_in, n_out):
   torch = pytest.importorskip("torch")
   from xmae_jax.models import stem
-  x = np.random.default_rng(0).normal(size=(2, 3, n_in)).astype(np.float32)   # torch (B, C, L)
-  want = torch.nn.functional.interpolate(torch.from_numpy(x), size=n_out, mode="linear",
-                                         align_corners=False).numpy()
+
+  x = np.random.default_rng(0).normal(size=(2, 3, n_in)).astype(np.float32)  # torch (B, C, L)
+  want = torch.nn.functional.interpolate(
+      torch.from_numpy(x), size=n_out, mode="linear", align_corners=False
+  ).numpy()
   got = np.asarray(stem.upsample_linear(jnp.asarray(x.transpose(0, 2, 1)), n_out))
   np.testing.assert_allclose(got.transpose(0, 2, 1), want, atol=2e-6)
 
@@ -293,16 +329,18 @@ def test_upsample_linear_matches_torch_interpolate(n_in, n_out):
 def test_batchnorm_matches_torch_in_train_and_eval():
   torch = pytest.importorskip("torch")
   from xmae_jax.models import layers
+
   x = np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 30)).astype(np.float32)
   tbn = torch.nn.BatchNorm1d(5)
   bn = layers.BatchNorm(5)
-  for _ in range(2):                                # two training updates, then eval
+  for _ in range(2):  # two training updates, then eval
     want = tbn.train()(torch.from_numpy(x)).detach().numpy()
     got = np.asarray(bn(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1)
     np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_allclose(bn.mean[...], tbn.running_mean.numpy(), rtol=1e-6)
-  np.testing.assert_allclose(bn.var[...], tbn.running_var.numpy(), rtol=1e-6)   # unbiased
+  np.testing.assert_allclose(bn.var[...], tbn.running_var.numpy(), rtol=1e-6)  # unbiased
   bn.use_running_average = True
   want = tbn.eval()(torch.from_numpy(x)).detach().numpy()
-  np.testing.assert_allclose(np.asarray(bn(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1),
-                             want, atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(bn(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1), want, atol=1e-5
+  )

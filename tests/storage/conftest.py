@@ -9,6 +9,7 @@ generation rules of gcs_server.py), in memory, on 127.0.0.1 at a free port, with
   token (GOOGLE_AUTH_TOKEN_FOR_TESTING) so it looks for no credentials;
 - Google's auth library: no metadata-server probe (NO_GCE_CHECK), so nothing leaves 127.0.0.1.
 """
+
 import importlib.util
 import os
 import socket
@@ -36,13 +37,19 @@ def free_port() -> int:
 
 def client_env(url: str, cache: Path) -> dict[str, str]:
   """The variables that send gcsfs, TensorStore and google-auth to the server at `url`."""
-  return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "FSSPEC_GCS_TOKEN": "anon",
-          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "NO_GCE_CHECK": "true",
-          "XMAE_CACHE": str(cache)}
+  return {
+      "STORAGE_EMULATOR_HOST": url,
+      "TENSORSTORE_GCS_HTTP_URL": url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+      "FSSPEC_GCS_TOKEN": "anon",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+      "NO_GCE_CHECK": "true",
+      "XMAE_CACHE": str(cache),
+  }
 
 
 class Emulator:
+
   def __init__(self, url: str, env: dict[str, str], log: Path):
     self.url, self.env, self.log = url, env, log
     self.bucket = f"gs://{BUCKET}"
@@ -61,7 +68,9 @@ def gcs(tmp_path_factory):
   with open(log, "w") as out:
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("gcs_server.py")), str(port), BUCKET],
-        stdout=out, stderr=subprocess.STDOUT)
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
   url = f"http://127.0.0.1:{port}"
   deadline = time.monotonic() + 60
   while True:
@@ -75,8 +84,11 @@ def gcs(tmp_path_factory):
   variables = client_env(url, root / "cache")
   saved = {k: os.environ.get(k) for k in variables}
   os.environ.update(variables)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+  env = {
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+  }
   try:
     yield Emulator(url, env, log)
   finally:

@@ -10,6 +10,7 @@
 
 Everything else is the emulator as published: in memory, on 127.0.0.1.
 """
+
 import sys
 from http import HTTPStatus
 
@@ -34,16 +35,17 @@ def _precondition(handler, name_of):
         response.status = HTTPStatus.PRECONDITION_FAILED
         return None
     return handler(request, response, storage, *args, **kwargs)
+
   return checked
 
 
 def _with_generation(handler):
   def download(request, response, storage, *args, **kwargs):
-    generation = _generation(storage, request.params["bucket_name"],
-                             request.params["object_id"])
+    generation = _generation(storage, request.params["bucket_name"], request.params["object_id"])
     if generation != "0":
       response["x-goog-generation"] = generation
     return handler(request, response, storage, *args, **kwargs)
+
   return download
 
 
@@ -55,10 +57,11 @@ def _upload_name(request) -> str:
 
 
 def main(port: int, bucket: str) -> None:
-  replace = {objects.download: _with_generation(objects.download),
-             objects.insert: _precondition(objects.insert, _upload_name),
-             objects.delete: _precondition(objects.delete,
-                                           lambda r: r.params["object_id"])}
+  replace = {
+      objects.download: _with_generation(objects.download),
+      objects.insert: _precondition(objects.insert, _upload_name),
+      objects.delete: _precondition(objects.delete, lambda r: r.params["object_id"]),
+  }
   for _, methods in server.HANDLERS:
     for method, fn in methods.items():
       methods[method] = replace.get(fn, fn)

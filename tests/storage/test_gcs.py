@@ -6,6 +6,7 @@ abandoned); a package is exported to the bucket and `load_encoder("gs://...")` e
 A bucket that does not exist, credentials that cannot be found and an endpoint that does not
 answer are each one line naming the path, before any work.
 """
+
 import json
 import os
 import signal
@@ -34,13 +35,25 @@ def _cli(tool: str, *args: str) -> list[str]:
 
 
 # A long schedule (the learning rate depends on it): runs end by SIGTERM or stop_at_step.
-SETTINGS = {"train.num_steps": 100000, "train.log_every": 1, "train.eval_every": 100000,
-            "train.checkpoint_every": 100000, "train.figure_every": 100000}
+SETTINGS = {
+    "train.num_steps": 100000,
+    "train.log_every": 1,
+    "train.eval_every": 100000,
+    "train.checkpoint_every": 100000,
+    "train.figure_every": 100000,
+}
 
 
 def _train_cli(workdir: str, data: str) -> list[str]:
-  return _cli("xmae_train", "--config", f"{REPO}/configs/xmae.py:tiny", "--workdir", workdir,
-              f"--config.data.dir={data}", *(f"--config.{k}={v}" for k, v in SETTINGS.items()))
+  return _cli(
+      "xmae_train",
+      "--config",
+      f"{REPO}/configs/xmae.py:tiny",
+      "--workdir",
+      workdir,
+      f"--config.data.dir={data}",
+      *(f"--config.{k}={v}" for k, v in SETTINGS.items()),
+  )
 
 
 def _run(cmd, env, cwd, timeout=TIMEOUT) -> subprocess.CompletedProcess:
@@ -57,16 +70,35 @@ def _runner(spec: dict, env, tmp_path) -> dict:
 @pytest.fixture(scope="module")
 def env(gcs, tmp_path_factory):
   """The emulator's variables plus a compilation cache shared by the module's runs."""
-  return {**gcs.env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
-          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **mp_util.FAST_COMPILE_ENV}
+  return {
+      **gcs.env,
+      "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      **mp_util.FAST_COMPILE_ENV,
+  }
 
 
 def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   data, run, package = f"{gcs.bucket}/data", f"{gcs.bucket}/run", f"{gcs.bucket}/pkg"
   # 1. Prepare writes the dataset into the bucket (and nothing to a local folder named gs:).
-  prepared = _run(_cli("xmae_prepare", "--source", "synthetic", "--output", data,
-                       "--num-subjects", "6", "--minutes-per-subject", "2", "--workers", "1",
-                       "--no-progress"), env, tmp_path)
+  prepared = _run(
+      _cli(
+          "xmae_prepare",
+          "--source",
+          "synthetic",
+          "--output",
+          data,
+          "--num-subjects",
+          "6",
+          "--minutes-per-subject",
+          "2",
+          "--workers",
+          "1",
+          "--no-progress",
+      ),
+      env,
+      tmp_path,
+  )
   assert prepared.returncode == 0, prepared.stderr[-3000:]
   manifest = json.loads(paths.path(f"{data}/manifest.json").read_text())
   for split in manifest["splits"].values():
@@ -75,8 +107,15 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
 
   # 2. Training with its workdir in the bucket, stopped by SIGTERM; while it runs, the lock
   # object there refuses a second trainer.
-  proc = subprocess.Popen(_train_cli(run, data), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  proc = subprocess.Popen(
+      _train_cli(run, data),
+      cwd=tmp_path,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+  )
   try:
     deadline = time.monotonic() + TIMEOUT
     while len(metrics_lib.read_metrics(run)) < 2:
@@ -92,23 +131,37 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
       os.killpg(proc.pid, signal.SIGKILL)
   assert proc.returncode == 143, err[-3000:]
   assert str(busy.value).startswith(f"workdir {run} is in use by pid {proc.pid} on host ")
-  assert not paths.path(f"{run}/xmae-train.lock").exists()   # released at the end of the run
-  saved = sorted(int(p.name) for p in paths.path(f"{run}/checkpoints").iterdir()
-                 if p.name.isdigit())
+  assert not paths.path(f"{run}/xmae-train.lock").exists()  # released at the end of the run
+  saved = sorted(
+      int(p.name) for p in paths.path(f"{run}/checkpoints").iterdir() if p.name.isdigit()
+  )
   assert saved and saved[-1] >= 2
 
   # 3. Resumed from the bucket: the losses are those of an uninterrupted run.
   stop = saved[-1] + 2
-  result = _runner({"overrides": {**SETTINGS, "data.dir": data}, "jobs": [
-      {"name": "resumed", "workdir": run, "stop_at_step": stop, "save_params": False},
-      {"name": "reference", "workdir": str(tmp_path / "reference"), "stop_at_step": stop,
-       "save_params": False}]}, env, tmp_path)
+  result = _runner(
+      {
+          "overrides": {**SETTINGS, "data.dir": data},
+          "jobs": [
+              {"name": "resumed", "workdir": run, "stop_at_step": stop, "save_params": False},
+              {
+                  "name": "reference",
+                  "workdir": str(tmp_path / "reference"),
+                  "stop_at_step": stop,
+                  "save_params": False,
+              },
+          ],
+      },
+      env,
+      tmp_path,
+  )
   resumed, reference = result["resumed"], result["reference"]
   assert resumed["summary"]["status"] == reference["summary"]["status"] == "stopped"
   assert [r["step"] for r in resumed["metrics"]] == list(range(1, stop + 1))
-  assert ([(r["step"], r["train_loss"]) for r in resumed["metrics"]]
-          == [(r["step"], r["train_loss"]) for r in reference["metrics"]])
-  assert [p.name for p in paths.path(f"{run}/tb").iterdir()]   # TensorBoard events uploaded
+  assert [(r["step"], r["train_loss"]) for r in resumed["metrics"]] == [
+      (r["step"], r["train_loss"]) for r in reference["metrics"]
+  ]
+  assert [p.name for p in paths.path(f"{run}/tb").iterdir()]  # TensorBoard events uploaded
   assert not (tmp_path / "gs:").exists() and not (REPO / "gs:").exists()
 
   # 4. Export to the bucket; load_encoder reads it from there and embeds.
@@ -116,6 +169,7 @@ def test_prepare_train_stop_resume_export_embed_on_gs(gcs, env, tmp_path):
   assert exported.returncode == 0, exported.stderr[-3000:]
   assert paths.path(f"{package}/package.json").is_file()
   from xmae_jax.evaluation import encoder as encoder_lib
+
   enc = encoder_lib.load_encoder(package)
   x = np.random.default_rng(0).standard_normal((3, enc.contract.segment_length)).astype(np.float32)
   z = enc.embed_prepared(x)
@@ -128,8 +182,10 @@ def test_unusable_storage_is_one_line_before_any_work(gcs, env, tmp_path, case):
   if case == "no bucket":
     workdir = "gs://no-such-bucket/run"
   elif case == "no credentials":
-    extra = {"FSSPEC_GCS_TOKEN": "google_default",
-             "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json")}
+    extra = {
+        "FSSPEC_GCS_TOKEN": "google_default",
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json"),
+    }
   else:
     extra = {"STORAGE_EMULATOR_HOST": gcs.unused_url()}
   result = _run(_train_cli(workdir, f"{gcs.bucket}/data"), {**env, **extra}, tmp_path)
@@ -145,19 +201,28 @@ def test_lock_object_is_refused_while_held_and_taken_over_when_abandoned(gcs):
   assert isinstance(held, locks.ObjectLock)
   owner = json.loads(paths.path(url).read_text())
   assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-  assert locks.take(url) is None                    # a live holder: refused
+  assert locks.take(url) is None  # a live holder: refused
   held.release()
   assert not paths.path(url).exists()
   # A holder on another host that stopped refreshing the lock (its VM was lost): taken over.
-  paths.path(url).write_text(json.dumps({"pid": 1, "host": "lost-vm", "since": "then",
-                                         "heartbeat": time.time() - 2 * locks.STALE_S}))
+  paths.path(url).write_text(
+      json.dumps(
+          {
+              "pid": 1,
+              "host": "lost-vm",
+              "since": "then",
+              "heartbeat": time.time() - 2 * locks.STALE_S,
+          }
+      )
+  )
   taken = locks.take(url)
   assert isinstance(taken, locks.ObjectLock)
   assert json.loads(paths.path(url).read_text())["pid"] == os.getpid()
   taken.release()
   # One that still refreshes it is not.
-  paths.path(url).write_text(json.dumps({"pid": 1, "host": "lost-vm", "since": "then",
-                                         "heartbeat": time.time()}))
+  paths.path(url).write_text(
+      json.dumps({"pid": 1, "host": "lost-vm", "since": "then", "heartbeat": time.time()})
+  )
   assert locks.take(url) is None
 
 
@@ -167,8 +232,8 @@ def test_a_mirrored_folder_follows_objects_replaced_in_the_bucket(gcs):
   atomic.atomic_write(f"{url}/sub/b.txt", "kept")
   local = paths.local_mirror(url, "dataset")
   assert (local / "a.bin").read_bytes() == b"first" and (local / "sub/b.txt").read_text() == "kept"
-  time.sleep(1.1)   # object times have a resolution of a second
-  atomic.atomic_write(f"{url}/a.bin", b"other")   # the same size, other bytes
+  time.sleep(1.1)  # object times have a resolution of a second
+  atomic.atomic_write(f"{url}/a.bin", b"other")  # the same size, other bytes
   assert (paths.local_mirror(url, "dataset") / "a.bin").read_bytes() == b"other"
   with pytest.raises(paths.StorageError, match=rf"^dataset {gcs.bucket}/absent cannot be read"):
     paths.local_mirror(f"{gcs.bucket}/absent", "dataset")

@@ -4,6 +4,7 @@ Each test injects the fault into real files and asserts the outcome the user see
 command-line tools print it and exit 1, or fall back and say so in one line) and that nothing
 was lost (the intact checkpoint is used, the damaged one is kept aside, weights are exact).
 """
+
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ RUNNER = train_runner.RUNNER
 
 # --- damage ------------------------------------------------------------------------------------
 
+
 def _largest_data_file(step_dir: Path) -> Path:
   files = [p for p in (step_dir / "model").rglob("*") if p.is_file()]
   return max(files, key=lambda p: p.stat().st_size)
@@ -42,10 +44,10 @@ def damage(step_dir: Path, kind: str) -> None:
     path = _largest_data_file(step_dir)
     size = path.stat().st_size
     with open(path, "r+b") as f:
-      if kind == "ff":          # 8 bytes of 0xFF into the model data
+      if kind == "ff":  # 8 bytes of 0xFF into the model data
         f.seek(size // 2)
         f.write(b"\xff" * 8)
-      elif kind == "flip":      # one bit of one byte
+      elif kind == "flip":  # one bit of one byte
         f.seek(size // 2)
         byte = f.read(1)[0]
         f.seek(size // 2)
@@ -55,7 +57,7 @@ def damage(step_dir: Path, kind: str) -> None:
   elif kind == "truncate_meta":
     path = step_dir / "meta" / "metadata"
     text = path.read_text()
-    path.write_text(text[:len(text) // 2])
+    path.write_text(text[: len(text) // 2])
   elif kind == "missing_item":
     shutil.rmtree(step_dir / "model")
   else:
@@ -63,6 +65,7 @@ def damage(step_dir: Path, kind: str) -> None:
 
 
 # --- the digest itself ---------------------------------------------------------------------------
+
 
 def test_digest_sees_a_one_bit_change_and_a_swap():
   rng = np.random.default_rng(0)
@@ -84,6 +87,7 @@ def test_digest_sees_a_one_bit_change_and_a_swap():
 
 # --- corrupt checkpoints: load_model / export ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
   """A workdir with tiny-xMAE checkpoints 3 and 7 (different weights), and each one's weights."""
@@ -91,6 +95,7 @@ def two_checkpoints(tmp_path_factory):
 
   from xmae_jax import config_lib
   from xmae_jax import models
+
   config = config_lib.load(f"{REPO / 'configs' / 'xmae.py'}:tiny")
   workdir = tmp_path_factory.mktemp("ckpts") / "run"
   weights = {}
@@ -110,6 +115,7 @@ def _copy(two_checkpoints, tmp_path) -> Path:
 
 def _weights(model) -> dict:
   from flax import nnx
+
   return {k: np.asarray(v) for k, v in ckpt_lib.flatten(nnx.state(model)).items()}
 
 
@@ -126,23 +132,37 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact(kind, two_che
   assert set(got) == set(want)
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  assert (workdir / "checkpoints" / "7").is_dir()   # loading never deletes anything
+  assert (workdir / "checkpoints" / "7").is_dir()  # loading never deletes anything
 
 
 def test_export_of_a_damaged_latest_checkpoint_uses_the_intact_one(two_checkpoints, tmp_path):
   from xmae_jax.cli import xmae_export as export_cli
   from xmae_jax.evaluation import encoder as encoder_lib
+
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", "ff")
   out = tmp_path / "pkg"
-  proc = subprocess.run([sys.executable, "-m", "xmae_jax.cli.xmae_export",
-                         "--workdir", str(workdir), "--output", str(out)],
-                        cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "xmae_jax.cli.xmae_export",
+          "--workdir",
+          str(workdir),
+          "--output",
+          str(out),
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   notes = [l for l in proc.stderr.splitlines() if "corrupt checkpoint" in l]
-  assert len(notes) == 1 and "step 7" in notes[0] and "using step 3" in notes[0], (
-      proc.stderr[-3000:])
+  assert len(notes) == 1 and "step 7" in notes[0] and "using step 3" in notes[0], proc.stderr[
+      -3000:
+  ]
   assert json.loads(proc.stdout.strip().splitlines()[-1])["step"] == 3
   enc = encoder_lib.load_encoder(out)
   z = enc.embed(np.random.default_rng(0).uniform(-1, 1, (2, 1000)).astype(np.float32))
@@ -152,6 +172,7 @@ def test_export_of_a_damaged_latest_checkpoint_uses_the_intact_one(two_checkpoin
 
 def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, capsys):
   from xmae_jax.cli import xmae_export as export_cli
+
   workdir = _copy(two_checkpoints, tmp_path)
   damage(workdir / "checkpoints" / "7", "flip")
   damage(workdir / "checkpoints" / "3", "truncate_meta")
@@ -164,8 +185,9 @@ def test_no_intact_checkpoint_is_one_line_and_exit_1(two_checkpoints, tmp_path, 
   # An explicit step is not replaced by another one.
   workdir2 = _copy(two_checkpoints, tmp_path / "b")
   damage(workdir2 / "checkpoints" / "7", "ff")
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match=r"no intact checkpoint under .*: step 7: checkpoint .*7") as e:
+  with pytest.raises(
+      ckpt_lib.CheckpointError, match=r"no intact checkpoint under .*: step 7: checkpoint .*7"
+  ) as e:
     model_checkpoint.load_model(workdir2, 7)
   assert "\n" not in str(e.value)
 
@@ -175,6 +197,7 @@ def test_export_refuses_non_finite_weights(two_checkpoints, tmp_path):
   from flax import nnx
 
   from xmae_jax.evaluation import export
+
   model, config = model_checkpoint.load_model(two_checkpoints[0], 3)
   params = nnx.state(model, nnx.Param)
   nnx.update(model, jax.tree.map(lambda v: v.at[(0,) * v.ndim].set(np.nan), params))
@@ -196,9 +219,14 @@ HOLDER = textwrap.dedent("""
 
 
 def _hold(workdir: Path) -> subprocess.Popen:
-  proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir)], cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+  proc = subprocess.Popen(
+      [sys.executable, "-c", HOLDER, str(workdir)],
+      cwd=REPO,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+  )
   line = proc.stdout.readline()
   assert line.strip() == "held", proc.stderr.read()
   return proc
@@ -214,11 +242,11 @@ def test_lock_refuses_a_second_holder_and_frees_when_the_holder_dies(tmp_path):
     assert "\n" not in message
     assert f"pid {proc.pid} on host {socket.gethostname()}" in message
   finally:
-    proc.send_signal(signal.SIGKILL)   # a crash: no cleanup runs in the holder
+    proc.send_signal(signal.SIGKILL)  # a crash: no cleanup runs in the holder
     proc.wait()
-  with workdir_lock.acquire(workdir) as lock:   # the crashed run's rerun is not refused
+  with workdir_lock.acquire(workdir) as lock:  # the crashed run's rerun is not refused
     assert json.loads(lock.path.read_text())["pid"] == os.getpid()
-  with workdir_lock.acquire(workdir):           # released on exit from the block
+  with workdir_lock.acquire(workdir):  # released on exit from the block
     pass
 
 
@@ -232,10 +260,23 @@ def test_second_trainer_on_a_workdir_is_refused_with_one_line(dataset, tmp_path)
   holder = _hold(workdir)
   try:
     proc = subprocess.run(
-        [sys.executable, str(RUNNER), "cli", "--config", "configs/xmae.py:tiny",
-         "--config.model.name=toy_mae", "--workdir", str(workdir), f"--config.data.dir={dataset}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            str(RUNNER),
+            "cli",
+            "--config",
+            "configs/xmae.py:tiny",
+            "--config.model.name=toy_mae",
+            "--workdir",
+            str(workdir),
+            f"--config.data.dir={dataset}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+    )
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -248,19 +289,32 @@ def test_second_trainer_on_a_workdir_is_refused_with_one_line(dataset, tmp_path)
 
 # --- corrupt checkpoints: resuming a run ---------------------------------------------------------
 
+
 def _toy_config(data_dir, **overrides):
   train_runner.register_toy_model()
   from xmae_jax import config_lib
+
   config = train_runner.load_config("configs/xmae.py:tiny")
-  config_lib.apply_overrides(config, {
-      "model.name": "toy_mae", "data.dir": str(data_dir), "train.num_steps": 6,
-      "train.log_every": 1, "train.eval_every": 3, "train.eval_batches": 1,
-      "train.checkpoint_every": 3, "train.figure_every": 1000, **overrides})
+  config_lib.apply_overrides(
+      config,
+      {
+          "model.name": "toy_mae",
+          "data.dir": str(data_dir),
+          "train.num_steps": 6,
+          "train.log_every": 1,
+          "train.eval_every": 3,
+          "train.eval_batches": 1,
+          "train.checkpoint_every": 3,
+          "train.figure_every": 1000,
+          **overrides,
+      },
+  )
   return config
 
 
 def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp_path, capsys):
   from xmae_jax.training import train as train_lib
+
   workdir = tmp_path / "run"
   config = _toy_config(dataset)
   assert train_lib.train(config, workdir)["step"] == 6
@@ -278,14 +332,15 @@ def test_resume_skips_a_corrupt_latest_checkpoint_and_loses_nothing(dataset, tmp
   got = _weights(model_checkpoint.load_model(workdir, 6)[0])
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  assert (workdir / ckpt_lib.CORRUPT_DIR / "6").is_dir()      # the damaged one kept aside
+  assert (workdir / ckpt_lib.CORRUPT_DIR / "6").is_dir()  # the damaged one kept aside
   assert ckpt_lib.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   # Every checkpoint damaged: one line, nothing written.
   for step in (3, 6):
     damage(workdir / "checkpoints" / str(step), "truncate_data")
   with pytest.raises(train_lib.TrainingError, match="no intact checkpoint under") as e:
-    train_lib.train(_toy_config(dataset, **{"train.num_steps": 9}), workdir,
-                    allow_changes=("train.num_steps",))
+    train_lib.train(
+        _toy_config(dataset, **{"train.num_steps": 9}), workdir, allow_changes=("train.num_steps",)
+    )
   assert "\n" not in str(e.value)
   assert ckpt_lib.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
 
@@ -324,14 +379,16 @@ MP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("kind", ["flip", "truncate_data", "digest"])
-def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kind,
-                                                                            tmp_path_factory):
+def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(
+    kind, tmp_path_factory
+):
   """flip / truncate_data: process 1's shard files (process 1's read fails, process 0's
   succeeds); digest: the saved digest no longer matches what every process restored."""
   base = tmp_path_factory.getbasetemp() / "mp_ckpt"
   if not base.exists():
-    mp_util.run_processes(MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2,
-                          timeout=300)
+    mp_util.run_processes(
+        MP_SCRIPT, 2, args=[str(base), "save"], devices_per_process=2, timeout=300
+    )
   workdir = tmp_path_factory.mktemp("mp") / "run"
   shutil.copytree(base, workdir)
   if kind == "digest":
@@ -340,8 +397,11 @@ def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kin
     meta["digests"]["model"]["w"][2] = "0" * 16
     meta_file.write_text(json.dumps(meta))
   # Only process 1 reads these files: process 0's restore succeeds, process 1's is damaged.
-  files = [p for p in (workdir / "checkpoints" / "6" / "model" / "ocdbt.process_1").rglob("*")
-           if p.is_file() and p.parent.name == "d"]
+  files = [
+      p
+      for p in (workdir / "checkpoints" / "6" / "model" / "ocdbt.process_1").rglob("*")
+      if p.is_file() and p.parent.name == "d"
+  ]
   path = max(files, key=lambda p: p.stat().st_size)
   size = path.stat().st_size
   with open(path, "r+b") as f:
@@ -352,8 +412,9 @@ def test_processes_agree_on_the_fallback_when_one_process_shards_are_damaged(kin
       f.write(bytes([byte ^ 0x01]))
     elif kind == "truncate_data":
       f.truncate(size // 2)
-  results = mp_util.run_processes(MP_SCRIPT, 2, args=[str(workdir), "restore"],
-                                  devices_per_process=2, timeout=300)
+  results = mp_util.run_processes(
+      MP_SCRIPT, 2, args=[str(workdir), "restore"], devices_per_process=2, timeout=300
+  )
   for r in results:
     assert r.result["step"] == 3 and r.result["exact"], r.result
     assert "step 6" in r.result["note"] and "using step 3" in r.result["note"]

@@ -1,6 +1,7 @@
 """`host_memory.keep_freed_host_memory`: a large block freed and allocated again is reused instead
 of being unmapped and page-faulted anew (what XLA:CPU's per-step temporary buffer went through).
 Each case runs in a fresh process, since the setting is process-wide."""
+
 import json
 import subprocess
 import sys
@@ -35,8 +36,14 @@ print(json.dumps({"tuned": tuned, "faults": faults}))
 
 
 def _run(mode):
-  out = subprocess.run([sys.executable, "-c", PROGRAM, mode], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, "-c", PROGRAM, mode],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  ).stdout
   return json.loads(out.splitlines()[-1])
 
 
@@ -47,5 +54,5 @@ def test_freed_blocks_are_reused_without_page_faults():
   if not tuned["tuned"]:
     pytest.skip("not glibc")
   pages = 50_000_000 // 4096
-  assert min(default["faults"][1:]) > pages // 2      # default: every allocation faults again
-  assert max(tuned["faults"][1:]) < pages // 20       # tuned: the freed block is reused
+  assert min(default["faults"][1:]) > pages // 2  # default: every allocation faults again
+  assert max(tuned["faults"][1:]) < pages // 20  # tuned: the freed block is reused

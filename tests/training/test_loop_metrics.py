@@ -6,6 +6,7 @@
 * With device prefetch reading ahead, a run stopped by SIGTERM resumes with exactly the losses
   of an uninterrupted run: the checkpoint holds the state of the next batch the step consumes.
 """
+
 import json
 import os
 import signal
@@ -33,12 +34,21 @@ def dataset(tmp_path_factory):
 
 
 def test_profile_window_writes_a_trace_and_rows_carry_throughput_and_goodput(
-    dataset, tmp_path, monkeypatch, capsys):
+    dataset, tmp_path, monkeypatch, capsys
+):
   config = config_lib.load(REPO / "configs/xmae.py:tiny")
-  config_lib.apply_overrides(config, {
-      "data.dir": str(dataset), "train.num_steps": "4", "train.log_every": "1",
-      "train.eval_every": "2", "train.checkpoint_every": "4", "train.figure_every": "1000",
-      "train.profile_steps": "(1, 3)"})
+  config_lib.apply_overrides(
+      config,
+      {
+          "data.dir": str(dataset),
+          "train.num_steps": "4",
+          "train.log_every": "1",
+          "train.eval_every": "2",
+          "train.checkpoint_every": "4",
+          "train.figure_every": "1000",
+          "train.profile_steps": "(1, 3)",
+      },
+  )
   kind = "Mystery Accelerator 9000"
   monkeypatch.setattr(perf, "device_peak", lambda device, dtype: perf.Peak(kind, None, "unknown"))
   summary = train_lib.train(config, tmp_path)
@@ -64,8 +74,15 @@ def test_profile_window_writes_a_trace_and_rows_carry_throughput_and_goodput(
 
 def test_profile_window_past_the_run_fails_at_start_with_one_line(dataset, tmp_path):
   config = config_lib.load(REPO / "configs/xmae.py:tiny")
-  config_lib.apply_overrides(config, {"data.dir": str(dataset), "train.num_steps": "0",
-                                      "train.num_epochs": "1", "train.profile_steps": "(1, 50)"})
+  config_lib.apply_overrides(
+      config,
+      {
+          "data.dir": str(dataset),
+          "train.num_steps": "0",
+          "train.num_epochs": "1",
+          "train.profile_steps": "(1, 50)",
+      },
+  )
   with pytest.raises(train_lib.TrainingError, match=r"profile_steps=\(1, 50\): END is past") as e:
     train_lib.train(config, tmp_path)
   assert "\n" not in str(e.value)
@@ -73,22 +90,34 @@ def test_profile_window_past_the_run_fails_at_start_with_one_line(dataset, tmp_p
 
 # --- SIGTERM with batches read ahead ---------------------------------------------------------
 
+
 def _spec(path: Path, data_dir, jobs) -> Path:
   # A long schedule (the learning rate depends on it): jobs stop by SIGTERM or stop_at_step.
-  overrides = {"data.dir": str(data_dir), "model.name": "toy_mae", "train.num_steps": 100000,
-               "train.log_every": 1, "train.eval_every": 100000,
-               "train.checkpoint_every": 100000, "train.figure_every": 100000,
-               "train.device_prefetch": 2}
-  path.write_text(json.dumps({"config": "configs/xmae.py:tiny", "overrides": overrides,
-                              "jobs": jobs}))
+  overrides = {
+      "data.dir": str(data_dir),
+      "model.name": "toy_mae",
+      "train.num_steps": 100000,
+      "train.log_every": 1,
+      "train.eval_every": 100000,
+      "train.checkpoint_every": 100000,
+      "train.figure_every": 100000,
+      "train.device_prefetch": 2,
+  }
+  path.write_text(
+      json.dumps({"config": "configs/xmae.py:tiny", "overrides": overrides, "jobs": jobs})
+  )
   return path
 
 
-def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, tmp_path,
-                                                                      cache_env):
+def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(
+    dataset, tmp_path, cache_env
+):
   first = tmp_path / "first"
-  proc = train_runner.start(_spec(tmp_path / "first.json", dataset,
-                      [{"name": "first", "workdir": str(first)}]), 1, cache_env)
+  proc = train_runner.start(
+      _spec(tmp_path / "first.json", dataset, [{"name": "first", "workdir": str(first)}]),
+      1,
+      cache_env,
+  )
   try:
     deadline = time.monotonic() + TIMEOUT
     while len(metrics_lib.read_metrics(first)) < 3:
@@ -111,15 +140,36 @@ def test_sigterm_with_batches_read_ahead_resumes_with_identical_losses(dataset, 
   assert list(meta["data_iter_state"].values()) == [saved]
 
   stop = saved + 3
-  result = train_runner.finish(train_runner.start(_spec(tmp_path / "second.json", dataset, [
-      {"name": "resumed", "workdir": str(first), "stop_at_step": stop, "save_params": False},
-      {"name": "reference", "workdir": str(tmp_path / "reference"), "stop_at_step": stop,
-       "save_params": False},
-  ]), 1, cache_env), TIMEOUT)
+  result = train_runner.finish(
+      train_runner.start(
+          _spec(
+              tmp_path / "second.json",
+              dataset,
+              [
+                  {
+                      "name": "resumed",
+                      "workdir": str(first),
+                      "stop_at_step": stop,
+                      "save_params": False,
+                  },
+                  {
+                      "name": "reference",
+                      "workdir": str(tmp_path / "reference"),
+                      "stop_at_step": stop,
+                      "save_params": False,
+                  },
+              ],
+          ),
+          1,
+          cache_env,
+      ),
+      TIMEOUT,
+  )
   resumed, reference = result["resumed"], result["reference"]
   assert resumed["summary"]["status"] == reference["summary"]["status"] == "stopped"
   steps = list(range(1, stop + 1))
   resumed_steps = [r["step"] for r in resumed["metrics"]]
   assert resumed_steps == [r["step"] for r in reference["metrics"]] == steps
-  np.testing.assert_array_equal([r["train_loss"] for r in resumed["metrics"]],
-                                [r["train_loss"] for r in reference["metrics"]])
+  np.testing.assert_array_equal(
+      [r["train_loss"] for r in resumed["metrics"]], [r["train_loss"] for r in reference["metrics"]]
+  )

@@ -9,6 +9,7 @@
 * When one process is killed after the first checkpoint, the other exits non-zero within a
   bound and its last stderr line names the lost process and the intact checkpoint.
 """
+
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from xmae_jax.training import metrics as metrics_lib
 REPO = train_runner.REPO
 RUNNER = train_runner.RUNNER
 TIMEOUT = 480
-SLOW_COMPILE_S = 40   # longer than gloo's 30 s wait for a peer at the first collective
+SLOW_COMPILE_S = 40  # longer than gloo's 30 s wait for a peer at the first collective
 PEER_LOSS_BOUND_S = 120
 
 
@@ -39,21 +40,47 @@ def dataset(tmp_path_factory):
   return datasets.synthetic_dataset(tmp_path_factory, 6, 1.0)
 
 
-def _start_group(workdir: Path, dataset: Path, flags: list[str],
-                 env: dict) -> list[subprocess.Popen]:
+def _start_group(
+    workdir: Path, dataset: Path, flags: list[str], env: dict
+) -> list[subprocess.Popen]:
   """Two xmae-train processes (train_runner's `cli` mode: the real main, toy model registered)."""
   port = portpicker.pick_unused_port()
   procs = []
   for i in range(2):
-    procs.append(subprocess.Popen(
-        [sys.executable, str(RUNNER), "cli", "--config", "configs/xmae.py:tiny",
-         "--config.model.name=toy_mae", "--workdir", str(workdir),
-         f"--config.data.dir={dataset}", "--coordinator_address", f"127.0.0.1:{port}",
-         "--num_processes", "2", "--process_id", str(i), *flags],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **env},
-        start_new_session=True))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(RUNNER),
+                "cli",
+                "--config",
+                "configs/xmae.py:tiny",
+                "--config.model.name=toy_mae",
+                "--workdir",
+                str(workdir),
+                f"--config.data.dir={dataset}",
+                "--coordinator_address",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                **env,
+            },
+            start_new_session=True,
+        )
+    )
   return procs
 
 
@@ -73,9 +100,10 @@ def _finish_group(procs, timeout: float) -> list[tuple[int, str, str]]:
   except subprocess.TimeoutExpired:
     for p in procs:
       _kill(p)
-    pytest.fail("the processes did not finish in time:\n"
-                + "\n".join(f"--- process {i}\n{p.communicate()[1][-2500:]}"
-                            for i, p in enumerate(procs)))
+    pytest.fail(
+        "the processes did not finish in time:\n"
+        + "\n".join(f"--- process {i}\n{p.communicate()[1][-2500:]}" for i, p in enumerate(procs))
+    )
   finally:
     for p in procs:
       _kill(p)
@@ -101,11 +129,19 @@ def test_rerun_with_a_warm_compilation_cache_trains_like_the_first_run(dataset, 
   (site / "sitecustomize.py").write_text(SLOW_COMPILE)
   cache = tmp_path / "xla_cache"
   # Its own cache, also over a suite-wide JAX_COMPILATION_CACHE_DIR (which wins over the flag).
-  env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(site)]),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_COMPILATION_CACHE_DIR": str(cache)}
-  flags = ["--config.train.num_steps=4", "--config.train.log_every=1",
-           "--config.train.eval_every=2", "--config.train.eval_batches=1",
-           "--config.train.figure_every=1000", f"--compilation_cache={cache}"]
+  env = {
+      "PYTHONPATH": os.pathsep.join([str(REPO), str(site)]),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_COMPILATION_CACHE_DIR": str(cache),
+  }
+  flags = [
+      "--config.train.num_steps=4",
+      "--config.train.log_every=1",
+      "--config.train.eval_every=2",
+      "--config.train.eval_batches=1",
+      "--config.train.figure_every=1000",
+      f"--compilation_cache={cache}",
+  ]
   losses = []
   for run in ("cold", "warm"):
     workdir = tmp_path / run
@@ -121,9 +157,13 @@ def test_rerun_with_a_warm_compilation_cache_trains_like_the_first_run(dataset, 
 
 def test_lost_peer_ends_the_other_process_with_one_line(dataset, tmp_path):
   workdir = tmp_path / "run"
-  flags = ["--config.train.num_steps=100000", "--config.train.log_every=1",
-           "--config.train.eval_every=100000", "--config.train.checkpoint_every=3",
-           "--compilation_cache="]
+  flags = [
+      "--config.train.num_steps=100000",
+      "--config.train.log_every=1",
+      "--config.train.eval_every=100000",
+      "--config.train.checkpoint_every=3",
+      "--compilation_cache=",
+  ]
   procs = _start_group(workdir, dataset, flags, {})
   try:
     deadline = time.monotonic() + TIMEOUT
@@ -138,8 +178,10 @@ def test_lost_peer_ends_the_other_process_with_one_line(dataset, tmp_path):
       _, err = procs[0].communicate(timeout=PEER_LOSS_BOUND_S)
     except subprocess.TimeoutExpired:
       _kill(procs[0])
-      pytest.fail(f"process 0 still ran {PEER_LOSS_BOUND_S} s after its peer was killed:\n"
-                  + procs[0].communicate()[1][-3000:])
+      pytest.fail(
+          f"process 0 still ran {PEER_LOSS_BOUND_S} s after its peer was killed:\n"
+          + procs[0].communicate()[1][-3000:]
+      )
     took = time.monotonic() - killed
     (tmp_path / "survivor.stderr").write_text(err)
   finally:
@@ -147,8 +189,11 @@ def test_lost_peer_ends_the_other_process_with_one_line(dataset, tmp_path):
       _kill(p)
   assert procs[0].returncode not in (0, None), err[-3000:]
   last = err.strip().splitlines()[-1]
-  assert re.fullmatch(r"xmae-train: error: lost process 1 of 2 .*; the last checkpoint \(step \d+ "
-                      r"in .*\) is intact.*", last), err[-3000:]
+  assert re.fullmatch(
+      r"xmae-train: error: lost process 1 of 2 .*; the last checkpoint \(step \d+ "
+      r"in .*\) is intact.*",
+      last,
+  ), err[-3000:]
   saved = int(re.search(r"\(step (\d+) ", last).group(1))
   assert saved >= 3 and saved % 3 == 0
   assert (workdir / ckpt_lib.CHECKPOINT_DIR / str(saved)).is_dir()

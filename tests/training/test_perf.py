@@ -5,6 +5,7 @@ validation, and `DevicePrefetch`: batches arrive in order and placed, its state 
 next batch the loop consumes (not of the batches read ahead), set_state restarts the stream,
 and errors of the producer reach the loop.
 """
+
 import json
 import threading
 import types
@@ -19,13 +20,24 @@ from xmae_jax.training import perf
 from xmae_jax.training import prefetch
 
 
-@pytest.mark.parametrize("kind,peak", [
-    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5", 459e12),
-    ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12),
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
-    ("NVIDIA H200", 989e12),
-])
+@pytest.mark.parametrize(
+    "kind,peak",
+    [
+        ("TPU v4", 275e12),
+        ("TPU v5 lite", 197e12),
+        ("TPU v5e", 197e12),
+        ("TPU v5", 459e12),
+        ("TPU v5p", 459e12),
+        ("TPU v6 lite", 918e12),
+        ("TPU v6e", 918e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+    ],
+)
 def test_known_device_kinds_have_their_bf16_peak(kind, peak):
   assert perf.table_peak(kind) == peak
   device = types.SimpleNamespace(platform="gpu" if "NVIDIA" in kind else "tpu", device_kind=kind)
@@ -58,13 +70,16 @@ def test_throughput_without_flops_is_null():
 def test_compiled_flops_of_a_jitted_matmul():
   import jax
   import jax.numpy as jnp
+
   x = jnp.ones((32, 32), jnp.float32)
   compiled = jax.jit(lambda a: a @ a).lower(x).compile()
-  assert perf.compiled_flops(compiled) == pytest.approx(2 * 32 ** 3, rel=0.01)
+  assert perf.compiled_flops(compiled) == pytest.approx(2 * 32**3, rel=0.01)
 
   class NoCost:
+
     def cost_analysis(self):
       raise NotImplementedError
+
   assert perf.compiled_flops(NoCost()) is None
 
 
@@ -72,16 +87,24 @@ def test_goodput_books_each_phase_and_the_shares_add_up_to_one():
   now = [0.0]
   goodput = perf.Goodput(clock=lambda: now[0])
   now[0] = 2.0
-  goodput.end_init()                        # 2 s of set-up
+  goodput.end_init()  # 2 s of set-up
   for phase, seconds in [("compile", 3.0), ("data", 1.0), ("eval", 1.0), ("checkpoint", 0.5)]:
     with goodput.phase(phase):
-      with goodput.phase("other"):          # nested: booked to the outer phase only
+      with goodput.phase("other"):  # nested: booked to the outer phase only
         now[0] += seconds
-  now[0] += 2.5                             # train steps: the rest
+  now[0] += 2.5  # train steps: the rest
   shares = goodput.shares()
-  assert shares == pytest.approx({"goodput": 0.25, "badput_init": 0.2, "badput_compile": 0.3,
-                                  "badput_data": 0.1, "badput_eval": 0.1,
-                                  "badput_checkpoint": 0.05, "badput_other": 0.0})
+  assert shares == pytest.approx(
+      {
+          "goodput": 0.25,
+          "badput_init": 0.2,
+          "badput_compile": 0.3,
+          "badput_data": 0.1,
+          "badput_eval": 0.1,
+          "badput_checkpoint": 0.05,
+          "badput_other": 0.0,
+      }
+  )
   assert sum(shares.values()) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="unknown goodput phase"):
     with goodput.phase("lunch"):
@@ -98,16 +121,22 @@ def test_metrics_writer_writes_unknown_values_as_null(tmp_path):
 
 # --- train.profile_steps validation ----------------------------------------------------------
 
+
 def _config(**train):
   c = config_lib.base_config("tiny")
   return config_lib.apply_overrides(c, {f"train.{k}": v for k, v in train.items()})
 
 
-@pytest.mark.parametrize("window,num_steps,message", [
-    ("(3, 3)", 20, "0 <= START < END"), ("(4, 2)", 20, "0 <= START < END"),
-    ("(-1, 2)", 20, "0 <= START < END"), ("(2,)", 20, "0 <= START < END"),
-    ("(2, 21)", 20, "past the run's last step (train.num_steps=20)"),
-])
+@pytest.mark.parametrize(
+    "window,num_steps,message",
+    [
+        ("(3, 3)", 20, "0 <= START < END"),
+        ("(4, 2)", 20, "0 <= START < END"),
+        ("(-1, 2)", 20, "0 <= START < END"),
+        ("(2,)", 20, "0 <= START < END"),
+        ("(2, 21)", 20, "past the run's last step (train.num_steps=20)"),
+    ],
+)
 def test_bad_profile_window_is_one_line(window, num_steps, message):
   pattern = message.replace("(", r"\(").replace(")", r"\)")
   with pytest.raises(config_lib.ConfigError, match=pattern) as e:
@@ -125,6 +154,7 @@ def test_profile_window_defaults_off_and_a_good_one_passes():
 
 
 # --- DevicePrefetch --------------------------------------------------------------------------
+
 
 def _host_iterator(n=10):
   return iter(grain.MapDataset.range(n).map(lambda i: {"x": np.full((2,), i)}).to_iter_dataset())
@@ -156,13 +186,15 @@ def test_prefetch_state_is_that_of_the_next_batch_the_loop_takes(depth):
 
 def test_prefetch_saves_through_grains_checkpoint_handler(tmp_path):
   from grain._src.python.checkpoint import handler as grain_handler
+
   batches = prefetch.DevicePrefetch(_host_iterator(), _placed, 2)
   for _ in range(4):
     next(batches)
   grain_handler.CheckpointHandler().save(tmp_path, args=grain.checkpoint.CheckpointSave(batches))
   restored = prefetch.DevicePrefetch(_host_iterator(), _placed, 2)
-  grain_handler.CheckpointHandler().restore(tmp_path,
-                                            args=grain.checkpoint.CheckpointRestore(restored))
+  grain_handler.CheckpointHandler().restore(
+      tmp_path, args=grain.checkpoint.CheckpointRestore(restored)
+  )
   assert next(restored)["placed"] == 4
   batches.close()
   restored.close()
@@ -173,6 +205,7 @@ def test_prefetch_raises_the_producers_error_and_the_end_of_the_stream():
     if int(batch["x"][0]) == 2:
       raise RuntimeError("cannot place batch 2")
     return batch
+
   batches = prefetch.DevicePrefetch(_host_iterator(), place, 2)
   assert [int(next(batches)["x"][0]) for _ in range(2)] == [0, 1]
   with pytest.raises(RuntimeError, match="cannot place batch 2"):

@@ -8,6 +8,7 @@ Where the machine lets an unprivileged process mount (`unshare -rm`), the disk i
 (a small tmpfs) and the workdir really read-only (a read-only bind mount); otherwise those two
 tests skip and the in-process ones inject the same errors.
 """
+
 import errno
 import json
 import os
@@ -49,13 +50,19 @@ def runs(dataset, tmp_path_factory):
   stopped = train_lib.train(toy_config(dataset, **WINDOWS), root / "part", stop_at_step=3)
   window_at_3 = ckpt_lib.Checkpointer(root / "part", read_only=True).read_meta(3)["loop"]
   resumed = train_lib.train(toy_config(dataset, **WINDOWS), root / "part")
-  return {"root": root, "full": full, "stopped": stopped, "resumed": resumed,
-          "loop_at_3": window_at_3}
+  return {
+      "root": root,
+      "full": full,
+      "stopped": stopped,
+      "resumed": resumed,
+      "loop_at_3": window_at_3,
+  }
 
 
 def _train_rows(workdir) -> list[tuple[int, float]]:
-  return [(r["step"], r["train_loss"]) for r in metrics_lib.read_metrics(workdir)
-          if "train_loss" in r]
+  return [
+      (r["step"], r["train_loss"]) for r in metrics_lib.read_metrics(workdir) if "train_loss" in r
+  ]
 
 
 def _copy(runs, tmp_path, name="part") -> Path:
@@ -78,6 +85,7 @@ def _env() -> dict:
 
 # --- item 13: the first log row after a resume ----------------------------------------------
 
+
 def test_resumed_log_windows_equal_the_uninterrupted_run(runs):
   assert runs["stopped"]["status"] == "stopped" and runs["stopped"]["step"] == 3
   assert runs["resumed"]["status"] == "completed" and runs["full"]["status"] == "completed"
@@ -92,13 +100,16 @@ def test_resumed_log_windows_equal_the_uninterrupted_run(runs):
 
 # --- item 19: a resume with other settings ----------------------------------------------------
 
+
 def test_resume_with_other_run_settings_is_refused_unless_allowed(runs, dataset, tmp_path):
   workdir = _copy(runs, tmp_path)
   other_data = tmp_path / "other_data"
   shutil.copytree(dataset, other_data)
-  for overrides, key in [({"train.num_steps": 9}, "train.num_steps"),
-                         ({"data.dir": str(other_data)}, "data.dir"),
-                         ({"train.batch_size": 4}, "train.batch_size")]:
+  for overrides, key in [
+      ({"train.num_steps": 9}, "train.num_steps"),
+      ({"data.dir": str(other_data)}, "data.dir"),
+      ({"train.batch_size": 4}, "train.batch_size"),
+  ]:
     with pytest.raises(train_lib.TrainingError) as e:
       train_lib.train(toy_config(dataset, **WINDOWS, **overrides), workdir)
     message = str(e.value)
@@ -106,7 +117,7 @@ def test_resume_with_other_run_settings_is_refused_unless_allowed(runs, dataset,
     assert f"holds a run of other settings ({key}: " in message, message
     assert f"--allow_resume_change={key}" in message and "checkpoint step 6" in message
   assert _steps(workdir) == [3, 6]
-  assert _train_rows(workdir) == _train_rows(runs["root"] / "full")   # nothing rewritten
+  assert _train_rows(workdir) == _train_rows(runs["root"] / "full")  # nothing rewritten
   # The same data directory by another path is the same setting (nothing left to train).
   (tmp_path / "link").symlink_to(dataset)
   same = train_lib.train(toy_config(tmp_path / "link", **WINDOWS), workdir)
@@ -114,8 +125,11 @@ def test_resume_with_other_run_settings_is_refused_unless_allowed(runs, dataset,
   # A key that is no run setting is named; an allowed change trains on (steps 7-9).
   with pytest.raises(train_lib.TrainingError, match="allowed resume change 'train.lr': not one"):
     train_lib.train(toy_config(dataset, **WINDOWS), workdir, allow_changes=("train.lr",))
-  longer = train_lib.train(toy_config(dataset, **WINDOWS, **{"train.num_steps": 9}), workdir,
-                           allow_changes=("train.num_steps",))
+  longer = train_lib.train(
+      toy_config(dataset, **WINDOWS, **{"train.num_steps": 9}),
+      workdir,
+      allow_changes=("train.num_steps",),
+  )
   assert longer["status"] == "completed" and longer["step"] == 9
   ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
   assert ckpt.read_meta(9)["config"]["train"]["num_steps"] == 9
@@ -134,13 +148,15 @@ def test_an_importer_checkpoint_takes_any_run_settings(runs, dataset, tmp_path):
 
 # --- item 4: a read-only workdir ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "resume"])
 def test_read_only_workdir_fails_before_any_work(runs, dataset, tmp_path, monkeypatch, fresh):
   from xmae_jax.data import pipeline
+
   workdir = tmp_path / "new" if fresh else _copy(runs, tmp_path)
   before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
 
-  def read_only(*args, **kwargs):   # what a read-only mount answers (root bypasses chmod)
+  def read_only(*args, **kwargs):  # what a read-only mount answers (root bypasses chmod)
     raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
 
   def no_work(*args, **kwargs):
@@ -157,13 +173,17 @@ def test_read_only_workdir_fails_before_any_work(runs, dataset, tmp_path, monkey
 def _unshare_available() -> bool:
   if shutil.which("unshare") is None:
     return False
-  probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                         capture_output=True, timeout=30)
+  probe = subprocess.run(
+      ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+      capture_output=True,
+      timeout=30,
+  )
   return probe.returncode == 0
 
 
-needs_mounts = pytest.mark.skipif(not _unshare_available(),
-                                  reason="no unprivileged mount namespace (unshare -rm)")
+needs_mounts = pytest.mark.skipif(
+    not _unshare_available(), reason="no unprivileged mount namespace (unshare -rm)"
+)
 
 
 @needs_mounts
@@ -171,32 +191,73 @@ def test_read_only_workdir_on_a_read_only_mount_is_one_line(runs, dataset, tmp_p
   """xmae-train itself, fresh and resume, on a really read-only mount."""
   workdir = _copy(runs, tmp_path / "ro")
   mount = tmp_path / "ro"
-  cli = [sys.executable, str(RUNNER), "cli", "--config", "configs/xmae.py:tiny",
-         "--config.model.name=toy_mae", f"--config.data.dir={dataset}",
-         "--config.train.num_steps=6", "--config.train.log_every=4"]
-  script = " && ".join([
-      f"mount --bind {mount} {mount}", f"mount -o remount,bind,ro {mount} {mount}",
-      " ".join(cli + ["--workdir", str(workdir), "2>", str(tmp_path / "resume.err"),
-                      ";", "echo", "$?", ">", str(tmp_path / "resume.rc")]),
-      " ".join(cli + ["--workdir", str(mount / "new"), "2>", str(tmp_path / "fresh.err"),
-                      ";", "echo", "$?", ">", str(tmp_path / "fresh.rc")])])
-  subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=_env(), timeout=300,
-                 check=True)
+  cli = [
+      sys.executable,
+      str(RUNNER),
+      "cli",
+      "--config",
+      "configs/xmae.py:tiny",
+      "--config.model.name=toy_mae",
+      f"--config.data.dir={dataset}",
+      "--config.train.num_steps=6",
+      "--config.train.log_every=4",
+  ]
+  script = " && ".join(
+      [
+          f"mount --bind {mount} {mount}",
+          f"mount -o remount,bind,ro {mount} {mount}",
+          " ".join(
+              cli
+              + [
+                  "--workdir",
+                  str(workdir),
+                  "2>",
+                  str(tmp_path / "resume.err"),
+                  ";",
+                  "echo",
+                  "$?",
+                  ">",
+                  str(tmp_path / "resume.rc"),
+              ]
+          ),
+          " ".join(
+              cli
+              + [
+                  "--workdir",
+                  str(mount / "new"),
+                  "2>",
+                  str(tmp_path / "fresh.err"),
+                  ";",
+                  "echo",
+                  "$?",
+                  ">",
+                  str(tmp_path / "fresh.rc"),
+              ]
+          ),
+      ]
+  )
+  subprocess.run(
+      ["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=_env(), timeout=300, check=True
+  )
   for name, where in [("resume", workdir), ("fresh", mount / "new")]:
     err = (tmp_path / f"{name}.err").read_text()
     assert (tmp_path / f"{name}.rc").read_text().strip() == "1", err[-3000:]
-    assert err.strip() == (f"xmae-train: error: workdir {where} is not writable (read-only file "
-                           "system)"), err[-3000:]
+    assert err.strip() == (
+        f"xmae-train: error: workdir {where} is not writable (read-only file " "system)"
+    ), err[-3000:]
   assert not (mount / "new").exists()
 
 
 # --- item 3: a full disk ----------------------------------------------------------------------
 
+
 def _no_space(path):
   # TensorStore's error under Orbax, as it reads when a tmpfs fills during a checkpoint.
-  return ValueError(f'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file '
-                    f'"{path}/": Failed writing: "{path}/d/0d61": Failed to write 446778 bytes '
-                    f'to file 11: No space left on device [tensorstore_spec=...]')
+  return ValueError(
+      f'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file '
+      f'"{path}/": Failed writing: "{path}/d/0d61": Failed to write 446778 bytes '
+      f"to file 11: No space left on device [tensorstore_spec=...]"
+  )
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "metrics"])
@@ -212,16 +273,19 @@ def test_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_path, monk
       if step == 6:
         raise _no_space(self.directory / "6.orbax-checkpoint-tmp" / "model")
       return save(self, step, *args, **kwargs)
+
     monkeypatch.setattr(ckpt_lib.ocp.CheckpointManager, "save", full_disk)
     expected = f"checkpoint {workdir.absolute() / 'checkpoints' / '6'} could not be written"
   else:
-    class FillingFile:   # the metrics file on a disk that fills up during step 6's row
+
+    class FillingFile:  # the metrics file on a disk that fills up during step 6's row
+
       def __init__(self, *args, **kwargs):
-        self.file = open(*args, **kwargs)   # pylint: disable=consider-using-with
+        self.file = open(*args, **kwargs)  # pylint: disable=consider-using-with
 
       def write(self, text):
         if text.startswith('{"step": 6,'):
-          self.file.write(text[:20])          # what fit
+          self.file.write(text[:20])  # what fit
           self.file.flush()
           raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return self.file.write(text)
@@ -231,6 +295,7 @@ def test_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_path, monk
 
       def close(self):
         self.file.close()
+
     monkeypatch.setattr(metrics_lib, "open", FillingFile, raising=False)
     expected = f"{workdir / metrics_lib.METRICS_FILE} could not be written"
   with pytest.raises(train_lib.TrainingError) as e:
@@ -292,10 +357,18 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_p
   mount, out = tmp_path / "mnt", tmp_path / "result.json"
   mount.mkdir()
   (tmp_path / "fill_and_train.py").write_text(FILL_AND_TRAIN)
-  script = (f"mount -t tmpfs -o size=2m tmpfs {mount} && {sys.executable} "
-            f"{tmp_path / 'fill_and_train.py'} {dataset} {mount / 'run'} {out}")
-  proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+  script = (
+      f"mount -t tmpfs -o size=2m tmpfs {mount} && {sys.executable} "
+      f"{tmp_path / 'fill_and_train.py'} {dataset} {mount / 'run'} {out}"
+  )
+  proc = subprocess.run(
+      ["unshare", "-rm", "sh", "-c", script],
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())
   assert "no space left on device" in result.get("error", ""), result
@@ -308,15 +381,32 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(runs, dataset, tmp_p
 
 # --- item 14: Ctrl-C ----------------------------------------------------------------------------
 
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_in_one_line(dataset, tmp_path):
   workdir = tmp_path / "run"
-  cli = [sys.executable, str(RUNNER), "cli", "--config", "configs/xmae.py:tiny",
-         "--config.model.name=toy_mae", "--workdir", str(workdir), f"--config.data.dir={dataset}",
-         "--config.train.log_every=1", "--config.train.eval_every=10000",
-         "--config.train.checkpoint_every=10000"]
-  proc = subprocess.Popen(cli + ["--config.train.num_steps=10000"], cwd=REPO, env=_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+  cli = [
+      sys.executable,
+      str(RUNNER),
+      "cli",
+      "--config",
+      "configs/xmae.py:tiny",
+      "--config.model.name=toy_mae",
+      "--workdir",
+      str(workdir),
+      f"--config.data.dir={dataset}",
+      "--config.train.log_every=1",
+      "--config.train.eval_every=10000",
+      "--config.train.checkpoint_every=10000",
+  ]
+  proc = subprocess.Popen(
+      cli + ["--config.train.num_steps=10000"],
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+  )
   try:
     deadline = time.monotonic() + 300
     while len(metrics_lib.read_metrics(workdir)) < 2:
@@ -332,16 +422,28 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_in_one_line(dataset, tmp_path):
   assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
   lines = err.strip().splitlines()
   saved = _steps(workdir)[-1]
-  assert (f"step {saved}: stopped by SIGINT; checkpoint saved, rerun the same command to "
-          "resume") in lines
+  assert (
+      f"step {saved}: stopped by SIGINT; checkpoint saved, rerun the same command to " "resume"
+  ) in lines
   assert out.strip().splitlines()[-1].startswith(f"xmae-train: preempted at step {saved}/10000")
   assert saved >= metrics_lib.read_metrics(workdir)[-1]["step"] >= 2
   # The rerun with another length is refused in one line naming the key and the flag.
-  rerun = subprocess.run(cli + ["--config.train.num_steps=20000"], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=300)
+  rerun = subprocess.run(
+      cli + ["--config.train.num_steps=20000"],
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert rerun.returncode == 1, rerun.stderr[-3000:]
-  assert rerun.stderr.strip().splitlines()[-1].startswith(
-      f"xmae-train: error: workdir {workdir} holds a run of other settings (train.num_steps: "
-      f"10000 there, 20000 here; checkpoint step {saved}): resume with the same value, or pass "
-      "--allow_resume_change=train.num_steps"), rerun.stderr[-3000:]
+  assert (
+      rerun.stderr.strip()
+      .splitlines()[-1]
+      .startswith(
+          f"xmae-train: error: workdir {workdir} holds a run of other settings (train.num_steps: "
+          f"10000 there, 20000 here; checkpoint step {saved}): resume with the same value, or pass "
+          "--allow_resume_change=train.num_steps"
+      )
+  ), rerun.stderr[-3000:]
   assert "Traceback" not in rerun.stderr

@@ -4,6 +4,7 @@ of a few buffers whose checkpoint view has the names of the NNX state; the buffe
 losses, parameters and optimizer state as nested dicts (AdamW with weight decay, clipping,
 gradient accumulation); a checkpoint written from nested dicts resumes into buffers; models
 with other state fail."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,14 +45,17 @@ def test_non_finite_step_keeps_the_state(flat):
   step = jax.jit(state_lib.make_train_step(graphdef, tx, schedule, config, None))
   rng = np.random.default_rng(0)
   length = int(config.model.seq_len)
-  batch = {k: jnp.asarray(rng.uniform(-1, 1, (4, length)).astype(np.float32))
-           for k in ("ppg", "ecg")}
-  state, _ = step(state, batch)            # the warm-up starts at lr 0: step 0 moves nothing
+  batch = {
+      k: jnp.asarray(rng.uniform(-1, 1, (4, length)).astype(np.float32)) for k in ("ppg", "ecg")
+  }
+  state, _ = step(state, batch)  # the warm-up starts at lr 0: step 0 moves nothing
   before = jax.tree.map(np.asarray, state["params"])
   good, out = step(state, batch)
   assert bool(out["finite"]) and int(good["step"]) == 2
-  assert any(not np.array_equal(a, np.asarray(b))
-             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(good["params"])))
+  assert any(
+      not np.array_equal(a, np.asarray(b))
+      for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(good["params"]))
+  )
   bad_batch = {**batch, "ecg": batch["ecg"].at[0, 0].set(jnp.nan)}
   kept, out = step(good, bad_batch)
   assert not bool(out["finite"]) and int(kept["step"]) == 2
@@ -70,19 +74,21 @@ def test_state_is_plain_arrays_with_the_checkpoint_names_of_the_nnx_state(name):
   tx, _ = optim.make_optimizer(config.train, 10)
   abstract = jax.eval_shape(state_lib.init_fn(config, tx, flat=True))
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract))
-  assert len(jax.tree.leaves(abstract)) <= 8           # buffers, Adam's counts and the step
+  assert len(jax.tree.leaves(abstract)) <= 8  # buffers, Adam's counts and the step
   named = jax.eval_shape(buffers.unpack_all, abstract)
   assert all(type(t) is dict for t in (named["params"], named["batch_stats"]))
   model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   assert set(state_lib.model_flat(abstract)) == set(ckpt_lib.flatten(nnx.state(model)))
   old_opt = jax.eval_shape(tx.init, params)
-  assert set(state_lib.opt_flat(abstract)) == set(ckpt_lib.flatten(
-      {"opt": old_opt, "step": abstract["step"]}))
+  assert set(state_lib.opt_flat(abstract)) == set(
+      ckpt_lib.flatten({"opt": old_opt, "step": abstract["step"]})
+  )
 
 
 def test_a_model_with_rng_state_is_refused():
   class WithRngs(nnx.Module):
+
     def __init__(self):
       self.w = nnx.Param(jnp.ones(2))
       self.rngs = nnx.Rngs(0)
@@ -94,8 +100,13 @@ def test_a_model_with_rng_state_is_refused():
 def _batches(config, n, size=4):
   rng = np.random.default_rng(1)
   length = int(config.model.seq_len)
-  return [{k: jnp.asarray(rng.uniform(-1, 1, (size, length)).astype(np.float32))
-           for k in ("ppg", "ecg")} for _ in range(n)]
+  return [
+      {
+          k: jnp.asarray(rng.uniform(-1, 1, (size, length)).astype(np.float32))
+          for k in ("ppg", "ecg")
+      }
+      for _ in range(n)
+  ]
 
 
 def _train(config, tx, schedule, flat, batches):
@@ -122,18 +133,21 @@ def test_buffers_give_the_updates_of_nested_dicts():
   batches = _batches(config, 4)
   flat_losses, flat_norms, flat = _train(config, tx, schedule, True, batches)
   tree_losses, tree_norms, tree = _train(config, tx, schedule, False, batches)
-  assert min(tree_norms) > config.train.grad_clip_norm           # the clip binds
+  assert min(tree_norms) > config.train.grad_clip_norm  # the clip binds
   np.testing.assert_allclose(flat_norms, tree_norms, rtol=1e-5)
   assert len(jax.tree.leaves(flat)) < len(jax.tree.leaves(tree))
   np.testing.assert_allclose(flat_losses, tree_losses, rtol=1e-6)
   assert len(set(np.round(tree_losses, 6))) > 1
-  for got, want in ((state_lib.model_flat(flat), state_lib.model_flat(tree)),
-                    (state_lib.opt_flat(flat), state_lib.opt_flat(tree))):
+  for got, want in (
+      (state_lib.model_flat(flat), state_lib.model_flat(tree)),
+      (state_lib.opt_flat(flat), state_lib.opt_flat(tree)),
+  ):
     assert got.keys() == want.keys()
     for k in want:
       assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype, k
-      np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-5, atol=1e-7,
-                                 err_msg=k)
+      np.testing.assert_allclose(
+          np.asarray(got[k]), np.asarray(want[k]), rtol=1e-5, atol=1e-7, err_msg=k
+      )
   before = state_lib.model_flat(state_lib.init_fn(config, tx, flat=False)())
   assert any(not np.allclose(before[k], got) for k, got in state_lib.model_flat(flat).items())
 
@@ -145,8 +159,12 @@ def test_a_checkpoint_of_nested_dicts_resumes_into_buffers(tmp_path):
   tx, schedule = optim.make_optimizer(config.train, 8)
   _, _, tree = _train(config, tx, schedule, False, _batches(config, 2))
   ckpt = ckpt_lib.Checkpointer(tmp_path, async_save=False)
-  ckpt.save(2, model=state_lib.model_flat(tree), opt=state_lib.opt_flat(tree),
-            meta=ckpt_lib.meta_dict(config, 2))
+  ckpt.save(
+      2,
+      model=state_lib.model_flat(tree),
+      opt=state_lib.opt_flat(tree),
+      meta=ckpt_lib.meta_dict(config, 2),
+  )
   ckpt.wait()
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   abstract = jax.eval_shape(state_lib.init_fn(config, tx, mesh, flat=True))
@@ -156,8 +174,10 @@ def test_a_checkpoint_of_nested_dicts_resumes_into_buffers(tmp_path):
   ckpt.close()
   assert jax.tree.structure(flat) == jax.tree.structure(abstract)
   assert int(flat["step"]) == 2
-  for got, want in ((state_lib.model_flat(flat), state_lib.model_flat(tree)),
-                    (state_lib.opt_flat(flat), state_lib.opt_flat(tree))):
+  for got, want in (
+      (state_lib.model_flat(flat), state_lib.model_flat(tree)),
+      (state_lib.opt_flat(flat), state_lib.opt_flat(tree)),
+  ):
     assert got.keys() == want.keys()
     for k in want:
       np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
@@ -165,7 +185,7 @@ def test_a_checkpoint_of_nested_dicts_resumes_into_buffers(tmp_path):
 
 def test_state_layout_follows_the_config_and_auto_keeps_nested_dicts_on_cpu():
   config = _toy_config()
-  assert state_lib.state_layout(config) == "tree"          # auto on CPU
+  assert state_lib.state_layout(config) == "tree"  # auto on CPU
   tx, _ = optim.make_optimizer(config.train, 10)
   assert type(jax.eval_shape(state_lib.init_fn(config, tx))["params"]) is dict
   with config.unlocked():

@@ -1,5 +1,6 @@
 """Unit tests of the trainer's parts: mesh sizes, placement rules, schedule, logs, figures,
 the errors of the multi-process setup."""
+
 import importlib
 import json
 import math
@@ -40,23 +41,32 @@ def test_fsdp_rule_shards_the_largest_divisible_dimension_and_rules_match_in_ord
   mesh = _FakeMesh()
   assert sharding.spec_for("enc/dense/kernel", (6, 12), rules, mesh) == P(None, "fsdp")
   assert sharding.spec_for("enc/dense/kernel", (16, 6), rules, mesh) == P("fsdp", None)
-  assert sharding.spec_for("enc/dense/kernel", (3, 5), rules, mesh) == P()      # none divisible
-  assert sharding.spec_for("enc/dense/bias", (16,), rules, mesh) == P()         # first match
-  assert sharding.spec_for("enc/norm/scale", (16,), rules, mesh) == P()         # no match
+  assert sharding.spec_for("enc/dense/kernel", (3, 5), rules, mesh) == P()  # none divisible
+  assert sharding.spec_for("enc/dense/bias", (16,), rules, mesh) == P()  # first match
+  assert sharding.spec_for("enc/norm/scale", (16,), rules, mesh) == P()  # no match
   with pytest.raises(sharding.ShardingError, match="unknown sharding rule"):
     sharding.spec_for("x", (4,), (("x", "tensor"),), mesh)
 
 
 def test_schedule_warms_up_over_ten_percent_then_cosine_to_zero():
-  t = mlc.ConfigDict({"lr": 3e-4, "warmup_frac": 0.1, "b1": 0.9, "b2": 0.95,
-                      "weight_decay": 0.01, "grad_clip_norm": 0.0})
+  t = mlc.ConfigDict(
+      {
+          "lr": 3e-4,
+          "warmup_frac": 0.1,
+          "b1": 0.9,
+          "b2": 0.95,
+          "weight_decay": 0.01,
+          "grad_clip_norm": 0.0,
+      }
+  )
   schedule = optim.lr_schedule(t, 1000)
   assert float(schedule(0)) == 0.0
   assert math.isclose(float(schedule(50)), 1.5e-4, rel_tol=1e-5)
   assert math.isclose(float(schedule(100)), 3e-4, rel_tol=1e-5)
   progress = (550 - 100) / 900
-  assert math.isclose(float(schedule(550)), 3e-4 * 0.5 * (1 + math.cos(math.pi * progress)),
-                      rel_tol=1e-4)
+  assert math.isclose(
+      float(schedule(550)), 3e-4 * 0.5 * (1 + math.cos(math.pi * progress)), rel_tol=1e-4
+  )
   assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -73,8 +83,9 @@ def test_metrics_rows_are_json_and_truncation_drops_later_steps(tmp_path):
 
 
 def test_config_round_trips_through_json_with_tuples():
-  c = mlc.ConfigDict({"model": {"name": "xmae", "widths": (8, 16)},
-                      "mesh": {"axes": (("data", -1), ("fsdp", 1))}})
+  c = mlc.ConfigDict(
+      {"model": {"name": "xmae", "widths": (8, 16)}, "mesh": {"axes": (("data", -1), ("fsdp", 1))}}
+  )
   back = config_lib.config_from_dict(json.loads(json.dumps(config_lib.config_to_dict(c))))
   assert back.model.widths == (8, 16) and back.mesh.axes == (("data", -1), ("fsdp", 1))
 
@@ -82,6 +93,7 @@ def test_config_round_trips_through_json_with_tuples():
 def test_flatten_unflatten_round_trip_with_nnx_names():
   # Model states hold no PRNG keys (training.state.split_model refuses them): arrays only.
   from flax import nnx
+
   tree = {"a": {"w": np.arange(6.0).reshape(2, 3)}, "n": np.int32(3)}
   flat = ckpt_lib.flatten(tree)
   assert set(flat) == {"a.w", "n"}
@@ -113,8 +125,10 @@ def test_partial_multi_process_flags_are_one_line():
 def test_a_jax_without_the_runtime_client_fails_with_one_line_naming_it(monkeypatch):
   runtime = importlib.import_module("jax._src.distributed")
   monkeypatch.delattr(runtime, "global_state")
-  with pytest.raises(distributed.DistributedError,
-                     match=r"^jax \S+ has no jax\._src\.distributed\.global_state\.client") as e:
+  with pytest.raises(
+      distributed.DistributedError,
+      match=r"^jax \S+ has no jax\._src\.distributed\.global_state\.client",
+  ) as e:
     distributed.runtime_client()
   assert "\n" not in str(e.value)
 
@@ -122,6 +136,11 @@ def test_a_jax_without_the_runtime_client_fails_with_one_line_naming_it(monkeypa
 def test_errors_of_the_trainers_parts_are_training_errors():
   """train()'s callers catch one class; each part raises its own where the problem arises."""
   from xmae_jax.training import workdir_lock
-  for error in (sharding.ShardingError, ckpt_lib.CheckpointError, workdir_lock.WorkdirBusyError,
-                distributed.DistributedError):
+
+  for error in (
+      sharding.ShardingError,
+      ckpt_lib.CheckpointError,
+      workdir_lock.WorkdirBusyError,
+      distributed.DistributedError,
+  ):
     assert issubclass(error, training.TrainingError), error

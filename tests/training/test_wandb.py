@@ -1,6 +1,7 @@
 """The Weights & Biases hook beside TensorBoard: off by default, the same scalars at the same
 steps when train.wandb.project is set, offline unless WANDB_MODE says otherwise, one W&B run per
 workdir across resumes, one clear line when wandb is missing or a name is invalid."""
+
 import sys
 import types
 
@@ -22,11 +23,13 @@ class FakeWandb(types.ModuleType):
     fake = self
 
     class Run:
+
       def log(self, data, step=None):
         fake.logged.append((step, dict(data)))
 
       def finish(self):
         fake.finished += 1
+
     return Run()
 
 
@@ -43,7 +46,7 @@ def _config(**wandb):
 
 
 def test_off_by_default_wandb_is_not_even_imported(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "wandb", None)   # importing it would raise
+  monkeypatch.setitem(sys.modules, "wandb", None)  # importing it would raise
   config = _config()
   assert config.train.wandb.project == ""
   writer = metrics.MetricsWriter(tmp_path, tensorboard=False, config=config)
@@ -59,13 +62,15 @@ def test_scalars_and_steps_go_to_wandb_offline(tmp_path, fake_wandb):
   writer.write(40, {"train_loss": 0.125, "val_loss": 0.5})
   writer.close()
   (init,) = fake_wandb.inits
-  assert init["mode"] == "offline"                       # no network unless asked
+  assert init["mode"] == "offline"  # no network unless asked
   assert (init["project"], init["entity"], init["name"]) == ("xmae-demo", "lab", "run1")
   assert init["dir"] == str(tmp_path / "run1") and init["resume"] == "allow"
-  assert init["config"]["train"]["wandb"]["project"] == "xmae-demo"   # the run's whole config
+  assert init["config"]["train"]["wandb"]["project"] == "xmae-demo"  # the run's whole config
   assert init["config"]["model"]["name"] == "xmae"
-  assert fake_wandb.logged == [(20, {"train_loss": 0.25, "lr": 1e-4}),   # unknown: left out
-                               (40, {"train_loss": 0.125, "val_loss": 0.5})]
+  assert fake_wandb.logged == [
+      (20, {"train_loss": 0.25, "lr": 1e-4}),  # unknown: left out
+      (40, {"train_loss": 0.125, "val_loss": 0.5}),
+  ]
   assert fake_wandb.finished == 1
   # the same rows as metrics.jsonl
   rows = metrics.read_metrics(tmp_path / "run1")
@@ -78,7 +83,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, fake_wandb, monkey
     metrics.MetricsWriter(tmp_path, tensorboard=False, config=config).close()
   first, second = fake_wandb.inits
   assert first["id"] == second["id"] == (tmp_path / metrics.WANDB_ID_FILE).read_text().strip()
-  monkeypatch.setenv("WANDB_MODE", "online")              # the user's choice is left to wandb
+  monkeypatch.setenv("WANDB_MODE", "online")  # the user's choice is left to wandb
   metrics.MetricsWriter(tmp_path / "other", tensorboard=False, config=config).close()
   assert "mode" not in fake_wandb.inits[-1] and fake_wandb.inits[-1]["id"] != first["id"]
 

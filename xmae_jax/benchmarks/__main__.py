@@ -2,6 +2,7 @@
 
 Each prints one JSON line. Benchmarks are not tests: they measure, they do not assert.
 """
+
 import importlib
 import sys
 

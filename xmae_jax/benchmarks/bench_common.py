@@ -4,6 +4,7 @@ Every benchmark prints one JSON line per measurement. Peak and MFU are measured 
 process run as the thing they describe, because numbers differ between machines of the same kind
 (and, on a shared machine, between minutes): only ratios taken within one run are comparable.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,19 @@ from xmae_jax.training import perf
 
 def add_host_memory_flag(parser) -> None:
   """`--default-malloc`, shared by `bench train` and `bench reference`."""
-  parser.add_argument("--default-malloc", action="store_true",
-                      help="leave glibc malloc as it is (by default freed memory is kept for "
-                           "reuse, which saves re-faulting XLA's per-step temporary buffer)")
+  parser.add_argument(
+      "--default-malloc",
+      action="store_true",
+      help="leave glibc malloc as it is (by default freed memory is kept for "
+      "reuse, which saves re-faulting XLA's per-step temporary buffer)",
+  )
 
 
 def apply_host_memory_flag(args) -> bool:
   """Keeps freed host memory unless `--default-malloc`; call before JAX starts its threads
   (see training/host_memory.py). Returns whether the setting is in effect (for the record)."""
   from xmae_jax.training import host_memory
+
   return not args.default_malloc and host_memory.keep_freed_host_memory()
 
 
@@ -52,8 +57,12 @@ def median(values: Sequence[float]) -> float:
   return float(statistics.median(values))
 
 
-def time_calls(fn: Callable[[], object], sync: Callable[[object], object], count: int,
-               cpu_times: list[float] | None = None) -> list[float]:
+def time_calls(
+    fn: Callable[[], object],
+    sync: Callable[[object], object],
+    count: int,
+    cpu_times: list[float] | None = None,
+) -> list[float]:
   """Wall seconds of `count` calls of `fn`, each synchronized with `sync(result)`.
 
   `cpu_times`, when given, receives the process CPU seconds (all threads) of each call: on a
@@ -87,6 +96,7 @@ def machine_info() -> dict:
   }
   try:
     import jax
+
     info["jax"] = jax.__version__
     info["backend"] = jax.default_backend()
     info["devices"] = jax.device_count()
@@ -142,7 +152,8 @@ def import_torch():
   except ImportError as err:
     raise MissingExtraError(
         "this benchmark needs PyTorch (CPU build): pip install 'xmae-jax[torch]' "
-        f"(import failed: {err})") from err
+        f"(import failed: {err})"
+    ) from err
   return torch
 
 

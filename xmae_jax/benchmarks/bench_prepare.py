@@ -21,6 +21,7 @@ Two measurements, one JSON line:
   Both sides are warmed up on the first recording, then run in `--rounds` alternating rounds;
   each side's best round counts (the slower rounds measure the neighbours).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,27 +50,49 @@ REFERENCE_PREPROCESS_FILE = "preprocessing/process.py"
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks prepare")
-  p.add_argument("--source", default="synthetic", choices=["synthetic", "wfdb", "pulsedb",
-                                                            "csv", "npz"])
+  p.add_argument(
+      "--source", default="synthetic", choices=["synthetic", "wfdb", "pulsedb", "csv", "npz"]
+  )
   p.add_argument("--input", default=None, help="input for file sources")
-  p.add_argument("--records", type=int, default=None,
-                 help="use the first N inputs of --input (sorted as the reader lists them)")
+  p.add_argument(
+      "--records",
+      type=int,
+      default=None,
+      help="use the first N inputs of --input (sorted as the reader lists them)",
+  )
   p.add_argument("--num-subjects", type=int, default=40)
   p.add_argument("--minutes-per-subject", type=float, default=2.0)
-  p.add_argument("--workers", default="1,2",
-                 help="comma-separated worker counts for the whole prepare run ('' skips it)")
-  p.add_argument("--rounds", type=int, default=1, help="alternating rounds of the "
-                 "in-process preprocessing measurement")
-  p.add_argument("--reference-repo", type=Path, default=None,
-                 help="checkout of github.com/hzhou3/xMAE: time its process_signal too")
-  p.add_argument("--commit", default=None,
-                 help="read the reference from this commit (git show; a bare clone works)")
+  p.add_argument(
+      "--workers",
+      default="1,2",
+      help="comma-separated worker counts for the whole prepare run ('' skips it)",
+  )
+  p.add_argument(
+      "--rounds",
+      type=int,
+      default=1,
+      help="alternating rounds of the " "in-process preprocessing measurement",
+  )
+  p.add_argument(
+      "--reference-repo",
+      type=Path,
+      default=None,
+      help="checkout of github.com/hzhou3/xMAE: time its process_signal too",
+  )
+  p.add_argument(
+      "--commit",
+      default=None,
+      help="read the reference from this commit (git show; a bare clone works)",
+  )
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   if args.source != "synthetic" and not args.input:
     common.exit_with(f"--input is required for --source {args.source}")
-  options = ({"num_subjects": args.num_subjects, "minutes_per_subject": args.minutes_per_subject}
-             if args.source == "synthetic" else {})
+  options = (
+      {"num_subjects": args.num_subjects, "minutes_per_subject": args.minutes_per_subject}
+      if args.source == "synthetic"
+      else {}
+  )
   units, reference = [], None
   try:
     if args.source != "synthetic":
@@ -78,9 +101,13 @@ def main(argv=None) -> dict:
       reference = load_reference(args.reference_repo, args.commit)
   except (sources_lib.SourceError, XmaeError) as e:
     common.exit_with(str(e))
-  units = units[:args.records] if args.records else units
-  result = {"bench": "prepare", "source": args.source, "input": args.input,
-            "records": len(units) if args.source != "synthetic" else None}
+  units = units[: args.records] if args.records else units
+  result = {
+      "bench": "prepare",
+      "source": args.source,
+      "input": args.input,
+      "records": len(units) if args.source != "synthetic" else None,
+  }
   if args.source == "synthetic":
     result.update(num_subjects=args.num_subjects, minutes_per_subject=args.minutes_per_subject)
   else:
@@ -88,25 +115,43 @@ def main(argv=None) -> dict:
   runs = []
   for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
     with tempfile.TemporaryDirectory() as tmp:
-      source_input = (args.input if args.source == "synthetic" or not args.records
-                      else _link_subset(units, Path(tmp) / "input"))
+      source_input = (
+          args.input
+          if args.source == "synthetic" or not args.records
+          else _link_subset(units, Path(tmp) / "input")
+      )
       start, cpu0 = time.perf_counter(), _cpu_seconds()
       try:
-        report = prep.prepare_dataset(args.source, source_input, Path(tmp) / "ds",
-                                      workers=workers, seed=args.seed, source_options=options,
-                                      progress=False, log=None)
+        report = prep.prepare_dataset(
+            args.source,
+            source_input,
+            Path(tmp) / "ds",
+            workers=workers,
+            seed=args.seed,
+            source_options=options,
+            progress=False,
+            log=None,
+        )
       except prepare_rules.PrepareError as e:
         common.exit_with(str(e))
       seconds = time.perf_counter() - start
       cpu = _cpu_seconds() - cpu0
-    runs.append({"workers": workers, "seconds": round(seconds, 3),
-                 "segments": report["segments_kept"], "cpu_seconds": round(cpu, 3),
-                 # CPU time per segment does not depend on how busy a shared machine is
-                 "cpu_ms_per_segment": round(1000 * cpu / max(report["segments_kept"], 1), 2),
-                 "segments_per_s": round(report["segments_kept"] / seconds, 2)})
+    runs.append(
+        {
+            "workers": workers,
+            "seconds": round(seconds, 3),
+            "segments": report["segments_kept"],
+            "cpu_seconds": round(cpu, 3),
+            # CPU time per segment does not depend on how busy a shared machine is
+            "cpu_ms_per_segment": round(1000 * cpu / max(report["segments_kept"], 1), 2),
+            "segments_per_s": round(report["segments_kept"] / seconds, 2),
+        }
+    )
   if runs:
-    result.update(segments=runs[0]["segments"],
-                  segments_per_s={str(r["workers"]): r["segments_per_s"] for r in runs})
+    result.update(
+        segments=runs[0]["segments"],
+        segments_per_s={str(r["workers"]): r["segments_per_s"] for r in runs},
+    )
   result.update(runs=runs, machine=common.machine_info())
   common.emit(result)
   return result
@@ -122,15 +167,18 @@ def measure_preprocess(source: str, units: list[str], reference, rounds: int) ->
   if not recordings:
     common.exit_with("no readable recording in the input")
   # name -> function of "warm-up only" (imports, filter designs, caches) -> segments prepared
-  sides = {"ours": lambda warm: _ours(pp.segment_recording, recordings[:1 if warm else None],
-                                      config),
-           "ours_unbatched": lambda warm: _ours(pp.segment_recording_unbatched,
-                                                recordings[:1 if warm else None], config)}
+  sides = {
+      "ours": lambda warm: _ours(pp.segment_recording, recordings[: 1 if warm else None], config),
+      "ours_unbatched": lambda warm: _ours(
+          pp.segment_recording_unbatched, recordings[: 1 if warm else None], config
+      ),
+  }
   if reference is not None:
     windows = _reference_windows(recordings, config)
     prepared: list[int] = []
-    sides["reference"] = lambda warm: _reference(reference, windows[:4 if warm else None],
-                                                 None if warm else prepared)
+    sides["reference"] = lambda warm: _reference(
+        reference, windows[: 4 if warm else None], None if warm else prepared
+    )
   for side in sides.values():
     side(True)
   best: dict[str, tuple[float, int]] = {}
@@ -141,17 +189,25 @@ def measure_preprocess(source: str, units: list[str], reference, rounds: int) ->
       cpu = time.process_time() - cpu0
       if name not in best or cpu < best[name][0]:
         best[name] = (cpu, count)
-  out: dict[str, Any] = {"recordings": len(recordings), "read_cpu_s": round(read_cpu, 3),
-         "rounds": max(rounds, 1)}
+  out: dict[str, Any] = {
+      "recordings": len(recordings),
+      "read_cpu_s": round(read_cpu, 3),
+      "rounds": max(rounds, 1),
+  }
   for name, (cpu, count) in best.items():
-    out[name] = {"segments": count, "cpu_s": round(cpu, 3),
-                 "segments_per_cpu_s": round(count / cpu, 2)}
+    out[name] = {
+        "segments": count,
+        "cpu_s": round(cpu, 3),
+        "segments_per_cpu_s": round(count / cpu, 2),
+    }
   if reference is not None:
     out["reference"].update(prepared=min(prepared), source=reference.origin)
-    out["speedup"] = round(out["ours"]["segments_per_cpu_s"]
-                           / out["reference"]["segments_per_cpu_s"], 2)
-    out["speedup_unbatched"] = round(out["ours_unbatched"]["segments_per_cpu_s"]
-                                     / out["reference"]["segments_per_cpu_s"], 2)
+    out["speedup"] = round(
+        out["ours"]["segments_per_cpu_s"] / out["reference"]["segments_per_cpu_s"], 2
+    )
+    out["speedup_unbatched"] = round(
+        out["ours_unbatched"]["segments_per_cpu_s"] / out["reference"]["segments_per_cpu_s"], 2
+    )
   return out
 
 
@@ -183,7 +239,7 @@ def _reference_windows(recordings, config) -> list[tuple[np.ndarray, np.ndarray,
     n = int(round(config.segment_seconds * fs))
     for seg in pp.segment_recording(item.signals, config)[0]:
       a = int(round(seg.start_s * fs))
-      w = {m: pp.check_window(sig[m][0][a:a + n], fs, config)[0] for m in sig}
+      w = {m: pp.check_window(sig[m][0][a : a + n], fs, config)[0] for m in sig}
       out.append((w["ppg"], w["ecg"], fs))
   return out
 
@@ -224,17 +280,23 @@ def load_reference(repo: Path, commit: str | None) -> types.ModuleType:
   if commit is None:
     file = repo / REFERENCE_PREPROCESS_FILE
     if not file.is_file():
-      raise ReferenceSourceError(f"--reference-repo {repo}: {REFERENCE_PREPROCESS_FILE} not found "
-                           "(pass --commit to read it from the repository's history)")
+      raise ReferenceSourceError(
+          f"--reference-repo {repo}: {REFERENCE_PREPROCESS_FILE} not found "
+          "(pass --commit to read it from the repository's history)"
+      )
     text, origin = file.read_text(), f"{repo} (working tree)"
   else:
     try:
       text = subprocess.run(
           ["git", "-C", str(repo), "show", f"{commit}:{REFERENCE_PREPROCESS_FILE}"],
-          check=True, capture_output=True, text=True).stdout
+          check=True,
+          capture_output=True,
+          text=True,
+      ).stdout
     except (OSError, subprocess.CalledProcessError):
-      raise ReferenceSourceError(f"--reference-repo {repo} --commit {commit}: cannot read "
-                           f"{REFERENCE_PREPROCESS_FILE}") from None
+      raise ReferenceSourceError(
+          f"--reference-repo {repo} --commit {commit}: cannot read " f"{REFERENCE_PREPROCESS_FILE}"
+      ) from None
     origin = f"{repo} at {commit}"
   for name, attrs in (("mat73", {"loadmat": None}), ("boto3", {})):
     if importlib.util.find_spec(name) is None and name not in sys.modules:

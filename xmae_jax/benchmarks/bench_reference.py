@@ -24,6 +24,7 @@ side's step time is the median over all its timed steps. Prints three JSON lines
 ours, and the comparison (`speedup` = our segments/s over the reference's). torch is an
 optional extra (`pip install 'xmae-jax[torch]'`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,24 +56,36 @@ def reference_source(repo: Path, commit: str | None) -> tuple[str, str]:
   if commit is None:
     file = repo / REFERENCE_MODEL_FILE
     if not file.is_file():
-      raise ReferenceRepoError(f"--reference-repo {repo}: {REFERENCE_MODEL_FILE} not found "
-                               "(pass --commit to read it from the repository's history)")
+      raise ReferenceRepoError(
+          f"--reference-repo {repo}: {REFERENCE_MODEL_FILE} not found "
+          "(pass --commit to read it from the repository's history)"
+      )
     return file.read_text(), f"{repo} (working tree{_head(repo)})"
   try:
-    text = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{REFERENCE_MODEL_FILE}"],
-                          check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{commit}:{REFERENCE_MODEL_FILE}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
   except (OSError, subprocess.CalledProcessError) as e:
     detail = getattr(e, "stderr", "") or str(e)
-    raise ReferenceRepoError(f"--reference-repo {repo} --commit {commit}: cannot read "
-                             f"{REFERENCE_MODEL_FILE}: "
-                             f"{detail.strip().splitlines()[-1] if detail.strip() else e}")
+    raise ReferenceRepoError(
+        f"--reference-repo {repo} --commit {commit}: cannot read "
+        f"{REFERENCE_MODEL_FILE}: "
+        f"{detail.strip().splitlines()[-1] if detail.strip() else e}"
+    )
   return text, f"{repo} at {commit}"
 
 
 def _head(repo: Path) -> str:
   try:
-    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return f", HEAD {sha}"
   except (OSError, subprocess.CalledProcessError):
     return ""
@@ -97,33 +110,55 @@ def reference_model_cfg(module, config):
   """The reference's ModelCfg for our config's model section (paper preset = cfg/xmae.yaml)."""
   m = config.model
   if tuple(m.stem_widths) != (32, 64, 128):
-    raise ReferenceRepoError(f"model.stem_widths {tuple(m.stem_widths)}: the reference's stem "
-                             "widths are fixed at (32, 64, 128)")
+    raise ReferenceRepoError(
+        f"model.stem_widths {tuple(m.stem_widths)}: the reference's stem "
+        "widths are fixed at (32, 64, 128)"
+    )
   return module.ModelCfg(
-      seq_len=int(m.seq_len), patch_len=int(m.patch_len), d_model=int(m.d_model),
-      nhead=int(m.num_heads), depth_ecg=int(m.depth_ecg), depth_ppg=int(m.depth_ppg),
-      depth_bridge=int(m.depth_bridge), stem_ch=int(m.stem_channels), dropout=float(m.dropout),
-      proj_dim=int(m.latent_dim), use_cross_bridge=bool(m.use_cross_bridge), source="ppg+ecg")
+      seq_len=int(m.seq_len),
+      patch_len=int(m.patch_len),
+      d_model=int(m.d_model),
+      nhead=int(m.num_heads),
+      depth_ecg=int(m.depth_ecg),
+      depth_ppg=int(m.depth_ppg),
+      depth_bridge=int(m.depth_bridge),
+      stem_ch=int(m.stem_channels),
+      dropout=float(m.dropout),
+      proj_dim=int(m.latent_dim),
+      use_cross_bridge=bool(m.use_cross_bridge),
+      source="ppg+ecg",
+  )
 
 
 class ReferenceStep:
   """One optimizer step of the reference model, as its Lightning module trains it."""
 
-  def __init__(self, module, config, batch: dict[str, np.ndarray], dtype: str,
-               total_steps: int = 10_000, seed: int = 0):
+  def __init__(
+      self,
+      module,
+      config,
+      batch: dict[str, np.ndarray],
+      dtype: str,
+      total_steps: int = 10_000,
+      seed: int = 0,
+  ):
     torch = common.import_torch()
     if config.masking.mode != "anchor" or config.masking.ratio_ppg:
-      raise ReferenceRepoError("the side-by-side benchmark uses the paper masking "
-                               "(anchor ECG masking, unmasked PPG)")
+      raise ReferenceRepoError(
+          "the side-by-side benchmark uses the paper masking " "(anchor ECG masking, unmasked PPG)"
+      )
     self.torch = torch
     torch.manual_seed(seed)
     self.generator = torch.Generator().manual_seed(seed)
     self.model = module.xMAE(reference_model_cfg(module, config))
     self.model.train()
     t = config.train
-    self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(t.lr),
-                                       betas=(float(t.b1), float(t.b2)),
-                                       weight_decay=float(t.weight_decay))
+    self.optimizer = torch.optim.AdamW(
+        self.model.parameters(),
+        lr=float(t.lr),
+        betas=(float(t.b1), float(t.b2)),
+        weight_decay=float(t.weight_decay),
+    )
     warmup = int(total_steps * float(t.warmup_frac))
 
     def lr_factor(step):
@@ -135,8 +170,9 @@ class ReferenceStep:
     self.autocast = dtype == "bfloat16"
     self.patch_len = int(config.model.patch_len)
     self.num_patches = int(config.model.seq_len) // self.patch_len
-    self.num_masked = max(0, min(self.num_patches,
-                                 int(round(float(config.masking.ratio_ecg) * self.num_patches))))
+    self.num_masked = max(
+        0, min(self.num_patches, int(round(float(config.masking.ratio_ecg) * self.num_patches)))
+    )
     self.ppg = torch.from_numpy(batch["ppg"])
     self.ecg = torch.from_numpy(batch["ecg"])
     self.num_params = sum(p.numel() for p in self.model.parameters())
@@ -152,17 +188,23 @@ class ReferenceStep:
     masked = ((idx < start) | (idx >= start + visible)).float()
     order = torch.argsort(idx + masked * n, dim=1)
     ids_keep, ids_restore = order[:, :visible], torch.argsort(order, dim=1)
-    seq_mask = masked.repeat_interleave(self.patch_len, dim=1).unsqueeze(1)   # (B, 1, L)
+    seq_mask = masked.repeat_interleave(self.patch_len, dim=1).unsqueeze(1)  # (B, 1, L)
     return ids_keep, ids_restore, seq_mask
 
   def __call__(self):
     torch = self.torch
     b = self.ecg.shape[0]
     ids_keep, ids_restore, seq_mask = self._anchor_ids(b)
-    identity = torch.arange(self.num_patches).expand(b, self.num_patches)   # PPG: ratio 0
+    identity = torch.arange(self.num_patches).expand(b, self.num_patches)  # PPG: ratio 0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-      out = self.model(self.ppg, self.ecg, ids_keep_ppg=identity, ids_restore_ppg=identity,
-                       ids_keep_ecg=ids_keep, ids_restore_ecg=ids_restore)
+      out = self.model(
+          self.ppg,
+          self.ecg,
+          ids_keep_ppg=identity,
+          ids_restore_ppg=identity,
+          ids_keep_ecg=ids_keep,
+          ids_restore_ecg=ids_restore,
+      )
       err = (out["ecg_reconstructed"] - self.ecg.unsqueeze(1)) ** 2
       loss = (seq_mask * err).sum() / seq_mask.sum().clamp_min(1.0)
     self.optimizer.zero_grad(set_to_none=True)
@@ -175,15 +217,27 @@ class ReferenceStep:
     return common.time_calls(self, lambda r: r, steps, self.cpu_times)
 
 
-def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int, rounds: int,
-            dtype: str, warmup: int = 2, peak_size: int = 2048) -> list[dict]:
+def compare(
+    config,
+    repo: Path,
+    commit: str | None,
+    batch_size: int,
+    steps: int,
+    rounds: int,
+    dtype: str,
+    warmup: int = 2,
+    peak_size: int = 2048,
+) -> list[dict]:
   """Runs both, interleaved; returns [reference record, ours, comparison]."""
   import jax
+
   torch = common.import_torch()
   with tempfile.TemporaryDirectory(prefix="xmae_reference_") as tmp:
     module, origin = import_reference(repo, commit, Path(tmp))
-    peaks = {"torch": common.torch_matmul_peak("float32", n=peak_size),
-             "jax": perf.matmul_peak("float32", n=peak_size, repeats=5)}
+    peaks = {
+        "torch": common.torch_matmul_peak("float32", n=peak_size),
+        "jax": perf.matmul_peak("float32", n=peak_size, repeats=5),
+    }
     ours = train_bench.build_step(config, batch_size, dtype)
     host = train_bench.synthetic_batch(batch_size, int(config.model.seq_len))
     ref = ReferenceStep(module, ours.config, host, dtype)
@@ -200,8 +254,14 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
       our_times += ours.run(steps)
     peaks["torch"] = max(peaks["torch"], common.torch_matmul_peak("float32", n=peak_size))
     peaks["jax"] = max(peaks["jax"], perf.matmul_peak("float32", n=peak_size, repeats=5))
-  our_record = train_bench.summarize(ours, our_times, peaks["jax"], dtype=dtype, warmup=warmup,
-                                     device_kind=jax.devices()[0].device_kind)
+  our_record = train_bench.summarize(
+      ours,
+      our_times,
+      peaks["jax"],
+      dtype=dtype,
+      warmup=warmup,
+      device_kind=jax.devices()[0].device_kind,
+  )
   flops = our_record["flops_per_step"]
   our_record["bench"] = "reference"
   our_record["matmul_peak_dtype"] = "float32"
@@ -240,8 +300,10 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
       "dtype": dtype,
       "speedup": our_record["segments_per_s"] / ref_record["segments_per_s"],
       "cpu_time_ratio": ref_record["cpu_time_median_s"] / our_record["cpu_time_median_s"],
-      "segments_per_s": {"xmae_jax": our_record["segments_per_s"],
-                         "reference_torch": ref_record["segments_per_s"]},
+      "segments_per_s": {
+          "xmae_jax": our_record["segments_per_s"],
+          "reference_torch": ref_record["segments_per_s"],
+      },
       "matmul_peak_flops_per_s": peaks,
       "loadavg_1m": common.machine_info()["loadavg_1m"],
   }
@@ -249,14 +311,27 @@ def compare(config, repo: Path, commit: str | None, batch_size: int, steps: int,
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks reference", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--reference-repo", required=True, type=Path,
-                 help="a checkout (or clone) of github.com/hzhou3/xMAE")
-  p.add_argument("--commit", default=None,
-                 help="read the model from this commit (e.g. 7a0d24e) instead of the work tree")
-  p.add_argument("--config", default="configs/xmae.py",
-                 help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)")
+  p = argparse.ArgumentParser(
+      prog="python -m xmae_jax.benchmarks reference",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+      "--reference-repo",
+      required=True,
+      type=Path,
+      help="a checkout (or clone) of github.com/hzhou3/xMAE",
+  )
+  p.add_argument(
+      "--commit",
+      default=None,
+      help="read the model from this commit (e.g. 7a0d24e) instead of the work tree",
+  )
+  p.add_argument(
+      "--config",
+      default="configs/xmae.py",
+      help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)",
+  )
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--steps", type=int, default=5, help="timed steps per side per round")
   p.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
@@ -272,11 +347,20 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
-  host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
+  host_malloc_tuned = common.apply_host_memory_flag(args)  # before JAX starts its threads
   try:
     config = train_bench.load_config(args.config)
-    records = compare(config, args.reference_repo, args.commit, args.batch_size, args.steps,
-                      args.rounds, args.dtype, args.warmup, args.peak_size)
+    records = compare(
+        config,
+        args.reference_repo,
+        args.commit,
+        args.batch_size,
+        args.steps,
+        args.rounds,
+        args.dtype,
+        args.warmup,
+        args.peak_size,
+    )
   except (ReferenceRepoError, common.MissingExtraError, train_bench.BenchConfigError) as e:
     common.exit_with(str(e))
   for record in records:

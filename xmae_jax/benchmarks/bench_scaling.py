@@ -18,6 +18,7 @@ collectives XLA inserts, not a speed-up; memory per device (`memory_analysis()` 
 per-device program) is exact. Prints one JSON line per point (and a markdown table with
 `--markdown`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,44 +51,87 @@ def run_point(config_spec: str, batch: int, placement: str, steps: int, warmup: 
   import jax
 
   from xmae_jax.benchmarks import bench_train as train_bench
+
   config = mesh_for(train_bench.load_config(config_spec), placement)
   bench = train_bench.build_step(config, batch)
   bench.run(warmup)
   bench.cpu_times.clear()
   times = bench.run(steps)
-  record = train_bench.summarize(bench, times, None, dtype="float32", warmup=warmup,
-                                 device_kind=jax.devices()[0].device_kind)
-  record.update(bench="scaling", placement=placement, num_devices=jax.device_count(),
-                batch_per_device=batch // jax.device_count())
+  record = train_bench.summarize(
+      bench, times, None, dtype="float32", warmup=warmup, device_kind=jax.devices()[0].device_kind
+  )
+  record.update(
+      bench="scaling",
+      placement=placement,
+      num_devices=jax.device_count(),
+      batch_per_device=batch // jax.device_count(),
+  )
   return record
 
 
-def spawn_point(config_spec: str, devices: int, batch: int, placement: str, steps: int,
-                warmup: int, timeout: float) -> dict:
+def spawn_point(
+    config_spec: str,
+    devices: int,
+    batch: int,
+    placement: str,
+    steps: int,
+    warmup: int,
+    timeout: float,
+) -> dict:
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, "-m", "xmae_jax.benchmarks.bench_scaling", "--point",
-         "--config", config_spec,
-         "--batch", str(batch), "--placement", placement, "--steps", str(steps),
-         "--warmup", str(warmup)]
+  cmd = [
+      sys.executable,
+      "-m",
+      "xmae_jax.benchmarks.bench_scaling",
+      "--point",
+      "--config",
+      config_spec,
+      "--batch",
+      str(batch),
+      "--placement",
+      placement,
+      "--steps",
+      str(steps),
+      "--warmup",
+      str(warmup),
+  ]
   try:
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
-    return {"bench": "scaling", "num_devices": devices, "placement": placement,
-            "batch_size": batch, "error": f"timed out after {timeout:.0f} s"}
+    return {
+        "bench": "scaling",
+        "num_devices": devices,
+        "placement": placement,
+        "batch_size": batch,
+        "error": f"timed out after {timeout:.0f} s",
+    }
   lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
   if done.returncode or not lines:
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"bench": "scaling", "num_devices": devices, "placement": placement,
-            "batch_size": batch, "error": tail}
+    return {
+        "bench": "scaling",
+        "num_devices": devices,
+        "placement": placement,
+        "batch_size": batch,
+        "error": tail,
+    }
   return json.loads(lines[-1])
 
 
-def plan(devices: list[int], global_batch: int, per_device_batch: int,
-         modes: list[str], placements: list[str]) -> list[tuple[str, str, int, int]]:
+def plan(
+    devices: list[int],
+    global_batch: int,
+    per_device_batch: int,
+    modes: list[str],
+    placements: list[str],
+) -> list[tuple[str, str, int, int]]:
   """(mode, placement, devices, global batch) for every point; weak FSDP is left out (the
   strong rows already show what FSDP costs), which keeps the run short on a small machine."""
   points = []
@@ -104,29 +148,36 @@ def plan(devices: list[int], global_batch: int, per_device_batch: int,
 
 
 def markdown(rows: list[dict]) -> str:
-  head = ("| mode | placement | devices | global batch | batch/device | step median (s) | "
-          "segments/s | cpu s/step | args/device (MB) | temp/device (MB) | "
-          "peak est./device (MB) |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+  head = (
+      "| mode | placement | devices | global batch | batch/device | step median (s) | "
+      "segments/s | cpu s/step | args/device (MB) | temp/device (MB) | "
+      "peak est./device (MB) |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|"
+  )
   out = [head]
   for r in rows:
     if "error" in r:
-      out.append(f"| {r.get('mode', '')} | {r['placement']} | {r['num_devices']} | "
-                 f"{r['batch_size']} | | error: {r['error']} | | | | | |")
+      out.append(
+          f"| {r.get('mode', '')} | {r['placement']} | {r['num_devices']} | "
+          f"{r['batch_size']} | | error: {r['error']} | | | | | |"
+      )
       continue
     m = r["memory"]
     out.append(
         f"| {r['mode']} | {r['placement']} | {r['num_devices']} | {r['batch_size']} | "
         f"{r['batch_per_device']} | {r['step_time_median_s']:.3f} | {r['segments_per_s']:.1f} | "
         f"{r['cpu_time_median_s']:.2f} | {m['argument_size'] / 1e6:.1f} | "
-        f"{m['temp_size'] / 1e6:.1f} | {m['step_peak_estimate'] / 1e6:.1f} |")
+        f"{m['temp_size'] / 1e6:.1f} | {m['step_peak_estimate'] / 1e6:.1f} |"
+    )
   return "\n".join(out)
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks.bench_scaling",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      prog="python -m xmae_jax.benchmarks.bench_scaling",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--config", default="configs/xmae.py:tiny")
   p.add_argument("--devices", default="1,2,4,8", help="comma-separated fake device counts")
   p.add_argument("--global-batch", type=int, default=32, help="strong scaling: global batch")
@@ -144,8 +195,9 @@ def parse_args(argv):
   args = p.parse_args(argv)
   args.modes = [m for m in args.modes.split(",") if m]
   args.placements = [m for m in args.placements.split(",") if m]
-  bad = [m for m in args.modes if m not in MODES] + [m for m in args.placements
-                                                       if m not in PLACEMENTS]
+  bad = [m for m in args.modes if m not in MODES] + [
+      m for m in args.placements if m not in PLACEMENTS
+  ]
   if bad:
     p.error(f"unknown mode/placement {bad}; modes {MODES}, placements {PLACEMENTS}")
   try:
@@ -163,8 +215,9 @@ def main(argv=None):
     common.emit(run_point(args.config, args.batch, args.placement, args.steps, args.warmup))
     return
   rows = []
-  for mode, placement, n, batch in plan(args.devices, args.global_batch, args.per_device_batch,
-                                        args.modes, args.placements):
+  for mode, placement, n, batch in plan(
+      args.devices, args.global_batch, args.per_device_batch, args.modes, args.placements
+  ):
     row = spawn_point(args.config, n, batch, placement, args.steps, args.warmup, args.timeout)
     row["mode"] = mode
     common.emit(row)

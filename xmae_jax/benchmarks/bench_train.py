@@ -25,6 +25,7 @@ device-resident synthetic batch. Prints one JSON line:
 
 Benchmarks measure; they do not assert.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,10 +68,13 @@ def synthetic_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, n
   phase = rng.uniform(0, 2 * np.pi, size=(batch_size, 1)).astype(np.float32)
   ppg = np.sin(2 * np.pi * rate * t + phase) + 0.05 * rng.standard_normal((batch_size, seq_len))
   ecg = np.sin(2 * np.pi * rate * t + phase) ** 15 + 0.05 * rng.standard_normal(
-      (batch_size, seq_len))
+      (batch_size, seq_len)
+  )
 
-  return {"ppg": preprocess.minmax(ppg, axis=1).astype(np.float32),
-          "ecg": preprocess.minmax(ecg, axis=1).astype(np.float32)}
+  return {
+      "ppg": preprocess.minmax(ppg, axis=1).astype(np.float32),
+      "ecg": preprocess.minmax(ecg, axis=1).astype(np.float32),
+  }
 
 
 def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 10):
@@ -86,9 +90,12 @@ def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 
   import jax.numpy as jnp
 
   state_sh, batch_sh, metric_sh = shardings
-  noop = jax.jit(lambda s, b: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)),
-                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metric_sh),
-                 donate_argnums=0)
+  noop = jax.jit(
+      lambda s, b: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)),
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(state_sh, metric_sh),
+      donate_argnums=0,
+  )
   times = []
   for i in range(warmup + calls):
     start = time.perf_counter()
@@ -102,6 +109,7 @@ def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 
 @dataclasses.dataclass
 class StepBench:
   """The trainer's compiled step, its state and a device-resident batch, ready to time."""
+
   config: Any
   mesh: Any
   compiled: Any
@@ -111,7 +119,7 @@ class StepBench:
   state_sh: Any = None
   batch_sh: Any = None
   tx: Any = None
-  flat: bool = True   # the state's layout: buffers (True) or nested dicts
+  flat: bool = True  # the state's layout: buffers (True) or nested dicts
 
   cpu_times: list = dataclasses.field(default_factory=list)
   dispatch_times: list = dataclasses.field(default_factory=list)
@@ -137,37 +145,58 @@ class StepBench:
     state leaves) on this step's state; `flat` other than the step's layout: on an initial state
     of that layout, built here."""
     import jax
+
     own = flat is None or flat == self.flat
     metrics = self.compiled.out_info[1]
     with jax.set_mesh(self.mesh):
-      state_sh, state = ((self.state_sh, self.state) if own else
-                         initial_state(self.config, self.mesh, self.tx, flat=flat))
+      state_sh, state = (
+          (self.state_sh, self.state)
+          if own
+          else initial_state(self.config, self.mesh, self.tx, flat=flat)
+      )
       times, state = time_noop_calls(
-          state, self.batch, metrics,
-          (state_sh, self.batch_sh, jax.tree.map(lambda m: m.sharding, metrics)), calls)
+          state,
+          self.batch,
+          metrics,
+          (state_sh, self.batch_sh, jax.tree.map(lambda m: m.sharding, metrics)),
+          calls,
+      )
     if own:
       self.state = state
     return times, len(jax.tree.leaves(state))
 
   def flops(self) -> float:
     cost = self.compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):   # older jax returned one dict per program
+    if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
       cost = cost[0]
     return float(cost["flops"])
 
   def memory(self) -> dict:
     stats = self.compiled.memory_analysis()
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    fields = (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "alias_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    )
     out = {f.removesuffix("_in_bytes"): int(getattr(stats, f)) for f in fields}
     # Live at once: arguments + outputs not aliased to (donated) arguments + temporaries.
-    out["step_peak_estimate"] = (out["argument_size"] + out["output_size"] - out["alias_size"]
-                                 + out["temp_size"])
+    out["step_peak_estimate"] = (
+        out["argument_size"] + out["output_size"] - out["alias_size"] + out["temp_size"]
+    )
     return out
 
 
-def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int = 10_000,
-               data_seed: int = 0, *, flat: bool | None = None) -> StepBench:
+def build_step(
+    config,
+    batch_size: int,
+    dtype: str = "float32",
+    total_steps: int = 10_000,
+    data_seed: int = 0,
+    *,
+    flat: bool | None = None,
+) -> StepBench:
   """Compiles the trainer's train step for `config` at `batch_size` in `dtype`.
 
   Uses the trainer's pieces unchanged (state layout, optimizer and schedule, sharding rules,
@@ -188,8 +217,10 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh, config.mesh)
   if batch_size % dp:
-    raise BenchConfigError(f"batch size {batch_size} is not divisible by the data-parallel "
-                           f"size {dp} (mesh {dict(mesh.shape)})")
+    raise BenchConfigError(
+        f"batch size {batch_size} is not divisible by the data-parallel "
+        f"size {dp} (mesh {dict(mesh.shape)})"
+    )
   if flat is None:
     try:
       flat = state_lib.state_layout(config, mesh) == "buffers"
@@ -201,8 +232,16 @@ def build_step(config, batch_size: int, dtype: str = "float32", total_steps: int
   with jax.set_mesh(mesh):
     state_sh, state = initial_state(config, mesh, tx, flat=flat)
     batch = {k: jax.device_put(v, batch_sh) for k, v in host.items()}
-    step = state_lib.jit_train_step(state_lib.model_graphdef(config), tx, schedule, config, None,
-                                    state_sh, batch_sh, sharding.replicated(mesh))
+    step = state_lib.jit_train_step(
+        state_lib.model_graphdef(config),
+        tx,
+        schedule,
+        config,
+        None,
+        state_sh,
+        batch_sh,
+        sharding.replicated(mesh),
+    )
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -214,15 +253,24 @@ def initial_state(config, mesh, tx, *, flat: bool):
   import jax
 
   from xmae_jax.training import state as state_lib
+
   init = state_lib.init_fn(config, tx, mesh, flat=flat)
   state_sh = state_lib.state_shardings(jax.eval_shape(init), mesh, config)
   return state_sh, jax.jit(init, out_shardings=state_sh)()
 
 
-def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup: int = 2,
-            peak_size: int = 2048, host_calls: int = 200) -> dict:
+def measure(
+    config,
+    batch_size: int,
+    steps: int,
+    dtype: str = "float32",
+    warmup: int = 2,
+    peak_size: int = 2048,
+    host_calls: int = 200,
+) -> dict:
   """Builds, warms up and times the step; returns the JSON record."""
   import jax
+
   peak_before = perf.matmul_peak(dtype, n=peak_size, repeats=5)
   bench = build_step(config, batch_size, dtype)
   bench.run(warmup)
@@ -230,8 +278,9 @@ def measure(config, batch_size: int, steps: int, dtype: str = "float32", warmup:
   bench.dispatch_times.clear()
   times = bench.run(steps)
   peak = max(peak_before, perf.matmul_peak(dtype, n=peak_size, repeats=5))
-  record = summarize(bench, times, peak, dtype=dtype, warmup=warmup,
-                     device_kind=jax.devices()[0].device_kind)
+  record = summarize(
+      bench, times, peak, dtype=dtype, warmup=warmup, device_kind=jax.devices()[0].device_kind
+  )
   record.update(host_record(bench, host_calls))
   return record
 
@@ -250,8 +299,15 @@ def host_record(bench: StepBench, calls: int) -> dict:
   return record
 
 
-def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype: str,
-              warmup: int, device_kind: str) -> dict:
+def summarize(
+    bench: StepBench,
+    times: list[float],
+    peak: float | None,
+    *,
+    dtype: str,
+    warmup: int,
+    device_kind: str,
+) -> dict:
   """The JSON record of a timed step; `peak` None (not measured) leaves `mfu` None."""
   step_s = common.median(times)
   # cost_analysis() describes the per-device program; every device runs it.
@@ -273,8 +329,9 @@ def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype
       "step_time_min_s": min(times),
       "step_time_max_s": max(times),
       "cpu_time_median_s": common.median(bench.cpu_times) if bench.cpu_times else None,
-      "dispatch_time_median_s": (common.median(bench.dispatch_times[-len(times):])
-                                 if bench.dispatch_times else None),
+      "dispatch_time_median_s": (
+          common.median(bench.dispatch_times[-len(times) :]) if bench.dispatch_times else None
+      ),
       "steps_timed": len(times),
       "warmup_steps": warmup,
       "compile_s": bench.compile_s,
@@ -291,21 +348,39 @@ def summarize(bench: StepBench, times: list[float], peak: float | None, *, dtype
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m xmae_jax.benchmarks train", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/xmae.py",
-                 help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)")
+  p = argparse.ArgumentParser(
+      prog="python -m xmae_jax.benchmarks train",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+      "--config",
+      default="configs/xmae.py",
+      help="config file[:preset[,key=value...]] (default: configs/xmae.py, paper)",
+  )
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="compute dtype (parameters stay float32)")
+  p.add_argument(
+      "--dtype",
+      choices=("float32", "bfloat16"),
+      default="float32",
+      help="compute dtype (parameters stay float32)",
+  )
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n^3 peak matmul")
-  p.add_argument("--state-layout", choices=("auto", "buffers", "tree"), default=None,
-                 help="the train state's layout (default: the config's train.state_layout, "
-                      "auto: buffers on accelerators, tree on CPU)")
-  p.add_argument("--host-calls", type=int, default=200,
-                 help="timed calls of the no-op step behind host_overhead_ms")
+  p.add_argument(
+      "--state-layout",
+      choices=("auto", "buffers", "tree"),
+      default=None,
+      help="the train state's layout (default: the config's train.state_layout, "
+      "auto: buffers on accelerators, tree on CPU)",
+  )
+  p.add_argument(
+      "--host-calls",
+      type=int,
+      default=200,
+      help="timed calls of the no-op step behind host_overhead_ms",
+  )
   common.add_host_memory_flag(p)
   args = p.parse_args(argv)
   if args.batch_size <= 0 or args.steps <= 0 or args.warmup < 0 or args.host_calls <= 0:
@@ -315,14 +390,21 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
-  host_malloc_tuned = common.apply_host_memory_flag(args)   # before JAX starts its threads
+  host_malloc_tuned = common.apply_host_memory_flag(args)  # before JAX starts its threads
   try:
     config = load_config(args.config)
     if args.state_layout is not None:
       with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
         config.train.state_layout = args.state_layout
-    record = measure(config, args.batch_size, args.steps, args.dtype, args.warmup, args.peak_size,
-                     args.host_calls)
+    record = measure(
+        config,
+        args.batch_size,
+        args.steps,
+        args.dtype,
+        args.warmup,
+        args.peak_size,
+        args.host_calls,
+    )
   except BenchConfigError as e:
     common.exit_with(str(e))
   record["host_malloc_tuned"] = host_malloc_tuned

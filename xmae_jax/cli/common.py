@@ -5,6 +5,7 @@ refuses) ends a tool with one line `PROG: error: MESSAGE` on stderr and exit sta
 else is a bug and keeps its traceback. argparse's own complaints (a missing or malformed flag)
 are user errors too, so they are one line as well instead of usage text plus the error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,24 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
   @staticmethod
   def _shows_default(action) -> bool:
-    return (action.default not in (None, False, argparse.SUPPRESS, []) and action.nargs != 0
-            and bool(action.option_strings))
+    return (
+        action.default not in (None, False, argparse.SUPPRESS, [])
+        and action.nargs != 0
+        and bool(action.option_strings)
+    )
 
   def _get_help_string(self, action):
     help_text = action.help or ""
-    if "%(default)" not in help_text and "(default" not in help_text and (
-        self._shows_default(action)):
+    if (
+        "%(default)" not in help_text
+        and "(default" not in help_text
+        and (self._shows_default(action))
+    ):
       help_text += (" " if help_text else "") + "(default: %(default)s)"
     return help_text
 
   def _format_action(self, action):
-    if action.help is None and self._shows_default(action):   # a flag without help text
+    if action.help is None and self._shows_default(action):  # a flag without help text
       action = copy.copy(action)
       action.help = "(default: %(default)s)"
     return super()._format_action(action)
@@ -79,8 +86,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
   def add_argument(self, *names, deprecated: Sequence[str] = (), **kwargs):
     if deprecated and kwargs.get("help") is not argparse.SUPPRESS:
-      kwargs["help"] = ((kwargs.get("help") or "") +
-                        f" (formerly {', '.join(deprecated)}: still accepted)").strip()
+      kwargs["help"] = (
+          (kwargs.get("help") or "") + f" (formerly {', '.join(deprecated)}: still accepted)"
+      ).strip()
     action = super().add_argument(*names, *deprecated, **kwargs)
     if deprecated:
       # An Action takes any attribute; the help formatter reads this one.
@@ -93,8 +101,9 @@ class ArgumentParser(argparse.ArgumentParser):
     for word in words:
       old = word.split("=", 1)[0]
       if old in self.renamed:
-        print(f"{self.prog}: warning: {old} is deprecated; use {self.renamed[old]}",
-              file=sys.stderr)
+        print(
+            f"{self.prog}: warning: {old} is deprecated; use {self.renamed[old]}", file=sys.stderr
+        )
     return super().parse_known_args(args, namespace)
 
   def error(self, message):
@@ -115,6 +124,7 @@ def missing_modules(names: Sequence[str]) -> list[str]:
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
   """An argparse `type`: an integer >= `minimum` (argparse names the flag in its one line)."""
+
   def parse(text: str) -> int:
     try:
       value = int(text)
@@ -123,6 +133,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     if value < minimum:
       raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
     return value
+
   parse.__name__ = f"integer >= {minimum}"
   return parse
 
@@ -133,8 +144,7 @@ def fail(prog: str, error: BaseException | str) -> int:
   return 1
 
 
-def call(prog: str, run: Callable[[Sequence[str] | None], Any],
-         argv: Sequence[str] | None) -> int:
+def call(prog: str, run: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None) -> int:
   """`run(argv)` with user errors reported as one line; returns the exit status."""
   try:
     run(argv)
@@ -144,6 +154,7 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any],
 
 
 # ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
+
 
 def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
   """The file readers' options (`sources.FILE_READERS`, as xmae-prepare takes them) and
@@ -157,37 +168,58 @@ def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
 # The flags' defaults are the library's (one place: evaluation/probe_config.py).
 _LINEAR, _XMAE = probe_config.LinearProbeConfig(), probe_config.XMAEProbeConfig()
 
+
 def add_probe_arguments(p: argparse.ArgumentParser) -> None:
   """The task and protocol options."""
-  p.add_argument("--task", action="append", default=None,
-                 help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
-                      "label:NAME[:classification|regression] (any label column), or 'all'; "
-                      f"known: {', '.join(tasks_lib.REGISTRY)}")
-  p.add_argument("--protocol", choices=(*probe_config.PROTOCOLS, "both"),
-                 default=probe_config.PROTOCOLS[0])
+  p.add_argument(
+      "--task",
+      action="append",
+      default=None,
+      help="task spec (repeatable), e.g. hr, age_over:60, hypertension:clinical, "
+      "label:NAME[:classification|regression] (any label column), or 'all'; "
+      f"known: {', '.join(tasks_lib.REGISTRY)}",
+  )
+  p.add_argument(
+      "--protocol", choices=(*probe_config.PROTOCOLS, "both"), default=probe_config.PROTOCOLS[0]
+  )
   add_fold_arguments(p)
   p.add_argument("--inner-folds", type=int_at_least(2), default=_LINEAR.inner_folds)
-  p.add_argument("--xmae-folds", choices=("subject", "segment"),
-                 default="subject" if _XMAE.group_folds else "segment",
-                 help=f"the xmae protocol's folds (its own seed is {_XMAE.seed})")
+  p.add_argument(
+      "--xmae-folds",
+      choices=("subject", "segment"),
+      default="subject" if _XMAE.group_folds else "segment",
+      help=f"the xmae protocol's folds (its own seed is {_XMAE.seed})",
+  )
 
 
 def add_fold_arguments(p: argparse.ArgumentParser) -> None:
   """Outer folds, bootstrap and seed of the linear probe (xmae-probe, xmae-compare, xmae-timing)."""
-  p.add_argument("--folds", type=int_at_least(2), default=_LINEAR.outer_folds,
-                 help="outer subject-grouped folds")
-  p.add_argument("--bootstrap", type=int_at_least(1), default=_LINEAR.n_bootstrap,
-                 help="subject bootstrap resamples")
-  p.add_argument("--seed", type=int, default=_LINEAR.seed,
-                 help="folds/bootstrap seed (linear protocol)")
+  p.add_argument(
+      "--folds",
+      type=int_at_least(2),
+      default=_LINEAR.outer_folds,
+      help="outer subject-grouped folds",
+  )
+  p.add_argument(
+      "--bootstrap",
+      type=int_at_least(1),
+      default=_LINEAR.n_bootstrap,
+      help="subject bootstrap resamples",
+  )
+  p.add_argument(
+      "--seed", type=int, default=_LINEAR.seed, help="folds/bootstrap seed (linear protocol)"
+  )
 
 
 def linear_config(args) -> probe_config.LinearProbeConfig:
   """The LinearProbeConfig of the parsed fold flags (--inner-folds only where it is a flag)."""
   inner = getattr(args, "inner_folds", None)
   return probe_config.LinearProbeConfig(
-      outer_folds=args.folds, seed=args.seed, n_bootstrap=args.bootstrap,
-      **({} if inner is None else {"inner_folds": inner}))
+      outer_folds=args.folds,
+      seed=args.seed,
+      n_bootstrap=args.bootstrap,
+      **({} if inner is None else {"inner_folds": inner}),
+  )
 
 
 def xmae_config(args) -> probe_config.XMAEProbeConfig:
@@ -201,29 +233,48 @@ def protocols(args) -> tuple[str, ...]:
 
 # ---- encoders to compare, shared by xmae-compare and xmae-timing -------------------------------
 
+
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
   p.add_argument("--data", required=True, help="a prepared dataset directory")
   p.add_argument("--output-dir", required=True, help="report directory to write")
   p.add_argument("--encoder", action="append", default=[], help="NAME=PATH (repeatable)")
-  p.add_argument("--random", action="append", default=[],
-                 help="NAME=CONFIG_FILE[:ARG] or NAME=WORKDIR|PACKAGE (its config): a randomly "
-                      "initialized encoder (repeatable)")
+  p.add_argument(
+      "--random",
+      action="append",
+      default=[],
+      help="NAME=CONFIG_FILE[:ARG] or NAME=WORKDIR|PACKAGE (its config): a randomly "
+      "initialized encoder (repeatable)",
+  )
   p.add_argument("--random-seed", type=int, default=0)
   p.add_argument("--step", default="auto", help="checkpoint of workdir encoders")
-  p.add_argument("--modalities", dest="modality", deprecated=("--modality",),
-                 choices=("ppg", "ecg"), default="ppg",
-                 help="the input every encoder embeds from (an M2AE ppg+ecg encoder: that "
-                      "modality alone)")
-  p.add_argument("--split", action="append", default=None,
-                 help="dataset split(s) to embed and probe (default: all)")
-  p.add_argument("--reuse-embeddings", action="store_true",
-                 help="reuse OUT/embeddings/NAME.npz files that exist")
-  p.add_argument("--baseline", default=None,
-                 help="encoder NAME to report paired differences against (e.g. random)")
+  p.add_argument(
+      "--modalities",
+      dest="modality",
+      deprecated=("--modality",),
+      choices=("ppg", "ecg"),
+      default="ppg",
+      help="the input every encoder embeds from (an M2AE ppg+ecg encoder: that " "modality alone)",
+  )
+  p.add_argument(
+      "--split",
+      action="append",
+      default=None,
+      help="dataset split(s) to embed and probe (default: all)",
+  )
+  p.add_argument(
+      "--reuse-embeddings",
+      action="store_true",
+      help="reuse OUT/embeddings/NAME.npz files that exist",
+  )
+  p.add_argument(
+      "--baseline",
+      default=None,
+      help="encoder NAME to report paired differences against (e.g. random)",
+  )
 
 
 def encoder_specs(args):
   """The EncoderSpecs of the parsed --encoder and --random flags."""
   from xmae_jax.evaluation import compare as compare_lib
-  return compare_lib.encoder_specs(args.encoder, args.random, step=args.step,
-                                   seed=args.random_seed)
+
+  return compare_lib.encoder_specs(args.encoder, args.random, step=args.step, seed=args.random_seed)

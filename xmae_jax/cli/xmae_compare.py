@@ -15,6 +15,7 @@ and both-modality fingerprints of the same windows on identical folds, and the r
 OUT/retention.json (encoders without both modalities are listed as skipped; none is an error).
 Writes OUT/table.md, OUT/results.json, OUT/comparison.png and OUT/embeddings/NAME.npz.
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,14 +32,27 @@ def run(argv=None) -> None:
   common.add_encoder_arguments(p)
   common.add_probe_arguments(p)
   p.add_argument("--title", default="Encoder comparison")
-  p.add_argument("--retention", action="store_true",
-                 help="single-modality retention of encoders that take ppg and ecg (M2AE)")
+  p.add_argument(
+      "--retention",
+      action="store_true",
+      help="single-modality retention of encoders that take ppg and ecg (M2AE)",
+  )
   args = p.parse_args(argv)
   compare_lib.compare(
-      common.encoder_specs(args), args.data, args.output_dir, args.task, modality=args.modality,
-      splits=args.split, protocols=common.protocols(args), linear_cfg=common.linear_config(args),
-      xmae_cfg=common.xmae_config(args), reuse_embeddings=args.reuse_embeddings,
-      title=args.title, baseline=args.baseline, retention=args.retention)
+      common.encoder_specs(args),
+      args.data,
+      args.output_dir,
+      args.task,
+      modality=args.modality,
+      splits=args.split,
+      protocols=common.protocols(args),
+      linear_cfg=common.linear_config(args),
+      xmae_cfg=common.xmae_config(args),
+      reuse_embeddings=args.reuse_embeddings,
+      title=args.title,
+      baseline=args.baseline,
+      retention=args.retention,
+  )
   print((Path(args.output_dir) / "table.md").read_text())
 
 

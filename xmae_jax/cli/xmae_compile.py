@@ -16,6 +16,7 @@ mesh.axes, `--batch-size` its global batch, `--dtype` its compute dtype; any
 `--config.section.field=value` is applied as in xmae-train. A program that does not fit a chip's
 HBM ends with one line naming what does not fit and by how much (exit status 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ def mesh_axes(text: str) -> tuple[tuple[str, int], ...]:
     try:
       axes.append((name.strip(), int(size)))
     except ValueError:
-      raise common.UsageError(f"--mesh {text!r}: expected NAME=SIZE[,NAME=SIZE...], "
-                              "e.g. data=4,fsdp=2") from None
+      raise common.UsageError(
+          f"--mesh {text!r}: expected NAME=SIZE[,NAME=SIZE...], " "e.g. data=4,fsdp=2"
+      ) from None
     if not eq or not name.strip():
       raise common.UsageError(f"--mesh {text!r}: expected NAME=SIZE[,NAME=SIZE...]")
   return tuple(axes)
@@ -49,12 +51,20 @@ def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--config", required=True, help="FILE[:PRESET[,key=value...]]")
   p.add_argument("--topology", required=True, help="GEN:AxB[xC], e.g. v5p:2x2x1, v5e:4x4")
-  p.add_argument("--mesh", default=None,
-                 help="mesh axes NAME=SIZE,..., e.g. data=4,fsdp=2 (default: config's mesh.axes)")
-  p.add_argument("--batch-size", type=int, default=None,
-                 help="global batch (default: the config's train.batch_size)")
-  p.add_argument("--dtype", default=None,
-                 help="compute dtype (default: the config's train.compute_dtype)")
+  p.add_argument(
+      "--mesh",
+      default=None,
+      help="mesh axes NAME=SIZE,..., e.g. data=4,fsdp=2 (default: config's mesh.axes)",
+  )
+  p.add_argument(
+      "--batch-size",
+      type=int,
+      default=None,
+      help="global batch (default: the config's train.batch_size)",
+  )
+  p.add_argument(
+      "--dtype", default=None, help="compute dtype (default: the config's train.compute_dtype)"
+  )
   args = p.parse_args(argv)
   if args.mesh is not None:
     overrides["mesh.axes"] = repr(mesh_axes(args.mesh))
@@ -64,6 +74,7 @@ def run(argv=None) -> None:
     overrides["train.compute_dtype"] = args.dtype
   config = config_lib.load(args.config, overrides)
   from xmae_jax.training import compile as compile_lib  # jax, after main() chose its platform
+
   compiled = compile_lib.compile_step(config, args.topology)
   record = compile_lib.report(compiled)
   record["config"] = args.config

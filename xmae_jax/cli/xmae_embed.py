@@ -13,6 +13,7 @@ resampling, 10-s windowing and normalization as prepared data. --encoder is an e
 package or workdir gives its fingerprints from both (or one). The output format is in
 xmae_jax/evaluation/embed.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,25 +32,50 @@ def run(argv=None) -> None:
   p.add_argument("--encoder", required=True, help="exported package or training workdir")
   p.add_argument("--input", required=True)
   p.add_argument("--output", required=True, help="embeddings .npz to write")
-  p.add_argument("--source", choices=("dataset", *sources.FILE_READERS), default=None,
-                 help="input format (default: detected from PATH)")
-  p.add_argument("--split", action="append", default=None,
-                 help="dataset split(s) to embed (repeatable; default all)")
-  p.add_argument("--modality", choices=("ppg", "ecg", "ppg+ecg"), default=None,
-                 help="for a workdir: which encoder (default ppg, or what --modalities names)")
-  p.add_argument("--modalities", default=None,
-                 help="ppg | ecg | ppg,ecg: the inputs to embed from (default: the encoder's)")
+  p.add_argument(
+      "--source",
+      choices=("dataset", *sources.FILE_READERS),
+      default=None,
+      help="input format (default: detected from PATH)",
+  )
+  p.add_argument(
+      "--split",
+      action="append",
+      default=None,
+      help="dataset split(s) to embed (repeatable; default all)",
+  )
+  p.add_argument(
+      "--modality",
+      choices=("ppg", "ecg", "ppg+ecg"),
+      default=None,
+      help="for a workdir: which encoder (default ppg, or what --modalities names)",
+  )
+  p.add_argument(
+      "--modalities",
+      default=None,
+      help="ppg | ecg | ppg,ecg: the inputs to embed from (default: the encoder's)",
+  )
   p.add_argument("--step", default="auto", help="for a workdir: auto | best | latest | N")
   p.add_argument("--batch-size", type=int, default=256)
   common.add_reader_arguments(p)
   args = p.parse_args(argv)
   modalities = encoder_lib.parse_modalities(args.modalities) if args.modalities else None
-  embed_lib.check_output(args.output)   # before the encoder is loaded and the input read
+  embed_lib.check_output(args.output)  # before the encoder is loaded and the input read
   enc = encoder_lib.load_encoder(
-      args.encoder, step=args.step, batch_size=args.batch_size,
-      modality=args.modality or (encoder_lib.modality_name(modalities) if modalities else None))
-  summary = embed_lib.embed_input(enc, args.input, args.output, modalities=modalities,
-                                  source=args.source, splits=args.split, options=vars(args))
+      args.encoder,
+      step=args.step,
+      batch_size=args.batch_size,
+      modality=args.modality or (encoder_lib.modality_name(modalities) if modalities else None),
+  )
+  summary = embed_lib.embed_input(
+      enc,
+      args.input,
+      args.output,
+      modalities=modalities,
+      source=args.source,
+      splits=args.split,
+      options=vars(args),
+  )
   print(json.dumps(summary))
 
 

@@ -17,6 +17,7 @@ embedding as serialized StableHLO with its input contract into the package (stab
 stablehlo-*.bin: xmae_jax/interop/stablehlo.py), runnable with `jax.export.deserialize` alone;
 `--onnx` (extra `onnx`: jax2onnx) writes it as ONNX (onnx-*.onnx: xmae_jax/interop/onnx_export.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,29 +34,50 @@ def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--workdir", required=True, help="a training or xmae-import-torch workdir")
   p.add_argument("--output", required=True, help="the package directory to write")
-  p.add_argument("--modality", choices=("ppg", "ecg", package_lib.JOINT), default="ppg",
-                 help=f"the encoder to export ({package_lib.JOINT}: M2AE's joint fingerprint)")
+  p.add_argument(
+      "--modality",
+      choices=("ppg", "ecg", package_lib.JOINT),
+      default="ppg",
+      help=f"the encoder to export ({package_lib.JOINT}: M2AE's joint fingerprint)",
+  )
   p.add_argument("--step", default="auto", help="auto | best | latest | a step number")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace an existing encoder package (only a package: anything else at "
-                      "--output is refused)")
-  p.add_argument("--stablehlo", action="store_true",
-                 help="also write the embedding as serialized StableHLO (jax.export) with its "
-                      "input contract into the package")
-  p.add_argument("--onnx", action="store_true",
-                 help="also write the embedding as ONNX into the package (needs jax2onnx)")
+  p.add_argument(
+      "--overwrite",
+      action="store_true",
+      help="replace an existing encoder package (only a package: anything else at "
+      "--output is refused)",
+  )
+  p.add_argument(
+      "--stablehlo",
+      action="store_true",
+      help="also write the embedding as serialized StableHLO (jax.export) with its "
+      "input contract into the package",
+  )
+  p.add_argument(
+      "--onnx",
+      action="store_true",
+      help="also write the embedding as ONNX into the package (needs jax2onnx)",
+  )
   args = p.parse_args(argv)
-  out = export_lib.export_workdir(args.workdir, args.output, modality=args.modality,
-                                  step=args.step, overwrite=args.overwrite)
+  out = export_lib.export_workdir(
+      args.workdir, args.output, modality=args.modality, step=args.step, overwrite=args.overwrite
+  )
   info = package_lib.read_package_info(out)
-  summary = {"output": str(out), "model": info["model_name"], "modality": info["modality"],
-             "step": info["source"].get("step"), "param_count": info["param_count"],
-             "latent_dim": info["latent_dim"]}
+  summary = {
+      "output": str(out),
+      "model": info["model_name"],
+      "modality": info["modality"],
+      "step": info["source"].get("step"),
+      "param_count": info["param_count"],
+      "latent_dim": info["latent_dim"],
+  }
   if args.stablehlo:
     from xmae_jax.interop import stablehlo
+
     summary["stablehlo"] = str(stablehlo.write_artifact(out))
   if args.onnx:
     from xmae_jax.interop import onnx_export
+
     summary["onnx"] = [str(f) for f in onnx_export.write_onnx(out)]
   print(json.dumps(summary))
 

@@ -12,6 +12,7 @@ a model checkpoint (step 0) plus config.json that `xmae_jax.training.model_check
 `xmae-export` and `xmae-train` (as initial weights) read. The library is
 xmae_jax.interop.reference.import_checkpoint.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,13 @@ def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--checkpoint", required=True, help="the reference's .pt/.pth state dict")
   p.add_argument("--config", required=True, help="config file, e.g. configs/xmae.py:paper")
-  p.add_argument("--workdir", dest="output", deprecated=("--output",), required=True,
-                 help="workdir to write the checkpoint to")
+  p.add_argument(
+      "--workdir",
+      dest="output",
+      deprecated=("--output",),
+      required=True,
+      help="workdir to write the checkpoint to",
+  )
   args = p.parse_args(argv)
   step_dir = reference.import_checkpoint(args.checkpoint, args.config, args.output)
   print(f"wrote {step_dir}")

@@ -18,6 +18,7 @@ alone (reconstruction.timing_ceiling), beside each window's mean and its true R-
 Writes OUT/reconstruction.md, OUT/reconstruction.json and OUT/figures/*.png
 (xmae_jax.evaluation.reconstruction.build_report).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,29 +35,59 @@ PROG = "xmae-recon-report"
 def run(argv=None) -> None:
   p = common.parser(PROG, __doc__)
   p.add_argument("--model", action="append", default=[], help="NAME=WORKDIR (repeatable)")
-  p.add_argument("--data", action="append", default=[],
-                 help="a prepared dataset dir, or LABEL=DIR (repeatable)")
-  p.add_argument("--wfdb", action="append", default=[],
-                 help="WFDB record or folder, or LABEL=PATH (repeatable)")
+  p.add_argument(
+      "--data",
+      action="append",
+      default=[],
+      help="a prepared dataset dir, or LABEL=DIR (repeatable)",
+  )
+  p.add_argument(
+      "--wfdb",
+      action="append",
+      default=[],
+      help="WFDB record or folder, or LABEL=PATH (repeatable)",
+  )
   p.add_argument("--split", default="test")
   p.add_argument("--step", default="auto")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--min-quality", type=float, default=None,
-                 help="keep windows with both template-match qualities >= this")
+  p.add_argument(
+      "--min-quality",
+      type=float,
+      default=None,
+      help="keep windows with both template-match qualities >= this",
+  )
   p.add_argument("--tolerance-ms", type=float, default=150.0)
-  p.add_argument("--timing-ceiling", action="store_true",
-                 help="also report, per data source, what PPG beat timing alone could explain "
-                      "of the ECG (reconstruction.timing_ceiling)")
+  p.add_argument(
+      "--timing-ceiling",
+      action="store_true",
+      help="also report, per data source, what PPG beat timing alone could explain "
+      "of the ECG (reconstruction.timing_ceiling)",
+  )
   p.add_argument("--output-dir", required=True)
   args = p.parse_args(argv)
   models = [compare_lib.parse_named(m, "--model") for m in args.model]
-  data = [(compare_lib.parse_named(d, "--data") if "=" in d
-           else (f"{Path(d).name} ({args.split} split)", d)) for d in args.data]
-  data += [(compare_lib.parse_named(w, "--wfdb") if "=" in w else (Path(w).name, w))
-           for w in args.wfdb]
-  recon_lib.build_report(models, data, args.output_dir, split=args.split, step=args.step,
-                         seed=args.seed, min_quality=args.min_quality,
-                         tolerance_ms=args.tolerance_ms, with_ceiling=args.timing_ceiling)
+  data = [
+      (
+          compare_lib.parse_named(d, "--data")
+          if "=" in d
+          else (f"{Path(d).name} ({args.split} split)", d)
+      )
+      for d in args.data
+  ]
+  data += [
+      (compare_lib.parse_named(w, "--wfdb") if "=" in w else (Path(w).name, w)) for w in args.wfdb
+  ]
+  recon_lib.build_report(
+      models,
+      data,
+      args.output_dir,
+      split=args.split,
+      step=args.step,
+      seed=args.seed,
+      min_quality=args.min_quality,
+      tolerance_ms=args.tolerance_ms,
+      with_ceiling=args.timing_ceiling,
+  )
   print((paths.path(args.output_dir) / "reconstruction.md").read_text())
 
 

@@ -16,6 +16,7 @@ the one changed on purpose (e.g. train.num_steps to train longer). In a multi-pr
 when a process dies the others end within about a minute (PeerWatch) with one line
 naming the lost process and the last intact checkpoint, and exit status 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,31 +31,42 @@ from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
 
 PROG = "xmae-train"
-TRAIN_MODULES = ("grain", "tensorboardX")   # setup.py's train extra (h5py: PulseDB input only)
+TRAIN_MODULES = ("grain", "tensorboardX")  # setup.py's train extra (h5py: PulseDB input only)
 
 _CONFIG = flags.DEFINE_string(
-    "config", None, "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
-    "overridable with --config.train.lr=...).")
-_CONFIG_OVERRIDES: dict[str, str] = {}   # the --config.a.b=v values, taken out before absl parses
+    "config",
+    None,
+    "Config FILE[:PRESET[,key=value...]], e.g. configs/xmae.py:demo (fields "
+    "overridable with --config.train.lr=...).",
+)
+_CONFIG_OVERRIDES: dict[str, str] = {}  # the --config.a.b=v values, taken out before absl parses
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, figures).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, for multi-process runs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                    "This process's index in [0, num_processes).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, num_processes)."
+)
 _ALLOW_CHANGE = flags.DEFINE_multi_string(
-    "allow_resume_change", [],
+    "allow_resume_change",
+    [],
     "Resume although this setting differs from the run's (repeatable): data.dir, "
-    "train.num_steps, train.num_epochs or train.batch_size.")
+    "train.num_steps, train.num_epochs or train.batch_size.",
+)
 _KEEP_FREED = flags.DEFINE_bool(
-    "keep_freed_host_memory", True,
+    "keep_freed_host_memory",
+    True,
     "Let glibc malloc reuse freed host memory instead of unmapping it (XLA:CPU's per-step "
     "temporary buffer was otherwise page-faulted anew every step; see BENCHMARKS.md). Costs "
-    "resident memory (the process keeps its peak heap).")
+    "resident memory (the process keeps its peak heap).",
+)
 _CACHE = flags.DEFINE_string(
-    "compilation_cache", os.path.join("~", ".cache", "xmae_jax", "xla"),
+    "compilation_cache",
+    os.path.join("~", ".cache", "xmae_jax", "xla"),
     "Persistent XLA compilation cache ('' = off; JAX_COMPILATION_CACHE_DIR takes precedence): "
-    "a rerun or resume skips recompiling the steps.")
+    "a rerun or resume skips recompiling the steps.",
+)
 
 
 def _train(argv) -> int:
@@ -64,9 +76,9 @@ def _train(argv) -> int:
   if _CONFIG.value is None or not _WORKDIR.value:
     return common.fail(PROG, "--config and --workdir are required")
   missing = common.missing_modules(TRAIN_MODULES)
-  if missing:   # an inference-only install (`pip install xmae-jax`)
+  if missing:  # an inference-only install (`pip install xmae-jax`)
     return common.fail(PROG, f"training needs {', '.join(missing)}: pip install 'xmae-jax[train]'")
-  try:   # locked: a key the trainer does not know is an error, not a new field
+  try:  # locked: a key the trainer does not know is an error, not a new field
     config = config_lib.load(_CONFIG.value, _CONFIG_OVERRIDES).lock()
   except XmaeError as e:
     return common.fail(PROG, e)
@@ -78,6 +90,7 @@ def _train(argv) -> int:
   # which must precede the threads of JAX's CPU client.
   if _KEEP_FREED.value:
     from xmae_jax.training import host_memory
+
     host_memory.keep_freed_host_memory()
   import jax
 
@@ -92,9 +105,12 @@ def _train(argv) -> int:
       summary = train_lib.train(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
   except XmaeError as e:
     return common.fail(PROG, e)
-  except KeyboardInterrupt:   # Ctrl-C before the loop (or twice): nothing new was saved
-    common.fail(PROG, "interrupted (SIGINT) before a checkpoint could be saved; the workdir "
-                "keeps the checkpoints written before")
+  except KeyboardInterrupt:  # Ctrl-C before the loop (or twice): nothing new was saved
+    common.fail(
+        PROG,
+        "interrupted (SIGINT) before a checkpoint could be saved; the workdir "
+        "keeps the checkpoints written before",
+    )
     return 130
   if jax.process_index() == 0:
     print(f"{PROG}: {train_lib.describe(summary)}", flush=True)
@@ -109,17 +125,25 @@ _OWN_FLAGS = (_CONFIG, _WORKDIR, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _KEE
 def help_text() -> str:
   """--help: the tool's own flags with their defaults (absl's --help lists none here and exits
   1), then the module docstring; `--helpfull` still lists absl's own flags."""
-  lines = [f"usage: {PROG} --config FILE[:PRESET[,key=value...]] --workdir DIR "
-           "[--config.SECTION.FIELD=VALUE ...] [flags]", "", __doc__.strip().split("\n")[0], "",
-           "flags:"]
+  lines = [
+      f"usage: {PROG} --config FILE[:PRESET[,key=value...]] --workdir DIR "
+      "[--config.SECTION.FIELD=VALUE ...] [flags]",
+      "",
+      __doc__.strip().split("\n")[0],
+      "",
+      "flags:",
+  ]
   for holder in _OWN_FLAGS:
     flag = flags.FLAGS[holder.name]
     default = "" if flag.default is None else f" (default: {flag.default!r})"
     lines.append(f"  --{flag.name}: {flag.help}{default}")
-  lines += ["  --config.SECTION.FIELD=VALUE: override one config field (repeatable)",
-            "  --version: print the version and exit",
-            "  --helpfull: also absl's own flags (logging, verbosity)", "",
-            __doc__.strip().split("\n", 1)[1].strip("\n")]
+  lines += [
+      "  --config.SECTION.FIELD=VALUE: override one config field (repeatable)",
+      "  --version: print the version and exit",
+      "  --helpfull: also absl's own flags (logging, verbosity)",
+      "",
+      __doc__.strip().split("\n", 1)[1].strip("\n"),
+  ]
   return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ is the example's position in the GLOBAL training stream (global batch i, row r -
 A segment therefore gets the same augmentation whatever the number of processes or workers,
 and a restored iterator repeats the draws of the uninterrupted one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ class AugmentParams:
   ppg and ecg TOGETHER so the pair stays synchronized, and the scale factor is shared too.
   Independently the ECG polarity is flipped with probability `ecg_flip_prob`.
   """
+
   enabled: bool = True
   scale_prob: float = 0.5
   scale_range: tuple[float, float] = (0.8, 1.2)
@@ -46,12 +48,15 @@ class AugmentParams:
       if not 0.0 <= p <= 1.0:
         raise errors.XmaeError(f"augment.{name}={p} is not a probability in [0, 1]")
     if self.scale_prob + self.shift_prob > 1.0 + 1e-9:
-      raise errors.XmaeError(f"augment.scale_prob + augment.shift_prob = "
-                       f"{self.scale_prob + self.shift_prob} > 1 (the two exclude each other)")
+      raise errors.XmaeError(
+          f"augment.scale_prob + augment.shift_prob = "
+          f"{self.scale_prob + self.shift_prob} > 1 (the two exclude each other)"
+      )
     lo, hi = self.scale_range
     if not 0.0 < lo <= hi:
-      raise errors.XmaeError(f"augment.scale_range={tuple(self.scale_range)} must be "
-                             f"0 < low <= high")
+      raise errors.XmaeError(
+          f"augment.scale_range={tuple(self.scale_range)} must be " f"0 < low <= high"
+      )
     if self.max_shift < 0:
       raise errors.XmaeError(f"augment.max_shift={self.max_shift} must be >= 0")
 
@@ -62,12 +67,14 @@ class AugmentParams:
       return cls(enabled=False)
     get = cfg.get
     default = cls()
-    return cls(enabled=bool(get("enabled", default.enabled)),
-               scale_prob=float(get("scale_prob", default.scale_prob)),
-               scale_range=tuple(float(v) for v in get("scale_range", default.scale_range)),
-               shift_prob=float(get("shift_prob", default.shift_prob)),
-               max_shift=int(get("max_shift", default.max_shift)),
-               ecg_flip_prob=float(get("ecg_flip_prob", default.ecg_flip_prob)))
+    return cls(
+        enabled=bool(get("enabled", default.enabled)),
+        scale_prob=float(get("scale_prob", default.scale_prob)),
+        scale_range=tuple(float(v) for v in get("scale_range", default.scale_range)),
+        shift_prob=float(get("shift_prob", default.shift_prob)),
+        max_shift=int(get("max_shift", default.max_shift)),
+        ecg_flip_prob=float(get("ecg_flip_prob", default.ecg_flip_prob)),
+    )
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -86,8 +93,9 @@ def uniform(seed: int, stream: int, positions: np.ndarray) -> np.ndarray:
   return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def augment(signals: dict[str, np.ndarray], positions: np.ndarray, seed: int,
-            params: AugmentParams) -> dict[str, np.ndarray]:
+def augment(
+    signals: dict[str, np.ndarray], positions: np.ndarray, seed: int, params: AugmentParams
+) -> dict[str, np.ndarray]:
   """Applies the augmentations to a batch; `positions` are the global stream positions."""
   if not params.enabled or not signals:
     return signals
@@ -104,7 +112,7 @@ def augment(signals: dict[str, np.ndarray], positions: np.ndarray, seed: int,
     span = 2 * params.max_shift + 1
     amount = np.floor(uniform(seed, _STREAM_SHIFT, positions) * span).astype(np.int64)
     amount = np.where(shifted, amount - params.max_shift, 0)
-    out = {m: shift(x, amount) for m, x in out.items()}   # one shift for both: pair stays in sync
+    out = {m: shift(x, amount) for m, x in out.items()}  # one shift for both: pair stays in sync
   if "ecg" in out and params.ecg_flip_prob > 0:
     flip = uniform(seed, _STREAM_FLIP, positions) < params.ecg_flip_prob
     out["ecg"] = np.where(flip[:, None], -out["ecg"], out["ecg"])
@@ -117,8 +125,9 @@ def shift(x: np.ndarray, amount: np.ndarray) -> np.ndarray:
   pad = int(np.abs(amount).max()) if len(amount) else 0
   if pad == 0:
     return x
-  padded = np.concatenate([np.repeat(x[:, :1], pad, axis=1), x,
-                           np.repeat(x[:, -1:], pad, axis=1)], axis=1)
+  padded = np.concatenate(
+      [np.repeat(x[:, :1], pad, axis=1), x, np.repeat(x[:, -1:], pad, axis=1)], axis=1
+  )
   windows = np.lib.stride_tricks.sliding_window_view(padded, length, axis=1)  # (n, 2p+1, L)
   return windows[np.arange(n), pad - amount]
 
@@ -130,6 +139,7 @@ def normalize(signals: dict[str, np.ndarray], method: str) -> dict[str, np.ndarr
   try:
     fn = NORMALIZERS[method]
   except KeyError:
-    raise errors.XmaeError(f"data.normalize={method!r}: choose one of "
-                           f"{', '.join(NORMALIZERS)}") from None
+    raise errors.XmaeError(
+        f"data.normalize={method!r}: choose one of " f"{', '.join(NORMALIZERS)}"
+    ) from None
   return {m: fn(x) for m, x in signals.items()}

@@ -38,6 +38,7 @@ on local disk first and then uploaded, as array_record's own Beam writer does; a
 whole or not at all. Inputs must be paths that every worker can read (a shared or mounted file
 system).
 """
+
 from __future__ import annotations
 
 import collections
@@ -59,8 +60,8 @@ from xmae_jax.data import preprocess as pp
 from xmae_jax.data import shards
 
 INSTALL_HINT = "pip install xmae-jax[beam]"
-RUN_MARKER = "beam-run"      # DIR/.work/beam-run while a run is under way
-NOTHING_KEPT = "beam-nothing-kept"   # DIR/.work/...: the error of a run that kept nothing
+RUN_MARKER = "beam-run"  # DIR/.work/beam-run while a run is under way
+NOTHING_KEPT = "beam-nothing-kept"  # DIR/.work/...: the error of a run that kept nothing
 
 
 def require_beam():
@@ -68,8 +69,9 @@ def require_beam():
   try:
     import apache_beam
   except ImportError:
-    raise rules.PrepareError(f"--runner beam needs Apache Beam, which is not installed: "
-                             f"{INSTALL_HINT}") from None
+    raise rules.PrepareError(
+        f"--runner beam needs Apache Beam, which is not installed: " f"{INSTALL_HINT}"
+    ) from None
   return apache_beam
 
 
@@ -94,7 +96,8 @@ def _plan(summaries, *, seed, test_frac, val_frac, records_per_shard) -> dict[st
   """The subject split, each unit's first position per split, and the shards per split."""
   summaries = sorted(summaries, key=lambda s: s["index"])
   assignment = prepare_split.split_subjects(
-      (s for u in summaries for s in u["subject_counts"]), seed, test_frac, val_frac)
+      (s for u in summaries for s in u["subject_counts"]), seed, test_frac, val_frac
+  )
   totals = dict.fromkeys(shards.SPLITS, 0)
   offsets = {}
   for u in summaries:
@@ -104,8 +107,12 @@ def _plan(summaries, *, seed, test_frac, val_frac, records_per_shard) -> dict[st
     offsets[u["index"]] = dict(totals)
     for split, n in counts.items():
       totals[split] += n
-  return {"assignment": assignment, "offsets": offsets, "totals": totals,
-          "num_shards": {s: max(1, math.ceil(n / records_per_shard)) for s, n in totals.items()}}
+  return {
+      "assignment": assignment,
+      "offsets": offsets,
+      "totals": totals,
+      "num_shards": {s: max(1, math.ceil(n / records_per_shard)) for s, n in totals.items()},
+  }
 
 
 def _place(indexed_result, plan, *, records_per_shard):
@@ -149,13 +156,20 @@ def _write_shard(keyed, plan, *, out, storage, records_per_shard) -> dict[str, A
     raise RuntimeError(f"shard {k} of {split} got {len(records)} records, expected {expected}")
   name = shards.shard_name(split, k, plan["num_shards"][split])
   with storage.staging(out) as tmp:
-    entry = shards.write_split(tmp, split, (data for _, data in records),
-                               records_per_shard=max(1, len(records)))
+    entry = shards.write_split(
+        tmp, split, (data for _, data in records), records_per_shard=max(1, len(records))
+    )
     with np.load(tmp / f"{split}-index.npz", allow_pickle=False) as z:
       index = {f: z[f] for f in shards.INDEX_COLUMNS}
     storage.put(str(tmp / entry["shards"][0]), storage.join(out, name))
-  return {"split": split, "shard": k, "name": name, "records": len(records),
-          "subject_ids": entry["subject_ids"], "index": index}
+  return {
+      "split": split,
+      "shard": k,
+      "name": name,
+      "records": len(records),
+      "subject_ids": entry["subject_ids"],
+      "index": index,
+  }
 
 
 def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -163,14 +177,32 @@ def _merge_index(parts: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], li
   subjects = sorted({s for p in parts for s in p["subject_ids"]})
   rank = {s: i for i, s in enumerate(subjects)}
   index = {f: np.concatenate([p["index"][f] for p in parts]) for f in shards.INDEX_COLUMNS}
-  index["subject"] = np.concatenate([
-      np.array([rank[s] for s in p["subject_ids"]], np.int32)[p["index"]["subject"]]
-      for p in parts]).astype(np.int32)
+  index["subject"] = np.concatenate(
+      [
+          np.array([rank[s] for s in p["subject_ids"]], np.int32)[p["index"]["subject"]]
+          for p in parts
+      ]
+  ).astype(np.int32)
   return index, subjects
 
 
-def _finalize(written, summaries, *, out, storage, source, input, units, options, config, seed,
-              test_frac, val_frac, request, started) -> None:
+def _finalize(
+    written,
+    summaries,
+    *,
+    out,
+    storage,
+    source,
+    input,
+    units,
+    options,
+    config,
+    seed,
+    test_frac,
+    val_frac,
+    request,
+    started,
+) -> None:
   summaries = sorted(summaries, key=lambda s: s["index"])
   work = storage.join(out, rules.WORK)
   if not any(s["stats"].get("segments_kept", 0) for s in summaries):
@@ -178,36 +210,52 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
     storage.write_bytes(storage.join(work, NOTHING_KEPT), message.encode())
     return
   unmatched = report_lib.labels_unmatched(summaries, options)
-  if unmatched:              # no manifest: the shards written are not a dataset
-    storage.write_bytes(storage.join(work, NOTHING_KEPT),
-                        f"{unmatched}; no dataset written to {out}".encode())
+  if unmatched:  # no manifest: the shards written are not a dataset
+    storage.write_bytes(
+        storage.join(work, NOTHING_KEPT), f"{unmatched}; no dataset written to {out}".encode()
+    )
     return
-  by_split = {s: sorted((w for w in written if w["split"] == s), key=lambda w: w["shard"])
-              for s in shards.SPLITS}
+  by_split = {
+      s: sorted((w for w in written if w["split"] == s), key=lambda w: w["shard"])
+      for s in shards.SPLITS
+  }
   entries = {}
   with storage.staging(out) as tmp:
     for split, parts in by_split.items():
       index, subjects = _merge_index(parts)
       np.savez(tmp / f"{split}-index.npz", **index)
       storage.put(str(tmp / f"{split}-index.npz"), storage.join(out, f"{split}-index.npz"))
-      entries[split] = {"shards": [p["name"] for p in parts],
-                        "records_per_shard": [p["records"] for p in parts],
-                        "records": int(sum(p["records"] for p in parts)),
-                        "subjects": len(subjects), "subject_ids": subjects}
+      entries[split] = {
+          "shards": [p["name"] for p in parts],
+          "records_per_shard": [p["records"] for p in parts],
+          "records": int(sum(p["records"] for p in parts)),
+          "subjects": len(subjects),
+          "subject_ids": subjects,
+      }
     keep = {p["name"] for parts in by_split.values() for p in parts}
     for name in storage.listdir(out):
       if name.endswith(".array_record") and name not in keep:
         storage.delete(storage.join(out, name))
-    report_lib.write_manifest(tmp, entries, source=source, input=input, units=units,
-                              options=options, config=config, seed=seed, test_frac=test_frac,
-                              val_frac=val_frac, request=request)
+    report_lib.write_manifest(
+        tmp,
+        entries,
+        source=source,
+        input=input,
+        units=units,
+        options=options,
+        config=config,
+        seed=seed,
+        test_frac=test_frac,
+        val_frac=val_frac,
+        request=request,
+    )
     storage.put(str(tmp / shards.MANIFEST), storage.join(out, shards.MANIFEST))
     report = report_lib.build_report(source, input, summaries, entries)
     report["resumed_units"] = 0
     report_lib.write_report(tmp, report, started, runner="beam")
     for name in (report_lib.REPORT_JSON, report_lib.REPORT_MD):
       storage.put(str(tmp / name), storage.join(out, name))
-  storage.delete(storage.join(work, rules.REQUEST))    # the manifest holds it now
+  storage.delete(storage.join(work, rules.REQUEST))  # the manifest holds it now
   storage.delete(storage.join(work, RUN_MARKER))
 
 
@@ -216,9 +264,14 @@ def _finalize(written, summaries, *, out, storage, source, input, units, options
 # ---------------------------------------------------------------------------------------------
 # Beam options that count workers or threads: Beam takes a negative count and fails deep
 # inside the run (the DirectRunner with an IndexError), so they are checked first.
-COUNT_OPTIONS = ("direct_num_workers", "num_workers", "max_num_workers",
-                 "number_of_worker_harness_threads", "sdk_worker_parallelism",
-                 "direct_runner_bundle_repeat")
+COUNT_OPTIONS = (
+    "direct_num_workers",
+    "num_workers",
+    "max_num_workers",
+    "number_of_worker_harness_threads",
+    "sdk_worker_parallelism",
+    "direct_runner_bundle_repeat",
+)
 
 
 def pipeline_options(beam_options: str | None):
@@ -227,32 +280,45 @@ def pipeline_options(beam_options: str | None):
   import io
 
   from apache_beam.options.pipeline_options import PipelineOptions
+
   try:
     options = PipelineOptions(shlex.split(beam_options or ""))
-  except ValueError as e:          # unbalanced quotes
+  except ValueError as e:  # unbalanced quotes
     raise rules.PrepareError(f"--beam-options {beam_options!r}: {e}") from None
   said = io.StringIO()
   try:
-    with contextlib.redirect_stderr(said):     # Beam's argparse prints usage, then exits
+    with contextlib.redirect_stderr(said):  # Beam's argparse prints usage, then exits
       values = options.get_all_options()
   except SystemExit:
     lines = said.getvalue().strip().splitlines() or ["not understood"]
-    raise rules.PrepareError(f"--beam-options {beam_options!r}: "
-                             f"{lines[-1].split('error: ', 1)[-1]}") from None
+    raise rules.PrepareError(
+        f"--beam-options {beam_options!r}: " f"{lines[-1].split('error: ', 1)[-1]}"
+    ) from None
   for name in COUNT_OPTIONS:
     value = values.get(name)
     if isinstance(value, int) and value < 0:
-      raise rules.PrepareError(f"--beam-options {beam_options!r}: --{name}={value} "
-                               f"must be >= 0")
+      raise rules.PrepareError(
+          f"--beam-options {beam_options!r}: --{name}={value} " f"must be >= 0"
+      )
   return options
 
 
-def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac: float = 0.05,
-                         val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
-                         source_options: dict[str, Any] | None = None,
-                         records_per_shard: int = 4096, beam_options: str | None = None,
-                         storage: prepare_storage.Storage | None = None, overwrite: bool = False,
-                         log=print) -> dict[str, Any]:
+def prepare_dataset_beam(
+    source: str,
+    input,
+    output,
+    *,
+    seed: int = 0,
+    test_frac: float = 0.05,
+    val_frac: float = 0.05,
+    config: pp.PreprocessConfig | None = None,
+    source_options: dict[str, Any] | None = None,
+    records_per_shard: int = 4096,
+    beam_options: str | None = None,
+    storage: prepare_storage.Storage | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
   """`prepare.prepare_dataset` as a Beam pipeline; returns the report it wrote.
 
   `beam_options` is a command-line string of Beam pipeline options (`--runner=...`, ...);
@@ -262,56 +328,92 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
   no segment raises PrepareError and leaves the output as it was.
   """
   beam = require_beam()
-  beam_opts = pipeline_options(beam_options)     # before any work: a bad option fails fast
+  beam_opts = pipeline_options(beam_options)  # before any work: a bad option fails fast
   started = time.time()
   config = config or pp.PreprocessConfig()
   out = str(output)
   storage = storage or prepare_storage.storage_for(out)
   units, options = prepare_units.list_units(
-      source, input, seed=seed, test_frac=test_frac, val_frac=val_frac,
+      source,
+      input,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
       source_options=source_options,
-      check=lambda: rules.check_output(storage, out, overwrite=overwrite))
-  request = rules.dataset_request(source, input, options, config, seed=seed,
-                                  test_frac=test_frac, val_frac=val_frac,
-                                  records_per_shard=records_per_shard)
+      check=lambda: rules.check_output(storage, out, overwrite=overwrite),
+  )
+  request = rules.dataset_request(
+      source,
+      input,
+      options,
+      config,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
+      records_per_shard=records_per_shard,
+  )
   rules.check_request(storage, out, request, overwrite=overwrite)
   try:
     pipeline = beam.Pipeline(options=beam_opts)
-  except ValueError as e:      # an unknown Beam runner, a malformed option
-    raise rules.PrepareError(
-        f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") from None
+  except ValueError as e:  # an unknown Beam runner, a malformed option
+    raise rules.PrepareError(f"--beam-options {beam_options!r}: {str(e).splitlines()[0]}") from None
   # Mark the output as ours (and with what it is asked to become, as the local runner does)
   # before anything else is written.
   existed = storage.exists(out)
   work = storage.join(out, rules.WORK)
   storage.write_bytes(storage.join(work, RUN_MARKER), b"")
-  storage.write_bytes(storage.join(work, rules.REQUEST),
-                      json.dumps(request, indent=1, sort_keys=True).encode())
+  storage.write_bytes(
+      storage.join(work, rules.REQUEST), json.dumps(request, indent=1, sort_keys=True).encode()
+  )
   storage.delete(storage.join(work, NOTHING_KEPT))
   rps = records_per_shard
   side = beam.pvalue.AsSingleton
   with pipeline as p:
-    results = (p | "Units" >> beam.Create(list(enumerate(units)))
-               | "Spread" >> beam.Reshuffle()
-               | "Process" >> beam.Map(_process, source, options, config))
-    summaries = (results | "Summarize" >> beam.Map(_summary)
-                 | "AllSummaries" >> beam.combiners.ToList())
-    plan = summaries | "Plan" >> beam.Map(_plan, seed=seed, test_frac=test_frac,
-                                          val_frac=val_frac, records_per_shard=rps)
+    results = (
+        p
+        | "Units" >> beam.Create(list(enumerate(units)))
+        | "Spread" >> beam.Reshuffle()
+        | "Process" >> beam.Map(_process, source, options, config)
+    )
+    summaries = (
+        results | "Summarize" >> beam.Map(_summary) | "AllSummaries" >> beam.combiners.ToList()
+    )
+    plan = summaries | "Plan" >> beam.Map(
+        _plan, seed=seed, test_frac=test_frac, val_frac=val_frac, records_per_shard=rps
+    )
     begun = plan | "Begin" >> beam.Map(_begin, out=out, storage=storage)
     placed = results | "Place" >> beam.FlatMap(_place, side(plan), records_per_shard=rps)
     keys = plan | "ShardKeys" >> beam.FlatMap(_shard_keys)
-    written = ((placed, keys) | "Together" >> beam.Flatten()
-               | "ByShard" >> beam.GroupByKey()
-               | "WriteShard" >> beam.Map(_write_shard, side(begun), out=out, storage=storage,
-                                          records_per_shard=rps))
-    _ = (written | "AllShards" >> beam.combiners.ToList()
-         | "Finalize" >> beam.Map(_finalize, side(summaries), out=out, storage=storage,
-                                  source=source, input=input, units=units, options=options,
-                                  config=config, seed=seed, test_frac=test_frac,
-                                  val_frac=val_frac, request=request, started=started))
+    written = (
+        (placed, keys)
+        | "Together" >> beam.Flatten()
+        | "ByShard" >> beam.GroupByKey()
+        | "WriteShard"
+        >> beam.Map(_write_shard, side(begun), out=out, storage=storage, records_per_shard=rps)
+    )
+    _ = (
+        written
+        | "AllShards" >> beam.combiners.ToList()
+        | "Finalize"
+        >> beam.Map(
+            _finalize,
+            side(summaries),
+            out=out,
+            storage=storage,
+            source=source,
+            input=input,
+            units=units,
+            options=options,
+            config=config,
+            seed=seed,
+            test_frac=test_frac,
+            val_frac=val_frac,
+            request=request,
+            started=started,
+        )
+    )
   nothing = storage.join(work, NOTHING_KEPT)
-  if storage.exists(nothing):       # a run that made nothing holds nothing back
+  if storage.exists(nothing):  # a run that made nothing holds nothing back
     message = storage.read_bytes(nothing).decode()
     for name in (NOTHING_KEPT, rules.REQUEST, RUN_MARKER):
       storage.delete(storage.join(work, name))
@@ -320,7 +422,7 @@ def prepare_dataset_beam(source: str, input, output, *, seed: int = 0, test_frac
       storage.prune(out)
     raise rules.PrepareError(message)
   report = json.loads(storage.read_bytes(storage.join(out, report_lib.REPORT_JSON)))
-  for key in ("records_per_split", "subjects_per_split"):     # split order, as the local runner
+  for key in ("records_per_split", "subjects_per_split"):  # split order, as the local runner
     report[key] = {s: report[key][s] for s in shards.SPLITS}
   if log:
     log(report_lib.summary_line(report))

@@ -13,6 +13,7 @@ selection rule, decoded `Record`s): embedding a prepared dataset and the TFDS ex
 Checking a whole dataset against its index and manifest (`xmae-prepare --verify`) lives in
 `dataset_verify`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,11 @@ DatasetError = shards.DatasetError
 # ----------------------------------------------------------------------------- record selection
 
 
-def select_records(index: Mapping[str, np.ndarray], modalities: Sequence[str],
-                   min_quality: Mapping[str, float | None]) -> np.ndarray:
+def select_records(
+    index: Mapping[str, np.ndarray],
+    modalities: Sequence[str],
+    min_quality: Mapping[str, float | None],
+) -> np.ndarray:
   """Rows of the split index (record positions) that have every modality and pass quality.
 
   A threshold of None (or <= -1, below any template-match correlation) switches the check off
@@ -58,8 +62,9 @@ _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.flo
 _VERSION_PREFIX = mapped.VERSION_PREFIX
 
 
-def waveform_bytes(raw: Sequence[bytes], modalities: Sequence[str], length: int,
-                   has_ecg: np.ndarray) -> dict[str, bytes] | None:
+def waveform_bytes(
+    raw: Sequence[bytes], modalities: Sequence[str], length: int, has_ecg: np.ndarray
+) -> dict[str, bytes] | None:
   """Fast path: the float16 bytes of each modality of all records, joined; None if unsure.
 
   `record.encode` writes the waveforms last, ppg before ecg, each a msgpack bin of 2*length
@@ -135,17 +140,18 @@ class ShardReader(ShippedToWorkers):
     self.counts = np.array(manifest["splits"][split]["records_per_shard"], np.int64)
     self._ends = np.cumsum(self.counts)
     self._starts = self._ends - self.counts
-    self._has_ecg = self.index["has_ecg"].astype(bool)   # where ppg sits in a record
+    self._has_ecg = self.index["has_ecg"].astype(bool)  # where ppg sits in a record
     self._lock = threading.Lock()
     self._readers: list[Any] = [None] * len(paths)
-    self.mapped_shards = mapped.MappedShards(paths, self.counts, self._has_ecg,
-                                              self.segment_length, self.read_raw)
-    for k in range(len(paths)):   # open (and so validate) every shard now, not mid-training
+    self.mapped_shards = mapped.MappedShards(
+        paths, self.counts, self._has_ecg, self.segment_length, self.read_raw
+    )
+    for k in range(len(paths)):  # open (and so validate) every shard now, not mid-training
       self._reader(k)
 
   def _worker_state(self, state: dict) -> None:
     state["_readers"] = [None] * len(self.paths)
-    state["index"] = None   # the filter ran in the parent; workers need only `_has_ecg`
+    state["index"] = None  # the filter ran in the parent; workers need only `_has_ecg`
 
   def __len__(self) -> int:
     return int(self._ends[-1])
@@ -158,22 +164,27 @@ class ShardReader(ShippedToWorkers):
       if self._readers[k] is None:
         path, expected = self.paths[k], int(self.counts[k])
         try:
-          reader = arm.ArrayRecordReader(path, self.READER_OPTIONS,
-                                         file_reader_buffer_size=self.READER_BUFFER)
+          reader = arm.ArrayRecordReader(
+              path, self.READER_OPTIONS, file_reader_buffer_size=self.READER_BUFFER
+          )
           got = reader.num_records()
         except Exception as e:  # Riegeli reports corruption as RuntimeError
           raise DatasetError(f"shard {path} is corrupt ({e})") from None
-        if got != expected:   # a damaged footer reads as 0 records
-          raise DatasetError(f"shard {path} is corrupt or truncated: {got} readable records, "
-                             f"the manifest says {expected}")
+        if got != expected:  # a damaged footer reads as 0 records
+          raise DatasetError(
+              f"shard {path} is corrupt or truncated: {got} readable records, "
+              f"the manifest says {expected}"
+          )
         self._readers[k] = reader
       return self._readers[k]
 
   def locate(self, position: int) -> str:
     """'shard PATH record i (position p of split S)': where a split-wide position lives."""
     k = int(np.searchsorted(self._ends, position, "right"))
-    return (f"shard {self.paths[k]} record {int(position - self._starts[k])} (position "
-            f"{int(position)} of split {self.split!r})")
+    return (
+        f"shard {self.paths[k]} record {int(position - self._starts[k])} (position "
+        f"{int(position)} of split {self.split!r})"
+    )
 
   def shard_of(self, positions: np.ndarray) -> list[str]:
     return [self.paths[i] for i in np.unique(np.searchsorted(self._ends, positions, "right"))]
@@ -190,7 +201,7 @@ class ShardReader(ShippedToWorkers):
     local = (positions - self._starts[shard])[order].tolist()
     order, sorted_shard = order.tolist(), sorted_shard.tolist()
     out: list[bytes] = [b""] * len(positions)
-    for a, b in zip(bounds[:-1], bounds[1:]):   # plain lists: this loop runs per shard
+    for a, b in zip(bounds[:-1], bounds[1:]):  # plain lists: this loop runs per shard
       k = sorted_shard[a]
       try:
         records = self._reader(k).read(local[a:b])
@@ -212,15 +223,17 @@ class ShardReader(ShippedToWorkers):
     joined = self.mapped_shards.waveforms(positions, modalities)
     if joined is None:
       raw = self.read_raw(positions)
-      joined = waveform_bytes(raw, modalities, self.segment_length,
-                               self._has_ecg[positions])
-    if joined is None:   # a record not laid out as record.encode writes it: decode each map
+      joined = waveform_bytes(raw, modalities, self.segment_length, self._has_ecg[positions])
+    if joined is None:  # a record not laid out as record.encode writes it: decode each map
       joined = self._decode_maps(raw, positions, modalities)
-    return {m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(positions), -1)
-            for m in modalities}
+    return {
+        m: np.take(_F16_TO_F32, np.frombuffer(joined[m], "<u2")).reshape(len(positions), -1)
+        for m in modalities
+    }
 
-  def _decode_maps(self, raw: Sequence[bytes], positions: np.ndarray,
-                   modalities: Sequence[str]) -> dict[str, bytes]:
+  def _decode_maps(
+      self, raw: Sequence[bytes], positions: np.ndarray, modalities: Sequence[str]
+  ) -> dict[str, bytes]:
     try:
       maps = [record_lib.decode_map(b) for b in raw]
     except record_lib.RecordError:
@@ -246,13 +259,19 @@ class ShardReader(ShippedToWorkers):
         break
     else:
       i = None
-    at = "" if i is None else (f" record {i} (position {int(self._starts[k]) + i} of split "
-                               f"{self.split!r})")
-    raise DatasetError(f"shard {self.paths[k]}{at} is unreadable: {first_clause(error)}; "
-                       f"check the dataset with xmae-prepare --verify {self.data_dir}") from None
+    at = (
+        ""
+        if i is None
+        else (f" record {i} (position {int(self._starts[k]) + i} of split " f"{self.split!r})")
+    )
+    raise DatasetError(
+        f"shard {self.paths[k]}{at} is unreadable: {first_clause(error)}; "
+        f"check the dataset with xmae-prepare --verify {self.data_dir}"
+    ) from None
 
-  def _raise_bad_record(self, raw: Sequence[bytes], positions: np.ndarray,
-                        modality: str | None = None):
+  def _raise_bad_record(
+      self, raw: Sequence[bytes], positions: np.ndarray, modality: str | None = None
+  ):
     for b, pos in zip(raw, positions):
       where = self.locate(pos)
       try:
@@ -262,25 +281,34 @@ class ShardReader(ShippedToWorkers):
       if modality is not None:
         n = len(d.get(modality, b"")) // 2
         if n != self.segment_length:
-          raise DatasetError(f"{where}: {modality} has {n} samples, the manifest says "
-                             f"{self.segment_length}")
+          raise DatasetError(
+              f"{where}: {modality} has {n} samples, the manifest says " f"{self.segment_length}"
+          )
     raise DatasetError(f"shards {', '.join(self.shard_of(positions))}: undecodable batch")
 
 
 # ----------------------------------------------------------------------------- whole splits
 
 
-def open_split(data_dir: str, split: str, modalities: Sequence[str] = (),
-               min_quality: Mapping[str, float | None] | None = None
-               ) -> tuple[ShardReader, np.ndarray]:
+def open_split(
+    data_dir: str,
+    split: str,
+    modalities: Sequence[str] = (),
+    min_quality: Mapping[str, float | None] | None = None,
+) -> tuple[ShardReader, np.ndarray]:
   """The split's reader (every shard opened and checked) and the selected record positions."""
   reader = ShardReader(data_dir, split)
   return reader, select_records(reader.index, tuple(modalities), min_quality or {})
 
 
-def iter_records(data_dir: str, split: str, *, modalities: Sequence[str] = (),
-                 min_quality: Mapping[str, float | None] | None = None,
-                 chunk: int = 1024) -> Iterator[tuple[int, record_lib.Record]]:
+def iter_records(
+    data_dir: str,
+    split: str,
+    *,
+    modalities: Sequence[str] = (),
+    min_quality: Mapping[str, float | None] | None = None,
+    chunk: int = 1024,
+) -> Iterator[tuple[int, record_lib.Record]]:
   """(record position, decoded `Record`) of one split in index order, after the selection.
 
   The selection is the pipeline's (`select_records`): records with every one of `modalities`
@@ -288,7 +316,7 @@ def iter_records(data_dir: str, split: str, *, modalities: Sequence[str] = (),
   """
   reader, positions = open_split(data_dir, split, modalities, min_quality)
   for start in range(0, len(positions), chunk):
-    part = positions[start:start + chunk]
+    part = positions[start : start + chunk]
     for pos, raw in zip(part.tolist(), reader.read_raw(part)):
       try:
         rec = record_lib.decode(raw)
@@ -303,5 +331,12 @@ def first_clause(e: Exception) -> str:
   return text[:300]
 
 
-__all__ = ["DatasetError", "ShardReader", "ShippedToWorkers", "first_clause", "iter_records",
-           "open_split", "select_records"]
+__all__ = [
+    "DatasetError",
+    "ShardReader",
+    "ShippedToWorkers",
+    "first_clause",
+    "iter_records",
+    "open_split",
+    "select_records",
+]

@@ -23,6 +23,7 @@ regression]`.
 cannot be read, has no key column or repeats an id is one line naming it, and a file that
 matches no recording stops the run with one line naming it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,13 @@ class LabelsError(errors.XmaeError):
 @dataclasses.dataclass(frozen=True)
 class LabelTable:
   """A loaded labels file: id -> {column: value} (unknown values left out)."""
+
   path: str
-  by: str                                   # "record" or "subject"
+  by: str  # "record" or "subject"
   key_column: str
   columns: tuple[str, ...]
   rows: Mapping[str, Mapping[str, Any]]
-  digest: str                               # sha256 of the file's bytes
+  digest: str  # sha256 of the file's bytes
 
   def lookup(self, subject_id: str, name: str, unit: str) -> dict[str, Any] | None:
     """The labels of a recording (`name`, read from the input `unit`), None if none match."""
@@ -69,27 +71,39 @@ def record_ids(name: str, unit: str) -> list[str]:
   """The ids a labels file may use for a recording `name` read from `unit`, most specific first:
   the recording's name, then the input file's name without its extension."""
   path = Path(unit)
-  ids = [str(name), path.stem if path.suffix.lower() in (".csv", ".npz", ".edf", ".bdf", ".hea")
-         else path.name]
+  ids = [
+      str(name),
+      path.stem if path.suffix.lower() in (".csv", ".npz", ".edf", ".bdf", ".hea") else path.name,
+  ]
   return list(dict.fromkeys(ids))
 
 
 def no_match(table: LabelTable, recordings: int, seen: list[str], first: int = 3) -> str:
   """The one-line error of a labels file that matched none of the `recordings` read: the file,
   a few of its ids and a few ids of the recordings (`seen`)."""
-  return (f"labels file {table.path} matches none of the {recordings} recordings by {table.by} "
-          f"(its {table.key_column}: {', '.join(list(table.rows)[:first])}; the recordings': "
-          f"{', '.join(seen[:first]) or 'none'})")
+  return (
+      f"labels file {table.path} matches none of the {recordings} recordings by {table.by} "
+      f"(its {table.key_column}: {', '.join(list(table.rows)[:first])}; the recordings': "
+      f"{', '.join(seen[:first]) or 'none'})"
+  )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("labels")
-  g.add_argument("--labels", default=None, metavar="FILE",
-                 help="CSV of labels, one row per record or subject, joined to the recordings "
-                      "(key column record/record_id or subject/subject_id); probe a column with "
-                      "--task label:NAME")
-  g.add_argument("--labels-by", choices=BY, default=None,
-                 help="join the labels file by record or by subject (default: its key column)")
+  g.add_argument(
+      "--labels",
+      default=None,
+      metavar="FILE",
+      help="CSV of labels, one row per record or subject, joined to the recordings "
+      "(key column record/record_id or subject/subject_id); probe a column with "
+      "--task label:NAME",
+  )
+  g.add_argument(
+      "--labels-by",
+      choices=BY,
+      default=None,
+      help="join the labels file by record or by subject (default: its key column)",
+  )
 
 
 def options_of(args: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
@@ -124,14 +138,17 @@ def load(path: str | os.PathLike, by: str | None = None) -> LabelTable:
 @functools.lru_cache(maxsize=8)
 def _load(path: str, by: str | None, mtime_ns: int, size: int) -> LabelTable:
   import pandas as pd
+
   if by is not None and by not in BY:
     raise LabelsError(f"--labels-by {by!r}: choose record or subject")
   try:
     data = Path(path).read_bytes()
     header = pd.read_csv(path, nrows=0)
   except Exception as e:  # pandas raises ParserError, EmptyDataError, UnicodeDecodeError, ...
-    raise LabelsError(f"labels file {path} is not a readable CSV ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    raise LabelsError(
+        f"labels file {path} is not a readable CSV ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''})"
+    ) from None
   columns = [str(c).strip() for c in header.columns]
   lower = {c.lower(): c for c in columns}
   found = {b: next((lower[k] for k in KEY_COLUMNS[b] if k in lower), None) for b in BY}
@@ -139,32 +156,42 @@ def _load(path: str, by: str | None, mtime_ns: int, size: int) -> LabelTable:
   by = next((b for b in wanted if found[b]), None)
   if by is None:
     names = [n for b in wanted for n in KEY_COLUMNS[b]]
-    raise LabelsError(f"labels file {path} has no {' or '.join(wanted)} column "
-                      f"({', '.join(names[:-1])} or {names[-1]}; has: "
-                      f"{', '.join(columns) or 'none'})")
+    raise LabelsError(
+        f"labels file {path} has no {' or '.join(wanted)} column "
+        f"({', '.join(names[:-1])} or {names[-1]}; has: "
+        f"{', '.join(columns) or 'none'})"
+    )
   key = found[by]
   df = pd.read_csv(path, dtype={header.columns[columns.index(key)]: str})
   df.columns = columns
   ids = df[key].astype(str).str.strip()
   if df[key].isna().any():
-    raise LabelsError(f"labels file {path}: row {int(df[key].isna().to_numpy().argmax()) + 2} "
-                      f"has no {key}")
+    raise LabelsError(
+        f"labels file {path}: row {int(df[key].isna().to_numpy().argmax()) + 2} " f"has no {key}"
+    )
   repeated = ids[ids.duplicated()]
   if len(repeated):
     raise LabelsError(f"labels file {path}: {key} {repeated.iloc[0]!r} is on more than one row")
   label_columns = tuple(c for c in columns if c != key and not c.startswith("Unnamed:"))
   bad = [c for c in label_columns if ":" in c or not c]
   if bad:
-    raise LabelsError(f"labels file {path}: column name {bad[0]!r} cannot name a task "
-                      f"(label:NAME); rename it without ':'")
+    raise LabelsError(
+        f"labels file {path}: column name {bad[0]!r} cannot name a task "
+        f"(label:NAME); rename it without ':'"
+    )
   if not label_columns:
     raise LabelsError(f"labels file {path} has no label column besides {key}")
   rows = {}
   for i, ident in enumerate(ids):
-    rows[ident] = {c: v for c in label_columns
-                   if (v := _plain(df[c].iloc[i])) is not None}
-  return LabelTable(path=path, by=by, key_column=key, columns=label_columns, rows=rows,
-                    digest=hashlib.sha256(data).hexdigest())
+    rows[ident] = {c: v for c in label_columns if (v := _plain(df[c].iloc[i])) is not None}
+  return LabelTable(
+      path=path,
+      by=by,
+      key_column=key,
+      columns=label_columns,
+      rows=rows,
+      digest=hashlib.sha256(data).hexdigest(),
+  )
 
 
 def _plain(value: Any) -> int | float | str | None:
@@ -174,7 +201,7 @@ def _plain(value: Any) -> int | float | str | None:
   if isinstance(value, str):
     text = value.strip()
     return text or None
-  if hasattr(value, "item"):       # numpy scalars -> Python
+  if hasattr(value, "item"):  # numpy scalars -> Python
     value = value.item()
   if isinstance(value, bool):
     return int(value)

@@ -25,6 +25,7 @@ varint(size), the record. Chunks follow each other without gaps in logical bytes
 only ever needed for chunks with more records than bytes), so record positions are a cumulative
 sum of record sizes from the first record chunk on.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -40,12 +41,12 @@ import numpy as np
 from xmae_jax.data import record as record_lib
 from xmae_jax.errors import XmaeError
 
-BLOCK = 1 << 16          # Riegeli block size
-BLOCK_HEADER = 24        # bytes at the start of every block
+BLOCK = 1 << 16  # Riegeli block size
+BLOCK_HEADER = 24  # bytes at the start of every block
 USABLE = BLOCK - BLOCK_HEADER
 CHUNK_HEADER = 40
 _SIMPLE_CHUNK = ord("r")
-_NO_RECORD_CHUNKS = (ord("s"), ord("p"), ord("m"))   # signature, padding, metadata
+_NO_RECORD_CHUNKS = (ord("s"), ord("p"), ord("m"))  # signature, padding, metadata
 # Every record.encode output is a fixmap (one byte) whose first entry is "v": version.
 VERSION_PREFIX = msgpack.packb("v") + msgpack.packb(record_lib.SCHEMA_VERSION)
 
@@ -57,8 +58,9 @@ def waveform_header(modality: str, length: int) -> bytes:
   return msgpack.packb(modality) + msgpack.packb(bytes(nbytes))[:-nbytes]
 
 
-def waveform_offsets(record_ends: np.ndarray, has_ecg: np.ndarray, modality: str,
-                     length: int) -> np.ndarray:
+def waveform_offsets(
+    record_ends: np.ndarray, has_ecg: np.ndarray, modality: str, length: int
+) -> np.ndarray:
   """Where each record's `modality` waveform bytes start, counted back from the record's end.
 
   `record.encode` writes the waveforms last, ppg before ecg: ecg ends the record, and ppg
@@ -85,20 +87,20 @@ def _varint_len(x: np.ndarray) -> np.ndarray:
 
 def _first_record_chunk(data: Any, size: int) -> int | None:
   """Logical offset of the first record chunk's header (after signature/metadata chunks)."""
-  pos = 0   # physical chunk begin
+  pos = 0  # physical chunk begin
   while pos + CHUNK_HEADER < size:
     first = pos + BLOCK_HEADER if pos % BLOCK == 0 else pos
     logical = first - BLOCK_HEADER * (first // BLOCK + 1)
     if first % BLOCK + CHUNK_HEADER > BLOCK:
-      return None   # a header split by a block header this early: not a layout we expect
-    data_size, = struct.unpack_from("<Q", data, first + 8)
+      return None  # a header split by a block header this early: not a layout we expect
+    (data_size,) = struct.unpack_from("<Q", data, first + 8)
     chunk_type = data[first + 24]
-    num_records = int.from_bytes(data[first + 25:first + 32], "little")
+    num_records = int.from_bytes(data[first + 25 : first + 32], "little")
     if chunk_type == _SIMPLE_CHUNK:
       return logical
     if chunk_type not in _NO_RECORD_CHUNKS or num_records:
       return None
-    end = physical(logical + CHUNK_HEADER + data_size - 1) + 1   # last byte of the chunk, +1
+    end = physical(logical + CHUNK_HEADER + data_size - 1) + 1  # last byte of the chunk, +1
     pos = end
   return None
 
@@ -129,8 +131,14 @@ class MappedShards:
   shards again, on its first read).
   """
 
-  def __init__(self, paths: Sequence[str], counts: np.ndarray, has_ecg: np.ndarray,
-               segment_length: int, read_raw: Callable[[np.ndarray], list[bytes]]):
+  def __init__(
+      self,
+      paths: Sequence[str],
+      counts: np.ndarray,
+      has_ecg: np.ndarray,
+      segment_length: int,
+      read_raw: Callable[[np.ndarray], list[bytes]],
+  ):
     self.paths = list(paths)
     self._counts = np.asarray(counts, np.int64)
     self._ends = np.cumsum(self._counts)
@@ -142,10 +150,10 @@ class MappedShards:
     _allow_open_files(3 * len(self.paths) + 256)
 
   def _reset(self) -> None:
-    self._locks = [threading.Lock() for _ in self.paths]   # one check per shard
-    self._local = threading.local()   # per-thread scratch buffers
+    self._locks = [threading.Lock() for _ in self.paths]  # one check per shard
+    self._local = threading.local()  # per-thread scratch buffers
     total = int(self._ends[-1]) if len(self._ends) else 0
-    self._mappings: list[_Mapping | bool | None] = [None] * len(self.paths)   # None: unchecked
+    self._mappings: list[_Mapping | bool | None] = [None] * len(self.paths)  # None: unchecked
     self._record_ends = np.zeros(total, np.int64)
     self._fast = {m: np.zeros(total, bool) for m in record_lib.MODALITIES}
 
@@ -193,7 +201,7 @@ class MappedShards:
       with open(self.paths[k], "rb") as f:
         # The mapping keeps a file descriptor of its own (next to array_record's reader).
         file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError:   # e.g. out of file descriptors: this shard keeps the array_record path
+    except OSError:  # e.g. out of file descriptors: this shard keeps the array_record path
       return False
     first = _first_record_chunk(file, len(file))
     if first is None:
@@ -214,16 +222,22 @@ class MappedShards:
       record_starts = chunk_ends - sizes
       if chunk_ends[-1] > len(file) or not _same_bytes(data, raw, record_starts.tolist()):
         return False
-      starts[a:a + len(raw)], ends[a:a + len(raw)] = record_starts, chunk_ends
+      starts[a : a + len(raw)], ends[a : a + len(raw)] = record_starts, chunk_ends
       chunk_start = int(chunk_ends[-1])
-    has_ecg = self._has_ecg[start:start + count]
+    has_ecg = self._has_ecg[start : start + count]
     for m in record_lib.MODALITIES:
-      self._fast[m][start:start + count] = self._in_place(data, starts, ends, has_ecg, m)
-    self._record_ends[start:start + count] = ends
+      self._fast[m][start : start + count] = self._in_place(data, starts, ends, has_ecg, m)
+    self._record_ends[start : start + count] = ends
     return _Mapping(file, self._nbytes)
 
-  def _in_place(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-                has_ecg: np.ndarray, modality: str) -> np.ndarray:
+  def _in_place(
+      self,
+      data: np.ndarray,
+      starts: np.ndarray,
+      ends: np.ndarray,
+      has_ecg: np.ndarray,
+      modality: str,
+  ) -> np.ndarray:
     """Per record: whether it starts with the schema version and has its `modality` waveform
     (key, bin header of 2L bytes) where `record.encode` puts it."""
     length = self._nbytes // 2
@@ -243,11 +257,15 @@ class MappedShards:
 
   def waveform_starts(self, positions: np.ndarray, modality: str) -> np.ndarray:
     """File offsets of the `modality` waveforms of checked records (split-wide positions)."""
-    return physical(waveform_offsets(self._record_ends[positions], self._has_ecg[positions],
-                                     modality, self._nbytes // 2))
+    return physical(
+        waveform_offsets(
+            self._record_ends[positions], self._has_ecg[positions], modality, self._nbytes // 2
+        )
+    )
 
-  def waveforms(self, positions: np.ndarray, modalities: Sequence[str]
-                ) -> dict[str, np.ndarray] | None:
+  def waveforms(
+      self, positions: np.ndarray, modalities: Sequence[str]
+  ) -> dict[str, np.ndarray] | None:
     """{modality: uint8 (n, 2L) little-endian float16 bytes}, or None where a record of the
     batch is not on the fast path (the caller reads it through array_record then).
 
@@ -256,7 +274,7 @@ class MappedShards:
     """
     n, nbytes = len(positions), self._nbytes
     if n and (positions.min() < 0 or positions.max() >= len(self._record_ends)):
-      return None   # the array_record path reports the bad position
+      return None  # the array_record path reports the bad position
     shard = np.searchsorted(self._ends, positions, "right")
     touched = np.unique(shard).tolist()
     mappings = self._mappings_of(touched)
@@ -270,15 +288,15 @@ class MappedShards:
       order = np.argsort(shard, kind="stable")
       bounds = np.searchsorted(shard[order], touched + [len(self._ends)]).tolist()
       groups = [(k, order[a:b]) for k, a, b in zip(touched, bounds[:-1], bounds[1:])]
-    for k, rows in groups:   # one gather per shard and modality
+    for k, rows in groups:  # one gather per shard and modality
       for m in modalities:
         out[m][rows] = mappings[k].windows[at[m][rows]]
-    for m in modalities:   # rows a block header interrupts (a few percent): the two pieces
+    for m in modalities:  # rows a block header interrupts (a few percent): the two pieces
       split = np.flatnonzero(at[m] % BLOCK + nbytes > BLOCK)
       for row, k, start in zip(split.tolist(), shard[split].tolist(), at[m][split].tolist()):
         cut, data = BLOCK - start % BLOCK, mappings[k].bytes
-        out[m][row, :cut] = data[start:start + cut]
-        out[m][row, cut:] = data[start + cut + BLOCK_HEADER:start + nbytes + BLOCK_HEADER]
+        out[m][row, :cut] = data[start : start + cut]
+        out[m][row, cut:] = data[start + cut + BLOCK_HEADER : start + nbytes + BLOCK_HEADER]
     return out
 
 
@@ -287,11 +305,12 @@ def _allow_open_files(count: int) -> None:
   holds two descriptors, its array_record reader's and its mapping's."""
   try:
     import resource  # pylint: disable=g-import-not-at-top
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < count:
       new = count if hard == resource.RLIM_INFINITY else min(count, hard)
       resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-  except (ImportError, ValueError, OSError):   # not POSIX, or not allowed: mapping may fall back
+  except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: mapping may fall back
     pass
 
 
@@ -303,7 +322,7 @@ def _same_bytes(data: np.ndarray, raw: Sequence[bytes], starts: list[int]) -> bo
     if end - begin == len(rec):
       if data[begin:end].tobytes() != rec:
         return False
-    else:   # the record is interrupted by a block header
+    else:  # the record is interrupted by a block header
       logical = np.arange(start, start + len(rec))
       if data[physical(logical)].tobytes() != rec:
         return False

@@ -27,6 +27,7 @@ one would, and `mp_prefetch` workers produce the same batches as in-process read
 Shard reading and decoding live in `dataset_reader.py`; placing host batches on devices is the
 trainer's (`training.sharding.place_batch`), so this layer never imports JAX's device side.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,15 +45,14 @@ from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
 DatasetError = shards.DatasetError
-_INFINITE = sys.maxsize   # length of the repeated training stream (as grain's repeat(None))
+_INFINITE = sys.maxsize  # length of the repeated training stream (as grain's repeat(None))
 
 
 # ----------------------------------------------------------------------------- record selection
 
 
 def _modalities(data_cfg: Mapping[str, Any], modalities: Sequence[str] | None) -> tuple[str, ...]:
-  mods = tuple(modalities if modalities is not None
-               else data_cfg["modalities"])
+  mods = tuple(modalities if modalities is not None else data_cfg["modalities"])
   if not mods or any(m not in record_lib.MODALITIES for m in mods):
     raise errors.XmaeError(f"modalities {mods!r}: choose from {record_lib.MODALITIES}")
   return mods
@@ -62,16 +62,24 @@ def _min_quality(data_cfg: Mapping[str, Any]) -> dict[str, float | None]:
   return {m: data_cfg.get(f"min_quality_{m}") for m in record_lib.MODALITIES}
 
 
-def count_records(data_cfg: Mapping[str, Any], split: str = "train",
-                  modalities: Sequence[str] | None = None) -> int:
+def count_records(
+    data_cfg: Mapping[str, Any], split: str = "train", modalities: Sequence[str] | None = None
+) -> int:
   """How many records of `split` the pipeline uses (after the filter); cheap (index only)."""
   _, index = shards.split_paths(data_cfg["dir"], split)
-  return len(dataset_reader.select_records(index, _modalities(data_cfg, modalities),
-                                       _min_quality(data_cfg)))
+  return len(
+      dataset_reader.select_records(
+          index, _modalities(data_cfg, modalities), _min_quality(data_cfg)
+      )
+  )
 
 
-def steps_per_epoch(data_cfg: Mapping[str, Any], global_batch_size: int, split: str = "train",
-                    modalities: Sequence[str] | None = None) -> int:
+def steps_per_epoch(
+    data_cfg: Mapping[str, Any],
+    global_batch_size: int,
+    split: str = "train",
+    modalities: Sequence[str] | None = None,
+) -> int:
   """Global batches per pass over the filtered split (at least 1)."""
   return max(1, count_records(data_cfg, split, modalities) // global_batch_size)
 
@@ -99,12 +107,24 @@ class GlobalBatchDataset(dataset_reader.ShippedToWorkers, grain.MapDataset):
       carry `subject` (int32), which subject-level contrastive positives need.
   """
 
-  _PERM_CACHE = 2   # epochs whose permutation is kept (a batch spans at most two, if B <= N)
+  _PERM_CACHE = 2  # epochs whose permutation is kept (a batch spans at most two, if B <= N)
 
-  def __init__(self, reader: dataset_reader.ShardReader, records: np.ndarray, *,
-               global_batch_size: int, rows: np.ndarray, length: int, modalities: Sequence[str],
-               shuffle_seed: int | None, seed: int, augment: augment_lib.AugmentParams,
-               normalize: str, with_index: bool = False, subjects: np.ndarray | None = None):
+  def __init__(
+      self,
+      reader: dataset_reader.ShardReader,
+      records: np.ndarray,
+      *,
+      global_batch_size: int,
+      rows: np.ndarray,
+      length: int,
+      modalities: Sequence[str],
+      shuffle_seed: int | None,
+      seed: int,
+      augment: augment_lib.AugmentParams,
+      normalize: str,
+      with_index: bool = False,
+      subjects: np.ndarray | None = None,
+  ):
     super().__init__()
     self._reader = reader
     self._records = records
@@ -120,10 +140,10 @@ class GlobalBatchDataset(dataset_reader.ShippedToWorkers, grain.MapDataset):
     self._subjects = subjects
     self._perms: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
-    augment_lib.normalize({}, normalize)   # validates the method name now, not at batch 0
+    augment_lib.normalize({}, normalize)  # validates the method name now, not at batch 0
 
   def _worker_state(self, state: dict) -> None:
-    state["_perms"] = collections.OrderedDict()   # recomputed in the worker, never shipped
+    state["_perms"] = collections.OrderedDict()  # recomputed in the worker, never shipped
 
   def __len__(self) -> int:
     return self._length
@@ -137,8 +157,10 @@ class GlobalBatchDataset(dataset_reader.ShippedToWorkers, grain.MapDataset):
     return self._modalities
 
   def __str__(self) -> str:
-    return (f"GlobalBatchDataset(records={len(self._records)}, B={self._global_batch}, "
-            f"rows={len(self._rows)}, shuffle_seed={self._shuffle_seed})")
+    return (
+        f"GlobalBatchDataset(records={len(self._records)}, B={self._global_batch}, "
+        f"rows={len(self._rows)}, shuffle_seed={self._shuffle_seed})"
+    )
 
   def _permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
@@ -190,6 +212,7 @@ class GlobalBatchDataset(dataset_reader.ShippedToWorkers, grain.MapDataset):
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -197,36 +220,58 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   return process_index, process_count
 
 
-def _local_rows(global_batch_size: int, process_index: int, process_count: int,
-               rows: Sequence[int] | None) -> np.ndarray:
+def _local_rows(
+    global_batch_size: int, process_index: int, process_count: int, rows: Sequence[int] | None
+) -> np.ndarray:
   if global_batch_size <= 0:
     raise errors.XmaeError(f"global batch size {global_batch_size} must be positive")
   if rows is not None:
     picked = np.asarray(rows, np.int64)
-    if (picked.ndim != 1 or len(picked) == 0 or picked.min() < 0
-        or picked.max() >= global_batch_size):
+    if (
+        picked.ndim != 1
+        or len(picked) == 0
+        or picked.min() < 0
+        or picked.max() >= global_batch_size
+    ):
       raise errors.XmaeError(f"rows must be a non-empty 1-D set within [0, {global_batch_size})")
     return picked
   if global_batch_size % process_count:
-    raise errors.XmaeError(f"global batch size {global_batch_size} is not divisible by the "
-                     f"{process_count} processes")
+    raise errors.XmaeError(
+        f"global batch size {global_batch_size} is not divisible by the "
+        f"{process_count} processes"
+    )
   local = global_batch_size // process_count
   return np.arange(process_index * local, (process_index + 1) * local, dtype=np.int64)
 
 
-def _build(data_cfg, *, split, global_batch_size, process_index, process_count, rows,
-           modalities, train, seed, num_batches, with_index) -> GlobalBatchDataset:
+def _build(
+    data_cfg,
+    *,
+    split,
+    global_batch_size,
+    process_index,
+    process_count,
+    rows,
+    modalities,
+    train,
+    seed,
+    num_batches,
+    with_index,
+) -> GlobalBatchDataset:
   mods = _modalities(data_cfg, modalities)
   reader, records = dataset_reader.open_split(data_cfg["dir"], split, mods, _min_quality(data_cfg))
   want = data_cfg.get("segment_length")
   if want and int(want) != reader.segment_length:
-    raise DatasetError(f"{data_cfg['dir']}: segments of {reader.segment_length} samples, the "
-                       f"config's data.segment_length is {want}")
+    raise DatasetError(
+        f"{data_cfg['dir']}: segments of {reader.segment_length} samples, the "
+        f"config's data.segment_length is {want}"
+    )
   if len(records) == 0:
     raise DatasetError(
         f"{data_cfg['dir']} split {split!r}: no record has {'+'.join(mods)} with quality >= "
         f"{data_cfg.get('min_quality_ppg')} (ppg) / {data_cfg.get('min_quality_ecg')} (ecg) "
-        f"out of {len(reader.index['subject'])}")
+        f"out of {len(reader.index['subject'])}"
+    )
   p, n = _process(process_index, process_count)
   local_rows = _local_rows(global_batch_size, p, n, rows)
   if train:
@@ -237,50 +282,91 @@ def _build(data_cfg, *, split, global_batch_size, process_index, process_count, 
     length = num_batches if num_batches else -(-len(records) // global_batch_size)
     augment = augment_lib.AugmentParams(enabled=False)
     shuffle_seed = None
-  return GlobalBatchDataset(reader, records, global_batch_size=global_batch_size, rows=local_rows,
-                            length=length, modalities=mods, shuffle_seed=shuffle_seed,
-                            seed=seed, augment=augment,
-                            normalize=str(data_cfg["normalize"]),
-                            with_index=with_index,
-                            subjects=(np.asarray(reader.index["subject"])
-                                      if data_cfg["with_subject"] else None))
+  return GlobalBatchDataset(
+      reader,
+      records,
+      global_batch_size=global_batch_size,
+      rows=local_rows,
+      length=length,
+      modalities=mods,
+      shuffle_seed=shuffle_seed,
+      seed=seed,
+      augment=augment,
+      normalize=str(data_cfg["normalize"]),
+      with_index=with_index,
+      subjects=(np.asarray(reader.index["subject"]) if data_cfg["with_subject"] else None),
+  )
 
 
-def _iterate(ds: grain.MapDataset, data_cfg, num_workers: int | None,
-             read_threads: int | None, prefetch: int | None) -> grain.DatasetIterator:
+def _iterate(
+    ds: grain.MapDataset,
+    data_cfg,
+    num_workers: int | None,
+    read_threads: int | None,
+    prefetch: int | None,
+) -> grain.DatasetIterator:
   workers = int(data_cfg["num_workers"] if num_workers is None else num_workers)
   if workers < 0:
     raise errors.XmaeError(f"num_workers={workers} must be >= 0")
   threads = int(data_cfg["read_threads"] if read_threads is None else read_threads)
   buffer = int(data_cfg["prefetch"] if prefetch is None else prefetch)
   # Each read thread works on its own batch, so the buffer holds at least one per thread.
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=threads, prefetch_buffer_size=max(buffer, threads) if threads else 0))
+  it_ds = ds.to_iter_dataset(
+      grain.ReadOptions(
+          num_threads=threads, prefetch_buffer_size=max(buffer, threads) if threads else 0
+      )
+  )
   if workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                           per_worker_buffer_size=buffer))
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer)
+    )
   return iter(it_ds)
 
 
-def make_train_dataset(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int,
-                       split: str = "train", process_index: int | None = None,
-                       process_count: int | None = None, rows: Sequence[int] | None = None,
-                       modalities: Sequence[str] | None = None,
-                       with_index: bool = False) -> GlobalBatchDataset:
+def make_train_dataset(
+    data_cfg: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    seed: int,
+    split: str = "train",
+    process_index: int | None = None,
+    process_count: int | None = None,
+    rows: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    with_index: bool = False,
+) -> GlobalBatchDataset:
   """The endless training stream as a random-access Grain `MapDataset` of host batches."""
-  return _build(data_cfg, split=split, global_batch_size=global_batch_size,
-                process_index=process_index, process_count=process_count, rows=rows,
-                modalities=modalities, train=True, seed=seed, num_batches=None,
-                with_index=with_index)
+  return _build(
+      data_cfg,
+      split=split,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      rows=rows,
+      modalities=modalities,
+      train=True,
+      seed=seed,
+      num_batches=None,
+      with_index=with_index,
+  )
 
 
-def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, seed: int,
-                        split: str = "train", process_index: int | None = None,
-                        process_count: int | None = None, rows: Sequence[int] | None = None,
-                        modalities: Sequence[str] | None = None, with_index: bool = False,
-                        num_workers: int | None = None, read_threads: int | None = None,
-                        prefetch: int | None = None, start_batch: int = 0
-                        ) -> grain.DatasetIterator:
+def make_train_iterator(
+    data_cfg: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    seed: int,
+    split: str = "train",
+    process_index: int | None = None,
+    process_count: int | None = None,
+    rows: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    with_index: bool = False,
+    num_workers: int | None = None,
+    read_threads: int | None = None,
+    prefetch: int | None = None,
+    start_batch: int = 0,
+) -> grain.DatasetIterator:
   """Endless iterator of host batches: {modality: float32 (local_batch, L)} (+ `index`).
 
   `data_cfg` is the config's `data` section (dir, min_quality_*, modalities, shuffle_seed,
@@ -293,13 +379,22 @@ def make_train_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int, 
   process and per worker layout). Because element i is global batch i, `start_batch=step`
   resumes exactly as well, on any number of processes or workers.
   """
-  ds = make_train_dataset(data_cfg, global_batch_size=global_batch_size, seed=seed, split=split,
-                          process_index=process_index, process_count=process_count, rows=rows,
-                          modalities=modalities, with_index=with_index)
+  ds = make_train_dataset(
+      data_cfg,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      split=split,
+      process_index=process_index,
+      process_count=process_count,
+      rows=rows,
+      modalities=modalities,
+      with_index=with_index,
+  )
   if start_batch < 0:
     raise errors.XmaeError(f"start_batch={start_batch} must be >= 0")
-  return _iterate(ds[start_batch:] if start_batch else ds, data_cfg, num_workers, read_threads,
-                  prefetch)
+  return _iterate(
+      ds[start_batch:] if start_batch else ds, data_cfg, num_workers, read_threads, prefetch
+  )
 
 
 class EvalBatches:
@@ -313,9 +408,16 @@ class EvalBatches:
   `cache=False` reads on every pass instead (a split too large to keep in memory).
   """
 
-  def __init__(self, dataset: GlobalBatchDataset, data_cfg: Mapping[str, Any], *,
-               num_workers: int | None = None, read_threads: int | None = None,
-               prefetch: int | None = None, cache: bool = True):
+  def __init__(
+      self,
+      dataset: GlobalBatchDataset,
+      data_cfg: Mapping[str, Any],
+      *,
+      num_workers: int | None = None,
+      read_threads: int | None = None,
+      prefetch: int | None = None,
+      cache: bool = True,
+  ):
     self.dataset = dataset
     self._data_cfg = data_cfg
     self._options = (num_workers or 0, read_threads, prefetch)
@@ -331,11 +433,10 @@ class EvalBatches:
       if len(kept) == len(self.dataset):
         return
     start = 0 if kept is None else len(kept)
-    it = _iterate(self.dataset[start:] if start else self.dataset, self._data_cfg,
-                  *self._options)
+    it = _iterate(self.dataset[start:] if start else self.dataset, self._data_cfg, *self._options)
     try:
       for batch in it:
-        if kept is not None and len(kept) == start:   # this pass is the one filling the cache
+        if kept is not None and len(kept) == start:  # this pass is the one filling the cache
           for v in batch.values():
             v.flags.writeable = False
           kept.append(batch)
@@ -345,13 +446,22 @@ class EvalBatches:
       close(it)
 
 
-def make_eval_dataset(data_cfg: Mapping[str, Any], *, global_batch_size: int,
-                      split: str = "validation", num_batches: int | None = None,
-                      process_index: int | None = None, process_count: int | None = None,
-                      rows: Sequence[int] | None = None, modalities: Sequence[str] | None = None,
-                      with_index: bool = False, num_workers: int | None = None,
-                      read_threads: int | None = None, prefetch: int | None = None,
-                      cache: bool = True) -> EvalBatches:
+def make_eval_dataset(
+    data_cfg: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    split: str = "validation",
+    num_batches: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    rows: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    with_index: bool = False,
+    num_workers: int | None = None,
+    read_threads: int | None = None,
+    prefetch: int | None = None,
+    cache: bool = True,
+) -> EvalBatches:
   """The evaluation batches of `split` in index order (no shuffle, no augmentation), built once.
 
   By default one pass: ceil(N / B) global batches; the last one is completed by wrapping
@@ -361,31 +471,66 @@ def make_eval_dataset(data_cfg: Mapping[str, Any], *, global_batch_size: int,
   `num_workers` is given (starting them for every short evaluation would cost more than it
   saves).
   """
-  ds = _build(data_cfg, split=split, global_batch_size=global_batch_size,
-              process_index=process_index, process_count=process_count, rows=rows,
-              modalities=modalities, train=False, seed=0, num_batches=num_batches,
-              with_index=with_index)
-  return EvalBatches(ds, data_cfg, num_workers=num_workers, read_threads=read_threads,
-                     prefetch=prefetch, cache=cache)
+  ds = _build(
+      data_cfg,
+      split=split,
+      global_batch_size=global_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      rows=rows,
+      modalities=modalities,
+      train=False,
+      seed=0,
+      num_batches=num_batches,
+      with_index=with_index,
+  )
+  return EvalBatches(
+      ds,
+      data_cfg,
+      num_workers=num_workers,
+      read_threads=read_threads,
+      prefetch=prefetch,
+      cache=cache,
+  )
 
 
-def make_eval_iterator(data_cfg: Mapping[str, Any], *, global_batch_size: int,
-                       split: str = "validation", num_batches: int | None = None,
-                       process_index: int | None = None, process_count: int | None = None,
-                       rows: Sequence[int] | None = None, modalities: Sequence[str] | None = None,
-                       with_index: bool = False, num_workers: int | None = None,
-                       read_threads: int | None = None,
-                       prefetch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def make_eval_iterator(
+    data_cfg: Mapping[str, Any],
+    *,
+    global_batch_size: int,
+    split: str = "validation",
+    num_batches: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    rows: Sequence[int] | None = None,
+    modalities: Sequence[str] | None = None,
+    with_index: bool = False,
+    num_workers: int | None = None,
+    read_threads: int | None = None,
+    prefetch: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` as `make_eval_dataset` builds it, read and not kept.
 
   For a single pass; a run that evaluates repeatedly builds `make_eval_dataset` once instead.
   `close(iterator)` stops its worker processes if it is abandoned early.
   """
-  return iter(make_eval_dataset(
-      data_cfg, global_batch_size=global_batch_size, split=split, num_batches=num_batches,
-      process_index=process_index, process_count=process_count, rows=rows,
-      modalities=modalities, with_index=with_index, num_workers=num_workers,
-      read_threads=read_threads, prefetch=prefetch, cache=False))
+  return iter(
+      make_eval_dataset(
+          data_cfg,
+          global_batch_size=global_batch_size,
+          split=split,
+          num_batches=num_batches,
+          process_index=process_index,
+          process_count=process_count,
+          rows=rows,
+          modalities=modalities,
+          with_index=with_index,
+          num_workers=num_workers,
+          read_threads=read_threads,
+          prefetch=prefetch,
+          cache=False,
+      )
+  )
 
 
 def close(iterator) -> None:
@@ -395,6 +540,15 @@ def close(iterator) -> None:
     fn()
 
 
-__all__ = ["DatasetError", "EvalBatches", "GlobalBatchDataset", "close", "count_records",
-           "make_eval_dataset", "make_eval_iterator", "make_train_dataset",
-           "make_train_iterator", "steps_per_epoch"]
+__all__ = [
+    "DatasetError",
+    "EvalBatches",
+    "GlobalBatchDataset",
+    "close",
+    "count_records",
+    "make_eval_dataset",
+    "make_eval_iterator",
+    "make_train_dataset",
+    "make_train_iterator",
+    "steps_per_epoch",
+]

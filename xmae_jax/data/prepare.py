@@ -13,6 +13,7 @@ skipped with its reason; but a run that keeps no segment at all is an error list
 reasons. A request whose size is known before listing (the simulator's) is checked up front
 against the output's free space and this machine's memory (`prepare_units.check_size`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,24 @@ from xmae_jax.data import shards
 RUNNERS = ("local", "beam")
 
 
-def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | os.PathLike, *,
-                    workers: int = 1, seed: int = 0, test_frac: float = 0.05,
-                    val_frac: float = 0.05, config: pp.PreprocessConfig | None = None,
-                    source_options: dict[str, Any] | None = None,
-                    records_per_shard: int = 4096, progress: bool = True,
-                    runner: str = "local", beam_options: str | None = None,
-                    overwrite: bool = False, log=print) -> dict[str, Any]:
+def prepare_dataset(
+    source: str,
+    input: str | os.PathLike | None,
+    output: str | os.PathLike,
+    *,
+    workers: int = 1,
+    seed: int = 0,
+    test_frac: float = 0.05,
+    val_frac: float = 0.05,
+    config: pp.PreprocessConfig | None = None,
+    source_options: dict[str, Any] | None = None,
+    records_per_shard: int = 4096,
+    progress: bool = True,
+    runner: str = "local",
+    beam_options: str | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
   """Prepares one dataset directory; returns the closing report (also written into it).
 
   runner "local" runs a process pool of `workers` on this machine
@@ -53,15 +65,36 @@ def prepare_dataset(source: str, input: str | os.PathLike | None, output: str | 
     raise rules.PrepareError(f"--records-per-shard must be >= 1, got {records_per_shard}")
   if runner == "beam":
     return beam.prepare_dataset_beam(
-        source, input, output, seed=seed, test_frac=test_frac, val_frac=val_frac,
-        config=config, source_options=source_options, records_per_shard=records_per_shard,
-        beam_options=beam_options, overwrite=overwrite, log=log)
+        source,
+        input,
+        output,
+        seed=seed,
+        test_frac=test_frac,
+        val_frac=val_frac,
+        config=config,
+        source_options=source_options,
+        records_per_shard=records_per_shard,
+        beam_options=beam_options,
+        overwrite=overwrite,
+        log=log,
+    )
   if beam_options:
     raise rules.PrepareError("--beam-options applies only to --runner beam")
   local = lambda out: prepare_local.prepare_local(
-      source, input, out, workers=workers, seed=seed, test_frac=test_frac,
-      val_frac=val_frac, config=config, source_options=source_options,
-      records_per_shard=records_per_shard, progress=progress, overwrite=overwrite, log=log)
+      source,
+      input,
+      out,
+      workers=workers,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
+      config=config,
+      source_options=source_options,
+      records_per_shard=records_per_shard,
+      progress=progress,
+      overwrite=overwrite,
+      log=log,
+  )
   if paths.is_remote(output):
     return _prepare_remote(output, overwrite, local)
   return local(output)
@@ -79,8 +112,11 @@ def _prepare_remote(output, overwrite: bool, prepare_into) -> dict[str, Any]:
   report = prepare_into(staged)
   manifest = (staged / shards.MANIFEST).read_bytes()
   if not overwrite and (remote / shards.MANIFEST).is_file():
-    rules.compare_request(paths.text(output), json.loads(manifest).get("request") or {},
-                          manifest=(remote / shards.MANIFEST).read_bytes())
+    rules.compare_request(
+        paths.text(output),
+        json.loads(manifest).get("request") or {},
+        manifest=(remote / shards.MANIFEST).read_bytes(),
+    )
   for f in sorted(staged.iterdir()):
     if f.name not in (rules.WORK, shards.MANIFEST):
       paths.upload(f, remote / f.name)
@@ -99,8 +135,9 @@ def verify(data_dir: str | os.PathLike, *, log=print) -> list:
   failed = [v for v in verdicts if not v.ok]
   if failed:
     total = sum(v.problem_count for v in failed)
-    raise rules.PrepareError(f"{data_dir} failed verification ({total} problem(s) in "
-                             f"{', '.join(v.part for v in failed)}); "
-                             f"first: {failed[0].problems[0]}")
+    raise rules.PrepareError(
+        f"{data_dir} failed verification ({total} problem(s) in "
+        f"{', '.join(v.part for v in failed)}); "
+        f"first: {failed[0].problems[0]}"
+    )
   return verdicts
-

@@ -10,6 +10,7 @@ holds only summaries and index rows. One run per output at a time (`lock_output`
 SIGINT stops the workers and ends in one line (`Interrupted`), and the rerun resumes from the
 cache.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,11 +42,22 @@ from xmae_jax.version import __version__
 CACHE_VERSION = 2
 
 
-def prepare_local(source: str, input, output, *, workers: int = 1, seed: int = 0,
-                  test_frac: float = 0.05, val_frac: float = 0.05,
-                  config: pp.PreprocessConfig | None = None,
-                  source_options: dict[str, Any] | None = None, records_per_shard: int = 4096,
-                  progress: bool = True, overwrite: bool = False, log=print) -> dict[str, Any]:
+def prepare_local(
+    source: str,
+    input,
+    output,
+    *,
+    workers: int = 1,
+    seed: int = 0,
+    test_frac: float = 0.05,
+    val_frac: float = 0.05,
+    config: pp.PreprocessConfig | None = None,
+    source_options: dict[str, Any] | None = None,
+    records_per_shard: int = 4096,
+    progress: bool = True,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
   """`prepare.prepare_dataset` on this machine: a spawn pool of `workers`; returns the report.
 
   An output holding a dataset (or an unfinished run) of another request is refused unless
@@ -61,22 +73,48 @@ def prepare_local(source: str, input, output, *, workers: int = 1, seed: int = 0
   out = Path(output)
   storage = prepare_storage.LocalStorage()
   units, options = prepare_units.list_units(
-      source, input, seed=seed, test_frac=test_frac, val_frac=val_frac,
+      source,
+      input,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
       source_options=source_options,
       check=lambda: rules.check_output(storage, out, overwrite=overwrite),
-      config=config, output=out)
-  request = rules.dataset_request(source, input, options, config, seed=seed,
-                                  test_frac=test_frac, val_frac=val_frac,
-                                  records_per_shard=records_per_shard)
+      config=config,
+      output=out,
+  )
+  request = rules.dataset_request(
+      source,
+      input,
+      options,
+      config,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
+      records_per_shard=records_per_shard,
+  )
   rules.check_request(storage, out, request, overwrite=overwrite)
   with lock_output(out):
-    return _prepare_locked(source, input, out, units, options, config, request,
-                           workers=workers, seed=seed, test_frac=test_frac, val_frac=val_frac,
-                           records_per_shard=records_per_shard, progress=progress, log=log,
-                           started=started)
+    return _prepare_locked(
+        source,
+        input,
+        out,
+        units,
+        options,
+        config,
+        request,
+        workers=workers,
+        seed=seed,
+        test_frac=test_frac,
+        val_frac=val_frac,
+        records_per_shard=records_per_shard,
+        progress=progress,
+        log=log,
+        started=started,
+    )
 
 
-LOCK_FILE = "xmae-prepare.lock"      # in DIR/.work: one run per output at a time
+LOCK_FILE = "xmae-prepare.lock"  # in DIR/.work: one run per output at a time
 
 
 def lock_output(out: Path) -> locks.FolderLock:
@@ -85,50 +123,83 @@ def lock_output(out: Path) -> locks.FolderLock:
   and host instead of both rewriting the same cache and shards. Taken after `check_output`
   and `check_request`, so that a refused run writes nothing."""
   with rules.writing(out / rules.WORK / LOCK_FILE):
-    return locks.acquire(out / rules.WORK / LOCK_FILE, folder=out, what="output",
-                         advice="wait for that xmae-prepare to end, or choose another --output")
+    return locks.acquire(
+        out / rules.WORK / LOCK_FILE,
+        folder=out,
+        what="output",
+        advice="wait for that xmae-prepare to end, or choose another --output",
+    )
 
 
-def _prepare_locked(source, input, out: Path, units, options, config, request, *, workers,
-                    seed, test_frac, val_frac, records_per_shard, progress, log, started):
+def _prepare_locked(
+    source,
+    input,
+    out: Path,
+    units,
+    options,
+    config,
+    request,
+    *,
+    workers,
+    seed,
+    test_frac,
+    val_frac,
+    records_per_shard,
+    progress,
+    log,
+    started,
+):
   key = params_key(source, options, config)
   work = out / rules.WORK / key
   with rules.writing(work):
     work.mkdir(parents=True, exist_ok=True)
     rules.remove_stale_temporaries(work)
   with rules.writing(out / rules.WORK / rules.REQUEST):
-    atomic.atomic_write(out / rules.WORK / rules.REQUEST,
-                        json.dumps(request, indent=1, sort_keys=True))
+    atomic.atomic_write(
+        out / rules.WORK / rules.REQUEST, json.dumps(request, indent=1, sort_keys=True)
+    )
   cache = {u: work / (hashlib.sha1(u.encode()).hexdigest()[:20] + ".msgpack") for u in units}
   todo = [u for u in units if not cache[u].is_file()]
-  _run_units(source, todo, options, config, cache, workers,
-             progress=progress, total=len(units), out=out)
+  _run_units(
+      source, todo, options, config, cache, workers, progress=progress, total=len(units), out=out
+  )
 
   # Only each unit's summary stays in memory; its records are read back from the cache when
   # the shards are written, so memory does not grow with the dataset.
   results = [_summary(read_cache(cache[u], u)) for u in units]
-  for stale in (out / rules.WORK).iterdir():     # caches of other parameters or code versions
+  for stale in (out / rules.WORK).iterdir():  # caches of other parameters or code versions
     if stale.is_dir() and stale.name != key:
       shutil.rmtree(stale, ignore_errors=True)
   if not sum(r["stats"].get("segments_kept", 0) for r in results):
     # a run that made nothing holds nothing back
     (out / rules.WORK / rules.REQUEST).unlink(missing_ok=True)
     raise rules.PrepareError(
-        report_lib.nothing_kept(report_lib.build_report(source, input, results, {}), out))
+        report_lib.nothing_kept(report_lib.build_report(source, input, results, {}), out)
+    )
   unmatched = report_lib.labels_unmatched(results, options)
   if unmatched:
     raise rules.PrepareError(f"{unmatched}; no dataset written to {out}")
   with rules.writing(out):
-    report = _write_dataset(out, source, input, units, results, cache, seed=seed,
-                            test_frac=test_frac, val_frac=val_frac, config=config,
-                            options=options, records_per_shard=records_per_shard,
-                            request=request)
+    report = _write_dataset(
+        out,
+        source,
+        input,
+        units,
+        results,
+        cache,
+        seed=seed,
+        test_frac=test_frac,
+        val_frac=val_frac,
+        config=config,
+        options=options,
+        records_per_shard=records_per_shard,
+        request=request,
+    )
   report["resumed_units"] = len(units) - len(todo)
   report_lib.write_report(out, report, started, runner="local")
   if log:
     log(report_lib.summary_line(report))
   return report
-
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -158,12 +229,18 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
   pool (this process terminates and joins its workers, so none is left writing to a pipe
   nobody reads) and raises Interrupted saying how many units are done."""
   import signal
+
   args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
-  bar = progress_lib.bar(total=total, initial=total - len(todo), unit="input",
-                         desc=f"xmae-prepare {source}", disable=not progress)
+  bar = progress_lib.bar(
+      total=total,
+      initial=total - len(todo),
+      unit="input",
+      desc=f"xmae-prepare {source}",
+      disable=not progress,
+  )
   handled = (signal.SIGTERM, signal.SIGINT)
   previous = {}
-  if threading.current_thread() is threading.main_thread():   # handlers: main thread only
+  if threading.current_thread() is threading.main_thread():  # handlers: main thread only
     previous = {s: signal.signal(s, _raise_interrupted) for s in handled}
   done = 0
   try:
@@ -181,26 +258,43 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
           bar.update(1)
         pool.close()
       finally:
-        for s in previous:          # a second signal while stopping the workers: ignored
+        for s in previous:  # a second signal while stopping the workers: ignored
           signal.signal(s, signal.SIG_IGN)
         pool.terminate()
         pool.join()
   except Interrupted as e:
     name = signal.Signals(e.signum).name
     where = f" (cached in {out / rules.WORK})" if out is not None else ""
-    raise Interrupted(e.signum, f"interrupted by {name}: {total - len(todo) + done} of {total} "
-                      f"inputs done{where}; run the same command again to resume") from None
+    raise Interrupted(
+        e.signum,
+        f"interrupted by {name}: {total - len(todo) + done} of {total} "
+        f"inputs done{where}; run the same command again to resume",
+    ) from None
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
     bar.close()
 
 
-
-def _write_dataset(out, source, input, units, results, cache, *, seed, test_frac, val_frac,
-                   config, options, records_per_shard, request=None) -> dict[str, Any]:
-  assignment = prepare_split.split_subjects((s for r in results for s in r["subjects"]), seed,
-                                            test_frac, val_frac)
+def _write_dataset(
+    out,
+    source,
+    input,
+    units,
+    results,
+    cache,
+    *,
+    seed,
+    test_frac,
+    val_frac,
+    config,
+    options,
+    records_per_shard,
+    request=None,
+) -> dict[str, Any]:
+  assignment = prepare_split.split_subjects(
+      (s for r in results for s in r["subjects"]), seed, test_frac, val_frac
+  )
   # Every split is written under temporary names first, so a full disk leaves the previous
   # dataset whole. Then the old manifest goes (it would describe shards about to be replaced:
   # until the new one is written the directory is visibly incomplete), then the renames.
@@ -230,9 +324,19 @@ def _write_dataset(out, source, input, units, results, cache, *, seed, test_frac
   for p in out.glob("*.array_record"):
     if p.name not in keep:
       p.unlink()
-  report_lib.write_manifest(out, entries, source=source, input=input, units=units,
-                            options=options, config=config, seed=seed, test_frac=test_frac,
-                            val_frac=val_frac, request=request)
+  report_lib.write_manifest(
+      out,
+      entries,
+      source=source,
+      input=input,
+      units=units,
+      options=options,
+      config=config,
+      seed=seed,
+      test_frac=test_frac,
+      val_frac=val_frac,
+      request=request,
+  )
   return report_lib.build_report(source, input, results, entries)
 
 
@@ -252,6 +356,7 @@ def _init_worker():
   # parent's Pool.terminate sends, ends it silently.
   import signal
   import warnings
+
   warnings.simplefilter("ignore")
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -260,13 +365,26 @@ def params_key(source: str, options: dict[str, Any], config: pp.PreprocessConfig
   # the code that produces records is part of the key, so an edited reader never reuses a
   # stale cache
   code = hashlib.sha256()
-  for path in (prepare_units.__file__, *pp.code_files(), record_lib.__file__,
-               sources_lib.get(source).__file__):
+  for path in (
+      prepare_units.__file__,
+      *pp.code_files(),
+      record_lib.__file__,
+      sources_lib.get(source).__file__,
+  ):
     code.update(Path(path).read_bytes())
-  blob = json.dumps({"source": source, "options": options, "code": code.hexdigest(),
-                     "config": dataclasses.asdict(config), "cache": CACHE_VERSION,
-                     "schema": record_lib.SCHEMA_VERSION, "version": __version__},
-                    sort_keys=True, default=str)
+  blob = json.dumps(
+      {
+          "source": source,
+          "options": options,
+          "code": code.hexdigest(),
+          "config": dataclasses.asdict(config),
+          "cache": CACHE_VERSION,
+          "schema": record_lib.SCHEMA_VERSION,
+          "version": __version__,
+      },
+      sort_keys=True,
+      default=str,
+  )
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -274,6 +392,6 @@ def read_cache(path: Path, unit: str) -> dict[str, Any]:
   try:
     return msgpack.unpackb(path.read_bytes(), raw=False)
   except Exception as e:  # a cache file we wrote atomically should not be corrupt; redo it
-    raise rules.PrepareError(f"cache file {path} for {unit} is corrupt ({e}); "
-                             f"delete it and re-run")
-
+    raise rules.PrepareError(
+        f"cache file {path} for {unit} is corrupt ({e}); " f"delete it and re-run"
+    )

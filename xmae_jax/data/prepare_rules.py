@@ -6,6 +6,7 @@ unless `overwrite`; a re-run of the same request resumes it. The rules read the 
 a `prepare_storage.Storage`, so a local directory and a bucket are judged alike. Write failures
 become one line naming the file (`writing`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,8 @@ from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
-WORK = ".work"                 # DIR/.work: a run's private files (cache, request, lock)
-REQUEST = "request.json"       # in WORK: what an unfinished run was asked for (see check_request)
+WORK = ".work"  # DIR/.work: a run's private files (cache, request, lock)
+REQUEST = "request.json"  # in WORK: what an unfinished run was asked for (see check_request)
 
 
 class PrepareError(errors.XmaeError):
@@ -39,8 +40,10 @@ def check_output(storage, out, *, overwrite: bool = False) -> None:
     return
   names = storage.listdir(out)
   if names and WORK not in names:
-    raise PrepareError(f"output {out} exists, is not empty and is not an xmae dataset "
-                       f"directory (no {shards.MANIFEST}); choose another --output")
+    raise PrepareError(
+        f"output {out} exists, is not empty and is not an xmae dataset "
+        f"directory (no {shards.MANIFEST}); choose another --output"
+    )
 
 
 def check_request(storage, out, request: dict[str, Any], *, overwrite: bool = False) -> None:
@@ -59,7 +62,7 @@ def check_request(storage, out, request: dict[str, Any], *, overwrite: bool = Fa
     elif storage.exists(pending):
       compare_request(out, request, pending=storage.read_bytes(pending))
   except OSError:
-    return                                         # unreadable: the schema check said enough
+    return  # unreadable: the schema check said enough
 
 
 def check_manifest_schema(manifest: bytes, out) -> None:
@@ -69,8 +72,10 @@ def check_manifest_schema(manifest: bytes, out) -> None:
   except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
     version = "unreadable"
   if version != record_lib.SCHEMA_VERSION:
-    raise PrepareError(f"output {out} exists with another schema (manifest schema_version "
-                       f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})")
+    raise PrepareError(
+        f"output {out} exists with another schema (manifest schema_version "
+        f"{version!r}, this version writes {record_lib.SCHEMA_VERSION})"
+    )
 
 
 @contextlib.contextmanager
@@ -84,7 +89,7 @@ def writing(path):
     yield
   except OSError as e:
     name = e.filename
-    if not name or ".tmp" in Path(str(name)).name:   # a temporary beside `path`: name the target
+    if not name or ".tmp" in Path(str(name)).name:  # a temporary beside `path`: name the target
       name = path
     raise PrepareError(f"cannot write {name}: {e.strerror or type(e).__name__}") from None
   except shards.ShardWriteError as e:
@@ -99,20 +104,33 @@ def remove_stale_temporaries(directory: Path) -> None:
       p.unlink(missing_ok=True)
 
 
-def dataset_request(source: str, input, options: dict[str, Any], config: pp.PreprocessConfig,
-                    *, seed: int, test_frac: float, val_frac: float,
-                    records_per_shard: int) -> dict[str, Any]:
+def dataset_request(
+    source: str,
+    input,
+    options: dict[str, Any],
+    config: pp.PreprocessConfig,
+    *,
+    seed: int,
+    test_frac: float,
+    val_frac: float,
+    records_per_shard: int,
+) -> dict[str, Any]:
   """What a dataset is made from: a re-run asking for the same resumes, anything else is
   another dataset (see `check_request`). Worker count and progress are not part of it."""
-  request = {"source": source, "input": None if input is None else os.path.abspath(input),
-             "source_options": options, "preprocessing": config.as_dict(),
-             "split": {"seed": seed, "test_frac": test_frac, "val_frac": val_frac},
-             "records_per_shard": records_per_shard}
-  return json.loads(json.dumps(request, sort_keys=True, default=str))   # as stored
+  request = {
+      "source": source,
+      "input": None if input is None else os.path.abspath(input),
+      "source_options": options,
+      "preprocessing": config.as_dict(),
+      "split": {"seed": seed, "test_frac": test_frac, "val_frac": val_frac},
+      "records_per_shard": records_per_shard,
+  }
+  return json.loads(json.dumps(request, sort_keys=True, default=str))  # as stored
 
 
-def compare_request(out, request: dict[str, Any], *, manifest: bytes | None = None,
-                    pending: bytes | None = None) -> None:
+def compare_request(
+    out, request: dict[str, Any], *, manifest: bytes | None = None, pending: bytes | None = None
+) -> None:
   """Raises `check_request`'s refusal when the stored request differs from `request`.
 
   `manifest` is the bytes of an existing dataset's manifest, else `pending` those of an
@@ -123,14 +141,15 @@ def compare_request(out, request: dict[str, Any], *, manifest: bytes | None = No
   try:
     if manifest is not None:
       m = json.loads(manifest)
-      old = m.get("request") or {k: m[k] for k in ("source", "source_options", "preprocessing")
-                                 if k in m}
+      old = m.get("request") or {
+          k: m[k] for k in ("source", "source_options", "preprocessing") if k in m
+      }
       if "request" not in m and isinstance(m.get("split"), dict):
         old["split"] = {k: m["split"].get(k) for k in ("seed", "test_frac", "val_frac")}
     elif pending is not None:
       old = json.loads(pending)
   except (ValueError, AttributeError):
-    old = None                                     # unreadable: the schema check said enough
+    old = None  # unreadable: the schema check said enough
   if not isinstance(old, dict):
     return
   diffs = []
@@ -138,15 +157,19 @@ def compare_request(out, request: dict[str, Any], *, manifest: bytes | None = No
   for k in sorted(request, key=lambda k: order.index(k) if k in order else len(order)):
     new = request[k]
     if k not in old or old[k] == new or (k != "input" and diffs and diffs[0].startswith("source ")):
-      continue                                     # another source: its options differ anyway
+      continue  # another source: its options differ anyway
     if isinstance(old[k], dict) and isinstance(new, dict):
-      diffs += [f"{k}.{sub} {old[k].get(sub)!r} -> {new.get(sub)!r}"
-                for sub in sorted(set(old[k]) | set(new)) if old[k].get(sub) != new.get(sub)]
+      diffs += [
+          f"{k}.{sub} {old[k].get(sub)!r} -> {new.get(sub)!r}"
+          for sub in sorted(set(old[k]) | set(new))
+          if old[k].get(sub) != new.get(sub)
+      ]
     else:
       diffs.append(f"{k} {old[k]!r} -> {new!r}")
   if diffs:
     what = "a dataset" if manifest is not None else "an unfinished run"
-    raise PrepareError(f"output {out} holds {what} made from other inputs/settings "
-                       f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}): give "
-                       f"--overwrite to replace it, or choose another --output")
-
+    raise PrepareError(
+        f"output {out} holds {what} made from other inputs/settings "
+        f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}): give "
+        f"--overwrite to replace it, or choose another --output"
+    )

@@ -1,5 +1,6 @@
 """The subject split of a prepared dataset: every subject in exactly one of train, validation
 and test, the same for every runner (and the same as the reference's for the same subjects)."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -7,8 +8,9 @@ from typing import Iterable
 from xmae_jax.data import prepare_rules as rules
 
 
-def split_subjects(subjects: Iterable[str], seed: int, test_frac: float = 0.05,
-                   val_frac: float = 0.05) -> dict[str, str]:
+def split_subjects(
+    subjects: Iterable[str], seed: int, test_frac: float = 0.05, val_frac: float = 0.05
+) -> dict[str, str]:
   """subject -> 'train' | 'validation' | 'test', deterministic in the seed.
 
   Same rule as the reference (sklearn train_test_split on the sorted unique subjects, test
@@ -23,10 +25,17 @@ def split_subjects(subjects: Iterable[str], seed: int, test_frac: float = 0.05,
   if len(subjects) < 3:
     return {s: "train" for s in subjects}
   from sklearn.model_selection import train_test_split
-  rest, test = (train_test_split(subjects, test_size=test_frac, random_state=seed)
-                if test_frac > 0 else (subjects, []))
-  train, val = (train_test_split(rest, test_size=val_frac, random_state=seed)
-                if val_frac > 0 and len(rest) >= 2 else (rest, []))
+
+  rest, test = (
+      train_test_split(subjects, test_size=test_frac, random_state=seed)
+      if test_frac > 0
+      else (subjects, [])
+  )
+  train, val = (
+      train_test_split(rest, test_size=val_frac, random_state=seed)
+      if val_frac > 0 and len(rest) >= 2
+      else (rest, [])
+  )
   out = {s: "train" for s in train}
   out.update({s: "validation" for s in val})
   out.update({s: "test" for s in test})

@@ -4,6 +4,7 @@ Both runners of `xmae-prepare` read an existing output through a `Storage` (the 
 `prepare_rules`); the Beam runner also writes through it, every file arriving whole or not at
 all: built in a local `staging()` folder, then moved (or uploaded) into place.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +24,7 @@ class Storage:
   Writers build each file in a local `staging()` folder and hand it to `put`, which moves it
   into place. Subclasses implement the five primitives; tests substitute a fake one.
   """
+
   remote = True
 
   def check_available(self, path: str) -> None:
@@ -69,6 +71,7 @@ class Storage:
 
 class LocalStorage(Storage):
   """A local or mounted path: staging lies beside the output, so `put` is a rename."""
+
   remote = False
 
   def check_available(self, path):
@@ -98,7 +101,7 @@ class LocalStorage(Storage):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
   def prune(self, path):
-    with contextlib.suppress(OSError):      # absent or not empty: kept
+    with contextlib.suppress(OSError):  # absent or not empty: kept
       os.rmdir(path)
 
   @contextlib.contextmanager
@@ -117,12 +120,13 @@ class BeamStorage(Storage):
 
   def _fs(self):
     from apache_beam.io.filesystems import FileSystems
+
     return FileSystems
 
   def check_available(self, path):
     try:
       self._fs().get_filesystem(path)
-    except ValueError as e:        # e.g. gs:// without apache-beam[gcp]
+    except ValueError as e:  # e.g. gs:// without apache-beam[gcp]
       raise rules.PrepareError(f"output {path}: {str(e).splitlines()[0]}") from None
 
   def exists(self, path):
@@ -134,8 +138,10 @@ class BeamStorage(Storage):
 
   def put(self, local_path, path):
     from apache_beam.io.filesystem import CompressionTypes
+
     with open(local_path, "rb") as src, self._fs().create(
-        path, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
+        path, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as dst:
       shutil.copyfileobj(src, dst, 16 << 20)
     os.unlink(local_path)
 
@@ -145,8 +151,8 @@ class BeamStorage(Storage):
 
   def listdir(self, path):
     prefix = path.rstrip("/") + "/"
-    [match] = self._fs().match([prefix + "**"])     # '*' stops at '/': .work/ would hide
-    return sorted({m.path[len(prefix):].split("/")[0] for m in match.metadata_list})
+    [match] = self._fs().match([prefix + "**"])  # '*' stops at '/': .work/ would hide
+    return sorted({m.path[len(prefix) :].split("/")[0] for m in match.metadata_list})
 
 
 def storage_for(output: str) -> Storage:

@@ -4,6 +4,7 @@ into encoded records (`process_unit`; `segment_unit` is the part `xmae-embed` sh
 
 Module level throughout: a spawned worker or a Beam worker pickles these functions by name.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,10 +27,18 @@ from xmae_jax.data import record as record_lib
 from xmae_jax.data import sources as sources_lib
 
 
-def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: float,
-               source_options: dict[str, Any] | None, check,
-               config: pp.PreprocessConfig | None = None,
-               output=None) -> tuple[list[str], dict]:
+def list_units(
+    source: str,
+    input,
+    *,
+    seed: int,
+    test_frac: float,
+    val_frac: float,
+    source_options: dict[str, Any] | None,
+    check,
+    config: pp.PreprocessConfig | None = None,
+    output=None,
+) -> tuple[list[str], dict]:
   """The checks every runner makes before any work, then the input units and reader options.
 
   `check()` checks the output location (local or remote); it runs after the arguments and
@@ -41,35 +50,37 @@ def list_units(source: str, input, *, seed: int, test_frac: float, val_frac: flo
     reader = sources_lib.get(source)
   except sources_lib.SourceError as e:
     raise rules.PrepareError(str(e)) from None
-  prepare_split.split_subjects([], seed, test_frac, val_frac)   # bad fractions: before any work
+  prepare_split.split_subjects([], seed, test_frac, val_frac)  # bad fractions: before any work
   check()
   options = dict(source_options or {})
   if getattr(reader, "USES_SEED", False):
     options["seed"] = int(seed)
   if getattr(reader, "FORMAT", False):
-    options["format"] = source                     # one reader for csv and npz
-  options.update(labels_lib.options_of(options))   # the file checked now, before any work
+    options["format"] = source  # one reader for csv and npz
+  options.update(labels_lib.options_of(options))  # the file checked now, before any work
   try:
     check_size(reader, input, options, config or pp.PreprocessConfig(), output)
     units = reader.list_inputs(None if input is None else str(input), options)
   except sources_lib.SourceError as e:
-    raise rules.PrepareError(str(e) if e.reason == "bad option"
-                             else f"{e} (--input {input})") from None
+    raise rules.PrepareError(
+        str(e) if e.reason == "bad option" else f"{e} (--input {input})"
+    ) from None
   if not units:
     raise rules.PrepareError(f"empty input: no {source} inputs found under {input}")
   return units, options
 
 
 # What a run costs per unit of its request, for `check_size` (upper bounds, in bytes).
-RECORD_OVERHEAD = 256        # a record's ids, meta and msgpack framing beyond its waveforms
-UNIT_MEMORY = 4096           # a unit's name, cache path and summary, held for the whole run
-WINDOW_MEMORY = 256          # a window's index row, held until its split's index is written
-RAW_SAMPLE_MEMORY = 256      # a raw sample while its unit is read and preprocessed (the
-                             # simulator's float64 signals, noises and filtered copies)
+RECORD_OVERHEAD = 256  # a record's ids, meta and msgpack framing beyond its waveforms
+UNIT_MEMORY = 4096  # a unit's name, cache path and summary, held for the whole run
+WINDOW_MEMORY = 256  # a window's index row, held until its split's index is written
+RAW_SAMPLE_MEMORY = 256  # a raw sample while its unit is read and preprocessed (the
+# simulator's float64 signals, noises and filtered copies)
 
 
-def check_size(reader, input, options: dict[str, Any], config: pp.PreprocessConfig,
-               output=None) -> None:
+def check_size(
+    reader, input, options: dict[str, Any], config: pp.PreprocessConfig, output=None
+) -> None:
   """Refuses, before any work, a request that cannot fit: its shards and cache on the output's
   file system, or its bookkeeping (or one unit's raw signal) in this machine's memory. Only
   for readers that know their size before listing (`planned_size`); one line naming the
@@ -82,30 +93,36 @@ def check_size(reader, input, options: dict[str, Any], config: pp.PreprocessConf
   per_unit = max(0, math.floor((seconds - config.segment_seconds) / config.stride + 1e-9) + 1)
   windows = units * per_unit
   modalities = len(pp.REQUIREMENTS[config.modalities]) or 2
-  record = modalities * 2 * config.segment_length + RECORD_OVERHEAD     # float16 waveforms
-  disk = 2 * windows * record                                          # the cache and the shards
+  record = modalities * 2 * config.segment_length + RECORD_OVERHEAD  # float16 waveforms
+  disk = 2 * windows * record  # the cache and the shards
   where = _existing_parent(output) if output is not None and "://" not in str(output) else None
   if where is not None:
     # what the output already holds (a cache to resume, shards to replace) counts as free
     free = shutil.disk_usage(where).free + _tree_bytes(Path(output))
     if disk > free:
-      raise rules.PrepareError(f"{p['what']} would make about {windows:,} windows, about "
-                               f"{_bytes(disk)} of shards and cache: more than the "
-                               f"{_bytes(free)} {output} can take (free space on its file "
-                               f"system and its own files)")
+      raise rules.PrepareError(
+          f"{p['what']} would make about {windows:,} windows, about "
+          f"{_bytes(disk)} of shards and cache: more than the "
+          f"{_bytes(free)} {output} can take (free space on its file "
+          f"system and its own files)"
+      )
   available = available_memory()
   if available is None:
     return
   held = units * UNIT_MEMORY + windows * WINDOW_MEMORY
   if held > available:
-    raise rules.PrepareError(f"{p['what']} would need about {_bytes(held)} of memory for its "
-                             f"{units:,} inputs and {windows:,} windows: more than the "
-                             f"{_bytes(available)} available")
+    raise rules.PrepareError(
+        f"{p['what']} would need about {_bytes(held)} of memory for its "
+        f"{units:,} inputs and {windows:,} windows: more than the "
+        f"{_bytes(available)} available"
+    )
   raw = math.ceil(seconds * fs) * RAW_SAMPLE_MEMORY
   if raw > available:
-    raise rules.PrepareError(f"{p['what']}: one input of {seconds:g} s at {fs:g} Hz would need "
-                             f"about {_bytes(raw)} of memory: more than the "
-                             f"{_bytes(available)} available")
+    raise rules.PrepareError(
+        f"{p['what']}: one input of {seconds:g} s at {fs:g} Hz would need "
+        f"about {_bytes(raw)} of memory: more than the "
+        f"{_bytes(available)} available"
+    )
 
 
 def available_memory() -> int | None:
@@ -148,7 +165,6 @@ def _bytes(n: int) -> str:
   return f"{n} B"
 
 
-
 @dataclasses.dataclass
 class RecordingSegments:
   """What became of one recording of an input unit (see `segment_unit`).
@@ -159,6 +175,7 @@ class RecordingSegments:
   notes: what the report should say about this recording beyond the counts (text cells read
   as missing, a required signal absent, a recording that is all NaN, all text or flat).
   """
+
   item: Any
   outcome: str
   segments: list = dataclasses.field(default_factory=list)
@@ -167,8 +184,14 @@ class RecordingSegments:
   notes: list = dataclasses.field(default_factory=list)
 
 
-def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.PreprocessConfig,
-                 *, modalities: Sequence[str] | None = None) -> Iterator[RecordingSegments]:
+def segment_unit(
+    source: str,
+    unit: str,
+    options: dict[str, Any],
+    config: pp.PreprocessConfig,
+    *,
+    modalities: Sequence[str] | None = None,
+) -> Iterator[RecordingSegments]:
   """One raw input unit -> each recording's preprocessed segments, lazily, in reading order.
 
   The per-input path that `xmae-prepare` (`process_unit`) and `xmae-embed` (raw inputs) share:
@@ -187,7 +210,7 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
       continue
     joined = None if table is None else table.lookup(item.subject_id, item.name, unit)
     if joined:
-      item.labels = {**item.labels, **joined}     # the user's file wins over the reader's own
+      item.labels = {**item.labels, **joined}  # the user's file wins over the reader's own
     signals, extra = item.signals, dict(item.extra)
     if modalities is not None:
       if any(m not in signals for m in modalities):
@@ -196,8 +219,15 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
       extra.update({m: s for m, s in signals.items() if m not in modalities})
       signals = {m: signals[m] for m in modalities}
     try:
-      segs, stats = pp.segment_recording(signals, config, meta=item.meta, labels=item.labels,
-                                         events=item.events, series=item.series, extra=extra)
+      segs, stats = pp.segment_recording(
+          signals,
+          config,
+          meta=item.meta,
+          labels=item.labels,
+          events=item.events,
+          series=item.series,
+          extra=extra,
+      )
     except pp.PreprocessError as e:
       yield RecordingSegments(item, "unusable", error=str(e))
       continue
@@ -206,8 +236,9 @@ def segment_unit(source: str, unit: str, options: dict[str, Any], config: pp.Pre
     yield RecordingSegments(item, "ok", segs, stats, notes=explain_recording(item, config, stats))
 
 
-def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
-                      stats: collections.Counter) -> list[str]:
+def explain_recording(
+    item: sources_lib.Recording, config: pp.PreprocessConfig, stats: collections.Counter
+) -> list[str]:
   """Notes on what a recording is where the preprocessing's counts alone would hide it.
 
   Text cells read as missing are otherwise silent gaps; a required signal that is absent
@@ -216,29 +247,37 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
   renamed here (in `stats`, to `all_nan_<m>`, `all_text_<m>` or `flat_<m>`), so the report
   says what the recording is.
   """
-  notes = [f"non-numeric cells: {n} {m} value(s) were text and were read as missing"
-           for m, n in sorted(item.non_numeric.items())
-           if m in item.signals and n < len(item.signals[m][0])]   # all text: said below
+  notes = [
+      f"non-numeric cells: {n} {m} value(s) were text and were read as missing"
+      for m, n in sorted(item.non_numeric.items())
+      if m in item.signals and n < len(item.signals[m][0])
+  ]  # all text: said below
   required = pp.REQUIREMENTS[config.modalities]
-  notes += [f"missing channel: no {m} signal (required by --require-modalities {config.modalities})"
-            for m in required if m not in item.signals]
+  notes += [
+      f"missing channel: no {m} signal (required by --require-modalities {config.modalities})"
+      for m in required
+      if m not in item.signals
+  ]
   if stats.get("dropped/too_short"):
     found = []
-    for m in (required or sorted(item.signals)):
+    for m in required or sorted(item.signals):
       if m not in item.signals:
         continue
       x = np.asarray(item.signals[m][0], np.float64).ravel()
       finite = x[np.isfinite(x)]
       if not finite.size:
-        kind, what = (("all_text", "holds only text") if item.non_numeric.get(m, 0) >= x.size
-                      else ("all_nan", "has no finite sample"))
+        kind, what = (
+            ("all_text", "holds only text")
+            if item.non_numeric.get(m, 0) >= x.size
+            else ("all_nan", "has no finite sample")
+        )
       elif finite.min() == finite.max():
         kind, what = "flat", f"is flat (every sample {finite[0]:g})"
       else:
         continue
       found.append((kind, m))
       notes.append(f"{kind}: {m} {what} ({x.size} samples)")
-    if found:        # the recording's one too_short drop, under the name of what it is
+    if found:  # the recording's one too_short drop, under the name of what it is
       stats["dropped/too_short"] -= 1
       if not stats["dropped/too_short"]:
         del stats["dropped/too_short"]
@@ -246,8 +285,9 @@ def explain_recording(item: sources_lib.Recording, config: pp.PreprocessConfig,
   return notes
 
 
-def process_unit(source: str, unit: str, options: dict[str, Any],
-                 config: pp.PreprocessConfig) -> dict[str, Any]:
+def process_unit(
+    source: str, unit: str, options: dict[str, Any], config: pp.PreprocessConfig
+) -> dict[str, Any]:
   """Reads and preprocesses one input unit (`segment_unit`); never raises for bad input.
 
   Returns {unit, status ('ok'|'skipped'), reason, missing: [[path, reason]],
@@ -271,28 +311,45 @@ def process_unit(source: str, unit: str, options: dict[str, Any],
       stats.update(rec.stats)
       warnings.extend([item.name, note] for note in rec.notes)
       for seg in rec.segments:
-        for name in item.labels:                  # the recording's labels, counted per window
+        for name in item.labels:  # the recording's labels, counted per window
           stats[f"label/{name}={seg.labels[name]}"] += 1
-        records.append(record_lib.encode(record_lib.Record(
-            subject_id=item.subject_id, segment_id=f"{item.name}:{seg.index:05d}", source=source,
-            ppg=seg.signals.get("ppg"), ecg=seg.signals.get("ecg"),
-            quality_ppg=seg.quality.get("ppg", math.nan),
-            quality_ecg=seg.quality.get("ecg", math.nan),
-            meta=_finite(seg.meta), labels=seg.labels)))
+        records.append(
+            record_lib.encode(
+                record_lib.Record(
+                    subject_id=item.subject_id,
+                    segment_id=f"{item.name}:{seg.index:05d}",
+                    source=source,
+                    ppg=seg.signals.get("ppg"),
+                    ecg=seg.signals.get("ecg"),
+                    quality_ppg=seg.quality.get("ppg", math.nan),
+                    quality_ecg=seg.quality.get("ecg", math.nan),
+                    meta=_finite(seg.meta),
+                    labels=seg.labels,
+                )
+            )
+        )
         subjects.append(str(item.subject_id))
   except sources_lib.SourceError as e:
     status, reason = "skipped", str(e)
     records, subjects = [], []
   except pp.LibraryVersionError:
-    raise                   # the installed scipy, not this unit: every unit would fail the same
+    raise  # the installed scipy, not this unit: every unit would fail the same
   except Exception as e:  # a reader bug or a file no reader check anticipated: skip the unit
     status = "skipped"
     reason = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     records, subjects = [], []
   stats["segments_kept"] += len(records)
-  return {"unit": unit, "status": status, "reason": reason, "missing": missing,
-          "warnings": warnings, "stats": dict(stats), "records": records, "subjects": subjects,
-          "seconds": time.perf_counter() - t0}
+  return {
+      "unit": unit,
+      "status": status,
+      "reason": reason,
+      "missing": missing,
+      "warnings": warnings,
+      "stats": dict(stats),
+      "records": records,
+      "subjects": subjects,
+      "seconds": time.perf_counter() - t0,
+  }
 
 
 def _reason_key(message: str) -> str:
@@ -300,6 +357,4 @@ def _reason_key(message: str) -> str:
 
 
 def _finite(meta: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in meta.items()
-          if not (isinstance(v, float) and not math.isfinite(v))}
-
+  return {k: v for k, v in meta.items() if not (isinstance(v, float) and not math.isfinite(v))}

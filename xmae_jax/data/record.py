@@ -18,6 +18,7 @@ fast batch decode slices the waveform bytes at those places without unpacking th
 change to the layout here must be mirrored there (it falls back to `decode_map` otherwise).
 `MODALITIES` is the one list (and order) of modalities in the package.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ import numpy as np
 from xmae_jax import errors
 
 SCHEMA_VERSION = 1
-MODALITIES = ("ppg", "ecg")   # the order in which encode writes the waveforms
+MODALITIES = ("ppg", "ecg")  # the order in which encode writes the waveforms
 
 
 class RecordError(errors.XmaeError):
@@ -57,8 +58,11 @@ def encode(rec: Record) -> bytes:
   if rec.ppg is None and rec.ecg is None:
     raise RecordError(f"record {rec.segment_id!r} has neither ppg nor ecg")
   out: dict[str, Any] = {
-      "v": SCHEMA_VERSION, "subject_id": str(rec.subject_id), "segment_id": str(rec.segment_id),
-      "source": str(rec.source), "quality_ppg": float(rec.quality_ppg),
+      "v": SCHEMA_VERSION,
+      "subject_id": str(rec.subject_id),
+      "segment_id": str(rec.segment_id),
+      "source": str(rec.source),
+      "quality_ppg": float(rec.quality_ppg),
       "quality_ecg": float(rec.quality_ecg),
       "meta": {str(k): _plain(v) for k, v in rec.meta.items()},
       "labels": {str(k): _plain(v) for k, v in rec.labels.items()},
@@ -80,18 +84,26 @@ def decode_map(data: bytes) -> dict[str, Any]:
   except Exception as e:  # msgpack raises several types for corrupt bytes
     raise RecordError(f"corrupt record ({type(e).__name__}: {e})") from None
   if not isinstance(d, dict) or d.get("v") != SCHEMA_VERSION:
-    raise RecordError(f"record schema version {d.get('v') if isinstance(d, dict) else '?'} "
-                      f"is not {SCHEMA_VERSION}")
+    raise RecordError(
+        f"record schema version {d.get('v') if isinstance(d, dict) else '?'} "
+        f"is not {SCHEMA_VERSION}"
+    )
   return d
 
 
 def decode(data: bytes) -> Record:
   d = decode_map(data)
-  sig = {m: (np.frombuffer(d[m], "<f2").astype(np.float32) if m in d else None)
-         for m in MODALITIES}
-  return Record(subject_id=d["subject_id"], segment_id=d["segment_id"], source=d["source"],
-                quality_ppg=d["quality_ppg"], quality_ecg=d["quality_ecg"],
-                meta=d.get("meta", {}), labels=d.get("labels", {}), **sig)
+  sig = {m: (np.frombuffer(d[m], "<f2").astype(np.float32) if m in d else None) for m in MODALITIES}
+  return Record(
+      subject_id=d["subject_id"],
+      segment_id=d["segment_id"],
+      source=d["source"],
+      quality_ppg=d["quality_ppg"],
+      quality_ecg=d["quality_ecg"],
+      meta=d.get("meta", {}),
+      labels=d.get("labels", {}),
+      **sig,
+  )
 
 
 def _plain(v: Any) -> Any:

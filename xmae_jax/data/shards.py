@@ -14,6 +14,7 @@ Layout written by `xmae-prepare` (and by tests that build small datasets):
 The index lets the input pipeline apply the quality threshold, the modality requirement and
 per-subject sampling without decoding a single record.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,11 +39,13 @@ MANIFEST = "manifest.json"
 # min-max-normalized float16 waveforms barely compress, and decompression would slow every read.
 WRITER_OPTIONS = "group_size:1,uncompressed"
 # The index columns (see the module docstring), per modality of the record schema.
-INDEX_FIELDS = (*(f"{col}_{m}" for col in ("quality", "has") for m in record_lib.MODALITIES),
-                "subject")
-DIGEST = "digest"           # the optional index column of per-record digests
+INDEX_FIELDS = (
+    *(f"{col}_{m}" for col in ("quality", "has") for m in record_lib.MODALITIES),
+    "subject",
+)
+DIGEST = "digest"  # the optional index column of per-record digests
 DIGEST_SIZE = 16
-INDEX_COLUMNS = (*INDEX_FIELDS, DIGEST)   # every column a split index is written with, in order
+INDEX_COLUMNS = (*INDEX_FIELDS, DIGEST)  # every column a split index is written with, in order
 
 
 class DatasetError(errors.XmaeError):
@@ -62,9 +65,12 @@ def shard_name(split: str, i: int, n: int) -> str:
   return f"{split}-{i:05d}-of-{n:05d}.array_record"
 
 
-def write_split(out_dir: str | os.PathLike, split: str,
-                records: Iterable[bytes | record_lib.Record],
-                records_per_shard: int = 4096) -> dict:
+def write_split(
+    out_dir: str | os.PathLike,
+    split: str,
+    records: Iterable[bytes | record_lib.Record],
+    records_per_shard: int = 4096,
+) -> dict:
   """Streams one split to disk atomically (temp names, then renames); returns its manifest entry.
 
   Records may be `Record`s or already-encoded bytes; only the small index rows are kept in
@@ -79,9 +85,10 @@ class StagedSplit:
   """A split written under temporary names (`stage_split`): `commit` renames it into place,
   `discard` removes it. Staging every split before committing any keeps the previous dataset
   whole when writing fails: committing only renames, which needs no space."""
+
   out: Path
   split: str
-  tmp_paths: list               # the shards', then the index's
+  tmp_paths: list  # the shards', then the index's
   entry: dict
 
   def commit(self) -> dict:
@@ -91,8 +98,9 @@ class StagedSplit:
       try:
         os.replace(tmp, self.out / name)
       except OSError as e:
-        raise ShardWriteError(f"cannot write {self.out / name}: "
-                              f"{e.strerror or type(e).__name__}") from None
+        raise ShardWriteError(
+            f"cannot write {self.out / name}: " f"{e.strerror or type(e).__name__}"
+        ) from None
     return self.entry
 
   def discard(self) -> None:
@@ -100,9 +108,12 @@ class StagedSplit:
       Path(p).unlink(missing_ok=True)
 
 
-def stage_split(out_dir: str | os.PathLike, split: str,
-                records: Iterable[bytes | record_lib.Record],
-                records_per_shard: int = 4096) -> StagedSplit:
+def stage_split(
+    out_dir: str | os.PathLike,
+    split: str,
+    records: Iterable[bytes | record_lib.Record],
+    records_per_shard: int = 4096,
+) -> StagedSplit:
   """`write_split` up to the renames: shards under temporary names, index rows in memory.
 
   A write that fails (full disk, read-only file system) removes what it wrote and raises
@@ -199,21 +210,38 @@ class SplitStager:
     }
     try:
       np.savez(tmp_index, **index)
-    except OSError as e:   # a full disk: np.savez's error names no file
+    except OSError as e:  # a full disk: np.savez's error names no file
       self.discard()
       tmp_index.unlink(missing_ok=True)
-      raise ShardWriteError(f"cannot write {out / f'{split}-index.npz'}: "
-                            f"{e.strerror or type(e).__name__}") from None
+      raise ShardWriteError(
+          f"cannot write {out / f'{split}-index.npz'}: " f"{e.strerror or type(e).__name__}"
+      ) from None
     # The shards' final names need N, known only now.
     names = [shard_name(split, i, len(self.tmp_paths)) for i in range(len(self.tmp_paths))]
-    return StagedSplit(out, split, [*self.tmp_paths, tmp_index], {
-        "shards": names, "records_per_shard": list(self.counts),
-        "records": int(sum(self.counts)), "subjects": len(subjects), "subject_ids": subjects})
+    return StagedSplit(
+        out,
+        split,
+        [*self.tmp_paths, tmp_index],
+        {
+            "shards": names,
+            "records_per_shard": list(self.counts),
+            "records": int(sum(self.counts)),
+            "subjects": len(subjects),
+            "subject_ids": subjects,
+        },
+    )
 
 
-def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampling_rate: int,
-                   segment_length: int, preprocessing: dict, sources: list[str],
-                   extra: dict | None = None) -> dict:
+def write_manifest(
+    out_dir: str | os.PathLike,
+    splits: dict[str, dict],
+    *,
+    sampling_rate: int,
+    segment_length: int,
+    preprocessing: dict,
+    sources: list[str],
+    extra: dict | None = None,
+) -> dict:
   manifest = {
       "schema_version": record_lib.SCHEMA_VERSION,
       "package_version": __version__,
@@ -227,7 +255,7 @@ def write_manifest(out_dir: str | os.PathLike, splits: dict[str, dict], *, sampl
   path = paths_lib.path(out_dir) / MANIFEST
   try:
     atomic.atomic_write(path, json.dumps(manifest, indent=1, sort_keys=True))
-  except OSError as e:   # a write() error names no file
+  except OSError as e:  # a write() error names no file
     raise ShardWriteError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
   return manifest
 
@@ -246,8 +274,10 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
   except json.JSONDecodeError as e:
     raise DatasetError(f"{path} is not valid JSON ({e})") from None
   if manifest.get("schema_version") != record_lib.SCHEMA_VERSION:
-    raise DatasetError(f"{path}: schema version {manifest.get('schema_version')} is not "
-                       f"{record_lib.SCHEMA_VERSION}")
+    raise DatasetError(
+        f"{path}: schema version {manifest.get('schema_version')} is not "
+        f"{record_lib.SCHEMA_VERSION}"
+    )
   return manifest
 
 
@@ -256,10 +286,18 @@ def member_path(data_dir: str | os.PathLike, name) -> Path:
   that would lead outside the dataset folder (absolute, `..`, a folder part), so a crafted or
   damaged manifest never makes a reader open files elsewhere."""
   text = str(name) if isinstance(name, str) else ""
-  if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
-      or os.path.isabs(text)):
-    raise DatasetError(f"{Path(data_dir) / MANIFEST}: file name {name!r} is not a plain name "
-                       f"inside the dataset folder; refusing to open it")
+  if (
+      not text
+      or text in (".", "..")
+      or "/" in text
+      or "\\" in text
+      or "\0" in text
+      or os.path.isabs(text)
+  ):
+    raise DatasetError(
+        f"{Path(data_dir) / MANIFEST}: file name {name!r} is not a plain name "
+        f"inside the dataset folder; refusing to open it"
+    )
   return Path(data_dir) / text
 
 
@@ -285,9 +323,12 @@ def split_paths(data_dir: str | os.PathLike, split: str) -> tuple[list[str], dic
   except KeyError as e:
     raise DatasetError(f"{index_path} lacks the column {e}: not written by xmae-prepare?") from None
   except Exception as e:  # zipfile/numpy raise several types for a truncated or corrupt file
-    raise DatasetError(f"{index_path} is unreadable ({type(e).__name__}: {e}); prepare the "
-                       f"dataset again") from None
+    raise DatasetError(
+        f"{index_path} is unreadable ({type(e).__name__}: {e}); prepare the " f"dataset again"
+    ) from None
   if len(index["subject"]) != entry["records"]:
-    raise DatasetError(f"{index_path} has {len(index['subject'])} rows, manifest says "
-                       f"{entry['records']} records")
+    raise DatasetError(
+        f"{index_path} has {len(index['subject'])} rows, manifest says "
+        f"{entry['records']} records"
+    )
   return paths, index

@@ -11,6 +11,7 @@ these functions run. The builder copies every record of every split in index ord
 their stored float16 values; a modality a record lacks is zeros with `has_<modality>` False.
 Metadata and labels, whose keys vary between sources, travel as JSON text.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ from xmae_jax.data import dataset_reader
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
 
-NAME = "xmae_ecg_ppg"   # the TFDS dataset name (tfds.data_source(NAME, data_dir=...))
+NAME = "xmae_ecg_ppg"  # the TFDS dataset name (tfds.data_source(NAME, data_dir=...))
 
 
 class TfdsUnavailableError(ImportError):
@@ -49,10 +50,12 @@ def builder_class():
 
   class XmaeEcgPpg(tfds.core.GeneratorBasedBuilder):
     """xmae-jax segments: 10 s of synchronized PPG and ECG at 100 Hz, per record."""
+
     name = NAME
     VERSION = tfds.core.Version(f"{record_lib.SCHEMA_VERSION}.0.0")
-    RELEASE_NOTES = {f"{record_lib.SCHEMA_VERSION}.0.0": "xmae-jax record schema "
-                                                         f"{record_lib.SCHEMA_VERSION}"}
+    RELEASE_NOTES = {
+        f"{record_lib.SCHEMA_VERSION}.0.0": "xmae-jax record schema " f"{record_lib.SCHEMA_VERSION}"
+    }
 
     # TFDS derives this from the package resources, which needs `importlib_resources` (not a
     # dependency of tensorflow-datasets 4.9.10 on Python 3.11); this module is the code path.
@@ -60,6 +63,7 @@ def builder_class():
     @classmethod
     def code_path(cls):  # pylint: disable=no-self-argument
       from etils import epath  # pylint: disable=g-import-not-at-top
+
       return epath.Path(__file__)
 
     def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
@@ -67,7 +71,7 @@ def builder_class():
       if source_dir is not None:
         self._manifest = shards.read_manifest(source_dir)
         length = int(self._manifest["segment_length"])
-      else:   # reading an already prepared TFDS directory: the shape comes from features.json
+      else:  # reading an already prepared TFDS directory: the shape comes from features.json
         self._manifest, length = None, 1000
       self._length = length
       super().__init__(**kwargs)
@@ -78,23 +82,34 @@ def builder_class():
           builder=self,
           description=__doc__,
           disable_shuffling=True,
-          features=tfds.features.FeaturesDict({
-              "ppg": tfds.features.Tensor(shape=(length,), dtype=np.float16),
-              "ecg": tfds.features.Tensor(shape=(length,), dtype=np.float16),
-              "has_ppg": np.bool_, "has_ecg": np.bool_,
-              "quality_ppg": np.float32, "quality_ecg": np.float32,
-              "subject_id": tfds.features.Text(), "segment_id": tfds.features.Text(),
-              "source": tfds.features.Text(),
-              "meta": tfds.features.Text(), "labels": tfds.features.Text(),
-          }))
+          features=tfds.features.FeaturesDict(
+              {
+                  "ppg": tfds.features.Tensor(shape=(length,), dtype=np.float16),
+                  "ecg": tfds.features.Tensor(shape=(length,), dtype=np.float16),
+                  "has_ppg": np.bool_,
+                  "has_ecg": np.bool_,
+                  "quality_ppg": np.float32,
+                  "quality_ecg": np.float32,
+                  "subject_id": tfds.features.Text(),
+                  "segment_id": tfds.features.Text(),
+                  "source": tfds.features.Text(),
+                  "meta": tfds.features.Text(),
+                  "labels": tfds.features.Text(),
+              }
+          ),
+      )
 
     def _split_generators(self, dl_manager):
       del dl_manager
       if self._manifest is None:
-        raise shards.DatasetError("preparing the TFDS dataset needs source_dir (an xmae-prepare "
-                                  "output)")
-      return {split: self._generate_examples(split)
-              for split, entry in self._manifest["splits"].items() if entry.get("records", 0)}
+        raise shards.DatasetError(
+            "preparing the TFDS dataset needs source_dir (an xmae-prepare " "output)"
+        )
+      return {
+          split: self._generate_examples(split)
+          for split, entry in self._manifest["splits"].items()
+          if entry.get("records", 0)
+      }
 
     def _generate_examples(self, split):
       zeros = np.zeros(self._length, np.float16)
@@ -102,10 +117,14 @@ def builder_class():
         yield n, {
             "ppg": zeros if rec.ppg is None else rec.ppg.astype(np.float16),
             "ecg": zeros if rec.ecg is None else rec.ecg.astype(np.float16),
-            "has_ppg": rec.ppg is not None, "has_ecg": rec.ecg is not None,
-            "quality_ppg": _float(rec.quality_ppg), "quality_ecg": _float(rec.quality_ecg),
-            "subject_id": rec.subject_id, "segment_id": rec.segment_id,
-            "source": rec.source, "meta": json.dumps(rec.meta, sort_keys=True),
+            "has_ppg": rec.ppg is not None,
+            "has_ecg": rec.ecg is not None,
+            "quality_ppg": _float(rec.quality_ppg),
+            "quality_ecg": _float(rec.quality_ecg),
+            "subject_id": rec.subject_id,
+            "segment_id": rec.segment_id,
+            "source": rec.source,
+            "meta": json.dumps(rec.meta, sort_keys=True),
             "labels": json.dumps(rec.labels, sort_keys=True),
         }
 
@@ -118,9 +137,10 @@ def _float(x: Any) -> float:
 
 def prepare(source_dir: str | os.PathLike, tfds_dir: str | os.PathLike):
   """Writes the TFDS version of a dataset directory under `tfds_dir`; returns the builder."""
-  shards.read_manifest(source_dir)   # a clear error before TFDS starts
-  builder = builder_class()(source_dir=source_dir, data_dir=str(tfds_dir),
-                            file_format="array_record")
+  shards.read_manifest(source_dir)  # a clear error before TFDS starts
+  builder = builder_class()(
+      source_dir=source_dir, data_dir=str(tfds_dir), file_format="array_record"
+  )
   builder.download_and_prepare()
   return builder
 
@@ -128,7 +148,7 @@ def prepare(source_dir: str | os.PathLike, tfds_dir: str | os.PathLike):
 def data_source(tfds_dir: str | os.PathLike, split: str = "train"):
   """`tfds.data_source` over a directory written by `prepare` (random access, no TF)."""
   tfds = _tfds()
-  builder_class()   # registers the builder under NAME
+  builder_class()  # registers the builder under NAME
   if not Path(tfds_dir).is_dir():
     raise shards.DatasetError(f"TFDS directory {tfds_dir} does not exist")
   return tfds.data_source(NAME, data_dir=str(tfds_dir), split=split, download=False)

@@ -20,6 +20,7 @@ table.md section give, per task, the one-modality / both-modality ratio and diff
 metric with paired subject-bootstrap CIs (the table: the task's primary metric). Encoders
 without both modalities are listed as skipped, with the reason; none with both is an error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,8 @@ class CompareError(XmaeError):
 @dataclasses.dataclass(frozen=True)
 class EncoderSpec:
   name: str
-  path: str = ""                  # package or workdir
-  random_config: str = ""         # CONFIG_FILE[:ARG] for a randomly initialized encoder
+  path: str = ""  # package or workdir
+  random_config: str = ""  # CONFIG_FILE[:ARG] for a randomly initialized encoder
   seed: int = 0
   step: str = "auto"
 
@@ -61,20 +62,24 @@ def parse_named(text: str, what: str, expected: str = "NAME=PATH") -> tuple[str,
   return name, value
 
 
-def parse_spec(text: str, *, random: bool = False, seed: int = 0,
-               step: str = "auto") -> EncoderSpec:
-  name, value = parse_named(text, "encoder", "NAME=PATH" + (
-      " (NAME=CONFIG_FILE[:ARG] for --random)" if random else ""))
+def parse_spec(
+    text: str, *, random: bool = False, seed: int = 0, step: str = "auto"
+) -> EncoderSpec:
+  name, value = parse_named(
+      text, "encoder", "NAME=PATH" + (" (NAME=CONFIG_FILE[:ARG] for --random)" if random else "")
+  )
   if random:
     return EncoderSpec(name=name, random_config=value, seed=seed)
   return EncoderSpec(name=name, path=value, step=step)
 
 
-def encoder_specs(encoders: Sequence[str] = (), randoms: Sequence[str] = (), *,
-                  step: str = "auto", seed: int = 0) -> list[EncoderSpec]:
+def encoder_specs(
+    encoders: Sequence[str] = (), randoms: Sequence[str] = (), *, step: str = "auto", seed: int = 0
+) -> list[EncoderSpec]:
   """The specs of `NAME=PATH` encoders and `NAME=CONFIG` randomly initialized ones, in order."""
-  return ([parse_spec(s, step=step) for s in encoders]
-          + [parse_spec(s, random=True, seed=seed) for s in randoms])
+  return [parse_spec(s, step=step) for s in encoders] + [
+      parse_spec(s, random=True, seed=seed) for s in randoms
+  ]
 
 
 def check_baseline(specs: Sequence[EncoderSpec], baseline: str | None) -> None:
@@ -89,12 +94,20 @@ def build_encoder(spec: EncoderSpec, modality: str = "ppg", batch_size: int = 25
     enc = encoder_lib.random_encoder(config, modality, seed=spec.seed, batch_size=batch_size)
     enc.info = {"source": {"random_init": spec.random_config, "seed": spec.seed}}
     return enc
-  return encoder_lib.load_encoder(spec.path, step=spec.step, modality=modality,
-                                  batch_size=batch_size)
+  return encoder_lib.load_encoder(
+      spec.path, step=spec.step, modality=modality, batch_size=batch_size
+  )
 
 
-def embed_all(specs: Sequence[EncoderSpec], data_dir, out_dir, *, modality: str = "ppg",
-              splits: Sequence[str] | None = None, reuse: bool = False) -> dict[str, Path]:
+def embed_all(
+    specs: Sequence[EncoderSpec],
+    data_dir,
+    out_dir,
+    *,
+    modality: str = "ppg",
+    splits: Sequence[str] | None = None,
+    reuse: bool = False,
+) -> dict[str, Path]:
   """Embeds the dataset with every encoder; returns {name: embeddings file}."""
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
@@ -118,10 +131,15 @@ def check_same_segments(arrays: dict[str, dict]) -> None:
       raise CompareError(f"embeddings of {name!r} and {names[0]!r} cover different segments")
 
 
-def probe_all(files: dict[str, Path], task_specs: Sequence[str] | None, *,
-              protocols=("linear",), linear_cfg=probe_config.LinearProbeConfig(),
-              xmae_cfg=probe_config.XMAEProbeConfig(), keep_predictions=False
-              ) -> list[dict[str, Any]]:
+def probe_all(
+    files: dict[str, Path],
+    task_specs: Sequence[str] | None,
+    *,
+    protocols=("linear",),
+    linear_cfg=probe_config.LinearProbeConfig(),
+    xmae_cfg=probe_config.XMAEProbeConfig(),
+    keep_predictions=False,
+) -> list[dict[str, Any]]:
   arrays = {name: embed_lib.load_embeddings(f) for name, f in files.items()}
   check_same_segments(arrays)
   first = next(iter(arrays.values()))
@@ -129,19 +147,38 @@ def probe_all(files: dict[str, Path], task_specs: Sequence[str] | None, *,
   task_specs = probe_lib.resolve_tasks(task_specs, fields)
   results = []
   for name, a in arrays.items():
-    for r in probe_lib.run_tasks(a["embeddings"], a["subject_ids"], fields, task_specs,
-                                 protocols=protocols, linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
-                                 keep_predictions=keep_predictions, desc=f"probing {name}"):
+    for r in probe_lib.run_tasks(
+        a["embeddings"],
+        a["subject_ids"],
+        fields,
+        task_specs,
+        protocols=protocols,
+        linear_cfg=linear_cfg,
+        xmae_cfg=xmae_cfg,
+        keep_predictions=keep_predictions,
+        desc=f"probing {name}",
+    ):
       results.append({"encoder": name, **r})
   return results
 
 
-def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
-            modality="ppg", splits=None, protocols=("linear",),
-            linear_cfg=probe_config.LinearProbeConfig(),
-            xmae_cfg=probe_config.XMAEProbeConfig(),
-            reuse_embeddings=False, title="Encoder comparison", notes="",
-            baseline: str | None = None, retention: bool = False) -> list[dict[str, Any]]:
+def compare(
+    specs: Sequence[EncoderSpec],
+    data_dir,
+    out_dir,
+    task_specs=None,
+    *,
+    modality="ppg",
+    splits=None,
+    protocols=("linear",),
+    linear_cfg=probe_config.LinearProbeConfig(),
+    xmae_cfg=probe_config.XMAEProbeConfig(),
+    reuse_embeddings=False,
+    title="Encoder comparison",
+    notes="",
+    baseline: str | None = None,
+    retention: bool = False,
+) -> list[dict[str, Any]]:
   """Embed with every encoder, probe every task, write the table, JSON and chart.
 
   With `baseline` (an encoder name, e.g. the random-init one), the report also gets every other
@@ -153,23 +190,31 @@ def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
   if not specs:
     raise CompareError("no encoders to compare")
   check_baseline(specs, baseline)
-  files = embed_all(specs, data_dir, out_dir, modality=modality, splits=splits,
-                    reuse=reuse_embeddings)
-  if retention:   # before the first probe, so that "no encoder with both" comes without the wait
-    retention_files, skipped = embed_retention(specs, data_dir, out_dir, splits=splits,
-                                               reuse=reuse_embeddings)
-  results = probe_all(files, task_specs, protocols=protocols, linear_cfg=linear_cfg,
-                      xmae_cfg=xmae_cfg, keep_predictions=baseline is not None)
+  files = embed_all(
+      specs, data_dir, out_dir, modality=modality, splits=splits, reuse=reuse_embeddings
+  )
+  if retention:  # before the first probe, so that "no encoder with both" comes without the wait
+    retention_files, skipped = embed_retention(
+        specs, data_dir, out_dir, splits=splits, reuse=reuse_embeddings
+    )
+  results = probe_all(
+      files,
+      task_specs,
+      protocols=protocols,
+      linear_cfg=linear_cfg,
+      xmae_cfg=xmae_cfg,
+      keep_predictions=baseline is not None,
+  )
   sections = [notes] if notes else []
   if baseline is not None:
-    diffs = differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap,
-                           seed=linear_cfg.seed)
+    diffs = differences_vs(
+        results, baseline, n_bootstrap=linear_cfg.n_bootstrap, seed=linear_cfg.seed
+    )
     sections.append(f"## Paired differences to {baseline}\n\n" + report.differences_table(diffs))
     report.write_json(Path(out_dir) / "differences.json", diffs)
   if retention:
     fingerprints = probe_retention(retention_files, task_specs, linear_cfg=linear_cfg)
-    rows = retention_vs_both(fingerprints, n_bootstrap=linear_cfg.n_bootstrap,
-                             seed=linear_cfg.seed)
+    rows = retention_vs_both(fingerprints, n_bootstrap=linear_cfg.n_bootstrap, seed=linear_cfg.seed)
     sections.append("## Single-modality retention\n\n" + report.retention_table(rows, skipped))
     report.write_json(Path(out_dir) / "retention.json", {"rows": rows, "skipped": skipped})
     results = results + fingerprints
@@ -177,9 +222,13 @@ def compare(specs: Sequence[EncoderSpec], data_dir, out_dir, task_specs=None, *,
   return report.json_ready(results)
 
 
-def differences_vs(results: Sequence[dict], baseline: str, *,
-                   n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
-                   seed: int = probe_config.LINEAR_DEFAULTS.seed) -> list[dict[str, Any]]:
+def differences_vs(
+    results: Sequence[dict],
+    baseline: str,
+    *,
+    n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+    seed: int = probe_config.LINEAR_DEFAULTS.seed,
+) -> list[dict[str, Any]]:
   """Paired (same segments, same subjects resampled) metric differences of every encoder minus
   `baseline`, for linear-protocol results that kept their predictions."""
   rows = [r for r in results if r["protocol"] == "linear" and "predictions" in r]
@@ -192,21 +241,38 @@ def differences_vs(results: Sequence[dict], baseline: str, *,
     if r["encoder"] == baseline or b is None:
       continue
     diff = paired_vs(r, b, "difference", n_bootstrap=n_bootstrap, seed=seed)
-    out.append({"encoder": r["encoder"], "baseline": baseline, "task": r["task"], "kind": r["kind"],
-                "difference": diff})
+    out.append(
+        {
+            "encoder": r["encoder"],
+            "baseline": baseline,
+            "task": r["task"],
+            "kind": r["kind"],
+            "difference": diff,
+        }
+    )
   return out
 
 
 def paired_vs(r: dict, base: dict, combine: str, *, n_bootstrap: int, seed: int) -> dict:
   """`paired_statistic` of result `r` against result `base` (one task, same segments, both
   with their predictions kept): combine(metric(r), metric(base)) per metric."""
-  if not (np.array_equal(r["targets"], base["targets"])
-          and np.array_equal(r["groups"], base["groups"])):
-    raise CompareError(f"task {r['task']}: {r['encoder']} and {base['encoder']} were scored on "
-                       "different targets")
-  return probe_metrics.paired_statistic(r["targets"], r["predictions"], base["predictions"],
-                                        r["groups"], r["kind"], combine=combine,
-                                        n_bootstrap=n_bootstrap, seed=seed)
+  if not (
+      np.array_equal(r["targets"], base["targets"]) and np.array_equal(r["groups"], base["groups"])
+  ):
+    raise CompareError(
+        f"task {r['task']}: {r['encoder']} and {base['encoder']} were scored on "
+        "different targets"
+    )
+  return probe_metrics.paired_statistic(
+      r["targets"],
+      r["predictions"],
+      base["predictions"],
+      r["groups"],
+      r["kind"],
+      combine=combine,
+      n_bootstrap=n_bootstrap,
+      seed=seed,
+  )
 
 
 # ---- single-modality retention -------------------------------------------------------------------
@@ -220,20 +286,29 @@ def fingerprint_name(encoder: str, modalities: Sequence[str]) -> str:
   return f"{encoder}:{'+'.join(modalities)}"
 
 
-def embed_retention(specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=None,
-                    reuse: bool = False) -> tuple[dict[str, Path], dict[str, str]]:
+def embed_retention(
+    specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=None, reuse: bool = False
+) -> tuple[dict[str, Path], dict[str, str]]:
   """For every encoder that takes both modalities, embeddings files of the windows having both,
   from each RETENTION_INPUTS; returns ({fingerprint name: file}, {skipped encoder: why})."""
   files: dict[str, Path] = {}
   skipped: dict[str, str] = {}
   taken = {s.name for s in specs}
   for spec in specs:
-    paths = {fingerprint_name(spec.name, m): Path(out_dir) / "embeddings" / "retention" /
-             spec.name / f"{'+'.join(m)}.npz" for m in RETENTION_INPUTS}
+    paths = {
+        fingerprint_name(spec.name, m): Path(out_dir)
+        / "embeddings"
+        / "retention"
+        / spec.name
+        / f"{'+'.join(m)}.npz"
+        for m in RETENTION_INPUTS
+    }
     clash = taken & set(paths)
     if clash:
-      raise CompareError(f"encoder name {sorted(clash)[0]!r} is the name of {spec.name}'s "
-                         "retention fingerprint: rename it")
+      raise CompareError(
+          f"encoder name {sorted(clash)[0]!r} is the name of {spec.name}'s "
+          "retention fingerprint: rename it"
+      )
     if reuse and all(p.is_file() for p in paths.values()):
       files.update(paths)
       continue
@@ -242,17 +317,26 @@ def embed_retention(specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=N
     except encoder_lib.EncoderError as e:
       skipped[spec.name] = str(e)
       continue
-    segs = embed_lib.dataset_segments(data_dir, encoder_lib.MODALITIES, splits,
-                                      segment_length=enc.contract.segment_length)
-    columns = {"meta": embed_lib.columns_from_dicts(segs.meta),
-               "labels": embed_lib.columns_from_dicts(segs.labels)}
+    segs = embed_lib.dataset_segments(
+        data_dir, encoder_lib.MODALITIES, splits, segment_length=enc.contract.segment_length
+    )
+    columns = {
+        "meta": embed_lib.columns_from_dicts(segs.meta),
+        "labels": embed_lib.columns_from_dicts(segs.labels),
+    }
     for (name, path), modalities in zip(paths.items(), RETENTION_INPUTS):
       z = enc.embed_prepared(**{m: segs.signals[m] for m in modalities})
-      info = {"model_name": str(enc.config.model.name), "modalities": list(modalities),
-              "windows_with": list(encoder_lib.MODALITIES), "retention_of": spec.name,
-              "input": str(Path(data_dir).absolute()), "notes": segs.notes}
-      embed_lib.save_embeddings(path, z, segs.subject_ids, segs.segment_ids, split=segs.split,
-                                info=info, **columns)
+      info = {
+          "model_name": str(enc.config.model.name),
+          "modalities": list(modalities),
+          "windows_with": list(encoder_lib.MODALITIES),
+          "retention_of": spec.name,
+          "input": str(Path(data_dir).absolute()),
+          "notes": segs.notes,
+      }
+      embed_lib.save_embeddings(
+          path, z, segs.subject_ids, segs.segment_ids, split=segs.split, info=info, **columns
+      )
       files[name] = path
   if not files:
     why = "; ".join(f"{n}: {reason}" for n, reason in skipped.items())
@@ -260,21 +344,26 @@ def embed_retention(specs: Sequence[EncoderSpec], data_dir, out_dir, *, splits=N
   return files, skipped
 
 
-def probe_retention(files: dict[str, Path], task_specs, *,
-                    linear_cfg=probe_config.LinearProbeConfig()) -> list[dict[str, Any]]:
+def probe_retention(
+    files: dict[str, Path], task_specs, *, linear_cfg=probe_config.LinearProbeConfig()
+) -> list[dict[str, Any]]:
   """The linear probe of every retention fingerprint (probe_all: one set of windows for all),
   predictions kept; each result also names `retention_of` (its encoder) and `inputs`."""
-  results = probe_all(files, task_specs, protocols=("linear",), linear_cfg=linear_cfg,
-                      keep_predictions=True)
+  results = probe_all(
+      files, task_specs, protocols=("linear",), linear_cfg=linear_cfg, keep_predictions=True
+  )
   for r in results:
     encoder, _, inputs = r["encoder"].rpartition(":")
     r.update(retention_of=encoder, inputs=inputs)
   return results
 
 
-def retention_vs_both(results: Sequence[dict], *,
-                      n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
-                      seed: int = probe_config.LINEAR_DEFAULTS.seed) -> list[dict[str, Any]]:
+def retention_vs_both(
+    results: Sequence[dict],
+    *,
+    n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+    seed: int = probe_config.LINEAR_DEFAULTS.seed,
+) -> list[dict[str, Any]]:
   """Per encoder and task: each one-modality fingerprint's metrics against the both-modality
   fingerprint's on the same segments (`ratio` and `difference`, every metric, paired
   subject-bootstrap CIs), with the three results' metrics (`values`) and the primary `metric`."""
@@ -285,11 +374,22 @@ def retention_vs_both(results: Sequence[dict], *,
     if inputs != both_name:
       continue
     ones = {m: by[(encoder, m, task)] for (m,) in RETENTION_INPUTS[:-1]}
-    rows.append({
-        "encoder": encoder, "task": task, "kind": both["kind"],
-        "metric": report.primary_metric(both)[0],
-        "n_segments": both["n_segments"], "n_subjects": both["n_subjects"],
-        "values": {name: r["metrics"] for name, r in {**ones, both_name: both}.items()},
-        **{combine: {m: paired_vs(r, both, combine, n_bootstrap=n_bootstrap, seed=seed)
-                     for m, r in ones.items()} for combine in probe_metrics.COMBINE}})
+    rows.append(
+        {
+            "encoder": encoder,
+            "task": task,
+            "kind": both["kind"],
+            "metric": report.primary_metric(both)[0],
+            "n_segments": both["n_segments"],
+            "n_subjects": both["n_subjects"],
+            "values": {name: r["metrics"] for name, r in {**ones, both_name: both}.items()},
+            **{
+                combine: {
+                    m: paired_vs(r, both, combine, n_bootstrap=n_bootstrap, seed=seed)
+                    for m, r in ones.items()
+                }
+                for combine in probe_metrics.COMBINE
+            },
+        }
+    )
   return rows

@@ -1,6 +1,7 @@
 """What an exported encoder promises its user: the input contract (window length and rate,
 normalization, cleaning), the preprocessing its training data had, and the per-window result of
 `Encoder.embed`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ class WindowEmbeddings:
   seconds by which the PPG of the window's row was moved earlier (its windows start that much
   later in the PPG than start_s); alignment: what was applied, in words (`align_rows`).
   """
+
   embeddings: np.ndarray
   start_s: np.ndarray
   row: np.ndarray
@@ -33,15 +35,16 @@ class WindowEmbeddings:
     return len(self.embeddings)
 
 
-_DATA = config_lib.data_config()        # a contract's defaults are the training data's
+_DATA = config_lib.data_config()  # a contract's defaults are the training data's
 
 
 @dataclasses.dataclass(frozen=True)
 class Contract:
   """What the encoder expects: segments of `segment_length` samples at `sampling_rate` Hz."""
+
   sampling_rate: float = float(_DATA.sampling_rate)
   segment_length: int = int(_DATA.segment_length)
-  normalization: str = str(_DATA.normalize)   # per-segment min-max to [-1, 1]
+  normalization: str = str(_DATA.normalize)  # per-segment min-max to [-1, 1]
   ecg_clean_method: str = "neurokit"
   ppg_clean_method: str = "elgendi"
   resample_method: str = "interpolation"
@@ -56,8 +59,11 @@ class Contract:
     # The model's input length is what the encoder takes (data.segment_length describes the
     # dataset and normally agrees).
     length = int(config.model.get("seq_len", data.segment_length))
-    return cls(sampling_rate=float(data.sampling_rate), segment_length=length,
-               normalization=str(data.normalize))
+    return cls(
+        sampling_rate=float(data.sampling_rate),
+        segment_length=length,
+        normalization=str(data.normalize),
+    )
 
   def as_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -74,8 +80,9 @@ def dataset_preprocessing(config) -> dict[str, Any]:
     return {}
   try:
     from xmae_jax.data import shards
+
     return shards.read_manifest(data_dir).get("preprocessing", {})
-  except Exception:   # the dataset may be gone; the contract above is what loading needs
+  except Exception:  # the dataset may be gone; the contract above is what loading needs
     return {}
 
 

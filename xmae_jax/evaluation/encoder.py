@@ -33,6 +33,7 @@ once), split over every local device along a 1-D mesh. Nothing here touches the 
 convenience, a training workdir (its best checkpoint when one has a validation loss, else the
 latest).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,11 +78,15 @@ class JointFingerprint(nnx.Module):
 
   def __call__(self, ppg=None, ecg=None):
     from xmae_jax.models import m2ae
+
     given = {"ppg": ppg, "ecg": ecg}
     encoders = {"ppg": self.ppg_encoder, "ecg": self.ecg_encoder}
     # The model's token order (m2ae.MODALITIES), so both-modality fingerprints match it exactly.
-    parts = [(encoders[m].tokens(given[m], positions="true"), m)
-             for m in m2ae.MODALITIES if given[m] is not None]
+    parts = [
+        (encoders[m].tokens(given[m], positions="true"), m)
+        for m in m2ae.MODALITIES
+        if given[m] is not None
+    ]
     return jnp.mean(self.bottleneck(parts), axis=1)
 
 
@@ -90,8 +95,16 @@ class Encoder:
   float32. `modality`: "ppg", "ecg" or "ppg+ecg" (a `JointFingerprint` module, which may also be
   restricted to one of its modalities)."""
 
-  def __init__(self, module, config, modality: str, *, contract: Contract | None = None,
-               batch_size: int = 256, info: dict | None = None):
+  def __init__(
+      self,
+      module,
+      config,
+      modality: str,
+      *,
+      contract: Contract | None = None,
+      batch_size: int = 256,
+      info: dict | None = None,
+  ):
     module.eval()
     self.module = module
     self.config = config
@@ -100,18 +113,19 @@ class Encoder:
     self.contract = contract or Contract.from_config(config)
     self.info = dict(info or {})
     self.batch_size = int(batch_size)
-    self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
+    self.last_alignment = "none"  # what the last `embed` did to the PPG (align_rows' note)
     devices = jax.local_devices()
     self._mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    self._batch_sharding = jax.sharding.NamedSharding(self._mesh,
-                                                      jax.sharding.PartitionSpec("data"))
+    self._batch_sharding = jax.sharding.NamedSharding(
+        self._mesh, jax.sharding.PartitionSpec("data")
+    )
     replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(module)
     self._state = jax.device_put(state, replicated)
     joint = isinstance(module, JointFingerprint)
 
     @jax.jit
-    def forward(state, inputs):   # inputs: {modality: (B, L)}; one trace per set of modalities
+    def forward(state, inputs):  # inputs: {modality: (B, L)}; one trace per set of modalities
       m = nnx.merge(graphdef, state)
       z = m(**inputs) if joint else m(inputs[modality])
       return z.astype(jnp.float32)
@@ -127,6 +141,7 @@ class Encoder:
   def alignment(self) -> dict[str, Any]:
     """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
     from xmae_jax.data import preprocess
+
     return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   @property
@@ -134,9 +149,11 @@ class Encoder:
     return count_parameters(self.module)
 
   def __repr__(self):
-    return (f"Encoder({self.config.model.name}/{self.modality}, latent {self.latent_dim}, "
-            f"{self.param_count:,} parameters, {self.contract.segment_length} samples at "
-            f"{self.contract.sampling_rate:g} Hz)")
+    return (
+        f"Encoder({self.config.model.name}/{self.modality}, latent {self.latent_dim}, "
+        f"{self.param_count:,} parameters, {self.contract.segment_length} samples at "
+        f"{self.contract.sampling_rate:g} Hz)"
+    )
 
   # ---- inputs ------------------------------------------------------------------------------
   def check_modalities(self, modalities) -> tuple[str, ...]:
@@ -144,11 +161,13 @@ class Encoder:
     modalities = tuple(modalities)
     if not modalities:
       raise EncoderInputError(
-          f"no input: pass {' and/or '.join(f'{m}=...' for m in self.modalities)}")
+          f"no input: pass {' and/or '.join(f'{m}=...' for m in self.modalities)}"
+      )
     lacking = [m for m in modalities if m not in self.modalities]
     if lacking:
-      raise EncoderError(f"{self._name()} holds the {self.modality} encoder only: it cannot "
-                         f"embed {lacking[0]}")
+      raise EncoderError(
+          f"{self._name()} holds the {self.modality} encoder only: it cannot " f"embed {lacking[0]}"
+      )
     return modalities
 
   def inputs(self, x: Any = None, *, ppg: Any = None, ecg: Any = None) -> dict[str, Any]:
@@ -159,16 +178,23 @@ class Encoder:
       if given:
         raise EncoderInputError("pass the input either positionally or as ppg=/ecg=, not both")
       if len(self.modalities) > 1:
-        raise EncoderInputError(f"this {self.modality} encoder takes keyword inputs: "
-                                "embed(ppg=..., ecg=...), either or both")
+        raise EncoderInputError(
+            f"this {self.modality} encoder takes keyword inputs: "
+            "embed(ppg=..., ecg=...), either or both"
+        )
       given = {self.modality: x}
     self.check_modalities(given)
     return given
 
   def _name(self) -> str:
     src = self.info.get("source")
-    where = (f"package {self.info['path']}" if self.info.get("path")
-             else src if isinstance(src, str) else f"model {self.config.model.name}")
+    where = (
+        f"package {self.info['path']}"
+        if self.info.get("path")
+        else src
+        if isinstance(src, str)
+        else f"model {self.config.model.name}"
+    )
     return str(where)
 
   @staticmethod
@@ -177,27 +203,40 @@ class Encoder:
     if len(set(shapes.values())) > 1:
       raise EncoderInputError(
           "ppg and ecg must be the same windows (same count and length), got "
-          + ", ".join(f"{m} {tuple(s)}" for m, s in shapes.items()))
+          + ", ".join(f"{m} {tuple(s)}" for m, s in shapes.items())
+      )
 
   # ---- embedding ---------------------------------------------------------------------------
-  def prepare(self, x: Any, fs: float | None = None, *, clean: bool | None = None,
-              modality: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def prepare(
+      self,
+      x: Any,
+      fs: float | None = None,
+      *,
+      clean: bool | None = None,
+      modality: str | None = None,
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(windows (M, segment_length) float32, source row of each window) of one modality's input
     (`modality`: default this encoder's one modality)."""
     from xmae_jax.data import preprocess
+
     modality = modality or self.modalities[0]
     fs = self.contract.sampling_rate if fs is None else fs
     a = _as_batch(x)
     c = self.contract
-    if not len(a):      # no rows: no windows (and (0, latent) from embed), at any length or rate
+    if not len(a):  # no rows: no windows (and (0, latent) from embed), at any length or rate
       return np.zeros((0, c.segment_length), np.float32), np.zeros(0, np.int64)
     if self._as_prepared(a, fs, clean):
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
     config = self._preprocess_config()
     try:
       return preprocess.prepare_for_inference(
-          a, fs, config=config, modality=modality,
-          clean_signal=True if clean is None else bool(clean), return_index=True)
+          a,
+          fs,
+          config=config,
+          modality=modality,
+          clean_signal=True if clean is None else bool(clean),
+          return_index=True,
+      )
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
 
@@ -208,39 +247,62 @@ class Encoder:
 
   def _preprocess_config(self, **alignment):
     from xmae_jax.data import preprocess
+
     c = self.contract
     return preprocess.PreprocessConfig(
-        target_fs=int(round(c.sampling_rate)), segment_seconds=c.segment_seconds,
-        ecg_clean_method=c.ecg_clean_method, ppg_clean_method=c.ppg_clean_method,
-        resample_method=c.resample_method, **alignment)
+        target_fs=int(round(c.sampling_rate)),
+        segment_seconds=c.segment_seconds,
+        ecg_clean_method=c.ecg_clean_method,
+        ppg_clean_method=c.ppg_clean_method,
+        resample_method=c.resample_method,
+        **alignment,
+    )
 
-  def prepare_aligned(self, given: dict[str, np.ndarray], fs: float | None = None, *,
-                      clean: bool | None = None, align: bool = True):
+  def prepare_aligned(
+      self,
+      given: dict[str, np.ndarray],
+      fs: float | None = None,
+      *,
+      clean: bool | None = None,
+      align: bool = True,
+  ):
     """`prepare` of every given modality's (N, L) rows, the PPG moved first as the package's
     training data's was (`align_rows`; not for rows taken as prepared windows, nor with
     align=False) -> ({modality: windows}, source row of each window, PPG shift of each window
     in seconds, what was applied in words)."""
     from xmae_jax.data import preprocess
+
     fs = self.contract.sampling_rate if fs is None else fs
     try:
       return preprocess.prepare_aligned_rows(
-          given, fs, self.alignment if align else {},
+          given,
+          fs,
+          self.alignment if align else {},
           prepare=lambda rows, m: self.prepare(rows, fs, clean=clean, modality=m),
           as_prepared=lambda rows: self._as_prepared(rows, fs, clean),
-          config=self._preprocess_config)
+          config=self._preprocess_config,
+      )
     except preprocess.PreprocessError as e:
       raise EncoderInputError(str(e)) from None
 
-  def embed_prepared(self, windows: np.ndarray | None = None, *, ppg: np.ndarray | None = None,
-                     ecg: np.ndarray | None = None) -> np.ndarray:
+  def embed_prepared(
+      self,
+      windows: np.ndarray | None = None,
+      *,
+      ppg: np.ndarray | None = None,
+      ecg: np.ndarray | None = None,
+  ) -> np.ndarray:
     """Contract-shaped, normalized windows (M, segment_length) -> (M, latent) float32: `windows`
     of this encoder's one modality, or `ppg=`/`ecg=` (either or both, the same windows)."""
-    given = {m: np.asarray(w, np.float32)
-             for m, w in self.inputs(windows, ppg=ppg, ecg=ecg).items()}
+    given = {
+        m: np.asarray(w, np.float32) for m, w in self.inputs(windows, ppg=ppg, ecg=ecg).items()
+    }
     for m, w in given.items():
       if w.ndim != 2 or w.shape[1] != self.contract.segment_length:
-        raise EncoderInputError(f"wrong shape: prepared {m} windows must be (M, "
-                                f"{self.contract.segment_length}), got {w.shape}")
+        raise EncoderInputError(
+            f"wrong shape: prepared {m} windows must be (M, "
+            f"{self.contract.segment_length}), got {w.shape}"
+        )
       _check_finite(w, f"prepared {m} windows")
     self._check_same_windows(given)
     count = len(next(iter(given.values())))
@@ -248,20 +310,30 @@ class Encoder:
     bs = max(n_dev, -(-min(self.batch_size, max(count, 1)) // n_dev) * n_dev)
     out = []
     for start in range(0, count, bs):
-      chunk = {m: w[start:start + bs] for m, w in given.items()}
+      chunk = {m: w[start : start + bs] for m, w in given.items()}
       pad = bs - len(next(iter(chunk.values())))
       if pad:
-        chunk = {m: np.concatenate([c, np.zeros((pad, c.shape[1]), np.float32)])
-                 for m, c in chunk.items()}
+        chunk = {
+            m: np.concatenate([c, np.zeros((pad, c.shape[1]), np.float32)])
+            for m, c in chunk.items()
+        }
       z = self._forward(self._state, jax.device_put(chunk, self._batch_sharding))
-      out.append(np.asarray(z)[:bs - pad])
+      out.append(np.asarray(z)[: bs - pad])
     if not out:
       return np.zeros((0, self.latent_dim), np.float32)
     return np.concatenate(out).astype(np.float32)
 
-  def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
-            clean: bool | None = None, per_window: bool | None = None,
-            align: bool = True) -> np.ndarray | WindowEmbeddings:
+  def embed(
+      self,
+      x: Any = None,
+      fs: float | None = None,
+      *,
+      ppg: Any = None,
+      ecg: Any = None,
+      clean: bool | None = None,
+      per_window: bool | None = None,
+      align: bool = True,
+  ) -> np.ndarray | WindowEmbeddings:
     """Float (N, L) raw or prepared segments at `fs` Hz -> (N, latent) float32 embeddings; one
     recording (L,) -> its windows' embeddings with their start times (`WindowEmbeddings`).
 
@@ -286,14 +358,19 @@ class Encoder:
     per_window = one_recording if per_window is None else bool(per_window)
     given = {m: _as_batch(v) for m, v in given.items()}
     self._check_same_windows(given)
-    windows, rows, shifts, self.last_alignment = self.prepare_aligned(given, fs, clean=clean,
-                                                                      align=align)
+    windows, rows, shifts, self.last_alignment = self.prepare_aligned(
+        given, fs, clean=clean, align=align
+    )
     z = self.embed_prepared(**windows)
     if per_window:
-      return WindowEmbeddings(embeddings=z, start_s=self.window_starts(rows),
-                              row=np.asarray(rows, np.int64),
-                              window_s=self.contract.segment_seconds, ppg_shift_s=shifts,
-                              alignment=self.last_alignment)
+      return WindowEmbeddings(
+          embeddings=z,
+          start_s=self.window_starts(rows),
+          row=np.asarray(rows, np.int64),
+          window_s=self.contract.segment_seconds,
+          ppg_shift_s=shifts,
+          alignment=self.last_alignment,
+      )
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
       return z
@@ -315,7 +392,7 @@ class Encoder:
 
 
 def parse_modalities(text: str) -> tuple[str, ...]:
-  """"ppg", "ecg", "ppg,ecg" (or "ecg,ppg", "ppg+ecg") -> the modalities in MODALITIES order."""
+  """ "ppg", "ecg", "ppg,ecg" (or "ecg,ppg", "ppg+ecg") -> the modalities in MODALITIES order."""
   names = [m.strip() for m in str(text).replace("+", ",").split(",") if m.strip()]
   bad = [m for m in names if m not in MODALITIES]
   if bad or not names:
@@ -336,16 +413,18 @@ def _same_rate(a: float, b: float) -> bool:
 
 
 def _as_batch(x: Any) -> np.ndarray:
-  if np.iscomplexobj(x):    # np.asarray(float) would keep the real part and only warn
-    raise EncoderInputError("wrong input: embed needs a real float array (N, L), got complex "
-                            "values")
+  if np.iscomplexobj(x):  # np.asarray(float) would keep the real part and only warn
+    raise EncoderInputError(
+        "wrong input: embed needs a real float array (N, L), got complex " "values"
+    )
   try:
     a = np.asarray(x, dtype=np.float64)
   except (TypeError, ValueError):
     raise EncoderInputError("wrong input: embed needs a float array (N, L)") from None
   if a.ndim != 2:
-    raise EncoderInputError("wrong shape: embed needs a float array (N, L) of segments, "
-                            f"got shape {a.shape}")
+    raise EncoderInputError(
+        "wrong shape: embed needs a float array (N, L) of segments, " f"got shape {a.shape}"
+    )
   if a.shape[1] == 0:
     raise EncoderInputError("wrong shape: segments of length 0")
   _check_finite(a, "input")
@@ -356,8 +435,10 @@ def _check_finite(a: np.ndarray, what: str) -> None:
   bad = ~np.isfinite(a)
   if bad.any():
     rows = np.unique(np.nonzero(bad)[0])
-    raise EncoderInputError(f"{what} has NaN or inf in {len(rows)} of {len(a)} rows "
-                            f"(first: row {rows[0]}); clean or drop them before embedding")
+    raise EncoderInputError(
+        f"{what} has NaN or inf in {len(rows)} of {len(a)} rows "
+        f"(first: row {rows[0]}); clean or drop them before embedding"
+    )
 
 
 def count_parameters(module) -> int:
@@ -366,16 +447,20 @@ def count_parameters(module) -> int:
 
 # ---- building encoders ---------------------------------------------------------------------------
 
+
 def encoder_module(model, modality: str):
   """The model's exported sub-module for `modality` ("ppg+ecg": M2AE's `JointFingerprint`),
   with a clear error if it has none."""
   from xmae_jax.models import m2ae
+
   if modality == JOINT:
     if not isinstance(model, m2ae.M2AE):
-      raise EncoderError(f"model {type(model).__name__} has no joint {JOINT} fingerprint (only "
-                         "M2AE has one): use modality ppg or ecg")
+      raise EncoderError(
+          f"model {type(model).__name__} has no joint {JOINT} fingerprint (only "
+          "M2AE has one): use modality ppg or ecg"
+      )
     return JointFingerprint(model)
-  package_lib.modalities_of(modality)    # one line for an unknown modality name
+  package_lib.modalities_of(modality)  # one line for an unknown modality name
   try:
     return model.encoder(modality)
   except (ValueError, KeyError, NotImplementedError) as e:
@@ -390,24 +475,29 @@ def from_model(model, config, modality: str = "ppg", **kwargs) -> Encoder:
 def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> Encoder:
   """A randomly initialized encoder of `config` (the baseline pretrained encoders must beat)."""
   from xmae_jax import models
+
   model = models.build(config, nnx.Rngs(seed))
-  return from_model(model, config, modality, info={"source": f"random init (seed {seed})"},
-                    **kwargs)
+  return from_model(
+      model, config, modality, info={"source": f"random init (seed {seed})"}, **kwargs
+  )
 
 
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:
   """'auto' = the best checkpoint by validation loss if any has one, else the latest; a corrupt
   one is skipped for the next intact one (`model_checkpoint.restore_model`)."""
   from xmae_jax.training import model_checkpoint
+
   model, config, used, _ = model_checkpoint.restore_model(workdir, step)
-  return from_model(model, config, modality,
-                    info={"source": f"workdir {workdir}", "step": used}, **kwargs)
+  return from_model(
+      model, config, modality, info={"source": f"workdir {workdir}", "step": used}, **kwargs
+  )
 
 
 def load_package(path, **kwargs) -> Encoder:
   """An exported package -> Encoder; weights from its Orbax checkpoint, no network (a gs://
   package is copied to a local folder first: its files are read and verified one by one)."""
   from xmae_jax.training import checkpoint
+
   path = paths.local_mirror(path, "encoder package").absolute()
   info = package_lib.read_package_info(path)
   package_lib.verify_files(path, info)
@@ -419,21 +509,29 @@ def load_package(path, **kwargs) -> Encoder:
   target = checkpoint.abstract_of(flat_target, {k: device for k in flat_target})
   restored = package_lib.restore_tensors(path, info, target)
   module = nnx.merge(graphdef, checkpoint.unflatten(weights, restored))
-  contract = Contract(**{k: v for k, v in info["contract"].items()
-                         if k in {f.name for f in dataclasses.fields(Contract)}})
-  return Encoder(module, config, modality, contract=contract, info={**info, "path": str(path)},
-                 **kwargs)
+  contract = Contract(
+      **{
+          k: v
+          for k, v in info["contract"].items()
+          if k in {f.name for f in dataclasses.fields(Contract)}
+      }
+  )
+  return Encoder(
+      module, config, modality, contract=contract, info={**info, "path": str(path)}, **kwargs
+  )
 
 
 def abstract_encoder(config, modality: str):
   """The encoder sub-module of `config`'s model with abstract (shape-only) variables."""
   from xmae_jax import models
+
   model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
   return encoder_module(model, modality)
 
 
-def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
-                 batch_size: int = 256) -> Encoder:
+def load_encoder(
+    path, *, step: str | int = "auto", modality: str | None = None, batch_size: int = 256
+) -> Encoder:
   """An exported package (xmae-export) or a training workdir -> a frozen `Encoder`.
 
   `modality` (ppg, ecg or ppg+ecg): for a workdir, which encoder (default ppg); for a package,
@@ -448,6 +546,12 @@ def load_encoder(path, *, step: str | int = "auto", modality: str | None = None,
     lacking = [m for m in package_lib.modalities_of(modality) if m not in enc.modalities]
     if lacking:
       raise EncoderError(f"package {path} holds the {enc.modality} encoder, not {modality}")
-    return Encoder(enc.module, enc.config, modality, contract=enc.contract, info=enc.info,
-                   batch_size=batch_size)
+    return Encoder(
+        enc.module,
+        enc.config,
+        modality,
+        contract=enc.contract,
+        info=enc.info,
+        batch_size=batch_size,
+    )
   return from_workdir(path, step=step, modality=modality or "ppg", batch_size=batch_size)

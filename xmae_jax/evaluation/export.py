@@ -7,6 +7,7 @@ through xmae_jax.evaluation.package (the format's one home: file names, package.
 safetensors naming, the atomic directory swap). Load a package with `xmae_jax.load_encoder(OUT)`;
 see xmae_jax.evaluation.encoder.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   from flax import nnx
 
   from xmae_jax.training import checkpoint
+
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(nnx.state(module)).items()}
   params = set(checkpoint.flatten(nnx.state(module, nnx.Param)))
   stats = set(checkpoint.flatten(nnx.state(module, nnx.BatchStat)))
@@ -40,8 +42,15 @@ def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   return flat, kinds
 
 
-def export_model(model, config, output: str | os.PathLike, *, modality: str = "ppg",
-                 source: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def export_model(
+    model,
+    config,
+    output: str | os.PathLike,
+    *,
+    modality: str = "ppg",
+    source: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
   """Writes the package of `model`'s `modality` encoder (ppg, ecg, or ppg+ecg for M2AE's joint
   fingerprint) to `output`; returns its path."""
   output = check_output(output, overwrite=overwrite)
@@ -49,18 +58,27 @@ def export_model(model, config, output: str | os.PathLike, *, modality: str = "p
   module.eval()
   flat, kinds = _weights(module)
   bad = sorted(k for k, v in flat.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
-  if bad:   # a package must never embed to NaN
-    raise ExportError(f"the {modality} encoder holds non-finite weights ({len(bad)} tensors, "
-                      f"e.g. {bad[0]!r}): refusing to export")
+  if bad:  # a package must never embed to NaN
+    raise ExportError(
+        f"the {modality} encoder holds non-finite weights ({len(bad)} tensors, "
+        f"e.g. {bad[0]!r}): refusing to export"
+    )
   contract = contract_lib.Contract.from_config(config)
   info = package_lib.package_info(
-      model_name=str(config.model.name), modality=modality,
+      model_name=str(config.model.name),
+      modality=modality,
       latent_dim=int(config.model.latent_dim),
-      param_count=encoder_lib.count_parameters(module), contract=contract.as_dict(),
-      preprocessing=contract_lib.dataset_preprocessing(config), source=source, tensors=flat,
-      kinds=kinds, segment_length=contract.segment_length)
-  return package_lib.write_package(output, flat, info, config_lib.config_to_dict(config),
-                                   overwrite=overwrite)
+      param_count=encoder_lib.count_parameters(module),
+      contract=contract.as_dict(),
+      preprocessing=contract_lib.dataset_preprocessing(config),
+      source=source,
+      tensors=flat,
+      kinds=kinds,
+      segment_length=contract.segment_length,
+  )
+  return package_lib.write_package(
+      output, flat, info, config_lib.config_to_dict(config), overwrite=overwrite
+  )
 
 
 def check_output(output, *, overwrite: bool = False, workdir=None) -> Path:
@@ -75,24 +93,32 @@ def check_output(output, *, overwrite: bool = False, workdir=None) -> Path:
   if workdir is not None and not paths.is_remote(workdir):
     run, out = Path(workdir).resolve(), output.resolve()
     if out == run or run in out.parents or out in run.parents:
-      raise ExportError(f"output {output} and workdir {workdir} overlap (one is inside the "
-                        "other): write the package outside the training run")
+      raise ExportError(
+          f"output {output} and workdir {workdir} overlap (one is inside the "
+          "other): write the package outside the training run"
+      )
   errors.check_writable(output.parent, "encoder package output folder", create=False)
   return output
 
 
-def export_workdir(workdir, output, *, modality: str = "ppg", step: str | int = "auto",
-                   overwrite: bool = False) -> Path:
+def export_workdir(
+    workdir, output, *, modality: str = "ppg", step: str | int = "auto", overwrite: bool = False
+) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
   from xmae_jax.training import checkpoint
   from xmae_jax.training import model_checkpoint
+
   check_output(output, overwrite=overwrite, workdir=workdir)
-  try:   # a corrupt checkpoint is skipped for the next candidate, with one line on stderr
+  try:  # a corrupt checkpoint is skipped for the next candidate, with one line on stderr
     model, config, resolved, m = model_checkpoint.restore_model(workdir, step)
   except checkpoint.CheckpointError as e:
     raise ExportError(str(e)) from None
-  source = {"workdir": paths.text(paths.absolute(workdir)), "step": resolved,
-            "requested_step": str(step),
-            "checkpoint_kind": m.get("kind"), "val_loss": m.get("val_loss"),
-            "written_by": m.get("package_version")}
+  source = {
+      "workdir": paths.text(paths.absolute(workdir)),
+      "step": resolved,
+      "requested_step": str(step),
+      "checkpoint_kind": m.get("kind"),
+      "val_loss": m.get("val_loss"),
+      "written_by": m.get("package_version"),
+  }
   return export_model(model, config, output, modality=modality, source=source, overwrite=overwrite)

@@ -7,6 +7,7 @@ readable (its manifest.json and xmae-prepare's report.json). Nothing is guessed:
 file states is written as "unknown" (a dataset licence, for one: xmae-prepare records none unless
 the dataset's report or manifest carries a `license` entry).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def dataset_facts(data_dir: str) -> dict[str, Any]:
   for key, name in (("manifest", "manifest.json"), ("report", "report.json")):
     try:
       facts[key] = json.loads((Path(data_dir) / name).read_text())
-    except (OSError, ValueError):   # gone, moved or never written: the card says unknown
+    except (OSError, ValueError):  # gone, moved or never written: the card says unknown
       pass
   return facts
 
@@ -51,8 +52,10 @@ def _number(value, fmt: str = ".5f") -> str:
 
 
 def _items(d: Mapping[str, Any]) -> list[str]:
-  return [f"* `{k}`: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
-          for k, v in sorted(d.items())]
+  return [
+      f"* `{k}`: {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+      for k, v in sorted(d.items())
+  ]
 
 
 def render(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
@@ -70,7 +73,7 @@ def render(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
       "",
       f"Written by xmae-export (xmae-jax {info.get('package_version')}) on "
       f"{info.get('created_utc', 'unknown date')}, from this package's package.json and "
-      "config.json. A field no file states is \"unknown\".",
+      'config.json. A field no file states is "unknown".',
       "",
       "## Model",
       f"* Architecture: {info.get('model_name')} (config.json holds every setting), the "
@@ -84,20 +87,27 @@ def render(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
       "",
       "## Training data",
       f"* Dataset directory: `{data_dir or 'unknown'}`"
-      + ("" if manifest else " (its manifest was not readable at export)") + ".",
+      + ("" if manifest else " (its manifest was not readable at export)")
+      + ".",
       f"* Source: {report.get('source') or manifest.get('source') or 'unknown'}; input "
       f"`{report.get('input') or 'unknown'}`.",
       f"* Licence of the data: {data_licence(facts)}.",
   ]
   if splits:
-    lines.append("* Windows / subjects per split: " + ", ".join(
-        f"{s} {e.get('records', '?')} / {e.get('subjects', '?')}"
-        for s, e in sorted(splits.items())))
+    lines.append(
+        "* Windows / subjects per split: "
+        + ", ".join(
+            f"{s} {e.get('records', '?')} / {e.get('subjects', '?')}"
+            for s, e in sorted(splits.items())
+        )
+    )
   if report:
-    lines.append(f"* Prepare report: {report.get('files_read', '?')}/"
-                 f"{report.get('files_total', '?')} inputs read, "
-                 f"{report.get('segments_kept', '?')} windows kept, "
-                 f"{report.get('segments_dropped_total', '?')} dropped (report.md in the dataset).")
+    lines.append(
+        f"* Prepare report: {report.get('files_read', '?')}/"
+        f"{report.get('files_total', '?')} inputs read, "
+        f"{report.get('segments_kept', '?')} windows kept, "
+        f"{report.get('segments_dropped_total', '?')} dropped (report.md in the dataset)."
+    )
   lines += [
       "",
       "## Preprocessing (the input contract; `embed` applies it)",
@@ -105,16 +115,18 @@ def render(info: Mapping[str, Any], config: Mapping[str, Any]) -> str:
       f"* Normalization: {contract.get('normalization_text', 'unknown')}.",
   ]
   if info.get("preprocessing"):
-    lines += ["", "Dataset preparation settings (xmae-prepare):",
-              *_items(info["preprocessing"])]
+    lines += ["", "Dataset preparation settings (xmae-prepare):", *_items(info["preprocessing"])]
   val_loss = source.get("val_loss")
   lines += [
       "",
       "## Metrics",
       f"* Validation loss (the pretraining objective on the dataset's val split): "
       f"{_number(val_loss)} at step {source.get('step', 'unknown')}"
-      + (" (the lowest of the run: xmae-export --step auto/best)"
-         if val_loss is not None and source.get("requested_step") in ("auto", "best") else "")
+      + (
+          " (the lowest of the run: xmae-export --step auto/best)"
+          if val_loss is not None and source.get("requested_step") in ("auto", "best")
+          else ""
+      )
       + ". Command: `xmae-train --config CONFIG --workdir "
       f"{source.get('workdir') or 'WORKDIR'}` (each evaluation is a line of WORKDIR/"
       "metrics.jsonl); this package: `xmae-export --workdir "

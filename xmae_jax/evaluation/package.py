@@ -28,6 +28,7 @@ version here and nowhere else.
 Versions: 1 = one modality's encoder (no "modalities" key); 2 = adds "modalities", and
 modality "ppg+ecg" (M2AE's joint fingerprint package).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,14 @@ README_FILE = "README.md"
 # Tensor kinds in package.json: trainable parameters and BatchNorm running statistics.
 KINDS = ("param", "batch_stat", "other")
 # Everything a package folder holds: an existing folder is replaced only when it holds no more.
-PACKAGE_MEMBERS = (PACKAGE_FILE, CONFIG_FILE, WEIGHTS_DIR, SAFETENSORS_FILE, README_FILE,
-                   model_card.FILE)
+PACKAGE_MEMBERS = (
+    PACKAGE_FILE,
+    CONFIG_FILE,
+    WEIGHTS_DIR,
+    SAFETENSORS_FILE,
+    README_FILE,
+    model_card.FILE,
+)
 # Files `xmae-export --stablehlo/--onnx` add to a finished package (xmae_jax/interop).
 EXTRA_MEMBER_PREFIXES = ("stablehlo", "onnx-")
 
@@ -82,10 +89,20 @@ class PackageError(XmaeError):
 
 # ---- writing ----------------------------------------------------------------------------------
 
-def package_info(*, model_name: str, modality: str, latent_dim: int, param_count: int,
-                 contract: dict[str, Any], preprocessing: dict[str, Any],
-                 source: dict[str, Any] | None, tensors: dict[str, np.ndarray],
-                 kinds: dict[str, str], segment_length: int) -> dict[str, Any]:
+
+def package_info(
+    *,
+    model_name: str,
+    modality: str,
+    latent_dim: int,
+    param_count: int,
+    contract: dict[str, Any],
+    preprocessing: dict[str, Any],
+    source: dict[str, Any] | None,
+    tensors: dict[str, np.ndarray],
+    kinds: dict[str, str],
+    segment_length: int,
+) -> dict[str, Any]:
   """The package.json document (schema FORMAT_VERSION)."""
   modalities = modalities_of(modality)
   return {
@@ -103,15 +120,17 @@ def package_info(*, model_name: str, modality: str, latent_dim: int, param_count
       "preprocessing": preprocessing,
       "config_file": CONFIG_FILE,
       "weights": {"orbax": WEIGHTS_DIR, "safetensors": SAFETENSORS_FILE},
-      "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "kind": kinds[k]}
-                  for k, v in sorted(tensors.items())},
+      "tensors": {
+          k: {"shape": list(v.shape), "dtype": str(v.dtype), "kind": kinds[k]}
+          for k, v in sorted(tensors.items())
+      },
       "call": f"{' and/or '.join(modalities)} (B, {segment_length}) float32 -> "
-              f"(B, {int(latent_dim)})",
+      f"(B, {int(latent_dim)})",
   }
 
 
 def modalities_of(modality: str) -> tuple[str, ...]:
-  """"ppg" -> ("ppg",); "ppg+ecg" -> ("ppg", "ecg")."""
+  """ "ppg" -> ("ppg",); "ppg+ecg" -> ("ppg", "ecg")."""
   if modality == JOINT:
     return MODALITIES
   if modality in MODALITIES:
@@ -138,13 +157,17 @@ def check_output(output: str | os.PathLike, *, overwrite: bool = False) -> Path:
   if not entries:
     return output
   if not _is_our_package(output):
-    raise PackageError(f"output {output} exists and is not an encoder package (no {PACKAGE_FILE} "
-                       f"of format {FORMAT_NAME!r}): --overwrite replaces only a package; choose "
-                       "another --output")
+    raise PackageError(
+        f"output {output} exists and is not an encoder package (no {PACKAGE_FILE} "
+        f"of format {FORMAT_NAME!r}): --overwrite replaces only a package; choose "
+        "another --output"
+    )
   foreign = [e for e in entries if not is_member_name(e)]
   if foreign:
-    raise PackageError(f"output {output} is an encoder package but also holds {foreign[0]!r}, "
-                       "which replacing it would delete: move that away or choose another --output")
+    raise PackageError(
+        f"output {output} is an encoder package but also holds {foreign[0]!r}, "
+        "which replacing it would delete: move that away or choose another --output"
+    )
   if not overwrite:
     raise PackageError(f"output {output} exists (pass --overwrite to replace it)")
   return output
@@ -158,18 +181,25 @@ def _is_our_package(path: Path) -> bool:
   return isinstance(info, dict) and info.get("format") == FORMAT_NAME
 
 
-def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], info: dict,
-                  config_dict: dict, *, overwrite: bool = False) -> Path:
+def write_package(
+    output: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    info: dict,
+    config_dict: dict,
+    *,
+    overwrite: bool = False,
+) -> Path:
   """Writes every file of the package (and the sha256 digest of each, in package.json) into a
   scratch folder beside `output`, then swaps it into place, so `output` is either the old
   package or the complete new one. A failed write (full disk, read-only file system) is one
   PackageError line naming `output`, and leaves it as it was."""
   import orbax.checkpoint as ocp
+
   if paths.is_remote(output):
     return _write_remote(output, tensors, info, config_dict, overwrite=overwrite)
   output = Path(output).absolute()
   with _writing(output):
-    remove_stale_scratch(output)    # first: it may put back a package a killed export moved
+    remove_stale_scratch(output)  # first: it may put back a package a killed export moved
     check_output(output, overwrite=overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     check_space(output.parent, output, tensors)
@@ -187,15 +217,16 @@ def write_package(output: str | os.PathLike, tensors: dict[str, np.ndarray], inf
       (new / model_card.FILE).write_text(model_card.render(info, config_dict))
       info = {**info, DIGESTS: file_digests(new)}
       (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
-      check_output(output, overwrite=overwrite)   # still ours to replace after the long write
+      check_output(output, overwrite=overwrite)  # still ours to replace after the long write
       package_swap.swap(scratch, output)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return output
 
 
-def _write_remote(output, tensors: dict[str, np.ndarray], info: dict, config_dict: dict, *,
-                  overwrite: bool):
+def _write_remote(
+    output, tensors: dict[str, np.ndarray], info: dict, config_dict: dict, *, overwrite: bool
+):
   """A gs:// package: written complete in a local folder, then uploaded one object per file,
   package.json last (a reader goes by package.json, so it finds either the old package's or
   the new one's, and each file it lists already there)."""
@@ -234,8 +265,10 @@ def _writing(output: Path):
     if reason is None:
       raise
     held.records.clear()
-    raise PackageError(f"cannot write encoder package {output}: {reason} (" + (
-        "the previous package is unchanged)" if existed else "nothing was written)")) from None
+    raise PackageError(
+        f"cannot write encoder package {output}: {reason} ("
+        + ("the previous package is unchanged)" if existed else "nothing was written)")
+    ) from None
   finally:
     logger.removeFilter(held)
     for record in held.records:
@@ -243,6 +276,7 @@ def _writing(output: Path):
 
 
 class _HeldErrors(logging.Filter):
+
   def __init__(self):
     super().__init__()
     self.records = []
@@ -260,8 +294,10 @@ def check_space(folder: Path, output: Path, tensors: dict[str, np.ndarray]) -> N
   need = 2 * sum(int(np.asarray(v).nbytes) for v in tensors.values()) + (256 << 10)
   free = shutil.disk_usage(folder).free
   if free < need:
-    raise PackageError(f"cannot write encoder package {output}: {os.strerror(errno.ENOSPC)} (it "
-                       f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)")
+    raise PackageError(
+        f"cannot write encoder package {output}: {os.strerror(errno.ENOSPC)} (it "
+        f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)"
+    )
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -300,8 +336,11 @@ def file_digest(path: Path) -> str:
 
 def file_digests(folder: Path) -> dict[str, str]:
   """{relative POSIX name: sha256} of every file under `folder` but package.json."""
-  return {p.relative_to(folder).as_posix(): file_digest(p)
-          for p in sorted(folder.rglob("*")) if p.is_file() and p != folder / PACKAGE_FILE}
+  return {
+      p.relative_to(folder).as_posix(): file_digest(p)
+      for p in sorted(folder.rglob("*"))
+      if p.is_file() and p != folder / PACKAGE_FILE
+  }
 
 
 def verify_files(path, info: dict) -> None:
@@ -318,30 +357,43 @@ def verify_files(path, info: dict) -> None:
     if not file.is_file():
       raise PackageError(f"encoder package {path}: file {name} is missing")
     if file_digest(file) != want:
-      raise PackageError(f"encoder package {path}: file {name} differs from what was exported "
-                         "(sha256 mismatch): the package is damaged; export it again")
+      raise PackageError(
+          f"encoder package {path}: file {name} differs from what was exported "
+          "(sha256 mismatch): the package is damaged; export it again"
+      )
 
 
 def member(path, name: Any, what: str) -> Path:
   """path/name for a `name` read from package.json, refused in one line unless it stays inside
   the package: no absolute path, no `..`, no symbolic link leading out."""
   path = Path(path)
-  if (not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name
-      or ".." in Path(name).parts):
+  if (
+      not isinstance(name, str)
+      or not name
+      or os.path.isabs(name)
+      or "\\" in name
+      or ".." in Path(name).parts
+  ):
     raise PackageError(f"{path / PACKAGE_FILE}: {what} {name!r} is not a name inside the package")
   target = path / name
   root, real = path.resolve(), target.resolve()
   if root not in real.parents:
-    raise PackageError(f"encoder package {path}: {what} {name} leads outside the package "
-                       f"(to {real})")
+    raise PackageError(
+        f"encoder package {path}: {what} {name} leads outside the package " f"(to {real})"
+    )
   return target
 
 
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) -> None:
   from safetensors.numpy import save_file
-  metadata = {"format": info["format"], "format_version": str(info["format_version"]),
-              "model_name": info["model_name"], "modality": info["modality"],
-              "package_version": info["package_version"]}
+
+  metadata = {
+      "format": info["format"],
+      "format_version": str(info["format_version"]),
+      "model_name": info["model_name"],
+      "modality": info["modality"],
+      "package_version": info["package_version"],
+  }
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
@@ -350,10 +402,12 @@ def package_readme(info: dict) -> str:
   modalities = package_modalities(info)
   what = "+".join(modalities).upper()
   if len(modalities) > 1:
-    what_text = (f"Frozen {info['model_name']} fingerprint encoder of "
-                 f"{' and '.join(m.upper() for m in modalities)} "
-                 "(each modality's encoder and the shared bottleneck): either modality alone or "
-                 "both give a fingerprint in one latent space")
+    what_text = (
+        f"Frozen {info['model_name']} fingerprint encoder of "
+        f"{' and '.join(m.upper() for m in modalities)} "
+        "(each modality's encoder and the shared bottleneck): either modality alone or "
+        "both give a fingerprint in one latent space"
+    )
     loading = [
         "z = enc.embed(ppg=p, ecg=e, fs=125)       # p, e: (N, L) the same windows -> (N, latent)",
         "z_ppg = enc.embed(ppg=p, fs=125)          # PPG alone: same space, same shape",
@@ -411,6 +465,7 @@ def package_readme(info: dict) -> str:
 
 # ---- reading ----------------------------------------------------------------------------------
 
+
 def read_package_info(path) -> dict:
   """package.json of an exported package, checked for format and version."""
   path = paths.path(path)
@@ -419,19 +474,23 @@ def read_package_info(path) -> dict:
     raise PackageError(f"encoder package {path} does not exist")
   if not file.is_file():
     raise PackageError(
-        f"{path} is not an encoder package (no {PACKAGE_FILE}; write one with xmae-export)")
+        f"{path} is not an encoder package (no {PACKAGE_FILE}; write one with xmae-export)"
+    )
   try:
     info = json.loads(file.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise PackageError(f"{file} is not valid JSON ({e})") from None
   if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-    raise PackageError(f"{file} is not an xmae-jax encoder package (format "
-                       f"{info.get('format') if isinstance(info, dict) else '?'!r})")
+    raise PackageError(
+        f"{file} is not an xmae-jax encoder package (format "
+        f"{info.get('format') if isinstance(info, dict) else '?'!r})"
+    )
   if info.get("format_version") not in READABLE_VERSIONS:
     raise PackageError(
         f"encoder package {path} has format version {info.get('format_version')!r} (written by "
         f"xmae-jax {info.get('package_version', '?')}); this xmae-jax {__version__} reads format "
-        f"version {' or '.join(map(str, READABLE_VERSIONS))}: re-export it with this version")
+        f"version {' or '.join(map(str, READABLE_VERSIONS))}: re-export it with this version"
+    )
   return info
 
 
@@ -453,15 +512,19 @@ def restore_tensors(path, info: dict, target: dict) -> dict:
   """{tensor name: array} from the package's Orbax item, shaped and placed like `target`
   (abstract arrays)."""
   import orbax.checkpoint as ocp
+
   path = Path(path)
   weights = info.get("weights")
-  weights_dir = member(path, weights.get("orbax") if isinstance(weights, dict) else None,
-                       "weights directory")
+  weights_dir = member(
+      path, weights.get("orbax") if isinstance(weights, dict) else None, "weights directory"
+  )
   if not weights_dir.is_dir():
     raise PackageError(f"{path}: weights directory {weights_dir.name}/ is missing")
   try:
     with ocp.StandardCheckpointer() as ckptr:
       return ckptr.restore(weights_dir, target)
-  except Exception as e:   # Orbax raises many types for missing or mis-shaped entries
-    raise PackageError(f"{path}: cannot restore encoder weights ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:300]})") from None
+  except Exception as e:  # Orbax raises many types for missing or mis-shaped entries
+    raise PackageError(
+        f"{path}: cannot restore encoder weights ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:300]})"
+    ) from None

@@ -3,6 +3,7 @@ scratch folder beside the output, then swapped in by two renames (the old output
 one in), so the output is always the old or the complete new one; what an export killed
 mid-write leaves is recognised by its marker and cleaned up by the next export to that output.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def _scratch_prefix(output: Path) -> str:
 def make_scratch(output: Path) -> Path:
   """A new scratch folder beside `output`, marked with this process, host and output."""
   scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(output), dir=output.parent))
-  (scratch / SCRATCH_MARKER).write_text(json.dumps(
-      {"pid": os.getpid(), "host": socket.gethostname(), "output": output.name}))
+  (scratch / SCRATCH_MARKER).write_text(
+      json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "output": output.name})
+  )
   return scratch
 
 
@@ -59,9 +61,13 @@ def remove_stale(output: Path, *, is_ours: Callable[[Path], bool]) -> None:
       mark = json.loads((scratch / SCRATCH_MARKER).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
       continue
-    if (not isinstance(mark, dict) or mark.get("output") != output.name
-        or mark.get("host") != socket.gethostname() or not isinstance(mark.get("pid"), int)
-        or _alive(mark["pid"])):
+    if (
+        not isinstance(mark, dict)
+        or mark.get("output") != output.name
+        or mark.get("host") != socket.gethostname()
+        or not isinstance(mark.get("pid"), int)
+        or _alive(mark["pid"])
+    ):
       continue
     old = scratch / OLD
     if not output.exists() and old.is_dir() and is_ours(old):
@@ -74,6 +80,6 @@ def _alive(pid: int) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:   # another user's process
+  except PermissionError:  # another user's process
     return True
   return True

@@ -27,6 +27,7 @@ the result lists it under `dropped_classes` (its other classes, with counts, und
 
 No subject is ever in both the training and the test part of a fold.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,24 +72,29 @@ def _stratified(kind: str) -> bool:
 def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int):
   x = np.asarray(x)
   if x.ndim != 2 or x.shape[0] != len(y) or len(groups) != len(y):
-    raise probe_config.ProbeError(f"features {x.shape}, targets {len(y)} and subjects "
-                                  f"{len(groups)} do not line up")
+    raise probe_config.ProbeError(
+        f"features {x.shape}, targets {len(y)} and subjects " f"{len(groups)} do not line up"
+    )
   if not np.all(np.isfinite(x)):
     raise probe_config.ProbeError(f"features contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
   n_subjects = len(np.unique(groups))
   if n_subjects < 2:
-    raise probe_config.ProbeError(f"need at least 2 subjects for subject-grouped folds, "
-                                  f"got {n_subjects}")
+    raise probe_config.ProbeError(
+        f"need at least 2 subjects for subject-grouped folds, " f"got {n_subjects}"
+    )
   if kind == tasks_lib.CLASSIFICATION:
     classes = np.unique(y)
     if len(classes) != 2 or not set(classes.tolist()) <= {0.0, 1.0}:
-      raise probe_config.ProbeError(f"binary targets must take both values 0 and 1; "
-                                    f"got {classes.tolist()}")
+      raise probe_config.ProbeError(
+          f"binary targets must take both values 0 and 1; " f"got {classes.tolist()}"
+      )
   if kind == tasks_lib.MULTICLASS:
     classes = np.unique(y)
     if len(classes) < 2 or np.any(classes < 0) or np.any(classes != np.round(classes)):
-      raise probe_config.ProbeError(f"multiclass targets must be class ids 0, 1, ... of at "
-                                    f"least 2 classes; got {classes[:10].tolist()}")
+      raise probe_config.ProbeError(
+          f"multiclass targets must be class ids 0, 1, ... of at "
+          f"least 2 classes; got {classes[:10].tolist()}"
+      )
   return min(folds, n_subjects)
 
 
@@ -104,12 +110,16 @@ def outer_splits(y, groups, kind, n_folds, seed, grouped=True):
       n_folds = min(n_folds, int(np.unique(y, return_counts=True)[1].min()))
       splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
   else:
-    splitter = (GroupKFold(n_folds, shuffle=True, random_state=seed) if grouped
-                else KFold(n_folds, shuffle=True, random_state=seed))
+    splitter = (
+        GroupKFold(n_folds, shuffle=True, random_state=seed)
+        if grouped
+        else KFold(n_folds, shuffle=True, random_state=seed)
+    )
   if n_folds < 2:
     raise probe_config.ProbeError("too few subjects per class for 2 folds")
-  return list(splitter.split(idx, y.astype(int) if _stratified(kind) else y,
-                             groups if grouped else None))
+  return list(
+      splitter.split(idx, y.astype(int) if _stratified(kind) else y, groups if grouped else None)
+  )
 
 
 def _max_stratified_group_folds(y, groups) -> int:
@@ -118,8 +128,9 @@ def _max_stratified_group_folds(y, groups) -> int:
   return max(2, min(per_class))
 
 
-def select_classes(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str] | None,
-                   min_subjects: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def select_classes(
+    y: np.ndarray, groups: np.ndarray, class_names: Sequence[str] | None, min_subjects: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """The classes of a multiclass target that have at least `min_subjects` subjects.
 
   Returns (rows kept, their class ids renumbered 0..K-1 in the original order, a summary with
@@ -131,20 +142,34 @@ def select_classes(y: np.ndarray, groups: np.ndarray, class_names: Sequence[str]
   if class_names is None:
     class_names = [str(k) for k in range(int(present.max()) + 1)]
   if present.max() >= len(class_names) or present.min() < 0:
-    raise probe_config.ProbeError(f"class ids {present.tolist()} do not index the "
-                                  f"{len(class_names)} class names")
-  counts = {int(k): {"name": class_names[k], "segments": int(np.sum(ids == k)),
-                     "subjects": int(len(np.unique(groups[ids == k])))} for k in present}
+    raise probe_config.ProbeError(
+        f"class ids {present.tolist()} do not index the " f"{len(class_names)} class names"
+    )
+  counts = {
+      int(k): {
+          "name": class_names[k],
+          "segments": int(np.sum(ids == k)),
+          "subjects": int(len(np.unique(groups[ids == k]))),
+      }
+      for k in present
+  }
   kept = [k for k in counts if counts[k]["subjects"] >= min_subjects]
   if len(kept) < 2:
     listing = ", ".join(f"{c['name']} {c['subjects']}" for c in counts.values())
-    raise probe_config.ProbeError(f"multiclass target: fewer than 2 classes have at least "
-                                  f"{min_subjects} subjects (one per fold); subjects per class: "
-                                  f"{listing}")
+    raise probe_config.ProbeError(
+        f"multiclass target: fewer than 2 classes have at least "
+        f"{min_subjects} subjects (one per fold); subjects per class: "
+        f"{listing}"
+    )
   rows = np.flatnonzero(np.isin(ids, kept))
-  summary = {"classes": [counts[k] for k in kept],
-             "dropped_classes": [{**counts[k], "reason": f"fewer than {min_subjects} subjects"}
-                                 for k in counts if k not in kept]}
+  summary = {
+      "classes": [counts[k] for k in kept],
+      "dropped_classes": [
+          {**counts[k], "reason": f"fewer than {min_subjects} subjects"}
+          for k in counts
+          if k not in kept
+      ],
+  }
   return rows, np.searchsorted(kept, ids[rows]).astype(np.float64), summary
 
 
@@ -167,7 +192,7 @@ def _multiclass_scorer(estimator, x, y) -> float:
 
 
 def _estimator(kind: str, cfg: probe_config.LinearProbeConfig):
-  if _stratified(kind):   # lbfgs: multinomial for more than two classes
+  if _stratified(kind):  # lbfgs: multinomial for more than two classes
     model = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter)
     return make_pipeline(StandardScaler(), model), {"logisticregression__C": list(cfg.c_grid)}
   return make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(cfg.alpha_grid)}
@@ -183,12 +208,12 @@ def _fit_fold(x, y, groups, kind, cfg: probe_config.LinearProbeConfig):
   else:
     inner = GroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
     scoring = "neg_mean_squared_error"
-  if n_inner < 2:   # a fold with a single training subject per class: no inner CV possible
+  if n_inner < 2:  # a fold with a single training subject per class: no inner CV possible
     return estimator.fit(x, y.astype(int) if _stratified(kind) else y), None
   search = GridSearchCV(estimator, grid, cv=inner, scoring=scoring, refit=True, error_score=np.nan)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
-    warnings.simplefilter("ignore", UserWarning)   # inner folds that miss a class score NaN
+    warnings.simplefilter("ignore", UserWarning)  # inner folds that miss a class score NaN
     search.fit(x, y.astype(int) if _stratified(kind) else y, groups=groups)
   return search.best_estimator_, next(iter(search.best_params_.values()))
 
@@ -202,10 +227,16 @@ def _multiclass_rows(x, y, groups, kind, class_names, folds):
   return x[rows], y, groups[rows], summary
 
 
-def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-                 cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(), *,
-                 keep_predictions: bool = False,
-                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    kind: str,
+    cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(),
+    *,
+    keep_predictions: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
   """Outer subject-grouped CV with inner CV for the regularization; metrics with bootstrap CIs.
 
   With keep_predictions, the result also holds `predictions` (out-of-fold scores; multiclass:
@@ -227,17 +258,26 @@ def linear_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
       oof[test] = model.predict_proba(x[test])[:, 1]
     else:
       oof[test] = model.predict(x[test])
-    folds.append({"n_test": int(len(test)), "n_test_subjects": int(len(np.unique(groups[test]))),
-                  "regularization": chosen,
-                  **probe_metrics.metrics_fn(kind)(y[test], oof[test])})
+    folds.append(
+        {
+            "n_test": int(len(test)),
+            "n_test_subjects": int(len(np.unique(groups[test]))),
+            "regularization": chosen,
+            **probe_metrics.metrics_fn(kind)(y[test], oof[test]),
+        }
+    )
   point = probe_metrics.metrics_fn(kind)(y, oof)
-  cis = probe_metrics.subject_bootstrap(y, oof, groups, kind, n_bootstrap=cfg.n_bootstrap,
-                                        seed=cfg.seed)
+  cis = probe_metrics.subject_bootstrap(
+      y, oof, groups, kind, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed
+  )
   return {
-      "protocol": "linear", "kind": kind,
+      "protocol": "linear",
+      "kind": kind,
       "metrics": {k: {"value": v, "ci95": list(cis[k])} for k, v in point.items()},
-      "folds": folds, "n_folds": len(splits),
-      "n_segments": int(len(y)), "n_subjects": int(len(np.unique(groups))),
+      "folds": folds,
+      "n_folds": len(splits),
+      "n_segments": int(len(y)),
+      "n_subjects": int(len(np.unique(groups))),
       **_class_counts(y, kind, classes, oof),
       "config": dataclasses.asdict(cfg),
       **({"predictions": oof, "targets": y, "groups": groups} if keep_predictions else {}),
@@ -248,8 +288,10 @@ def _class_counts(y, kind, classes=None, prob=None):
   """Binary: positives and negatives. Multiclass: the class summary, with each class's
   one-vs-rest AUROC where the class probabilities are given."""
   if kind == tasks_lib.MULTICLASS:
-    out = {"classes": [dict(c) for c in classes["classes"]],
-           "dropped_classes": classes["dropped_classes"]}
+    out = {
+        "classes": [dict(c) for c in classes["classes"]],
+        "dropped_classes": classes["dropped_classes"],
+    }
     if prob is not None:
       for k, c in enumerate(out["classes"]):
         c["auroc"] = probe_metrics.classification_metrics(y == k, prob[:, k])["auroc"]
@@ -296,9 +338,11 @@ def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeC
 
   d = x_tr.shape[1]
   k_w, k_b = jax.random.split(jax.random.key(seed))
-  bound = 1.0 / math.sqrt(d)        # PyTorch nn.Linear's default initialization
-  params = {"w": jax.random.uniform(k_w, (d, n_out), jnp.float32, -bound, bound),
-            "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound)}
+  bound = 1.0 / math.sqrt(d)  # PyTorch nn.Linear's default initialization
+  params = {
+      "w": jax.random.uniform(k_w, (d, n_out), jnp.float32, -bound, bound),
+      "b": jax.random.uniform(k_b, (n_out,), jnp.float32, -bound, bound),
+  }
   init, step, eval_loss = _head_functions(n_out, float(cfg.lr))
   opt_state = init(params)
   rng = np.random.default_rng(seed)
@@ -307,7 +351,7 @@ def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeC
   for _ in range(cfg.epochs):
     order = rng.permutation(len(x_tr))
     for start in range(0, len(order), bs):
-      rows = order[start:start + bs]
+      rows = order[start : start + bs]
       # Pad to a fixed batch so the step compiles once; padded rows have weight 0.
       pad = bs - len(rows)
       xb = np.concatenate([x_tr[rows], np.zeros((pad, d), np.float32)])
@@ -336,16 +380,22 @@ def validation_split(train, groups, cfg: probe_config.XMAEProbeConfig, seed: int
     is_val = np.array([g in val_subjects for g in groups[train]])
   else:
     is_val = np.zeros(len(train), bool)
-    is_val[rng.permutation(len(train))[:max(1, int(round(len(train) * cfg.val_fraction)))]] = True
+    is_val[rng.permutation(len(train))[: max(1, int(round(len(train) * cfg.val_fraction)))]] = True
   if is_val.all() or not is_val.any():
     is_val = np.zeros(len(train), bool)
-    is_val[rng.permutation(len(train))[:max(1, len(train) // 8)]] = True
+    is_val[rng.permutation(len(train))[: max(1, len(train) // 8)]] = True
   return train[~is_val], train[is_val]
 
 
-def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
-               cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(), *,
-               class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def xmae_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    kind: str,
+    cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(),
+    *,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
   """The xMAE paper's protocol; per-fold metrics and their mean and std."""
   x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
   x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.folds)
@@ -356,44 +406,77 @@ def xmae_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str,
     fit_rows, val_rows = validation_split(train, groups, cfg, cfg.seed + i)
     if kind == tasks_lib.MULTICLASS:
       n_classes = len(classes["classes"])
-      predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
-                            y[val_rows].astype(np.float32), n_classes, cfg, cfg.seed + i)
+      predict = _train_head(
+          x[fit_rows],
+          y[fit_rows].astype(np.float32),
+          x[val_rows],
+          y[val_rows].astype(np.float32),
+          n_classes,
+          cfg,
+          cfg.seed + i,
+      )
       prob = _softmax(predict(x[test]))
       m = probe_metrics.multiclass_metrics(y[test], prob)
-      scores = {"macro_auroc": m["macro_auroc"], "macro_f1": m["macro_f1"],
-                "accuracy": float(np.mean(prob.argmax(1) == y[test])),
-                "balanced_accuracy": m["balanced_accuracy"]}
+      scores = {
+          "macro_auroc": m["macro_auroc"],
+          "macro_f1": m["macro_f1"],
+          "accuracy": float(np.mean(prob.argmax(1) == y[test])),
+          "balanced_accuracy": m["balanced_accuracy"],
+      }
     elif kind == tasks_lib.CLASSIFICATION:
-      predict = _train_head(x[fit_rows], y[fit_rows].astype(np.float32), x[val_rows],
-                            y[val_rows].astype(np.float32), 2, cfg, cfg.seed + i)
+      predict = _train_head(
+          x[fit_rows],
+          y[fit_rows].astype(np.float32),
+          x[val_rows],
+          y[val_rows].astype(np.float32),
+          2,
+          cfg,
+          cfg.seed + i,
+      )
       logits = predict(x[test])
       prob = _softmax(logits)[:, 1]
       yt = y[test]
       auroc = float(skm.roc_auc_score(yt, prob)) if len(np.unique(yt)) == 2 else math.nan
-      scores = {"auroc": auroc,
-                "f1": float(skm.f1_score(yt, logits.argmax(1), zero_division=0)),
-                "accuracy": float(skm.accuracy_score(yt, logits.argmax(1)))}
+      scores = {
+          "auroc": auroc,
+          "f1": float(skm.f1_score(yt, logits.argmax(1), zero_division=0)),
+          "accuracy": float(skm.accuracy_score(yt, logits.argmax(1))),
+      }
     else:
       mu, sd = y[fit_rows].mean(), y[fit_rows].std() or 1.0
       norm = lambda v: ((v - mu) / sd).astype(np.float32)
-      predict = _train_head(x[fit_rows], norm(y[fit_rows]), x[val_rows], norm(y[val_rows]), 1,
-                            cfg, cfg.seed + i)
+      predict = _train_head(
+          x[fit_rows], norm(y[fit_rows]), x[val_rows], norm(y[val_rows]), 1, cfg, cfg.seed + i
+      )
       pred = predict(x[test])[:, 0] * sd + mu
-      scores = {"mae": float(np.mean(np.abs(pred - y[test]))),
-                "r2": float(skm.r2_score(y[test], pred)) if len(test) > 1 else math.nan}
+      scores = {
+          "mae": float(np.mean(np.abs(pred - y[test]))),
+          "r2": float(skm.r2_score(y[test], pred)) if len(test) > 1 else math.nan,
+      }
     folds.append({"n_test": int(len(test)), **scores})
-  names = {tasks_lib.CLASSIFICATION: XMAE_CLASSIFICATION_METRICS,
-           tasks_lib.MULTICLASS: XMAE_MULTICLASS_METRICS}.get(kind, XMAE_REGRESSION_METRICS)
+  names = {
+      tasks_lib.CLASSIFICATION: XMAE_CLASSIFICATION_METRICS,
+      tasks_lib.MULTICLASS: XMAE_MULTICLASS_METRICS,
+  }.get(kind, XMAE_REGRESSION_METRICS)
   summary = {}
   for name in names:
     v = np.array([f[name] for f in folds])
     v = v[np.isfinite(v)]
-    summary[name] = {"mean": float(v.mean()) if len(v) else math.nan,
-                     "std": float(v.std()) if len(v) else math.nan}
-  return {"protocol": "xmae", "kind": kind, "metrics": summary, "folds": folds,
-          "n_folds": len(splits), "n_segments": int(len(y)),
-          "n_subjects": int(len(np.unique(groups))), **_class_counts(y, kind, classes),
-          "config": dataclasses.asdict(cfg)}
+    summary[name] = {
+        "mean": float(v.mean()) if len(v) else math.nan,
+        "std": float(v.std()) if len(v) else math.nan,
+    }
+  return {
+      "protocol": "xmae",
+      "kind": kind,
+      "metrics": summary,
+      "folds": folds,
+      "n_folds": len(splits),
+      "n_segments": int(len(y)),
+      "n_subjects": int(len(np.unique(groups))),
+      **_class_counts(y, kind, classes),
+      "config": dataclasses.asdict(cfg),
+  }
 
 
 def _softmax(z):
@@ -406,41 +489,71 @@ def _softmax(z):
 # Tasks on an embeddings file
 
 
-def run_task(embeddings: np.ndarray, subjects: np.ndarray, fields, task_spec: str, *,
-             protocol: str = "linear",
-             linear_cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(),
-             xmae_cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(),
-             keep_predictions: bool = False) -> dict[str, Any]:
+def run_task(
+    embeddings: np.ndarray,
+    subjects: np.ndarray,
+    fields,
+    task_spec: str,
+    *,
+    protocol: str = "linear",
+    linear_cfg: probe_config.LinearProbeConfig = probe_config.LinearProbeConfig(),
+    xmae_cfg: probe_config.XMAEProbeConfig = probe_config.XMAEProbeConfig(),
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
   """One task on one set of embeddings: targets from `fields`, then the chosen protocol."""
   if protocol not in probe_config.PROTOCOLS:
-    raise probe_config.ProbeError(f"unknown protocol {protocol!r}; "
-                                  f"choose {', '.join(probe_config.PROTOCOLS)}")
+    raise probe_config.ProbeError(
+        f"unknown protocol {protocol!r}; " f"choose {', '.join(probe_config.PROTOCOLS)}"
+    )
   y, keep, task = tasks_lib.targets(task_spec, fields)
   x, g, y = np.asarray(embeddings)[keep], np.asarray(subjects)[keep], y[keep]
-  names = (tasks_lib.class_names(task_spec, fields) if task.kind == tasks_lib.MULTICLASS else None)
+  names = tasks_lib.class_names(task_spec, fields) if task.kind == tasks_lib.MULTICLASS else None
   try:
     if protocol == "linear":
-      result = linear_probe(x, y, g, task.kind, linear_cfg, keep_predictions=keep_predictions,
-                            class_names=names)
+      result = linear_probe(
+          x, y, g, task.kind, linear_cfg, keep_predictions=keep_predictions, class_names=names
+      )
     else:
       result = xmae_probe(x, y, g, task.kind, xmae_cfg, class_names=names)
   except probe_config.ProbeError as e:
     raise probe_config.ProbeError(f"task {tasks_lib.canonical_name(task_spec)}: {e}") from None
-  return {"task": tasks_lib.canonical_name(task_spec), "description": task.description,
-          "unit": task.unit, **result}
+  return {
+      "task": tasks_lib.canonical_name(task_spec),
+      "description": task.description,
+      "unit": task.unit,
+      **result,
+  }
 
 
-def run_tasks(embeddings, subjects, fields, task_specs: Sequence[str], *, protocols=("linear",),
-              linear_cfg=probe_config.LinearProbeConfig(), xmae_cfg=probe_config.XMAEProbeConfig(),
-              keep_predictions: bool = False, desc: str = "probing") -> list[dict[str, Any]]:
+def run_tasks(
+    embeddings,
+    subjects,
+    fields,
+    task_specs: Sequence[str],
+    *,
+    protocols=("linear",),
+    linear_cfg=probe_config.LinearProbeConfig(),
+    xmae_cfg=probe_config.XMAEProbeConfig(),
+    keep_predictions: bool = False,
+    desc: str = "probing",
+) -> list[dict[str, Any]]:
   results = []
   runs = [(spec, protocol) for spec in task_specs for protocol in protocols]
   with progress.bar(total=len(runs), desc=desc, unit="task") as bar:
     for spec, protocol in runs:
       bar.set_postfix_str(f"{tasks_lib.canonical_name(spec)} ({protocol})")
-      results.append(run_task(embeddings, subjects, fields, spec, protocol=protocol,
-                              linear_cfg=linear_cfg, xmae_cfg=xmae_cfg,
-                              keep_predictions=keep_predictions))
+      results.append(
+          run_task(
+              embeddings,
+              subjects,
+              fields,
+              spec,
+              protocol=protocol,
+              linear_cfg=linear_cfg,
+              xmae_cfg=xmae_cfg,
+              keep_predictions=keep_predictions,
+          )
+      )
       bar.update(1)
   return results
 
@@ -459,12 +572,23 @@ def resolve_tasks(specs: Sequence[str] | None, fields) -> list[str]:
   return list(specs)
 
 
-def probe_file(path: str | os.PathLike, specs: Sequence[str] | None, *, protocols=("linear",),
-               linear_cfg=probe_config.LinearProbeConfig(), xmae_cfg=probe_config.XMAEProbeConfig()
-               ) -> list[dict[str, Any]]:
+def probe_file(
+    path: str | os.PathLike,
+    specs: Sequence[str] | None,
+    *,
+    protocols=("linear",),
+    linear_cfg=probe_config.LinearProbeConfig(),
+    xmae_cfg=probe_config.XMAEProbeConfig(),
+) -> list[dict[str, Any]]:
   """Every task of `specs` (see resolve_tasks) on an embeddings file written by xmae-embed."""
   arrays = embed_lib.load_embeddings(path)
   fields = tasks_lib.fields_from_arrays(arrays)
-  return run_tasks(arrays["embeddings"], arrays["subject_ids"], fields,
-                   resolve_tasks(specs, fields), protocols=protocols, linear_cfg=linear_cfg,
-                   xmae_cfg=xmae_cfg)
+  return run_tasks(
+      arrays["embeddings"],
+      arrays["subject_ids"],
+      fields,
+      resolve_tasks(specs, fields),
+      protocols=protocols,
+      linear_cfg=linear_cfg,
+      xmae_cfg=xmae_cfg,
+  )

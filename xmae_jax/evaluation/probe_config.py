@@ -2,6 +2,7 @@
 
 Light on purpose (no scikit-learn, no JAX), so that a tool's --help can show these defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ class LinearProbeConfig:
   inner_folds: int = 3
   seed: int = 0
   n_bootstrap: int = 1000
-  c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)       # logistic C = 1/lambda
+  c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # logistic C = 1/lambda
   alpha_grid: tuple[float, ...] = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)  # ridge alpha
   max_iter: int = 2000
 
@@ -35,7 +36,7 @@ class XMAEProbeConfig:
   batch_size: int = 2048
   patience: int = 5
   val_fraction: float = 1 / 8
-  group_folds: bool = True         # subject-level folds (False: stratified segment-level folds)
+  group_folds: bool = True  # subject-level folds (False: stratified segment-level folds)
 
 
 # The defaults of every subject-bootstrap and fold seed outside a probe run (paired comparisons,

@@ -5,6 +5,7 @@ subjects (a cluster bootstrap: segments of one subject are not independent), alo
 The metrics are plain numpy (equal to scikit-learn's, see the tests) because the bootstrap
 calls them thousands of times.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,12 @@ def classification_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
   tp, fp, fn = np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)
   f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
   balanced = 0.5 * (tp / n_pos + np.sum(~pred & ~y) / n_neg)
-  return {"auroc": float(auroc), "auprc": float(auprc), "f1": float(f1),
-          "balanced_accuracy": float(balanced)}
+  return {
+      "auroc": float(auroc),
+      "auprc": float(auprc),
+      "f1": float(f1),
+      "balanced_accuracy": float(balanced),
+  }
 
 
 def _auroc_from_ranks(ranks: np.ndarray, is_pos: np.ndarray) -> float:
@@ -74,8 +79,11 @@ def multiclass_metrics(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
   for k in np.union1d(present, pred):
     tp = np.sum((pred == k) & (y == k))
     f1.append(2 * tp / (np.sum(pred == k) + np.sum(y == k)) if tp else 0.0)
-  return {"macro_auroc": float(auroc), "balanced_accuracy": float(balanced),
-          "macro_f1": float(np.mean(f1))}
+  return {
+      "macro_auroc": float(auroc),
+      "balanced_accuracy": float(balanced),
+      "macro_f1": float(np.mean(f1)),
+  }
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -90,8 +98,10 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 def metrics_fn(kind: str):
   """The metrics of a task kind: classification, multiclass or regression."""
-  return {tasks_lib.CLASSIFICATION: classification_metrics,
-          tasks_lib.MULTICLASS: multiclass_metrics}.get(kind, regression_metrics)
+  return {
+      tasks_lib.CLASSIFICATION: classification_metrics,
+      tasks_lib.MULTICLASS: multiclass_metrics,
+  }.get(kind, regression_metrics)
 
 
 def subject_resamples(groups: np.ndarray, n_bootstrap: int, seed: int):
@@ -114,8 +124,9 @@ def percentile_ci(values) -> tuple[float, float]:
   return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
 
 
-def subject_bootstrap(y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *,
-                      n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
+def subject_bootstrap(
+    y: np.ndarray, score: np.ndarray, groups: np.ndarray, kind: str, *, n_bootstrap: int, seed: int
+) -> dict[str, tuple[float, float]]:
   """95% percentile CIs from resampling subjects with replacement (all segments of a subject).
 
   `score` is per segment: a probability, a value, or (multiclass) a row of class probabilities.
@@ -136,10 +147,17 @@ def _ratio(a: float, b: float) -> float:
 COMBINE = {"difference": (lambda a, b: a - b, 0.0), "ratio": (_ratio, 1.0)}
 
 
-def paired_statistic(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                     groups: np.ndarray, kind: str, *, combine: str = "difference",
-                     n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
-                     seed: int = probe_config.LINEAR_DEFAULTS.seed) -> dict[str, dict[str, Any]]:
+def paired_statistic(
+    y: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    groups: np.ndarray,
+    kind: str,
+    *,
+    combine: str = "difference",
+    n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+    seed: int = probe_config.LINEAR_DEFAULTS.seed,
+) -> dict[str, dict[str, Any]]:
   """combine(metric(a), metric(b)) on the same segments, with a paired subject-bootstrap 95% CI.
 
   `combine`: "difference" (a - b) or "ratio" (a / b; NaN where metric(b) is 0). Both score sets
@@ -163,15 +181,25 @@ def paired_statistic(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
   for k in a:
     v = np.asarray(draws[k], np.float64)
     v = v[np.isfinite(v)]
-    out[k] = {"value": float(fn(a[k], b[k])), "ci95": list(percentile_ci(v)),
-              f"share_above_{neutral:g}": float(np.mean(v > neutral)) if len(v) else math.nan}
+    out[k] = {
+        "value": float(fn(a[k], b[k])),
+        "ci95": list(percentile_ci(v)),
+        f"share_above_{neutral:g}": float(np.mean(v > neutral)) if len(v) else math.nan,
+    }
   return out
 
 
-def paired_difference(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray,
-                      groups: np.ndarray, kind: str, *,
-                      n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
-                      seed: int = probe_config.LINEAR_DEFAULTS.seed) -> dict[str, dict[str, Any]]:
+def paired_difference(
+    y: np.ndarray,
+    score_a: np.ndarray,
+    score_b: np.ndarray,
+    groups: np.ndarray,
+    kind: str,
+    *,
+    n_bootstrap: int = probe_config.LINEAR_DEFAULTS.n_bootstrap,
+    seed: int = probe_config.LINEAR_DEFAULTS.seed,
+) -> dict[str, dict[str, Any]]:
   """metric(a) - metric(b) with its paired subject-bootstrap CI (paired_statistic's difference)."""
-  return paired_statistic(y, score_a, score_b, groups, kind, combine="difference",
-                          n_bootstrap=n_bootstrap, seed=seed)
+  return paired_statistic(
+      y, score_a, score_b, groups, kind, combine="difference", n_bootstrap=n_bootstrap, seed=seed
+  )

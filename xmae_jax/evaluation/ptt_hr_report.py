@@ -17,6 +17,7 @@ PTT needs labelled data: the synthetic source records it per window (`meta.ptt_m
 MIMIC-derived data the ECG-PPG delay can carry unknown channel offsets (notes §9), so absolute
 PTT there is not trustworthy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,29 +36,40 @@ from xmae_jax.evaluation import tasks as tasks_lib
 TIMING_TASKS = ("ptt", "hr")
 
 
-def shuffled_control(arrays: dict, task: str,
-                     cfg: probe_config.LinearProbeConfig) -> dict[str, Any]:
+def shuffled_control(
+    arrays: dict, task: str, cfg: probe_config.LinearProbeConfig
+) -> dict[str, Any]:
   """The linear probe on targets permuted across segments (seeded): the chance level."""
   fields = tasks_lib.fields_from_arrays(arrays)
   y, keep, t = tasks_lib.targets(task, fields)
   rng = np.random.default_rng(cfg.seed + 1)
   y_perm = rng.permutation(y[keep])
-  return probe_lib.linear_probe(arrays["embeddings"][keep], y_perm, arrays["subject_ids"][keep],
-                                t.kind, cfg)
+  return probe_lib.linear_probe(
+      arrays["embeddings"][keep], y_perm, arrays["subject_ids"][keep], t.kind, cfg
+  )
 
 
-def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *,
-                  baseline: str | None = None, splits=None, tasks=TIMING_TASKS,
-                  linear_cfg=probe_config.LinearProbeConfig(), reuse_embeddings: bool = False,
-                  controls: bool = True) -> dict[str, Any]:
+def timing_report(
+    specs: Sequence[compare_lib.EncoderSpec],
+    data_dir,
+    out_dir,
+    *,
+    baseline: str | None = None,
+    splits=None,
+    tasks=TIMING_TASKS,
+    linear_cfg=probe_config.LinearProbeConfig(),
+    reuse_embeddings: bool = False,
+    controls: bool = True,
+) -> dict[str, Any]:
   """Embeds, probes PTT and HR, adds controls and paired differences.
 
   Writes timing.{md,json,png}.
   """
   compare_lib.check_baseline(specs, baseline)
   out = Path(out_dir)
-  files = compare_lib.embed_all(specs, data_dir, out, modality="ppg", splits=splits,
-                                reuse=reuse_embeddings)
+  files = compare_lib.embed_all(
+      specs, data_dir, out, modality="ppg", splits=splits, reuse=reuse_embeddings
+  )
   results = compare_lib.probe_all(files, list(tasks), linear_cfg=linear_cfg, keep_predictions=True)
   control_rows = []
   if controls:
@@ -66,10 +78,20 @@ def timing_report(specs: Sequence[compare_lib.EncoderSpec], data_dir, out_dir, *
       for task in tasks:
         r = shuffled_control(arrays, task, linear_cfg)
         control_rows.append({"encoder": name, "task": task, "metrics": r["metrics"]})
-  diffs = (compare_lib.differences_vs(results, baseline, n_bootstrap=linear_cfg.n_bootstrap,
-                                      seed=linear_cfg.seed) if baseline else [])
-  report = {"results": report_lib.json_ready(results), "controls": control_rows,
-            "differences": diffs, "baseline": baseline, "tasks": list(tasks),
-            "probe": dataclasses.asdict(linear_cfg)}
+  diffs = (
+      compare_lib.differences_vs(
+          results, baseline, n_bootstrap=linear_cfg.n_bootstrap, seed=linear_cfg.seed
+      )
+      if baseline
+      else []
+  )
+  report = {
+      "results": report_lib.json_ready(results),
+      "controls": control_rows,
+      "differences": diffs,
+      "baseline": baseline,
+      "tasks": list(tasks),
+      "probe": dataclasses.asdict(linear_cfg),
+  }
   report_lib.write_timing(report, results, out)
   return report

@@ -6,6 +6,7 @@ recording's PPG moved earlier; raw records read for it are moved the same way (p
 measured on the record's ECG, which reconstruction always reads), so the report scores the
 windows xmae-prepare would have made of them. `notes["ppg_alignment"]` says what was applied.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -24,17 +25,29 @@ def model_alignment(config) -> dict[str, Any]:
   return preprocess.ppg_alignment(contract_lib.dataset_preprocessing(config))
 
 
-def paired_segments(path, *, contract, split: str | None = "test",
-                    min_quality: float | None = None,
-                    alignment: Mapping[str, Any] | None = None):
+def paired_segments(
+    path,
+    *,
+    contract,
+    split: str | None = "test",
+    min_quality: float | None = None,
+    alignment: Mapping[str, Any] | None = None,
+):
   """(ppg, ecg, subjects, notes) windows of a dataset split or of WFDB records, optionally
   quality-filtered (subjects: one id per window); `alignment` (`model_alignment`) moves raw
   records' PPG as the training data's was."""
   source = embed_lib.detect_source(path)
   options = sources.default_options(source) if source != "dataset" else None
   splits = [split] if source == "dataset" and split not in (None, "", "all") else None
-  segs = embed_lib.read_segments(path, ("ppg", "ecg"), contract=contract, source=source,
-                                 splits=splits, options=options, alignment=alignment)
+  segs = embed_lib.read_segments(
+      path,
+      ("ppg", "ecg"),
+      contract=contract,
+      source=source,
+      splits=splits,
+      options=options,
+      alignment=alignment,
+  )
   ppg, ecg = segs.signals["ppg"], segs.signals["ecg"]
   keep = np.ones(len(ppg), bool)
   if min_quality is not None:

@@ -42,6 +42,7 @@ Raw records are windowed as the model's training data were, PPG shift included
 (xMAE family), the detected R-peaks or pulse feet marked; one figure per model, data and
 direction.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,14 +71,17 @@ class ReconstructionError(XmaeError):
 class Direction:
   """One reconstruction direction: `target` reconstructed from `source`; `marker` names the
   timing landmark (DETECTORS[target]) in figure legends."""
+
   target: str
   source: str
   marker: str
 
 
 ECG_FROM_PPG, PPG_FROM_ECG = "ecg<-ppg", "ppg<-ecg"
-DIRECTIONS = {ECG_FROM_PPG: Direction("ecg", "ppg", "R"),
-              PPG_FROM_ECG: Direction("ppg", "ecg", "foot")}
+DIRECTIONS = {
+    ECG_FROM_PPG: Direction("ecg", "ppg", "R"),
+    PPG_FROM_ECG: Direction("ppg", "ecg", "foot"),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
   feet = []
   for start, peak in zip(starts, peaks):
     foot = start + int(np.argmin(x[start:peak])) if peak > start else start
-    if foot > start:          # a minimum on the window's left edge is no trough
+    if foot > start:  # a minimum on the window's left edge is no trough
       feet.append(foot)
   return np.asarray(feet, int)
 
@@ -120,11 +124,18 @@ def detect_pulse_feet(ppg: np.ndarray, fs: float) -> np.ndarray:
 DETECTORS = {"ecg": preprocess.find_rpeaks, "ppg": detect_pulse_feet}
 
 
-def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray,
-                tolerance: float) -> list[tuple[int, int]]:
+def match_beats(
+    true_peaks: np.ndarray, recon_peaks: np.ndarray, tolerance: float
+) -> list[tuple[int, int]]:
   """One-to-one pairs (true, recon) by increasing distance, each within `tolerance` samples."""
-  pairs = sorted(((abs(int(r) - int(t)), i, j) for i, t in enumerate(true_peaks)
-                  for j, r in enumerate(recon_peaks) if abs(int(r) - int(t)) <= tolerance))
+  pairs = sorted(
+      (
+          (abs(int(r) - int(t)), i, j)
+          for i, t in enumerate(true_peaks)
+          for j, r in enumerate(recon_peaks)
+          if abs(int(r) - int(t)) <= tolerance
+      )
+  )
   used_t, used_r, out = set(), set(), []
   for _, i, j in pairs:
     if i not in used_t and j not in used_r:
@@ -136,17 +147,19 @@ def match_beats(true_peaks: np.ndarray, recon_peaks: np.ndarray,
 
 @dataclasses.dataclass
 class BeatTiming:
-  errors_ms: np.ndarray        # signed recon - true, matched beats
-  n_true: int                  # true R-peaks inside masked parts
+  errors_ms: np.ndarray  # signed recon - true, matched beats
+  n_true: int  # true R-peaks inside masked parts
   n_matched: int
-  n_extra: int                 # recon peaks inside masked parts matching no true beat
-  per_row: np.ndarray          # (rows, 3): true masked beats, matched, matched within 50 ms
+  n_extra: int  # recon peaks inside masked parts matching no true beat
+  per_row: np.ndarray  # (rows, 3): true masked beats, matched, matched within 50 ms
 
   def summary(self) -> dict[str, float]:
     e = np.abs(self.errors_ms)
     within = int(np.sum(e <= WITHIN_MS))
     return {
-        "true_beats": self.n_true, "matched_beats": self.n_matched, "extra_peaks": self.n_extra,
+        "true_beats": self.n_true,
+        "matched_beats": self.n_matched,
+        "extra_peaks": self.n_extra,
         "sensitivity": self.n_matched / self.n_true if self.n_true else math.nan,
         "median_abs_error_ms": float(np.median(e)) if len(e) else math.nan,
         "mean_abs_error_ms": float(np.mean(e)) if len(e) else math.nan,
@@ -155,9 +168,15 @@ class BeatTiming:
     }
 
 
-def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: float, *,
-                tolerance_ms: float = 150.0, detect=preprocess.find_rpeaks
-                ) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
+def beat_timing(
+    true: np.ndarray,
+    recon: np.ndarray,
+    masked: np.ndarray,
+    fs: float,
+    *,
+    tolerance_ms: float = 150.0,
+    detect=preprocess.find_rpeaks,
+) -> tuple[BeatTiming, list[dict[str, np.ndarray]]]:
   """Beat timing of the reconstruction over all rows (R-peaks by default; `detect(x, fs)` gives
   another landmark's sample indices, e.g. detect_pulse_feet); also each row's detected beats."""
   tol = tolerance_ms * fs / 1000.0
@@ -176,29 +195,51 @@ def beat_timing(true: np.ndarray, recon: np.ndarray, masked: np.ndarray, fs: flo
     row_errors = [(int(pr[j]) - int(pt_m[i])) * 1000.0 / fs for i, j in pairs]
     errors += row_errors
     per_row.append((len(pt_m), len(pairs), sum(abs(e) <= WITHIN_MS for e in row_errors)))
-  return BeatTiming(np.asarray(errors, float), n_true, n_matched, n_extra,
-                    np.asarray(per_row, int).reshape(-1, 3)), peaks
+  return (
+      BeatTiming(
+          np.asarray(errors, float),
+          n_true,
+          n_matched,
+          n_extra,
+          np.asarray(per_row, int).reshape(-1, 3),
+      ),
+      peaks,
+  )
 
 
-def summarize(true, recon, masked, fs, *, tolerance_ms=150.0, detect=preprocess.find_rpeaks,
-              per_row: bool = False) -> tuple[dict[str, Any], list]:
+def summarize(
+    true,
+    recon,
+    masked,
+    fs,
+    *,
+    tolerance_ms=150.0,
+    detect=preprocess.find_rpeaks,
+    per_row: bool = False,
+) -> tuple[dict[str, Any], list]:
   """Correlation over the `masked` samples and beat timing (`detect`: see beat_timing);
   `per_row` adds BeatTiming.per_row under 'per_row' (for paired_beat_difference)."""
   r = masked_correlation(true, recon, masked)
   timing, peaks = beat_timing(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect)
   finite = r[np.isfinite(r)]
-  corr = {"median_r": float(np.median(finite)) if len(finite) else math.nan,
-          "iqr_r": ([float(np.percentile(finite, 25)), float(np.percentile(finite, 75))]
-                    if len(finite) else [math.nan, math.nan]),
-          "mean_r": float(np.mean(finite)) if len(finite) else math.nan}
+  corr = {
+      "median_r": float(np.median(finite)) if len(finite) else math.nan,
+      "iqr_r": (
+          [float(np.percentile(finite, 25)), float(np.percentile(finite, 75))]
+          if len(finite)
+          else [math.nan, math.nan]
+      ),
+      "mean_r": float(np.mean(finite)) if len(finite) else math.nan,
+  }
   summary = {"segments": int(len(true)), **corr, **timing.summary()}
   if per_row:
     summary["per_row"] = timing.per_row
   return summary, peaks
 
 
-def paired_beat_difference(paired: np.ndarray, control: np.ndarray, groups, *,
-                           n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+def paired_beat_difference(
+    paired: np.ndarray, control: np.ndarray, groups, *, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
   """Sensitivity and share within 50 ms of a reconstruction minus its control's, from their
   BeatTiming.per_row on the same windows, each with a 95% CI from resampling subjects (`groups`,
   one per window; both conditions resampled with the same subjects' windows)."""
@@ -206,25 +247,28 @@ def paired_beat_difference(paired: np.ndarray, control: np.ndarray, groups, *,
 
   def rates(rows, idx):
     t = rows[idx, 0].sum()
-    return (np.array([rows[idx, 1].sum(), rows[idx, 2].sum()]) / t if t else
-            np.full(2, np.nan))
+    return np.array([rows[idx, 1].sum(), rows[idx, 2].sum()]) / t if t else np.full(2, np.nan)
 
   everything = np.arange(len(paired))
   value = rates(paired, everything) - rates(control, everything)
   resamples = probe_metrics.subject_resamples(np.asarray(groups), n_bootstrap, seed)
   draws = np.array([rates(paired, idx) - rates(control, idx) for idx in resamples])
-  return {"subjects": int(len(np.unique(np.asarray(groups)))), "n_bootstrap": n_bootstrap,
-          **{name: {"value": float(value[k]),
-                    "ci95": list(probe_metrics.percentile_ci(draws[:, k]))}
-             for k, name in enumerate(("sensitivity", "share_within_50ms"))}}
+  return {
+      "subjects": int(len(np.unique(np.asarray(groups)))),
+      "n_bootstrap": n_bootstrap,
+      **{
+          name: {"value": float(value[k]), "ci95": list(probe_metrics.percentile_ci(draws[:, k]))}
+          for k, name in enumerate(("sensitivity", "share_within_50ms"))
+      },
+  }
 
 
 # ----------------------------------------------------------------------------------------------
 # Running a model
 
 
-CEILING_BEAT_S = 0.3        # half-width of the mean beat the timing ceiling places
-CEILING_MAX_DELAY_S = 1.0   # an R-peak's systolic peak is the next one within this
+CEILING_BEAT_S = 0.3  # half-width of the mean beat the timing ceiling places
+CEILING_MAX_DELAY_S = 1.0  # an R-peak's systolic peak is the next one within this
 
 
 def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any]:
@@ -248,7 +292,7 @@ def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any
   for e, p in zip(ecg, ppg):
     r, s = preprocess.find_rpeaks(e, fs), preprocess.find_pulse_peaks(p, fs)
     inner = r[(r >= half) & (r < n - half)]
-    own = [e[t - half:t + half] - np.median(e) for t in inner]     # beats above the baseline
+    own = [e[t - half : t + half] - np.median(e) for t in inner]  # beats above the baseline
     beats.extend(own)
     delays.extend(preprocess.next_pulse_delays(r, s, max_delay))
     landmarks.append((inner, np.mean(own, axis=0) if own else None, s))
@@ -258,27 +302,31 @@ def timing_ceiling(ppg: np.ndarray, ecg: np.ndarray, fs: float) -> dict[str, Any
   delays = np.asarray(delays, int)
   lag = int(np.median(delays))
   spread = np.bincount(np.clip(delays - lag, -half, half) + half, minlength=2 * half + 1)
-  blurred = np.convolve(beat, spread[::-1] / spread.sum())           # centre at 2 * half
+  blurred = np.convolve(beat, spread[::-1] / spread.sum())  # centre at 2 * half
 
   def placed(centres, shape, centre):
     out = np.zeros(n)
     for t in np.asarray(centres, int):
       a, b = max(0, t - centre), min(n, t - centre + len(shape))
       if a < b:
-        out[a:b] += shape[a - t + centre:b - t + centre]
+        out[a:b] += shape[a - t + centre : b - t + centre]
     return out
 
   mse = {"mse_window_mean": [], "mse_ppg_timing": [], "mse_r_peaks_own_beat": []}
   for e, (inner, own, s) in zip(ecg, landmarks):
-    for key, pred in (("mse_window_mean", np.zeros(n)),
-                      ("mse_ppg_timing", placed(s - lag, blurred, 2 * half)),
-                      ("mse_r_peaks_own_beat", placed(inner, own, half) if own is not None
-                       else np.zeros(n))):
+    for key, pred in (
+        ("mse_window_mean", np.zeros(n)),
+        ("mse_ppg_timing", placed(s - lag, blurred, 2 * half)),
+        ("mse_r_peaks_own_beat", placed(inner, own, half) if own is not None else np.zeros(n)),
+    ):
       mse[key].append(np.mean((e - e.mean() - (pred - pred.mean())) ** 2))
-  return {"windows": len(ecg), "beats": len(beats),
-          **{k: float(np.mean(v)) for k, v in mse.items()},
-          "delay_ms_median": 1000.0 * lag / fs,
-          "delay_ms_iqr": [float(1000.0 * q / fs) for q in np.percentile(delays, [25, 75])]}
+  return {
+      "windows": len(ecg),
+      "beats": len(beats),
+      **{k: float(np.mean(v)) for k, v in mse.items()},
+      "delay_ms_median": 1000.0 * lag / fs,
+      "delay_ms_iqr": [float(1000.0 * q / fs) for q in np.percentile(delays, [25, 75])],
+  }
 
 
 def has_masked_contract(model) -> bool:
@@ -297,9 +345,11 @@ def model_directions(model) -> tuple[str, ...]:
     return (ECG_FROM_PPG,)
   if has_both_way_contract(model):
     return tuple(DIRECTIONS)
-  raise ReconstructionError(f"{type(model).__name__} does not reconstruct ECG (needs the xMAE "
-                            "call contract model(ppg, ecg, ecg_keep) or M2AE's "
-                            "model.reconstruct(ppg=..., ecg=..., target=...))")
+  raise ReconstructionError(
+      f"{type(model).__name__} does not reconstruct ECG (needs the xMAE "
+      "call contract model(ppg, ecg, ecg_keep) or M2AE's "
+      "model.reconstruct(ppg=..., ecg=..., target=...))"
+  )
 
 
 def _in_batches(run, arrays: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
@@ -308,17 +358,24 @@ def _in_batches(run, arrays: Sequence[np.ndarray], batch_size: int) -> list[np.n
   outs = []
   n = len(arrays[0])
   for start in range(0, n, batch_size):
-    parts = [a[start:start + batch_size] for a in arrays]
+    parts = [a[start : start + batch_size] for a in arrays]
     pad = batch_size - len(parts[0])
     if pad:
       parts = [np.concatenate([p, np.zeros((pad,) + p.shape[1:], np.float32)]) for p in parts]
     got = run(start // batch_size, *parts)
-    outs.append([np.asarray(g)[:batch_size - pad] for g in got])
+    outs.append([np.asarray(g)[: batch_size - pad] for g in got])
   return [np.concatenate(col) for col in zip(*outs)]
 
 
-def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch_size: int = 64,
-                mask_ratio: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct(
+    model,
+    ppg: np.ndarray,
+    ecg: np.ndarray,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    mask_ratio: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """(reconstructed ECG (N, L), masked (N, L) bool) with masks drawn from `seed`.
 
   The masks depend only on the seed, the segment's position and the model's masking config,
@@ -326,9 +383,12 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
   """
   import jax
   from flax import nnx
+
   if not has_masked_contract(model):
-    raise ReconstructionError(f"{type(model).__name__} does not reconstruct ECG "
-                              "(needs the xMAE call contract model(ppg, ecg, ecg_keep))")
+    raise ReconstructionError(
+        f"{type(model).__name__} does not reconstruct ECG "
+        "(needs the xMAE call contract model(ppg, ecg, ecg_keep))"
+    )
   model.eval()
   graphdef, state = nnx.split(model)
 
@@ -340,8 +400,9 @@ def reconstruct(model, ppg: np.ndarray, ecg: np.ndarray, *, seed: int = 0, batch
     return out["ecg_reconstruction"], out["ecg_mask"]
 
   base = jax.random.key(seed)
-  rec, mask = _in_batches(lambda i, p, e: run(state, p, e, jax.random.fold_in(base, i)),
-                          (ppg, ecg), batch_size)
+  rec, mask = _in_batches(
+      lambda i, p, e: run(state, p, e, jax.random.fold_in(base, i)), (ppg, ecg), batch_size
+  )
   return rec, mask > 0.5
 
 
@@ -351,10 +412,13 @@ def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
   key of DIRECTIONS. Compiled once, for the paired windows and their control alike."""
   import jax
   from flax import nnx
+
   if not has_both_way_contract(model):
-    raise ReconstructionError(f"{type(model).__name__} does not reconstruct one modality from "
-                              "the other alone (needs model.reconstruct(ppg=..., ecg=..., "
-                              "target=...))")
+    raise ReconstructionError(
+        f"{type(model).__name__} does not reconstruct one modality from "
+        "the other alone (needs model.reconstruct(ppg=..., ecg=..., "
+        "target=...))"
+    )
   d = DIRECTIONS[direction]
   model.eval()
   graphdef, state = nnx.split(model)
@@ -366,17 +430,31 @@ def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
   return lambda x: _in_batches(lambda _, b: (run(state, b),), (x,), batch_size)[0]
 
 
-def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100.0, seed: int = 0,
-             tolerance_ms: float = 150.0, control: bool = True, figure: str | None = None,
-             title: str = "", direction: str = ECG_FROM_PPG, groups=None) -> dict[str, Any]:
+def evaluate(
+    model,
+    config,
+    ppg: np.ndarray,
+    ecg: np.ndarray,
+    *,
+    fs: float = 100.0,
+    seed: int = 0,
+    tolerance_ms: float = 150.0,
+    control: bool = True,
+    figure: str | None = None,
+    title: str = "",
+    direction: str = ECG_FROM_PPG,
+    groups=None,
+) -> dict[str, Any]:
   """Reconstruction metrics on paired segments in one `direction` (a key of DIRECTIONS), plus
   the control with the conditioning modality shuffled (`shuffled_{source}_control`) and, given
   each segment's subject in `groups`, their paired difference (`paired_beat_difference`)."""
   if len(ppg) == 0:
     raise ReconstructionError("no paired segments to reconstruct")
   if direction not in model_directions(model):
-    raise ReconstructionError(f"{type(model).__name__} has no {direction} reconstruction "
-                              f"(it has {', '.join(model_directions(model))})")
+    raise ReconstructionError(
+        f"{type(model).__name__} has no {direction} reconstruction "
+        f"(it has {', '.join(model_directions(model))})"
+    )
   d = DIRECTIONS[direction]
   signals = {"ppg": ppg, "ecg": ecg}
   true, cond = signals[d.target], signals[d.source]
@@ -390,17 +468,23 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
 
   detect = DETECTORS[d.target]
   recon, masked = run(cond)
-  summary, peaks = summarize(true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect,
-                             per_row=True)
+  summary, peaks = summarize(
+      true, recon, masked, fs, tolerance_ms=tolerance_ms, detect=detect, per_row=True
+  )
   rows = summary.pop("per_row")
-  out = {"model": str(config.model.name), "direction": direction,
-         "scored_samples": "masked" if masked_model else "all", "reconstruction": summary}
+  out = {
+      "model": str(config.model.name),
+      "direction": direction,
+      "scored_samples": "masked" if masked_model else "all",
+      "reconstruction": summary,
+  }
   if control and len(ppg) > 1:
     other = np.roll(cond, len(cond) // 2, axis=0)
     recon_c, masked_c = run(other)
     assert np.array_equal(masked, masked_c)
-    control_summary = summarize(true, recon_c, masked_c, fs, tolerance_ms=tolerance_ms,
-                                detect=detect, per_row=True)[0]
+    control_summary = summarize(
+        true, recon_c, masked_c, fs, tolerance_ms=tolerance_ms, detect=detect, per_row=True
+    )[0]
     rows_c = control_summary.pop("per_row")
     out[f"shuffled_{d.source}_control"] = control_summary
     if groups is not None:
@@ -410,12 +494,25 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
     # Examples spread over the quality range: best, two middle, worst.
     pick = order[np.unique(np.linspace(0, len(order) - 1, min(4, len(order))).astype(int))]
     shaded = masked[pick] if masked_model else np.zeros_like(masked[pick])
-    xlabel = ("time (s); shaded = masked ECG" if masked_model else
-              f"time (s); whole {d.target.upper()} decoded from the {d.source.upper()} alone")
-    figures.plot_reconstructions(figure, true[pick], recon[pick], shaded, cond[pick],
-                                 sampling_rate=fs, title=title, peaks=[peaks[i] for i in pick],
-                                 xlabel=xlabel, target=d.target.upper(),
-                                 source=d.source.upper(), event=d.marker)
+    xlabel = (
+        "time (s); shaded = masked ECG"
+        if masked_model
+        else f"time (s); whole {d.target.upper()} decoded from the {d.source.upper()} alone"
+    )
+    figures.plot_reconstructions(
+        figure,
+        true[pick],
+        recon[pick],
+        shaded,
+        cond[pick],
+        sampling_rate=fs,
+        title=title,
+        peaks=[peaks[i] for i in pick],
+        xlabel=xlabel,
+        target=d.target.upper(),
+        source=d.source.upper(),
+        event=d.marker,
+    )
     out["figure"] = str(figure)
   return out
 
@@ -424,10 +521,18 @@ def evaluate(model, config, ppg: np.ndarray, ecg: np.ndarray, *, fs: float = 100
 # Report over sources
 
 
-def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple[str, str]],
-                 out_dir, *, split: str = "test", step: str = "auto", seed: int = 0,
-                 min_quality: float | None = None, tolerance_ms: float = 150.0,
-                 with_ceiling: bool = False) -> dict:
+def build_report(
+    models: Sequence[tuple[str, str]],
+    data_sources: Sequence[tuple[str, str]],
+    out_dir,
+    *,
+    split: str = "test",
+    step: str = "auto",
+    seed: int = 0,
+    min_quality: float | None = None,
+    tolerance_ms: float = 150.0,
+    with_ceiling: bool = False,
+) -> dict:
   """models: (name, workdir); data_sources: (label, path). Writes OUT/reconstruction.{json,md}
   and OUT/figures/NAME_LABEL.png (both-way models: NAME_LABEL_ecg_from_ppg.png and
   NAME_LABEL_ppg_from_ecg.png); returns the report dict, one row per model, data and direction,
@@ -435,6 +540,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   read for each model with the PPG shift its training data had (`recon_windows`); a row's
   `notes["ppg_alignment"]` says which."""
   from xmae_jax.training import model_checkpoint
+
   if not data_sources:
     raise ReconstructionError("give --data and/or --wfdb")
   out = paths.path(out_dir)
@@ -442,7 +548,7 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   loaded = []
   for name, workdir in models:
     model, config = model_checkpoint.load_model(workdir, step=step)
-    try:                              # a model that reconstructs nothing fails before any data
+    try:  # a model that reconstructs nothing fails before any data
       model_directions(model)
     except ReconstructionError as e:
       raise ReconstructionError(f"--model {name}={workdir}: {e}") from None
@@ -452,11 +558,15 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
   contract = contract_lib.Contract.from_config(loaded[0][2])
   alignments = [recon_windows.model_alignment(config) for _, _, config in loaded]
   ceilings = []
-  bar = progress.bar(total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
-                     desc="reconstructing", unit="run")
+  bar = progress.bar(
+      total=len(data_sources) * sum(len(model_directions(m)) for _, m, _ in loaded),
+      desc="reconstructing",
+      unit="run",
+  )
   for label, path in data_sources:
-    windows = recon_windows.per_model(path, alignments, contract=contract, split=split,
-                                      min_quality=min_quality)
+    windows = recon_windows.per_model(
+        path, alignments, contract=contract, split=split, min_quality=min_quality
+    )
     if with_ceiling:
       ppg, ecg = windows[0][:2]
       ceilings.append({"data": label, **timing_ceiling(ppg, ecg, contract.sampling_rate)})
@@ -467,17 +577,35 @@ def build_report(models: Sequence[tuple[str, str]], data_sources: Sequence[tuple
         # One direction (xMAE family): the figure keeps its name; both ways: one per direction.
         suffix = "" if len(directions) == 1 else f"_{d.target}_from_{d.source}"
         fig = out / "figures" / f"{name}_{slug(label)}{suffix}.png"
-        title = (f"{name} on {label}: masked ECG reconstructed (shaded = masked)"
-                 if has_masked_contract(model) else
-                 f"{name} on {label}: whole {d.target.upper()} from the {d.source.upper()} alone")
-        r = evaluate(model, config, ppg, ecg, fs=contract.sampling_rate, seed=seed,
-                     tolerance_ms=tolerance_ms, figure=str(fig), title=title,
-                     direction=direction, groups=subjects)
+        title = (
+            f"{name} on {label}: masked ECG reconstructed (shaded = masked)"
+            if has_masked_contract(model)
+            else f"{name} on {label}: whole {d.target.upper()} from the {d.source.upper()} alone"
+        )
+        r = evaluate(
+            model,
+            config,
+            ppg,
+            ecg,
+            fs=contract.sampling_rate,
+            seed=seed,
+            tolerance_ms=tolerance_ms,
+            figure=str(fig),
+            title=title,
+            direction=direction,
+            groups=subjects,
+        )
         rows.append({"name": name, "data": label, "path": str(path), "notes": notes, **r})
         bar.update(1)
   bar.close()
-  report = {"seed": seed, "fs": contract.sampling_rate, "tolerance_ms": tolerance_ms,
-            "split": split, "min_quality": min_quality, "rows": rows}
+  report = {
+      "seed": seed,
+      "fs": contract.sampling_rate,
+      "tolerance_ms": tolerance_ms,
+      "split": split,
+      "min_quality": min_quality,
+      "rows": rows,
+  }
   if with_ceiling:
     report["ceilings"] = ceilings
   report_lib.write_reconstruction(report, out)

@@ -13,6 +13,7 @@ Data: a prepared dataset or a folder of WFDB records (or a CSV/NPZ file), read a
 xmae-embed reads them (embed.read_segments); windows need both modalities. Outputs in OUT_DIR:
 results.json and table.md (written through evaluation/report.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import report
 
 TOP_K = (1, 5)
-_CHUNK = 2048        # queries scored at once (bounds the (queries, N, latent) gather)
+_CHUNK = 2048  # queries scored at once (bounds the (queries, N, latent) gather)
 
 
 class RetrievalError(XmaeError):
@@ -42,7 +43,7 @@ def draw_distractors(subjects: Sequence[str], gallery_size: int, seed: int = 0) 
   n, n_subjects, k = len(subjects), len(names), int(gallery_size) - 1
   check_gallery_size(gallery_size, n_subjects)
   rng = np.random.default_rng(seed)
-  order = np.argsort(subject_of, kind="stable")            # rows grouped by subject
+  order = np.argsort(subject_of, kind="stable")  # rows grouped by subject
   counts = np.bincount(subject_of, minlength=n_subjects)
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
   out = np.empty((n, k), np.int64)
@@ -59,12 +60,15 @@ def draw_distractors(subjects: Sequence[str], gallery_size: int, seed: int = 0) 
 
 def check_gallery_size(gallery_size: int, n_subjects: int, where: str = "the data") -> None:
   if gallery_size < 2:
-    raise RetrievalError(f"gallery size {gallery_size}: must be at least 2 (the own window and "
-                         "one other)")
+    raise RetrievalError(
+        f"gallery size {gallery_size}: must be at least 2 (the own window and " "one other)"
+    )
   if n_subjects < gallery_size:
-    raise RetrievalError(f"gallery size {gallery_size} needs windows of at least {gallery_size} "
-                         f"subjects (the query's and {gallery_size - 1} others); {where} has "
-                         f"{n_subjects}")
+    raise RetrievalError(
+        f"gallery size {gallery_size} needs windows of at least {gallery_size} "
+        f"subjects (the query's and {gallery_size - 1} others); {where} has "
+        f"{n_subjects}"
+    )
 
 
 def partner_ranks(query: np.ndarray, gallery: np.ndarray, distractors: np.ndarray) -> np.ndarray:
@@ -90,85 +94,137 @@ def _unit(z: np.ndarray) -> np.ndarray:
 def _rate_ci(hits: np.ndarray, subjects: np.ndarray, n_bootstrap: int, seed: int) -> list[float]:
   """Subject-bootstrap 95% CI of a hit rate, over probe's one subject-resampling loop."""
   hits = hits.astype(np.float64)
-  draws = [hits[rows].mean()
-           for rows in probe_metrics.subject_resamples(subjects, n_bootstrap, seed)]
+  draws = [
+      hits[rows].mean() for rows in probe_metrics.subject_resamples(subjects, n_bootstrap, seed)
+  ]
   lo, hi = np.percentile(draws, [2.5, 97.5])
   return [float(lo), float(hi)]
 
 
-def retrieval_scores(query: np.ndarray, gallery: np.ndarray, subjects: Sequence[str], *,
-                     gallery_size: int, seed: int = 0, n_bootstrap: int = 1000) -> dict[str, Any]:
+def retrieval_scores(
+    query: np.ndarray,
+    gallery: np.ndarray,
+    subjects: Sequence[str],
+    *,
+    gallery_size: int,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+) -> dict[str, Any]:
   """Top-1/top-5 retrieval of each row's own `gallery` row among gallery_size items, with
   chance levels and subject-bootstrap CIs. Row i of `query` and of `gallery` are the same window."""
   query, gallery = np.asarray(query), np.asarray(gallery)
   subjects = np.asarray(subjects).astype(str)
   if query.shape != gallery.shape or len(subjects) != len(query):
-    raise RetrievalError(f"query {query.shape}, gallery {gallery.shape} and {len(subjects)} "
-                         "subjects must have one row per window")
+    raise RetrievalError(
+        f"query {query.shape}, gallery {gallery.shape} and {len(subjects)} "
+        "subjects must have one row per window"
+    )
   ranks = partner_ranks(query, gallery, draw_distractors(subjects, gallery_size, seed))
-  out: dict[str, Any] = {"gallery_size": int(gallery_size), "n_queries": int(len(ranks)),
-                         "n_subjects": int(len(np.unique(subjects))), "seed": int(seed),
-                         "n_bootstrap": int(n_bootstrap)}
+  out: dict[str, Any] = {
+      "gallery_size": int(gallery_size),
+      "n_queries": int(len(ranks)),
+      "n_subjects": int(len(np.unique(subjects))),
+      "seed": int(seed),
+      "n_bootstrap": int(n_bootstrap),
+  }
   for k in TOP_K:
     hits = ranks < k
-    out[f"top{k}"] = {"value": float(hits.mean()),
-                      "ci95": _rate_ci(hits, subjects, n_bootstrap, seed)}
+    out[f"top{k}"] = {
+        "value": float(hits.mean()),
+        "ci95": _rate_ci(hits, subjects, n_bootstrap, seed),
+    }
     out[f"chance_top{k}"] = min(k, gallery_size) / gallery_size
-  out["median_rank"] = float(np.median(ranks)) + 1.0        # 1 = nearest
+  out["median_rank"] = float(np.median(ranks)) + 1.0  # 1 = nearest
   out["mean_reciprocal_rank"] = float(np.mean(1.0 / (ranks + 1)))
   return out
 
 
-def retrieve(encoder, data: str | os.PathLike, *, query: str = "ecg", gallery: str = "ppg",
-             gallery_size: int = 100, seed: int = 0, n_bootstrap: int = 1000,
-             splits: Sequence[str] | None = None, source: str | None = None,
-             options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def retrieve(
+    encoder,
+    data: str | os.PathLike,
+    *,
+    query: str = "ecg",
+    gallery: str = "ppg",
+    gallery_size: int = 100,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    splits: Sequence[str] | None = None,
+    source: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
   """Reads every window of `data` that has both modalities, embeds each modality alone with
   `encoder` (which must take both, e.g. an M2AE ppg+ecg package) and scores the retrieval."""
   if query == gallery:
-    raise RetrievalError(f"query and gallery are both {query}: cross-modal retrieval needs two "
-                         "modalities")
+    raise RetrievalError(
+        f"query and gallery are both {query}: cross-modal retrieval needs two " "modalities"
+    )
   modalities = encoder.check_modalities((query, gallery))
   source = source or embed_lib.detect_source(data)
-  segs = embed_lib.read_segments(data, modalities, contract=encoder.contract, source=source,
-                                 splits=splits, options=options,
-                                 alignment=embed_lib.encoder_alignment(encoder))
+  segs = embed_lib.read_segments(
+      data,
+      modalities,
+      contract=encoder.contract,
+      source=source,
+      splits=splits,
+      options=options,
+      alignment=embed_lib.encoder_alignment(encoder),
+  )
   # Before embedding, so the one line comes without the wait.
-  check_gallery_size(gallery_size, len(set(segs.subject_ids)),
-                     f"{data} (windows with {query} and {gallery})")
+  check_gallery_size(
+      gallery_size, len(set(segs.subject_ids)), f"{data} (windows with {query} and {gallery})"
+  )
   z_query = embed_lib.embed_windows(encoder, **{query: segs.signals[query]})
   z_gallery = embed_lib.embed_windows(encoder, **{gallery: segs.signals[gallery]})
-  result = retrieval_scores(z_query, z_gallery, segs.subject_ids, gallery_size=gallery_size,
-                            seed=seed, n_bootstrap=n_bootstrap)
+  result = retrieval_scores(
+      z_query,
+      z_gallery,
+      segs.subject_ids,
+      gallery_size=gallery_size,
+      seed=seed,
+      n_bootstrap=n_bootstrap,
+  )
   info = encoder.info if isinstance(encoder.info, dict) else {}
-  return {"query": query, "gallery": gallery, **result,
-          "model_name": str(encoder.config.model.name),
-          "encoder": info.get("path") or str(info.get("source", "")),
-          "data": str(Path(data).absolute()), "source": source,
-          "splits": list(splits) if splits else "all", "notes": segs.notes}
+  return {
+      "query": query,
+      "gallery": gallery,
+      **result,
+      "model_name": str(encoder.config.model.name),
+      "encoder": info.get("path") or str(info.get("source", "")),
+      "data": str(Path(data).absolute()),
+      "source": source,
+      "splits": list(splits) if splits else "all",
+      "notes": segs.notes,
+  }
 
 
 def retrieval_markdown(result: dict[str, Any]) -> str:
   r = result
   ci = lambda m: f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"  # noqa: E731
-  return "\n".join([
-      f"# Cross-modal retrieval: {r['query'].upper()} query -> {r['gallery'].upper()} gallery",
-      "",
-      f"Encoder `{r['encoder']}` ({r['model_name']}), data `{r['data']}` (split {r['splits']}).",
-      "",
-      "| query | gallery | gallery size | top-1 | chance top-1 | top-5 | chance top-5 | "
-      "median rank | MRR | queries | subjects |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
-      f"| {r['query']} | {r['gallery']} | {r['gallery_size']} | {ci(r['top1'])} | "
-      f"{r['chance_top1']:.3f} | {ci(r['top5'])} | {r['chance_top5']:.3f} | "
-      f"{r['median_rank']:g} | {r['mean_reciprocal_rank']:.3f} | {r['n_queries']} | "
-      f"{r['n_subjects']} |",
-      "",
-      f"Each query window's gallery: its own {r['gallery']} fingerprint and one window each of "
-      f"{r['gallery_size'] - 1} other subjects (drawn per query, seed {r['seed']}); cosine "
-      "similarity, ties counted against the query. value [95% CI from "
-      f"{r['n_bootstrap']} subject-bootstrap resamples].",
-  ]) + "\n"
+  return (
+      "\n".join(
+          [
+              f"# Cross-modal retrieval: {r['query'].upper()} query -> "
+              f"{r['gallery'].upper()} gallery",
+              "",
+              f"Encoder `{r['encoder']}` ({r['model_name']}), data `{r['data']}` "
+              f"(split {r['splits']}).",
+              "",
+              "| query | gallery | gallery size | top-1 | chance top-1 | top-5 | chance top-5 | "
+              "median rank | MRR | queries | subjects |",
+              "|---|---|---|---|---|---|---|---|---|---|---|",
+              f"| {r['query']} | {r['gallery']} | {r['gallery_size']} | {ci(r['top1'])} | "
+              f"{r['chance_top1']:.3f} | {ci(r['top5'])} | {r['chance_top5']:.3f} | "
+              f"{r['median_rank']:g} | {r['mean_reciprocal_rank']:.3f} | {r['n_queries']} | "
+              f"{r['n_subjects']} |",
+              "",
+              f"Each query window's gallery: its own {r['gallery']} fingerprint and one window "
+              f"each of {r['gallery_size'] - 1} other subjects (drawn per query, seed "
+              f"{r['seed']}); cosine similarity, ties counted against the query. value "
+              f"[95% CI from {r['n_bootstrap']} subject-bootstrap resamples].",
+          ]
+      )
+      + "\n"
+  )
 
 
 def write_report(result: dict[str, Any], out_dir) -> dict[str, Path]:

@@ -25,6 +25,7 @@ of more classes a multiclass task.
 Adding a task is a few lines: write a target function `(fields, param) -> float array` and put a
 `Task(...)` in REGISTRY.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,9 @@ MULTICLASS = "multiclass"
 REGRESSION = "regression"
 KINDS = (CLASSIFICATION, MULTICLASS, REGRESSION)
 ALARM_WINDOW_FIELD = "seconds_to_alarm"
-LABEL = "label"                 # `label:NAME[:KIND]`: a label column as a task
+LABEL = "label"  # `label:NAME[:KIND]`: a label column as a task
 LABEL_KINDS = (CLASSIFICATION, REGRESSION)
-MAX_INFERRED_CLASSES = 10       # more distinct integer values than this: inferred regression
+MAX_INFERRED_CLASSES = 10  # more distinct integer values than this: inferred regression
 
 
 class TaskError(XmaeError):
@@ -55,14 +56,14 @@ Fields = Mapping[str, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class Task:
   name: str
-  kind: str                       # CLASSIFICATION (binary, targets 0/1), MULTICLASS or REGRESSION
-  needs: tuple[str, ...]          # fields the target is computed from (MULTICLASS: classes first)
+  kind: str  # CLASSIFICATION (binary, targets 0/1), MULTICLASS or REGRESSION
+  needs: tuple[str, ...]  # fields the target is computed from (MULTICLASS: classes first)
   target: Callable[[Fields, str | None], np.ndarray]
   description: str
   default_param: str | None = None
   unit: str = ""
-  alarm_window: bool = False      # PARAM is the alarm window rule (SECONDS or all)
-  label_classes: tuple[str, ...] = ()   # a MULTICLASS label task's class names (see `resolve`)
+  alarm_window: bool = False  # PARAM is the alarm window rule (SECONDS or all)
+  label_classes: tuple[str, ...] = ()  # a MULTICLASS label task's class names (see `resolve`)
 
   def fields_needed(self, param: str | None) -> tuple[str, ...]:
     if self.alarm_window and param != "all":
@@ -78,22 +79,32 @@ def _copy(name: str):
   return lambda fields, param: _field(fields, name)
 
 
-_BOOLEAN_WORDS = {"1": 1.0, "1.0": 1.0, "true": 1.0, "yes": 1.0,
-                  "0": 0.0, "0.0": 0.0, "false": 0.0, "no": 0.0}
+_BOOLEAN_WORDS = {
+    "1": 1.0,
+    "1.0": 1.0,
+    "true": 1.0,
+    "yes": 1.0,
+    "0": 0.0,
+    "0.0": 0.0,
+    "false": 0.0,
+    "no": 0.0,
+}
 
 
 def _binary(name: str):
   def target(fields, param):
     raw = np.asarray(fields[name])
-    if raw.dtype.kind in "USO":   # e.g. "True"/"False" written by a text-based reader
+    if raw.dtype.kind in "USO":  # e.g. "True"/"False" written by a text-based reader
       y = np.array([_BOOLEAN_WORDS.get(str(v).strip().lower(), np.nan) for v in raw])
     else:
       y = raw.astype(np.float64)
     bad = np.isfinite(y) & (y != 0) & (y != 1)
     if bad.any():
       raise TaskError(
-          f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}")
+          f"field {name!r} must be 0/1 for a binary task; found {np.unique(y[bad])[:5]}"
+      )
     return y
+
   return target
 
 
@@ -124,7 +135,8 @@ def _hypertension(fields, param):
         t_sbp, t_dbp = (float(v) for v in rule.split("/"))
       except ValueError:
         raise TaskError(
-            f"hypertension rule {rule!r}: use xmae, clinical or SBP/DBP like 130/80") from None
+            f"hypertension rule {rule!r}: use xmae, clinical or SBP/DBP like 130/80"
+        ) from None
     y = ((sbp >= t_sbp) | (dbp >= t_dbp)).astype(np.float64)
   return np.where(known, y, np.nan)
 
@@ -132,8 +144,16 @@ def _hypertension(fields, param):
 def _sex(fields, param):
   raw = np.asarray(fields["sex"])
   if raw.dtype.kind in "USO":
-    lookup = {"m": 1.0, "male": 1.0, "1": 1.0, "1.0": 1.0,
-              "f": 0.0, "female": 0.0, "0": 0.0, "0.0": 0.0}
+    lookup = {
+        "m": 1.0,
+        "male": 1.0,
+        "1": 1.0,
+        "1.0": 1.0,
+        "f": 0.0,
+        "female": 0.0,
+        "0": 0.0,
+        "0.0": 0.0,
+    }
     return np.array([lookup.get(str(v).strip().lower(), np.nan) for v in raw])
   return _binary("sex")(fields, param)
 
@@ -189,31 +209,78 @@ def _number(param: str | None, task: str) -> float:
     raise TaskError(f"task {task}: parameter {param!r} is not a number") from None
 
 
-REGISTRY: dict[str, Task] = {t.name: t for t in [
-    Task("age", REGRESSION, ("age",), _copy("age"), "age in years", unit="years"),
-    Task("age_over", CLASSIFICATION, ("age",), _age_over, "age >= PARAM years", default_param="50"),
-    Task("sex", CLASSIFICATION, ("sex",), _sex, "sex (1 male, 0 female)"),
-    Task("bmi", REGRESSION, ("bmi",), _copy("bmi"), "body-mass index", unit="kg/m2"),
-    Task("sbp", REGRESSION, ("sbp",), _copy("sbp"), "systolic blood pressure", unit="mmHg"),
-    Task("dbp", REGRESSION, ("dbp",), _copy("dbp"), "diastolic blood pressure", unit="mmHg"),
-    Task("hypertension", CLASSIFICATION, ("sbp", "dbp"), _hypertension,
-         "hypertension; PARAM = xmae (138/88 vs 122/72, band excluded), clinical (140/90) or S/D",
-         default_param="xmae"),
-    Task("hr", REGRESSION, ("hr",), _copy("hr"), "heart rate", unit="bpm"),
-    Task("pvc", CLASSIFICATION, ("pvc",), _binary("pvc"), "ectopic (PVC) beat in the segment"),
-    Task("ptt", REGRESSION, ("ptt_ms",), _copy("ptt_ms"), "pulse-transit time (R-peak to pulse)",
-         unit="ms"),
-    Task("alarm_true", CLASSIFICATION, ("alarm_true",), _alarm_true,
-         "the record's alarm is true (1) or false (0); PARAM = windows ending 0..SECONDS s before "
-         "the alarm, or all", default_param="60", alarm_window=True),
-    Task("alarm_type", MULTICLASS, ("alarm_type",), _alarm_type,
-         "the record's alarm type; PARAM = windows ending 0..SECONDS s before the alarm, or all",
-         default_param="60", alarm_window=True),
-]}
+REGISTRY: dict[str, Task] = {
+    t.name: t
+    for t in [
+        Task("age", REGRESSION, ("age",), _copy("age"), "age in years", unit="years"),
+        Task(
+            "age_over",
+            CLASSIFICATION,
+            ("age",),
+            _age_over,
+            "age >= PARAM years",
+            default_param="50",
+        ),
+        Task("sex", CLASSIFICATION, ("sex",), _sex, "sex (1 male, 0 female)"),
+        Task("bmi", REGRESSION, ("bmi",), _copy("bmi"), "body-mass index", unit="kg/m2"),
+        Task("sbp", REGRESSION, ("sbp",), _copy("sbp"), "systolic blood pressure", unit="mmHg"),
+        Task("dbp", REGRESSION, ("dbp",), _copy("dbp"), "diastolic blood pressure", unit="mmHg"),
+        Task(
+            "hypertension",
+            CLASSIFICATION,
+            ("sbp", "dbp"),
+            _hypertension,
+            "hypertension; PARAM = xmae (138/88 vs 122/72, band excluded), clinical (140/90) "
+            "or S/D",
+            default_param="xmae",
+        ),
+        Task("hr", REGRESSION, ("hr",), _copy("hr"), "heart rate", unit="bpm"),
+        Task("pvc", CLASSIFICATION, ("pvc",), _binary("pvc"), "ectopic (PVC) beat in the segment"),
+        Task(
+            "ptt",
+            REGRESSION,
+            ("ptt_ms",),
+            _copy("ptt_ms"),
+            "pulse-transit time (R-peak to pulse)",
+            unit="ms",
+        ),
+        Task(
+            "alarm_true",
+            CLASSIFICATION,
+            ("alarm_true",),
+            _alarm_true,
+            "the record's alarm is true (1) or false (0); PARAM = windows ending 0..SECONDS s "
+            "before the alarm, or all",
+            default_param="60",
+            alarm_window=True,
+        ),
+        Task(
+            "alarm_type",
+            MULTICLASS,
+            ("alarm_type",),
+            _alarm_type,
+            "the record's alarm type; PARAM = windows ending 0..SECONDS s before the alarm, or all",
+            default_param="60",
+            alarm_window=True,
+        ),
+    ]
+}
 
 # The tasks `xmae-probe --task all` runs (each needs its fields to be present).
-DEFAULT_TASKS = ("age", "age_over", "sex", "bmi", "sbp", "dbp", "hypertension", "hr", "pvc", "ptt",
-                 "alarm_true", "alarm_type")
+DEFAULT_TASKS = (
+    "age",
+    "age_over",
+    "sex",
+    "bmi",
+    "sbp",
+    "dbp",
+    "hypertension",
+    "hr",
+    "pvc",
+    "ptt",
+    "alarm_true",
+    "alarm_type",
+)
 
 
 def parse(spec: str) -> tuple[Task, str | None]:
@@ -227,14 +294,16 @@ def parse(spec: str) -> tuple[Task, str | None]:
     column, kind = _label_param(spec, param)
     return _label_task(column, kind or REGRESSION, f"label column {column}"), param
   if name not in REGISTRY:
-    raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}, "
-                    "or label:NAME[:classification|regression]")
+    raise TaskError(
+        f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}, "
+        "or label:NAME[:classification|regression]"
+    )
   task = REGISTRY[name]
   if param and task.default_param is None:
     raise TaskError(f"task {name!r} takes no parameter (got {param!r})")
   param = param or task.default_param
   if task.alarm_window:
-    _window_seconds(param, name)   # a bad window is an error before any data is read
+    _window_seconds(param, name)  # a bad window is an error before any data is read
   return task, param
 
 
@@ -251,8 +320,10 @@ def resolve(spec: str, fields: Fields) -> tuple[Task, str | None]:
     return task, param
   column, kind = _label_param(spec, param)
   if column not in fields:
-    raise TaskError(f"task {spec}: the data carry no column {column!r} "
-                    f"(columns: {', '.join(sorted(fields)) or 'none'})")
+    raise TaskError(
+        f"task {spec}: the data carry no column {column!r} "
+        f"(columns: {', '.join(sorted(fields)) or 'none'})"
+    )
   values = np.asarray(fields[column])
   numbers = _as_numbers(values)
   known = _known(values)
@@ -262,18 +333,40 @@ def resolve(spec: str, fields: Fields) -> tuple[Task, str | None]:
   if kind == REGRESSION:
     if numbers is None:
       text = next((str(v) for v, k in zip(values.ravel(), known.ravel()) if k), "")
-      raise TaskError(f"task {spec}: column {column!r} holds text (e.g. {text!r}), not numbers "
-                      "to regress; use label:" + column + ":classification")
-    return _label_task(column, REGRESSION, f"label column {column} (regression, {how})",
-                       target=lambda f, p: numbers), param
+      raise TaskError(
+          f"task {spec}: column {column!r} holds text (e.g. {text!r}), not numbers "
+          "to regress; use label:" + column + ":classification"
+      )
+    return (
+        _label_task(
+            column,
+            REGRESSION,
+            f"label column {column} (regression, {how})",
+            target=lambda f, p: numbers,
+        ),
+        param,
+    )
   ids, names = _label_classes(values, numbers, known)
   if len(names) == 2:
-    return _label_task(column, CLASSIFICATION,
-                       f"label column {column}: {names[1]} (1) vs {names[0]} (0) "
-                       f"(classification, {how})", target=lambda f, p: ids), param
-  return _label_task(column, MULTICLASS,
-                     f"label column {column}: {len(names)} classes (classification, {how})",
-                     target=lambda f, p: ids, class_names=tuple(names)), param
+    return (
+        _label_task(
+            column,
+            CLASSIFICATION,
+            f"label column {column}: {names[1]} (1) vs {names[0]} (0) " f"(classification, {how})",
+            target=lambda f, p: ids,
+        ),
+        param,
+    )
+  return (
+      _label_task(
+          column,
+          MULTICLASS,
+          f"label column {column}: {len(names)} classes (classification, {how})",
+          target=lambda f, p: ids,
+          class_names=tuple(names),
+      ),
+      param,
+  )
 
 
 def _label_param(spec: str, param: str) -> tuple[str, str | None]:
@@ -288,10 +381,17 @@ def _label_param(spec: str, param: str) -> tuple[str, str | None]:
   return column, kind
 
 
-def _label_task(column: str, kind: str, description: str, *, target=None,
-                class_names: tuple[str, ...] = ()) -> Task:
-  return Task(LABEL, kind, (column,), target or (lambda f, p: _field(f, column)), description,
-              label_classes=class_names)
+def _label_task(
+    column: str, kind: str, description: str, *, target=None, class_names: tuple[str, ...] = ()
+) -> Task:
+  return Task(
+      LABEL,
+      kind,
+      (column,),
+      target or (lambda f, p: _field(f, column)),
+      description,
+      label_classes=class_names,
+  )
 
 
 def _as_numbers(values: np.ndarray) -> np.ndarray | None:
@@ -326,13 +426,12 @@ def _label_classes(values, numbers, known) -> tuple[np.ndarray, list[str]]:
   finite = np.isfinite(numbers)
   distinct = np.unique(numbers[finite])
   ids = np.searchsorted(distinct, np.where(finite, numbers, distinct[0] if len(distinct) else 0))
-  return (np.where(finite, ids.astype(np.float64), np.nan),
-          [f"{v:g}" for v in distinct.tolist()])
+  return (np.where(finite, ids.astype(np.float64), np.nan), [f"{v:g}" for v in distinct.tolist()])
 
 
 def available(spec: str, fields: Fields) -> bool:
   """Whether the data carry every field the task needs, each with some known value."""
-  task, param = parse(spec)   # (a label task needs its column, whatever its kind)
+  task, param = parse(spec)  # (a label task needs its column, whatever its kind)
   return all(n in fields and np.any(_known(fields[n])) for n in task.fields_needed(param))
 
 
@@ -352,8 +451,10 @@ def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
   task, param = resolve(spec, fields)
   missing = [n for n in task.fields_needed(param) if n not in fields]
   if missing:
-    raise TaskError(f"task {task.name}: the data carry no {', '.join(missing)} "
-                    f"(fields present: {', '.join(sorted(fields)) or 'none'})")
+    raise TaskError(
+        f"task {task.name}: the data carry no {', '.join(missing)} "
+        f"(fields present: {', '.join(sorted(fields)) or 'none'})"
+    )
   y = np.asarray(task.target(fields, param), np.float64)
   keep = np.isfinite(y)
   if not keep.any():
@@ -361,8 +462,11 @@ def targets(spec: str, fields: Fields) -> tuple[np.ndarray, np.ndarray, Task]:
   if task.kind in (CLASSIFICATION, MULTICLASS):
     classes = np.unique(y[keep])
     if len(classes) < 2:
-      only = (class_names(spec, fields)[int(classes[0])] if task.kind == MULTICLASS
-              else f"{classes[0]:g}")
+      only = (
+          class_names(spec, fields)[int(classes[0])]
+          if task.kind == MULTICLASS
+          else f"{classes[0]:g}"
+      )
       raise TaskError(f"task {canonical_name(spec)}: only class {only} present in the data")
   return y, keep, task
 
@@ -382,5 +486,5 @@ def fields_from_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
   for prefix in ("meta.", "label."):
     for key, value in arrays.items():
       if key.startswith(prefix):
-        fields[key[len(prefix):]] = np.asarray(value)
+        fields[key[len(prefix) :]] = np.asarray(value)
   return fields

@@ -8,8 +8,13 @@
 The reference names below are loaded on first use, so that `import xmae_jax.interop.torch_encoder`
 imports no JAX.
 """
-_REFERENCE = ("from_reference_state_dict", "to_reference_state_dict", "import_checkpoint",
-              "ReferenceStateDictError")
+
+_REFERENCE = (
+    "from_reference_state_dict",
+    "to_reference_state_dict",
+    "import_checkpoint",
+    "ReferenceStateDictError",
+)
 
 __all__ = list(_REFERENCE)
 
@@ -17,5 +22,6 @@ __all__ = list(_REFERENCE)
 def __getattr__(name):
   if name in _REFERENCE:
     from xmae_jax.interop import reference
+
     return getattr(reference, name)
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

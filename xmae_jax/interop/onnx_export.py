@@ -13,6 +13,7 @@ Checked with jax2onnx 0.13.0 (the newest that installs beside jax 0.10.2) and on
 1.32.0: the same numbers as `Encoder.embed_prepared` within 1e-5 (tests/interop/test_onnx.py,
 skipped when jax2onnx is not installed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,7 @@ def write_onnx(package_dir) -> list[Path]:
     import jax2onnx
   except ImportError:
     raise OnnxExportError("ONNX export needs jax2onnx: pip install 'xmae-jax[onnx]'") from None
-  logging.getLogger("onnx_ir").setLevel(logging.ERROR)    # per-constant "type not known" lines
+  logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # per-constant "type not known" lines
   package_dir = Path(package_dir)
   enc = encoder_lib.load_encoder(package_dir)
   graphdef, state = nnx.split(enc.module)
@@ -51,13 +52,18 @@ def write_onnx(package_dir) -> list[Path]:
   joint = isinstance(enc.module, encoder_lib.JointFingerprint)
   written = []
   for inputs in stablehlo.input_sets(enc.modalities):
+
     def embed(*windows, inputs=inputs):
       m = nnx.merge(graphdef, state)
       return (m(**dict(zip(inputs, windows))) if joint else m(windows[0])).astype(jnp.float32)
 
-    model = jax2onnx.to_onnx(embed, [("batch", enc.contract.segment_length)] * len(inputs),
-                             model_name=f"{enc.config.model.name}_{'_'.join(inputs)}",
-                             input_names=list(inputs), output_names=["embedding"])
+    model = jax2onnx.to_onnx(
+        embed,
+        [("batch", enc.contract.segment_length)] * len(inputs),
+        model_name=f"{enc.config.model.name}_{'_'.join(inputs)}",
+        input_names=list(inputs),
+        output_names=["embedding"],
+    )
     path = package_dir / onnx_file("+".join(inputs))
     with atomic_path(path) as tmp:
       tmp.write_bytes(model.SerializeToString())

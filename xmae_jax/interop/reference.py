@@ -18,6 +18,7 @@ names and torch's layouts; the model keeps its own (channels-last kernels, fused
 arrays and returns it in eval mode; `to_reference_state_dict(model)` is the inverse (numpy);
 `import_checkpoint` writes the imported model as a workdir (what xmae-import-torch does).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,10 +45,11 @@ class ReferenceStateDictError(XmaeError):
 @dataclasses.dataclass
 class _Entry:
   """One of our Variables and the reference tensor(s) it corresponds to."""
+
   var: nnx.Variable
   names: tuple[str, ...]
-  perm: tuple[int, ...] | None = None     # our axes -> torch axes (np.transpose order)
-  split: tuple[int, ...] | None = None    # sizes along axis 0 when several tensors are fused
+  perm: tuple[int, ...] | None = None  # our axes -> torch axes (np.transpose order)
+  split: tuple[int, ...] | None = None  # sizes along axis 0 when several tensors are fused
 
   def ref_shapes(self) -> list[tuple[int, ...]]:
     """The reference tensors' shapes (works on abstract models: no values are read)."""
@@ -73,14 +75,18 @@ class _Entry:
     return a
 
 
-_CONV = (2, 1, 0)      # (k, in, out) <-> (out, in, k)
+_CONV = (2, 1, 0)  # (k, in, out) <-> (out, in, k)
 _T = (1, 0)
 
 
 def _bn(bn: layers.BatchNorm, prefixes: list[str], sizes=None) -> Iterator[_Entry]:
   split = tuple(sizes) if sizes is not None else None
-  for var, suffix in ((bn.scale, "weight"), (bn.bias, "bias"), (bn.mean, "running_mean"),
-                      (bn.var, "running_var")):
+  for var, suffix in (
+      (bn.scale, "weight"),
+      (bn.bias, "bias"),
+      (bn.mean, "running_mean"),
+      (bn.var, "running_var"),
+  ):
     yield _Entry(var, tuple(f"{p}.{suffix}" for p in prefixes), split=split)
 
 
@@ -172,13 +178,17 @@ def layout(model: XMAE) -> list[_Entry]:
 
 
 def _bn_counters(entries: list[_Entry]) -> set[str]:
-  return {n.rsplit(".", 1)[0] + ".num_batches_tracked"
-          for e in entries for n in e.names if n.endswith(".running_mean")}
+  return {
+      n.rsplit(".", 1)[0] + ".num_batches_tracked"
+      for e in entries
+      for n in e.names
+      if n.endswith(".running_mean")
+  }
 
 
 # ----------------------------------------------------------------------------------------------
 def _to_numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):                       # torch.Tensor, without importing torch
+  if hasattr(value, "detach"):  # torch.Tensor, without importing torch
     value = value.detach().cpu()
     if value.is_floating_point():
       value = value.float()
@@ -200,19 +210,23 @@ def load_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
       import torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
       raise ReferenceStateDictError(
-          f"{path}: reading a PyTorch checkpoint needs torch (CPU build) installed") from e
+          f"{path}: reading a PyTorch checkpoint needs torch (CPU build) installed"
+      ) from e
     try:
       source = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for bad files
       raise ReferenceStateDictError(f"{path}: not a readable PyTorch state dict ({e})") from e
-  if isinstance(source, Mapping) and "state_dict" in source and isinstance(
-      source["state_dict"], Mapping):
+  if (
+      isinstance(source, Mapping)
+      and "state_dict" in source
+      and isinstance(source["state_dict"], Mapping)
+  ):
     source = source["state_dict"]
   if not isinstance(source, Mapping):
     raise ReferenceStateDictError(f"expected a mapping of names to tensors, got {type(source)}")
   names = list(source)
   strip = bool(names) and all(n.startswith("model.") for n in names)
-  return {(n[len("model."):] if strip else n): _to_numpy(v) for n, v in source.items()}
+  return {(n[len("model.") :] if strip else n): _to_numpy(v) for n, v in source.items()}
 
 
 def _unused_reference_names(config) -> set[str]:
@@ -225,19 +239,24 @@ def _unused_reference_names(config) -> set[str]:
 
 
 def _describe(kind: str, items: list[str], limit: int = 25) -> str:
-  shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)"
-                                       if len(items) > limit else "")
+  shown = ", ".join(items[:limit]) + (
+      f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+  )
   return f"{kind} ({len(items)}): {shown}"
 
 
-def check_and_convert(model: XMAE, state: Mapping[str, np.ndarray], config
-                      ) -> list[tuple[_Entry, np.ndarray]]:
+def check_and_convert(
+    model: XMAE, state: Mapping[str, np.ndarray], config
+) -> list[tuple[_Entry, np.ndarray]]:
   """Pairs every Variable of `model` with its value from `state`; one error lists all problems."""
   entries = layout(model)
   expected = {n for e in entries for n in e.names}
   optional = _bn_counters(entries)
-  ignorable = (_unused_reference_names(config) - expected - optional
-               if not config.model.build_unused else set())
+  ignorable = (
+      _unused_reference_names(config) - expected - optional
+      if not config.model.build_unused
+      else set()
+  )
   missing = sorted(expected - set(state))
   unexpected = sorted(set(state) - expected - optional - ignorable)
   misshaped, pairs = [], []
@@ -252,10 +271,14 @@ def check_and_convert(model: XMAE, state: Mapping[str, np.ndarray], config
     else:
       pairs.append((e, e.to_ours([np.asarray(state[n], np.float32) for n in e.names])))
   if missing or unexpected or misshaped:
-    parts = [_describe(k, v) for k, v in (("missing", missing), ("unexpected", unexpected),
-                                          ("mis-shaped", misshaped)) if v]
-    raise ReferenceStateDictError("reference state dict does not fit the model: " +
-                                  "; ".join(parts))
+    parts = [
+        _describe(k, v)
+        for k, v in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if v
+    ]
+    raise ReferenceStateDictError(
+        "reference state dict does not fit the model: " + "; ".join(parts)
+    )
   return pairs
 
 
@@ -282,6 +305,7 @@ def import_checkpoint(checkpoint, config, output) -> Path:
   or a FILE[:ARG] spec) and writes it as step 0 of the workdir `output`, which
   `model_checkpoint.load_model`, xmae-export and xmae-train read. Returns the step directory."""
   from xmae_jax.training import model_checkpoint
+
   if isinstance(config, str):
     config = config_lib.load(config)
   model = from_reference_state_dict(checkpoint, config)

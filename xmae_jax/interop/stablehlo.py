@@ -19,6 +19,7 @@ Inputs are the prepared windows of the contract (its rate and length, min-max to
 window), as `Encoder.embed_prepared` takes; the preprocessing of raw signals is not part of the
 artifact (NeuroKit2 cleaning and resampling are host code).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,12 +55,13 @@ def input_sets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
   return sets + [tuple(modalities)] if len(modalities) > 1 else sets
 
 
-def export_embedding(enc: encoder_lib.Encoder, inputs: tuple[str, ...],
-                     platforms=PLATFORMS) -> jax.export.Exported:
+def export_embedding(
+    enc: encoder_lib.Encoder, inputs: tuple[str, ...], platforms=PLATFORMS
+) -> jax.export.Exported:
   """The `jax.export` of `enc`'s prepared windows {m: (batch, L)} -> (batch, latent) float32,
   positional inputs in the order of `inputs`, with the weights as constants."""
   graphdef, state = nnx.split(enc.module)
-  state = jax.tree.map(np.asarray, state)      # host constants, whatever device they were on
+  state = jax.tree.map(np.asarray, state)  # host constants, whatever device they were on
   joint = isinstance(enc.module, encoder_lib.JointFingerprint)
 
   def embed(*windows):
@@ -68,7 +70,7 @@ def export_embedding(enc: encoder_lib.Encoder, inputs: tuple[str, ...],
     z = m(**given) if joint else m(windows[0])
     return z.astype(jnp.float32)
 
-  batch, = jax.export.symbolic_shape("batch")
+  (batch,) = jax.export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, enc.contract.segment_length), jnp.float32)
   return jax.export.export(jax.jit(embed), platforms=tuple(platforms))(*[spec] * len(inputs))
 
@@ -87,8 +89,9 @@ def write_artifact(package_dir, *, platforms=PLATFORMS) -> Path:
     atomic_write(package_dir / artifact_file(name), bytes(exported.serialize()))
     functions[name] = {
         "file": artifact_file(name),
-        "inputs": [{"name": m, "shape": ["batch", c.segment_length], "dtype": "float32"}
-                   for m in inputs],
+        "inputs": [
+            {"name": m, "shape": ["batch", c.segment_length], "dtype": "float32"} for m in inputs
+        ],
         "output": {"shape": ["batch", enc.latent_dim], "dtype": "float32"},
     }
   contract = {
@@ -117,8 +120,10 @@ def write_artifact(package_dir, *, platforms=PLATFORMS) -> Path:
 def read_contract(package_dir) -> dict:
   path = Path(package_dir) / CONTRACT_FILE
   if not path.is_file():
-    raise StableHLOError(f"{package_dir} has no {CONTRACT_FILE} (write it with "
-                         "xmae-export --stablehlo, or interop.stablehlo.write_artifact)")
+    raise StableHLOError(
+        f"{package_dir} has no {CONTRACT_FILE} (write it with "
+        "xmae-export --stablehlo, or interop.stablehlo.write_artifact)"
+    )
   try:
     contract = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -134,11 +139,19 @@ def load_artifact(package_dir, inputs: str | None = None):
   contract = read_contract(package_dir)
   name = inputs or next(iter(contract["functions"]))
   if name not in contract["functions"]:
-    raise StableHLOError(f"{package_dir}: no StableHLO function for inputs {name!r} (has "
-                         f"{', '.join(contract['functions'])})")
+    raise StableHLOError(
+        f"{package_dir}: no StableHLO function for inputs {name!r} (has "
+        f"{', '.join(contract['functions'])})"
+    )
   data = (Path(package_dir) / contract["functions"][name]["file"]).read_bytes()
   return jax.export.deserialize(bytearray(data))
 
 
-__all__ = ["write_artifact", "load_artifact", "read_contract", "export_embedding",
-           "StableHLOError", "CONTRACT_FILE"]
+__all__ = [
+    "write_artifact",
+    "load_artifact",
+    "read_contract",
+    "export_embedding",
+    "StableHLOError",
+    "CONTRACT_FILE",
+]

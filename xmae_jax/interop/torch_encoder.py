@@ -36,6 +36,7 @@ Raw rows are recordings whose PPG is moved as the package's training data's was,
 `embed` does (xmae_jax.data.preprocess.align_rows: measured on the row's ECG when `ecg=` is
 given, else the fixed delay); `last_alignment` says what was applied, `align=False` skips it.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,13 +56,20 @@ from xmae_jax.interop.torch_modules import build_module
 
 # ---- the encoder -------------------------------------------------------------------------------
 
+
 class TorchEncoder:
   """A package's encoder in PyTorch: `embed(x, fs)` / `embed(ppg=, ecg=, fs=)` -> (N, latent)
   float32 numpy, `embed_prepared(windows)` for contract-shaped normalized windows, `module` the
   `torch.nn.Module` (prepared (B, L) float32 tensors -> (B, latent))."""
 
-  def __init__(self, module: nn.Module, info: dict, *, batch_size: int = 256,
-               device: str | torch.device = "cpu"):
+  def __init__(
+      self,
+      module: nn.Module,
+      info: dict,
+      *,
+      batch_size: int = 256,
+      device: str | torch.device = "cpu",
+  ):
     self.module = module.to(device).eval()
     self.info = info
     self.device = torch.device(device)
@@ -70,7 +78,7 @@ class TorchEncoder:
     self.contract = dict(info["contract"])
     self.latent_dim = int(info["latent_dim"])
     self.batch_size = int(batch_size)
-    self.last_alignment = "none"    # what the last `embed` did to the PPG (align_rows' note)
+    self.last_alignment = "none"  # what the last `embed` did to the PPG (align_rows' note)
 
   @property
   def alignment(self) -> dict[str, Any]:
@@ -79,8 +87,10 @@ class TorchEncoder:
 
   def __repr__(self):
     c = self.contract
-    return (f"TorchEncoder({self.info['model_name']}/{self.modality}, latent {self.latent_dim}, "
-            f"{c['segment_length']} samples at {c['sampling_rate']:g} Hz)")
+    return (
+        f"TorchEncoder({self.info['model_name']}/{self.modality}, latent {self.latent_dim}, "
+        f"{c['segment_length']} samples at {c['sampling_rate']:g} Hz)"
+    )
 
   def __call__(self, *args, **kwargs):
     return self.module(*args, **kwargs)
@@ -91,20 +101,30 @@ class TorchEncoder:
       if given:
         raise TorchEncoderError("pass the input either positionally or as ppg=/ecg=, not both")
       if len(self.modalities) > 1:
-        raise TorchEncoderError(f"this {self.modality} encoder takes keyword inputs: "
-                                "embed(ppg=..., ecg=...), either or both")
+        raise TorchEncoderError(
+            f"this {self.modality} encoder takes keyword inputs: "
+            "embed(ppg=..., ecg=...), either or both"
+        )
       given = {self.modalities[0]: x}
     if not given:
-      raise TorchEncoderError("no input: pass " + " and/or ".join(f"{m}=..."
-                                                                  for m in self.modalities))
+      raise TorchEncoderError(
+          "no input: pass " + " and/or ".join(f"{m}=..." for m in self.modalities)
+      )
     lacking = [m for m in given if m not in self.modalities]
     if lacking:
-      raise TorchEncoderError(f"this package holds the {self.modality} encoder only: it cannot "
-                              f"embed {lacking[0]}")
+      raise TorchEncoderError(
+          f"this package holds the {self.modality} encoder only: it cannot " f"embed {lacking[0]}"
+      )
     return given
 
-  def prepare(self, x: Any, fs: float | None = None, *, modality: str | None = None,
-              clean: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def prepare(
+      self,
+      x: Any,
+      fs: float | None = None,
+      *,
+      modality: str | None = None,
+      clean: bool | None = None,
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(windows (M, segment_length) float32, source row of each window), as the JAX
     `Encoder.prepare` (see the module docstring)."""
     c = self.contract
@@ -118,8 +138,13 @@ class TorchEncoder:
       return preprocess.minmax(a, axis=1).astype(np.float32), np.arange(len(a))
     try:
       return preprocess.prepare_for_inference(
-          a, fs, config=self._preprocess_config(), modality=modality,
-          clean_signal=True if clean is None else bool(clean), return_index=True)
+          a,
+          fs,
+          config=self._preprocess_config(),
+          modality=modality,
+          clean_signal=True if clean is None else bool(clean),
+          return_index=True,
+      )
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
 
@@ -134,22 +159,35 @@ class TorchEncoder:
   def _preprocess_config(self, **alignment) -> preprocess.PreprocessConfig:
     c = self.contract
     return preprocess.PreprocessConfig(
-        target_fs=int(round(c["sampling_rate"])), segment_seconds=float(c["segment_seconds"]),
-        ecg_clean_method=c["ecg_clean_method"], ppg_clean_method=c["ppg_clean_method"],
-        resample_method=c["resample_method"], **alignment)
+        target_fs=int(round(c["sampling_rate"])),
+        segment_seconds=float(c["segment_seconds"]),
+        ecg_clean_method=c["ecg_clean_method"],
+        ppg_clean_method=c["ppg_clean_method"],
+        resample_method=c["resample_method"],
+        **alignment,
+    )
 
-  def prepare_aligned(self, given: dict[str, np.ndarray], fs: float | None = None, *,
-                      clean: bool | None = None, align: bool = True):
+  def prepare_aligned(
+      self,
+      given: dict[str, np.ndarray],
+      fs: float | None = None,
+      *,
+      clean: bool | None = None,
+      align: bool = True,
+  ):
     """`prepare` of every modality's rows, the PPG moved first as the JAX
     `Encoder.prepare_aligned` does -> ({modality: windows}, source row of each window, PPG shift
     of each window in seconds, what was applied in words)."""
     fs = self.contract["sampling_rate"] if fs is None else fs
     try:
       return preprocess.prepare_aligned_rows(
-          given, fs, self.alignment if align else {},
+          given,
+          fs,
+          self.alignment if align else {},
           prepare=lambda rows, m: self.prepare(rows, fs, clean=clean, modality=m),
           as_prepared=lambda rows: self._as_prepared(rows, fs, clean),
-          config=self._preprocess_config)
+          config=self._preprocess_config,
+      )
     except preprocess.PreprocessError as e:
       raise TorchEncoderError(str(e)) from None
 
@@ -160,36 +198,54 @@ class TorchEncoder:
     length = int(self.contract["segment_length"])
     shapes = {w.shape for w in given.values()}
     if len(shapes) > 1 or any(w.ndim != 2 or w.shape[1] != length for w in given.values()):
-      raise TorchEncoderError(f"wrong shape: prepared windows must be (M, {length}), the same "
-                              f"for every modality; got {sorted(shapes)}")
+      raise TorchEncoderError(
+          f"wrong shape: prepared windows must be (M, {length}), the same "
+          f"for every modality; got {sorted(shapes)}"
+      )
     for m, w in given.items():
       bad = ~np.isfinite(w).all(axis=1)
       if bad.any():
-        raise TorchEncoderError(f"prepared {m} windows have NaN or inf in {bad.sum()} of "
-                                f"{len(w)} rows (first: row {np.argmax(bad)}); clean or drop "
-                                "them before embedding")
+        raise TorchEncoderError(
+            f"prepared {m} windows have NaN or inf in {bad.sum()} of "
+            f"{len(w)} rows (first: row {np.argmax(bad)}); clean or drop "
+            "them before embedding"
+        )
     count = len(next(iter(given.values())))
     out = []
     for start in range(0, count, self.batch_size):
-      chunk = {m: torch.from_numpy(w[start:start + self.batch_size]).to(self.device)
-               for m, w in given.items()}
-      z = (self.module(**chunk) if isinstance(self.module, Fingerprint)
-           else self.module(next(iter(chunk.values()))))
+      chunk = {
+          m: torch.from_numpy(w[start : start + self.batch_size]).to(self.device)
+          for m, w in given.items()
+      }
+      z = (
+          self.module(**chunk)
+          if isinstance(self.module, Fingerprint)
+          else self.module(next(iter(chunk.values())))
+      )
       out.append(z.float().cpu().numpy())
     if not out:
       return np.zeros((0, self.latent_dim), np.float32)
     return np.concatenate(out)
 
-  def embed(self, x: Any = None, fs: float | None = None, *, ppg: Any = None, ecg: Any = None,
-            clean: bool | None = None, align: bool = True) -> np.ndarray:
+  def embed(
+      self,
+      x: Any = None,
+      fs: float | None = None,
+      *,
+      ppg: Any = None,
+      ecg: Any = None,
+      clean: bool | None = None,
+      align: bool = True,
+  ) -> np.ndarray:
     """Float (N, L) raw or prepared rows at `fs` Hz -> (N, latent) float32 numpy: one
     embedding per row (the mean over a long row's windows), as `load_encoder(...).embed`
     (which also takes 1-D recordings and returns per-window embeddings)."""
     given = {m: _as_batch(v) for m, v in self._inputs(x, ppg, ecg).items()}
     if len({a.shape for a in given.values()}) > 1:
       raise TorchEncoderError("ppg and ecg must be the same windows (same count and length)")
-    windows, rows, _, self.last_alignment = self.prepare_aligned(given, fs, clean=clean,
-                                                                 align=align)
+    windows, rows, _, self.last_alignment = self.prepare_aligned(
+        given, fs, clean=clean, align=align
+    )
     z = self.embed_prepared(**windows)
     n = next(iter(given.values())).shape[0]
     if len(rows) == n and np.array_equal(rows, np.arange(n)):
@@ -218,19 +274,23 @@ def load(path, *, batch_size: int = 256, device: str | torch.device = "cpu") -> 
   package's files are checked against their recorded digests first, and names read from
   package.json must stay inside the package, as `load_encoder` checks them."""
   from safetensors.numpy import load_file
+
   path = Path(path)
   info = package_lib.read_package_info(path)
   package_lib.verify_files(path, info)
   weights = info.get("weights")
-  file = package_lib.member(path, weights.get("safetensors") if isinstance(weights, dict)
-                            else None, "weights file")
+  file = package_lib.member(
+      path, weights.get("safetensors") if isinstance(weights, dict) else None, "weights file"
+  )
   config_file = package_lib.member(path, info.get("config_file"), "config file")
   try:
     tensors = load_file(str(file))
     model = json.loads(config_file.read_text())["model"]
   except (OSError, KeyError, ValueError) as e:
-    raise TorchEncoderError(f"{path}: cannot read the package ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    raise TorchEncoderError(
+        f"{path}: cannot read the package ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+    ) from None
   try:
     module = build_module(tensors, model, package_lib.package_modalities(info))
   except TorchEncoderError as e:

@@ -2,6 +2,7 @@
 name: array}) -> the `torch.nn.Module` with every tensor loaded. Layouts and the BatchNorm
 choice are described in xmae_jax.interop.torch_encoder, which loads packages with it. No JAX
 or Flax is imported here."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,6 +26,7 @@ class TorchEncoderError(XmaeError):
 
 # ---- layers ------------------------------------------------------------------------------------
 
+
 class ConvBNAct(nn.Module):
   """Conv1d (no bias, padding k // 2) -> BatchNorm1d -> SiLU."""
 
@@ -42,8 +44,9 @@ class InceptionBlock(nn.Module):
 
   def __init__(self, cin: int, widths: list[int], kernel_sizes=(3, 5, 7)):
     super().__init__()
-    self.branches = nn.ModuleList([nn.Conv1d(cin, w, k, padding=k // 2, bias=False)
-                                   for k, w in zip(kernel_sizes, widths)])
+    self.branches = nn.ModuleList(
+        [nn.Conv1d(cin, w, k, padding=k // 2, bias=False) for k, w in zip(kernel_sizes, widths)]
+    )
     cout = sum(widths)
     self.branch_bn = nn.BatchNorm1d(cout, eps=EPS)
     self.fuse = ConvBNAct(cout, cout, 1)
@@ -110,8 +113,20 @@ class PathEncoder(nn.Module):
   """(B, L) -> tokens (B, N, D) (`tokens`), or the pooled projection (B, latent) when built
   with `latent_dim` (xMAE's exported encoder)."""
 
-  def __init__(self, *, patch_len: int, num_patches: int, d_model: int, heads: int, depth: int,
-               hidden: int, stem_channels: int, stem_widths, split, latent_dim: int | None):
+  def __init__(
+      self,
+      *,
+      patch_len: int,
+      num_patches: int,
+      d_model: int,
+      heads: int,
+      depth: int,
+      hidden: int,
+      stem_channels: int,
+      stem_widths,
+      split,
+      latent_dim: int | None,
+  ):
     super().__init__()
     self.stem = Stem(stem_channels, stem_widths, split)
     self.patch = nn.Conv1d(stem_channels, d_model, patch_len, stride=patch_len)
@@ -125,7 +140,7 @@ class PathEncoder(nn.Module):
 
   def tokens(self, x):
     t = self.patch(self.stem(x[:, None, :])).transpose(1, 2)
-    t = t + self.pos[:, :t.shape[1]]
+    t = t + self.pos[:, : t.shape[1]]
     for blk in self.blocks:
       t = blk(t)
     return t
@@ -162,12 +177,16 @@ class Fingerprint(nn.Module):
 
   def forward(self, ppg=None, ecg=None):
     given = {"ppg": ppg, "ecg": ecg}
-    parts = [(self.encoders[m].tokens(given[m]), m) for m in M2AE_ORDER
-             if given[m] is not None and m in self.encoders]
+    parts = [
+        (self.encoders[m].tokens(given[m]), m)
+        for m in M2AE_ORDER
+        if given[m] is not None and m in self.encoders
+    ]
     return self.bottleneck(parts).mean(dim=1)
 
 
 # ---- building from a package -------------------------------------------------------------------
+
 
 def _split(out_channels: int, n: int = 3) -> list[int]:
   """The stem's Inception channel split (xmae_jax.models.stem.inception_split)."""
@@ -177,28 +196,38 @@ def _split(out_channels: int, n: int = 3) -> list[int]:
 
 def _count(tensors: dict, prefix: str) -> int:
   """How many `prefix.K.` sub-modules the tensors name (the depth of a block list)."""
-  ids = {int(k[len(prefix) + 1:].split(".")[0]) for k in tensors if k.startswith(prefix + ".")}
+  ids = {int(k[len(prefix) + 1 :].split(".")[0]) for k in tensors if k.startswith(prefix + ".")}
   return max(ids) + 1 if ids else 0
 
 
 def _path_encoder(tensors, prefix: str, model: dict, with_proj: bool) -> PathEncoder:
   pos = tensors[f"{prefix}pos"]
-  patch = tensors[f"{prefix}patch.kernel"]      # (P, C, D)
-  fc1 = tensors.get(f"{prefix}blocks.0.mlp.fc1.kernel")     # absent when depth is 0
+  patch = tensors[f"{prefix}patch.kernel"]  # (P, C, D)
+  fc1 = tensors.get(f"{prefix}blocks.0.mlp.fc1.kernel")  # absent when depth is 0
   hidden = fc1.shape[1] if fc1 is not None else 4 * patch.shape[2]
   return PathEncoder(
-      patch_len=patch.shape[0], num_patches=pos.shape[1], d_model=patch.shape[2],
-      heads=int(model["num_heads"]), depth=_count(tensors, f"{prefix}blocks"), hidden=hidden,
-      stem_channels=patch.shape[1], stem_widths=tuple(int(w) for w in model["stem_widths"]),
-      split=_split, latent_dim=tensors[f"{prefix}proj.kernel"].shape[1] if with_proj else None)
+      patch_len=patch.shape[0],
+      num_patches=pos.shape[1],
+      d_model=patch.shape[2],
+      heads=int(model["num_heads"]),
+      depth=_count(tensors, f"{prefix}blocks"),
+      hidden=hidden,
+      stem_channels=patch.shape[1],
+      stem_widths=tuple(int(w) for w in model["stem_widths"]),
+      split=_split,
+      latent_dim=tensors[f"{prefix}proj.kernel"].shape[1] if with_proj else None,
+  )
 
 
 def _bottleneck(tensors, model: dict) -> Bottleneck:
   d = tensors["bottleneck.modality_embed"].shape[1]
-  return Bottleneck(d_model=d, heads=int(model["num_heads"]),
-                    depth=_count(tensors, "bottleneck.blocks"),
-                    hidden=tensors["bottleneck.blocks.0.mlp.fc1.kernel"].shape[1],
-                    latent_dim=tensors["bottleneck.proj.kernel"].shape[1])
+  return Bottleneck(
+      d_model=d,
+      heads=int(model["num_heads"]),
+      depth=_count(tensors, "bottleneck.blocks"),
+      hidden=tensors["bottleneck.blocks.0.mlp.fc1.kernel"].shape[1],
+      latent_dim=tensors["bottleneck.proj.kernel"].shape[1],
+  )
 
 
 def _torch_names(module: nn.Module, prefix: str, flax_prefix: str) -> dict[str, tuple[str, Any]]:
@@ -213,8 +242,12 @@ def _torch_names(module: nn.Module, prefix: str, flax_prefix: str) -> dict[str, 
     out[f"{t}.weight"] = (f"{f}.kernel", lambda a: a.transpose(2, 1, 0))
 
   def bn(t, f):
-    for ours, theirs in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
-                         ("running_var", "var")):
+    for ours, theirs in (
+        ("weight", "scale"),
+        ("bias", "bias"),
+        ("running_mean", "mean"),
+        ("running_var", "var"),
+    ):
       out[f"{t}.{ours}"] = (f"{f}.{theirs}", None)
 
   def norm(t, f):
@@ -241,8 +274,10 @@ def _torch_names(module: nn.Module, prefix: str, flax_prefix: str) -> dict[str, 
       for i in range(2):
         t, f = f"{s}.{stage}.{i}", f"{fs}.{stage}.{i}"
         for j in range(3):
-          out[f"{t}.branches.{j}.weight"] = (f"{f}.branch_kernels.{j}",
-                                              lambda a: a.transpose(2, 1, 0))
+          out[f"{t}.branches.{j}.weight"] = (
+              f"{f}.branch_kernels.{j}",
+              lambda a: a.transpose(2, 1, 0),
+          )
         bn(f"{t}.branch_bn", f"{f}.branch_bn")
         cba(f"{t}.fuse", f"{f}.fuse")
     for name in ("down1", "down2", "smooth2", "smooth1", "head"):
@@ -267,27 +302,32 @@ def _torch_names(module: nn.Module, prefix: str, flax_prefix: str) -> dict[str, 
   return out
 
 
-def build_module(tensors: dict[str, np.ndarray], model: dict, modalities: tuple[str, ...]
-                 ) -> nn.Module:
+def build_module(
+    tensors: dict[str, np.ndarray], model: dict, modalities: tuple[str, ...]
+) -> nn.Module:
   """The torch module of a package's tensors ({Flax name: array}) and model config section,
   with every tensor loaded (strictly: a missing or unused tensor is an error)."""
-  if "bottleneck.modality_embed" in tensors:          # M2AE
-    if "path.pos" in tensors:                          # one modality's fingerprint encoder
+  if "bottleneck.modality_embed" in tensors:  # M2AE
+    if "path.pos" in tensors:  # one modality's fingerprint encoder
       encoders = {modalities[0]: ("path.", _path_encoder(tensors, "path.", model, False))}
     else:
-      encoders = {m: (f"{m}_encoder.", _path_encoder(tensors, f"{m}_encoder.", model, False))
-                  for m in modalities}
+      encoders = {
+          m: (f"{m}_encoder.", _path_encoder(tensors, f"{m}_encoder.", model, False))
+          for m in modalities
+      }
     module = Fingerprint({m: e for m, (_, e) in encoders.items()}, _bottleneck(tensors, model))
     names = {}
     for m, (flax_prefix, enc) in encoders.items():
       names.update(_torch_names(enc, f"encoders.{m}.", flax_prefix))
     names.update(_torch_names(module.bottleneck, "bottleneck.", "bottleneck."))
-  elif "pos" in tensors:                               # xMAE / baselines: a PathEncoder
+  elif "pos" in tensors:  # xMAE / baselines: a PathEncoder
     module = _path_encoder(tensors, "", model, True)
     names = _torch_names(module, "", "")
   else:
-    raise TorchEncoderError("no encoder layout this module knows (expected tensors `pos`, "
-                            "`path.pos` or `ppg_encoder.pos` with `bottleneck.*`)")
+    raise TorchEncoderError(
+        "no encoder layout this module knows (expected tensors `pos`, "
+        "`path.pos` or `ppg_encoder.pos` with `bottleneck.*`)"
+    )
   _load(module, tensors, names)
   return module.eval()
 
@@ -301,13 +341,15 @@ def _load(module: nn.Module, tensors: dict, names: dict) -> None:
   if missing or unused or absent:
     raise TorchEncoderError(
         f"package tensors do not fit the rebuilt encoder: {len(absent)} absent (e.g. "
-        f"{absent[:1]}), {len(unused)} unused (e.g. {unused[:1]}), {len(missing)} unmapped")
+        f"{absent[:1]}), {len(unused)} unused (e.g. {unused[:1]}), {len(missing)} unmapped"
+    )
   new = {}
   for k, (f, transform) in names.items():
     a = np.asarray(tensors[f], np.float32)
     a = transform(a) if transform else a
     if tuple(a.shape) != tuple(state[k].shape):
-      raise TorchEncoderError(f"tensor {f}: shape {a.shape} does not fit {k} "
-                              f"{tuple(state[k].shape)}")
+      raise TorchEncoderError(
+          f"tensor {f}: shape {a.shape} does not fit {k} " f"{tuple(state[k].shape)}"
+      )
     new[k] = torch.from_numpy(np.ascontiguousarray(a))
   module.load_state_dict(new, strict=False)

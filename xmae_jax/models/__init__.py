@@ -2,6 +2,7 @@
 
 A new model is one file here and one file in configs/; add its name below.
 """
+
 from __future__ import annotations
 
 import importlib

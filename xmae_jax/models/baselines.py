@@ -11,6 +11,7 @@
 Every model exposes `embed(ppg=...) -> (B, latent)` with xMAE's latent size, so downstream
 evaluation compares like with like.
 """
+
 from __future__ import annotations
 
 import chex
@@ -30,10 +31,18 @@ Array = jax.Array
 def _path_kwargs(config, depth: int) -> dict:
   """PathEncoder/SinglePath arguments from `config.model`, with `depth` blocks."""
   m = config.model
-  return dict(seq_len=int(m.seq_len), patch_len=int(m.patch_len), d_model=m.d_model,
-              num_heads=m.num_heads, depth=depth, stem_channels=m.stem_channels,
-              stem_widths=tuple(m.stem_widths), dropout=m.dropout,
-              latent_dim=int(m.latent_dim), dtype=layers.compute_dtype(config))
+  return dict(
+      seq_len=int(m.seq_len),
+      patch_len=int(m.patch_len),
+      d_model=m.d_model,
+      num_heads=m.num_heads,
+      depth=depth,
+      stem_channels=m.stem_channels,
+      stem_widths=tuple(m.stem_widths),
+      dropout=m.dropout,
+      latent_dim=int(m.latent_dim),
+      dtype=layers.compute_dtype(config),
+  )
 
 
 class PPGMAE(nnx.Module):
@@ -43,36 +52,43 @@ class PPGMAE(nnx.Module):
     m, k = config.model, config.masking
     masking.check_mode(k.mode)
     path.check_visible_positions(m.visible_positions)
-    self.ppg_path = path.SinglePath(build_decoder=True, build_mask_loc=False,
-                                    build_proj=True, rngs=rngs,
-                                    **_path_kwargs(config, m.depth_ppg))
+    self.ppg_path = path.SinglePath(
+        build_decoder=True,
+        build_mask_loc=False,
+        build_proj=True,
+        rngs=rngs,
+        **_path_kwargs(config, m.depth_ppg),
+    )
     self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, m.d_model)))
     self.mask_mode, self.ratio_ppg = str(k.mode), float(k.ratio_ppg)
     self.visible_positions = str(m.visible_positions)
     self.w_ppg = float(config.loss.w_ppg)
     self.seq_len = int(m.seq_len)
 
-  def __call__(self, ppg: Array, ppg_keep: Array, *, key: Array | None = None
-               ) -> dict[str, Array]:
+  def __call__(self, ppg: Array, ppg_keep: Array, *, key: Array | None = None) -> dict[str, Array]:
     """ppg (B, L), ppg_keep (B, Nk) ascending visible patches -> {"ppg_reconstruction" (B, L),
     "ppg_mask" (B, L) 1 on masked samples}."""
     chex.assert_shape(ppg, (ppg.shape[0], self.seq_len))
     k_enc, k_dec = layers.split_keys(key, 2)
     ppg_path = self.ppg_path
     tokens = ppg_path.encoder.tokens(ppg, ppg_keep, positions=self.visible_positions, key=k_enc)
-    return {"ppg_reconstruction": ppg_path.decode_visible(tokens, ppg_keep,
-                                                          self.mask_token[...], k_dec),
-            "ppg_mask": masking.sample_mask(ppg_keep, ppg_path.num_patches,
-                                            ppg_path.encoder.patch_len)}
+    return {
+        "ppg_reconstruction": ppg_path.decode_visible(
+            tokens, ppg_keep, self.mask_token[...], k_dec
+        ),
+        "ppg_mask": masking.sample_mask(ppg_keep, ppg_path.num_patches, ppg_path.encoder.patch_len),
+    }
 
-  def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
-           ) -> tuple[Array, dict[str, Array]]:
+  def loss(
+      self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
+  ) -> tuple[Array, dict[str, Array]]:
     """Masked-waveform MSE on PPG; `mask_ratio` overrides masking.ratio_ppg."""
     ppg = batch["ppg"]
     k_mask, k_drop = jax.random.split(key)
     ratio = self.ratio_ppg if mask_ratio is None else float(mask_ratio)
-    keep = masking.sample_keep_ids(k_mask, ppg.shape[0], self.ppg_path.num_patches, ratio,
-                                   self.mask_mode)
+    keep = masking.sample_keep_ids(
+        k_mask, ppg.shape[0], self.ppg_path.num_patches, ratio, self.mask_mode
+    )
     out = self(ppg, keep, key=k_drop)
     mse = losses.masked_mse(out["ppg_reconstruction"], ppg, out["ppg_mask"])
     total = self.w_ppg * mse
@@ -101,8 +117,9 @@ class CLIP(nnx.Module):
     self.w_contrast = float(l.w_contrast)
     self.positives = str(l.positives)
 
-  def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
-           ) -> tuple[Array, dict[str, Array]]:
+  def loss(
+      self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
+  ) -> tuple[Array, dict[str, Array]]:
     """Symmetric InfoNCE between the ECG and PPG embeddings of the batch (no masking, so
     `mask_ratio` is ignored). Subject-level positives read batch["subject"] (B,)."""
     del mask_ratio
@@ -110,15 +127,17 @@ class CLIP(nnx.Module):
     z_ppg = self.ppg_encoder.pool(self.ppg_encoder.tokens(batch["ppg"], key=k_ppg))
     z_ecg = self.ecg_encoder.pool(self.ecg_encoder.tokens(batch["ecg"], key=k_ecg))
     scale = self.temperature()
-    nce = contrastive.info_nce(z_ecg, z_ppg, scale, subject=batch.get("subject"),
-                               positives=self.positives)
+    nce = contrastive.info_nce(
+        z_ecg, z_ppg, scale, subject=batch.get("subject"), positives=self.positives
+    )
     total = self.w_contrast * nce
     return total, {"loss": total, "nce": nce, "temperature": 1.0 / scale}
 
   def embed(self, ppg: Array | None = None, ecg: Array | None = None) -> Array:
     """(B, latent): the projected embedding of the given modality; with both, their mean."""
-    parts = [enc(x) for enc, x in ((self.ppg_encoder, ppg), (self.ecg_encoder, ecg))
-             if x is not None]
+    parts = [
+        enc(x) for enc, x in ((self.ppg_encoder, ppg), (self.ecg_encoder, ecg)) if x is not None
+    ]
     if not parts:
       raise ValueError("CLIP.embed needs ppg=(B, L) and/or ecg=(B, L)")
     return sum(parts) / len(parts)

@@ -9,6 +9,7 @@ baseline. Two choices of positives (M2AE notes §11: the paper's wording allows 
   averages -log p over its positives (SupCon's "L_out" form, Khosla et al. 2020), so with all
   subjects distinct it equals the segment-level loss exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,11 @@ def positives_mask(batch_size: int, subject=None, positives: str = "segment") ->
   """(B, B) float mask, 1 where (i, j) is a positive pair."""
   if check_positives(positives) == "segment":
     return jnp.eye(batch_size, dtype=jnp.float32)
-  if subject is None:                                 # "subject": positives share a subject id
+  if subject is None:  # "subject": positives share a subject id
     raise MissingSubjectError(
         'loss.positives="subject" needs batch["subject"] (int (B,)); the data pipeline '
-        "emits it with data.with_subject=True, or use positives=\"segment\"")
+        'emits it with data.with_subject=True, or use positives="segment"'
+    )
   chex.assert_shape(subject, (batch_size,))
   return (subject[:, None] == subject[None, :]).astype(jnp.float32)
 
@@ -52,8 +54,9 @@ def _multi_positive_ce(logits: jax.Array, pos: jax.Array) -> jax.Array:
   return jnp.mean(-jnp.sum(pos * logp, axis=-1) / jnp.sum(pos, axis=-1))
 
 
-def info_nce(a: jax.Array, b: jax.Array, logit_scale, *, subject=None,
-             positives: str = "segment") -> jax.Array:
+def info_nce(
+    a: jax.Array, b: jax.Array, logit_scale, *, subject=None, positives: str = "segment"
+) -> jax.Array:
   """Symmetric InfoNCE between L2-normalized rows of a and b (both (B, D)).
 
   logit_scale is 1/temperature. Returns the mean of the a->b and b->a cross entropies.
@@ -78,8 +81,11 @@ class Temperature(nnx.Module):
       raise XmaeError(f"loss.temperature must be > 0, got {init}")
     self.learnable = learnable
     # A fixed temperature is a plain float (static), so no optimizer ever sees it.
-    self.log_scale = (nnx.Param(jnp.asarray(math.log(1.0 / init), jnp.float32)) if learnable
-                      else math.log(1.0 / init))
+    self.log_scale = (
+        nnx.Param(jnp.asarray(math.log(1.0 / init), jnp.float32))
+        if learnable
+        else math.log(1.0 / init)
+    )
     self.max_log_scale = math.log(max_scale)
 
   def __call__(self) -> jax.Array:

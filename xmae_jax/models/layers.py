@@ -29,6 +29,7 @@ passed to `__call__`; `key=None` is allowed only when the module is deterministi
 Train/eval: `model.train()` / `model.eval()` set `deterministic` (dropout) and
 `use_running_average` (BatchNorm) on every block built from these layers.
 """
+
 from __future__ import annotations
 
 import functools
@@ -129,11 +130,11 @@ def keep_mask(key: Array, keep_prob: float, shape: Sequence[int]) -> Array:
   data = data.reshape(-1).astype(jnp.uint32)
   k0, k1 = data[0], data[-1] ^ jnp.uint32(0x68E31DA4)
   n = math.prod(shape)
-  if n >= 2 ** 32:
+  if n >= 2**32:
     raise ValueError(f"dropout mask of {n} elements: at most 2^32 - 1 supported")
   counter = jax.lax.iota(jnp.uint32, n).reshape(tuple(shape))
   bits = _mix32(_mix32(counter * jnp.uint32(0x9E3779B9) + k0) ^ k1)
-  threshold = min(int(round(keep_prob * 2.0 ** 32)), 2 ** 32 - 1)
+  threshold = min(int(round(keep_prob * 2.0**32)), 2**32 - 1)
   return bits < jnp.uint32(threshold)
 
 
@@ -176,7 +177,7 @@ def _linear_bwd(res, g):
   x, kernel = res
   dx = jnp.matmul(g, kernel.T)
   x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  if x2.shape[1] <= g2.shape[1]:     # transpose the narrower of the two activations
+  if x2.shape[1] <= g2.shape[1]:  # transpose the narrower of the two activations
     dkernel = jnp.matmul(_materialized_t(x2), g2)
   else:
     dkernel = _materialized_t(jnp.matmul(_materialized_t(g2), x2))
@@ -189,12 +190,14 @@ linear.defvjp(_linear_fwd, _linear_bwd)
 class Dense(nnx.Module):
   """torch nn.Linear with a (in, out) kernel; computes in `dtype`."""
 
-  def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
-               dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self, in_features: int, out_features: int, *, use_bias: bool = True, dtype=F32, rngs: nnx.Rngs
+  ):
     kk, kb = jax.random.split(rngs.params())
     self.kernel = nnx.Param(torch_default_init(kk, (in_features, out_features), in_features))
-    self.bias = (nnx.Param(torch_default_init(kb, (out_features,), in_features))
-                 if use_bias else None)
+    self.bias = (
+        nnx.Param(torch_default_init(kb, (out_features,), in_features)) if use_bias else None
+    )
     self.dtype = dtype
 
   def __call__(self, x: Array) -> Array:
@@ -247,8 +250,7 @@ class BatchNorm(nnx.Module):
   exactly as torch. Eval: normalize with the running statistics. Statistics are float32.
   """
 
-  def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
-               dtype=F32):
+  def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5, dtype=F32):
     self.scale = nnx.Param(constant((num_features,), 1.0))
     self.bias = nnx.Param(constant((num_features,), 0.0))
     self.mean = nnx.BatchStat(constant((num_features,), 0.0))
@@ -308,21 +310,36 @@ class Dropout(nnx.Module):
 def conv1d(x: Array, kernel: Array, *, stride: int = 1, padding: int = 0, dtype=F32) -> Array:
   """Channels-last 1-D convolution (torch Conv1d semantics, symmetric zero padding)."""
   if kernel.shape[0] == 1 and stride == 1 and padding == 0:
-    return linear(x.astype(dtype), kernel[0].astype(dtype))      # 1x1 conv: a matmul
+    return linear(x.astype(dtype), kernel[0].astype(dtype))  # 1x1 conv: a matmul
   return jax.lax.conv_general_dilated(
-      x.astype(dtype), kernel.astype(dtype), window_strides=(stride,),
-      padding=[(padding, padding)], dimension_numbers=("NWC", "WIO", "NWC"))
+      x.astype(dtype),
+      kernel.astype(dtype),
+      window_strides=(stride,),
+      padding=[(padding, padding)],
+      dimension_numbers=("NWC", "WIO", "NWC"),
+  )
 
 
 class Conv1d(nnx.Module):
   """torch nn.Conv1d (bias optional), kernel (k, in, out), padding k // 2 by default."""
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: int | None = None, use_bias: bool = False, dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: int,
+      *,
+      stride: int = 1,
+      padding: int | None = None,
+      use_bias: bool = False,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     fan_in = in_channels * kernel_size
     kk, kb = jax.random.split(rngs.params())
     self.kernel = nnx.Param(
-        torch_default_init(kk, (kernel_size, in_channels, out_channels), fan_in))
+        torch_default_init(kk, (kernel_size, in_channels, out_channels), fan_in)
+    )
     self.bias = nnx.Param(torch_default_init(kb, (out_channels,), fan_in)) if use_bias else None
     self.stride = stride
     self.padding = kernel_size // 2 if padding is None else padding
@@ -334,14 +351,14 @@ class Conv1d(nnx.Module):
       y = y + self.bias[...].astype(self.dtype)
     return y
 
+
 class PatchEmbed(nnx.Module):
   """Conv1d with kernel = stride = patch_len (with bias): (B, L, C) -> (B, L / P, D).
 
   Computed as a reshape and one matmul; kernel (P, C, D).
   """
 
-  def __init__(self, in_channels: int, d_model: int, patch_len: int, *, dtype=F32,
-               rngs: nnx.Rngs):
+  def __init__(self, in_channels: int, d_model: int, patch_len: int, *, dtype=F32, rngs: nnx.Rngs):
     fan_in = in_channels * patch_len
     kk, kb = jax.random.split(rngs.params())
     self.kernel = nnx.Param(torch_default_init(kk, (patch_len, in_channels, d_model), fan_in))
@@ -354,8 +371,9 @@ class PatchEmbed(nnx.Module):
     p = self.patch_len
     d = self.kernel.shape[-1]
     xp = x.reshape(b, length // p, p * c).astype(self.dtype)
-    return (linear(xp, self.kernel[...].reshape(p * c, d).astype(self.dtype))
-            + self.bias[...].astype(self.dtype))
+    return linear(xp, self.kernel[...].reshape(p * c, d).astype(self.dtype)) + self.bias[
+        ...
+    ].astype(self.dtype)
 
 
 class WaveformDecoder(nnx.Module):
@@ -364,13 +382,13 @@ class WaveformDecoder(nnx.Module):
   Kernel (D, P, out) (torch stores (D, out, P)); one matmul and a reshape. Its output is float32.
   """
 
-  def __init__(self, d_model: int, patch_len: int, out_channels: int = 1, *, dtype=F32,
-               rngs: nnx.Rngs):
+  def __init__(
+      self, d_model: int, patch_len: int, out_channels: int = 1, *, dtype=F32, rngs: nnx.Rngs
+  ):
     # torch computes ConvTranspose fan-in from weight.size(1) * k = out_channels * patch_len.
     fan_in = out_channels * patch_len
     kk, kb = jax.random.split(rngs.params())
-    self.kernel = nnx.Param(
-        torch_default_init(kk, (d_model, patch_len, out_channels), fan_in))
+    self.kernel = nnx.Param(torch_default_init(kk, (d_model, patch_len, out_channels), fan_in))
     self.bias = nnx.Param(torch_default_init(kb, (out_channels,), fan_in))
     self.dtype = dtype
 

@@ -1,4 +1,5 @@
 """Reconstruction losses shared by the masked-autoencoder models."""
+
 from __future__ import annotations
 
 import jax

@@ -21,6 +21,7 @@ MSE on both signals) and on each modality's alone (whole-signal cross-modal reco
 that modality; symmetric InfoNCE between the ECG-only and PPG-only fingerprints; InfoNCE between
 each modality's fingerprint and an augmented view's). Terms whose weight is 0 are not computed.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -38,7 +39,7 @@ from xmae_jax.models import masking
 from xmae_jax.models import path
 
 Array = jax.Array
-MODALITIES = ("ecg", "ppg")       # index = modality id in the learned modality embeddings
+MODALITIES = ("ecg", "ppg")  # index = modality id in the learned modality embeddings
 
 
 def _modality_id(name: str) -> int:
@@ -47,8 +48,9 @@ def _modality_id(name: str) -> int:
   return MODALITIES.index(name)
 
 
-def augment_view(key: Array, x: Array, *, scale_range: Sequence[float], noise_std: float,
-                 max_shift: int) -> Array:
+def augment_view(
+    key: Array, x: Array, *, scale_range: Sequence[float], noise_std: float, max_shift: int
+) -> Array:
   """A second view of a (B, L) batch for augmentation positives (A9): per example an amplitude
   factor U(scale_range), a time shift of up to +-max_shift samples (vacated edge = edge value,
   as the pipeline's shift) and Gaussian noise of std noise_std."""
@@ -62,8 +64,9 @@ def augment_view(key: Array, x: Array, *, scale_range: Sequence[float], noise_st
   return shifted * scale + noise_std * jax.random.normal(k_noise, x.shape, x.dtype)
 
 
-def complementary_keep_ids(key: Array, batch: int, num_patches: int, ratio_ecg: float,
-                           mode: str) -> tuple[Array, Array]:
+def complementary_keep_ids(
+    key: Array, batch: int, num_patches: int, ratio_ecg: float, mode: str
+) -> tuple[Array, Array]:
   """Complementary masks (A6): (ecg_keep (B, Nk), ppg_keep (B, N - Nk)), both ascending. The
   ECG mask is drawn per example (xMAE's masking modes) and PPG keeps exactly the patches ECG
   masks, so every patch is visible in exactly one modality."""
@@ -76,13 +79,26 @@ class Bottleneck(nnx.Module):
   """Shared bottleneck (A4): tokens + modality embedding -> shared pre-LN blocks -> LN ->
   Linear(d_model -> latent). Input: a list of (tokens (B, n_i, D), modality name)."""
 
-  def __init__(self, *, d_model: int, num_heads: int, depth: int, latent_dim: int,
-               dropout: float, dtype, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      *,
+      d_model: int,
+      num_heads: int,
+      depth: int,
+      latent_dim: int,
+      dropout: float,
+      dtype,
+      rngs: nnx.Rngs,
+  ):
     self.modality_embed = nnx.Param(
-        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
-    self.blocks = nnx.List([
-        path.TransformerBlock(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
-        for _ in range(depth)])
+        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model))
+    )
+    self.blocks = nnx.List(
+        [
+            path.TransformerBlock(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
+            for _ in range(depth)
+        ]
+    )
     self.norm = layers.LayerNorm(d_model, dtype=dtype)
     self.proj = layers.Dense(d_model, latent_dim, dtype=dtype, rngs=rngs)
 
@@ -90,7 +106,8 @@ class Bottleneck(nnx.Module):
     """-> latent tokens (B, sum n_i, latent) float32, in the order of `parts`."""
     embed = self.modality_embed[...]
     x = jnp.concatenate(
-        [t + embed[_modality_id(name)].astype(t.dtype) for t, name in parts], axis=1)
+        [t + embed[_modality_id(name)].astype(t.dtype) for t, name in parts], axis=1
+    )
     for blk, k in zip(self.blocks, layers.split_keys(key, len(self.blocks))):
       x = blk(x, k)
     return self.proj(self.norm(x)).astype(jnp.float32)
@@ -102,24 +119,41 @@ class Decoder(nnx.Module):
   modality embedding] -> pre-LN blocks (MLP ratio from the config) -> the queries ->
   transposed-convolution head (xMAE's WaveformDecoder) -> (B, L)."""
 
-  def __init__(self, modality: str, *, num_patches: int, patch_len: int, latent_dim: int,
-               d_model: int, num_heads: int, depth: int, mlp_ratio: float, dropout: float,
-               dtype, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      modality: str,
+      *,
+      num_patches: int,
+      patch_len: int,
+      latent_dim: int,
+      d_model: int,
+      num_heads: int,
+      depth: int,
+      mlp_ratio: float,
+      dropout: float,
+      dtype,
+      rngs: nnx.Rngs,
+  ):
     self.modality_id = _modality_id(modality)
     self.num_patches = num_patches
     self.embed = layers.Dense(latent_dim, d_model, dtype=dtype, rngs=rngs)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_patches, d_model)))
     self.modality_embed = nnx.Param(
-        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model)))
+        0.02 * jax.random.normal(rngs.params(), (len(MODALITIES), d_model))
+    )
     self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d_model,)))
-    self.blocks = nnx.List([
-        path.TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout,
-                              dtype=dtype, rngs=rngs) for _ in range(depth)])
+    self.blocks = nnx.List(
+        [
+            path.TransformerBlock(
+                d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, dtype=dtype, rngs=rngs
+            )
+            for _ in range(depth)
+        ]
+    )
     self.norm = layers.LayerNorm(d_model, dtype=dtype)
     self.head = layers.WaveformDecoder(d_model, patch_len, 1, dtype=dtype, rngs=rngs)
 
-  def __call__(self, latent: Array, ids: Array, source: Array, key: Array | None = None
-               ) -> Array:
+  def __call__(self, latent: Array, ids: Array, source: Array, key: Array | None = None) -> Array:
     """latent (B, T, latent), ids (B, T) patch index of each token, source (T,) modality id of
     each token -> the whole waveform (B, L) float32."""
     b, t, _ = latent.shape
@@ -161,30 +195,59 @@ class M2AE(nnx.Module):
     self.num_patches = self.seq_len // self.patch_len
     self.latent_dim = int(m.latent_dim)
     self.mask_mode, self.ratio_ecg = str(k.mode), float(k.ratio_ecg)
-    self.weights = {name: float(l[name]) for name in (
-        "w_ecg", "w_ppg", "w_cross_ecg", "w_cross_ppg", "w_contrast", "w_augment")}
+    self.weights = {
+        name: float(l[name])
+        for name in ("w_ecg", "w_ppg", "w_cross_ecg", "w_cross_ppg", "w_contrast", "w_augment")
+    }
     self.positives = str(l.positives)
-    self.view = dict(scale_range=tuple(l.view.scale_range), noise_std=float(l.view.noise_std),
-                     max_shift=int(l.view.max_shift))
+    self.view = dict(
+        scale_range=tuple(l.view.scale_range),
+        noise_std=float(l.view.noise_std),
+        max_shift=int(l.view.max_shift),
+    )
 
     def path_encoder(depth):
       return path.PathEncoder(
-          seq_len=self.seq_len, patch_len=self.patch_len, d_model=m.d_model,
-          num_heads=m.num_heads, depth=depth, stem_channels=m.stem_channels,
-          stem_widths=tuple(m.stem_widths), dropout=m.dropout, latent_dim=self.latent_dim,
-          build_proj=False, dtype=dtype, rngs=rngs)
+          seq_len=self.seq_len,
+          patch_len=self.patch_len,
+          d_model=m.d_model,
+          num_heads=m.num_heads,
+          depth=depth,
+          stem_channels=m.stem_channels,
+          stem_widths=tuple(m.stem_widths),
+          dropout=m.dropout,
+          latent_dim=self.latent_dim,
+          build_proj=False,
+          dtype=dtype,
+          rngs=rngs,
+      )
 
     def decoder(modality):
-      return Decoder(modality, num_patches=self.num_patches, patch_len=self.patch_len,
-                     latent_dim=self.latent_dim, d_model=m.d_model, num_heads=m.num_heads,
-                     depth=m.depth_decoder, mlp_ratio=m.decoder_mlp_ratio, dropout=m.dropout,
-                     dtype=dtype, rngs=rngs)
+      return Decoder(
+          modality,
+          num_patches=self.num_patches,
+          patch_len=self.patch_len,
+          latent_dim=self.latent_dim,
+          d_model=m.d_model,
+          num_heads=m.num_heads,
+          depth=m.depth_decoder,
+          mlp_ratio=m.decoder_mlp_ratio,
+          dropout=m.dropout,
+          dtype=dtype,
+          rngs=rngs,
+      )
 
     self.ecg_encoder = path_encoder(m.depth_ecg)
     self.ppg_encoder = path_encoder(m.depth_ppg)
-    self.bottleneck = Bottleneck(d_model=m.d_model, num_heads=m.num_heads,
-                                 depth=m.depth_shared, latent_dim=self.latent_dim,
-                                 dropout=m.dropout, dtype=dtype, rngs=rngs)
+    self.bottleneck = Bottleneck(
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        depth=m.depth_shared,
+        latent_dim=self.latent_dim,
+        dropout=m.dropout,
+        dtype=dtype,
+        rngs=rngs,
+    )
     self.ecg_decoder = decoder("ecg")
     self.ppg_decoder = decoder("ppg")
     self.temperature = contrastive.Temperature(float(l.temperature), bool(l.learn_temperature))
@@ -196,33 +259,43 @@ class M2AE(nnx.Module):
   def _decoder(self, modality: str) -> Decoder:
     return {"ecg": self.ecg_decoder, "ppg": self.ppg_decoder}[modality]
 
-  def complementary_masks(self, key: Array, batch: int, *, mask_ratio: float | None = None
-                          ) -> tuple[Array, Array]:
+  def complementary_masks(
+      self, key: Array, batch: int, *, mask_ratio: float | None = None
+  ) -> tuple[Array, Array]:
     """`complementary_keep_ids` with the config's mode and ratio (`mask_ratio` overrides it)."""
     ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
     return complementary_keep_ids(key, batch, self.num_patches, ratio, self.mask_mode)
 
-  def _tokens(self, name: str, x: Array, ids_keep: Array | None, key: Array | None
-              ) -> tuple[Array, Array, Array]:
+  def _tokens(
+      self, name: str, x: Array, ids_keep: Array | None, key: Array | None
+  ) -> tuple[Array, Array, Array]:
     """One modality's encoder on the patches `ids_keep` (B, Nk) of x (B, L) (all when None):
     (tokens (B, n, D), patch ids (B, n), source modality ids (n,))."""
     b = x.shape[0]
     chex.assert_shape(x, (b, self.seq_len))
     tokens = self._path(name).tokens(x, ids_keep, positions="true", key=key)
     n = tokens.shape[1]
-    ids = (jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n)) if ids_keep is None
-           else ids_keep.astype(jnp.int32))
+    ids = (
+        jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+        if ids_keep is None
+        else ids_keep.astype(jnp.int32)
+    )
     return tokens, ids, jnp.full((n,), _modality_id(name), jnp.int32)
 
-  def _bottleneck(self, encoded: Sequence[tuple[str, tuple[Array, Array, Array]]],
-                  key: Array | None) -> tuple[Array, Array, Array]:
+  def _bottleneck(
+      self, encoded: Sequence[tuple[str, tuple[Array, Array, Array]]], key: Array | None
+  ) -> tuple[Array, Array, Array]:
     """Bottleneck over [(name, (tokens, ids, source)), ...] -> (latent, ids, source)."""
     latent = self.bottleneck([(t, name) for name, (t, _, _) in encoded], key)
-    return (latent, jnp.concatenate([ids for _, (_, ids, _) in encoded], axis=1),
-            jnp.concatenate([src for _, (_, _, src) in encoded]))
+    return (
+        latent,
+        jnp.concatenate([ids for _, (_, ids, _) in encoded], axis=1),
+        jnp.concatenate([src for _, (_, _, src) in encoded]),
+    )
 
-  def encode(self, inputs: dict[str, Array], keep: dict[str, Array] | None = None,
-             key: Array | None = None) -> tuple[Array, Array, Array]:
+  def encode(
+      self, inputs: dict[str, Array], keep: dict[str, Array] | None = None, key: Array | None = None
+  ) -> tuple[Array, Array, Array]:
     """Encodes the given modalities ({"ecg": (B, L), "ppg": (B, L)}, either or both; visible
     patches `keep[m]` (B, Nk_m), default all) through the bottleneck.
 
@@ -232,8 +305,11 @@ class M2AE(nnx.Module):
       raise ValueError("M2AE needs at least one modality: pass ppg=... and/or ecg=...")
     keep = keep or {}
     keys = layers.split_keys(key, len(MODALITIES) + 1)
-    encoded = [(name, self._tokens(name, inputs[name], keep.get(name), keys[i]))
-               for i, name in enumerate(MODALITIES) if name in inputs]
+    encoded = [
+        (name, self._tokens(name, inputs[name], keep.get(name), keys[i]))
+        for i, name in enumerate(MODALITIES)
+        if name in inputs
+    ]
     return self._bottleneck(encoded, keys[-1])
 
   @staticmethod
@@ -248,8 +324,9 @@ class M2AE(nnx.Module):
 
   embed = fingerprint
 
-  def reconstruct(self, ppg: Array | None = None, ecg: Array | None = None, *,
-                  target: str = "ecg") -> Array:
+  def reconstruct(
+      self, ppg: Array | None = None, ecg: Array | None = None, *, target: str = "ecg"
+  ) -> Array:
     """The whole `target` waveform (B, L) decoded from the given modalities (e.g. PPG -> ECG
     with ppg only), through the unchanged encoders."""
     _modality_id(target)
@@ -263,8 +340,9 @@ class M2AE(nnx.Module):
     return FingerprintEncoder(self._path(modality), self.bottleneck, modality)
 
   # -------------------------------------------------------------------------------------------
-  def loss(self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
-           ) -> tuple[Array, dict[str, Array]]:
+  def loss(
+      self, batch: dict[str, Array], key: Array, *, mask_ratio: float | None = None
+  ) -> tuple[Array, dict[str, Array]]:
     """The M2AE objective on a batch {"ppg", "ecg": (B, L)} (+ "subject" (B,) int for
     subject-level positives). Returns (loss, metrics) with `loss` and every weighted part.
 
@@ -302,9 +380,11 @@ class M2AE(nnx.Module):
       joint = self._bottleneck([(n, batch_rows(encoded[n])) for n in MODALITIES], k_joint)
       for i, name in enumerate(MODALITIES):
         if w[f"w_{name}"] > 0:
-          mse = losses.masked_mse(decode(name, *joint, salt=i), batch[name],
-                                  masking.sample_mask(keep[name], self.num_patches,
-                                                      self.patch_len))
+          mse = losses.masked_mse(
+              decode(name, *joint, salt=i),
+              batch[name],
+              masking.sample_mask(keep[name], self.num_patches, self.patch_len),
+          )
           metrics[f"mse_{name}"] = mse
           total = total + w[f"w_{name}"] * mse
 
@@ -314,9 +394,10 @@ class M2AE(nnx.Module):
       return total, metrics
     single, fingerprint = {}, {}
     for name in MODALITIES:
-      single[name] = self._bottleneck([(name, encoded[name])],
-                                      jax.random.fold_in(k_single, _modality_id(name)))
-      fingerprint[name] = jnp.mean(single[name][0], axis=1)          # (B or 2B, latent)
+      single[name] = self._bottleneck(
+          [(name, encoded[name])], jax.random.fold_in(k_single, _modality_id(name))
+      )
+      fingerprint[name] = jnp.mean(single[name][0], axis=1)  # (B or 2B, latent)
 
     # 3. Cross-modal reconstruction: the whole signal from the other modality's tokens alone.
     for i, (target, source) in enumerate((("ecg", "ppg"), ("ppg", "ecg"))):
@@ -329,13 +410,15 @@ class M2AE(nnx.Module):
     # 4. Contrastive terms.
     scale = self.temperature()
     nce = lambda a, c: contrastive.info_nce(  # noqa: E731
-        a, c, scale, subject=batch.get("subject"), positives=self.positives)
+        a, c, scale, subject=batch.get("subject"), positives=self.positives
+    )
     if w["w_contrast"] > 0:
       metrics["nce_cross"] = nce(fingerprint["ecg"][:b], fingerprint["ppg"][:b])
       total = total + w["w_contrast"] * metrics["nce_cross"]
     if use_views:
-      metrics["nce_augment"] = 0.5 * sum(nce(fingerprint[n][:b], fingerprint[n][b:])
-                                         for n in MODALITIES)
+      metrics["nce_augment"] = 0.5 * sum(
+          nce(fingerprint[n][:b], fingerprint[n][b:]) for n in MODALITIES
+      )
       total = total + w["w_augment"] * metrics["nce_augment"]
     metrics["temperature"] = 1.0 / scale
     metrics["loss"] = total

@@ -17,6 +17,7 @@ Modes:
   mixed    per example, block or scatter with probability 1/2 each.
 The reference silently falls back to anchor for an unknown mode; here it is an error.
 """
+
 from __future__ import annotations
 
 import jax
@@ -46,7 +47,8 @@ def check_mode(mode: str) -> str:
   """`mode` if it is one of MODES; else the one error every model and sampler raises for it."""
   if mode not in MODES:
     raise MaskingError(
-        f"unknown mask mode {mode!r} (masking.mode); expected one of {', '.join(MODES)}")
+        f"unknown mask mode {mode!r} (masking.mode); expected one of {', '.join(MODES)}"
+    )
   return mode
 
 
@@ -64,8 +66,7 @@ def _scatter_mask(key: jax.Array, num_patches: int, k: int) -> jax.Array:
   return jnp.zeros((num_patches,), jnp.int32).at[chosen].set(1)
 
 
-def patch_mask(key: jax.Array, num_patches: int, ratio: float, mode: str = "anchor"
-               ) -> jax.Array:
+def patch_mask(key: jax.Array, num_patches: int, ratio: float, mode: str = "anchor") -> jax.Array:
   """One example's patch mask (N,) int32, 1 = masked, with exactly num_masked(ratio, N) ones."""
   check_mode(mode)
   k = num_masked(ratio, num_patches)
@@ -80,8 +81,11 @@ def patch_mask(key: jax.Array, num_patches: int, ratio: float, mode: str = "anch
   if mode == "scatter":
     return _scatter_mask(key, num_patches, k)
   k_choice, k_block, k_scatter = jax.random.split(key, 3)
-  return jnp.where(jax.random.bernoulli(k_choice), _run_mask(k_block, num_patches, k, 1),
-                   _scatter_mask(k_scatter, num_patches, k))
+  return jnp.where(
+      jax.random.bernoulli(k_choice),
+      _run_mask(k_block, num_patches, k, 1),
+      _scatter_mask(k_scatter, num_patches, k),
+  )
 
 
 def _sorted_ids(mask: jax.Array) -> jax.Array:
@@ -98,15 +102,15 @@ def keep_ids(mask: jax.Array, nk: int) -> jax.Array:
 def mask_from_keep(ids_keep: jax.Array, num_patches: int) -> jax.Array:
   """(B, Nk) kept indices -> (B, N) int32 patch mask, 1 = masked."""
   kept = jnp.zeros(ids_keep.shape[:-1] + (num_patches,), jnp.int32)
-  kept = jax.vmap(lambda z, i: z.at[i].set(1))(kept.reshape(-1, num_patches),
-                                               ids_keep.reshape(-1, ids_keep.shape[-1]))
+  kept = jax.vmap(lambda z, i: z.at[i].set(1))(
+      kept.reshape(-1, num_patches), ids_keep.reshape(-1, ids_keep.shape[-1])
+  )
   return (1 - kept).reshape(ids_keep.shape[:-1] + (num_patches,))
 
 
 def restore_ids(ids_keep: jax.Array, num_patches: int) -> jax.Array:
   """(B, Nk) ascending kept indices -> ids_restore (B, N)."""
-  return jnp.argsort(_sorted_ids(mask_from_keep(ids_keep, num_patches)), axis=-1).astype(
-      jnp.int32)
+  return jnp.argsort(_sorted_ids(mask_from_keep(ids_keep, num_patches)), axis=-1).astype(jnp.int32)
 
 
 def sample_mask(ids_keep: jax.Array, num_patches: int, patch_len: int) -> jax.Array:
@@ -115,11 +119,11 @@ def sample_mask(ids_keep: jax.Array, num_patches: int, patch_len: int) -> jax.Ar
   return jnp.repeat(m, patch_len, axis=-1)
 
 
-def sample_keep_ids(key: jax.Array, batch: int, num_patches: int, ratio: float,
-                    mode: str = "anchor") -> jax.Array:
+def sample_keep_ids(
+    key: jax.Array, batch: int, num_patches: int, ratio: float, mode: str = "anchor"
+) -> jax.Array:
   """(B, Nk) ascending kept indices, one independent mask per example from `key`."""
   check_mode(mode)
   nk = num_kept(ratio, num_patches)
-  masks = jax.vmap(lambda k: patch_mask(k, num_patches, ratio, mode))(
-      jax.random.split(key, batch))
+  masks = jax.vmap(lambda k: patch_mask(k, num_patches, ratio, mode))(jax.random.split(key, batch))
   return keep_ids(masks, nk)

@@ -10,6 +10,7 @@ Numerics follow torch (see `layers`): `MultiheadAttention` keeps torch's packed 
 dropout acts on the attention weights. Dropout keys are explicit: a block splits its `key` with
 `layers.split_keys`, which gives Nones in deterministic use.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,14 +61,16 @@ class MultiheadAttention(nnx.Module):
   out_proj.weight.T, `out_bias` (D,). Heads split D contiguously as torch does.
   """
 
-  def __init__(self, d_model: int, num_heads: int, *, dropout: float = 0.0, dtype=F32,
-               rngs: nnx.Rngs):
+  def __init__(
+      self, d_model: int, num_heads: int, *, dropout: float = 0.0, dtype=F32, rngs: nnx.Rngs
+  ):
     if d_model % num_heads:
       raise XmaeError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
     ki, ko = jax.random.split(rngs.params())
     # torch: xavier_uniform_ on in_proj_weight (3D, D), zero biases, Linear default for out_proj.
-    self.in_kernel = nnx.Param(xavier_uniform_init(ki, (d_model, 3 * d_model), d_model,
-                                                   3 * d_model))
+    self.in_kernel = nnx.Param(
+        xavier_uniform_init(ki, (d_model, 3 * d_model), d_model, 3 * d_model)
+    )
     self.in_bias = nnx.Param(constant((3 * d_model,), 0.0))
     self.out_kernel = nnx.Param(torch_default_init(ko, (d_model, d_model), d_model))
     self.out_bias = nnx.Param(constant((d_model,), 0.0))
@@ -80,8 +83,7 @@ class MultiheadAttention(nnx.Module):
     b, t, d = x.shape
     return x.reshape(b, t, self.num_heads, d // self.num_heads)
 
-  def __call__(self, q_in: Array, kv_in: Array | None = None, *, key: Array | None = None
-               ) -> Array:
+  def __call__(self, q_in: Array, kv_in: Array | None = None, *, key: Array | None = None) -> Array:
     """Self-attention when `kv_in` is None, else queries from `q_in`, keys/values from `kv_in`."""
     dt = self.dtype
     w = self.in_kernel[...].astype(dt)
@@ -112,8 +114,7 @@ class MultiheadAttention(nnx.Module):
 class MLP(nnx.Module):
   """Linear -> exact GELU -> Linear -> Dropout (the reference's `mlp`/`ffn` tail)."""
 
-  def __init__(self, d_model: int, hidden: int, *, dropout: float = 0.0, dtype=F32,
-               rngs: nnx.Rngs):
+  def __init__(self, d_model: int, hidden: int, *, dropout: float = 0.0, dtype=F32, rngs: nnx.Rngs):
     self.fc1 = Dense(d_model, hidden, dtype=dtype, rngs=rngs)
     self.fc2 = Dense(hidden, d_model, dtype=dtype, rngs=rngs)
     self.dropout = Dropout(dropout)
@@ -129,8 +130,16 @@ class TransformerBlock(nnx.Module):
   (mlp_ratio 2) compute exactly this; one class serves both.
   """
 
-  def __init__(self, d_model: int, num_heads: int, *, mlp_ratio: float = 4.0,
-               dropout: float = 0.1, dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      d_model: int,
+      num_heads: int,
+      *,
+      mlp_ratio: float = 4.0,
+      dropout: float = 0.1,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     self.norm1 = LayerNorm(d_model, dtype=dtype)
     self.attn = MultiheadAttention(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
     self.norm2 = LayerNorm(d_model, dtype=dtype)
@@ -146,8 +155,9 @@ class CrossAttentionBlock(nnx.Module):
   """The reference's CrossAttentionBlock: x = q + MHA(LN_q(q), LN_kv(kv)); x += FFN(x), with
   FFN = LN -> Linear(D, 4D) -> GELU -> Linear -> Dropout."""
 
-  def __init__(self, d_model: int, num_heads: int, *, dropout: float = 0.1, dtype=F32,
-               rngs: nnx.Rngs):
+  def __init__(
+      self, d_model: int, num_heads: int, *, dropout: float = 0.1, dtype=F32, rngs: nnx.Rngs
+  ):
     self.norm_q = LayerNorm(d_model, dtype=dtype)
     self.norm_kv = LayerNorm(d_model, dtype=dtype)
     self.attn = MultiheadAttention(d_model, num_heads, dropout=dropout, dtype=dtype, rngs=rngs)
@@ -196,9 +206,23 @@ class PathEncoder(nnx.Module):
     dtype: compute dtype.
   """
 
-  def __init__(self, *, seq_len: int, patch_len: int, d_model: int, num_heads: int, depth: int,
-               stem_channels: int, stem_widths: Sequence[int], dropout: float, latent_dim: int,
-               mlp_ratio: float = 4.0, build_proj: bool = True, dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      *,
+      seq_len: int,
+      patch_len: int,
+      d_model: int,
+      num_heads: int,
+      depth: int,
+      stem_channels: int,
+      stem_widths: Sequence[int],
+      dropout: float,
+      latent_dim: int,
+      mlp_ratio: float = 4.0,
+      build_proj: bool = True,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     if seq_len % patch_len:
       raise XmaeError(f"seq_len {seq_len} is not a multiple of patch_len {patch_len}")
     if patch_len % 4:
@@ -209,9 +233,14 @@ class PathEncoder(nnx.Module):
     self.stem = UNetInceptionStem(1, stem_channels, stem_widths, dtype=dtype, rngs=rngs)
     self.patch = PatchEmbed(stem_channels, d_model, patch_len, dtype=dtype, rngs=rngs)
     self.pos = nnx.Param(normal_init(rngs.params(), (1, self.num_patches, d_model), 0.02))
-    self.blocks = nnx.List([
-        TransformerBlock(d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, dtype=dtype,
-                         rngs=rngs) for _ in range(depth)])
+    self.blocks = nnx.List(
+        [
+            TransformerBlock(
+                d_model, num_heads, mlp_ratio=mlp_ratio, dropout=dropout, dtype=dtype, rngs=rngs
+            )
+            for _ in range(depth)
+        ]
+    )
     if build_proj:
       self.proj_norm = LayerNorm(d_model, dtype=dtype)
       self.proj = Dense(d_model, latent_dim, dtype=dtype, rngs=rngs)
@@ -227,8 +256,14 @@ class PathEncoder(nnx.Module):
       return jnp.take(pos[0], ids, axis=0)
     return pos[:, :count]
 
-  def tokens(self, x: Array, ids_keep: Array | None = None, *, positions: str = "compact",
-             key: Array | None = None) -> Array:
+  def tokens(
+      self,
+      x: Array,
+      ids_keep: Array | None = None,
+      *,
+      positions: str = "compact",
+      key: Array | None = None,
+  ) -> Array:
     """Encodes the visible patches of `x` (B, L): (B, Nk, D) for `ids_keep` (B, Nk), or all
     (B, N, D) when `ids_keep` is None.
 
@@ -269,24 +304,51 @@ class SinglePath(nnx.Module):
     build_proj: build the encoder's projection head.
   """
 
-  def __init__(self, *, seq_len: int, patch_len: int, d_model: int, num_heads: int, depth: int,
-               stem_channels: int, stem_widths: Sequence[int], dropout: float, latent_dim: int,
-               build_decoder: bool = True, build_mask_loc: bool = True, build_proj: bool = True,
-               dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      *,
+      seq_len: int,
+      patch_len: int,
+      d_model: int,
+      num_heads: int,
+      depth: int,
+      stem_channels: int,
+      stem_widths: Sequence[int],
+      dropout: float,
+      latent_dim: int,
+      build_decoder: bool = True,
+      build_mask_loc: bool = True,
+      build_proj: bool = True,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     self.encoder = PathEncoder(
-        seq_len=seq_len, patch_len=patch_len, d_model=d_model, num_heads=num_heads, depth=depth,
-        stem_channels=stem_channels, stem_widths=stem_widths, dropout=dropout,
-        latent_dim=latent_dim, build_proj=build_proj, dtype=dtype, rngs=rngs)
+        seq_len=seq_len,
+        patch_len=patch_len,
+        d_model=d_model,
+        num_heads=num_heads,
+        depth=depth,
+        stem_channels=stem_channels,
+        stem_widths=stem_widths,
+        dropout=dropout,
+        latent_dim=latent_dim,
+        build_proj=build_proj,
+        dtype=dtype,
+        rngs=rngs,
+    )
     n = self.encoder.num_patches
     if build_decoder:
-      self.dec_block = TransformerBlock(d_model, num_heads, mlp_ratio=2.0, dropout=dropout,
-                                        dtype=dtype, rngs=rngs)
+      self.dec_block = TransformerBlock(
+          d_model, num_heads, mlp_ratio=2.0, dropout=dropout, dtype=dtype, rngs=rngs
+      )
       self.decoder = WaveformDecoder(d_model, patch_len, 1, dtype=dtype, rngs=rngs)
     else:
       self.dec_block = self.decoder = None
     self.mask_loc_table = (
         nnx.Param(xavier_uniform_init(rngs.params(), (n, d_model), d_model, n))
-        if build_mask_loc else None)
+        if build_mask_loc
+        else None
+    )
     self.dtype = dtype
 
   @property
@@ -300,16 +362,18 @@ class SinglePath(nnx.Module):
     b, nk, d = t_vis.shape
     pos = self.encoder.pos[...]
     t_nopos = t_vis - self.encoder.positions(ids_keep, nk, positions).astype(t_vis.dtype)
-    table = jnp.broadcast_to(self.mask_loc_table[...].astype(t_vis.dtype)[None],
-                             (b, self.num_patches, d))
+    table = jnp.broadcast_to(
+        self.mask_loc_table[...].astype(t_vis.dtype)[None], (b, self.num_patches, d)
+    )
     return scatter_tokens(table, ids_keep, t_nopos) + pos.astype(t_vis.dtype)
 
   def decode_tokens(self, tokens: Array, key: Array | None = None) -> Array:
     """Full-length tokens (B, N, D) -> waveform (B, L) float32: dec_block then decoder."""
     return self.decoder(self.dec_block(tokens, key))[..., 0]
 
-  def decode_visible(self, t_vis: Array, ids_keep: Array, mask_token: Array,
-                     key: Array | None = None) -> Array:
+  def decode_visible(
+      self, t_vis: Array, ids_keep: Array, mask_token: Array, key: Array | None = None
+  ) -> Array:
     """MAE-style decoding (the reference's decode_full_wave): visible tokens at their indices,
     `mask_token` (1, 1, D) elsewhere, + pos, then decode_tokens. When nothing is masked the
     tokens are decoded as they are (no pos re-added), as in the reference."""

@@ -10,6 +10,7 @@ unbiased running variance, SiLU, and `upsample_linear` = `F.interpolate(mode="li
 align_corners=False)`. Parameter names (`enc1.0.branch_kernels.0`, `down1.conv.kernel`, ...)
 are what `xmae_jax.interop.reference` maps to the reference's state dict.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,10 +32,19 @@ from xmae_jax.models.layers import torch_default_init
 class ConvBNAct(nnx.Module):
   """Conv1d (no bias, "same" padding k // 2) -> BatchNorm -> SiLU, as the reference's ConvBNAct."""
 
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-               stride: int = 1, dtype=F32, rngs: nnx.Rngs):
-    self.conv = Conv1d(in_channels, out_channels, kernel_size, stride=stride, dtype=dtype,
-                       rngs=rngs)
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size: int = 3,
+      *,
+      stride: int = 1,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
+    self.conv = Conv1d(
+        in_channels, out_channels, kernel_size, stride=stride, dtype=dtype, rngs=rngs
+    )
     self.bn = BatchNorm(out_channels, dtype=dtype)
 
   def __call__(self, x: Array) -> Array:
@@ -58,13 +68,23 @@ class InceptionBlock(nnx.Module):
   parameters with the reference's shapes, so the zero padding never receives gradient.
   """
 
-  def __init__(self, in_channels: int, out_channels: int,
-               kernel_sizes: Sequence[int] = (3, 5, 7), *, dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_sizes: Sequence[int] = (3, 5, 7),
+      *,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     self.kernel_sizes = tuple(kernel_sizes)
     self.widths = inception_split(out_channels, len(self.kernel_sizes))
-    self.branch_kernels = nnx.List([
-        nnx.Param(torch_default_init(rngs.params(), (k, in_channels, w), in_channels * k))
-        for k, w in zip(self.kernel_sizes, self.widths)])
+    self.branch_kernels = nnx.List(
+        [
+            nnx.Param(torch_default_init(rngs.params(), (k, in_channels, w), in_channels * k))
+            for k, w in zip(self.kernel_sizes, self.widths)
+        ]
+    )
     self.branch_bn = BatchNorm(out_channels, dtype=dtype)
     self.fuse = ConvBNAct(out_channels, out_channels, kernel_size=1, dtype=dtype, rngs=rngs)
     self.dtype = dtype
@@ -98,8 +118,10 @@ def upsample_linear(x: Array, out_len: int) -> Array:
     return jnp.stack([even, odd], axis=2).reshape(x.shape[0], out_len, *x.shape[2:])
   # float32 index arithmetic, as torch's CPU kernel does for float inputs.
   scale = np.float32(in_len) / np.float32(out_len)
-  src = np.maximum(scale * (np.arange(out_len, dtype=np.float32) + np.float32(0.5))
-                   - np.float32(0.5), np.float32(0.0))
+  src = np.maximum(
+      scale * (np.arange(out_len, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+      np.float32(0.0),
+  )
   i0 = np.minimum(np.floor(src).astype(np.int32), in_len - 1)
   i1 = np.minimum(i0 + 1, in_len - 1)
   lam = jnp.asarray((src - i0).astype(np.float32)).astype(x.dtype)[None, :, None]
@@ -114,8 +136,15 @@ class UNetInceptionStem(nnx.Module):
   1x1 conv + BN skip from the input.
   """
 
-  def __init__(self, in_channels: int = 1, out_channels: int = 32,
-               widths: Sequence[int] = (32, 64, 128), *, dtype=F32, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      in_channels: int = 1,
+      out_channels: int = 32,
+      widths: Sequence[int] = (32, 64, 128),
+      *,
+      dtype=F32,
+      rngs: nnx.Rngs,
+  ):
     c1, c2, c3 = widths
     if in_channels == out_channels:
       raise XmaeError("the reference's stem has a conv skip only when in_channels != out_channels")
@@ -149,4 +178,3 @@ class UNetInceptionStem(nnx.Module):
     t2 = self.smooth2(self.lat2(e2) + upsample_linear(self.red3to2(e3), e2.shape[1]))
     t1 = self.smooth1(self.lat1(e1) + upsample_linear(self.red2to1(t2), e1.shape[1]))
     return self.head(t1) + self.skip_bn(self.skip(x))
-

@@ -24,6 +24,7 @@ dec_block/decoder/mask_loc_table, ECG projection head, the reverse bridge `ppg2e
 `mask_token` when the bridge is on), so the parameter count (6,481,930 on the paper preset)
 and the state-dict names match the reference.
 """
+
 from __future__ import annotations
 
 import chex
@@ -57,33 +58,60 @@ class XMAE(nnx.Module):
     self.w_ppg = float(config.loss.w_ppg)
     decode_ppg = self.w_ppg > 0 and self.ratio_ppg > 0
 
-    common = dict(seq_len=self.seq_len, patch_len=self.patch_len, d_model=m.d_model,
-                  num_heads=m.num_heads, stem_channels=m.stem_channels,
-                  stem_widths=tuple(m.stem_widths), dropout=m.dropout,
-                  latent_dim=self.latent_dim, dtype=dtype)
+    common = dict(
+        seq_len=self.seq_len,
+        patch_len=self.patch_len,
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        stem_channels=m.stem_channels,
+        stem_widths=tuple(m.stem_widths),
+        dropout=m.dropout,
+        latent_dim=self.latent_dim,
+        dtype=dtype,
+    )
     self.ppg_path = path.SinglePath(
-        depth=m.depth_ppg, build_decoder=build_unused or decode_ppg,
-        build_mask_loc=build_unused, build_proj=True, rngs=rngs, **common)
+        depth=m.depth_ppg,
+        build_decoder=build_unused or decode_ppg,
+        build_mask_loc=build_unused,
+        build_proj=True,
+        rngs=rngs,
+        **common,
+    )
     self.ecg_path = path.SinglePath(
-        depth=m.depth_ecg, build_decoder=True,
-        build_mask_loc=build_unused or self.use_cross_bridge, build_proj=build_unused,
-        rngs=rngs, **common)
+        depth=m.depth_ecg,
+        build_decoder=True,
+        build_mask_loc=build_unused or self.use_cross_bridge,
+        build_proj=build_unused,
+        rngs=rngs,
+        **common,
+    )
     cross = lambda: path.CrossAttentionBlock(  # noqa: E731
-        m.d_model, m.num_heads, dropout=m.dropout, dtype=dtype, rngs=rngs)
+        m.d_model, m.num_heads, dropout=m.dropout, dtype=dtype, rngs=rngs
+    )
     if self.use_cross_bridge:
-      self.bridge = nnx.List([cross() for _ in range(m.depth_bridge)])          # ecg2ppg
-      self.bridge_unused = (nnx.List([cross() for _ in range(m.depth_bridge)])  # ppg2ecg
-                            if build_unused else None)
+      self.bridge = nnx.List([cross() for _ in range(m.depth_bridge)])  # ecg2ppg
+      self.bridge_unused = (
+          nnx.List([cross() for _ in range(m.depth_bridge)]) if build_unused else None  # ppg2ecg
+      )
     else:
       self.bridge = self.bridge_unused = None
     needs_mask_token = build_unused or not self.use_cross_bridge or decode_ppg
-    self.mask_token = (nnx.Param(layers.normal_init(rngs.params(), (1, 1, m.d_model), 0.02))
-                       if needs_mask_token else None)
+    self.mask_token = (
+        nnx.Param(layers.normal_init(rngs.params(), (1, 1, m.d_model), 0.02))
+        if needs_mask_token
+        else None
+    )
 
   # -------------------------------------------------------------------------------------------
-  def __call__(self, ppg: jax.Array, ecg: jax.Array, ecg_keep: jax.Array, *,
-               ppg_keep: jax.Array | None = None, key: jax.Array | None = None
-               ) -> dict[str, jax.Array]:
+  def __call__(
+      self,
+      ppg: jax.Array,
+      ecg: jax.Array,
+      ecg_keep: jax.Array,
+      *,
+      ppg_keep: jax.Array | None = None,
+      key: jax.Array | None = None,
+  ) -> dict[str, jax.Array]:
     """Forward pass.
 
     Args:
@@ -120,25 +148,31 @@ class XMAE(nnx.Module):
         "ppg_embedding": self.ppg_path.encoder.pool(t_ppg),
         "ecg_mask": masking.sample_mask(ecg_keep, self.num_patches, self.patch_len),
     }
-    if ppg_keep is not None and self.w_ppg > 0:   # PPG reconstruction only when it is trained
+    if ppg_keep is not None and self.w_ppg > 0:  # PPG reconstruction only when it is trained
       out["ppg_reconstruction"] = self.ppg_path.decode_visible(
-          t_ppg, ppg_keep, self.mask_token[...], k_ppg_dec)
+          t_ppg, ppg_keep, self.mask_token[...], k_ppg_dec
+      )
       out["ppg_mask"] = masking.sample_mask(ppg_keep, self.num_patches, self.patch_len)
     return out
 
   # -------------------------------------------------------------------------------------------
-  def sample_masks(self, key: jax.Array, batch: int, *, mask_ratio: float | None = None
-                   ) -> tuple[jax.Array, jax.Array | None]:
+  def sample_masks(
+      self, key: jax.Array, batch: int, *, mask_ratio: float | None = None
+  ) -> tuple[jax.Array, jax.Array | None]:
     """(ecg_keep (B, Nk), ppg_keep (B, Nk_ppg) or None) drawn per example from `key`."""
     k_ecg, k_ppg = jax.random.split(key)
     ratio = self.ratio_ecg if mask_ratio is None else float(mask_ratio)
     ecg_keep = masking.sample_keep_ids(k_ecg, batch, self.num_patches, ratio, self.mask_mode)
-    ppg_keep = (masking.sample_keep_ids(k_ppg, batch, self.num_patches, self.ratio_ppg,
-                                        self.mask_mode) if self.ratio_ppg > 0 else None)
+    ppg_keep = (
+        masking.sample_keep_ids(k_ppg, batch, self.num_patches, self.ratio_ppg, self.mask_mode)
+        if self.ratio_ppg > 0
+        else None
+    )
     return ecg_keep, ppg_keep
 
-  def loss(self, batch: dict[str, jax.Array], key: jax.Array, *,
-           mask_ratio: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+      self, batch: dict[str, jax.Array], key: jax.Array, *, mask_ratio: float | None = None
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked-waveform MSE of the reference (ECG; plus PPG when masked and loss.w_ppg > 0).
 
     Masks are drawn per example from `key` (`mask_ratio`, a static Python float, overrides
@@ -174,8 +208,9 @@ class XMAE(nnx.Module):
       return self.ecg_path.encoder
     raise ValueError(f"xMAE has no exportable {modality!r} encoder (use 'ppg')")
 
-  def reconstruct_ecg(self, ppg: jax.Array, ecg: jax.Array, key: jax.Array, *,
-                      mask_ratio: float | None = None) -> dict[str, jax.Array]:
+  def reconstruct_ecg(
+      self, ppg: jax.Array, ecg: jax.Array, key: jax.Array, *, mask_ratio: float | None = None
+  ) -> dict[str, jax.Array]:
     """The ECG reconstructed from fully visible PPG and an ECG mask drawn from `key` with the
     model's masking mode (`mask_ratio` overrides masking.ratio_ecg), for figures: so a caller
     needs no knowledge of this model's masks. Returns `ecg_reconstruction` (B, L) and

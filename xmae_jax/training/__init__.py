@@ -4,6 +4,7 @@
 mesh, a busy workdir, a lost numeric state): each module raises its own subclass where the
 problem arises, so `train()`'s callers catch one class and print its one line.
 """
+
 from __future__ import annotations
 
 from xmae_jax import errors

@@ -22,6 +22,7 @@ A run's settings: `check_compatible` refuses a workdir holding another model, an
 other `RUN_SETTINGS` than the run's. Loading a model for evaluation or writing an importer's
 checkpoint: `model_checkpoint`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ from xmae_jax.training import orbax_quiet
 from xmae_jax.version import __version__
 
 CHECKPOINT_DIR = "checkpoints"
-CORRUPT_DIR = "checkpoints_corrupt"   # corrupt checkpoints a resumed run moved out of its way
+CORRUPT_DIR = "checkpoints_corrupt"  # corrupt checkpoints a resumed run moved out of its way
 FORMAT_VERSION = 1
 ITEMS = ("model", "opt", "data_iter", "meta")
 
@@ -64,9 +65,10 @@ class CheckpointWriteError(CheckpointError):
 
 # --- Flat, framework-neutral views of state trees ------------------------------------------------
 
+
 def _key(path) -> str:
   s = jax.tree_util.keystr(path, simple=True, separator=".")
-  return s[:-len(".value")] if s.endswith(".value") else s
+  return s[: -len(".value")] if s.endswith(".value") else s
 
 
 def flatten(tree) -> dict[str, Any]:
@@ -80,13 +82,15 @@ def unflatten(like, flat: dict[str, Any]):
   paths, treedef = jax.tree_util.tree_flatten_with_path(like)
   missing = [_key(p) for p, _ in paths if _key(p) not in flat]
   if missing:
-    raise CheckpointError(f"checkpoint lacks {len(missing)} entries the model needs, "
-                          f"e.g. {missing[:3]}")
+    raise CheckpointError(
+        f"checkpoint lacks {len(missing)} entries the model needs, " f"e.g. {missing[:3]}"
+    )
   return jax.tree_util.tree_unflatten(treedef, [flat[_key(p)] for p, _ in paths])
 
 
-def abstract_of(flat: dict[str, Any],
-                shardings: dict[str, Any] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_of(
+    flat: dict[str, Any], shardings: dict[str, Any] | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
   """ShapeDtypeStructs (with the target shardings) to restore `flat` into."""
   out = {}
   for k, v in flat.items():
@@ -96,6 +100,7 @@ def abstract_of(flat: dict[str, Any],
 
 
 # --- The manager ---------------------------------------------------------------------------------
+
 
 def _val_metric(metrics) -> float:
   # BestN keeps the last n after an ascending sort; negate so the lowest loss sorts last.
@@ -107,17 +112,23 @@ class Checkpointer:
 
   def __init__(self, workdir, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
     self.directory = paths.absolute(workdir) / CHECKPOINT_DIR
-    preservation = policies.AnyPreservationPolicy([
-        policies.LatestN(max(1, int(keep))),
-        policies.BestN(get_metric_fn=_val_metric, n=1, keep_checkpoints_without_metrics=False),
-    ])
+    preservation = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(max(1, int(keep))),
+            policies.BestN(get_metric_fn=_val_metric, n=1, keep_checkpoints_without_metrics=False),
+        ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation, enable_async_checkpointing=async_save,
-        create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+        preservation_policy=preservation,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+    )
     if read_only and not self.directory.is_dir():
       raise CheckpointError(f"{paths.text(workdir)} has no {CHECKPOINT_DIR}/ directory")
     self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
-    self.saving: int | None = None   # the step of the save in flight (async)
+    self.saving: int | None = None  # the step of the save in flight (async)
     # once: a filter is a set member
     logging.getLogger("absl").addFilter(orbax_quiet.QUIET_STORAGE_ERRORS)
     orbax_quiet.quiet_late_write_callbacks()
@@ -131,8 +142,9 @@ class Checkpointer:
       reason = errors.storage_reason(e)
       if reason is None or self.saving is None:
         raise
-      raise CheckpointWriteError(f"checkpoint {self.directory / str(self.saving)} could not be "
-                                 f"written: {reason}") from None
+      raise CheckpointWriteError(
+          f"checkpoint {self.directory / str(self.saving)} could not be " f"written: {reason}"
+      ) from None
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -148,7 +160,8 @@ class Checkpointer:
       meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
       raise CorruptCheckpointError(
-          f"checkpoint meta {path} cannot be read ({orbax_quiet.one_line(e)})") from None
+          f"checkpoint meta {path} cannot be read ({orbax_quiet.one_line(e)})"
+      ) from None
     if not isinstance(meta, dict):
       raise CorruptCheckpointError(f"checkpoint meta {path} is not a JSON object")
     return meta
@@ -176,7 +189,7 @@ class Checkpointer:
     if step == "auto":
       step = "best" if self.scored_steps() else "latest"
     if step == "latest":
-      self.resolve(step)   # the error for an empty directory
+      self.resolve(step)  # the error for an empty directory
       return self.all_steps()[::-1]
     if step == "best":
       self.resolve(step)
@@ -190,8 +203,9 @@ class Checkpointer:
     saved = meta.get("items") or (["model", "opt"] if meta.get("kind") == "train" else ["model"])
     missing = [item for item in saved if not self.has_item(step, item)]
     if missing:
-      raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} lacks its "
-                                   f"{', '.join(missing)} item(s)")
+      raise CorruptCheckpointError(
+          f"checkpoint {self.directory / str(step)} lacks its " f"{', '.join(missing)} item(s)"
+      )
     return meta
 
   def verify(self, step: int, restored: dict) -> None:
@@ -201,8 +215,8 @@ class Checkpointer:
     if not integrity.all_processes(bad is None):
       raise CorruptCheckpointError(
           f"checkpoint {self.directory / str(step)} is corrupt: "
-          + (f"{bad} differs from what was saved" if bad
-             else "an array differs on another process"))
+          + (f"{bad} differs from what was saved" if bad else "an array differs on another process")
+      )
 
   def resolve(self, step: str | int) -> int:
     """'latest' | 'best' | N -> an existing step (clear error otherwise)."""
@@ -227,22 +241,37 @@ class Checkpointer:
   def has_item(self, step: int, item: str) -> bool:
     return (self.directory / str(step) / item).is_dir()
 
-  def save(self, step: int, *, model: dict, meta: dict, opt: dict | None = None,
-           data_iter=None, val_loss: float | None = None, force: bool = True) -> bool:
+  def save(
+      self,
+      step: int,
+      *,
+      model: dict,
+      meta: dict,
+      opt: dict | None = None,
+      data_iter=None,
+      val_loss: float | None = None,
+      force: bool = True,
+  ) -> bool:
     """Starts an (async) save of the given items; every process must call it."""
     args = {"model": ocp.args.StandardSave(model)}
     if opt is not None:
       args["opt"] = ocp.args.StandardSave(opt)
     if data_iter is not None:
       import grain  # only the training stream needs the Grain handler
+
       args["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-    meta = {**meta, "items": sorted([*args, "meta"]),
-            "digests": {"model": integrity.digests(model),
-                        **({"opt": integrity.digests(opt)} if opt is not None else {})}}
+    meta = {
+        **meta,
+        "items": sorted([*args, "meta"]),
+        "digests": {
+            "model": integrity.digests(model),
+            **({"opt": integrity.digests(opt)} if opt is not None else {}),
+        },
+    }
     args["meta"] = ocp.args.JsonSave(meta)
     scored = val_loss is not None and math.isfinite(val_loss)
     metrics = {"val_loss": float(val_loss)} if scored else None
-    with self._storage():   # a refused earlier save surfaces here, named by its step
+    with self._storage():  # a refused earlier save surfaces here, named by its step
       self.manager.wait_until_finished()
     self.saving = step
     with self._storage():
@@ -257,20 +286,23 @@ class Checkpointer:
       args["opt"] = ocp.args.StandardRestore(opt)
     if data_iter is not None:
       import grain
+
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     error = None
     try:
       restored = dict(self.manager.restore(step, args=ocp.args.Composite(**args)).items())
     except Exception as e:  # pylint: disable=broad-except  # whatever damaged files raise
-      error = (f"checkpoint {self.directory / str(step)} cannot be read "
-               f"({orbax_quiet.one_line(e)})")
+      error = (
+          f"checkpoint {self.directory / str(step)} cannot be read " f"({orbax_quiet.one_line(e)})"
+      )
       restored = {}
     if error:
       orbax_quiet.collect_abandoned_reads()
       integrity.rejoin_restore_barrier()
     if not integrity.all_processes(error is None):
       raise CorruptCheckpointError(
-          error or f"checkpoint {self.directory / str(step)} cannot be read on another process")
+          error or f"checkpoint {self.directory / str(step)} cannot be read on another process"
+      )
     self.verify(step, restored)
     return restored
 
@@ -304,17 +336,23 @@ class Checkpointer:
 
 
 def meta_dict(config, step: int, *, kind: str = "train", **extra) -> dict:
-  return {"format": FORMAT_VERSION, "kind": kind, "model_name": str(config.model.name),
-          "config": config_lib.config_to_dict(config), "step": int(step),
-          "package_version": __version__,
-          **extra}
+  return {
+      "format": FORMAT_VERSION,
+      "kind": kind,
+      "model_name": str(config.model.name),
+      "config": config_lib.config_to_dict(config),
+      "step": int(step),
+      "package_version": __version__,
+      **extra,
+  }
 
 
 T = TypeVar("T")
 
 
-def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
-                          restore: Callable[[int], T]) -> tuple[int, T, str | None]:
+def restore_newest_intact(
+    ckpt: Checkpointer, candidates: list[int], restore: Callable[[int], T]
+) -> tuple[int, T, str | None]:
   """(step, restore(step), note) for the first of `candidates` that is intact.
 
   A candidate whose items are missing, whose meta cannot be read or whose `restore` raises
@@ -332,18 +370,24 @@ def restore_newest_intact(ckpt: Checkpointer, candidates: list[int],
         error = str(e)
       if not integrity.all_processes(error is None):
         raise CorruptCheckpointError(
-            error or f"checkpoint step {step} is incomplete on another process")
+            error or f"checkpoint step {step} is incomplete on another process"
+        )
       result = restore(step)
     except CorruptCheckpointError as e:
       skipped.append(f"step {step}: {e}")
       continue
     note = None
     if skipped:
-      note = (f"skipped {len(skipped)} corrupt checkpoint(s) ({'; '.join(skipped)}); "
-              f"using step {step}, the newest intact one")
+      note = (
+          f"skipped {len(skipped)} corrupt checkpoint(s) ({'; '.join(skipped)}); "
+          f"using step {step}, the newest intact one"
+      )
     return step, result, note
-  raise CheckpointError(f"no intact checkpoint under {ckpt.directory}: {'; '.join(skipped)}"
-                        if skipped else f"no checkpoints under {ckpt.directory}")
+  raise CheckpointError(
+      f"no intact checkpoint under {ckpt.directory}: {'; '.join(skipped)}"
+      if skipped
+      else f"no checkpoints under {ckpt.directory}"
+  )
 
 
 def committed_steps(workdir) -> list[int]:
@@ -362,8 +406,9 @@ def committed_steps(workdir) -> list[int]:
 RUN_SETTINGS = ("data.dir", "train.num_steps", "train.num_epochs", "train.batch_size")
 
 
-def check_compatible(workdir, config, *, resume: bool = False,
-                     allow_changes: Sequence[str] = ()) -> int | None:
+def check_compatible(
+    workdir, config, *, resume: bool = False, allow_changes: Sequence[str] = ()
+) -> int | None:
   """Latest step of an existing run in `workdir` (None if fresh); a clear error if it is another
   model or another model configuration (restoring it would fail or mislead), and with `resume`
   (the trainer) also if a training checkpoint there ran with other `RUN_SETTINGS` than `config`,
@@ -371,8 +416,9 @@ def check_compatible(workdir, config, *, resume: bool = False,
   readable (resuming skips corrupt ones anyway)."""
   unknown = sorted(set(allow_changes) - set(RUN_SETTINGS))
   if unknown:
-    raise CheckpointError(f"allowed resume change {unknown[0]!r}: not one of "
-                          f"{', '.join(RUN_SETTINGS)}")
+    raise CheckpointError(
+        f"allowed resume change {unknown[0]!r}: not one of " f"{', '.join(RUN_SETTINGS)}"
+    )
   directory = paths.path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir():
     return None
@@ -389,24 +435,33 @@ def check_compatible(workdir, config, *, resume: bool = False,
       pass
     meta = None
   if meta is None:
-    return steps[-1]   # nothing to compare with; the resume says no checkpoint is intact
+    return steps[-1]  # nothing to compare with; the resume says no checkpoint is intact
   name = meta.get("model_name")
   if name != config.model.name:
-    raise CheckpointError(f"workdir {workdir} holds a checkpoint of model {name!r} (step "
-                          f"{checked}), not {config.model.name!r}: use another --workdir")
+    raise CheckpointError(
+        f"workdir {workdir} holds a checkpoint of model {name!r} (step "
+        f"{checked}), not {config.model.name!r}: use another --workdir"
+    )
   saved = meta.get("config", {})
   other = setting_difference(saved, config, ("model",))
   if other:
-    raise CheckpointError(f"workdir {workdir} holds a {name} checkpoint with other model settings "
-                          f"({other[1]}): use another --workdir")
+    raise CheckpointError(
+        f"workdir {workdir} holds a {name} checkpoint with other model settings "
+        f"({other[1]}): use another --workdir"
+    )
   # An importer's weights-only checkpoint (kind "model") starts the data and schedule anew.
-  other = resume and meta.get("kind") == "train" and setting_difference(
-      saved, config, [k for k in RUN_SETTINGS if k not in allow_changes])
+  other = (
+      resume
+      and meta.get("kind") == "train"
+      and setting_difference(saved, config, [k for k in RUN_SETTINGS if k not in allow_changes])
+  )
   if other:
-    raise CheckpointError(f"workdir {workdir} holds a run of other settings ({other[1]}; "
-                          f"checkpoint step {checked}): resume with the same value, or pass "
-                          f"--allow_resume_change={other[0]} to change it, or use another "
-                          "--workdir")
+    raise CheckpointError(
+        f"workdir {workdir} holds a run of other settings ({other[1]}; "
+        f"checkpoint step {checked}): resume with the same value, or pass "
+        f"--allow_resume_change={other[0]} to change it, or use another "
+        "--workdir"
+    )
   return steps[-1]
 
 

@@ -6,6 +6,7 @@ restore recomputes them (`first_difference`). With several processes each proces
 shards it holds (the digest is a sum that XLA reduces across processes), and every pass/fail
 decision goes through `all_processes`, so they all fall back to the same step.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,7 +39,7 @@ def _words(x):
   return w if w.ndim > x.ndim else w[..., None]
 
 
-_LANES = (0x9E3779B9, 0x7F4A7C15)   # two independent 32-bit sums: a 64-bit digest
+_LANES = (0x9E3779B9, 0x7F4A7C15)  # two independent 32-bit sums: a 64-bit digest
 
 
 def _leaf_digest(x):
@@ -55,8 +56,9 @@ def _leaf_digest(x):
   for d in reversed(range(w.ndim)):
     pos = pos + jax.lax.broadcasted_iota(jnp.uint32, w.shape, d) * jnp.uint32(stride % 2**32)
     stride *= w.shape[d]
-  return jnp.stack([jnp.sum(_fmix32(w ^ _fmix32(pos ^ jnp.uint32(lane))), dtype=jnp.uint32)
-                    for lane in _LANES])
+  return jnp.stack(
+      [jnp.sum(_fmix32(w ^ _fmix32(pos ^ jnp.uint32(lane))), dtype=jnp.uint32) for lane in _LANES]
+  )
 
 
 _tree_digest = jax.jit(lambda tree: jax.tree.map(_leaf_digest, tree))
@@ -66,8 +68,10 @@ def digests(flat: dict[str, Any]) -> dict[str, list]:
   """{name: [dtype, shape, hex digest]} of a flat item; every process must call it (a
   collective when arrays span processes) and gets the same result."""
   sums = jax.device_get(_tree_digest({k: v for k, v in flat.items()}))
-  return {k: [str(np.dtype(v.dtype)), list(v.shape), "".join(f"{int(x):08x}" for x in sums[k])]
-          for k, v in flat.items()}
+  return {
+      k: [str(np.dtype(v.dtype)), list(v.shape), "".join(f"{int(x):08x}" for x in sums[k])]
+      for k, v in flat.items()
+  }
 
 
 def first_difference(restored: dict, saved: dict) -> str | None:
@@ -79,11 +83,15 @@ def first_difference(restored: dict, saved: dict) -> str | None:
   for item in ("model", "opt"):
     if item not in restored or item not in saved:
       continue
-    flat = {k: v for k, v in restored[item].items()
-            if k in saved[item] and [str(np.dtype(v.dtype)), list(v.shape)] == saved[item][k][:2]}
+    flat = {
+        k: v
+        for k, v in restored[item].items()
+        if k in saved[item] and [str(np.dtype(v.dtype)), list(v.shape)] == saved[item][k][:2]
+    }
     got = digests(flat)
-    bad = bad or next((f"{item} array {k!r}" for k in sorted(got) if got[k] != saved[item][k]),
-                      None)
+    bad = bad or next(
+        (f"{item} array {k!r}" for k in sorted(got) if got[k] != saved[item][k]), None
+    )
   return bad
 
 

@@ -4,6 +4,7 @@
 It lives with training because it is driven by validation results and its state is part of a
 run's checkpoint meta; the models only take the ratio it chooses (`loss(..., mask_ratio=)`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,12 +55,14 @@ class LadderCurriculum:
 
   @classmethod
   def from_config(cls, masking_config) -> "LadderCurriculum":
-    return cls(levels=tuple(masking_config.curriculum_levels),
-               beta=masking_config.curriculum_ema,
-               start_below=masking_config.curriculum_start_below,
-               rel_improve=masking_config.curriculum_rel_improve,
-               patience=masking_config.get("curriculum_patience", 1),
-               min_evals=masking_config.curriculum_min_evals)
+    return cls(
+        levels=tuple(masking_config.curriculum_levels),
+        beta=masking_config.curriculum_ema,
+        start_below=masking_config.curriculum_start_below,
+        rel_improve=masking_config.curriculum_rel_improve,
+        patience=masking_config.get("curriculum_patience", 1),
+        min_evals=masking_config.curriculum_min_evals,
+    )
 
   @property
   def ratio(self) -> float:
@@ -75,8 +78,11 @@ class LadderCurriculum:
     self.evals_at_level += 1
     passed = self.ema <= (1.0 - self.rel_improve) * self.entry_ema
     self.streak = self.streak + 1 if passed else 0
-    if (self.streak >= self.patience and self.evals_at_level >= self.min_evals
-        and self.level < len(self.levels) - 1):
+    if (
+        self.streak >= self.patience
+        and self.evals_at_level >= self.min_evals
+        and self.level < len(self.levels) - 1
+    ):
       self.level += 1
       self.entry_ema, self.evals_at_level, self.streak = self.ema, 0, 0
     return self.ratio
@@ -94,4 +100,5 @@ class LadderCurriculum:
       setattr(self, k, state[k])
     if not 0 <= self.level < len(self.levels):
       raise CurriculumError(
-          f"curriculum level {self.level} is outside the {len(self.levels)} levels")
+          f"curriculum level {self.level} is outside the {len(self.levels)} levels"
+      )

@@ -10,6 +10,7 @@ The heartbeat and the compile barrier use the distributed runtime's client (its 
 and barriers), which JAX gives no public name: `runtime_client()` is the one place that reaches
 into `jax._src`, and it fails with one line naming the JAX version if that moved.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ class DistributedError(training.TrainingError):
 
 def cluster_environment() -> str | None:
   """The multi-host environment JAX can auto-detect here, or None for a single process."""
-  if (os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1
-      or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")):
+  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1 or os.environ.get(
+      "MEGASCALE_COORDINATOR_ADDRESS"
+  ):
     return "Cloud TPU pod"
   if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
     return "SLURM"
@@ -44,16 +46,18 @@ def cluster_environment() -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
   """Joins the processes of a multi-host run: from the arguments, else from the cluster's
   environment; a no-op for a single process. Called from a tool's main only, never at import
   time (Grain worker processes re-import modules)."""
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise DistributedError(
-          "--coordinator_address, --num_processes and --process_id go together")
+      raise DistributedError("--coordinator_address, --num_processes and --process_id go together")
     jax.distributed.initialize(coordinator_address, int(num_processes), int(process_id))
   elif cluster_environment() is not None:
     jax.distributed.initialize()
@@ -67,12 +71,14 @@ def runtime_client():
   try:
     # Here, not at the top: a JAX without it fails this call with one line, not the import.
     from jax._src import distributed as jax_distributed
+
     return jax_distributed.global_state.client
   except (ImportError, AttributeError):
     raise DistributedError(
         f"jax {jax.__version__} has no jax._src.distributed.global_state.client, which "
         "multi-process runs use for their compile barrier and peer heartbeat: install a jax "
-        "version within the range setup.py names") from None
+        "version within the range setup.py names"
+    ) from None
 
 
 # --- the compile barrier ---------------------------------------------------------------------
@@ -91,7 +97,7 @@ class CompiledTogether:
   can take minutes. The runtime's barrier is no collective and waits `COMPILE_BARRIER_TIMEOUT_S`.
   """
 
-  _count = 0   # barrier ids: every process compiles the same programs in the same order
+  _count = 0  # barrier ids: every process compiles the same programs in the same order
 
   def __init__(self, jitted, name: str):
     self.jitted, self.name, self.compiled = jitted, name, None
@@ -102,8 +108,9 @@ class CompiledTogether:
       self.compiled = self.jitted.lower(*args).compile()
       if jax.process_count() > 1:
         CompiledTogether._count += 1
-        runtime_client().wait_at_barrier(f"xmae_compiled_{CompiledTogether._count}_{self.name}",
-                                         COMPILE_BARRIER_TIMEOUT_S * 1000)
+        runtime_client().wait_at_barrier(
+            f"xmae_compiled_{CompiledTogether._count}_{self.name}", COMPILE_BARRIER_TIMEOUT_S * 1000
+        )
     return self.compiled
 
   def __call__(self, *args):
@@ -112,15 +119,22 @@ class CompiledTogether:
 
 # --- the peer heartbeat ----------------------------------------------------------------------
 
+
 def lost_peer_message(lost: list[int], process_index: int, process_count: int, workdir) -> str:
   """One line: which processes were lost, and the last intact checkpoint."""
   steps = ckpt_lib.committed_steps(workdir)
   folder = paths.path(workdir) / ckpt_lib.CHECKPOINT_DIR
-  saved = (f"the last checkpoint (step {steps[-1]} in {folder}) is intact: rerun the same "
-           "command on every process to resume" if steps else "no checkpoint had been written")
-  return (f"lost process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "
-          f"{process_count} (it stopped answering: killed, crashed or unreachable); process "
-          f"{process_index} stopped too; {saved}")
+  saved = (
+      f"the last checkpoint (step {steps[-1]} in {folder}) is intact: rerun the same "
+      "command on every process to resume"
+      if steps
+      else "no checkpoint had been written"
+  )
+  return (
+      f"lost process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "
+      f"{process_count} (it stopped answering: killed, crashed or unreachable); process "
+      f"{process_index} stopped too; {saved}"
+  )
 
 
 class PeerWatch:
@@ -138,8 +152,9 @@ class PeerWatch:
 
   KEY = "xmae_train_alive/"
 
-  def __init__(self, workdir, *, prog: str = "xmae-train", interval: float = 2.0,
-               lost_after: float = 45.0):
+  def __init__(
+      self, workdir, *, prog: str = "xmae-train", interval: float = 2.0, lost_after: float = 45.0
+  ):
     self.client = runtime_client()
     self.me, self.n = jax.process_index(), jax.process_count()
     self.workdir, self.prog, self.interval, self.lost_after = workdir, prog, interval, lost_after
@@ -159,7 +174,7 @@ class PeerWatch:
     self.stopped.set()
     try:
       self.client.key_value_set(f"{self.KEY}{self.me}", "done", allow_overwrite=True)
-    except Exception:   # pylint: disable=broad-except  (the store is gone with process 0)
+    except Exception:  # pylint: disable=broad-except  (the store is gone with process 0)
       pass
 
   def _run(self) -> None:
@@ -173,7 +188,7 @@ class PeerWatch:
         self.client.key_value_set(f"{self.KEY}{self.me}", str(count), allow_overwrite=True)
         values = {i: self._get(i) for i in peers}
         unreachable_since = None
-      except Exception:   # pylint: disable=broad-except  (the coordinator does not answer)
+      except Exception:  # pylint: disable=broad-except  (the coordinator does not answer)
         unreachable_since = unreachable_since or now
         if self.me != 0 and now - unreachable_since > self.lost_after:
           self._exit([0])
@@ -192,16 +207,19 @@ class PeerWatch:
   def _get(self, i: int) -> str | None:
     try:
       return self.client.key_value_try_get(f"{self.KEY}{i}")
-    except Exception as e:   # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except
       if "NOT_FOUND" in str(e) or "not found" in str(e).lower():
-        return None          # not started yet
+        return None  # not started yet
       raise
 
   def _exit(self, lost: list[int]) -> None:
     try:
       sys.stdout.flush()
-      print(f"{self.prog}: error: {lost_peer_message(lost, self.me, self.n, self.workdir)}",
-            file=sys.stderr, flush=True)
+      print(
+          f"{self.prog}: error: {lost_peer_message(lost, self.me, self.n, self.workdir)}",
+          file=sys.stderr,
+          flush=True,
+      )
     finally:
       os._exit(1)
 
@@ -227,6 +245,7 @@ def watching(workdir, *, prog: str = "xmae-train") -> Iterator[PeerWatch | None]
 
 # --- preemption ------------------------------------------------------------------------------
 
+
 class Preemption:
   """SIGTERM or Ctrl-C (SIGINT) -> save and stop. One process: a signal handler (a second
   Ctrl-C stops at once, as KeyboardInterrupt); several: JAX's preemption sync point for
@@ -243,13 +262,13 @@ class Preemption:
       for signum in self.SIGNALS:
         try:
           self._previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:   # not the main thread (e.g. some test runners): no handler
+        except ValueError:  # not the main thread (e.g. some test runners): no handler
           pass
 
   def _handle(self, signum, frame):
     del frame
     if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt   # asked twice: the user does not want to wait for the save
+      raise KeyboardInterrupt  # asked twice: the user does not want to wait for the save
     self.signal = signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
@@ -257,7 +276,7 @@ class Preemption:
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signal = "SIGTERM"
-      except RuntimeError:   # preemption service not running (e.g. disabled by config)
+      except RuntimeError:  # preemption service not running (e.g. disabled by config)
         return False
     return self.signal is not None
 

@@ -7,6 +7,7 @@ segments with it; the reconstruction report (xmae_jax.evaluation.reconstruction)
 draws held-out segments with their detected R-peaks marked. Uses matplotlib's Agg backend (no
 display); written to a temporary name and renamed (atomic.atomic_path).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,11 +26,21 @@ def masked_runs(mask: np.ndarray) -> list[tuple[int, int]]:
   return list(zip(edges[0::2], edges[1::2]))
 
 
-def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, masked: np.ndarray,
-                         ppg: np.ndarray | None = None, *, sampling_rate: float = 100.0,
-                         title: str = "", peaks: Sequence[dict] | None = None,
-                         xlabel: str = "time (s)", target: str = "ECG", source: str = "PPG",
-                         event: str = "R") -> Path:
+def plot_reconstructions(
+    path,
+    ecg: np.ndarray,
+    reconstruction: np.ndarray,
+    masked: np.ndarray,
+    ppg: np.ndarray | None = None,
+    *,
+    sampling_rate: float = 100.0,
+    title: str = "",
+    peaks: Sequence[dict] | None = None,
+    xlabel: str = "time (s)",
+    target: str = "ECG",
+    source: str = "PPG",
+    event: str = "R",
+) -> Path:
   """Writes one PNG with a panel per segment; `masked` is (n, L) True where the ECG was hidden.
 
   `peaks` (optional, one dict per segment with `true` and `recon` sample indices) marks the
@@ -38,6 +49,7 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   the legend, for the other direction (PPG from ECG, pulse feet).
   """
   import matplotlib
+
   matplotlib.use("Agg", force=True)
   import matplotlib.pyplot as plt
 
@@ -47,23 +59,40 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n), sharex=True, squeeze=False)
   for i, ax in enumerate(axes[:, 0]):
     for k, (start, stop) in enumerate(masked_runs(masked[i])):
-      ax.axvspan(t[start], t[min(stop, length) - 1] + 1 / sampling_rate, color="0.85", lw=0,
-                 label="masked" if k == 0 else None)
+      ax.axvspan(
+          t[start],
+          t[min(stop, length) - 1] + 1 / sampling_rate,
+          color="0.85",
+          lw=0,
+          label="masked" if k == 0 else None,
+      )
     if ppg is not None:
-      ax.plot(t, np.asarray(ppg)[i] - 2.4, color="tab:green", lw=0.7, alpha=0.7,
-              label=f"{source} (input)")
+      ax.plot(
+          t,
+          np.asarray(ppg)[i] - 2.4,
+          color="tab:green",
+          lw=0.7,
+          alpha=0.7,
+          label=f"{source} (input)",
+      )
     ax.plot(t, ecg[i], color="black", lw=0.8, label=f"{target} true")
-    ax.plot(t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85,
-            label=f"{target} reconstructed")
+    ax.plot(
+        t, reconstruction[i], color="tab:red", lw=0.8, alpha=0.85, label=f"{target} reconstructed"
+    )
     if peaks is not None:
       pt, pr = np.asarray(peaks[i]["true"], int), np.asarray(peaks[i]["recon"], int)
       ax.plot(t[pt], ecg[i][pt] + 0.15, "v", color="black", ms=4, label=f"{event} true")
-      ax.plot(t[pr], reconstruction[i][pr] + 0.15, "v", color="tab:red", ms=4,
-              label=f"{event} recon")
+      ax.plot(
+          t[pr], reconstruction[i][pr] + 0.15, "v", color="tab:red", ms=4, label=f"{event} recon"
+      )
     ax.set_yticks([])
     if i == 0:
-      ax.legend(loc="upper right", fontsize=6 if peaks is not None else 7,
-                ncol=6 if peaks is not None else 4, frameon=False)
+      ax.legend(
+          loc="upper right",
+          fontsize=6 if peaks is not None else 7,
+          ncol=6 if peaks is not None else 4,
+          frameon=False,
+      )
   axes[-1, 0].set_xlabel(xlabel)
   if title:
     axes[0, 0].set_title(title, fontsize=9)
@@ -73,6 +102,7 @@ def plot_reconstructions(path, ecg: np.ndarray, reconstruction: np.ndarray, mask
 def save_figure(fig, path, dpi: int = 90) -> Path:
   """Writes `fig` to `path` atomically (temp file, then rename) and closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig.tight_layout()
   try:
     with atomic.atomic_path(path) as tmp:

@@ -3,6 +3,7 @@
 `keep_freed_host_memory()` is called by `xmae-train` (flag `--keep_freed_host_memory`, on by
 default) and by `bench train` / `bench reference` (`--default-malloc` turns it off).
 """
+
 from __future__ import annotations
 
 import ctypes

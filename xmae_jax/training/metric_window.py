@@ -4,6 +4,7 @@ A log row averages the steps since the previous one: loss parts, learning rate, 
 segments/s, TFLOP/s per device and MFU. The window is part of a checkpoint's loop state, so a
 resumed run's first row averages the same steps as an uninterrupted run's.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,14 @@ class MetricWindow:
   compiled step's FLOPs and the device's peak (`perf`).
   """
 
-  def __init__(self, batch_size: int, steps_per_epoch: int, workdir: Path,
-               goodput: perf.Goodput | None = None, peak: perf.Peak | None = None):
+  def __init__(
+      self,
+      batch_size: int,
+      steps_per_epoch: int,
+      workdir: Path,
+      goodput: perf.Goodput | None = None,
+      peak: perf.Peak | None = None,
+  ):
     self.batch_size, self.steps_per_epoch, self.workdir = batch_size, steps_per_epoch, workdir
     self.goodput, self.peak = goodput or perf.Goodput(), peak
     self.pending = None
@@ -73,7 +80,8 @@ class MetricWindow:
         good = f"step {last_saved}" if last_saved is not None else "none (no checkpoint yet)"
         raise NonFiniteLossError(
             f"non-finite {bad} ({o[bad]}) at step {s}: training stopped; last good checkpoint: "
-            f"{good} in {self.workdir / ckpt_lib.CHECKPOINT_DIR}")
+            f"{good} in {self.workdir / ckpt_lib.CHECKPOINT_DIR}"
+        )
       self.rows.append(o)
 
   def settle(self, last_saved: int | None) -> None:
@@ -90,18 +98,23 @@ class MetricWindow:
   def load_state_dict(self, rows: list[dict]) -> None:
     self.rows = [dict(r) for r in rows]
 
-  def row(self, step: int, mask_ratio: float | None,
-          flops_per_device: float | None = None) -> dict | None:
+  def row(
+      self, step: int, mask_ratio: float | None, flops_per_device: float | None = None
+  ) -> dict | None:
     """The log row of the steps since the last one (None when there are none); starts anew."""
     if not self.rows:
       return None
     elapsed = time.perf_counter() - self.started - (self._excluded() - self.excluded_at_start)
     step_time = max(elapsed, 1e-9) / len(self.rows)
     mean = mean_rows(self.rows)
-    row = {"train_loss": mean.pop("loss"), "lr": float(self.rows[-1]["lr"]),
-           "segments_per_s": self.batch_size / step_time, "step_time_s": step_time,
-           **perf.throughput(step_time, flops_per_device, self.peak),
-           "epoch": step / self.steps_per_epoch}
+    row = {
+        "train_loss": mean.pop("loss"),
+        "lr": float(self.rows[-1]["lr"]),
+        "segments_per_s": self.batch_size / step_time,
+        "step_time_s": step_time,
+        **perf.throughput(step_time, flops_per_device, self.peak),
+        "epoch": step / self.steps_per_epoch,
+    }
     row.update({f"train_{k}": v for k, v in mean.items() if k != "lr"})
     if mask_ratio is not None:
       row["mask_ratio"] = mask_ratio

@@ -15,6 +15,7 @@ the run's config. No network at run time: the run is offline (files under WORKDI
 sync` uploads them later) unless the user sets WANDB_MODE. The W&B run id is kept in
 WORKDIR/wandb_run_id, so a resumed run continues the same W&B run.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,20 +46,27 @@ class WandbRun:
     try:
       import wandb
     except ImportError:
-      raise TrackingError(f"train.wandb.project={settings.project!r} needs Weights & Biases: "
-                          "pip install xmae-jax[wandb] (or set train.wandb.project='' )") from None
+      raise TrackingError(
+          f"train.wandb.project={settings.project!r} needs Weights & Biases: "
+          "pip install xmae-jax[wandb] (or set train.wandb.project='' )"
+      ) from None
     workdir = paths.path(workdir)
     id_file = workdir / WANDB_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
     if not run_id:
       run_id = os.urandom(8).hex()
       atomic.atomic_write(id_file, run_id + "\n")
-    options = {"project": settings.project, "entity": settings.entity or None,
-               "name": settings.name or workdir.name, "dir": str(workdir), "id": run_id,
-               "resume": "allow",
-               "config": config_lib.config_to_dict(config) if config is not None else None}
+    options = {
+        "project": settings.project,
+        "entity": settings.entity or None,
+        "name": settings.name or workdir.name,
+        "dir": str(workdir),
+        "id": run_id,
+        "resume": "allow",
+        "config": config_lib.config_to_dict(config) if config is not None else None,
+    }
     if not os.environ.get("WANDB_MODE"):
-      options["mode"] = "offline"   # no network unless the user asks for it
+      options["mode"] = "offline"  # no network unless the user asks for it
     self.run = wandb.init(**options)
 
   def log(self, step: int, scalars: dict) -> None:
@@ -124,6 +132,7 @@ class MetricsWriter:
     self._tb_remote = workdir / TB_DIR if paths.is_remote(workdir) else None
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+
       tb_dir = paths.staging_dir("xmae-tb-") if self._tb_remote else workdir / TB_DIR
       self._tb = SummaryWriter(str(tb_dir), flush_secs=10)
 
@@ -135,7 +144,7 @@ class MetricsWriter:
       self._file.write(json.dumps(row) + "\n")
       self._file.flush()
     except OSError as e:
-      e.filename = e.filename or str(self.path)   # a file object's error names no file
+      e.filename = e.filename or str(self.path)  # a file object's error names no file
       raise
     if self._tb is not None:
       for k, v in scalars.items():
@@ -162,12 +171,12 @@ class MetricsWriter:
       file, self._file = self._file, None
       try:
         file.close()
-      except OSError:   # its unflushed rest (a full disk): write() already raised that error
+      except OSError:  # its unflushed rest (a full disk): write() already raised that error
         pass
     if self._tb is not None:
       self._tb.close()
       self._upload_tb()
-      if self._tb_remote is not None:   # the local staging of a remote workdir's events
+      if self._tb_remote is not None:  # the local staging of a remote workdir's events
         shutil.rmtree(self._tb.logdir, ignore_errors=True)
       self._tb = None
     if self._wandb is not None:

@@ -6,6 +6,7 @@ evaluation and export read a run (`restore_model` also returns the step used and
 writes one; `init_from` starts a training run from another run's weights. These checkpoints are
 the trainer's own format (`checkpoint.Checkpointer`), with only the `model` and `meta` items.
 """
+
 from __future__ import annotations
 
 import sys
@@ -49,7 +50,8 @@ def restore_model(workdir, step: str | int = "latest", *, log: Callable[[str], N
     except Exception as e:  # pylint: disable=broad-except  # a damaged meta's config
       raise ckpt_lib.CorruptCheckpointError(
           f"checkpoint {ckpt.directory / str(s)} has an unusable config "
-          f"({orbax_quiet.one_line(e)})") from None
+          f"({orbax_quiet.one_line(e)})"
+      ) from None
     graphdef, abstract = abstract_model(config)
     flat = ckpt_lib.flatten(abstract)
     target = ckpt_lib.abstract_of(flat, {k: device for k in flat})
@@ -58,7 +60,8 @@ def restore_model(workdir, step: str | int = "latest", *, log: Callable[[str], N
 
   try:
     used, (model, config, meta), note = ckpt_lib.restore_newest_intact(
-        ckpt, ckpt.candidates(step), restore)
+        ckpt, ckpt.candidates(step), restore
+    )
   finally:
     ckpt.close()
   if note:
@@ -73,18 +76,20 @@ def load_model(workdir, step: str | int = "latest"):
   return model, config
 
 
-def init_from(workdir, config, source, *, step: str | int = "auto",
-              log: Callable[[str], None] = _stderr) -> int:
+def init_from(
+    workdir, config, source, *, step: str | int = "auto", log: Callable[[str], None] = _stderr
+) -> int:
   """Writes the weights of run `source` (its `step`: 'auto' = best validation, else latest) as
   checkpoint 0 of the fresh `workdir`, where training `config` then starts from them with a
   new optimizer and data stream. Another model or other model settings raise CheckpointError
   naming the first differing key. Returns the source step used."""
   model, source_config, used, _ = restore_model(source, step, log=log)
   if source_config.model.name != config.model.name:
-    raise ckpt_lib.CheckpointError(f"train.init_from {source}: a {source_config.model.name} "
-                                   f"checkpoint, not {config.model.name}")
-  other = ckpt_lib.setting_difference(config_lib.config_to_dict(source_config), config,
-                                      ("model",))
+    raise ckpt_lib.CheckpointError(
+        f"train.init_from {source}: a {source_config.model.name} "
+        f"checkpoint, not {config.model.name}"
+    )
+  other = ckpt_lib.setting_difference(config_lib.config_to_dict(source_config), config, ("model",))
   if other:
     raise ckpt_lib.CheckpointError(f"train.init_from {source}: other model settings ({other[1]})")
   write_model_checkpoint(workdir, model, config, step=0)
@@ -98,8 +103,11 @@ def write_model_checkpoint(workdir, model, config, step: int = 0) -> Path:
   config_lib.write_config(workdir, config)
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   try:
-    ckpt.save(step, model=ckpt_lib.flatten(nnx.state(model)),
-              meta=ckpt_lib.meta_dict(config, step, kind="model"))
+    ckpt.save(
+        step,
+        model=ckpt_lib.flatten(nnx.state(model)),
+        meta=ckpt_lib.meta_dict(config, step, kind="model"),
+    )
     ckpt.wait()
   finally:
     ckpt.close()

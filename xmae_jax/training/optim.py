@@ -8,6 +8,7 @@ norm clip is a config choice (`train.grad_clip_norm`, 0 = off). Gradient accumul
 the train step (micro-batches inside one jitted step), not here, so the schedule counts optimizer
 updates.
 """
+
 from __future__ import annotations
 
 import optax
@@ -21,15 +22,22 @@ def lr_schedule(train_config, total_steps: int) -> optax.Schedule:
   if warmup <= 0:
     return optax.cosine_decay_schedule(peak, decay_steps=total, alpha=0.0)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=total, end_value=0.0)
+      init_value=0.0, peak_value=peak, warmup_steps=warmup, decay_steps=total, end_value=0.0
+  )
 
 
-def make_optimizer(train_config,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    train_config, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(AdamW [after a global-norm clip], its schedule). Weight decay applies to all parameters."""
   schedule = lr_schedule(train_config, total_steps)
-  adamw = optax.adamw(schedule, b1=float(train_config.b1), b2=float(train_config.b2),
-                      eps=1e-8, weight_decay=float(train_config.weight_decay))
+  adamw = optax.adamw(
+      schedule,
+      b1=float(train_config.b1),
+      b2=float(train_config.b2),
+      eps=1e-8,
+      weight_decay=float(train_config.weight_decay),
+  )
   if train_config.grad_clip_norm and train_config.grad_clip_norm > 0:
     clip = optax.clip_by_global_norm(float(train_config.grad_clip_norm))
     return optax.chain(clip, adamw), schedule

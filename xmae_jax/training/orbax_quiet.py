@@ -5,6 +5,7 @@ A checkpoint that cannot be read or written is reported once, by the caller, in 
 (logged tracebacks from background threads, 'Exception ignored' notes of abandoned reads and
 late callbacks) says the same thing hundreds of lines long, and is dropped here.
 """
+
 from __future__ import annotations
 
 import gc
@@ -40,9 +41,13 @@ class _QuietStorageErrors(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     text = record.getMessage() if record.levelno >= logging.ERROR else ""
-    return not ("orbax" in record.pathname and (
-        (error is not None and errors.storage_reason(error)) or
-        errors.storage_reason(Exception(text))))
+    return not (
+        "orbax" in record.pathname
+        and (
+            (error is not None and errors.storage_reason(error))
+            or errors.storage_reason(Exception(text))
+        )
+    )
 
 
 QUIET_STORAGE_ERRORS = _QuietStorageErrors()
@@ -60,8 +65,12 @@ def quiet_late_write_callbacks() -> None:
     return
 
   def hook(unraisable):
-    if not (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    if not (
+        unraisable.object is None
+        and isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+    ):
       previous(unraisable)
+
   hook.xmae_quiet = True  # type: ignore[attr-defined]  # a function takes any attribute
   sys.unraisablehook = hook

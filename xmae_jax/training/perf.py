@@ -20,6 +20,7 @@ the first step), `compile` (the train step's compilation, per curriculum variant
 (the blocking part of a save; the writes are asynchronous) and `other` (profiler start and
 stop). Train time is what is left, so the shares add up to 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,18 +36,18 @@ from xmae_jax import paths
 # First match wins, so the more specific rows come first. Published dense (no sparsity) peaks:
 # Google Cloud TPU system architecture pages, NVIDIA A100/H100/H200 datasheets.
 BF16_PEAK_FLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
-    (("tpu", "v6 lite"), 918e12),     # v6e (Trillium) reports "TPU v6 lite"
+    (("tpu", "v6 lite"), 918e12),  # v6e (Trillium) reports "TPU v6 lite"
     (("tpu", "v6e"), 918e12),
-    (("tpu", "v5 lite"), 197e12),     # v5e reports "TPU v5 lite"
+    (("tpu", "v5 lite"), 197e12),  # v5e reports "TPU v5 lite"
     (("tpu", "v5e"), 197e12),
     (("tpu", "v5p"), 459e12),
-    (("tpu", "v5"), 459e12),          # v5p reports "TPU v5"
+    (("tpu", "v5"), 459e12),  # v5p reports "TPU v5"
     (("tpu", "v4"), 275e12),
-    (("h200",), 989e12),              # same tensor cores as H100 SXM
+    (("h200",), 989e12),  # same tensor cores as H100 SXM
     (("h100", "pcie"), 756e12),
     (("h100", "nvl"), 835e12),
-    (("h100",), 989e12),              # SXM ("NVIDIA H100 80GB HBM3")
-    (("a100",), 312e12),              # SXM and PCIe alike
+    (("h100",), 989e12),  # SXM ("NVIDIA H100 80GB HBM3")
+    (("a100",), 312e12),  # SXM and PCIe alike
 )
 
 GOODPUT_PHASES = ("init", "compile", "data", "eval", "checkpoint", "other")
@@ -63,7 +64,7 @@ def table_peak(device_kind: str) -> float | None:
 
 def matmul_flops(n: int) -> float:
   """FLOPs of one n x n x n matrix multiply (a multiply and an add per term)."""
-  return 2.0 * n ** 3
+  return 2.0 * n**3
 
 
 def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 3) -> float:
@@ -87,21 +88,27 @@ def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 3) -> floa
 @dataclasses.dataclass(frozen=True)
 class Peak:
   """The MFU denominator of one device: FLOP/s (None when unknown) and where it comes from."""
+
   device_kind: str
   flops_per_s: float | None
-  source: str                        # "table" (bf16, published), "measured" (CPU) or "unknown"
+  source: str  # "table" (bf16, published), "measured" (CPU) or "unknown"
 
   def describe(self) -> str:
     if self.flops_per_s is None:
-      return (f"device kind {self.device_kind!r} is not in the peak table "
-              "(xmae_jax/training/perf.py): MFU is not reported")
+      return (
+          f"device kind {self.device_kind!r} is not in the peak table "
+          "(xmae_jax/training/perf.py): MFU is not reported"
+      )
     what = "published bf16 peak" if self.source == "table" else "measured matmul peak"
-    return (f"MFU against {self.flops_per_s / 1e12:.4g} TFLOP/s per device "
-            f"({what}, {self.device_kind})")
+    return (
+        f"MFU against {self.flops_per_s / 1e12:.4g} TFLOP/s per device "
+        f"({what}, {self.device_kind})"
+    )
 
 
-def device_peak(device, compute_dtype: str = "float32",
-                measure: Callable[[str], float] = matmul_peak) -> Peak:
+def device_peak(
+    device, compute_dtype: str = "float32", measure: Callable[[str], float] = matmul_peak
+) -> Peak:
   """The peak of `device`: the table's for known accelerators, measured on CPU, else None."""
   kind = str(getattr(device, "device_kind", "unknown"))
   if getattr(device, "platform", "") == "cpu":
@@ -115,16 +122,17 @@ def compiled_flops(compiled) -> float | None:
   backend reports none."""
   try:
     cost = compiled.cost_analysis()
-  except Exception:   # noqa: BLE001 - some backends do not implement it: no MFU, no failure
+  except Exception:  # noqa: BLE001 - some backends do not implement it: no MFU, no failure
     return None
-  if isinstance(cost, (list, tuple)):   # older jax returned one dict per program
+  if isinstance(cost, (list, tuple)):  # older jax returned one dict per program
     cost = cost[0] if cost else None
   flops = (cost or {}).get("flops")
   return float(flops) if flops is not None and flops > 0 else None
 
 
-def throughput(step_time_s: float, flops_per_device: float | None,
-               peak: Peak | None) -> dict[str, float | None]:
+def throughput(
+    step_time_s: float, flops_per_device: float | None, peak: Peak | None
+) -> dict[str, float | None]:
   """`tflops_per_device` and `mfu` of a step that took `step_time_s` (None where unknown)."""
   if flops_per_device is None or step_time_s <= 0:
     return {"tflops_per_device": None, "mfu": None}

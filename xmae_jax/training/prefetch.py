@@ -15,6 +15,7 @@ thread touches the host iterator while it runs (Grain iterators are not thread-s
 `set_state` stops it, drops the queue and sets the host iterator, and the thread starts again
 at the next `next()`. `depth=0` reads and places in the caller's thread (no thread at all).
 """
+
 from __future__ import annotations
 
 import queue
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 import grain
 
-_POLL_S = 0.05   # how often a blocked producer checks whether it should stop
+_POLL_S = 0.05  # how often a blocked producer checks whether it should stop
 
 
 class DevicePrefetch(grain.DatasetIterator):
@@ -48,7 +49,7 @@ class DevicePrefetch(grain.DatasetIterator):
         batch = next(self._host)
         item = (self._place(batch), self._host.get_state(), None)
         self._put(out, stop, item)
-    except BaseException as e:   # noqa: BLE001 - handed to the consumer, raised there
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
       self._put(out, stop, (None, None, e))
 
   @staticmethod
@@ -62,8 +63,9 @@ class DevicePrefetch(grain.DatasetIterator):
 
   def _start(self) -> None:
     self._queue, self._stop = queue.Queue(maxsize=self.depth), threading.Event()
-    self._thread = threading.Thread(target=self._produce, args=(self._queue, self._stop),
-                                    name="device-prefetch", daemon=True)
+    self._thread = threading.Thread(
+        target=self._produce, args=(self._queue, self._stop), name="device-prefetch", daemon=True
+    )
     self._thread.start()
 
   def _halt(self) -> None:

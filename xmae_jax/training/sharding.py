@@ -13,6 +13,7 @@ change with no code change in the step.
 The mesh uses `AxisType.Auto` (jax.make_mesh defaults to Explicit): the compiler propagates
 shardings through the model, which needs no per-layer annotations for data/FSDP parallelism.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ class ShardingError(training.TrainingError):
   """A mesh or a rule that does not fit the devices or the parameters."""
 
 
-def mesh_shape(axes: Sequence[Sequence[Any]],
-               num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def mesh_shape(
+    axes: Sequence[Sequence[Any]], num_devices: int
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
   """(names, sizes) with the single -1 resolved to the devices left over."""
   names = tuple(str(a[0]) for a in axes)
   sizes = [int(a[1]) for a in axes]
@@ -52,11 +54,14 @@ def mesh_shape(axes: Sequence[Sequence[Any]],
   if free:
     if num_devices % fixed:
       raise ShardingError(
-          f"mesh axes {list(zip(names, sizes))} do not divide {num_devices} devices")
+          f"mesh axes {list(zip(names, sizes))} do not divide {num_devices} devices"
+      )
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes) != num_devices:
-    raise ShardingError(f"mesh axes {list(zip(names, sizes))} need {math.prod(sizes)} devices, "
-                        f"{num_devices} are present")
+    raise ShardingError(
+        f"mesh axes {list(zip(names, sizes))} need {math.prod(sizes)} devices, "
+        f"{num_devices} are present"
+    )
   return names, tuple(sizes)
 
 
@@ -92,7 +97,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def path_str(path) -> str:
   """'/'-joined key path of a pytree leaf, without NNX's trailing '/value'."""
   s = jax.tree_util.keystr(path, simple=True, separator="/")
-  return s[:-len("/value")] if s.endswith("/value") else s
+  return s[: -len("/value")] if s.endswith("/value") else s
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp_size: int, axis: str) -> P:
@@ -155,8 +160,9 @@ DEFAULT_BATCH_AXES = ("data", "fsdp")
 
 def _batch_axes_sharding(mesh: Mesh, batch_axes: Sequence[str] | None) -> NamedSharding:
   """`batch_sharding` over the named axes the mesh has (absent ones are ignored)."""
-  axes = tuple(a for a in (DEFAULT_BATCH_AXES if batch_axes is None else batch_axes)
-               if a in mesh.axis_names)
+  axes = tuple(
+      a for a in (DEFAULT_BATCH_AXES if batch_axes is None else batch_axes) if a in mesh.axis_names
+  )
   return batch_sharding(mesh, types.SimpleNamespace(batch_axes=axes))
 
 
@@ -181,5 +187,6 @@ def place_batch(batch, mesh: Mesh, batch_axes: Sequence[str] | None = None) -> d
   `batch_axes` (default data and fsdp) that the mesh lacks are ignored.
   """
   sharding = _batch_axes_sharding(mesh, batch_axes)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }

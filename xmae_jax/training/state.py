@@ -24,6 +24,7 @@ the buffers into the same dotted names, shapes and per-leaf shardings as the NNX
 of `nnx.state(model)` (checkpoint.flatten drops NNX's trailing `.value`), and `restore_state`
 packs them back, so checkpoints written by earlier versions and by the importer resume.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,9 +43,9 @@ from xmae_jax.training import buffers
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import sharding
 
-EVAL_KEY_SALT = 0x7FFFFFFF   # eval masks: fold_in(fold_in(seed, SALT), eval batch): fixed per run
+EVAL_KEY_SALT = 0x7FFFFFFF  # eval masks: fold_in(fold_in(seed, SALT), eval batch): fixed per run
 
-TrainState = dict   # {"params": Buffers, "batch_stats": Buffers, "opt": optax state, "step": int32}
+TrainState = dict  # {"params": Buffers, "batch_stats": Buffers, "opt": optax state, "step": int32}
 
 
 class StateError(training.TrainingError):
@@ -58,12 +59,16 @@ def split_model(model) -> tuple[nnx.GraphDef, dict, dict]:
   carry it and the NaN guard and checkpoints would not see it.
   """
   graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  left = [jax.tree_util.keystr(p, simple=True, separator=".")
-          for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]]
+  left = [
+      jax.tree_util.keystr(p, simple=True, separator=".")
+      for p, _ in jax.tree_util.tree_flatten_with_path(rest)[0]
+  ]
   if left:
-    raise StateError(f"{type(model).__name__} holds state other than parameters and batch "
-                     f"statistics ({len(left)} entries, e.g. {left[0]}): "
-                     "the trainer cannot carry it")
+    raise StateError(
+        f"{type(model).__name__} holds state other than parameters and batch "
+        f"statistics ({len(left)} entries, e.g. {left[0]}): "
+        "the trainer cannot carry it"
+    )
   return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
 
 
@@ -75,8 +80,12 @@ def model_graphdef(config) -> nnx.GraphDef:
 def merge_model(graphdef, params, batch_stats, *, copy: bool = False):
   """The NNX model of a state's `params` and `batch_stats` (buffers or nested dicts), inside or
   outside a trace; sharded buffers are gathered whole first (under `jax.set_mesh`)."""
-  return nnx.merge(graphdef, buffers.unpack(params, gather=True),
-                   buffers.unpack(batch_stats, gather=True), copy=copy)
+  return nnx.merge(
+      graphdef,
+      buffers.unpack(params, gather=True),
+      buffers.unpack(batch_stats, gather=True),
+      copy=copy,
+  )
 
 
 def _rule(path: str, rules) -> str | None:
@@ -106,7 +115,7 @@ LAYOUTS = ("auto", "buffers", "tree")
 
 
 def state_layout(config, mesh=None) -> str:
-  """"buffers" or "tree": `config.train.state_layout`, "auto" resolved here.
+  """ "buffers" or "tree": `config.train.state_layout`, "auto" resolved here.
 
   "auto" picks "buffers" on accelerators, where the host's per-leaf cost of a step call is a
   large share of a short step, and "tree" on CPU, where a step is long and the buffers' extra
@@ -116,15 +125,17 @@ def state_layout(config, mesh=None) -> str:
   layout_name = str(config.train.state_layout)
   if layout_name not in LAYOUTS:
     raise StateError(
-        f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}")
+        f"config train.state_layout={layout_name!r}: choose one of {', '.join(LAYOUTS)}"
+    )
   if layout_name != "auto":
     return layout_name
   device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
   return "tree" if device.platform == "cpu" else "buffers"
 
 
-def init_fn(config, tx: optax.GradientTransformation, mesh=None, *,
-            flat: bool | None = None) -> Callable[[], TrainState]:
+def init_fn(
+    config, tx: optax.GradientTransformation, mesh=None, *, flat: bool | None = None
+) -> Callable[[], TrainState]:
   """A function building the initial train state (its shapes: `jax.eval_shape(init_fn(...))`).
 
   `mesh`: the mesh the state will live on (its fsdp axis size decides the sharded buffers and
@@ -140,8 +151,13 @@ def init_fn(config, tx: optax.GradientTransformation, mesh=None, *,
     if flat:
       params = layout(params, "params", mesh, rules).pack(params)
       batch_stats = layout(batch_stats, "batch_stats", mesh, rules).pack(batch_stats)
-    return {"params": params, "batch_stats": batch_stats, "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32)}
+    return {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+    }
+
   return init
 
 
@@ -149,10 +165,20 @@ def state_shardings(abstract: TrainState, mesh, config):
   """NamedShardings of every state leaf: buffers by their group, any other leaf by
   `config.mesh.param_rules` on its path."""
   own = sharding.tree_shardings(
-      jax.tree.map(lambda x: x.layout.leaf_abstract() if buffers.is_buffers(x) else x,
-                   abstract, is_leaf=buffers.is_buffers), mesh, config.mesh.param_rules)
-  return jax.tree.map(lambda x, s: x.layout.shardings(mesh) if buffers.is_buffers(x) else s,
-                      abstract, own, is_leaf=buffers.is_buffers)
+      jax.tree.map(
+          lambda x: x.layout.leaf_abstract() if buffers.is_buffers(x) else x,
+          abstract,
+          is_leaf=buffers.is_buffers,
+      ),
+      mesh,
+      config.mesh.param_rules,
+  )
+  return jax.tree.map(
+      lambda x, s: x.layout.shardings(mesh) if buffers.is_buffers(x) else s,
+      abstract,
+      own,
+      is_leaf=buffers.is_buffers,
+  )
 
 
 def host_init(init: Callable[[], TrainState], state_sh) -> TrainState:
@@ -172,14 +198,18 @@ def host_init(init: Callable[[], TrainState], state_sh) -> TrainState:
 
 # --- The checkpoint's view: every buffer unpacked into its named leaves ---------------------------
 
+
 def _named(tree):
   """`tree` with its buffers unpacked: arrays placed by each leaf's own sharding (a device
   computation), or shapes only for ShapeDtypeStructs."""
   leaves = jax.tree.leaves(tree)
   if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
     return jax.eval_shape(buffers.unpack_all, tree)
-  out_sh = (buffers.leaf_shardings(jax.tree.map(lambda x: x.sharding, tree))
-            if all(isinstance(x, jax.Array) for x in leaves) else None)
+  out_sh = (
+      buffers.leaf_shardings(jax.tree.map(lambda x: x.sharding, tree))
+      if all(isinstance(x, jax.Array) for x in leaves)
+      else None
+  )
   return jax.jit(buffers.unpack_all, out_shardings=out_sh)(tree)
 
 
@@ -202,8 +232,10 @@ def pack_named(abstract: TrainState, named: dict) -> TrainState:
 
 def param_placement(state_sh) -> tuple[int, int]:
   """(parameter leaves split over a mesh axis, all parameter leaves) of a state's shardings."""
+
   def split(s) -> bool:
     return isinstance(s, NamedSharding) and any(a is not None for a in s.spec)
+
   params = state_sh["params"]
   if buffers.is_buffers(params):
     sharded = {g.key for g, s in zip(params.layout.groups, params.arrays) if split(s)}
@@ -250,7 +282,8 @@ def make_train_step(graphdef, tx, schedule, config, mask_ratio: float | None):
   def accumulate(params, batch_stats, batch, key):
     # Micro-batch j holds rows j, j+accum, ... so every device keeps its own rows.
     micro = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch)
+        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch
+    )
     add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
 
     def body(carry, xs):
@@ -260,11 +293,13 @@ def make_train_step(graphdef, tx, schedule, config, mask_ratio: float | None):
       return (add(grads_sum, grads), loss_sum + loss, add(aux_sum, aux), stats), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    aux_shape = jax.eval_shape(lambda: grad_fn(params, batch_stats,
-                                               jax.tree.map(lambda x: x[0], micro), key)[0][1][0])
+    aux_shape = jax.eval_shape(
+        lambda: grad_fn(params, batch_stats, jax.tree.map(lambda x: x[0], micro), key)[0][1][0]
+    )
     aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
     (grads, loss, aux, stats), _ = jax.lax.scan(
-        body, (zeros, jnp.zeros((), jnp.float32), aux0, batch_stats), (jnp.arange(accum), micro))
+        body, (zeros, jnp.zeros((), jnp.float32), aux0, batch_stats), (jnp.arange(accum), micro)
+    )
     mean = lambda t: jax.tree.map(lambda a: a / accum, t)  # noqa: E731
     return loss / accum, mean(aux), stats, mean(grads)
 
@@ -307,18 +342,25 @@ def make_eval_step(graphdef, config, mask_ratio: float | None):
 
 def jit_train_step(graphdef, tx, schedule, config, mask_ratio, state_sh, batch_sh, metric_sh):
   """The train step jitted with explicit shardings and the state donated."""
-  return jax.jit(make_train_step(graphdef, tx, schedule, config, mask_ratio),
-                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, metric_sh),
-                 donate_argnums=0)
+  return jax.jit(
+      make_train_step(graphdef, tx, schedule, config, mask_ratio),
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(state_sh, metric_sh),
+      donate_argnums=0,
+  )
 
 
 def jit_eval_step(graphdef, config, mask_ratio, state_sh, batch_sh, metric_sh):
-  return jax.jit(make_eval_step(graphdef, config, mask_ratio),
-                 in_shardings=(state_sh, batch_sh, None), out_shardings=metric_sh)
+  return jax.jit(
+      make_eval_step(graphdef, config, mask_ratio),
+      in_shardings=(state_sh, batch_sh, None),
+      out_shardings=metric_sh,
+  )
 
 
-def restore_state(ckpt, step: int, abstract: TrainState, state_sh, tx, *, full: bool,
-                  data_iter=None) -> TrainState:
+def restore_state(
+    ckpt, step: int, abstract: TrainState, state_sh, tx, *, full: bool, data_iter=None
+) -> TrainState:
   """The train state of checkpoint `step`, placed by `state_sh`.
 
   The checkpoint's named leaves are read with their own shardings and packed into the buffers
@@ -334,27 +376,36 @@ def restore_state(ckpt, step: int, abstract: TrainState, state_sh, tx, *, full: 
   model_target = ckpt_lib.abstract_of(model_part(named), model_part(named_sh))
   opt_target = ckpt_lib.abstract_of(opt_part(named), opt_part(named_sh)) if full else None
   restored = ckpt.restore(step, model=model_target, opt=opt_target, data_iter=data_iter)
-  model = {"params": ckpt_lib.unflatten(named["params"], restored["model"]),
-           "batch_stats": ckpt_lib.unflatten(named["batch_stats"], restored["model"])}
+  model = {
+      "params": ckpt_lib.unflatten(named["params"], restored["model"]),
+      "batch_stats": ckpt_lib.unflatten(named["batch_stats"], restored["model"]),
+  }
   like = {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}
-  state = jax.jit(lambda m: pack_named(like, m),
-                  out_shardings={k: state_sh[k] for k in like})(model)
+  state = jax.jit(lambda m: pack_named(like, m), out_shardings={k: state_sh[k] for k in like})(
+      model
+  )
   if full:
     opt = ckpt_lib.unflatten({"opt": named["opt"], "step": named["step"]}, restored["opt"])
     like = {"opt": abstract["opt"], "step": abstract["step"]}
-    state.update(jax.jit(lambda o: pack_named(like, o),
-                         out_shardings={k: state_sh[k] for k in like})(opt))
+    state.update(
+        jax.jit(lambda o: pack_named(like, o), out_shardings={k: state_sh[k] for k in like})(opt)
+    )
   else:
-    state.update(jax.jit(lambda p: {"opt": tx.init(p), "step": jnp.zeros((), jnp.int32)},
-                         out_shardings={"opt": state_sh["opt"], "step": state_sh["step"]})(
-                             state["params"]))
+    state.update(
+        jax.jit(
+            lambda p: {"opt": tx.init(p), "step": jnp.zeros((), jnp.int32)},
+            out_shardings={"opt": state_sh["opt"], "step": state_sh["step"]},
+        )(state["params"])
+    )
   return state
 
 
 def num_params(abstract: TrainState) -> int:
   """Parameters of the model (a buffer's padding not counted)."""
-  return sum(x.layout.num_elements() if buffers.is_buffers(x) else int(np.prod(x.shape))
-             for x in jax.tree.leaves(abstract["params"], is_leaf=buffers.is_buffers))
+  return sum(
+      x.layout.num_elements() if buffers.is_buffers(x) else int(np.prod(x.shape))
+      for x in jax.tree.leaves(abstract["params"], is_leaf=buffers.is_buffers)
+  )
 
 
 def fetch(tree) -> Any:

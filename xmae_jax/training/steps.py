@@ -3,6 +3,7 @@
 One variant per mask ratio (the curriculum changes it), each compiled once by every process
 together (`distributed.CompiledTogether`); host batches are placed on the mesh here too.
 """
+
 from __future__ import annotations
 
 import jax
@@ -16,7 +17,7 @@ from xmae_jax.training import perf
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
 
-FIGURE_KEY_SALT = 0x7FFFFFFE   # reconstruction masks: fold_in(PRNGKey(seed), SALT), fixed per run
+FIGURE_KEY_SALT = 0x7FFFFFFE  # reconstruction masks: fold_in(PRNGKey(seed), SALT), fixed per run
 
 
 class CompiledSteps:
@@ -28,8 +29,9 @@ class CompiledSteps:
   device (`flops[ratio]`) are known for MFU.
   """
 
-  def __init__(self, config, mesh, graphdef, tx, schedule, state_sh,
-               goodput: perf.Goodput | None = None):
+  def __init__(
+      self, config, mesh, graphdef, tx, schedule, state_sh, goodput: perf.Goodput | None = None
+  ):
     self.config, self.mesh, self.graphdef = config, mesh, graphdef
     self.tx, self.schedule, self.state_sh = tx, schedule, state_sh
     self.goodput = goodput or perf.Goodput()
@@ -46,9 +48,19 @@ class CompiledSteps:
     """The compiled train step of `ratio` for arguments shaped like `state` and `batch`."""
     if ratio not in self._train:
       with self.goodput.phase("compile"):
-        step = distributed.CompiledTogether(state_lib.jit_train_step(
-            self.graphdef, self.tx, self.schedule, self.config, ratio, self.state_sh,
-            self.batch_sh, self.metric_sh), f"train_step_{ratio}")
+        step = distributed.CompiledTogether(
+            state_lib.jit_train_step(
+                self.graphdef,
+                self.tx,
+                self.schedule,
+                self.config,
+                ratio,
+                self.state_sh,
+                self.batch_sh,
+                self.metric_sh,
+            ),
+            f"train_step_{ratio}",
+        )
         step.compile(state, batch)
       self._train[ratio] = step
       self.flops[ratio] = perf.compiled_flops(step.compiled)
@@ -57,12 +69,16 @@ class CompiledSteps:
   def evaluate(self, state, batches, ratio) -> dict[str, float]:
     """Mean validation metrics over `batches` (a host iterator, closed here)."""
     if ratio not in self._eval:
-      self._eval[ratio] = distributed.CompiledTogether(state_lib.jit_eval_step(
-          self.graphdef, self.config, ratio, self.state_sh, self.batch_sh, self.metric_sh),
-          f"eval_step_{ratio}")
+      self._eval[ratio] = distributed.CompiledTogether(
+          state_lib.jit_eval_step(
+              self.graphdef, self.config, ratio, self.state_sh, self.batch_sh, self.metric_sh
+          ),
+          f"eval_step_{ratio}",
+      )
     fn = self._eval[ratio]
-    rows = [state_lib.fetch(fn(state, self.to_device(b), jnp.uint32(i)))
-            for i, b in enumerate(batches)]
+    rows = [
+        state_lib.fetch(fn(state, self.to_device(b), jnp.uint32(i))) for i, b in enumerate(batches)
+    ]
     pipeline.close(batches)
     return metric_window.mean_rows(rows)
 
@@ -75,11 +91,19 @@ class CompiledSteps:
       model = state_lib.merge_model(self.graphdef, params, batch_stats)
       model.eval()
       got = model.reconstruct_ecg(b["ppg"], b["ecg"], key, mask_ratio=ratio)
-      return {"ppg": b["ppg"][:n], "ecg": b["ecg"][:n], "rec": got["ecg_reconstruction"][:n],
-              "masked": got["ecg_masked"][:n]}
+      return {
+          "ppg": b["ppg"][:n],
+          "ecg": b["ecg"][:n],
+          "rec": got["ecg_reconstruction"][:n],
+          "masked": got["ecg_masked"][:n],
+      }
 
     if (ratio, n) not in self._reconstruct:
       self._reconstruct[ratio, n] = distributed.CompiledTogether(
-          jax.jit(reconstruct, out_shardings=self.metric_sh), f"reconstruct_{ratio}")
-    return state_lib.fetch(self._reconstruct[ratio, n](
-        state["params"], state["batch_stats"], self.to_device(host_batch)))
+          jax.jit(reconstruct, out_shardings=self.metric_sh), f"reconstruct_{ratio}"
+      )
+    return state_lib.fetch(
+        self._reconstruct[ratio, n](
+            state["params"], state["batch_stats"], self.to_device(host_batch)
+        )
+    )

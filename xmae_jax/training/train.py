@@ -28,6 +28,7 @@ depend on the number of processes or devices and a run may resume on another sli
 Errors: every module raises its own `training.TrainingError` subclass where the problem arises
 (a mesh, a checkpoint, a busy workdir); `TrainingError` is reachable here for `train()`'s callers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,52 +75,106 @@ def _first_batch(val_data):
     pipeline.close(batches)
 
 
-def _draw_figure(steps: steps_lib.CompiledSteps, config, workdir: Path, step: int, state, batch,
-                 ratio) -> None:
-  got = steps.reconstructions(state, batch, ratio,
-                              min(FIGURE_EXAMPLES, int(config.train.batch_size)))
+def _draw_figure(
+    steps: steps_lib.CompiledSteps, config, workdir: Path, step: int, state, batch, ratio
+) -> None:
+  got = steps.reconstructions(
+      state, batch, ratio, min(FIGURE_EXAMPLES, int(config.train.batch_size))
+  )
   if jax.process_index() == 0:
     shown = float(config.masking.ratio_ecg) if ratio is None else ratio
     figures.plot_reconstructions(
-        workdir / "figures" / f"reconstruction_step{step:07d}.png", got["ecg"], got["rec"],
-        got["masked"], got["ppg"], sampling_rate=float(config.data.sampling_rate),
-        title=f"{config.model.name} step {step}: ECG from PPG, mask ratio {shown:g}")
+        workdir / "figures" / f"reconstruction_step{step:07d}.png",
+        got["ecg"],
+        got["rec"],
+        got["masked"],
+        got["ppg"],
+        sampling_rate=float(config.data.sampling_rate),
+        title=f"{config.model.name} step {step}: ECG from PPG, mask ratio {shown:g}",
+    )
 
 
-def _save(ckpt, config, step: int, state, validation: validation_lib.ValidationHistory,
-          window: metric_window.MetricWindow, train_it, val_loss=None):
+def _save(
+    ckpt,
+    config,
+    step: int,
+    state,
+    validation: validation_lib.ValidationHistory,
+    window: metric_window.MetricWindow,
+    train_it,
+    val_loss=None,
+):
   loop = {**validation.state_dict(), "log_window": window.state_dict()}
-  meta = ckpt_lib.meta_dict(config, step, val_loss=val_loss, loop=loop,
-                            data_iter_state=train_it.get_state(),
-                            process_count=jax.process_count(), device_count=jax.device_count())
-  ckpt.save(step, model=state_lib.model_flat(state), opt=state_lib.opt_flat(state),
-            data_iter=train_it, meta=meta, val_loss=val_loss)
+  meta = ckpt_lib.meta_dict(
+      config,
+      step,
+      val_loss=val_loss,
+      loop=loop,
+      data_iter_state=train_it.get_state(),
+      process_count=jax.process_count(),
+      device_count=jax.device_count(),
+  )
+  ckpt.save(
+      step,
+      model=state_lib.model_flat(state),
+      opt=state_lib.opt_flat(state),
+      data_iter=train_it,
+      meta=meta,
+      val_loss=val_loss,
+  )
 
 
 def _start_from(config, workdir: Path) -> int:
   """train.init_from: another run's weights become checkpoint 0 of this fresh workdir (which
   the resume path below then loads as weights only: new optimizer, data from the start)."""
   if jax.process_count() > 1:
-    raise TrainingError("train.init_from takes one process: start the run with one process (it "
-                        "writes checkpoint 0 at once), stop it, then continue in that workdir")
+    raise TrainingError(
+        "train.init_from takes one process: start the run with one process (it "
+        "writes checkpoint 0 at once), stop it, then continue in that workdir"
+    )
   used = model_checkpoint.init_from(workdir, config, config.train.init_from)
-  print(f"xmae-train: weights from {config.train.init_from} (step {used})", file=sys.stderr,
-        flush=True)
+  print(
+      f"xmae-train: weights from {config.train.init_from} (step {used})",
+      file=sys.stderr,
+      flush=True,
+  )
   return 0
 
 
-def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
-            validation: validation_lib.ValidationHistory):
+def _resume(
+    ckpt,
+    workdir: Path,
+    latest: int,
+    abstract,
+    state_sh,
+    tx,
+    train_it,
+    validation: validation_lib.ValidationHistory,
+):
   """(the train state of checkpoint `latest`, the training metrics of its unfinished log
   window); the data stream and loop state too when it is a training run's (an importer's
   weights-only checkpoint starts the optimizer and data anew)."""
   meta = ckpt.read_meta(latest)
   full = meta.get("kind") == "train" and ckpt.has_item(latest, "opt")
-  same_topology = ckpt.has_item(latest, "data_iter") and (
-      workdir / ckpt_lib.CHECKPOINT_DIR / str(latest) / "data_iter" /
-      f"process_{jax.process_index()}-of-{jax.process_count()}.json").is_file()
-  state = state_lib.restore_state(ckpt, latest, abstract, state_sh, tx, full=full,
-                                  data_iter=train_it if full and same_topology else None)
+  same_topology = (
+      ckpt.has_item(latest, "data_iter")
+      and (
+          workdir
+          / ckpt_lib.CHECKPOINT_DIR
+          / str(latest)
+          / "data_iter"
+          / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+      ).is_file()
+  )
+  state = state_lib.restore_state(
+      ckpt,
+      latest,
+      abstract,
+      state_sh,
+      tx,
+      full=full,
+      data_iter=train_it if full and same_topology else None,
+  )
   if full:
     if not same_topology:
       # Another process count: this pipeline's iterator state is the global batch index,
@@ -129,15 +184,32 @@ def _resume(ckpt, workdir: Path, latest: int, abstract, state_sh, tx, train_it,
   return state, (meta.get("loop") or {}).get("log_window") or []
 
 
-def _announce(progress, config, plan: plan_lib.Plan, mesh, abstract, state_sh, start: int,
-              workdir, peak: perf.Peak | None, *, restored: bool = False) -> None:
+def _announce(
+    progress,
+    config,
+    plan: plan_lib.Plan,
+    mesh,
+    abstract,
+    state_sh,
+    start: int,
+    workdir,
+    peak: perf.Peak | None,
+    *,
+    restored: bool = False,
+) -> None:
   progress.message(
       f"xmae-train: {config.model.name} ({state_lib.num_params(abstract):,} parameters), "
       f"{plan.total_steps} steps of {config.train.batch_size} ({plan.steps_per_epoch} per epoch), "
       f"mesh {dict(mesh.shape)} on {jax.process_count()} process(es), "
-      + (f"resumed at step {start}" if start else
-         "from the weights of checkpoint 0 (optimizer and data from the start)" if restored else
-         "from scratch") + f"; workdir {workdir}")
+      + (
+          f"resumed at step {start}"
+          if start
+          else "from the weights of checkpoint 0 (optimizer and data from the start)"
+          if restored
+          else "from scratch"
+      )
+      + f"; workdir {workdir}"
+  )
   sharded, leaves = state_lib.param_placement(state_sh)
   if sharded:
     progress.message(f"FSDP-sharded parameters: {sharded} of {leaves}")
@@ -147,14 +219,19 @@ def _announce(progress, config, plan: plan_lib.Plan, mesh, abstract, state_sh, s
 
 def _last_intact(workdir: Path) -> str:
   steps = ckpt_lib.committed_steps(workdir)
-  return (f"checkpoint step {steps[-1]} is intact: free space and rerun the same command to resume"
-          if steps else "no checkpoint had been written")
+  return (
+      f"checkpoint step {steps[-1]} is intact: free space and rerun the same command to resume"
+      if steps
+      else "no checkpoint had been written"
+  )
 
 
 # ---------------------------------------------------------------------------------- training
 
-def train(config, workdir, *, stop_at_step: int | None = None,
-          allow_changes: tuple[str, ...] = ()) -> dict:
+
+def train(
+    config, workdir, *, stop_at_step: int | None = None, allow_changes: tuple[str, ...] = ()
+) -> dict:
   """Trains `config` in `workdir` (resuming from its newest intact checkpoint when it holds one;
   refused with one line while another run holds the workdir, or when the run there had other
   `checkpoint.RUN_SETTINGS` than those named in `allow_changes`); returns a summary.
@@ -167,10 +244,10 @@ def train(config, workdir, *, stop_at_step: int | None = None,
   workdir = paths.path(workdir)
   try:
     paths.check_writable(workdir, "workdir")
-  except errors.XmaeError as e:   # the shared check's error, as the trainer's
+  except errors.XmaeError as e:  # the shared check's error, as the trainer's
     raise TrainingError(str(e)) from None
   try:
-    with contextlib.ExitStack() as held:   # the workdir lock, released however train ends
+    with contextlib.ExitStack() as held:  # the workdir lock, released however train ends
       return _train(config, workdir, stop_at_step, tuple(allow_changes), held)
   except ckpt_lib.CheckpointWriteError as e:
     raise ckpt_lib.CheckpointWriteError(f"{e}; {_last_intact(workdir)}") from None
@@ -180,13 +257,19 @@ def train(config, workdir, *, stop_at_step: int | None = None,
     reason = errors.storage_reason(e)
     if reason is None:
       raise
-    where = getattr(e, "filename", None) or workdir   # metrics, config, TensorBoard, figures
+    where = getattr(e, "filename", None) or workdir  # metrics, config, TensorBoard, figures
     raise TrainingError(
-        f"{where} could not be written: {reason}; {_last_intact(workdir)}") from None
+        f"{where} could not be written: {reason}; {_last_intact(workdir)}"
+    ) from None
 
 
-def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple[str, ...],
-           held: contextlib.ExitStack) -> dict:
+def _train(
+    config,
+    workdir: Path,
+    stop_at_step: int | None,
+    allow_changes: tuple[str, ...],
+    held: contextlib.ExitStack,
+) -> dict:
   goodput = perf.Goodput()
   chief = jax.process_index() == 0
   t = config.train
@@ -200,21 +283,28 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
     latest = _start_from(config, workdir)
   plan = plan_lib.make_plan(config, train_records)
   rows = sharding.host_rows(mesh, t.batch_size, sharding.batch_axes(mesh, config.mesh))
-  train_it = pipeline.make_train_iterator(config.data, global_batch_size=t.batch_size,
-                                          seed=int(config.seed), rows=rows)
+  train_it = pipeline.make_train_iterator(
+      config.data, global_batch_size=t.batch_size, seed=int(config.seed), rows=rows
+  )
   # Built once: shards opened and the selection resolved here, read again at each evaluation
   # (not kept in memory: a real validation split can be gigabytes).
-  val_data = pipeline.make_eval_dataset(config.data, global_batch_size=t.batch_size,
-                                        num_batches=plan.eval_batches, rows=rows, num_workers=0,
-                                        cache=False)
+  val_data = pipeline.make_eval_dataset(
+      config.data,
+      global_batch_size=t.batch_size,
+      num_batches=plan.eval_batches,
+      rows=rows,
+      num_workers=0,
+      cache=False,
+  )
 
   # 3. model, optimizer, shardings; fresh or resumed
   tx, schedule = optim.make_optimizer(t, plan.total_steps)
   init = state_lib.init_fn(config, tx, mesh)
   abstract = jax.eval_shape(init)
   state_sh = state_lib.state_shardings(abstract, mesh, config)
-  steps = steps_lib.CompiledSteps(config, mesh, state_lib.model_graphdef(config), tx, schedule,
-                                  state_sh, goodput)
+  steps = steps_lib.CompiledSteps(
+      config, mesh, state_lib.model_graphdef(config), tx, schedule, state_sh, goodput
+  )
   ckpt = ckpt_lib.Checkpointer(workdir, keep=int(t.keep_checkpoints))
   validation = validation_lib.ValidationHistory.from_config(config)
   with jax.set_mesh(mesh):
@@ -222,9 +312,11 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
     if latest is None:
       state = state_lib.host_init(init, state_sh)
     else:
-      latest, (state, log_window), fallback = ckpt_lib.restore_newest_intact(   # newest intact
-          ckpt, [s for s in ckpt.all_steps()[::-1] if s <= latest],
-          lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation))
+      latest, (state, log_window), fallback = ckpt_lib.restore_newest_intact(  # newest intact
+          ckpt,
+          [s for s in ckpt.all_steps()[::-1] if s <= latest],
+          lambda s: _resume(ckpt, workdir, s, abstract, state_sh, tx, train_it, validation),
+      )
       # Newer ones are corrupt: moved out of the way, this run writes those steps again.
       ckpt.set_aside([s for s in ckpt.all_steps() if s > latest])
     # From here on the loop takes placed batches, read ahead while the step runs.
@@ -237,16 +329,28 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
     progress = metrics_lib.Progress(plan.total_steps, start, active=chief)
     # Only process 0 logs, so only it needs the MFU denominator (measured on CPU).
     peak = perf.device_peak(jax.local_devices()[0], str(t.compute_dtype)) if chief else None
-    _announce(progress, config, plan, mesh, abstract, state_sh, start, workdir, peak,
-              restored=latest is not None)
+    _announce(
+        progress,
+        config,
+        plan,
+        mesh,
+        abstract,
+        state_sh,
+        start,
+        workdir,
+        peak,
+        restored=latest is not None,
+    )
     if fallback:
       progress.message(
-          f"xmae-train: {fallback}; newer ones moved to {workdir / ckpt_lib.CORRUPT_DIR}")
+          f"xmae-train: {fallback}; newer ones moved to {workdir / ckpt_lib.CORRUPT_DIR}"
+      )
 
     # 4. the loop
     preemption = distributed.Preemption()
-    window = metric_window.MetricWindow(int(t.batch_size), plan.steps_per_epoch, workdir,
-                                        goodput, peak)
+    window = metric_window.MetricWindow(
+        int(t.batch_size), plan.steps_per_epoch, workdir, goodput, peak
+    )
     window.load_state_dict(log_window)
     profile = perf.ProfileWindow(plan.profile, workdir / "profile", active=chief)
     status = "completed"
@@ -280,8 +384,9 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
             progress.message(message)
         if now.figure and can_plot(config):
           with goodput.phase("eval"):
-            _draw_figure(steps, config, workdir, step, state, _first_batch(val_data),
-                         validation.mask_ratio)
+            _draw_figure(
+                steps, config, workdir, step, state, _first_batch(val_data), validation.mask_ratio
+            )
         stop_early = now.eval and validation.should_stop()
         # The row before the checkpoint: a step saved is a step logged (a resume drops the rows
         # after its checkpoint and logs them again, so a row that could not be written is not
@@ -296,8 +401,10 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
           last_saved = step
         if stop_early:
           status = "early_stopped"
-          progress.message(f"step {step}: early stop, no val_loss improvement in "
-                           f"{validation.evals_since_best} evaluations")
+          progress.message(
+              f"step {step}: early stop, no val_loss improvement in "
+              f"{validation.evals_since_best} evaluations"
+          )
           break
         if now.stop:
           status = "stopped"
@@ -309,24 +416,39 @@ def _train(config, workdir: Path, stop_at_step: int | None, allow_changes: tuple
           window.settle(last_saved)
           _save(ckpt, config, step, state, validation, window, batches)
           last_saved = step
-        progress.message(f"step {step}: stopped by {preemption.signal}; checkpoint saved, rerun "
-                         "the same command to resume")
+        progress.message(
+            f"step {step}: stopped by {preemption.signal}; checkpoint saved, rerun "
+            "the same command to resume"
+        )
     finally:
-      with contextlib.ExitStack() as closing:   # each one closed even when another fails
-        for close in (lambda: pipeline.close(batches), ckpt.close, writer.close, progress.close,
-                      preemption.close, profile.close):
+      with contextlib.ExitStack() as closing:  # each one closed even when another fails
+        for close in (
+            lambda: pipeline.close(batches),
+            ckpt.close,
+            writer.close,
+            progress.close,
+            preemption.close,
+            profile.close,
+        ):
           closing.callback(close)
-  return {"status": status, "signal": preemption.signal, "step": step,
-          "total_steps": plan.total_steps,
-          "best_val_loss": validation.best_val_loss, "best_step": validation.best_step,
-          "last_val_loss": validation.last_val_loss, "last_checkpoint": last_saved,
-          "workdir": str(workdir)}
+  return {
+      "status": status,
+      "signal": preemption.signal,
+      "step": step,
+      "total_steps": plan.total_steps,
+      "best_val_loss": validation.best_val_loss,
+      "best_step": validation.best_step,
+      "last_val_loss": validation.last_val_loss,
+      "last_checkpoint": last_saved,
+      "workdir": str(workdir),
+  }
 
 
 def describe(summary: dict) -> str:
   """One line for the user from `train()`'s summary: how the run ended, where, its best step."""
   best = summary["best_val_loss"]
-  return (f"{summary['status']} at step {summary['step']}/{summary['total_steps']}"
-          + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None
-             else "")
-          + f"; workdir {summary['workdir']}")
+  return (
+      f"{summary['status']} at step {summary['step']}/{summary['total_steps']}"
+      + (f", best val_loss {best:.5f} (step {summary['best_step']})" if best is not None else "")
+      + f"; workdir {summary['workdir']}"
+  )

@@ -4,6 +4,7 @@ curriculum's mask ratio.
 `ValidationHistory.state_dict()` is the loop state stored in each checkpoint's meta (`loop`), so
 a resumed run continues the same early-stopping count and curriculum level.
 """
+
 from __future__ import annotations
 
 from xmae_jax.training import curriculum as curriculum_lib
@@ -24,8 +25,11 @@ class ValidationHistory:
   @classmethod
   def from_config(cls, config) -> "ValidationHistory":
     masking_config = config.get("masking") or {}
-    curriculum = (curriculum_lib.LadderCurriculum.from_config(masking_config)
-                  if masking_config.get("curriculum") else None)
+    curriculum = (
+        curriculum_lib.LadderCurriculum.from_config(masking_config)
+        if masking_config.get("curriculum")
+        else None
+    )
     return cls(config.train.early_stop_patience, curriculum)
 
   @property
@@ -48,20 +52,28 @@ class ValidationHistory:
       if self.curriculum.ratio != before:
         messages.append(f"step {step}: mask ratio {before:g} -> {self.curriculum.ratio:g}")
         self.evals_since_best = 0
-    messages.append(f"step {step}: val_loss {val_loss:.5f}" + (
-        " (best)" if improved else f" (best {self.best_val_loss:.5f} at step {self.best_step})"))
+    messages.append(
+        f"step {step}: val_loss {val_loss:.5f}"
+        + (" (best)" if improved else f" (best {self.best_val_loss:.5f} at step {self.best_step})")
+    )
     return messages
 
   def should_stop(self) -> bool:
     return self.evals_since_best > self.patience
 
   def state_dict(self) -> dict:
-    return {"best_val_loss": self.best_val_loss, "best_step": self.best_step,
-            "evals_since_best": self.evals_since_best, "last_val_loss": self.last_val_loss,
-            # The curriculum's state once it has seen a validation (before, the fresh one).
-            "curriculum": (self.curriculum.state_dict()
-                           if self.curriculum is not None and self.last_val_loss is not None
-                           else None)}
+    return {
+        "best_val_loss": self.best_val_loss,
+        "best_step": self.best_step,
+        "evals_since_best": self.evals_since_best,
+        "last_val_loss": self.last_val_loss,
+        # The curriculum's state once it has seen a validation (before, the fresh one).
+        "curriculum": (
+            self.curriculum.state_dict()
+            if self.curriculum is not None and self.last_val_loss is not None
+            else None
+        ),
+    }
 
   def load_state_dict(self, loop: dict) -> None:
     self.best_val_loss, self.best_step = loop["best_val_loss"], loop["best_step"]

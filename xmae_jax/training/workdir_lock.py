@@ -13,6 +13,7 @@ multi-process run only process 0 takes it (on a filesystem shared across hosts e
 would otherwise lock out the others), and its answer is broadcast so that every process of a
 refused run stops with the same line.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,15 +36,23 @@ def acquire(workdir, *, tool: str = "xmae-train") -> WorkdirLock:
   """Takes the workdir lock (process 0) or fails on every process with one line naming the
   holder. Every process of a run must call it."""
   import jax
+
   path = paths.path(workdir) / LOCK_FILE
   lock = locks.take(path) if jax.process_index() == 0 else WorkdirLock(path, None)
   ok = lock is not None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
   if not ok:
     if lock is not None:
       lock.release()
-    raise WorkdirBusyError(locks.refusal(workdir, path, "workdir", f"wait for that run to end "
-                                         f"or give {tool} another --workdir"))
+    raise WorkdirBusyError(
+        locks.refusal(
+            workdir,
+            path,
+            "workdir",
+            f"wait for that run to end " f"or give {tool} another --workdir",
+        )
+    )
   return lock

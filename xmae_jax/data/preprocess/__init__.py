@@ -30,6 +30,7 @@ Every name below is importable from this package (`preprocess.segment_recording`
 Every modality is windowed on the time axis at its own sampling rate, so multi-rate recordings
 (e.g. ECG at 250 Hz and PPG at 125 Hz) need no common rate before the 100-Hz resampling.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,19 +88,58 @@ from xmae_jax.data.preprocess.windows import union_stretches
 from xmae_jax.data.preprocess.windows import window_starts
 
 __all__ = [
-    "ABP_MIN_INTERVAL_S", "ABP_PROMINENCE", "ALIGN_MAX_DELAY_S", "ALIGN_MIN_BEATS",
-    "ALIGN_MIN_QUALITY", "DBP_RANGE", "HR_RANGE", "MIN_BEATS", "MIN_PULSE_PRESSURE",
-    "REQUIREMENTS", "SBP_RANGE", "SEGMENT_LENGTH", "SEGMENT_SECONDS", "TARGET_FS",
-    "LibraryVersionError", "PreprocessConfig", "PreprocessError", "Segment", "align_rows",
-    "alignment_note", "as_signal",
-    "bad_intervals", "blood_pressure", "check_row_length", "check_sampling_rate", "check_window",
+    "ABP_MIN_INTERVAL_S",
+    "ABP_PROMINENCE",
+    "ALIGN_MAX_DELAY_S",
+    "ALIGN_MIN_BEATS",
+    "ALIGN_MIN_QUALITY",
+    "DBP_RANGE",
+    "HR_RANGE",
+    "MIN_BEATS",
+    "MIN_PULSE_PRESSURE",
+    "REQUIREMENTS",
+    "SBP_RANGE",
+    "SEGMENT_LENGTH",
+    "SEGMENT_SECONDS",
+    "TARGET_FS",
+    "LibraryVersionError",
+    "PreprocessConfig",
+    "PreprocessError",
+    "Segment",
+    "align_rows",
+    "alignment_note",
+    "as_signal",
+    "bad_intervals",
+    "blood_pressure",
+    "check_row_length",
+    "check_sampling_rate",
+    "check_window",
     "clean",
-    "code_files", "derive_window_meta", "find_pulse_peaks", "find_rpeaks", "good_stretches",
-    "heart_rate", "heart_rate_from_peaks", "longest_run", "minmax", "next_pulse_delays",
-    "ppg_alignment", "ppg_shift", "prepare_aligned_rows", "prepare_for_inference", "pulse_delay",
-    "quality", "quality_fast",
-    "quality_vector", "resample", "runs", "segment_recording", "segment_recording_unbatched",
-    "templatematch", "union_stretches", "window_starts",
+    "code_files",
+    "derive_window_meta",
+    "find_pulse_peaks",
+    "find_rpeaks",
+    "good_stretches",
+    "heart_rate",
+    "heart_rate_from_peaks",
+    "longest_run",
+    "minmax",
+    "next_pulse_delays",
+    "ppg_alignment",
+    "ppg_shift",
+    "prepare_aligned_rows",
+    "prepare_for_inference",
+    "pulse_delay",
+    "quality",
+    "quality_fast",
+    "quality_vector",
+    "resample",
+    "runs",
+    "segment_recording",
+    "segment_recording_unbatched",
+    "templatematch",
+    "union_stretches",
+    "window_starts",
 ]
 
 

@@ -1,6 +1,7 @@
 """The PPG shift a dataset was prepared with, read back and applied to recordings given as
 arrays, so that `load_encoder().embed` and the exported encoders pair PPG and ECG as
 `xmae-prepare` paired them for training."""
+
 from __future__ import annotations
 
 import collections
@@ -39,14 +40,18 @@ def alignment_note(alignment: Mapping[str, Any], modalities) -> str:
   if "ppg" not in modalities or (align is None and not delay):
     return "none"
   if align is not None and "ecg" in modalities:
-    return (f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
-            f"the record's ECG; fixed {delay:g} s where too few clean beats)")
+    return (
+        f"per record: PPG moved so that R-peak to pulse peak is {align:g} s (measured on "
+        f"the record's ECG; fixed {delay:g} s where too few clean beats)"
+    )
   return f"fixed: PPG moved {delay:g} s earlier" + (
-      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else "")
+      " (per-record alignment needs the ECG, which is not embedded)" if align is not None else ""
+  )
 
 
-def align_rows(rows: Mapping[str, np.ndarray], fs: float, config: PreprocessConfig
-               ) -> tuple[list[dict[str, np.ndarray]], np.ndarray, str]:
+def align_rows(
+    rows: Mapping[str, np.ndarray], fs: float, config: PreprocessConfig
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray, str]:
   """Raw recordings given as arrays, one per row of each modality's (N, L) array (the same
   recordings), with each row's PPG moved earlier as `segment_recording` moves a recording's
   (`ppg_shift` under `config`: measured on the row's ECG when that is given, else the fixed
@@ -86,11 +91,15 @@ def align_rows(rows: Mapping[str, np.ndarray], fs: float, config: PreprocessConf
   return out, np.asarray(shifts, np.float64), note
 
 
-def prepare_aligned_rows(given: Mapping[str, np.ndarray], fs: float,
-                         alignment: Mapping[str, Any], *,
-                         prepare: Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]],
-                         as_prepared: Callable[[np.ndarray], bool],
-                         config: Callable[..., PreprocessConfig]):
+def prepare_aligned_rows(
+    given: Mapping[str, np.ndarray],
+    fs: float,
+    alignment: Mapping[str, Any],
+    *,
+    prepare: Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]],
+    as_prepared: Callable[[np.ndarray], bool],
+    config: Callable[..., PreprocessConfig],
+):
   """Every given modality's (N, L) rows -> windows, the PPG moved first under `alignment` (not
   for rows taken as prepared windows): ({modality: windows}, source row of each window, PPG
   shift of each window in seconds, what was applied in words). The JAX and the PyTorch encoder
@@ -100,9 +109,13 @@ def prepare_aligned_rows(given: Mapping[str, np.ndarray], fs: float,
   note = alignment_note(alignment, tuple(given))
   if note == "none" or not len(first) or as_prepared(first):
     prepared = {m: prepare(a, m) for m, a in given.items()}
-    rows = next(iter(prepared.values()))[1]    # the same for every modality: same shape, fs
-    return ({m: w for m, (w, _) in prepared.items()}, rows, np.zeros(len(rows)),
-            "none" if note == "none" else "none (rows taken as prepared windows)")
+    rows = next(iter(prepared.values()))[1]  # the same for every modality: same shape, fs
+    return (
+        {m: w for m, (w, _) in prepared.items()},
+        rows,
+        np.zeros(len(rows)),
+        "none" if note == "none" else "none (rows taken as prepared windows)",
+    )
   preprocess_config = config(**alignment)
   check_row_length(first.shape, fs, preprocess_config)
   recordings, shifts, note = align_rows(given, fs, preprocess_config)

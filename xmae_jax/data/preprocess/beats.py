@@ -6,6 +6,7 @@ find_rpeaks and find_pulse_peaks are NeuroKit2's ecg_peaks (method 'neurokit') a
 (method 'elgendi'), run as fast.ecg_findpeaks / fast.ppg_findpeaks. Preparation (heart rate,
 quality, PPG alignment) and evaluation (reconstruction timing, its ceiling) both use them.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ from xmae_jax.data.preprocess.config import ALIGN_MAX_DELAY_S
 from xmae_jax.data.preprocess.config import ALIGN_MIN_BEATS
 from xmae_jax.data.preprocess.config import ALIGN_MIN_QUALITY
 
-HR_RANGE = (20.0, 300.0)          # bpm; outside it the R-peaks found are not a heart rhythm
+HR_RANGE = (20.0, 300.0)  # bpm; outside it the R-peaks found are not a heart rhythm
 MIN_BEATS = 3
 
 

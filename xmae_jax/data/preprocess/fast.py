@@ -20,6 +20,7 @@ scipy_peak_finding() is the one place that reaches them, and it raises LibraryVe
 the versions above if scipy moves them. scipy and NeuroKit are imported inside the functions:
 importing the package stays light for callers that only need minmax.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,10 @@ class LibraryVersionError(XmaeError):
 @functools.lru_cache(maxsize=256)
 def _butterworth(order: int, freqs: float | tuple[float, float], btype: str, fs: float):
   from scipy import signal  # heavy import, see the module docstring
-  return signal.butter(order, list(freqs) if isinstance(freqs, tuple) else freqs, btype=btype,
-                       output="sos", fs=fs)
+
+  return signal.butter(
+      order, list(freqs) if isinstance(freqs, tuple) else freqs, btype=btype, output="sos", fs=fs
+  )
 
 
 def clean_filters(x: np.ndarray, fs: float, modality: str, method: str) -> np.ndarray | None:
@@ -47,6 +50,7 @@ def clean_filters(x: np.ndarray, fs: float, modality: str, method: str) -> np.nd
   or of each row of a 2-D one (sosfiltfilt/filtfilt filter rows independently with the same
   arithmetic); None for another method, which only NeuroKit computes."""
   from scipy import signal  # heavy import, see the module docstring
+
   if modality == "ecg" and method in ("neurokit", "nk", "nk2", "neurokit2"):
     # 0.5 Hz order-5 high-pass, then a moving average one 50-Hz period wide (both zero-phase)
     y = signal.sosfiltfilt(_butterworth(5, 0.5, "highpass", fs), x)
@@ -67,10 +71,12 @@ def scipy_peak_finding():
     from scipy.signal._peak_finding_utils import _peak_prominences
   except ImportError:
     import scipy
+
     raise LibraryVersionError(
         f"scipy {scipy.__version__} has no scipy.signal._peak_finding_utils._local_maxima_1d "
         f"and _peak_prominences, which the preprocessing's peak finders call (they match "
-        f"{MATCHED_VERSIONS}): install the scipy of constraints.txt") from None
+        f"{MATCHED_VERSIONS}): install the scipy of constraints.txt"
+    ) from None
   return _local_maxima_1d, _peak_prominences
 
 
@@ -81,8 +87,10 @@ def ecg_findpeaks(x: np.ndarray, fs: float) -> np.ndarray:
   smooth, avg = int(np.rint(0.1 * fs)), int(np.rint(0.75 * fs))
   if not (1 <= smooth <= len(x) and 1 <= avg <= len(x)):
     import neurokit2 as nk  # heavy import, see the module docstring
+
     return nk.ecg_findpeaks(x, sampling_rate=fs, method="neurokit")["ECG_R_Peaks"]
   from scipy import ndimage  # heavy import, see the module docstring
+
   smoothgrad = ndimage.uniform_filter1d(np.abs(np.gradient(x)), smooth, mode="nearest")
   qrs = smoothgrad > 1.5 * ndimage.uniform_filter1d(smoothgrad, avg, mode="nearest")
   beg = np.where(np.logical_and(np.logical_not(qrs[0:-1]), qrs[1:]))[0]
@@ -103,16 +111,18 @@ def ppg_findpeaks(x: np.ndarray, fs: float) -> np.ndarray:
   peak_k, beat_k = int(np.rint(0.111 * fs)), int(np.rint(0.667 * fs))
   if not (1 <= peak_k <= len(x) and 1 <= beat_k <= len(x)):
     import neurokit2 as nk  # heavy import, see the module docstring
+
     return nk.ppg_findpeaks(x, sampling_rate=fs, method="elgendi")["PPG_Peaks"]
   from scipy import ndimage  # heavy import, see the module docstring
+
   positive = x.copy()
   positive[positive < 0] = 0
-  sqrd = positive ** 2
+  sqrd = positive**2
   ma_peak = ndimage.uniform_filter1d(sqrd, peak_k, mode="nearest")
   waves = ma_peak > ndimage.uniform_filter1d(sqrd, beat_k, mode="nearest") + 0.02 * np.mean(sqrd)
   beg = np.where(np.logical_and(np.logical_not(waves[0:-1]), waves[1:]))[0]
   end = np.where(np.logical_and(waves[0:-1], np.logical_not(waves[1:])))[0]
-  end = end[end > beg[0]]                          # no wave at all raises, as NeuroKit's
+  end = end[end > beg[0]]  # no wave at all raises, as NeuroKit's
   num = min(beg.size, end.size)
   return _most_prominent_peaks(x, beg[:num], end[:num], peak_k, int(np.rint(0.3 * fs)))
 
@@ -122,7 +132,7 @@ def _most_prominent_peaks(x, begs, ends, min_len, min_delay) -> np.ndarray:
   scipy.signal.find_peaks(x[beg:end], prominence=(None, None)) finds and measures them), kept
   when more than min_delay samples after the last kept one."""
   local_maxima, prominences = scipy_peak_finding()
-  x = np.ascontiguousarray(x, dtype=np.float64)     # filtfilt returns a reversed view
+  x = np.ascontiguousarray(x, dtype=np.float64)  # filtfilt returns a reversed view
   peaks = [0]
   for beg, end in zip(begs, ends):
     if end - beg < min_len:
@@ -143,8 +153,8 @@ def mean_rate(peaks: np.ndarray, fs: float, n: int) -> float:
   period = np.ediff1d(peaks, to_begin=0) / fs
   period[0] = np.mean(period[1:])
   per_sample = pchip(peaks.astype(np.float64), period, n)
-  per_sample[:peaks[0]] = per_sample[peaks[0]]
-  per_sample[peaks[-1] + 1:] = per_sample[peaks[-1]]
+  per_sample[: peaks[0]] = per_sample[peaks[0]]
+  per_sample[peaks[-1] + 1 :] = per_sample[peaks[-1]]
   return np.mean(60 / per_sample)
 
 
@@ -157,6 +167,7 @@ def pchip(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
   the arithmetic for the ~10-beat windows here.
   """
   from scipy import interpolate  # heavy import, see the module docstring
+
   hk = x[1:] - x[:-1]
   mk = (y[1:] - y[:-1]) / hk
   smk = np.sign(mk)
@@ -185,8 +196,9 @@ def _pchip_edge(h0, h1, m0, m1):
   return d
 
 
-def beat_correlations(x: np.ndarray, peaks: np.ndarray, rate: float,
-                      fs: float) -> tuple[np.ndarray, np.ndarray] | None:
+def beat_correlations(
+    x: np.ndarray, peaks: np.ndarray, rate: float, fs: float
+) -> tuple[np.ndarray, np.ndarray] | None:
   """The per-beat step of NeuroKit's signal_quality(method='templatematch'), vectorized: (peak
   of each whole beat but the last, its correlation with the template, in [-1, 1]); None when
   float rounding gives beats of unequal length (NeuroKit handles that rare case itself).
@@ -214,8 +226,9 @@ def beat_correlations(x: np.ndarray, peaks: np.ndarray, rate: float,
   return cycles[:-1], np.clip(cc, -1, 1)
 
 
-def templatematch_fast(x: np.ndarray, fs: float, modality: str,
-                       peaks: np.ndarray | None = None) -> np.ndarray | None:
+def templatematch_fast(
+    x: np.ndarray, fs: float, modality: str, peaks: np.ndarray | None = None
+) -> np.ndarray | None:
   """nk.<modality>_quality(x, fs, method='templatematch') of a cleaned window, from `peaks` (the
   finder's result on x) or, when not given, from ecg_findpeaks/ppg_findpeaks (raising where they
   raise). None for what only NeuroKit handles: shorter than 4 s, 3 peaks or fewer, beats of

@@ -1,6 +1,7 @@
 """Model inputs from raw signals, as `load_encoder().embed` and the exported encoders take them:
 (N, L) at any rate -> windowed as xmae-prepare windows a recording, each window resampled and
 min-max normalized -> (N', segment_length) float32."""
+
 from __future__ import annotations
 
 import collections
@@ -25,17 +26,27 @@ def check_row_length(shape: tuple[int, int], fs: float, config: PreprocessConfig
   fs = check_sampling_rate(fs, "input", config.min_fs)
   if len(window_starts(shape[1] / fs, config)):
     return
-  hint = ("; embed takes (N, L), one segment per row: is the array transposed?"
-          if len(window_starts(shape[0] / fs, config)) else "")
+  hint = (
+      "; embed takes (N, L), one segment per row: is the array transposed?"
+      if len(window_starts(shape[0] / fs, config))
+      else ""
+  )
   raise PreprocessError(
       f"wrong shape: input {tuple(shape)} has rows of {shape[1]} samples "
       f"({shape[1] / fs:.3g} s at {fs:g} Hz), shorter than one {config.segment_seconds:g}-s "
-      f"window ({math.ceil(config.segment_seconds * fs)} samples at {fs:g} Hz){hint}")
+      f"window ({math.ceil(config.segment_seconds * fs)} samples at {fs:g} Hz){hint}"
+  )
 
 
-def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None = None,
-                          modality: str | None = None, clean_signal: bool = False,
-                          return_index: bool = False):
+def prepare_for_inference(
+    x: Any,
+    fs: float,
+    *,
+    config: PreprocessConfig | None = None,
+    modality: str | None = None,
+    clean_signal: bool = False,
+    return_index: bool = False,
+):
   """Raw (N, L) or (L,) signals at any fs -> (N', segment_length) float32 model inputs.
 
   Each row is a recording windowed as `segment_recording` windows one: windows of
@@ -59,9 +70,9 @@ def prepare_for_inference(x: Any, fs: float, *, config: PreprocessConfig | None 
   check_row_length(a.shape, fs, config)
   starts = window_starts(a.shape[1] / fs, config)
   n = int(round(config.segment_seconds * fs))
-  pieces = [row[int(round(t0 * fs)):int(round(t0 * fs)) + n] for row in a for t0 in starts]
+  pieces = [row[int(round(t0 * fs)) : int(round(t0 * fs)) + n] for row in a for t0 in starts]
   by_length: dict[int, list[int]] = collections.defaultdict(list)
-  for k, piece in enumerate(pieces):      # rounding can leave a last window one sample short
+  for k, piece in enumerate(pieces):  # rounding can leave a last window one sample short
     by_length[len(piece)].append(k)
   out = np.empty((len(pieces), config.segment_length), np.float64)
   for ks in by_length.values():

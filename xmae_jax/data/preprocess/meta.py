@@ -1,5 +1,6 @@
 """Per-window meta derived from the signals: the window's place in its recording and the time to
 its alarm, heart rate from the ECG, systolic and diastolic pressure from an arterial line."""
+
 from __future__ import annotations
 
 import collections
@@ -37,12 +38,14 @@ def blood_pressure(abp: np.ndarray, fs: float) -> tuple[float, float, str | None
   SBP_RANGE / DBP_RANGE). NaN runs and flat lines are the caller's (check_window) to reject.
   """
   from scipy import signal  # heavy import, kept local so readers stay light
+
   x = np.asarray(abp, np.float64)
   lo, hi = np.percentile(x, [5, 95])
   if hi - lo < MIN_PULSE_PRESSURE:
     return math.nan, math.nan, "damped"
-  peaks, _ = signal.find_peaks(x, distance=max(1, int(round(ABP_MIN_INTERVAL_S * fs))),
-                               prominence=ABP_PROMINENCE * (hi - lo))
+  peaks, _ = signal.find_peaks(
+      x, distance=max(1, int(round(ABP_MIN_INTERVAL_S * fs))), prominence=ABP_PROMINENCE * (hi - lo)
+  )
   if len(peaks) < MIN_BEATS:
     return math.nan, math.nan, "too_few_beats"
   troughs = [a + int(np.argmin(x[a:b])) for a, b in zip(peaks[:-1], peaks[1:])]
@@ -54,10 +57,15 @@ def blood_pressure(abp: np.ndarray, fs: float) -> tuple[float, float, str | None
   return sbp, dbp, None
 
 
-def derive_window_meta(seg: Segment, config: PreprocessConfig, *, given: set[str],
-                       hr: tuple[float, str | None] | None,
-                       extra: Mapping[str, tuple[np.ndarray, float]],
-                       stats: collections.Counter) -> None:
+def derive_window_meta(
+    seg: Segment,
+    config: PreprocessConfig,
+    *,
+    given: set[str],
+    hr: tuple[float, str | None] | None,
+    extra: Mapping[str, tuple[np.ndarray, float]],
+    stats: collections.Counter,
+) -> None:
   """Adds what is derived per window to seg.meta (keys the source gives, `given`, are kept):
 
   window_start_s  the window's start in its recording (s)
@@ -88,12 +96,13 @@ def derive_window_meta(seg: Segment, config: PreprocessConfig, *, given: set[str
     _count(stats, "sbp_dbp", reason)
 
 
-def _extra_window(x: np.ndarray, fs: float, t0: float,
-                  config: PreprocessConfig) -> tuple[np.ndarray | None, str | None]:
+def _extra_window(
+    x: np.ndarray, fs: float, t0: float, config: PreprocessConfig
+) -> tuple[np.ndarray | None, str | None]:
   """The window at t0 of a raw extra channel, after check_window; (None, reason) if unusable."""
   fs = float(fs)
   a, n = int(round(t0 * fs)), int(round(config.segment_seconds * fs))
-  w = np.asarray(x[a:a + n], np.float64)
+  w = np.asarray(x[a : a + n], np.float64)
   if len(w) < n:
     return None, "missing"
   return check_window(w, fs, config)

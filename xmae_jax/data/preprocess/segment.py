@@ -1,5 +1,6 @@
 """The whole path for one continuous recording: cuts, windows, per-window decisions, PPG
 shift, meta and labels -> prepared segments and a Counter of what was dropped and why."""
+
 from __future__ import annotations
 
 import collections
@@ -53,12 +54,21 @@ def segment_recording(
   quality computed by quality_fast (BatchedSteps); the result equals
   segment_recording_unbatched's.
   """
-  return segment_with(BatchedSteps, signals, config, meta=meta, labels=labels, events=events,
-                      series=series, extra=extra)
+  return segment_with(
+      BatchedSteps,
+      signals,
+      config,
+      meta=meta,
+      labels=labels,
+      events=events,
+      series=series,
+      extra=extra,
+  )
 
 
-def segment_with(steps_class, signals, config, *, meta=None, labels=None, events=None,
-                 series=None, extra=None):
+def segment_with(
+    steps_class, signals, config, *, meta=None, labels=None, events=None, series=None, extra=None
+):
   """segment_recording with `steps_class` computing each window's checks, quality, resampled
   signals and heart rate: a class taking (present, starts, config, required) with methods
   check(m, k), quality(m, k), resampled(m, k) and heart_rate(k), as BatchedSteps. The
@@ -75,7 +85,7 @@ def segment_with(steps_class, signals, config, *, meta=None, labels=None, events
   shift = ppg_shift(present, config, steps_class, stats) if "ppg" in present else 0.0
   if shift:
     x, fs = present["ppg"]
-    present["ppg"] = (x[int(round(shift * fs)):], fs)
+    present["ppg"] = (x[int(round(shift * fs)) :], fs)
   duration = min(len(x) / fs for x, fs in present.values())
   required = REQUIREMENTS[config.modalities]
   # Long NaN runs and flat lines (MIMIC gaps, leads off) are cut out first; windows are laid
@@ -89,9 +99,9 @@ def segment_with(steps_class, signals, config, *, meta=None, labels=None, events
           stats[f"cut/{reason}_{m}"] += len(iv)
           stats[f"cut_seconds/{reason}_{m}"] += float(np.sum(iv[:, 1] - iv[:, 0]))
           bad[m].append(iv)
-  if required:       # a window needs every required modality: what any of them lacks is cut
+  if required:  # a window needs every required modality: what any of them lacks is cut
     stretches = good_stretches(duration, [iv for ivs in bad.values() for iv in ivs])
-  else:              # "any": a window needs one modality, so only what all of them lack is cut
+  else:  # "any": a window needs one modality, so only what all of them lack is cut
     stretches = union_stretches([good_stretches(duration, ivs) for ivs in bad.values()])
   starts = []
   for a, b in stretches:
@@ -100,7 +110,7 @@ def segment_with(steps_class, signals, config, *, meta=None, labels=None, events
     stats["dropped/too_short"] += 1
     return [], stats
   steps = steps_class(present, [float(t) for t in starts], config, required)
-  given = set(meta or {}) | set(series or {})        # what the source says is kept as it is
+  given = set(meta or {}) | set(series or {})  # what the source says is kept as it is
   channels = {name: c for name, c in (extra or {}).items() if name not in present}
   out = []
   for k, t0 in enumerate(starts):
@@ -117,8 +127,14 @@ def segment_with(steps_class, signals, config, *, meta=None, labels=None, events
       inside = (times >= t0) & (times < t1)
       if inside.any():
         seg.meta[name] = float(np.mean(values[inside]))
-    derive_window_meta(seg, config, given=given, extra=channels, stats=stats,
-                       hr=steps.heart_rate(k) if "ecg" in present else None)
+    derive_window_meta(
+        seg,
+        config,
+        given=given,
+        extra=channels,
+        stats=stats,
+        hr=steps.heart_rate(k) if "ecg" in present else None,
+    )
     seg.labels.update(labels or {})
     for name, iv in (events or {}).items():
       iv = np.asarray(iv, float).reshape(-1, 2)
@@ -134,8 +150,9 @@ def ppg_shift(present, config: PreprocessConfig, steps_class, stats) -> float:
   'ppg_shift/fallback' (too few clean beats), 'ppg_shift/clipped', and the seconds moved."""
   if config.ppg_align_seconds is None or "ecg" not in present:
     return float(config.ppg_delay_seconds)
-  as_recorded = dataclasses.replace(config, ppg_align_seconds=None, ppg_delay_seconds=0.0,
-                                    min_quality=None)
+  as_recorded = dataclasses.replace(
+      config, ppg_align_seconds=None, ppg_delay_seconds=0.0, min_quality=None
+  )
   segments, _ = segment_with(steps_class, present, as_recorded)
   delay = beats.pulse_delay(segments, config.target_fs)
   if delay is None:
@@ -150,8 +167,7 @@ def ppg_shift(present, config: PreprocessConfig, steps_class, stats) -> float:
   return shift
 
 
-def one_window(present, k, t0, config, required, stats,
-               steps) -> tuple[Segment | None, str | None]:
+def one_window(present, k, t0, config, required, stats, steps) -> tuple[Segment | None, str | None]:
   """The decisions for window k; `steps` computes its checks, quality and resampled signal."""
   for m in required:
     if m not in present:
@@ -193,9 +209,9 @@ class BatchedSteps:
       n = int(round(config.segment_seconds * fs))
       for k, t0 in enumerate(starts):
         a = int(round(t0 * fs))
-        self.windows[m, k], self.reasons[m, k] = check_window(x[a:a + n], fs, config)
+        self.windows[m, k], self.reasons[m, k] = check_window(x[a : a + n], fs, config)
     if any(m not in present for m in required):
-      return                                       # every window is dropped as missing_<m>
+      return  # every window is dropped as missing_<m>
     for i, (m, (x, fs)) in enumerate(present.items()):
       # one_window stops at the first required modality whose check fails
       earlier = [e for e in list(present)[:i] if e in required]
@@ -212,12 +228,14 @@ class BatchedSteps:
     fs, config = self.present[m][1], self.config
     if m != "ecg":
       hr, peaks = None, None
-    else:              # the R-peaks quality_fast looks for also give the window's heart rate
+    else:  # the R-peaks quality_fast looks for also give the window's heart rate
       found = beats.find_rpeaks(cleaned, fs)
       hr, peaks = beats.heart_rate_from_peaks(found, fs), found if len(found) else None
-    return (quality_fast(cleaned, fs, m, config, peaks=peaks),
-            resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method),
-            hr)
+    return (
+        quality_fast(cleaned, fs, m, config, peaks=peaks),
+        resample(cleaned, fs, config.target_fs, config.segment_length, config.resample_method),
+        hr,
+    )
 
   def check(self, m, k):
     return self.reasons[m, k]
@@ -228,7 +246,7 @@ class BatchedSteps:
     return self.results["ecg", k][2]
 
   def quality(self, m, k):
-    if (m, k) not in self.results:                 # not foreseen above: compute it alone
+    if (m, k) not in self.results:  # not foreseen above: compute it alone
       c = clean_rows(self.windows[m, k][None], self.present[m][1], m, self.config)[0]
       self.results[m, k] = self._finish(m, c)
     return self.results[m, k][0]

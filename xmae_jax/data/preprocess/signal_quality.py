@@ -5,6 +5,7 @@ quality() is the definition (NeuroKit's peak detection and rate); quality_fast()
 result through the re-implementations in fast.py and falls back to quality() for anything
 unusual, so its result is always quality()'s.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -17,8 +18,9 @@ from xmae_jax.data.preprocess.config import PreprocessError
 from xmae_jax.data.record import MODALITIES
 
 
-def quality(cleaned: np.ndarray, fs: float, modality: str,
-            config: PreprocessConfig) -> tuple[float, str | None]:
+def quality(
+    cleaned: np.ndarray, fs: float, modality: str, config: PreprocessConfig
+) -> tuple[float, str | None]:
   """(percentile of template-match quality, None), or (0.0, reason) when it cannot be computed.
 
   Too few beats (NeuroKit raises, or every correlation is NaN) gives 0.0 so that the default
@@ -27,8 +29,14 @@ def quality(cleaned: np.ndarray, fs: float, modality: str,
   return _summarize(lambda: quality_vector(cleaned, fs, modality, config.quality_method), config)
 
 
-def quality_fast(cleaned: np.ndarray, fs: float, modality: str, config: PreprocessConfig, *,
-                 peaks: np.ndarray | None = None) -> tuple[float, str | None]:
+def quality_fast(
+    cleaned: np.ndarray,
+    fs: float,
+    modality: str,
+    config: PreprocessConfig,
+    *,
+    peaks: np.ndarray | None = None,
+) -> tuple[float, str | None]:
   """quality() with the same result, computed without NeuroKit's per-call overhead.
 
   The peak finders NeuroKit's ecg_peaks/ppg_peaks call, its rate and its 'previous'
@@ -66,13 +74,15 @@ def _summarize(vector, config: PreprocessConfig) -> tuple[float, str | None]:
   return float(np.clip(np.percentile(q, config.quality_percentile), -1.0, 1.0)), None
 
 
-def quality_vector(cleaned: np.ndarray, fs: float, modality: str,
-                   method: str = "templatematch") -> np.ndarray:
+def quality_vector(
+    cleaned: np.ndarray, fs: float, modality: str, method: str = "templatematch"
+) -> np.ndarray:
   """Per-sample quality as nk.ecg_quality / nk.ppg_quality(method) return it.
 
   'templatematch' runs NeuroKit's own peak detection and rate estimate, then templatematch().
   """
   import neurokit2 as nk  # heavy import, kept local so readers stay light
+
   if method != "templatematch":
     fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
     return np.asarray(fn(cleaned, sampling_rate=fs, method=method), float)
@@ -96,6 +106,7 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
   correlation with the template, held until the next beat.
   """
   import neurokit2 as nk  # heavy import, kept local so readers stay light
+
   n = len(x)
   if n < fs * 4:
     raise ValueError("The data length is too small to be segmented.")
@@ -108,5 +119,4 @@ def templatematch(x: np.ndarray, peaks: np.ndarray, fs: float, modality: str) ->
     fn = {"ecg": nk.ecg_quality, "ppg": nk.ppg_quality}[modality]
     return np.asarray(fn(x, peaks, sampling_rate=fs, method="templatematch"), float)
   cycles, cc = beats
-  return np.asarray(nk.signal_interpolate(cycles, cc, x_new=np.arange(n), method="previous"),
-                    float)
+  return np.asarray(nk.signal_interpolate(cycles, cc, x_new=np.arange(n), method="previous"), float)

@@ -1,5 +1,6 @@
 """What is done to a window's samples: NeuroKit2 cleaning at the source rate, resampling to
 target_fs, and per-segment min-max to [-1, 1]."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,6 +24,7 @@ def clean(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig) -> 
     if filtered is not None:
       return filtered
   import neurokit2 as nk  # heavy import, kept local so readers stay light
+
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     if modality == "ecg":
@@ -42,11 +44,17 @@ def clean_rows(x: np.ndarray, fs: float, modality: str, config: PreprocessConfig
   return np.stack([clean(row, fs, modality, config) for row in x])
 
 
-def resample(x: np.ndarray, fs: float, target_fs: float, length: int | None = None,
-             method: str = "interpolation") -> np.ndarray:
+def resample(
+    x: np.ndarray,
+    fs: float,
+    target_fs: float,
+    length: int | None = None,
+    method: str = "interpolation",
+) -> np.ndarray:
   """Resamples to target_fs (or exactly `length` samples) with nk.signal_resample
   ('interpolation' = scipy.ndimage.zoom, as the reference)."""
   import neurokit2 as nk  # heavy import, kept local so readers stay light
+
   n = int(round(len(x) * target_fs / fs)) if length is None else int(length)
   if n == len(x):
     return np.asarray(x, float)

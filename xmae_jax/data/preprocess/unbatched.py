@@ -6,6 +6,7 @@ records. It stays in the library, not beside that test, because `python -m
 xmae_jax.benchmarks prepare` measures it next to segment_recording (its 'ours_unbatched' side,
 BENCHMARKS.md).
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,9 +25,9 @@ from xmae_jax.data.preprocess.transforms import resample
 from xmae_jax.data.preprocess.windows import check_window
 
 
-def segment_recording_unbatched(signals: Mapping[str, tuple[np.ndarray, float]],
-                                config: PreprocessConfig,
-                                **options) -> tuple[list[Segment], collections.Counter]:
+def segment_recording_unbatched(
+    signals: Mapping[str, tuple[np.ndarray, float]], config: PreprocessConfig, **options
+) -> tuple[list[Segment], collections.Counter]:
   """segment_recording (same arguments and result), one window at a time (WindowSteps)."""
   return segment_with(WindowSteps, signals, config, **options)
 
@@ -43,7 +44,7 @@ class WindowSteps:
     x, fs = self.present[m]
     a = int(round(self.starts[k] * fs))
     n = int(round(self.config.segment_seconds * fs))
-    w, reason = check_window(x[a:a + n], fs, self.config)
+    w, reason = check_window(x[a : a + n], fs, self.config)
     self.windows[m, k] = w
     return reason
 
@@ -54,8 +55,13 @@ class WindowSteps:
 
   def resampled(self, m, k):
     c = self.cleaned[m, k]
-    return resample(c, self.present[m][1], self.config.target_fs, self.config.segment_length,
-                    self.config.resample_method)
+    return resample(
+        c,
+        self.present[m][1],
+        self.config.target_fs,
+        self.config.segment_length,
+        self.config.resample_method,
+    )
 
   def heart_rate(self, k):
     if ("ecg", k) not in self.cleaned:

@@ -1,5 +1,6 @@
 """Where windows go: input checks, the cuts (long NaN runs, flat lines), the good stretches left
 between them, window start times, and the per-window check of what the cuts let through."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,9 @@ def longest_run(mask: np.ndarray) -> int:
   return int((np.flatnonzero(d == -1) - np.flatnonzero(d == 1)).max())
 
 
-def check_window(x: np.ndarray, fs: float, config: PreprocessConfig) -> tuple[np.ndarray | None,
-                                                                               str | None]:
+def check_window(
+    x: np.ndarray, fs: float, config: PreprocessConfig
+) -> tuple[np.ndarray | None, str | None]:
   """(repaired window, None) or (None, reason): 'nan_run' or 'flat_line'."""
   bad = ~np.isfinite(x)
   if bad.any():

@@ -10,6 +10,7 @@ Every reader module provides:
   read(unit, options) -> iterator of Recording | Missing
 Readers return raw signals at their own rates; all preprocessing is in xmae_jax.data.preprocess.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ class Recording:
   non_numeric: modality -> number of cells that held text and were read as missing (NaN), so
            the report can say so instead of the values silently becoming gaps.
   """
+
   subject_id: str
   name: str
   signals: dict[str, tuple[np.ndarray, float]]
@@ -71,6 +73,7 @@ class Recording:
 @dataclasses.dataclass
 class Missing:
   """A file (or part of one) that the input refers to but that cannot be used."""
+
   path: str
   reason: str
 
@@ -88,11 +91,17 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = tuple(
     importlib.import_module(name).add_arguments(parser)
 
 
-def option(default: Any, help: str | None = None, *, type: Callable | None = None,
-           choices: Iterable[str] | None = None) -> Any:
+def option(
+    default: Any,
+    help: str | None = None,
+    *,
+    type: Callable | None = None,
+    choices: Iterable[str] | None = None,
+) -> Any:
   """A field of a reader's Options: its default, and its flag's help, parser and choices."""
-  return dataclasses.field(default=default,
-                           metadata={"help": help, "type": type, "choices": choices})
+  return dataclasses.field(
+      default=default, metadata={"help": help, "type": type, "choices": choices}
+  )
 
 
 def add_option_arguments(parser: argparse.ArgumentParser, title: str, options: type) -> None:

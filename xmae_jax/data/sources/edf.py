@@ -10,6 +10,7 @@ its extension, or with `--edf-subject patient` the EDF+ header's patient code (w
 one; 'X' means unknown), so that several nights of one person share a subject. An EDF+D
 (discontinuous) file is read as if its data records were contiguous.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,12 +36,19 @@ INSTALL_HINT = "pip install xmae-jax[edf]"
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  edf_ecg_names: str = option(DEFAULT_ECG_NAMES, "ECG channel labels in order of preference "
-                              "(comma-separated, case-insensitive)")
-  edf_ppg_names: str = option(DEFAULT_PPG_NAMES, "PPG channel labels in order of preference "
-                              "(comma-separated, case-insensitive)")
-  edf_subject: str = option(SUBJECT_FROM[0], "subject of a file: its name, or the EDF+ patient "
-                            "code", choices=SUBJECT_FROM)
+  edf_ecg_names: str = option(
+      DEFAULT_ECG_NAMES,
+      "ECG channel labels in order of preference " "(comma-separated, case-insensitive)",
+  )
+  edf_ppg_names: str = option(
+      DEFAULT_PPG_NAMES,
+      "PPG channel labels in order of preference " "(comma-separated, case-insensitive)",
+  )
+  edf_subject: str = option(
+      SUBJECT_FROM[0],
+      "subject of a file: its name, or the EDF+ patient " "code",
+      choices=SUBJECT_FROM,
+  )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +59,9 @@ def _pyedflib():
   try:
     import pyedflib
   except ImportError:
-    raise SourceError("missing dependency",
-                      f"reading EDF needs pyedflib ({INSTALL_HINT})") from None
+    raise SourceError(
+        "missing dependency", f"reading EDF needs pyedflib ({INSTALL_HINT})"
+    ) from None
   return pyedflib
 
 
@@ -60,8 +69,9 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   _pyedflib()
   subject_from = options_of(Options, options).edf_subject
   if subject_from not in SUBJECT_FROM:
-    raise SourceError("bad option", f"--edf-subject {subject_from!r}: choose "
-                      f"{' or '.join(SUBJECT_FROM)}")
+    raise SourceError(
+        "bad option", f"--edf-subject {subject_from!r}: choose " f"{' or '.join(SUBJECT_FROM)}"
+    )
   if not path:
     raise SourceError("missing input", "--input is required for edf")
   p = Path(path)
@@ -81,24 +91,31 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   try:
     f = pyedflib.EdfReader(str(path))
   except Exception as e:  # OSError with pyedflib's reason for a malformed or truncated file
-    raise SourceError("unreadable", f"{path}: {type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    raise SourceError(
+        "unreadable", f"{path}: {type(e).__name__}: " f"{str(e).splitlines()[0] if str(e) else ''}"
+    ) from None
   try:
     labels = [str(s).strip() for s in f.getSignalLabels()]
     opts = options_of(Options, options)
-    chosen = {m: pick_channel(labels, names)
-              for m, names in (("ecg", opts.edf_ecg_names), ("ppg", opts.edf_ppg_names))}
+    chosen = {
+        m: pick_channel(labels, names)
+        for m, names in (("ecg", opts.edf_ecg_names), ("ppg", opts.edf_ppg_names))
+    }
     chosen = {m: i for m, i in chosen.items() if i is not None}
     if not chosen:
-      raise SourceError("missing channel", f"{path}: no ECG or PPG channel (channels: "
-                        f"{', '.join(labels) or 'none'}; choose with --edf-ecg-names / "
-                        f"--edf-ppg-names)")
+      raise SourceError(
+          "missing channel",
+          f"{path}: no ECG or PPG channel (channels: "
+          f"{', '.join(labels) or 'none'}; choose with --edf-ecg-names / "
+          f"--edf-ppg-names)",
+      )
     signals = {}
     for m, i in chosen.items():
       fs = float(f.getSampleFrequency(i))
       if not np.isfinite(fs) or fs <= 0:
-        raise SourceError("unknown sampling rate", f"{path}: channel {labels[i]!r} gives "
-                          f"fs={fs}")
+        raise SourceError(
+            "unknown sampling rate", f"{path}: channel {labels[i]!r} gives " f"fs={fs}"
+        )
       signals[m] = (np.asarray(f.readSignal(i), np.float64), fs)
     subject = path.stem
     if opts.edf_subject == "patient":
@@ -107,13 +124,17 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
         subject = code
   finally:
     f.close()
-  yield Recording(subject_id=subject, name=path.stem, signals=signals,
-                  meta={f"{m}_channel": labels[i] for m, i in chosen.items()})
+  yield Recording(
+      subject_id=subject,
+      name=path.stem,
+      signals=signals,
+      meta={f"{m}_channel": labels[i] for m, i in chosen.items()},
+  )
 
 
 def pick_channel(labels: list[str], names: str) -> int | None:
   """The index of the first of the comma-separated `names` among the channel `labels`."""
-  index = {l.upper(): i for i, l in reversed(list(enumerate(labels)))}   # first one wins
+  index = {l.upper(): i for i, l in reversed(list(enumerate(labels)))}  # first one wins
   for name in (n.strip().upper() for n in str(names).split(",")):
     if name and name in index:
       return index[name]

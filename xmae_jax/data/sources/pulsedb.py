@@ -9,6 +9,7 @@ as numeric matrices (a scalar struct; MATLAB's N x L appears transposed as (L, N
 Subjects are named like the reference: '<dataset>_<SubjectID>', dataset 'mimic' or 'vital' from
 the folder name PulseDB_MIMIC / PulseDB_Vital ('pulsedb' otherwise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,22 @@ from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "PulseDB .mat (MATLAB v7.3 / HDF5) files with struct Subj_Wins"
 STRUCT = "Subj_Wins"
-META_FIELDS = {"Age": "age", "BMI": "bmi", "Height": "height", "Weight": "weight",
-               "SegSBP": "sbp", "SegDBP": "dbp"}
+META_FIELDS = {
+    "Age": "age",
+    "BMI": "bmi",
+    "Height": "height",
+    "Weight": "weight",
+    "SegSBP": "sbp",
+    "SegDBP": "dbp",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   pulsedb_fs: float = option(125.0, "rate of ECG_Raw / PPG_Raw")
   pulsedb_exclude_vital: bool = option(
-      False, "skip PulseDB_Vital files (the reference pretrains on MIMIC only)")
+      False, "skip PulseDB_Vital files (the reference pretrains on MIMIC only)"
+  )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +68,10 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   try:
     import h5py
-  except ImportError:   # an inference-only install
-    raise SourceError("unreadable", "PulseDB's .mat files need h5py: "
-                      "pip install 'xmae-jax[train]'") from None
+  except ImportError:  # an inference-only install
+    raise SourceError(
+        "unreadable", "PulseDB's .mat files need h5py: " "pip install 'xmae-jax[train]'"
+    ) from None
   path = Path(unit)
   fs = float(options_of(Options, options).pulsedb_fs)
   try:
@@ -71,8 +80,11 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
     raise SourceError("unreadable", f"{path} is not a MATLAB v7.3 (HDF5) file ({e})") from None
   with f:
     if STRUCT not in f:
-      raise SourceError("missing channel", f"{path} has no struct {STRUCT!r} "
-                        f"(top-level keys: {', '.join(k for k in f.keys() if k != '#refs#')})")
+      raise SourceError(
+          "missing channel",
+          f"{path} has no struct {STRUCT!r} "
+          f"(top-level keys: {', '.join(k for k in f.keys() if k != '#refs#')})",
+      )
     wins = f[STRUCT]
     for field in ("ECG_Raw", "PPG_Raw"):
       if field not in wins:
@@ -83,8 +95,9 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
       n = len(ecg)
       if len(ppg) != n:
         raise SourceError("wrong shape", f"{path}: {n} ECG_Raw windows but {len(ppg)} PPG_Raw")
-      fields = {k: _field(f, wins, k) for k in list(META_FIELDS) + ["Gender", "SubjectID"]
-                if k in wins}
+      fields = {
+          k: _field(f, wins, k) for k in list(META_FIELDS) + ["Gender", "SubjectID"] if k in wins
+      }
     except SourceError:
       raise
     except Exception as e:  # truncated HDF5 or unexpected layout
@@ -108,21 +121,26 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
       g = str(fields["Gender"][i]).strip().upper()
       if g in ("M", "F"):
         meta["sex"] = 1.0 if g == "M" else 0.0
-    yield Recording(subject_id=f"{dataset}_{sid}", name=f"{path.stem}/{i:05d}",
-                    signals={"ecg": (e, fs), "ppg": (p, fs)}, meta=meta)
+    yield Recording(
+        subject_id=f"{dataset}_{sid}",
+        name=f"{path.stem}/{i:05d}",
+        signals={"ecg": (e, fs), "ppg": (p, fs)},
+        meta=meta,
+    )
 
 
 def _dataset(path: Path) -> str:
   for part in reversed(path.parts[:-1]):
     low = part.lower()
     if low.startswith("pulsedb_"):
-      return low[len("pulsedb_"):]
+      return low[len("pulsedb_") :]
   return "pulsedb"
 
 
 def _field(f, wins, name: str) -> list[Any]:
   """One field of the struct array as a list over windows (arrays 1-D, strings str)."""
   import h5py
+
   ds = wins[name]
   if h5py.check_dtype(ref=ds.dtype) is not None:
     return [_value(f[r]) for r in np.asarray(ds[()]).ravel(order="F")]

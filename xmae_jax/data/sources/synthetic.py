@@ -17,6 +17,7 @@ Output is raw signals at `--raw-fs` (default 125 Hz, PulseDB's rate) that then g
 same cleaning, quality, resampling and windowing as real recordings. Windows carry labels
 `pvc` and `motion` (0/1) and meta age, sex, bmi, sbp, dbp, hr, ptt_ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,10 @@ from xmae_jax.data.sources import option
 from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "paired ECG+PPG from a physiological simulator (no --input needed)"
-USES_SEED = True                     # the data themselves depend on --seed
+USES_SEED = True  # the data themselves depend on --seed
 TEMPLATE_FS = 500.0
-ECG_PRE, ECG_POST = 0.40, 0.60       # template span around the R peak (s) at RR = 1 s
-PULSE_SPAN = 1.2                     # s of one PPG pulse after its foot
+ECG_PRE, ECG_POST = 0.40, 0.60  # template span around the R peak (s) at RR = 1 s
+PULSE_SPAN = 1.2  # s of one PPG pulse after its foot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +70,12 @@ def planned_size(path: str | None, options: dict[str, Any]) -> dict[str, Any]:
   for flag, value in (("--minutes-per-subject", minutes), ("--raw-fs", float(opts.raw_fs))):
     if not math.isfinite(value):
       raise SourceError("bad option", f"{flag} {value} is not a finite number")
-  return {"units": max(n, 0), "seconds_per_unit": max(minutes, 0.0) * 60.0,
-          "raw_fs": float(opts.raw_fs),
-          "what": f"--num-subjects {n} x --minutes-per-subject {minutes:g}"}
+  return {
+      "units": max(n, 0),
+      "seconds_per_unit": max(minutes, 0.0) * 60.0,
+      "raw_fs": float(opts.raw_fs),
+      "what": f"--num-subjects {n} x --minutes-per-subject {minutes:g}",
+  }
 
 
 def subject_name(index: int) -> str:
@@ -81,10 +85,15 @@ def subject_name(index: int) -> str:
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   index = int(unit[3:])
   opts = options_of(Options, options)
-  yield simulate_subject(int(options.get("seed", 0)), index,
-                         minutes=float(opts.minutes_per_subject), fs=float(opts.raw_fs),
-                         pvc_subjects=float(opts.pvc_subjects), pvc_rate=float(opts.pvc_rate),
-                         artifact_rate=float(opts.artifact_rate))
+  yield simulate_subject(
+      int(options.get("seed", 0)),
+      index,
+      minutes=float(opts.minutes_per_subject),
+      fs=float(opts.raw_fs),
+      pvc_subjects=float(opts.pvc_subjects),
+      pvc_rate=float(opts.pvc_rate),
+      artifact_rate=float(opts.artifact_rate),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,18 +103,19 @@ def _rng(seed: int, index: int, stream: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
 
 
-def subject_params(seed: int, index: int, pvc_subjects: float = 0.3,
-                   pvc_rate: float = 0.08) -> dict[str, float]:
+def subject_params(
+    seed: int, index: int, pvc_subjects: float = 0.3, pvc_rate: float = 0.08
+) -> dict[str, float]:
   """Demographics and the physiology they imply (deterministic in seed and index)."""
   r = _rng(seed, index, 0)
   age = float(r.uniform(20, 85))
-  sex = float(r.integers(0, 2))                      # 0 female, 1 male
+  sex = float(r.integers(0, 2))  # 0 female, 1 male
   bmi = float(np.clip(r.normal(26, 4), 17, 42))
-  sbp = float(np.clip(100 + 0.55 * (age - 20) + 0.9 * (bmi - 25) + 5 * sex + r.normal(0, 9),
-                      88, 190))
+  sbp = float(
+      np.clip(100 + 0.55 * (age - 20) + 0.9 * (bmi - 25) + 5 * sex + r.normal(0, 9), 88, 190)
+  )
   dbp = float(np.clip(0.45 * sbp + 18 + 0.15 * (bmi - 25) + r.normal(0, 5), 48, sbp - 25))
-  hr = float(np.clip(74 - 0.12 * (age - 50) + 0.6 * (bmi - 25) - 3 * sex + r.normal(0, 8),
-                     48, 110))
+  hr = float(np.clip(74 - 0.12 * (age - 50) + 0.6 * (bmi - 25) - 3 * sex + r.normal(0, 8), 48, 110))
   # Pulse transit time (R peak -> pulse foot): stiffer, faster-conducting arteries with age
   # and pressure shorten it (Moens-Korteweg).
   ptt = float(np.clip(310 - 1.5 * (age - 20) - 1.2 * (sbp - 120) + r.normal(0, 10), 120, 420))
@@ -115,8 +125,16 @@ def subject_params(seed: int, index: int, pvc_subjects: float = 0.3,
   rise = float(np.clip(0.045 + 0.0003 * (age - 20) + r.normal(0, 0.004), 0.035, 0.075))
   has_pvc = bool(r.uniform() < pvc_subjects)
   return {
-      "age": age, "sex": sex, "bmi": bmi, "sbp": sbp, "dbp": dbp, "hr": hr, "ptt_ms": ptt,
-      "refl_delay": refl_delay, "refl_amp": refl_amp, "rise": rise,
+      "age": age,
+      "sex": sex,
+      "bmi": bmi,
+      "sbp": sbp,
+      "dbp": dbp,
+      "hr": hr,
+      "ptt_ms": ptt,
+      "refl_delay": refl_delay,
+      "refl_amp": refl_amp,
+      "rise": rise,
       "pvc_rate": pvc_rate if has_pvc else 0.0,
       "resp_hz": float(r.uniform(0.18, 0.33)),
       "ecg_gain": float(r.uniform(0.6, 1.6)),
@@ -135,7 +153,7 @@ def pulse_shape(tau: np.ndarray, p: dict[str, float]) -> np.ndarray:
   fwd = np.exp(-0.5 * ((tau - mu) / p["rise"]) ** 2)
   refl = p["refl_amp"] * np.exp(-0.5 * ((tau - mu - p["refl_delay"]) / 0.09) ** 2)
   runoff = 0.25 * np.exp(-np.clip(tau - mu, 0, None) / 0.3) / (1 + np.exp(-(tau - mu) / 0.03))
-  taper = np.clip((PULSE_SPAN - tau) / 0.3, 0, 1)      # fade out before the span ends
+  taper = np.clip((PULSE_SPAN - tau) / 0.3, 0, 1)  # fade out before the span ends
   return np.where(tau >= 0, (fwd + refl + runoff) * taper, 0.0)
 
 
@@ -155,15 +173,26 @@ def _ecg_template(variant: int) -> tuple[np.ndarray, np.ndarray]:
   """(time grid, one averaged ECGSYN beat at 60 bpm, zero at both ends, R peak = 1)."""
   import neurokit2 as nk
   from scipy import signal as sps
+
   q, s = QRS_VARIANTS[variant]
-  x = np.asarray(nk.ecg_simulate(duration=8, sampling_rate=int(TEMPLATE_FS), heart_rate=60,
-                                 heart_rate_std=0.0001, noise=0, method="ecgsyn",
-                                 random_state=variant, ai=(1.2, q, 30, s, 0.75)), float)
+  x = np.asarray(
+      nk.ecg_simulate(
+          duration=8,
+          sampling_rate=int(TEMPLATE_FS),
+          heart_rate=60,
+          heart_rate_std=0.0001,
+          noise=0,
+          method="ecgsyn",
+          random_state=variant,
+          ai=(1.2, q, 30, s, 0.75),
+      ),
+      float,
+  )
   peaks, _ = sps.find_peaks(x, distance=int(0.5 * TEMPLATE_FS), height=0.5 * x.max())
   pre, post = int(ECG_PRE * TEMPLATE_FS), int(ECG_POST * TEMPLATE_FS)
-  beats = [x[k - pre:k + post] for k in peaks if k - pre >= 0 and k + post <= len(x)]
+  beats = [x[k - pre : k + post] for k in peaks if k - pre >= 0 and k + post <= len(x)]
   beat = np.median(np.stack(beats), axis=0)
-  beat = beat - np.linspace(beat[0], beat[-1], len(beat))     # ends at 0 for overlap-add
+  beat = beat - np.linspace(beat[0], beat[-1], len(beat))  # ends at 0 for overlap-add
   beat = beat / (beat[pre] if beat[pre] > 0 else 1.0)
   grid = (np.arange(len(beat)) - pre) / TEMPLATE_FS
   return grid, beat
@@ -172,8 +201,8 @@ def _ecg_template(variant: int) -> tuple[np.ndarray, np.ndarray]:
 def subject_template(p: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
   """The subject's beat: a QRS variant with its own P- and T-wave amplitudes."""
   grid, beat = _ecg_template(int(p["qrs_variant"]))
-  p_region = np.clip((-0.06 - grid) / 0.02, 0, 1)             # before the QRS
-  t_region = np.clip((grid - 0.10) / 0.03, 0, 1)              # after the QRS
+  p_region = np.clip((-0.06 - grid) / 0.02, 0, 1)  # before the QRS
+  t_region = np.clip((grid - 0.10) / 0.03, 0, 1)  # after the QRS
   scale = 1 + (p["p_amp"] - 1) * p_region + (p["t_amp"] - 1) * t_region
   return grid, beat * scale
 
@@ -196,8 +225,12 @@ def _beats(p: dict[str, float], duration: float, r: np.random.Generator):
   prev_pvc = False
   while t < duration + 1.0:
     times.append(t)
-    rr = rr0 * (1 + 0.04 * math.sin(2 * np.pi * p["resp_hz"] * t + phase_r)
-                + 0.03 * math.sin(2 * np.pi * 0.1 * t + phase_m) + r.normal(0, 0.015))
+    rr = rr0 * (
+        1
+        + 0.04 * math.sin(2 * np.pi * p["resp_hz"] * t + phase_r)
+        + 0.03 * math.sin(2 * np.pi * 0.1 * t + phase_m)
+        + r.normal(0, 0.015)
+    )
     if not prev_pvc and r.uniform() < p["pvc_rate"]:
       # the next beat comes early (coupling 60%) and the one after pauses (compensatory)
       early = 0.6 * rr
@@ -213,9 +246,13 @@ def _beats(p: dict[str, float], duration: float, r: np.random.Generator):
   times = np.asarray(times)
   pvc = np.asarray(pvc, bool)
   drift = np.cumsum(r.normal(0, 0.3, len(times)))
-  drift -= np.linspace(0, drift[-1], len(times))              # bounded slow BP drift
-  sbp = (p["sbp"] + 4 * np.sin(2 * np.pi * 0.1 * times + phase_m)
-         + 2 * np.sin(2 * np.pi * p["resp_hz"] * times + phase_r) + drift)
+  drift -= np.linspace(0, drift[-1], len(times))  # bounded slow BP drift
+  sbp = (
+      p["sbp"]
+      + 4 * np.sin(2 * np.pi * 0.1 * times + phase_m)
+      + 2 * np.sin(2 * np.pi * p["resp_hz"] * times + phase_r)
+      + drift
+  )
   dbp = p["dbp"] + 0.6 * (sbp - p["sbp"])
   ptt = p["ptt_ms"] - 1.2 * (sbp - p["sbp"]) + r.normal(0, 3, len(times))
   return times, pvc, sbp, dbp, ptt
@@ -226,7 +263,7 @@ def _render_ecg(n, fs, times, pvc, p):
   ecg = np.zeros(n)
   rr_prev = np.diff(times, prepend=times[0] - 60.0 / p["hr"])
   for t, is_pvc, rr in zip(times, pvc, rr_prev):
-    stretch = math.sqrt(max(rr, 0.3))                            # Bazett: QT ~ sqrt(RR)
+    stretch = math.sqrt(max(rr, 0.3))  # Bazett: QT ~ sqrt(RR)
     a = max(int(math.ceil((t - ECG_PRE) * fs)), 0)
     b = min(int(math.floor((t + ECG_POST * stretch + 0.2) * fs)) + 1, n)
     if a >= b:
@@ -250,7 +287,7 @@ def _render_ppg(n, fs, times, pvc, ptt, p, resp_phase):
     b = min(int(math.floor((foot + PULSE_SPAN) * fs)) + 1, n)
     if a >= b:
       continue
-    amp = (1 + 0.1 * math.sin(2 * np.pi * p["resp_hz"] * t + resp_phase))
+    amp = 1 + 0.1 * math.sin(2 * np.pi * p["resp_hz"] * t + resp_phase)
     amp *= 0.2 if is_pvc else (1.25 if post else 1.0)
     ppg[a:b] += amp * pulse_shape(np.arange(a, b) / fs - foot, p)
   return ppg
@@ -263,9 +300,16 @@ def _smooth_noise(r, n, fs, cutoff_hz):
   return x / (x.std() + 1e-12)
 
 
-def simulate_subject(seed: int, index: int, *, minutes: float = 2.0, fs: float = 125.0,
-                     pvc_subjects: float = 0.3, pvc_rate: float = 0.08,
-                     artifact_rate: float = 0.5) -> Recording:
+def simulate_subject(
+    seed: int,
+    index: int,
+    *,
+    minutes: float = 2.0,
+    fs: float = 125.0,
+    pvc_subjects: float = 0.3,
+    pvc_rate: float = 0.08,
+    artifact_rate: float = 0.5,
+) -> Recording:
   p = subject_params(seed, index, pvc_subjects, pvc_rate)
   r = _rng(seed, index, 1)
   duration = minutes * 60.0
@@ -291,20 +335,30 @@ def simulate_subject(seed: int, index: int, *, minutes: float = 2.0, fs: float =
       continue
     burst = _smooth_noise(r, b - a, fs, 3.0) * np.hanning(b - a)
     ppg[a:b] += float(r.uniform(0.8, 3.0)) * burst
-    ecg[a:b] += float(r.uniform(0.2, 1.0)) * p["ecg_gain"] * _smooth_noise(r, b - a, fs, 8.0) \
+    ecg[a:b] += (
+        float(r.uniform(0.2, 1.0))
+        * p["ecg_gain"]
+        * _smooth_noise(r, b - a, fs, 8.0)
         * np.hanning(b - a)
+    )
     motion.append((start, start + length))
-  ppg = 1.0 + ppg                                  # a DC level like a real sensor
+  ppg = 1.0 + ppg  # a DC level like a real sensor
   name = subject_name(index)
   inside = times < duration
   hr_times, hr = times[1:], 60.0 / np.diff(times)
   return Recording(
-      subject_id=name, name=name,
+      subject_id=name,
+      name=name,
       signals={"ecg": (ecg, fs), "ppg": (ppg, fs)},
       meta={"age": round(p["age"], 1), "sex": p["sex"], "bmi": round(p["bmi"], 1)},
-      events={"pvc": np.stack([times[pvc], times[pvc]], axis=1),
-              "motion": np.asarray(motion, float).reshape(-1, 2)},
-      series={"sbp": (times[inside], sbp[inside]), "dbp": (times[inside], dbp[inside]),
-              "ptt_ms": (times[inside], ptt[inside]),
-              "hr": (hr_times[hr_times < duration], hr[hr_times < duration])},
+      events={
+          "pvc": np.stack([times[pvc], times[pvc]], axis=1),
+          "motion": np.asarray(motion, float).reshape(-1, 2),
+      },
+      series={
+          "sbp": (times[inside], sbp[inside]),
+          "dbp": (times[inside], dbp[inside]),
+          "ptt_ms": (times[inside], ptt[inside]),
+          "hr": (hr_times[hr_times < duration], hr[hr_times < duration]),
+      },
   )

@@ -8,6 +8,7 @@ NPZ: arrays named like the columns; 1-D = one recording, 2-D (N, L) = N recordin
 Either modality may be absent from a file (xmae-prepare --require-modalities decides).
 Files are loaded without pickle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from xmae_jax.data.sources import option
 from xmae_jax.data.sources import options_of
 
 DESCRIPTION = "CSV tables or NPZ arrays with named ECG and PPG columns"
-FORMAT = True            # --source csv|npz: options["format"] says which
+FORMAT = True  # --source csv|npz: options["format"] says which
 
 
 def positive_rate(text: str) -> float:
@@ -45,7 +46,8 @@ class Options:
   ecg_column: str = option("ecg")
   ppg_column: str = option("ppg")
   subject_column: str | None = option(
-      None, "column/array of subject ids (default: one subject per file)")
+      None, "column/array of subject ids (default: one subject per file)"
+  )
   time_column: str | None = option(None, "CSV: time in seconds, to infer --fs")
 
 
@@ -56,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   fmt = options.get("format", "csv")
   fs = options_of(Options, options).fs
-  if fs is not None:         # library callers bypass the flag's check
+  if fs is not None:  # library callers bypass the flag's check
     try:
       positive_rate(str(fs))
     except argparse.ArgumentTypeError as e:
@@ -89,14 +91,17 @@ def _columns(names, opts: Options, path) -> dict[str, str]:
   wanted = {"ecg": opts.ecg_column, "ppg": opts.ppg_column}
   found = {m: lower[c.lower()] for m, c in wanted.items() if c.lower() in lower}
   if not found:
-    raise SourceError("missing channel", f"{path}: neither column {opts.ecg_column!r} "
-                      f"nor {opts.ppg_column!r} (has: {', '.join(map(str, names))})")
+    raise SourceError(
+        "missing channel",
+        f"{path}: neither column {opts.ecg_column!r} "
+        f"nor {opts.ppg_column!r} (has: {', '.join(map(str, names))})",
+    )
   return found
 
 
 def _fs(opts: Options, path, fallback=None) -> float:
   fs = opts.fs
-  if fs is None:       # not `or`: an explicit 0 is a bad rate, not a missing one
+  if fs is None:  # not `or`: an explicit 0 is a bad rate, not a missing one
     fs = fallback
   if fs is None:
     raise SourceError("unknown sampling rate", f"{path}: give --fs (or a time column / 'fs')")
@@ -111,6 +116,7 @@ def _fs(opts: Options, path, fallback=None) -> float:
 
 def _read_csv(path: Path, opts: Options) -> Iterator[Recording]:
   import pandas as pd
+
   try:
     df = pd.read_csv(path)
   except Exception as e:  # pandas raises ParserError, UnicodeDecodeError, EmptyDataError, ...
@@ -129,14 +135,17 @@ def _read_csv(path: Path, opts: Options) -> Iterator[Recording]:
   for m, c in cols.items():
     num = pd.to_numeric(df[c], errors="coerce")
     values[m] = num.to_numpy(float)
-    text = num.isna() & df[c].notna()      # a cell that held something but not a number
+    text = num.isna() & df[c].notna()  # a cell that held something but not a number
     if text.any():
       non_numeric[m] = text.to_numpy()
   scol = opts.subject_column
   if not scol:
-    yield Recording(subject_id=path.stem, name=path.stem,
-                    signals={m: (v, fs) for m, v in values.items()},
-                    non_numeric={m: int(t.sum()) for m, t in non_numeric.items()})
+    yield Recording(
+        subject_id=path.stem,
+        name=path.stem,
+        signals={m: (v, fs) for m, v in values.items()},
+        non_numeric={m: int(t.sum()) for m, t in non_numeric.items()},
+    )
     return
   if scol not in df.columns:
     raise SourceError("missing channel", f"{path}: no subject column {scol!r}")
@@ -144,10 +153,12 @@ def _read_csv(path: Path, opts: Options) -> Iterator[Recording]:
   change = np.flatnonzero(subjects[1:] != subjects[:-1]) + 1
   bounds = np.concatenate([[0], change, [len(subjects)]])
   for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-    yield Recording(subject_id=subjects[a], name=f"{path.stem}/{k:04d}",
-                    signals={m: (v[a:b], fs) for m, v in values.items()},
-                    non_numeric={m: int(t[a:b].sum()) for m, t in non_numeric.items()
-                                 if t[a:b].any()})
+    yield Recording(
+        subject_id=subjects[a],
+        name=f"{path.stem}/{k:04d}",
+        signals={m: (v[a:b], fs) for m, v in values.items()},
+        non_numeric={m: int(t[a:b].sum()) for m, t in non_numeric.items() if t[a:b].any()},
+    )
 
 
 def _read_npz(path: Path, opts: Options) -> Iterator[Recording]:
@@ -160,10 +171,13 @@ def _read_npz(path: Path, opts: Options) -> Iterator[Recording]:
   fs = _fs(opts, path, arrays.get("fs"))
   sig = {m: np.asarray(arrays[c]) for m, c in cols.items()}
   shapes = {m: a.shape for m, a in sig.items()}
-  if any(a.ndim not in (1, 2) for a in sig.values()) or \
-      len({a.shape[0] if a.ndim == 2 else 1 for a in sig.values()}) != 1:
-    raise SourceError("wrong shape", f"{path}: expected 1-D or (N, L) arrays of equal N, "
-                      f"got {shapes}")
+  if (
+      any(a.ndim not in (1, 2) for a in sig.values())
+      or len({a.shape[0] if a.ndim == 2 else 1 for a in sig.values()}) != 1
+  ):
+    raise SourceError(
+        "wrong shape", f"{path}: expected 1-D or (N, L) arrays of equal N, " f"got {shapes}"
+    )
   rows = {m: (a[None] if a.ndim == 1 else a) for m, a in sig.items()}
   n = next(iter(rows.values())).shape[0]
   scol = opts.subject_column
@@ -174,5 +188,8 @@ def _read_npz(path: Path, opts: Options) -> Iterator[Recording]:
   else:
     subjects = [path.stem] * n
   for i in range(n):
-    yield Recording(subject_id=subjects[i], name=f"{path.stem}/{i:05d}",
-                    signals={m: (r[i].astype(float), fs) for m, r in rows.items()})
+    yield Recording(
+        subject_id=subjects[i],
+        name=f"{path.stem}/{i:05d}",
+        signals={m: (r[i].astype(float), fs) for m, r in rows.items()},
+    )

@@ -20,6 +20,7 @@ Header comments become labels (`header_annotations`): `key: value` lines under t
 the PhysioNet/CinC Challenge 2015 lines (alarm type, then "True alarm"/"False alarm") as
 `alarm_type` and `alarm_true` with meta `alarm_time_s` = 300 (the alarm onset at 5 min).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,13 @@ DEFAULT_PPG_NAMES = "PLETH,PPG,BVP,PLET"
 DEFAULT_ABP_NAMES = "ABP,ART,AOBP,IBP,ARTERIAL"
 # PhysioNet/CinC Challenge 2015: header comment 1 is the alarm type, 2 the verdict; every record
 # ends at its alarm, whose onset is at 5 min
-CHALLENGE_ALARMS = ("Asystole", "Bradycardia", "Tachycardia", "Ventricular_Tachycardia",
-                    "Ventricular_Flutter_Fib")
+CHALLENGE_ALARMS = (
+    "Asystole",
+    "Bradycardia",
+    "Tachycardia",
+    "Ventricular_Tachycardia",
+    "Ventricular_Flutter_Fib",
+)
 CHALLENGE_VERDICTS = {"true alarm": 1, "false alarm": 0}
 CHALLENGE_ALARM_TIME_S = 300.0
 # a `key: value` comment; the key is a short name (free text such as "Produced by xform from
@@ -56,19 +62,34 @@ PATIENT_DIR = re.compile(r"^p\d+$")
 # bits per sample of the uncompressed WFDB formats, to tell a truncated file from a broken one
 # what `channel_key` strips from the end of a channel name (besides whitespace)
 TRAILING_PUNCTUATION = ",;:.'\"`"
-FORMAT_BITS = {"8": 8, "16": 16, "61": 16, "80": 8, "160": 16, "212": 12, "310": 32 / 3,
-               "311": 32 / 3, "24": 24, "32": 32}
+FORMAT_BITS = {
+    "8": 8,
+    "16": 16,
+    "61": 16,
+    "80": 8,
+    "160": 16,
+    "212": 12,
+    "310": 32 / 3,
+    "311": 32 / 3,
+    "24": 24,
+    "32": 32,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  wfdb_ecg_leads: str = option(DEFAULT_ECG_LEADS, "ECG leads in order of preference "
-                               "(comma-separated, case-insensitive)")
-  wfdb_ppg_names: str = option(DEFAULT_PPG_NAMES,
-                               "PPG channel names (comma-separated, case-insensitive)")
-  wfdb_abp_names: str = option(DEFAULT_ABP_NAMES, "arterial pressure channel names "
-                               "(comma-separated, case-insensitive); windows get sbp/dbp meta "
-                               "from it (empty: none)")
+  wfdb_ecg_leads: str = option(
+      DEFAULT_ECG_LEADS, "ECG leads in order of preference " "(comma-separated, case-insensitive)"
+  )
+  wfdb_ppg_names: str = option(
+      DEFAULT_PPG_NAMES, "PPG channel names (comma-separated, case-insensitive)"
+  )
+  wfdb_abp_names: str = option(
+      DEFAULT_ABP_NAMES,
+      "arterial pressure channel names "
+      "(comma-separated, case-insensitive); windows get sbp/dbp meta "
+      "from it (empty: none)",
+  )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,16 +115,20 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
   for h in headers:
     first = _first_line(h)
     name = first.split()[0] if first else ""
-    if "/" in name:                                  # "record/nsegments": a master header
+    if "/" in name:  # "record/nsegments": a master header
       masters.append(h)
       for line in _body_lines(h):
         seg = line.split()[0]
         if seg != "~":
           parts.add((h.parent / seg).with_suffix(".hea"))
   stems = {h.with_suffix("") for h in headers}
-  units = [str(h.with_suffix("")) for h in headers
-           if h not in parts and not h.stem.endswith("_layout")
-           and not _is_numerics(h.with_suffix(""), stems)]
+  units = [
+      str(h.with_suffix(""))
+      for h in headers
+      if h not in parts
+      and not h.stem.endswith("_layout")
+      and not _is_numerics(h.with_suffix(""), stems)
+  ]
   return units
 
 
@@ -114,6 +139,7 @@ def _is_numerics(record: Path, stems: set[Path]) -> bool:
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
   import wfdb
+
   path = Path(unit)
   try:
     header = wfdb.rdheader(str(path))
@@ -124,10 +150,13 @@ def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
   if not hasattr(header, "seg_name"):
     signals, extra = _read_single(path, options)
     if not signals:
-      raise SourceError("missing channel", f"{path}: no ECG or PPG channel "
-                        f"(signals: {', '.join(header.sig_name or [])})")
-    yield Recording(subject_id=subject, name=_name(path), signals=signals, meta=meta,
-                    labels=labels, extra=extra)
+      raise SourceError(
+          "missing channel",
+          f"{path}: no ECG or PPG channel " f"(signals: {', '.join(header.sig_name or [])})",
+      )
+    yield Recording(
+        subject_id=subject, name=_name(path), signals=signals, meta=meta, labels=labels, extra=extra
+    )
     return
   for item in _read_multi(path, header, subject, options):
     if isinstance(item, Recording):
@@ -181,8 +210,12 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
     if run:
       first = run[0][0]
       joined = {m: (np.concatenate([r[m][0] for r, _ in run]), first[m][1]) for m in first}
-      rec = Recording(subject_id=subject, name=f"{_name(path)}/{run_names[0]}", signals=joined,
-                      extra=join_extra(run))
+      rec = Recording(
+          subject_id=subject,
+          name=f"{_name(path)}/{run_names[0]}",
+          signals=joined,
+          extra=join_extra(run),
+      )
       run.clear()
       run_names.clear()
       return rec
@@ -190,7 +223,7 @@ def _read_multi(path: Path, header, subject: str, options) -> Iterator[Recording
 
   for i, (seg, n) in enumerate(zip(header.seg_name, header.seg_len)):
     if seg == "~" or n == 0 or seg.endswith("_layout"):
-      rec = flush() if seg == "~" else None           # a gap breaks continuity
+      rec = flush() if seg == "~" else None  # a gap breaks continuity
       if rec:
         yield rec
       continue
@@ -245,11 +278,13 @@ def join_extra(run: list[tuple[dict, dict]]) -> dict[str, tuple[np.ndarray, floa
   return out
 
 
-def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float]],
-                                                dict[str, tuple[np.ndarray, float]]]:
+def _read_single(
+    path: Path, options
+) -> tuple[dict[str, tuple[np.ndarray, float]], dict[str, tuple[np.ndarray, float]]]:
   """(modality -> (physical samples, fs), extra channel -> (samples, fs)) of one single-segment
   record; ({}, {}) if it has neither ECG nor PPG."""
   import wfdb
+
   try:
     header = wfdb.rdheader(str(path))
   except Exception as e:
@@ -261,22 +296,29 @@ def _read_single(path: Path, options) -> tuple[dict[str, tuple[np.ndarray, float
   opts = options_of(Options, options)
   ecg_candidates, ppg_candidates, abp_candidates = (
       [names.index(l) for l in channel_keys(wanted) if l in names]
-      for wanted in (opts.wfdb_ecg_leads, opts.wfdb_ppg_names, opts.wfdb_abp_names))
+      for wanted in (opts.wfdb_ecg_leads, opts.wfdb_ppg_names, opts.wfdb_abp_names)
+  )
   if not ecg_candidates and not ppg_candidates:
     return {}, {}
   wanted = sorted(set(ecg_candidates + ppg_candidates + abp_candidates))
   try:
     rec = wfdb.rdrecord(str(path), channels=wanted, smooth_frames=False)
   except Exception as e:  # wfdb/soundfile raise many types on short or corrupt data files
-    raise SourceError(_truncated_or_unreadable(path, header),
-                      f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                      ) from None
+    raise SourceError(
+        _truncated_or_unreadable(path, header),
+        f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+    ) from None
   spf = rec.samps_per_frame or [1] * len(wanted)
-  by_channel = {ch: (np.asarray(rec.e_p_signal[k], np.float64), float(rec.fs) * spf[k])
-                for k, ch in enumerate(wanted)}
+  by_channel = {
+      ch: (np.asarray(rec.e_p_signal[k], np.float64), float(rec.fs) * spf[k])
+      for k, ch in enumerate(wanted)
+  }
   out, extra = {}, {}
-  for modality, candidates, into in (("ecg", ecg_candidates, out), ("ppg", ppg_candidates, out),
-                                     ("abp", abp_candidates, extra)):
+  for modality, candidates, into in (
+      ("ecg", ecg_candidates, out),
+      ("ppg", ppg_candidates, out),
+      ("abp", abp_candidates, extra),
+  ):
     if candidates:
       # the first preferred channel that carries data (MIMIC leads can be all NaN)
       usable = [c for c in candidates if np.isfinite(by_channel[c][0]).mean() > 0.5]
@@ -313,16 +355,19 @@ def header_fs(path: Path) -> float | None:
   except ValueError:
     fs = math.nan
   if not math.isfinite(fs) or fs <= 0:
-    raise SourceError("unknown sampling rate", f"{path}.hea: sampling rate field {line[2]!r} "
-                      f"is not a positive number")
+    raise SourceError(
+        "unknown sampling rate",
+        f"{path}.hea: sampling rate field {line[2]!r} " f"is not a positive number",
+    )
   return fs
 
 
 def _truncated_or_unreadable(path: Path, header) -> str:
   """'truncated' if an uncompressed data file is shorter than the header says."""
   files: dict[str, float] = {}
-  for fname, fmt, spf in zip(header.file_name or [], header.fmt or [],
-                             header.samps_per_frame or []):
+  for fname, fmt, spf in zip(
+      header.file_name or [], header.fmt or [], header.samps_per_frame or []
+  ):
     bits = FORMAT_BITS.get(str(fmt))
     if bits is None:
       return "unreadable"
