@@ -88,6 +88,26 @@ def test_profile_window_past_the_run_fails_at_start_with_one_line(dataset, tmp_p
   assert "\n" not in str(e.value)
 
 
+def test_progress_line_of_a_validation_step_shows_the_last_training_loss(dataset, tmp_path, capsys):
+  """Step 3 validates but does not log (log_every=2): its progress line repeats the loss and
+  learning rate of step 2's row instead of nan / 0 placeholders."""
+  config = train_runner.toy_config(
+      dataset, **{"train.num_steps": 4, "train.log_every": 2, "train.eval_every": 3}
+  )
+  assert train_lib.train(config, tmp_path)["status"] == "completed"
+  lines = {
+      line.split()[1]: line
+      for line in capsys.readouterr().err.splitlines()
+      if line.startswith("[") and "/4" in line
+  }
+  assert set(lines) == {"2/4", "3/4", "4/4"}
+  rows = {r["step"]: r for r in metrics_lib.read_metrics(tmp_path)}
+  assert "train_loss" not in rows[3] and "val_loss" in rows[3]
+  shown = f"loss {rows[2]['train_loss']:.4g}  lr {rows[2]['lr']:.4g}  "
+  assert shown in lines["2/4"] and shown in lines["3/4"], lines
+  assert "nan" not in lines["3/4"]
+
+
 # --- SIGTERM with batches read ahead ---------------------------------------------------------
 
 

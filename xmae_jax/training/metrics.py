@@ -213,6 +213,8 @@ class Progress:
 
   On a terminal the line is redrawn in place; in a log file each update is its own line.
   The ETA uses the rate since the first reported step, so compilation does not distort it.
+  A scalar given as None (a validation step that is not a logging step has no training loss)
+  shows its last value, or nothing before it has one: never a placeholder.
   """
 
   def __init__(self, total_steps: int, first_step: int = 0, *, active: bool = True, stream=None):
@@ -222,6 +224,7 @@ class Progress:
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self._t0 = None
     self._s0 = first_step
+    self._last: dict = {}
 
   def update(self, step: int, **scalars) -> None:
     if not self.active:
@@ -236,7 +239,9 @@ class Progress:
     filled = int(width * step / max(1, self.total))
     bar = "#" * filled + "." * (width - filled)
     parts = [f"[{bar}] {step}/{self.total}"]
-    parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()]
+    self._last.update((k, v) for k, v in scalars.items() if v is not None)
+    shown = {k: self._last[k] for k in scalars if k in self._last}
+    parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
     parts.append(f"{rate:.2f} steps/s" if rate else "compiling/warming up")
     parts.append(f"ETA {_hms(eta)}" if math.isfinite(eta) else "ETA --")
     line = "  ".join(parts)

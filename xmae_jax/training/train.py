@@ -394,7 +394,9 @@ def _train(
         if row is not None:
           row.update(goodput.shares())
           writer.write(step, row)
-          progress.update(step, loss=row.get("train_loss", float("nan")), lr=row.get("lr", 0.0))
+          # A validation step that is not a logging step has no training loss: None shows the
+          # last one (metrics.jsonl has the row without it).
+          progress.update(step, loss=row.get("train_loss"), lr=row.get("lr"))
         if now.checkpoint or (now.eval and validation.best_step == step) or stop_early:
           with goodput.phase("checkpoint"):
             _save(ckpt, config, step, state, validation, window, batches, val_loss)
