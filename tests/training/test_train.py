@@ -394,6 +394,42 @@ def test_cli_prints_one_line_and_exits_1_on_a_bad_setting(tmp_path):
   assert last.startswith("xmae-train: error: data directory") and "absent" in last
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new_workdir", "existing_workdir"])
+def test_cli_refused_on_a_bad_manifest_leaves_the_workdir_as_it_was(tmp_path, existing):
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "manifest.json").write_text("{not json")
+  workdir = tmp_path / "runs" / "run"
+  if existing:
+    workdir.mkdir(parents=True)
+    (workdir / "notes.txt").write_text("someone's notes")
+  before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "xmae_jax.cli.xmae_train",
+          "--config",
+          "configs/xmae.py:tiny",
+          "--workdir",
+          str(workdir),
+          f"--config.data.dir={data}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)},
+  )
+  assert proc.returncode == 1
+  ours = [line for line in proc.stderr.splitlines() if line.startswith("xmae-train")]
+  assert len(ours) == 1 and ours[0].startswith("xmae-train: error: "), proc.stderr
+  assert "manifest.json" in ours[0]
+  # Nothing made (not even the new workdir's parent), nothing of the existing one touched.
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+  assert workdir.exists() == existing
+
+
 def test_sigterm_saves_a_checkpoint_that_restores(dataset, tmp_path, cache_env, monkeypatch):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(  # xmae-train's main, with the toy model registered

@@ -242,10 +242,7 @@ def train(
   the checkpoints written before it stay intact.
   """
   workdir = paths.path(workdir)
-  try:
-    paths.check_writable(workdir, "workdir")
-  except errors.XmaeError as e:  # the shared check's error, as the trainer's
-    raise TrainingError(str(e)) from None
+  _check_workdir(workdir, create=False)  # made once the settings pass (`_train`)
   try:
     with contextlib.ExitStack() as held:  # the workdir lock, released however train ends
       return _train(config, workdir, stop_at_step, tuple(allow_changes), held)
@@ -263,6 +260,13 @@ def train(
     ) from None
 
 
+def _check_workdir(workdir: Path, *, create: bool) -> None:
+  try:
+    paths.check_writable(workdir, "workdir", create=create)
+  except errors.XmaeError as e:  # the shared check's error, as the trainer's
+    raise TrainingError(str(e)) from None
+
+
 def _train(
     config,
     workdir: Path,
@@ -277,11 +281,13 @@ def _train(
   # 1-2. settings, mesh, data
   mesh = sharding.make_mesh(config.mesh)
   train_records = plan_lib.check_settings(config, mesh)
+  plan = plan_lib.make_plan(config, train_records)
+  # Made only now: a run refused on its settings or data leaves no empty workdir behind.
+  _check_workdir(workdir, create=True)
   held.enter_context(workdir_lock.acquire(workdir))
   latest = ckpt_lib.check_compatible(workdir, config, resume=True, allow_changes=allow_changes)
   if latest is None and t.init_from:
     latest = _start_from(config, workdir)
-  plan = plan_lib.make_plan(config, train_records)
   rows = sharding.host_rows(mesh, t.batch_size, sharding.batch_axes(mesh, config.mesh))
   train_it = pipeline.make_train_iterator(
       config.data, global_batch_size=t.batch_size, seed=int(config.seed), rows=rows
