@@ -4,6 +4,8 @@ the errors of the multi-process setup."""
 import importlib
 import json
 import math
+import subprocess
+import sys
 
 import ml_collections as mlc
 import numpy as np
@@ -15,9 +17,11 @@ from xmae_jax import training
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import distributed
 from xmae_jax.training import figures
+from xmae_jax.training import job
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import optim
 from xmae_jax.training import sharding
+from xmae_jax.training import train as train_lib
 
 
 def test_mesh_shape_fills_the_free_axis_and_rejects_misfits():
@@ -144,3 +148,34 @@ def test_errors_of_the_trainers_parts_are_training_errors():
       distributed.DistributedError,
   ):
     assert issubclass(error, training.TrainingError), error
+
+
+def test_a_training_job_loads_without_jax_and_ends_with_the_signals_exit_status(monkeypatch):
+  """xmae-train's process around train() (training.job): importing it (and the CLI) loads no
+  JAX, so an install check can fail first; a run stopped by a signal exits 128 + its number."""
+  code = "import sys; import xmae_jax.cli.xmae_train; print('jax' in sys.modules)"
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert proc.stdout.strip() == "False", proc.stderr
+  summary = {
+      "status": "preempted",
+      "signal": "SIGTERM",
+      "step": 5,
+      "total_steps": 9,
+      "best_val_loss": None,
+      "best_step": None,
+      "workdir": "runs/x",
+  }
+  seen = {}
+
+  def fake_train(config, workdir, *, allow_changes=()):
+    seen.update(config=config, workdir=workdir, allow_changes=allow_changes)
+    return summary
+
+  monkeypatch.setattr(train_lib, "train", fake_train)
+  status, line = job.run(
+      "CONFIG", "runs/x", allow_changes=["train.num_steps"], keep_freed_host_memory=False
+  )
+  assert (status, line) == (143, "xmae-train: preempted at step 5/9; workdir runs/x")
+  assert seen == {"config": "CONFIG", "workdir": "runs/x", "allow_changes": ("train.num_steps",)}
+  assert job.exit_status({**summary, "signal": "SIGINT"}) == 130
+  assert job.exit_status({**summary, "status": "completed", "signal": None}) == 0

@@ -153,6 +153,44 @@ def call(prog: str, run: Callable[[Sequence[str] | None], Any], argv: Sequence[s
   return 0
 
 
+# ---- --help and --version of an absl tool (xmae-train) ------------------------------------------
+
+
+def absl_help(usage: str, doc: str, own_flags: Sequence[Any], extra: Sequence[str] = ()) -> str:
+  """--help of an absl tool (absl's own lists none of the tool's flags and exits 1): `usage`,
+  the first line of `doc` (the module docstring), the flags of `own_flags` (absl FlagHolders)
+  with their defaults, the `extra` flag lines, then the rest of `doc`; `--helpfull` still
+  lists absl's own flags."""
+  from absl import flags
+
+  first, _, rest = doc.strip().partition("\n")
+  lines = [usage, "", first, "", "flags:"]
+  for holder in own_flags:
+    flag = flags.FLAGS[holder.name]
+    default = "" if flag.default is None else f" (default: {flag.default!r})"
+    lines.append(f"  --{flag.name}: {flag.help}{default}")
+  lines += [
+      *extra,
+      "  --version: print the version and exit",
+      "  --helpfull: also absl's own flags (logging, verbosity)",
+      "",
+      rest.strip("\n"),
+  ]
+  return "\n".join(lines)
+
+
+def answer_help_or_version(argv: Sequence[str], help_text: Callable[[], str]) -> None:
+  """--version, or --help / -h (`help_text()`), among the words of `argv` (argv[0] is the
+  program): printed, and the process exits 0; otherwise nothing happens."""
+  words = list(argv[1:])
+  if "--version" in words:
+    print(version_line())
+    sys.exit(0)
+  if "--help" in words or "-h" in words:
+    print(help_text())
+    sys.exit(0)
+
+
 # ---- reader options of raw inputs, shared by xmae-embed and xmae-retrieval ---------------------
 
 

@@ -20,7 +20,6 @@ naming the lost process and the last intact checkpoint, and exit status 1.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -29,6 +28,7 @@ from absl import logging
 from xmae_jax import config_lib
 from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
+from xmae_jax.training import job
 
 PROG = "xmae-train"
 TRAIN_MODULES = ("grain", "tensorboardX")  # setup.py's train extra (h5py: PulseDB input only)
@@ -85,24 +85,18 @@ def _train(argv) -> int:
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
-  # Imported here, not at the top: JAX (the training modules import it) comes after the checks
-  # above, so an inference-only install fails with one line, and after the malloc setting,
-  # which must precede the threads of JAX's CPU client.
-  if _KEEP_FREED.value:
-    from xmae_jax.training import host_memory
-
-    host_memory.keep_freed_host_memory()
-  import jax
-
-  from xmae_jax.training import distributed
-  from xmae_jax.training import train as train_lib
-  # jax.config holds its flags as attributes that mypy does not see.
-  if _CACHE.value and not jax.config.jax_compilation_cache_dir:  # type: ignore[attr-defined]
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
-  try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    with distributed.watching(_WORKDIR.value, prog=PROG):
-      summary = train_lib.train(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
+  try:  # JAX loads in job.run, after the checks above: an inference-only install gets one line
+    status, line = job.run(
+        config,
+        _WORKDIR.value,
+        prog=PROG,
+        allow_changes=_ALLOW_CHANGE.value,
+        keep_freed_host_memory=_KEEP_FREED.value,
+        compilation_cache=_CACHE.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
   except XmaeError as e:
     return common.fail(PROG, e)
   except KeyboardInterrupt:  # Ctrl-C before the loop (or twice): nothing new was saved
@@ -112,51 +106,29 @@ def _train(argv) -> int:
         "keeps the checkpoints written before",
     )
     return 130
-  if jax.process_index() == 0:
-    print(f"{PROG}: {train_lib.describe(summary)}", flush=True)
-  if summary["status"] == "preempted":
-    return 130 if summary["signal"] == "SIGINT" else 143
-  return 0
+  if line:
+    print(line, flush=True)
+  return status
 
 
 _OWN_FLAGS = (_CONFIG, _WORKDIR, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID, _KEEP_FREED, _CACHE)
 
 
 def help_text() -> str:
-  """--help: the tool's own flags with their defaults (absl's --help lists none here and exits
-  1), then the module docstring; `--helpfull` still lists absl's own flags."""
-  lines = [
+  """--help: the tool's own flags with their defaults, then the module docstring."""
+  return common.absl_help(
       f"usage: {PROG} --config FILE[:PRESET[,key=value...]] --workdir DIR "
       "[--config.SECTION.FIELD=VALUE ...] [flags]",
-      "",
-      __doc__.strip().split("\n")[0],
-      "",
-      "flags:",
-  ]
-  for holder in _OWN_FLAGS:
-    flag = flags.FLAGS[holder.name]
-    default = "" if flag.default is None else f" (default: {flag.default!r})"
-    lines.append(f"  --{flag.name}: {flag.help}{default}")
-  lines += [
-      "  --config.SECTION.FIELD=VALUE: override one config field (repeatable)",
-      "  --version: print the version and exit",
-      "  --helpfull: also absl's own flags (logging, verbosity)",
-      "",
-      __doc__.strip().split("\n", 1)[1].strip("\n"),
-  ]
-  return "\n".join(lines)
+      __doc__,
+      _OWN_FLAGS,
+      ["  --config.SECTION.FIELD=VALUE: override one config field (repeatable)"],
+  )
 
 
 def parse_flags(argv):
   """absl's flag parsing, after config_lib takes the `--config.a.b=v` values out of argv;
   --help/-h and --version answer here and exit 0."""
-  words = list(argv[1:])
-  if "--version" in words:
-    print(common.version_line())
-    sys.exit(0)
-  if "--help" in words or "-h" in words:
-    print(help_text())
-    sys.exit(0)
+  common.answer_help_or_version(argv, help_text)
   argv, overrides = config_lib.flag_overrides(argv)
   _CONFIG_OVERRIDES.clear()
   _CONFIG_OVERRIDES.update(overrides)
