@@ -136,3 +136,28 @@ def test_report_reconstructs_the_aligned_windows_and_says_so(
   np.testing.assert_equal(rows["aligned"]["reconstruction"], expected["reconstruction"])
   assert rows["aligned"]["reconstruction"]["segments"] == len(ppg)
   assert rows["plain"]["reconstruction"]["segments"] > len(ppg)  # the unshifted PPG is longer
+
+
+def test_a_model_whose_dataset_is_gone_gets_an_unknown_shift_not_none(
+    tiny_xmae, tiny_workdir, record_dir, tmp_path, tmp_path_factory
+):
+  """ "none" says the model trained without a shift; with its dataset's manifest gone the report
+  cannot tell, and says so."""
+  from xmae_jax.cli import xmae_recon_report as cli
+  from xmae_jax.training import model_checkpoint
+
+  model, config = tiny_xmae
+  config = copy.deepcopy(config)
+  config.data.dir = str(tmp_path / "deleted_dataset")
+  gone = write_workdir(tmp_path_factory, (model, config), step=7)
+  assert recon_windows.model_alignment(model_checkpoint.load_model(gone)[1]) is None
+  assert recon_windows.model_alignment(model_checkpoint.load_model(tiny_workdir)[1]) == {}
+  out = tmp_path / "out"
+  argv = ["--model", f"gone={gone}", "--model", f"plain={tiny_workdir}"]
+  assert cli.main([*argv, "--wfdb", f"rec={record_dir}", "--output-dir", str(out)]) == 0
+  rows = {r["name"]: r for r in json.loads((out / "reconstruction.json").read_text())["rows"]}
+  assert rows["gone"]["notes"]["ppg_alignment"].startswith("unknown (the manifest of the model's")
+  assert rows["plain"]["notes"]["ppg_alignment"] == "none"
+  assert "unknown (the manifest" in (out / "reconstruction.md").read_text()
+  # read as recorded, like the plain model's windows
+  assert rows["gone"]["reconstruction"]["segments"] == rows["plain"]["reconstruction"]["segments"]

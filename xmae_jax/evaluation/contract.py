@@ -72,9 +72,11 @@ class Contract:
     return d
 
 
-def dataset_preprocessing(config) -> dict[str, Any]:
+def recorded_preprocessing(config) -> dict[str, Any] | None:
   """The preprocessing parameters recorded in the manifest of the dataset `config` trained on
-  (its `data.dir`; `PreprocessConfig.as_dict`), {} when that manifest is not readable."""
+  (its `data.dir`; `PreprocessConfig.as_dict`): {} when the config names no dataset (nothing
+  recorded), None when it names one whose manifest is not readable (moved or deleted: what the
+  data were prepared with is unknown)."""
   data_dir = str(config_lib.with_defaults(config).data.dir or "")
   if not data_dir:
     return {}
@@ -82,8 +84,14 @@ def dataset_preprocessing(config) -> dict[str, Any]:
     from xmae_jax.data import shards
 
     return shards.read_manifest(data_dir).get("preprocessing", {})
-  except Exception:  # the dataset may be gone; the contract above is what loading needs
-    return {}
+  except Exception:  # the dataset may be gone
+    return None
 
 
-__all__ = ["Contract", "WindowEmbeddings", "dataset_preprocessing"]
+def dataset_preprocessing(config) -> dict[str, Any]:
+  """`recorded_preprocessing`, {} when the manifest is not readable: the contract above is what
+  loading needs."""
+  return recorded_preprocessing(config) or {}
+
+
+__all__ = ["Contract", "WindowEmbeddings", "dataset_preprocessing", "recorded_preprocessing"]

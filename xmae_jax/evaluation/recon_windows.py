@@ -4,7 +4,9 @@ WFDB records windowed as the model's training data were, PPG shift included.
 A model trained on data prepared with `--ppg-align-seconds` / `--ppg-delay-seconds` saw each
 recording's PPG moved earlier; raw records read for it are moved the same way (per record,
 measured on the record's ECG, which reconstruction always reads), so the report scores the
-windows xmae-prepare would have made of them. `notes["ppg_alignment"]` says what was applied.
+windows xmae-prepare would have made of them. `notes["ppg_alignment"]` says what was applied:
+"none" when the model's data had no shift, "unknown ..." when its dataset's manifest is not
+readable (the records are then read as recorded).
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from xmae_jax.data import sources
 from xmae_jax.evaluation import contract as contract_lib
 from xmae_jax.evaluation import embed as embed_lib
 
+# What the report says of a model whose training data's PPG shift cannot be read back.
+UNKNOWN_ALIGNMENT = (
+    "unknown (the manifest of the model's training dataset is not readable): PPG read as recorded"
+)
 
-def model_alignment(config) -> dict[str, Any]:
+
+def model_alignment(config) -> dict[str, Any] | None:
   """The PPG shift the model of `config` was trained with (`preprocess.ppg_alignment` of its
-  dataset's recorded preprocessing; {} when none was applied or the manifest is unreadable)."""
-  return preprocess.ppg_alignment(contract_lib.dataset_preprocessing(config))
+  dataset's recorded preprocessing; {} when none was applied or no dataset is named), None when
+  its dataset's manifest is not readable (unknown)."""
+  recorded = contract_lib.recorded_preprocessing(config)
+  return None if recorded is None else preprocess.ppg_alignment(recorded)
 
 
 def paired_segments(
@@ -59,13 +68,18 @@ def paired_segments(
   return ppg[keep], ecg[keep], np.asarray(segs.subject_ids)[keep], notes
 
 
-def per_model(path, alignments: Sequence[Mapping[str, Any]], **kwargs) -> list[tuple]:
-  """`paired_segments(path, **kwargs)` for each model's alignment (`model_alignment`), read
-  once per distinct alignment: models trained on alike data share the same windows."""
+def per_model(path, alignments: Sequence[Mapping[str, Any] | None], **kwargs) -> list[tuple]:
+  """`paired_segments(path, **kwargs)` for each model's alignment (`model_alignment`; None:
+  unknown, read without a shift and noted as UNKNOWN_ALIGNMENT), read once per distinct shift:
+  models trained on alike data share the same windows."""
   read, out = {}, []
   for alignment in alignments:
-    key = tuple(sorted(alignment.items()))
+    shift = dict(alignment or {})
+    key = tuple(sorted(shift.items()))
     if key not in read:
-      read[key] = paired_segments(path, alignment=alignment, **kwargs)
-    out.append(read[key])
+      read[key] = paired_segments(path, alignment=shift, **kwargs)
+    ppg, ecg, subjects, notes = read[key]
+    if alignment is None and "ppg_alignment" in notes:  # raw records (prepared data: as is)
+      notes = {**notes, "ppg_alignment": UNKNOWN_ALIGNMENT}
+    out.append((ppg, ecg, subjects, notes))
   return out
