@@ -60,6 +60,10 @@ EDF = "pyedflib>=0.1.38"
 # Weights & Biases for `train.wandb.project` (off by default; offline unless WANDB_MODE is set).
 WANDB = "wandb>=0.17"
 LIBTPU = "libtpu>=0.0.42"
+# ONNX export of a package (xmae-export --onnx): jax2onnx 0.13 is the newest line that installs
+# beside jax 0.10.2 (it resolves beside constraints-current.txt's jax 0.12 too). In the test
+# extra as well, so that the suite checks the ONNX model's numbers (tests/interop/test_onnx.py).
+ONNX = ["jax2onnx>=0.13,<0.14", "onnxruntime>=1.24"]
 
 setup(
     name="xmae-jax",
@@ -90,9 +94,7 @@ setup(
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "torch": [TORCH],
-        # ONNX export of a package (xmae-export --onnx): jax2onnx 0.13 is the newest line that
-        # installs beside jax 0.10.2.
-        "onnx": ["jax2onnx>=0.13,<0.14", "onnxruntime>=1.24"],
+        "onnx": ONNX,
         # Apache Beam for `xmae-prepare --runner beam` (2.77 fits the pinned set; it needs
         # protobuf < 7).
         "beam": [BEAM],
@@ -104,6 +106,7 @@ setup(
         # libtpu: xmae-compile's TPU programs compiled on CPU (tests/training/test_compile_tpu.py);
         # pinned for 3.11 only, where it matches jax 0.10.2 (jax[tpu]'s own pin); elsewhere those
         # tests skip. gcp-storage-emulator: the local Cloud Storage server of tests/storage.
+        # ONNX: tests/interop/test_onnx.py (onnxruntime runs the exported model).
         # ruff, pyink and mypy: the static checks launch/test.sh runs first (settings in
         # pyproject.toml).
         "test": [
@@ -116,6 +119,7 @@ setup(
             "tensorflow-datasets>=4.9.10",
             BEAM,
             EDF,
+            *ONNX,
             "gcp-storage-emulator>=2024.8",
             f'{TORCH}; python_version < "3.12"',
             f'{LIBTPU}; python_version < "3.12"',

@@ -1,5 +1,6 @@
 """ONNX export of a package (xmae_jax.interop.onnx_export, extra `onnx`): onnxruntime runs it to
-the numbers of `load_encoder(...).embed_prepared`. Skipped without jax2onnx and onnxruntime."""
+the numbers of `load_encoder(...).embed_prepared`. The test extra installs both; skipped without
+jax2onnx and onnxruntime."""
 
 import numpy as np
 import pytest

@@ -10,8 +10,8 @@ float32 named "embedding"; the weights are initializers in the graph. Run with o
   z = sess.run(None, {"ppg": windows})[0]
 
 Checked with jax2onnx 0.13.0 (the newest that installs beside jax 0.10.2) and onnxruntime
-1.32.0: the same numbers as `Encoder.embed_prepared` within 1e-5 (tests/interop/test_onnx.py,
-skipped when jax2onnx is not installed).
+1.32.0: the same numbers as `Encoder.embed_prepared` within 1e-5 (tests/interop/test_onnx.py;
+the test extra installs both, the test skips elsewhere).
 """
 
 from __future__ import annotations
