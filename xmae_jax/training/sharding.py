@@ -76,7 +76,7 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
     # axis size must be a product of some of them (a v6e 16x16 takes 16 or 256, not 4 or 64).
     raise ShardingError(
         f"mesh axes {list(zip(names, sizes))} do not fit the slice's physical axes: each size "
-        f"must be a product of some of them ({str(e).splitlines()[0][:160]})"
+        f"must be a product of some of them (jax: {str(e).split('. ')[0][:160]})"
     ) from None
 
 
