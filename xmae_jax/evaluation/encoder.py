@@ -47,47 +47,14 @@ from flax import nnx
 
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import package as package_lib
 from xmae_jax.evaluation.contract import Contract
 from xmae_jax.evaluation.contract import WindowEmbeddings
 
 
-class EncoderError(XmaeError):
-  """A model or package without the encoder asked for (no such modality)."""
-
-
 class EncoderInputError(XmaeError):
   """Input that `embed` cannot use (wrong shape, NaN, too short, unknown sampling rate)."""
-
-
-JOINT = package_lib.JOINT
-MODALITIES = package_lib.MODALITIES
-
-
-class JointFingerprint(nnx.Module):
-  """M2AE's fingerprint from PPG, ECG or both: `fp(ppg=(B, L), ecg=(B, L)) -> (B, latent)`, the
-  mean of the shared bottleneck's latent tokens over the given modalities' tokens, as
-  `M2AE.fingerprint`. Holds the model's two modality encoders and its bottleneck under the
-  model's own attribute names (so tensor names match the training checkpoint's), not the
-  decoders."""
-
-  def __init__(self, model):
-    self.ecg_encoder = model.ecg_encoder
-    self.ppg_encoder = model.ppg_encoder
-    self.bottleneck = model.bottleneck
-
-  def __call__(self, ppg=None, ecg=None):
-    from xmae_jax.models import m2ae
-
-    given = {"ppg": ppg, "ecg": ecg}
-    encoders = {"ppg": self.ppg_encoder, "ecg": self.ecg_encoder}
-    # The model's token order (m2ae.MODALITIES), so both-modality fingerprints match it exactly.
-    parts = [
-        (encoders[m].tokens(given[m], positions="true"), m)
-        for m in m2ae.MODALITIES
-        if given[m] is not None
-    ]
-    return jnp.mean(self.bottleneck(parts), axis=1)
 
 
 class Encoder:
@@ -122,7 +89,7 @@ class Encoder:
     replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(module)
     self._state = jax.device_put(state, replicated)
-    joint = isinstance(module, JointFingerprint)
+    joint = isinstance(module, encoder_module.JointFingerprint)
 
     @jax.jit
     def forward(state, inputs):  # inputs: {modality: (B, L)}; one trace per set of modalities
@@ -146,7 +113,7 @@ class Encoder:
 
   @property
   def param_count(self) -> int:
-    return count_parameters(self.module)
+    return encoder_module.count_parameters(self.module)
 
   def __repr__(self):
     return (
@@ -165,7 +132,7 @@ class Encoder:
       )
     lacking = [m for m in modalities if m not in self.modalities]
     if lacking:
-      raise EncoderError(
+      raise encoder_module.EncoderError(
           f"{self._name()} holds the {self.modality} encoder only: it cannot " f"embed {lacking[0]}"
       )
     return modalities
@@ -391,20 +358,6 @@ class Encoder:
     return (np.arange(len(rows)) - run_start) * self.contract.segment_seconds
 
 
-def parse_modalities(text: str) -> tuple[str, ...]:
-  """ "ppg", "ecg", "ppg,ecg" (or "ecg,ppg", "ppg+ecg") -> the modalities in MODALITIES order."""
-  names = [m.strip() for m in str(text).replace("+", ",").split(",") if m.strip()]
-  bad = [m for m in names if m not in MODALITIES]
-  if bad or not names:
-    raise EncoderError(f"modalities {text!r}: expected ppg, ecg or ppg,ecg")
-  return tuple(m for m in MODALITIES if m in names)
-
-
-def modality_name(modalities) -> str:
-  """("ppg",) -> "ppg"; ("ppg", "ecg") -> "ppg+ecg" (the encoder that takes them)."""
-  return "+".join(m for m in MODALITIES if m in modalities)
-
-
 def _same_rate(a: float, b: float) -> bool:
   try:
     return math.isclose(float(a), float(b), rel_tol=1e-9)
@@ -441,35 +394,12 @@ def _check_finite(a: np.ndarray, what: str) -> None:
     )
 
 
-def count_parameters(module) -> int:
-  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
-
-
 # ---- building encoders ---------------------------------------------------------------------------
-
-
-def encoder_module(model, modality: str):
-  """The model's exported sub-module for `modality` ("ppg+ecg": M2AE's `JointFingerprint`),
-  with a clear error if it has none."""
-  from xmae_jax.models import m2ae
-
-  if modality == JOINT:
-    if not isinstance(model, m2ae.M2AE):
-      raise EncoderError(
-          f"model {type(model).__name__} has no joint {JOINT} fingerprint (only "
-          "M2AE has one): use modality ppg or ecg"
-      )
-    return JointFingerprint(model)
-  package_lib.modalities_of(modality)  # one line for an unknown modality name
-  try:
-    return model.encoder(modality)
-  except (ValueError, KeyError, NotImplementedError) as e:
-    raise EncoderError(f"model {type(model).__name__} has no {modality} encoder ({e})") from None
 
 
 def from_model(model, config, modality: str = "ppg", **kwargs) -> Encoder:
   """The frozen encoder of an in-memory model (shares its arrays)."""
-  return Encoder(encoder_module(model, modality), config, modality, **kwargs)
+  return Encoder(encoder_module.encoder_module(model, modality), config, modality, **kwargs)
 
 
 def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> Encoder:
@@ -503,7 +433,7 @@ def load_package(path, **kwargs) -> Encoder:
   package_lib.verify_files(path, info)
   config = package_lib.read_config(path, info)
   modality = "+".join(package_lib.package_modalities(info))
-  graphdef, weights = nnx.split(abstract_encoder(config, modality))
+  graphdef, weights = nnx.split(encoder_module.abstract_encoder(config, modality))
   flat_target = checkpoint.flatten(weights)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = checkpoint.abstract_of(flat_target, {k: device for k in flat_target})
@@ -519,14 +449,6 @@ def load_package(path, **kwargs) -> Encoder:
   return Encoder(
       module, config, modality, contract=contract, info={**info, "path": str(path)}, **kwargs
   )
-
-
-def abstract_encoder(config, modality: str):
-  """The encoder sub-module of `config`'s model with abstract (shape-only) variables."""
-  from xmae_jax import models
-
-  model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
-  return encoder_module(model, modality)
 
 
 def load_encoder(
@@ -545,7 +467,9 @@ def load_encoder(
       return enc
     lacking = [m for m in package_lib.modalities_of(modality) if m not in enc.modalities]
     if lacking:
-      raise EncoderError(f"package {path} holds the {enc.modality} encoder, not {modality}")
+      raise encoder_module.EncoderError(
+          f"package {path} holds the {enc.modality} encoder, not {modality}"
+      )
     return Encoder(
         enc.module,
         enc.config,

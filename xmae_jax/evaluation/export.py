@@ -21,7 +21,7 @@ from xmae_jax import errors
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import contract as contract_lib
-from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import package as package_lib
 
 
@@ -54,7 +54,7 @@ def export_model(
   """Writes the package of `model`'s `modality` encoder (ppg, ecg, or ppg+ecg for M2AE's joint
   fingerprint) to `output`; returns its path."""
   output = check_output(output, overwrite=overwrite)
-  module = encoder_lib.encoder_module(model, modality)
+  module = encoder_module.encoder_module(model, modality)
   module.eval()
   flat, kinds = _weights(module)
   bad = sorted(k for k, v in flat.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
@@ -68,7 +68,7 @@ def export_model(
       model_name=str(config.model.name),
       modality=modality,
       latent_dim=int(config.model.latent_dim),
-      param_count=encoder_lib.count_parameters(module),
+      param_count=encoder_module.count_parameters(module),
       contract=contract.as_dict(),
       preprocessing=contract_lib.dataset_preprocessing(config),
       source=source,

@@ -13,6 +13,7 @@ output is replaced only when it is a package, `check_output`) holds
                         BatchNorm statistics; no optimizer state)
   encoder.safetensors   the same tensors for other frameworks (names and layout: README.md)
   README.md             how to load it, in JAX and without JAX
+                        (xmae_jax.evaluation.package_readme)
   MODEL_CARD.md         training data and its licence, preprocessing, metrics, limits
                         (xmae_jax.evaluation.model_card)
 package.json also holds the sha256 digest of every other file (`sha256`: {relative name:
@@ -49,6 +50,7 @@ from xmae_jax import config_lib
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import model_card
+from xmae_jax.evaluation import package_readme
 from xmae_jax.evaluation import package_swap
 from xmae_jax.version import __version__
 
@@ -213,7 +215,7 @@ def write_package(
         ckptr.wait_until_finished()
       _save_safetensors(new / SAFETENSORS_FILE, tensors, info)
       (new / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
-      (new / README_FILE).write_text(package_readme(info))
+      (new / README_FILE).write_text(package_readme.render(info))
       (new / model_card.FILE).write_text(model_card.render(info, config_dict))
       info = {**info, DIGESTS: file_digests(new)}
       (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
@@ -395,72 +397,6 @@ def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) ->
       "package_version": info["package_version"],
   }
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def package_readme(info: dict) -> str:
-  c = info["contract"]
-  modalities = package_modalities(info)
-  what = "+".join(modalities).upper()
-  if len(modalities) > 1:
-    what_text = (
-        f"Frozen {info['model_name']} fingerprint encoder of "
-        f"{' and '.join(m.upper() for m in modalities)} "
-        "(each modality's encoder and the shared bottleneck): either modality alone or "
-        "both give a fingerprint in one latent space"
-    )
-    loading = [
-        "z = enc.embed(ppg=p, ecg=e, fs=125)       # p, e: (N, L) the same windows -> (N, latent)",
-        "z_ppg = enc.embed(ppg=p, fs=125)          # PPG alone: same space, same shape",
-        "z_ecg = enc.embed(ecg=e, fs=125)          # ECG alone",
-        "z = enc.embed_prepared(ppg=W1, ecg=W2)    # prepared (N, L) windows, no preprocessing",
-    ]
-  else:
-    what_text = f"Frozen {what} encoder"
-    loading = [
-        "z = enc.embed(x, fs=125)                  # x: (N, L) raw or prepared -> (N, latent)",
-        f"z = enc.embed({modalities[0]}=x, fs=125)  # the same, by keyword",
-    ]
-  lines = [
-      f"# {info['model_name']} {what} encoder (xmae-jax {info['package_version']})",
-      "",
-      f"{what_text}, {info['param_count']:,} parameters, "
-      f"embedding size {info['latent_dim']}. Source: {json.dumps(info['source'])}.",
-      "",
-      "## Input contract",
-      f"* {c['segment_length']} samples = {c['segment_seconds']:g} s at {c['sampling_rate']:g} Hz, "
-      "one segment per row, float32.",
-      f"* Normalization: {c['normalization_text']}.",
-      f"* Training data were cleaned with NeuroKit2 (`ecg_clean` method {c['ecg_clean_method']!r}, "
-      f"`ppg_clean` method {c['ppg_clean_method']!r}) at the source rate, then resampled "
-      f"({c['resample_method']}) to {c['sampling_rate']:g} Hz.",
-      "",
-      "## Loading",
-      "```python",
-      "import xmae_jax",
-      "enc = xmae_jax.load_encoder('PATH')        # this directory",
-      *loading,
-      "```",
-      "`embed` resamples, windows (10-s windows averaged per row) and normalizes when `fs` or `L`",
-      "differ from the contract, and min-max normalizes contract-shaped rows.",
-      "",
-      "## Weights without JAX",
-      f"`{SAFETENSORS_FILE}` holds every tensor (also in `{WEIGHTS_DIR}/`, an Orbax checkpoint).",
-      "Names are the dotted attribute paths of the Flax NNX module (`package.json` lists each",
-      "name's shape, dtype and kind: `param` or `batch_stat`). Layouts are Flax's: `nnx.Linear`",
-      "kernels are (in, out); `nnx.Conv` kernels are (width, in, out) on channels-last (B, L, C)",
-      "inputs; `nnx.ConvTranspose` likewise; BatchNorm keeps `scale`, `bias` (params) and `mean`,",
-      "`var` (batch statistics, used at inference). A PyTorch user transposes Linear kernels and",
-      "moves the conv kernel's width axis last ((out, in, width) = kernel.transpose(2, 1, 0)).",
-      "`xmae_jax.interop.torch_encoder.load('PATH')` does all of this: the encoder as a",
-      "`torch.nn.Module` with `embed(x, fs)`, without importing JAX.",
-      "",
-      "## Tensors",
-      "| name | shape | kind |",
-      "|---|---|---|",
-  ]
-  for name, t in info["tensors"].items():
-    lines.append(f"| `{name}` | {tuple(t['shape'])} | {t['kind']} |")
-  return "\n".join(lines) + "\n"
 
 
 # ---- reading ----------------------------------------------------------------------------------

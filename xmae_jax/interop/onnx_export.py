@@ -27,6 +27,7 @@ from flax import nnx
 from xmae_jax.atomic import atomic_path
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.interop import stablehlo
 
 
@@ -49,7 +50,7 @@ def write_onnx(package_dir) -> list[Path]:
   enc = encoder_lib.load_encoder(package_dir)
   graphdef, state = nnx.split(enc.module)
   state = jax.tree.map(np.asarray, state)
-  joint = isinstance(enc.module, encoder_lib.JointFingerprint)
+  joint = isinstance(enc.module, encoder_module.JointFingerprint)
   written = []
   for inputs in stablehlo.input_sets(enc.modalities):
 

@@ -33,6 +33,7 @@ from flax import nnx
 from xmae_jax.atomic import atomic_write
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 
 CONTRACT_FILE = "stablehlo.json"
 FORMAT_NAME = "xmae-jax-stablehlo"
@@ -62,7 +63,7 @@ def export_embedding(
   positional inputs in the order of `inputs`, with the weights as constants."""
   graphdef, state = nnx.split(enc.module)
   state = jax.tree.map(np.asarray, state)  # host constants, whatever device they were on
-  joint = isinstance(enc.module, encoder_lib.JointFingerprint)
+  joint = isinstance(enc.module, encoder_module.JointFingerprint)
 
   def embed(*windows):
     m = nnx.merge(graphdef, state)
