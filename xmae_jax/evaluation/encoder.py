@@ -45,7 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import models
 from xmae_jax import paths
+from xmae_jax.data import preprocess
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import package as package_lib
@@ -107,8 +109,6 @@ class Encoder:
   @property
   def alignment(self) -> dict[str, Any]:
     """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
-    from xmae_jax.data import preprocess
-
     return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   @property
@@ -184,8 +184,6 @@ class Encoder:
   ) -> tuple[np.ndarray, np.ndarray]:
     """(windows (M, segment_length) float32, source row of each window) of one modality's input
     (`modality`: default this encoder's one modality)."""
-    from xmae_jax.data import preprocess
-
     modality = modality or self.modalities[0]
     fs = self.contract.sampling_rate if fs is None else fs
     a = _as_batch(x)
@@ -213,8 +211,6 @@ class Encoder:
     return a.shape[1] == c.segment_length and _same_rate(fs, c.sampling_rate) and not clean
 
   def _preprocess_config(self, **alignment):
-    from xmae_jax.data import preprocess
-
     c = self.contract
     return preprocess.PreprocessConfig(
         target_fs=int(round(c.sampling_rate)),
@@ -237,8 +233,6 @@ class Encoder:
     training data's was (`align_rows`; not for rows taken as prepared windows, nor with
     align=False) -> ({modality: windows}, source row of each window, PPG shift of each window
     in seconds, what was applied in words)."""
-    from xmae_jax.data import preprocess
-
     fs = self.contract.sampling_rate if fs is None else fs
     try:
       return preprocess.prepare_aligned_rows(
@@ -404,8 +398,6 @@ def from_model(model, config, modality: str = "ppg", **kwargs) -> Encoder:
 
 def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> Encoder:
   """A randomly initialized encoder of `config` (the baseline pretrained encoders must beat)."""
-  from xmae_jax import models
-
   model = models.build(config, nnx.Rngs(seed))
   return from_model(
       model, config, modality, info={"source": f"random init (seed {seed})"}, **kwargs
@@ -415,6 +407,7 @@ def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> En
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:
   """'auto' = the best checkpoint by validation loss if any has one, else the latest; a corrupt
   one is skipped for the next intact one (`model_checkpoint.restore_model`)."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import model_checkpoint
 
   model, config, used, _ = model_checkpoint.restore_model(workdir, step)
@@ -426,6 +419,7 @@ def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwa
 def load_package(path, **kwargs) -> Encoder:
   """An exported package -> Encoder; weights from its Orbax checkpoint, no network (a gs://
   package is copied to a local folder first: its files are read and verified one by one)."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import checkpoint
 
   path = paths.local_mirror(path, "encoder package").absolute()

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import models
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import package as package_lib
+from xmae_jax.models import m2ae
 
 
 class EncoderError(XmaeError):
@@ -50,8 +52,6 @@ class JointFingerprint(nnx.Module):
     self.bottleneck = model.bottleneck
 
   def __call__(self, ppg=None, ecg=None):
-    from xmae_jax.models import m2ae
-
     given = {"ppg": ppg, "ecg": ecg}
     encoders = {"ppg": self.ppg_encoder, "ecg": self.ecg_encoder}
     # The model's token order (m2ae.MODALITIES), so both-modality fingerprints match it exactly.
@@ -70,8 +70,6 @@ def count_parameters(module) -> int:
 def encoder_module(model, modality: str):
   """The model's exported sub-module for `modality` ("ppg+ecg": M2AE's `JointFingerprint`),
   with a clear error if it has none."""
-  from xmae_jax.models import m2ae
-
   if modality == package_lib.JOINT:
     if not isinstance(model, m2ae.M2AE):
       raise EncoderError(
@@ -88,7 +86,5 @@ def encoder_module(model, modality: str):
 
 def abstract_encoder(config, modality: str):
   """The encoder sub-module of `config`'s model with abstract (shape-only) variables."""
-  from xmae_jax import models
-
   model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
   return encoder_module(model, modality)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from xmae_jax import config_lib
 from xmae_jax import errors
@@ -31,8 +32,7 @@ class ExportError(XmaeError):
 
 def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """{name: float32/int array} of the module's variables, and each one's kind."""
-  from flax import nnx
-
+  # Orbax (training.checkpoint) takes a while to import; xmae-export --help needs it not.
   from xmae_jax.training import checkpoint
 
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(nnx.state(module)).items()}
@@ -105,6 +105,7 @@ def export_workdir(
     workdir, output, *, modality: str = "ppg", step: str | int = "auto", overwrite: bool = False
 ) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
+  # Orbax (training.checkpoint) takes a while to import; xmae-export --help needs it not.
   from xmae_jax.training import checkpoint
   from xmae_jax.training import model_checkpoint
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from xmae_jax import config_lib
 from xmae_jax import paths
@@ -195,6 +196,7 @@ def write_package(
   scratch folder beside `output`, then swaps it into place, so `output` is either the old
   package or the complete new one. A failed write (full disk, read-only file system) is one
   PackageError line naming `output`, and leaves it as it was."""
+  # Orbax loads JAX: torch_encoder reads packages through this module without JAX.
   import orbax.checkpoint as ocp
 
   if paths.is_remote(output):
@@ -387,8 +389,6 @@ def member(path, name: Any, what: str) -> Path:
 
 
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) -> None:
-  from safetensors.numpy import save_file
-
   metadata = {
       "format": info["format"],
       "format_version": str(info["format_version"]),
@@ -447,6 +447,7 @@ def read_config(path, info: dict):
 def restore_tensors(path, info: dict, target: dict) -> dict:
   """{tensor name: array} from the package's Orbax item, shaped and placed like `target`
   (abstract arrays)."""
+  # Orbax loads JAX: torch_encoder reads packages through this module without JAX.
   import orbax.checkpoint as ocp
 
   path = Path(path)

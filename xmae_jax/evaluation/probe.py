@@ -166,6 +166,7 @@ def linear_probe(
 def _head_functions(n_out: int, lr: float):
   """(init, step, loss) for a linear head, jitted once per (outputs, lr) and reused by every
   fold, task and encoder (compiling per fold dominated the protocol's run time)."""
+  # JAX only for this protocol: the linear probe and xmae-probe --help run without it.
   import jax
   import jax.numpy as jnp
   import optax
@@ -190,6 +191,7 @@ def _head_functions(n_out: int, lr: float):
 
 
 def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeConfig, seed: int):
+  # JAX only for this protocol: the linear probe and xmae-probe --help run without it.
   import jax
   import jax.numpy as jnp
 

@@ -200,6 +200,7 @@ def reconstruct(
   The masks depend only on the seed, the segment's position and the model's masking config,
   so two models with the same masking see identical masks.
   """
+  # JAX only to run a model: the metrics and the report are computed without it.
   import jax
   from flax import nnx
 
@@ -229,6 +230,7 @@ def whole_reconstructor(model, *, direction: str, batch_size: int = 64):
   """A function (N, L) source-modality windows -> the whole target waveforms (N, L) decoded
   from the source alone, through `model.reconstruct` (the both-way contract); `direction` is a
   key of DIRECTIONS. Compiled once, for the paired windows and their control alike."""
+  # JAX only to run a model: the metrics and the report are computed without it.
   import jax
   from flax import nnx
 
@@ -364,6 +366,7 @@ def build_report(
   and with `with_ceiling` each data source's `timing_ceiling` under 'ceilings'. Raw records are
   read for each model with the PPG shift its training data had (`recon_windows`); a row's
   `notes["ppg_alignment"]` says which."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import model_checkpoint
 
   if not data_sources:

@@ -42,6 +42,7 @@ def onnx_file(inputs: str) -> str:
 def write_onnx(package_dir) -> list[Path]:
   """Writes the ONNX model of each input set into the package; returns their paths."""
   try:
+    # jax2onnx is an optional extra (onnx): its absence is the one line below.
     import jax2onnx
   except ImportError:
     raise OnnxExportError("ONNX export needs jax2onnx: pip install 'xmae-jax[onnx]'") from None

@@ -283,6 +283,7 @@ class Checkpointer:
     if opt is not None:
       args["opt"] = ocp.args.StandardRestore(opt)
     if data_iter is not None:
+      # Grain is in the train extra: loading a model (no iterator) works without it.
       import grain
 
       args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
