@@ -50,6 +50,7 @@ from safetensors.numpy import save_file
 from xmae_jax import config_lib
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
+from xmae_jax.errors import storage_reason
 from xmae_jax.evaluation import model_card
 from xmae_jax.evaluation import package_readme
 from xmae_jax.evaluation import package_swap
@@ -265,7 +266,7 @@ def _writing(output: Path):
   except XmaeError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # whatever the writers wrap it in
-    reason = disk_error(e)
+    reason = storage_reason(e, system_text=True)
     if reason is None:
       raise
     held.records.clear()
@@ -302,25 +303,6 @@ def check_space(folder: Path, output: Path, tensors: dict[str, np.ndarray]) -> N
         f"cannot write encoder package {output}: {os.strerror(errno.ENOSPC)} (it "
         f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)"
     )
-
-
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-
-
-def disk_error(e: BaseException) -> str | None:
-  """The reason ("No space left on device", ...) when `e` is, or wraps, a failed write of the
-  file system; None for anything else."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-      return e.strerror or os.strerror(e.errno)
-    text = str(e)
-    for code in _DISK_ERRNOS:
-      if os.strerror(code) in text:
-        return os.strerror(code)
-    e = e.__cause__ or e.__context__
-  return None
 
 
 # ---- digests ------------------------------------------------------------------------------------
