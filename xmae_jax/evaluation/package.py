@@ -17,8 +17,9 @@ output is replaced only when it is a package, `check_output`) holds
   MODEL_CARD.md         training data and its licence, preprocessing, metrics, limits
                         (xmae_jax.evaluation.model_card)
 package.json also holds the sha256 digest of every other file (`sha256`: {relative name:
-digest}); `verify_files` checks them when a package is loaded, and every name read from
-package.json must stay inside the package (`member`).
+digest}), also of the files xmae-export --stablehlo / --onnx add later (`adding_files`);
+`verify_files` checks them when a package is loaded, and every name read from package.json must
+stay inside the package (`member`).
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
+from xmae_jax import atomic
 from xmae_jax import config_lib
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
@@ -347,6 +349,33 @@ def verify_files(path, info: dict) -> None:
           f"encoder package {path}: file {name} differs from what was exported "
           "(sha256 mismatch): the package is damaged; export it again"
       )
+
+
+@contextlib.contextmanager
+def adding_files(path, names):
+  """Around a tool that writes `names` (files beside the package's own: `is_member_name`, e.g.
+  xmae-export --stablehlo / --onnx) into an existing local package: their old digests leave
+  package.json first, so a write cut short leaves them unlisted (read unverified) rather than
+  "damaged"; when the block succeeds, the new files' digests join the others, and `verify_files`
+  refuses a changed one as it refuses a changed weight file. A package without digests (written
+  before they existed) stays without."""
+  path = Path(path)
+  names = sorted(set(names))
+  for name in names:
+    if name in PACKAGE_MEMBERS or not is_member_name(name):
+      raise PackageError(f"encoder package {path}: {name!r} is not a file a tool may add to it")
+  info = read_package_info(path)
+  if not isinstance(info.get(DIGESTS), dict):
+    yield
+    return
+  kept = {k: v for k, v in info[DIGESTS].items() if k not in names}
+  atomic.atomic_write(path / PACKAGE_FILE, json.dumps({**info, DIGESTS: kept}, indent=1))
+  yield
+  info = read_package_info(path)
+  added = {name: file_digest(member(path, name, "file")) for name in names}
+  atomic.atomic_write(
+      path / PACKAGE_FILE, json.dumps({**info, DIGESTS: {**info[DIGESTS], **added}}, indent=1)
+  )
 
 
 def member(path, name: Any, what: str) -> Path:
