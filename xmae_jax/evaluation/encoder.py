@@ -3,11 +3,11 @@
 An `Encoder` wraps one modality's encoder sub-module of a model (`model.encoder(modality)`, in
 eval mode: no dropout, BatchNorm from running statistics) together with its preprocessing
 contract (sampling rate, segment length, normalization). For M2AE it can instead wrap the joint
-fingerprint (`JointFingerprint`, modality "ppg+ecg": both modality encoders and the shared
-bottleneck), whose `embed(ppg=..., ecg=..., fs=...)` takes either modality or both and returns
-fingerprints of one shape in one latent space. `.modalities` says what an encoder takes; a
-single-modality encoder takes `embed(x, fs)` or the keyword of its modality. `embed` accepts
-float (N, L) segments (per modality; both modalities must be the same windows):
+fingerprint (`encoder_module.JointFingerprint`, modality "ppg+ecg": both modality encoders and
+the shared bottleneck), whose `embed(ppg=..., ecg=..., fs=...)` takes either modality or both
+and returns fingerprints of one shape in one latent space. `.modalities` says what an encoder
+takes; a single-modality encoder takes `embed(x, fs)` or the keyword of its modality. `embed`
+accepts float (N, L) segments (per modality; both modalities must be the same windows):
 
 * L == the contract's segment length and fs == its sampling rate: the rows are taken as prepared
   segments; they are min-max normalized per segment to [-1, 1] again (a no-op for prepared
