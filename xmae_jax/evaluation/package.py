@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save_file
+import safetensors.numpy
 
 from xmae_jax import atomic
 from xmae_jax import config_lib
@@ -407,7 +407,9 @@ def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) ->
       "modality": info["modality"],
       "package_version": info["package_version"],
   }
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+  safetensors.numpy.save_file(
+      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata
+  )
 
 
 # ---- reading ----------------------------------------------------------------------------------
