@@ -200,8 +200,9 @@ def build_step(
   parameters as buffers (True) or nested dicts (False); None: the trainer's choice
   (`training.state.state_layout`).
   """
-  # The training modules load Flax and Orbax (about a second): only building the step needs them,
-  # not `python -m xmae_jax.benchmarks train --help` nor the benchmarks importing this module.
+  # The training modules load Flax and Orbax, which takes a while: only building the step needs
+  # them, not `python -m xmae_jax.benchmarks train --help` nor the benchmarks importing this
+  # module.
   from xmae_jax.training import optim
   from xmae_jax.training import sharding
   from xmae_jax.training import state as state_lib

@@ -173,7 +173,7 @@ def paired_beat_difference(
   """Sensitivity and share within 50 ms of a reconstruction minus its control's, from their
   BeatTiming.per_row on the same windows, each with a 95% CI from resampling subjects (`groups`,
   one per window; both conditions resampled with the same subjects' windows)."""
-  # probe_metrics loads scipy.stats (about a second); the other metrics here need it not.
+  # probe_metrics loads scipy.stats, which takes a while; the other metrics here need it not.
   from xmae_jax.evaluation import probe_metrics
 
   def rates(rows, idx):

@@ -86,7 +86,7 @@ def topology_devices(topology: str) -> list:
         "(set JAX_PLATFORMS=cpu before jax starts)"
     )
   try:
-    # Experimental; a jax without it is the one line below.
+    # Experimental, and needs libtpu: a jax without either is the one line below.
     from jax.experimental import topologies
 
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
