@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax.data import shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +82,6 @@ def recorded_preprocessing(config) -> dict[str, Any] | None:
   if not data_dir:
     return {}
   try:
-    from xmae_jax.data import shards
-
     return shards.read_manifest(data_dir).get("preprocessing", {})
   except Exception:  # the dataset may be gone
     return None
