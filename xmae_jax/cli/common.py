@@ -14,6 +14,8 @@ import importlib.util
 import sys
 from typing import Any, Callable, Sequence
 
+from absl import flags
+
 from xmae_jax.data import labels as labels_lib
 from xmae_jax.data import sources
 from xmae_jax.errors import XmaeError
@@ -161,8 +163,6 @@ def absl_help(usage: str, doc: str, own_flags: Sequence[Any], extra: Sequence[st
   the first line of `doc` (the module docstring), the flags of `own_flags` (absl FlagHolders)
   with their defaults, the `extra` flag lines, then the rest of `doc`; `--helpfull` still
   lists absl's own flags."""
-  from absl import flags
-
   first, _, rest = doc.strip().partition("\n")
   lines = [usage, "", first, "", "flags:"]
   for holder in own_flags:

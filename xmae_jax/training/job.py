@@ -43,6 +43,8 @@ def run(
   setting or state that stops the run, KeyboardInterrupt on Ctrl-C before the loop."""
   if keep_freed_host_memory:
     host_memory.keep_freed_host_memory()
+  # JAX, and the training modules that import it, only now: after the malloc setting (before
+  # the threads of JAX's CPU client) and after the calling tool's own checks.
   import jax
 
   from xmae_jax.training import distributed
