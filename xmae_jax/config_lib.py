@@ -144,6 +144,11 @@ def _train() -> mlc.ConfigDict:
   # accelerators, where the host's per-leaf cost is a large share of a tens-of-ms step; tree on
   # CPU, where a step takes seconds and the buffers' step was not shown to be free (BENCHMARKS.md).
   t.state_layout = "auto"
+  # How a fresh run builds its initial state: "host" (on one host's CPU, then placed: the
+  # per-shape compiles are shared by every mesh), "sharded" (one jit with the state's shardings:
+  # each device computes only its own shards, for a state too large for one host), or "auto":
+  # sharded above training.state.SHARDED_INIT_BYTES. Both give the same values.
+  t.init = "auto"
   # Start a fresh run from another run's weights (its best-validation checkpoint, else its
   # latest; or an xmae-import-torch workdir) with a new optimizer and data stream: continued
   # pretraining on other data. "" = from the initializer. The model settings must match.

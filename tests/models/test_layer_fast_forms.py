@@ -45,6 +45,17 @@ def test_batch_moments_are_exact_for_data_far_from_zero():
   np.testing.assert_allclose(var, x64.var(axis=(0, 1)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(8, 300, 3), (4, 50, 6), (3, 20, 2), (200, 5), (2, 4, 10, 3)])
+def test_leading_rows_are_the_first_rows_bit_for_bit(shape):
+  # (4, 50, 6): the 64 rows span two examples; (3, 20, 2): fewer rows than 64.
+  x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+  x.reshape(-1)[:7] = [-0.0, np.inf, -np.inf, 0.0, 1e-30, -3.0, 7.0]  # XLA:CPU flushes subnormals
+  got = jax.jit(lambda v: layers.leading_rows(v, 64))(jnp.asarray(x))
+  want = x.reshape(-1, shape[-1])[:64]
+  assert got.shape == want.shape
+  np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_batchnorm_gradient_matches_the_two_pass_form():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(2.0, 3.0, size=(4, 50, 6)).astype(np.float32))

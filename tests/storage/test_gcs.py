@@ -237,3 +237,40 @@ def test_a_mirrored_folder_follows_objects_replaced_in_the_bucket(gcs):
   assert (paths.local_mirror(url, "dataset") / "a.bin").read_bytes() == b"other"
   with pytest.raises(paths.StorageError, match=rf"^dataset {gcs.bucket}/absent cannot be read"):
     paths.local_mirror(f"{gcs.bucket}/absent", "dataset")
+
+
+def test_prepare_reads_its_input_from_the_bucket(gcs, tmp_path):
+  # Raw recordings in a bucket: the readers open local files, so the input is mirrored
+  # locally (paths.local_mirror); the dataset's request names the URL, so a rerun resumes.
+  import neurokit2 as nk
+  import pandas as pd
+
+  from xmae_jax.data import prepare as prepare_lib
+
+  url = f"{gcs.bucket}/raw_csv"
+  fs, seconds = 125, 60
+  for i in range(2):
+    ecg = nk.ecg_simulate(
+        duration=seconds, sampling_rate=fs, heart_rate=60 + 10 * i, random_state=i
+    )
+    ppg = nk.ppg_simulate(
+        duration=seconds, sampling_rate=fs, heart_rate=60 + 10 * i, random_state=i
+    )
+    atomic.atomic_write(
+        f"{url}/subject{i}.csv", pd.DataFrame({"ecg": ecg, "ppg": ppg}).to_csv(index=False)
+    )
+  out = tmp_path / "out"
+  prepare = lambda: prepare_lib.prepare_dataset(  # noqa: E731
+      "csv", url, out, source_options={"fs": float(fs)}, progress=False, log=None
+  )
+  report = prepare()
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["request"]["input"] == url  # the URL, not the local copy
+  assert sum(s["records"] for s in manifest["splits"].values()) > 0, manifest["splits"]
+  assert json.dumps(report)  # the closing report
+  # The same command again resumes (same request), reading the mirror refreshed in place.
+  prepare()
+  with pytest.raises(paths.StorageError, match=rf"^input {gcs.bucket}/absent cannot be read"):
+    prepare_lib.prepare_dataset(
+        "csv", f"{gcs.bucket}/absent", tmp_path / "o2", source_options={"fs": 125.0}, log=None
+    )

@@ -29,7 +29,12 @@ PROG = "xmae-prepare"
 def build_parser() -> argparse.ArgumentParser:
   p = common.parser(PROG, __doc__)
   p.add_argument("--source", help=f"one of {', '.join(sources_lib.READERS)}")
-  p.add_argument("--input", default=None, help="file or directory (not needed for synthetic)")
+  p.add_argument(
+      "--input",
+      default=None,
+      help="file or directory, local or gs:// (copied to a local mirror first); "
+      "not needed for synthetic",
+  )
   p.add_argument("--output", help="dataset directory to write")
   p.add_argument(
       "--overwrite",

@@ -80,10 +80,17 @@ def prepare_dataset(
     )
   if beam_options:
     raise rules.PrepareError("--beam-options applies only to --runner beam")
+  # Readers open local files (WFDB headers beside their signals, EDF, CSV): a gs:// input is
+  # copied to a local mirror first (refreshed object by object on a rerun); the request keeps
+  # the URL, so a rerun of the same command resumes.
+  named = input
+  if input is not None and paths.is_remote(input):
+    input = paths.local_mirror(input, "input")
   local = lambda out: prepare_local.prepare_local(
       source,
       input,
       out,
+      input_name=named,
       workers=workers,
       seed=seed,
       test_frac=test_frac,

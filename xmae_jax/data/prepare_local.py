@@ -59,8 +59,12 @@ def prepare_local(
     progress: bool = True,
     overwrite: bool = False,
     log=print,
+    input_name=None,
 ) -> dict[str, Any]:
   """`prepare.prepare_dataset` on this machine: a spawn pool of `workers`; returns the report.
+
+  `input_name`: what the request records as the input (default `input`): the URL of a remote
+  input read from its local mirror.
 
   An output holding a dataset (or an unfinished run) of another request is refused unless
   `overwrite`; a re-run of the same request resumes it. Raises PrepareError when no segment at
@@ -87,7 +91,7 @@ def prepare_local(
   )
   request = rules.dataset_request(
       source,
-      input,
+      input if input_name is None else input_name,
       options,
       config,
       seed=seed,

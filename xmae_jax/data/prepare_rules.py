@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xmae_jax import errors
+from xmae_jax import paths
 from xmae_jax.data import preprocess as pp
 from xmae_jax.data import record as record_lib
 from xmae_jax.data import shards
@@ -119,7 +120,13 @@ def dataset_request(
   another dataset (see `check_request`). Worker count and progress are not part of it."""
   request = {
       "source": source,
-      "input": None if input is None else os.path.abspath(input),
+      "input": (
+          None
+          if input is None
+          else paths.text(input)
+          if paths.is_remote(input)
+          else os.path.abspath(input)
+      ),
       "source_options": options,
       "preprocessing": config.as_dict(),
       "split": {"seed": seed, "test_frac": test_frac, "val_frac": val_frac},

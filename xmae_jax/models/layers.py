@@ -69,6 +69,10 @@ def compute_dtype(config) -> jnp.dtype:
 # ----------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("size", "normal"))
 def _draw(key, scale, *, size: int, normal: bool):
+  # Inlined in a larger jit (the sharded initial state, training.state), `scale` would be a
+  # constant that XLA folds into the draw's own constants, an ulp off the eager draw, where it
+  # is an argument; behind the barrier it stays one, and both give the same bits.
+  scale = jax.lax.optimization_barrier(scale)
   if normal:
     return scale * jax.random.normal(key, (size,), F32)
   return jax.random.uniform(key, (size,), F32, -scale, scale)
@@ -224,18 +228,44 @@ class LayerNorm(nnx.Module):
     return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
+SHIFT_ROWS = 64  # batch_moments' shift: the mean of this many leading rows
+
+
+def leading_rows(x: Array, n: int) -> Array:
+  """The first `n` rows (at most) of `x` flattened to (rows, channels), row-major over every
+  axis but the last, read so that a batch-sharded `x` needs one all-reduce, whatever the mesh.
+
+  `x.reshape(-1, C)[:n]` is the same array, but its rows lie on the device(s) holding the first
+  examples, and the partitioner sends them from there to every other device: one
+  collective-permute per other device and call, so their number grew with the slice (BatchNorm
+  calls this in every training forward pass). Here each example the rows span is picked out by
+  a maximum over the batch axis of the example and -inf for every other: each device reduces
+  its own rows and one all-reduce (max, of n x C floats) gives the rows themselves, bit for bit,
+  on every topology. A maximum, not a masked sum: XLA would merge a sum into the caller's
+  reduction of the rows and change its order of summation (and rounding).
+  """
+  lead, c = x.shape[0], x.shape[-1]
+  per_example = math.prod(x.shape[1:-1])
+  rows = min(n, lead * per_example)
+  xs = x.reshape(lead, per_example, c)[:, : min(per_example, rows)]
+  examples = -(-rows // xs.shape[1])
+  which = jax.lax.broadcasted_iota(jnp.int32, (examples, lead), 1)
+  pick = which == jnp.arange(examples, dtype=jnp.int32)[:, None]
+  head = jnp.max(jnp.where(pick[:, :, None, None], xs[None], -jnp.inf), axis=1)
+  return head.reshape(-1, c)[:rows]
+
+
 def batch_moments(x: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:
   """Mean and biased variance of `x` over `axes` (all but the last), in one pass over `x`.
 
   Both come from the sums of d = x - shift and d^2: two reductions of the same input, which XLA
   computes in one read of the (large) activation, where the two-pass form (the mean first, then
   the mean squared deviation) reads it twice and has a longer backward pass. The per-channel
-  shift, the mean of the first (up to) 64 rows, lies within a few standard deviations of the
-  mean, which keeps m2 - m1^2 well conditioned whatever the offset of the data: the variance
-  matches the two-pass one within float32 rounding.
+  shift, the mean of the first (up to) 64 rows (`leading_rows`), lies within a few standard
+  deviations of the mean, which keeps m2 - m1^2 well conditioned whatever the offset of the
+  data: the variance matches the two-pass one within float32 rounding.
   """
-  rows = x.reshape(-1, x.shape[-1])
-  shift = jax.lax.stop_gradient(jnp.mean(rows[:64], axis=0))
+  shift = jax.lax.stop_gradient(jnp.mean(leading_rows(x, SHIFT_ROWS), axis=0))
   d = x - shift
   m1 = jnp.mean(d, axis=axes)
   m2 = jnp.mean(jnp.square(d), axis=axes)

@@ -228,27 +228,42 @@ def shape_bytes(text: str) -> int:
   )
 
 
+def tuple_elements(text: str) -> list[str]:
+  """The top-level elements of an HLO tuple type `(a, (b, c), d)`; a non-tuple type: itself."""
+  if not text.startswith("("):
+    return [text]
+  out, depth, start = [], 0, 1
+  for i, ch in enumerate(text):
+    if ch in "({[":
+      depth += 1
+    elif ch in ")}]":
+      depth -= 1
+      if depth == 0:
+        out.append(text[start:i].strip())
+        break
+    elif ch == "," and depth == 1:
+      out.append(text[start:i].strip())
+      start = i + 1
+  return [e for e in out if e]
+
+
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
   """{kind: {"count", "bytes"}} of the collective ops in a compiled module's HLO text (an async
-  pair counted once, by its start; bytes: its result shapes, for an async start the last
-  element of its result tuple). Ops inside a loop body count once, not per iteration."""
+  pair counted once, by its start; bytes: its result shapes). An async start other than an
+  all-reduce's returns (operands, results, context scalars...): its bytes are the results'
+  alone (counting the whole tuple would count the data twice, counting its last elements the
+  context scalars). Ops inside a loop body count once, not per iteration."""
   out = collections.defaultdict(lambda: {"count": 0, "bytes": 0})
   for line in hlo_text.splitlines():
     m = _OP.search(line)
     if m is None:
       continue
     result, kind, is_start = m.group(1), m.group(2), m.group(3)
-    if is_start and result.startswith("("):
-      # (operands..., results...) of an async start: the output half.
-      shapes = _SHAPE.findall(result)
-      shapes = shapes[len(shapes) // 2 :] if len(shapes) > 1 else shapes
-      nbytes = sum(
-          _BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d) for dt, dims in shapes
-      )
-    else:
-      nbytes = shape_bytes(result)
+    if is_start and kind != "all-reduce":
+      parts = tuple_elements(result)
+      result = parts[1] if len(parts) > 1 else parts[0]
     out[kind]["count"] += 1
-    out[kind]["bytes"] += nbytes
+    out[kind]["bytes"] += shape_bytes(result)
   return {k: dict(out[k]) for k in COLLECTIVES if k in out}
 
 
@@ -303,6 +318,8 @@ def report(c: Compiled) -> dict:
       "global_batch": c.batch_size,
       "batch_per_chip": c.batch_size / chips,
       "compute_dtype": str(c.config.train.compute_dtype),
+      # How xmae-train would build this initial state (state.init_mode: host or sharded).
+      "init": state_lib.init_mode(c.config, c.abstract),
       "hbm_per_chip": {**mem, "capacity": c.chip.hbm_bytes},
       "hbm_fraction": mem["total"] / c.chip.hbm_bytes,
       "flops_per_step_per_chip": flops,

@@ -317,7 +317,7 @@ def _train(
   with jax.set_mesh(mesh):
     fallback, log_window = None, []
     if latest is None:
-      state = state_lib.host_init(init, state_sh)
+      state = state_lib.initial_state(config, init, abstract, state_sh)
     else:
       latest, (state, log_window), fallback = ckpt_lib.restore_newest_intact(  # newest intact
           ckpt,
