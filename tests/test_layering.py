@@ -1,7 +1,8 @@
 """The package's layering, checked on its source: module-level imports between xmae_jax modules
 form no circle and never point up the layers (base < data < models < training < evaluation <
 interop < benchmarks < cli; `base` is every top-level module such as errors, paths, config_lib).
-Imports inside functions (optional heavy dependencies, lazy loading) are not module-level."""
+Imports inside functions (optional heavy dependencies, lazy loading) are not module-level.
+No module is longer than MAX_LINES."""
 
 import ast
 from pathlib import Path
@@ -62,3 +63,15 @@ def test_no_import_circle():
     if module not in state:
       visit(module, [module])
   assert circles == []
+
+
+MAX_LINES = 500  # a module longer than this holds more than one concept: split it by concept
+
+
+def test_no_module_exceeds_the_line_limit():
+  long = sorted(
+      (str(p.relative_to(ROOT.parent)), n)
+      for p in ROOT.rglob("*.py")
+      if (n := len(p.read_text().splitlines())) > MAX_LINES
+  )
+  assert long == []

@@ -5,8 +5,9 @@ one line naming the value or file, and every command-line tool prints it as one 
 and exits 1. Anything else is a bug and keeps its traceback. Modules subclass it only where a
 caller tells the cases apart.
 
-`storage_reason` tells a write the storage refused (full disk, read-only, quota) from other
-errors, also when a library wrapped the OSError; `check_writable` tries a destination before
+`storage_reason` tells a write the storage refused (full disk, read-only, quota, permission, I/O
+error) from other errors, also when a library wrapped the OSError: the one place that turns
+such an OSError into the reason a message names. `check_writable` tries a destination before
 any work is done.
 """
 
@@ -29,34 +30,35 @@ class XmaeError(ValueError):
 # ---- storage that cannot take a write --------------------------------------------------------
 
 # What the user reads for each errno of a destination that cannot take a write (a full disk, a
-# read-only mount); libraries that wrap the OSError in their own error (TensorStore, under
-# Orbax) keep the system's text, which the patterns below recognise.
+# read-only mount, a failing device): the system's own text (os.strerror), lower-cased.
+# Libraries that wrap the OSError in their own error (TensorStore, under Orbax) keep that text,
+# which is how a wrapped one is recognised.
 STORAGE_ERRNOS = {
     errno.ENOSPC: "no space left on device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
-}
-_STORAGE_TEXTS = {
-    "no space left on device": errno.ENOSPC,
-    "disk quota exceeded": errno.EDQUOT,
-    "read-only file system": errno.EROFS,
+    errno.EIO: "input/output error",
 }
 
 
-def storage_reason(e: BaseException) -> str | None:
+def storage_reason(e: BaseException, *, system_text: bool = False) -> str | None:
   """'no space left on device' (or 'read-only file system', ...) when `e`, or an exception it
-  was raised from, is a write refused by the storage; None for anything else."""
+  was raised from, is a write refused by the storage; None for anything else.
+
+  `system_text`: the system's own wording instead ('No space left on device', os.strerror),
+  as the encoder package's messages print it.
+  """
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-      return STORAGE_ERRNOS[e.errno]
-    text = str(e).lower()
-    for pattern, code in _STORAGE_TEXTS.items():
-      if pattern in text:
-        return STORAGE_ERRNOS[code]
+    code = e.errno if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS else None
+    if code is None:
+      text = str(e).lower()
+      code = next((c for c, reason in STORAGE_ERRNOS.items() if reason in text), None)
+    if code is not None:
+      return os.strerror(code) if system_text else STORAGE_ERRNOS[code]
     e = e.__cause__ or e.__context__
   return None
 

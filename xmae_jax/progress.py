@@ -177,6 +177,7 @@ def bar(
   if disable or mode in ("0", "off", "false", "no"):
     return _Silent(iterable, total=total, desc=desc, unit=unit, file=file, initial=initial)
   if is_terminal(file) and mode != "lines":
+    # tqdm only for a terminal: every tool imports this module.
     from tqdm import tqdm
 
     return tqdm(

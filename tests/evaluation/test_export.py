@@ -8,6 +8,7 @@ import pytest
 
 from xmae_jax.data import preprocess
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
 from xmae_jax.evaluation import package_swap
@@ -43,7 +44,7 @@ def test_package_contents(tiny_xmae, tiny_package):
   assert info["format_version"] == package_lib.FORMAT_VERSION
   assert info["modality"] == "ppg" and info["source"]["step"] == 7
   assert info["contract"]["sampling_rate"] == 100 and info["contract"]["segment_length"] == 1000
-  assert info["param_count"] == encoder_lib.count_parameters(model.encoder("ppg"))
+  assert info["param_count"] == encoder_module.count_parameters(model.encoder("ppg"))
   tensors = load_file(str(tiny_package / "encoder.safetensors"))
   assert set(tensors) == set(info["tensors"])
   assert any(t["kind"] == "batch_stat" for t in info["tensors"].values())

@@ -242,6 +242,26 @@ def test_read_only_output_is_refused_before_any_work(
 # ---- 6: digests --------------------------------------------------------------------------------
 
 
+def test_files_added_beside_a_package_join_its_digests_only_when_written(tiny_package, tmp_path):
+  pkg = tmp_path / "pkg"
+  shutil.copytree(tiny_package, pkg)
+  with package_lib.adding_files(pkg, ["stablehlo-ppg.bin"]):
+    (pkg / "stablehlo-ppg.bin").write_bytes(b"first")
+  digests = package_lib.read_package_info(pkg)[package_lib.DIGESTS]
+  assert digests["stablehlo-ppg.bin"] == package_lib.file_digest(pkg / "stablehlo-ppg.bin")
+  with pytest.raises(RuntimeError):  # a rewrite cut short: the file is no longer listed
+    with package_lib.adding_files(pkg, ["stablehlo-ppg.bin"]):
+      (pkg / "stablehlo-ppg.bin").write_bytes(b"half")
+      raise RuntimeError("killed")
+  info = package_lib.read_package_info(pkg)
+  assert "stablehlo-ppg.bin" not in info[package_lib.DIGESTS]
+  package_lib.verify_files(pkg, info)  # the rest still verifies
+  assert set(info[package_lib.DIGESTS]) == set(digests) - {"stablehlo-ppg.bin"}
+  with pytest.raises(package_lib.PackageError, match="'config.json' is not a file a tool may"):
+    with package_lib.adding_files(pkg, [package_lib.CONFIG_FILE]):
+      pass
+
+
 def test_package_digests_cover_every_file_and_a_flipped_byte_is_refused(
     tiny_package, tmp_path, capsys
 ):

@@ -7,6 +7,7 @@ from sklearn import metrics as skm
 
 from xmae_jax.evaluation import probe
 from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_folds
 from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks
 
@@ -66,7 +67,7 @@ def test_folds_never_share_a_subject():
   x, value, groups = _planted(n_subjects=17, per_subject=5)
   y = (value > 0).astype(float)
   for kind, target in ((tasks.CLASSIFICATION, y), (tasks.REGRESSION, value)):
-    splits = probe.outer_splits(target, groups, kind, 5, seed=0)
+    splits = probe_folds.outer_splits(target, groups, kind, 5, seed=0)
     assert len(splits) >= 2
     covered = np.concatenate([test for _, test in splits])
     assert sorted(covered) == list(range(len(groups)))  # every segment scored exactly once

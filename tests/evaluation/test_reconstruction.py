@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from xmae_jax.data import preprocess
+from xmae_jax.evaluation import recon_metrics
 from xmae_jax.evaluation import reconstruction as recon
 
 FS = 100.0
@@ -37,7 +38,7 @@ def _masked(n, length=1000, visible=(300, 500)):
 
 def test_perfect_reconstruction(ecg):
   masked = _masked(len(ecg))
-  s, peaks = recon.summarize(ecg, ecg.copy(), masked, FS)
+  s, peaks = recon_metrics.summarize(ecg, ecg.copy(), masked, FS)
   assert s["median_r"] == pytest.approx(1.0)
   assert s["true_beats"] >= 20  # 60-90 bpm over 8 masked seconds, 3 segments
   assert s["median_abs_error_ms"] == 0.0
@@ -49,7 +50,7 @@ def test_perfect_reconstruction(ecg):
 def test_shifted_reconstruction_reports_the_delay(ecg, shift, within):
   masked = _masked(len(ecg))
   late = np.roll(ecg, shift, axis=1)
-  s, _ = recon.summarize(ecg, late, masked, FS)
+  s, _ = recon_metrics.summarize(ecg, late, masked, FS)
   assert s["median_abs_error_ms"] == pytest.approx(shift * 1000 / FS, abs=10)
   assert s["median_signed_error_ms"] > 0
   assert s["share_within_50ms"] == pytest.approx(within, abs=0.1)
@@ -58,13 +59,13 @@ def test_shifted_reconstruction_reports_the_delay(ecg, shift, within):
 
 def test_flat_reconstruction_misses_every_beat(ecg):
   masked = _masked(len(ecg))
-  s, _ = recon.summarize(ecg, np.zeros_like(ecg), masked, FS)
+  s, _ = recon_metrics.summarize(ecg, np.zeros_like(ecg), masked, FS)
   assert s["matched_beats"] == 0 and s["share_within_50ms"] == 0.0
   assert np.isnan(s["median_r"])  # a constant reconstruction has no correlation
 
 
 def test_match_beats_is_one_to_one():
-  pairs = recon.match_beats(np.array([100, 110, 300]), np.array([105, 400]), tolerance=15)
+  pairs = recon_metrics.match_beats(np.array([100, 110, 300]), np.array([105, 400]), tolerance=15)
   assert pairs == [(0, 0)] or pairs == [(1, 0)]
   assert len(pairs) == 1
 
@@ -111,12 +112,12 @@ def ppg():
 
 
 def _feet(true, recon_, masked):
-  return recon.summarize(true, recon_, masked, FS, detect=recon.detect_pulse_feet)
+  return recon_metrics.summarize(true, recon_, masked, FS, detect=recon_metrics.detect_pulse_feet)
 
 
 def test_pulse_feet_are_the_troughs_before_the_upstroke(ppg):
   for x in ppg:
-    feet = recon.detect_pulse_feet(x, FS)
+    feet = recon_metrics.detect_pulse_feet(x, FS)
     assert len(feet) >= 8  # >= 60 bpm over 10 s
     for f in feet:
       # the lowest sample of its neighbourhood, with the pulse rising after it
@@ -189,13 +190,13 @@ def test_paired_beat_difference_resamples_subjects_for_both_conditions():
   paired = np.tile([10, 8, 6], (8, 1))
   control = np.tile([10, 3, 1], (8, 1))
   groups = np.repeat(["a", "b", "c", "d"], 2)
-  d = recon.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
+  d = recon_metrics.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
   assert d["subjects"] == 4
   assert d["sensitivity"]["value"] == pytest.approx(0.5)
   assert d["share_within_50ms"]["value"] == pytest.approx(0.5)
   assert d["sensitivity"]["ci95"] == pytest.approx([0.5, 0.5])  # every subject says the same
   # one subject where the control does better widens the interval on both sides of the value
   control[:2] = [10, 9, 9]
-  d = recon.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
+  d = recon_metrics.paired_beat_difference(paired, control, groups, n_bootstrap=200, seed=0)
   lo, hi = d["sensitivity"]["ci95"]
   assert lo < d["sensitivity"]["value"] < hi and lo < 0.5

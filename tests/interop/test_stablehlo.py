@@ -3,6 +3,7 @@
 and numpy, to the numbers of `load_encoder(...).embed_prepared`; and the numpy example."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import xmae_jax
 from tests.helpers import datasets
 from tests.helpers import mp_util
 from tests.helpers import tiny_models
+from xmae_jax.evaluation import package as package_lib
 from xmae_jax.interop import stablehlo
 
 REPO = tiny_models.REPO
@@ -112,6 +114,27 @@ def test_artifact_runs_in_a_fresh_process_to_the_same_numbers(
   for name, z in want.items():
     np.testing.assert_allclose(got[name], z, atol=TOL, rtol=0, err_msg=name)
   assert np.abs(want["ppg"] - want["ecg"]).max() > 1e-3
+
+
+def test_artifact_files_are_in_the_package_digests_and_a_changed_one_is_refused(
+    joint_package, tmp_path
+):
+  info = package_lib.read_package_info(joint_package)
+  added = {"stablehlo.json", "stablehlo-ppg.bin", "stablehlo-ecg.bin", "stablehlo-ppg+ecg.bin"}
+  assert added <= set(info[package_lib.DIGESTS])
+  copy = tmp_path / "package"
+  shutil.copytree(joint_package, copy)
+  artifact = copy / "stablehlo-ppg.bin"
+  data = bytearray(artifact.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  artifact.write_bytes(bytes(data))
+  for load in (stablehlo.load_artifact, xmae_jax.load_encoder):
+    with pytest.raises(package_lib.PackageError) as e:
+      load(copy)
+    assert str(e.value) == (
+        f"encoder package {copy}: file stablehlo-ppg.bin differs from what was exported "
+        "(sha256 mismatch): the package is damaged; export it again"
+    )
 
 
 def test_missing_artifact_is_one_line(tmp_path):

@@ -148,6 +148,8 @@ def test_cli_bad_topology_and_mesh_are_one_line(monkeypatch, capsys):
   for args, text in (
       (["--topology", "v9:2x2"], "expected GEN:AxB[xC]"),
       (["--topology", "v5p:2x2x1", "--mesh", "data"], "--mesh 'data'"),
+      # v6e:8x8 is an 8 x 8 torus: an axis of 16 chips takes both, one of 4 would split one.
+      (["--topology", "v6e:8x8", "--mesh", "data=16,fsdp=4"], "do not fit the slice's physical"),
   ):
     assert xmae_compile.main(["--config", f"{REPO}/configs/xmae.py:tiny", *args]) == 1
     err = capsys.readouterr().err

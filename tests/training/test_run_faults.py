@@ -29,6 +29,7 @@ from tests.helpers.train_runner import toy_config
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import metrics as metrics_lib
 from xmae_jax.training import model_checkpoint
+from xmae_jax.training import run_settings
 from xmae_jax.training import train as train_lib
 
 REPO = train_runner.REPO
@@ -143,7 +144,7 @@ def test_an_importer_checkpoint_takes_any_run_settings(runs, dataset, tmp_path):
   model, _ = model_checkpoint.load_model(runs["root"] / "full", 6)
   imported = toy_config("", **{"train.num_steps": 77})
   model_checkpoint.write_model_checkpoint(tmp_path / "run", model, imported, step=0)
-  assert ckpt_lib.check_compatible(tmp_path / "run", config, resume=True) == 0
+  assert run_settings.check_compatible(tmp_path / "run", config, resume=True) == 0
 
 
 # --- item 4: a read-only workdir ------------------------------------------------------------

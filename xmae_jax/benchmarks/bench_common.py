@@ -16,7 +16,10 @@ import sys
 import time
 from typing import Callable, Sequence
 
+import jax
+
 from xmae_jax import errors
+from xmae_jax.training import host_memory
 from xmae_jax.training import perf
 
 
@@ -33,8 +36,6 @@ def add_host_memory_flag(parser) -> None:
 def apply_host_memory_flag(args) -> bool:
   """Keeps freed host memory unless `--default-malloc`; call before JAX starts its threads
   (see training/host_memory.py). Returns whether the setting is in effect (for the record)."""
-  from xmae_jax.training import host_memory
-
   return not args.default_malloc and host_memory.keep_freed_host_memory()
 
 
@@ -94,14 +95,9 @@ def machine_info() -> dict:
       "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  try:
-    import jax
-
-    info["jax"] = jax.__version__
-    info["backend"] = jax.default_backend()
-    info["devices"] = jax.device_count()
-  except ImportError:  # pragma: no cover - jax is a core dependency
-    pass
+  info["jax"] = jax.__version__
+  info["backend"] = jax.default_backend()
+  info["devices"] = jax.device_count()
   return info
 
 
@@ -148,6 +144,7 @@ class MissingExtraError(errors.XmaeError):
 def import_torch():
   """torch is an optional extra (`pip install xmae-jax[torch]`): fail with one clear line."""
   try:
+    # torch is an optional extra: its absence is the one line below.
     import torch
   except ImportError as err:
     raise MissingExtraError(

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from xmae_jax.benchmarks import bench_common as common
@@ -229,8 +230,6 @@ def compare(
     peak_size: int = 2048,
 ) -> list[dict]:
   """Runs both, interleaved; returns [reference record, ours, comparison]."""
-  import jax
-
   torch = common.import_torch()
   with tempfile.TemporaryDirectory(prefix="xmae_reference_") as tmp:
     module, origin = import_reference(repo, commit, Path(tmp))

@@ -27,7 +27,10 @@ import os
 import subprocess
 import sys
 
+import jax
+
 from xmae_jax.benchmarks import bench_common as common
+from xmae_jax.benchmarks import bench_train as train_bench
 
 PLACEMENTS = ("replicated", "fsdp")
 MODES = ("strong", "weak")
@@ -48,10 +51,6 @@ def mesh_for(config, placement: str):
 
 def run_point(config_spec: str, batch: int, placement: str, steps: int, warmup: int) -> dict:
   """One point, in this process (its device count is already fixed)."""
-  import jax
-
-  from xmae_jax.benchmarks import bench_train as train_bench
-
   config = mesh_for(train_bench.load_config(config_spec), placement)
   bench = train_bench.build_step(config, batch)
   bench.run(warmup)

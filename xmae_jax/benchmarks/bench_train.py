@@ -34,6 +34,8 @@ import dataclasses
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from xmae_jax import config_lib
@@ -86,9 +88,6 @@ def time_noop_calls(state, batch, metrics, shardings, calls: int, warmup: int = 
   batch, metrics) shardings. Each call is timed until it returns and then waited for, so calls
   do not queue behind one another.
   """
-  import jax
-  import jax.numpy as jnp
-
   state_sh, batch_sh, metric_sh = shardings
   noop = jax.jit(
       lambda s, b: (s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)),
@@ -127,7 +126,6 @@ class StepBench:
   def run(self, steps: int) -> list[float]:
     """Wall seconds of `steps` synchronized steps (the state is donated and carried on); the
     process CPU seconds of each go to `cpu_times`."""
-    import jax
 
     def step():
       start = time.perf_counter()
@@ -144,8 +142,6 @@ class StepBench:
     """(host seconds of each call of a no-op with this step's signature (`time_noop_calls`),
     state leaves) on this step's state; `flat` other than the step's layout: on an initial state
     of that layout, built here."""
-    import jax
-
     own = flat is None or flat == self.flat
     metrics = self.compiled.out_info[1]
     with jax.set_mesh(self.mesh):
@@ -204,8 +200,9 @@ def build_step(
   parameters as buffers (True) or nested dicts (False); None: the trainer's choice
   (`training.state.state_layout`).
   """
-  import jax
-
+  # The training modules load Flax and Orbax, which takes a while: only building the step needs
+  # them, not `python -m xmae_jax.benchmarks train --help` nor the benchmarks importing this
+  # module.
   from xmae_jax.training import optim
   from xmae_jax.training import sharding
   from xmae_jax.training import state as state_lib
@@ -250,8 +247,7 @@ def build_step(
 
 def initial_state(config, mesh, tx, *, flat: bool):
   """(shardings, state): the trainer's initial train state (`training.state`) on `mesh`."""
-  import jax
-
+  # Loads Flax and Orbax: see build_step.
   from xmae_jax.training import state as state_lib
 
   init = state_lib.init_fn(config, tx, mesh, flat=flat)
@@ -269,8 +265,6 @@ def measure(
     host_calls: int = 200,
 ) -> dict:
   """Builds, warms up and times the step; returns the JSON record."""
-  import jax
-
   peak_before = perf.matmul_peak(dtype, n=peak_size, repeats=5)
   bench = build_step(config, batch_size, dtype)
   bench.run(warmup)

@@ -275,6 +275,7 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
 
 def encoder_specs(args):
   """The EncoderSpecs of the parsed --encoder and --random flags."""
+  # Imported here: compare loads JAX, and every tool imports this module for its --help.
   from xmae_jax.evaluation import compare as compare_lib
 
   return compare_lib.encoder_specs(args.encoder, args.random, step=args.step, seed=args.random_seed)

@@ -23,6 +23,7 @@ from xmae_jax.cli import common
 from xmae_jax.data import sources
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 
 PROG = "xmae-embed"
 
@@ -59,13 +60,13 @@ def run(argv=None) -> None:
   p.add_argument("--batch-size", type=int, default=256)
   common.add_reader_arguments(p)
   args = p.parse_args(argv)
-  modalities = encoder_lib.parse_modalities(args.modalities) if args.modalities else None
+  modalities = encoder_module.parse_modalities(args.modalities) if args.modalities else None
   embed_lib.check_output(args.output)  # before the encoder is loaded and the input read
   enc = encoder_lib.load_encoder(
       args.encoder,
       step=args.step,
       batch_size=args.batch_size,
-      modality=args.modality or (encoder_lib.modality_name(modalities) if modalities else None),
+      modality=args.modality or (encoder_module.modality_name(modalities) if modalities else None),
   )
   summary = embed_lib.embed_input(
       enc,

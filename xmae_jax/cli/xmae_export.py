@@ -26,6 +26,8 @@ import sys
 from xmae_jax.cli import common
 from xmae_jax.evaluation import export as export_lib
 from xmae_jax.evaluation import package as package_lib
+from xmae_jax.interop import onnx_export
+from xmae_jax.interop import stablehlo
 
 PROG = "xmae-export"
 
@@ -72,12 +74,8 @@ def run(argv=None) -> None:
       "latent_dim": info["latent_dim"],
   }
   if args.stablehlo:
-    from xmae_jax.interop import stablehlo
-
     summary["stablehlo"] = str(stablehlo.write_artifact(out))
   if args.onnx:
-    from xmae_jax.interop import onnx_export
-
     summary["onnx"] = [str(f) for f in onnx_export.write_onnx(out)]
   print(json.dumps(summary))
 

@@ -18,6 +18,8 @@ import sys
 
 from xmae_jax.cli import common
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
+from xmae_jax.evaluation import package as package_lib
 from xmae_jax.evaluation import retrieval as retrieval_lib
 
 PROG = "xmae-retrieval"
@@ -36,8 +38,8 @@ def run(argv=None) -> None:
   p.add_argument(
       "--split", action="append", default=None, help="dataset split(s) (repeatable; default all)"
   )
-  p.add_argument("--query", choices=encoder_lib.MODALITIES, default="ecg")
-  p.add_argument("--gallery", choices=encoder_lib.MODALITIES, default="ppg")
+  p.add_argument("--query", choices=package_lib.MODALITIES, default="ecg")
+  p.add_argument("--gallery", choices=package_lib.MODALITIES, default="ppg")
   p.add_argument(
       "--gallery-size",
       type=int,
@@ -63,7 +65,7 @@ def run(argv=None) -> None:
       args.encoder,
       step=args.step,
       batch_size=args.batch_size,
-      modality=encoder_lib.modality_name((args.query, args.gallery)),
+      modality=encoder_module.modality_name((args.query, args.gallery)),
   )
   result = retrieval_lib.retrieve(
       enc,

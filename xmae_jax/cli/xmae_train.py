@@ -29,6 +29,7 @@ from absl import logging
 from xmae_jax import config_lib
 from xmae_jax.cli import common
 from xmae_jax.errors import XmaeError
+from xmae_jax.training import host_memory
 
 PROG = "xmae-train"
 TRAIN_MODULES = ("grain", "tensorboardX")  # setup.py's train extra (h5py: PulseDB input only)
@@ -85,13 +86,11 @@ def _train(argv) -> int:
   if not flags.FLAGS["verbosity"].present:
     # Library INFO lines (Orbax, Grain) would drown the progress line; -v 0 brings them back.
     logging.set_verbosity(logging.WARNING)
+  if _KEEP_FREED.value:
+    host_memory.keep_freed_host_memory()
   # Imported here, not at the top: JAX (the training modules import it) comes after the checks
   # above, so an inference-only install fails with one line, and after the malloc setting,
   # which must precede the threads of JAX's CPU client.
-  if _KEEP_FREED.value:
-    from xmae_jax.training import host_memory
-
-    host_memory.keep_freed_host_memory()
   import jax
 
   from xmae_jax.training import distributed

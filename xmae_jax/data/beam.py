@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import math
 import shlex
@@ -67,6 +68,7 @@ NOTHING_KEPT = "beam-nothing-kept"  # DIR/.work/...: the error of a run that kep
 def require_beam():
   """The apache_beam module, or a one-line PrepareError that says how to install it."""
   try:
+    # apache_beam is an optional extra: its absence is the one line below.
     import apache_beam
   except ImportError:
     raise rules.PrepareError(
@@ -277,8 +279,7 @@ COUNT_OPTIONS = (
 def pipeline_options(beam_options: str | None):
   """The PipelineOptions of the `--beam-options` string, checked before anything runs: a value
   of the wrong type or a negative worker count is one PrepareError naming it."""
-  import io
-
+  # apache_beam is an optional extra (require_beam says how to install it).
   from apache_beam.options.pipeline_options import PipelineOptions
 
   try:

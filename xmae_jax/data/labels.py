@@ -137,6 +137,7 @@ def load(path: str | os.PathLike, by: str | None = None) -> LabelTable:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str, by: str | None, mtime_ns: int, size: int) -> LabelTable:
+  # pandas takes a while to import; only reading a labels file needs it, not every tool's --help.
   import pandas as pd
 
   if by is not None and by not in BY:

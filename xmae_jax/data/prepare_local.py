@@ -18,8 +18,10 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +230,6 @@ def _run_units(source, todo, options, config, cache, workers, *, progress, total
   """Runs `_work_item` over `todo` (a spawn pool of `workers`). A SIGTERM or SIGINT stops the
   pool (this process terminates and joins its workers, so none is left writing to a pipe
   nobody reads) and raises Interrupted saying how many units are done."""
-  import signal
-
   args = [(source, u, options, dataclasses.asdict(config), str(cache[u])) for u in todo]
   bar = progress_lib.bar(
       total=total,
@@ -354,9 +354,6 @@ def _init_worker():
   # The parent stops the pool on SIGTERM/SIGINT: a Ctrl-C reaches the whole process group, so
   # a worker ignores SIGINT (no KeyboardInterrupt traceback per worker); SIGTERM, which the
   # parent's Pool.terminate sends, ends it silently.
-  import signal
-  import warnings
-
   warnings.simplefilter("ignore")
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -24,6 +24,7 @@ def split_subjects(
   subjects = sorted(set(str(s) for s in subjects))
   if len(subjects) < 3:
     return {s: "train" for s in subjects}
+  # scikit-learn takes a while to import; only the subject split needs it, not --help.
   from sklearn.model_selection import train_test_split
 
   rest, test = (

@@ -119,6 +119,7 @@ class BeamStorage(Storage):
   """A URL of one of Beam's file systems (gs:// with apache-beam[gcp], s3://, ...)."""
 
   def _fs(self):
+    # apache_beam is an optional extra, needed for Beam's file systems only.
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
@@ -137,6 +138,7 @@ class BeamStorage(Storage):
       return f.read()
 
   def put(self, local_path, path):
+    # apache_beam is an optional extra, needed for Beam's file systems only.
     from apache_beam.io.filesystem import CompressionTypes
 
     with open(local_path, "rb") as src, self._fs().create(

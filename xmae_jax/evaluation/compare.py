@@ -34,6 +34,8 @@ from xmae_jax import progress
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
+from xmae_jax.evaluation import package as package_lib
 from xmae_jax.evaluation import probe as probe_lib
 from xmae_jax.evaluation import probe_config
 from xmae_jax.evaluation import probe_metrics
@@ -278,7 +280,7 @@ def paired_vs(r: dict, base: dict, combine: str, *, n_bootstrap: int, seed: int)
 # ---- single-modality retention -------------------------------------------------------------------
 
 # The fingerprints compared: each modality alone, then both (the reference of the ratios).
-RETENTION_INPUTS = tuple((m,) for m in encoder_lib.MODALITIES) + (encoder_lib.MODALITIES,)
+RETENTION_INPUTS = tuple((m,) for m in package_lib.MODALITIES) + (package_lib.MODALITIES,)
 
 
 def fingerprint_name(encoder: str, modalities: Sequence[str]) -> str:
@@ -313,12 +315,12 @@ def embed_retention(
       files.update(paths)
       continue
     try:
-      enc = build_encoder(spec, encoder_lib.JOINT)
-    except encoder_lib.EncoderError as e:
+      enc = build_encoder(spec, package_lib.JOINT)
+    except encoder_module.EncoderError as e:
       skipped[spec.name] = str(e)
       continue
     segs = embed_lib.dataset_segments(
-        data_dir, encoder_lib.MODALITIES, splits, segment_length=enc.contract.segment_length
+        data_dir, package_lib.MODALITIES, splits, segment_length=enc.contract.segment_length
     )
     columns = {
         "meta": embed_lib.columns_from_dicts(segs.meta),
@@ -329,7 +331,7 @@ def embed_retention(
       info = {
           "model_name": str(enc.config.model.name),
           "modalities": list(modalities),
-          "windows_with": list(encoder_lib.MODALITIES),
+          "windows_with": list(package_lib.MODALITIES),
           "retention_of": spec.name,
           "input": str(Path(data_dir).absolute()),
           "notes": segs.notes,
@@ -367,7 +369,7 @@ def retention_vs_both(
   """Per encoder and task: each one-modality fingerprint's metrics against the both-modality
   fingerprint's on the same segments (`ratio` and `difference`, every metric, paired
   subject-bootstrap CIs), with the three results' metrics (`values`) and the primary `metric`."""
-  both_name = "+".join(encoder_lib.MODALITIES)
+  both_name = "+".join(package_lib.MODALITIES)
   by = {(r["retention_of"], r["inputs"], r["task"]): r for r in results if "retention_of" in r}
   rows = []
   for (encoder, inputs, task), both in by.items():

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from xmae_jax import config_lib
+from xmae_jax.data import shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,6 @@ def dataset_preprocessing(config) -> dict[str, Any]:
   if not data_dir:
     return {}
   try:
-    from xmae_jax.data import shards
-
     return shards.read_manifest(data_dir).get("preprocessing", {})
   except Exception:  # the dataset may be gone; the contract above is what loading needs
     return {}

@@ -3,11 +3,11 @@
 An `Encoder` wraps one modality's encoder sub-module of a model (`model.encoder(modality)`, in
 eval mode: no dropout, BatchNorm from running statistics) together with its preprocessing
 contract (sampling rate, segment length, normalization). For M2AE it can instead wrap the joint
-fingerprint (`JointFingerprint`, modality "ppg+ecg": both modality encoders and the shared
-bottleneck), whose `embed(ppg=..., ecg=..., fs=...)` takes either modality or both and returns
-fingerprints of one shape in one latent space. `.modalities` says what an encoder takes; a
-single-modality encoder takes `embed(x, fs)` or the keyword of its modality. `embed` accepts
-float (N, L) segments (per modality; both modalities must be the same windows):
+fingerprint (`encoder_module.JointFingerprint`, modality "ppg+ecg": both modality encoders and
+the shared bottleneck), whose `embed(ppg=..., ecg=..., fs=...)` takes either modality or both
+and returns fingerprints of one shape in one latent space. `.modalities` says what an encoder
+takes; a single-modality encoder takes `embed(x, fs)` or the keyword of its modality. `embed`
+accepts float (N, L) segments (per modality; both modalities must be the same windows):
 
 * L == the contract's segment length and fs == its sampling rate: the rows are taken as prepared
   segments; they are min-max normalized per segment to [-1, 1] again (a no-op for prepared
@@ -45,49 +45,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xmae_jax import models
 from xmae_jax import paths
+from xmae_jax.data import preprocess
 from xmae_jax.errors import XmaeError
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import package as package_lib
 from xmae_jax.evaluation.contract import Contract
 from xmae_jax.evaluation.contract import WindowEmbeddings
 
 
-class EncoderError(XmaeError):
-  """A model or package without the encoder asked for (no such modality)."""
-
-
 class EncoderInputError(XmaeError):
   """Input that `embed` cannot use (wrong shape, NaN, too short, unknown sampling rate)."""
-
-
-JOINT = package_lib.JOINT
-MODALITIES = package_lib.MODALITIES
-
-
-class JointFingerprint(nnx.Module):
-  """M2AE's fingerprint from PPG, ECG or both: `fp(ppg=(B, L), ecg=(B, L)) -> (B, latent)`, the
-  mean of the shared bottleneck's latent tokens over the given modalities' tokens, as
-  `M2AE.fingerprint`. Holds the model's two modality encoders and its bottleneck under the
-  model's own attribute names (so tensor names match the training checkpoint's), not the
-  decoders."""
-
-  def __init__(self, model):
-    self.ecg_encoder = model.ecg_encoder
-    self.ppg_encoder = model.ppg_encoder
-    self.bottleneck = model.bottleneck
-
-  def __call__(self, ppg=None, ecg=None):
-    from xmae_jax.models import m2ae
-
-    given = {"ppg": ppg, "ecg": ecg}
-    encoders = {"ppg": self.ppg_encoder, "ecg": self.ecg_encoder}
-    # The model's token order (m2ae.MODALITIES), so both-modality fingerprints match it exactly.
-    parts = [
-        (encoders[m].tokens(given[m], positions="true"), m)
-        for m in m2ae.MODALITIES
-        if given[m] is not None
-    ]
-    return jnp.mean(self.bottleneck(parts), axis=1)
 
 
 class Encoder:
@@ -122,7 +91,7 @@ class Encoder:
     replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
     graphdef, state = nnx.split(module)
     self._state = jax.device_put(state, replicated)
-    joint = isinstance(module, JointFingerprint)
+    joint = isinstance(module, encoder_module.JointFingerprint)
 
     @jax.jit
     def forward(state, inputs):  # inputs: {modality: (B, L)}; one trace per set of modalities
@@ -140,13 +109,11 @@ class Encoder:
   @property
   def alignment(self) -> dict[str, Any]:
     """The PPG shift the package's training data were prepared with (`ppg_alignment`)."""
-    from xmae_jax.data import preprocess
-
     return preprocess.ppg_alignment(self.info.get("preprocessing"))
 
   @property
   def param_count(self) -> int:
-    return count_parameters(self.module)
+    return encoder_module.count_parameters(self.module)
 
   def __repr__(self):
     return (
@@ -165,7 +132,7 @@ class Encoder:
       )
     lacking = [m for m in modalities if m not in self.modalities]
     if lacking:
-      raise EncoderError(
+      raise encoder_module.EncoderError(
           f"{self._name()} holds the {self.modality} encoder only: it cannot " f"embed {lacking[0]}"
       )
     return modalities
@@ -217,8 +184,6 @@ class Encoder:
   ) -> tuple[np.ndarray, np.ndarray]:
     """(windows (M, segment_length) float32, source row of each window) of one modality's input
     (`modality`: default this encoder's one modality)."""
-    from xmae_jax.data import preprocess
-
     modality = modality or self.modalities[0]
     fs = self.contract.sampling_rate if fs is None else fs
     a = _as_batch(x)
@@ -246,8 +211,6 @@ class Encoder:
     return a.shape[1] == c.segment_length and _same_rate(fs, c.sampling_rate) and not clean
 
   def _preprocess_config(self, **alignment):
-    from xmae_jax.data import preprocess
-
     c = self.contract
     return preprocess.PreprocessConfig(
         target_fs=int(round(c.sampling_rate)),
@@ -270,8 +233,6 @@ class Encoder:
     training data's was (`align_rows`; not for rows taken as prepared windows, nor with
     align=False) -> ({modality: windows}, source row of each window, PPG shift of each window
     in seconds, what was applied in words)."""
-    from xmae_jax.data import preprocess
-
     fs = self.contract.sampling_rate if fs is None else fs
     try:
       return preprocess.prepare_aligned_rows(
@@ -391,20 +352,6 @@ class Encoder:
     return (np.arange(len(rows)) - run_start) * self.contract.segment_seconds
 
 
-def parse_modalities(text: str) -> tuple[str, ...]:
-  """ "ppg", "ecg", "ppg,ecg" (or "ecg,ppg", "ppg+ecg") -> the modalities in MODALITIES order."""
-  names = [m.strip() for m in str(text).replace("+", ",").split(",") if m.strip()]
-  bad = [m for m in names if m not in MODALITIES]
-  if bad or not names:
-    raise EncoderError(f"modalities {text!r}: expected ppg, ecg or ppg,ecg")
-  return tuple(m for m in MODALITIES if m in names)
-
-
-def modality_name(modalities) -> str:
-  """("ppg",) -> "ppg"; ("ppg", "ecg") -> "ppg+ecg" (the encoder that takes them)."""
-  return "+".join(m for m in MODALITIES if m in modalities)
-
-
 def _same_rate(a: float, b: float) -> bool:
   try:
     return math.isclose(float(a), float(b), rel_tol=1e-9)
@@ -441,41 +388,16 @@ def _check_finite(a: np.ndarray, what: str) -> None:
     )
 
 
-def count_parameters(module) -> int:
-  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param))))
-
-
 # ---- building encoders ---------------------------------------------------------------------------
-
-
-def encoder_module(model, modality: str):
-  """The model's exported sub-module for `modality` ("ppg+ecg": M2AE's `JointFingerprint`),
-  with a clear error if it has none."""
-  from xmae_jax.models import m2ae
-
-  if modality == JOINT:
-    if not isinstance(model, m2ae.M2AE):
-      raise EncoderError(
-          f"model {type(model).__name__} has no joint {JOINT} fingerprint (only "
-          "M2AE has one): use modality ppg or ecg"
-      )
-    return JointFingerprint(model)
-  package_lib.modalities_of(modality)  # one line for an unknown modality name
-  try:
-    return model.encoder(modality)
-  except (ValueError, KeyError, NotImplementedError) as e:
-    raise EncoderError(f"model {type(model).__name__} has no {modality} encoder ({e})") from None
 
 
 def from_model(model, config, modality: str = "ppg", **kwargs) -> Encoder:
   """The frozen encoder of an in-memory model (shares its arrays)."""
-  return Encoder(encoder_module(model, modality), config, modality, **kwargs)
+  return Encoder(encoder_module.encoder_module(model, modality), config, modality, **kwargs)
 
 
 def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> Encoder:
   """A randomly initialized encoder of `config` (the baseline pretrained encoders must beat)."""
-  from xmae_jax import models
-
   model = models.build(config, nnx.Rngs(seed))
   return from_model(
       model, config, modality, info={"source": f"random init (seed {seed})"}, **kwargs
@@ -485,6 +407,7 @@ def random_encoder(config, modality: str = "ppg", seed: int = 0, **kwargs) -> En
 def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwargs) -> Encoder:
   """'auto' = the best checkpoint by validation loss if any has one, else the latest; a corrupt
   one is skipped for the next intact one (`model_checkpoint.restore_model`)."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import model_checkpoint
 
   model, config, used, _ = model_checkpoint.restore_model(workdir, step)
@@ -496,6 +419,7 @@ def from_workdir(workdir, step: str | int = "auto", modality: str = "ppg", **kwa
 def load_package(path, **kwargs) -> Encoder:
   """An exported package -> Encoder; weights from its Orbax checkpoint, no network (a gs://
   package is copied to a local folder first: its files are read and verified one by one)."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import checkpoint
 
   path = paths.local_mirror(path, "encoder package").absolute()
@@ -503,7 +427,7 @@ def load_package(path, **kwargs) -> Encoder:
   package_lib.verify_files(path, info)
   config = package_lib.read_config(path, info)
   modality = "+".join(package_lib.package_modalities(info))
-  graphdef, weights = nnx.split(abstract_encoder(config, modality))
+  graphdef, weights = nnx.split(encoder_module.abstract_encoder(config, modality))
   flat_target = checkpoint.flatten(weights)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = checkpoint.abstract_of(flat_target, {k: device for k in flat_target})
@@ -519,14 +443,6 @@ def load_package(path, **kwargs) -> Encoder:
   return Encoder(
       module, config, modality, contract=contract, info={**info, "path": str(path)}, **kwargs
   )
-
-
-def abstract_encoder(config, modality: str):
-  """The encoder sub-module of `config`'s model with abstract (shape-only) variables."""
-  from xmae_jax import models
-
-  model = nnx.eval_shape(lambda: models.build(config, nnx.Rngs(0)))
-  return encoder_module(model, modality)
 
 
 def load_encoder(
@@ -545,7 +461,9 @@ def load_encoder(
       return enc
     lacking = [m for m in package_lib.modalities_of(modality) if m not in enc.modalities]
     if lacking:
-      raise EncoderError(f"package {path} holds the {enc.modality} encoder, not {modality}")
+      raise encoder_module.EncoderError(
+          f"package {path} holds the {enc.modality} encoder, not {modality}"
+      )
     return Encoder(
         enc.module,
         enc.config,

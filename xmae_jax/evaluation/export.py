@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx
 
 from xmae_jax import config_lib
 from xmae_jax import errors
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import contract as contract_lib
-from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
 from xmae_jax.evaluation import package as package_lib
 
 
@@ -31,8 +32,7 @@ class ExportError(XmaeError):
 
 def _weights(module) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """{name: float32/int array} of the module's variables, and each one's kind."""
-  from flax import nnx
-
+  # Orbax (training.checkpoint) takes a while to import; xmae-export --help needs it not.
   from xmae_jax.training import checkpoint
 
   flat = {k: np.asarray(v) for k, v in checkpoint.flatten(nnx.state(module)).items()}
@@ -54,7 +54,7 @@ def export_model(
   """Writes the package of `model`'s `modality` encoder (ppg, ecg, or ppg+ecg for M2AE's joint
   fingerprint) to `output`; returns its path."""
   output = check_output(output, overwrite=overwrite)
-  module = encoder_lib.encoder_module(model, modality)
+  module = encoder_module.encoder_module(model, modality)
   module.eval()
   flat, kinds = _weights(module)
   bad = sorted(k for k, v in flat.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
@@ -68,7 +68,7 @@ def export_model(
       model_name=str(config.model.name),
       modality=modality,
       latent_dim=int(config.model.latent_dim),
-      param_count=encoder_lib.count_parameters(module),
+      param_count=encoder_module.count_parameters(module),
       contract=contract.as_dict(),
       preprocessing=contract_lib.dataset_preprocessing(config),
       source=source,
@@ -105,6 +105,7 @@ def export_workdir(
     workdir, output, *, modality: str = "ppg", step: str | int = "auto", overwrite: bool = False
 ) -> Path:
   """The package of a training (or imported) workdir's checkpoint."""
+  # Orbax (training.checkpoint) takes a while to import; xmae-export --help needs it not.
   from xmae_jax.training import checkpoint
   from xmae_jax.training import model_checkpoint
 

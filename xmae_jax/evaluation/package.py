@@ -13,11 +13,13 @@ output is replaced only when it is a package, `check_output`) holds
                         BatchNorm statistics; no optimizer state)
   encoder.safetensors   the same tensors for other frameworks (names and layout: README.md)
   README.md             how to load it, in JAX and without JAX
+                        (xmae_jax.evaluation.package_readme)
   MODEL_CARD.md         training data and its licence, preprocessing, metrics, limits
                         (xmae_jax.evaluation.model_card)
 package.json also holds the sha256 digest of every other file (`sha256`: {relative name:
-digest}); `verify_files` checks them when a package is loaded, and every name read from
-package.json must stay inside the package (`member`).
+digest}), also of the files xmae-export --stablehlo / --onnx add later (`adding_files`);
+`verify_files` checks them when a package is loaded, and every name read from package.json must
+stay inside the package (`member`).
 
 Tensor names are the dotted attribute paths of the Flax NNX module (`checkpoint.flatten`), the
 same in package.json, the Orbax item and the safetensors file. A reader accepts exactly
@@ -44,11 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 
+from xmae_jax import atomic
 from xmae_jax import config_lib
 from xmae_jax import paths
 from xmae_jax.errors import XmaeError
+from xmae_jax.errors import storage_reason
 from xmae_jax.evaluation import model_card
+from xmae_jax.evaluation import package_readme
 from xmae_jax.evaluation import package_swap
 from xmae_jax.version import __version__
 
@@ -193,6 +199,7 @@ def write_package(
   scratch folder beside `output`, then swaps it into place, so `output` is either the old
   package or the complete new one. A failed write (full disk, read-only file system) is one
   PackageError line naming `output`, and leaves it as it was."""
+  # Orbax loads JAX: torch_encoder reads packages through this module without JAX.
   import orbax.checkpoint as ocp
 
   if paths.is_remote(output):
@@ -213,7 +220,7 @@ def write_package(
         ckptr.wait_until_finished()
       _save_safetensors(new / SAFETENSORS_FILE, tensors, info)
       (new / CONFIG_FILE).write_text(json.dumps(config_dict, indent=1, sort_keys=True))
-      (new / README_FILE).write_text(package_readme(info))
+      (new / README_FILE).write_text(package_readme.render(info))
       (new / model_card.FILE).write_text(model_card.render(info, config_dict))
       info = {**info, DIGESTS: file_digests(new)}
       (new / PACKAGE_FILE).write_text(json.dumps(info, indent=1))
@@ -261,7 +268,7 @@ def _writing(output: Path):
   except XmaeError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # whatever the writers wrap it in
-    reason = disk_error(e)
+    reason = storage_reason(e, system_text=True)
     if reason is None:
       raise
     held.records.clear()
@@ -298,25 +305,6 @@ def check_space(folder: Path, output: Path, tensors: dict[str, np.ndarray]) -> N
         f"cannot write encoder package {output}: {os.strerror(errno.ENOSPC)} (it "
         f"needs about {need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free)"
     )
-
-
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
-
-
-def disk_error(e: BaseException) -> str | None:
-  """The reason ("No space left on device", ...) when `e` is, or wraps, a failed write of the
-  file system; None for anything else."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-      return e.strerror or os.strerror(e.errno)
-    text = str(e)
-    for code in _DISK_ERRNOS:
-      if os.strerror(code) in text:
-        return os.strerror(code)
-    e = e.__cause__ or e.__context__
-  return None
 
 
 # ---- digests ------------------------------------------------------------------------------------
@@ -363,6 +351,33 @@ def verify_files(path, info: dict) -> None:
       )
 
 
+@contextlib.contextmanager
+def adding_files(path, names):
+  """Around a tool that writes `names` (files beside the package's own: `is_member_name`, e.g.
+  xmae-export --stablehlo / --onnx) into an existing local package: their old digests leave
+  package.json first, so a write cut short leaves them unlisted (read unverified) rather than
+  "damaged"; when the block succeeds, the new files' digests join the others, and `verify_files`
+  refuses a changed one as it refuses a changed weight file. A package without digests (written
+  before they existed) stays without."""
+  path = Path(path)
+  names = sorted(set(names))
+  for name in names:
+    if name in PACKAGE_MEMBERS or not is_member_name(name):
+      raise PackageError(f"encoder package {path}: {name!r} is not a file a tool may add to it")
+  info = read_package_info(path)
+  if not isinstance(info.get(DIGESTS), dict):
+    yield
+    return
+  kept = {k: v for k, v in info[DIGESTS].items() if k not in names}
+  atomic.atomic_write(path / PACKAGE_FILE, json.dumps({**info, DIGESTS: kept}, indent=1))
+  yield
+  info = read_package_info(path)
+  added = {name: file_digest(member(path, name, "file")) for name in names}
+  atomic.atomic_write(
+      path / PACKAGE_FILE, json.dumps({**info, DIGESTS: {**info[DIGESTS], **added}}, indent=1)
+  )
+
+
 def member(path, name: Any, what: str) -> Path:
   """path/name for a `name` read from package.json, refused in one line unless it stays inside
   the package: no absolute path, no `..`, no symbolic link leading out."""
@@ -385,8 +400,6 @@ def member(path, name: Any, what: str) -> Path:
 
 
 def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) -> None:
-  from safetensors.numpy import save_file
-
   metadata = {
       "format": info["format"],
       "format_version": str(info["format_version"]),
@@ -394,73 +407,9 @@ def _save_safetensors(path: Path, tensors: dict[str, np.ndarray], info: dict) ->
       "modality": info["modality"],
       "package_version": info["package_version"],
   }
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
-
-
-def package_readme(info: dict) -> str:
-  c = info["contract"]
-  modalities = package_modalities(info)
-  what = "+".join(modalities).upper()
-  if len(modalities) > 1:
-    what_text = (
-        f"Frozen {info['model_name']} fingerprint encoder of "
-        f"{' and '.join(m.upper() for m in modalities)} "
-        "(each modality's encoder and the shared bottleneck): either modality alone or "
-        "both give a fingerprint in one latent space"
-    )
-    loading = [
-        "z = enc.embed(ppg=p, ecg=e, fs=125)       # p, e: (N, L) the same windows -> (N, latent)",
-        "z_ppg = enc.embed(ppg=p, fs=125)          # PPG alone: same space, same shape",
-        "z_ecg = enc.embed(ecg=e, fs=125)          # ECG alone",
-        "z = enc.embed_prepared(ppg=W1, ecg=W2)    # prepared (N, L) windows, no preprocessing",
-    ]
-  else:
-    what_text = f"Frozen {what} encoder"
-    loading = [
-        "z = enc.embed(x, fs=125)                  # x: (N, L) raw or prepared -> (N, latent)",
-        f"z = enc.embed({modalities[0]}=x, fs=125)  # the same, by keyword",
-    ]
-  lines = [
-      f"# {info['model_name']} {what} encoder (xmae-jax {info['package_version']})",
-      "",
-      f"{what_text}, {info['param_count']:,} parameters, "
-      f"embedding size {info['latent_dim']}. Source: {json.dumps(info['source'])}.",
-      "",
-      "## Input contract",
-      f"* {c['segment_length']} samples = {c['segment_seconds']:g} s at {c['sampling_rate']:g} Hz, "
-      "one segment per row, float32.",
-      f"* Normalization: {c['normalization_text']}.",
-      f"* Training data were cleaned with NeuroKit2 (`ecg_clean` method {c['ecg_clean_method']!r}, "
-      f"`ppg_clean` method {c['ppg_clean_method']!r}) at the source rate, then resampled "
-      f"({c['resample_method']}) to {c['sampling_rate']:g} Hz.",
-      "",
-      "## Loading",
-      "```python",
-      "import xmae_jax",
-      "enc = xmae_jax.load_encoder('PATH')        # this directory",
-      *loading,
-      "```",
-      "`embed` resamples, windows (10-s windows averaged per row) and normalizes when `fs` or `L`",
-      "differ from the contract, and min-max normalizes contract-shaped rows.",
-      "",
-      "## Weights without JAX",
-      f"`{SAFETENSORS_FILE}` holds every tensor (also in `{WEIGHTS_DIR}/`, an Orbax checkpoint).",
-      "Names are the dotted attribute paths of the Flax NNX module (`package.json` lists each",
-      "name's shape, dtype and kind: `param` or `batch_stat`). Layouts are Flax's: `nnx.Linear`",
-      "kernels are (in, out); `nnx.Conv` kernels are (width, in, out) on channels-last (B, L, C)",
-      "inputs; `nnx.ConvTranspose` likewise; BatchNorm keeps `scale`, `bias` (params) and `mean`,",
-      "`var` (batch statistics, used at inference). A PyTorch user transposes Linear kernels and",
-      "moves the conv kernel's width axis last ((out, in, width) = kernel.transpose(2, 1, 0)).",
-      "`xmae_jax.interop.torch_encoder.load('PATH')` does all of this: the encoder as a",
-      "`torch.nn.Module` with `embed(x, fs)`, without importing JAX.",
-      "",
-      "## Tensors",
-      "| name | shape | kind |",
-      "|---|---|---|",
-  ]
-  for name, t in info["tensors"].items():
-    lines.append(f"| `{name}` | {tuple(t['shape'])} | {t['kind']} |")
-  return "\n".join(lines) + "\n"
+  safetensors.numpy.save_file(
+      {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata
+  )
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -511,6 +460,7 @@ def read_config(path, info: dict):
 def restore_tensors(path, info: dict, target: dict) -> dict:
   """{tensor name: array} from the package's Orbax item, shaped and placed like `target`
   (abstract arrays)."""
+  # Orbax loads JAX: torch_encoder reads packages through this module without JAX.
   import orbax.checkpoint as ocp
 
   path = Path(path)

@@ -25,7 +25,8 @@ Multiclass targets are class ids with `class_names`; a class with fewer subjects
 cannot be in every fold's training and test part, so it is dropped before the folds are made and
 the result lists it under `dropped_classes` (its other classes, with counts, under `classes`).
 
-No subject is ever in both the training and the test part of a fold.
+No subject is ever in both the training and the test part of a fold (`probe_folds`: the folds,
+input checks and class selection both protocols share).
 """
 
 from __future__ import annotations
@@ -44,15 +45,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV
 from sklearn.model_selection import GroupKFold
-from sklearn.model_selection import KFold
 from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from xmae_jax import progress
 from xmae_jax.evaluation import embed as embed_lib
 from xmae_jax.evaluation import probe_config
+from xmae_jax.evaluation import probe_folds
 from xmae_jax.evaluation import probe_metrics
 from xmae_jax.evaluation import tasks as tasks_lib
 
@@ -62,137 +62,18 @@ XMAE_REGRESSION_METRICS = ("mae", "r2")
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _stratified(kind: str) -> bool:
-  return kind in (tasks_lib.CLASSIFICATION, tasks_lib.MULTICLASS)
-
-
-def _check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, kind: str, folds: int):
-  x = np.asarray(x)
-  if x.ndim != 2 or x.shape[0] != len(y) or len(groups) != len(y):
-    raise probe_config.ProbeError(
-        f"features {x.shape}, targets {len(y)} and subjects " f"{len(groups)} do not line up"
-    )
-  if not np.all(np.isfinite(x)):
-    raise probe_config.ProbeError(f"features contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values")
-  n_subjects = len(np.unique(groups))
-  if n_subjects < 2:
-    raise probe_config.ProbeError(
-        f"need at least 2 subjects for subject-grouped folds, " f"got {n_subjects}"
-    )
-  if kind == tasks_lib.CLASSIFICATION:
-    classes = np.unique(y)
-    if len(classes) != 2 or not set(classes.tolist()) <= {0.0, 1.0}:
-      raise probe_config.ProbeError(
-          f"binary targets must take both values 0 and 1; " f"got {classes.tolist()}"
-      )
-  if kind == tasks_lib.MULTICLASS:
-    classes = np.unique(y)
-    if len(classes) < 2 or np.any(classes < 0) or np.any(classes != np.round(classes)):
-      raise probe_config.ProbeError(
-          f"multiclass targets must be class ids 0, 1, ... of at "
-          f"least 2 classes; got {classes[:10].tolist()}"
-      )
-  return min(folds, n_subjects)
-
-
-def outer_splits(y, groups, kind, n_folds, seed, grouped=True):
-  """The outer folds [(train rows, test rows)]: subject-grouped unless grouped=False, stratified
-  for classification (fewer folds where a class has too few subjects)."""
-  idx = np.zeros(len(y))
-  if _stratified(kind):
-    if grouped:
-      n_folds = min(n_folds, _max_stratified_group_folds(y, groups))
-      splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
-    else:
-      n_folds = min(n_folds, int(np.unique(y, return_counts=True)[1].min()))
-      splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-  else:
-    splitter = (
-        GroupKFold(n_folds, shuffle=True, random_state=seed)
-        if grouped
-        else KFold(n_folds, shuffle=True, random_state=seed)
-    )
-  if n_folds < 2:
-    raise probe_config.ProbeError("too few subjects per class for 2 folds")
-  return list(
-      splitter.split(idx, y.astype(int) if _stratified(kind) else y, groups if grouped else None)
-  )
-
-
-def _max_stratified_group_folds(y, groups) -> int:
-  """Folds possible so that each class can appear in several folds: subjects having each class."""
-  per_class = [len(np.unique(groups[y == c])) for c in np.unique(y)]
-  return max(2, min(per_class))
-
-
-def select_classes(
-    y: np.ndarray, groups: np.ndarray, class_names: Sequence[str] | None, min_subjects: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-  """The classes of a multiclass target that have at least `min_subjects` subjects.
-
-  Returns (rows kept, their class ids renumbered 0..K-1 in the original order, a summary with
-  `classes` and `dropped_classes`: name, segments, subjects). Fewer than 2 classes left is
-  one-line ProbeError naming every class and its subjects.
-  """
-  ids = np.asarray(y).astype(int)
-  present = np.unique(ids)
-  if class_names is None:
-    class_names = [str(k) for k in range(int(present.max()) + 1)]
-  if present.max() >= len(class_names) or present.min() < 0:
-    raise probe_config.ProbeError(
-        f"class ids {present.tolist()} do not index the " f"{len(class_names)} class names"
-    )
-  counts = {
-      int(k): {
-          "name": class_names[k],
-          "segments": int(np.sum(ids == k)),
-          "subjects": int(len(np.unique(groups[ids == k]))),
-      }
-      for k in present
-  }
-  kept = [k for k in counts if counts[k]["subjects"] >= min_subjects]
-  if len(kept) < 2:
-    listing = ", ".join(f"{c['name']} {c['subjects']}" for c in counts.values())
-    raise probe_config.ProbeError(
-        f"multiclass target: fewer than 2 classes have at least "
-        f"{min_subjects} subjects (one per fold); subjects per class: "
-        f"{listing}"
-    )
-  rows = np.flatnonzero(np.isin(ids, kept))
-  summary = {
-      "classes": [counts[k] for k in kept],
-      "dropped_classes": [
-          {**counts[k], "reason": f"fewer than {min_subjects} subjects"}
-          for k in counts
-          if k not in kept
-      ],
-  }
-  return rows, np.searchsorted(kept, ids[rows]).astype(np.float64), summary
-
-
-def _class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
-  """(N, n_classes) probabilities; a class the model never saw in training gets 0."""
-  out = np.zeros((len(x), n_classes))
-  out[:, np.asarray(model.classes_).astype(int)] = model.predict_proba(x)
-  return out
+# The field's linear probe
 
 
 def _multiclass_scorer(estimator, x, y) -> float:
   """Inner-CV score: macro AUROC, robust to folds that miss a class (sklearn's raises)."""
   n_classes = int(max(np.max(y), np.max(estimator.classes_))) + 1
-  prob = _class_probabilities(estimator, x, n_classes)
+  prob = probe_folds.class_probabilities(estimator, x, n_classes)
   return probe_metrics.multiclass_metrics(y, prob)["macro_auroc"]
 
 
-# ----------------------------------------------------------------------------------------------
-# The field's linear probe
-
-
 def _estimator(kind: str, cfg: probe_config.LinearProbeConfig):
-  if _stratified(kind):  # lbfgs: multinomial for more than two classes
+  if probe_folds.stratified(kind):  # lbfgs: multinomial for more than two classes
     model = LogisticRegression(class_weight="balanced", max_iter=cfg.max_iter)
     return make_pipeline(StandardScaler(), model), {"logisticregression__C": list(cfg.c_grid)}
   return make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(cfg.alpha_grid)}
@@ -201,30 +82,21 @@ def _estimator(kind: str, cfg: probe_config.LinearProbeConfig):
 def _fit_fold(x, y, groups, kind, cfg: probe_config.LinearProbeConfig):
   estimator, grid = _estimator(kind, cfg)
   n_inner = min(cfg.inner_folds, len(np.unique(groups)))
-  if _stratified(kind):
-    n_inner = min(n_inner, _max_stratified_group_folds(y, groups))
+  if probe_folds.stratified(kind):
+    n_inner = min(n_inner, probe_folds.max_stratified_group_folds(y, groups))
     inner = StratifiedGroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
     scoring = "roc_auc" if kind == tasks_lib.CLASSIFICATION else _multiclass_scorer
   else:
     inner = GroupKFold(n_inner, shuffle=True, random_state=cfg.seed)
     scoring = "neg_mean_squared_error"
   if n_inner < 2:  # a fold with a single training subject per class: no inner CV possible
-    return estimator.fit(x, y.astype(int) if _stratified(kind) else y), None
+    return estimator.fit(x, y.astype(int) if probe_folds.stratified(kind) else y), None
   search = GridSearchCV(estimator, grid, cv=inner, scoring=scoring, refit=True, error_score=np.nan)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.simplefilter("ignore", UserWarning)  # inner folds that miss a class score NaN
-    search.fit(x, y.astype(int) if _stratified(kind) else y, groups=groups)
+    search.fit(x, y.astype(int) if probe_folds.stratified(kind) else y, groups=groups)
   return search.best_estimator_, next(iter(search.best_params_.values()))
-
-
-def _multiclass_rows(x, y, groups, kind, class_names, folds):
-  """The multiclass rows and summary (see select_classes); everything, unchanged, otherwise."""
-  if kind != tasks_lib.MULTICLASS:
-    return x, y, groups, {}
-  _check_inputs(x, y, groups, kind, folds)
-  rows, y, summary = select_classes(y, groups, class_names, min(folds, len(np.unique(groups))))
-  return x[rows], y, groups[rows], summary
 
 
 def linear_probe(
@@ -244,16 +116,18 @@ def linear_probe(
   `report.json_ready` drops them). Multiclass: `y` holds ids into `class_names`.
   """
   x, y, groups = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(groups)
-  x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.outer_folds)
-  n_folds = _check_inputs(x, y, groups, kind, cfg.outer_folds)
-  splits = outer_splits(y, groups, kind, n_folds, cfg.seed)
+  x, y, groups, classes = probe_folds.multiclass_rows(
+      x, y, groups, kind, class_names, cfg.outer_folds
+  )
+  n_folds = probe_folds.check_inputs(x, y, groups, kind, cfg.outer_folds)
+  splits = probe_folds.outer_splits(y, groups, kind, n_folds, cfg.seed)
   n_classes = len(classes.get("classes", ()))
   oof = np.full((len(y), n_classes) if n_classes else len(y), np.nan)
   folds = []
   for train, test in splits:
     model, chosen = _fit_fold(x[train], y[train], groups[train], kind, cfg)
     if kind == tasks_lib.MULTICLASS:
-      oof[test] = _class_probabilities(model, x[test], n_classes)
+      oof[test] = probe_folds.class_probabilities(model, x[test], n_classes)
     elif kind == tasks_lib.CLASSIFICATION:
       oof[test] = model.predict_proba(x[test])[:, 1]
     else:
@@ -278,27 +152,10 @@ def linear_probe(
       "n_folds": len(splits),
       "n_segments": int(len(y)),
       "n_subjects": int(len(np.unique(groups))),
-      **_class_counts(y, kind, classes, oof),
+      **probe_folds.class_counts(y, kind, classes, oof),
       "config": dataclasses.asdict(cfg),
       **({"predictions": oof, "targets": y, "groups": groups} if keep_predictions else {}),
   }
-
-
-def _class_counts(y, kind, classes=None, prob=None):
-  """Binary: positives and negatives. Multiclass: the class summary, with each class's
-  one-vs-rest AUROC where the class probabilities are given."""
-  if kind == tasks_lib.MULTICLASS:
-    out = {
-        "classes": [dict(c) for c in classes["classes"]],
-        "dropped_classes": classes["dropped_classes"],
-    }
-    if prob is not None:
-      for k, c in enumerate(out["classes"]):
-        c["auroc"] = probe_metrics.classification_metrics(y == k, prob[:, k])["auroc"]
-    return out
-  if kind != tasks_lib.CLASSIFICATION:
-    return {}
-  return {"n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,6 +166,7 @@ def _class_counts(y, kind, classes=None, prob=None):
 def _head_functions(n_out: int, lr: float):
   """(init, step, loss) for a linear head, jitted once per (outputs, lr) and reused by every
   fold, task and encoder (compiling per fold dominated the protocol's run time)."""
+  # JAX only for this protocol: the linear probe and xmae-probe --help run without it.
   import jax
   import jax.numpy as jnp
   import optax
@@ -333,6 +191,7 @@ def _head_functions(n_out: int, lr: float):
 
 
 def _train_head(x_tr, y_tr, x_va, y_va, n_out: int, cfg: probe_config.XMAEProbeConfig, seed: int):
+  # JAX only for this protocol: the linear probe and xmae-probe --help run without it.
   import jax
   import jax.numpy as jnp
 
@@ -398,9 +257,9 @@ def xmae_probe(
 ) -> dict[str, Any]:
   """The xMAE paper's protocol; per-fold metrics and their mean and std."""
   x, y, groups = np.asarray(x, np.float32), np.asarray(y, np.float64), np.asarray(groups)
-  x, y, groups, classes = _multiclass_rows(x, y, groups, kind, class_names, cfg.folds)
-  n_folds = _check_inputs(x, y, groups, kind, cfg.folds)
-  splits = outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
+  x, y, groups, classes = probe_folds.multiclass_rows(x, y, groups, kind, class_names, cfg.folds)
+  n_folds = probe_folds.check_inputs(x, y, groups, kind, cfg.folds)
+  splits = probe_folds.outer_splits(y, groups, kind, n_folds, cfg.seed, grouped=cfg.group_folds)
   folds = []
   for i, (train, test) in enumerate(splits):
     fit_rows, val_rows = validation_split(train, groups, cfg, cfg.seed + i)
@@ -474,7 +333,7 @@ def xmae_probe(
       "n_folds": len(splits),
       "n_segments": int(len(y)),
       "n_subjects": int(len(np.unique(groups))),
-      **_class_counts(y, kind, classes),
+      **probe_folds.class_counts(y, kind, classes),
       "config": dataclasses.asdict(cfg),
   }
 

@@ -249,9 +249,11 @@ def retention_table(rows: Sequence[dict], skipped: dict[str, str] | None = None)
 
 def bar_chart(results: Sequence[dict], path, *, protocol: str = "linear", title: str = "") -> Path:
   """Primary metric per task (one group) and encoder (one bar), with 95% CI error bars."""
+  # matplotlib takes a while to import, and its backend is set before pyplot loads.
   import matplotlib
 
   matplotlib.use("Agg", force=True)
+  # After the backend is set.
   import matplotlib.pyplot as plt
 
   encoders, tasks, by = _by_encoder_and_task(results, protocol)

@@ -21,6 +21,7 @@ __all__ = list(_REFERENCE)
 
 def __getattr__(name):
   if name in _REFERENCE:
+    # On first use: reference loads JAX, torch_encoder must import without it.
     from xmae_jax.interop import reference
 
     return getattr(reference, name)

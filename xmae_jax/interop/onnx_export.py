@@ -27,6 +27,8 @@ from flax import nnx
 from xmae_jax.atomic import atomic_path
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
+from xmae_jax.evaluation import package as package_lib
 from xmae_jax.interop import stablehlo
 
 
@@ -39,17 +41,25 @@ def onnx_file(inputs: str) -> str:
 
 
 def write_onnx(package_dir) -> list[Path]:
-  """Writes the ONNX model of each input set into the package; returns their paths."""
+  """Writes the ONNX model of each input set into the package, and their digests into its
+  package.json; returns their paths."""
   try:
+    # jax2onnx is an optional extra (onnx): its absence is the one line below.
     import jax2onnx
   except ImportError:
     raise OnnxExportError("ONNX export needs jax2onnx: pip install 'xmae-jax[onnx]'") from None
   logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # per-constant "type not known" lines
   package_dir = Path(package_dir)
   enc = encoder_lib.load_encoder(package_dir)
+  names = [onnx_file("+".join(s)) for s in stablehlo.input_sets(enc.modalities)]
+  with package_lib.adding_files(package_dir, names):  # their digests join package.json's
+    return _write(package_dir, enc, jax2onnx.to_onnx)
+
+
+def _write(package_dir: Path, enc: encoder_lib.Encoder, to_onnx) -> list[Path]:
   graphdef, state = nnx.split(enc.module)
   state = jax.tree.map(np.asarray, state)
-  joint = isinstance(enc.module, encoder_lib.JointFingerprint)
+  joint = isinstance(enc.module, encoder_module.JointFingerprint)
   written = []
   for inputs in stablehlo.input_sets(enc.modalities):
 
@@ -57,7 +67,7 @@ def write_onnx(package_dir) -> list[Path]:
       m = nnx.merge(graphdef, state)
       return (m(**dict(zip(inputs, windows))) if joint else m(windows[0])).astype(jnp.float32)
 
-    model = jax2onnx.to_onnx(
+    model = to_onnx(
         embed,
         [("batch", enc.contract.segment_length)] * len(inputs),
         model_name=f"{enc.config.model.name}_{'_'.join(inputs)}",

@@ -304,6 +304,7 @@ def import_checkpoint(checkpoint, config, output) -> Path:
   """Converts `checkpoint` (a .pt/.pth path or a state-dict mapping) for `config` (a ConfigDict
   or a FILE[:ARG] spec) and writes it as step 0 of the workdir `output`, which
   `model_checkpoint.load_model`, xmae-export and xmae-train read. Returns the step directory."""
+  # Orbax takes a while to import (it is in training.checkpoint); only loading needs it, not --help.
   from xmae_jax.training import model_checkpoint
 
   if isinstance(config, str):

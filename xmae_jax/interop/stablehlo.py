@@ -33,6 +33,8 @@ from flax import nnx
 from xmae_jax.atomic import atomic_write
 from xmae_jax.errors import XmaeError
 from xmae_jax.evaluation import encoder as encoder_lib
+from xmae_jax.evaluation import encoder_module
+from xmae_jax.evaluation import package as package_lib
 
 CONTRACT_FILE = "stablehlo.json"
 FORMAT_NAME = "xmae-jax-stablehlo"
@@ -62,7 +64,7 @@ def export_embedding(
   positional inputs in the order of `inputs`, with the weights as constants."""
   graphdef, state = nnx.split(enc.module)
   state = jax.tree.map(np.asarray, state)  # host constants, whatever device they were on
-  joint = isinstance(enc.module, encoder_lib.JointFingerprint)
+  joint = isinstance(enc.module, encoder_module.JointFingerprint)
 
   def embed(*windows):
     m = nnx.merge(graphdef, state)
@@ -76,11 +78,17 @@ def export_embedding(
 
 
 def write_artifact(package_dir, *, platforms=PLATFORMS) -> Path:
-  """Adds the StableHLO artifacts and stablehlo.json to an exported package; returns the
-  contract file's path. The .bin files are written first and the contract last, each atomically,
-  so a contract file always names complete artifacts."""
+  """Adds the StableHLO artifacts and stablehlo.json to an exported package, and their digests to
+  its package.json; returns the contract file's path. The .bin files are written first and the
+  contract last, each atomically, so a contract file always names complete artifacts."""
   package_dir = Path(package_dir)
   enc = encoder_lib.load_encoder(package_dir)
+  names = [artifact_file("+".join(s)) for s in input_sets(enc.modalities)] + [CONTRACT_FILE]
+  with package_lib.adding_files(package_dir, names):  # their digests join package.json's
+    return _write(package_dir, enc, platforms)
+
+
+def _write(package_dir: Path, enc: encoder_lib.Encoder, platforms) -> Path:
   c = enc.contract
   functions = {}
   for inputs in input_sets(enc.modalities):
@@ -135,8 +143,11 @@ def read_contract(package_dir) -> dict:
 
 def load_artifact(package_dir, inputs: str | None = None):
   """The deserialized `jax.export.Exported` of one input set (default: the first listed, i.e.
-  the package's one modality); `.call(*windows)` runs it."""
+  the package's one modality); `.call(*windows)` runs it. In a package, its files are checked
+  against the digests package.json records first (one PackageError line for a changed one)."""
   contract = read_contract(package_dir)
+  if package_lib.is_package(package_dir):
+    package_lib.verify_files(package_dir, package_lib.read_package_info(package_dir))
   name = inputs or next(iter(contract["functions"]))
   if name not in contract["functions"]:
     raise StableHLOError(

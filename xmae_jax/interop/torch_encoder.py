@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file
 from torch import nn
 
 from xmae_jax.data import preprocess
@@ -273,8 +274,6 @@ def load(path, *, batch_size: int = 256, device: str | torch.device = "cpu") -> 
   """An exported package directory -> TorchEncoder (weights from `encoder.safetensors`); the
   package's files are checked against their recorded digests first, and names read from
   package.json must stay inside the package, as `load_encoder` checks them."""
-  from safetensors.numpy import load_file
-
   path = Path(path)
   info = package_lib.read_package_info(path)
   package_lib.verify_files(path, info)

@@ -86,6 +86,7 @@ def topology_devices(topology: str) -> list:
         "(set JAX_PLATFORMS=cpu before jax starts)"
     )
   try:
+    # Experimental, and needs libtpu: a jax without either is the one line below.
     from jax.experimental import topologies
 
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)

@@ -48,9 +48,11 @@ def plot_reconstructions(
   name the reconstructed signal (passed as `ecg`), its input (`ppg`) and the marked landmark in
   the legend, for the other direction (PPG from ECG, pulse feet).
   """
+  # matplotlib takes a while to import, and its backend is set before pyplot loads.
   import matplotlib
 
   matplotlib.use("Agg", force=True)
+  # After the backend is set.
   import matplotlib.pyplot as plt
 
   ecg, reconstruction, masked = (np.asarray(a) for a in (ecg, reconstruction, masked))

@@ -44,6 +44,7 @@ class WandbRun:
 
   def __init__(self, workdir, settings, config=None):
     try:
+      # wandb is an optional extra: its absence is the one line below.
       import wandb
     except ImportError:
       raise TrackingError(

@@ -20,6 +20,7 @@ from xmae_jax import config_lib
 from xmae_jax import models
 from xmae_jax.training import checkpoint as ckpt_lib
 from xmae_jax.training import orbax_quiet
+from xmae_jax.training import run_settings
 
 
 def abstract_model(config):
@@ -89,7 +90,9 @@ def init_from(
         f"train.init_from {source}: a {source_config.model.name} "
         f"checkpoint, not {config.model.name}"
     )
-  other = ckpt_lib.setting_difference(config_lib.config_to_dict(source_config), config, ("model",))
+  other = run_settings.setting_difference(
+      config_lib.config_to_dict(source_config), config, ("model",)
+  )
   if other:
     raise ckpt_lib.CheckpointError(f"train.init_from {source}: other model settings ({other[1]})")
   write_model_checkpoint(workdir, model, config, step=0)
@@ -99,7 +102,7 @@ def init_from(
 def write_model_checkpoint(workdir, model, config, step: int = 0) -> Path:
   """Writes `model`'s variables as checkpoint `step` of `workdir` (no optimizer or data state),
   plus WORKDIR/config.json. `load_model` and the trainer (as initial weights) read it back."""
-  ckpt_lib.check_compatible(workdir, config)
+  run_settings.check_compatible(workdir, config)
   config_lib.write_config(workdir, config)
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   try:

@@ -29,6 +29,7 @@ import time
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 
 from xmae_jax import paths
 
@@ -70,8 +71,6 @@ def matmul_flops(n: int) -> float:
 def matmul_peak(dtype: str = "float32", n: int = 1024, repeats: int = 3) -> float:
   """Best FLOP/s of an n x n x n matmul compiled by XLA on the default device (one warm-up
   call first; the best call is the machine, slower ones measure its neighbours)."""
-  import jax.numpy as jnp
-
   key_a, key_b = jax.random.split(jax.random.key(0))
   a = jax.random.normal(key_a, (n, n), dtype=jnp.float32).astype(dtype)
   b = jax.random.normal(key_b, (n, n), dtype=jnp.float32).astype(dtype)

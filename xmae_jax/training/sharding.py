@@ -69,7 +69,15 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   """The mesh of `mesh_config.axes` over all (global) devices, every axis Auto."""
   devices = jax.devices() if devices is None else list(devices)
   names, sizes = mesh_shape(mesh_config.axes, len(devices))
-  return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+  try:
+    return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+  except NotImplementedError as e:
+    # TPU devices: jax lays each mesh axis along whole physical axes of the slice's torus, so an
+    # axis size must be a product of some of them (a v6e 16x16 takes 16 or 256, not 4 or 64).
+    raise ShardingError(
+        f"mesh axes {list(zip(names, sizes))} do not fit the slice's physical axes: each size "
+        f"must be a product of some of them (jax: {str(e).split('. ')[0][:160]})"
+    ) from None
 
 
 def batch_axes(mesh: Mesh, mesh_config) -> tuple[str, ...]:

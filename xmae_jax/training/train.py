@@ -53,6 +53,7 @@ from xmae_jax.training import optim
 from xmae_jax.training import perf
 from xmae_jax.training import plan as plan_lib
 from xmae_jax.training import prefetch
+from xmae_jax.training import run_settings
 from xmae_jax.training import sharding
 from xmae_jax.training import state as state_lib
 from xmae_jax.training import steps as steps_lib
@@ -234,7 +235,7 @@ def train(
 ) -> dict:
   """Trains `config` in `workdir` (resuming from its newest intact checkpoint when it holds one;
   refused with one line while another run holds the workdir, or when the run there had other
-  `checkpoint.RUN_SETTINGS` than those named in `allow_changes`); returns a summary.
+  `run_settings.RUN_SETTINGS` than those named in `allow_changes`); returns a summary.
 
   `stop_at_step`: save and stop after this step (staged jobs and tests); the run continues
   from there when started again. A workdir that cannot take files fails before any work, and a
@@ -278,7 +279,7 @@ def _train(
   mesh = sharding.make_mesh(config.mesh)
   train_records = plan_lib.check_settings(config, mesh)
   held.enter_context(workdir_lock.acquire(workdir))
-  latest = ckpt_lib.check_compatible(workdir, config, resume=True, allow_changes=allow_changes)
+  latest = run_settings.check_compatible(workdir, config, resume=True, allow_changes=allow_changes)
   if latest is None and t.init_from:
     latest = _start_from(config, workdir)
   plan = plan_lib.make_plan(config, train_records)

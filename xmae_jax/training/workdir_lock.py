@@ -16,7 +16,9 @@ refused run stops with the same line.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from xmae_jax import locks
 from xmae_jax import paths
@@ -35,14 +37,10 @@ WorkdirLock = locks.FolderLock
 def acquire(workdir, *, tool: str = "xmae-train") -> WorkdirLock:
   """Takes the workdir lock (process 0) or fails on every process with one line naming the
   holder. Every process of a run must call it."""
-  import jax
-
   path = paths.path(workdir) / LOCK_FILE
   lock = locks.take(path) if jax.process_index() == 0 else WorkdirLock(path, None)
   ok = lock is not None
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
     ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
   if not ok:
     if lock is not None:

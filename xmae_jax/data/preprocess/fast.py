@@ -67,9 +67,11 @@ def scipy_peak_finding():
   because find_peaks validates its arguments on every call, which took longer than the search
   in the ~30 short QRS/wave spans of a window. LibraryVersionError if scipy moved them."""
   try:
+    # scipy's private module, imported where a moved name becomes LibraryVersionError.
     from scipy.signal._peak_finding_utils import _local_maxima_1d
     from scipy.signal._peak_finding_utils import _peak_prominences
   except ImportError:
+    # Only for the version in the message.
     import scipy
 
     raise LibraryVersionError(

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pyedflib():
   try:
+    # pyedflib is an optional extra (edf): its absence is the one line below.
     import pyedflib
   except ImportError:
     raise SourceError(

@@ -67,6 +67,7 @@ def list_inputs(path: str | None, options: dict[str, Any]) -> list[str]:
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording]:
   try:
+    # h5py is in the train extra, absent from an inference-only install.
     import h5py
   except ImportError:  # an inference-only install
     raise SourceError(
@@ -139,6 +140,7 @@ def _dataset(path: Path) -> str:
 
 def _field(f, wins, name: str) -> list[Any]:
   """One field of the struct array as a list over windows (arrays 1-D, strings str)."""
+  # h5py is in the train extra, absent from an inference-only install.
   import h5py
 
   ds = wins[name]

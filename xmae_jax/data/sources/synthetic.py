@@ -171,6 +171,7 @@ QRS_VARIANTS = ((-5.0, -7.5), (-3.0, -10.0), (-7.0, -5.0), (-2.0, -4.0))
 @functools.lru_cache(maxsize=len(QRS_VARIANTS))
 def _ecg_template(variant: int) -> tuple[np.ndarray, np.ndarray]:
   """(time grid, one averaged ECGSYN beat at 60 bpm, zero at both ends, R peak = 1)."""
+  # NeuroKit2 takes a while to import; only building a template needs it.
   import neurokit2 as nk
   from scipy import signal as sps
 

@@ -115,6 +115,7 @@ def _fs(opts: Options, path, fallback=None) -> float:
 
 
 def _read_csv(path: Path, opts: Options) -> Iterator[Recording]:
+  # pandas takes a while to import; only reading a CSV file needs it, not --help.
   import pandas as pd
 
   try:

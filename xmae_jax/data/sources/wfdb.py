@@ -138,6 +138,7 @@ def _is_numerics(record: Path, stems: set[Path]) -> bool:
 
 
 def read(unit: str, options: dict[str, Any]) -> Iterator[Recording | Missing]:
+  # wfdb (it loads pandas) takes a while to import; only reading records needs it, not --help.
   import wfdb
 
   path = Path(unit)
@@ -283,6 +284,7 @@ def _read_single(
 ) -> tuple[dict[str, tuple[np.ndarray, float]], dict[str, tuple[np.ndarray, float]]]:
   """(modality -> (physical samples, fs), extra channel -> (samples, fs)) of one single-segment
   record; ({}, {}) if it has neither ECG nor PPG."""
+  # wfdb (it loads pandas) takes a while to import; only reading records needs it, not --help.
   import wfdb
 
   try:
