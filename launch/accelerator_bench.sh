@@ -41,7 +41,8 @@ fi
 smoke="${XMAE_BENCH_SMOKE:-0}"
 if [ "$smoke" = "1" ]; then
   config="configs/xmae.py:tiny"; batches="${BATCHES:-8}"; steps=2; warmup=1; peak=256
-  data_args=(--make-synthetic 64 --batch-size 16 --steps 3)
+  # Up to one Grain worker and one read thread: each path once, not every combination.
+  data_args=(--make-synthetic 64 --batch-size 16 --steps 3 --workers 0,1 --read-threads 0,1)
   ref_args=(--batch-size 8 --steps 1 --rounds 1 --warmup 1 --peak-size 256)
   t_install=60; t_train=240; t_reference=240; t_data=120
 else

@@ -24,10 +24,17 @@ SHARED = REPO.parent / "shared"
 PHYSIONET = SHARED / "data" / "physionet"
 
 # Test modules that run first: the longest ones, so that under xdist (launch/test.sh) they do not
-# start last and leave one worker alone at the end. Order within this list is the start order.
+# start last and leave one worker alone at the end. Order within this list is the start order:
+# longest first, by the per-module times of a full `bash launch/test.sh --durations=0` run.
 HEAVY_FIRST = (
-    "tests/training/test_compile_tpu.py",  # TPU compiles on CPU: minutes on a loaded machine
+    "tests/storage/test_gcs.py",
+    "tests/launch/test_accelerator_bench.py",
+    "tests/training/test_multiprocess_faults.py",
+    "tests/evaluation/test_fingerprint.py",
     "tests/training/test_train.py",
+    "tests/training/test_compile_tpu.py",  # TPU compiles on CPU: minutes on a loaded machine
+    "tests/training/test_checkpoint_faults.py",
+    "tests/training/test_run_faults.py",
     "tests/models/test_xmae.py",
     "tests/models/test_baselines.py",
 )

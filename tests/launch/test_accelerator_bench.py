@@ -1,5 +1,7 @@
 """launch/accelerator_bench.sh in its smoke mode (XMAE_BENCH_SMOKE=1: tiny sizes, this machine's
-JAX on CPU, no install), so a broken script is caught before it reaches an accelerator."""
+JAX on CPU, no install), so a broken script is caught before it reaches an accelerator. Its
+programs compile with XLA's fast-compile options: nothing here compares numbers, and compiling
+the two train steps is most of the run."""
 
 import json
 import os
@@ -7,12 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import mp_util
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "launch" / "accelerator_bench.sh"
 
 
 def _run(*args, timeout=900):
-  env = {**os.environ, "XMAE_BENCH_SMOKE": "1", "PYTHON": sys.executable, "JAX_PLATFORMS": "cpu"}
+  env = {
+      **os.environ,
+      **mp_util.FAST_COMPILE_ENV,
+      "XMAE_BENCH_SMOKE": "1",
+      "PYTHON": sys.executable,
+      "JAX_PLATFORMS": "cpu",
+  }
   return subprocess.run(
       ["bash", str(SCRIPT), *args],
       cwd=REPO,

@@ -1,6 +1,7 @@
 """The training loop's accelerator-facing pieces, end to end on CPU.
 
-* `train.profile_steps=(1, 3)` with the tiny preset leaves a jax.profiler trace under
+* `train.profile_steps=(1, 3)` (the toy model of tests/helpers: these are the loop's pieces, not
+  the model's) leaves a jax.profiler trace under
   WORKDIR/profile/, and every log row carries step time, segments/s, TFLOP/s per device, MFU
   (null for a device kind without a known peak, named once in the log) and goodput shares.
 * With device prefetch reading ahead, a run stopped by SIGTERM resumes with exactly the losses
@@ -36,11 +37,13 @@ def dataset(tmp_path_factory):
 def test_profile_window_writes_a_trace_and_rows_carry_throughput_and_goodput(
     dataset, tmp_path, monkeypatch, capsys
 ):
+  train_runner.register_toy_model()
   config = config_lib.load(REPO / "configs/xmae.py:tiny")
   config_lib.apply_overrides(
       config,
       {
           "data.dir": str(dataset),
+          "model.name": "toy_mae",
           "train.num_steps": "4",
           "train.log_every": "1",
           "train.eval_every": "2",

@@ -3,9 +3,10 @@
 * A rerun with a warm persistent compilation cache trains like the first run. Process 0 alone
   writes the cache and on CPU its keys differ per process, so a rerun finds process 0's steps in
   the cache while process 1 compiles them anew. The test makes that gap longer than the 30 s
-  gloo collectives wait for a peer (every process that really compiles the train step sleeps
-  40 s first, as a slow compile would), so the run only passes when the processes meet after
-  compiling and before the first collective.
+  gloo collectives wait for a peer (in the rerun, every process that really compiles the train
+  step sleeps 40 s first, as a slow compile would), so the run only passes when the processes
+  meet after compiling and before the first collective. The first run compiles at its own
+  speed: both of its processes compile, so it has no such gap to bridge.
 * When one process is killed after the first checkpoint, the other exits non-zero within a
   bound and its last stderr line names the lost process and the intact checkpoint.
 """
@@ -123,17 +124,18 @@ compiler._compile_and_write_cache = _slow
 
 
 def test_rerun_with_a_warm_compilation_cache_trains_like_the_first_run(dataset, tmp_path):
-  # sitecustomize runs in both processes: a persistent-cache miss of the train step is slow.
+  # In the rerun, sitecustomize runs in both processes: a persistent-cache miss of the train step
+  # is slow.
   site = tmp_path / "site"
   site.mkdir()
   (site / "sitecustomize.py").write_text(SLOW_COMPILE)
   cache = tmp_path / "xla_cache"
   # Its own cache, also over a suite-wide JAX_COMPILATION_CACHE_DIR (which wins over the flag).
   env = {
-      "PYTHONPATH": os.pathsep.join([str(REPO), str(site)]),
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
       "JAX_COMPILATION_CACHE_DIR": str(cache),
   }
+  pythonpath = {"cold": str(REPO), "warm": os.pathsep.join([str(REPO), str(site)])}
   flags = [
       "--config.train.num_steps=4",
       "--config.train.log_every=1",
@@ -145,7 +147,8 @@ def test_rerun_with_a_warm_compilation_cache_trains_like_the_first_run(dataset, 
   losses = []
   for run in ("cold", "warm"):
     workdir = tmp_path / run
-    outs = _finish_group(_start_group(workdir, dataset, flags, env), TIMEOUT)
+    run_env = {**env, "PYTHONPATH": pythonpath[run]}
+    outs = _finish_group(_start_group(workdir, dataset, flags, run_env), TIMEOUT)
     for i, (rc, _, err) in enumerate(outs):
       assert rc == 0, f"{run} run, process {i} (exit {rc}):\n{err[-4000:]}"
     rows = metrics_lib.read_metrics(workdir)
